@@ -1,0 +1,224 @@
+#!lua name=missionstream
+--[[
+missionstream: server-side logic of the mission plan streams.
+
+Load (or upgrade) with:
+    redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua
+
+Every function takes the protocol version as its first argument and refuses
+any other version, so a client never talks to a library it does not
+understand. The last argument of every function is a framed body (see
+docs/PROTOCOL.md): "<len1> <len2> ...\n" followed by the fields, the last
+field taking the rest of the body. Secrets and states travel only there.
+
+Record of stream <name>: hash "stream:<name>" with fields
+    name, pw, code (salted SHA-1 hex), salt, channel, state, seq,
+    updated_ms, hb_ms, ttl
+Index of live streams: set "streams" of names.
+Channel messages (payloads published on the stream's channel):
+    "s <seq> <updated_ms>\n<state>"   a stored state
+    "h <interval_ms>"                 leader heartbeat
+    "p <nonce>"                       follower probe (ignored by others)
+    "e"                               the stream was stopped
+]]
+
+local PROTOCOL = '1'
+local INDEX = 'streams'
+
+local function fail(code, message)
+  return redis.error_reply(code .. ' ' .. message)
+end
+
+-- Splits a framed body into n fields; nil when it is malformed.
+local function fields(body, n)
+  if type(body) ~= 'string' then return nil end
+  local nl = string.find(body, '\n', 1, true)
+  if not nl then return nil end
+  local out, pos = {}, nl + 1
+  for len in string.gmatch(string.sub(body, 1, nl - 1), '%d+') do
+    len = tonumber(len)
+    if pos + len - 1 > #body then return nil end
+    out[#out + 1] = string.sub(body, pos, pos + len - 1)
+    pos = pos + len
+  end
+  out[#out + 1] = string.sub(body, pos)
+  if #out ~= n then return nil end
+  return out
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function hash(salt, secret)
+  return redis.sha1hex(salt .. '\0' .. secret)
+end
+
+-- Common entry: checks the protocol version and the body; returns the
+-- fields or an error reply.
+local function enter(args, body_index, n)
+  if args[1] ~= PROTOCOL then
+    return nil, fail('MSVERSION', 'the missionstream functions library speaks protocol ' .. PROTOCOL ..
+      ', the client speaks ' .. tostring(args[1]) .. '; load the matching lua/missionstream.lua with ' ..
+      '"redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua"')
+  end
+  local f = fields(args[body_index], n)
+  if not f then return nil, fail('MSARG', 'malformed request body') end
+  return f
+end
+
+-- Loads the record; returns the fields table or nil.
+local function load(key)
+  local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms')
+  if not v[1] then return nil end
+  return { pw = v[1], code = v[2], salt = v[3], channel = v[4], seq = tonumber(v[5]),
+           hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8] }
+end
+
+local function not_found()
+  return fail('MSNOTFOUND', 'no such stream')
+end
+
+-- Refreshes the expiry of a stream with a TTL.
+local function touch(key, rec)
+  if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) end
+end
+
+-- Loads the record of a leader and checks its leader code and channel.
+local function load_leader(key, code, channel)
+  local rec = load(key)
+  if not rec or rec.channel ~= channel then return nil, not_found() end
+  if hash(rec.salt, code) ~= rec.code then return nil, fail('MSBADCODE', 'wrong leader code') end
+  return rec
+end
+
+local function load_follower(key, pw)
+  local rec = load(key)
+  if not rec then return nil, not_found() end
+  if hash(rec.salt, pw) ~= rec.pw then return nil, fail('MSBADPASSWORD', 'wrong password') end
+  return rec
+end
+
+-- ms_start KEYS: record, index  ARGV: version, hb_ms, ttl, body[pw, code, salt, channel]
+redis.register_function('ms_start', function(keys, args)
+  local f, err = enter(args, 4, 4)
+  if not f then return err end
+  local key = keys[1]
+  if redis.call('EXISTS', key) == 1 then return fail('MSEXISTS', 'the stream name is taken') end
+  local ttl = tonumber(args[3]) or 0
+  local name = string.sub(key, 8)
+  redis.call('HSET', key, 'name', name, 'pw', hash(f[3], f[1]), 'code', hash(f[3], f[2]), 'salt', f[3],
+    'channel', f[4], 'state', '{}', 'seq', 0, 'updated_ms', now_ms(), 'hb_ms', args[2], 'ttl', ttl)
+  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+  redis.call('SADD', keys[2], name)
+  return 'OK'
+end)
+
+-- ms_reconnect KEYS: record, index  ARGV: version, hb_ms, ttl, body[pw, code] -> [channel, seq]
+redis.register_function('ms_reconnect', function(keys, args)
+  local f, err = enter(args, 4, 2)
+  if not f then return err end
+  local key = keys[1]
+  local rec = load(key)
+  if not rec then return not_found() end
+  if hash(rec.salt, f[1]) ~= rec.pw then return fail('MSBADPASSWORD', 'wrong password') end
+  if hash(rec.salt, f[2]) ~= rec.code then return fail('MSBADCODE', 'wrong leader code') end
+  rec.ttl = tonumber(args[3]) or 0
+  redis.call('HSET', key, 'hb_ms', args[2], 'ttl', rec.ttl)
+  if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
+  redis.call('SADD', keys[2], string.sub(key, 8))
+  return { rec.channel, rec.seq }
+end)
+
+-- ms_connect KEYS: record  ARGV: version, body[pw] -> [channel, hb_ms]
+redis.register_function{ function_name = 'ms_connect', flags = { 'no-writes' }, callback = function(keys, args)
+  local f, err = enter(args, 2, 1)
+  if not f then return err end
+  local rec, e = load_follower(keys[1], f[1])
+  if not rec then return e end
+  return { rec.channel, tonumber(rec.hb_ms) }
+end }
+
+-- ms_snapshot KEYS: record  ARGV: version, body[pw] -> [channel, seq, updated_ms, hb_ms, state]
+redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' }, callback = function(keys, args)
+  local f, err = enter(args, 2, 1)
+  if not f then return err end
+  local rec, e = load_follower(keys[1], f[1])
+  if not rec then return e end
+  return { rec.channel, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms),
+           redis.call('HGET', keys[1], 'state') }
+end }
+
+-- ms_publish KEYS: record  ARGV: version, body[code, channel, state] -> seq
+-- Stores the state and broadcasts it in one atomic call.
+redis.register_function('ms_publish', function(keys, args)
+  local f, err = enter(args, 2, 3)
+  if not f then return err end
+  local key = keys[1]
+  local rec, e = load_leader(key, f[1], f[2])
+  if not rec then return e end
+  local seq = rec.seq + 1
+  local updated = now_ms()
+  redis.call('HSET', key, 'state', f[3], 'seq', seq, 'updated_ms', updated)
+  touch(key, rec)
+  redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. f[3])
+  return seq
+end)
+
+-- ms_heartbeat KEYS: record  ARGV: version, hb_ms, body[code, channel] -> "OK"
+redis.register_function('ms_heartbeat', function(keys, args)
+  local f, err = enter(args, 3, 2)
+  if not f then return err end
+  local rec, e = load_leader(keys[1], f[1], f[2])
+  if not rec then return e end
+  touch(keys[1], rec)
+  redis.call('PUBLISH', rec.channel, 'h ' .. tonumber(args[2]))
+  return 'OK'
+end)
+
+-- ms_probe KEYS: record  ARGV: version, nonce, body[pw] -> [channel, subscribers]
+-- Lets a follower check that its silent subscription still works.
+redis.register_function('ms_probe', function(keys, args)
+  local f, err = enter(args, 3, 1)
+  if not f then return err end
+  local rec, e = load_follower(keys[1], f[1])
+  if not rec then return e end
+  local n = redis.call('PUBLISH', rec.channel, 'p ' .. string.gsub(args[2], '[^%w]', ''))
+  return { rec.channel, n }
+end)
+
+-- ms_stop KEYS: record, index  ARGV: version, body[code, channel] -> "OK"
+redis.register_function('ms_stop', function(keys, args)
+  local f, err = enter(args, 2, 2)
+  if not f then return err end
+  local rec, e = load_leader(keys[1], f[1], f[2])
+  if not rec then return e end
+  redis.call('DEL', keys[1])
+  redis.call('SREM', keys[2], string.sub(keys[1], 8))
+  redis.call('PUBLISH', rec.channel, 'e')
+  return 'OK'
+end)
+
+-- ms_list KEYS: index  ARGV: version -> flat [name, seq, followers, updated_ms, ...]
+-- Names whose record expired are dropped from the index on the way.
+redis.register_function('ms_list', function(keys, args)
+  if args[1] ~= PROTOCOL then
+    local _, err = enter(args, 2, 1)
+    return err
+  end
+  local out = {}
+  for _, name in ipairs(redis.call('SMEMBERS', keys[1])) do
+    local v = redis.call('HMGET', 'stream:' .. name, 'seq', 'updated_ms', 'channel')
+    if v[1] then
+      local subs = redis.call('PUBSUB', 'NUMSUB', v[3])
+      out[#out + 1] = name
+      out[#out + 1] = tonumber(v[1])
+      out[#out + 1] = tonumber(subs[2])
+      out[#out + 1] = tonumber(v[2])
+    else
+      redis.call('SREM', keys[1], name)
+    end
+  end
+  return out
+end)
