@@ -1,0 +1,84 @@
+"""missionstream: live mission plan streaming, one leader to many followers.
+
+Python binding of ``libmissionstream`` (ctypes). Quick start::
+
+    import missionstream
+
+    with missionstream.Client("http://127.0.0.1:7379") as client:
+        leader = client.start("plan", "secret", "leader-code")
+        leader.publish({"waypoints": [[48.1, 11.5]]})
+        leader.flush()
+
+    with missionstream.Client("http://127.0.0.1:7379") as client:
+        with client.connect("plan", "secret") as follower:
+            for event in follower.events(timeout=5):
+                print(event.seq, event.data)
+
+The shared library is found via ``$MISSIONSTREAM_LIB``, a copy inside this
+package, or the cargo ``target/release`` / ``target/debug`` folders of the
+repository checkout.
+"""
+
+from ._ffi import library_path
+from .client import (
+    MAX_STATE_BYTES,
+    Client,
+    Event,
+    EventKind,
+    Follower,
+    Leader,
+    StreamInfo,
+    library_version,
+    status_name,
+)
+from .errors import (
+    Already,
+    BadLeaderCode,
+    BadPassword,
+    Error,
+    Exists,
+    Forbidden,
+    InternalError,
+    InvalidArgument,
+    NotFollowing,
+    NotFound,
+    NotLeading,
+    ProtocolError,
+    ServerError,
+    Status,
+    Timeout,
+    TooLarge,
+    Unavailable,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "Leader",
+    "Follower",
+    "Event",
+    "EventKind",
+    "StreamInfo",
+    "Status",
+    "MAX_STATE_BYTES",
+    "library_version",
+    "library_path",
+    "status_name",
+    "Error",
+    "InvalidArgument",
+    "Exists",
+    "NotFound",
+    "BadPassword",
+    "BadLeaderCode",
+    "NotLeading",
+    "NotFollowing",
+    "Already",
+    "TooLarge",
+    "Timeout",
+    "Unavailable",
+    "Forbidden",
+    "ServerError",
+    "ProtocolError",
+    "InternalError",
+]

@@ -1,0 +1,185 @@
+"""Fixtures: real redis-server + webdis pairs started with scripts/server.sh.
+
+No mocks: every test talks to real processes on free loopback ports (never
+6379/7379). The session-wide pair serves most tests; ``make_server`` gives a
+test its own pair when it is going to break it (kill Webdis, delete the
+functions library, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PYTHON_DIR = HERE.parent
+REPO = PYTHON_DIR.parent.parent
+SERVER_SH = REPO / "scripts" / "server.sh"
+
+sys.path.insert(0, str(PYTHON_DIR))
+
+import missionstream  # noqa: E402
+
+
+class Server:
+    """One redis-server + webdis pair managed by scripts/server.sh."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.url = ""
+        self.redis_port = 0
+        self.webdis_port = 0
+        self.extra_pids: List[int] = []
+
+    def start(self) -> "Server":
+        for tool in ("redis-server", "redis-cli", "webdis", "curl"):
+            if shutil.which(tool) is None:
+                pytest.fail(f"{tool} is not installed; the Python tests need real Redis and Webdis")
+        subprocess.run([str(SERVER_SH), "start", str(self.dir)], check=True, capture_output=True, timeout=60)
+        env: Dict[str, str] = {}
+        for line in (self.dir / "env").read_text().splitlines():
+            key, _, value = line.partition("=")
+            env[key] = value
+        self.url = env["MS_URL"]
+        self.redis_port = int(env["REDIS_PORT"])
+        self.webdis_port = int(env["WEBDIS_PORT"])
+        assert self.redis_port not in (6379, 7379) and self.webdis_port not in (6379, 7379)
+        return self
+
+    def stop(self) -> None:
+        for pid in self.extra_pids:
+            _kill(pid)
+        subprocess.run([str(SERVER_SH), "stop", str(self.dir)], check=False, capture_output=True, timeout=60)
+
+    def redis_cli(self, *args: str) -> str:
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.redis_port), *args], check=True, capture_output=True, text=True, timeout=30
+        )
+        return out.stdout
+
+    def kill_webdis(self) -> None:
+        pid_file = self.dir / "webdis.pid"
+        _kill(int(pid_file.read_text()))
+
+    def start_webdis(self) -> None:
+        """(Re)start Webdis on its port with the same configuration."""
+        proc = subprocess.Popen(
+            ["webdis", str(self.dir / "webdis.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        (self.dir / "webdis.pid").write_text(str(proc.pid))
+        wait_http(self.webdis_port)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        # Reap it if it is our child.
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+
+
+def wait_http(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"GET /PING HTTP/1.0\r\n\r\n")
+                if s.recv(64).startswith(b"HTTP/1."):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing answers HTTP on 127.0.0.1:{port}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("server")).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], Server]]:
+    started: List[Server] = []
+
+    def make() -> Server:
+        srv = Server(tmp_path_factory.mktemp("own-server"))
+        started.append(srv)
+        return srv.start()
+
+    try:
+        yield make
+    finally:
+        for srv in started:
+            srv.stop()
+
+
+@pytest.fixture
+def url(server: Server) -> str:
+    return server.url
+
+
+@pytest.fixture
+def client(url: str) -> Iterator[missionstream.Client]:
+    with missionstream.Client(url, timeout=5) as c:
+        yield c
+
+
+@pytest.fixture
+def client2(url: str) -> Iterator[missionstream.Client]:
+    with missionstream.Client(url, timeout=5) as c:
+        yield c
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    """A stream name unique to this test."""
+    return f"py/{request.node.name}/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def python_env(**extra: str) -> Dict[str, str]:
+    """Environment for subprocesses running the binding from the source tree."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(PYTHON_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for key in ("MISSIONSTREAM_URL", "MISSIONSTREAM_PASSWORD", "MISSIONSTREAM_LEADER_CODE"):
+        env.pop(key, None)
+    env.update(extra)
+    return env

@@ -1,0 +1,166 @@
+"""``python -m missionstream`` end to end, in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from typing import List
+
+import pytest
+
+import missionstream as ms
+from conftest import python_env
+
+PW = "pw-cli"
+CODE = "code-cli"
+
+
+def cli(*args: str, input: str = "", timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "missionstream", *args],
+        input=input, capture_output=True, text=True, timeout=timeout, env=python_env(**env),
+    )
+
+
+def popen(*args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "missionstream", *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env(**env),
+    )
+
+
+def assert_clean_error(r: subprocess.CompletedProcess, *words: str) -> None:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for w in words:
+        assert w.lower() in lines[0].lower(), lines[0]
+
+
+@pytest.mark.parametrize("command", [[], ["list"], ["watch"], ["lead"], ["stop"]])
+def test_help(command: List[str]) -> None:
+    r = cli(*command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage: python -m missionstream" in r.stdout
+    assert "--url" in r.stdout
+    if command in (["watch"], ["lead"], ["stop"]):
+        assert "NAME" in r.stdout and "--password" in r.stdout
+    if command in (["lead"], ["stop"]):
+        assert "--leader-code" in r.stdout
+    if command == ["lead"]:
+        assert "--stop-at-end" in r.stdout and "stdin" in r.stdout
+
+
+def test_version_and_missing_command() -> None:
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("missionstream ") and ms.library_version() in r.stdout
+    r = cli()
+    assert r.returncode == 2 and "command is required" in r.stderr
+
+
+def test_lead_then_watch_then_list_then_stop(url: str, name: str) -> None:
+    states = [{"plan": i, "wp": [[48.0 + i / 100, 11.0]]} for i in range(5)]
+    r = cli("--url", url, "lead", name, "--password", PW, "--leader-code", CODE,
+            input="".join(json.dumps(s) + "\n" for s in states) + "\n")
+    assert r.returncode == 0, r.stderr
+    # lead at EOF keeps the stream (freed without stop): a late watcher sees the last state.
+    r = cli("watch", name, "--password", PW, "--count", "1", "--url", url)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip()
+    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=5 delay=- ", line), line
+    assert json.loads(line.split(" ", 3)[3]) == states[-1]
+    # list shows it, in a table and as JSON.
+    r = cli("list", "--url", url)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].split() == ["NAME", "SEQ", "FOLLOWERS", "UPDATED"]
+    assert any(l.startswith(name + " ") and l.split()[1] == "5" for l in r.stdout.splitlines()), r.stdout
+    r = cli("list", "--json", MISSIONSTREAM_URL=url)
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows[name]["seq"] == 5 and rows[name]["followers"] == 0
+    # stop, with secrets from the environment.
+    r = cli("stop", name, "--url", url, MISSIONSTREAM_PASSWORD=PW, MISSIONSTREAM_LEADER_CODE=CODE)
+    assert r.returncode == 0, r.stderr
+    r = cli("list", "--json", "--url", url)
+    assert name not in [row["name"] for row in json.loads(r.stdout)]
+
+
+def test_watch_prints_states_as_lead_publishes(url: str, name: str) -> None:
+    lead = popen("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, "--stamp", "--stop-at-end")
+    try:
+        # The first line creates the stream; then a watcher joins.
+        lead.stdin.write(json.dumps({"step": 0}) + "\n")
+        lead.stdin.flush()
+        deadline = time.monotonic() + 10
+        with ms.Client(url) as c:
+            while name not in [s.name for s in c.list()]:
+                assert time.monotonic() < deadline and lead.poll() is None, lead.stderr.read() if lead.poll() is not None else ""
+                time.sleep(0.05)
+            watch = popen("watch", name, "--url", url, "--password", PW)
+            try:
+                first = watch.stdout.readline()
+                assert " seq=" in first, first + watch.stderr.read()
+                for step in range(1, 6):
+                    lead.stdin.write(json.dumps({"step": step}) + "\n")
+                    lead.stdin.flush()
+                    time.sleep(0.1)
+                lead.stdin.close()  # EOF: flush, then --stop-at-end stops the stream
+                assert lead.wait(30) == 0, lead.stderr.read()
+                out, err = watch.communicate(timeout=30)
+                assert watch.returncode == 0, err
+            finally:
+                if watch.poll() is None:
+                    watch.kill()
+                    watch.wait()
+    finally:
+        if lead.poll() is None:
+            lead.kill()
+            lead.wait()
+    lines = [first] + out.splitlines()
+    got = []
+    for line in lines:
+        m = re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=(\d+) delay=(-?\d+\.\d)ms (.*)$", line.strip())
+        assert m, line
+        doc = json.loads(m.group(3))
+        assert "sent_ms" in doc  # --stamp
+        assert -50 < float(m.group(2)) < 5000
+        got.append((int(m.group(1)), doc["step"]))
+    seqs = [s for s, _ in got]
+    assert seqs == sorted(set(seqs))
+    assert got[-1] == (6, 5), got
+    assert [step for _, step in got] == list(range(got[0][1], 6)), got  # every flushed state printed
+    assert "ended" in err
+
+
+def test_lead_reconnect_and_no_wait(url: str, name: str) -> None:
+    r = cli("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, input='{"a":1}\n')
+    assert r.returncode == 0, r.stderr
+    r = cli("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, input='{"a":2}\n')
+    assert_clean_error(r, "--reconnect")
+    r = cli("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, "--reconnect", "--no-wait", "-v",
+            input="".join(json.dumps({"a": i}) + "\n" for i in range(3, 100)))
+    assert r.returncode == 0, r.stderr
+    assert "published 97 state(s)" in r.stderr
+    with ms.Client(url) as c, c.connect(name, PW) as f:
+        assert f.next_event(5).data == '{"a": 99}'
+
+
+def test_cli_errors_are_one_line(url: str, closed_port_url: str, name: str) -> None:
+    assert_clean_error(cli("list", "--url", closed_port_url, "--timeout", "2"), "missionstream: error:")
+    assert_clean_error(cli("watch", name, "--url", url), "error")  # not found
+    r = cli("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, input='{"ok":1}\n')
+    assert r.returncode == 0, r.stderr
+    assert_clean_error(cli("watch", name, "--url", url, "--password", "wrong"), "password")
+    assert_clean_error(cli("stop", name, "--url", url, "--password", PW, "--leader-code", "wrong"), "leader code")
+    assert_clean_error(cli("stop", name, "--url", url, "--password", PW), "leader code is required")
+    r = cli("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, "--reconnect", input="not json\n")
+    assert_clean_error(r, "line 1", "JSON")
+    assert r.returncode == 2
+    assert_clean_error(cli("list", "--url", "ftp://nowhere"), "error")
+    r = cli("watch", name, "--url", url, "--password", PW, "--idle-timeout", "0.5", "--quiet")
+    assert r.returncode == 1
+    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=1 delay=-$", r.stdout.strip()), r.stdout
+    assert "no event" in r.stderr and "Traceback" not in r.stderr

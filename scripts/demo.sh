@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# missionstream demo: starts a local Redis + Webdis (scripts/server.sh, free
+# loopback ports, deploy/ configuration), runs examples/demo.py (a leader
+# streaming a changing mission plan, a follower printing what it receives),
+# and always shuts the servers down again.
+#
+# Assumes the library is built (cargo build --release; `make demo` does it).
+# MISSIONSTREAM_LIB may name another build of it.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+if [ -z "${MISSIONSTREAM_LIB:-}" ] && [ ! -f target/release/libmissionstream.so ] && [ ! -f target/debug/libmissionstream.so ]; then
+  echo "demo: libmissionstream is not built: run 'cargo build --release' (or 'make demo')" >&2
+  exit 1
+fi
+for tool in redis-server redis-cli webdis curl python3; do
+  command -v "$tool" >/dev/null || { echo "demo: $tool is not installed (run 'make demo', which installs it)" >&2; exit 1; }
+done
+
+dir=$(mktemp -d "${TMPDIR:-/tmp}/missionstream-demo.XXXXXX")
+cleanup() {
+  "$here/scripts/server.sh" stop "$dir" || true
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$here/scripts/server.sh" start "$dir"
+# shellcheck disable=SC1091
+. "$dir/env"
+
+PYTHONPATH="$here/bindings/python${PYTHONPATH:+:$PYTHONPATH}" python3 "$here/examples/demo.py" --url "$MS_URL" "$@"
