@@ -1,0 +1,430 @@
+//! The client: one Webdis endpoint, the streams it leads and follows, and
+//! the dispatcher that calls the user's callback.
+//!
+//! Threads: the caller's threads run start/reconnect/connect/stop/list
+//! (blocking HTTP on a shared connection pool); each led stream has a
+//! publisher thread; each followed stream has a follower thread plus a
+//! reader thread per subscription; one dispatcher thread calls the
+//! callback. Dropping the client delivers pending states (bounded by the
+//! request timeout), ends every follow and stops the dispatcher.
+
+use crate::dispatch::{lock, Callback, Dispatcher};
+use crate::error::{Error, Result, Status};
+use crate::follower::Follow;
+use crate::leader::{Lead, LeadIdentity};
+use crate::protocol::{self, INDEX_KEY};
+use crate::transport::{random_hex, Endpoint, Webdis};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Settings shared with the client's threads; changes apply at once.
+pub struct Config {
+    timeout_ms: AtomicU32,
+    stream_ttl_s: AtomicU32,
+    heartbeat_ms: AtomicU32,
+}
+
+impl Config {
+    const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+    const DEFAULT_HEARTBEAT_MS: u32 = 5_000;
+
+    /// Timeout of one request.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed) as u64)
+    }
+    /// The leader's heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed) as u64)
+    }
+    pub fn stream_ttl_s(&self) -> u32 {
+        self.stream_ttl_s.load(Ordering::Relaxed)
+    }
+}
+
+type Registry<T> = Arc<Mutex<HashMap<String, T>>>;
+
+/// What the session threads need of their client.
+#[derive(Clone)]
+pub struct Hooks {
+    pub dispatcher: Arc<Dispatcher>,
+    /// Called by a publisher whose lead ended on a final error.
+    pub lead_ended: Arc<dyn Fn(u64, &CString) + Send + Sync>,
+    /// Called by a follower whose stream ended.
+    pub follow_ended: Arc<dyn Fn(u64, &CString) + Send + Sync>,
+}
+
+/// A live stream as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub name: String,
+    pub seq: u64,
+    pub followers: u32,
+    pub updated_ms: i64,
+}
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+pub struct Client {
+    config: Arc<Config>,
+    /// Connections for the calls made on the caller's threads.
+    control: Webdis,
+    leads: Registry<Arc<Lead>>,
+    follows: Registry<Arc<Follow>>,
+    hooks: Hooks,
+}
+
+fn key_of(name: &str) -> String {
+    format!("stream:{name}")
+}
+
+fn c_name(name: &str) -> Arc<CString> {
+    // Names are checked: no control characters, so no NUL.
+    Arc::new(CString::new(name).unwrap_or_default())
+}
+
+impl Client {
+    /// A client of the Webdis at `url`; no I/O.
+    pub fn new(url: &str) -> Result<Client> {
+        let endpoint = Arc::new(Endpoint::parse(url)?);
+        let dispatcher = Dispatcher::new()
+            .map_err(|e| Error::new(Status::MS_ERR_INTERNAL, format!("cannot start a thread: {e}")))?;
+        let leads: Registry<Arc<Lead>> = Arc::default();
+        let follows: Registry<Arc<Follow>> = Arc::default();
+        let hooks = Hooks {
+            dispatcher,
+            lead_ended: {
+                let leads = Arc::downgrade(&leads);
+                Arc::new(move |session, name: &CString| {
+                    if let Some(leads) = leads.upgrade() {
+                        let mut m = lock(&leads);
+                        let name = name.to_str().unwrap_or("");
+                        if m.get(name).is_some_and(|l| l.session == session) {
+                            m.remove(name);
+                        }
+                    }
+                })
+            },
+            follow_ended: {
+                let follows = Arc::downgrade(&follows);
+                Arc::new(move |session, name: &CString| {
+                    if let Some(follows) = follows.upgrade() {
+                        let mut m = lock(&follows);
+                        let name = name.to_str().unwrap_or("");
+                        if m.get(name).is_some_and(|f| f.session == session) {
+                            m.remove(name);
+                        }
+                    }
+                })
+            },
+        };
+        Ok(Client {
+            config: Arc::new(Config {
+                timeout_ms: AtomicU32::new(Config::DEFAULT_TIMEOUT_MS),
+                stream_ttl_s: AtomicU32::new(0),
+                heartbeat_ms: AtomicU32::new(Config::DEFAULT_HEARTBEAT_MS),
+            }),
+            control: Webdis::new(endpoint),
+            leads,
+            follows,
+            hooks,
+        })
+    }
+
+    /// Timeout of each request, in ms (1 ms to 1 hour).
+    pub fn set_timeout(&self, timeout_ms: u32) -> Result<()> {
+        if timeout_ms == 0 || timeout_ms > 3_600_000 {
+            return Err(Error::invalid(format!(
+                "the timeout must be 1 to 3600000 ms, not {timeout_ms}"
+            )));
+        }
+        self.config.timeout_ms.store(timeout_ms, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Time to live of streams this client starts or reconnects, in
+    /// seconds; 0 (default) never expires.
+    pub fn set_stream_ttl(&self, seconds: u32) -> Result<()> {
+        if seconds > 0 && (seconds as u64) * 1000 < 2 * self.config.heartbeat().as_millis() as u64 {
+            return Err(Error::invalid(format!(
+                "a stream TTL of {seconds} s is shorter than two heartbeat intervals; the stream would expire while led"
+            )));
+        }
+        self.config.stream_ttl_s.store(seconds, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The leader's heartbeat interval in ms (50 ms to 1 hour).
+    pub fn set_heartbeat(&self, interval_ms: u32) -> Result<()> {
+        if !(50..=3_600_000).contains(&interval_ms) {
+            return Err(Error::invalid(format!(
+                "the heartbeat interval must be 50 to 3600000 ms, not {interval_ms}"
+            )));
+        }
+        self.config.heartbeat_ms.store(interval_ms, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sets (or with None removes) the callback.
+    pub fn set_callback(&self, cb: Option<Callback>) {
+        self.hooks.dispatcher.set_callback(cb);
+    }
+
+    fn check_not_leading(&self, name: &str) -> Result<()> {
+        if lock(&self.leads).contains_key(name) {
+            return Err(Error::new(
+                Status::MS_ERR_ALREADY,
+                format!("this client already leads \"{name}\""),
+            ));
+        }
+        Ok(())
+    }
+
+    fn lead(&self, name: &str) -> Result<Arc<Lead>> {
+        lock(&self.leads).get(name).cloned().ok_or_else(|| {
+            Error::new(
+                Status::MS_ERR_NOT_LEADING,
+                format!("this client does not lead \"{name}\"; call ms_start or ms_reconnect first"),
+            )
+        })
+    }
+
+    fn begin_lead(&self, name: &str, code: &str, channel: String) -> Result<()> {
+        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        self.hooks.dispatcher.register(session);
+        let lead = Lead::spawn(
+            session,
+            LeadIdentity {
+                name: c_name(name),
+                key: key_of(name),
+                code: code.to_string(),
+                channel,
+            },
+            Webdis::new(self.control.endpoint_arc()),
+            self.config.clone(),
+            self.hooks.clone(),
+        )?;
+        let mut leads = lock(&self.leads);
+        if leads.contains_key(name) {
+            drop(leads);
+            lead.terminate();
+            self.hooks.dispatcher.unregister(session);
+            return Err(Error::new(
+                Status::MS_ERR_ALREADY,
+                format!("this client already leads \"{name}\""),
+            ));
+        }
+        leads.insert(name.to_string(), lead);
+        Ok(())
+    }
+
+    /// Creates stream `name` with state `{}`; this client leads it.
+    pub fn start(&self, name: &str, password: &str, leader_code: &str) -> Result<()> {
+        protocol::check_name(name)?;
+        protocol::check_password(password)?;
+        protocol::check_leader_code(leader_code)?;
+        self.check_not_leading(name)?;
+        let channel = random_hex(16)?;
+        let salt = random_hex(16)?;
+        let body = protocol::frame_body(&[
+            password.as_bytes(),
+            leader_code.as_bytes(),
+            salt.as_bytes(),
+            channel.as_bytes(),
+        ]);
+        let hb = self.config.heartbeat().as_millis().to_string();
+        let ttl = self.config.stream_ttl_s().to_string();
+        self.control
+            .fcall(false, "ms_start", &[&key_of(name), INDEX_KEY], &[&hb, &ttl], &body, self.config.timeout())
+            .map_err(|e| match e.status {
+                Status::MS_ERR_EXISTS => Error::new(
+                    Status::MS_ERR_EXISTS,
+                    format!("a stream named \"{name}\" exists already; pick another name or ms_reconnect to it"),
+                ),
+                _ => e,
+            })?;
+        self.begin_lead(name, leader_code, channel)
+    }
+
+    /// Takes up leading an existing stream; its state is kept.
+    pub fn reconnect(&self, name: &str, password: &str, leader_code: &str) -> Result<()> {
+        protocol::check_name(name)?;
+        protocol::check_password(password)?;
+        protocol::check_leader_code(leader_code)?;
+        self.check_not_leading(name)?;
+        let body = protocol::frame_body(&[password.as_bytes(), leader_code.as_bytes()]);
+        let hb = self.config.heartbeat().as_millis().to_string();
+        let ttl = self.config.stream_ttl_s().to_string();
+        let reply = self.control.fcall(
+            false,
+            "ms_reconnect",
+            &[&key_of(name), INDEX_KEY],
+            &[&hb, &ttl],
+            &body,
+            self.config.timeout(),
+        )?;
+        let channel = match reply {
+            Value::Array(a) if a.len() == 2 => match &a[0] {
+                Value::String(c) => c.clone(),
+                _ => return Err(protocol::protocol_error("ms_reconnect")),
+            },
+            _ => return Err(protocol::protocol_error("ms_reconnect")),
+        };
+        self.begin_lead(name, leader_code, channel)
+    }
+
+    /// Hands over a new state; returns at once.
+    pub fn publish(&self, name: &str, state: &[u8]) -> Result<()> {
+        protocol::check_state(state)?;
+        self.lead(name)?.publish(state)
+    }
+
+    /// Waits until every state published before the call is stored.
+    pub fn flush(&self, name: &str, timeout_ms: u32) -> Result<()> {
+        self.lead(name)?
+            .flush(Duration::from_millis(timeout_ms as u64))
+    }
+
+    /// Deletes the stream; its followers get ENDED.
+    pub fn stop(&self, name: &str) -> Result<()> {
+        let lead = self.lead(name)?;
+        lead.pause();
+        let id = lead.identity();
+        let body = protocol::frame_body(&[id.code.as_bytes(), id.channel.as_bytes()]);
+        let result = self.control.fcall(
+            false,
+            "ms_stop",
+            &[&id.key, INDEX_KEY],
+            &[],
+            &body,
+            self.config.timeout(),
+        );
+        match result {
+            Ok(_) | Err(Error { status: Status::MS_ERR_NOT_FOUND, .. }) => {
+                {
+                    let mut leads = lock(&self.leads);
+                    if leads.get(name).is_some_and(|l| l.session == lead.session) {
+                        leads.remove(name);
+                    }
+                }
+                lead.terminate();
+                self.hooks.dispatcher.unregister(lead.session);
+                result.map(|_| ())
+            }
+            Err(e) => {
+                lead.resume();
+                Err(e)
+            }
+        }
+    }
+
+    /// Follows stream `name`: on success its current state is the first
+    /// STATE event, already queued for the callback.
+    pub fn connect(&self, name: &str, password: &str) -> Result<()> {
+        protocol::check_name(name)?;
+        protocol::check_password(password)?;
+        let already = || {
+            Error::new(
+                Status::MS_ERR_ALREADY,
+                format!("this client already follows \"{name}\""),
+            )
+        };
+        if lock(&self.follows).contains_key(name) {
+            return Err(already());
+        }
+        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        self.hooks.dispatcher.register(session);
+        let follow = Follow::start(
+            session,
+            c_name(name),
+            password.to_string(),
+            &self.control,
+            self.config.clone(),
+            self.hooks.clone(),
+        );
+        let follow = match follow {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                self.hooks.dispatcher.unregister(session);
+                return Err(e);
+            }
+        };
+        let mut follows = lock(&self.follows);
+        if follows.contains_key(name) {
+            drop(follows);
+            follow.cancel(Duration::from_millis(450));
+            self.hooks.dispatcher.unregister(session);
+            return Err(already());
+        }
+        follows.insert(name.to_string(), follow);
+        Ok(())
+    }
+
+    /// Ends following `name`; no event of it is delivered after this
+    /// returns (unless called from the callback delivering one).
+    pub fn disconnect(&self, name: &str) -> Result<()> {
+        let follow = lock(&self.follows).remove(name).ok_or_else(|| {
+            Error::new(
+                Status::MS_ERR_NOT_FOLLOWING,
+                format!("this client does not follow \"{name}\""),
+            )
+        })?;
+        self.hooks.dispatcher.unregister(follow.session);
+        follow.cancel(Duration::from_millis(400));
+        Ok(())
+    }
+
+    /// The live streams.
+    pub fn list(&self) -> Result<Vec<StreamInfo>> {
+        let reply = self
+            .control
+            .fcall(false, "ms_list", &[INDEX_KEY], &[], b"", self.config.timeout())?;
+        let bad = || protocol::protocol_error("ms_list");
+        let items = match reply {
+            Value::Array(a) if a.len() % 4 == 0 => a,
+            _ => return Err(bad()),
+        };
+        let mut out = Vec::with_capacity(items.len() / 4);
+        for rec in items.chunks(4) {
+            out.push(StreamInfo {
+                name: rec[0].as_str().ok_or_else(bad)?.to_string(),
+                seq: protocol::as_u64(&rec[1]).ok_or_else(bad)?,
+                followers: protocol::as_u64(&rec[2]).ok_or_else(bad)?.min(u32::MAX as u64) as u32,
+                updated_ms: protocol::as_i64(&rec[3]).ok_or_else(bad)?,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Number of events waiting for the callback (for tests and benches).
+    pub fn queued_events(&self) -> usize {
+        self.hooks.dispatcher.queued()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let timeout = self.config.timeout();
+        let leads: Vec<_> = lock(&self.leads).drain().map(|(_, l)| l).collect();
+        let follows: Vec<_> = lock(&self.follows).drain().map(|(_, f)| f).collect();
+        for f in &follows {
+            self.hooks.dispatcher.unregister(f.session);
+        }
+        // Leads deliver their pending states in parallel, each within the
+        // request timeout.
+        std::thread::scope(|s| {
+            for lead in &leads {
+                s.spawn(move || lead.close(timeout));
+            }
+            for f in &follows {
+                s.spawn(move || f.cancel(Duration::from_millis(400)));
+            }
+        });
+        self.hooks.dispatcher.shutdown();
+        self.control.shutdown();
+    }
+}

@@ -1,0 +1,506 @@
+//! A followed stream: one follower thread runs the session (subscribe,
+//! snapshot, listen, detect silence, recover), and for each subscription a
+//! reader thread turns Webdis' chunked SUBSCRIBE stream into messages.
+//!
+//! Late join: the follower subscribes, waits for Webdis' acknowledgement,
+//! then reads the snapshot, and from then on delivers only states newer
+//! than the last one delivered.
+//!
+//! Silence: Webdis says nothing when its own link to Redis breaks. When the
+//! subscription has been silent for 2 heartbeat intervals the follower
+//! publishes a probe on its channel; if the probe does not come back within
+//! one more interval the subscription is dead and is replaced.
+
+use crate::client::{Config, Hooks};
+use crate::dispatch::{lock, Event, EventKind};
+use crate::error::{Error, Result, Status};
+use crate::leader::Backoff;
+use crate::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
+use crate::transport::{random_hex, Endpoint, Webdis};
+use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use serde_json::Value;
+use std::ffi::CString;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Handle kept by the client for a followed stream.
+pub struct Follow {
+    pub session: u64,
+    cancel: Arc<AtomicBool>,
+    /// Dropped to wake the follower thread.
+    wake: Mutex<Option<Sender<()>>>,
+    /// The connection in use, shut down to break a blocked call.
+    active: Arc<Mutex<Option<Webdis>>>,
+    done: Receiver<()>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Follow {
+    /// Checks the password, subscribes and reads the snapshot; returns once
+    /// the current state is queued for the callback.
+    pub fn start(
+        session: u64,
+        name: Arc<CString>,
+        password: String,
+        control: &Webdis,
+        config: Arc<Config>,
+        hooks: Hooks,
+    ) -> Result<Follow> {
+        let key = format!("stream:{}", name.to_str().unwrap_or(""));
+        let endpoint = control.endpoint_arc();
+        let body = protocol::frame_body(&[password.as_bytes()]);
+        let reply = control.fcall(true, "ms_connect", &[&key], &[], &body, config.timeout())?;
+        let (channel, hb_ms) = match reply {
+            Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
+                (Value::String(c), Some(hb)) => (c.clone(), hb),
+                _ => return Err(protocol::protocol_error("ms_connect")),
+            },
+            _ => return Err(protocol::protocol_error("ms_connect")),
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (wake_tx, wake_rx) = bounded::<()>(0);
+        let (done_tx, done_rx) = bounded::<()>(0);
+        let (ready_tx, ready_rx) = bounded::<Result<()>>(1);
+        let active = Arc::new(Mutex::new(None));
+        let follower = Follower {
+            session,
+            name,
+            key,
+            password,
+            channel,
+            hb: Duration::from_millis(hb_ms.max(1)),
+            endpoint,
+            config,
+            hooks,
+            cancel: cancel.clone(),
+            wake: wake_rx,
+            active: active.clone(),
+            last_seq: None,
+            _done: done_tx,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ms-follow".into())
+            .stack_size(256 * 1024)
+            .spawn(move || follower.run(ready_tx))
+            .map_err(|e| Error::new(Status::MS_ERR_INTERNAL, format!("cannot start a thread: {e}")))?;
+        let follow = Follow {
+            session,
+            cancel,
+            wake: Mutex::new(Some(wake_tx)),
+            active,
+            done: done_rx,
+            thread: Mutex::new(Some(thread)),
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(follow),
+            Ok(Err(e)) => {
+                follow.cancel(Duration::from_secs(1));
+                Err(e)
+            }
+            Err(_) => {
+                follow.cancel(Duration::from_secs(1));
+                Err(Error::new(Status::MS_ERR_INTERNAL, "the follower thread ended early"))
+            }
+        }
+    }
+
+    /// Ends the session: breaks any call in flight and waits up to `wait`
+    /// for the thread to end (it ends on its own soon after otherwise).
+    pub fn cancel(&self, wait: Duration) {
+        self.cancel.store(true, Ordering::SeqCst);
+        lock(&self.wake).take();
+        if let Some(conn) = lock(&self.active).take() {
+            conn.shutdown();
+        }
+        let finished = !matches!(
+            self.done.recv_timeout(wait),
+            Err(RecvTimeoutError::Timeout)
+        );
+        let handle = lock(&self.thread).take();
+        if let Some(h) = handle {
+            if finished && h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+/// What ended a subscription.
+enum Outcome {
+    Lost(Error),
+    Ended,
+    Cancelled,
+}
+
+/// Items from the reader thread.
+enum Incoming {
+    Item(SubscriptionItem),
+    Closed(Error),
+}
+
+/// One live subscription.
+struct Subscription {
+    conn: Webdis,
+    rx: Receiver<Incoming>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.conn.shutdown();
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+struct Snapshot {
+    seq: u64,
+    hb: Duration,
+    state: String,
+}
+
+struct Follower {
+    session: u64,
+    name: Arc<CString>,
+    key: String,
+    password: String,
+    channel: String,
+    hb: Duration,
+    endpoint: Arc<Endpoint>,
+    config: Arc<Config>,
+    hooks: Hooks,
+    cancel: Arc<AtomicBool>,
+    wake: Receiver<()>,
+    active: Arc<Mutex<Option<Webdis>>>,
+    last_seq: Option<u64>,
+    /// Dropped when the thread ends.
+    _done: Sender<()>,
+}
+
+impl Follower {
+    fn run(mut self, ready: Sender<Result<()>>) {
+        let sub = match self.open() {
+            Ok((sub, snap)) => {
+                self.deliver_snapshot(snap);
+                let _ = ready.send(Ok(()));
+                sub
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        drop(ready);
+        let mut sub = Some(sub);
+        let mut backoff = Backoff::new(self.session);
+        loop {
+            let outcome = match sub.take() {
+                Some(s) => self.listen(s),
+                None => Outcome::Lost(Error::new(Status::MS_ERR_UNAVAILABLE, "not subscribed")),
+            };
+            let cause = match outcome {
+                Outcome::Cancelled => return,
+                Outcome::Ended => return self.end(),
+                Outcome::Lost(e) => e,
+            };
+            self.emit(Event::new(EventKind::MS_EVENT_CONNECTION_LOST, &self.name, cause.status));
+            // Recover: retry with capped exponential backoff and jitter.
+            loop {
+                if self.sleep(backoff.next()) {
+                    return;
+                }
+                match self.open() {
+                    Ok((s, snap)) => {
+                        backoff.reset();
+                        self.emit(Event::new(EventKind::MS_EVENT_RECONNECTED, &self.name, Status::MS_OK));
+                        self.deliver_snapshot(snap);
+                        sub = Some(s);
+                        break;
+                    }
+                    Err(_) if self.cancelled() => return,
+                    Err(e) if is_final(e.status) => return self.end(),
+                    Err(_) => continue,
+                }
+            }
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps, waking early on cancel; true when cancelled.
+    fn sleep(&self, d: Duration) -> bool {
+        match self.wake.recv_timeout(d) {
+            Err(RecvTimeoutError::Timeout) => self.cancelled(),
+            _ => true,
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        if !self.cancelled() {
+            self.hooks.dispatcher.push(self.session, event);
+        }
+    }
+
+    fn end(&self) {
+        if self.cancelled() {
+            return;
+        }
+        (self.hooks.follow_ended)(self.session, &self.name);
+        self.hooks
+            .dispatcher
+            .push(self.session, Event::new(EventKind::MS_EVENT_ENDED, &self.name, Status::MS_OK));
+    }
+
+    fn deliver_snapshot(&mut self, snap: Snapshot) {
+        self.hb = snap.hb;
+        if self.last_seq.is_none_or(|s| snap.seq > s) {
+            self.last_seq = Some(snap.seq);
+            self.emit(Event::state(&self.name, snap.seq, snap.state));
+        }
+    }
+
+    /// A connection for the next call, registered so that cancel breaks it.
+    fn connection(&self) -> Result<Webdis> {
+        let conn = Webdis::new(self.endpoint.clone());
+        *lock(&self.active) = Some(conn.clone());
+        if self.cancelled() {
+            conn.shutdown();
+            return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected"));
+        }
+        Ok(conn)
+    }
+
+    /// Subscribes, waits for the acknowledgement, then reads the snapshot.
+    fn open(&self) -> Result<(Subscription, Snapshot)> {
+        let timeout = self.config.timeout();
+        let conn = self.connection()?;
+        let reader = conn.subscribe(&self.channel, timeout)?;
+        let (tx, rx) = bounded(64);
+        let name = format!("ms-sub-{}", self.session);
+        let handle = std::thread::Builder::new()
+            .name(name)
+            .stack_size(256 * 1024)
+            .spawn(move || read_subscription(reader, tx))
+            .map_err(|e| Error::new(Status::MS_ERR_INTERNAL, format!("cannot start a thread: {e}")))?;
+        let sub = Subscription {
+            conn: conn.clone(),
+            rx,
+            reader: Some(handle),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            select! {
+                recv(self.wake) -> _ => return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected")),
+                recv(sub.rx) -> m => match m {
+                    Ok(Incoming::Item(SubscriptionItem::Subscribed { channel })) if channel == self.channel => break,
+                    Ok(Incoming::Item(_)) => continue,
+                    Ok(Incoming::Closed(e)) => return Err(e),
+                    Err(_) => return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed")),
+                },
+                default(left) => return Err(Error::new(
+                    Status::MS_ERR_TIMEOUT,
+                    format!("Webdis did not acknowledge the subscription within {} ms", timeout.as_millis()),
+                )),
+            }
+        }
+        let snap = self.snapshot(&conn)?;
+        Ok((sub, snap))
+    }
+
+    fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
+        let body = protocol::frame_body(&[self.password.as_bytes()]);
+        let reply = conn.fcall(true, "ms_snapshot", &[&self.key], &[], &body, self.config.timeout())?;
+        let bad = || protocol::protocol_error("ms_snapshot");
+        let Value::Array(mut a) = reply else {
+            return Err(bad());
+        };
+        if a.len() != 5 {
+            return Err(bad());
+        }
+        let state = match a.pop() {
+            Some(Value::String(s)) => s,
+            _ => return Err(bad()),
+        };
+        let hb_ms = protocol::as_u64(&a[3]).ok_or_else(bad)?;
+        let seq = protocol::as_u64(&a[1]).ok_or_else(bad)?;
+        if a[0].as_str() != Some(self.channel.as_str()) {
+            return Err(Error::new(
+                Status::MS_ERR_NOT_FOUND,
+                "the stream was stopped and started anew",
+            ));
+        }
+        Ok(Snapshot {
+            seq,
+            hb: Duration::from_millis(hb_ms.max(1)),
+            state,
+        })
+    }
+
+    /// Delivers messages until the subscription ends.
+    fn listen(&mut self, sub: Subscription) -> Outcome {
+        let mut last_heard = Instant::now();
+        let mut leader_heard = Instant::now();
+        let mut leader_offline = false;
+        let mut probe: Option<(String, Instant)> = None;
+        loop {
+            let now = Instant::now();
+            let silence_at = last_heard + 2 * self.hb;
+            let offline_at = leader_heard + 3 * self.hb;
+            let mut wake = silence_at;
+            if !leader_offline {
+                wake = wake.min(offline_at);
+            }
+            if let Some((_, deadline)) = &probe {
+                wake = wake.min(*deadline);
+            }
+            let left = wake.saturating_duration_since(now);
+            let msg = select! {
+                recv(self.wake) -> _ => return Outcome::Cancelled,
+                recv(sub.rx) -> m => Some(m),
+                default(left) => None,
+            };
+            match msg {
+                Some(Ok(Incoming::Item(SubscriptionItem::Message { payload, .. }))) => {
+                    last_heard = Instant::now();
+                    let mut from_leader = false;
+                    match protocol::parse_channel_message(payload) {
+                        Some(ChannelMessage::State { seq, state, .. }) => {
+                            from_leader = true;
+                            if self.last_seq.is_none_or(|s| seq > s) {
+                                self.last_seq = Some(seq);
+                                self.emit(Event::state(&self.name, seq, state));
+                            }
+                        }
+                        Some(ChannelMessage::Heartbeat { interval_ms }) => {
+                            from_leader = true;
+                            self.hb = Duration::from_millis(interval_ms.max(1));
+                        }
+                        Some(ChannelMessage::Probe { nonce }) => {
+                            if probe.as_ref().is_some_and(|(n, _)| *n == nonce) {
+                                probe = None;
+                            }
+                        }
+                        Some(ChannelMessage::Ended) => return Outcome::Ended,
+                        None => {}
+                    }
+                    if from_leader {
+                        leader_heard = last_heard;
+                        if leader_offline {
+                            leader_offline = false;
+                            self.emit(Event::new(EventKind::MS_EVENT_LEADER_ONLINE, &self.name, Status::MS_OK));
+                        }
+                    }
+                }
+                Some(Ok(Incoming::Item(_))) => last_heard = Instant::now(),
+                Some(Ok(Incoming::Closed(e))) => return self.lost(e),
+                Some(Err(_)) => {
+                    return self.lost(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed"))
+                }
+                None => {
+                    let now = Instant::now();
+                    if !leader_offline && now >= offline_at {
+                        leader_offline = true;
+                        self.emit(Event::new(EventKind::MS_EVENT_LEADER_OFFLINE, &self.name, Status::MS_OK));
+                    }
+                    if let Some((_, deadline)) = &probe {
+                        if now >= *deadline {
+                            return self.lost(Error::new(
+                                Status::MS_ERR_TIMEOUT,
+                                "the subscription went silent (a probe did not come back)",
+                            ));
+                        }
+                    } else if now >= silence_at {
+                        match self.send_probe(&sub.conn) {
+                            Ok(nonce) => probe = Some((nonce, Instant::now() + self.hb.max(Duration::from_millis(200)))),
+                            Err(e) if is_final(e.status) => return Outcome::Ended,
+                            Err(e) => return self.lost(e),
+                        }
+                        last_heard = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    fn lost(&self, e: Error) -> Outcome {
+        if self.cancelled() {
+            Outcome::Cancelled
+        } else {
+            Outcome::Lost(e)
+        }
+    }
+
+    fn send_probe(&self, conn: &Webdis) -> Result<String> {
+        let nonce = random_hex(8)?;
+        let body = protocol::frame_body(&[self.password.as_bytes()]);
+        let reply = conn.fcall(false, "ms_probe", &[&self.key], &[&nonce], &body, self.config.timeout())?;
+        match reply {
+            Value::Array(a) if a.first().and_then(Value::as_str) == Some(self.channel.as_str()) => Ok(nonce),
+            Value::Array(_) => Err(Error::new(
+                Status::MS_ERR_NOT_FOUND,
+                "the stream was stopped and started anew",
+            )),
+            _ => Err(protocol::protocol_error("ms_probe")),
+        }
+    }
+}
+
+/// Statuses after which following cannot go on.
+fn is_final(status: Status) -> bool {
+    matches!(
+        status,
+        Status::MS_ERR_NOT_FOUND | Status::MS_ERR_BAD_PASSWORD | Status::MS_ERR_FORBIDDEN
+    )
+}
+
+/// The reader thread: bytes from Webdis to parsed items.
+fn read_subscription(mut reader: impl Read, tx: Sender<Incoming>) {
+    let mut splitter = ObjectSplitter::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => {
+                let _ = tx.send(Incoming::Closed(Error::new(
+                    Status::MS_ERR_UNAVAILABLE,
+                    "Webdis closed the subscription",
+                )));
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Incoming::Closed(Error::new(
+                    Status::MS_ERR_UNAVAILABLE,
+                    format!("the subscription broke: {e}"),
+                )));
+                return;
+            }
+        };
+        splitter.push(&buf[..n]);
+        loop {
+            match splitter.next_object() {
+                Ok(Some(obj)) => {
+                    let item = match protocol::parse_subscription_object(&obj) {
+                        Ok(item) => Incoming::Item(item),
+                        Err(e) => Incoming::Closed(e),
+                    };
+                    let closed = matches!(item, Incoming::Closed(_));
+                    if tx.send(item).is_err() || closed {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Incoming::Closed(e));
+                    return;
+                }
+            }
+        }
+    }
+}

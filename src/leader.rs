@@ -1,0 +1,397 @@
+//! A led stream: the publisher thread that stores and broadcasts states.
+//!
+//! `publish` only swaps the newest state into a one-slot mailbox (latest
+//! wins) and wakes the publisher; the publisher sends one request at a time
+//! (Webdis does not order concurrent requests), keeps the newest unsent
+//! state across failures, retries transient ones with backoff, and sends a
+//! heartbeat when it has been idle for one interval.
+
+use crate::client::{Config, Hooks};
+use crate::dispatch::{lock, Event, EventKind};
+use crate::error::{Error, Result, Status};
+use crate::protocol;
+use crate::transport::Webdis;
+use std::ffi::CString;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What the leader identifies itself with on every request.
+pub struct LeadIdentity {
+    pub name: Arc<CString>,
+    pub key: String,
+    pub code: String,
+    pub channel: String,
+}
+
+struct State {
+    /// The newest unsent state: (generation, framed request body).
+    pending: Option<(u64, Vec<u8>)>,
+    /// Generation of the last `publish`.
+    published: u64,
+    /// Highest generation stored in Redis.
+    stored: u64,
+    /// The error of the current failure streak.
+    failing: Option<Error>,
+    /// A final error: the lead is over.
+    ended: Option<Error>,
+    /// A request is in flight.
+    busy: bool,
+    /// ms_stop is in progress: send nothing.
+    paused: bool,
+    /// Deliver the pending state by this deadline, then exit (client free).
+    closing: Option<Instant>,
+    /// Exit now.
+    exit: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+pub struct Lead {
+    pub session: u64,
+    identity: Arc<LeadIdentity>,
+    /// `"<len code> <len channel>\n<code><channel>"`: the body before the state.
+    body_prefix: Vec<u8>,
+    shared: Arc<Shared>,
+    conn: Webdis,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Lead {
+    pub fn spawn(
+        session: u64,
+        identity: LeadIdentity,
+        conn: Webdis,
+        config: Arc<Config>,
+        hooks: Hooks,
+    ) -> Result<Arc<Lead>> {
+        let identity = Arc::new(identity);
+        let body_prefix =
+            protocol::frame_body(&[identity.code.as_bytes(), identity.channel.as_bytes(), b""]);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: None,
+                published: 0,
+                stored: 0,
+                failing: None,
+                ended: None,
+                busy: false,
+                paused: false,
+                closing: None,
+                exit: false,
+            }),
+            cond: Condvar::new(),
+        });
+        let publisher = Publisher {
+            session,
+            identity: identity.clone(),
+            shared: shared.clone(),
+            conn: conn.clone(),
+            config,
+            hooks,
+        };
+        let thread = std::thread::Builder::new()
+            .name("ms-publish".into())
+            .stack_size(256 * 1024)
+            .spawn(move || publisher.run())
+            .map_err(|e| Error::new(Status::MS_ERR_INTERNAL, format!("cannot start a thread: {e}")))?;
+        Ok(Arc::new(Lead {
+            session,
+            identity,
+            body_prefix,
+            shared,
+            conn,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    pub fn identity(&self) -> &LeadIdentity {
+        &self.identity
+    }
+
+    /// Hands over a new state (already checked); never touches the network.
+    pub fn publish(&self, state: &[u8]) -> Result<()> {
+        let mut body = Vec::with_capacity(self.body_prefix.len() + state.len());
+        body.extend_from_slice(&self.body_prefix);
+        body.extend_from_slice(state);
+        let mut st = lock(&self.shared.state);
+        if let Some(e) = &st.ended {
+            return Err(Error::new(
+                Status::MS_ERR_NOT_LEADING,
+                format!("this client no longer leads the stream: {}", e.message),
+            ));
+        }
+        st.published += 1;
+        st.pending = Some((st.published, body));
+        drop(st);
+        self.shared.cond.notify_all();
+        Ok(())
+    }
+
+    /// Waits until every state published before the call is stored (or
+    /// superseded by a stored newer one).
+    pub fn flush(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.shared.state);
+        let target = st.published;
+        loop {
+            if st.stored >= target {
+                return Ok(());
+            }
+            if let Some(e) = &st.ended {
+                return Err(e.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(match &st.failing {
+                    Some(e) => e.clone(),
+                    None => Error::new(
+                        Status::MS_ERR_TIMEOUT,
+                        format!("the state was not stored within {} ms", timeout.as_millis()),
+                    ),
+                });
+            }
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Stops sending (for ms_stop) and waits for a request in flight.
+    pub fn pause(&self) {
+        let mut st = lock(&self.shared.state);
+        st.paused = true;
+        while st.busy {
+            st = self.shared.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn resume(&self) {
+        lock(&self.shared.state).paused = false;
+        self.shared.cond.notify_all();
+    }
+
+    /// Ends the publisher now, dropping any pending state.
+    pub fn terminate(&self) {
+        {
+            let mut st = lock(&self.shared.state);
+            st.exit = true;
+            st.pending = None;
+        }
+        self.shared.cond.notify_all();
+        self.conn.shutdown();
+        self.join();
+    }
+
+    /// Delivers the pending state within `timeout`, then ends the publisher.
+    pub fn close(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        lock(&self.shared.state).closing = Some(deadline);
+        self.shared.cond.notify_all();
+        let mut st = lock(&self.shared.state);
+        while st.busy || (st.pending.is_some() && st.ended.is_none() && Instant::now() < deadline) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.exit = true;
+        drop(st);
+        self.shared.cond.notify_all();
+        // Breaks a request still in flight after the deadline.
+        self.conn.shutdown();
+        self.join();
+    }
+
+    fn join(&self) {
+        if let Some(h) = lock(&self.thread).take() {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+enum Action {
+    Publish(u64, Vec<u8>),
+    Heartbeat,
+    Exit,
+}
+
+struct Publisher {
+    session: u64,
+    identity: Arc<LeadIdentity>,
+    shared: Arc<Shared>,
+    conn: Webdis,
+    config: Arc<Config>,
+    hooks: Hooks,
+}
+
+impl Publisher {
+    fn run(self) {
+        let mut last_sent = Instant::now();
+        let mut retry_at: Option<Instant> = None;
+        let mut backoff = Backoff::new(self.session);
+        loop {
+            let action = self.next_action(last_sent, retry_at);
+            let timeout = self.config.timeout();
+            let result = match &action {
+                Action::Exit => return,
+                Action::Publish(_, body) => self
+                    .conn
+                    .fcall(false, "ms_publish", &[&self.identity.key], &[], body, timeout)
+                    .map(|_| ()),
+                Action::Heartbeat => {
+                    let hb = self.config.heartbeat().as_millis().to_string();
+                    let body = protocol::frame_body(&[
+                        self.identity.code.as_bytes(),
+                        self.identity.channel.as_bytes(),
+                    ]);
+                    self.conn
+                        .fcall(false, "ms_heartbeat", &[&self.identity.key], &[&hb], &body, timeout)
+                        .map(|_| ())
+                }
+            };
+            last_sent = Instant::now();
+            let mut st = lock(&self.shared.state);
+            st.busy = false;
+            match result {
+                Ok(()) => {
+                    if let Action::Publish(generation, _) = action {
+                        st.stored = st.stored.max(generation);
+                    }
+                    st.failing = None;
+                    retry_at = None;
+                    backoff.reset();
+                }
+                Err(e) if is_final(e.status) => {
+                    st.ended = Some(e.clone());
+                    st.pending = None;
+                    drop(st);
+                    self.shared.cond.notify_all();
+                    (self.hooks.lead_ended)(self.session, &self.identity.name);
+                    self.hooks.dispatcher.push(
+                        self.session,
+                        Event::new(EventKind::MS_EVENT_PUBLISH_FAILED, &self.identity.name, e.status),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    let is_publish = matches!(action, Action::Publish(..));
+                    if let Action::Publish(generation, body) = action {
+                        if st.pending.is_none() {
+                            st.pending = Some((generation, body));
+                        }
+                    }
+                    let first = st.failing.is_none();
+                    if is_publish || !first {
+                        st.failing = Some(e.clone());
+                    }
+                    retry_at = Some(Instant::now() + backoff.next());
+                    drop(st);
+                    if is_publish && first {
+                        self.hooks.dispatcher.push(
+                            self.session,
+                            Event::new(EventKind::MS_EVENT_PUBLISH_FAILED, &self.identity.name, e.status),
+                        );
+                    }
+                }
+            }
+            self.shared.cond.notify_all();
+        }
+    }
+
+    /// Waits for something to do and marks the publisher busy.
+    fn next_action(&self, last_sent: Instant, retry_at: Option<Instant>) -> Action {
+        let mut st = lock(&self.shared.state);
+        loop {
+            let now = Instant::now();
+            if st.exit || (st.closing.is_some() && (st.pending.is_none() || now >= st.closing.unwrap())) {
+                return Action::Exit;
+            }
+            let mut wake = last_sent + self.config.heartbeat();
+            if let Some(closing) = st.closing {
+                wake = wake.min(closing);
+            }
+            let may_send = !st.paused && retry_at.is_none_or(|t| now >= t);
+            if may_send {
+                if let Some((generation, body)) = st.pending.take() {
+                    st.busy = true;
+                    return Action::Publish(generation, body);
+                }
+                if st.closing.is_none() && now >= last_sent + self.config.heartbeat() {
+                    st.busy = true;
+                    return Action::Heartbeat;
+                }
+            } else if let Some(t) = retry_at {
+                wake = wake.min(t.max(now + Duration::from_millis(1)));
+            }
+            let wait = wake.saturating_duration_since(now).max(Duration::from_millis(1));
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Statuses after which a lead cannot go on.
+fn is_final(status: Status) -> bool {
+    matches!(
+        status,
+        Status::MS_ERR_NOT_FOUND | Status::MS_ERR_BAD_LEADER_CODE | Status::MS_ERR_BAD_PASSWORD
+    )
+}
+
+/// Capped exponential backoff with jitter (100 ms doubling to 5 s; each
+/// wait drawn between half and all of the current step).
+pub struct Backoff {
+    step: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(5);
+
+    pub fn new(seed: u64) -> Backoff {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Backoff {
+            step: Backoff::FIRST,
+            seed: (seed ^ t) | 1,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.step = Backoff::FIRST;
+    }
+
+    pub fn next(&mut self) -> Duration {
+        // xorshift64
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        let half = self.step / 2;
+        let jitter = Duration::from_nanos(self.seed % (half.as_nanos() as u64 + 1));
+        let wait = half + jitter;
+        self.step = (self.step * 2).min(Backoff::CAP);
+        wait
+    }
+}

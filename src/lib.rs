@@ -1,0 +1,19 @@
+//! missionstream: stream a live mission plan from one leader to many
+//! followers, with Redis as broker and system of record, reached only
+//! through Webdis.
+//!
+//! The crate is a pure-Rust core ([`Client`]) and one [`ffi`] module that
+//! exports the C ABI of `include/missionstream.h`.
+
+mod client;
+mod dispatch;
+mod error;
+pub mod ffi;
+mod follower;
+mod leader;
+pub mod protocol;
+mod transport;
+
+pub use client::{Client, StreamInfo};
+pub use dispatch::{Callback, Event, EventKind, StateText};
+pub use error::{Error, Result, Status};

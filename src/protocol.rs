@@ -1,0 +1,552 @@
+//! The wire protocol, free of I/O: argument limits, URL and body encoding,
+//! Webdis replies, channel messages and the subscription stream splitter.
+//! See docs/PROTOCOL.md.
+
+use crate::error::{Error, Result, Status};
+use serde_json::Value;
+
+/// Version of the protocol between this library and lua/missionstream.lua.
+pub const PROTOCOL_VERSION: &str = "1";
+/// Longest stream name, in bytes.
+pub const MAX_NAME: usize = 256;
+/// Longest password or leader code, in bytes.
+pub const MAX_SECRET: usize = 1024;
+/// Largest state, in bytes.
+pub const MAX_STATE: usize = 8 * 1024 * 1024;
+/// Largest JSON object accepted on a subscription: a state of MAX_STATE
+/// bytes escaped by Webdis (at most 6 bytes a byte) plus the envelope.
+pub const MAX_SUBSCRIPTION_OBJECT: usize = 6 * MAX_STATE + 64 * 1024;
+/// Key of the set of live stream names.
+pub const INDEX_KEY: &str = "streams";
+
+/// The command to load the functions library, for error messages.
+pub const LOAD_HINT: &str = "load it with: redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua";
+
+/// Checks a stream name: 1-256 bytes of UTF-8 without control characters.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("the stream name is empty"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(Error::invalid(format!(
+            "the stream name is {} bytes long; the limit is {MAX_NAME}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "the stream name contains a control character",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a password (0-1024 bytes).
+pub fn check_password(pw: &str) -> Result<()> {
+    if pw.len() > MAX_SECRET {
+        return Err(Error::invalid(format!(
+            "the password is {} bytes long; the limit is {MAX_SECRET}",
+            pw.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a leader code (1-1024 bytes).
+pub fn check_leader_code(code: &str) -> Result<()> {
+    if code.is_empty() {
+        return Err(Error::invalid("the leader code is empty"));
+    }
+    if code.len() > MAX_SECRET {
+        return Err(Error::invalid(format!(
+            "the leader code is {} bytes long; the limit is {MAX_SECRET}",
+            code.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a state: valid UTF-8 of at most MAX_STATE bytes.
+pub fn check_state(state: &[u8]) -> Result<&str> {
+    if state.len() > MAX_STATE {
+        return Err(Error::new(
+            Status::MS_ERR_TOO_LARGE,
+            format!(
+                "the state is {} bytes; the limit is {MAX_STATE} bytes (8 MiB)",
+                state.len()
+            ),
+        ));
+    }
+    std::str::from_utf8(state).map_err(|e| {
+        Error::invalid(format!(
+            "the state is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })
+}
+
+/// Percent-encodes every byte outside `A-Za-z0-9_-`, so that Webdis sees
+/// neither a `/` (argument separator), a `.ext` (output format) nor a `+`.
+pub fn encode_path_arg(arg: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in arg.as_bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push('%');
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+    }
+}
+
+/// Decodes `%XX` escapes (used for the user:password of a URL).
+pub fn percent_decode(s: &str) -> Result<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::invalid("bad %-escape in the URL's user:password"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::invalid("the URL's user:password is not UTF-8"))
+}
+
+/// Standard base64 (for HTTP basic auth).
+pub fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for chunk in input.chunks(3) {
+        let n = chunk.len();
+        let v = (chunk[0] as u32) << 16
+            | (*chunk.get(1).unwrap_or(&0) as u32) << 8
+            | *chunk.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= n {
+                out.push(T[(v >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Frames fields into one request body: `"<len1> <len2> ...\n"` (the
+/// lengths of all fields but the last), then the fields back to back. The
+/// last field (a state) travels as it is, unescaped. A body is never empty,
+/// so Webdis never drops it.
+pub fn frame_body(fields: &[&[u8]]) -> Vec<u8> {
+    let total: usize = fields.iter().map(|f| f.len()).sum();
+    let mut body = Vec::with_capacity(total + 12 * fields.len() + 1);
+    if let Some((_, init)) = fields.split_last() {
+        for (i, f) in init.iter().enumerate() {
+            if i > 0 {
+                body.push(b' ');
+            }
+            body.extend_from_slice(f.len().to_string().as_bytes());
+        }
+    }
+    body.push(b'\n');
+    for f in fields {
+        body.extend_from_slice(f);
+    }
+    body
+}
+
+/// Turns a Redis error text returned by the functions library (or Redis)
+/// into an Error.
+pub fn redis_error(text: &str) -> Error {
+    let (code, rest) = text.split_once(' ').unwrap_or((text, ""));
+    match code {
+        "MSEXISTS" => Error::new(Status::MS_ERR_EXISTS, "a stream with this name exists already"),
+        "MSNOTFOUND" => Error::new(Status::MS_ERR_NOT_FOUND, "no such stream (stopped, expired or never started)"),
+        "MSBADPASSWORD" => Error::new(Status::MS_ERR_BAD_PASSWORD, "wrong password for this stream"),
+        "MSBADCODE" => Error::new(Status::MS_ERR_BAD_LEADER_CODE, "wrong leader code for this stream"),
+        "MSVERSION" => Error::new(Status::MS_ERR_SERVER, format!("the Redis functions library is of another version: {rest}")),
+        "MSARG" => Error::new(Status::MS_ERR_PROTOCOL, format!("the functions library refused the request: {rest}")),
+        _ if text.contains("Function not found") || text.contains("No such function") => Error::new(
+            Status::MS_ERR_SERVER,
+            format!("the missionstream functions library is not loaded in Redis ({text}); {LOAD_HINT}"),
+        ),
+        _ if text.starts_with("LOADING") || text.starts_with("BUSY") || text.starts_with("MASTERDOWN") => {
+            Error::new(Status::MS_ERR_UNAVAILABLE, format!("Redis is not ready: {text}"))
+        }
+        _ => Error::new(Status::MS_ERR_SERVER, format!("Redis error: {text}")),
+    }
+}
+
+/// Interprets a Webdis reply to `/<command>/...`: HTTP status and body.
+/// Returns the command's value, or the error it stands for.
+pub fn webdis_reply(command: &str, http_status: u16, body: &[u8]) -> Result<Value> {
+    match http_status {
+        200 => {}
+        401 | 403 => {
+            return Err(Error::new(
+                Status::MS_ERR_FORBIDDEN,
+                format!("Webdis refused {command} (HTTP {http_status}): check its ACL (deploy/webdis.json enables FCALL, FCALL_RO, SUBSCRIBE) and the URL's user:password"),
+            ))
+        }
+        503 => {
+            return Err(Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                "Webdis answered 503: it cannot reach Redis",
+            ))
+        }
+        404 | 405 => {
+            return Err(Error::new(
+                Status::MS_ERR_PROTOCOL,
+                format!("HTTP {http_status} from the server: is the URL a Webdis endpoint?"),
+            ))
+        }
+        s if s >= 500 => {
+            return Err(Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                format!("Webdis failed with HTTP {s}"),
+            ))
+        }
+        s => {
+            return Err(Error::new(
+                Status::MS_ERR_PROTOCOL,
+                format!("unexpected HTTP {s} from Webdis"),
+            ))
+        }
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        Error::new(
+            Status::MS_ERR_PROTOCOL,
+            format!("Webdis sent a reply that is not JSON ({e})"),
+        )
+    })?;
+    let value = match v {
+        Value::Object(mut m) if m.len() == 1 => match m.remove(command) {
+            Some(v) => v,
+            None => {
+                return Err(Error::new(
+                    Status::MS_ERR_PROTOCOL,
+                    format!("Webdis reply does not answer {command}"),
+                ))
+            }
+        },
+        _ => {
+            return Err(Error::new(
+                Status::MS_ERR_PROTOCOL,
+                "Webdis reply is not a one-key JSON object",
+            ))
+        }
+    };
+    // A Redis error: [false, "ERR ..."].
+    if let Value::Array(a) = &value {
+        if a.len() == 2 && a[0] == Value::Bool(false) {
+            if let Value::String(text) = &a[1] {
+                return Err(redis_error(text));
+            }
+        }
+    }
+    Ok(value)
+}
+
+/// Reads an integer from a reply element (integer or decimal string).
+pub fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads an integer from a reply element (integer or decimal string).
+pub fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+pub fn protocol_error(what: &str) -> Error {
+    Error::new(
+        Status::MS_ERR_PROTOCOL,
+        format!("unexpected reply from the functions library to {what}; is lua/missionstream.lua of this version loaded?"),
+    )
+}
+
+/// A message on a stream's channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChannelMessage {
+    /// A stored state.
+    State { seq: u64, updated_ms: i64, state: String },
+    /// The leader's heartbeat, carrying its interval.
+    Heartbeat { interval_ms: u64 },
+    /// A follower's probe.
+    Probe { nonce: String },
+    /// The stream was stopped.
+    Ended,
+}
+
+/// Parses a channel message payload (see lua/missionstream.lua).
+pub fn parse_channel_message(payload: String) -> Option<ChannelMessage> {
+    let b = payload.as_bytes();
+    match b.first()? {
+        b's' => {
+            let nl = payload.find('\n')?;
+            let mut head = payload[..nl].split(' ').skip(1);
+            let seq = head.next()?.parse().ok()?;
+            let updated_ms = head.next()?.parse().ok()?;
+            let mut state = payload;
+            state.drain(..nl + 1);
+            Some(ChannelMessage::State {
+                seq,
+                updated_ms,
+                state,
+            })
+        }
+        b'h' => Some(ChannelMessage::Heartbeat {
+            interval_ms: payload.get(2..)?.parse().ok()?,
+        }),
+        b'p' => Some(ChannelMessage::Probe {
+            nonce: payload.get(2..)?.to_string(),
+        }),
+        b'e' if payload == "e" => Some(ChannelMessage::Ended),
+        _ => None,
+    }
+}
+
+/// One object of a Webdis SUBSCRIBE stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscriptionItem {
+    /// `["subscribe", channel, count]`: the subscription is in place.
+    Subscribed { channel: String },
+    /// `["message", channel, payload]`.
+    Message { channel: String, payload: String },
+    /// Anything else Webdis may send (unsubscribe, ...).
+    Other,
+}
+
+/// Parses one JSON object of a SUBSCRIBE stream.
+pub fn parse_subscription_object(obj: &[u8]) -> Result<SubscriptionItem> {
+    let bad = || {
+        Error::new(
+            Status::MS_ERR_PROTOCOL,
+            "Webdis sent a subscription message the library does not understand",
+        )
+    };
+    let v: Value = serde_json::from_slice(obj).map_err(|_| bad())?;
+    let mut m = match v {
+        Value::Object(m) => m,
+        _ => return Err(bad()),
+    };
+    let a = match m.remove("SUBSCRIBE") {
+        Some(Value::Array(a)) => a,
+        _ => return Err(bad()),
+    };
+    let mut it = a.into_iter();
+    let kind = it.next();
+    let channel = it.next();
+    let third = it.next();
+    match (kind, channel, third) {
+        (Some(Value::String(k)), Some(Value::String(channel)), _) if k == "subscribe" => {
+            Ok(SubscriptionItem::Subscribed { channel })
+        }
+        (Some(Value::String(k)), Some(Value::String(channel)), Some(Value::String(payload)))
+            if k == "message" =>
+        {
+            Ok(SubscriptionItem::Message { channel, payload })
+        }
+        (Some(Value::Bool(false)), Some(Value::String(text)), _) => Err(redis_error(&text)),
+        _ => Ok(SubscriptionItem::Other),
+    }
+}
+
+/// Splits Webdis' SUBSCRIBE stream (JSON objects back to back, with no
+/// delimiter) into objects, incrementally: each byte is scanned once, so an
+/// 8 MiB message arriving in many reads costs linear time.
+#[derive(Default)]
+pub struct ObjectSplitter {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already scanned.
+    scanned: usize,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl ObjectSplitter {
+    pub fn new() -> ObjectSplitter {
+        ObjectSplitter::default()
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete object, if one is buffered. Errors on bytes that
+    /// cannot start an object and on objects over MAX_SUBSCRIPTION_OBJECT.
+    pub fn next_object(&mut self) -> Result<Option<Vec<u8>>> {
+        while self.scanned < self.buf.len() {
+            let b = self.buf[self.scanned];
+            self.scanned += 1;
+            if self.depth == 0 {
+                match b {
+                    b'{' => {
+                        // Drop what came before the object (white space).
+                        self.buf.drain(..self.scanned - 1);
+                        self.scanned = 1;
+                        self.depth = 1;
+                    }
+                    b' ' | b'\r' | b'\n' | b'\t' => {}
+                    _ => {
+                        return Err(Error::new(
+                            Status::MS_ERR_PROTOCOL,
+                            "the subscription stream is not a sequence of JSON objects",
+                        ))
+                    }
+                }
+                continue;
+            }
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth -= 1;
+                    if self.depth == 0 {
+                        let rest = self.buf.split_off(self.scanned);
+                        let obj = std::mem::replace(&mut self.buf, rest);
+                        self.scanned = 0;
+                        return Ok(Some(obj));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.depth == 0 {
+            self.buf.clear();
+            self.scanned = 0;
+        } else if self.buf.len() > MAX_SUBSCRIPTION_OBJECT {
+            return Err(Error::new(
+                Status::MS_ERR_PROTOCOL,
+                "a subscription message exceeds the size limit",
+            ));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_args_keep_only_safe_bytes() {
+        let mut s = String::new();
+        encode_path_arg("stream:a/b.txt +%é_-Z9", &mut s);
+        assert_eq!(s, "stream%3Aa%2Fb%2Etxt%20%2B%25%C3%A9_-Z9");
+    }
+
+    #[test]
+    fn frames_put_the_state_last_unescaped() {
+        assert_eq!(frame_body(&[b"pw", b"code", b"{\"a\":\"\n\"}"]), b"2 4\npwcode{\"a\":\"\n\"}");
+        assert_eq!(frame_body(&[b""]), b"\n");
+        assert_eq!(frame_body(&[b"", b"x"]), b"0\nx");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"user:pa ss"), "dXNlcjpwYSBzcw==");
+    }
+
+    #[test]
+    fn limits() {
+        assert!(check_name("a").is_ok());
+        assert!(check_name(&"x".repeat(256)).is_ok());
+        assert_eq!(check_name(&"x".repeat(257)).unwrap_err().status, Status::MS_ERR_INVALID_ARGUMENT);
+        assert!(check_name("").is_err());
+        assert!(check_name("a\nb").is_err());
+        assert!(check_password("").is_ok());
+        assert!(check_password(&"p".repeat(1025)).is_err());
+        assert!(check_leader_code("").is_err());
+        assert_eq!(check_state(&vec![b'a'; MAX_STATE + 1]).unwrap_err().status, Status::MS_ERR_TOO_LARGE);
+        assert!(check_state(&vec![b'a'; MAX_STATE]).is_ok());
+        assert_eq!(check_state(b"\xff").unwrap_err().status, Status::MS_ERR_INVALID_ARGUMENT);
+    }
+
+    #[test]
+    fn webdis_errors_map_to_statuses() {
+        let r = webdis_reply("FCALL", 200, br#"{"FCALL":[false,"MSEXISTS the stream name is taken"]}"#);
+        assert_eq!(r.unwrap_err().status, Status::MS_ERR_EXISTS);
+        let r = webdis_reply("FCALL", 200, br#"{"FCALL":[false,"ERR Function not found"]}"#);
+        let e = r.unwrap_err();
+        assert_eq!(e.status, Status::MS_ERR_SERVER);
+        assert!(e.message.contains("FUNCTION LOAD"), "{}", e.message);
+        assert_eq!(webdis_reply("FCALL", 403, b"").unwrap_err().status, Status::MS_ERR_FORBIDDEN);
+        assert_eq!(webdis_reply("FCALL", 503, b"").unwrap_err().status, Status::MS_ERR_UNAVAILABLE);
+        assert_eq!(webdis_reply("FCALL", 200, b"<html>").unwrap_err().status, Status::MS_ERR_PROTOCOL);
+        assert_eq!(webdis_reply("FCALL", 200, br#"{"FCALL":7}"#).unwrap(), Value::from(7));
+    }
+
+    #[test]
+    fn channel_messages() {
+        assert_eq!(
+            parse_channel_message("s 5 1700\n{\"x\":\n1}".into()),
+            Some(ChannelMessage::State { seq: 5, updated_ms: 1700, state: "{\"x\":\n1}".into() })
+        );
+        assert_eq!(parse_channel_message("h 5000".into()), Some(ChannelMessage::Heartbeat { interval_ms: 5000 }));
+        assert_eq!(parse_channel_message("e".into()), Some(ChannelMessage::Ended));
+        assert_eq!(parse_channel_message("p abc".into()), Some(ChannelMessage::Probe { nonce: "abc".into() }));
+        assert_eq!(parse_channel_message("s x".into()), None);
+        assert_eq!(parse_channel_message("".into()), None);
+    }
+
+    #[test]
+    fn splitter_handles_any_chunking() {
+        let stream = br#"{"SUBSCRIBE":["subscribe","c",1]} {"SUBSCRIBE":["message","c","s 1 2\n{\"a\":\"}{\\\"\"}"]}{"SUBSCRIBE":["message","c","e"]}"#;
+        for step in 1..stream.len() {
+            let mut sp = ObjectSplitter::new();
+            let mut items = Vec::new();
+            for chunk in stream.chunks(step) {
+                sp.push(chunk);
+                while let Some(o) = sp.next_object().unwrap() {
+                    items.push(parse_subscription_object(&o).unwrap());
+                }
+            }
+            assert_eq!(items.len(), 3, "step {step}");
+            assert_eq!(items[0], SubscriptionItem::Subscribed { channel: "c".into() });
+            assert_eq!(
+                items[1],
+                SubscriptionItem::Message { channel: "c".into(), payload: "s 1 2\n{\"a\":\"}{\\\"\"}".into() }
+            );
+        }
+    }
+
+    #[test]
+    fn splitter_rejects_garbage() {
+        let mut sp = ObjectSplitter::new();
+        sp.push(b"HTTP/1.1 200");
+        assert!(sp.next_object().is_err());
+    }
+}

@@ -1,0 +1,252 @@
+//! HTTP to Webdis over ureq: one `Webdis` handle owns one ureq agent (its
+//! keep-alive connections), and `shutdown` breaks any call in flight on it.
+
+use crate::error::{Error, Result, Status};
+use crate::protocol::{self, PROTOCOL_VERSION};
+use serde_json::Value;
+use std::io::Read;
+use std::time::Duration;
+
+/// Largest Webdis reply body read (a snapshot of an 8 MiB state, escaped).
+const MAX_REPLY: u64 = protocol::MAX_SUBSCRIPTION_OBJECT as u64;
+
+/// A parsed Webdis URL: `http(s)://[user:pass@]host[:port][/prefix]`.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// `scheme://host[:port][/prefix]`, no trailing slash, no credentials.
+    base: String,
+    /// `Basic ...` header value, from `user:pass@`.
+    auth: Option<String>,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            Error::invalid(format!(
+                "the Webdis URL \"{url}\" has no scheme; use http://host:port"
+            ))
+        })?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(Error::invalid(format!(
+                "the Webdis URL must start with http:// or https://, not {scheme}://"
+            )));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        if hostport.is_empty() || hostport.starts_with(':') {
+            return Err(Error::invalid(format!("the Webdis URL \"{url}\" has no host")));
+        }
+        if hostport.contains(['?', '#', ' ']) || path.contains(['?', '#']) {
+            return Err(Error::invalid(
+                "the Webdis URL may not contain a query, a fragment or spaces",
+            ));
+        }
+        let auth = match userinfo {
+            None => None,
+            Some(ui) => {
+                let (u, p) = ui.split_once(':').unwrap_or((ui, ""));
+                let creds = format!("{}:{}", protocol::percent_decode(u)?, protocol::percent_decode(p)?);
+                Some(format!("Basic {}", protocol::base64(creds.as_bytes())))
+            }
+        };
+        let base = format!(
+            "{}://{}{}",
+            scheme.to_ascii_lowercase(),
+            hostport,
+            path.trim_end_matches('/')
+        );
+        Ok(Endpoint { base, auth })
+    }
+
+    /// `base/COMMAND/arg/arg...`, every argument percent-encoded.
+    fn url(&self, command: &str, args: &[&str]) -> String {
+        let mut url = String::with_capacity(self.base.len() + 64);
+        url.push_str(&self.base);
+        url.push('/');
+        url.push_str(command);
+        for a in args {
+            url.push('/');
+            protocol::encode_path_arg(a, &mut url);
+        }
+        url
+    }
+}
+
+/// One HTTP client to Webdis: a ureq agent with its own connection pool.
+#[derive(Clone)]
+pub struct Webdis {
+    endpoint: std::sync::Arc<Endpoint>,
+    agent: ureq::Agent,
+}
+
+impl Webdis {
+    pub fn new(endpoint: std::sync::Arc<Endpoint>) -> Webdis {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections_per_host(8)
+            .user_agent(concat!("missionstream/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Webdis {
+            endpoint,
+            agent: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// The endpoint, shared.
+    pub fn endpoint_arc(&self) -> std::sync::Arc<Endpoint> {
+        self.endpoint.clone()
+    }
+
+    /// Closes this handle's connections and fails every call in flight on
+    /// it at once; later calls fail too.
+    pub fn shutdown(&self) {
+        self.agent.clone().shutdown();
+    }
+
+    /// Calls a function of the missionstream library:
+    /// `PUT /FCALL[_RO]/<function>/<nkeys>/<keys...>/<version>/<args...>`
+    /// with `body` as the last argument.
+    pub fn fcall(
+        &self,
+        read_only: bool,
+        function: &str,
+        keys: &[&str],
+        args: &[&str],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Value> {
+        let command = if read_only { "FCALL_RO" } else { "FCALL" };
+        let nkeys = keys.len().to_string();
+        let mut parts: Vec<&str> = Vec::with_capacity(3 + keys.len() + args.len());
+        parts.push(function);
+        parts.push(&nkeys);
+        parts.extend_from_slice(keys);
+        parts.push(PROTOCOL_VERSION);
+        parts.extend_from_slice(args);
+        let url = self.endpoint.url(command, &parts);
+        let mut req = self
+            .agent
+            .put(&url)
+            .config()
+            .timeout_global(Some(timeout))
+            .build();
+        if let Some(auth) = &self.endpoint.auth {
+            req = req.header("Authorization", auth);
+        }
+        let response = req.send(body).map_err(|e| self.transport_error(e, timeout))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .with_config()
+            .limit(MAX_REPLY)
+            .read_to_vec()
+            .map_err(|e| self.transport_error(e, timeout))?;
+        protocol::webdis_reply(command, status, &body)
+    }
+
+    /// Opens `GET /SUBSCRIBE/<channel>`; returns the streaming body.
+    pub fn subscribe(&self, channel: &str, timeout: Duration) -> Result<impl Read + Send + 'static> {
+        let url = self.endpoint.url("SUBSCRIBE", &[channel]);
+        let mut req = self
+            .agent
+            .get(&url)
+            .config()
+            .timeout_connect(Some(timeout))
+            .timeout_send_request(Some(timeout))
+            .timeout_recv_response(Some(timeout))
+            .build();
+        if let Some(auth) = &self.endpoint.auth {
+            req = req.header("Authorization", auth);
+        }
+        let response = req.call().map_err(|e| self.transport_error(e, timeout))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err());
+        }
+        Ok(response.into_body().into_reader())
+    }
+
+    pub fn transport_error(&self, e: ureq::Error, timeout: Duration) -> Error {
+        match e {
+            ureq::Error::Timeout(_) => Error::new(
+                Status::MS_ERR_TIMEOUT,
+                format!(
+                    "Webdis at {} did not answer within {} ms",
+                    self.endpoint.base,
+                    timeout.as_millis()
+                ),
+            ),
+            ureq::Error::BodyExceedsLimit(n) => Error::new(
+                Status::MS_ERR_PROTOCOL,
+                format!("Webdis sent a reply over the {n}-byte limit"),
+            ),
+            e => Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                format!(
+                    "cannot reach Webdis at {}: {e}; is it running, and is the URL right?",
+                    self.endpoint.base
+                ),
+            ),
+        }
+    }
+}
+
+/// Hex of `n` random bytes from the operating system.
+pub fn random_hex(n: usize) -> Result<String> {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: the pointer and length describe the unfilled part of buf.
+        let r = unsafe {
+            libc::getrandom(
+                buf[filled..].as_mut_ptr() as *mut libc::c_void,
+                n - filled,
+                0,
+            )
+        };
+        if r < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::new(
+                Status::MS_ERR_INTERNAL,
+                format!("no randomness from the operating system: {err}"),
+            ));
+        }
+        filled += r as usize;
+    }
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let e = Endpoint::parse("http://127.0.0.1:7379").unwrap();
+        assert_eq!(e.base, "http://127.0.0.1:7379");
+        assert!(e.auth.is_none());
+        let e = Endpoint::parse("HTTPS://u%40x:p%3Aw@host/prefix/").unwrap();
+        assert_eq!(e.base, "https://host/prefix");
+        assert_eq!(e.auth.as_deref(), Some(format!("Basic {}", protocol::base64(b"u@x:p:w")).as_str()));
+        assert_eq!(e.url("FCALL", &["a/b.c"]), "https://host/prefix/FCALL/a%2Fb%2Ec");
+        for bad in ["", "127.0.0.1:7379", "ftp://x", "http://", "http://:80", "http://h?x=1"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn random_tokens_differ() {
+        let a = random_hex(16).unwrap();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, random_hex(16).unwrap());
+    }
+}
