@@ -1,0 +1,356 @@
+//! Test fixture: real `redis-server` and `webdis` processes on free
+//! loopback ports, configured from deploy/, with the functions loaded.
+//! Dropped, it stops them. Never touches the machine's 6379/7379.
+#![allow(dead_code)]
+
+use missionstream::{Client, Event, EventKind};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let p = l.local_addr().unwrap().port();
+        if p != 6379 && p != 7379 {
+            return p;
+        }
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+pub struct Servers {
+    pub dir: PathBuf,
+    pub redis_port: u16,
+    pub webdis_port: u16,
+    pub url: String,
+    redis: Option<Child>,
+    webdis: Option<Child>,
+    acl: serde_json::Value,
+}
+
+pub struct Options {
+    pub load_functions: bool,
+    /// Replaces the "acl" of deploy/webdis.json.
+    pub acl: Option<serde_json::Value>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            load_functions: true,
+            acl: None,
+        }
+    }
+}
+
+impl Servers {
+    pub fn start() -> Servers {
+        Servers::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Servers {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("ms-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let deploy: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(ROOT).join("deploy/webdis.json")).unwrap(),
+        )
+        .unwrap();
+        let acl = opts.acl.unwrap_or_else(|| deploy["acl"].clone());
+        let mut s = Servers {
+            dir,
+            redis_port: free_port(),
+            webdis_port: free_port(),
+            url: String::new(),
+            redis: None,
+            webdis: None,
+            acl,
+        };
+        s.url = format!("http://127.0.0.1:{}", s.webdis_port);
+        s.start_redis();
+        if opts.load_functions {
+            s.load_functions(&std::fs::read_to_string(Path::new(ROOT).join("lua/missionstream.lua")).unwrap());
+        }
+        s.start_webdis();
+        s
+    }
+
+    pub fn start_redis(&mut self) {
+        let conf = std::fs::read_to_string(Path::new(ROOT).join("deploy/redis.conf")).unwrap();
+        let mut out = String::new();
+        for line in conf.lines() {
+            let key = line.split_whitespace().next().unwrap_or("");
+            match key {
+                "port" => out.push_str(&format!("port {}\n", self.redis_port)),
+                "dir" => out.push_str(&format!("dir {}\n", self.dir.display())),
+                "bind" => out.push_str("bind 127.0.0.1\n"),
+                _ => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out.push_str(&format!("logfile {}\n", self.dir.join("redis.log").display()));
+        let path = self.dir.join("redis.conf");
+        std::fs::write(&path, out).unwrap();
+        let child = Command::new("redis-server")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (make test installs it)");
+        self.redis = Some(child);
+        wait_until(Duration::from_secs(10), || self.redis_cli(&["PING"]).trim() == "PONG");
+    }
+
+    pub fn start_webdis(&mut self) {
+        let mut c: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(ROOT).join("deploy/webdis.json")).unwrap(),
+        )
+        .unwrap();
+        c["redis_port"] = self.redis_port.into();
+        c["http_port"] = self.webdis_port.into();
+        c["http_host"] = "127.0.0.1".into();
+        c["daemonize"] = false.into();
+        c["acl"] = self.acl.clone();
+        c["logfile"] = self.dir.join("webdis.log").display().to_string().into();
+        let path = self.dir.join("webdis.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+        let child = Command::new("webdis")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("webdis is installed (make test installs it)");
+        self.webdis = Some(child);
+        let port = self.webdis_port;
+        wait_until(Duration::from_secs(10), || http(port, "GET", "/PING", b"").0 == 200);
+    }
+
+    pub fn stop_webdis(&mut self) {
+        if let Some(mut c) = self.webdis.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop_redis(&mut self) {
+        if let Some(mut c) = self.redis.take() {
+            // SHUTDOWN writes the append-only file first.
+            let _ = self.redis_cli(&["SHUTDOWN"]);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGSTOP (freeze) or SIGCONT (thaw) to Webdis.
+    pub fn signal_webdis(&self, sig: &str) {
+        if let Some(c) = &self.webdis {
+            Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status().unwrap();
+        }
+    }
+
+    pub fn redis_cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.redis_port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn load_functions(&self, lua: &str) {
+        let mut child = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.redis_port.to_string())
+            .args(["-x", "FUNCTION", "LOAD", "REPLACE"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(lua.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("missionstream"),
+            "FUNCTION LOAD failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url).unwrap()
+    }
+
+    /// A field of a stream's record, read straight from Redis.
+    pub fn record_field(&self, name: &str, field: &str) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.redis_port.to_string())
+            .arg("HGET")
+            .arg(format!("stream:{name}"))
+            .arg(field)
+            .output()
+            .unwrap();
+        let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+        if s.ends_with('\n') {
+            s.pop();
+        }
+        s
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.signal_webdis("CONT");
+        self.stop_webdis();
+        if let Some(mut c) = self.redis.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("condition not met within {timeout:?}");
+}
+
+/// A raw HTTP/1.1 request to Webdis (one connection, closed after).
+pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, Vec::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
+        return (0, Vec::new());
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = match text.find("\r\n\r\n") {
+        Some(i) => resp[i + 4..].to_vec(),
+        None => Vec::new(),
+    };
+    (code, body)
+}
+
+/// An event as recorded by a test callback.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rec {
+    pub kind: EventKind,
+    pub stream: String,
+    pub state: Option<String>,
+    pub seq: u64,
+    pub status: missionstream::Status,
+}
+
+/// Records every event of a client.
+#[derive(Default)]
+pub struct Recorder {
+    pub events: Mutex<Vec<Rec>>,
+    cv: Condvar,
+}
+
+impl Recorder {
+    pub fn attach(client: &Client) -> Arc<Recorder> {
+        let r = Arc::new(Recorder::default());
+        let r2 = r.clone();
+        client.set_callback(Some(Arc::new(move |e: &Event| r2.record(e))));
+        r
+    }
+
+    pub fn record(&self, e: &Event) {
+        self.events.lock().unwrap().push(Rec {
+            kind: e.kind,
+            stream: e.stream_name().to_string(),
+            state: e.state.as_ref().map(|s| s.as_str().to_string()),
+            seq: e.seq,
+            status: e.status,
+        });
+        self.cv.notify_all();
+    }
+
+    pub fn snapshot(&self) -> Vec<Rec> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until `f` holds for the events recorded so far.
+    pub fn wait(&self, timeout: Duration, f: impl Fn(&[Rec]) -> bool) -> Vec<Rec> {
+        let deadline = Instant::now() + timeout;
+        let mut ev = self.events.lock().unwrap();
+        loop {
+            if f(&ev) {
+                return ev.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("events did not reach the expected condition within {timeout:?}: {:#?}", *ev);
+            }
+            ev = self.cv.wait_timeout(ev, deadline - now).unwrap().0;
+        }
+    }
+
+    /// States of `stream`, in order.
+    pub fn states(&self, stream: &str) -> Vec<(u64, String)> {
+        self.snapshot()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::MS_EVENT_STATE && e.stream == stream)
+            .map(|e| (e.seq, e.state.unwrap()))
+            .collect()
+    }
+
+    pub fn wait_state(&self, stream: &str, state: &str, timeout: Duration) -> Vec<Rec> {
+        self.wait(timeout, |ev| {
+            ev.iter()
+                .any(|e| e.kind == EventKind::MS_EVENT_STATE && e.stream == stream && e.state.as_deref() == Some(state))
+        })
+    }
+
+    pub fn wait_kind(&self, stream: &str, kind: EventKind, timeout: Duration) -> Vec<Rec> {
+        self.wait(timeout, |ev| ev.iter().any(|e| e.kind == kind && e.stream == stream))
+    }
+}
+
+/// Asserts that the STATE events of a stream have strictly increasing seq.
+pub fn assert_increasing(states: &[(u64, String)]) {
+    for w in states.windows(2) {
+        assert!(w[0].0 < w[1].0, "seq not strictly increasing: {:?} then {:?}", w[0], w[1]);
+    }
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
