@@ -52,9 +52,42 @@ type Registry<T> = Arc<Mutex<HashMap<String, T>>>;
 pub struct Hooks {
     pub dispatcher: Arc<Dispatcher>,
     /// Called by a publisher whose lead ended on a final error.
-    pub lead_ended: Arc<dyn Fn(u64, &CString) + Send + Sync>,
+    pub lead_ended: EndHook,
     /// Called by a follower whose stream ended.
-    pub follow_ended: Arc<dyn Fn(u64, &CString) + Send + Sync>,
+    pub follow_ended: EndHook,
+}
+
+/// Removes a session that ended on its own from its registry.
+pub type EndHook = Arc<dyn Fn(u64, &CString) + Send + Sync>;
+
+/// A lead or follow session, known by its id.
+pub trait Session {
+    fn session(&self) -> u64;
+}
+
+impl Session for Lead {
+    fn session(&self) -> u64 {
+        self.session
+    }
+}
+
+impl Session for Follow {
+    fn session(&self) -> u64 {
+        self.session
+    }
+}
+
+fn end_hook<T: Session + Send + Sync + 'static>(registry: &Registry<Arc<T>>) -> EndHook {
+    let registry = Arc::downgrade(registry);
+    Arc::new(move |session, name: &CString| {
+        if let Some(registry) = registry.upgrade() {
+            let mut m = lock(&registry);
+            let name = name.to_str().unwrap_or("");
+            if m.get(name).is_some_and(|s| s.session() == session) {
+                m.remove(name);
+            }
+        }
+    })
 }
 
 /// A live stream as listed.
@@ -90,36 +123,18 @@ impl Client {
     /// A client of the Webdis at `url`; no I/O.
     pub fn new(url: &str) -> Result<Client> {
         let endpoint = Arc::new(Endpoint::parse(url)?);
-        let dispatcher = Dispatcher::new()
-            .map_err(|e| Error::new(Status::MS_ERR_INTERNAL, format!("cannot start a thread: {e}")))?;
+        let dispatcher = Dispatcher::new().map_err(|e| {
+            Error::new(
+                Status::MS_ERR_INTERNAL,
+                format!("cannot start a thread: {e}"),
+            )
+        })?;
         let leads: Registry<Arc<Lead>> = Arc::default();
         let follows: Registry<Arc<Follow>> = Arc::default();
         let hooks = Hooks {
             dispatcher,
-            lead_ended: {
-                let leads = Arc::downgrade(&leads);
-                Arc::new(move |session, name: &CString| {
-                    if let Some(leads) = leads.upgrade() {
-                        let mut m = lock(&leads);
-                        let name = name.to_str().unwrap_or("");
-                        if m.get(name).is_some_and(|l| l.session == session) {
-                            m.remove(name);
-                        }
-                    }
-                })
-            },
-            follow_ended: {
-                let follows = Arc::downgrade(&follows);
-                Arc::new(move |session, name: &CString| {
-                    if let Some(follows) = follows.upgrade() {
-                        let mut m = lock(&follows);
-                        let name = name.to_str().unwrap_or("");
-                        if m.get(name).is_some_and(|f| f.session == session) {
-                            m.remove(name);
-                        }
-                    }
-                })
-            },
+            lead_ended: end_hook(&leads),
+            follow_ended: end_hook(&follows),
         };
         Ok(Client {
             config: Arc::new(Config {
@@ -164,7 +179,9 @@ impl Client {
                 "the heartbeat interval must be 50 to 3600000 ms, not {interval_ms}"
             )));
         }
-        self.config.heartbeat_ms.store(interval_ms, Ordering::Relaxed);
+        self.config
+            .heartbeat_ms
+            .store(interval_ms, Ordering::Relaxed);
         Ok(())
     }
 
@@ -187,7 +204,9 @@ impl Client {
         lock(&self.leads).get(name).cloned().ok_or_else(|| {
             Error::new(
                 Status::MS_ERR_NOT_LEADING,
-                format!("this client does not lead \"{name}\"; call ms_start or ms_reconnect first"),
+                format!(
+                    "this client does not lead \"{name}\"; call ms_start or ms_reconnect first"
+                ),
             )
         })
     }
@@ -303,7 +322,11 @@ impl Client {
             self.config.timeout(),
         );
         match result {
-            Ok(_) | Err(Error { status: Status::MS_ERR_NOT_FOUND, .. }) => {
+            Ok(_)
+            | Err(Error {
+                status: Status::MS_ERR_NOT_FOUND,
+                ..
+            }) => {
                 {
                     let mut leads = lock(&self.leads);
                     if leads.get(name).is_some_and(|l| l.session == lead.session) {
@@ -379,9 +402,14 @@ impl Client {
 
     /// The live streams.
     pub fn list(&self) -> Result<Vec<StreamInfo>> {
-        let reply = self
-            .control
-            .fcall(false, "ms_list", &[INDEX_KEY], &[], b"", self.config.timeout())?;
+        let reply = self.control.fcall(
+            false,
+            "ms_list",
+            &[INDEX_KEY],
+            &[],
+            b"",
+            self.config.timeout(),
+        )?;
         let bad = || protocol::protocol_error("ms_list");
         let items = match reply {
             Value::Array(a) if a.len() % 4 == 0 => a,
@@ -392,7 +420,9 @@ impl Client {
             out.push(StreamInfo {
                 name: rec[0].as_str().ok_or_else(bad)?.to_string(),
                 seq: protocol::as_u64(&rec[1]).ok_or_else(bad)?,
-                followers: protocol::as_u64(&rec[2]).ok_or_else(bad)?.min(u32::MAX as u64) as u32,
+                followers: protocol::as_u64(&rec[2])
+                    .ok_or_else(bad)?
+                    .min(u32::MAX as u64) as u32,
                 updated_ms: protocol::as_i64(&rec[3]).ok_or_else(bad)?,
             });
         }

@@ -6,8 +6,8 @@
 #![allow(non_camel_case_types)]
 
 use crate::client::{Client, StreamInfo};
-use crate::dispatch::{Callback, Event};
 pub use crate::dispatch::ms_event_kind;
+use crate::dispatch::{Callback, Event};
 pub use crate::error::ms_status;
 use crate::error::{Error, Result, Status};
 use std::cell::RefCell;
@@ -63,7 +63,7 @@ pub struct ms_stream_info {
 
 /// A status passed in from C: any integer, checked before use.
 #[repr(transparent)]
-pub struct StatusArg(u32);
+pub struct StatusArg(pub u32);
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -105,9 +105,12 @@ unsafe fn arg_str<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
     if ptr.is_null() {
         return Err(Error::invalid(format!("{what} is NULL")));
     }
-    CStr::from_ptr(ptr)
-        .to_str()
-        .map_err(|e| Error::invalid(format!("{what} is not valid UTF-8 (at byte {})", e.valid_up_to())))
+    CStr::from_ptr(ptr).to_str().map_err(|e| {
+        Error::invalid(format!(
+            "{what} is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })
 }
 
 /// Borrows the client.
@@ -133,7 +136,7 @@ pub extern "C" fn ms_version() -> *const c_char {
 pub extern "C" fn ms_status_name(status: StatusArg) -> *const c_char {
     match Status::from_raw(status.0) {
         Some(s) => s.name_with_nul().as_ptr() as *const c_char,
-        None => "MS_UNKNOWN_STATUS\0".as_ptr() as *const c_char,
+        None => c"MS_UNKNOWN_STATUS".as_ptr(),
     }
 }
 
@@ -156,7 +159,10 @@ pub extern "C" fn ms_last_error() -> *const c_char {
 /// `webdis_url` is NULL or a NUL-terminated string; `out` is NULL or
 /// points to writable storage for one pointer.
 #[no_mangle]
-pub unsafe extern "C" fn ms_client_new(webdis_url: *const c_char, out: *mut *mut ms_client) -> ms_status {
+pub unsafe extern "C" fn ms_client_new(
+    webdis_url: *const c_char,
+    out: *mut *mut ms_client,
+) -> ms_status {
     guard("ms_client_new", || {
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
@@ -193,8 +199,13 @@ pub unsafe extern "C" fn ms_client_free(client: *mut ms_client) {
 /// # Safety
 /// `client` is NULL or a live client.
 #[no_mangle]
-pub unsafe extern "C" fn ms_client_set_timeout(client: *mut ms_client, timeout_ms: u32) -> ms_status {
-    guard("ms_client_set_timeout", || arg_client(client)?.set_timeout(timeout_ms))
+pub unsafe extern "C" fn ms_client_set_timeout(
+    client: *mut ms_client,
+    timeout_ms: u32,
+) -> ms_status {
+    guard("ms_client_set_timeout", || {
+        arg_client(client)?.set_timeout(timeout_ms)
+    })
 }
 
 /// Sets the time to live, in seconds, of streams this client starts or
@@ -205,8 +216,13 @@ pub unsafe extern "C" fn ms_client_set_timeout(client: *mut ms_client, timeout_m
 /// # Safety
 /// `client` is NULL or a live client.
 #[no_mangle]
-pub unsafe extern "C" fn ms_client_set_stream_ttl(client: *mut ms_client, seconds: u32) -> ms_status {
-    guard("ms_client_set_stream_ttl", || arg_client(client)?.set_stream_ttl(seconds))
+pub unsafe extern "C" fn ms_client_set_stream_ttl(
+    client: *mut ms_client,
+    seconds: u32,
+) -> ms_status {
+    guard("ms_client_set_stream_ttl", || {
+        arg_client(client)?.set_stream_ttl(seconds)
+    })
 }
 
 /// Sets the leader's heartbeat interval in ms (50 to 3600000; default
@@ -215,8 +231,13 @@ pub unsafe extern "C" fn ms_client_set_stream_ttl(client: *mut ms_client, second
 /// # Safety
 /// `client` is NULL or a live client.
 #[no_mangle]
-pub unsafe extern "C" fn ms_client_set_heartbeat(client: *mut ms_client, interval_ms: u32) -> ms_status {
-    guard("ms_client_set_heartbeat", || arg_client(client)?.set_heartbeat(interval_ms))
+pub unsafe extern "C" fn ms_client_set_heartbeat(
+    client: *mut ms_client,
+    interval_ms: u32,
+) -> ms_status {
+    guard("ms_client_set_heartbeat", || {
+        arg_client(client)?.set_heartbeat(interval_ms)
+    })
 }
 
 struct UserData(*mut c_void);
@@ -235,7 +256,11 @@ unsafe impl Sync for UserData {}
 /// stays callable while set; `user_data` is the caller's, used from the
 /// library's thread.
 #[no_mangle]
-pub unsafe extern "C" fn ms_set_callback(client: *mut ms_client, cb: ms_callback, user_data: *mut c_void) -> ms_status {
+pub unsafe extern "C" fn ms_set_callback(
+    client: *mut ms_client,
+    cb: ms_callback,
+    user_data: *mut c_void,
+) -> ms_status {
     guard("ms_set_callback", || {
         let client = arg_client(client)?;
         let callback: Option<Callback> = cb.map(|f| {
@@ -365,7 +390,11 @@ pub unsafe extern "C" fn ms_publish(
 /// # Safety
 /// `client` is NULL or a live client; `name` is NULL or NUL-terminated.
 #[no_mangle]
-pub unsafe extern "C" fn ms_flush(client: *mut ms_client, name: *const c_char, timeout_ms: u32) -> ms_status {
+pub unsafe extern "C" fn ms_flush(
+    client: *mut ms_client,
+    name: *const c_char,
+    timeout_ms: u32,
+) -> ms_status {
     guard("ms_flush", || {
         let client = arg_client(client)?;
         client.flush(arg_str(name, "name")?, timeout_ms)
@@ -398,7 +427,11 @@ pub unsafe extern "C" fn ms_stop(client: *mut ms_client, name: *const c_char) ->
 /// # Safety
 /// `client` is NULL or a live client; strings are NULL or NUL-terminated.
 #[no_mangle]
-pub unsafe extern "C" fn ms_connect(client: *mut ms_client, name: *const c_char, password: *const c_char) -> ms_status {
+pub unsafe extern "C" fn ms_connect(
+    client: *mut ms_client,
+    name: *const c_char,
+    password: *const c_char,
+) -> ms_status {
     guard("ms_connect", || {
         let client = arg_client(client)?;
         client.connect(arg_str(name, "name")?, arg_str(password, "password")?)
@@ -428,7 +461,11 @@ pub unsafe extern "C" fn ms_disconnect(client: *mut ms_client, name: *const c_ch
 /// `client` is NULL or a live client; `out` and `count` are NULL or
 /// writable.
 #[no_mangle]
-pub unsafe extern "C" fn ms_list(client: *mut ms_client, out: *mut *mut ms_stream_info, count: *mut usize) -> ms_status {
+pub unsafe extern "C" fn ms_list(
+    client: *mut ms_client,
+    out: *mut *mut ms_stream_info,
+    count: *mut usize,
+) -> ms_status {
     guard("ms_list", || {
         let client = arg_client(client)?;
         if out.is_null() || count.is_null() {

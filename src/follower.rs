@@ -85,7 +85,12 @@ impl Follow {
             .name("ms-follow".into())
             .stack_size(256 * 1024)
             .spawn(move || follower.run(ready_tx))
-            .map_err(|e| Error::new(Status::MS_ERR_INTERNAL, format!("cannot start a thread: {e}")))?;
+            .map_err(|e| {
+                Error::new(
+                    Status::MS_ERR_INTERNAL,
+                    format!("cannot start a thread: {e}"),
+                )
+            })?;
         let follow = Follow {
             session,
             cancel,
@@ -102,7 +107,10 @@ impl Follow {
             }
             Err(_) => {
                 follow.cancel(Duration::from_secs(1));
-                Err(Error::new(Status::MS_ERR_INTERNAL, "the follower thread ended early"))
+                Err(Error::new(
+                    Status::MS_ERR_INTERNAL,
+                    "the follower thread ended early",
+                ))
             }
         }
     }
@@ -115,10 +123,7 @@ impl Follow {
         if let Some(conn) = lock(&self.active).take() {
             conn.shutdown();
         }
-        let finished = !matches!(
-            self.done.recv_timeout(wait),
-            Err(RecvTimeoutError::Timeout)
-        );
+        let finished = !matches!(self.done.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
         let handle = lock(&self.thread).take();
         if let Some(h) = handle {
             if finished && h.thread().id() != std::thread::current().id() {
@@ -207,7 +212,11 @@ impl Follower {
                 Outcome::Ended => return self.end(),
                 Outcome::Lost(e) => e,
             };
-            self.emit(Event::new(EventKind::MS_EVENT_CONNECTION_LOST, &self.name, cause.status));
+            self.emit(Event::new(
+                EventKind::MS_EVENT_CONNECTION_LOST,
+                &self.name,
+                cause.status,
+            ));
             // Recover: retry with capped exponential backoff and jitter.
             loop {
                 if self.sleep(backoff.next()) {
@@ -216,7 +225,11 @@ impl Follower {
                 match self.open() {
                     Ok((s, snap)) => {
                         backoff.reset();
-                        self.emit(Event::new(EventKind::MS_EVENT_RECONNECTED, &self.name, Status::MS_OK));
+                        self.emit(Event::new(
+                            EventKind::MS_EVENT_RECONNECTED,
+                            &self.name,
+                            Status::MS_OK,
+                        ));
                         self.deliver_snapshot(snap);
                         sub = Some(s);
                         break;
@@ -252,9 +265,10 @@ impl Follower {
             return;
         }
         (self.hooks.follow_ended)(self.session, &self.name);
-        self.hooks
-            .dispatcher
-            .push(self.session, Event::new(EventKind::MS_EVENT_ENDED, &self.name, Status::MS_OK));
+        self.hooks.dispatcher.push(
+            self.session,
+            Event::new(EventKind::MS_EVENT_ENDED, &self.name, Status::MS_OK),
+        );
     }
 
     fn deliver_snapshot(&mut self, snap: Snapshot) {
@@ -287,7 +301,12 @@ impl Follower {
             .name(name)
             .stack_size(256 * 1024)
             .spawn(move || read_subscription(reader, tx))
-            .map_err(|e| Error::new(Status::MS_ERR_INTERNAL, format!("cannot start a thread: {e}")))?;
+            .map_err(|e| {
+                Error::new(
+                    Status::MS_ERR_INTERNAL,
+                    format!("cannot start a thread: {e}"),
+                )
+            })?;
         let sub = Subscription {
             conn: conn.clone(),
             rx,
@@ -316,7 +335,14 @@ impl Follower {
 
     fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
         let body = protocol::frame_body(&[self.password.as_bytes()]);
-        let reply = conn.fcall(true, "ms_snapshot", &[&self.key], &[], &body, self.config.timeout())?;
+        let reply = conn.fcall(
+            true,
+            "ms_snapshot",
+            &[&self.key],
+            &[],
+            &body,
+            self.config.timeout(),
+        )?;
         let bad = || protocol::protocol_error("ms_snapshot");
         let Value::Array(mut a) = reply else {
             return Err(bad());
@@ -382,32 +408,43 @@ impl Follower {
                             from_leader = true;
                             self.hb = Duration::from_millis(interval_ms.max(1));
                         }
-                        Some(ChannelMessage::Probe { nonce }) => {
-                            if probe.as_ref().is_some_and(|(n, _)| *n == nonce) {
-                                probe = None;
-                            }
+                        Some(ChannelMessage::Probe { nonce })
+                            if probe.as_ref().is_some_and(|(n, _)| *n == nonce) =>
+                        {
+                            probe = None;
                         }
                         Some(ChannelMessage::Ended) => return Outcome::Ended,
-                        None => {}
+                        Some(ChannelMessage::Probe { .. }) | None => {}
                     }
                     if from_leader {
                         leader_heard = last_heard;
                         if leader_offline {
                             leader_offline = false;
-                            self.emit(Event::new(EventKind::MS_EVENT_LEADER_ONLINE, &self.name, Status::MS_OK));
+                            self.emit(Event::new(
+                                EventKind::MS_EVENT_LEADER_ONLINE,
+                                &self.name,
+                                Status::MS_OK,
+                            ));
                         }
                     }
                 }
                 Some(Ok(Incoming::Item(_))) => last_heard = Instant::now(),
                 Some(Ok(Incoming::Closed(e))) => return self.lost(e),
                 Some(Err(_)) => {
-                    return self.lost(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed"))
+                    return self.lost(Error::new(
+                        Status::MS_ERR_UNAVAILABLE,
+                        "the subscription closed",
+                    ))
                 }
                 None => {
                     let now = Instant::now();
                     if !leader_offline && now >= offline_at {
                         leader_offline = true;
-                        self.emit(Event::new(EventKind::MS_EVENT_LEADER_OFFLINE, &self.name, Status::MS_OK));
+                        self.emit(Event::new(
+                            EventKind::MS_EVENT_LEADER_OFFLINE,
+                            &self.name,
+                            Status::MS_OK,
+                        ));
                     }
                     if let Some((_, deadline)) = &probe {
                         if now >= *deadline {
@@ -418,7 +455,12 @@ impl Follower {
                         }
                     } else if now >= silence_at {
                         match self.send_probe(&sub.conn) {
-                            Ok(nonce) => probe = Some((nonce, Instant::now() + self.hb.max(Duration::from_millis(200)))),
+                            Ok(nonce) => {
+                                probe = Some((
+                                    nonce,
+                                    Instant::now() + self.hb.max(Duration::from_millis(200)),
+                                ))
+                            }
                             Err(e) if is_final(e.status) => return Outcome::Ended,
                             Err(e) => return self.lost(e),
                         }
@@ -440,9 +482,18 @@ impl Follower {
     fn send_probe(&self, conn: &Webdis) -> Result<String> {
         let nonce = random_hex(8)?;
         let body = protocol::frame_body(&[self.password.as_bytes()]);
-        let reply = conn.fcall(false, "ms_probe", &[&self.key], &[&nonce], &body, self.config.timeout())?;
+        let reply = conn.fcall(
+            false,
+            "ms_probe",
+            &[&self.key],
+            &[&nonce],
+            &body,
+            self.config.timeout(),
+        )?;
         match reply {
-            Value::Array(a) if a.first().and_then(Value::as_str) == Some(self.channel.as_str()) => Ok(nonce),
+            Value::Array(a) if a.first().and_then(Value::as_str) == Some(self.channel.as_str()) => {
+                Ok(nonce)
+            }
             Value::Array(_) => Err(Error::new(
                 Status::MS_ERR_NOT_FOUND,
                 "the stream was stopped and started anew",

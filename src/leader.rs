@@ -97,7 +97,12 @@ impl Lead {
             .name("ms-publish".into())
             .stack_size(256 * 1024)
             .spawn(move || publisher.run())
-            .map_err(|e| Error::new(Status::MS_ERR_INTERNAL, format!("cannot start a thread: {e}")))?;
+            .map_err(|e| {
+                Error::new(
+                    Status::MS_ERR_INTERNAL,
+                    format!("cannot start a thread: {e}"),
+                )
+            })?;
         Ok(Arc::new(Lead {
             session,
             identity,
@@ -251,7 +256,14 @@ impl Publisher {
                 Action::Exit => return,
                 Action::Publish(_, body) => self
                     .conn
-                    .fcall(false, "ms_publish", &[&self.identity.key], &[], body, timeout)
+                    .fcall(
+                        false,
+                        "ms_publish",
+                        &[&self.identity.key],
+                        &[],
+                        body,
+                        timeout,
+                    )
                     .map(|_| ()),
                 Action::Heartbeat => {
                     let hb = self.config.heartbeat().as_millis().to_string();
@@ -260,7 +272,14 @@ impl Publisher {
                         self.identity.channel.as_bytes(),
                     ]);
                     self.conn
-                        .fcall(false, "ms_heartbeat", &[&self.identity.key], &[&hb], &body, timeout)
+                        .fcall(
+                            false,
+                            "ms_heartbeat",
+                            &[&self.identity.key],
+                            &[&hb],
+                            &body,
+                            timeout,
+                        )
                         .map(|_| ())
                 }
             };
@@ -284,7 +303,11 @@ impl Publisher {
                     (self.hooks.lead_ended)(self.session, &self.identity.name);
                     self.hooks.dispatcher.push(
                         self.session,
-                        Event::new(EventKind::MS_EVENT_PUBLISH_FAILED, &self.identity.name, e.status),
+                        Event::new(
+                            EventKind::MS_EVENT_PUBLISH_FAILED,
+                            &self.identity.name,
+                            e.status,
+                        ),
                     );
                     return;
                 }
@@ -304,7 +327,11 @@ impl Publisher {
                     if is_publish && first {
                         self.hooks.dispatcher.push(
                             self.session,
-                            Event::new(EventKind::MS_EVENT_PUBLISH_FAILED, &self.identity.name, e.status),
+                            Event::new(
+                                EventKind::MS_EVENT_PUBLISH_FAILED,
+                                &self.identity.name,
+                                e.status,
+                            ),
                         );
                     }
                 }
@@ -318,7 +345,9 @@ impl Publisher {
         let mut st = lock(&self.shared.state);
         loop {
             let now = Instant::now();
-            if st.exit || (st.closing.is_some() && (st.pending.is_none() || now >= st.closing.unwrap())) {
+            if st.exit
+                || (st.closing.is_some() && (st.pending.is_none() || now >= st.closing.unwrap()))
+            {
                 return Action::Exit;
             }
             let mut wake = last_sent + self.config.heartbeat();
@@ -338,7 +367,9 @@ impl Publisher {
             } else if let Some(t) = retry_at {
                 wake = wake.min(t.max(now + Duration::from_millis(1)));
             }
-            let wait = wake.saturating_duration_since(now).max(Duration::from_millis(1));
+            let wait = wake
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(1));
             st = self
                 .shared
                 .cond

@@ -20,7 +20,8 @@ pub const MAX_SUBSCRIPTION_OBJECT: usize = 6 * MAX_STATE + 64 * 1024;
 pub const INDEX_KEY: &str = "streams";
 
 /// The command to load the functions library, for error messages.
-pub const LOAD_HINT: &str = "load it with: redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua";
+pub const LOAD_HINT: &str =
+    "load it with: redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua";
 
 /// Checks a stream name: 1-256 bytes of UTF-8 without control characters.
 pub fn check_name(name: &str) -> Result<()> {
@@ -77,12 +78,20 @@ pub fn check_state(state: &[u8]) -> Result<&str> {
             ),
         ));
     }
-    std::str::from_utf8(state).map_err(|e| {
+    let text = std::str::from_utf8(state).map_err(|e| {
         Error::invalid(format!(
             "the state is not valid UTF-8 (at byte {})",
             e.valid_up_to()
         ))
-    })
+    })?;
+    // Webdis cuts strings at a NUL when it writes JSON: such a state would
+    // reach followers truncated.
+    if let Some(at) = state.iter().position(|&b| b == 0) {
+        return Err(Error::invalid(format!(
+            "the state contains a NUL character (U+0000) at byte {at}, which Webdis cannot deliver; escape it (JSON: \\u0000)"
+        )));
+    }
+    Ok(text)
 }
 
 /// Percent-encodes every byte outside `A-Za-z0-9_-`, so that Webdis sees
@@ -169,18 +178,46 @@ pub fn frame_body(fields: &[&[u8]]) -> Vec<u8> {
 pub fn redis_error(text: &str) -> Error {
     let (code, rest) = text.split_once(' ').unwrap_or((text, ""));
     match code {
-        "MSEXISTS" => Error::new(Status::MS_ERR_EXISTS, "a stream with this name exists already"),
-        "MSNOTFOUND" => Error::new(Status::MS_ERR_NOT_FOUND, "no such stream (stopped, expired or never started)"),
-        "MSBADPASSWORD" => Error::new(Status::MS_ERR_BAD_PASSWORD, "wrong password for this stream"),
-        "MSBADCODE" => Error::new(Status::MS_ERR_BAD_LEADER_CODE, "wrong leader code for this stream"),
-        "MSVERSION" => Error::new(Status::MS_ERR_SERVER, format!("the Redis functions library is of another version: {rest}")),
-        "MSARG" => Error::new(Status::MS_ERR_PROTOCOL, format!("the functions library refused the request: {rest}")),
-        _ if text.contains("Function not found") || text.contains("No such function") => Error::new(
-            Status::MS_ERR_SERVER,
-            format!("the missionstream functions library is not loaded in Redis ({text}); {LOAD_HINT}"),
+        "MSEXISTS" => Error::new(
+            Status::MS_ERR_EXISTS,
+            "a stream with this name exists already",
         ),
-        _ if text.starts_with("LOADING") || text.starts_with("BUSY") || text.starts_with("MASTERDOWN") => {
-            Error::new(Status::MS_ERR_UNAVAILABLE, format!("Redis is not ready: {text}"))
+        "MSNOTFOUND" => Error::new(
+            Status::MS_ERR_NOT_FOUND,
+            "no such stream (stopped, expired or never started)",
+        ),
+        "MSBADPASSWORD" => Error::new(
+            Status::MS_ERR_BAD_PASSWORD,
+            "wrong password for this stream",
+        ),
+        "MSBADCODE" => Error::new(
+            Status::MS_ERR_BAD_LEADER_CODE,
+            "wrong leader code for this stream",
+        ),
+        "MSVERSION" => Error::new(
+            Status::MS_ERR_SERVER,
+            format!("the Redis functions library is of another version: {rest}"),
+        ),
+        "MSARG" => Error::new(
+            Status::MS_ERR_PROTOCOL,
+            format!("the functions library refused the request: {rest}"),
+        ),
+        _ if text.contains("Function not found") || text.contains("No such function") => {
+            Error::new(
+                Status::MS_ERR_SERVER,
+                format!(
+                "the missionstream functions library is not loaded in Redis ({text}); {LOAD_HINT}"
+            ),
+            )
+        }
+        _ if text.starts_with("LOADING")
+            || text.starts_with("BUSY")
+            || text.starts_with("MASTERDOWN") =>
+        {
+            Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                format!("Redis is not ready: {text}"),
+            )
         }
         _ => Error::new(Status::MS_ERR_SERVER, format!("Redis error: {text}")),
     }
@@ -285,7 +322,11 @@ pub fn protocol_error(what: &str) -> Error {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChannelMessage {
     /// A stored state.
-    State { seq: u64, updated_ms: i64, state: String },
+    State {
+        seq: u64,
+        updated_ms: i64,
+        state: String,
+    },
     /// The leader's heartbeat, carrying its interval.
     Heartbeat { interval_ms: u64 },
     /// A follower's probe.
@@ -466,7 +507,10 @@ mod tests {
 
     #[test]
     fn frames_put_the_state_last_unescaped() {
-        assert_eq!(frame_body(&[b"pw", b"code", b"{\"a\":\"\n\"}"]), b"2 4\npwcode{\"a\":\"\n\"}");
+        assert_eq!(
+            frame_body(&[b"pw", b"code", b"{\"a\":\"\n\"}"]),
+            b"2 4\npwcode{\"a\":\"\n\"}"
+        );
         assert_eq!(frame_body(&[b""]), b"\n");
         assert_eq!(frame_body(&[b"", b"x"]), b"0\nx");
     }
@@ -484,40 +528,84 @@ mod tests {
     fn limits() {
         assert!(check_name("a").is_ok());
         assert!(check_name(&"x".repeat(256)).is_ok());
-        assert_eq!(check_name(&"x".repeat(257)).unwrap_err().status, Status::MS_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            check_name(&"x".repeat(257)).unwrap_err().status,
+            Status::MS_ERR_INVALID_ARGUMENT
+        );
         assert!(check_name("").is_err());
         assert!(check_name("a\nb").is_err());
         assert!(check_password("").is_ok());
         assert!(check_password(&"p".repeat(1025)).is_err());
         assert!(check_leader_code("").is_err());
-        assert_eq!(check_state(&vec![b'a'; MAX_STATE + 1]).unwrap_err().status, Status::MS_ERR_TOO_LARGE);
+        assert_eq!(
+            check_state(&vec![b'a'; MAX_STATE + 1]).unwrap_err().status,
+            Status::MS_ERR_TOO_LARGE
+        );
         assert!(check_state(&vec![b'a'; MAX_STATE]).is_ok());
-        assert_eq!(check_state(b"\xff").unwrap_err().status, Status::MS_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            check_state(b"\xff").unwrap_err().status,
+            Status::MS_ERR_INVALID_ARGUMENT
+        );
     }
 
     #[test]
     fn webdis_errors_map_to_statuses() {
-        let r = webdis_reply("FCALL", 200, br#"{"FCALL":[false,"MSEXISTS the stream name is taken"]}"#);
+        let r = webdis_reply(
+            "FCALL",
+            200,
+            br#"{"FCALL":[false,"MSEXISTS the stream name is taken"]}"#,
+        );
         assert_eq!(r.unwrap_err().status, Status::MS_ERR_EXISTS);
-        let r = webdis_reply("FCALL", 200, br#"{"FCALL":[false,"ERR Function not found"]}"#);
+        let r = webdis_reply(
+            "FCALL",
+            200,
+            br#"{"FCALL":[false,"ERR Function not found"]}"#,
+        );
         let e = r.unwrap_err();
         assert_eq!(e.status, Status::MS_ERR_SERVER);
         assert!(e.message.contains("FUNCTION LOAD"), "{}", e.message);
-        assert_eq!(webdis_reply("FCALL", 403, b"").unwrap_err().status, Status::MS_ERR_FORBIDDEN);
-        assert_eq!(webdis_reply("FCALL", 503, b"").unwrap_err().status, Status::MS_ERR_UNAVAILABLE);
-        assert_eq!(webdis_reply("FCALL", 200, b"<html>").unwrap_err().status, Status::MS_ERR_PROTOCOL);
-        assert_eq!(webdis_reply("FCALL", 200, br#"{"FCALL":7}"#).unwrap(), Value::from(7));
+        assert_eq!(
+            webdis_reply("FCALL", 403, b"").unwrap_err().status,
+            Status::MS_ERR_FORBIDDEN
+        );
+        assert_eq!(
+            webdis_reply("FCALL", 503, b"").unwrap_err().status,
+            Status::MS_ERR_UNAVAILABLE
+        );
+        assert_eq!(
+            webdis_reply("FCALL", 200, b"<html>").unwrap_err().status,
+            Status::MS_ERR_PROTOCOL
+        );
+        assert_eq!(
+            webdis_reply("FCALL", 200, br#"{"FCALL":7}"#).unwrap(),
+            Value::from(7)
+        );
     }
 
     #[test]
     fn channel_messages() {
         assert_eq!(
             parse_channel_message("s 5 1700\n{\"x\":\n1}".into()),
-            Some(ChannelMessage::State { seq: 5, updated_ms: 1700, state: "{\"x\":\n1}".into() })
+            Some(ChannelMessage::State {
+                seq: 5,
+                updated_ms: 1700,
+                state: "{\"x\":\n1}".into()
+            })
         );
-        assert_eq!(parse_channel_message("h 5000".into()), Some(ChannelMessage::Heartbeat { interval_ms: 5000 }));
-        assert_eq!(parse_channel_message("e".into()), Some(ChannelMessage::Ended));
-        assert_eq!(parse_channel_message("p abc".into()), Some(ChannelMessage::Probe { nonce: "abc".into() }));
+        assert_eq!(
+            parse_channel_message("h 5000".into()),
+            Some(ChannelMessage::Heartbeat { interval_ms: 5000 })
+        );
+        assert_eq!(
+            parse_channel_message("e".into()),
+            Some(ChannelMessage::Ended)
+        );
+        assert_eq!(
+            parse_channel_message("p abc".into()),
+            Some(ChannelMessage::Probe {
+                nonce: "abc".into()
+            })
+        );
         assert_eq!(parse_channel_message("s x".into()), None);
         assert_eq!(parse_channel_message("".into()), None);
     }
@@ -535,10 +623,18 @@ mod tests {
                 }
             }
             assert_eq!(items.len(), 3, "step {step}");
-            assert_eq!(items[0], SubscriptionItem::Subscribed { channel: "c".into() });
+            assert_eq!(
+                items[0],
+                SubscriptionItem::Subscribed {
+                    channel: "c".into()
+                }
+            );
             assert_eq!(
                 items[1],
-                SubscriptionItem::Message { channel: "c".into(), payload: "s 1 2\n{\"a\":\"}{\\\"\"}".into() }
+                SubscriptionItem::Message {
+                    channel: "c".into(),
+                    payload: "s 1 2\n{\"a\":\"}{\\\"\"}".into()
+                }
             );
         }
     }

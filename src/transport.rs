@@ -40,7 +40,9 @@ impl Endpoint {
             None => (None, authority),
         };
         if hostport.is_empty() || hostport.starts_with(':') {
-            return Err(Error::invalid(format!("the Webdis URL \"{url}\" has no host")));
+            return Err(Error::invalid(format!(
+                "the Webdis URL \"{url}\" has no host"
+            )));
         }
         if hostport.contains(['?', '#', ' ']) || path.contains(['?', '#']) {
             return Err(Error::invalid(
@@ -51,7 +53,11 @@ impl Endpoint {
             None => None,
             Some(ui) => {
                 let (u, p) = ui.split_once(':').unwrap_or((ui, ""));
-                let creds = format!("{}:{}", protocol::percent_decode(u)?, protocol::percent_decode(p)?);
+                let creds = format!(
+                    "{}:{}",
+                    protocol::percent_decode(u)?,
+                    protocol::percent_decode(p)?
+                );
                 Some(format!("Basic {}", protocol::base64(creds.as_bytes())))
             }
         };
@@ -139,7 +145,9 @@ impl Webdis {
         if let Some(auth) = &self.endpoint.auth {
             req = req.header("Authorization", auth);
         }
-        let response = req.send(body).map_err(|e| self.transport_error(e, timeout))?;
+        let response = req
+            .send(body)
+            .map_err(|e| self.transport_error(e, timeout))?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
@@ -151,7 +159,11 @@ impl Webdis {
     }
 
     /// Opens `GET /SUBSCRIBE/<channel>`; returns the streaming body.
-    pub fn subscribe(&self, channel: &str, timeout: Duration) -> Result<impl Read + Send + 'static> {
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        timeout: Duration,
+    ) -> Result<impl Read + Send + 'static> {
         let url = self.endpoint.url("SUBSCRIBE", &[channel]);
         let mut req = self
             .agent
@@ -236,9 +248,22 @@ mod tests {
         assert!(e.auth.is_none());
         let e = Endpoint::parse("HTTPS://u%40x:p%3Aw@host/prefix/").unwrap();
         assert_eq!(e.base, "https://host/prefix");
-        assert_eq!(e.auth.as_deref(), Some(format!("Basic {}", protocol::base64(b"u@x:p:w")).as_str()));
-        assert_eq!(e.url("FCALL", &["a/b.c"]), "https://host/prefix/FCALL/a%2Fb%2Ec");
-        for bad in ["", "127.0.0.1:7379", "ftp://x", "http://", "http://:80", "http://h?x=1"] {
+        assert_eq!(
+            e.auth.as_deref(),
+            Some(format!("Basic {}", protocol::base64(b"u@x:p:w")).as_str())
+        );
+        assert_eq!(
+            e.url("FCALL", &["a/b.c"]),
+            "https://host/prefix/FCALL/a%2Fb%2Ec"
+        );
+        for bad in [
+            "",
+            "127.0.0.1:7379",
+            "ftp://x",
+            "http://",
+            "http://:80",
+            "http://h?x=1",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

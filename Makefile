@@ -1,0 +1,63 @@
+# missionstream — build, test, demo, benchmark.
+#   make demo    a leader and a follower on a local Redis + Webdis
+#   make test    every suite (installs what is missing)
+#   make bench   the performance figures beside their baselines
+CARGO ?= cargo
+RUN_DIR := .run/server
+
+.PHONY: all build deps deps-test test test-rust test-c test-python check-header fmt-check clippy \
+        demo server server-stop bench bench-quick clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+deps-test:
+	@scripts/install-deps.sh --python-tests
+
+build: deps
+	$(CARGO) build --release
+
+test: deps-test build check-header fmt-check clippy test-rust test-c test-python bench-quick
+	@echo "make test: all suites passed"
+
+test-rust:
+	$(CARGO) test --release
+
+test-c:
+	tests/c/run.sh
+
+test-python:
+	cd bindings/python && python3 -m pytest -q tests
+
+# The committed header must equal the one build.rs generates.
+check-header:
+	$(CARGO) build --release
+	@git diff --exit-code -- include/missionstream.h || \
+	  (echo "include/missionstream.h is stale: commit the regenerated header" >&2; exit 1)
+
+fmt-check:
+	$(CARGO) fmt --check
+
+clippy:
+	$(CARGO) clippy --release --all-targets -- -D warnings
+
+demo: build
+	scripts/demo.sh
+
+server: build
+	scripts/server.sh start $(RUN_DIR)
+
+server-stop:
+	scripts/server.sh stop $(RUN_DIR)
+
+bench: build
+	$(CARGO) run --release --example bench
+
+bench-quick: build
+	$(CARGO) run --release --example bench -- --quick
+
+clean:
+	$(CARGO) clean
+	rm -rf .run

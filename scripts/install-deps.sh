@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building and testing missionstream needs, when it is missing:
+# Debian packages redis-server, webdis, curl, a C/C++ compiler; pytest.
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v webdis >/dev/null 2>&1 || need+=(webdis)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Debian's packages start system services on 6379/7379 where systemd runs;
+# the project never uses them, so they are left alone.
+if [ "${1:-}" = "--python-tests" ]; then
+  python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
+fi
+exit 0
