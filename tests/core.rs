@@ -31,14 +31,20 @@ fn lifecycle_start_follow_publish_stop() {
     assert_eq!((ev[0].seq, ev[0].state.as_deref()), (0, Some("{}")));
 
     for i in 1..=5 {
-        leader.publish(&name, format!("{{\"wp\":{i}}}").as_bytes()).unwrap();
+        leader
+            .publish(&name, format!("{{\"wp\":{i}}}").as_bytes())
+            .unwrap();
         // Each flushed, so each is stored (else latest-wins may skip some).
         leader.flush(&name, 10_000).unwrap();
     }
     rec.wait_state(&name, "{\"wp\":5}", T);
     let states = rec.states(&name);
     assert_increasing(&states);
-    assert_eq!(states.last().unwrap().0, 5, "seq counts stored states: {states:?}");
+    assert_eq!(
+        states.last().unwrap().0,
+        5,
+        "seq counts stored states: {states:?}"
+    );
     assert_eq!(s.record_field(&name, "state"), "{\"wp\":5}");
     assert_eq!(s.record_field(&name, "seq"), "5");
 
@@ -46,16 +52,32 @@ fn lifecycle_start_follow_publish_stop() {
     let info = list.iter().find(|i| i.name == name).expect("listed");
     assert_eq!(info.seq, 5);
     assert_eq!(info.followers, 1);
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    assert!((now_ms - info.updated_ms).abs() < 60_000, "updated_ms {} vs now {now_ms}", info.updated_ms);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now_ms - info.updated_ms).abs() < 60_000,
+        "updated_ms {} vs now {now_ms}",
+        info.updated_ms
+    );
 
     leader.stop(&name).unwrap();
     rec.wait_kind(&name, EventKind::MS_EVENT_ENDED, T);
     assert!(leader.list().unwrap().iter().all(|i| i.name != name));
-    assert_eq!(s.redis_cli(&["EXISTS", &format!("stream:{name}")]).trim(), "0");
+    assert_eq!(
+        s.redis_cli(&["EXISTS", &format!("stream:{name}")]).trim(),
+        "0"
+    );
     // The follow session is over; the leader no longer leads.
-    assert_eq!(status(follower.disconnect(&name)), Status::MS_ERR_NOT_FOLLOWING);
-    assert_eq!(status(leader.publish(&name, b"{}")), Status::MS_ERR_NOT_LEADING);
+    assert_eq!(
+        status(follower.disconnect(&name)),
+        Status::MS_ERR_NOT_FOLLOWING
+    );
+    assert_eq!(
+        status(leader.publish(&name, b"{}")),
+        Status::MS_ERR_NOT_LEADING
+    );
 }
 
 #[test]
@@ -82,7 +104,10 @@ fn late_joiner_gets_current_state_first() {
 
     leader.publish(&name, b"{\"a\":3}").unwrap();
     rec.wait_state(&name, "{\"a\":3}", T);
-    assert_eq!(rec.states(&name), vec![(2, "{\"a\":2}".into()), (3, "{\"a\":3}".into())]);
+    assert_eq!(
+        rec.states(&name),
+        vec![(2, "{\"a\":2}".into()), (3, "{\"a\":3}".into())]
+    );
 }
 
 #[test]
@@ -99,10 +124,16 @@ fn many_publishes_converge_in_order_for_two_followers() {
     f2.connect(&name, "p").unwrap();
     let start = Instant::now();
     for i in 0..2000 {
-        leader.publish(&name, format!("{{\"i\":{i}}}").as_bytes()).unwrap();
+        leader
+            .publish(&name, format!("{{\"i\":{i}}}").as_bytes())
+            .unwrap();
     }
     // Publishing never waits for the network.
-    assert!(start.elapsed() < Duration::from_secs(2), "2000 publishes took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "2000 publishes took {:?}",
+        start.elapsed()
+    );
     leader.flush(&name, 10_000).unwrap();
     for r in [&r1, &r2] {
         r.wait_state(&name, "{\"i\":1999}", Duration::from_secs(2));
@@ -123,11 +154,23 @@ fn statuses_of_every_operation() {
     let e = b.start(&name, "x", "y").unwrap_err();
     assert_eq!(e.status, Status::MS_ERR_EXISTS);
     assert!(e.message.contains(&name), "{}", e.message);
-    assert_eq!(status(b.reconnect(&name, "bad", "code")), Status::MS_ERR_BAD_PASSWORD);
-    assert_eq!(status(b.reconnect(&name, "pw", "bad")), Status::MS_ERR_BAD_LEADER_CODE);
-    assert_eq!(status(b.reconnect("nope-none", "pw", "code")), Status::MS_ERR_NOT_FOUND);
+    assert_eq!(
+        status(b.reconnect(&name, "bad", "code")),
+        Status::MS_ERR_BAD_PASSWORD
+    );
+    assert_eq!(
+        status(b.reconnect(&name, "pw", "bad")),
+        Status::MS_ERR_BAD_LEADER_CODE
+    );
+    assert_eq!(
+        status(b.reconnect("nope-none", "pw", "code")),
+        Status::MS_ERR_NOT_FOUND
+    );
     assert_eq!(status(b.connect(&name, "bad")), Status::MS_ERR_BAD_PASSWORD);
-    assert_eq!(status(b.connect("nope-none", "pw")), Status::MS_ERR_NOT_FOUND);
+    assert_eq!(
+        status(b.connect("nope-none", "pw")),
+        Status::MS_ERR_NOT_FOUND
+    );
     assert_eq!(status(b.publish(&name, b"{}")), Status::MS_ERR_NOT_LEADING);
     assert_eq!(status(b.flush(&name, 100)), Status::MS_ERR_NOT_LEADING);
     assert_eq!(status(b.stop(&name)), Status::MS_ERR_NOT_LEADING);
@@ -140,23 +183,47 @@ fn statuses_of_every_operation() {
     // Limits.
     let big = vec![b'x'; 8 * 1024 * 1024 + 1];
     assert_eq!(status(a.publish(&name, &big)), Status::MS_ERR_TOO_LARGE);
-    assert_eq!(status(a.publish(&name, b"\xff\xfe")), Status::MS_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        status(a.publish(&name, b"\xff\xfe")),
+        Status::MS_ERR_INVALID_ARGUMENT
+    );
     for bad in ["", "a\nb", "tab\there", "\u{7f}del"] {
-        assert_eq!(status(a.start(bad, "pw", "c")), Status::MS_ERR_INVALID_ARGUMENT, "{bad:?}");
-        assert_eq!(status(a.connect(bad, "pw")), Status::MS_ERR_INVALID_ARGUMENT, "{bad:?}");
+        assert_eq!(
+            status(a.start(bad, "pw", "c")),
+            Status::MS_ERR_INVALID_ARGUMENT,
+            "{bad:?}"
+        );
+        assert_eq!(
+            status(a.connect(bad, "pw")),
+            Status::MS_ERR_INVALID_ARGUMENT,
+            "{bad:?}"
+        );
     }
     let long = "n".repeat(257);
-    assert_eq!(status(a.start(&long, "pw", "c")), Status::MS_ERR_INVALID_ARGUMENT);
-    assert_eq!(status(a.start("ok-name", &"p".repeat(1025), "c")), Status::MS_ERR_INVALID_ARGUMENT);
-    assert_eq!(status(a.start("ok-name", "p", "")), Status::MS_ERR_INVALID_ARGUMENT);
-    assert_eq!(status(a.start("ok-name", "p", &"c".repeat(1025))), Status::MS_ERR_INVALID_ARGUMENT);
+    assert_eq!(
+        status(a.start(&long, "pw", "c")),
+        Status::MS_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        status(a.start("ok-name", &"p".repeat(1025), "c")),
+        Status::MS_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        status(a.start("ok-name", "p", "")),
+        Status::MS_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        status(a.start("ok-name", "p", &"c".repeat(1025))),
+        Status::MS_ERR_INVALID_ARGUMENT
+    );
     assert_eq!(status(a.set_timeout(0)), Status::MS_ERR_INVALID_ARGUMENT);
     assert_eq!(status(a.set_heartbeat(0)), Status::MS_ERR_INVALID_ARGUMENT);
     // Nothing invalid reached Redis.
     assert_eq!(s.redis_cli(&["EXISTS", "stream:ok-name"]).trim(), "0");
     // Boundaries that are allowed.
     let n256 = "é".repeat(128);
-    a.start(&n256, &"p".repeat(1024), &"c".repeat(1024)).unwrap();
+    a.start(&n256, &"p".repeat(1024), &"c".repeat(1024))
+        .unwrap();
     a.publish(&n256, b"").unwrap();
     a.flush(&n256, 10_000).unwrap();
 }
@@ -168,16 +235,37 @@ fn odd_names_round_trip_exactly() {
     let follower = s.client();
     let rec = Recorder::attach(&follower);
     let names = [
-        "a/b.txt", "x.json", "..", ".", "100%", "a+b c", "k:v", "*", "what?", "sp ace  ", "ünïcødé ✈ 航路",
-        "%2F%41", "#frag", "a\\b", "q=1&r=2", "trailing.", "-_-",
+        "a/b.txt",
+        "x.json",
+        "..",
+        ".",
+        "100%",
+        "a+b c",
+        "k:v",
+        "*",
+        "what?",
+        "sp ace  ",
+        "ünïcødé ✈ 航路",
+        "%2F%41",
+        "#frag",
+        "a\\b",
+        "q=1&r=2",
+        "trailing.",
+        "-_-",
     ];
     let n256 = "z".repeat(256);
     let mut all: Vec<&str> = names.to_vec();
     all.push(&n256);
     for n in &all {
-        leader.start(n, "pw", "code").unwrap_or_else(|e| panic!("start {n:?}: {e}"));
-        follower.connect(n, "pw").unwrap_or_else(|e| panic!("connect {n:?}: {e}"));
-        leader.publish(n, format!("{{\"name\":{:?}}}", n).as_bytes()).unwrap();
+        leader
+            .start(n, "pw", "code")
+            .unwrap_or_else(|e| panic!("start {n:?}: {e}"));
+        follower
+            .connect(n, "pw")
+            .unwrap_or_else(|e| panic!("connect {n:?}: {e}"));
+        leader
+            .publish(n, format!("{{\"name\":{:?}}}", n).as_bytes())
+            .unwrap();
     }
     for n in &all {
         leader.flush(n, 10_000).unwrap();
@@ -221,7 +309,11 @@ fn large_state_round_trips() {
     let max = "a".repeat(8 * 1024 * 1024);
     leader.publish(&name, max.as_bytes()).unwrap();
     leader.flush(&name, 30_000).unwrap();
-    assert_eq!(s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "state"]).trim(), "8388608");
+    assert_eq!(
+        s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "state"])
+            .trim(),
+        "8388608"
+    );
 }
 
 #[test]
@@ -232,7 +324,9 @@ fn reconnect_keeps_state_and_free_delivers_pending() {
         let leader = s.client();
         leader.start(&name, "pw", "code").unwrap();
         for i in 0..50 {
-            leader.publish(&name, format!("{{\"v\":{i}}}").as_bytes()).unwrap();
+            leader
+                .publish(&name, format!("{{\"v\":{i}}}").as_bytes())
+                .unwrap();
         }
         // Dropped without flush: the pending state is delivered first.
     }
@@ -252,7 +346,8 @@ fn reconnect_keeps_state_and_free_delivers_pending() {
 fn secrets_are_stored_hashed_and_channel_is_random() {
     let s = Servers::start();
     let c = s.client();
-    c.start("secret-stream", "hunter2-password", "leader-code-42").unwrap();
+    c.start("secret-stream", "hunter2-password", "leader-code-42")
+        .unwrap();
     let dump = s.redis_cli(&["HGETALL", "stream:secret-stream"]);
     assert!(!dump.contains("hunter2-password"), "{dump}");
     assert!(!dump.contains("leader-code-42"), "{dump}");
@@ -260,10 +355,19 @@ fn secrets_are_stored_hashed_and_channel_is_random() {
     assert_eq!(channel.len(), 32, "128-bit hex token: {channel}");
     assert!(!channel.contains("secret"));
     c.stop("secret-stream").unwrap();
-    c.start("secret-stream", "hunter2-password", "leader-code-42").unwrap();
+    c.start("secret-stream", "hunter2-password", "leader-code-42")
+        .unwrap();
     assert_ne!(s.record_field("secret-stream", "channel"), channel);
     // Calling the functions directly still needs the leader code.
-    let out = s.redis_cli(&["FCALL", "ms_stop", "2", "stream:secret-stream", "streams", "1", &format!("4 {}\nnope{channel}", channel.len())]);
+    let out = s.redis_cli(&[
+        "FCALL",
+        "ms_stop",
+        "2",
+        "stream:secret-stream",
+        "streams",
+        "1",
+        &format!("4 {}\nnope{channel}", channel.len()),
+    ]);
     assert!(out.contains("MS"), "{out}");
     assert_eq!(s.redis_cli(&["EXISTS", "stream:secret-stream"]).trim(), "1");
 }
@@ -281,13 +385,20 @@ fn unreachable_webdis_is_unavailable() {
     assert_eq!(status(c.list()), Status::MS_ERR_UNAVAILABLE);
     assert_eq!(status(c.connect("x", "p")), Status::MS_ERR_UNAVAILABLE);
     for bad in ["", "localhost:7379", "ftp://h", "http://"] {
-        assert_eq!(status(Client::new(bad)), Status::MS_ERR_INVALID_ARGUMENT, "{bad}");
+        assert_eq!(
+            status(Client::new(bad)),
+            Status::MS_ERR_INVALID_ARGUMENT,
+            "{bad}"
+        );
     }
 }
 
 #[test]
 fn missing_or_stale_functions_library_is_a_server_error_saying_how_to_load() {
-    let s = Servers::start_with(Options { load_functions: false, ..Options::default() });
+    let s = Servers::start_with(Options {
+        load_functions: false,
+        ..Options::default()
+    });
     let c = s.client();
     let e = c.start("x", "p", "c").unwrap_err();
     assert_eq!(e.status, Status::MS_ERR_SERVER);
@@ -296,15 +407,30 @@ fn missing_or_stale_functions_library_is_a_server_error_saying_how_to_load() {
     s.load_functions(&lua.replace("local PROTOCOL = '1'", "local PROTOCOL = '0'"));
     let e = c.list().unwrap_err();
     assert_eq!(e.status, Status::MS_ERR_SERVER);
-    assert!(e.message.contains("version") && e.message.contains("FUNCTION LOAD"), "{}", e.message);
+    assert!(
+        e.message.contains("version") && e.message.contains("FUNCTION LOAD"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
 fn hardened_acl_refuses_everything_else() {
     let s = Servers::start();
     for path in [
-        "/HGETALL/x", "/KEYS/*", "/SCAN/0", "/PSUBSCRIBE/x", "/PUBLISH/a/b", "/PUBSUB/CHANNELS", "/DEL/x",
-        "/EVAL/return%201/0", "/FUNCTION/LIST", "/CONFIG/GET/dir", "/FLUSHALL", "/SET/a/b", "/FCALLX/x",
+        "/HGETALL/x",
+        "/KEYS/*",
+        "/SCAN/0",
+        "/PSUBSCRIBE/x",
+        "/PUBLISH/a/b",
+        "/PUBSUB/CHANNELS",
+        "/DEL/x",
+        "/EVAL/return%201/0",
+        "/FUNCTION/LIST",
+        "/CONFIG/GET/dir",
+        "/FLUSHALL",
+        "/SET/a/b",
+        "/FCALLX/x",
     ] {
         assert_eq!(http(s.webdis_port, "GET", path, b"").0, 403, "{path}");
     }
@@ -332,16 +458,28 @@ fn disconnect_is_prompt_and_final() {
     rec.wait(T, |ev| !ev.is_empty());
     let t = Instant::now();
     follower.disconnect(&name).unwrap();
-    assert!(t.elapsed() < Duration::from_millis(500), "disconnect took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "disconnect took {:?}",
+        t.elapsed()
+    );
     let n = rec.snapshot().len();
     for i in 0..20 {
-        leader.publish(&name, format!("{{\"after\":{i}}}").as_bytes()).unwrap();
+        leader
+            .publish(&name, format!("{{\"after\":{i}}}").as_bytes())
+            .unwrap();
     }
     leader.flush(&name, 10_000).unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(rec.snapshot().len(), n, "no event after disconnect returned");
+    assert_eq!(
+        rec.snapshot().len(),
+        n,
+        "no event after disconnect returned"
+    );
     // Redis sees the subscriber gone.
-    wait_until(Duration::from_secs(1), || leader.list().unwrap()[0].followers == 0);
+    wait_until(Duration::from_secs(1), || {
+        leader.list().unwrap()[0].followers == 0
+    });
     // Connecting again works.
     follower.connect(&name, "pw").unwrap();
     rec.wait_state(&name, "{\"after\":19}", T);
@@ -355,27 +493,42 @@ fn callback_may_disconnect_and_replace_itself() {
     let name = unique("cb");
     leader.start(&name, "pw", "code").unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (f, n, seen2) = (std::sync::Arc::downgrade(&follower), name.clone(), seen.clone());
-    follower.set_callback(Some(std::sync::Arc::new(move |e: &missionstream::Event| {
-        seen2.lock().unwrap().push(e.seq);
-        if let Some(f) = f.upgrade() {
-            if e.seq >= 1 {
-                // From inside the callback: no deadlock.
-                f.disconnect(&n).unwrap();
-                f.set_callback(None);
+    let (f, n, seen2) = (
+        std::sync::Arc::downgrade(&follower),
+        name.clone(),
+        seen.clone(),
+    );
+    follower.set_callback(Some(std::sync::Arc::new(
+        move |e: &missionstream::Event| {
+            seen2.lock().unwrap().push(e.seq);
+            if let Some(f) = f.upgrade() {
+                if e.seq >= 1 {
+                    // From inside the callback: no deadlock.
+                    f.disconnect(&n).unwrap();
+                    f.set_callback(None);
+                }
             }
-        }
-    })));
+        },
+    )));
     follower.connect(&name, "pw").unwrap();
     for i in 1..=10 {
-        leader.publish(&name, format!("{{\"i\":{i}}}").as_bytes()).unwrap();
+        leader
+            .publish(&name, format!("{{\"i\":{i}}}").as_bytes())
+            .unwrap();
         leader.flush(&name, 10_000).unwrap();
     }
     wait_until(T, || seen.lock().unwrap().len() >= 2);
     std::thread::sleep(Duration::from_millis(300));
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "the callback disconnected itself after seq 1: {seen:?}");
-    assert_eq!(status(follower.disconnect(&name)), Status::MS_ERR_NOT_FOLLOWING);
+    assert_eq!(
+        seen.len(),
+        2,
+        "the callback disconnected itself after seq 1: {seen:?}"
+    );
+    assert_eq!(
+        status(follower.disconnect(&name)),
+        Status::MS_ERR_NOT_FOLLOWING
+    );
 }
 
 #[test]
@@ -389,19 +542,24 @@ fn set_callback_returns_when_the_old_one_is_done() {
     let calls_after = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let swapped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (r, c, sw) = (running.clone(), calls_after.clone(), swapped.clone());
-    follower.set_callback(Some(std::sync::Arc::new(move |_e: &missionstream::Event| {
-        if sw.load(std::sync::atomic::Ordering::SeqCst) {
-            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        r.store(true, std::sync::atomic::Ordering::SeqCst);
-        std::thread::sleep(Duration::from_millis(200));
-        r.store(false, std::sync::atomic::Ordering::SeqCst);
-    })));
+    follower.set_callback(Some(std::sync::Arc::new(
+        move |_e: &missionstream::Event| {
+            if sw.load(std::sync::atomic::Ordering::SeqCst) {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            r.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(200));
+            r.store(false, std::sync::atomic::Ordering::SeqCst);
+        },
+    )));
     follower.connect(&name, "pw").unwrap();
     wait_until(T, || running.load(std::sync::atomic::Ordering::SeqCst));
     follower.set_callback(None);
     swapped.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(!running.load(std::sync::atomic::Ordering::SeqCst), "old callback still running");
+    assert!(
+        !running.load(std::sync::atomic::Ordering::SeqCst),
+        "old callback still running"
+    );
     leader.publish(&name, b"{\"x\":1}").unwrap();
     leader.flush(&name, 10_000).unwrap();
     std::thread::sleep(Duration::from_millis(300));
@@ -417,24 +575,41 @@ fn slow_callback_keeps_only_the_newest_state() {
     leader.start(&name, "pw", "code").unwrap();
     let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let g = got.clone();
-    follower.set_callback(Some(std::sync::Arc::new(move |e: &missionstream::Event| {
-        if let Some(st) = &e.state {
-            g.lock().unwrap().push((e.seq, st.as_str().to_string()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    })));
+    follower.set_callback(Some(std::sync::Arc::new(
+        move |e: &missionstream::Event| {
+            if let Some(st) = &e.state {
+                g.lock().unwrap().push((e.seq, st.as_str().to_string()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        },
+    )));
     follower.connect(&name, "pw").unwrap();
     for i in 0..500 {
-        leader.publish(&name, format!("{{\"i\":{i}}}").as_bytes()).unwrap();
+        leader
+            .publish(&name, format!("{{\"i\":{i}}}").as_bytes())
+            .unwrap();
         if i % 50 == 0 {
             leader.flush(&name, 10_000).unwrap();
         }
-        assert!(follower.queued_events() <= 1, "queue grew to {}", follower.queued_events());
+        assert!(
+            follower.queued_events() <= 1,
+            "queue grew to {}",
+            follower.queued_events()
+        );
     }
     leader.flush(&name, 10_000).unwrap();
-    wait_until(T, || got.lock().unwrap().last().is_some_and(|l| l.1 == "{\"i\":499}"));
+    wait_until(T, || {
+        got.lock()
+            .unwrap()
+            .last()
+            .is_some_and(|l| l.1 == "{\"i\":499}")
+    });
     let got = got.lock().unwrap().clone();
-    assert!(got.len() < 400, "intermediate states were coalesced: {}", got.len());
+    assert!(
+        got.len() < 400,
+        "intermediate states were coalesced: {}",
+        got.len()
+    );
     for w in got.windows(2) {
         assert!(w[0].0 < w[1].0);
     }
@@ -453,10 +628,21 @@ fn flush_reports_the_publish_error() {
     let e = leader.flush(&name, 1500).unwrap_err();
     assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE, "{e}");
     let ev = rec.wait_kind(&name, EventKind::MS_EVENT_PUBLISH_FAILED, T);
-    assert_eq!(ev.iter().filter(|e| e.kind == EventKind::MS_EVENT_PUBLISH_FAILED).count(), 1);
+    assert_eq!(
+        ev.iter()
+            .filter(|e| e.kind == EventKind::MS_EVENT_PUBLISH_FAILED)
+            .count(),
+        1
+    );
     s.start_webdis();
     leader.flush(&name, 10_000).unwrap();
     assert_eq!(s.record_field(&name, "state"), "{\"during\":\"outage\"}");
     // Once per failure streak.
-    assert_eq!(rec.snapshot().iter().filter(|e| e.kind == EventKind::MS_EVENT_PUBLISH_FAILED).count(), 1);
+    assert_eq!(
+        rec.snapshot()
+            .iter()
+            .filter(|e| e.kind == EventKind::MS_EVENT_PUBLISH_FAILED)
+            .count(),
+        1
+    );
 }

@@ -236,8 +236,11 @@ fn every_function_refuses_null_without_crashing() {
     }
 }
 
+/// (kind, stream, data, seq, len) of each event.
+type SeenEvent = (ms_event_kind, String, Option<String>, u64, usize);
+
 struct Seen {
-    events: Mutex<Vec<(ms_event_kind, String, Option<String>, u64, usize)>>,
+    events: Mutex<Vec<SeenEvent>>,
 }
 
 unsafe extern "C" fn on_event(event: *const ms_event, user_data: *mut c_void) {

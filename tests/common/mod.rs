@@ -78,7 +78,9 @@ impl Servers {
         s.url = format!("http://127.0.0.1:{}", s.webdis_port);
         s.start_redis();
         if opts.load_functions {
-            s.load_functions(&std::fs::read_to_string(Path::new(ROOT).join("lua/missionstream.lua")).unwrap());
+            s.load_functions(
+                &std::fs::read_to_string(Path::new(ROOT).join("lua/missionstream.lua")).unwrap(),
+            );
         }
         s.start_webdis();
         s
@@ -99,7 +101,10 @@ impl Servers {
                 }
             }
         }
-        out.push_str(&format!("logfile {}\n", self.dir.join("redis.log").display()));
+        out.push_str(&format!(
+            "logfile {}\n",
+            self.dir.join("redis.log").display()
+        ));
         let path = self.dir.join("redis.conf");
         std::fs::write(&path, out).unwrap();
         let child = Command::new("redis-server")
@@ -109,7 +114,9 @@ impl Servers {
             .spawn()
             .expect("redis-server is installed (make test installs it)");
         self.redis = Some(child);
-        wait_until(Duration::from_secs(10), || self.redis_cli(&["PING"]).trim() == "PONG");
+        wait_until(Duration::from_secs(10), || {
+            self.redis_cli(&["PING"]).trim() == "PONG"
+        });
     }
 
     pub fn start_webdis(&mut self) {
@@ -133,7 +140,9 @@ impl Servers {
             .expect("webdis is installed (make test installs it)");
         self.webdis = Some(child);
         let port = self.webdis_port;
-        wait_until(Duration::from_secs(10), || http(port, "GET", "/PING", b"").0 == 200);
+        wait_until(Duration::from_secs(10), || {
+            http(port, "GET", "/PING", b"").0 == 200
+        });
     }
 
     pub fn stop_webdis(&mut self) {
@@ -162,7 +171,11 @@ impl Servers {
     /// Sends SIGSTOP (freeze) or SIGCONT (thaw) to Webdis.
     pub fn signal_webdis(&self, sig: &str) {
         if let Some(c) = &self.webdis {
-            Command::new("kill").arg(format!("-{sig}")).arg(c.id().to_string()).status().unwrap();
+            Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status()
+                .unwrap();
         }
     }
 
@@ -185,7 +198,12 @@ impl Servers {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(lua.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lua.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("missionstream"),
@@ -317,7 +335,10 @@ impl Recorder {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!("events did not reach the expected condition within {timeout:?}: {:#?}", *ev);
+                panic!(
+                    "events did not reach the expected condition within {timeout:?}: {:#?}",
+                    *ev
+                );
             }
             ev = self.cv.wait_timeout(ev, deadline - now).unwrap().0;
         }
@@ -334,23 +355,37 @@ impl Recorder {
 
     pub fn wait_state(&self, stream: &str, state: &str, timeout: Duration) -> Vec<Rec> {
         self.wait(timeout, |ev| {
-            ev.iter()
-                .any(|e| e.kind == EventKind::MS_EVENT_STATE && e.stream == stream && e.state.as_deref() == Some(state))
+            ev.iter().any(|e| {
+                e.kind == EventKind::MS_EVENT_STATE
+                    && e.stream == stream
+                    && e.state.as_deref() == Some(state)
+            })
         })
     }
 
     pub fn wait_kind(&self, stream: &str, kind: EventKind, timeout: Duration) -> Vec<Rec> {
-        self.wait(timeout, |ev| ev.iter().any(|e| e.kind == kind && e.stream == stream))
+        self.wait(timeout, |ev| {
+            ev.iter().any(|e| e.kind == kind && e.stream == stream)
+        })
     }
 }
 
 /// Asserts that the STATE events of a stream have strictly increasing seq.
 pub fn assert_increasing(states: &[(u64, String)]) {
     for w in states.windows(2) {
-        assert!(w[0].0 < w[1].0, "seq not strictly increasing: {:?} then {:?}", w[0], w[1]);
+        assert!(
+            w[0].0 < w[1].0,
+            "seq not strictly increasing: {:?} then {:?}",
+            w[0],
+            w[1]
+        );
     }
 }
 
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -115,6 +115,8 @@ def test_not_following(client: ms.Client, client2: ms.Client, name: str) -> None
     with pytest.raises(ms.NotFollowing):
         f.disconnect()
     f.close()  # the quiet variant does not raise
+    # Events that arrived before disconnect are still there to read, then it is over.
+    assert [e.seq for e in f.events(timeout=0.1)] == [0]
     with pytest.raises(ms.NotFollowing):
         f.next_event(0.1)
     # The library's own check: disconnect of a name the client never followed.

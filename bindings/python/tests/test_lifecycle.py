@@ -41,7 +41,7 @@ def test_import_error_lists_what_was_tried(tmp_path: Path) -> None:
     shutil.copytree(PYTHON_DIR / "missionstream", pkg, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
     r = subprocess.run(
         [sys.executable, "-c", "import missionstream"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
         env={**python_env(), "PYTHONPATH": str(tmp_path / "site"), "MISSIONSTREAM_LIB": ""},
     )
     assert r.returncode != 0
@@ -61,7 +61,7 @@ def test_discovery_order(tmp_path: Path) -> None:
     shutil.copy(ms.library_path, pkg / "libmissionstream.so")
     r = subprocess.run(
         [sys.executable, "-c", "import missionstream; print(missionstream.library_path, missionstream.library_version())"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
         env={**python_env(), "PYTHONPATH": str(tmp_path / "site"), "MISSIONSTREAM_LIB": ""},
     )
     assert r.returncode == 0, r.stderr
