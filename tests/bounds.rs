@@ -1,0 +1,133 @@
+//! Bounded memory, threads and sockets. One test per binary run, in
+//! sequence, so that process-wide counts are not disturbed by other tests.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn proc_status(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn rss_kib() -> u64 {
+    proc_status("VmRSS:")
+}
+
+#[test]
+fn bounded_resources() {
+    let s = Servers::start();
+    slow_callback_under_a_flood_keeps_memory_bounded(&s);
+    connect_disconnect_cycles_leave_nothing_behind(&s);
+}
+
+/// A callback sleeping 50 ms per event, 20,000 publishes of 20 KB.
+fn slow_callback_under_a_flood_keeps_memory_bounded(s: &Servers) {
+    let leader = s.client();
+    let follower = s.client();
+    let name = unique("flood");
+    leader.start(&name, "pw", "code").unwrap();
+    let last = Arc::new(Mutex::new(String::new()));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (l, d) = (last.clone(), delivered.clone());
+    follower.set_callback(Some(Arc::new(move |e: &missionstream::Event| {
+        if let Some(st) = &e.state {
+            *l.lock().unwrap() = st.as_str()[..40.min(st.as_str().len())].to_string();
+            d.fetch_add(1, Ordering::Relaxed);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    })));
+    follower.connect(&name, "pw").unwrap();
+    let pad = "x".repeat(20_000);
+    let rss_before = rss_kib();
+    let mut peak = rss_before;
+    let start = Instant::now();
+    for i in 0..20_000u32 {
+        let state = format!("{{\"i\":{i:06},\"pad\":\"{pad}\"}}");
+        leader.publish(&name, state.as_bytes()).unwrap();
+        if i % 500 == 0 {
+            peak = peak.max(rss_kib());
+            assert!(
+                follower.queued_events() <= 1,
+                "queue grew to {}",
+                follower.queued_events()
+            );
+        }
+    }
+    leader.flush(&name, 30_000).unwrap();
+    wait_until(Duration::from_secs(30), || last.lock().unwrap().starts_with("{\"i\":019999,"));
+    peak = peak.max(rss_kib());
+    eprintln!(
+        "flood: {} publishes in {:?}, {} delivered, RSS {} -> peak {} KiB",
+        20_000,
+        start.elapsed(),
+        delivered.load(Ordering::Relaxed),
+        rss_before,
+        peak
+    );
+    // 20,000 x 20 KB = 400 MB published; only a handful of states may be
+    // alive at once (pending, in flight, queued, in the callback).
+    assert!(
+        peak - rss_before < 64 * 1024,
+        "RSS grew by {} KiB",
+        peak - rss_before
+    );
+    assert!(
+        delivered.load(Ordering::Relaxed) < 2_000,
+        "a slow callback sees coalesced states"
+    );
+    drop(follower);
+    drop(leader);
+}
+
+/// Connect/disconnect cycles: no thread, socket or memory left behind.
+fn connect_disconnect_cycles_leave_nothing_behind(s: &Servers) {
+    let cycles: usize = std::env::var("MS_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let leader = s.client();
+    let name = unique("cycles");
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = s.client();
+    follower.set_callback(Some(Arc::new(|_e: &missionstream::Event| {})));
+    // Warm up allocator pools and lazy statics.
+    for _ in 0..50 {
+        follower.connect(&name, "pw").unwrap();
+        follower.disconnect(&name).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (t0, f0, r0) = (threads(), fds(), rss_kib());
+    let start = Instant::now();
+    for _ in 0..cycles {
+        follower.connect(&name, "pw").unwrap();
+        follower.disconnect(&name).unwrap();
+    }
+    let took = start.elapsed();
+    // Threads end right after disconnect returns; give them a moment.
+    wait_until(Duration::from_secs(5), || threads() <= t0 && fds() <= f0);
+    let (t1, f1, r1) = (threads(), fds(), rss_kib());
+    eprintln!(
+        "{cycles} cycles in {took:?}: threads {t0} -> {t1}, fds {f0} -> {f1}, RSS {r0} -> {r1} KiB"
+    );
+    assert!(r1 <= r0 + 2 * 1024, "RSS grew by {} KiB", r1 - r0);
+    // Redis sees no subscriber left.
+    wait_until(Duration::from_secs(2), || {
+        leader.list().unwrap()[0].followers == 0
+    });
+}

@@ -1,0 +1,380 @@
+//! Faults: Webdis killed, Redis restarted, slow subscribers dropped,
+//! leaders vanishing, streams replaced; every recovery observed as a user
+//! would see it.
+
+mod common;
+
+use common::*;
+use missionstream::{EventKind, Status};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(15);
+
+fn kinds(rec: &Recorder, stream: &str) -> Vec<EventKind> {
+    rec.snapshot()
+        .into_iter()
+        .filter(|e| e.stream == stream)
+        .map(|e| e.kind)
+        .collect()
+}
+
+fn count(rec: &Recorder, stream: &str, kind: EventKind) -> usize {
+    kinds(rec, stream)
+        .into_iter()
+        .filter(|k| *k == kind)
+        .count()
+}
+
+#[test]
+fn follower_recovers_when_webdis_is_killed_and_restarted() {
+    let mut s = Servers::start();
+    let leader = s.client();
+    let follower = s.client();
+    leader.set_timeout(1000).unwrap();
+    follower.set_timeout(1000).unwrap();
+    let rec = Recorder::attach(&follower);
+    let name = unique("webdis-kill");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    rec.wait_state(&name, "{\"v\":1}", T);
+
+    s.stop_webdis();
+    let ev = rec.wait_kind(&name, EventKind::MS_EVENT_CONNECTION_LOST, T);
+    let lost = ev
+        .iter()
+        .find(|e| e.kind == EventKind::MS_EVENT_CONNECTION_LOST)
+        .unwrap();
+    assert_ne!(lost.status, Status::MS_OK, "the cause is reported");
+    // Published during the outage: kept by the leader, stored later.
+    leader.publish(&name, b"{\"v\":2}").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.start_webdis();
+    rec.wait_kind(&name, EventKind::MS_EVENT_RECONNECTED, T);
+    rec.wait_state(&name, "{\"v\":2}", T);
+    leader.flush(&name, 10_000).unwrap();
+    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_eq!(
+        count(&rec, &name, EventKind::MS_EVENT_CONNECTION_LOST),
+        1,
+        "{:?}",
+        kinds(&rec, &name)
+    );
+    assert_eq!(count(&rec, &name, EventKind::MS_EVENT_RECONNECTED), 1);
+    // RECONNECTED comes before the missed state.
+    let k = kinds(&rec, &name);
+    let re = k
+        .iter()
+        .position(|k| *k == EventKind::MS_EVENT_RECONNECTED)
+        .unwrap();
+    assert!(rec
+        .snapshot()
+        .iter()
+        .filter(|e| e.stream == name)
+        .skip(re)
+        .any(|e| e.state.as_deref() == Some("{\"v\":2}")));
+    assert_increasing(&rec.states(&name));
+    // And it keeps following.
+    leader.publish(&name, b"{\"v\":3}").unwrap();
+    rec.wait_state(&name, "{\"v\":3}", T);
+}
+
+/// Redis restarts under Webdis: the SUBSCRIBE stream goes silent, forever.
+fn redis_restart(with_leader: bool) {
+    let mut s = Servers::start();
+    let leader = s.client();
+    leader.set_heartbeat(200).unwrap();
+    leader.set_timeout(1000).unwrap();
+    let follower = s.client();
+    follower.set_timeout(1000).unwrap();
+    let rec = Recorder::attach(&follower);
+    let name = unique("redis-restart");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    follower.connect(&name, "pw").unwrap();
+    rec.wait_state(&name, "{\"v\":1}", T);
+    let leader = if with_leader { Some(leader) } else { None };
+
+    s.stop_redis();
+    let down = Instant::now();
+    s.start_redis();
+    // Persistence: the stream and the functions survived.
+    assert_eq!(s.record_field(&name, "state"), "{\"v\":1}");
+    let ev = rec.wait_kind(&name, EventKind::MS_EVENT_CONNECTION_LOST, T);
+    let lost = ev
+        .iter()
+        .find(|e| e.kind == EventKind::MS_EVENT_CONNECTION_LOST)
+        .unwrap();
+    // Webdis 0.1.9 keeps the SUBSCRIBE stream open and silent: only the
+    // probe finds it dead.
+    assert_eq!(
+        lost.status,
+        Status::MS_ERR_TIMEOUT,
+        "lost after {:?}",
+        down.elapsed()
+    );
+    // Within 3 heartbeat intervals of silence (plus generous slack for the
+    // restart itself and a loaded machine).
+    assert!(
+        down.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        down.elapsed()
+    );
+    rec.wait_kind(&name, EventKind::MS_EVENT_RECONNECTED, T);
+    match &leader {
+        Some(l) => {
+            l.publish(&name, b"{\"v\":2}").unwrap();
+            rec.wait_state(&name, "{\"v\":2}", T);
+        }
+        None => {
+            let other = s.client();
+            other.reconnect(&name, "pw", "code").unwrap();
+            other.publish(&name, b"{\"v\":2}").unwrap();
+            rec.wait_state(&name, "{\"v\":2}", T);
+        }
+    }
+    assert_increasing(&rec.states(&name));
+    assert_eq!(count(&rec, &name, EventKind::MS_EVENT_ENDED), 0);
+}
+
+#[test]
+fn silent_subscription_after_redis_restart_is_detected_with_leader() {
+    redis_restart(true);
+}
+
+#[test]
+fn silent_subscription_after_redis_restart_is_detected_without_leader() {
+    redis_restart(false);
+}
+
+#[test]
+fn slow_subscriber_dropped_by_redis_recovers() {
+    let s = Servers::start();
+    let leader = s.client();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    let name = unique("dropped");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    rec.wait(T, |ev| !ev.is_empty());
+    // Any subscriber with more than 1 KiB pending is dropped at once.
+    s.redis_cli(&[
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 1kb 1kb 0",
+    ]);
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(64 * 1024));
+    leader.publish(&name, big.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    rec.wait_kind(&name, EventKind::MS_EVENT_CONNECTION_LOST, T);
+    s.redis_cli(&[
+        "CONFIG",
+        "SET",
+        "client-output-buffer-limit",
+        "pubsub 64mb 32mb 60",
+    ]);
+    rec.wait_kind(&name, EventKind::MS_EVENT_RECONNECTED, T);
+    // The missed state arrives through the snapshot.
+    rec.wait_state(&name, &big, T);
+}
+
+#[test]
+fn stream_replaced_or_deleted_during_outage_ends_instead_of_retrying() {
+    let mut s = Servers::start();
+    let leader = s.client();
+    let f1 = s.client();
+    let f2 = s.client();
+    f1.set_timeout(1000).unwrap();
+    f2.set_timeout(1000).unwrap();
+    let r1 = Recorder::attach(&f1);
+    let r2 = Recorder::attach(&f2);
+    let replaced = unique("replaced");
+    let deleted = unique("deleted");
+    leader.start(&replaced, "pw", "code").unwrap();
+    leader.start(&deleted, "pw", "code").unwrap();
+    f1.connect(&replaced, "pw").unwrap();
+    f2.connect(&deleted, "pw").unwrap();
+    s.stop_webdis();
+    r1.wait_kind(&replaced, EventKind::MS_EVENT_CONNECTION_LOST, T);
+    r2.wait_kind(&deleted, EventKind::MS_EVENT_CONNECTION_LOST, T);
+    // While Webdis is down, the streams change behind the followers' backs.
+    s.redis_cli(&[
+        "DEL",
+        &format!("stream:{replaced}"),
+        &format!("stream:{deleted}"),
+    ]);
+    s.start_webdis();
+    let other = s.client();
+    other.start(&replaced, "pw", "code").unwrap();
+    r1.wait_kind(&replaced, EventKind::MS_EVENT_ENDED, T);
+    r2.wait_kind(&deleted, EventKind::MS_EVENT_ENDED, T);
+    // Final: no retry loop afterwards.
+    let n1 = r1.snapshot().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(r1.snapshot().len(), n1);
+    assert_eq!(count(&r1, &replaced, EventKind::MS_EVENT_RECONNECTED), 0);
+    // The follower can connect to the new stream.
+    f1.connect(&replaced, "pw").unwrap();
+}
+
+#[test]
+fn leader_presence_offline_then_online() {
+    let s = Servers::start();
+    let name = unique("presence");
+    let leader = s.client();
+    leader.set_heartbeat(200).unwrap();
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    follower.connect(&name, "pw").unwrap();
+    // Heartbeats keep the leader online and are not states.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count(&rec, &name, EventKind::MS_EVENT_LEADER_OFFLINE),
+        0,
+        "{:?}",
+        kinds(&rec, &name)
+    );
+    assert_eq!(
+        rec.states(&name).len(),
+        1,
+        "heartbeats are not STATE events"
+    );
+    drop(leader);
+    let gone = Instant::now();
+    rec.wait_kind(&name, EventKind::MS_EVENT_LEADER_OFFLINE, T);
+    let after = gone.elapsed();
+    assert!(
+        after >= Duration::from_millis(300) && after < Duration::from_secs(3),
+        "offline after {after:?}"
+    );
+    // Offline but the subscription is alive: no reconnect churn.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count(&rec, &name, EventKind::MS_EVENT_CONNECTION_LOST),
+        0,
+        "{:?}",
+        kinds(&rec, &name)
+    );
+    assert_eq!(count(&rec, &name, EventKind::MS_EVENT_LEADER_OFFLINE), 1);
+    let back = s.client();
+    back.set_heartbeat(200).unwrap();
+    back.reconnect(&name, "pw", "code").unwrap();
+    rec.wait_kind(&name, EventKind::MS_EVENT_LEADER_ONLINE, T);
+    assert_eq!(rec.states(&name).len(), 1);
+}
+
+#[test]
+fn stream_ttl_expires_only_without_leader() {
+    let s = Servers::start();
+    let name = unique("ttl");
+    let leader = s.client();
+    leader.set_heartbeat(200).unwrap();
+    leader.set_stream_ttl(1).unwrap();
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    follower.connect(&name, "pw").unwrap();
+    // Led: heartbeats keep it alive well past the TTL.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(s.client().list().unwrap().iter().any(|i| i.name == name));
+    drop(leader);
+    wait_until(Duration::from_secs(5), || {
+        s.client().list().unwrap().iter().all(|i| i.name != name)
+    });
+    assert_eq!(
+        s.redis_cli(&["EXISTS", &format!("stream:{name}")]).trim(),
+        "0"
+    );
+    // The follower learns it ended.
+    rec.wait_kind(&name, EventKind::MS_EVENT_ENDED, T);
+    // TTL 0 never expires.
+    let keeper = s.client();
+    keeper.start("forever", "", "c").unwrap();
+    assert_eq!(s.redis_cli(&["TTL", "stream:forever"]).trim(), "-1");
+    // A TTL shorter than two heartbeats is refused.
+    assert_eq!(
+        keeper.set_stream_ttl(5).unwrap_err().status,
+        Status::MS_ERR_INVALID_ARGUMENT
+    );
+}
+
+#[test]
+fn disconnect_returns_promptly_even_when_webdis_is_frozen() {
+    let s = Servers::start();
+    let leader = s.client();
+    let follower = s.client();
+    let name = unique("frozen");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    s.signal_webdis("STOP");
+    let t = Instant::now();
+    follower.disconnect(&name).unwrap();
+    let took = t.elapsed();
+    // Freeing a client with a frozen Webdis is bounded by the timeout.
+    leader.set_timeout(500).unwrap();
+    leader.publish(&name, b"{\"v\":9}").unwrap();
+    let t2 = Instant::now();
+    drop(leader);
+    let free_took = t2.elapsed();
+    s.signal_webdis("CONT");
+    assert!(
+        took < Duration::from_millis(500),
+        "disconnect took {took:?}"
+    );
+    assert!(
+        free_took < Duration::from_millis(1500),
+        "free took {free_took:?}"
+    );
+}
+
+#[test]
+fn leader_keeps_newest_state_across_outage_and_free_delivers_it() {
+    let mut s = Servers::start();
+    let name = unique("outage");
+    let leader = s.client();
+    leader.set_timeout(300).unwrap();
+    let rec = Recorder::attach(&leader);
+    leader.start(&name, "pw", "code").unwrap();
+    s.stop_webdis();
+    for i in 0..100 {
+        leader
+            .publish(&name, format!("{{\"v\":{i}}}").as_bytes())
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count(&rec, &name, EventKind::MS_EVENT_PUBLISH_FAILED),
+        1,
+        "once per failure streak"
+    );
+    assert_eq!(
+        leader.flush(&name, 200).unwrap_err().status,
+        Status::MS_ERR_UNAVAILABLE
+    );
+    s.start_webdis();
+    leader.set_timeout(5000).unwrap();
+    drop(leader); // delivers the pending state within the timeout
+    assert_eq!(s.record_field(&name, "state"), "{\"v\":99}");
+}
+
+#[test]
+fn lead_ends_when_the_stream_is_deleted_under_it() {
+    let s = Servers::start();
+    let name = unique("deleted-lead");
+    let leader = s.client();
+    let rec = Recorder::attach(&leader);
+    leader.start(&name, "pw", "code").unwrap();
+    s.redis_cli(&["DEL", &format!("stream:{name}")]);
+    leader.publish(&name, b"{}").unwrap();
+    let ev = rec.wait_kind(&name, EventKind::MS_EVENT_PUBLISH_FAILED, T);
+    assert_eq!(ev.last().unwrap().status, Status::MS_ERR_NOT_FOUND);
+    assert_eq!(
+        leader.publish(&name, b"{}").unwrap_err().status,
+        Status::MS_ERR_NOT_LEADING
+    );
+    // It can start the name anew.
+    leader.start(&name, "pw", "code").unwrap();
+}
