@@ -98,7 +98,7 @@ def main() -> int:
             stats["leader_ready"].set()
             done.set()
 
-    leader_thread = threading.Thread(target=run_leader, name="leader")
+    leader_thread = threading.Thread(target=run_leader, name="leader", daemon=True)
     leader_thread.start()
     stats["leader_ready"].wait(10)
     if failure:
@@ -147,4 +147,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("demo: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except ms.Error as exc:
+        print(f"demo: {type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)
