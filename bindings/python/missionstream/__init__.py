@@ -19,7 +19,19 @@ package, or the cargo ``target/release`` / ``target/debug`` folders of the
 repository checkout.
 """
 
-from ._ffi import library_path
+import os as _os
+import sys as _sys
+
+try:
+    from ._ffi import library_path
+except ImportError as _exc:
+    # Run as a command (`python -m missionstream` imports this package with
+    # argv[0] == "-m"; the console script is named missionstream): a setup
+    # mistake gets one clear message, not a traceback.
+    if _sys.argv and (_sys.argv[0] == "-m" or _os.path.basename(_sys.argv[0]) == "missionstream"):
+        print(f"missionstream: error: {_exc}", file=_sys.stderr)
+        raise SystemExit(1) from None
+    raise
 from .client import (
     MAX_STATE_BYTES,
     Client,

@@ -203,13 +203,15 @@ def _add_secrets(p: argparse.ArgumentParser, leader: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    prog = "python -m missionstream" if invoked in ("", "-m", "__main__.py", "-c") else invoked
     parser = argparse.ArgumentParser(
-        prog="python -m missionstream",
+        prog=prog,
         description="Stream a mission plan live from one leader to many followers (Redis via Webdis).",
         epilog=(
             f"Environment: {ENV_URL}, {ENV_PASSWORD}, {ENV_LEADER_CODE} supply defaults for "
             "--url, --password, --leader-code; MISSIONSTREAM_LIB names the shared library. "
-            "Run `python -m missionstream COMMAND --help` for a command's options."
+            f"Run `{prog} COMMAND --help` for a command's options."
         ),
     )
     parser.add_argument("--version", action="store_true", help="print the binding and library versions and exit")

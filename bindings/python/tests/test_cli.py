@@ -164,3 +164,33 @@ def test_cli_errors_are_one_line(url: str, closed_port_url: str, name: str) -> N
     assert r.returncode == 1
     assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=1 delay=-$", r.stdout.strip()), r.stdout
     assert "no event" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_library_is_one_line(tmp_path) -> None:
+    r = cli("list", MISSIONSTREAM_LIB=str(tmp_path / "missing.so"))
+    assert_clean_error(r, "MISSIONSTREAM_LIB", "missing.so")
+    assert r.returncode == 1
+
+
+def test_watch_interrupted_exits_130_and_disconnects(url: str, name: str) -> None:
+    import signal
+
+    r = cli("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, input='{"x":1}\n')
+    assert r.returncode == 0, r.stderr
+    watch = popen("watch", name, "--url", url, "--password", PW)
+    try:
+        assert " seq=1 " in watch.stdout.readline()
+        with ms.Client(url) as c:
+            assert {s.name: s for s in c.list()}[name].followers == 1
+            watch.send_signal(signal.SIGINT)
+            _, err = watch.communicate(timeout=10)
+            assert watch.returncode == 130
+            assert "Traceback" not in err, err
+            deadline = time.monotonic() + 2
+            while {s.name: s for s in c.list()}[name].followers != 0:
+                assert time.monotonic() < deadline, "watch left its subscription behind"
+                time.sleep(0.05)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
