@@ -293,8 +293,21 @@ impl Follower {
     /// Subscribes, waits for the acknowledgement, then reads the snapshot.
     fn open(&self) -> Result<(Subscription, Snapshot)> {
         let timeout = self.config.timeout();
-        let conn = self.connection()?;
-        let reader = conn.subscribe(&self.channel, timeout)?;
+        let mut attempt = 0;
+        let (conn, reader) = loop {
+            let conn = self.connection()?;
+            match conn.subscribe(&self.channel, timeout) {
+                Ok(reader) => break (conn, reader),
+                // Webdis 0.1.9 races: a message published while it sets up
+                // the subscription can be written before the HTTP response
+                // head. Such a stream is unreadable; a new one is not.
+                Err(e) if e.status == Status::MS_ERR_PROTOCOL && attempt < 8 => {
+                    conn.shutdown();
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let (tx, rx) = bounded(64);
         let name = format!("ms-sub-{}", self.session);
         let handle = std::thread::Builder::new()

@@ -194,6 +194,13 @@ impl Webdis {
                     timeout.as_millis()
                 ),
             ),
+            ureq::Error::Protocol(e) => Error::new(
+                Status::MS_ERR_PROTOCOL,
+                format!(
+                    "Webdis at {} sent a malformed HTTP response: {e}",
+                    self.endpoint.base
+                ),
+            ),
             ureq::Error::BodyExceedsLimit(n) => Error::new(
                 Status::MS_ERR_PROTOCOL,
                 format!("Webdis sent a reply over the {n}-byte limit"),

@@ -70,7 +70,9 @@ fn slow_callback_under_a_flood_keeps_memory_bounded(s: &Servers) {
         }
     }
     leader.flush(&name, 30_000).unwrap();
-    wait_until(Duration::from_secs(30), || last.lock().unwrap().starts_with("{\"i\":019999,"));
+    wait_until(Duration::from_secs(30), || {
+        last.lock().unwrap().starts_with("{\"i\":019999,")
+    });
     peak = peak.max(rss_kib());
     eprintln!(
         "flood: {} publishes in {:?}, {} delivered, RSS {} -> peak {} KiB",

@@ -34,12 +34,15 @@ pub struct Servers {
     redis: Option<Child>,
     webdis: Option<Child>,
     acl: serde_json::Value,
+    verbosity: Option<u32>,
 }
 
 pub struct Options {
     pub load_functions: bool,
     /// Replaces the "acl" of deploy/webdis.json.
     pub acl: Option<serde_json::Value>,
+    /// Replaces the "verbosity" of deploy/webdis.json (8 logs every URL).
+    pub verbosity: Option<u32>,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
         Options {
             load_functions: true,
             acl: None,
+            verbosity: None,
         }
     }
 }
@@ -74,6 +78,7 @@ impl Servers {
             redis: None,
             webdis: None,
             acl,
+            verbosity: opts.verbosity,
         };
         s.url = format!("http://127.0.0.1:{}", s.webdis_port);
         s.start_redis();
@@ -129,6 +134,9 @@ impl Servers {
         c["http_host"] = "127.0.0.1".into();
         c["daemonize"] = false.into();
         c["acl"] = self.acl.clone();
+        if let Some(v) = self.verbosity {
+            c["verbosity"] = v.into();
+        }
         c["logfile"] = self.dir.join("webdis.log").display().to_string().into();
         let path = self.dir.join("webdis.json");
         std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
