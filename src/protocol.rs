@@ -645,4 +645,74 @@ mod tests {
         sp.push(b"HTTP/1.1 200");
         assert!(sp.next_object().is_err());
     }
+
+    /// Bounded fuzzing of the parsers that read what Webdis sends: random
+    /// bytes never panic, and valid streams split at random points always
+    /// come back whole. `MS_FUZZ_ITERATIONS=1000000` runs longer.
+    #[test]
+    fn fuzz_parsers() {
+        let iterations: u64 = std::env::var("MS_FUZZ_ITERATIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50_000);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n.max(1)
+        };
+        const ALPHABET: &[char] = &[
+            '{', '}', '[', ']', '"', '\\', ',', ':', ' ', '\n', 'a', 's', '1', 'é', '✈', '\u{1}',
+        ];
+        for _ in 0..iterations {
+            // 1. Random bytes: errors are fine, panics and hangs are not.
+            let junk: Vec<u8> = (0..rnd(200)).map(|_| rnd(256) as u8).collect();
+            let mut sp = ObjectSplitter::new();
+            sp.push(&junk);
+            while let Ok(Some(o)) = sp.next_object() {
+                let _ = parse_subscription_object(&o);
+            }
+            let _ = webdis_reply(
+                "FCALL",
+                [200, 403, 503, 500, 404, 302][rnd(6) as usize],
+                &junk,
+            );
+            let _ = parse_channel_message(String::from_utf8_lossy(&junk).into_owned());
+            let _ = redis_error(&String::from_utf8_lossy(&junk));
+            let _ = percent_decode(&String::from_utf8_lossy(&junk));
+
+            // 2. A valid stream of random messages, split anywhere.
+            let payloads: Vec<String> = (0..1 + rnd(4))
+                .map(|_| {
+                    (0..rnd(40))
+                        .map(|_| ALPHABET[rnd(ALPHABET.len() as u64) as usize])
+                        .collect()
+                })
+                .collect();
+            let mut stream = Vec::new();
+            for p in &payloads {
+                let obj = serde_json::json!({ "SUBSCRIBE": ["message", "c", p] });
+                stream.extend_from_slice(obj.to_string().as_bytes());
+                if rnd(3) == 0 {
+                    stream.extend_from_slice(b"\r\n");
+                }
+            }
+            let mut sp = ObjectSplitter::new();
+            let mut got = Vec::new();
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                let n = (1 + rnd(rest.len() as u64)) as usize;
+                sp.push(&rest[..n]);
+                rest = &rest[n..];
+                while let Some(o) = sp.next_object().unwrap() {
+                    match parse_subscription_object(&o).unwrap() {
+                        SubscriptionItem::Message { payload, .. } => got.push(payload),
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            assert_eq!(got, payloads);
+        }
+    }
 }
