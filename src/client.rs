@@ -53,7 +53,7 @@ pub struct Hooks {
     pub dispatcher: Arc<Dispatcher>,
     /// Called by a publisher whose lead ended on a final error.
     pub lead_ended: EndHook,
-    /// Called by a follower whose stream ended.
+    /// Called by a follower whose stream ended (or failed to start).
     pub follow_ended: EndHook,
 }
 
@@ -256,15 +256,34 @@ impl Client {
         ]);
         let hb = self.config.heartbeat().as_millis().to_string();
         let ttl = self.config.stream_ttl_s().to_string();
-        self.control
-            .fcall(false, "ms_start", &[&key_of(name), INDEX_KEY], &[&hb, &ttl], &body, self.config.timeout())
-            .map_err(|e| match e.status {
-                Status::MS_ERR_EXISTS => Error::new(
-                    Status::MS_ERR_EXISTS,
-                    format!("a stream named \"{name}\" exists already; pick another name or ms_reconnect to it"),
-                ),
-                _ => e,
-            })?;
+        let started = self.control.fcall(
+            false,
+            "ms_start",
+            &[&key_of(name), INDEX_KEY],
+            &[&hb, &ttl],
+            &body,
+            self.config.timeout(),
+        );
+        match started {
+            Ok(_) => {}
+            // A request sent again after a garbled response (see
+            // Webdis::fcall) may find the stream its first try created:
+            // ours if it carries our fresh channel.
+            Err(e) if e.status == Status::MS_ERR_EXISTS => {
+                if self
+                    .reconnect_channel(name, password, leader_code)
+                    .ok()
+                    .as_deref()
+                    != Some(channel.as_str())
+                {
+                    return Err(Error::new(
+                        Status::MS_ERR_EXISTS,
+                        format!("a stream named \"{name}\" exists already; pick another name or ms_reconnect to it"),
+                    ));
+                }
+            }
+            Err(e) => return Err(e),
+        }
         self.begin_lead(name, leader_code, channel)
     }
 
@@ -274,6 +293,12 @@ impl Client {
         protocol::check_password(password)?;
         protocol::check_leader_code(leader_code)?;
         self.check_not_leading(name)?;
+        let channel = self.reconnect_channel(name, password, leader_code)?;
+        self.begin_lead(name, leader_code, channel)
+    }
+
+    /// Checks a leader's credentials with ms_reconnect; returns the channel.
+    fn reconnect_channel(&self, name: &str, password: &str, leader_code: &str) -> Result<String> {
         let body = protocol::frame_body(&[password.as_bytes(), leader_code.as_bytes()]);
         let hb = self.config.heartbeat().as_millis().to_string();
         let ttl = self.config.stream_ttl_s().to_string();
@@ -285,14 +310,13 @@ impl Client {
             &body,
             self.config.timeout(),
         )?;
-        let channel = match reply {
+        match reply {
             Value::Array(a) if a.len() == 2 => match &a[0] {
-                Value::String(c) => c.clone(),
-                _ => return Err(protocol::protocol_error("ms_reconnect")),
+                Value::String(c) => Ok(c.clone()),
+                _ => Err(protocol::protocol_error("ms_reconnect")),
             },
-            _ => return Err(protocol::protocol_error("ms_reconnect")),
-        };
-        self.begin_lead(name, leader_code, channel)
+            _ => Err(protocol::protocol_error("ms_reconnect")),
+        }
     }
 
     /// Hands over a new state; returns at once.
@@ -355,34 +379,32 @@ impl Client {
                 format!("this client already follows \"{name}\""),
             )
         };
-        if lock(&self.follows).contains_key(name) {
-            return Err(already());
-        }
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        self.hooks.dispatcher.register(session);
-        let follow = Follow::start(
-            session,
-            c_name(name),
+        let follow = Arc::new(Follow::new(session));
+        let stream = c_name(name);
+        {
+            let mut follows = lock(&self.follows);
+            if follows.contains_key(name) {
+                return Err(already());
+            }
+            // Registered before the first state can reach the callback, so
+            // that the callback may disconnect it.
+            follows.insert(name.to_string(), follow.clone());
+            self.hooks.dispatcher.register(session);
+        }
+        let result = follow.start(
+            stream.clone(),
             password.to_string(),
             &self.control,
             self.config.clone(),
             self.hooks.clone(),
         );
-        let follow = match follow {
-            Ok(f) => Arc::new(f),
-            Err(e) => {
-                self.hooks.dispatcher.unregister(session);
-                return Err(e);
-            }
-        };
-        let mut follows = lock(&self.follows);
-        if follows.contains_key(name) {
-            drop(follows);
-            follow.cancel(Duration::from_millis(450));
+        if let Err(e) = result {
+            (self.hooks.follow_ended)(session, &stream);
             self.hooks.dispatcher.unregister(session);
-            return Err(already());
+            follow.cancel(Duration::from_millis(400));
+            return Err(e);
         }
-        follows.insert(name.to_string(), follow);
         Ok(())
     }
 

@@ -21,12 +21,19 @@ use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 use std::ffi::CString;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Handle kept by the client for a followed stream.
+/// Least time a probe's echo may take (for very short heartbeats).
+const PROBE_MIN_WAIT: Duration = Duration::from_millis(500);
+/// How often the byte count is looked at while a probe is out.
+const PROBE_POLL: Duration = Duration::from_millis(50);
+
+/// Handle kept by the client for a followed stream. It is registered
+/// with the client before the session starts, so that a callback handling
+/// the first state can already disconnect it.
 pub struct Follow {
     pub session: u64,
     cancel: Arc<AtomicBool>,
@@ -34,23 +41,33 @@ pub struct Follow {
     wake: Mutex<Option<Sender<()>>>,
     /// The connection in use, shut down to break a blocked call.
     active: Arc<Mutex<Option<Webdis>>>,
-    done: Receiver<()>,
+    done: Mutex<Option<Receiver<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Follow {
+    pub fn new(session: u64) -> Follow {
+        Follow {
+            session,
+            cancel: Arc::new(AtomicBool::new(false)),
+            wake: Mutex::new(None),
+            active: Arc::new(Mutex::new(None)),
+            done: Mutex::new(None),
+            thread: Mutex::new(None),
+        }
+    }
+
     /// Checks the password, subscribes and reads the snapshot; returns once
     /// the current state is queued for the callback.
     pub fn start(
-        session: u64,
+        &self,
         name: Arc<CString>,
         password: String,
         control: &Webdis,
         config: Arc<Config>,
         hooks: Hooks,
-    ) -> Result<Follow> {
+    ) -> Result<()> {
         let key = format!("stream:{}", name.to_str().unwrap_or(""));
-        let endpoint = control.endpoint_arc();
         let body = protocol::frame_body(&[password.as_bytes()]);
         let reply = control.fcall(true, "ms_connect", &[&key], &[], &body, config.timeout())?;
         let (channel, hb_ms) = match reply {
@@ -60,24 +77,32 @@ impl Follow {
             },
             _ => return Err(protocol::protocol_error("ms_connect")),
         };
-        let cancel = Arc::new(AtomicBool::new(false));
         let (wake_tx, wake_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<()>(0);
         let (ready_tx, ready_rx) = bounded::<Result<()>>(1);
-        let active = Arc::new(Mutex::new(None));
+        {
+            // Either cancel() sees this sender and drops it, or this sees
+            // the cancel flag: the thread cannot miss a disconnect.
+            let mut wake = lock(&self.wake);
+            if self.cancel.load(Ordering::SeqCst) {
+                return Err(disconnected());
+            }
+            *wake = Some(wake_tx);
+        }
+        *lock(&self.done) = Some(done_rx);
         let follower = Follower {
-            session,
+            session: self.session,
             name,
             key,
             password,
             channel,
             hb: Duration::from_millis(hb_ms.max(1)),
-            endpoint,
+            endpoint: control.endpoint_arc(),
             config,
             hooks,
-            cancel: cancel.clone(),
+            cancel: self.cancel.clone(),
             wake: wake_rx,
-            active: active.clone(),
+            active: self.active.clone(),
             last_seq: None,
             _done: done_tx,
         };
@@ -91,27 +116,13 @@ impl Follow {
                     format!("cannot start a thread: {e}"),
                 )
             })?;
-        let follow = Follow {
-            session,
-            cancel,
-            wake: Mutex::new(Some(wake_tx)),
-            active,
-            done: done_rx,
-            thread: Mutex::new(Some(thread)),
-        };
+        *lock(&self.thread) = Some(thread);
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(follow),
-            Ok(Err(e)) => {
-                follow.cancel(Duration::from_secs(1));
-                Err(e)
-            }
-            Err(_) => {
-                follow.cancel(Duration::from_secs(1));
-                Err(Error::new(
-                    Status::MS_ERR_INTERNAL,
-                    "the follower thread ended early",
-                ))
-            }
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                Status::MS_ERR_INTERNAL,
+                "the follower thread ended early",
+            )),
         }
     }
 
@@ -123,7 +134,11 @@ impl Follow {
         if let Some(conn) = lock(&self.active).take() {
             conn.shutdown();
         }
-        let finished = !matches!(self.done.recv_timeout(wait), Err(RecvTimeoutError::Timeout));
+        let done = lock(&self.done).take();
+        let finished = match done {
+            Some(done) => !matches!(done.recv_timeout(wait), Err(RecvTimeoutError::Timeout)),
+            None => true,
+        };
         let handle = lock(&self.thread).take();
         if let Some(h) = handle {
             if finished && h.thread().id() != std::thread::current().id() {
@@ -131,6 +146,10 @@ impl Follow {
             }
         }
     }
+}
+
+fn disconnected() -> Error {
+    Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected while connecting")
 }
 
 /// What ended a subscription.
@@ -150,6 +169,8 @@ enum Incoming {
 struct Subscription {
     conn: Webdis,
     rx: Receiver<Incoming>,
+    /// Bytes read so far: a large message still arriving is not silence.
+    bytes: Arc<AtomicU64>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -285,35 +306,49 @@ impl Follower {
         *lock(&self.active) = Some(conn.clone());
         if self.cancelled() {
             conn.shutdown();
-            return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected"));
+            return Err(disconnected());
         }
         Ok(conn)
     }
 
     /// Subscribes, waits for the acknowledgement, then reads the snapshot.
+    ///
+    /// Webdis 0.1.9 can garble a new subscription: a message published
+    /// while it sets one up may be written before the HTTP response head,
+    /// and a response may be lost to a socket reused after a subscriber hung
+    /// up. Such a subscription is replaced by a fresh one, within the
+    /// request timeout overall.
     fn open(&self) -> Result<(Subscription, Snapshot)> {
         let timeout = self.config.timeout();
-        let mut attempt = 0;
-        let (conn, reader) = loop {
+        let deadline = Instant::now() + timeout;
+        // Time to wait for one acknowledgement before trying again.
+        let ack_wait = (timeout / 4).max(Duration::from_millis(500));
+        loop {
             let conn = self.connection()?;
-            match conn.subscribe(&self.channel, timeout) {
-                Ok(reader) => break (conn, reader),
-                // Webdis 0.1.9 races: a message published while it sets up
-                // the subscription can be written before the HTTP response
-                // head. Such a stream is unreadable; a new one is not.
-                Err(e) if e.status == Status::MS_ERR_PROTOCOL && attempt < 8 => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let sub = match self.subscribe(&conn, left.min(ack_wait)) {
+                Ok(sub) => sub,
+                Err(e) if retry_subscribe(&e) && Instant::now() < deadline => {
                     conn.shutdown();
-                    attempt += 1;
+                    continue;
                 }
                 Err(e) => return Err(e),
-            }
-        };
+            };
+            let snap = self.snapshot(&conn)?;
+            return Ok((sub, snap));
+        }
+    }
+
+    /// One subscription, acknowledged within `wait`.
+    fn subscribe(&self, conn: &Webdis, wait: Duration) -> Result<Subscription> {
+        let reader = conn.subscribe(&self.channel, self.config.timeout())?;
         let (tx, rx) = bounded(64);
-        let name = format!("ms-sub-{}", self.session);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = bytes.clone();
         let handle = std::thread::Builder::new()
-            .name(name)
+            .name(format!("ms-sub-{}", self.session))
             .stack_size(256 * 1024)
-            .spawn(move || read_subscription(reader, tx))
+            .spawn(move || read_subscription(reader, tx, counter))
             .map_err(|e| {
                 Error::new(
                     Status::MS_ERR_INTERNAL,
@@ -323,27 +358,28 @@ impl Follower {
         let sub = Subscription {
             conn: conn.clone(),
             rx,
+            bytes,
             reader: Some(handle),
         };
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             select! {
-                recv(self.wake) -> _ => return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected")),
+                recv(self.wake) -> _ => return Err(disconnected()),
                 recv(sub.rx) -> m => match m {
-                    Ok(Incoming::Item(SubscriptionItem::Subscribed { channel })) if channel == self.channel => break,
+                    Ok(Incoming::Item(SubscriptionItem::Subscribed { channel })) if channel == self.channel => {
+                        return Ok(sub)
+                    }
                     Ok(Incoming::Item(_)) => continue,
                     Ok(Incoming::Closed(e)) => return Err(e),
                     Err(_) => return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed")),
                 },
                 default(left) => return Err(Error::new(
                     Status::MS_ERR_TIMEOUT,
-                    format!("Webdis did not acknowledge the subscription within {} ms", timeout.as_millis()),
+                    format!("Webdis did not acknowledge the subscription within {} ms", wait.as_millis()),
                 )),
             }
         }
-        let snap = self.snapshot(&conn)?;
-        Ok((sub, snap))
     }
 
     fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
@@ -388,6 +424,7 @@ impl Follower {
         let mut leader_heard = Instant::now();
         let mut leader_offline = false;
         let mut probe: Option<(String, Instant)> = None;
+        let mut seen_bytes = sub.bytes.load(Ordering::Relaxed);
         loop {
             let now = Instant::now();
             let silence_at = last_heard + 2 * self.hb;
@@ -397,7 +434,9 @@ impl Follower {
                 wake = wake.min(offline_at);
             }
             if let Some((_, deadline)) = &probe {
-                wake = wake.min(*deadline);
+                // While a probe is out, look at the byte count often: a
+                // large message arriving first delays the probe's echo.
+                wake = wake.min(*deadline).min(now + PROBE_POLL);
             }
             let left = wake.saturating_duration_since(now);
             let msg = select! {
@@ -408,6 +447,8 @@ impl Follower {
             match msg {
                 Some(Ok(Incoming::Item(SubscriptionItem::Message { payload, .. }))) => {
                     last_heard = Instant::now();
+                    // Bytes up to here are accounted for by this message.
+                    seen_bytes = sub.bytes.load(Ordering::Relaxed);
                     let mut from_leader = false;
                     match protocol::parse_channel_message(payload) {
                         Some(ChannelMessage::State { seq, state, .. }) => {
@@ -451,6 +492,18 @@ impl Follower {
                 }
                 None => {
                     let now = Instant::now();
+                    let bytes = sub.bytes.load(Ordering::Relaxed);
+                    if bytes != seen_bytes {
+                        // A large message is still arriving: neither the
+                        // subscription nor the leader is silent.
+                        seen_bytes = bytes;
+                        last_heard = now;
+                        leader_heard = now;
+                        if let Some((_, deadline)) = &mut probe {
+                            *deadline = now + self.probe_wait();
+                        }
+                        continue;
+                    }
                     if !leader_offline && now >= offline_at {
                         leader_offline = true;
                         self.emit(Event::new(
@@ -482,6 +535,13 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// How long a probe's echo may take: one heartbeat interval (at least
+    /// PROBE_MIN_WAIT), so that a dead subscription is found within 3
+    /// intervals of silence (the probe goes out after 2).
+    fn probe_wait(&self) -> Duration {
+        self.hb.max(PROBE_MIN_WAIT)
     }
 
     fn lost(&self, e: Error) -> Outcome {
@@ -516,6 +576,12 @@ impl Follower {
     }
 }
 
+/// Whether a subscription attempt that failed so is worth repeating at
+/// once: garbled (PROTOCOL) or unacknowledged (TIMEOUT).
+fn retry_subscribe(e: &Error) -> bool {
+    matches!(e.status, Status::MS_ERR_PROTOCOL | Status::MS_ERR_TIMEOUT)
+}
+
 /// Statuses after which following cannot go on.
 fn is_final(status: Status) -> bool {
     matches!(
@@ -525,7 +591,7 @@ fn is_final(status: Status) -> bool {
 }
 
 /// The reader thread: bytes from Webdis to parsed items.
-fn read_subscription(mut reader: impl Read, tx: Sender<Incoming>) {
+fn read_subscription(mut reader: impl Read, tx: Sender<Incoming>, bytes: Arc<AtomicU64>) {
     let mut splitter = ObjectSplitter::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -537,7 +603,10 @@ fn read_subscription(mut reader: impl Read, tx: Sender<Incoming>) {
                 )));
                 return;
             }
-            Ok(n) => n,
+            Ok(n) => {
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+                n
+            }
             Err(e) => {
                 let _ = tx.send(Incoming::Closed(Error::new(
                     Status::MS_ERR_UNAVAILABLE,

@@ -5,7 +5,10 @@ use crate::error::{Error, Result, Status};
 use crate::protocol::{self, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// Largest Webdis reply body read (a snapshot of an 8 MiB state, escaped).
 const MAX_REPLY: u64 = protocol::MAX_SUBSCRIPTION_OBJECT as u64;
@@ -100,7 +103,7 @@ impl Webdis {
             .build();
         Webdis {
             endpoint,
-            agent: ureq::Agent::new_with_config(config),
+            agent: ureq::Agent::with_parts(config, DefaultConnector::new(), LiteralResolver),
         }
     }
 
@@ -136,26 +139,43 @@ impl Webdis {
         parts.push(PROTOCOL_VERSION);
         parts.extend_from_slice(args);
         let url = self.endpoint.url(command, &parts);
+        let mut result = self.put(&url, body, timeout);
+        if matches!(result, Err(ureq::Error::Protocol(_))) {
+            // Webdis 0.1.9 may write a message meant for a subscriber that
+            // just hung up into a new connection that reuses its socket,
+            // ahead of the real response. Such a connection is dropped;
+            // the request is sent again on another (each function is safe
+            // to repeat: see ms_start for the one ambiguous case).
+            result = self.put(&url, body, timeout);
+        }
+        let (status, body) = result.map_err(|e| self.transport_error(e, timeout))?;
+        protocol::webdis_reply(command, status, &body)
+    }
+
+    /// One PUT; returns the HTTP status and body.
+    fn put(
+        &self,
+        url: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> std::result::Result<(u16, Vec<u8>), ureq::Error> {
         let mut req = self
             .agent
-            .put(&url)
+            .put(url)
             .config()
             .timeout_global(Some(timeout))
             .build();
         if let Some(auth) = &self.endpoint.auth {
             req = req.header("Authorization", auth);
         }
-        let response = req
-            .send(body)
-            .map_err(|e| self.transport_error(e, timeout))?;
+        let response = req.send(body)?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
             .with_config()
             .limit(MAX_REPLY)
-            .read_to_vec()
-            .map_err(|e| self.transport_error(e, timeout))?;
-        protocol::webdis_reply(command, status, &body)
+            .read_to_vec()?;
+        Ok((status, body))
     }
 
     /// Opens `GET /SUBSCRIBE/<channel>`; returns the streaming body.
@@ -212,6 +232,44 @@ impl Webdis {
                     self.endpoint.base
                 ),
             ),
+        }
+    }
+}
+
+/// ureq's default resolver runs on every request, pooled connection or
+/// not, and with a timeout set it resolves on a new thread each time: a
+/// thread spawned and joined per request, which halved the rate of
+/// acknowledged publishes on loopback. An IP literal (the usual Webdis URL)
+/// needs no lookup, so it is answered here; host names still go through
+/// ureq's resolver, bounded by the request timeout.
+#[derive(Debug)]
+struct LiteralResolver;
+
+impl Resolver for LiteralResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> std::result::Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or("");
+        let ip = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse::<IpAddr>();
+        let port = uri.port_u16().or(match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => Some(443),
+            Some(s) if s.eq_ignore_ascii_case("http") => Some(80),
+            _ => None,
+        });
+        match (ip, port) {
+            (Ok(ip), Some(port)) => {
+                let mut out = self.empty();
+                out.push(SocketAddr::new(ip, port));
+                Ok(out)
+            }
+            _ => DefaultResolver::default().resolve(uri, config, timeout),
         }
     }
 }

@@ -646,3 +646,37 @@ fn flush_reports_the_publish_error() {
         1
     );
 }
+
+#[test]
+fn callback_may_disconnect_on_the_very_first_state() {
+    let s = Servers::start();
+    let leader = s.client();
+    let name = unique("first");
+    leader.start(&name, "pw", "code").unwrap();
+    for _ in 0..20 {
+        let follower = std::sync::Arc::new(s.client());
+        let results = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (f, n, r) = (
+            std::sync::Arc::downgrade(&follower),
+            name.clone(),
+            results.clone(),
+        );
+        follower.set_callback(Some(std::sync::Arc::new(
+            move |_e: &missionstream::Event| {
+                if let Some(f) = f.upgrade() {
+                    r.lock().unwrap().push(status(f.disconnect(&n)));
+                }
+            },
+        )));
+        follower.connect(&name, "pw").unwrap();
+        wait_until(T, || !results.lock().unwrap().is_empty());
+        leader.publish(&name, b"{\"after\":1}").unwrap();
+        leader.flush(&name, 10_000).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            *results.lock().unwrap(),
+            vec![Status::MS_OK],
+            "one event, and the disconnect worked"
+        );
+    }
+}

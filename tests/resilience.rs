@@ -378,3 +378,35 @@ fn lead_ends_when_the_stream_is_deleted_under_it() {
     // It can start the name anew.
     leader.start(&name, "pw", "code").unwrap();
 }
+
+#[test]
+fn a_large_state_in_flight_is_not_silence() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_heartbeat(200).unwrap();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    let name = unique("large-hb");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    // 8 MiB take a while through Lua, Webdis' JSON encoding and the socket:
+    // bytes still arriving are neither a dead subscription nor a gone leader.
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(8 * 1024 * 1024 - 12));
+    leader.publish(&name, big.as_bytes()).unwrap();
+    leader.flush(&name, 60_000).unwrap();
+    rec.wait(Duration::from_secs(60), |ev| ev.iter().any(|e| e.seq == 1));
+    assert_eq!(rec.states(&name).last().unwrap().1.len(), big.len());
+    // The follower's own silence detection never fires while bytes arrive
+    // (a loss it detects is MS_ERR_TIMEOUT). Webdis 0.1.9 itself now and
+    // then hangs up on a subscriber in the middle of such a message
+    // ("Peer disconnected", MS_ERR_UNAVAILABLE; nothing in its log or
+    // Redis'); that is recovered like any dropped connection.
+    for e in rec.snapshot() {
+        assert!(
+            !(e.kind == EventKind::MS_EVENT_CONNECTION_LOST && e.status == Status::MS_ERR_TIMEOUT),
+            "silence detected while a large state was arriving: {:?}",
+            rec.snapshot()
+        );
+    }
+    assert!(!kinds(&rec, &name).contains(&EventKind::MS_EVENT_LEADER_OFFLINE));
+}
