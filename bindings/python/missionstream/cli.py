@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, List, Optional, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 from .client import Client, Event, EventKind, Leader, library_version
 from .errors import Error, Exists, Status
@@ -299,7 +299,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
     try:
         with Client(url, timeout=args.timeout) as client:
-            return args.func(args, client)
+            return int(args.func(args, client))
     except UsageError as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -105,7 +105,7 @@ class StreamInfo:
 
 def library_version() -> str:
     """Version of the loaded libmissionstream (``ms_version()``)."""
-    return lib.ms_version().decode("utf-8", "replace")
+    return str(lib.ms_version().decode("utf-8", "replace"))
 
 
 def status_name(status: int) -> str:
@@ -529,6 +529,7 @@ class _Session:
         if isinstance(item, _End):
             self._queue.put(item)  # later readers see the end too
             raise self._ended_error()
+        assert isinstance(item, Event)
         return item
 
     def events(self, timeout: Optional[float] = None) -> Iterator[Event]:

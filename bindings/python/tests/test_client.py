@@ -399,3 +399,32 @@ def test_close_waits_for_calls_in_other_threads(url: str, name: str) -> None:
     for t in threads:
         t.join(5)
     assert not failures, failures
+
+
+def test_connect_disconnect_cycles_while_publishing(client: ms.Client, client2: ms.Client, name: str) -> None:
+    """Following must work every time, also while the stream is busy."""
+    leader = client.start(name, PW, CODE)
+    stop = threading.Event()
+
+    def spam() -> None:
+        i = 0
+        while not stop.is_set():
+            leader.publish({"i": i})
+            i += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=spam)
+    t.start()
+    failures = []
+    try:
+        for _ in range(100):
+            try:
+                f = client2.connect(name, PW)
+                assert f.next_event(5).kind is EventKind.STATE
+                f.disconnect()
+            except ms.Error as exc:
+                failures.append(repr(exc))
+    finally:
+        stop.set()
+        t.join(10)
+    assert not failures, f"{len(failures)} of 100 connects failed, e.g. {failures[0]}"

@@ -10,7 +10,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 import missionstream as ms
 from missionstream import EventKind
@@ -182,3 +181,44 @@ def test_follower_survives_webdis_restart(make_server, name: str) -> None:
         assert EventKind.RECONNECTED in kinds, kinds
         assert ev.kind is EventKind.STATE and ev.json() == {"after": "restart"} and ev.seq == 1
         f.disconnect()
+
+
+def test_dropping_objects_while_events_flow(url: str, client: ms.Client, name: str) -> None:
+    """Clients and followers dropped (even on the library's callback thread) free cleanly."""
+    import threading
+
+    leader = client.start(name, PW, CODE)
+    stop = threading.Event()
+
+    def spam() -> None:
+        i = 0
+        while not stop.is_set():
+            leader.publish({"i": i})
+            i += 1
+            time.sleep(0.002)
+
+    t = threading.Thread(target=spam)
+    t.start()
+    try:
+        for i in range(30):
+            c = ms.Client(url)
+            f = c.connect(name, PW)
+            assert f.next_event(5).kind is EventKind.STATE
+            if i % 3 == 0:
+                del f  # the client goes with the follower's last reference
+                del c
+            elif i % 3 == 1:
+                del c  # the follower keeps its client alive
+                assert f.next_event(5).kind is EventKind.STATE
+                del f
+            else:
+                c.close()
+                del f, c
+            gc.collect()
+    finally:
+        stop.set()
+        t.join(10)
+    deadline = time.monotonic() + 3
+    while {s.name: s for s in client.list()}[name].followers != 0:
+        assert time.monotonic() < deadline, "dropped followers are still subscribed"
+        time.sleep(0.05)
