@@ -99,6 +99,11 @@ impl Webdis {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_idle_connections_per_host(8)
+            // ureq's default, set here on purpose: ureq writes a request's
+            // headers and body separately, and with Nagle on every request
+            // then waits for Webdis' delayed ACK (~40 ms; measured 23
+            // publishes/s instead of ~6000).
+            .no_delay(true)
             .user_agent(concat!("missionstream/", env!("CARGO_PKG_VERSION")))
             .build();
         Webdis {
