@@ -6,9 +6,20 @@ use crate::protocol::{self, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+/// Functions that may be sent again when a response is garbled or lost:
+/// they change nothing, or nothing more the second time.
+const REPEATABLE: &[&str] = &[
+    "ms_connect",
+    "ms_snapshot",
+    "ms_list",
+    "ms_reconnect",
+    "ms_heartbeat",
+    "ms_probe",
+];
 
 /// Largest Webdis reply body read (a snapshot of an 8 MiB state, escaped).
 const MAX_REPLY: u64 = protocol::MAX_SUBSCRIPTION_OBJECT as u64;
@@ -144,15 +155,33 @@ impl Webdis {
         parts.push(PROTOCOL_VERSION);
         parts.extend_from_slice(args);
         let url = self.endpoint.url(command, &parts);
-        let mut result = self.put(&url, body, timeout);
-        if matches!(result, Err(ureq::Error::Protocol(_))) {
-            // Webdis 0.1.9 may write a message meant for a subscriber that
-            // just hung up into a new connection that reuses its socket,
-            // ahead of the real response. Such a connection is dropped;
-            // the request is sent again on another (each function is safe
-            // to repeat: see ms_start for the one ambiguous case).
-            result = self.put(&url, body, timeout);
-        }
+        // Webdis 0.1.9 may write a message meant for a subscriber that just
+        // hung up into a new connection that reuses its socket, ahead of the
+        // real response, and may lose a response the same way. A garbled
+        // response is worth one more try on another connection (ms_start
+        // recognises its own stream if the first try created it); a
+        // function safe to repeat also gets more tries, each with a third
+        // of the timeout, when a response does not come.
+        let repeatable = REPEATABLE.contains(&function);
+        let deadline = Instant::now() + timeout;
+        let per_try = if repeatable {
+            (timeout / 3).max(Duration::from_secs(1)).min(timeout)
+        } else {
+            timeout
+        };
+        let mut garbled = 0;
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = self.put(&url, body, per_try.min(left).max(Duration::from_millis(1)));
+            let more_time = Instant::now() < deadline;
+            match &result {
+                Err(ureq::Error::Protocol(_)) if garbled == 0 || (repeatable && more_time) => {
+                    garbled += 1
+                }
+                Err(ureq::Error::Timeout(_)) if repeatable && more_time => {}
+                _ => break result,
+            }
+        };
         let (status, body) = result.map_err(|e| self.transport_error(e, timeout))?;
         protocol::webdis_reply(command, status, &body)
     }

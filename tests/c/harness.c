@@ -383,6 +383,18 @@ static size_t count_of(recorder *r, const char *stream, int kind, size_t from)
     return c;
 }
 
+/* CONNECTION_LOST events whose cause is not Webdis hanging up. */
+static size_t lost_not_by_webdis(recorder *r)
+{
+    size_t i, c = 0;
+    pthread_mutex_lock(&r->mu);
+    for (i = 0; i < r->n; i++)
+        if (r->ev[i].kind == MS_EVENT_CONNECTION_LOST && r->ev[i].status != MS_ERR_UNAVAILABLE)
+            c++;
+    pthread_mutex_unlock(&r->mu);
+    return c;
+}
+
 /* Copies the first (first != 0) or last STATE event of `stream` at index >= from. */
 static int get_state(recorder *r, const char *stream, size_t from, int first, rec_event *out, char **data)
 {
@@ -1233,9 +1245,16 @@ int main(void)
     check_callback_invariants(&rl2);
     check(count_of(&rl, NULL, MS_EVENT_PUBLISH_FAILED, 0) == 0 && count_of(&rl2, NULL, MS_EVENT_PUBLISH_FAILED, 0) == 0,
           "leaders got no PUBLISH_FAILED");
-    if (!check(count_of(&rf1, NULL, MS_EVENT_CONNECTION_LOST, 0) == 0 &&
-                   count_of(&rf2, NULL, MS_EVENT_CONNECTION_LOST, 0) == 0,
-               "followers got no CONNECTION_LOST (no server was disturbed)")) {
+    /* Webdis 0.1.9 closes a subscriber's connection when a write to it
+     * would block (seen with strace: write() = EAGAIN, then close()), which
+     * can happen while an 8 MiB state is still in the socket and another
+     * message follows. That loss is Webdis' (MS_ERR_UNAVAILABLE) and must be
+     * recovered; a loss the library detects itself (a silent subscription,
+     * MS_ERR_TIMEOUT) or any other cause must not happen here. */
+    if (!check(lost_not_by_webdis(&rf1) == 0 && lost_not_by_webdis(&rf2) == 0 &&
+                   count_of(&rf1, NULL, MS_EVENT_CONNECTION_LOST, 0) == count_of(&rf1, NULL, MS_EVENT_RECONNECTED, 0) &&
+                   count_of(&rf2, NULL, MS_EVENT_CONNECTION_LOST, 0) == count_of(&rf2, NULL, MS_EVENT_RECONNECTED, 0),
+               "followers lost no connection but to Webdis hanging up, and recovered each time")) {
         dump_events(&rf1, getenv("MS_HARNESS_DUMP") ? MS_EVENT_STATE : -1);
         dump_events(&rf1, -1);
         dump_events(&rf2, -1);
