@@ -48,10 +48,17 @@ PY
   ;;
 stop)
   [ -d "$dir" ] || exit 0
+  # Webdis keeps no state and 0.1.9 is slow to act on SIGTERM: SIGKILL it.
+  # Redis gets SIGTERM, so that it writes its append-only file and exits.
   for f in webdis.pid redis.pid.launch; do
     if [ -f "$dir/$f" ]; then
-      pid=$(cat "$dir/$f"); kill "$pid" 2>/dev/null || true
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      pid=$(cat "$dir/$f")
+      if [ "$f" = webdis.pid ]; then kill -9 "$pid" 2>/dev/null || true; else kill "$pid" 2>/dev/null || true; fi
+      for _ in $(seq 50); do
+        # Gone, or a zombie waiting for a parent that may never reap it.
+        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in ""|Z*) break ;; esac
+        sleep 0.05
+      done
       kill -9 "$pid" 2>/dev/null || true
       rm -f "$dir/$f"
     fi
