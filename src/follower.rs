@@ -68,15 +68,7 @@ impl Follow {
         hooks: Hooks,
     ) -> Result<()> {
         let key = format!("stream:{}", name.to_str().unwrap_or(""));
-        let body = protocol::frame_body(&[password.as_bytes()]);
-        let reply = control.fcall(true, "ms_connect", &[&key], &[], &body, config.timeout())?;
-        let (channel, hb_ms) = match reply {
-            Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
-                (Value::String(c), Some(hb)) => (c.clone(), hb),
-                _ => return Err(protocol::protocol_error("ms_connect")),
-            },
-            _ => return Err(protocol::protocol_error("ms_connect")),
-        };
+        let (channel, hb_ms) = check_password(control, &key, &password, config.timeout())?;
         let (wake_tx, wake_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<()>(0);
         let (ready_tx, ready_rx) = bounded::<Result<()>>(1);
@@ -148,6 +140,31 @@ impl Follow {
     }
 }
 
+/// ms_connect: checks the password; returns the channel and the leader's
+/// heartbeat interval in ms.
+fn check_password(
+    conn: &Webdis,
+    key: &str,
+    password: &str,
+    timeout: Duration,
+) -> Result<(String, u64)> {
+    let body = protocol::frame_body(&[password.as_bytes()]);
+    match conn.fcall(true, "ms_connect", &[key], &[], &body, timeout)? {
+        Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
+            (Value::String(c), Some(hb)) => Ok((c.clone(), hb)),
+            _ => Err(protocol::protocol_error("ms_connect")),
+        },
+        _ => Err(protocol::protocol_error("ms_connect")),
+    }
+}
+
+fn replaced() -> Error {
+    Error::new(
+        Status::MS_ERR_NOT_FOUND,
+        "the stream was stopped and started anew",
+    )
+}
+
 fn disconnected() -> Error {
     Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected while connecting")
 }
@@ -209,7 +226,7 @@ struct Follower {
 
 impl Follower {
     fn run(mut self, ready: Sender<Result<()>>) {
-        let sub = match self.open() {
+        let mut sub = match self.open() {
             Ok((sub, snap)) => {
                 self.deliver_snapshot(snap);
                 let _ = ready.send(Ok(()));
@@ -221,14 +238,9 @@ impl Follower {
             }
         };
         drop(ready);
-        let mut sub = Some(sub);
         let mut backoff = Backoff::new(self.session);
         loop {
-            let outcome = match sub.take() {
-                Some(s) => self.listen(s),
-                None => Outcome::Lost(Error::new(Status::MS_ERR_UNAVAILABLE, "not subscribed")),
-            };
-            let cause = match outcome {
+            let cause = match self.listen(sub) {
                 Outcome::Cancelled => return,
                 Outcome::Ended => return self.end(),
                 Outcome::Lost(e) => e,
@@ -239,11 +251,13 @@ impl Follower {
                 cause.status,
             ));
             // Recover: retry with capped exponential backoff and jitter.
-            loop {
+            sub = loop {
                 if self.sleep(backoff.next()) {
                     return;
                 }
-                match self.open() {
+                // Whether the stream is gone does not depend on a working
+                // subscription: ask first, so that ENDED comes promptly.
+                match self.check_stream().and_then(|()| self.open()) {
                     Ok((s, snap)) => {
                         backoff.reset();
                         self.emit(Event::new(
@@ -252,14 +266,25 @@ impl Follower {
                             Status::MS_OK,
                         ));
                         self.deliver_snapshot(snap);
-                        sub = Some(s);
-                        break;
+                        break s;
                     }
                     Err(_) if self.cancelled() => return,
                     Err(e) if is_final(e.status) => return self.end(),
                     Err(_) => continue,
                 }
-            }
+            };
+        }
+    }
+
+    /// Checks that the stream still exists, with the password, on the
+    /// channel followed.
+    fn check_stream(&self) -> Result<()> {
+        let conn = self.connection()?;
+        let (channel, _) = check_password(&conn, &self.key, &self.password, self.config.timeout())?;
+        if channel == self.channel {
+            Ok(())
+        } else {
+            Err(replaced())
         }
     }
 
@@ -406,10 +431,7 @@ impl Follower {
         let hb_ms = protocol::as_u64(&a[3]).ok_or_else(bad)?;
         let seq = protocol::as_u64(&a[1]).ok_or_else(bad)?;
         if a[0].as_str() != Some(self.channel.as_str()) {
-            return Err(Error::new(
-                Status::MS_ERR_NOT_FOUND,
-                "the stream was stopped and started anew",
-            ));
+            return Err(replaced());
         }
         Ok(Snapshot {
             seq,
@@ -567,10 +589,7 @@ impl Follower {
             Value::Array(a) if a.first().and_then(Value::as_str) == Some(self.channel.as_str()) => {
                 Ok(nonce)
             }
-            Value::Array(_) => Err(Error::new(
-                Status::MS_ERR_NOT_FOUND,
-                "the stream was stopped and started anew",
-            )),
+            Value::Array(_) => Err(replaced()),
             _ => Err(protocol::protocol_error("ms_probe")),
         }
     }
