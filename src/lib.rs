@@ -10,6 +10,7 @@ mod dispatch;
 mod error;
 pub mod ffi;
 mod follower;
+mod http;
 mod leader;
 pub mod protocol;
 mod transport;

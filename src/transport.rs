@@ -2,6 +2,7 @@
 //! keep-alive connections), and `shutdown` breaks any call in flight on it.
 
 use crate::error::{Error, Result, Status};
+use crate::http;
 use crate::protocol::{self, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::io::Read;
@@ -31,6 +32,12 @@ pub struct Endpoint {
     base: String,
     /// `Basic ...` header value, from `user:pass@`.
     auth: Option<String>,
+    /// https://
+    tls: bool,
+    /// `host:port` (the default port filled in).
+    authority: String,
+    /// `/prefix` or "".
+    prefix: String,
 }
 
 impl Endpoint {
@@ -75,34 +82,81 @@ impl Endpoint {
                 Some(format!("Basic {}", protocol::base64(creds.as_bytes())))
             }
         };
-        let base = format!(
-            "{}://{}{}",
-            scheme.to_ascii_lowercase(),
-            hostport,
-            path.trim_end_matches('/')
-        );
-        Ok(Endpoint { base, auth })
+        let tls = scheme.eq_ignore_ascii_case("https");
+        let prefix = path.trim_end_matches('/').to_string();
+        let base = format!("{}://{}{}", scheme.to_ascii_lowercase(), hostport, prefix);
+        // host:port, keeping [v6] brackets; the scheme's port by default.
+        let has_port = match hostport.rfind(':') {
+            Some(i) => !hostport[i..].contains(']'),
+            None => false,
+        };
+        let authority = if has_port {
+            hostport.to_string()
+        } else {
+            format!("{hostport}:{}", if tls { 443 } else { 80 })
+        };
+        Ok(Endpoint {
+            base,
+            auth,
+            tls,
+            authority,
+            prefix,
+        })
+    }
+
+    /// `/prefix/COMMAND/arg/arg...`, every argument percent-encoded.
+    fn path(&self, command: &str, args: &[&str]) -> String {
+        let mut path = String::with_capacity(self.prefix.len() + 64);
+        path.push_str(&self.prefix);
+        path.push('/');
+        path.push_str(command);
+        for a in args {
+            path.push('/');
+            protocol::encode_path_arg(a, &mut path);
+        }
+        path
+    }
+
+    /// `scheme://host[:port]` followed by `path`.
+    fn url_of(&self, path: &str) -> String {
+        format!(
+            "{}{}",
+            &self.base[..self.base.len() - self.prefix.len()],
+            path
+        )
     }
 
     /// `base/COMMAND/arg/arg...`, every argument percent-encoded.
     fn url(&self, command: &str, args: &[&str]) -> String {
-        let mut url = String::with_capacity(self.base.len() + 64);
-        url.push_str(&self.base);
-        url.push('/');
-        url.push_str(command);
-        for a in args {
-            url.push('/');
-            protocol::encode_path_arg(a, &mut url);
-        }
-        url
+        self.url_of(&self.path(command, args))
     }
 }
 
-/// One HTTP client to Webdis: a ureq agent with its own connection pool.
+/// One HTTP client to Webdis with its own connections: requests go over
+/// a small keep-alive client (`http.rs`) for `http://`, over ureq for
+/// `https://`; SUBSCRIBE streams always over ureq.
 #[derive(Clone)]
 pub struct Webdis {
     endpoint: std::sync::Arc<Endpoint>,
     agent: ureq::Agent,
+    plain: Option<std::sync::Arc<http::Pool>>,
+}
+
+/// Why one attempt of a request failed.
+enum Failure {
+    /// The response was malformed (worth another try on a new connection).
+    Garbled(Error),
+    /// No response in time.
+    Timeout(Error),
+    Other(Error),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Garbled(e) | Failure::Timeout(e) | Failure::Other(e) => e,
+        }
+    }
 }
 
 impl Webdis {
@@ -117,9 +171,12 @@ impl Webdis {
             .no_delay(true)
             .user_agent(concat!("missionstream/", env!("CARGO_PKG_VERSION")))
             .build();
+        let plain =
+            (!endpoint.tls).then(|| std::sync::Arc::new(http::Pool::new(&endpoint.authority)));
         Webdis {
             endpoint,
             agent: ureq::Agent::with_parts(config, DefaultConnector::new(), LiteralResolver),
+            plain,
         }
     }
 
@@ -132,6 +189,9 @@ impl Webdis {
     /// it at once; later calls fail too.
     pub fn shutdown(&self) {
         self.agent.clone().shutdown();
+        if let Some(plain) = &self.plain {
+            plain.shutdown();
+        }
     }
 
     /// Calls a function of the missionstream library:
@@ -154,7 +214,7 @@ impl Webdis {
         parts.extend_from_slice(keys);
         parts.push(PROTOCOL_VERSION);
         parts.extend_from_slice(args);
-        let url = self.endpoint.url(command, &parts);
+        let path = self.endpoint.path(command, &parts);
         // Webdis 0.1.9 may write a message meant for a subscriber that just
         // hung up into a new connection that reuses its socket, ahead of the
         // real response, and may lose a response the same way. A garbled
@@ -170,46 +230,89 @@ impl Webdis {
             timeout
         };
         let mut garbled = 0;
-        let result = loop {
+        let (status, body) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let result = self.put(&url, body, per_try.min(left).max(Duration::from_millis(1)));
+            let result = self.put(
+                &path,
+                body,
+                per_try.min(left).max(Duration::from_millis(1)),
+                timeout,
+            );
             let more_time = Instant::now() < deadline;
-            match &result {
-                Err(ureq::Error::Protocol(_)) if garbled == 0 || (repeatable && more_time) => {
+            match result {
+                Ok(reply) => break reply,
+                Err(Failure::Garbled(_)) if garbled == 0 || (repeatable && more_time) => {
                     garbled += 1
                 }
-                Err(ureq::Error::Timeout(_)) if repeatable && more_time => {}
-                _ => break result,
+                Err(Failure::Timeout(_)) if repeatable && more_time => {}
+                Err(f) => return Err(f.into_error()),
             }
         };
-        let (status, body) = result.map_err(|e| self.transport_error(e, timeout))?;
         protocol::webdis_reply(command, status, &body)
     }
 
-    /// One PUT; returns the HTTP status and body.
+    /// One PUT of `path`; returns the HTTP status and body.
     fn put(
         &self,
-        url: &str,
+        path: &str,
         body: &[u8],
         timeout: Duration,
-    ) -> std::result::Result<(u16, Vec<u8>), ureq::Error> {
+        reported_timeout: Duration,
+    ) -> std::result::Result<(u16, Vec<u8>), Failure> {
+        if let Some(plain) = &self.plain {
+            let auth = match &self.endpoint.auth {
+                Some(a) => format!("Authorization: {a}\r\n"),
+                None => String::new(),
+            };
+            return plain
+                .put(path, &auth, body, timeout, MAX_REPLY as usize)
+                .map_err(|e| self.plain_failure(e, reported_timeout));
+        }
+        let url = self.endpoint.url_of(path);
         let mut req = self
             .agent
-            .put(url)
+            .put(&url)
             .config()
             .timeout_global(Some(timeout))
             .build();
         if let Some(auth) = &self.endpoint.auth {
             req = req.header("Authorization", auth);
         }
-        let response = req.send(body)?;
+        let ureq_failure = |e: ureq::Error| match e {
+            ureq::Error::Protocol(_) => Failure::Garbled(self.transport_error(e, reported_timeout)),
+            ureq::Error::Timeout(_) => Failure::Timeout(self.transport_error(e, reported_timeout)),
+            e => Failure::Other(self.transport_error(e, reported_timeout)),
+        };
+        let response = req.send(body).map_err(ureq_failure)?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
             .with_config()
             .limit(MAX_REPLY)
-            .read_to_vec()?;
+            .read_to_vec()
+            .map_err(ureq_failure)?;
         Ok((status, body))
+    }
+
+    fn plain_failure(&self, e: http::HttpError, timeout: Duration) -> Failure {
+        let base = &self.endpoint.base;
+        match e {
+            http::HttpError::Timeout => Failure::Timeout(Error::new(
+                Status::MS_ERR_TIMEOUT,
+                format!(
+                    "Webdis at {base} did not answer within {} ms",
+                    timeout.as_millis()
+                ),
+            )),
+            http::HttpError::Malformed(what) => Failure::Garbled(Error::new(
+                Status::MS_ERR_PROTOCOL,
+                format!("Webdis at {base} sent a malformed HTTP response: {what}"),
+            )),
+            e => Failure::Other(Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                format!("cannot reach Webdis at {base}: {e}; is it running, and is the URL right?"),
+            )),
+        }
     }
 
     /// Opens `GET /SUBSCRIBE/<channel>`; returns the streaming body.

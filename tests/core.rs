@@ -680,3 +680,31 @@ fn callback_may_disconnect_on_the_very_first_state() {
         );
     }
 }
+
+#[test]
+fn basic_auth_from_the_url_reaches_webdis() {
+    let s = Servers::start_with(Options {
+        acl: Some(serde_json::json!([
+            { "disabled": ["*"] },
+            { "http_basic_auth": "user:pa ss", "enabled": ["FCALL", "FCALL_RO", "SUBSCRIBE", "UNSUBSCRIBE", "PING"] }
+        ])),
+        ..Options::default()
+    });
+    let anonymous = s.client();
+    assert_eq!(
+        status(anonymous.start("x", "p", "c")),
+        Status::MS_ERR_FORBIDDEN
+    );
+    let url = format!("http://user:pa%20ss@127.0.0.1:{}", s.webdis_port);
+    let leader = Client::new(&url).unwrap();
+    let follower = Client::new(&url).unwrap();
+    let rec = Recorder::attach(&follower);
+    leader.start("authed", "p", "c").unwrap();
+    follower.connect("authed", "p").unwrap();
+    leader.publish("authed", b"{\"ok\":true}").unwrap();
+    rec.wait_state("authed", "{\"ok\":true}", T);
+    assert_eq!(
+        status(anonymous.connect("authed", "p")),
+        Status::MS_ERR_FORBIDDEN
+    );
+}
