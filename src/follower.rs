@@ -82,6 +82,8 @@ impl Follow {
             *wake = Some(wake_tx);
         }
         *lock(&self.done) = Some(done_rx);
+        let name_for_delivery = name.clone();
+        let hooks_dispatcher = hooks.dispatcher.clone();
         let follower = Follower {
             session: self.session,
             name,
@@ -95,7 +97,16 @@ impl Follow {
             cancel: self.cancel.clone(),
             wake: wake_rx,
             active: self.active.clone(),
-            last_seq: None,
+            delivery: Arc::new(Delivery {
+                session: self.session,
+                name: name_for_delivery,
+                dispatcher: hooks_dispatcher,
+                cancel: self.cancel.clone(),
+                last_seq: Mutex::new(None),
+                direct: AtomicBool::new(false),
+                direct_count: AtomicU64::new(0),
+                leader_offline: AtomicBool::new(false),
+            }),
             _done: done_tx,
         };
         let thread = std::thread::Builder::new()
@@ -200,6 +211,37 @@ impl Drop for Subscription {
     }
 }
 
+/// Delivers a session's states. Once the follower listens, a
+/// subscription's reader thread hands states to the dispatcher itself (one
+/// thread hand-off less per state); the newest delivered seq is kept under
+/// a lock so that the reader and the follower thread (snapshots) never
+/// deliver out of order.
+struct Delivery {
+    session: u64,
+    name: Arc<CString>,
+    dispatcher: Arc<crate::dispatch::Dispatcher>,
+    cancel: Arc<AtomicBool>,
+    last_seq: Mutex<Option<u64>>,
+    /// The reader delivers states itself.
+    direct: AtomicBool,
+    /// States the reader delivered: the leader was heard.
+    direct_count: AtomicU64,
+    /// The follower has reported LEADER_OFFLINE: the reader tells it of
+    /// each state too, so that LEADER_ONLINE follows at once.
+    leader_offline: AtomicBool,
+}
+
+impl Delivery {
+    fn state(&self, seq: u64, state: String) {
+        let mut last = lock(&self.last_seq);
+        if last.is_none_or(|s| seq > s) && !self.cancel.load(Ordering::SeqCst) {
+            *last = Some(seq);
+            self.dispatcher
+                .push(self.session, Event::state(&self.name, seq, state));
+        }
+    }
+}
+
 struct Snapshot {
     seq: u64,
     hb: Duration,
@@ -219,7 +261,7 @@ struct Follower {
     cancel: Arc<AtomicBool>,
     wake: Receiver<()>,
     active: Arc<Mutex<Option<Webdis>>>,
-    last_seq: Option<u64>,
+    delivery: Arc<Delivery>,
     /// Dropped when the thread ends.
     _done: Sender<()>,
 }
@@ -319,10 +361,7 @@ impl Follower {
 
     fn deliver_snapshot(&mut self, snap: Snapshot) {
         self.hb = snap.hb;
-        if self.last_seq.is_none_or(|s| snap.seq > s) {
-            self.last_seq = Some(snap.seq);
-            self.emit(Event::state(&self.name, snap.seq, snap.state));
-        }
+        self.delivery.state(snap.seq, snap.state);
     }
 
     /// A connection for the next call, registered so that cancel breaks it.
@@ -373,7 +412,10 @@ impl Follower {
         let handle = std::thread::Builder::new()
             .name(format!("ms-sub-{}", self.session))
             .stack_size(256 * 1024)
-            .spawn(move || read_subscription(reader, tx, counter))
+            .spawn({
+                let delivery = self.delivery.clone();
+                move || read_subscription(reader, tx, counter, delivery)
+            })
             .map_err(|e| {
                 Error::new(
                     Status::MS_ERR_INTERNAL,
@@ -447,8 +489,27 @@ impl Follower {
         let mut leader_offline = false;
         let mut probe: Option<(String, Instant)> = None;
         let mut seen_bytes = sub.bytes.load(Ordering::Relaxed);
-        loop {
+        let mut seen_direct = self.delivery.direct_count.load(Ordering::Relaxed);
+        self.delivery.leader_offline.store(false, Ordering::SeqCst);
+        self.delivery.direct.store(true, Ordering::SeqCst);
+        let outcome = loop {
             let now = Instant::now();
+            let direct = self.delivery.direct_count.load(Ordering::Relaxed);
+            if direct != seen_direct {
+                // The reader delivered states: the leader was heard.
+                seen_direct = direct;
+                last_heard = now;
+                leader_heard = now;
+                if leader_offline {
+                    leader_offline = false;
+                    self.delivery.leader_offline.store(false, Ordering::SeqCst);
+                    self.emit(Event::new(
+                        EventKind::MS_EVENT_LEADER_ONLINE,
+                        &self.name,
+                        Status::MS_OK,
+                    ));
+                }
+            }
             let silence_at = last_heard + 2 * self.hb;
             let offline_at = leader_heard + 3 * self.hb;
             let mut wake = silence_at;
@@ -462,7 +523,7 @@ impl Follower {
             }
             let left = wake.saturating_duration_since(now);
             let msg = select! {
-                recv(self.wake) -> _ => return Outcome::Cancelled,
+                recv(self.wake) -> _ => break Outcome::Cancelled,
                 recv(sub.rx) -> m => Some(m),
                 default(left) => None,
             };
@@ -475,10 +536,7 @@ impl Follower {
                     match protocol::parse_channel_message(payload) {
                         Some(ChannelMessage::State { seq, state, .. }) => {
                             from_leader = true;
-                            if self.last_seq.is_none_or(|s| seq > s) {
-                                self.last_seq = Some(seq);
-                                self.emit(Event::state(&self.name, seq, state));
-                            }
+                            self.delivery.state(seq, state);
                         }
                         Some(ChannelMessage::Heartbeat { interval_ms }) => {
                             from_leader = true;
@@ -489,13 +547,14 @@ impl Follower {
                         {
                             probe = None;
                         }
-                        Some(ChannelMessage::Ended) => return Outcome::Ended,
+                        Some(ChannelMessage::Ended) => break Outcome::Ended,
                         Some(ChannelMessage::Probe { .. }) | None => {}
                     }
                     if from_leader {
                         leader_heard = last_heard;
                         if leader_offline {
                             leader_offline = false;
+                            self.delivery.leader_offline.store(false, Ordering::SeqCst);
                             self.emit(Event::new(
                                 EventKind::MS_EVENT_LEADER_ONLINE,
                                 &self.name,
@@ -505,9 +564,9 @@ impl Follower {
                     }
                 }
                 Some(Ok(Incoming::Item(_))) => last_heard = Instant::now(),
-                Some(Ok(Incoming::Closed(e))) => return self.lost(e),
+                Some(Ok(Incoming::Closed(e))) => break self.lost(e),
                 Some(Err(_)) => {
-                    return self.lost(Error::new(
+                    break self.lost(Error::new(
                         Status::MS_ERR_UNAVAILABLE,
                         "the subscription closed",
                     ))
@@ -528,6 +587,7 @@ impl Follower {
                     }
                     if !leader_offline && now >= offline_at {
                         leader_offline = true;
+                        self.delivery.leader_offline.store(true, Ordering::SeqCst);
                         self.emit(Event::new(
                             EventKind::MS_EVENT_LEADER_OFFLINE,
                             &self.name,
@@ -536,27 +596,24 @@ impl Follower {
                     }
                     if let Some((_, deadline)) = &probe {
                         if now >= *deadline {
-                            return self.lost(Error::new(
+                            break self.lost(Error::new(
                                 Status::MS_ERR_TIMEOUT,
                                 "the subscription went silent (a probe did not come back)",
                             ));
                         }
                     } else if now >= silence_at {
                         match self.send_probe(&sub.conn) {
-                            Ok(nonce) => {
-                                probe = Some((
-                                    nonce,
-                                    Instant::now() + self.hb.max(Duration::from_millis(200)),
-                                ))
-                            }
-                            Err(e) if is_final(e.status) => return Outcome::Ended,
-                            Err(e) => return self.lost(e),
+                            Ok(nonce) => probe = Some((nonce, Instant::now() + self.probe_wait())),
+                            Err(e) if is_final(e.status) => break Outcome::Ended,
+                            Err(e) => break self.lost(e),
                         }
                         last_heard = Instant::now();
                     }
                 }
             }
-        }
+        };
+        self.delivery.direct.store(false, Ordering::SeqCst);
+        outcome
     }
 
     /// How long a probe's echo may take: one heartbeat interval (at least
@@ -609,8 +666,14 @@ fn is_final(status: Status) -> bool {
     )
 }
 
-/// The reader thread: bytes from Webdis to parsed items.
-fn read_subscription(mut reader: impl Read, tx: Sender<Incoming>, bytes: Arc<AtomicU64>) {
+/// The reader thread: bytes from Webdis to parsed items. Once the
+/// follower listens, states go to the dispatcher from here.
+fn read_subscription(
+    mut reader: impl Read,
+    tx: Sender<Incoming>,
+    bytes: Arc<AtomicU64>,
+    delivery: Arc<Delivery>,
+) {
     let mut splitter = ObjectSplitter::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -639,6 +702,22 @@ fn read_subscription(mut reader: impl Read, tx: Sender<Incoming>, bytes: Arc<Ato
             match splitter.next_object() {
                 Ok(Some(obj)) => {
                     let item = match protocol::parse_subscription_object(&obj) {
+                        Ok(SubscriptionItem::Message { payload, .. })
+                            if payload.starts_with("s ")
+                                && delivery.direct.load(Ordering::SeqCst) =>
+                        {
+                            if let Some(ChannelMessage::State { seq, state, .. }) =
+                                protocol::parse_channel_message(payload)
+                            {
+                                delivery.state(seq, state);
+                                delivery.direct_count.fetch_add(1, Ordering::SeqCst);
+                            }
+                            if !delivery.leader_offline.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            // Wake the follower: the leader is back.
+                            Incoming::Item(SubscriptionItem::Other)
+                        }
                         Ok(item) => Incoming::Item(item),
                         Err(e) => Incoming::Closed(e),
                     };
