@@ -291,3 +291,575 @@ fn write_all_vectored(mut stream: &TcpStream, head: &[u8], body: &[u8]) -> io::R
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each test runs a scripted HTTP server on a loopback `TcpListener`
+    //! in its own thread and drives a `Pool` against it.
+
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::sync::Arc;
+    use std::thread;
+
+    /// Upper bound on any wait in the scripted servers, so that a broken
+    /// client fails the test instead of hanging it.
+    const GUARD: Duration = Duration::from_secs(10);
+    const T: Duration = Duration::from_secs(5);
+    const MAX: usize = 1 << 20;
+
+    /// A loopback listener and the authority (`127.0.0.1:port`) it serves.
+    fn listen() -> (TcpListener, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let authority = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        (listener, authority)
+    }
+
+    /// Runs `script` on the listener in a new thread.
+    fn serve<R, F>(script: F) -> (String, thread::JoinHandle<R>)
+    where
+        R: Send + 'static,
+        F: FnOnce(TcpListener) -> R + Send + 'static,
+    {
+        let (listener, authority) = listen();
+        (authority, thread::spawn(move || script(listener)))
+    }
+
+    /// The next connection, within `GUARD`.
+    fn accept(listener: &TcpListener) -> Conn {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + GUARD;
+        loop {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    s.set_read_timeout(Some(GUARD)).unwrap();
+                    s.set_write_timeout(Some(GUARD)).unwrap();
+                    return Conn(BufReader::new(s));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no connection came");
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+
+    /// Whether a connection is waiting to be accepted (after giving the
+    /// client a moment to make one).
+    fn pending(listener: &TcpListener) -> bool {
+        thread::sleep(Duration::from_millis(100));
+        listener.set_nonblocking(true).unwrap();
+        match listener.accept() {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+
+    struct Request {
+        /// The request line and header lines, without their CRLFs.
+        lines: Vec<String>,
+        body: Vec<u8>,
+    }
+
+    impl Request {
+        fn header(&self, name: &str) -> Vec<&str> {
+            self.lines[1..]
+                .iter()
+                .filter_map(|l| l.split_once(':'))
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim())
+                .collect()
+        }
+    }
+
+    struct Conn(BufReader<TcpStream>);
+
+    impl Conn {
+        /// Reads one request (head and `Content-Length` body).
+        fn request(&mut self) -> Request {
+            let mut lines = Vec::new();
+            loop {
+                let mut line = String::new();
+                let n = self.0.read_line(&mut line).unwrap();
+                assert!(n > 0, "connection closed mid-head: {lines:?}");
+                assert!(line.ends_with("\r\n"), "line without CRLF: {line:?}");
+                line.truncate(line.len() - 2);
+                if line.is_empty() {
+                    break;
+                }
+                lines.push(line);
+            }
+            let mut req = Request {
+                lines,
+                body: Vec::new(),
+            };
+            let lengths = req.header("content-length");
+            assert_eq!(lengths.len(), 1, "Content-Length headers: {:?}", req.lines);
+            let len: usize = lengths[0].parse().unwrap();
+            req.body = vec![0; len];
+            self.0.read_exact(&mut req.body).unwrap();
+            req
+        }
+
+        fn send(&mut self, bytes: &[u8]) {
+            self.0.get_mut().write_all(bytes).unwrap();
+        }
+
+        /// Answers 200 with `body`, keeping the connection open.
+        fn ok(&mut self, body: &str) {
+            let r = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            self.send(r.as_bytes());
+        }
+
+        /// Waits for the client to close the connection; returns how many
+        /// bytes it sent before (none, if it sent only what was read).
+        fn eof(&mut self) -> usize {
+            let mut rest = Vec::new();
+            self.0.read_to_end(&mut rest).unwrap();
+            rest.len()
+        }
+    }
+
+    /// A 200 answer `{"ok":1}` with the request seen; the server then
+    /// expects the client to close the connection.
+    fn one_shot(response: &'static [u8]) -> (String, thread::JoinHandle<Request>) {
+        serve(move |l| {
+            let mut c = accept(&l);
+            let req = c.request();
+            c.send(response);
+            assert_eq!(c.eof(), 0);
+            req
+        })
+    }
+
+    #[test]
+    fn put_round_trip() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            let req = c.request();
+            c.ok(r#"{"SET":[true,"OK"]}"#);
+            // Exactly one request: nothing more before the client closes.
+            assert_eq!(c.eof(), 0);
+            assert!(!pending(&l));
+            req
+        });
+        let pool = Pool::new(&authority);
+        let (status, body) = pool
+            .put(
+                "/SET/k",
+                "Authorization: Basic dXNlcjpwYXNz\r\nX-Extra: 1\r\n",
+                b"hello world",
+                T,
+                MAX,
+            )
+            .unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, br#"{"SET":[true,"OK"]}"#);
+        drop(pool);
+        let req = server.join().unwrap();
+        assert_eq!(req.lines[0], "PUT /SET/k HTTP/1.1");
+        assert_eq!(req.header("host"), [authority.as_str()]);
+        assert_eq!(req.header("content-length"), ["11"]);
+        assert_eq!(req.header("authorization"), ["Basic dXNlcjpwYXNz"]);
+        assert_eq!(req.header("x-extra"), ["1"]);
+        assert_eq!(req.lines.len(), 5, "{:?}", req.lines);
+        assert_eq!(req.body, b"hello world");
+    }
+
+    #[test]
+    fn empty_body_and_error_status() {
+        let (authority, server) = one_shot(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        let pool = Pool::new(&authority);
+        let (status, body) = pool.put("/x", "", b"", T, MAX).unwrap();
+        assert_eq!((status, body.len()), (404, 0));
+        drop(pool);
+        let req = server.join().unwrap();
+        assert_eq!(req.header("content-length"), ["0"]);
+        assert_eq!(req.lines.len(), 3, "{:?}", req.lines);
+        assert!(req.body.is_empty());
+    }
+
+    #[test]
+    fn keep_alive_reuses_the_connection() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            let mut bodies = Vec::new();
+            for i in 0..3 {
+                bodies.push(c.request().body);
+                c.ok(&format!("{{\"n\":{i}}}"));
+            }
+            assert_eq!(c.eof(), 0);
+            assert!(!pending(&l), "a second connection was opened");
+            bodies
+        });
+        let pool = Pool::new(&authority);
+        for i in 0..3 {
+            let (status, body) = pool
+                .put("/p", "", format!("b{i}").as_bytes(), T, MAX)
+                .unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(body, format!("{{\"n\":{i}}}").as_bytes());
+        }
+        drop(pool);
+        assert_eq!(server.join().unwrap(), [b"b0", b"b1", b"b2"]);
+    }
+
+    /// The server closes the idle connection after the first response;
+    /// the second request goes through on a new connection. `size` picks
+    /// the single-write or the vectored-write path.
+    fn stale_connection(size: usize) {
+        let (closed_tx, closed_rx) = mpsc::channel();
+        let (authority, server) = serve(move |l| {
+            let mut c = accept(&l);
+            let first = c.request().body;
+            c.ok("1");
+            drop(c);
+            closed_tx.send(()).unwrap();
+            let mut c = accept(&l);
+            let second = c.request().body;
+            c.ok("2");
+            assert_eq!(c.eof(), 0);
+            assert!(!pending(&l));
+            (first, second)
+        });
+        let pool = Pool::new(&authority);
+        let a = vec![b'a'; size];
+        let b = vec![b'b'; size];
+        assert_eq!(
+            pool.put("/p", "", &a, T, MAX).unwrap(),
+            (200, b"1".to_vec())
+        );
+        closed_rx.recv_timeout(GUARD).unwrap();
+        // Let the FIN reach the client's socket.
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            pool.put("/p", "", &b, T, MAX).unwrap(),
+            (200, b"2".to_vec())
+        );
+        drop(pool);
+        let (first, second) = server.join().unwrap();
+        assert!(first == a && second == b);
+    }
+
+    #[test]
+    fn stale_pooled_connection_is_replaced() {
+        stale_connection(10);
+    }
+
+    #[test]
+    fn stale_pooled_connection_is_replaced_large_body() {
+        stale_connection(COALESCE + 1);
+    }
+
+    #[test]
+    fn connection_close_is_not_pooled() {
+        let (authority, server) = serve(|l| {
+            let mut first = accept(&l);
+            first.request();
+            // The connection stays open on this side: the client must
+            // still not reuse it.
+            first.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n1");
+            let mut second = accept(&l);
+            second.request();
+            second.ok("2");
+            // The client dropped the first connection.
+            assert_eq!(first.eof(), 0);
+            assert_eq!(second.eof(), 0);
+        });
+        let pool = Pool::new(&authority);
+        assert_eq!(
+            pool.put("/p", "", b"x", T, MAX).unwrap(),
+            (200, b"1".to_vec())
+        );
+        assert_eq!(
+            pool.put("/p", "", b"y", T, MAX).unwrap(),
+            (200, b"2".to_vec())
+        );
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn http_1_0_response_is_not_pooled() {
+        let (authority, server) = serve(|l| {
+            for _ in 0..2 {
+                let mut c = accept(&l);
+                c.request();
+                c.send(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                assert_eq!(c.eof(), 0);
+            }
+        });
+        let pool = Pool::new(&authority);
+        for _ in 0..2 {
+            assert_eq!(
+                pool.put("/p", "", b"x", T, MAX).unwrap(),
+                (200, b"ok".to_vec())
+            );
+        }
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    fn expect_malformed(response: &'static [u8]) -> &'static str {
+        let (authority, server) = one_shot(response);
+        let pool = Pool::new(&authority);
+        let r = pool.put("/p", "", b"x", T, MAX);
+        drop(pool);
+        server.join().unwrap();
+        match r {
+            Err(HttpError::Malformed(what)) => what,
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chunk_leftover_is_malformed() {
+        let what = expect_malformed(
+            b"5d\r\n{\"SET\":[true,\"OK\"]}\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        );
+        assert_eq!(what, "invalid HTTP version");
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        expect_malformed(b"hello there\r\n\r\n");
+        expect_malformed(b"HTTP/1.1 OK\r\nContent-Length: 0\r\n\r\n");
+        expect_malformed(b"HTTP/1.1 200 OK\r\nContent-Length: two\r\n\r\nok");
+        expect_malformed(b"HTTP/1.1 200 OK\r\n\r\n");
+        expect_malformed(b"HTTP/1.1 200 \xff\r\nContent-Length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn endless_head_is_malformed() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            c.request();
+            // No CRLFCRLF ever: the client must give up after 64 KiB,
+            // well before the timeout. Writes fail once it has closed.
+            let junk = [b'x'; 4096];
+            for _ in 0..64 {
+                if c.0.get_mut().write_all(&junk).is_err() {
+                    break;
+                }
+            }
+        });
+        let pool = Pool::new(&authority);
+        let start = Instant::now();
+        match pool.put("/p", "", b"x", Duration::from_secs(30), MAX) {
+            Err(HttpError::Malformed("response head too long")) => {}
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(5));
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn chunked_response_is_malformed() {
+        let what = expect_malformed(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        );
+        assert_eq!(what, "unexpected Transfer-Encoding");
+    }
+
+    #[test]
+    fn body_over_max_body_is_malformed() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            c.request();
+            c.ok("0123456789");
+            c.request();
+            c.ok("0123456789X");
+            assert_eq!(c.eof(), 0);
+        });
+        let pool = Pool::new(&authority);
+        // Exactly at the limit: accepted.
+        assert_eq!(
+            pool.put("/p", "", b"x", T, 10).unwrap(),
+            (200, b"0123456789".to_vec())
+        );
+        match pool.put("/p", "", b"x", T, 10) {
+            Err(HttpError::Malformed(what)) => {
+                assert_eq!(what, "response body over the size limit")
+            }
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    /// A pooled connection that delivers garbage is not retried on a new
+    /// connection: bytes of a response arrived.
+    #[test]
+    fn malformed_on_reused_connection_is_not_retried() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            c.request();
+            c.ok("1");
+            c.request();
+            c.send(
+                b"5d\r\n{\"SET\":[true,\"OK\"]}\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            );
+            assert_eq!(c.eof(), 0);
+            assert!(!pending(&l), "the request was sent again");
+        });
+        let pool = Pool::new(&authority);
+        assert_eq!(
+            pool.put("/p", "", b"x", T, MAX).unwrap(),
+            (200, b"1".to_vec())
+        );
+        assert!(matches!(
+            pool.put("/p", "", b"y", T, MAX),
+            Err(HttpError::Malformed(_))
+        ));
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            c.request();
+            // Never answer; wait for the client to give up.
+            assert_eq!(c.eof(), 0);
+        });
+        let pool = Pool::new(&authority);
+        let timeout = Duration::from_millis(300);
+        let start = Instant::now();
+        let r = pool.put("/p", "", b"x", timeout, MAX);
+        let elapsed = start.elapsed();
+        assert!(matches!(r, Err(HttpError::Timeout)), "{r:?}");
+        assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn body_stalled_midway_times_out() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            c.request();
+            c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234");
+            assert_eq!(c.eof(), 0);
+        });
+        let pool = Pool::new(&authority);
+        let start = Instant::now();
+        let r = pool.put("/p", "", b"x", Duration::from_millis(300), MAX);
+        assert!(matches!(r, Err(HttpError::Timeout)), "{r:?}");
+        assert!(start.elapsed() < Duration::from_secs(3));
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn large_body_arrives_intact() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            let req = c.request();
+            c.ok("{}");
+            let req2 = c.request();
+            c.ok("{}");
+            assert_eq!(c.eof(), 0);
+            (req, req2)
+        });
+        let body: Vec<u8> = (0..1usize << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+        let pool = Pool::new(&authority);
+        assert_eq!(
+            pool.put("/big", "X-A: b\r\n", &body, T, MAX).unwrap().0,
+            200
+        );
+        // Just over the single-write limit, on the reused connection.
+        let edge = &body[..COALESCE + 1];
+        assert_eq!(pool.put("/big", "", edge, T, MAX).unwrap().0, 200);
+        drop(pool);
+        let (req, req2) = server.join().unwrap();
+        assert_eq!(req.lines[0], "PUT /big HTTP/1.1");
+        assert_eq!(req.header("content-length"), [(1usize << 20).to_string()]);
+        assert_eq!(req.header("x-a"), ["b"]);
+        assert!(req.body == body, "1 MiB body corrupted");
+        assert!(req2.body == edge, "64 KiB + 1 body corrupted");
+    }
+
+    #[test]
+    fn shutdown_breaks_a_blocked_request() {
+        let (got_tx, got_rx) = mpsc::channel();
+        let (authority, server) = serve(move |l| {
+            let mut c = accept(&l);
+            c.request();
+            got_tx.send(()).unwrap();
+            // Never answer; the shutdown closes the connection.
+            assert_eq!(c.eof(), 0);
+            assert!(!pending(&l), "a request reached the server after shutdown");
+        });
+        let pool = Arc::new(Pool::new(&authority));
+        let p = Arc::clone(&pool);
+        let client = thread::spawn(move || {
+            let r = p.put("/p", "", b"x", Duration::from_secs(30), MAX);
+            (r, Instant::now())
+        });
+        got_rx.recv_timeout(GUARD).unwrap();
+        // Let the client block in its read.
+        thread::sleep(Duration::from_millis(100));
+        let shut_at = Instant::now();
+        pool.shutdown();
+        let (r, done_at) = client.join().unwrap();
+        let took = done_at.saturating_duration_since(shut_at);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        assert!(
+            matches!(r, Err(HttpError::Io(_) | HttpError::Shutdown)),
+            "{r:?}"
+        );
+        assert!(matches!(
+            pool.put("/p", "", b"x", T, MAX),
+            Err(HttpError::Shutdown)
+        ));
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn shutdown_closes_idle_connections() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            c.request();
+            c.ok("1");
+            // The shutdown closes the pooled connection while the pool
+            // itself is still alive.
+            assert_eq!(c.eof(), 0);
+            assert!(!pending(&l));
+        });
+        let pool = Pool::new(&authority);
+        assert_eq!(
+            pool.put("/p", "", b"x", T, MAX).unwrap(),
+            (200, b"1".to_vec())
+        );
+        pool.shutdown();
+        assert!(matches!(
+            pool.put("/p", "", b"x", T, MAX),
+            Err(HttpError::Shutdown)
+        ));
+        server.join().unwrap();
+        drop(pool);
+    }
+
+    #[test]
+    fn refused_connection_is_io() {
+        let (listener, authority) = listen();
+        drop(listener);
+        let pool = Pool::new(&authority);
+        match pool.put("/p", "", b"x", T, MAX) {
+            Err(HttpError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused),
+            other => panic!("expected Io, got {other:?}"),
+        }
+    }
+}
