@@ -7,7 +7,7 @@
 //! and the long-lived SUBSCRIBE streams.
 
 use std::collections::HashMap;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -189,7 +189,13 @@ fn exchange(
         buf.extend_from_slice(body);
         stream.write_all(&buf).map_err(|e| (io_error(e), false))?;
     } else {
-        write_all_vectored(stream, head.as_bytes(), body).map_err(|e| (io_error(e), false))?;
+        // Two writes: std writes to sockets with MSG_NOSIGNAL, where a
+        // writev would raise SIGPIPE in the host process on a connection
+        // Webdis has closed. Nagle is off, so the head is not held back.
+        stream
+            .write_all(head.as_bytes())
+            .map_err(|e| (io_error(e), false))?;
+        stream.write_all(body).map_err(|e| (io_error(e), false))?;
     }
 
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
@@ -272,20 +278,6 @@ fn exchange(
         body.extend_from_slice(&chunk[..n]);
     }
     Ok((status, body, keep_alive))
-}
-
-fn write_all_vectored(mut stream: &TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let (mut head, mut body) = (head, body);
-    while !head.is_empty() || !body.is_empty() {
-        let n = stream.write_vectored(&[IoSlice::new(head), IoSlice::new(body)])?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "nothing written"));
-        }
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        body = &body[n - from_head..];
-    }
-    Ok(())
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -514,7 +506,7 @@ mod tests {
 
     /// The server closes the idle connection after the first response;
     /// the second request goes through on a new connection. `size` picks
-    /// the single-write or the vectored-write path.
+    /// the single-write or the two-write path.
     fn stale_connection(size: usize) {
         let (closed_tx, closed_rx) = mpsc::channel();
         let (authority, server) = serve(move |l| {
@@ -557,6 +549,17 @@ mod tests {
     #[test]
     fn stale_pooled_connection_is_replaced_large_body() {
         stale_connection(COALESCE + 1);
+    }
+
+    /// A C host usually leaves SIGPIPE at its default action (terminate):
+    /// writing a large body into a connection Webdis closed must fail with
+    /// EPIPE, never raise the signal (a writev did, killing the process).
+    #[test]
+    fn a_large_body_on_a_closed_connection_never_raises_sigpipe() {
+        // SAFETY: changes the process' SIGPIPE action, put back after.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        stale_connection(8 * 1024 * 1024);
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     }
 
     #[test]
