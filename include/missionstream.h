@@ -354,7 +354,8 @@ enum ms_status ms_publish(struct ms_client *client,
 
 /**
  * Waits up to `timeout_ms` until every state published on `name` before
- * the call is stored in Redis (or superseded by a stored newer one).
+ * the call is stored in Redis (or superseded by a stored newer one). It
+ * polls for the first 0.25 ms (about a local round trip), then sleeps.
  *
  * @return MS_OK; the publish error (e.g. MS_ERR_UNAVAILABLE, or
  * MS_ERR_NOT_FOUND when the lead ended); MS_ERR_TIMEOUT;

@@ -139,12 +139,21 @@ impl Lead {
     /// Waits until every state published before the call is stored (or
     /// superseded by a stored newer one).
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        let start = Instant::now();
+        let deadline = start + timeout;
         let mut st = lock(&self.shared.state);
         let target = st.published;
         loop {
             if st.stored >= target {
                 return Ok(());
+            }
+            if start.elapsed() < FLUSH_LINGER && st.failing.is_none() && st.ended.is_none() {
+                // A round trip to Webdis on a local network takes about
+                // this long: look again rather than sleep.
+                drop(st);
+                std::thread::yield_now();
+                st = lock(&self.shared.state);
+                continue;
             }
             if let Some(e) = &st.ended {
                 return Err(e.clone());
@@ -228,6 +237,13 @@ impl Lead {
         }
     }
 }
+
+/// How long the publisher keeps looking for a new state after a request
+/// before it sleeps.
+const LINGER: Duration = Duration::from_micros(200);
+
+/// How long ms_flush keeps looking before it sleeps.
+const FLUSH_LINGER: Duration = Duration::from_micros(250);
 
 enum Action {
     Publish(u64, Vec<u8>),
@@ -366,6 +382,16 @@ impl Publisher {
                 }
             } else if let Some(t) = retry_at {
                 wake = wake.min(t.max(now + Duration::from_millis(1)));
+            }
+            if may_send && st.closing.is_none() && now < last_sent + LINGER {
+                // Just after a request, the next state often follows at
+                // once (a caller publishing after ms_flush returned): look
+                // again rather than sleep, so that neither side pays for a
+                // thread wake-up.
+                drop(st);
+                std::thread::yield_now();
+                st = lock(&self.shared.state);
+                continue;
             }
             let wait = wake
                 .saturating_duration_since(now)
