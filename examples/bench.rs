@@ -855,12 +855,10 @@ impl Bench {
                 ),
                 "".into(),
                 "".into(),
-                "median ≤ 2 µs",
-                if percentile(&calls, 50.0) <= 2000.0 {
-                    "meets"
-                } else {
-                    "MISSES"
-                },
+                // Not SPEC's row 1 (the call itself, above): with the
+                // publisher asleep the call includes waking it, a syscall.
+                "(info) includes waking the idle publisher",
+                "",
             );
         }
         l50
