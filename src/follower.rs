@@ -500,15 +500,7 @@ impl Follower {
                 seen_direct = direct;
                 last_heard = now;
                 leader_heard = now;
-                if leader_offline {
-                    leader_offline = false;
-                    self.delivery.leader_offline.store(false, Ordering::SeqCst);
-                    self.emit(Event::new(
-                        EventKind::MS_EVENT_LEADER_ONLINE,
-                        &self.name,
-                        Status::MS_OK,
-                    ));
-                }
+                self.leader_back(&mut leader_offline);
             }
             let silence_at = last_heard + 2 * self.hb;
             let offline_at = leader_heard + 3 * self.hb;
@@ -552,15 +544,7 @@ impl Follower {
                     }
                     if from_leader {
                         leader_heard = last_heard;
-                        if leader_offline {
-                            leader_offline = false;
-                            self.delivery.leader_offline.store(false, Ordering::SeqCst);
-                            self.emit(Event::new(
-                                EventKind::MS_EVENT_LEADER_ONLINE,
-                                &self.name,
-                                Status::MS_OK,
-                            ));
-                        }
+                        self.leader_back(&mut leader_offline);
                     }
                 }
                 Some(Ok(Incoming::Item(_))) => last_heard = Instant::now(),
@@ -621,6 +605,18 @@ impl Follower {
     /// intervals of silence (the probe goes out after 2).
     fn probe_wait(&self) -> Duration {
         self.hb.max(PROBE_MIN_WAIT)
+    }
+
+    /// The leader was heard: LEADER_ONLINE if it was reported offline.
+    fn leader_back(&self, offline: &mut bool) {
+        if std::mem::take(offline) {
+            self.delivery.leader_offline.store(false, Ordering::SeqCst);
+            self.emit(Event::new(
+                EventKind::MS_EVENT_LEADER_ONLINE,
+                &self.name,
+                Status::MS_OK,
+            ));
+        }
     }
 
     fn lost(&self, e: Error) -> Outcome {

@@ -50,6 +50,20 @@ struct Shared {
     cond: Condvar,
 }
 
+impl Shared {
+    /// Waits for a change of the state, at most `d`.
+    fn wait<'a>(
+        &self,
+        st: std::sync::MutexGuard<'a, State>,
+        d: Duration,
+    ) -> std::sync::MutexGuard<'a, State> {
+        self.cond
+            .wait_timeout(st, d)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
+}
+
 pub struct Lead {
     pub session: u64,
     identity: Arc<LeadIdentity>,
@@ -168,12 +182,7 @@ impl Lead {
                     ),
                 });
             }
-            st = self
-                .shared
-                .cond
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.shared.wait(st, deadline - now);
         }
     }
 
@@ -214,12 +223,7 @@ impl Lead {
             if left.is_zero() {
                 break;
             }
-            st = self
-                .shared
-                .cond
-                .wait_timeout(st, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.shared.wait(st, left);
         }
         st.exit = true;
         drop(st);
@@ -396,12 +400,7 @@ impl Publisher {
             let wait = wake
                 .saturating_duration_since(now)
                 .max(Duration::from_millis(1));
-            st = self
-                .shared
-                .cond
-                .wait_timeout(st, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            st = self.shared.wait(st, wait);
         }
     }
 }
