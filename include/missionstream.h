@@ -280,7 +280,8 @@ enum ms_status ms_client_set_stream_ttl(struct ms_client *client, uint32_t secon
 
 /**
  * Sets the leader's heartbeat interval in ms (50 to 3600000; default
- * 5000). Followers report LEADER_OFFLINE after 3 silent intervals.
+ * 5000; at most half the stream TTL, if one is set). Followers report
+ * LEADER_OFFLINE after 3 silent intervals.
  *
  * # Safety
  * `client` is NULL or a live client.

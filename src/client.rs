@@ -179,6 +179,12 @@ impl Client {
                 "the heartbeat interval must be 50 to 3600000 ms, not {interval_ms}"
             )));
         }
+        let ttl_ms = self.config.stream_ttl_s() as u64 * 1000;
+        if ttl_ms > 0 && 2 * interval_ms as u64 > ttl_ms {
+            return Err(Error::invalid(format!(
+                "a heartbeat every {interval_ms} ms is longer than half the stream TTL; the stream would expire while led"
+            )));
+        }
         self.config
             .heartbeat_ms
             .store(interval_ms, Ordering::Relaxed);

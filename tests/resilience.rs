@@ -294,9 +294,15 @@ fn stream_ttl_expires_only_without_leader() {
     let keeper = s.client();
     keeper.start("forever", "", "c").unwrap();
     assert_eq!(s.redis_cli(&["TTL", "stream:forever"]).trim(), "-1");
-    // A TTL shorter than two heartbeats is refused.
+    // A TTL shorter than two heartbeats is refused, either way round.
     assert_eq!(
         keeper.set_stream_ttl(5).unwrap_err().status,
+        Status::MS_ERR_INVALID_ARGUMENT
+    );
+    keeper.set_heartbeat(1000).unwrap();
+    keeper.set_stream_ttl(2).unwrap();
+    assert_eq!(
+        keeper.set_heartbeat(1500).unwrap_err().status,
         Status::MS_ERR_INVALID_ARGUMENT
     );
 }
