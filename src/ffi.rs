@@ -514,3 +514,41 @@ pub unsafe extern "C" fn ms_list_free(list: *mut ms_stream_info, count: usize) {
         Ok(())
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last() -> String {
+        // SAFETY: ms_last_error never returns NULL.
+        unsafe { CStr::from_ptr(ms_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_internal_with_a_message() {
+        let status = guard("ms_test", || panic!("boom {}", 42));
+        assert_eq!(status, Status::MS_ERR_INTERNAL);
+        assert!(last().starts_with("ms_test: internal error"), "{}", last());
+        assert!(last().contains("boom 42"), "{}", last());
+        let status = guard("ms_test", || std::panic::panic_any(7u8));
+        assert_eq!(status, Status::MS_ERR_INTERNAL);
+        assert!(last().contains("unknown panic"), "{}", last());
+    }
+
+    #[test]
+    fn errors_keep_their_status_and_name_the_function() {
+        let status = guard("ms_test", || {
+            Err(Error::new(Status::MS_ERR_TIMEOUT, "slow"))
+        });
+        assert_eq!(status, Status::MS_ERR_TIMEOUT);
+        assert_eq!(last(), "ms_test: slow");
+        // A NUL in a message cannot cut it short.
+        guard("ms_test", || Err(Error::invalid("a\0b")));
+        assert_eq!(last(), "ms_test: a b");
+        // Success leaves the last failure in place.
+        assert_eq!(guard("ms_test", || Ok(())), Status::MS_OK);
+        assert_eq!(last(), "ms_test: a b");
+    }
+}

@@ -76,6 +76,9 @@ fi
 
 echo
 if [ "$failures" -ne 0 ]; then
+  for log in webdis.log redis.log; do
+    [ -f "$server_dir/$log" ] && { echo "--- last lines of $log"; tail -n 40 "$server_dir/$log"; }
+  done
   echo "tests/c: $failures step(s) failed"
   exit 1
 fi
