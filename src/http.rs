@@ -155,6 +155,13 @@ impl Pool {
                     return Ok((status, body));
                 }
                 Err((e, got_bytes)) => {
+                    if matches!(e, HttpError::Timeout | HttpError::Malformed(_)) {
+                        // Webdis 0.1.9 can lose track of its connections
+                        // after a subscriber hangs up (responses lost or
+                        // written elsewhere): the idle ones may be in the
+                        // same state, so the next request opens a new one.
+                        lock(&self.idle).clear();
+                    }
                     let stale = reused && !got_bytes && matches!(e, HttpError::Io(_));
                     if !stale {
                         return Err(e);
