@@ -393,9 +393,11 @@ enum ms_status ms_stop(struct ms_client *client, const char *name);
 enum ms_status ms_connect(struct ms_client *client, const char *name, const char *password);
 
 /**
- * Ends following `name`. Returns within 500 ms even if Webdis hangs; no
- * event of that stream is delivered after it returns (called from a
- * callback, the running callback is the last). After MS_EVENT_ENDED the
+ * Ends following `name`. Returns within 500 ms even if Webdis hangs
+ * (plus, when called outside a callback, the time a callback of that
+ * stream already running takes to return); no event of that stream is
+ * delivered after it returns (called from a callback, the running
+ * callback is the last). After MS_EVENT_ENDED the
  * follow is already over and this returns MS_ERR_NOT_FOLLOWING.
  *
  * # Safety

@@ -440,9 +440,11 @@ pub unsafe extern "C" fn ms_connect(
     })
 }
 
-/// Ends following `name`. Returns within 500 ms even if Webdis hangs; no
-/// event of that stream is delivered after it returns (called from a
-/// callback, the running callback is the last). After MS_EVENT_ENDED the
+/// Ends following `name`. Returns within 500 ms even if Webdis hangs
+/// (plus, when called outside a callback, the time a callback of that
+/// stream already running takes to return); no event of that stream is
+/// delivered after it returns (called from a callback, the running
+/// callback is the last). After MS_EVENT_ENDED the
 /// follow is already over and this returns MS_ERR_NOT_FOLLOWING.
 ///
 /// # Safety
