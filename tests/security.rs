@@ -93,76 +93,67 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     let channel = s.record_field("direct", "channel");
     let key = "stream:direct";
     let frame = |fields: &[&str]| {
-        let lens: Vec<String> = fields[..fields.len() - 1]
-            .iter()
-            .map(|f| f.len().to_string())
-            .collect();
-        format!("{}\n{}", lens.join(" "), fields.concat())
+        let bytes: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
+        String::from_utf8(missionstream::protocol::frame_body(&bytes)).unwrap()
     };
-    // publish, heartbeat, stop need the leader code (and the channel).
-    let out = s.redis_cli(&[
-        "FCALL",
-        "ms_publish",
-        "1",
-        key,
-        "1",
-        &frame(&["wrong", &channel, "{\"evil\":1}"]),
-    ]);
-    assert!(out.contains("MSBADCODE"), "{out}");
-    let out = s.redis_cli(&[
-        "FCALL",
-        "ms_publish",
-        "1",
-        key,
-        "1",
-        &frame(&[CODE, "guessed-channel", "{\"evil\":1}"]),
-    ]);
-    assert!(out.contains("MSNOTFOUND"), "{out}");
-    let out = s.redis_cli(&[
-        "FCALL",
-        "ms_stop",
-        "2",
-        key,
-        "streams",
-        "1",
-        &frame(&["wrong", &channel]),
-    ]);
-    assert!(out.contains("MSBADCODE"), "{out}");
-    let out = s.redis_cli(&[
-        "FCALL",
-        "ms_heartbeat",
-        "1",
-        key,
-        "1",
-        "1000",
-        &frame(&["wrong", &channel]),
-    ]);
-    assert!(out.contains("MSBADCODE"), "{out}");
-    // reconnect needs both.
-    let out = s.redis_cli(&[
-        "FCALL",
-        "ms_reconnect",
-        "2",
-        key,
-        "streams",
-        "1",
-        "5000",
-        "0",
-        &frame(&["wrong", CODE]),
-    ]);
-    assert!(out.contains("MSBADPASSWORD"), "{out}");
-    let out = s.redis_cli(&[
-        "FCALL",
-        "ms_reconnect",
-        "2",
-        key,
-        "streams",
-        "1",
-        "5000",
-        "0",
-        &frame(&[PW, "wrong"]),
-    ]);
-    assert!(out.contains("MSBADCODE"), "{out}");
+    // (function, keys, args after the version, body fields, expected error)
+    let refused: &[(&str, &[&str], &[&str], Vec<&str>, &str)] = &[
+        // publish, heartbeat, stop need the leader code and the channel.
+        (
+            "ms_publish",
+            &[key],
+            &[],
+            vec!["wrong", &channel, "{\"evil\":1}"],
+            "MSBADCODE",
+        ),
+        (
+            "ms_publish",
+            &[key],
+            &[],
+            vec![CODE, "guessed-channel", "{\"evil\":1}"],
+            "MSNOTFOUND",
+        ),
+        (
+            "ms_stop",
+            &[key, "streams"],
+            &[],
+            vec!["wrong", &channel],
+            "MSBADCODE",
+        ),
+        (
+            "ms_heartbeat",
+            &[key],
+            &["1000"],
+            vec!["wrong", &channel],
+            "MSBADCODE",
+        ),
+        // reconnect needs both.
+        (
+            "ms_reconnect",
+            &[key, "streams"],
+            &["5000", "0"],
+            vec!["wrong", CODE],
+            "MSBADPASSWORD",
+        ),
+        (
+            "ms_reconnect",
+            &[key, "streams"],
+            &["5000", "0"],
+            vec![PW, "wrong"],
+            "MSBADCODE",
+        ),
+    ];
+    for (function, keys, args, body, expected) in refused {
+        let nkeys = keys.len().to_string();
+        let body = frame(body);
+        let mut cmd = vec!["FCALL", function, &nkeys];
+        cmd.extend_from_slice(keys);
+        cmd.push("1");
+        cmd.extend_from_slice(args);
+        cmd.push(&body);
+        let out = s.redis_cli(&cmd);
+        assert!(out.contains(expected), "{function}: {out}");
+    }
     // connect, snapshot and probe never reveal the channel without the password.
     for f in ["ms_connect", "ms_snapshot"] {
         let out = s.redis_cli(&["FCALL_RO", f, "1", key, "1", &frame(&["wrong"])]);
