@@ -97,7 +97,8 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         String::from_utf8(missionstream::protocol::frame_body(&bytes)).unwrap()
     };
     // (function, keys, args after the version, body fields, expected error)
-    let refused: &[(&str, &[&str], &[&str], Vec<&str>, &str)] = &[
+    type Call<'a> = (&'a str, &'a [&'a str], &'a [&'a str], Vec<&'a str>, &'a str);
+    let refused: &[Call] = &[
         // publish, heartbeat, stop need the leader code and the channel.
         (
             "ms_publish",
