@@ -19,6 +19,13 @@ fi
 # Debian's packages start system services on 6379/7379 where systemd runs;
 # the project never uses them, so they are left alone.
 if [ "${1:-}" = "--python-tests" ]; then
+  # make test also runs cargo fmt and cargo clippy.
+  for component in rustfmt clippy; do
+    cmd=$([ "$component" = rustfmt ] && echo "cargo fmt --version" || echo "cargo clippy --version")
+    if ! $cmd >/dev/null 2>&1; then
+      rustup component add "$component" || { echo "install the Rust component $component (rustup component add $component)" >&2; exit 1; }
+    fi
+  done
   python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
 fi
 exit 0
