@@ -111,6 +111,13 @@ def test_not_leading(client: ms.Client, client2: ms.Client, name: str) -> None:
 def test_not_following(client: ms.Client, client2: ms.Client, name: str) -> None:
     client.start(name, PW, CODE)
     f = client2.connect(name, PW)
+    # connect returns once the current state is queued for the callback;
+    # wait until it reached the Follower (a disconnect drops undelivered
+    # events: none comes after disconnect returns).
+    deadline = time.monotonic() + 10
+    while f.seq is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert f.seq == 0
     f.disconnect()
     with pytest.raises(ms.NotFollowing):
         f.disconnect()
