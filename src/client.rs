@@ -110,7 +110,8 @@ pub struct Client {
     hooks: Hooks,
 }
 
-fn key_of(name: &str) -> String {
+/// Key of a stream's record in Redis.
+pub fn key_of(name: &str) -> String {
     format!("stream:{name}")
 }
 

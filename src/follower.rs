@@ -11,7 +11,7 @@
 //! publishes a probe on its channel; if the probe does not come back within
 //! one more interval the subscription is dead and is replaced.
 
-use crate::client::{Config, Hooks};
+use crate::client::{key_of, Config, Hooks};
 use crate::dispatch::{lock, Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::leader::Backoff;
@@ -67,7 +67,7 @@ impl Follow {
         config: Arc<Config>,
         hooks: Hooks,
     ) -> Result<()> {
-        let key = format!("stream:{}", name.to_str().unwrap_or(""));
+        let key = key_of(name.to_str().unwrap_or(""));
         let (channel, hb_ms) = check_password(control, &key, &password, config.timeout())?;
         let (wake_tx, wake_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<()>(0);
