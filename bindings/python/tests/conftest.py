@@ -16,7 +16,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+import contextlib
+import threading
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -183,3 +185,25 @@ def python_env(**extra: str) -> Dict[str, str]:
         env.pop(key, None)
     env.update(extra)
     return env
+
+
+@contextlib.contextmanager
+def publishing(leader: Any, period: float) -> Iterator[None]:
+    """Publishes {"i": n} on `leader` every `period` seconds in a background
+    thread while the block runs."""
+    stop = threading.Event()
+
+    def run() -> None:
+        i = 0
+        while not stop.is_set():
+            leader.publish({"i": i})
+            i += 1
+            time.sleep(period)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(10)

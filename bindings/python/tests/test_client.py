@@ -11,6 +11,8 @@ import pytest
 import missionstream as ms
 from missionstream import EventKind
 
+from conftest import publishing
+
 PW = "pw-1"
 CODE = "code-1"
 
@@ -404,19 +406,8 @@ def test_close_waits_for_calls_in_other_threads(url: str, name: str) -> None:
 def test_connect_disconnect_cycles_while_publishing(client: ms.Client, client2: ms.Client, name: str) -> None:
     """Following must work every time, also while the stream is busy."""
     leader = client.start(name, PW, CODE)
-    stop = threading.Event()
-
-    def spam() -> None:
-        i = 0
-        while not stop.is_set():
-            leader.publish({"i": i})
-            i += 1
-            time.sleep(0.001)
-
-    t = threading.Thread(target=spam)
-    t.start()
     failures = []
-    try:
+    with publishing(leader, 0.001):
         for _ in range(100):
             try:
                 f = client2.connect(name, PW)
@@ -424,7 +415,4 @@ def test_connect_disconnect_cycles_while_publishing(client: ms.Client, client2: 
                 f.disconnect()
             except ms.Error as exc:
                 failures.append(repr(exc))
-    finally:
-        stop.set()
-        t.join(10)
     assert not failures, f"{len(failures)} of 100 connects failed, e.g. {failures[0]}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import missionstream as ms
 from missionstream import EventKind
-from conftest import PYTHON_DIR, Server, python_env
+from conftest import PYTHON_DIR, Server, publishing, python_env
 
 PW = "pw-1"
 CODE = "code-1"
@@ -185,21 +185,8 @@ def test_follower_survives_webdis_restart(make_server, name: str) -> None:
 
 def test_dropping_objects_while_events_flow(url: str, client: ms.Client, name: str) -> None:
     """Clients and followers dropped (even on the library's callback thread) free cleanly."""
-    import threading
-
     leader = client.start(name, PW, CODE)
-    stop = threading.Event()
-
-    def spam() -> None:
-        i = 0
-        while not stop.is_set():
-            leader.publish({"i": i})
-            i += 1
-            time.sleep(0.002)
-
-    t = threading.Thread(target=spam)
-    t.start()
-    try:
+    with publishing(leader, 0.002):
         for i in range(30):
             c = ms.Client(url)
             f = c.connect(name, PW)
@@ -215,9 +202,6 @@ def test_dropping_objects_while_events_flow(url: str, client: ms.Client, name: s
                 c.close()
                 del f, c
             gc.collect()
-    finally:
-        stop.set()
-        t.join(10)
     deadline = time.monotonic() + 3
     while {s.name: s for s in client.list()}[name].followers != 0:
         assert time.monotonic() < deadline, "dropped followers are still subscribed"
