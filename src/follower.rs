@@ -385,16 +385,31 @@ impl Follower {
     fn open(&self) -> Result<(Subscription, Snapshot)> {
         let timeout = self.config.timeout();
         let deadline = Instant::now() + timeout;
-        // Time to wait for one acknowledgement before trying again.
+        // Time to wait for one response head and acknowledgement before
+        // trying again on a new connection.
         let ack_wait = (timeout / 4).max(Duration::from_millis(500));
+        let mut attempts = 0u32;
         loop {
             let conn = self.connection()?;
             let left = deadline.saturating_duration_since(Instant::now());
+            attempts += 1;
             let sub = match self.subscribe(&conn, left.min(ack_wait)) {
                 Ok(sub) => sub,
-                Err(e) if retry_subscribe(&e) && Instant::now() < deadline => {
+                Err(e) if retry_subscribe(&e) => {
                     conn.shutdown();
-                    continue;
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    return Err(Error::new(
+                        e.status,
+                        format!(
+                            "Webdis at {} did not set up the subscription within {} ms \
+                             ({attempts} attempts; the last: {})",
+                            self.endpoint.base(),
+                            timeout.as_millis(),
+                            e.message
+                        ),
+                    ));
                 }
                 Err(e) => return Err(e),
             };
@@ -405,7 +420,11 @@ impl Follower {
 
     /// One subscription, acknowledged within `wait`.
     fn subscribe(&self, conn: &Webdis, wait: Duration) -> Result<Subscription> {
-        let reader = conn.subscribe(&self.channel, self.config.timeout())?;
+        // The response head is awaited no longer than the acknowledgement:
+        // Webdis 0.1.9 sometimes never sends it (the request is lost with a
+        // socket it mixed up), and the retry in `open` needs the time left.
+        let started = Instant::now();
+        let reader = conn.subscribe(&self.channel, wait)?;
         let (tx, rx) = bounded(64);
         let bytes = Arc::new(AtomicU64::new(0));
         let counter = bytes.clone();
@@ -428,7 +447,7 @@ impl Follower {
             bytes,
             reader: Some(handle),
         };
-        let deadline = Instant::now() + wait;
+        let deadline = started + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             select! {

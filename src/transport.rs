@@ -104,6 +104,11 @@ impl Endpoint {
         })
     }
 
+    /// `scheme://host[:port][/prefix]`, without credentials.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// `/prefix/COMMAND/arg/arg...`, every argument percent-encoded.
     fn path(&self, command: &str, args: &[&str]) -> String {
         let mut path = String::with_capacity(self.prefix.len() + 64);

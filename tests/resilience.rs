@@ -416,3 +416,67 @@ fn a_large_state_in_flight_is_not_silence() {
     }
     assert!(!kinds(&rec, &name).contains(&EventKind::MS_EVENT_LEADER_OFFLINE));
 }
+
+/// Webdis 0.1.9 sometimes loses the response to a SUBSCRIBE (seen in CI
+/// under valgrind: a connect waited out its whole 30 s timeout). A lost
+/// response head is waited for no longer than a quarter of the timeout,
+/// then the subscription is set up again on a new connection.
+#[test]
+fn a_lost_subscribe_response_is_retried_within_the_timeout() {
+    let s = Servers::start();
+    let relay = LossyRelay::start(s.webdis_port, 2);
+    let leader = s.client();
+    let follower = missionstream::Client::new(&relay.url).unwrap();
+    follower.set_timeout(4000).unwrap();
+    let rec = Recorder::attach(&follower);
+    let name = unique("lost-subscribe");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+
+    let t0 = Instant::now();
+    follower.connect(&name, "pw").unwrap();
+    let took = t0.elapsed();
+    // Two lost responses of 1 s each, then a good subscription.
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_millis(3900),
+        "connect took {took:?}"
+    );
+    assert_eq!(
+        relay.subscribes.load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+    rec.wait_state(&name, "{\"v\":1}", T);
+    leader.publish(&name, b"{\"v\":2}").unwrap();
+    rec.wait_state(&name, "{\"v\":2}", T);
+    assert_eq!(kinds(&rec, &name), vec![EventKind::MS_EVENT_STATE; 2]);
+}
+
+/// When every SUBSCRIBE response is lost, connect fails within its
+/// timeout with MS_ERR_TIMEOUT and says what it tried; nothing is left
+/// behind (the name can be connected again once Webdis answers).
+#[test]
+fn subscribe_never_answered_fails_within_the_timeout_with_a_clear_message() {
+    let s = Servers::start();
+    let relay = LossyRelay::start(s.webdis_port, u64::MAX);
+    let leader = s.client();
+    let follower = missionstream::Client::new(&relay.url).unwrap();
+    follower.set_timeout(2000).unwrap();
+    let name = unique("never-subscribed");
+    leader.start(&name, "pw", "code").unwrap();
+    let t0 = Instant::now();
+    let err = follower.connect(&name, "pw").unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(err.status, Status::MS_ERR_TIMEOUT, "{err:?}");
+    assert!(
+        err.message
+            .contains("did not set up the subscription within 2000 ms"),
+        "{}",
+        err.message
+    );
+    assert!(took < Duration::from_millis(4000), "connect took {took:?}");
+    assert!(relay.subscribes.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    let direct = s.client();
+    direct.connect(&name, "pw").unwrap();
+    direct.disconnect(&name).unwrap();
+}

@@ -397,3 +397,84 @@ pub fn unique(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A TCP relay in front of the real Webdis that loses the responses to the
+/// first `lose` SUBSCRIBE requests, as Webdis 0.1.9 sometimes does after a
+/// subscriber hung up: the request reaches Webdis, nothing comes back, and
+/// the connection stays open. Everything else is relayed byte for byte.
+pub struct LossyRelay {
+    pub port: u16,
+    pub url: String,
+    /// SUBSCRIBE requests seen so far.
+    pub subscribes: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyRelay {
+    pub fn start(target_port: u16, lose: u64) -> LossyRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let subscribes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        listener.set_nonblocking(true).unwrap();
+        let (seen, stopped) = (subscribes.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Connections whose response is lost: held open, never answered.
+            let mut held = Vec::new();
+            while !stopped.load(Ordering::SeqCst) {
+                let mut client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                // The request line decides; it arrives in the first segment.
+                let mut first = vec![0u8; 64 * 1024];
+                client
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let n = client.read(&mut first).unwrap_or(0);
+                client.set_read_timeout(None).unwrap();
+                let subscribe = first[..n].starts_with(b"GET ") && {
+                    let line = String::from_utf8_lossy(&first[..n.min(512)]).to_string();
+                    line.contains("/SUBSCRIBE/")
+                };
+                if subscribe && seen.fetch_add(1, Ordering::SeqCst) < lose {
+                    let _ = upstream.write_all(&first[..n]);
+                    held.push((client, upstream));
+                    continue;
+                }
+                if upstream.write_all(&first[..n]).is_err() {
+                    continue;
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                        let _ = from.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        LossyRelay {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            subscribes,
+            stop,
+        }
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
