@@ -273,7 +273,7 @@ impl Client {
         );
         match started {
             Ok(_) => {}
-            // A request sent again after a garbled response (see
+            // A request sent again after a garbled or lost response (see
             // Webdis::fcall) may find the stream its first try created:
             // ours if it carries our fresh channel.
             Err(e) if e.status == Status::MS_ERR_EXISTS => {

@@ -12,8 +12,11 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 /// Functions that may be sent again when a response is garbled or lost:
-/// they change nothing, or nothing more the second time.
+/// they change nothing, or nothing more the second time (`ms_start`: a
+/// repeat that finds the stream its first try created recognises it by its
+/// fresh channel, see `Client::start`).
 const REPEATABLE: &[&str] = &[
+    "ms_start",
     "ms_connect",
     "ms_snapshot",
     "ms_list",
@@ -223,8 +226,7 @@ impl Webdis {
         // Webdis 0.1.9 may write a message meant for a subscriber that just
         // hung up into a new connection that reuses its socket, ahead of the
         // real response, and may lose a response the same way. A garbled
-        // response is worth one more try on another connection (ms_start
-        // recognises its own stream if the first try created it); a
+        // response is worth one more try on another connection; a
         // function safe to repeat also gets more tries, each with a third
         // of the timeout, when a response does not come.
         let repeatable = REPEATABLE.contains(&function);

@@ -424,7 +424,7 @@ fn a_large_state_in_flight_is_not_silence() {
 #[test]
 fn a_lost_subscribe_response_is_retried_within_the_timeout() {
     let s = Servers::start();
-    let relay = LossyRelay::start(s.webdis_port, 2);
+    let relay = LossyRelay::start(s.webdis_port, "/SUBSCRIBE/", 2);
     let leader = s.client();
     let follower = missionstream::Client::new(&relay.url).unwrap();
     follower.set_timeout(4000).unwrap();
@@ -442,10 +442,7 @@ fn a_lost_subscribe_response_is_retried_within_the_timeout() {
         took >= Duration::from_millis(1900) && took < Duration::from_millis(3900),
         "connect took {took:?}"
     );
-    assert_eq!(
-        relay.subscribes.load(std::sync::atomic::Ordering::SeqCst),
-        3
-    );
+    assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 3);
     rec.wait_state(&name, "{\"v\":1}", T);
     leader.publish(&name, b"{\"v\":2}").unwrap();
     rec.wait_state(&name, "{\"v\":2}", T);
@@ -458,7 +455,7 @@ fn a_lost_subscribe_response_is_retried_within_the_timeout() {
 #[test]
 fn subscribe_never_answered_fails_within_the_timeout_with_a_clear_message() {
     let s = Servers::start();
-    let relay = LossyRelay::start(s.webdis_port, u64::MAX);
+    let relay = LossyRelay::start(s.webdis_port, "/SUBSCRIBE/", u64::MAX);
     let leader = s.client();
     let follower = missionstream::Client::new(&relay.url).unwrap();
     follower.set_timeout(2000).unwrap();
@@ -475,8 +472,41 @@ fn subscribe_never_answered_fails_within_the_timeout_with_a_clear_message() {
         err.message
     );
     assert!(took < Duration::from_millis(4000), "connect took {took:?}");
-    assert!(relay.subscribes.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(relay.matched.load(std::sync::atomic::Ordering::SeqCst) >= 2);
     let direct = s.client();
     direct.connect(&name, "pw").unwrap();
     direct.disconnect(&name).unwrap();
+}
+
+/// A lost response to ms_start: the request is sent again on a new
+/// connection after a third of the timeout, meets the stream its first try
+/// created, recognises it by its fresh channel and leads it.
+#[test]
+fn a_lost_start_response_is_retried_and_the_stream_recognised() {
+    let s = Servers::start();
+    let relay = LossyRelay::start(s.webdis_port, "/FCALL/ms_start/", 1);
+    let leader = missionstream::Client::new(&relay.url).unwrap();
+    leader.set_timeout(3000).unwrap();
+    let name = unique("lost-start");
+    let t0 = Instant::now();
+    leader.start(&name, "pw", "code").unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
+        "start took {took:?}"
+    );
+    assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The stream is led: a follower sees what this leader publishes.
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    follower.connect(&name, "pw").unwrap();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    rec.wait_state(&name, "{\"v\":1}", T);
+    // Someone else's stream of the same name is still refused.
+    let other = s.client();
+    assert_eq!(
+        other.start(&name, "pw", "code").unwrap_err().status,
+        Status::MS_ERR_EXISTS
+    );
 }

@@ -399,25 +399,27 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A TCP relay in front of the real Webdis that loses the responses to the
-/// first `lose` SUBSCRIBE requests, as Webdis 0.1.9 sometimes does after a
-/// subscriber hung up: the request reaches Webdis, nothing comes back, and
-/// the connection stays open. Everything else is relayed byte for byte.
+/// first `lose` requests whose request line contains `pattern` (only the
+/// first request of a connection is looked at), as Webdis 0.1.9 sometimes
+/// does after a subscriber hung up: the request reaches Webdis, nothing
+/// comes back, and the connection stays open. Everything else is relayed
+/// byte for byte.
 pub struct LossyRelay {
     pub port: u16,
     pub url: String,
-    /// SUBSCRIBE requests seen so far.
-    pub subscribes: Arc<AtomicU64>,
+    /// Requests matching the pattern seen so far.
+    pub matched: Arc<AtomicU64>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LossyRelay {
-    pub fn start(target_port: u16, lose: u64) -> LossyRelay {
+    pub fn start(target_port: u16, pattern: &'static str, lose: u64) -> LossyRelay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let subscribes = Arc::new(AtomicU64::new(0));
+        let matched = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         listener.set_nonblocking(true).unwrap();
-        let (seen, stopped) = (subscribes.clone(), stop.clone());
+        let (seen, stopped) = (matched.clone(), stop.clone());
         std::thread::spawn(move || {
             // Connections whose response is lost: held open, never answered.
             let mut held = Vec::new();
@@ -440,11 +442,9 @@ impl LossyRelay {
                     .unwrap();
                 let n = client.read(&mut first).unwrap_or(0);
                 client.set_read_timeout(None).unwrap();
-                let subscribe = first[..n].starts_with(b"GET ") && {
-                    let line = String::from_utf8_lossy(&first[..n.min(512)]).to_string();
-                    line.contains("/SUBSCRIBE/")
-                };
-                if subscribe && seen.fetch_add(1, Ordering::SeqCst) < lose {
+                let head = String::from_utf8_lossy(&first[..n]);
+                let line = head.lines().next().unwrap_or("");
+                if line.contains(pattern) && seen.fetch_add(1, Ordering::SeqCst) < lose {
                     let _ = upstream.write_all(&first[..n]);
                     held.push((client, upstream));
                     continue;
@@ -467,7 +467,7 @@ impl LossyRelay {
         LossyRelay {
             port,
             url: format!("http://127.0.0.1:{port}"),
-            subscribes,
+            matched,
             stop,
         }
     }
