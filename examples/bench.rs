@@ -30,7 +30,7 @@ use missionstream::ffi::{
     ms_client, ms_client_free, ms_client_new, ms_connect, ms_disconnect, ms_event, ms_event_kind,
     ms_flush, ms_last_error, ms_publish, ms_set_callback, ms_start, ms_status,
 };
-use missionstream::protocol::{encode_path_arg, frame_body};
+use missionstream::protocol::{encode_path_arg, frame_body, PROTOCOL_VERSION};
 use std::ffi::{c_void, CStr, CString};
 use std::hint::black_box;
 use std::io::{Read, Write};
@@ -313,7 +313,8 @@ fn raw_put(port: u16, path: &str, body: &[u8]) -> (Vec<u8>, usize) {
 fn fcall_path(command: &str, function: &str, key: &str) -> String {
     let mut p = format!("/{command}/{function}/1/");
     encode_path_arg(key, &mut p);
-    p.push_str("/1");
+    p.push('/');
+    p.push_str(PROTOCOL_VERSION);
     p
 }
 
@@ -335,14 +336,43 @@ fn raw_channel(port: u16, name: &str) -> String {
         .to_string()
 }
 
-/// The raw request that the library's publisher sends for `state`, and
-/// the offset of the state inside it.
-fn raw_publish_request(port: u16, name: &str, channel: &str, state: &[u8]) -> (Vec<u8>, usize) {
-    let path = fcall_path("FCALL", "ms_publish", &format!("stream:{name}"));
-    let body = frame_body(&[CODE.as_bytes(), channel.as_bytes(), state]);
-    let state_at = body.len() - state.len();
-    let (req, at) = raw_put(port, &path, &body);
-    (req, at + state_at)
+/// The raw request that the library's publisher sends for `state`: a
+/// publish id of 32 characters (as the library's) whose digits `next`
+/// changes per request, since the functions store a repeated id only once.
+struct RawPublish {
+    req: Vec<u8>,
+    /// Offset of the state in `req`.
+    state_at: usize,
+    id_at: usize,
+    sent: u64,
+}
+
+const RAW_ID_DIGITS: usize = 20;
+
+impl RawPublish {
+    fn new(port: u16, name: &str, channel: &str, state: &[u8]) -> RawPublish {
+        let mut path = fcall_path("FCALL", "ms_publish", &format!("stream:{name}"));
+        path.push_str("/rawbench0000");
+        let id_at = path.len();
+        path.push_str(&"0".repeat(RAW_ID_DIGITS));
+        let body = frame_body(&[CODE.as_bytes(), channel.as_bytes(), state]);
+        let state_at = body.len() - state.len();
+        let (req, at) = raw_put(port, &path, &body);
+        // "PUT " precedes the path.
+        RawPublish {
+            req,
+            state_at: at + state_at,
+            id_at: 4 + id_at,
+            sent: 0,
+        }
+    }
+
+    /// The request with the next publish id.
+    fn next(&mut self) -> &[u8] {
+        self.sent += 1;
+        put_digits(&mut self.req, self.id_at, RAW_ID_DIGITS, self.sent);
+        &self.req
+    }
 }
 
 /// A raw `GET /SUBSCRIBE/<channel>`: a thread decodes the chunked reply
@@ -611,7 +641,7 @@ impl Bench {
         leader.start(&name);
         let state = make_state(size);
         let channel = raw_channel(self.port, &name_s);
-        let (req, _) = raw_publish_request(self.port, &name_s, &channel, &state);
+        let mut req = RawPublish::new(self.port, &name_s, &channel, &state);
         let mut raw = Raw::connect(self.port);
 
         self.quiesce();
@@ -619,7 +649,7 @@ impl Bench {
         for _ in 0..20 {
             check(leader.publish(&name, &state), "ms_publish");
             leader.flush(&name);
-            let (st, body) = raw.roundtrip(&req);
+            let (st, body) = raw.roundtrip(req.next());
             assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
         }
         let (mut lib_n, mut lib_t, mut raw_n, mut raw_t) = (0u64, 0f64, 0u64, 0f64);
@@ -636,7 +666,7 @@ impl Bench {
             let t0 = Instant::now();
             let end = t0 + Duration::from_secs_f64(slice);
             while Instant::now() < end {
-                let (st, body) = raw.roundtrip(&req);
+                let (st, body) = raw.roundtrip(req.next());
                 if st != 200 || !body.starts_with(b"{\"FCALL\":") || body.contains(&b'[') {
                     panic!("raw publish: {st} {}", String::from_utf8_lossy(&body));
                 }
@@ -750,7 +780,8 @@ impl Bench {
             let now = now_ns();
             rs.lock().unwrap().push((k, now.saturating_sub(t)));
         });
-        let (mut req, at) = raw_publish_request(self.port, &raw_name, &channel, &make_state(size));
+        let mut req = RawPublish::new(self.port, &raw_name, &channel, &make_state(size));
+        let at = req.state_at;
         let mut conn = Raw::connect(self.port);
 
         // Alternate blocks of library and raw states on one steady clock, so
@@ -772,9 +803,9 @@ impl Bench {
                 check(s, "ms_publish");
                 kl += 1;
             } else {
-                put_digits(&mut req, at + K_AT, K_LEN, kr);
-                put_digits(&mut req, at + T_AT, T_LEN, now_ns());
-                let (st, _) = conn.roundtrip(&req);
+                put_digits(&mut req.req, at + K_AT, K_LEN, kr);
+                put_digits(&mut req.req, at + T_AT, T_LEN, now_ns());
+                let (st, _) = conn.roundtrip(req.next());
                 assert_eq!(st, 200);
                 kr += 1;
             }
@@ -956,17 +987,18 @@ impl Bench {
                 RawSub::open(self.port, &channel, move |t, k| f.on(t, k))
             })
             .collect();
-        let (mut req, at) = raw_publish_request(self.port, &raw_name, &channel, &make_state(KIB));
+        let mut req = RawPublish::new(self.port, &raw_name, &channel, &make_state(KIB));
+        let at = req.state_at;
         let mut conn = Raw::connect(self.port);
         let mut raw_t_pub = vec![0u64; count];
         let mut next = Instant::now();
         for (k, tp) in raw_t_pub.iter_mut().enumerate() {
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
             next += period;
-            put_digits(&mut req, at + K_AT, K_LEN, k as u64);
+            put_digits(&mut req.req, at + K_AT, K_LEN, k as u64);
             *tp = now_ns();
-            put_digits(&mut req, at + T_AT, T_LEN, *tp);
-            assert_eq!(conn.roundtrip(&req).0, 200);
+            put_digits(&mut req.req, at + T_AT, T_LEN, *tp);
+            assert_eq!(conn.roundtrip(req.next()).0, 200);
         }
         wait_for(Duration::from_secs(10), || {
             raw_followers

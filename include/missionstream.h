@@ -182,7 +182,10 @@ typedef struct ms_event {
  * The event callback. Runs on a library thread; callbacks of one client
  * never run concurrently. It may call any ms_* function except
  * ms_client_free. `user_data` is the pointer given to ms_set_callback;
- * the caller owns its thread-safety.
+ * the caller owns its thread-safety. Latest wins here too: while a
+ * stream's MS_EVENT_STATE waits for the callback, a newer state of that
+ * stream replaces it (memory stays bounded however slow the callback);
+ * other events are never dropped.
  */
 typedef void (*ms_callback)(const struct ms_event *event, void *user_data);
 
@@ -381,7 +384,8 @@ enum ms_status ms_stop(struct ms_client *client, const char *name);
 
 /**
  * Follows stream `name`: checks the password and subscribes. On MS_OK the
- * current state is already queued as the first MS_EVENT_STATE; every
+ * current state is already queued as the first MS_EVENT_STATE (replaced
+ * by a newer one if that arrives before the callback takes it); every
  * newer state follows, in increasing seq.
  *
  * @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD, MS_ERR_ALREADY,

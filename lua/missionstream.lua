@@ -13,7 +13,7 @@ field taking the rest of the body. Secrets and states travel only there.
 
 Record of stream <name>: hash "stream:<name>" with fields
     name, pw, code (salted SHA-1 hex), salt, channel, state, seq,
-    updated_ms, hb_ms, ttl
+    updated_ms, hb_ms, ttl, pub (id of the last stored publish)
 Index of live streams: set "streams" of names.
 Channel messages (payloads published on the stream's channel):
     "s <seq> <updated_ms>\n<state>"   a stored state
@@ -22,7 +22,7 @@ Channel messages (payloads published on the stream's channel):
     "e"                               the stream was stopped
 ]]
 
-local PROTOCOL = '1'
+local PROTOCOL = '2'
 local INDEX = 'streams'
 
 local function fail(code, message)
@@ -70,10 +70,10 @@ end
 
 -- Loads the record; returns the fields table or nil.
 local function load(key)
-  local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms')
+  local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub')
   if not v[1] then return nil end
   return { pw = v[1], code = v[2], salt = v[3], channel = v[4], seq = tonumber(v[5]),
-           hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8] }
+           hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9] }
 end
 
 local function not_found()
@@ -150,17 +150,23 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
            redis.call('HGET', keys[1], 'state') }
 end }
 
--- ms_publish KEYS: record  ARGV: version, body[code, channel, state] -> seq
--- Stores the state and broadcasts it in one atomic call.
+-- ms_publish KEYS: record  ARGV: version, publish_id, body[code, channel, state] -> seq
+-- Stores the state and broadcasts it in one atomic call. The publish id
+-- (unique per publish of a leader) makes a repeat of the same request,
+-- sent because its response was lost, answer the seq stored the first
+-- time instead of storing and broadcasting the state again.
 redis.register_function('ms_publish', function(keys, args)
-  local f, err = enter(args, 2, 3)
+  local f, err = enter(args, 3, 3)
   if not f then return err end
   local key = keys[1]
   local rec, e = load_leader(key, f[1], f[2])
   if not rec then return e end
+  local id = args[2]
+  if type(id) ~= 'string' or #id == 0 or #id > 64 then return fail('MSARG', 'malformed publish id') end
+  if rec.pub == id then return rec.seq end
   local seq = rec.seq + 1
   local updated = now_ms()
-  redis.call('HSET', key, 'state', f[3], 'seq', seq, 'updated_ms', updated)
+  redis.call('HSET', key, 'state', f[3], 'seq', seq, 'updated_ms', updated, 'pub', id)
   touch(key, rec)
   redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. f[3])
   return seq

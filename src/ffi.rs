@@ -45,7 +45,10 @@ pub struct ms_event {
 /// The event callback. Runs on a library thread; callbacks of one client
 /// never run concurrently. It may call any ms_* function except
 /// ms_client_free. `user_data` is the pointer given to ms_set_callback;
-/// the caller owns its thread-safety.
+/// the caller owns its thread-safety. Latest wins here too: while a
+/// stream's MS_EVENT_STATE waits for the callback, a newer state of that
+/// stream replaces it (memory stays bounded however slow the callback);
+/// other events are never dropped.
 pub type ms_callback = Option<unsafe extern "C" fn(event: *const ms_event, user_data: *mut c_void)>;
 
 /// A live stream, as returned by ms_list. Never carries secrets.
@@ -420,7 +423,8 @@ pub unsafe extern "C" fn ms_stop(client: *mut ms_client, name: *const c_char) ->
 }
 
 /// Follows stream `name`: checks the password and subscribes. On MS_OK the
-/// current state is already queued as the first MS_EVENT_STATE; every
+/// current state is already queued as the first MS_EVENT_STATE (replaced
+/// by a newer one if that arrives before the callback takes it); every
 /// newer state follows, in increasing seq.
 ///
 /// @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD, MS_ERR_ALREADY,

@@ -10,7 +10,7 @@ use crate::client::{Config, Hooks};
 use crate::dispatch::{lock, Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::protocol;
-use crate::transport::Webdis;
+use crate::transport::{random_hex, Webdis};
 use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -101,6 +101,7 @@ impl Lead {
         });
         let publisher = Publisher {
             session,
+            publish_token: random_hex(8)?,
             identity: identity.clone(),
             shared: shared.clone(),
             conn: conn.clone(),
@@ -257,6 +258,8 @@ enum Action {
 
 struct Publisher {
     session: u64,
+    /// Random, per lead: the first half of every publish id.
+    publish_token: String,
     identity: Arc<LeadIdentity>,
     shared: Arc<Shared>,
     conn: Webdis,
@@ -274,17 +277,22 @@ impl Publisher {
             let timeout = self.config.timeout();
             let result = match &action {
                 Action::Exit => return,
-                Action::Publish(_, body) => self
-                    .conn
-                    .fcall(
-                        false,
-                        "ms_publish",
-                        &[&self.identity.key],
-                        &[],
-                        body,
-                        timeout,
-                    )
-                    .map(|_| ()),
+                Action::Publish(generation, body) => {
+                    // Unique per publish of this lead: a repeat of the
+                    // request (its response lost) is recognised by it and
+                    // not stored twice.
+                    let id = format!("{}{generation:016x}", self.publish_token);
+                    self.conn
+                        .fcall(
+                            false,
+                            "ms_publish",
+                            &[&self.identity.key],
+                            &[&id],
+                            body,
+                            timeout,
+                        )
+                        .map(|_| ())
+                }
                 Action::Heartbeat => {
                     let hb = self.config.heartbeat().as_millis().to_string();
                     let body = protocol::frame_body(&[

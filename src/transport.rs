@@ -14,9 +14,13 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 /// Functions that may be sent again when a response is garbled or lost:
 /// they change nothing, or nothing more the second time (`ms_start`: a
 /// repeat that finds the stream its first try created recognises it by its
-/// fresh channel, see `Client::start`).
+/// fresh channel, see `Client::start`; `ms_publish`: a repeat carries the
+/// same publish id, and the functions store and broadcast it only once).
+/// Only `ms_stop` is not: a repeat after a lost response would answer
+/// "no such stream".
 const REPEATABLE: &[&str] = &[
     "ms_start",
+    "ms_publish",
     "ms_connect",
     "ms_snapshot",
     "ms_list",

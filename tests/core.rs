@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use missionstream::protocol::PROTOCOL_VERSION;
 use missionstream::{Client, EventKind, Status};
 use std::time::{Duration, Instant};
 
@@ -357,7 +358,11 @@ fn secrets_are_stored_hashed_and_channel_is_random() {
     c.stop("secret-stream").unwrap();
     c.start("secret-stream", "hunter2-password", "leader-code-42")
         .unwrap();
-    assert_ne!(s.record_field("secret-stream", "channel"), channel);
+    let channel = {
+        let fresh = s.record_field("secret-stream", "channel");
+        assert_ne!(fresh, channel);
+        fresh
+    };
     // Calling the functions directly still needs the leader code.
     let out = s.redis_cli(&[
         "FCALL",
@@ -365,10 +370,10 @@ fn secrets_are_stored_hashed_and_channel_is_random() {
         "2",
         "stream:secret-stream",
         "streams",
-        "1",
-        &format!("4 {}\nnope{channel}", channel.len()),
+        PROTOCOL_VERSION,
+        &format!("4\nnope{channel}"),
     ]);
-    assert!(out.contains("MS"), "{out}");
+    assert!(out.contains("MSBADCODE"), "{out}");
     assert_eq!(s.redis_cli(&["EXISTS", "stream:secret-stream"]).trim(), "1");
 }
 
@@ -404,7 +409,15 @@ fn missing_or_stale_functions_library_is_a_server_error_saying_how_to_load() {
     assert_eq!(e.status, Status::MS_ERR_SERVER);
     assert!(e.message.contains("FUNCTION LOAD"), "{}", e.message);
     let lua = std::fs::read_to_string(format!("{ROOT}/lua/missionstream.lua")).unwrap();
-    s.load_functions(&lua.replace("local PROTOCOL = '1'", "local PROTOCOL = '0'"));
+    let stale = lua.replace(
+        &format!("local PROTOCOL = '{PROTOCOL_VERSION}'"),
+        "local PROTOCOL = '0'",
+    );
+    assert_ne!(
+        stale, lua,
+        "the library declares the client's protocol version"
+    );
+    s.load_functions(&stale);
     let e = c.list().unwrap_err();
     assert_eq!(e.status, Status::MS_ERR_SERVER);
     assert!(
@@ -707,4 +720,59 @@ fn basic_auth_from_the_url_reaches_webdis() {
         status(anonymous.connect("authed", "p")),
         Status::MS_ERR_FORBIDDEN
     );
+}
+
+/// ms_publish with a publish id already stored (a repeat of a request
+/// whose response was lost) answers the stored seq and neither stores nor
+/// broadcasts again; a new id stores as usual.
+#[test]
+fn a_repeated_publish_id_is_stored_and_broadcast_once() {
+    let s = Servers::start();
+    let leader = s.client();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    let name = unique("publish-id");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    let channel = s.record_field(&name, "channel");
+    let key = format!("stream:{name}");
+    let publish = |id: &str, state: &str| {
+        let body = missionstream::protocol::frame_body(&[
+            b"code".as_slice(),
+            channel.as_bytes(),
+            state.as_bytes(),
+        ]);
+        s.redis_cli(&[
+            "FCALL",
+            "ms_publish",
+            "1",
+            &key,
+            PROTOCOL_VERSION,
+            id,
+            std::str::from_utf8(&body).unwrap(),
+        ])
+        .trim()
+        .to_string()
+    };
+    assert_eq!(publish("a1", "{\"v\":1}"), "1");
+    assert_eq!(
+        publish("a1", "{\"v\":1}"),
+        "1",
+        "a repeat answers the stored seq"
+    );
+    assert_eq!(s.record_field(&name, "seq"), "1");
+    assert_eq!(publish("a2", "{\"v\":2}"), "2");
+    rec.wait_state(&name, "{\"v\":2}", Duration::from_secs(10));
+    assert_eq!(
+        rec.states(&name),
+        vec![
+            (0, "{}".to_string()),
+            (1, "{\"v\":1}".to_string()),
+            (2, "{\"v\":2}".to_string())
+        ]
+    );
+    // An empty or oversized id is refused, nothing stored.
+    assert!(publish("", "{\"v\":3}").contains("MSARG"));
+    assert!(publish(&"x".repeat(65), "{\"v\":3}").contains("MSARG"));
+    assert_eq!(s.record_field(&name, "seq"), "2");
 }

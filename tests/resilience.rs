@@ -510,3 +510,51 @@ fn a_lost_start_response_is_retried_and_the_stream_recognised() {
         Status::MS_ERR_EXISTS
     );
 }
+
+/// A lost response to ms_publish: the publisher sends the same request
+/// (same publish id) again after a third of the timeout; the functions
+/// store and broadcast it once. No PUBLISH_FAILED, no duplicate state.
+#[test]
+fn a_lost_publish_response_is_retried_and_stored_once() {
+    let s = Servers::start();
+    let relay = LossyRelay::start(s.webdis_port, "/FCALL/ms_publish/", 1);
+    let leader = missionstream::Client::new(&relay.url).unwrap();
+    leader.set_timeout(3000).unwrap();
+    let leader_rec = Recorder::attach(&leader);
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    let name = unique("lost-publish");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    rec.wait_state(&name, "{}", T);
+
+    let t0 = Instant::now();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
+        "flush took {took:?}"
+    );
+    assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 2);
+    rec.wait_state(&name, "{\"v\":1}", T);
+    assert_eq!(s.record_field(&name, "seq"), "1");
+    assert_eq!(s.record_field(&name, "state"), "{\"v\":1}");
+    leader.publish(&name, b"{\"v\":2}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    rec.wait_state(&name, "{\"v\":2}", T);
+    assert_eq!(s.record_field(&name, "seq"), "2");
+    assert_eq!(
+        rec.states(&name),
+        vec![
+            (0, "{}".to_string()),
+            (1, "{\"v\":1}".to_string()),
+            (2, "{\"v\":2}".to_string())
+        ]
+    );
+    assert!(
+        leader_rec.snapshot().is_empty(),
+        "{:?}",
+        leader_rec.snapshot()
+    );
+}

@@ -100,16 +100,21 @@ def test_order_and_convergence(client: ms.Client, client2: ms.Client, name: str)
     leader = client.start(name, PW, CODE)
     f = client2.connect(name, PW)
     seen = []
+    joined = threading.Event()
 
     def read() -> None:
         for ev in f.events(timeout=3):
             if ev.kind is EventKind.STATE:
                 seen.append(ev)
+                joined.set()
                 if ev.data == '{"i":199}':
                     return
 
     reader = threading.Thread(target=read)
     reader.start()
+    # The join state first (a newer state published before the callback
+    # takes it would replace it: latest wins in the callback queue too).
+    assert joined.wait(5)
     for i in range(200):
         leader.publish({"i": i})  # faster than the network: latest wins
     leader.flush()
