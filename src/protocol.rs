@@ -463,6 +463,11 @@ impl ObjectSplitter {
                     self.escaped = true;
                 } else if b == b'"' {
                     self.in_string = false;
+                } else {
+                    // The bulk of a message is one long string (the
+                    // state): skip to its next quote or backslash.
+                    self.scanned += quote_or_backslash(&self.buf[self.scanned..])
+                        .unwrap_or(self.buf.len() - self.scanned);
                 }
                 continue;
             }
@@ -492,6 +497,27 @@ impl ObjectSplitter {
         }
         Ok(None)
     }
+}
+
+/// Position of the first `"` or `\\` in `s`, eight bytes at a time.
+fn quote_or_backslash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Whether any byte of `w` is zero (exact as a yes/no answer).
+    let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut words {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        if has_zero(w ^ (ONES * b'"' as u64)) || has_zero(w ^ (ONES * b'\\' as u64)) {
+            break;
+        }
+        at += 8;
+    }
+    s[at..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|p| at + p)
 }
 
 #[cfg(test)]
@@ -636,6 +662,26 @@ mod tests {
                     payload: "s 1 2\n{\"a\":\"}{\\\"\"}".into()
                 }
             );
+        }
+    }
+
+    #[test]
+    fn quote_or_backslash_finds_the_first_at_any_offset() {
+        for len in 0..40 {
+            for at in 0..=len {
+                for c in [b'"', b'\\'] {
+                    // 0x22 and 0x5c in every other byte of the
+                    // neighbourhood must not be mistaken for them.
+                    let mut s: Vec<u8> =
+                        (0..len).map(|i| [b'a', 0xa2, 0x5d, 0x21][i % 4]).collect();
+                    if at < len {
+                        s[at] = c;
+                        s.push(b'"');
+                    }
+                    let want = s.iter().position(|&b| b == b'"' || b == b'\\');
+                    assert_eq!(quote_or_backslash(&s), want, "len {len} at {at}");
+                }
+            }
         }
     }
 
