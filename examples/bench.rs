@@ -1263,7 +1263,10 @@ fn machine() -> String {
     format!(
         "machine: nproc {nproc}, CPU {cpu}, kernel {kernel}\nservers: {}; webdis {}",
         version("redis-server", &["--version"]),
-        version("dpkg-query", &["-W", "-f", "${Version}", "webdis"])
+        match std::env::var("MS_WEBDIS") {
+            Ok(w) if !w.is_empty() => format!("{w} (MS_WEBDIS)"),
+            _ => version("dpkg-query", &["-W", "-f", "${Version}", "webdis"]),
+        }
     )
 }
 

@@ -6,6 +6,7 @@
 #   scripts/server.sh stop DIR
 #
 # Never uses the machine's 6379/7379: ports come from the kernel (bind to 0).
+# MS_WEBDIS=/path/to/webdis runs another Webdis than the one on PATH.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}; dir=${2:-}
@@ -36,7 +37,7 @@ PY
   echo $! > "$dir/redis.pid.launch"
   for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
   redis-cli -p "$rport" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua" >/dev/null
-  webdis "$dir/webdis.json" >/dev/null 2>&1 &
+  "${MS_WEBDIS:-webdis}" "$dir/webdis.json" >/dev/null 2>&1 &
   echo $! > "$dir/webdis.pid"
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$wport/PING" 2>/dev/null && break

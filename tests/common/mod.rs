@@ -26,6 +26,15 @@ fn free_port() -> u16 {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The Webdis to test with: `$MS_WEBDIS` (a path, e.g. a newer release
+/// built by hand), else `webdis` from PATH (Debian's package).
+pub fn webdis_binary() -> String {
+    std::env::var("MS_WEBDIS")
+        .ok()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "webdis".to_string())
+}
+
 pub struct Servers {
     pub dir: PathBuf,
     pub redis_port: u16,
@@ -140,12 +149,12 @@ impl Servers {
         c["logfile"] = self.dir.join("webdis.log").display().to_string().into();
         let path = self.dir.join("webdis.json");
         std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
-        let child = Command::new("webdis")
+        let child = Command::new(webdis_binary())
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("webdis is installed (make test installs it)");
+            .expect("webdis is installed (make test installs it), or MS_WEBDIS names it");
         self.webdis = Some(child);
         let port = self.webdis_port;
         wait_until(Duration::from_secs(10), || {

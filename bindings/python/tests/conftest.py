@@ -26,6 +26,9 @@ HERE = Path(__file__).resolve().parent
 PYTHON_DIR = HERE.parent
 REPO = PYTHON_DIR.parent.parent
 SERVER_SH = REPO / "scripts" / "server.sh"
+# The Webdis to test with: $MS_WEBDIS (e.g. a newer release built by hand),
+# else Debian's `webdis` from PATH. scripts/server.sh reads it too.
+WEBDIS = os.environ.get("MS_WEBDIS") or "webdis"
 
 sys.path.insert(0, str(PYTHON_DIR))
 
@@ -43,7 +46,7 @@ class Server:
         self.extra_pids: List[int] = []
 
     def start(self) -> "Server":
-        for tool in ("redis-server", "redis-cli", "webdis", "curl"):
+        for tool in ("redis-server", "redis-cli", WEBDIS, "curl"):
             if shutil.which(tool) is None:
                 pytest.fail(f"{tool} is not installed; the Python tests need real Redis and Webdis")
         subprocess.run([str(SERVER_SH), "start", str(self.dir)], check=True, capture_output=True, timeout=60)
@@ -75,7 +78,7 @@ class Server:
     def start_webdis(self) -> None:
         """(Re)start Webdis on its port with the same configuration."""
         proc = subprocess.Popen(
-            ["webdis", str(self.dir / "webdis.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [WEBDIS, str(self.dir / "webdis.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         (self.dir / "webdis.pid").write_text(str(proc.pid))
         wait_http(self.webdis_port)

@@ -13,7 +13,7 @@ from typing import Iterator
 import pytest
 
 import missionstream as ms
-from conftest import Server, _kill, free_port, wait_http
+from conftest import WEBDIS, Server, _kill, free_port, wait_http
 
 PW = "pw-1"
 CODE = "code-1"
@@ -243,7 +243,7 @@ def forbidding_webdis(server: Server) -> Iterator[str]:
     conf["acl"] = [{"disabled": ["*"]}, {"enabled": ["PING", "SUBSCRIBE", "UNSUBSCRIBE"]}]
     path = server.dir / f"webdis-forbid-{port}.json"
     path.write_text(json.dumps(conf))
-    proc = subprocess.Popen(["webdis", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([WEBDIS, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_http(port)
         yield f"http://127.0.0.1:{port}"
