@@ -263,7 +263,10 @@ void ms_client_free(struct ms_client *client);
 
 /**
  * Sets the timeout of each request to Webdis, in ms (1 to 3600000;
- * default 10000). Applies at once, to every stream of the client.
+ * default 10000). Applies at once, to every stream of the client. A
+ * response that has not begun after a third of it (at least 1 s) counts
+ * as lost and the request is sent again on a new connection, within the
+ * timeout (every call is safe to repeat; Webdis 0.1.9 loses responses).
  *
  * # Safety
  * `client` is NULL or a live client.

@@ -344,7 +344,7 @@ impl Client {
         lead.pause();
         let id = lead.identity();
         let body = protocol::frame_body(&[id.code.as_bytes(), id.channel.as_bytes()]);
-        let result = self.control.fcall(
+        let (result, repeated) = self.control.fcall_repeated(
             false,
             "ms_stop",
             &[&id.key, INDEX_KEY],
@@ -352,6 +352,12 @@ impl Client {
             &body,
             self.config.timeout(),
         );
+        let result = match result {
+            // Sent again after a lost or garbled response: the stream
+            // being gone is what the first try did.
+            Err(e) if repeated && e.status == Status::MS_ERR_NOT_FOUND => Ok(Value::Null),
+            r => r,
+        };
         match result {
             Ok(_)
             | Err(Error {

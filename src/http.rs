@@ -109,12 +109,28 @@ impl Pool {
     /// Sends `PUT <path>` with `body`; returns the status and body of the
     /// response. `head_extra` holds further header lines, each ending in
     /// CRLF.
+    #[cfg(test)]
     pub fn put(
         &self,
         path: &str,
         head_extra: &str,
         body: &[u8],
         timeout: Duration,
+        max_body: usize,
+    ) -> Result<(u16, Vec<u8>), HttpError> {
+        self.put_within(path, head_extra, body, timeout, timeout, max_body)
+    }
+
+    /// `put`, failing with `Timeout` also when no byte of the response has
+    /// come `answer_within` after the request was written (sending a large
+    /// body and reading a large response may take the whole `timeout`).
+    pub fn put_within(
+        &self,
+        path: &str,
+        head_extra: &str,
+        body: &[u8],
+        timeout: Duration,
+        answer_within: Duration,
         max_body: usize,
     ) -> Result<(u16, Vec<u8>), HttpError> {
         let deadline = Instant::now() + timeout;
@@ -142,7 +158,7 @@ impl Pool {
             if self.shut.load(Ordering::SeqCst) {
                 let _ = stream.shutdown(Shutdown::Both);
             }
-            let result = exchange(&stream, &head, body, deadline, max_body);
+            let result = exchange(&stream, &head, body, deadline, answer_within, max_body);
             lock(&self.busy).remove(&id);
             match result {
                 Ok((status, body, keep_alive)) => {
@@ -179,9 +195,10 @@ fn exchange(
     head: &str,
     body: &[u8],
     deadline: Instant,
+    answer_within: Duration,
     max_body: usize,
 ) -> Result<(u16, Vec<u8>, bool), (HttpError, bool)> {
-    let set_timeouts = |s: &TcpStream| -> Result<(), HttpError> {
+    let set_timeouts_by = |s: &TcpStream, deadline: Instant| -> Result<(), HttpError> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(HttpError::Timeout);
@@ -189,6 +206,7 @@ fn exchange(
         s.set_read_timeout(Some(left)).map_err(HttpError::Io)?;
         s.set_write_timeout(Some(left)).map_err(HttpError::Io)
     };
+    let set_timeouts = |s: &TcpStream| set_timeouts_by(s, deadline);
     set_timeouts(stream).map_err(|e| (e, false))?;
     if body.len() <= COALESCE {
         let mut buf = Vec::with_capacity(head.len() + body.len());
@@ -205,6 +223,7 @@ fn exchange(
         stream.write_all(body).map_err(|e| (io_error(e), false))?;
     }
 
+    let first_byte_by = deadline.min(Instant::now() + answer_within);
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 16 * 1024];
     let head_end = loop {
@@ -214,7 +233,11 @@ fn exchange(
         if buf.len() > 64 * 1024 {
             return Err((HttpError::Malformed("response head too long"), true));
         }
-        set_timeouts(stream).map_err(|e| (e, !buf.is_empty()))?;
+        if buf.is_empty() {
+            set_timeouts_by(stream, first_byte_by).map_err(|e| (e, false))?;
+        } else {
+            set_timeouts(stream).map_err(|e| (e, true))?;
+        }
         let n = stream
             .read(&mut chunk)
             .map_err(|e| (io_error(e), !buf.is_empty()))?;
@@ -750,6 +773,36 @@ mod tests {
         assert!(matches!(r, Err(HttpError::Timeout)), "{r:?}");
         assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn answer_within_bounds_the_wait_for_the_first_byte_only() {
+        let (authority, server) = serve(|l| {
+            // 1. Silent: given up after answer_within, not the timeout.
+            let mut c = accept(&l);
+            c.request();
+            assert_eq!(c.eof(), 0);
+            // 2. Begins at once, ends after longer than answer_within.
+            let mut c = accept(&l);
+            c.request();
+            c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n");
+            thread::sleep(Duration::from_millis(400));
+            c.send(b"ok");
+            c.eof()
+        });
+        let pool = Pool::new(&authority);
+        let quick = Duration::from_millis(150);
+        let start = Instant::now();
+        let r = pool.put_within("/p", "", b"x", T, quick, MAX);
+        let elapsed = start.elapsed();
+        assert!(matches!(r, Err(HttpError::Timeout)), "{r:?}");
+        assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+        assert_eq!(
+            pool.put_within("/p", "", b"x", T, quick, MAX).unwrap(),
+            (200, b"ok".to_vec())
+        );
         drop(pool);
         server.join().unwrap();
     }

@@ -11,24 +11,6 @@ use std::time::{Duration, Instant};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
-/// Functions that may be sent again when a response is garbled or lost:
-/// they change nothing, or nothing more the second time (`ms_start`: a
-/// repeat that finds the stream its first try created recognises it by its
-/// fresh channel, see `Client::start`; `ms_publish`: a repeat carries the
-/// same publish id, and the functions store and broadcast it only once).
-/// Only `ms_stop` is not: a repeat after a lost response would answer
-/// "no such stream".
-const REPEATABLE: &[&str] = &[
-    "ms_start",
-    "ms_publish",
-    "ms_connect",
-    "ms_snapshot",
-    "ms_list",
-    "ms_reconnect",
-    "ms_heartbeat",
-    "ms_probe",
-];
-
 /// Largest Webdis reply body read (a snapshot of an 8 MiB state, escaped).
 const MAX_REPLY: u64 = protocol::MAX_SUBSCRIPTION_OBJECT as u64;
 
@@ -218,6 +200,21 @@ impl Webdis {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Value> {
+        self.fcall_repeated(read_only, function, keys, args, body, timeout)
+            .0
+    }
+
+    /// `fcall`, also telling whether the request was sent more than once
+    /// (an earlier try may have been carried out, its response lost).
+    pub fn fcall_repeated(
+        &self,
+        read_only: bool,
+        function: &str,
+        keys: &[&str],
+        args: &[&str],
+        body: &[u8],
+        timeout: Duration,
+    ) -> (Result<Value>, bool) {
         let command = if read_only { "FCALL_RO" } else { "FCALL" };
         let nkeys = keys.len().to_string();
         let mut parts: Vec<&str> = Vec::with_capacity(3 + keys.len() + args.len());
@@ -229,45 +226,45 @@ impl Webdis {
         let path = self.endpoint.path(command, &parts);
         // Webdis 0.1.9 may write a message meant for a subscriber that just
         // hung up into a new connection that reuses its socket, ahead of the
-        // real response, and may lose a response the same way. A garbled
-        // response is worth one more try on another connection; a
-        // function safe to repeat also gets more tries, each with a third
-        // of the timeout, when a response does not come.
-        let repeatable = REPEATABLE.contains(&function);
+        // real response, and may lose a response the same way. So a request
+        // whose response is garbled, or does not come within a third of the
+        // timeout, is sent again on another connection, within the timeout.
+        // Every function of the library is safe to repeat: the read-only
+        // ones and ms_reconnect/ms_heartbeat change nothing more the second
+        // time; a repeated ms_start recognises the stream its first try
+        // created by its fresh channel (Client::start); a repeated
+        // ms_publish carries the same publish id, which the functions store
+        // only once; a repeated ms_stop that finds the stream gone counts
+        // as done (Client::stop, told so by the returned flag).
         let deadline = Instant::now() + timeout;
-        let per_try = if repeatable {
-            (timeout / 3).max(Duration::from_secs(1)).min(timeout)
-        } else {
-            timeout
-        };
-        let mut garbled = 0;
+        let per_try = (timeout / 3).max(Duration::from_secs(1)).min(timeout);
+        let mut tries = 0;
         let (status, body) = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let result = self.put(
-                &path,
-                body,
-                per_try.min(left).max(Duration::from_millis(1)),
-                timeout,
-            );
+            tries += 1;
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let result = self.put(&path, body, left, per_try.min(left), timeout);
             let more_time = Instant::now() < deadline;
             match result {
                 Ok(reply) => break reply,
-                Err(Failure::Garbled(_)) if garbled == 0 || (repeatable && more_time) => {
-                    garbled += 1
-                }
-                Err(Failure::Timeout(_)) if repeatable && more_time => {}
-                Err(f) => return Err(f.into_error()),
+                Err(Failure::Garbled(_)) if tries == 1 || more_time => {}
+                Err(Failure::Timeout(_)) if more_time => {}
+                Err(f) => return (Err(f.into_error()), tries > 1),
             }
         };
-        protocol::webdis_reply(command, status, &body)
+        (protocol::webdis_reply(command, status, &body), tries > 1)
     }
 
-    /// One PUT of `path`; returns the HTTP status and body.
+    /// One PUT of `path` within `timeout`, whose response must begin
+    /// within `answer_within` of the request being sent; returns the HTTP
+    /// status and body.
     fn put(
         &self,
         path: &str,
         body: &[u8],
         timeout: Duration,
+        answer_within: Duration,
         reported_timeout: Duration,
     ) -> std::result::Result<(u16, Vec<u8>), Failure> {
         if let Some(plain) = &self.plain {
@@ -276,7 +273,14 @@ impl Webdis {
                 None => String::new(),
             };
             return plain
-                .put(path, &auth, body, timeout, MAX_REPLY as usize)
+                .put_within(
+                    path,
+                    &auth,
+                    body,
+                    timeout,
+                    answer_within,
+                    MAX_REPLY as usize,
+                )
                 .map_err(|e| self.plain_failure(e, reported_timeout));
         }
         let url = self.endpoint.url_of(path);
@@ -285,6 +289,7 @@ impl Webdis {
             .put(&url)
             .config()
             .timeout_global(Some(timeout))
+            .timeout_recv_response(Some(answer_within))
             .build();
         if let Some(auth) = &self.endpoint.auth {
             req = req.header("Authorization", auth);

@@ -558,3 +558,46 @@ fn a_lost_publish_response_is_retried_and_stored_once() {
         leader_rec.snapshot()
     );
 }
+
+/// A lost response to ms_stop: the request is sent again after a third of
+/// the timeout, finds the stream gone (its first try deleted it) and
+/// reports success; followers get ENDED once, the lead is over.
+#[test]
+fn a_lost_stop_response_is_retried_and_reported_done() {
+    let s = Servers::start();
+    let relay = LossyRelay::start(s.webdis_port, "/FCALL/ms_stop/", 1);
+    let leader = missionstream::Client::new(&relay.url).unwrap();
+    leader.set_timeout(3000).unwrap();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    let name = unique("lost-stop");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    rec.wait_state(&name, "{}", T);
+    let t0 = Instant::now();
+    leader.stop(&name).unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2900),
+        "stop took {took:?}"
+    );
+    assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 2);
+    rec.wait_kind(&name, EventKind::MS_EVENT_ENDED, T);
+    assert_eq!(count(&rec, &name, EventKind::MS_EVENT_ENDED), 1);
+    assert_eq!(
+        s.redis_cli(&["EXISTS", &format!("stream:{name}")]).trim(),
+        "0"
+    );
+    assert_eq!(
+        leader.publish(&name, b"{}").unwrap_err().status,
+        Status::MS_ERR_NOT_LEADING
+    );
+    // A stop of a stream someone else removed is still NOT_FOUND.
+    let other = unique("gone-stop");
+    leader.start(&other, "pw", "code").unwrap();
+    s.redis_cli(&["DEL", &format!("stream:{other}")]);
+    assert_eq!(
+        leader.stop(&other).unwrap_err().status,
+        Status::MS_ERR_NOT_FOUND
+    );
+}

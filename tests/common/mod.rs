@@ -408,11 +408,11 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// A TCP relay in front of the real Webdis that loses the responses to the
-/// first `lose` requests whose request line contains `pattern` (only the
-/// first request of a connection is looked at), as Webdis 0.1.9 sometimes
-/// does after a subscriber hung up: the request reaches Webdis, nothing
-/// comes back, and the connection stays open. Everything else is relayed
-/// byte for byte.
+/// first `lose` requests whose request line contains `pattern`, as Webdis
+/// 0.1.9 sometimes does after a subscriber hung up: the request reaches
+/// Webdis, nothing comes back on that connection any more, and it stays
+/// open. Everything else is relayed byte for byte. Requests are told apart
+/// on kept-alive connections too (by their Content-Length).
 pub struct LossyRelay {
     pub port: u16,
     pub url: String,
@@ -430,10 +430,8 @@ impl LossyRelay {
         listener.set_nonblocking(true).unwrap();
         let (seen, stopped) = (matched.clone(), stop.clone());
         std::thread::spawn(move || {
-            // Connections whose response is lost: held open, never answered.
-            let mut held = Vec::new();
             while !stopped.load(Ordering::SeqCst) {
-                let mut client = match listener.accept() {
+                let client = match listener.accept() {
                     Ok((c, _)) => c,
                     Err(_) => {
                         std::thread::sleep(Duration::from_millis(5));
@@ -441,36 +439,80 @@ impl LossyRelay {
                     }
                 };
                 client.set_nonblocking(false).unwrap();
-                let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
                     continue;
                 };
-                // The request line decides; it arrives in the first segment.
-                let mut first = vec![0u8; 64 * 1024];
-                client
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .unwrap();
-                let n = client.read(&mut first).unwrap_or(0);
-                client.set_read_timeout(None).unwrap();
-                let head = String::from_utf8_lossy(&first[..n]);
-                let line = head.lines().next().unwrap_or("");
-                if line.contains(pattern) && seen.fetch_add(1, Ordering::SeqCst) < lose {
-                    let _ = upstream.write_all(&first[..n]);
-                    held.push((client, upstream));
-                    continue;
-                }
-                if upstream.write_all(&first[..n]).is_err() {
-                    continue;
-                }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
-                    (upstream, client),
-                ] {
+                let swallow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                // Responses: relayed until a lost one, then read and dropped.
+                {
+                    let (mut from, mut to) =
+                        (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+                    let swallow = swallow.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                        let _ = from.shutdown(std::net::Shutdown::Both);
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    if !swallow.load(Ordering::SeqCst)
+                                        && to.write_all(&buf[..n]).is_err()
+                                    {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        if !swallow.load(Ordering::SeqCst) {
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        }
                     });
                 }
+                // Requests: one at a time, each checked before it is sent.
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (client, upstream);
+                    let mut buf: Vec<u8> = Vec::new();
+                    let mut chunk = vec![0u8; 64 * 1024];
+                    loop {
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break Some(i + 4);
+                            }
+                            match from.read(&mut chunk) {
+                                Ok(0) | Err(_) => break None,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let Some(head_end) = head_end else { break };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < head_end + length {
+                            match from.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let line = head.lines().next().unwrap_or("");
+                        if line.contains(pattern) && seen.fetch_add(1, Ordering::SeqCst) < lose {
+                            swallow.store(true, Ordering::SeqCst);
+                        }
+                        let rest = buf.split_off(head_end + length);
+                        if to.write_all(&buf).is_err() {
+                            break;
+                        }
+                        buf = rest;
+                    }
+                    // The client hung up: so does the relay (a lost
+                    // connection stays open only while the client waits).
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
             }
         });
         LossyRelay {
