@@ -19,13 +19,7 @@ fn status<T>(r: missionstream::Result<T>) -> Status {
 #[test]
 fn lifecycle_start_follow_publish_stop() {
     let s = Servers::start();
-    let leader = s.client();
-    let follower = s.client();
-    let rec = Recorder::attach(&follower);
-    let name = unique("plan");
-
-    leader.start(&name, "pw", "code").unwrap();
-    follower.connect(&name, "pw").unwrap();
+    let (leader, follower, rec, name) = s.followed("plan");
     // The current state is the first event, queued before connect returned.
     let ev = rec.wait(T, |ev| !ev.is_empty());
     assert_eq!(ev[0].kind, EventKind::MS_EVENT_STATE);
@@ -283,12 +277,7 @@ fn odd_names_round_trip_exactly() {
 #[test]
 fn large_state_round_trips() {
     let s = Servers::start();
-    let leader = s.client();
-    let follower = s.client();
-    let rec = Recorder::attach(&follower);
-    let name = unique("big");
-    leader.start(&name, "pw", "code").unwrap();
-    follower.connect(&name, "pw").unwrap();
+    let (leader, _follower, rec, name) = s.followed("big");
     // 4 MiB with quotes, backslashes, newlines, control and non-ASCII
     // characters, which Webdis escapes.
     let unit = "{\"k\":\"\\\"q\\\"\n\t\u{1}é✈\"}";
@@ -462,12 +451,7 @@ fn hardened_acl_refuses_everything_else() {
 #[test]
 fn disconnect_is_prompt_and_final() {
     let s = Servers::start();
-    let leader = s.client();
-    let follower = s.client();
-    let rec = Recorder::attach(&follower);
-    let name = unique("disc");
-    leader.start(&name, "pw", "code").unwrap();
-    follower.connect(&name, "pw").unwrap();
+    let (leader, follower, rec, name) = s.followed("disc");
     rec.wait(T, |ev| !ev.is_empty());
     let t = Instant::now();
     follower.disconnect(&name).unwrap();
@@ -728,12 +712,7 @@ fn basic_auth_from_the_url_reaches_webdis() {
 #[test]
 fn a_repeated_publish_id_is_stored_and_broadcast_once() {
     let s = Servers::start();
-    let leader = s.client();
-    let follower = s.client();
-    let rec = Recorder::attach(&follower);
-    let name = unique("publish-id");
-    leader.start(&name, "pw", "code").unwrap();
-    follower.connect(&name, "pw").unwrap();
+    let (_leader, _follower, rec, name) = s.followed("publish-id");
     let channel = s.record_field(&name, "channel");
     let key = format!("stream:{name}");
     let publish = |id: &str, state: &str| {
@@ -765,11 +744,7 @@ fn a_repeated_publish_id_is_stored_and_broadcast_once() {
     rec.wait_state(&name, "{\"v\":2}", Duration::from_secs(10));
     assert_eq!(
         rec.states(&name),
-        vec![
-            (0, "{}".to_string()),
-            (1, "{\"v\":1}".to_string()),
-            (2, "{\"v\":2}".to_string())
-        ]
+        seq_states(&[(0, "{}"), (1, "{\"v\":1}"), (2, "{\"v\":2}")])
     );
     // An empty or oversized id is refused, nothing stored.
     assert!(publish("", "{\"v\":3}").contains("MSARG"));

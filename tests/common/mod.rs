@@ -234,6 +234,19 @@ impl Servers {
     }
 
     /// A field of a stream's record, read straight from Redis.
+    /// A new stream (named `unique(prefix)`) led by one new client and
+    /// followed by another, whose events are recorded:
+    /// `(leader, follower, recorder, name)`.
+    pub fn followed(&self, prefix: &str) -> (Client, Client, Arc<Recorder>, String) {
+        let leader = self.client();
+        let follower = self.client();
+        let rec = Recorder::attach(&follower);
+        let name = unique(prefix);
+        leader.start(&name, "pw", "code").unwrap();
+        follower.connect(&name, "pw").unwrap();
+        (leader, follower, rec, name)
+    }
+
     pub fn record_field(&self, name: &str, field: &str) -> String {
         let out = Command::new("redis-cli")
             .arg("-p")
@@ -388,6 +401,19 @@ impl Recorder {
 }
 
 /// Asserts that the STATE events of a stream have strictly increasing seq.
+/// `[(seq, state)]` as `Recorder::states` returns them.
+pub fn seq_states(pairs: &[(u64, &str)]) -> Vec<(u64, String)> {
+    pairs.iter().map(|(q, st)| (*q, st.to_string())).collect()
+}
+
+/// Asserts that `what` took at least `min` and less than `max`.
+pub fn assert_took(took: Duration, min: Duration, max: Duration, what: &str) {
+    assert!(
+        took >= min && took < max,
+        "{what} took {took:?}, not {min:?}..{max:?}"
+    );
+}
+
 pub fn assert_increasing(states: &[(u64, String)]) {
     for w in states.windows(2) {
         assert!(
