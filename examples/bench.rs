@@ -337,8 +337,9 @@ fn raw_channel(port: u16, name: &str) -> String {
 }
 
 /// The raw request that the library's publisher sends for `state`: a
-/// publish id of 32 characters (as the library's) whose digits `next`
-/// changes per request, since the functions store a repeated id only once.
+/// publish id of 32 hex digits (as the library's) whose counter `next`
+/// raises per request, since the functions do not store a repeated or
+/// older id of the same token again.
 struct RawPublish {
     req: Vec<u8>,
     /// Offset of the state in `req`.
@@ -347,12 +348,13 @@ struct RawPublish {
     sent: u64,
 }
 
-const RAW_ID_DIGITS: usize = 20;
+const RAW_ID_DIGITS: usize = 16;
 
 impl RawPublish {
     fn new(port: u16, name: &str, channel: &str, state: &[u8]) -> RawPublish {
         let mut path = fcall_path("FCALL", "ms_publish", &format!("stream:{name}"));
-        path.push_str("/rawbench0000");
+        // A lead token of 16 hex digits, then a 16-digit counter.
+        path.push_str("/0123456789abcdef");
         let id_at = path.len();
         path.push_str(&"0".repeat(RAW_ID_DIGITS));
         let body = frame_body(&[CODE.as_bytes(), channel.as_bytes(), state]);
@@ -653,6 +655,7 @@ impl Bench {
             assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
         }
         let (mut lib_n, mut lib_t, mut raw_n, mut raw_t) = (0u64, 0f64, 0u64, 0f64);
+        let mut raw_seq = 0;
         for _ in 0..rounds {
             let t0 = Instant::now();
             let end = t0 + Duration::from_secs_f64(slice);
@@ -667,8 +670,14 @@ impl Bench {
             let end = t0 + Duration::from_secs_f64(slice);
             while Instant::now() < end {
                 let (st, body) = raw.roundtrip(req.next());
-                if st != 200 || !body.starts_with(b"{\"FCALL\":") || body.contains(&b'[') {
-                    panic!("raw publish: {st} {}", String::from_utf8_lossy(&body));
+                // {"FCALL":<seq>}: a new seq each time, or it stored nothing.
+                let seq = body
+                    .strip_prefix(b"{\"FCALL\":")
+                    .and_then(|b| b.strip_suffix(b"}"))
+                    .and_then(get_digits);
+                match seq {
+                    Some(seq) if st == 200 && seq > raw_seq => raw_seq = seq,
+                    _ => panic!("raw publish: {st} {}", String::from_utf8_lossy(&body)),
                 }
                 raw_n += 1;
             }

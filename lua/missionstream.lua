@@ -151,10 +151,13 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
 end }
 
 -- ms_publish KEYS: record  ARGV: version, publish_id, body[code, channel, state] -> seq
--- Stores the state and broadcasts it in one atomic call. The publish id
--- (unique per publish of a leader) makes a repeat of the same request,
--- sent because its response was lost, answer the seq stored the first
--- time instead of storing and broadcasting the state again.
+-- Stores the state and broadcasts it in one atomic call. The publish id is
+-- 32 lowercase hex digits: a random token of the lead (16), then the
+-- lead's publish counter (16, zero-padded). A publish whose id has the
+-- token of the last stored one and is not greater (a repeat of a request
+-- whose response was lost, or an abandoned older request arriving late)
+-- answers the stored seq and stores and broadcasts nothing: a stream
+-- never goes back to an older state of the same lead.
 redis.register_function('ms_publish', function(keys, args)
   local f, err = enter(args, 3, 3)
   if not f then return err end
@@ -162,8 +165,12 @@ redis.register_function('ms_publish', function(keys, args)
   local rec, e = load_leader(key, f[1], f[2])
   if not rec then return e end
   local id = args[2]
-  if type(id) ~= 'string' or #id == 0 or #id > 64 then return fail('MSARG', 'malformed publish id') end
-  if rec.pub == id then return rec.seq end
+  if type(id) ~= 'string' or #id ~= 32 or not string.match(id, '^[0-9a-f]+$') then
+    return fail('MSARG', 'malformed publish id (32 lowercase hex digits: lead token, then counter)')
+  end
+  if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
+    return rec.seq
+  end
   local seq = rec.seq + 1
   local updated = now_ms()
   redis.call('HSET', key, 'state', f[3], 'seq', seq, 'updated_ms', updated, 'pub', id)

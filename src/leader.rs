@@ -278,9 +278,9 @@ impl Publisher {
             let result = match &action {
                 Action::Exit => return,
                 Action::Publish(generation, body) => {
-                    // Unique per publish of this lead: a repeat of the
-                    // request (its response lost) is recognised by it and
-                    // not stored twice.
+                    // Token and counter: a repeat of this request (its
+                    // response lost) or an abandoned older one arriving
+                    // late is recognised by the functions and not stored.
                     let id = format!("{}{generation:016x}", self.publish_token);
                     self.conn
                         .fcall(

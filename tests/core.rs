@@ -706,11 +706,13 @@ fn basic_auth_from_the_url_reaches_webdis() {
     );
 }
 
-/// ms_publish with a publish id already stored (a repeat of a request
-/// whose response was lost) answers the stored seq and neither stores nor
-/// broadcasts again; a new id stores as usual.
+/// ms_publish with the publish id already stored (a repeat of a request
+/// whose response was lost) or an older one of the same lead (an abandoned
+/// request arriving late) answers the stored seq and neither stores nor
+/// broadcasts: the stream never goes back. A newer id, or another lead's
+/// token, stores as usual; malformed ids are refused.
 #[test]
-fn a_repeated_publish_id_is_stored_and_broadcast_once() {
+fn a_repeated_or_older_publish_id_is_not_stored_again() {
     let s = Servers::start();
     let (_leader, _follower, rec, name) = s.followed("publish-id");
     let channel = s.record_field(&name, "channel");
@@ -733,21 +735,29 @@ fn a_repeated_publish_id_is_stored_and_broadcast_once() {
         .trim()
         .to_string()
     };
-    assert_eq!(publish("a1", "{\"v\":1}"), "1");
+    let lead_a = |n: u64| format!("aaaaaaaaaaaaaaaa{n:016x}");
+    assert_eq!(publish(&lead_a(1), "{\"v\":1}"), "1");
+    assert_eq!(publish(&lead_a(1), "{\"v\":1}"), "1", "a repeat");
+    assert_eq!(publish(&lead_a(0x10), "{\"v\":2}"), "2");
+    assert_eq!(publish(&lead_a(0xf), "{\"v\":\"old\"}"), "2", "older, late");
+    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    // Another lead (a reconnected leader) has its own counter.
     assert_eq!(
-        publish("a1", "{\"v\":1}"),
-        "1",
-        "a repeat answers the stored seq"
+        publish(&format!("bbbbbbbbbbbbbbbb{:016x}", 1), "{\"v\":3}"),
+        "3"
     );
-    assert_eq!(s.record_field(&name, "seq"), "1");
-    assert_eq!(publish("a2", "{\"v\":2}"), "2");
-    rec.wait_state(&name, "{\"v\":2}", Duration::from_secs(10));
+    rec.wait_state(&name, "{\"v\":3}", Duration::from_secs(10));
     assert_eq!(
         rec.states(&name),
-        seq_states(&[(0, "{}"), (1, "{\"v\":1}"), (2, "{\"v\":2}")])
+        seq_states(&[
+            (0, "{}"),
+            (1, "{\"v\":1}"),
+            (2, "{\"v\":2}"),
+            (3, "{\"v\":3}")
+        ])
     );
-    // An empty or oversized id is refused, nothing stored.
-    assert!(publish("", "{\"v\":3}").contains("MSARG"));
-    assert!(publish(&"x".repeat(65), "{\"v\":3}").contains("MSARG"));
-    assert_eq!(s.record_field(&name, "seq"), "2");
+    for bad in ["", "a1", &"a".repeat(33), &"A".repeat(32), &"g".repeat(32)] {
+        assert!(publish(bad, "{\"v\":4}").contains("MSARG"), "{bad:?}");
+    }
+    assert_eq!(s.record_field(&name, "seq"), "3");
 }

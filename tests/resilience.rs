@@ -600,3 +600,37 @@ fn a_lost_stop_response_is_retried_and_reported_done() {
         Status::MS_ERR_NOT_FOUND
     );
 }
+
+/// A publish request stuck on the way and carried out after the publisher
+/// gave up on it (and stored it again, then a newer state) does not take
+/// the stream back to the older state: the functions compare the lead's
+/// publish counter.
+#[test]
+fn an_abandoned_publish_arriving_late_does_not_take_the_stream_back() {
+    let s = Servers::start();
+    let late = Duration::from_millis(2500);
+    let relay = LossyRelay::start_late(s.webdis_port, "/FCALL/ms_publish/", 1, late);
+    let leader = missionstream::Client::new(&relay.url).unwrap();
+    leader.set_timeout(3000).unwrap();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    let name = unique("late-publish");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    let t0 = Instant::now();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    leader.publish(&name, b"{\"v\":2}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    assert!(t0.elapsed() < late, "the retry came after the late request");
+    rec.wait_state(&name, "{\"v\":2}", T);
+    // The first request reaches Webdis now, after v2 was stored.
+    std::thread::sleep(late + Duration::from_millis(700) - t0.elapsed().min(late));
+    assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_eq!(s.record_field(&name, "seq"), "2");
+    assert_eq!(
+        rec.states(&name),
+        seq_states(&[(0, "{}"), (1, "{\"v\":1}"), (2, "{\"v\":2}")])
+    );
+}

@@ -112,14 +112,14 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         (
             "ms_publish",
             &[key],
-            &["id1"],
+            &["00000000000000000000000000000001"],
             vec!["wrong", &channel, "{\"evil\":1}"],
             "MSBADCODE",
         ),
         (
             "ms_publish",
             &[key],
-            &["id2"],
+            &["00000000000000000000000000000002"],
             vec![CODE, "guessed-channel", "{\"evil\":1}"],
             "MSNOTFOUND",
         ),
@@ -199,7 +199,7 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         "1",
         key,
         PROTOCOL_VERSION,
-        "id1",
+        "00000000000000000000000000000001",
         "999 1\nshort",
     ]);
     assert!(out.contains("MSARG"), "{out}");

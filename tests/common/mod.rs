@@ -449,6 +449,18 @@ pub struct LossyRelay {
 
 impl LossyRelay {
     pub fn start(target_port: u16, pattern: &'static str, lose: u64) -> LossyRelay {
+        LossyRelay::start_late(target_port, pattern, lose, Duration::ZERO)
+    }
+
+    /// As `start`, but a request whose response is lost reaches Webdis
+    /// only `late` after it was sent (a request stuck on the way, carried
+    /// out after the client gave up on it).
+    pub fn start_late(
+        target_port: u16,
+        pattern: &'static str,
+        lose: u64,
+        late: Duration,
+    ) -> LossyRelay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let matched = Arc::new(AtomicU64::new(0));
@@ -528,6 +540,7 @@ impl LossyRelay {
                         let line = head.lines().next().unwrap_or("");
                         if line.contains(pattern) && seen.fetch_add(1, Ordering::SeqCst) < lose {
                             swallow.store(true, Ordering::SeqCst);
+                            std::thread::sleep(late);
                         }
                         let rest = buf.split_off(head_end + length);
                         if to.write_all(&buf).is_err() {
