@@ -505,9 +505,8 @@ fn quote_or_backslash(s: &[u8]) -> Option<usize> {
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // Whether any byte of `w` is zero (exact as a yes/no answer).
     let has_zero = |w: u64| w.wrapping_sub(ONES) & !w & HIGHS != 0;
-    let mut words = s.chunks_exact(8);
     let mut at = 0;
-    for chunk in &mut words {
+    for chunk in s.chunks_exact(8) {
         let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         if has_zero(w ^ (ONES * b'"' as u64)) || has_zero(w ^ (ONES * b'\\' as u64)) {
             break;
@@ -670,8 +669,8 @@ mod tests {
         for len in 0..40 {
             for at in 0..=len {
                 for c in [b'"', b'\\'] {
-                    // 0x22 and 0x5c in every other byte of the
-                    // neighbourhood must not be mistaken for them.
+                    // Neighbours one bit or one value away from `"`
+                    // (0x22) and `\\` (0x5c) must not be taken for them.
                     let mut s: Vec<u8> =
                         (0..len).map(|i| [b'a', 0xa2, 0x5d, 0x21][i % 4]).collect();
                     if at < len {

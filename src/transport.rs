@@ -248,7 +248,9 @@ impl Webdis {
             let more_time = Instant::now() < deadline;
             match result {
                 Ok(reply) => break reply,
-                Err(Failure::Garbled(_)) if tries == 1 || more_time => {}
+                // At most three tries: a server that always garbles (not
+                // Webdis at all?) is not hammered for the whole timeout.
+                Err(Failure::Garbled(_)) if tries < 3 && (tries == 1 || more_time) => {}
                 Err(Failure::Timeout(_)) if more_time => {}
                 Err(f) => return (Err(f.into_error()), tries > 1),
             }

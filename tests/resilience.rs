@@ -634,3 +634,42 @@ fn an_abandoned_publish_arriving_late_does_not_take_the_stream_back() {
         seq_states(&[(0, "{}"), (1, "{\"v\":1}"), (2, "{\"v\":2}")])
     );
 }
+
+/// A server that answers every request with malformed HTTP (not Webdis,
+/// or a broken proxy) gets three tries at most, then MS_ERR_PROTOCOL at
+/// once; it is not hammered for the whole timeout.
+#[test]
+fn a_server_that_always_garbles_is_tried_three_times_then_refused() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().flatten() {
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if c.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n~~~")
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let c = missionstream::Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    c.set_timeout(10_000).unwrap();
+    let t0 = Instant::now();
+    let err = c.list().unwrap_err();
+    assert_eq!(err.status, Status::MS_ERR_PROTOCOL, "{err:?}");
+    assert!(err.message.contains("malformed"), "{}", err.message);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
