@@ -287,6 +287,11 @@ impl Follower {
                 Outcome::Ended => return self.end(),
                 Outcome::Lost(e) => e,
             };
+            crate::debug_log!(
+                "follow {}: connection lost: {}",
+                self.session,
+                cause.message
+            );
             self.emit(Event::new(
                 EventKind::MS_EVENT_CONNECTION_LOST,
                 &self.name,
@@ -312,7 +317,14 @@ impl Follower {
                     }
                     Err(_) if self.cancelled() => return,
                     Err(e) if is_final(e.status) => return self.end(),
-                    Err(_) => continue,
+                    Err(e) => {
+                        crate::debug_log!(
+                            "follow {}: recovery failed: {}",
+                            self.session,
+                            e.message
+                        );
+                        continue;
+                    }
                 }
             };
         }
@@ -396,6 +408,11 @@ impl Follower {
             let sub = match self.subscribe(&conn, left.min(ack_wait)) {
                 Ok(sub) => sub,
                 Err(e) if retry_subscribe(&e) => {
+                    crate::debug_log!(
+                        "subscribe {}: attempt {attempts} failed: {}",
+                        self.session,
+                        e.message
+                    );
                     conn.shutdown();
                     if Instant::now() < deadline {
                         continue;
@@ -605,6 +622,11 @@ impl Follower {
                             ));
                         }
                     } else if now >= silence_at {
+                        crate::debug_log!(
+                            "follow {}: silent for {:?}, probing",
+                            self.session,
+                            now - last_heard
+                        );
                         match self.send_probe(&sub.conn) {
                             Ok(nonce) => probe = Some((nonce, Instant::now() + self.probe_wait())),
                             Err(e) if is_final(e.status) => break Outcome::Ended,

@@ -341,6 +341,12 @@ impl Publisher {
                 }
                 Err(e) => {
                     let is_publish = matches!(action, Action::Publish(..));
+                    crate::debug_log!(
+                        "lead {}: {} failed: {}",
+                        self.session,
+                        if is_publish { "publish" } else { "heartbeat" },
+                        e.message
+                    );
                     if let Action::Publish(generation, body) = action {
                         if st.pending.is_none() {
                             st.pending = Some((generation, body));

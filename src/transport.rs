@@ -246,6 +246,10 @@ impl Webdis {
                 .max(Duration::from_millis(1));
             let result = self.put(&path, body, left, per_try.min(left), timeout);
             let more_time = Instant::now() < deadline;
+            if let Err(f) = &result {
+                let (Failure::Garbled(e) | Failure::Timeout(e) | Failure::Other(e)) = f;
+                crate::debug_log!("{function}: try {tries} failed: {}", e.message);
+            }
             match result {
                 Ok(reply) => break reply,
                 // At most three tries: a server that always garbles (not

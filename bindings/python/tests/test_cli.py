@@ -177,14 +177,20 @@ def test_watch_interrupted_exits_130_and_disconnects(url: str, name: str) -> Non
 
     r = cli("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, input='{"x":1}\n')
     assert r.returncode == 0, r.stderr
-    watch = popen("watch", name, "--url", url, "--password", PW)
+    # The library's diagnostics go to stderr: shown if the test fails.
+    watch = popen("watch", name, "--url", url, "--password", PW, MISSIONSTREAM_DEBUG="1")
     try:
         assert " seq=1 " in watch.stdout.readline()
         with ms.Client(url) as c:
             assert {s.name: s for s in c.list()}[name].followers == 1
             watch.send_signal(signal.SIGINT)
-            _, err = watch.communicate(timeout=10)
-            assert watch.returncode == 130
+            try:
+                _, err = watch.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                watch.kill()
+                _, err = watch.communicate()
+                pytest.fail(f"watch did not exit within 10 s of SIGINT; its stderr:\n{err}")
+            assert watch.returncode == 130, err
             assert "Traceback" not in err, err
             deadline = time.monotonic() + 2
             while {s.name: s for s in c.list()}[name].followers != 0:
