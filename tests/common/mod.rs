@@ -406,6 +406,23 @@ pub fn seq_states(pairs: &[(u64, &str)]) -> Vec<(u64, String)> {
     pairs.iter().map(|(q, st)| (*q, st.to_string())).collect()
 }
 
+/// Asserts that the states a follower got are drawn from `expected` in
+/// order (latest wins may skip states before the callback takes them,
+/// never reorder or invent one) and end with the last of them.
+pub fn assert_states_from(got: &[(u64, String)], expected: &[(u64, &str)]) {
+    let expected = seq_states(expected);
+    let mut from = 0;
+    for g in got {
+        match expected[from..].iter().position(|e| e == g) {
+            Some(i) => from += i + 1,
+            None => {
+                panic!("{g:?} is not one of, or comes out of order in, {expected:?}: got {got:?}")
+            }
+        }
+    }
+    assert_eq!(got.last(), expected.last(), "got {got:?}");
+}
+
 /// Asserts that `what` took at least `min` and less than `max`.
 pub fn assert_took(took: Duration, min: Duration, max: Duration, what: &str) {
     assert!(
