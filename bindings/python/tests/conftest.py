@@ -30,6 +30,11 @@ SERVER_SH = REPO / "scripts" / "server.sh"
 # else Debian's `webdis` from PATH. scripts/server.sh reads it too.
 WEBDIS = os.environ.get("MS_WEBDIS") or "webdis"
 
+# The library's diagnostics (retries, lost subscriptions) go to stderr,
+# which pytest captures and shows for a failing test only. Subprocesses
+# (the CLI) get them only when a test asks (python_env).
+os.environ.setdefault("MISSIONSTREAM_DEBUG", "1")
+
 sys.path.insert(0, str(PYTHON_DIR))
 
 import missionstream  # noqa: E402
@@ -184,7 +189,7 @@ def python_env(**extra: str) -> Dict[str, str]:
     """Environment for subprocesses running the binding from the source tree."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(PYTHON_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for key in ("MISSIONSTREAM_URL", "MISSIONSTREAM_PASSWORD", "MISSIONSTREAM_LEADER_CODE"):
+    for key in ("MISSIONSTREAM_URL", "MISSIONSTREAM_PASSWORD", "MISSIONSTREAM_LEADER_CODE", "MISSIONSTREAM_DEBUG"):
         env.pop(key, None)
     env.update(extra)
     return env
