@@ -50,6 +50,10 @@ step "servers"
 . "$server_dir/env"
 export MS_URL
 
+# The library's diagnostics (retries, lost subscriptions) on stderr: quiet
+# when all goes well, and what to look at when a step fails.
+export MISSIONSTREAM_DEBUG=1
+
 step "harness (ASan/UBSan)"
 if ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \
    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
