@@ -241,6 +241,7 @@ impl Webdis {
         let mut tries = 0;
         let (status, body) = loop {
             tries += 1;
+            let try_started = Instant::now();
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
@@ -248,7 +249,11 @@ impl Webdis {
             let more_time = Instant::now() < deadline;
             if let Err(f) = &result {
                 let (Failure::Garbled(e) | Failure::Timeout(e) | Failure::Other(e)) = f;
-                crate::debug_log!("{function}: try {tries} failed: {}", e.message);
+                crate::debug_log!(
+                    "{function}: try {tries} failed after {:?}: {}",
+                    try_started.elapsed(),
+                    e.message
+                );
             }
             match result {
                 Ok(reply) => break reply,
