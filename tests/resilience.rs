@@ -608,7 +608,7 @@ fn a_lost_stop_response_is_retried_and_reported_done() {
 #[test]
 fn an_abandoned_publish_arriving_late_does_not_take_the_stream_back() {
     let s = Servers::start();
-    let late = Duration::from_millis(2500);
+    let late = Duration::from_millis(4000);
     let relay = LossyRelay::start_late(s.webdis_port, "/FCALL/ms_publish/", 1, late);
     let leader = missionstream::Client::new(&relay.url).unwrap();
     leader.set_timeout(3000).unwrap();
