@@ -329,14 +329,7 @@ impl Publisher {
                     drop(st);
                     self.shared.cond.notify_all();
                     (self.hooks.lead_ended)(self.session, &self.identity.name);
-                    self.hooks.dispatcher.push(
-                        self.session,
-                        Event::new(
-                            EventKind::MS_EVENT_PUBLISH_FAILED,
-                            &self.identity.name,
-                            e.status,
-                        ),
-                    );
+                    self.publish_failed(e.status);
                     return;
                 }
                 Err(e) => {
@@ -359,19 +352,24 @@ impl Publisher {
                     retry_at = Some(Instant::now() + backoff.next());
                     drop(st);
                     if is_publish && first {
-                        self.hooks.dispatcher.push(
-                            self.session,
-                            Event::new(
-                                EventKind::MS_EVENT_PUBLISH_FAILED,
-                                &self.identity.name,
-                                e.status,
-                            ),
-                        );
+                        self.publish_failed(e.status);
                     }
                 }
             }
             self.shared.cond.notify_all();
         }
+    }
+
+    /// Reports MS_EVENT_PUBLISH_FAILED with its cause.
+    fn publish_failed(&self, status: Status) {
+        self.hooks.dispatcher.push(
+            self.session,
+            Event::new(
+                EventKind::MS_EVENT_PUBLISH_FAILED,
+                &self.identity.name,
+                status,
+            ),
+        );
     }
 
     /// Waits for something to do and marks the publisher busy.
