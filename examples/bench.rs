@@ -315,6 +315,8 @@ fn fcall_path(command: &str, function: &str, key: &str) -> String {
     encode_path_arg(key, &mut p);
     p.push('/');
     p.push_str(PROTOCOL_VERSION);
+    // The request nonce the functions echo (any, for the raw baseline).
+    p.push_str("/raw");
     p
 }
 
@@ -330,7 +332,7 @@ fn raw_channel(port: u16, name: &str) -> String {
         String::from_utf8_lossy(&body)
     );
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["FCALL_RO"][0]
+    v["FCALL_RO"][1]
         .as_str()
         .unwrap_or_else(|| panic!("ms_connect reply: {v}"))
         .to_string()
@@ -670,10 +672,11 @@ impl Bench {
             let end = t0 + Duration::from_secs_f64(slice);
             while Instant::now() < end {
                 let (st, body) = raw.roundtrip(req.next());
-                // {"FCALL":<seq>}: a new seq each time, or it stored nothing.
+                // {"FCALL":["raw",<seq>,"<id>"]}: a new seq each time, or
+                // it stored nothing.
                 let seq = body
-                    .strip_prefix(b"{\"FCALL\":")
-                    .and_then(|b| b.strip_suffix(b"}"))
+                    .strip_prefix(b"{\"FCALL\":[\"raw\",")
+                    .and_then(|b| b.split(|&c| c == b',').next())
                     .and_then(get_digits);
                 match seq {
                     Some(seq) if st == 200 && seq > raw_seq => raw_seq = seq,

@@ -344,7 +344,7 @@ impl Client {
         lead.pause();
         let id = lead.identity();
         let body = protocol::frame_body(&[id.code.as_bytes(), id.channel.as_bytes()]);
-        let (result, repeated) = self.control.fcall_repeated(
+        let (result, repeated) = self.control.fcall_reporting_resend(
             false,
             "ms_stop",
             &[&id.key, INDEX_KEY],

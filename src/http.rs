@@ -107,8 +107,8 @@ impl Pool {
     }
 
     /// Sends `PUT <path>` with `body`; returns the status and body of the
-    /// response. `head_extra` holds further header lines, each ending in
-    /// CRLF.
+    /// response, and puts the connection back in the pool. `head_extra`
+    /// holds further header lines, each ending in CRLF.
     #[cfg(test)]
     pub fn put(
         &self,
@@ -118,12 +118,19 @@ impl Pool {
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, Vec<u8>), HttpError> {
-        self.put_within(path, head_extra, body, timeout, timeout, max_body)
+        let r = self.put_within(path, head_extra, body, timeout, timeout, max_body)?;
+        self.recycle(r.conn);
+        Ok((r.status, r.body))
     }
 
     /// `put`, failing with `Timeout` also when no byte of the response has
     /// come `answer_within` after the request was written (sending a large
     /// body and reading a large response may take the whole `timeout`).
+    ///
+    /// The connection is handed back only with the response: the caller
+    /// gives it to `recycle` once the response proved to answer this
+    /// request, or drops it (a connection is never reused unless every
+    /// byte it received was read as the answer to a request sent on it).
     pub fn put_within(
         &self,
         path: &str,
@@ -132,7 +139,7 @@ impl Pool {
         timeout: Duration,
         answer_within: Duration,
         max_body: usize,
-    ) -> Result<(u16, Vec<u8>), HttpError> {
+    ) -> Result<Response, HttpError> {
         let deadline = Instant::now() + timeout;
         let head = format!(
             "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n{head_extra}\r\n",
@@ -145,7 +152,7 @@ impl Pool {
             if self.shut.load(Ordering::SeqCst) {
                 return Err(HttpError::Shutdown);
             }
-            let pooled = lock(&self.idle).pop();
+            let pooled = self.take_idle();
             let reused = pooled.is_some();
             let stream = match pooled {
                 Some(s) => s,
@@ -162,13 +169,11 @@ impl Pool {
             lock(&self.busy).remove(&id);
             match result {
                 Ok((status, body, keep_alive)) => {
-                    if keep_alive && !self.shut.load(Ordering::SeqCst) {
-                        let mut idle = lock(&self.idle);
-                        if idle.len() < MAX_IDLE {
-                            idle.push(stream);
-                        }
-                    }
-                    return Ok((status, body));
+                    return Ok(Response {
+                        status,
+                        body,
+                        conn: keep_alive.then_some(Conn(stream)),
+                    });
                 }
                 Err((e, got_bytes)) => {
                     if matches!(e, HttpError::Timeout | HttpError::Malformed(_)) {
@@ -176,7 +181,7 @@ impl Pool {
                         // after a subscriber hangs up (responses lost or
                         // written elsewhere): the idle ones may be in the
                         // same state, so the next request opens a new one.
-                        lock(&self.idle).clear();
+                        self.forget_idle();
                     }
                     let stale = reused && !got_bytes && matches!(e, HttpError::Io(_));
                     if !stale {
@@ -185,6 +190,75 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Keeps a connection whose response answered its request for the
+    /// next request (unless the pool is shut down or full).
+    pub fn recycle(&self, conn: Option<Conn>) {
+        if let Some(Conn(stream)) = conn {
+            if !self.shut.load(Ordering::SeqCst) {
+                let mut idle = lock(&self.idle);
+                if idle.len() < MAX_IDLE {
+                    idle.push(stream);
+                }
+            }
+        }
+    }
+
+    /// Closes the idle connections: the next request opens a new one.
+    pub fn forget_idle(&self) {
+        lock(&self.idle).clear();
+    }
+
+    /// An idle connection that has received nothing since its last
+    /// response: one with unread bytes (a reply written to the wrong
+    /// socket) or closed by the server is dropped.
+    fn take_idle(&self) -> Option<TcpStream> {
+        loop {
+            let stream = lock(&self.idle).pop()?;
+            if quiet(&stream) {
+                return Some(stream);
+            }
+            crate::debug_log!(
+                "http: dropped a pooled connection that had received bytes or was closed"
+            );
+        }
+    }
+}
+
+/// The response to one request.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// The connection, for `Pool::recycle` (None: it cannot be reused).
+    pub conn: Option<Conn>,
+}
+
+/// A connection that may be reused, once its response proved right.
+#[derive(Debug)]
+pub struct Conn(TcpStream);
+
+/// Whether nothing is waiting to be read on an idle connection (no bytes,
+/// no end of stream), looked at without blocking.
+fn quiet(stream: &TcpStream) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let mut b = 0u8;
+    // SAFETY: a one-byte buffer on the stack; the fd is owned by `stream`.
+    let r = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            &mut b as *mut u8 as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r < 0 && {
+        let e = io::Error::last_os_error();
+        matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        )
     }
 }
 
@@ -799,10 +873,9 @@ mod tests {
         let elapsed = start.elapsed();
         assert!(matches!(r, Err(HttpError::Timeout)), "{r:?}");
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
-        assert_eq!(
-            pool.put_within("/p", "", b"x", T, quick, MAX).unwrap(),
-            (200, b"ok".to_vec())
-        );
+        let r = pool.put_within("/p", "", b"x", T, quick, MAX).unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
+        pool.recycle(r.conn);
         drop(pool);
         server.join().unwrap();
     }
@@ -913,6 +986,68 @@ mod tests {
         ));
         server.join().unwrap();
         drop(pool);
+    }
+
+    /// A reply written after the response (Webdis wrote another
+    /// request's reply to this socket) makes the connection unusable: the
+    /// next request goes out on a new one and gets its own answer.
+    #[test]
+    fn connection_with_unread_bytes_is_not_reused() {
+        let (sent_tx, sent_rx) = mpsc::channel();
+        let (authority, server) = serve(move |l| {
+            let mut c = accept(&l);
+            c.request();
+            c.ok("1");
+            // A stray second response, after the client read the first.
+            thread::sleep(Duration::from_millis(50));
+            c.send(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale");
+            sent_tx.send(()).unwrap();
+            let mut d = accept(&l);
+            d.request();
+            d.ok("2");
+            assert_eq!(d.eof(), 0);
+            // Closed with the stray bytes unread: a reset, or an end.
+            let _ = c.0.read_to_end(&mut Vec::new());
+        });
+        let pool = Pool::new(&authority);
+        assert_eq!(
+            pool.put("/p", "", b"x", T, MAX).unwrap(),
+            (200, b"1".to_vec())
+        );
+        sent_rx.recv_timeout(GUARD).unwrap();
+        thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            pool.put("/p", "", b"y", T, MAX).unwrap(),
+            (200, b"2".to_vec())
+        );
+        drop(pool);
+        server.join().unwrap();
+    }
+
+    /// A connection whose response the caller did not accept (it answered
+    /// another request) is not handed back: the next request opens anew.
+    #[test]
+    fn connection_not_recycled_is_not_reused() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            c.request();
+            c.ok("not yours");
+            let mut d = accept(&l);
+            d.request();
+            d.ok("2");
+            assert_eq!(c.eof(), 0);
+            assert_eq!(d.eof(), 0);
+        });
+        let pool = Pool::new(&authority);
+        let r = pool.put_within("/p", "", b"x", T, T, MAX).unwrap();
+        assert_eq!(r.body, b"not yours");
+        drop(r);
+        assert_eq!(
+            pool.put("/p", "", b"y", T, MAX).unwrap(),
+            (200, b"2".to_vec())
+        );
+        drop(pool);
+        server.join().unwrap();
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Publisher {
                             body,
                             timeout,
                         )
-                        .map(|_| ())
+                        .and_then(|reply| stored_at_or_after(&reply, &id))
                 }
                 Action::Heartbeat => {
                     let hb = self.config.heartbeat().as_millis().to_string();
@@ -414,6 +414,26 @@ impl Publisher {
                 .max(Duration::from_millis(1));
             st = self.shared.wait(st, wait);
         }
+    }
+}
+
+/// Checks the reply to ms_publish `[seq, stored publish id]`: the state
+/// now stored is the one of publish id `id` or a later one of this lead.
+/// Only then does it count as stored (ms_flush relies on it).
+fn stored_at_or_after(reply: &serde_json::Value, id: &str) -> Result<()> {
+    let stored = match reply {
+        serde_json::Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[0]).is_some() => {
+            a[1].as_str()
+        }
+        _ => None,
+    };
+    match stored {
+        // Same lead token, counter not below ours (fixed width: text order
+        // is number order).
+        Some(p) if p.len() == id.len() && p.as_bytes()[..16] == id.as_bytes()[..16] && p >= id => {
+            Ok(())
+        }
+        _ => Err(protocol::protocol_error("ms_publish")),
     }
 }
 

@@ -6,7 +6,7 @@ use crate::error::{Error, Result, Status};
 use serde_json::Value;
 
 /// Version of the protocol between this library and lua/missionstream.lua.
-pub const PROTOCOL_VERSION: &str = "2";
+pub const PROTOCOL_VERSION: &str = "3";
 /// Longest stream name, in bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest password or leader code, in bytes.
@@ -226,6 +226,64 @@ pub fn redis_error(text: &str) -> Error {
 /// Interprets a Webdis reply to `/<command>/...`: HTTP status and body.
 /// Returns the command's value, or the error it stands for.
 pub fn webdis_reply(command: &str, http_status: u16, body: &[u8]) -> Result<Value> {
+    let value = webdis_value(command, http_status, body)?;
+    match error_text(&value) {
+        Some(text) => Err(redis_error(text)),
+        None => Ok(value),
+    }
+}
+
+/// How a reply to a function call relates to the call.
+#[derive(Debug)]
+pub enum Answer {
+    /// It answers the call: the reply without its nonce, or the error it
+    /// reports (errors of Redis itself and of HTTP carry no nonce).
+    Ours(Result<Value>),
+    /// It names another request: Webdis wrote it to the wrong socket.
+    NotOurs,
+}
+
+/// Interprets a Webdis reply to a function call that carried `nonce`: the
+/// functions answer `[nonce, ...]` and name the nonce as the second word
+/// of their errors (`-` when they could not read it; MSVERSION names none).
+pub fn function_reply(command: &str, http_status: u16, body: &[u8], nonce: &str) -> Answer {
+    let value = match webdis_value(command, http_status, body) {
+        Ok(v) => v,
+        Err(e) => return Answer::Ours(Err(e)),
+    };
+    if let Some(text) = error_text(&value) {
+        let mut words = text.splitn(3, ' ');
+        let code = words.next().unwrap_or("");
+        if code.starts_with("MS") && code != "MSVERSION" {
+            let named = words.next().unwrap_or("");
+            if named != nonce && named != "-" {
+                return Answer::NotOurs;
+            }
+            let rest = words.next().unwrap_or("");
+            return Answer::Ours(Err(redis_error(&format!("{code} {rest}"))));
+        }
+        return Answer::Ours(Err(redis_error(text)));
+    }
+    match value {
+        Value::Array(mut a) if a.first().and_then(Value::as_str) == Some(nonce) => {
+            a.remove(0);
+            Answer::Ours(Ok(Value::Array(a)))
+        }
+        _ => Answer::NotOurs,
+    }
+}
+
+/// The text of a Redis error reply (`[false, "ERR ..."]` in Webdis).
+fn error_text(value: &Value) -> Option<&str> {
+    match value {
+        Value::Array(a) if a.len() == 2 && a[0] == Value::Bool(false) => a[1].as_str(),
+        _ => None,
+    }
+}
+
+/// The value of a Webdis reply `{"<command>": value}` with HTTP 200;
+/// other HTTP statuses as the errors they stand for.
+fn webdis_value(command: &str, http_status: u16, body: &[u8]) -> Result<Value> {
     match http_status {
         200 => {}
         401 | 403 => {
@@ -282,14 +340,6 @@ pub fn webdis_reply(command: &str, http_status: u16, body: &[u8]) -> Result<Valu
             ))
         }
     };
-    // A Redis error: [false, "ERR ..."].
-    if let Value::Array(a) = &value {
-        if a.len() == 2 && a[0] == Value::Bool(false) {
-            if let Value::String(text) = &a[1] {
-                return Err(redis_error(text));
-            }
-        }
-    }
     Ok(value)
 }
 
@@ -605,6 +655,45 @@ mod tests {
             webdis_reply("FCALL", 200, br#"{"FCALL":7}"#).unwrap(),
             Value::from(7)
         );
+    }
+
+    #[test]
+    fn function_replies_must_name_their_request() {
+        let ours = |body: &[u8]| match function_reply("FCALL", 200, body, "n1") {
+            Answer::Ours(r) => Some(r),
+            Answer::NotOurs => None,
+        };
+        // A value: the nonce first, stripped.
+        assert_eq!(
+            ours(br#"{"FCALL":["n1",7,"x"]}"#).unwrap().unwrap(),
+            serde_json::json!([7, "x"])
+        );
+        // Another request's value, or a value without a nonce.
+        assert!(ours(br#"{"FCALL":["n2",7,"x"]}"#).is_none());
+        assert!(ours(br#"{"FCALL":7}"#).is_none());
+        assert!(ours(br#"{"FCALL":[]}"#).is_none());
+        assert!(ours(br#"{"FCALL":[7]}"#).is_none());
+        // Errors of the functions name the nonce ("-": unreadable).
+        let e = ours(br#"{"FCALL":[false,"MSNOTFOUND n1 no such stream"]}"#);
+        assert_eq!(e.unwrap().unwrap_err().status, Status::MS_ERR_NOT_FOUND);
+        let e = ours(br#"{"FCALL":[false,"MSARG - malformed request nonce"]}"#);
+        assert_eq!(e.unwrap().unwrap_err().status, Status::MS_ERR_PROTOCOL);
+        assert!(ours(br#"{"FCALL":[false,"MSNOTFOUND n2 no such stream"]}"#).is_none());
+        assert!(ours(br#"{"FCALL":[false,"MSBADCODE"]}"#).is_none());
+        // MSVERSION and Redis' own errors name none.
+        let e = ours(br#"{"FCALL":[false,"MSVERSION the library speaks protocol 9"]}"#);
+        let e = e.unwrap().unwrap_err();
+        assert_eq!(e.status, Status::MS_ERR_SERVER);
+        assert!(e.message.contains("protocol 9"), "{}", e.message);
+        let e = ours(br#"{"FCALL":[false,"ERR Function not found"]}"#);
+        assert_eq!(e.unwrap().unwrap_err().status, Status::MS_ERR_SERVER);
+        // HTTP errors are the call's.
+        let e = ours(b"");
+        assert_eq!(e.unwrap().unwrap_err().status, Status::MS_ERR_PROTOCOL);
+        match function_reply("FCALL", 503, b"", "n1") {
+            Answer::Ours(Err(e)) => assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,5 +1,11 @@
-//! HTTP to Webdis over ureq: one `Webdis` handle owns one ureq agent (its
-//! keep-alive connections), and `shutdown` breaks any call in flight on it.
+//! HTTP to Webdis: one `Webdis` handle owns its keep-alive connections
+//! (`http.rs` for `http://` requests, a ureq agent for `https://` and for
+//! SUBSCRIBE streams), and `shutdown` breaks any call in flight on it.
+//!
+//! Every function call carries a request nonce that the functions echo in
+//! their reply (and name in their errors): a reply that names another
+//! request is never taken as the answer, its connection is dropped, and
+//! the request is sent again.
 
 use crate::error::{Error, Result, Status};
 use crate::http;
@@ -132,13 +138,19 @@ impl Endpoint {
 #[derive(Clone)]
 pub struct Webdis {
     endpoint: std::sync::Arc<Endpoint>,
-    agent: ureq::Agent,
+    /// Replaced (dropping its pooled connections) when a reply over it
+    /// named another request.
+    agent: std::sync::Arc<std::sync::Mutex<ureq::Agent>>,
     plain: Option<std::sync::Arc<http::Pool>>,
+    /// Request nonces: a random prefix per handle, then a counter.
+    nonce_prefix: std::sync::Arc<str>,
+    nonces: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why one attempt of a request failed.
 enum Failure {
-    /// The response was malformed (worth another try on a new connection).
+    /// The response was malformed or answered another request (worth
+    /// another try on a new connection).
     Garbled(Error),
     /// No response in time.
     Timeout(Error),
@@ -155,6 +167,27 @@ impl Failure {
 
 impl Webdis {
     pub fn new(endpoint: std::sync::Arc<Endpoint>) -> Webdis {
+        let plain =
+            (!endpoint.tls).then(|| std::sync::Arc::new(http::Pool::new(&endpoint.authority)));
+        // Unique enough across handles and processes that a reply Webdis
+        // wrote to the wrong socket never names a request of this one.
+        let nonce_prefix = random_hex(8).unwrap_or_else(|_| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{:016x}", t as u64 ^ (std::process::id() as u64) << 40)
+        });
+        Webdis {
+            endpoint,
+            agent: std::sync::Arc::new(std::sync::Mutex::new(Webdis::new_agent())),
+            plain,
+            nonce_prefix: nonce_prefix.into(),
+            nonces: Default::default(),
+        }
+    }
+
+    fn new_agent() -> ureq::Agent {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_idle_connections_per_host(8)
@@ -165,13 +198,19 @@ impl Webdis {
             .no_delay(true)
             .user_agent(concat!("missionstream/", env!("CARGO_PKG_VERSION")))
             .build();
-        let plain =
-            (!endpoint.tls).then(|| std::sync::Arc::new(http::Pool::new(&endpoint.authority)));
-        Webdis {
-            endpoint,
-            agent: ureq::Agent::with_parts(config, DefaultConnector::new(), LiteralResolver),
-            plain,
-        }
+        ureq::Agent::with_parts(config, DefaultConnector::new(), LiteralResolver)
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        crate::dispatch::lock(&self.agent).clone()
+    }
+
+    /// A nonce for the next request: never used before by this handle.
+    fn next_nonce(&self) -> String {
+        let n = self
+            .nonces
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{n:x}", self.nonce_prefix)
     }
 
     /// The endpoint, shared.
@@ -182,15 +221,16 @@ impl Webdis {
     /// Closes this handle's connections and fails every call in flight on
     /// it at once; later calls fail too.
     pub fn shutdown(&self) {
-        self.agent.clone().shutdown();
+        self.agent().shutdown();
         if let Some(plain) = &self.plain {
             plain.shutdown();
         }
     }
 
     /// Calls a function of the missionstream library:
-    /// `PUT /FCALL[_RO]/<function>/<nkeys>/<keys...>/<version>/<args...>`
-    /// with `body` as the last argument.
+    /// `PUT /FCALL[_RO]/<function>/<nkeys>/<keys...>/<version>/<nonce>/<args...>`
+    /// with `body` as the last argument. Returns the reply without its
+    /// nonce: the reply is proven to answer this request.
     pub fn fcall(
         &self,
         read_only: bool,
@@ -200,13 +240,13 @@ impl Webdis {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Value> {
-        self.fcall_repeated(read_only, function, keys, args, body, timeout)
+        self.fcall_reporting_resend(read_only, function, keys, args, body, timeout)
             .0
     }
 
     /// `fcall`, also telling whether the request was sent more than once
     /// (an earlier try may have been carried out, its response lost).
-    pub fn fcall_repeated(
+    pub fn fcall_reporting_resend(
         &self,
         read_only: bool,
         function: &str,
@@ -217,18 +257,23 @@ impl Webdis {
     ) -> (Result<Value>, bool) {
         let command = if read_only { "FCALL_RO" } else { "FCALL" };
         let nkeys = keys.len().to_string();
-        let mut parts: Vec<&str> = Vec::with_capacity(3 + keys.len() + args.len());
+        let nonce = self.next_nonce();
+        let mut parts: Vec<&str> = Vec::with_capacity(4 + keys.len() + args.len());
         parts.push(function);
         parts.push(&nkeys);
         parts.extend_from_slice(keys);
         parts.push(PROTOCOL_VERSION);
+        parts.push(&nonce);
         parts.extend_from_slice(args);
         let path = self.endpoint.path(command, &parts);
         // Webdis 0.1.9 may write a message meant for a subscriber that just
         // hung up into a new connection that reuses its socket, ahead of the
-        // real response, and may lose a response the same way. So a request
-        // whose response is garbled, or does not come within a third of the
-        // timeout, is sent again on another connection, within the timeout.
+        // real response, may write the reply to an abandoned request there,
+        // and may lose a response the same way. So a request whose response
+        // is garbled or names another request, or does not come within a
+        // third of the timeout, is sent again on another connection, within
+        // the timeout. Every try of one call carries the same nonce: a
+        // reply to any of them answers it.
         // Every function of the library is safe to repeat: the read-only
         // ones and ms_reconnect/ms_heartbeat change nothing more the second
         // time; a repeated ms_start recognises the stream its first try
@@ -239,13 +284,36 @@ impl Webdis {
         let deadline = Instant::now() + timeout;
         let per_try = (timeout / 3).max(Duration::from_secs(1)).min(timeout);
         let mut tries = 0;
-        let (status, body) = loop {
+        loop {
             tries += 1;
             let try_started = Instant::now();
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
-            let result = self.put(&path, body, left, per_try.min(left), timeout);
+            let result = self.put(
+                &path,
+                body,
+                left,
+                per_try.min(left),
+                timeout,
+                |status, body| {
+                    match protocol::function_reply(command, status, body, &nonce) {
+                        // Not a reply of Webdis at all: reported, not retried,
+                        // and the connection is not reused.
+                        protocol::Answer::Ours(Err(e)) if e.status == Status::MS_ERR_PROTOCOL => {
+                            Err(Failure::Other(e))
+                        }
+                        protocol::Answer::Ours(r) => Ok(r),
+                        protocol::Answer::NotOurs => Err(Failure::Garbled(Error::new(
+                            Status::MS_ERR_PROTOCOL,
+                            format!(
+                            "Webdis at {} answered {function} with the reply to another request",
+                            self.endpoint.base
+                        ),
+                        ))),
+                    }
+                },
+            );
             let more_time = Instant::now() < deadline;
             if let Err(f) = &result {
                 let (Failure::Garbled(e) | Failure::Timeout(e) | Failure::Other(e)) = f;
@@ -256,34 +324,35 @@ impl Webdis {
                 );
             }
             match result {
-                Ok(reply) => break reply,
+                Ok(reply) => return (reply, tries > 1),
                 // At most three tries: a server that always garbles (not
                 // Webdis at all?) is not hammered for the whole timeout.
                 Err(Failure::Garbled(_)) if tries < 3 && (tries == 1 || more_time) => {}
                 Err(Failure::Timeout(_)) if more_time => {}
                 Err(f) => return (Err(f.into_error()), tries > 1),
             }
-        };
-        (protocol::webdis_reply(command, status, &body), tries > 1)
+        }
     }
 
     /// One PUT of `path` within `timeout`, whose response must begin
-    /// within `answer_within` of the request being sent; returns the HTTP
-    /// status and body.
-    fn put(
+    /// within `answer_within` of the request being sent; `answer` reads
+    /// the HTTP status and body. The connection is kept for the next
+    /// request only when `answer` accepts the response as this request's.
+    fn put<T>(
         &self,
         path: &str,
         body: &[u8],
         timeout: Duration,
         answer_within: Duration,
         reported_timeout: Duration,
-    ) -> std::result::Result<(u16, Vec<u8>), Failure> {
+        answer: impl FnOnce(u16, &[u8]) -> std::result::Result<T, Failure>,
+    ) -> std::result::Result<T, Failure> {
         if let Some(plain) = &self.plain {
             let auth = match &self.endpoint.auth {
                 Some(a) => format!("Authorization: {a}\r\n"),
                 None => String::new(),
             };
-            return plain
+            let response = plain
                 .put_within(
                     path,
                     &auth,
@@ -292,11 +361,19 @@ impl Webdis {
                     answer_within,
                     MAX_REPLY as usize,
                 )
-                .map_err(|e| self.plain_failure(e, reported_timeout));
+                .map_err(|e| self.plain_failure(e, reported_timeout))?;
+            let result = answer(response.status, &response.body);
+            if result.is_ok() {
+                plain.recycle(response.conn);
+            } else {
+                // Dropping the connection; the idle ones may be mixed up too.
+                plain.forget_idle();
+            }
+            return result;
         }
         let url = self.endpoint.url_of(path);
         let mut req = self
-            .agent
+            .agent()
             .put(&url)
             .config()
             .timeout_global(Some(timeout))
@@ -318,7 +395,12 @@ impl Webdis {
             .limit(MAX_REPLY)
             .read_to_vec()
             .map_err(ureq_failure)?;
-        Ok((status, body))
+        let result = answer(status, &body);
+        if matches!(result, Err(Failure::Garbled(_))) {
+            // ureq has pooled the connection already: a new agent drops it.
+            *crate::dispatch::lock(&self.agent) = Webdis::new_agent();
+        }
+        result
     }
 
     fn plain_failure(&self, e: http::HttpError, timeout: Duration) -> Failure {
@@ -350,7 +432,7 @@ impl Webdis {
     ) -> Result<impl Read + Send + 'static> {
         let url = self.endpoint.url("SUBSCRIBE", &[channel]);
         let mut req = self
-            .agent
+            .agent()
             .get(&url)
             .config()
             .timeout_connect(Some(timeout))

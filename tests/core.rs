@@ -360,6 +360,7 @@ fn secrets_are_stored_hashed_and_channel_is_random() {
         "stream:secret-stream",
         "streams",
         PROTOCOL_VERSION,
+        "n0nce",
         &format!("4\nnope{channel}"),
     ]);
     assert!(out.contains("MSBADCODE"), "{out}");
@@ -729,22 +730,45 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
             "1",
             &key,
             PROTOCOL_VERSION,
+            "n0nce",
             id,
             std::str::from_utf8(&body).unwrap(),
         ])
         .trim()
         .to_string()
     };
+    // The reply: the request nonce, the stored seq, the stored publish id.
+    let stored = |reply: String| -> (String, String) {
+        let lines: Vec<&str> = reply.lines().collect();
+        assert_eq!(lines.len(), 3, "{reply}");
+        assert_eq!(lines[0], "n0nce", "{reply}");
+        (lines[1].to_string(), lines[2].to_string())
+    };
     let lead_a = |n: u64| format!("aaaaaaaaaaaaaaaa{n:016x}");
-    assert_eq!(publish(&lead_a(1), "{\"v\":1}"), "1");
-    assert_eq!(publish(&lead_a(1), "{\"v\":1}"), "1", "a repeat");
-    assert_eq!(publish(&lead_a(0x10), "{\"v\":2}"), "2");
-    assert_eq!(publish(&lead_a(0xf), "{\"v\":\"old\"}"), "2", "older, late");
+    assert_eq!(
+        stored(publish(&lead_a(1), "{\"v\":1}")),
+        ("1".into(), lead_a(1))
+    );
+    assert_eq!(
+        stored(publish(&lead_a(1), "{\"v\":1}")),
+        ("1".into(), lead_a(1)),
+        "a repeat"
+    );
+    assert_eq!(
+        stored(publish(&lead_a(0x10), "{\"v\":2}")),
+        ("2".into(), lead_a(0x10))
+    );
+    assert_eq!(
+        stored(publish(&lead_a(0xf), "{\"v\":\"old\"}")),
+        ("2".into(), lead_a(0x10)),
+        "older, late: the reply names the newer id stored"
+    );
     assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
     // Another lead (a reconnected leader) has its own counter.
+    let lead_b = format!("bbbbbbbbbbbbbbbb{:016x}", 1);
     assert_eq!(
-        publish(&format!("bbbbbbbbbbbbbbbb{:016x}", 1), "{\"v\":3}"),
-        "3"
+        stored(publish(&lead_b, "{\"v\":3}")),
+        ("3".into(), lead_b.clone())
     );
     rec.wait_state(&name, "{\"v\":3}", Duration::from_secs(10));
     assert_states_from(

@@ -159,6 +159,7 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         let mut cmd = vec!["FCALL", function, &nkeys];
         cmd.extend_from_slice(keys);
         cmd.push(PROTOCOL_VERSION);
+        cmd.push("n0nce");
         cmd.extend_from_slice(args);
         cmd.push(&body);
         let out = s.redis_cli(&cmd);
@@ -172,6 +173,7 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
             "1",
             key,
             PROTOCOL_VERSION,
+            "n0nce",
             &frame(&["wrong"]),
         ]);
         assert!(
@@ -186,6 +188,7 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         key,
         PROTOCOL_VERSION,
         "n0nce",
+        "pr0be",
         &frame(&["wrong"]),
     ]);
     assert!(
@@ -199,6 +202,7 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         "1",
         key,
         PROTOCOL_VERSION,
+        "n0nce",
         "00000000000000000000000000000001",
         "999 1\nshort",
     ]);
