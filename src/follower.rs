@@ -1,23 +1,23 @@
-//! A followed stream: one follower thread runs the session (subscribe,
-//! snapshot, listen, detect silence, recover), and for each subscription a
-//! reader thread turns Webdis' chunked SUBSCRIBE stream into messages.
+//! A followed stream: one session thread decides (subscribe, snapshot,
+//! listen, detect silence and absence, recover) and never blocks on the
+//! network; the blocking calls it needs (a probe, a recovery) run on a job
+//! thread whose result it awaits among its other events; and each
+//! subscription has a reader thread that turns Webdis' chunked SUBSCRIBE
+//! stream into messages. The timing rules are in `liveness.rs`.
 //!
 //! Late join: the follower subscribes, waits for Webdis' acknowledgement,
-//! then reads the snapshot, and from then on delivers only states newer
-//! than the last one delivered.
-//!
-//! Silence: Webdis says nothing when its own link to Redis breaks. When the
-//! subscription has been silent for 2 heartbeat intervals the follower
-//! publishes a probe on its channel; if the probe does not come back within
-//! one more interval the subscription is dead and is replaced.
+//! proves the subscription end to end (a probe published through the
+//! functions must come back on it), then reads the snapshot, and from then
+//! on delivers only states newer than the last one delivered.
 
 use crate::client::{key_of, Config, Hooks};
 use crate::dispatch::{lock, Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::leader::Backoff;
+use crate::liveness::{Decision, Liveness};
 use crate::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
 use crate::transport::{random_hex, Endpoint, Webdis};
-use crossbeam_channel::{bounded, select, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 use std::ffi::CString;
 use std::io::Read;
@@ -25,11 +25,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Least time a probe's echo may take (for very short heartbeats).
-const PROBE_MIN_WAIT: Duration = Duration::from_millis(500);
-/// How often the byte count is looked at while a probe is out.
-const PROBE_POLL: Duration = Duration::from_millis(50);
 
 /// Handle kept by the client for a followed stream. It is registered
 /// with the client before the session starts, so that a callback handling
@@ -68,7 +63,7 @@ impl Follow {
         hooks: Hooks,
     ) -> Result<()> {
         let key = key_of(name.to_str().unwrap_or(""));
-        let (channel, hb_ms) = check_password(control, &key, &password, config.timeout())?;
+        let channel = stream_channel(control, &key, &password, config.timeout())?;
         let (wake_tx, wake_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<()>(0);
         let (ready_tx, ready_rx) = bounded::<Result<()>>(1);
@@ -84,16 +79,13 @@ impl Follow {
         *lock(&self.done) = Some(done_rx);
         let name_for_delivery = name.clone();
         let hooks_dispatcher = hooks.dispatcher.clone();
-        let follower = Follower {
+        let link = Arc::new(Link {
             session: self.session,
-            name,
             key,
             password,
             channel,
-            hb: Duration::from_millis(hb_ms.max(1)),
             endpoint: control.endpoint_arc(),
             config,
-            hooks,
             cancel: self.cancel.clone(),
             wake: wake_rx,
             active: self.active.clone(),
@@ -107,6 +99,12 @@ impl Follow {
                 direct_count: AtomicU64::new(0),
                 leader_offline: AtomicBool::new(false),
             }),
+        });
+        let follower = Follower {
+            session: self.session,
+            name,
+            hooks,
+            link,
             _done: done_tx,
         };
         let thread = std::thread::Builder::new()
@@ -151,18 +149,12 @@ impl Follow {
     }
 }
 
-/// ms_connect: checks the password; returns the channel and the leader's
-/// heartbeat interval in ms.
-fn check_password(
-    conn: &Webdis,
-    key: &str,
-    password: &str,
-    timeout: Duration,
-) -> Result<(String, u64)> {
+/// ms_connect: checks the password; returns the stream's channel.
+fn stream_channel(conn: &Webdis, key: &str, password: &str, timeout: Duration) -> Result<String> {
     let body = protocol::frame_body(&[password.as_bytes()]);
     match conn.fcall(true, "ms_connect", &[key], &[], &body, timeout)? {
-        Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
-            (Value::String(c), Some(hb)) => Ok((c.clone(), hb)),
+        Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => match &a[0] {
+            Value::String(c) => Ok(c.clone()),
             _ => Err(protocol::protocol_error("ms_connect")),
         },
         _ => Err(protocol::protocol_error("ms_connect")),
@@ -178,13 +170,6 @@ fn replaced() -> Error {
 
 fn disconnected() -> Error {
     Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected while connecting")
-}
-
-/// What ended a subscription.
-enum Outcome {
-    Lost(Error),
-    Ended,
-    Cancelled,
 }
 
 /// Items from the reader thread.
@@ -248,132 +233,80 @@ struct Snapshot {
     state: String,
 }
 
-struct Follower {
+/// What the network side of a session needs; shared with its job threads.
+struct Link {
     session: u64,
-    name: Arc<CString>,
     key: String,
     password: String,
     channel: String,
-    hb: Duration,
     endpoint: Arc<Endpoint>,
     config: Arc<Config>,
-    hooks: Hooks,
     cancel: Arc<AtomicBool>,
+    /// Disconnected when the session is cancelled.
     wake: Receiver<()>,
+    /// The connection last opened, shut down by a cancel.
     active: Arc<Mutex<Option<Webdis>>>,
     delivery: Arc<Delivery>,
-    /// Dropped when the thread ends.
-    _done: Sender<()>,
 }
 
-impl Follower {
-    fn run(mut self, ready: Sender<Result<()>>) {
-        let mut sub = match self.open() {
-            Ok((sub, snap)) => {
-                self.deliver_snapshot(snap);
-                let _ = ready.send(Ok(()));
-                sub
-            }
-            Err(e) => {
-                let _ = ready.send(Err(e));
-                return;
-            }
-        };
-        drop(ready);
-        let mut backoff = Backoff::new(self.session);
-        loop {
-            let cause = match self.listen(sub) {
-                Outcome::Cancelled => return,
-                Outcome::Ended => return self.end(),
-                Outcome::Lost(e) => e,
-            };
-            crate::debug_log!(
-                "follow {}: connection lost: {}",
-                self.session,
-                cause.message
-            );
-            self.emit(Event::new(
-                EventKind::MS_EVENT_CONNECTION_LOST,
-                &self.name,
-                cause.status,
-            ));
-            // Recover: retry with capped exponential backoff and jitter.
-            sub = loop {
-                if self.sleep(backoff.next()) {
-                    return;
-                }
-                // Whether the stream is gone does not depend on a working
-                // subscription: ask first, so that ENDED comes promptly.
-                match self.check_stream().and_then(|()| self.open()) {
-                    Ok((s, snap)) => {
-                        backoff.reset();
-                        self.emit(Event::new(
-                            EventKind::MS_EVENT_RECONNECTED,
-                            &self.name,
-                            Status::MS_OK,
-                        ));
-                        self.deliver_snapshot(snap);
-                        break s;
-                    }
-                    Err(_) if self.cancelled() => return,
-                    Err(e) if is_final(e.status) => return self.end(),
-                    Err(e) => {
-                        crate::debug_log!(
-                            "follow {}: recovery failed: {}",
-                            self.session,
-                            e.message
-                        );
-                        continue;
-                    }
-                }
-            };
+/// A blocking call running on its own thread for the session thread,
+/// which awaits `rx` among its other events. Dropped, it breaks the call
+/// (shuts its connection down) and waits for the thread.
+struct Job {
+    rx: Receiver<JobResult>,
+    /// The connection of a probe, shut down when the probe is given up.
+    conn: Option<Webdis>,
+    thread: Option<JoinHandle<()>>,
+}
+
+enum JobResult {
+    /// A probe's request returned: the number of subscriptions reached.
+    Probe(Result<u64>),
+    /// A recovery: a confirmed subscription and the snapshot.
+    Recovered(Result<(Subscription, Snapshot)>),
+}
+
+impl Job {
+    fn spawn(
+        session: u64,
+        conn: Option<Webdis>,
+        work: impl FnOnce() -> JobResult + Send + 'static,
+    ) -> Result<Job> {
+        let (tx, rx) = bounded(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("ms-job-{session}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _ = tx.send(work());
+            })
+            .map_err(|e| {
+                Error::new(
+                    Status::MS_ERR_INTERNAL,
+                    format!("cannot start a thread: {e}"),
+                )
+            })?;
+        Ok(Job {
+            rx,
+            conn,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(conn) = &self.conn {
+            conn.shutdown();
+        }
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
         }
     }
+}
 
-    /// Checks that the stream still exists, with the password, on the
-    /// channel followed.
-    fn check_stream(&self) -> Result<()> {
-        let conn = self.connection()?;
-        let (channel, _) = check_password(&conn, &self.key, &self.password, self.config.timeout())?;
-        if channel == self.channel {
-            Ok(())
-        } else {
-            Err(replaced())
-        }
-    }
-
+impl Link {
     fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::SeqCst)
-    }
-
-    /// Sleeps, waking early on cancel; true when cancelled.
-    fn sleep(&self, d: Duration) -> bool {
-        match self.wake.recv_timeout(d) {
-            Err(RecvTimeoutError::Timeout) => self.cancelled(),
-            _ => true,
-        }
-    }
-
-    fn emit(&self, event: Event) {
-        if !self.cancelled() {
-            self.hooks.dispatcher.push(self.session, event);
-        }
-    }
-
-    fn end(&self) {
-        if self.cancelled() {
-            return;
-        }
-        (self.hooks.follow_ended)(self.session, &self.name);
-        self.hooks.dispatcher.push(
-            self.session,
-            Event::new(EventKind::MS_EVENT_ENDED, &self.name, Status::MS_OK),
-        );
-    }
-
-    fn deliver_snapshot(&mut self, snap: Snapshot) {
-        self.hb = snap.hb;
-        self.delivery.state(snap.seq, snap.state);
     }
 
     /// A connection for the next call, registered so that cancel breaks it.
@@ -387,25 +320,50 @@ impl Follower {
         Ok(conn)
     }
 
-    /// Subscribes, waits for the acknowledgement, then reads the snapshot.
+    /// Checks that the stream still exists, with the password, on the
+    /// channel followed.
+    fn check_stream(&self) -> Result<()> {
+        let conn = self.connection()?;
+        let channel = stream_channel(&conn, &self.key, &self.password, self.config.timeout())?;
+        if channel == self.channel {
+            Ok(())
+        } else {
+            Err(replaced())
+        }
+    }
+
+    /// A recovery: the stream still exists (asked first, so that ENDED
+    /// comes promptly when it does not), then a new subscription.
+    fn recover(&self) -> Result<(Subscription, Snapshot)> {
+        self.check_stream()?;
+        self.open()
+    }
+
+    /// Subscribes, waits for the acknowledgement, proves the subscription
+    /// with a probe, then reads the snapshot.
     ///
-    /// Webdis 0.1.9 can garble a new subscription: a message published
-    /// while it sets one up may be written before the HTTP response head,
-    /// and a response may be lost to a socket reused after a subscriber hung
-    /// up. Such a subscription is replaced by a fresh one, within the
+    /// Webdis 0.1.9 can garble a new subscription (a message published
+    /// while it sets one up may be written before the HTTP response head),
+    /// lose its response or acknowledgement to a socket reused after a
+    /// subscriber hung up, or acknowledge a subscription that Redis never
+    /// feeds. Such a subscription is replaced by a fresh one, within the
     /// request timeout overall.
     fn open(&self) -> Result<(Subscription, Snapshot)> {
         let timeout = self.config.timeout();
         let deadline = Instant::now() + timeout;
-        // Time to wait for one response head and acknowledgement before
-        // trying again on a new connection.
-        let ack_wait = (timeout / 4).max(Duration::from_millis(500));
+        // Time for one attempt (response head, acknowledgement and probe
+        // echo) before trying again on a new connection.
+        let attempt_wait = (timeout / 4).max(Duration::from_millis(500));
         let mut attempts = 0u32;
         loop {
             let conn = self.connection()?;
             let left = deadline.saturating_duration_since(Instant::now());
             attempts += 1;
-            let sub = match self.subscribe(&conn, left.min(ack_wait)) {
+            let by = Instant::now() + left.min(attempt_wait);
+            let sub = match self
+                .subscribe(&conn, by)
+                .and_then(|sub| self.confirm(&conn, &sub, by).map(|()| sub))
+            {
                 Ok(sub) => sub,
                 Err(e) if retry_subscribe(&e) => {
                     crate::debug_log!(
@@ -435,12 +393,12 @@ impl Follower {
         }
     }
 
-    /// One subscription, acknowledged within `wait`.
-    fn subscribe(&self, conn: &Webdis, wait: Duration) -> Result<Subscription> {
+    /// One subscription, acknowledged by `by`.
+    fn subscribe(&self, conn: &Webdis, by: Instant) -> Result<Subscription> {
         // The response head is awaited no longer than the acknowledgement:
         // Webdis 0.1.9 sometimes never sends it (the request is lost with a
         // socket it mixed up), and the retry in `open` needs the time left.
-        let started = Instant::now();
+        let wait = by.saturating_duration_since(Instant::now());
         let reader = conn.subscribe(&self.channel, wait)?;
         let (tx, rx) = bounded(64);
         let bytes = Arc::new(AtomicU64::new(0));
@@ -464,22 +422,55 @@ impl Follower {
             bytes,
             reader: Some(handle),
         };
-        let deadline = started + wait;
+        self.await_item(&sub, by, "acknowledge the subscription", |item| {
+            matches!(item, SubscriptionItem::Subscribed { channel } if *channel == self.channel)
+        })?;
+        Ok(sub)
+    }
+
+    /// Proves an acknowledged subscription end to end: a probe published
+    /// through the functions must reach a subscriber and come back on it
+    /// by `by`. (A subscription Webdis acknowledged may never be fed: the
+    /// probe then reaches no subscriber, or not this one.)
+    fn confirm(&self, conn: &Webdis, sub: &Subscription, by: Instant) -> Result<()> {
+        let token = random_hex(8)?;
+        let left = by.saturating_duration_since(Instant::now());
+        let receivers = self.probe(conn, &token, left.max(Duration::from_millis(1)))?;
+        if receivers == 0 {
+            return Err(Error::new(
+                Status::MS_ERR_TIMEOUT,
+                "Redis has no such subscription (a probe reached no subscriber)",
+            ));
+        }
+        self.await_item(sub, by, "deliver a probe on the subscription", |item| {
+            matches!(item, SubscriptionItem::Message { payload, .. }
+                if payload.strip_prefix("p ") == Some(token.as_str()))
+        })
+    }
+
+    /// Waits until the subscription yields an item `wanted` accepts, by
+    /// `by`; TIMEOUT saying what Webdis did not `do` otherwise.
+    fn await_item(
+        &self,
+        sub: &Subscription,
+        by: Instant,
+        what: &str,
+        wanted: impl Fn(&SubscriptionItem) -> bool,
+    ) -> Result<()> {
+        let started = Instant::now();
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = by.saturating_duration_since(Instant::now());
             select! {
                 recv(self.wake) -> _ => return Err(disconnected()),
                 recv(sub.rx) -> m => match m {
-                    Ok(Incoming::Item(SubscriptionItem::Subscribed { channel })) if channel == self.channel => {
-                        return Ok(sub)
-                    }
+                    Ok(Incoming::Item(item)) if wanted(&item) => return Ok(()),
                     Ok(Incoming::Item(_)) => continue,
                     Ok(Incoming::Closed(e)) => return Err(e),
                     Err(_) => return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed")),
                 },
                 default(left) => return Err(Error::new(
                     Status::MS_ERR_TIMEOUT,
-                    format!("Webdis did not acknowledge the subscription within {} ms", wait.as_millis()),
+                    format!("Webdis did not {what} within {} ms", started.elapsed().as_millis()),
                 )),
             }
         }
@@ -518,174 +509,306 @@ impl Follower {
         })
     }
 
-    /// Delivers messages until the subscription ends.
-    fn listen(&mut self, sub: Subscription) -> Outcome {
-        let mut last_heard = Instant::now();
-        let mut leader_heard = Instant::now();
-        let mut leader_offline = false;
-        let mut probe: Option<(String, Instant)> = None;
-        let mut seen_bytes = sub.bytes.load(Ordering::Relaxed);
-        let mut seen_direct = self.delivery.direct_count.load(Ordering::Relaxed);
-        self.delivery.leader_offline.store(false, Ordering::SeqCst);
-        self.delivery.direct.store(true, Ordering::SeqCst);
-        let outcome = loop {
-            let now = Instant::now();
-            let direct = self.delivery.direct_count.load(Ordering::Relaxed);
-            if direct != seen_direct {
-                // The reader delivered states: the leader was heard.
-                seen_direct = direct;
-                last_heard = now;
-                leader_heard = now;
-                self.leader_back(&mut leader_offline);
-            }
-            let silence_at = last_heard + 2 * self.hb;
-            let offline_at = leader_heard + 3 * self.hb;
-            let mut wake = silence_at;
-            if !leader_offline {
-                wake = wake.min(offline_at);
-            }
-            if let Some((_, deadline)) = &probe {
-                // While a probe is out, look at the byte count often: a
-                // large message arriving first delays the probe's echo.
-                wake = wake.min(*deadline).min(now + PROBE_POLL);
-            }
-            let left = wake.saturating_duration_since(now);
-            let msg = select! {
-                recv(self.wake) -> _ => break Outcome::Cancelled,
-                recv(sub.rx) -> m => Some(m),
-                default(left) => None,
-            };
-            match msg {
-                Some(Ok(Incoming::Item(SubscriptionItem::Message { payload, .. }))) => {
-                    last_heard = Instant::now();
-                    // Bytes up to here are accounted for by this message.
-                    seen_bytes = sub.bytes.load(Ordering::Relaxed);
-                    let mut from_leader = false;
-                    match protocol::parse_channel_message(payload) {
-                        Some(ChannelMessage::State { seq, state, .. }) => {
-                            from_leader = true;
-                            self.delivery.state(seq, state);
-                        }
-                        Some(ChannelMessage::Heartbeat { interval_ms }) => {
-                            from_leader = true;
-                            self.hb = Duration::from_millis(interval_ms.max(1));
-                        }
-                        Some(ChannelMessage::Probe { nonce })
-                            if probe.as_ref().is_some_and(|(n, _)| *n == nonce) =>
-                        {
-                            probe = None;
-                        }
-                        Some(ChannelMessage::Ended) => break Outcome::Ended,
-                        Some(ChannelMessage::Probe { .. }) | None => {}
-                    }
-                    if from_leader {
-                        leader_heard = last_heard;
-                        self.leader_back(&mut leader_offline);
-                    }
-                }
-                Some(Ok(Incoming::Item(_))) => last_heard = Instant::now(),
-                Some(Ok(Incoming::Closed(e))) => break self.lost(e),
-                Some(Err(_)) => {
-                    break self.lost(Error::new(
-                        Status::MS_ERR_UNAVAILABLE,
-                        "the subscription closed",
-                    ))
-                }
-                None => {
-                    let now = Instant::now();
-                    let bytes = sub.bytes.load(Ordering::Relaxed);
-                    if bytes != seen_bytes {
-                        // A large message is still arriving: neither the
-                        // subscription nor the leader is silent.
-                        seen_bytes = bytes;
-                        last_heard = now;
-                        leader_heard = now;
-                        if let Some((_, deadline)) = &mut probe {
-                            *deadline = now + self.probe_wait();
-                        }
-                        continue;
-                    }
-                    if !leader_offline && now >= offline_at {
-                        leader_offline = true;
-                        self.delivery.leader_offline.store(true, Ordering::SeqCst);
-                        self.emit(Event::new(
-                            EventKind::MS_EVENT_LEADER_OFFLINE,
-                            &self.name,
-                            Status::MS_OK,
-                        ));
-                    }
-                    if let Some((_, deadline)) = &probe {
-                        if now >= *deadline {
-                            break self.lost(Error::new(
-                                Status::MS_ERR_TIMEOUT,
-                                "the subscription went silent (a probe did not come back)",
-                            ));
-                        }
-                    } else if now >= silence_at {
-                        crate::debug_log!(
-                            "follow {}: silent for {:?}, probing",
-                            self.session,
-                            now - last_heard
-                        );
-                        match self.send_probe(&sub.conn) {
-                            Ok(nonce) => probe = Some((nonce, Instant::now() + self.probe_wait())),
-                            Err(e) if is_final(e.status) => break Outcome::Ended,
-                            Err(e) => break self.lost(e),
-                        }
-                        last_heard = Instant::now();
-                    }
-                }
-            }
-        };
-        self.delivery.direct.store(false, Ordering::SeqCst);
-        outcome
-    }
-
-    /// How long a probe's echo may take: one heartbeat interval (at least
-    /// PROBE_MIN_WAIT), so that a dead subscription is found within 3
-    /// intervals of silence (the probe goes out after 2).
-    fn probe_wait(&self) -> Duration {
-        self.hb.max(PROBE_MIN_WAIT)
-    }
-
-    /// The leader was heard: LEADER_ONLINE if it was reported offline.
-    fn leader_back(&self, offline: &mut bool) {
-        if std::mem::take(offline) {
-            self.delivery.leader_offline.store(false, Ordering::SeqCst);
-            self.emit(Event::new(
-                EventKind::MS_EVENT_LEADER_ONLINE,
-                &self.name,
-                Status::MS_OK,
-            ));
-        }
-    }
-
-    fn lost(&self, e: Error) -> Outcome {
-        if self.cancelled() {
-            Outcome::Cancelled
-        } else {
-            Outcome::Lost(e)
-        }
-    }
-
-    fn send_probe(&self, conn: &Webdis) -> Result<String> {
-        let nonce = random_hex(8)?;
+    /// ms_probe: publishes `p <token>` on the channel; returns how many
+    /// subscriptions Redis delivered it to.
+    fn probe(&self, conn: &Webdis, token: &str, timeout: Duration) -> Result<u64> {
         let body = protocol::frame_body(&[self.password.as_bytes()]);
-        let reply = conn.fcall(
-            false,
-            "ms_probe",
-            &[&self.key],
-            &[&nonce],
-            &body,
-            self.config.timeout(),
-        )?;
+        let reply = conn.fcall(false, "ms_probe", &[&self.key], &[token], &body, timeout)?;
         match reply {
-            Value::Array(a) if a.first().and_then(Value::as_str) == Some(self.channel.as_str()) => {
-                Ok(nonce)
+            Value::Array(a) if a.len() == 2 => {
+                if a[0].as_str() != Some(self.channel.as_str()) {
+                    return Err(replaced());
+                }
+                protocol::as_u64(&a[1]).ok_or_else(|| protocol::protocol_error("ms_probe"))
             }
-            Value::Array(_) => Err(replaced()),
             _ => Err(protocol::protocol_error("ms_probe")),
         }
+    }
+}
+
+/// The session thread.
+struct Follower {
+    session: u64,
+    name: Arc<CString>,
+    hooks: Hooks,
+    link: Arc<Link>,
+    /// Dropped when the thread ends.
+    _done: Sender<()>,
+}
+
+/// Why the session ends.
+enum End {
+    /// The stream ended (stopped, replaced, or the password changed).
+    Ended,
+    Cancelled,
+}
+
+impl Follower {
+    fn run(self, ready: Sender<Result<()>>) {
+        let sub = match self.link.open() {
+            Ok((sub, snap)) => {
+                let hb = snap.hb;
+                self.link.delivery.state(snap.seq, snap.state);
+                let _ = ready.send(Ok(()));
+                (sub, hb)
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        };
+        drop(ready);
+        let end = self.session_loop(sub.0, sub.1);
+        self.link.delivery.direct.store(false, Ordering::SeqCst);
+        if matches!(end, End::Ended) {
+            self.end();
+        }
+    }
+
+    /// Listens, probes, reports presence and recovers until the stream
+    /// ends or the session is cancelled. Never blocks on the network.
+    fn session_loop(&self, first: Subscription, hb: Duration) -> End {
+        let link = &self.link;
+        let delivery = &link.delivery;
+        let token = random_hex(8).unwrap_or_else(|_| format!("{:x}", self.session));
+        let mut live = Liveness::new(Instant::now(), hb, token);
+        let mut sub = Some(first);
+        let mut job: Option<Job> = None;
+        let mut retry_at: Option<Instant> = None;
+        let mut backoff = Backoff::new(self.session);
+        let mut seen_bytes = 0u64;
+        let mut seen_direct = delivery.direct_count.load(Ordering::SeqCst);
+        delivery.direct.store(true, Ordering::SeqCst);
+        loop {
+            let now = Instant::now();
+            if let Some(s) = &sub {
+                let direct = delivery.direct_count.load(Ordering::SeqCst);
+                if direct != seen_direct {
+                    // The reader delivered states: the leader was heard.
+                    seen_direct = direct;
+                    self.decide(live.heard(now, true));
+                }
+                let bytes = s.bytes.load(Ordering::Relaxed);
+                if bytes != seen_bytes {
+                    seen_bytes = bytes;
+                    live.bytes(now);
+                }
+            }
+            let mut lost: Option<Error> = None;
+            for decision in live.poll(now) {
+                match decision {
+                    Decision::Probe(token) => {
+                        crate::debug_log!("follow {}: silent, probing", self.session);
+                        match self.probe_job(token) {
+                            Ok(j) => job = Some(j),
+                            Err(e) => lost = Some(e),
+                        }
+                    }
+                    Decision::Lost => {
+                        lost = Some(Error::new(
+                            Status::MS_ERR_TIMEOUT,
+                            "the subscription went silent (a probe did not come back)",
+                        ))
+                    }
+                    d => self.decide(Some(d)),
+                }
+            }
+            delivery
+                .leader_offline
+                .store(live.offline(), Ordering::SeqCst);
+            if let Some(cause) = lost {
+                self.lose(cause, &mut sub, &mut job, &mut live);
+                retry_at = Some(Instant::now() + backoff.next());
+                continue;
+            }
+            if sub.is_none() && job.is_none() && retry_at.is_none_or(|t| now >= t) {
+                retry_at = None;
+                let l = link.clone();
+                match Job::spawn(self.session, None, move || {
+                    JobResult::Recovered(l.recover())
+                }) {
+                    Ok(j) => job = Some(j),
+                    Err(_) => retry_at = Some(now + backoff.next()),
+                }
+            }
+            let mut wake = live.next_wake(now);
+            if let Some(t) = retry_at {
+                wake = wake.min(t);
+            }
+            let left = wake.saturating_duration_since(now);
+            let sub_rx = sub.as_ref().map(|s| &s.rx);
+            let job_rx = job.as_ref().map(|j| &j.rx);
+            let never_sub = never();
+            let never_job = never();
+            select! {
+                recv(link.wake) -> _ => return End::Cancelled,
+                recv(sub_rx.unwrap_or(&never_sub)) -> m => {
+                    let now = Instant::now();
+                    let Some(s) = &sub else { continue };
+                    match m {
+                        Ok(Incoming::Item(SubscriptionItem::Message { payload, .. })) => {
+                            // Bytes up to here are accounted for by this message.
+                            seen_bytes = s.bytes.load(Ordering::Relaxed);
+                            match protocol::parse_channel_message(payload) {
+                                Some(ChannelMessage::State { seq, state, .. }) => {
+                                    delivery.state(seq, state);
+                                    self.decide(live.heard(now, true));
+                                }
+                                Some(ChannelMessage::Heartbeat { interval_ms }) => {
+                                    live.set_interval(Duration::from_millis(interval_ms.max(1)));
+                                    self.decide(live.heard(now, true));
+                                }
+                                Some(ChannelMessage::Probe { nonce }) => {
+                                    live.probe_echo(&nonce);
+                                    live.heard(now, false);
+                                }
+                                Some(ChannelMessage::Ended) => return End::Ended,
+                                None => {
+                                    live.heard(now, false);
+                                }
+                            }
+                        }
+                        Ok(Incoming::Item(_)) => {
+                            live.heard(now, false);
+                        }
+                        Ok(Incoming::Closed(e)) => {
+                            if link.cancelled() {
+                                return End::Cancelled;
+                            }
+                            self.lose(e, &mut sub, &mut job, &mut live);
+                            retry_at = Some(Instant::now() + backoff.next());
+                        }
+                        Err(_) => {
+                            if link.cancelled() {
+                                return End::Cancelled;
+                            }
+                            let e = Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed");
+                            self.lose(e, &mut sub, &mut job, &mut live);
+                            retry_at = Some(Instant::now() + backoff.next());
+                        }
+                    }
+                }
+                recv(job_rx.unwrap_or(&never_job)) -> r => {
+                    job = None;
+                    match r {
+                        Ok(JobResult::Probe(Ok(0))) => {
+                            let e = Error::new(
+                                Status::MS_ERR_TIMEOUT,
+                                "the subscription is gone from Redis (a probe reached no subscriber)",
+                            );
+                            self.lose(e, &mut sub, &mut job, &mut live);
+                            retry_at = Some(Instant::now() + backoff.next());
+                        }
+                        // The echo, or its absence, decides.
+                        Ok(JobResult::Probe(Ok(_))) => {}
+                        Ok(JobResult::Probe(Err(e))) if is_final(e.status) => return End::Ended,
+                        Ok(JobResult::Probe(Err(e))) => {
+                            if link.cancelled() {
+                                return End::Cancelled;
+                            }
+                            // Webdis or Redis is unreachable: the
+                            // subscription cannot be trusted either.
+                            self.lose(e, &mut sub, &mut job, &mut live);
+                            retry_at = Some(Instant::now() + backoff.next());
+                        }
+                        Ok(JobResult::Recovered(Ok((s, snap)))) => {
+                            backoff.reset();
+                            self.emit(Event::new(
+                                EventKind::MS_EVENT_RECONNECTED,
+                                &self.name,
+                                Status::MS_OK,
+                            ));
+                            delivery.state(snap.seq, snap.state);
+                            live.set_interval(snap.hb);
+                            live.subscribed(Instant::now());
+                            seen_bytes = s.bytes.load(Ordering::Relaxed);
+                            seen_direct = delivery.direct_count.load(Ordering::SeqCst);
+                            sub = Some(s);
+                            delivery.direct.store(true, Ordering::SeqCst);
+                        }
+                        Ok(JobResult::Recovered(Err(_))) if link.cancelled() => return End::Cancelled,
+                        Ok(JobResult::Recovered(Err(e))) if is_final(e.status) => return End::Ended,
+                        Ok(JobResult::Recovered(Err(e))) => {
+                            crate::debug_log!(
+                                "follow {}: recovery failed: {}",
+                                self.session,
+                                e.message
+                            );
+                            retry_at = Some(Instant::now() + backoff.next());
+                        }
+                        Err(_) => retry_at = Some(Instant::now() + backoff.next()),
+                    }
+                }
+                default(left) => {}
+            }
+        }
+    }
+
+    /// Starts a probe carrying `token` on a connection of its own.
+    fn probe_job(&self, token: String) -> Result<Job> {
+        let conn = Webdis::new(self.link.endpoint.clone());
+        let link = self.link.clone();
+        let c = conn.clone();
+        Job::spawn(self.session, Some(conn), move || {
+            let timeout = link.config.timeout();
+            JobResult::Probe(link.probe(&c, &token, timeout))
+        })
+    }
+
+    /// The subscription is lost: reports CONNECTION_LOST and drops it (and
+    /// a probe still out).
+    fn lose(
+        &self,
+        cause: Error,
+        sub: &mut Option<Subscription>,
+        job: &mut Option<Job>,
+        live: &mut Liveness,
+    ) {
+        crate::debug_log!(
+            "follow {}: connection lost: {}",
+            self.session,
+            cause.message
+        );
+        self.link.delivery.direct.store(false, Ordering::SeqCst);
+        *job = None;
+        *sub = None;
+        live.unsubscribed();
+        self.emit(Event::new(
+            EventKind::MS_EVENT_CONNECTION_LOST,
+            &self.name,
+            cause.status,
+        ));
+    }
+
+    /// Reports a presence change.
+    fn decide(&self, d: Option<Decision>) {
+        let kind = match d {
+            Some(Decision::Offline) => EventKind::MS_EVENT_LEADER_OFFLINE,
+            Some(Decision::Online) => EventKind::MS_EVENT_LEADER_ONLINE,
+            _ => return,
+        };
+        self.link
+            .delivery
+            .leader_offline
+            .store(kind == EventKind::MS_EVENT_LEADER_OFFLINE, Ordering::SeqCst);
+        self.emit(Event::new(kind, &self.name, Status::MS_OK));
+    }
+
+    fn emit(&self, event: Event) {
+        if !self.link.cancelled() {
+            self.hooks.dispatcher.push(self.session, event);
+        }
+    }
+
+    fn end(&self) {
+        if self.link.cancelled() {
+            return;
+        }
+        (self.hooks.follow_ended)(self.session, &self.name);
+        self.hooks.dispatcher.push(
+            self.session,
+            Event::new(EventKind::MS_EVENT_ENDED, &self.name, Status::MS_OK),
+        );
     }
 }
 

@@ -28,6 +28,7 @@ pub mod ffi;
 mod follower;
 mod http;
 mod leader;
+mod liveness;
 pub mod protocol;
 mod transport;
 
