@@ -129,11 +129,15 @@ typedef enum ms_event_kind {
    */
   MS_EVENT_PUBLISH_FAILED = 4,
   /**
-   * Follower: no heartbeat or state from the leader for 3 intervals.
+   * Follower: no heartbeat or state from the leader for 3 intervals,
+   * whatever the cause (a quiet leader, or no working subscription: the
+   * clock runs while reconnecting and while Webdis does not answer).
    */
   MS_EVENT_LEADER_OFFLINE = 5,
   /**
-   * Follower: the leader is heard again.
+   * Follower: the leader is heard again after LEADER_OFFLINE, across any
+   * reconnects between. OFFLINE and ONLINE strictly alternate, starting
+   * with OFFLINE.
    */
   MS_EVENT_LEADER_ONLINE = 6,
 } ms_event_kind;
@@ -364,6 +368,10 @@ enum ms_status ms_publish(struct ms_client *client,
  * the call is stored in Redis (or superseded by a stored newer one). It
  * polls for the first 0.25 ms (about a local round trip), then sleeps.
  *
+ * MS_OK is proof: it is returned only after a reply that names the
+ * request of a publish of that state (or a newer one) said it is stored.
+ * A reply Webdis wrote to the wrong connection is never taken for it.
+ *
  * @return MS_OK; the publish error (e.g. MS_ERR_UNAVAILABLE, or
  * MS_ERR_NOT_FOUND when the lead ended); MS_ERR_TIMEOUT;
  * MS_ERR_NOT_LEADING.
@@ -387,9 +395,10 @@ enum ms_status ms_stop(struct ms_client *client, const char *name);
 
 /**
  * Follows stream `name`: checks the password and subscribes. On MS_OK the
- * current state is already queued as the first MS_EVENT_STATE (replaced
- * by a newer one if that arrives before the callback takes it); every
- * newer state follows, in increasing seq.
+ * subscription is proven end to end (a probe published through Redis came
+ * back on it) and the current state is already queued as the first
+ * MS_EVENT_STATE (replaced by a newer one if that arrives before the
+ * callback takes it); every newer state follows, in increasing seq.
  *
  * @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD, MS_ERR_ALREADY,
  * MS_ERR_INVALID_ARGUMENT, or a transport/server status.

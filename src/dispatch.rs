@@ -27,9 +27,13 @@ pub enum ms_event_kind {
     MS_EVENT_RECONNECTED = 3,
     /// Leader: a state could not be stored; on NOT_FOUND or BAD_* the lead ends.
     MS_EVENT_PUBLISH_FAILED = 4,
-    /// Follower: no heartbeat or state from the leader for 3 intervals.
+    /// Follower: no heartbeat or state from the leader for 3 intervals,
+    /// whatever the cause (a quiet leader, or no working subscription: the
+    /// clock runs while reconnecting and while Webdis does not answer).
     MS_EVENT_LEADER_OFFLINE = 5,
-    /// Follower: the leader is heard again.
+    /// Follower: the leader is heard again after LEADER_OFFLINE, across any
+    /// reconnects between. OFFLINE and ONLINE strictly alternate, starting
+    /// with OFFLINE.
     MS_EVENT_LEADER_ONLINE = 6,
 }
 
