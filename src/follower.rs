@@ -182,8 +182,9 @@ enum Incoming {
 struct Subscription {
     conn: Webdis,
     rx: Receiver<Incoming>,
-    /// Bytes read so far: a large message still arriving is not silence.
-    bytes: Arc<AtomicU64>,
+    /// Grows with each read that leaves a message incomplete: a large
+    /// message still arriving is not silence.
+    progress: Arc<AtomicU64>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -401,8 +402,8 @@ impl Link {
         let wait = by.saturating_duration_since(Instant::now());
         let reader = conn.subscribe(&self.channel, wait)?;
         let (tx, rx) = bounded(64);
-        let bytes = Arc::new(AtomicU64::new(0));
-        let counter = bytes.clone();
+        let progress = Arc::new(AtomicU64::new(0));
+        let counter = progress.clone();
         let handle = std::thread::Builder::new()
             .name(format!("ms-sub-{}", self.session))
             .stack_size(256 * 1024)
@@ -419,7 +420,7 @@ impl Link {
         let sub = Subscription {
             conn: conn.clone(),
             rx,
-            bytes,
+            progress,
             reader: Some(handle),
         };
         self.await_item(&sub, by, "acknowledge the subscription", |item| {
@@ -576,7 +577,7 @@ impl Follower {
         let mut job: Option<Job> = None;
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Backoff::new(self.session);
-        let mut seen_bytes = 0u64;
+        let mut seen_progress = 0u64;
         let mut seen_direct = delivery.direct_count.load(Ordering::SeqCst);
         delivery.direct.store(true, Ordering::SeqCst);
         loop {
@@ -588,9 +589,9 @@ impl Follower {
                     seen_direct = direct;
                     self.decide(live.heard(now, true));
                 }
-                let bytes = s.bytes.load(Ordering::Relaxed);
-                if bytes != seen_bytes {
-                    seen_bytes = bytes;
+                let progress = s.progress.load(Ordering::Relaxed);
+                if progress != seen_progress {
+                    seen_progress = progress;
                     live.bytes(now);
                 }
             }
@@ -648,7 +649,7 @@ impl Follower {
                     match m {
                         Ok(Incoming::Item(SubscriptionItem::Message { payload, .. })) => {
                             // Bytes up to here are accounted for by this message.
-                            seen_bytes = s.bytes.load(Ordering::Relaxed);
+                            seen_progress = s.progress.load(Ordering::Relaxed);
                             match protocol::parse_channel_message(payload) {
                                 Some(ChannelMessage::State { seq, state, .. }) => {
                                     delivery.state(seq, state);
@@ -721,7 +722,7 @@ impl Follower {
                             delivery.state(snap.seq, snap.state);
                             live.set_interval(snap.hb);
                             live.subscribed(Instant::now());
-                            seen_bytes = s.bytes.load(Ordering::Relaxed);
+                            seen_progress = s.progress.load(Ordering::Relaxed);
                             seen_direct = delivery.direct_count.load(Ordering::SeqCst);
                             sub = Some(s);
                             delivery.direct.store(true, Ordering::SeqCst);
@@ -831,7 +832,7 @@ fn is_final(status: Status) -> bool {
 fn read_subscription(
     mut reader: impl Read,
     tx: Sender<Incoming>,
-    bytes: Arc<AtomicU64>,
+    progress: Arc<AtomicU64>,
     delivery: Arc<Delivery>,
 ) {
     let mut splitter = ObjectSplitter::new();
@@ -845,10 +846,7 @@ fn read_subscription(
                 )));
                 return;
             }
-            Ok(n) => {
-                bytes.fetch_add(n as u64, Ordering::Relaxed);
-                n
-            }
+            Ok(n) => n,
             Err(e) => {
                 let _ = tx.send(Incoming::Closed(Error::new(
                     Status::MS_ERR_UNAVAILABLE,
@@ -886,7 +884,14 @@ fn read_subscription(
                         return;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    if splitter.pending() > 0 {
+                        // Part of a message arrived: activity, though no
+                        // message is complete yet.
+                        progress.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    break;
+                }
                 Err(e) => {
                     let _ = tx.send(Incoming::Closed(e));
                     return;

@@ -239,17 +239,22 @@ pub enum Answer {
     /// It answers the call: the reply without its nonce, or the error it
     /// reports (errors of Redis itself and of HTTP carry no nonce).
     Ours(Result<Value>),
-    /// It names another request: Webdis wrote it to the wrong socket.
-    NotOurs,
+    /// It is not this call's reply (it names another request, or is not a
+    /// reply to the command at all): Webdis wrote it to the wrong socket.
+    /// Says what it is.
+    NotOurs(String),
 }
 
 /// Interprets a Webdis reply to a function call that carried `nonce`: the
 /// functions answer `[nonce, ...]` and name the nonce as the second word
 /// of their errors (`-` when they could not read it; MSVERSION names none).
 pub fn function_reply(command: &str, http_status: u16, body: &[u8], nonce: &str) -> Answer {
-    let value = match webdis_value(command, http_status, body) {
+    if let Some(e) = status_error(command, http_status) {
+        return Answer::Ours(Err(e));
+    }
+    let value = match json_value(command, body) {
         Ok(v) => v,
-        Err(e) => return Answer::Ours(Err(e)),
+        Err(e) => return Answer::NotOurs(format!("something else than its reply ({})", e.message)),
     };
     if let Some(text) = error_text(&value) {
         let mut words = text.splitn(3, ' ');
@@ -257,7 +262,7 @@ pub fn function_reply(command: &str, http_status: u16, body: &[u8], nonce: &str)
         if code.starts_with("MS") && code != "MSVERSION" {
             let named = words.next().unwrap_or("");
             if named != nonce && named != "-" {
-                return Answer::NotOurs;
+                return Answer::NotOurs(format!("an error naming another request ({text})"));
             }
             let rest = words.next().unwrap_or("");
             return Answer::Ours(Err(redis_error(&format!("{code} {rest}"))));
@@ -269,7 +274,7 @@ pub fn function_reply(command: &str, http_status: u16, body: &[u8], nonce: &str)
             a.remove(0);
             Answer::Ours(Ok(Value::Array(a)))
         }
-        _ => Answer::NotOurs,
+        _ => Answer::NotOurs("a reply naming another request".into()),
     }
 }
 
@@ -284,39 +289,41 @@ fn error_text(value: &Value) -> Option<&str> {
 /// The value of a Webdis reply `{"<command>": value}` with HTTP 200;
 /// other HTTP statuses as the errors they stand for.
 fn webdis_value(command: &str, http_status: u16, body: &[u8]) -> Result<Value> {
-    match http_status {
-        200 => {}
-        401 | 403 => {
-            return Err(Error::new(
-                Status::MS_ERR_FORBIDDEN,
-                format!("Webdis refused {command} (HTTP {http_status}): check its ACL (deploy/webdis.json enables FCALL, FCALL_RO, SUBSCRIBE) and the URL's user:password"),
-            ))
-        }
-        503 => {
-            return Err(Error::new(
-                Status::MS_ERR_UNAVAILABLE,
-                "Webdis answered 503: it cannot reach Redis",
-            ))
-        }
-        404 | 405 => {
-            return Err(Error::new(
-                Status::MS_ERR_PROTOCOL,
-                format!("HTTP {http_status} from the server: is the URL a Webdis endpoint?"),
-            ))
-        }
-        s if s >= 500 => {
-            return Err(Error::new(
-                Status::MS_ERR_UNAVAILABLE,
-                format!("Webdis failed with HTTP {s}"),
-            ))
-        }
-        s => {
-            return Err(Error::new(
-                Status::MS_ERR_PROTOCOL,
-                format!("unexpected HTTP {s} from Webdis"),
-            ))
-        }
+    match status_error(command, http_status) {
+        Some(e) => Err(e),
+        None => json_value(command, body),
     }
+}
+
+/// The error an HTTP status other than 200 stands for.
+fn status_error(command: &str, http_status: u16) -> Option<Error> {
+    Some(match http_status {
+        200 => return None,
+        401 | 403 => Error::new(
+            Status::MS_ERR_FORBIDDEN,
+            format!("Webdis refused {command} (HTTP {http_status}): check its ACL (deploy/webdis.json enables FCALL, FCALL_RO, SUBSCRIBE) and the URL's user:password"),
+        ),
+        503 => Error::new(
+            Status::MS_ERR_UNAVAILABLE,
+            "Webdis answered 503: it cannot reach Redis",
+        ),
+        404 | 405 => Error::new(
+            Status::MS_ERR_PROTOCOL,
+            format!("HTTP {http_status} from the server: is the URL a Webdis endpoint?"),
+        ),
+        s if s >= 500 => Error::new(
+            Status::MS_ERR_UNAVAILABLE,
+            format!("Webdis failed with HTTP {s}"),
+        ),
+        s => Error::new(
+            Status::MS_ERR_PROTOCOL,
+            format!("unexpected HTTP {s} from Webdis"),
+        ),
+    })
+}
+
+/// The value of a Webdis reply body `{"<command>": value}`.
+fn json_value(command: &str, body: &[u8]) -> Result<Value> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         Error::new(
             Status::MS_ERR_PROTOCOL,
@@ -480,6 +487,12 @@ impl ObjectSplitter {
     /// Appends bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered that are not yet a whole object (after `next_object`
+    /// returned `None`: the part of a message still arriving).
+    pub fn pending(&self) -> usize {
+        self.buf.len()
     }
 
     /// The next complete object, if one is buffered. Errors on bytes that
@@ -661,7 +674,7 @@ mod tests {
     fn function_replies_must_name_their_request() {
         let ours = |body: &[u8]| match function_reply("FCALL", 200, body, "n1") {
             Answer::Ours(r) => Some(r),
-            Answer::NotOurs => None,
+            Answer::NotOurs(_) => None,
         };
         // A value: the nonce first, stripped.
         assert_eq!(
@@ -687,9 +700,21 @@ mod tests {
         assert!(e.message.contains("protocol 9"), "{}", e.message);
         let e = ours(br#"{"FCALL":[false,"ERR Function not found"]}"#);
         assert_eq!(e.unwrap().unwrap_err().status, Status::MS_ERR_SERVER);
+        // Not a reply to this command at all: a subscription's message, a
+        // stray chunk, another command's reply.
+        assert!(ours(b"").is_none());
+        assert!(ours(
+            br#"{"SUBSCRIBE":["message","c","s 1 2
+{}"]}"#
+        )
+        .is_none());
+        assert!(ours(br#"{"FCALL_RO":["n1"]}"#).is_none());
+        assert!(ours(
+            b"5d
+{"
+        )
+        .is_none());
         // HTTP errors are the call's.
-        let e = ours(b"");
-        assert_eq!(e.unwrap().unwrap_err().status, Status::MS_ERR_PROTOCOL);
         match function_reply("FCALL", 503, b"", "n1") {
             Answer::Ours(Err(e)) => assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE),
             other => panic!("{other:?}"),

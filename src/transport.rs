@@ -298,18 +298,18 @@ impl Webdis {
                 timeout,
                 |status, body| {
                     match protocol::function_reply(command, status, body, &nonce) {
-                        // Not a reply of Webdis at all: reported, not retried,
-                        // and the connection is not reused.
+                        // A 404/405 (not Webdis?) or MSARG: reported, not
+                        // retried, and the connection is not reused.
                         protocol::Answer::Ours(Err(e)) if e.status == Status::MS_ERR_PROTOCOL => {
                             Err(Failure::Other(e))
                         }
                         protocol::Answer::Ours(r) => Ok(r),
-                        protocol::Answer::NotOurs => Err(Failure::Garbled(Error::new(
+                        protocol::Answer::NotOurs(what) => Err(Failure::Garbled(Error::new(
                             Status::MS_ERR_PROTOCOL,
                             format!(
-                            "Webdis at {} answered {function} with the reply to another request",
-                            self.endpoint.base
-                        ),
+                                "Webdis at {} answered {function} with {what}",
+                                self.endpoint.base
+                            ),
                         ))),
                     }
                 },
