@@ -3,6 +3,8 @@
 //! Dropped, it stops them. Never touches the machine's 6379/7379.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use missionstream::{Client, Event, EventKind};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
