@@ -61,9 +61,57 @@ local function hash(salt, secret)
   return redis.sha1hex(salt .. '\0' .. secret)
 end
 
--- Common entry: checks the protocol version, the request nonce and the
--- body; returns the nonce and the fields, or nil and an error reply.
-local function enter(args, body_index, n)
+-- Limits, the same as the client library's.
+local MAX_NAME = 256
+local MAX_SECRET = 1024
+local MAX_STATE = 8 * 1024 * 1024
+local RECORD_PREFIX = 'stream:'
+
+-- Whether s is valid UTF-8 (no overlong forms, no surrogates). Each
+-- well-formed multi-byte sequence is replaced by an ASCII byte, in C, so
+-- that mostly-ASCII states cost a few scans; any byte >= 0x80 left over
+-- belongs to no well-formed sequence.
+local UTF8_SEQUENCES = {
+  '[\194-\223][\128-\191]',
+  '\224[\160-\191][\128-\191]', '[\225-\236\238\239][\128-\191][\128-\191]', '\237[\128-\159][\128-\191]',
+  '\240[\144-\191][\128-\191][\128-\191]', '[\241-\243][\128-\191][\128-\191][\128-\191]',
+  '\244[\128-\143][\128-\191][\128-\191]',
+}
+local function utf8_valid(s)
+  if not string.find(s, '[\128-\255]') then return true end
+  for _, p in ipairs(UTF8_SEQUENCES) do s = string.gsub(s, p, '_') end
+  return not string.find(s, '[\128-\255]')
+end
+
+-- A stream name: 1-256 bytes of UTF-8 without control characters (C0,
+-- DEL, C1). Returns an error text or nil.
+local function bad_name(name)
+  if #name < 1 or #name > MAX_NAME then return 'the stream name must be 1-256 bytes' end
+  if not utf8_valid(name) then return 'the stream name is not valid UTF-8' end
+  if string.find(name, '%c') or string.find(name, '\194[\128-\159]') then
+    return 'the stream name contains a control character'
+  end
+  return nil
+end
+
+local function is_hex(s, len)
+  return type(s) == 'string' and #s == len and not string.find(s, '[^0-9a-f]')
+end
+
+-- A whole number in [lo, hi] written in decimal digits, or nil.
+local function integer(s, lo, hi)
+  if type(s) ~= 'string' or not string.match(s, '^%d+$') or #s > 12 then return nil end
+  local v = tonumber(s)
+  if v < lo or v > hi then return nil end
+  return v
+end
+
+-- Common entry. Checks the protocol version, the request nonce, the
+-- number of arguments, the keys (`shape.keys`: 'record' for a stream's
+-- record "stream:<valid name>", 'index' for exactly "streams") and the
+-- body (`shape.fields` fields, the last argument). Returns the nonce and
+-- the fields, or nil, nil and an error reply; nothing is changed before.
+local function enter(keys, args, shape)
   if args[1] ~= PROTOCOL then
     -- No nonce word: a client of another version cannot read one anyway.
     return nil, nil, redis.error_reply('MSVERSION the missionstream functions library speaks protocol ' ..
@@ -74,10 +122,48 @@ local function enter(args, body_index, n)
   if type(nonce) ~= 'string' or #nonce < 1 or #nonce > 64 or string.find(nonce, '[^%w]') then
     return nil, nil, fail('MSARG', nil, 'malformed request nonce (1-64 letters and digits)')
   end
-  if body_index == nil then return nonce, {} end
-  local f = fields(args[body_index], n)
+  if #args ~= shape.args then
+    return nil, nil, fail('MSARG', nonce, 'expected ' .. shape.args .. ' arguments, got ' .. #args)
+  end
+  if #keys ~= #shape.keys then
+    return nil, nil, fail('MSARG', nonce, 'expected ' .. #shape.keys .. ' keys, got ' .. #keys)
+  end
+  for i, kind in ipairs(shape.keys) do
+    local key = keys[i]
+    if kind == 'index' then
+      if key ~= INDEX then return nil, nil, fail('MSARG', nonce, 'key ' .. i .. ' must be "' .. INDEX .. '"') end
+    else
+      if string.sub(key, 1, #RECORD_PREFIX) ~= RECORD_PREFIX then
+        return nil, nil, fail('MSARG', nonce, 'key ' .. i .. ' must be "' .. RECORD_PREFIX .. '<stream name>"')
+      end
+      local why = bad_name(string.sub(key, #RECORD_PREFIX + 1))
+      if why then return nil, nil, fail('MSARG', nonce, why) end
+    end
+  end
+  if not shape.fields then return nonce, {} end
+  local f = fields(args[#args], shape.fields)
   if not f then return nil, nil, fail('MSARG', nonce, 'malformed request body') end
   return nonce, f
+end
+
+-- Checks a password (0-1024 bytes) and a leader code (1-1024 bytes);
+-- either may be nil (not in the request). Returns an error text or nil.
+local function bad_secrets(pw, code)
+  if pw and #pw > MAX_SECRET then return 'the password is longer than 1024 bytes' end
+  if code and (#code < 1 or #code > MAX_SECRET) then return 'the leader code must be 1-1024 bytes' end
+  return nil
+end
+
+-- Checks a heartbeat interval in ms (50-3600000) and a TTL in seconds (0,
+-- or at least two intervals). Returns hb, ttl or nil and an error text.
+local function timing(hb_s, ttl_s)
+  local hb = integer(hb_s, 50, 3600000)
+  if not hb then return nil, 'the heartbeat interval must be 50-3600000 ms' end
+  if ttl_s == nil then return hb end
+  local ttl = integer(ttl_s, 0, 4294967295)
+  if not ttl then return nil, 'the TTL must be 0-4294967295 s' end
+  if ttl > 0 and ttl * 1000 < 2 * hb then return nil, 'the TTL is shorter than two heartbeat intervals' end
+  return hb, ttl
 end
 
 -- Loads the record; returns the fields table or nil.
@@ -115,14 +201,20 @@ end
 -- ms_start KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, body[pw, code, salt, channel]
 --   -> [nonce]
 redis.register_function('ms_start', function(keys, args)
-  local nonce, f, err = enter(args, 5, 4)
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 5, fields = 4 })
   if not nonce then return err end
+  local why = bad_secrets(f[1], f[2])
+  if why then return fail('MSARG', nonce, why) end
+  if not is_hex(f[3], 32) or not is_hex(f[4], 32) then
+    return fail('MSARG', nonce, 'the salt and the channel must be 32 lowercase hex digits')
+  end
+  local hb, ttl = timing(args[3], args[4])
+  if not hb then return fail('MSARG', nonce, ttl) end
   local key = keys[1]
   if redis.call('EXISTS', key) == 1 then return fail('MSEXISTS', nonce, 'the stream name is taken') end
-  local ttl = tonumber(args[4]) or 0
-  local name = string.sub(key, 8)
+  local name = string.sub(key, #RECORD_PREFIX + 1)
   redis.call('HSET', key, 'name', name, 'pw', hash(f[3], f[1]), 'code', hash(f[3], f[2]), 'salt', f[3],
-    'channel', f[4], 'state', '{}', 'seq', 0, 'updated_ms', now_ms(), 'hb_ms', args[3], 'ttl', ttl)
+    'channel', f[4], 'state', '{}', 'seq', 0, 'updated_ms', now_ms(), 'hb_ms', hb, 'ttl', ttl)
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
   redis.call('SADD', keys[2], name)
   return { nonce }
@@ -131,24 +223,30 @@ end)
 -- ms_reconnect KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, body[pw, code]
 --   -> [nonce, channel, seq]
 redis.register_function('ms_reconnect', function(keys, args)
-  local nonce, f, err = enter(args, 5, 2)
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 5, fields = 2 })
   if not nonce then return err end
+  local why = bad_secrets(f[1], f[2])
+  if why then return fail('MSARG', nonce, why) end
+  local hb, ttl = timing(args[3], args[4])
+  if not hb then return fail('MSARG', nonce, ttl) end
   local key = keys[1]
   local rec = load(key)
   if not rec then return not_found(nonce) end
   if hash(rec.salt, f[1]) ~= rec.pw then return fail('MSBADPASSWORD', nonce, 'wrong password') end
   if hash(rec.salt, f[2]) ~= rec.code then return fail('MSBADCODE', nonce, 'wrong leader code') end
-  rec.ttl = tonumber(args[4]) or 0
-  redis.call('HSET', key, 'hb_ms', args[3], 'ttl', rec.ttl)
+  rec.ttl = ttl
+  redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl)
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
-  redis.call('SADD', keys[2], string.sub(key, 8))
+  redis.call('SADD', keys[2], string.sub(key, #RECORD_PREFIX + 1))
   return { nonce, rec.channel, rec.seq }
 end)
 
 -- ms_connect KEYS: record  ARGV: version, nonce, body[pw] -> [nonce, channel, hb_ms]
 redis.register_function{ function_name = 'ms_connect', flags = { 'no-writes' }, callback = function(keys, args)
-  local nonce, f, err = enter(args, 3, 1)
+  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
   if not nonce then return err end
+  local why = bad_secrets(f[1], nil)
+  if why then return fail('MSARG', nonce, why) end
   local rec, e = load_follower(nonce, keys[1], f[1])
   if not rec then return e end
   return { nonce, rec.channel, tonumber(rec.hb_ms) }
@@ -157,8 +255,10 @@ end }
 -- ms_snapshot KEYS: record  ARGV: version, nonce, body[pw]
 --   -> [nonce, channel, seq, updated_ms, hb_ms, state]
 redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' }, callback = function(keys, args)
-  local nonce, f, err = enter(args, 3, 1)
+  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
   if not nonce then return err end
+  local why = bad_secrets(f[1], nil)
+  if why then return fail('MSARG', nonce, why) end
   local rec, e = load_follower(nonce, keys[1], f[1])
   if not rec then return e end
   return { nonce, rec.channel, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms),
@@ -176,15 +276,21 @@ end }
 -- stream never goes back to an older state of the same lead. The id in the
 -- reply is that of the state now stored, so it is never below the request's.
 redis.register_function('ms_publish', function(keys, args)
-  local nonce, f, err = enter(args, 4, 3)
+  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 4, fields = 3 })
   if not nonce then return err end
+  local id = args[3]
+  if not is_hex(id, 32) then
+    return fail('MSARG', nonce, 'malformed publish id (32 lowercase hex digits: lead token, then counter)')
+  end
+  local why = bad_secrets(nil, f[1])
+  if why then return fail('MSARG', nonce, why) end
+  local state = f[3]
+  if #state > MAX_STATE then return fail('MSARG', nonce, 'the state is larger than 8 MiB') end
+  if string.find(state, '%z') then return fail('MSARG', nonce, 'the state contains a NUL character') end
+  if not utf8_valid(state) then return fail('MSARG', nonce, 'the state is not valid UTF-8') end
   local key = keys[1]
   local rec, e = load_leader(nonce, key, f[1], f[2])
   if not rec then return e end
-  local id = args[3]
-  if type(id) ~= 'string' or #id ~= 32 or not string.match(id, '^[0-9a-f]+$') then
-    return fail('MSARG', nonce, 'malformed publish id (32 lowercase hex digits: lead token, then counter)')
-  end
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
@@ -198,12 +304,15 @@ end)
 
 -- ms_heartbeat KEYS: record  ARGV: version, nonce, hb_ms, body[code, channel] -> [nonce]
 redis.register_function('ms_heartbeat', function(keys, args)
-  local nonce, f, err = enter(args, 4, 2)
+  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 4, fields = 2 })
   if not nonce then return err end
+  local hb, why = timing(args[3], nil)
+  why = why or bad_secrets(nil, f[1])
+  if why then return fail('MSARG', nonce, why) end
   local rec, e = load_leader(nonce, keys[1], f[1], f[2])
   if not rec then return e end
   touch(keys[1], rec)
-  redis.call('PUBLISH', rec.channel, 'h ' .. (tonumber(args[3]) or 0))
+  redis.call('PUBLISH', rec.channel, 'h ' .. hb)
   return { nonce }
 end)
 
@@ -212,22 +321,30 @@ end)
 -- published on the channel; receivers is the number of subscriptions
 -- Redis delivered it to (0: the caller's own subscription is not there).
 redis.register_function('ms_probe', function(keys, args)
-  local nonce, f, err = enter(args, 4, 1)
+  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 4, fields = 1 })
   if not nonce then return err end
+  local token = args[3]
+  if #token < 1 or #token > 64 or string.find(token, '[^%w]') then
+    return fail('MSARG', nonce, 'malformed probe token (1-64 letters and digits)')
+  end
+  local why = bad_secrets(f[1], nil)
+  if why then return fail('MSARG', nonce, why) end
   local rec, e = load_follower(nonce, keys[1], f[1])
   if not rec then return e end
-  local n = redis.call('PUBLISH', rec.channel, 'p ' .. string.gsub(args[3], '[^%w]', ''))
+  local n = redis.call('PUBLISH', rec.channel, 'p ' .. token)
   return { nonce, rec.channel, n }
 end)
 
 -- ms_stop KEYS: record, index  ARGV: version, nonce, body[code, channel] -> [nonce]
 redis.register_function('ms_stop', function(keys, args)
-  local nonce, f, err = enter(args, 3, 2)
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 3, fields = 2 })
   if not nonce then return err end
+  local why = bad_secrets(nil, f[1])
+  if why then return fail('MSARG', nonce, why) end
   local rec, e = load_leader(nonce, keys[1], f[1], f[2])
   if not rec then return e end
   redis.call('DEL', keys[1])
-  redis.call('SREM', keys[2], string.sub(keys[1], 8))
+  redis.call('SREM', keys[2], string.sub(keys[1], #RECORD_PREFIX + 1))
   redis.call('PUBLISH', rec.channel, 'e')
   return { nonce }
 end)
@@ -236,12 +353,17 @@ end)
 --   -> flat [nonce, name, seq, followers, updated_ms, name, ...]
 -- Names whose record expired are dropped from the index on the way.
 redis.register_function('ms_list', function(keys, args)
-  local nonce, _, err = enter(args, nil)
+  local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 2 })
   if not nonce then return err end
   local out = { nonce }
   for _, name in ipairs(redis.call('SMEMBERS', keys[1])) do
-    local v = redis.call('HMGET', 'stream:' .. name, 'seq', 'updated_ms', 'channel')
-    if v[1] then
+    -- A name that is not one of this library's (put there by hand) is
+    -- left alone and not listed: Webdis would drop a string that is not
+    -- UTF-8 and put the flat reply out of step.
+    local v = not bad_name(name) and redis.call('HMGET', RECORD_PREFIX .. name, 'seq', 'updated_ms', 'channel')
+    if not v then
+      -- skipped
+    elseif v[1] then
       local subs = redis.call('PUBSUB', 'NUMSUB', v[3])
       out[#out + 1] = name
       out[#out + 1] = tonumber(v[1])

@@ -96,7 +96,8 @@ impl Follow {
                 cancel: self.cancel.clone(),
                 last_seq: Mutex::new(None),
                 direct: AtomicBool::new(false),
-                direct_count: AtomicU64::new(0),
+                epoch: Instant::now(),
+                last_direct_us: AtomicU64::new(0),
                 leader_offline: AtomicBool::new(false),
             }),
         });
@@ -210,8 +211,10 @@ struct Delivery {
     last_seq: Mutex<Option<u64>>,
     /// The reader delivers states itself.
     direct: AtomicBool,
-    /// States the reader delivered: the leader was heard.
-    direct_count: AtomicU64,
+    /// When the reader last delivered a state (µs after `epoch`, 0 for
+    /// never): the leader was heard then.
+    epoch: Instant,
+    last_direct_us: AtomicU64,
     /// The follower has reported LEADER_OFFLINE: the reader tells it of
     /// each state too, so that LEADER_ONLINE follows at once.
     leader_offline: AtomicBool,
@@ -578,16 +581,18 @@ impl Follower {
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Backoff::new(self.session);
         let mut seen_progress = 0u64;
-        let mut seen_direct = delivery.direct_count.load(Ordering::SeqCst);
+        let mut seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
         delivery.direct.store(true, Ordering::SeqCst);
         loop {
             let now = Instant::now();
             if let Some(s) = &sub {
-                let direct = delivery.direct_count.load(Ordering::SeqCst);
+                let direct = delivery.last_direct_us.load(Ordering::SeqCst);
                 if direct != seen_direct {
-                    // The reader delivered states: the leader was heard.
+                    // The reader delivered states: the leader was heard,
+                    // when the last one arrived.
                     seen_direct = direct;
-                    self.decide(live.heard(now, true));
+                    let at = delivery.epoch + Duration::from_micros(direct);
+                    self.decide(live.heard(at.min(now), true));
                 }
                 let progress = s.progress.load(Ordering::Relaxed);
                 if progress != seen_progress {
@@ -723,7 +728,7 @@ impl Follower {
                             live.set_interval(snap.hb);
                             live.subscribed(Instant::now());
                             seen_progress = s.progress.load(Ordering::Relaxed);
-                            seen_direct = delivery.direct_count.load(Ordering::SeqCst);
+                            seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
                             sub = Some(s);
                             delivery.direct.store(true, Ordering::SeqCst);
                         }
@@ -868,7 +873,8 @@ fn read_subscription(
                                 protocol::parse_channel_message(payload)
                             {
                                 delivery.state(seq, state);
-                                delivery.direct_count.fetch_add(1, Ordering::SeqCst);
+                                let us = delivery.epoch.elapsed().as_micros() as u64;
+                                delivery.last_direct_us.store(us.max(1), Ordering::SeqCst);
                             }
                             if !delivery.leader_offline.load(Ordering::SeqCst) {
                                 continue;

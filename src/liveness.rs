@@ -93,14 +93,18 @@ impl Liveness {
         self.probe = None;
     }
 
-    /// A whole message arrived at `now`; `from_leader` for a state or a
+    /// A whole message arrived at `now` (reported late, perhaps: an earlier
+    /// instant never moves a clock back); `from_leader` for a state or a
     /// heartbeat. Returns `Online` when the leader is heard again.
     pub fn heard(&mut self, now: Instant, from_leader: bool) -> Option<Decision> {
-        self.last_heard = now;
+        // Reports may come late and out of order (a state the reader
+        // delivered itself is seen at the session's next wake): keep the
+        // latest.
+        self.last_heard = self.last_heard.max(now);
         if !from_leader {
             return None;
         }
-        self.leader_heard = now;
+        self.leader_heard = self.leader_heard.max(now);
         std::mem::take(&mut self.offline).then_some(Decision::Online)
     }
 
@@ -308,6 +312,26 @@ mod tests {
         assert!(l
             .poll(t0 + ms(7000))
             .contains(&Decision::Probe("p2".into())));
+    }
+
+    #[test]
+    fn a_late_report_counts_from_when_the_message_came() {
+        let (mut l, t0) = setup();
+        // A state came at 0.9 s; the session learns of it at 2 s.
+        assert!(matches!(l.poll(t0 + ms(2000))[..], [Decision::Probe(_)]));
+        l.heard(t0 + ms(900), true);
+        assert_eq!(l.next_wake(t0 + ms(2000)), t0 + ms(2050));
+        assert!(l.probe_echo("p1"));
+        l.heard(t0 + ms(2100), false);
+        assert!(l.poll(t0 + ms(3899)).is_empty());
+        assert_eq!(l.poll(t0 + ms(3900)), [Decision::Offline]);
+        // An older report never moves a clock back.
+        l.heard(t0 + ms(4000), true);
+        l.heard(t0 + ms(100), true);
+        assert!(l
+            .poll(t0 + ms(6999))
+            .iter()
+            .all(|d| *d != Decision::Offline));
     }
 
     #[test]
