@@ -452,14 +452,20 @@ impl Client {
         };
         let mut out = Vec::with_capacity(items.len() / 4);
         for rec in items.chunks(4) {
-            out.push(StreamInfo {
-                name: rec[0].as_str().ok_or_else(bad)?.to_string(),
-                seq: protocol::as_u64(&rec[1]).ok_or_else(bad)?,
-                followers: protocol::as_u64(&rec[2])
-                    .ok_or_else(bad)?
-                    .min(u32::MAX as u64) as u32,
-                updated_ms: protocol::as_i64(&rec[3]).ok_or_else(bad)?,
-            });
+            let entry = (|| {
+                Some(StreamInfo {
+                    name: rec[0].as_str()?.to_string(),
+                    seq: protocol::as_u64(&rec[1])?,
+                    followers: protocol::as_u64(&rec[2])?.min(u32::MAX as u64) as u32,
+                    updated_ms: protocol::as_i64(&rec[3])?,
+                })
+            })();
+            match entry {
+                Some(info) => out.push(info),
+                // One entry this library cannot read (a record written by
+                // hand?) does not hide the others.
+                None => crate::debug_log!("ms_list: skipped an entry it cannot read: {rec:?}"),
+            }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)

@@ -221,3 +221,430 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     assert_eq!(http(s.webdis_port, "GET", "/PUBSUB/CHANNELS", b"").0, 403);
     assert_eq!(http(s.webdis_port, "GET", "/PSUBSCRIBE/*", b"").0, 403);
 }
+
+/// `PUT /FCALL[_RO]/<function>/<nkeys>/<keys...>/<version>/<nonce>/<args...>`
+/// through Webdis (the deploy ACL), as anyone who can reach it could send
+/// it; returns the HTTP status and the reply text.
+fn direct(
+    s: &Servers,
+    function: &str,
+    keys: &[&[u8]],
+    args: &[&str],
+    body: &[u8],
+) -> (u16, String) {
+    let ro = matches!(function, "ms_connect" | "ms_snapshot");
+    let mut path = format!(
+        "/{}/{function}/{}",
+        if ro { "FCALL_RO" } else { "FCALL" },
+        keys.len()
+    );
+    let mut push = |bytes: &[u8]| {
+        path.push('/');
+        for &b in bytes {
+            if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
+                path.push(b as char);
+            } else {
+                path.push_str(&format!("%{b:02X}"));
+            }
+        }
+    };
+    for k in keys {
+        push(k);
+    }
+    push(PROTOCOL_VERSION.as_bytes());
+    push(b"n0nce");
+    for a in args {
+        push(a.as_bytes());
+    }
+    // Not common::http: Webdis 0.1.9 never answers a request with a body
+    // over ~64 KiB that says "Connection: close".
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.webdis_port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(body).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (status, reply) = loop {
+        let n = c.read(&mut buf).expect("Webdis answers within 10 s");
+        assert!(n > 0, "Webdis closed the connection");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(i) = text.find("\r\n\r\n") {
+            let len: usize = text[..i]
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if got.len() >= i + 4 + len {
+                let status = text
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                break (
+                    status,
+                    String::from_utf8_lossy(&got[i + 4..i + 4 + len]).into_owned(),
+                );
+            }
+        }
+    };
+    (status, reply)
+}
+
+fn frame_bytes(fields: &[&[u8]]) -> Vec<u8> {
+    missionstream::protocol::frame_body(fields)
+}
+
+/// Everything in Redis but the functions, as `redis-cli --raw` lists it:
+/// every key with its type and content.
+fn dump(s: &Servers) -> String {
+    let mut keys: Vec<String> = s
+        .redis_cli(&["--raw", "KEYS", "*"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    keys.sort();
+    let mut out = String::new();
+    for k in keys {
+        let t = s.redis_cli(&["--raw", "TYPE", &k]);
+        let content = match t.trim() {
+            "set" => {
+                let mut m: Vec<String> = s
+                    .redis_cli(&["--raw", "SMEMBERS", &k])
+                    .lines()
+                    .map(str::to_string)
+                    .collect();
+                m.sort();
+                m.join(",")
+            }
+            "hash" => {
+                let mut m: Vec<String> = s
+                    .redis_cli(&["--raw", "HGETALL", &k])
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+                    .chunks(2)
+                    .map(|c| c.join("="))
+                    .collect();
+                m.sort();
+                m.join(",")
+            }
+            "string" => s.redis_cli(&["--raw", "GET", &k]),
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{k} {} {}\n", t.trim(), content.trim()));
+    }
+    out
+}
+
+/// Every function checks the number and shape of its keys (a stream's
+/// record `stream:<valid name>`, exactly `streams` for the index) before
+/// anything else: called directly through the deploy ACL with another
+/// application's keys, it answers MSARG and changes nothing.
+#[test]
+fn functions_refuse_foreign_keys_through_the_deploy_acl() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.start("mine", PW, CODE).unwrap();
+    let channel = s.record_field("mine", "channel");
+    s.redis_cli(&["SADD", "app:set", "a", "b", "c"]);
+    s.redis_cli(&["HSET", "app:hash", "name", "x", "pw", "y"]);
+    s.redis_cli(&["SET", "app:string", "hello"]);
+    s.redis_cli(&["SADD", "stream:set", "m"]);
+    let before = dump(&s);
+    assert!(before.contains("app:set set a,b,c"), "{before}");
+    let hex = "0123456789abcdef0123456789abcdef";
+    let start_body = frame_bytes(&[
+        PW.as_bytes(),
+        CODE.as_bytes(),
+        hex.as_bytes(),
+        hex.as_bytes(),
+    ]);
+    let leader_body = frame_bytes(&[CODE.as_bytes(), channel.as_bytes()]);
+    let publish_body = frame_bytes(&[CODE.as_bytes(), channel.as_bytes(), b"{\"x\":1}"]);
+    let pw_body = frame_bytes(&[PW.as_bytes()]);
+    let reconnect_body = frame_bytes(&[PW.as_bytes(), CODE.as_bytes()]);
+    let id = "00000000000000000000000000000001";
+    let long_name = format!("stream:{}", "n".repeat(257));
+    let bad_names: Vec<Vec<u8>> = vec![
+        long_name.into_bytes(),
+        b"stream:".to_vec(),
+        b"stream:a\tb".to_vec(),
+        b"stream:a\nb".to_vec(),
+        b"stream:\xff\xfe".to_vec(),
+        b"stream:\xc2\x85".to_vec(), // U+0085, a C1 control
+        b"app:hash".to_vec(),
+        b"app:string".to_vec(),
+    ];
+    type Call<'a> = (&'a str, Vec<Vec<u8>>, Vec<&'a str>, &'a [u8]);
+    let mut calls: Vec<Call> = vec![
+        ("ms_list", vec![b"app:set".to_vec()], vec![], b""),
+        ("ms_list", vec![b"stream:set".to_vec()], vec![], b""),
+        (
+            "ms_list",
+            vec![b"streams".to_vec(), b"app:set".to_vec()],
+            vec![],
+            b"",
+        ),
+        ("ms_list", vec![], vec![], b""),
+        (
+            "ms_start",
+            vec![b"stream:new".to_vec(), b"app:set".to_vec()],
+            vec!["5000", "0"],
+            &start_body,
+        ),
+        (
+            "ms_start",
+            vec![b"stream:new".to_vec()],
+            vec!["5000", "0"],
+            &start_body,
+        ),
+        (
+            "ms_reconnect",
+            vec![b"stream:mine".to_vec(), b"app:set".to_vec()],
+            vec!["5000", "0"],
+            &reconnect_body,
+        ),
+        (
+            "ms_stop",
+            vec![b"stream:mine".to_vec(), b"app:set".to_vec()],
+            vec![],
+            &leader_body,
+        ),
+        (
+            "ms_stop",
+            vec![
+                b"stream:mine".to_vec(),
+                b"streams".to_vec(),
+                b"app:set".to_vec(),
+            ],
+            vec![],
+            &leader_body,
+        ),
+        (
+            "ms_publish",
+            vec![b"stream:mine".to_vec(), b"app:hash".to_vec()],
+            vec![id],
+            &publish_body,
+        ),
+    ];
+    for bad in &bad_names {
+        calls.push((
+            "ms_start",
+            vec![bad.clone(), b"streams".to_vec()],
+            vec!["5000", "0"],
+            &start_body,
+        ));
+        calls.push((
+            "ms_reconnect",
+            vec![bad.clone(), b"streams".to_vec()],
+            vec!["5000", "0"],
+            &reconnect_body,
+        ));
+        calls.push((
+            "ms_stop",
+            vec![bad.clone(), b"streams".to_vec()],
+            vec![],
+            &leader_body,
+        ));
+        calls.push(("ms_publish", vec![bad.clone()], vec![id], &publish_body));
+        calls.push((
+            "ms_heartbeat",
+            vec![bad.clone()],
+            vec!["5000"],
+            &leader_body,
+        ));
+        calls.push(("ms_probe", vec![bad.clone()], vec!["t0ken"], &pw_body));
+        calls.push(("ms_connect", vec![bad.clone()], vec![], &pw_body));
+        calls.push(("ms_snapshot", vec![bad.clone()], vec![], &pw_body));
+        calls.push(("ms_list", vec![bad.clone()], vec![], b""));
+    }
+    for (function, keys, args, body) in &calls {
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let (status, reply) = direct(&s, function, &keys, args, body);
+        assert_eq!(status, 200, "{function} {keys:?}: {reply}");
+        assert!(
+            reply.contains("MSARG n0nce"),
+            "{function} {:?}: {reply}",
+            keys.iter()
+                .map(|k| String::from_utf8_lossy(k))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(dump(&s), before, "a refused call changed Redis");
+    // The stream itself still works, and the index lists only it.
+    let listed = leader.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, "mine");
+}
+
+/// The functions enforce the library's limits themselves: a direct call
+/// with a value the library would refuse gets MSARG and changes nothing.
+#[test]
+fn functions_enforce_the_library_limits() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.start("lim", PW, CODE).unwrap();
+    leader.publish("lim", b"{\"ok\":1}").unwrap();
+    leader.flush("lim", 10_000).unwrap();
+    let channel = s.record_field("lim", "channel");
+    let key: &[u8] = b"stream:lim";
+    let new: &[u8] = b"stream:lim-new";
+    let hex = "0123456789abcdef0123456789abcdef";
+    let before = dump(&s);
+    let start = |pw: &[u8], code: &[u8], salt: &[u8], ch: &[u8], hb: &str, ttl: &str| {
+        direct(
+            &s,
+            "ms_start",
+            &[new, b"streams"],
+            &[hb, ttl],
+            &frame_bytes(&[pw, code, salt, ch]),
+        )
+    };
+    let pw = PW.as_bytes();
+    let code = CODE.as_bytes();
+    let h = hex.as_bytes();
+    let long = vec![b'p'; 1025];
+    let refused: Vec<(&str, (u16, String))> = vec![
+        ("empty leader code", start(pw, b"", h, h, "5000", "0")),
+        ("password over 1024", start(&long, code, h, h, "5000", "0")),
+        ("code over 1024", start(pw, &long, h, h, "5000", "0")),
+        ("salt not hex", start(pw, code, b"zz", h, "5000", "0")),
+        (
+            "channel not hex",
+            start(
+                pw,
+                code,
+                h,
+                b"0123456789ABCDEF0123456789ABCDEF",
+                "5000",
+                "0",
+            ),
+        ),
+        ("heartbeat 10 ms", start(pw, code, h, h, "10", "0")),
+        ("heartbeat not a number", start(pw, code, h, h, "5e3", "0")),
+        (
+            "TTL shorter than 2 heartbeats",
+            start(pw, code, h, h, "5000", "9"),
+        ),
+        ("TTL negative", start(pw, code, h, h, "5000", "-1")),
+        (
+            "reconnect with an empty code",
+            direct(
+                &s,
+                "ms_reconnect",
+                &[key, b"streams"],
+                &["5000", "0"],
+                &frame_bytes(&[pw, b""]),
+            ),
+        ),
+        (
+            "reconnect with heartbeat 0",
+            direct(
+                &s,
+                "ms_reconnect",
+                &[key, b"streams"],
+                &["0", "0"],
+                &frame_bytes(&[pw, code]),
+            ),
+        ),
+        (
+            "heartbeat of 4000000 ms",
+            direct(
+                &s,
+                "ms_heartbeat",
+                &[key],
+                &["4000000"],
+                &frame_bytes(&[code, channel.as_bytes()]),
+            ),
+        ),
+        (
+            "probe token with a space",
+            direct(&s, "ms_probe", &[key], &["a b"], &frame_bytes(&[pw])),
+        ),
+        (
+            "probe token of 65 characters",
+            direct(
+                &s,
+                "ms_probe",
+                &[key],
+                &[&"a".repeat(65)],
+                &frame_bytes(&[pw]),
+            ),
+        ),
+        (
+            "connect with a password over 1024",
+            direct(&s, "ms_connect", &[key], &[], &frame_bytes(&[&long])),
+        ),
+    ];
+    let publish = |state: &[u8]| {
+        direct(
+            &s,
+            "ms_publish",
+            &[key],
+            &["aaaaaaaaaaaaaaaa0000000000000001"],
+            &frame_bytes(&[code, channel.as_bytes(), state]),
+        )
+    };
+    let mut states: Vec<(&str, Vec<u8>)> = vec![
+        ("a state that is not UTF-8", b"{\"x\":\"\xff\"}".to_vec()),
+        ("an overlong encoding", b"\"\xc0\xaf\"".to_vec()),
+        ("a surrogate", b"\"\xed\xa0\x80\"".to_vec()),
+        ("a truncated sequence", b"\"\xe6\x97\"".to_vec()),
+        ("beyond U+10FFFF", b"\"\xf4\x90\x80\x80\"".to_vec()),
+        ("a NUL", b"{\"x\":\"a\0b\"}".to_vec()),
+    ];
+    let mut big = vec![b'x'; 8 * 1024 * 1024 + 1];
+    big[0] = b'"';
+    states.push(("over 8 MiB", big));
+    let mut results = refused;
+    for (what, state) in &states {
+        results.push((what, publish(state)));
+    }
+    for (what, (status, reply)) in &results {
+        assert_eq!(*status, 200, "{what}: {reply}");
+        assert!(reply.contains("MSARG n0nce"), "{what}: {reply}");
+    }
+    assert_eq!(dump(&s), before, "a refused call changed Redis");
+    // Valid multi-byte UTF-8 of every length is stored.
+    let fine = "{\"x\":\"é 日本 😀 \u{10FFFF}\"}";
+    let (status, reply) = publish(fine.as_bytes());
+    assert_eq!(status, 200);
+    assert!(
+        reply.contains("aaaaaaaaaaaaaaaa0000000000000001"),
+        "{reply}"
+    );
+    assert_eq!(s.record_field("lim", "state"), fine);
+}
+
+/// A name in the index that the library could not carry (written by hand,
+/// not UTF-8) is not listed, and the others still are.
+#[test]
+fn list_survives_an_index_entry_it_cannot_carry() {
+    let s = Servers::start();
+    let c = s.client();
+    c.start("listed", PW, CODE).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'SADD streams \"\\\\xff\\\\xfe\"\\nHSET \"stream:\\\\xff\\\\xfe\" seq 1 updated_ms 1 channel c\\n' | redis-cli -p {}",
+            s.redis_port
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(s.redis_cli(&["SCARD", "streams"]).trim(), "2");
+    let listed = c.list().unwrap();
+    assert_eq!(
+        listed.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
+        ["listed"]
+    );
+    // Left alone: not this library's to remove.
+    assert_eq!(s.redis_cli(&["SCARD", "streams"]).trim(), "2");
+}
