@@ -2,11 +2,13 @@
 #   make demo    a leader and a follower on a local Redis + Webdis
 #   make test    every suite (installs what is missing)
 #   make bench   the performance figures beside their baselines
+#   make soak    a few minutes of faults under load (MS_SOAK_SECONDS,
+#                MS_SOAK_WEBDIS_KILLS, MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES)
 CARGO ?= cargo
 RUN_DIR := .run/server
 
 .PHONY: all build deps deps-test test test-rust test-c test-python check-header fmt-check clippy \
-        demo server server-stop bench bench-quick clean
+        demo server server-stop bench bench-quick soak clean
 
 all: build
 
@@ -57,6 +59,10 @@ bench: build
 
 bench-quick: build
 	$(CARGO) run --release --example bench -- --quick
+
+# The long soak (tests/soak.rs); `make test` runs its short variant.
+soak: deps
+	$(CARGO) test --release --test soak -- --ignored --nocapture
 
 clean:
 	$(CARGO) clean

@@ -231,6 +231,81 @@ impl Servers {
         );
     }
 
+    /// Whether Redis has the missionstream functions library loaded.
+    pub fn functions_loaded(&self) -> bool {
+        self.redis_cli(&["FUNCTION", "LIST", "LIBRARYNAME", "missionstream"])
+            .contains("missionstream")
+    }
+
+    /// Loads lua/missionstream.lua unless Redis has it already (after a
+    /// restart it should, from the append-only file); true if it had to.
+    pub fn ensure_functions(&self) -> bool {
+        if self.functions_loaded() {
+            return false;
+        }
+        self.load_functions(
+            &std::fs::read_to_string(Path::new(ROOT).join("lua/missionstream.lua")).unwrap(),
+        );
+        true
+    }
+
+    /// Every command in Redis' append-only files, in order: the RESP parts
+    /// of a Redis 7 multi-part AOF (`appendonlydir/`, in manifest order),
+    /// else of a single `appendonly.aof`. A base file in RDB form is
+    /// skipped (counted in the second value); a torn last command is left
+    /// out.
+    pub fn aof_commands(&self) -> (Vec<Vec<Vec<u8>>>, usize) {
+        let multi = self.dir.join("appendonlydir");
+        let mut files = Vec::new();
+        let manifest = std::fs::read_dir(&multi)
+            .ok()
+            .and_then(|mut d| {
+                d.find_map(|e| {
+                    let p = e.ok()?.path();
+                    p.to_str()?.ends_with(".manifest").then_some(p)
+                })
+            })
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        match manifest {
+            Some(m) => {
+                // "file <name> seq <n> type <b|h|i>": the base first, then
+                // the increments by seq (history files are gone or stale).
+                let mut parts: Vec<(u8, u64, String)> = m
+                    .lines()
+                    .filter_map(|l| {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        let get = |k: &str| w.iter().position(|x| *x == k).map(|i| w[i + 1]);
+                        let kind = match get("type")? {
+                            "b" => 0,
+                            "i" => 1,
+                            _ => return None,
+                        };
+                        Some((kind, get("seq")?.parse().ok()?, get("file")?.to_string()))
+                    })
+                    .collect();
+                parts.sort();
+                files.extend(parts.into_iter().map(|(_, _, f)| multi.join(f)));
+            }
+            None => files.push(self.dir.join("appendonly.aof")),
+        }
+        let (mut commands, mut skipped) = (Vec::new(), 0);
+        for f in files {
+            let Ok(bytes) = std::fs::read(&f) else {
+                continue;
+            };
+            if bytes.starts_with(b"REDIS") {
+                skipped += 1;
+                continue;
+            }
+            let mut at = 0;
+            while let Some((cmd, next)) = resp_command(&bytes, at) {
+                commands.push(cmd);
+                at = next;
+            }
+        }
+        (commands, skipped)
+    }
+
     pub fn client(&self) -> Client {
         Client::new(&self.url).unwrap()
     }
@@ -276,6 +351,31 @@ impl Drop for Servers {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// One RESP array of bulk strings (a command as an AOF stores it) at
+/// `at`: its parts and where the next one starts.
+pub fn resp_command(b: &[u8], at: usize) -> Option<(Vec<Vec<u8>>, usize)> {
+    fn line(b: &[u8], at: usize, kind: u8) -> Option<(usize, usize)> {
+        if b.get(at) != Some(&kind) {
+            return None;
+        }
+        let end = at + b[at..].windows(2).position(|w| w == b"\r\n")?;
+        let n = std::str::from_utf8(&b[at + 1..end]).ok()?.parse().ok()?;
+        Some((n, end + 2))
+    }
+    let (count, mut at) = line(b, at, b'*')?;
+    let mut parts = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (len, start) = line(b, at, b'$')?;
+        let end = start.checked_add(len)?;
+        if b.get(end..end + 2)? != b"\r\n" {
+            return None;
+        }
+        parts.push(b[start..end].to_vec());
+        at = end + 2;
+    }
+    Some((parts, at))
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
