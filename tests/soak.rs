@@ -1030,7 +1030,7 @@ fn soak(plan: Plan) {
     );
     let _ = writeln!(
         t,
-        "| violations: sample below an acknowledged state | {sample_violations} (of {} states) |",
+        "| violations: sample below an acknowledged state | {sample_violations} samples ({} states) |",
         behind.len()
     );
     let _ = writeln!(
