@@ -125,7 +125,10 @@ typedef enum ms_event_kind {
    */
   MS_EVENT_RECONNECTED = 3,
   /**
-   * Leader: a state could not be stored; on NOT_FOUND or BAD_* the lead ends.
+   * Leader: a state could not be stored. Reported once per failure
+   * streak; after a final status (NOT_FOUND, BAD_LEADER_CODE, FORBIDDEN,
+   * ...: any but TIMEOUT, UNAVAILABLE, PROTOCOL and SERVER, which are
+   * retried with backoff) the lead ends.
    */
   MS_EVENT_PUBLISH_FAILED = 4,
   /**

@@ -8,57 +8,22 @@
 //! callback. Dropping the client delivers pending states (bounded by the
 //! request timeout), ends every follow and stops the dispatcher.
 
-use crate::dispatch::{lock, Callback, Dispatcher};
+use crate::dispatch::{Callback, Dispatcher};
 use crate::error::{Error, Result, Status};
 use crate::follower::Follow;
 use crate::leader::{Lead, LeadIdentity};
 use crate::protocol::{self, INDEX_KEY};
-use crate::transport::{random_hex, Endpoint, Webdis};
+use crate::session::{key_of, Config, EndHook, Hooks};
+use crate::transport::{Endpoint, Webdis};
+use crate::util::{lock, random_hex};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Settings shared with the client's threads; changes apply at once.
-pub struct Config {
-    timeout_ms: AtomicU32,
-    stream_ttl_s: AtomicU32,
-    heartbeat_ms: AtomicU32,
-}
-
-impl Config {
-    const DEFAULT_TIMEOUT_MS: u32 = 10_000;
-    const DEFAULT_HEARTBEAT_MS: u32 = 5_000;
-
-    /// Timeout of one request.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed) as u64)
-    }
-    /// The leader's heartbeat interval.
-    pub fn heartbeat(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed) as u64)
-    }
-    pub fn stream_ttl_s(&self) -> u32 {
-        self.stream_ttl_s.load(Ordering::Relaxed)
-    }
-}
-
 type Registry<T> = Arc<Mutex<HashMap<String, T>>>;
-
-/// What the session threads need of their client.
-#[derive(Clone)]
-pub struct Hooks {
-    pub dispatcher: Arc<Dispatcher>,
-    /// Called by a publisher whose lead ended on a final error.
-    pub lead_ended: EndHook,
-    /// Called by a follower whose stream ended (or failed to start).
-    pub follow_ended: EndHook,
-}
-
-/// Removes a session that ended on its own from its registry.
-pub type EndHook = Arc<dyn Fn(u64, &CString) + Send + Sync>;
 
 /// A lead or follow session, known by its id.
 pub trait Session {
@@ -110,11 +75,6 @@ pub struct Client {
     hooks: Hooks,
 }
 
-/// Key of a stream's record in Redis.
-pub fn key_of(name: &str) -> String {
-    format!("stream:{name}")
-}
-
 fn c_name(name: &str) -> Arc<CString> {
     // Names are checked: no control characters, so no NUL.
     Arc::new(CString::new(name).unwrap_or_default())
@@ -138,11 +98,7 @@ impl Client {
             follow_ended: end_hook(&follows),
         };
         Ok(Client {
-            config: Arc::new(Config {
-                timeout_ms: AtomicU32::new(Config::DEFAULT_TIMEOUT_MS),
-                stream_ttl_s: AtomicU32::new(0),
-                heartbeat_ms: AtomicU32::new(Config::DEFAULT_HEARTBEAT_MS),
-            }),
+            config: Arc::new(Config::default()),
             control: Webdis::new(endpoint),
             leads,
             follows,

@@ -6,10 +6,11 @@
 //! rate-limited by their producers (backoff, heartbeat intervals).
 
 use crate::error::Status;
+use crate::util::lock;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::CString;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 
 /// Kinds of events. Values are part of the ABI.
@@ -25,7 +26,10 @@ pub enum ms_event_kind {
     MS_EVENT_CONNECTION_LOST = 2,
     /// Follower: the subscription is restored.
     MS_EVENT_RECONNECTED = 3,
-    /// Leader: a state could not be stored; on NOT_FOUND or BAD_* the lead ends.
+    /// Leader: a state could not be stored. Reported once per failure
+    /// streak; after a final status (NOT_FOUND, BAD_LEADER_CODE, FORBIDDEN,
+    /// ...: any but TIMEOUT, UNAVAILABLE, PROTOCOL and SERVER, which are
+    /// retried with backoff) the lead ends.
     MS_EVENT_PUBLISH_FAILED = 4,
     /// Follower: no heartbeat or state from the leader for 3 intervals,
     /// whatever the cause (a quiet leader, or no working subscription: the
@@ -291,10 +295,4 @@ impl Dispatcher {
     pub fn queued(&self) -> usize {
         lock(&self.queue).items.len()
     }
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section here leaves
-/// the data consistent, and a panic elsewhere must not cascade.
-pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

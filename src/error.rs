@@ -98,7 +98,11 @@ impl Status {
     }
 
     /// Whether an operation failing with this status may succeed when tried
-    /// again unchanged (the network or the server may come back).
+    /// again unchanged (the network or the server may come back). The one
+    /// retry policy of the library: a lead's publisher and a follower keep
+    /// trying, with backoff, after a transient status, and end (the lead
+    /// with PUBLISH_FAILED, the follow with ENDED) after any other, such as
+    /// NOT_FOUND, BAD_PASSWORD, BAD_LEADER_CODE or FORBIDDEN.
     pub fn is_transient(self) -> bool {
         matches!(
             self,

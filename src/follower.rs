@@ -10,13 +10,14 @@
 //! functions must come back on it), then reads the snapshot, and from then
 //! on delivers only states newer than the last one delivered.
 
-use crate::client::{key_of, Config, Hooks};
-use crate::dispatch::{lock, Event, EventKind};
+use crate::backoff::Backoff;
+use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
-use crate::leader::Backoff;
 use crate::liveness::{Decision, Liveness};
 use crate::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
-use crate::transport::{random_hex, Endpoint, Webdis};
+use crate::session::{key_of, Config, Hooks};
+use crate::transport::{Endpoint, Webdis};
+use crate::util::{lock, random_hex};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use serde_json::Value;
 use std::ffi::CString;
@@ -101,7 +102,7 @@ impl Follow {
                 leader_offline: AtomicBool::new(false),
             }),
         });
-        let follower = Follower {
+        let follower = FollowThread {
             session: self.session,
             name,
             hooks,
@@ -531,7 +532,7 @@ impl Link {
 }
 
 /// The session thread.
-struct Follower {
+struct FollowThread {
     session: u64,
     name: Arc<CString>,
     hooks: Hooks,
@@ -547,7 +548,7 @@ enum End {
     Cancelled,
 }
 
-impl Follower {
+impl FollowThread {
     fn run(self, ready: Sender<Result<()>>) {
         let sub = match self.link.open() {
             Ok((sub, snap)) => {
@@ -707,7 +708,7 @@ impl Follower {
                         }
                         // The echo, or its absence, decides.
                         Ok(JobResult::Probe(Ok(_))) => {}
-                        Ok(JobResult::Probe(Err(e))) if is_final(e.status) => return End::Ended,
+                        Ok(JobResult::Probe(Err(e))) if !e.status.is_transient() => return End::Ended,
                         Ok(JobResult::Probe(Err(e))) => {
                             if link.cancelled() {
                                 return End::Cancelled;
@@ -733,7 +734,7 @@ impl Follower {
                             delivery.direct.store(true, Ordering::SeqCst);
                         }
                         Ok(JobResult::Recovered(Err(_))) if link.cancelled() => return End::Cancelled,
-                        Ok(JobResult::Recovered(Err(e))) if is_final(e.status) => return End::Ended,
+                        Ok(JobResult::Recovered(Err(e))) if !e.status.is_transient() => return End::Ended,
                         Ok(JobResult::Recovered(Err(e))) => {
                             crate::debug_log!(
                                 "follow {}: recovery failed: {}",
@@ -822,14 +823,6 @@ impl Follower {
 /// once: garbled (PROTOCOL) or unacknowledged (TIMEOUT).
 fn retry_subscribe(e: &Error) -> bool {
     matches!(e.status, Status::MS_ERR_PROTOCOL | Status::MS_ERR_TIMEOUT)
-}
-
-/// Statuses after which following cannot go on.
-fn is_final(status: Status) -> bool {
-    matches!(
-        status,
-        Status::MS_ERR_NOT_FOUND | Status::MS_ERR_BAD_PASSWORD | Status::MS_ERR_FORBIDDEN
-    )
 }
 
 /// The reader thread: bytes from Webdis to parsed items. Once the

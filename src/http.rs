@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::dispatch::lock;
+use crate::util::lock;
 
 /// Bodies up to this size are copied behind the head for a single write.
 const COALESCE: usize = 64 * 1024;
@@ -89,7 +89,10 @@ impl Pool {
             .to_socket_addrs()
             .map_err(HttpError::Io)?
             .collect();
-        let mut last = HttpError::Malformed("no address for the host");
+        let mut last = HttpError::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the name service has no address for {}", self.authority),
+        ));
         for addr in addrs {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {

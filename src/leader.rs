@@ -6,11 +6,13 @@
 //! state across failures, retries transient ones with backoff, and sends a
 //! heartbeat when it has been idle for one interval.
 
-use crate::client::{Config, Hooks};
-use crate::dispatch::{lock, Event, EventKind};
+use crate::backoff::Backoff;
+use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::protocol;
-use crate::transport::{random_hex, Webdis};
+use crate::session::{Config, Hooks};
+use crate::transport::Webdis;
+use crate::util::{lock, random_hex};
 use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -99,7 +101,7 @@ impl Lead {
             }),
             cond: Condvar::new(),
         });
-        let publisher = Publisher {
+        let publisher = LeadThread {
             session,
             publish_token: random_hex(8)?,
             identity: identity.clone(),
@@ -256,7 +258,7 @@ enum Action {
     Exit,
 }
 
-struct Publisher {
+struct LeadThread {
     session: u64,
     /// Random, per lead: the first half of every publish id.
     publish_token: String,
@@ -267,7 +269,7 @@ struct Publisher {
     hooks: Hooks,
 }
 
-impl Publisher {
+impl LeadThread {
     fn run(self) {
         let mut last_sent = Instant::now();
         let mut retry_at: Option<Instant> = None;
@@ -323,7 +325,7 @@ impl Publisher {
                     retry_at = None;
                     backoff.reset();
                 }
-                Err(e) if is_final(e.status) => {
+                Err(e) if !e.status.is_transient() => {
                     st.ended = Some(e.clone());
                     st.pending = None;
                     drop(st);
@@ -434,52 +436,5 @@ fn stored_at_or_after(reply: &serde_json::Value, id: &str) -> Result<()> {
             Ok(())
         }
         _ => Err(protocol::protocol_error("ms_publish")),
-    }
-}
-
-/// Statuses after which a lead cannot go on.
-fn is_final(status: Status) -> bool {
-    matches!(
-        status,
-        Status::MS_ERR_NOT_FOUND | Status::MS_ERR_BAD_LEADER_CODE | Status::MS_ERR_BAD_PASSWORD
-    )
-}
-
-/// Capped exponential backoff with jitter (100 ms doubling to 5 s; each
-/// wait drawn between half and all of the current step).
-pub struct Backoff {
-    step: Duration,
-    seed: u64,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(5);
-
-    pub fn new(seed: u64) -> Backoff {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        Backoff {
-            step: Backoff::FIRST,
-            seed: (seed ^ t) | 1,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.step = Backoff::FIRST;
-    }
-
-    pub fn next(&mut self) -> Duration {
-        // xorshift64
-        self.seed ^= self.seed << 13;
-        self.seed ^= self.seed >> 7;
-        self.seed ^= self.seed << 17;
-        let half = self.step / 2;
-        let jitter = Duration::from_nanos(self.seed % (half.as_nanos() as u64 + 1));
-        let wait = half + jitter;
-        self.step = (self.step * 2).min(Backoff::CAP);
-        wait
     }
 }

@@ -21,6 +21,7 @@ static DEBUG: once_cell::sync::Lazy<bool> = once_cell::sync::Lazy::new(|| {
     std::env::var("MISSIONSTREAM_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")
 });
 
+mod backoff;
 mod client;
 mod dispatch;
 mod error;
@@ -30,7 +31,9 @@ mod http;
 mod leader;
 mod liveness;
 pub mod protocol;
+mod session;
 mod transport;
+mod util;
 
 pub use client::{Client, StreamInfo};
 pub use dispatch::{Callback, Event, EventKind, StateText};

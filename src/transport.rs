@@ -171,7 +171,7 @@ impl Webdis {
             (!endpoint.tls).then(|| std::sync::Arc::new(http::Pool::new(&endpoint.authority)));
         // Unique enough across handles and processes that a reply Webdis
         // wrote to the wrong socket never names a request of this one.
-        let nonce_prefix = random_hex(8).unwrap_or_else(|_| {
+        let nonce_prefix = crate::util::random_hex(8).unwrap_or_else(|_| {
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
@@ -202,7 +202,7 @@ impl Webdis {
     }
 
     fn agent(&self) -> ureq::Agent {
-        crate::dispatch::lock(&self.agent).clone()
+        crate::util::lock(&self.agent).clone()
     }
 
     /// A nonce for the next request: never used before by this handle.
@@ -398,7 +398,7 @@ impl Webdis {
         let result = answer(status, &body);
         if matches!(result, Err(Failure::Garbled(_))) {
             // ureq has pooled the connection already: a new agent drops it.
-            *crate::dispatch::lock(&self.agent) = Webdis::new_agent();
+            *crate::util::lock(&self.agent) = Webdis::new_agent();
         }
         result
     }
@@ -520,34 +520,6 @@ impl Resolver for LiteralResolver {
     }
 }
 
-/// Hex of `n` random bytes from the operating system.
-pub fn random_hex(n: usize) -> Result<String> {
-    let mut buf = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: the pointer and length describe the unfilled part of buf.
-        let r = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr() as *mut libc::c_void,
-                n - filled,
-                0,
-            )
-        };
-        if r < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Error::new(
-                Status::MS_ERR_INTERNAL,
-                format!("no randomness from the operating system: {err}"),
-            ));
-        }
-        filled += r as usize;
-    }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,12 +549,5 @@ mod tests {
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn random_tokens_differ() {
-        let a = random_hex(16).unwrap();
-        assert_eq!(a.len(), 32);
-        assert_ne!(a, random_hex(16).unwrap());
     }
 }

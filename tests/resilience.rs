@@ -380,6 +380,49 @@ fn lead_ends_when_the_stream_is_deleted_under_it() {
     leader.start(&name, "pw", "code").unwrap();
 }
 
+/// One retry policy for leaders and followers: FORBIDDEN (Webdis' ACL
+/// now refuses the calls) is final for both, reported once, never retried.
+#[test]
+fn forbidden_is_final_for_leader_and_follower_and_reported_once() {
+    let mut s = Servers::start();
+    let (leader, follower, frec, name) = s.followed("forbidden");
+    leader.set_heartbeat(200).unwrap();
+    let lrec = Recorder::attach(&leader);
+    // The same Webdis, now refusing FCALL (and so the probe and
+    // recovery of the follower, and every publish).
+    s.restart_webdis_with_acl(serde_json::json!([
+        { "disabled": ["*"] },
+        { "enabled": ["SUBSCRIBE", "UNSUBSCRIBE", "PING"] }
+    ]));
+    leader.publish(&name, b"{\"after\":1}").unwrap();
+    let ev = lrec.wait_kind(&name, EventKind::MS_EVENT_PUBLISH_FAILED, T);
+    assert_eq!(ev.last().unwrap().status, Status::MS_ERR_FORBIDDEN);
+    // The lead is over: NOT_LEADING, and no second report.
+    assert_eq!(
+        leader.publish(&name, b"{}").unwrap_err().status,
+        Status::MS_ERR_NOT_LEADING
+    );
+    let ended = frec.wait_kind(&name, EventKind::MS_EVENT_ENDED, T);
+    assert_eq!(
+        ended
+            .iter()
+            .filter(|e| e.kind == EventKind::MS_EVENT_ENDED)
+            .count(),
+        1
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let failed = kinds(&lrec, &name)
+        .into_iter()
+        .filter(|k| *k == EventKind::MS_EVENT_PUBLISH_FAILED)
+        .count();
+    assert_eq!(failed, 1, "{:?}", lrec.snapshot());
+    // The follower's session ended on its own; disconnecting finds none.
+    assert_eq!(
+        follower.disconnect(&name).unwrap_err().status,
+        Status::MS_ERR_NOT_FOLLOWING
+    );
+}
+
 #[test]
 fn a_large_state_in_flight_is_not_silence() {
     let s = Servers::start();

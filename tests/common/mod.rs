@@ -164,6 +164,13 @@ impl Servers {
         });
     }
 
+    /// Restarts Webdis (same port) with another "acl".
+    pub fn restart_webdis_with_acl(&mut self, acl: serde_json::Value) {
+        self.stop_webdis();
+        self.acl = acl;
+        self.start_webdis();
+    }
+
     pub fn stop_webdis(&mut self) {
         if let Some(mut c) = self.webdis.take() {
             let _ = c.kill();

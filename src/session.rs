@@ -1,0 +1,59 @@
+//! What a client shares with its session threads (the publisher of each
+//! led stream, the follower of each followed stream): settings, hooks back
+//! into the client, and the record key of a stream.
+
+use crate::dispatch::Dispatcher;
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings shared with the client's threads; changes apply at once.
+pub struct Config {
+    pub(crate) timeout_ms: AtomicU32,
+    pub(crate) stream_ttl_s: AtomicU32,
+    pub(crate) heartbeat_ms: AtomicU32,
+}
+
+impl Default for Config {
+    /// Timeout 10 s, heartbeat 5 s, streams never expire.
+    fn default() -> Config {
+        Config {
+            timeout_ms: AtomicU32::new(10_000),
+            stream_ttl_s: AtomicU32::new(0),
+            heartbeat_ms: AtomicU32::new(5_000),
+        }
+    }
+}
+
+impl Config {
+    /// Timeout of one request.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed) as u64)
+    }
+    /// The leader's heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed) as u64)
+    }
+    pub fn stream_ttl_s(&self) -> u32 {
+        self.stream_ttl_s.load(Ordering::Relaxed)
+    }
+}
+
+/// What the session threads need of their client.
+#[derive(Clone)]
+pub struct Hooks {
+    pub dispatcher: Arc<Dispatcher>,
+    /// Called by a publisher whose lead ended on a final error.
+    pub lead_ended: EndHook,
+    /// Called by a follower whose stream ended (or failed to start).
+    pub follow_ended: EndHook,
+}
+
+/// Removes a session that ended on its own from its registry.
+pub type EndHook = Arc<dyn Fn(u64, &CString) + Send + Sync>;
+
+/// Key of a stream's record in Redis.
+pub fn key_of(name: &str) -> String {
+    format!("stream:{name}")
+}
