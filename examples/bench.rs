@@ -1,11 +1,11 @@
-//! `make bench` / `make bench-quick`: the figures of SPEC §7, each beside a
+//! `make bench` / `make bench-quick`: the performance figures, each beside a
 //! baseline measured in the same run, against a real `redis-server` and
 //! `webdis` that this program starts on free loopback ports (never
 //! 6379/7379) and stops at the end.
 //!
 //!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6]
 //!
-//! Rows (SPEC §7; row 7 is rows 2 and 3 swept over state sizes):
+//! Rows (row 7 is rows 2 and 3 swept over state sizes):
 //!  1. `ms_publish` call cost through the C ABI, 1 KiB state, median and
 //!     p99; baseline: copying the 1 KiB into a fresh Vec.
 //!  2. Acknowledged publishes per second, one stream (`ms_publish` +
@@ -898,7 +898,7 @@ impl Bench {
                 ),
                 "".into(),
                 "".into(),
-                // Not SPEC's row 1 (the call itself, above): with the
+                // Not row 1 proper (the call itself, above): with the
                 // publisher asleep the call includes waking it, a syscall.
                 "(info) includes waking the idle publisher",
                 "",

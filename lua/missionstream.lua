@@ -67,19 +67,26 @@ local MAX_SECRET = 1024
 local MAX_STATE = 8 * 1024 * 1024
 local RECORD_PREFIX = 'stream:'
 
--- Whether s is valid UTF-8 (no overlong forms, no surrogates). Each
--- well-formed multi-byte sequence is replaced by an ASCII byte, in C, so
--- that mostly-ASCII states cost a few scans; any byte >= 0x80 left over
--- belongs to no well-formed sequence.
+-- Whether s is valid UTF-8 (no overlong forms, no surrogates), in C speed
+-- (Redis runs nothing else meanwhile): runs of ASCII collapse to one
+-- space, then each kind of well-formed multi-byte sequence is replaced by
+-- an ASCII byte and the runs collapse again, so the string shrinks with
+-- every pass; any byte >= 0x80 left over belongs to no well-formed
+-- sequence. 8 MiB: ~40 ms of ASCII, ~0.4 s of CJK text. NUL is ASCII here
+-- (checked apart where it matters).
 local UTF8_SEQUENCES = {
   '[\194-\223][\128-\191]',
-  '\224[\160-\191][\128-\191]', '[\225-\236\238\239][\128-\191][\128-\191]', '\237[\128-\159][\128-\191]',
-  '\240[\144-\191][\128-\191][\128-\191]', '[\241-\243][\128-\191][\128-\191][\128-\191]',
+  '[\225-\236\238\239][\128-\191][\128-\191]', '\224[\160-\191][\128-\191]', '\237[\128-\159][\128-\191]',
+  '[\241-\243][\128-\191][\128-\191][\128-\191]', '\240[\144-\191][\128-\191][\128-\191]',
   '\244[\128-\143][\128-\191][\128-\191]',
 }
+local ASCII_RUN = '[%z\1-\127]+'
 local function utf8_valid(s)
-  if not string.find(s, '[\128-\255]') then return true end
-  for _, p in ipairs(UTF8_SEQUENCES) do s = string.gsub(s, p, '_') end
+  s = string.gsub(s, ASCII_RUN, ' ')
+  for _, p in ipairs(UTF8_SEQUENCES) do
+    if #s <= 1 then return true end
+    s = string.gsub(string.gsub(s, p, ' '), ASCII_RUN, ' ')
+  end
   return not string.find(s, '[\128-\255]')
 end
 
@@ -286,7 +293,7 @@ redis.register_function('ms_publish', function(keys, args)
   if why then return fail('MSARG', nonce, why) end
   local state = f[3]
   if #state > MAX_STATE then return fail('MSARG', nonce, 'the state is larger than 8 MiB') end
-  if string.find(state, '%z') then return fail('MSARG', nonce, 'the state contains a NUL character') end
+  if string.find(state, '\0', 1, true) then return fail('MSARG', nonce, 'the state contains a NUL character') end
   if not utf8_valid(state) then return fail('MSARG', nonce, 'the state is not valid UTF-8') end
   local key = keys[1]
   local rec, e = load_leader(nonce, key, f[1], f[2])
