@@ -1,0 +1,431 @@
+//! The network side of a followed stream: the calls a session makes
+//! (ms_connect, subscribe, prove, snapshot, probe), the subscription and
+//! its reader thread, and the delivery of states to the dispatcher. Every
+//! function here may block; the session thread (`super`) never calls them
+//! itself but through a job.
+
+use crate::dispatch::Event;
+use crate::error::{Error, Result, Status};
+use crate::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
+use crate::session::Config;
+use crate::transport::{Endpoint, Webdis};
+use crate::util::{lock, random_hex};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
+use serde_json::Value;
+use std::ffi::CString;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// ms_connect: checks the password; returns the stream's channel.
+pub(super) fn stream_channel(
+    conn: &Webdis,
+    key: &str,
+    password: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let body = protocol::frame_body(&[password.as_bytes()]);
+    match conn.fcall(true, "ms_connect", &[key], &[], &body, timeout)? {
+        Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => match &a[0] {
+            Value::String(c) => Ok(c.clone()),
+            _ => Err(protocol::protocol_error("ms_connect")),
+        },
+        _ => Err(protocol::protocol_error("ms_connect")),
+    }
+}
+
+pub(super) fn replaced() -> Error {
+    Error::new(
+        Status::MS_ERR_NOT_FOUND,
+        "the stream was stopped and started anew",
+    )
+}
+
+pub(super) fn disconnected() -> Error {
+    Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected while connecting")
+}
+
+/// Items from the reader thread.
+pub(super) enum Incoming {
+    Item(SubscriptionItem),
+    Closed(Error),
+}
+
+/// One live subscription.
+pub(super) struct Subscription {
+    pub(super) conn: Webdis,
+    pub(super) rx: Receiver<Incoming>,
+    /// Grows with each read that leaves a message incomplete: a large
+    /// message still arriving is not silence.
+    pub(super) progress: Arc<AtomicU64>,
+    pub(super) reader: Option<JoinHandle<()>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.conn.shutdown();
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Delivers a session's states. Once the follower listens, a
+/// subscription's reader thread hands states to the dispatcher itself (one
+/// thread hand-off less per state); the newest delivered seq is kept under
+/// a lock so that the reader and the follower thread (snapshots) never
+/// deliver out of order.
+pub(super) struct Delivery {
+    pub(super) session: u64,
+    pub(super) name: Arc<CString>,
+    pub(super) dispatcher: Arc<crate::dispatch::Dispatcher>,
+    pub(super) cancel: Arc<AtomicBool>,
+    pub(super) last_seq: Mutex<Option<u64>>,
+    /// The reader delivers states itself.
+    pub(super) direct: AtomicBool,
+    /// When the reader last delivered a state (µs after `epoch`, 0 for
+    /// never): the leader was heard then.
+    pub(super) epoch: Instant,
+    pub(super) last_direct_us: AtomicU64,
+    /// The follower has reported LEADER_OFFLINE: the reader tells it of
+    /// each state too, so that LEADER_ONLINE follows at once.
+    pub(super) leader_offline: AtomicBool,
+}
+
+impl Delivery {
+    pub(super) fn state(&self, seq: u64, state: String) {
+        let mut last = lock(&self.last_seq);
+        if last.is_none_or(|s| seq > s) && !self.cancel.load(Ordering::SeqCst) {
+            *last = Some(seq);
+            self.dispatcher
+                .push(self.session, Event::state(&self.name, seq, state));
+        }
+    }
+}
+
+pub(super) struct Snapshot {
+    pub(super) seq: u64,
+    pub(super) hb: Duration,
+    pub(super) state: String,
+}
+
+/// What the network side of a session needs; shared with its job threads.
+pub(super) struct Link {
+    pub(super) session: u64,
+    pub(super) key: String,
+    pub(super) password: String,
+    pub(super) channel: String,
+    pub(super) endpoint: Arc<Endpoint>,
+    pub(super) config: Arc<Config>,
+    pub(super) cancel: Arc<AtomicBool>,
+    /// Disconnected when the session is cancelled.
+    pub(super) wake: Receiver<()>,
+    /// The connection last opened, shut down by a cancel.
+    pub(super) active: Arc<Mutex<Option<Webdis>>>,
+    pub(super) delivery: Arc<Delivery>,
+}
+
+impl Link {
+    pub(super) fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::SeqCst)
+    }
+
+    /// A connection for the next call, registered so that cancel breaks it.
+    pub(super) fn connection(&self) -> Result<Webdis> {
+        let conn = Webdis::new(self.endpoint.clone());
+        *lock(&self.active) = Some(conn.clone());
+        if self.cancelled() {
+            conn.shutdown();
+            return Err(disconnected());
+        }
+        Ok(conn)
+    }
+
+    /// Checks that the stream still exists, with the password, on the
+    /// channel followed.
+    pub(super) fn check_stream(&self) -> Result<()> {
+        let conn = self.connection()?;
+        let channel = stream_channel(&conn, &self.key, &self.password, self.config.timeout())?;
+        if channel == self.channel {
+            Ok(())
+        } else {
+            Err(replaced())
+        }
+    }
+
+    /// A recovery: the stream still exists (asked first, so that ENDED
+    /// comes promptly when it does not), then a new subscription.
+    pub(super) fn recover(&self) -> Result<(Subscription, Snapshot)> {
+        self.check_stream()?;
+        self.open()
+    }
+
+    /// Subscribes, waits for the acknowledgement, proves the subscription
+    /// with a probe, then reads the snapshot.
+    ///
+    /// Webdis 0.1.9 can garble a new subscription (a message published
+    /// while it sets one up may be written before the HTTP response head),
+    /// lose its response or acknowledgement to a socket reused after a
+    /// subscriber hung up, or acknowledge a subscription that Redis never
+    /// feeds. Such a subscription is replaced by a fresh one, within the
+    /// request timeout overall.
+    pub(super) fn open(&self) -> Result<(Subscription, Snapshot)> {
+        let timeout = self.config.timeout();
+        let deadline = Instant::now() + timeout;
+        // Time for one attempt (response head, acknowledgement and probe
+        // echo) before trying again on a new connection.
+        let attempt_wait = (timeout / 4).max(Duration::from_millis(500));
+        let mut attempts = 0u32;
+        loop {
+            let conn = self.connection()?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            attempts += 1;
+            let by = Instant::now() + left.min(attempt_wait);
+            let sub = match self
+                .subscribe(&conn, by)
+                .and_then(|sub| self.confirm(&conn, &sub, by).map(|()| sub))
+            {
+                Ok(sub) => sub,
+                Err(e) if retry_subscribe(&e) => {
+                    crate::debug_log!(
+                        "subscribe {}: attempt {attempts} failed: {}",
+                        self.session,
+                        e.message
+                    );
+                    conn.shutdown();
+                    if Instant::now() < deadline {
+                        continue;
+                    }
+                    return Err(Error::new(
+                        e.status,
+                        format!(
+                            "Webdis at {} did not set up the subscription within {} ms \
+                             ({attempts} attempts; the last: {})",
+                            self.endpoint.base(),
+                            timeout.as_millis(),
+                            e.message
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+            let snap = self.snapshot(&conn)?;
+            return Ok((sub, snap));
+        }
+    }
+
+    /// One subscription, acknowledged by `by`.
+    pub(super) fn subscribe(&self, conn: &Webdis, by: Instant) -> Result<Subscription> {
+        // The response head is awaited no longer than the acknowledgement:
+        // Webdis 0.1.9 sometimes never sends it (the request is lost with a
+        // socket it mixed up), and the retry in `open` needs the time left.
+        let wait = by.saturating_duration_since(Instant::now());
+        let reader = conn.subscribe(&self.channel, wait)?;
+        let (tx, rx) = bounded(64);
+        let progress = Arc::new(AtomicU64::new(0));
+        let counter = progress.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("ms-sub-{}", self.session))
+            .stack_size(256 * 1024)
+            .spawn({
+                let delivery = self.delivery.clone();
+                move || read_subscription(reader, tx, counter, delivery)
+            })
+            .map_err(|e| {
+                Error::new(
+                    Status::MS_ERR_INTERNAL,
+                    format!("cannot start a thread: {e}"),
+                )
+            })?;
+        let sub = Subscription {
+            conn: conn.clone(),
+            rx,
+            progress,
+            reader: Some(handle),
+        };
+        self.await_item(&sub, by, "acknowledge the subscription", |item| {
+            matches!(item, SubscriptionItem::Subscribed { channel } if *channel == self.channel)
+        })?;
+        Ok(sub)
+    }
+
+    /// Proves an acknowledged subscription end to end: a probe published
+    /// through the functions must reach a subscriber and come back on it
+    /// by `by`. (A subscription Webdis acknowledged may never be fed: the
+    /// probe then reaches no subscriber, or not this one.)
+    pub(super) fn confirm(&self, conn: &Webdis, sub: &Subscription, by: Instant) -> Result<()> {
+        let token = random_hex(8)?;
+        let left = by.saturating_duration_since(Instant::now());
+        let receivers = self.probe(conn, &token, left.max(Duration::from_millis(1)))?;
+        if receivers == 0 {
+            return Err(Error::new(
+                Status::MS_ERR_TIMEOUT,
+                "Redis has no such subscription (a probe reached no subscriber)",
+            ));
+        }
+        self.await_item(sub, by, "deliver a probe on the subscription", |item| {
+            matches!(item, SubscriptionItem::Message { payload, .. }
+                if payload.strip_prefix("p ") == Some(token.as_str()))
+        })
+    }
+
+    /// Waits until the subscription yields an item `wanted` accepts, by
+    /// `by`; TIMEOUT saying what Webdis did not `do` otherwise.
+    pub(super) fn await_item(
+        &self,
+        sub: &Subscription,
+        by: Instant,
+        what: &str,
+        wanted: impl Fn(&SubscriptionItem) -> bool,
+    ) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let left = by.saturating_duration_since(Instant::now());
+            select! {
+                recv(self.wake) -> _ => return Err(disconnected()),
+                recv(sub.rx) -> m => match m {
+                    Ok(Incoming::Item(item)) if wanted(&item) => return Ok(()),
+                    Ok(Incoming::Item(_)) => continue,
+                    Ok(Incoming::Closed(e)) => return Err(e),
+                    Err(_) => return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed")),
+                },
+                default(left) => return Err(Error::new(
+                    Status::MS_ERR_TIMEOUT,
+                    format!("Webdis did not {what} within {} ms", started.elapsed().as_millis()),
+                )),
+            }
+        }
+    }
+
+    pub(super) fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
+        let body = protocol::frame_body(&[self.password.as_bytes()]);
+        let reply = conn.fcall(
+            true,
+            "ms_snapshot",
+            &[&self.key],
+            &[],
+            &body,
+            self.config.timeout(),
+        )?;
+        let bad = || protocol::protocol_error("ms_snapshot");
+        let Value::Array(mut a) = reply else {
+            return Err(bad());
+        };
+        if a.len() != 5 {
+            return Err(bad());
+        }
+        let state = match a.pop() {
+            Some(Value::String(s)) => s,
+            _ => return Err(bad()),
+        };
+        let hb_ms = protocol::as_u64(&a[3]).ok_or_else(bad)?;
+        let seq = protocol::as_u64(&a[1]).ok_or_else(bad)?;
+        if a[0].as_str() != Some(self.channel.as_str()) {
+            return Err(replaced());
+        }
+        Ok(Snapshot {
+            seq,
+            hb: Duration::from_millis(hb_ms.max(1)),
+            state,
+        })
+    }
+
+    /// ms_probe: publishes `p <token>` on the channel; returns how many
+    /// subscriptions Redis delivered it to.
+    pub(super) fn probe(&self, conn: &Webdis, token: &str, timeout: Duration) -> Result<u64> {
+        let body = protocol::frame_body(&[self.password.as_bytes()]);
+        let reply = conn.fcall(false, "ms_probe", &[&self.key], &[token], &body, timeout)?;
+        match reply {
+            Value::Array(a) if a.len() == 2 => {
+                if a[0].as_str() != Some(self.channel.as_str()) {
+                    return Err(replaced());
+                }
+                protocol::as_u64(&a[1]).ok_or_else(|| protocol::protocol_error("ms_probe"))
+            }
+            _ => Err(protocol::protocol_error("ms_probe")),
+        }
+    }
+}
+
+/// Whether a subscription attempt that failed so is worth repeating at
+/// once: garbled (PROTOCOL) or unacknowledged (TIMEOUT).
+pub(super) fn retry_subscribe(e: &Error) -> bool {
+    matches!(e.status, Status::MS_ERR_PROTOCOL | Status::MS_ERR_TIMEOUT)
+}
+
+/// The reader thread: bytes from Webdis to parsed items. Once the
+/// follower listens, states go to the dispatcher from here.
+pub(super) fn read_subscription(
+    mut reader: impl Read,
+    tx: Sender<Incoming>,
+    progress: Arc<AtomicU64>,
+    delivery: Arc<Delivery>,
+) {
+    let mut splitter = ObjectSplitter::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => {
+                let _ = tx.send(Incoming::Closed(Error::new(
+                    Status::MS_ERR_UNAVAILABLE,
+                    "Webdis closed the subscription",
+                )));
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Incoming::Closed(Error::new(
+                    Status::MS_ERR_UNAVAILABLE,
+                    format!("the subscription broke: {e}"),
+                )));
+                return;
+            }
+        };
+        splitter.push(&buf[..n]);
+        loop {
+            match splitter.next_object() {
+                Ok(Some(obj)) => {
+                    let item = match protocol::parse_subscription_object(&obj) {
+                        Ok(SubscriptionItem::Message { payload, .. })
+                            if payload.starts_with("s ")
+                                && delivery.direct.load(Ordering::SeqCst) =>
+                        {
+                            if let Some(ChannelMessage::State { seq, state, .. }) =
+                                protocol::parse_channel_message(payload)
+                            {
+                                delivery.state(seq, state);
+                                let us = delivery.epoch.elapsed().as_micros() as u64;
+                                delivery.last_direct_us.store(us.max(1), Ordering::SeqCst);
+                            }
+                            if !delivery.leader_offline.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            // Wake the follower: the leader is back.
+                            Incoming::Item(SubscriptionItem::Other)
+                        }
+                        Ok(item) => Incoming::Item(item),
+                        Err(e) => Incoming::Closed(e),
+                    };
+                    let closed = matches!(item, Incoming::Closed(_));
+                    if tx.send(item).is_err() || closed {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    if splitter.pending() > 0 {
+                        // Part of a message arrived: activity, though no
+                        // message is complete yet.
+                        progress.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let _ = tx.send(Incoming::Closed(e));
+                    return;
+                }
+            }
+        }
+    }
+}
