@@ -302,6 +302,32 @@ enum ms_status ms_client_set_stream_ttl(struct ms_client *client, uint32_t secon
 enum ms_status ms_client_set_heartbeat(struct ms_client *client, uint32_t interval_ms);
 
 /**
+ * Sets the trust anchors of `https://` URLs: the certificates of the PEM
+ * file `path` (one or more `-----BEGIN CERTIFICATE-----` blocks, e.g. the
+ * certificate of a mission network's own certificate authority) replace
+ * the bundled web roots, which are the default. The file is read during
+ * this call; a file that cannot be read, or holds no certificate or one
+ * that cannot be a trust anchor, fails with MS_ERR_INVALID_ARGUMENT
+ * naming the path and the cause, and changes nothing.
+ *
+ * Applies to every connection the client opens afterwards, for all its
+ * streams (those already led or followed too, when they reconnect);
+ * connections already open are kept. Set it right after ms_client_new.
+ * No effect on an `http://` URL.
+ *
+ * With `https://`, a server whose certificate is not issued by a trusted
+ * authority ("certificate not trusted"), is not valid for the URL's host
+ * ("host name mismatch"), or has expired fails a call at once with
+ * MS_ERR_UNAVAILABLE; a port that does not speak TLS fails it with
+ * MS_ERR_PROTOCOL, as does an `http://` URL pointed at a TLS port.
+ *
+ * # Safety
+ * `client` is NULL or a live client; `path` is NULL or a NUL-terminated
+ * file path (bytes as the operating system takes them).
+ */
+enum ms_status ms_client_set_tls_ca_file(struct ms_client *client, const char *path);
+
+/**
  * Sets the callback that receives the client's events (NULL: none), with
  * `user_data` passed back to it. Called outside a callback, it returns
  * only when the previous callback is no longer running; the previous

@@ -148,6 +148,19 @@ impl Client {
         Ok(())
     }
 
+    /// Trusts only the certificates of the PEM file at `path` for
+    /// `https://` from now on, instead of the bundled web roots: every
+    /// connection opened afterwards (by any stream of the client) checks
+    /// the server's certificate against them; connections already open are
+    /// kept. The file is read here, once.
+    pub fn set_tls_ca_file(&self, path: &std::path::Path) -> Result<()> {
+        let certs = crate::transport::load_ca_file(path)?;
+        self.control
+            .endpoint_arc()
+            .set_tls_roots(certs, path.display().to_string());
+        Ok(())
+    }
+
     /// Sets (or with None removes) the callback.
     pub fn set_callback(&self, cb: Option<Callback>) {
         self.hooks.dispatcher.set_callback(cb);

@@ -247,6 +247,52 @@ pub unsafe extern "C" fn ms_client_set_heartbeat(
     })
 }
 
+/// Sets the trust anchors of `https://` URLs: the certificates of the PEM
+/// file `path` (one or more `-----BEGIN CERTIFICATE-----` blocks, e.g. the
+/// certificate of a mission network's own certificate authority) replace
+/// the bundled web roots, which are the default. The file is read during
+/// this call; a file that cannot be read, or holds no certificate or one
+/// that cannot be a trust anchor, fails with MS_ERR_INVALID_ARGUMENT
+/// naming the path and the cause, and changes nothing.
+///
+/// Applies to every connection the client opens afterwards, for all its
+/// streams (those already led or followed too, when they reconnect);
+/// connections already open are kept. Set it right after ms_client_new.
+/// No effect on an `http://` URL.
+///
+/// With `https://`, a server whose certificate is not issued by a trusted
+/// authority ("certificate not trusted"), is not valid for the URL's host
+/// ("host name mismatch"), or has expired fails a call at once with
+/// MS_ERR_UNAVAILABLE; a port that does not speak TLS fails it with
+/// MS_ERR_PROTOCOL, as does an `http://` URL pointed at a TLS port.
+///
+/// # Safety
+/// `client` is NULL or a live client; `path` is NULL or a NUL-terminated
+/// file path (bytes as the operating system takes them).
+#[no_mangle]
+pub unsafe extern "C" fn ms_client_set_tls_ca_file(
+    client: *mut ms_client,
+    path: *const c_char,
+) -> ms_status {
+    guard("ms_client_set_tls_ca_file", || {
+        let client = arg_client(client)?;
+        if path.is_null() {
+            return Err(Error::invalid("path is NULL"));
+        }
+        let bytes = CStr::from_ptr(path).to_bytes();
+        if bytes.is_empty() {
+            return Err(Error::invalid("path is empty"));
+        }
+        #[cfg(unix)]
+        let path = std::path::Path::new(
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(bytes),
+        );
+        #[cfg(not(unix))]
+        let path = std::path::Path::new(arg_str(path, "path")?);
+        client.set_tls_ca_file(path)
+    })
+}
+
 struct UserData(*mut c_void);
 // SAFETY: the pointer is only handed back to the caller's callback; the
 // caller owns its thread-safety (documented on ms_set_callback).

@@ -2,6 +2,10 @@
 //! (`http.rs` for `http://` requests, a ureq agent for `https://` and for
 //! SUBSCRIBE streams), and `shutdown` breaks any call in flight on it.
 //!
+//! TLS trusts the bundled web roots, or only the certificates of a CA file
+//! (`Endpoint::set_tls_roots`, shared by every handle of a client): each
+//! handle builds its next connections with the trust anchors set last.
+//!
 //! Every function call carries a request nonce that the functions echo in
 //! their reply (and name in their errors): a reply that names another
 //! request is never taken as the answer, its connection is dropped, and
@@ -13,7 +17,10 @@ use crate::protocol::{self, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
@@ -33,6 +40,26 @@ pub struct Endpoint {
     authority: String,
     /// `/prefix` or "".
     prefix: String,
+    /// The trust anchors of `https://`, shared by every handle made from
+    /// this endpoint.
+    trust: Arc<Trust>,
+}
+
+/// Trust anchors that may change while handles use them.
+#[derive(Debug)]
+struct Trust {
+    /// Bumped at every change; a handle compares it with the one its agent
+    /// was built with.
+    generation: AtomicU64,
+    anchors: Mutex<Anchors>,
+}
+
+#[derive(Clone, Debug)]
+struct Anchors {
+    generation: u64,
+    roots: RootCerts,
+    /// The CA file they come from; None: the bundled web roots.
+    file: Option<String>,
 }
 
 impl Endpoint {
@@ -96,7 +123,29 @@ impl Endpoint {
             tls,
             authority,
             prefix,
+            trust: Arc::new(Trust {
+                generation: AtomicU64::new(0),
+                anchors: Mutex::new(Anchors {
+                    generation: 0,
+                    roots: RootCerts::WebPki,
+                    file: None,
+                }),
+            }),
         })
+    }
+
+    /// From now on, `https://` connections of every handle of this
+    /// endpoint trust `certs` (read from `file`) only; connections already
+    /// open are kept.
+    pub fn set_tls_roots(&self, certs: Arc<Vec<Certificate<'static>>>, file: String) {
+        let mut anchors = crate::util::lock(&self.trust.anchors);
+        let generation = anchors.generation + 1;
+        *anchors = Anchors {
+            generation,
+            roots: RootCerts::Specific(certs),
+            file: Some(file),
+        };
+        self.trust.generation.store(generation, Ordering::Release);
     }
 
     /// `scheme://host[:port][/prefix]`, without credentials.
@@ -139,12 +188,21 @@ impl Endpoint {
 pub struct Webdis {
     endpoint: std::sync::Arc<Endpoint>,
     /// Replaced (dropping its pooled connections) when a reply over it
-    /// named another request.
-    agent: std::sync::Arc<std::sync::Mutex<ureq::Agent>>,
+    /// named another request, and when the trust anchors change.
+    agent: std::sync::Arc<std::sync::Mutex<AgentSlot>>,
     plain: Option<std::sync::Arc<http::Pool>>,
     /// Request nonces: a random prefix per handle, then a counter.
     nonce_prefix: std::sync::Arc<str>,
     nonces: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The ureq agent of a handle.
+struct AgentSlot {
+    agent: ureq::Agent,
+    /// The `Trust::generation` it was built with.
+    trust: u64,
+    /// Shut down: kept as it is, so that every later call fails.
+    shut: bool,
 }
 
 /// Why one attempt of a request failed.
@@ -178,16 +236,20 @@ impl Webdis {
                 .unwrap_or(0);
             format!("{:016x}", t as u64 ^ (std::process::id() as u64) << 40)
         });
+        let agent = Webdis::new_agent(&endpoint.trust);
         Webdis {
             endpoint,
-            agent: std::sync::Arc::new(std::sync::Mutex::new(Webdis::new_agent())),
+            agent: std::sync::Arc::new(std::sync::Mutex::new(agent)),
             plain,
             nonce_prefix: nonce_prefix.into(),
             nonces: Default::default(),
         }
     }
 
-    fn new_agent() -> ureq::Agent {
+    fn new_agent(trust: &Trust) -> AgentSlot {
+        let Anchors {
+            generation, roots, ..
+        } = crate::util::lock(&trust.anchors).clone();
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_idle_connections_per_host(8)
@@ -197,12 +259,31 @@ impl Webdis {
             // publishes/s instead of ~6000).
             .no_delay(true)
             .user_agent(concat!("missionstream/", env!("CARGO_PKG_VERSION")))
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build();
-        ureq::Agent::with_parts(config, DefaultConnector::new(), LiteralResolver)
+        AgentSlot {
+            agent: ureq::Agent::with_parts(config, DefaultConnector::new(), LiteralResolver),
+            trust: generation,
+            shut: false,
+        }
     }
 
+    /// The agent for the next request: a new one (new connections) when
+    /// the trust anchors changed since it was built.
     fn agent(&self) -> ureq::Agent {
-        crate::util::lock(&self.agent).clone()
+        let mut slot = crate::util::lock(&self.agent);
+        if !slot.shut && slot.trust != self.endpoint.trust.generation.load(Ordering::Acquire) {
+            *slot = Webdis::new_agent(&self.endpoint.trust);
+        }
+        slot.agent.clone()
+    }
+
+    /// Drops the agent's pooled connections (unless shut down).
+    fn renew_agent(&self) {
+        let mut slot = crate::util::lock(&self.agent);
+        if !slot.shut {
+            *slot = Webdis::new_agent(&self.endpoint.trust);
+        }
     }
 
     /// A nonce for the next request: never used before by this handle.
@@ -221,7 +302,12 @@ impl Webdis {
     /// Closes this handle's connections and fails every call in flight on
     /// it at once; later calls fail too.
     pub fn shutdown(&self) {
-        self.agent().shutdown();
+        let agent = {
+            let mut slot = crate::util::lock(&self.agent);
+            slot.shut = true;
+            slot.agent.clone()
+        };
+        agent.shutdown();
         if let Some(plain) = &self.plain {
             plain.shutdown();
         }
@@ -362,6 +448,10 @@ impl Webdis {
                     MAX_REPLY as usize,
                 )
                 .map_err(|e| self.plain_failure(e, reported_timeout))?;
+            if let Some(f) = self.not_an_answer(response.status, &response.body) {
+                plain.forget_idle();
+                return Err(f);
+            }
             let result = answer(response.status, &response.body);
             if result.is_ok() {
                 plain.recycle(response.conn);
@@ -395,10 +485,14 @@ impl Webdis {
             .limit(MAX_REPLY)
             .read_to_vec()
             .map_err(ureq_failure)?;
+        if let Some(f) = self.not_an_answer(status, &body) {
+            self.renew_agent();
+            return Err(f);
+        }
         let result = answer(status, &body);
         if matches!(result, Err(Failure::Garbled(_))) {
             // ureq has pooled the connection already: a new agent drops it.
-            *crate::util::lock(&self.agent) = Webdis::new_agent();
+            self.renew_agent();
         }
         result
     }
@@ -445,12 +539,26 @@ impl Webdis {
         let response = req.call().map_err(|e| self.transport_error(e, timeout))?;
         let status = response.status().as_u16();
         if status != 200 {
+            let mut body = Vec::new();
+            if status == 400 {
+                let _ = response
+                    .into_body()
+                    .into_reader()
+                    .take(4096)
+                    .read_to_end(&mut body);
+                if let Some(e) = self.tls_port_error(status, &body) {
+                    return Err(e);
+                }
+            }
             return Err(protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err());
         }
         Ok(response.into_body().into_reader())
     }
 
     pub fn transport_error(&self, e: ureq::Error, timeout: Duration) -> Error {
+        if let Some(e) = self.tls_error(&e) {
+            return e;
+        }
         match e {
             ureq::Error::Timeout(_) => Error::new(
                 Status::MS_ERR_TIMEOUT,
@@ -480,6 +588,130 @@ impl Webdis {
             ),
         }
     }
+}
+
+impl Webdis {
+    /// The error of a failed TLS handshake, naming its cause: the server's
+    /// certificate is not trusted or not for this host (MS_ERR_UNAVAILABLE:
+    /// Webdis cannot be reached safely), or the server does not speak TLS
+    /// (MS_ERR_PROTOCOL). None for other failures.
+    fn tls_error(&self, e: &ureq::Error) -> Option<Error> {
+        use rustls::{CertificateError as C, Error as E};
+        let rustls_error = match e {
+            ureq::Error::Rustls(r) => Some(r),
+            ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<E>()),
+            _ => None,
+        };
+        let base = &self.endpoint.base;
+        let host = self
+            .endpoint
+            .authority
+            .rsplit_once(':')
+            .map_or(self.endpoint.authority.as_str(), |(h, _)| h);
+        let unavailable = |cause: String| {
+            Some(Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                format!("cannot reach Webdis at {base} over TLS: {cause}"),
+            ))
+        };
+        match rustls_error {
+            Some(E::InvalidCertificate(C::UnknownIssuer)) => {
+                let trusted = match &crate::util::lock(&self.endpoint.trust.anchors).file {
+                    Some(file) => format!("the CA file \"{file}\""),
+                    None => "the bundled web roots (a network with its own certificate authority: set its CA file with ms_client_set_tls_ca_file)".into(),
+                };
+                unavailable(format!(
+                    "certificate not trusted: the server's certificate is not issued by a certificate authority of {trusted}"
+                ))
+            }
+            Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
+                unavailable(format!(
+                    "host name mismatch: the server's certificate is not valid for {host}"
+                ))
+            }
+            Some(E::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
+                unavailable("the server's certificate has expired".into())
+            }
+            Some(E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. })) => {
+                unavailable("the server's certificate is not valid yet (check the clock)".into())
+            }
+            Some(E::InvalidCertificate(c)) => {
+                unavailable(format!("the server's certificate is refused ({c:?})"))
+            }
+            Some(E::InvalidMessage(_)) => Some(not_tls(base)),
+            Some(E::AlertReceived(a)) => unavailable(format!(
+                "the server refused the TLS handshake (alert {a:?})"
+            )),
+            Some(other) => unavailable(format!("TLS failed: {other}")),
+            None => match e {
+                ureq::Error::Tls(what) => unavailable(format!("TLS failed: {what}")),
+                // rustls' bare EOF: the server hung up in the handshake.
+                ureq::Error::Io(io)
+                    if self.endpoint.tls
+                        && io.kind() == std::io::ErrorKind::UnexpectedEof
+                        && io.get_ref().is_none() =>
+                {
+                    unavailable(
+                        "the server closed the connection during the TLS handshake (does this port speak TLS?)"
+                            .into(),
+                    )
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// The error of a plain `http://` request answered by a TLS port; None
+    /// for any other response.
+    fn tls_port_error(&self, status: u16, body: &[u8]) -> Option<Error> {
+        if self.endpoint.tls || status != 400 {
+            return None;
+        }
+        // nginx: "The plain HTTP request was sent to HTTPS port"; Go and
+        // Caddy: "Client sent an HTTP request to an HTTPS server."
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).to_ascii_lowercase();
+        (text.contains("http request was sent to https port")
+            || text.contains("http request to an https server"))
+        .then(|| speaks_tls(&self.endpoint.base))
+    }
+
+    /// A response that is not Webdis' answer to the request: from a TLS
+    /// port (final), or a proxy's 502 Bad Gateway, which a proxy in front
+    /// of Webdis answers when Webdis sent it a response it could not read
+    /// (worth another try, as when Webdis garbles a response itself) or
+    /// is down.
+    fn not_an_answer(&self, status: u16, body: &[u8]) -> Option<Failure> {
+        if let Some(e) = self.tls_port_error(status, body) {
+            return Some(Failure::Other(e));
+        }
+        (status == 502).then(|| {
+            Failure::Garbled(Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                format!(
+                    "the proxy at {} answered HTTP 502 (Bad Gateway): Webdis behind it is down, unreachable from it, or sent it a malformed response",
+                    self.endpoint.base
+                ),
+            ))
+        })
+    }
+}
+
+/// A plain `http://` URL pointed at a port that speaks TLS.
+fn speaks_tls(base: &str) -> Error {
+    Error::new(
+        Status::MS_ERR_PROTOCOL,
+        format!("the server at {base} speaks TLS, not plain HTTP: use an https:// URL for it"),
+    )
+}
+
+/// An `https://` URL pointed at a port that does not speak TLS.
+fn not_tls(base: &str) -> Error {
+    Error::new(
+        Status::MS_ERR_PROTOCOL,
+        format!(
+            "the server at {base} does not speak TLS (its answer to the TLS handshake is not TLS): use an http:// URL for it, or the port of its TLS front"
+        ),
+    )
 }
 
 /// ureq's default resolver runs on every request, pooled connection or
@@ -518,6 +750,39 @@ impl Resolver for LiteralResolver {
             _ => DefaultResolver::default().resolve(uri, config, timeout),
         }
     }
+}
+
+/// The certificates of a PEM file, as trust anchors: every certificate in
+/// it must be one (a CA certificate rustls can read); other PEM items (a
+/// private key) are ignored.
+pub fn load_ca_file(path: &std::path::Path) -> Result<Arc<Vec<Certificate<'static>>>> {
+    let shown = path.display();
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::invalid(format!("cannot read the CA file \"{shown}\": {e}")))?;
+    let mut certs = Vec::new();
+    let mut store = rustls::RootCertStore::empty();
+    for item in ureq::tls::parse_pem(&pem) {
+        let item = item.map_err(|e| {
+            Error::invalid(format!("the CA file \"{shown}\" is not valid PEM: {e}"))
+        })?;
+        if let ureq::tls::PemItem::Certificate(cert) = item {
+            store
+                .add(rustls::pki_types::CertificateDer::from(cert.der()))
+                .map_err(|e| {
+                    Error::invalid(format!(
+                        "certificate {} of the CA file \"{shown}\" cannot be a trust anchor: {e}",
+                        certs.len() + 1
+                    ))
+                })?;
+            certs.push(cert);
+        }
+    }
+    if certs.is_empty() {
+        return Err(Error::invalid(format!(
+            "the CA file \"{shown}\" holds no certificate (no \"-----BEGIN CERTIFICATE-----\" block)"
+        )));
+    }
+    Ok(Arc::new(certs))
 }
 
 #[cfg(test)]

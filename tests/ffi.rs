@@ -86,6 +86,10 @@ fn every_function_refuses_null_without_crashing() {
             ms_status::MS_ERR_INVALID_ARGUMENT
         );
         assert_eq!(
+            ms_client_set_tls_ca_file(nul, p.as_ptr()),
+            ms_status::MS_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
             ms_set_callback(nul, None, null_mut()),
             ms_status::MS_ERR_INVALID_ARGUMENT
         );
@@ -176,6 +180,27 @@ fn every_function_refuses_null_without_crashing() {
             ms_status::MS_ERR_INVALID_ARGUMENT
         );
         assert!(last_error().contains("state is NULL"));
+        assert_eq!(
+            ms_client_set_tls_ca_file(client, null()),
+            ms_status::MS_ERR_INVALID_ARGUMENT
+        );
+        assert!(last_error().contains("path is NULL"), "{}", last_error());
+        assert_eq!(
+            ms_client_set_tls_ca_file(client, c("").as_ptr()),
+            ms_status::MS_ERR_INVALID_ARGUMENT
+        );
+        assert!(last_error().contains("path is empty"), "{}", last_error());
+        // A path is bytes, not necessarily UTF-8: this one does not exist.
+        let odd_path = CString::new(b"/nonexistent-\xff\xfe.pem".to_vec()).unwrap();
+        assert_eq!(
+            ms_client_set_tls_ca_file(client, odd_path.as_ptr()),
+            ms_status::MS_ERR_INVALID_ARGUMENT
+        );
+        assert!(
+            last_error().starts_with("ms_client_set_tls_ca_file: cannot read the CA file"),
+            "{}",
+            last_error()
+        );
         assert_eq!(
             ms_list(client, null_mut(), &mut count),
             ms_status::MS_ERR_INVALID_ARGUMENT

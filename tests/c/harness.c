@@ -712,6 +712,8 @@ int main(void)
         expect(ms_client_set_timeout(NULL, 1000), MS_ERR_INVALID_ARGUMENT, "ms_client_set_timeout(NULL)");
         expect(ms_client_set_stream_ttl(NULL, 0), MS_ERR_INVALID_ARGUMENT, "ms_client_set_stream_ttl(NULL)");
         expect(ms_client_set_heartbeat(NULL, 1000), MS_ERR_INVALID_ARGUMENT, "ms_client_set_heartbeat(NULL)");
+        expect(ms_client_set_tls_ca_file(NULL, "/etc/ssl/certs/ca-certificates.crt"), MS_ERR_INVALID_ARGUMENT,
+               "ms_client_set_tls_ca_file(NULL client)");
         expect(ms_set_callback(NULL, on_event, NULL), MS_ERR_INVALID_ARGUMENT, "ms_set_callback(NULL client)");
         expect(ms_start(NULL, S, PW, CODE), MS_ERR_INVALID_ARGUMENT, "ms_start(NULL client)");
         expect(ms_reconnect(NULL, S, PW, CODE), MS_ERR_INVALID_ARGUMENT, "ms_reconnect(NULL client)");
@@ -739,6 +741,10 @@ int main(void)
     expect(ms_client_set_heartbeat(L, 3600001), MS_ERR_INVALID_ARGUMENT, "ms_client_set_heartbeat(3600001)");
     expect(ms_client_set_heartbeat(L, 200), MS_OK, "ms_client_set_heartbeat(200)");
     expect(ms_client_set_stream_ttl(L, 0), MS_OK, "ms_client_set_stream_ttl(0)");
+    expect(ms_client_set_tls_ca_file(L, NULL), MS_ERR_INVALID_ARGUMENT, "ms_client_set_tls_ca_file(NULL path)");
+    expect(ms_client_set_tls_ca_file(L, "/nonexistent/ca.pem"), MS_ERR_INVALID_ARGUMENT,
+           "ms_client_set_tls_ca_file(missing file)");
+    check(strstr(ms_last_error(), "/nonexistent/ca.pem") != NULL, "the message names the path: %s", ms_last_error());
 
     /* ------------------------------------------------------------- start */
     section("start, connect, current state first");

@@ -12,7 +12,7 @@ cd "$root"
 
 CFLAGS_STRICT=(-std=c99 -Wall -Wextra -Werror -pedantic)
 CXXFLAGS_STRICT=(-std=c++11 -Wall -Wextra -Werror -pedantic)
-lib_dir="$root/target/release"
+lib_dir="${CARGO_TARGET_DIR:-$root/target}/release"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ms-ctest.XXXXXX")
 server_dir="$work/server"

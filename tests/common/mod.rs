@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod tls;
 
 use missionstream::{Client, Event, EventKind};
 use std::io::{Read, Write};

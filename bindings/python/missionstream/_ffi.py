@@ -153,6 +153,7 @@ _PROTOTYPES: List[Tuple[str, List[Any], Any, Optional[Callable[..., Any]]]] = [
     ("ms_client_set_timeout", [ClientPtr, _u32], _status, _check_status),
     ("ms_client_set_stream_ttl", [ClientPtr, _u32], _status, _check_status),
     ("ms_client_set_heartbeat", [ClientPtr, _u32], _status, _check_status),
+    ("ms_client_set_tls_ca_file", [ClientPtr, _str], _status, _check_status),
     ("ms_set_callback", [ClientPtr, CALLBACK, ctypes.c_void_p], _status, _check_status),
     ("ms_start", [ClientPtr, _str, _str, _str], _status, _check_status),
     ("ms_reconnect", [ClientPtr, _str, _str, _str], _status, _check_status),

@@ -21,6 +21,7 @@ DEFAULT_URL = "http://127.0.0.1:7379"
 ENV_URL = "MISSIONSTREAM_URL"
 ENV_PASSWORD = "MISSIONSTREAM_PASSWORD"
 ENV_LEADER_CODE = "MISSIONSTREAM_LEADER_CODE"
+ENV_TLS_CA_FILE = "MISSIONSTREAM_TLS_CA_FILE"
 #: Field of a JSON state holding the sender's Unix time in ms (``lead --stamp``,
 #: examples/demo.py); ``watch`` then prints the end-to-end delay.
 STAMP_FIELD = "sent_ms"
@@ -194,6 +195,15 @@ def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
         metavar="SECONDS",
         help="per-request timeout in seconds (default: 10)",
     )
+    p.add_argument(
+        "--tls-ca-file",
+        default=default,
+        metavar="PEM",
+        help=(
+            "trust only the CA certificates of this PEM file for an https:// URL, e.g. the mission "
+            f"network's own certificate authority (default: ${ENV_TLS_CA_FILE}, else the bundled web roots)"
+        ),
+    )
 
 
 def _add_secrets(p: argparse.ArgumentParser, leader: bool) -> None:
@@ -209,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=prog,
         description="Stream a mission plan live from one leader to many followers (Redis via Webdis).",
         epilog=(
-            f"Environment: {ENV_URL}, {ENV_PASSWORD}, {ENV_LEADER_CODE} supply defaults for "
-            "--url, --password, --leader-code; MISSIONSTREAM_LIB names the shared library. "
+            f"Environment: {ENV_URL}, {ENV_TLS_CA_FILE}, {ENV_PASSWORD}, {ENV_LEADER_CODE} supply defaults for "
+            "--url, --tls-ca-file, --password, --leader-code; MISSIONSTREAM_LIB names the shared library. "
             f"Run `{prog} COMMAND --help` for a command's options."
         ),
     )
@@ -297,8 +307,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{parser.prog}: error: a command is required (list, watch, lead, stop)", file=sys.stderr)
         return 2
     url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
+    tls_ca_file = getattr(args, "tls_ca_file", None) or os.environ.get(ENV_TLS_CA_FILE) or None
     try:
-        with Client(url, timeout=args.timeout) as client:
+        with Client(url, timeout=args.timeout, tls_ca_file=tls_ca_file) as client:
             return int(args.func(args, client))
     except UsageError as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)

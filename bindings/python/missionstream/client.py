@@ -20,6 +20,7 @@ import ctypes
 import datetime as _dt
 import enum
 import json
+import os
 import queue
 import threading
 import time
@@ -289,6 +290,14 @@ class Client:
     :param heartbeat: leader heartbeat interval in seconds (default 5 s).
     :param stream_ttl: seconds after which a stream this client leads
         expires once its leader is gone (default: never).
+    :param tls_ca_file: path of a PEM file of CA certificates (e.g. a
+        mission network's own certificate authority) that ``https://``
+        trusts instead of the bundled web roots (the default). Read here:
+        a file that cannot be read or holds no certificate raises
+        :class:`InvalidArgument`. A server certificate that is not trusted
+        or not for the URL's host makes calls fail at once with
+        :class:`Unavailable`; an ``https://`` URL to a port without TLS, or
+        ``http://`` to a TLS port, with :class:`ProtocolError`.
 
     Use it as a context manager, or call :meth:`close`. Closing frees the
     native client: pending states of led streams are delivered first, led
@@ -302,6 +311,7 @@ class Client:
         timeout: Optional[float] = None,
         heartbeat: Optional[float] = None,
         stream_ttl: Optional[int] = None,
+        tls_ca_file: Union[str, bytes, "os.PathLike[Any]", None] = None,
     ) -> None:
         # Set first: __del__ must work even if __init__ fails half-way.
         self._handle: Any = None
@@ -329,6 +339,8 @@ class Client:
                 lib.ms_client_set_heartbeat(handle, heartbeat_ms)
             if stream_ttl is not None:
                 lib.ms_client_set_stream_ttl(handle, int(stream_ttl))
+            if tls_ca_file is not None:
+                lib.ms_client_set_tls_ca_file(handle, _encode(os.fsencode(tls_ca_file), "TLS CA file path"))
             lib.ms_set_callback(handle, self._c_callback, None)
         except BaseException:
             self._handle = None

@@ -189,7 +189,13 @@ def python_env(**extra: str) -> Dict[str, str]:
     """Environment for subprocesses running the binding from the source tree."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(PYTHON_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for key in ("MISSIONSTREAM_URL", "MISSIONSTREAM_PASSWORD", "MISSIONSTREAM_LEADER_CODE", "MISSIONSTREAM_DEBUG"):
+    for key in (
+        "MISSIONSTREAM_URL",
+        "MISSIONSTREAM_TLS_CA_FILE",
+        "MISSIONSTREAM_PASSWORD",
+        "MISSIONSTREAM_LEADER_CODE",
+        "MISSIONSTREAM_DEBUG",
+    ):
         env.pop(key, None)
     env.update(extra)
     return env
