@@ -25,7 +25,7 @@ test: deps-test build check-header fmt-check clippy test-rust test-c test-python
 	@echo "make test: all suites passed"
 
 test-rust:
-	$(CARGO) test --release
+	MISSIONSTREAM_DEBUG=1 $(CARGO) test --release
 
 test-c:
 	tests/c/run.sh

@@ -509,6 +509,11 @@ fn callback_may_disconnect_and_replace_itself() {
         },
     )));
     follower.connect(&name, "pw").unwrap();
+    // The join state first: a newer state arriving before the callback
+    // takes it would replace it (latest wins), and the callback would see
+    // seq >= 1 first (seen under load: [1]).
+    wait_until(T, || seen.lock().unwrap().len() == 1);
+    assert_eq!(seen.lock().unwrap()[0], 0);
     for i in 1..=10 {
         leader
             .publish(&name, format!("{{\"i\":{i}}}").as_bytes())
