@@ -4,8 +4,15 @@
 #   make bench   the performance figures beside their baselines
 #   make soak    a few minutes of faults under load (MS_SOAK_SECONDS,
 #                MS_SOAK_WEBDIS_KILLS, MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES)
+#   make server / server-stop   a local Redis + Webdis; `. .run/server/env`
+#                sets MISSIONSTREAM_URL for the command line and the examples
+# PYTHON=/usr/bin/python3 (default: python3) picks the interpreter of the
+# demo and of the Python suite, which runs from a virtual environment made
+# from it under .run/ (system Pythons refuse `pip install`).
 CARGO ?= cargo
+PYTHON ?= python3
 RUN_DIR := .run/server
+TEST_VENV := .run/test-venv
 
 .PHONY: all build deps deps-test test test-rust test-c test-python check-header fmt-check clippy \
         demo server server-stop bench bench-quick soak clean
@@ -16,7 +23,7 @@ deps:
 	@scripts/install-deps.sh
 
 deps-test:
-	@scripts/install-deps.sh --python-tests
+	@PYTHON="$(PYTHON)" MS_TEST_VENV="$(TEST_VENV)" scripts/install-deps.sh --python-tests
 
 build: deps
 	$(CARGO) build --release
@@ -30,8 +37,9 @@ test-rust:
 test-c:
 	tests/c/run.sh
 
-test-python:
-	cd bindings/python && python3 -m pytest -q tests
+test-python: deps-test build
+	@$(TEST_VENV)/bin/python -c 'import sys; print("Python suite: Python", sys.version.split()[0], "of", sys._base_executable, "in", sys.prefix)'
+	cd bindings/python && ../../$(TEST_VENV)/bin/python -m pytest -q tests
 
 # The committed header must equal the one build.rs generates.
 check-header:
@@ -46,10 +54,11 @@ clippy:
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
 demo: build
-	scripts/demo.sh
+	PYTHON="$(PYTHON)" scripts/demo.sh
 
 server: build
-	scripts/server.sh start $(RUN_DIR)
+	@scripts/server.sh start $(RUN_DIR)
+	@echo "'. $(RUN_DIR)/env' sets MISSIONSTREAM_URL for the command line and the examples"
 
 server-stop:
 	scripts/server.sh stop $(RUN_DIR)

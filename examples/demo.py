@@ -6,9 +6,10 @@ for ~4 seconds; the follower (another client, as another planner would be)
 prints every state it receives with its seq and the end-to-end delay. Then
 the leader stops the stream and the follower sees it end.
 
-    PYTHONPATH=bindings/python python3 examples/demo.py --url http://127.0.0.1:7379
+    make server && . .run/server/env    # a local Redis + Webdis; sets MISSIONSTREAM_URL
+    PYTHONPATH=bindings/python python3 examples/demo.py
 
-scripts/demo.sh starts a local Redis + Webdis and runs this for you.
+scripts/demo.sh (make demo) starts a throw-away Redis + Webdis and runs this for you.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--url",
-        default=os.environ.get("MS_URL") or os.environ.get("MISSIONSTREAM_URL") or "http://127.0.0.1:7379",
-        help="Webdis URL (default: $MS_URL, $MISSIONSTREAM_URL or http://127.0.0.1:7379)",
+        default=os.environ.get("MISSIONSTREAM_URL") or "http://127.0.0.1:7379",
+        help="Webdis URL (default: $MISSIONSTREAM_URL, else http://127.0.0.1:7379)",
     )
     parser.add_argument("--seconds", type=float, default=4.0, help="how long the leader streams (default 4)")
     parser.add_argument("--rate", type=float, default=10.0, help="plan revisions per second (default 10)")

@@ -5,16 +5,19 @@
 # and always shuts the servers down again.
 #
 # Assumes the library is built (cargo build --release; `make demo` does it).
-# MISSIONSTREAM_LIB may name another build of it.
+# MISSIONSTREAM_LIB may name another build of it; PYTHON (default python3)
+# the interpreter.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
-if [ -z "${MISSIONSTREAM_LIB:-}" ] && [ ! -f target/release/libmissionstream.so ] && [ ! -f target/debug/libmissionstream.so ]; then
+python=${PYTHON:-python3}
+target=${CARGO_TARGET_DIR:-target}
+if [ -z "${MISSIONSTREAM_LIB:-}" ] && [ ! -f "$target/release/libmissionstream.so" ] && [ ! -f "$target/debug/libmissionstream.so" ]; then
   echo "demo: libmissionstream is not built: run 'cargo build --release' (or 'make demo')" >&2
   exit 1
 fi
-for tool in redis-server redis-cli webdis curl python3; do
+for tool in redis-server redis-cli webdis curl python3 "$python"; do
   command -v "$tool" >/dev/null || { echo "demo: $tool is not installed (run 'make demo', which installs it)" >&2; exit 1; }
 done
 
@@ -31,4 +34,4 @@ trap 'exit 143' TERM
 # shellcheck disable=SC1091
 . "$dir/env"
 
-PYTHONPATH="$here/bindings/python${PYTHONPATH:+:$PYTHONPATH}" python3 "$here/examples/demo.py" --url "$MS_URL" "$@"
+PYTHONPATH="$here/bindings/python${PYTHONPATH:+:$PYTHONPATH}" "$python" "$here/examples/demo.py" --url "$MISSIONSTREAM_URL" "$@"

@@ -1,9 +1,32 @@
 #!/usr/bin/env bash
 # Installs what building and testing missionstream needs, when it is missing:
-# Debian packages redis-server, webdis, curl, a C/C++ compiler, and nginx +
-# openssl (the TLS tests put nginx in front of Webdis, with certificates
-# they make); pytest.
+# Debian/Ubuntu packages redis-server, webdis, curl, a C/C++ compiler,
+# python3 (and python3-venv for the tests), and nginx + openssl (the TLS
+# tests put nginx in front of Webdis, with certificates they make).
+#
+#   scripts/install-deps.sh                  # to build and run the demo
+#   scripts/install-deps.sh --python-tests   # also: rustfmt, clippy, and a virtual
+#                                            # environment with pytest for the Python suite
+#
+# The Python suite runs from its own virtual environment, $MS_TEST_VENV
+# (default .run/test-venv), created from $PYTHON (default python3) and
+# recreated when $PYTHON names another interpreter. Debian and Ubuntu refuse
+# `pip install` into their own Python ("externally managed"); a virtual
+# environment is where pip may install.
 set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+venv=${MS_TEST_VENV:-$root/.run/test-venv}
+case "$venv" in /*) ;; *) venv=$root/$venv ;; esac
+
+apt_install() {
+  echo "installing: $*"
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
@@ -16,22 +39,44 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Debian installs nginx in /usr/sbin, not on a normal user's PATH.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  apt_install "${need[@]}"
 fi
 # Debian's packages start system services (Redis on 6379, Webdis on 7379,
 # nginx on 80) where systemd runs; the project never uses them, so they are
 # left alone. The tests start their own nginx on free loopback ports.
-if [ "${1:-}" = "--python-tests" ]; then
-  # make test also runs cargo fmt and cargo clippy.
-  for component in rustfmt clippy; do
-    cmd=$([ "$component" = rustfmt ] && echo "cargo fmt --version" || echo "cargo clippy --version")
-    if ! $cmd >/dev/null 2>&1; then
-      rustup component add "$component" || { echo "install the Rust component $component (rustup component add $component)" >&2; exit 1; }
-    fi
-  done
-  python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest
+
+[ "${1:-}" = "--python-tests" ] || exit 0
+
+# make test also runs cargo fmt and cargo clippy.
+for component in rustfmt clippy; do
+  cmd=$([ "$component" = rustfmt ] && echo "cargo fmt --version" || echo "cargo clippy --version")
+  if ! $cmd >/dev/null 2>&1; then
+    rustup component add "$component" || { echo "install the Rust component $component (rustup component add $component)" >&2; exit 1; }
+  fi
+done
+
+command -v "$python" >/dev/null 2>&1 || { echo "install-deps: PYTHON=$python is not an executable" >&2; exit 1; }
+# The interpreter and version the environment must come from.
+base=$("$python" -c 'import os, sys; print(os.path.realpath(sys.executable), sys.version.split()[0])')
+if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/.base" 2>/dev/null)" = "$base" ] \
+   && "$venv/bin/python" -c 'import pytest' >/dev/null 2>&1; then
+  exit 0
 fi
-exit 0
+
+# Debian/Ubuntu ship venv's pip bootstrap (ensurepip) in python3-venv.
+if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  if [ "$(dirname "${base%% *}")" = /usr/bin ] && command -v apt-get >/dev/null 2>&1; then
+    version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    apt_install python3-venv "python$version-venv"
+  else
+    echo "install-deps: $python cannot create virtual environments (no ensurepip); use another PYTHON=..." >&2
+    exit 1
+  fi
+fi
+
+echo "creating $venv (Python $base) with pytest"
+rm -rf "$venv"
+mkdir -p "$(dirname "$venv")"
+"$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --disable-pip-version-check 'pytest>=7'
+echo "$base" > "$venv/.base"

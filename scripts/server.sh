@@ -2,8 +2,17 @@
 # Starts or stops a local Redis + Webdis pair on free loopback ports, with the
 # deploy/ configuration and the functions library loaded.
 #
-#   scripts/server.sh start DIR   # writes DIR/env (MS_URL=..., REDIS_PORT=..., WEBDIS_PORT=...)
+#   scripts/server.sh start DIR   # writes DIR/env; `. DIR/env` sets MISSIONSTREAM_URL
 #   scripts/server.sh stop DIR
+#
+# DIR holds the configuration, logs, pid files and Redis's append-only file.
+# One pair per DIR: `start` refuses while the pair of DIR is running (exit 1,
+# "already running at URL"), and `stop` stops exactly the processes DIR's
+# `start` launched. A `start` that fails half-way stops what it launched.
+#
+# DIR/env, for the shell (`. DIR/env`) and for scripts:
+#   export MISSIONSTREAM_URL=http://127.0.0.1:PORT   (read by the command line and the examples)
+#   REDIS_PORT=...  WEBDIS_PORT=...
 #
 # Never uses the machine's 6379/7379: ports come from the kernel (bind to 0).
 # MS_WEBDIS=/path/to/webdis runs another Webdis than the one on PATH.
@@ -11,14 +20,66 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+webdis=${MS_WEBDIS:-webdis}
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
+# True when pid file $1 names a live process (not a zombie) whose command is
+# $2: the pid left behind by a pair that is gone may belong to another
+# program by now. (The kernel keeps the first 15 characters of a command name.)
+running() {
+  local pid stat comm
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  read -r stat comm < <(ps -o stat=,comm= -p "$pid" 2>/dev/null) || return 1
+  [ -n "$comm" ] && [[ "$stat" != Z* ]] && [[ "$2" == "$comm"* ]]
+}
+
+env_value() { sed -n "s/^\(export \)\{0,1\}$1=//p" "$dir/env" 2>/dev/null; }
+
+# Stops the process of pid file $1 (command $2): SIGKILL for Webdis (it keeps
+# no state and 0.1.9 is slow to act on SIGTERM), SIGTERM for Redis so that it
+# writes its append-only file and exits.
+stop_one() {
+  local file=$1 name=$2 sig=$3 pid
+  if running "$file" "$name"; then
+    pid=$(cat "$file")
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+      running "$file" "$name" || break
+      sleep 0.05
+    done
+    if running "$file" "$name"; then
+      echo "$name (pid $pid) did not stop on SIG$sig: killing it" >&2
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$file"
+}
+
+# The command name of the Webdis that `start` ran (MS_WEBDIS may differ now).
+webdis_name() { cat "$dir/webdis.name" 2>/dev/null || basename "$webdis"; }
+
+stop_all() {
+  stop_one "$dir/webdis.pid" "$(webdis_name)" KILL
+  stop_one "$dir/redis.pid.launch" redis-server TERM
+}
+
 case "$cmd" in
 start)
   mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+  if running "$dir/redis.pid.launch" redis-server || running "$dir/webdis.pid" "$(webdis_name)"; then
+    url=$(env_value MISSIONSTREAM_URL)
+    echo "missionstream server already running at ${url:-an unknown URL} (state in $dir); stop it first: scripts/server.sh stop $dir (make server-stop)" >&2
+    exit 1
+  fi
+  rm -f "$dir/env" "$dir/redis.pid.launch" "$dir/webdis.pid"
+  basename "$webdis" > "$dir/webdis.name"
+  trap 'stop_all' ERR
+  trap 'stop_all; exit 130' INT TERM
   rport=$(free_port); wport=$(free_port)
   while [ "$wport" = "$rport" ]; do wport=$(free_port); done
   sed -e "s/^port .*/port $rport/" -e "s#^dir .*#dir $dir#" -e "s/^bind .*/bind 127.0.0.1/" \
@@ -36,34 +97,29 @@ PY
   redis-server "$dir/redis.conf" >/dev/null 2>&1 &
   echo $! > "$dir/redis.pid.launch"
   for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  redis-cli -p "$rport" ping >/dev/null 2>&1 || { echo "redis-server did not start (see $dir/redis.log)" >&2; false; }
   redis-cli -p "$rport" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua" >/dev/null
-  "${MS_WEBDIS:-webdis}" "$dir/webdis.json" >/dev/null 2>&1 &
+  "$webdis" "$dir/webdis.json" >/dev/null 2>&1 &
   echo $! > "$dir/webdis.pid"
   for _ in $(seq 100); do
     curl -s -o /dev/null "http://127.0.0.1:$wport/PING" 2>/dev/null && break
     sleep 0.05
   done
-  curl -sf -o /dev/null "http://127.0.0.1:$wport/PING" || { echo "webdis did not start (see $dir/webdis.log)" >&2; exit 1; }
-  printf 'MS_URL=http://127.0.0.1:%s\nREDIS_PORT=%s\nWEBDIS_PORT=%s\n' "$wport" "$rport" "$wport" > "$dir/env"
+  curl -sf -o /dev/null "http://127.0.0.1:$wport/PING" || { echo "webdis did not start (see $dir/webdis.log)" >&2; false; }
+  trap - ERR INT TERM
+  {
+    echo "# missionstream server (scripts/server.sh); '. $dir/env' sets MISSIONSTREAM_URL"
+    echo "export MISSIONSTREAM_URL=http://127.0.0.1:$wport"
+    echo "REDIS_PORT=$rport"
+    echo "WEBDIS_PORT=$wport"
+  } > "$dir/env"
   echo "Redis on 127.0.0.1:$rport, Webdis on http://127.0.0.1:$wport (state in $dir)"
   ;;
 stop)
   [ -d "$dir" ] || exit 0
-  # Webdis keeps no state and 0.1.9 is slow to act on SIGTERM: SIGKILL it.
-  # Redis gets SIGTERM, so that it writes its append-only file and exits.
-  for f in webdis.pid redis.pid.launch; do
-    if [ -f "$dir/$f" ]; then
-      pid=$(cat "$dir/$f")
-      if [ "$f" = webdis.pid ]; then kill -9 "$pid" 2>/dev/null || true; else kill "$pid" 2>/dev/null || true; fi
-      for _ in $(seq 50); do
-        # Gone, or a zombie waiting for a parent that may never reap it.
-        case "$(ps -o stat= -p "$pid" 2>/dev/null)" in ""|Z*) break ;; esac
-        sleep 0.05
-      done
-      kill -9 "$pid" 2>/dev/null || true
-      rm -f "$dir/$f"
-    fi
-  done
+  dir=$(cd "$dir" && pwd)
+  stop_all
+  rm -f "$dir/env"
   ;;
 *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
 esac

@@ -1,11 +1,11 @@
 /*
  * C test harness for libmissionstream: drives a leader and followers
  * (separate ms_client objects) through the whole lifecycle against a real
- * Webdis + Redis, reading the Webdis URL from the environment (MS_URL).
+ * Webdis + Redis, reading the Webdis URL from the environment (MISSIONSTREAM_URL).
  *
  * Build: gcc -std=c99 -Wall -Wextra -Werror -pedantic -Iinclude \
  *            tests/c/harness.c -Ltarget/release -lmissionstream -lpthread
- * Run:   MS_URL=http://127.0.0.1:PORT LD_LIBRARY_PATH=target/release ./harness
+ * Run:   MISSIONSTREAM_URL=http://127.0.0.1:PORT LD_LIBRARY_PATH=target/release ./harness
  *
  * Prints one line per check and ends with "N passed, M failed"; exits
  * non-zero on any failure. MS_HARNESS_QUICK=1 skips the 4 MiB/8 MiB states
@@ -607,7 +607,7 @@ static void *other_thread(void *arg)
 
 int main(void)
 {
-    const char *url = getenv("MS_URL");
+    const char *url = getenv("MISSIONSTREAM_URL");
     int quick = getenv("MS_HARNESS_QUICK") != NULL && strcmp(getenv("MS_HARNESS_QUICK"), "0") != 0;
     char prefix[64];
     char S[128];        /* the main stream */
@@ -623,7 +623,7 @@ int main(void)
     setvbuf(stdout, NULL, _IOLBF, 0);
     g_main_thread = pthread_self();
     if (url == NULL || url[0] == '\0') {
-        fprintf(stderr, "MS_URL is not set (e.g. MS_URL=http://127.0.0.1:PORT)\n");
+        fprintf(stderr, "MISSIONSTREAM_URL is not set (e.g. MISSIONSTREAM_URL=http://127.0.0.1:PORT)\n");
         printf("0 passed, 1 failed\n");
         return 2;
     }
@@ -631,7 +631,7 @@ int main(void)
     snprintf(prefix, sizeof prefix, "ctest-%ld-%04x", (long)getpid(), (unsigned)(rand() & 0xffff));
     snprintf(S, sizeof S, "%s-main", prefix);
     snprintf(missing, sizeof missing, "%s-missing", prefix);
-    printf("# missionstream C harness, MS_URL=%s, streams %s-*%s\n", url, prefix, quick ? " (quick)" : "");
+    printf("# missionstream C harness, MISSIONSTREAM_URL=%s, streams %s-*%s\n", url, prefix, quick ? " (quick)" : "");
 
     rec_init(&rl, "leader");
     rec_init(&rf1, "follower1");

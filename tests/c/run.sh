@@ -12,7 +12,9 @@ cd "$root"
 
 CFLAGS_STRICT=(-std=c99 -Wall -Wextra -Werror -pedantic)
 CXXFLAGS_STRICT=(-std=c++11 -Wall -Wextra -Werror -pedantic)
-lib_dir="${CARGO_TARGET_DIR:-$root/target}/release"
+target=${CARGO_TARGET_DIR:-target}
+case "$target" in /*) ;; *) target=$root/$target ;; esac
+lib_dir="$target/release"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ms-ctest.XXXXXX")
 server_dir="$work/server"
@@ -47,8 +49,7 @@ gcc "${CFLAGS_STRICT[@]}" -g -O1 -fsanitize=address,undefined -fno-omit-frame-po
 step "servers"
 "$root/scripts/server.sh" start "$server_dir"
 # shellcheck disable=SC1091
-. "$server_dir/env"
-export MS_URL
+. "$server_dir/env"   # exports MISSIONSTREAM_URL
 
 # The library's diagnostics (retries, lost subscriptions) on stderr: quiet
 # when all goes well, and what to look at when a step fails.

@@ -1,22 +1,24 @@
 """missionstream: live mission plan streaming, one leader to many followers.
 
-Python binding of ``libmissionstream`` (ctypes). Quick start::
+Python binding of ``libmissionstream`` (ctypes). Quick start (the Webdis
+URL from ``$MISSIONSTREAM_URL``; the package's README has a complete one)::
 
+    import os
     import missionstream
 
-    with missionstream.Client("http://127.0.0.1:7379") as client:
-        leader = client.start("plan", "secret", "leader-code")
+    url = os.environ["MISSIONSTREAM_URL"]
+    with missionstream.Client(url) as lead_client, missionstream.Client(url) as follow_client:
+        leader = lead_client.start("plan-1", "secret", "leader-code")
+        follower = follow_client.connect("plan-1", "secret")   # the current state first
         leader.publish({"waypoints": [[48.1, 11.5]]})
         leader.flush()
-
-    with missionstream.Client("http://127.0.0.1:7379") as client:
-        with client.connect("plan", "secret") as follower:
-            for event in follower.events(timeout=5):
-                print(event.seq, event.data)
+        leader.stop()                                         # the follower gets ENDED
+        for event in follower.events(timeout=5):
+            print(event.kind.name, event.seq, event.data)
 
 The shared library is found via ``$MISSIONSTREAM_LIB``, a copy inside this
-package, or the cargo ``target/release`` / ``target/debug`` folders of the
-repository checkout.
+package, or the cargo ``release`` / ``debug`` folders (of
+``$CARGO_TARGET_DIR``, else ``target``) of the repository checkout.
 """
 
 import os as _os

@@ -1,6 +1,7 @@
 """Low-level ctypes layer: finding libmissionstream and declaring its C ABI.
 
-Every prototype of SPEC §3 is declared once, in :data:`_PROTOTYPES`.
+Every prototype of the C ABI (``include/missionstream.h``) is declared once,
+in :data:`_PROTOTYPES`.
 Functions that return an ``ms_status`` get an ``errcheck`` that turns a
 non-zero status into the matching :class:`missionstream.Error` subclass,
 carrying the library's own ``ms_last_error()`` message (read on the same
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -43,7 +45,8 @@ def candidate_paths() -> List[str]:
     1. ``$MISSIONSTREAM_LIB`` (a file path) when set;
     2. a copy inside the package directory;
     3. the cargo build folders of the repository checkout the package
-       lives in: ``target/release`` then ``target/debug``.
+       lives in: ``release`` then ``debug`` of ``$CARGO_TARGET_DIR`` (when
+       set), then of ``target``.
     """
     paths: List[str] = []
     env = os.environ.get(ENV_LIB)
@@ -51,9 +54,15 @@ def candidate_paths() -> List[str]:
         paths.append(env)
     for name in _LIB_NAMES:
         paths.append(str(_PACKAGE_DIR / name))
-    for profile in ("release", "debug"):
-        for name in _LIB_NAMES:
-            paths.append(str(_REPO_ROOT / "target" / profile / name))
+    target_dirs = []
+    cargo_target = os.environ.get("CARGO_TARGET_DIR")
+    if cargo_target and (_REPO_ROOT / "Cargo.toml").is_file():
+        target_dirs.append(Path(cargo_target))
+    target_dirs.append(_REPO_ROOT / "target")
+    for target in target_dirs:
+        for profile in ("release", "debug"):
+            for name in _LIB_NAMES:
+                paths.append(str(target / profile / name))
     return paths
 
 
@@ -94,7 +103,7 @@ def _load() -> Tuple[ctypes.CDLL, str]:
 
 
 # ---------------------------------------------------------------------------
-# Types of the C ABI (SPEC §3)
+# Types of the C ABI (include/missionstream.h)
 
 
 class MsClient(ctypes.Structure):
@@ -134,12 +143,59 @@ _str = ctypes.c_char_p
 _u32 = ctypes.c_uint32
 
 
+#: What a Python user calls for each C function, for error messages: the
+#: library names its C functions (``ms_reconnect: wrong leader code ...``,
+#: ``call ms_start or ms_reconnect first``); the binding names its methods.
+PYTHON_NAMES = {
+    "ms_client_new": "Client",
+    "ms_client_free": "Client.close",
+    "ms_client_set_timeout": "Client(timeout=...)",
+    "ms_client_set_stream_ttl": "Client(stream_ttl=...)",
+    "ms_client_set_heartbeat": "Client(heartbeat=...)",
+    "ms_set_callback": "Client",
+    "ms_start": "Client.start",
+    "ms_reconnect": "Client.reconnect",
+    "ms_connect": "Client.connect",
+    "ms_list": "Client.list",
+    "ms_list_free": "Client.list",
+    "ms_publish": "Leader.publish",
+    "ms_flush": "Leader.flush",
+    "ms_stop": "Leader.stop",
+    "ms_disconnect": "Follower.disconnect",
+}
+
+# A C function the message tells the caller to use ("call ms_start or
+# ms_reconnect first"), as opposed to a Redis function of the same name it
+# reports on ("unexpected reply ... to ms_list").
+_C_NAME = re.compile(r"\b(call|or|use|with) (ms_[a-z_]+)\b")
+
+
+def python_message(function: str, message: str) -> Tuple[str, str]:
+    """The library's message for a failure of C function ``function``, in
+    the binding's terms: ``(message, reason)``, where ``message`` names the
+    method (``"Client.reconnect: wrong leader code for this stream"``) and
+    ``reason`` is the part after it."""
+    reason = message
+    if reason.startswith(function + ": "):
+        reason = reason[len(function) + 2:]
+    reason = reason.replace("or ms_reconnect to it", "or take it over with Client.reconnect()")
+
+    def method(match: "re.Match[str]") -> str:
+        name = PYTHON_NAMES.get(match.group(2))
+        if name is None:
+            return match.group(0)
+        return f"{match.group(1)} {name if name.endswith(')') else name + '()'}"
+
+    reason = _C_NAME.sub(method, reason) or "failed"
+    return f"{PYTHON_NAMES.get(function, function)}: {reason}", reason
+
+
 def _check_status(result: int, func: Any, args: Sequence[Any]) -> int:
     """``errcheck`` for functions returning ``ms_status``."""
     if result != 0:
         raw = lib.ms_last_error()
-        message = raw.decode("utf-8", "replace") if raw else ""
-        raise error_for_status(result, message or f"{func.__name__} failed")
+        message, reason = python_message(func.__name__, raw.decode("utf-8", "replace") if raw else "")
+        raise error_for_status(result, message, reason)
     return result
 
 

@@ -1,7 +1,10 @@
 """Command line: ``python -m missionstream {list,watch,lead,stop}``.
 
-Exit status: 0 on success, 1 on a missionstream error (one line on stderr),
-2 on a usage error, 130 when interrupted.
+Exit status: 0 on success; 1 on a runtime failure (the server, the stream,
+the input read from stdin; one line on stderr); 2 on a usage mistake (an
+unknown or missing option, an invalid NAME, URL or secret); 130 when
+interrupted. Messages name the command's options, not the library's
+functions.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import time
 from typing import Any, Optional, Sequence, TextIO
 
 from .client import Client, Event, EventKind, Leader, library_version
-from .errors import Error, Exists, Status
+from .errors import Error, Exists, InvalidArgument, Status
 
 DEFAULT_URL = "http://127.0.0.1:7379"
 ENV_URL = "MISSIONSTREAM_URL"
@@ -28,7 +31,11 @@ STAMP_FIELD = "sent_ms"
 
 
 class UsageError(Exception):
-    """A mistake on the command line that argparse cannot see."""
+    """A mistake on the command line that argparse cannot see (exit status 2)."""
+
+
+class InputError(Exception):
+    """Bad input read from stdin (exit status 1)."""
 
 
 def _now_ms() -> float:
@@ -106,7 +113,11 @@ def cmd_watch(args: argparse.Namespace, client: Client) -> int:
                 event = follower.next_event(args.idle_timeout)
             except Error as exc:
                 if exc.status == Status.TIMEOUT:
-                    print(f"missionstream: no event on {args.name!r} for {args.idle_timeout:g} s", file=sys.stderr)
+                    print(
+                        f"missionstream: error: no event on stream {args.name!r} for {args.idle_timeout:g} s "
+                        "(--idle-timeout)",
+                        file=sys.stderr,
+                    )
                     return 1
                 raise
             if event.kind is EventKind.STATE:
@@ -134,10 +145,10 @@ def _read_states(stdin: TextIO, stamp: bool) -> Any:
         try:
             doc = json.loads(text)
         except ValueError as exc:
-            raise UsageError(f"stdin line {number} is not a JSON document: {exc}") from None
+            raise InputError(f"stdin line {number} is not a JSON document: {exc}") from None
         if stamp:
             if not isinstance(doc, dict):
-                raise UsageError(f"stdin line {number}: --stamp needs JSON objects")
+                raise InputError(f"stdin line {number}: --stamp needs a JSON object, not {type(doc).__name__}")
             doc[STAMP_FIELD] = int(_now_ms())
             text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
         yield number, text
@@ -153,13 +164,20 @@ def cmd_lead(args: argparse.Namespace, client: Client) -> int:
         try:
             leader = client.start(args.name, password, code)
         except Exists as exc:
-            raise Exists(f"{exc.message} (use --reconnect to take up leading it)") from None
+            reason = f"stream {args.name!r} exists already: pass --reconnect to lead it, or pick another name"
+            raise Exists(reason, reason=reason) from exc
     count = 0
-    for _number, text in _read_states(sys.stdin, args.stamp):
-        leader.publish(text)
+    for number, text in _read_states(sys.stdin, args.stamp):
+        try:
+            leader.publish(text)
+            if not args.no_wait:
+                leader.flush()
+        except InvalidArgument as exc:
+            raise InputError(f"stdin line {number}: {exc.reason}") from None
+        except Error as exc:
+            exc.reason = f"stdin line {number}: {exc.reason}"
+            raise
         count += 1
-        if not args.no_wait:
-            leader.flush()
     leader.flush()
     if args.stop_at_end:
         leader.stop()
@@ -181,6 +199,17 @@ def cmd_stop(args: argparse.Namespace, client: Client) -> int:
 # Parser
 
 
+def _timeout(text: str) -> float:
+    """--timeout: seconds, as the library accepts them."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.001 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be 0.001 to 3600 seconds, not {text}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     p.add_argument(
@@ -190,7 +219,7 @@ def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=_timeout,
         default=default,
         metavar="SECONDS",
         help="per-request timeout in seconds (default: 10)",
@@ -214,7 +243,7 @@ def _add_secrets(p: argparse.ArgumentParser, leader: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    prog = "python -m missionstream" if invoked in ("", "-m", "__main__.py", "-c") else invoked
+    prog = "python3 -m missionstream" if invoked in ("", "-m", "__main__.py", "-c") else invoked
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Stream a mission plan live from one leader to many followers (Redis via Webdis).",
@@ -294,6 +323,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _explain(exc: Error, args: argparse.Namespace, url: str, url_from: str) -> str:
+    """One line for a failure, in the command line's terms (options, variables)."""
+    text = exc.reason
+    name = getattr(args, "name", None)
+    status = exc.status
+    if status == Status.BAD_PASSWORD:
+        return f"stream {name!r}: {text} (--password or ${ENV_PASSWORD})"
+    if status == Status.BAD_LEADER_CODE:
+        return f"stream {name!r}: {text} (--leader-code or ${ENV_LEADER_CODE})"
+    if status in (Status.NOT_FOUND, Status.NOT_LEADING, Status.NOT_FOLLOWING) and name is not None:
+        return f"stream {name!r}: {text}"
+    if status in (Status.UNAVAILABLE, Status.TIMEOUT, Status.FORBIDDEN, Status.PROTOCOL):
+        if url_from == "default":
+            where = (
+                f"{url} is the default; pass --url or set {ENV_URL}, "
+                "e.g. with `. .run/server/env` after `make server`"
+            )
+        else:
+            where = f"the URL {url} is from {url_from}"
+        return f"{text} ({where})"
+    return text
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -306,16 +358,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: a command is required (list, watch, lead, stop)", file=sys.stderr)
         return 2
-    url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
-    tls_ca_file = getattr(args, "tls_ca_file", None) or os.environ.get(ENV_TLS_CA_FILE) or None
+    if args.url:
+        url, url_from = args.url, "--url"
+    elif os.environ.get(ENV_URL):
+        url, url_from = os.environ[ENV_URL], f"${ENV_URL}"
+    else:
+        url, url_from = DEFAULT_URL, "default"  # never invalid
     try:
-        with Client(url, timeout=args.timeout, tls_ca_file=tls_ca_file) as client:
+        try:
+            tls_ca_file = getattr(args, "tls_ca_file", None) or os.environ.get(ENV_TLS_CA_FILE) or None
+            client = Client(url, timeout=args.timeout, tls_ca_file=tls_ca_file)
+        except InvalidArgument as exc:
+            raise UsageError(f"{url_from} {url!r}: {exc.reason}") from None
+        with client:
             return int(args.func(args, client))
     except UsageError as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Error as exc:
+    except InvalidArgument as exc:
+        # Every other argument of the library's calls comes from the
+        # command line: NAME, --password, --leader-code.
+        print(f"{parser.prog} {args.command}: error: {exc.reason}", file=sys.stderr)
+        return 2
+    except InputError as exc:
         print(f"missionstream: error: {exc}", file=sys.stderr)
+        return 1
+    except Error as exc:
+        print(f"missionstream: error: {_explain(exc, args, url, url_from)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -44,7 +44,7 @@ __all__ = [
     "MAX_STATE_BYTES",
 ]
 
-#: Largest state the library accepts, in bytes (SPEC §3).
+#: Largest state the library accepts, in bytes (8 MiB).
 MAX_STATE_BYTES = 8 * 1024 * 1024
 
 _U32_MAX = 2**32 - 1
@@ -53,7 +53,7 @@ State = Union[str, bytes, bytearray, memoryview, Any]
 
 
 class EventKind(enum.IntEnum):
-    """``ms_event_kind`` values (SPEC §3)."""
+    """Kinds of events (the C ABI's ``ms_event_kind`` values)."""
 
     STATE = 0  #: follower: a newer state
     ENDED = 1  #: follower: stream stopped or expired; the follow session is over
@@ -131,12 +131,16 @@ def _encode(value: Union[str, bytes], what: str) -> bytes:
     return raw
 
 
-def _millis(seconds: Optional[float], what: str) -> Optional[int]:
+def _millis(
+    seconds: Optional[float], method: str, what: str, low_ms: int = 0, high_ms: int = _U32_MAX
+) -> Optional[int]:
+    """Seconds -> whole milliseconds in [low_ms, high_ms]; the error speaks in seconds."""
     if seconds is None:
         return None
     ms = int(round(float(seconds) * 1000))
-    if ms < 0 or ms > _U32_MAX:
-        raise InvalidArgument(f"{what} must be between 0 and {_U32_MAX / 1000:.0f} seconds, got {seconds!r}")
+    if ms < low_ms or ms > high_ms:
+        reason = f"{what} must be {low_ms / 1000:g} to {high_ms / 1000:g} seconds, not {seconds!r}"
+        raise InvalidArgument(f"{method}: {reason}", reason=reason)
     return ms
 
 
@@ -174,7 +178,7 @@ class _EventQueue(queue.Queue):  # type: ignore[type-arg]
     If the newest pending item is a STATE event and another STATE arrives,
     the pending one is replaced: a consumer slower than the stream never
     makes memory grow, and it still sees states in increasing seq order
-    (the same rule the library follows, SPEC §2 "Bounded memory").
+    (the same rule the library follows: bounded memory, latest wins).
     """
 
     def _put(self, item: Any) -> None:
@@ -260,7 +264,7 @@ class _Dispatcher:
 
 # Every open client, closed at interpreter exit while Python still runs, so
 # that the library never calls back into a finalizing interpreter and
-# pending states are delivered (ms_client_free, SPEC §2 "Nothing lost").
+# pending states are delivered (freeing a client delivers them first).
 _LIVE: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 
@@ -324,10 +328,12 @@ class Client:
         self.url = url
         self.timeout = timeout
 
-        timeout_ms = _millis(timeout, "timeout")
-        heartbeat_ms = _millis(heartbeat, "heartbeat")
+        # The library's own limits, checked here to speak in seconds.
+        timeout_ms = _millis(timeout, "Client", "timeout", 1, 3_600_000)
+        heartbeat_ms = _millis(heartbeat, "Client", "heartbeat", 50, 3_600_000)
         if stream_ttl is not None and not (0 <= int(stream_ttl) <= _U32_MAX):
-            raise InvalidArgument(f"stream_ttl must be between 0 and {_U32_MAX} seconds, got {stream_ttl!r}")
+            reason = f"stream_ttl must be 0 to {_U32_MAX} seconds, not {stream_ttl!r}"
+            raise InvalidArgument(f"Client: {reason}", reason=reason)
 
         handle = ctypes.POINTER(_ffi.MsClient)()
         lib.ms_client_new(_encode(url, "Webdis URL"), ctypes.byref(handle))
@@ -394,7 +400,7 @@ class Client:
         if handle:
             try:
                 # After this returns the callback is not running and never
-                # will again (SPEC §3), so the CFUNCTYPE may then be dropped.
+                # will again (the C ABI promises it), so the CFUNCTYPE may then be dropped.
                 self._lib.ms_set_callback(handle, None, None)
             except Exception:  # noqa: BLE001
                 pass
@@ -587,7 +593,7 @@ class Leader(_Session):
         """
         if timeout is None:
             timeout = self.client.timeout if self.client.timeout is not None else 10.0
-        ms = _millis(timeout, "flush timeout")
+        ms = _millis(timeout, "Leader.flush", "timeout")
         self.client._call(lib.ms_flush, self._raw, ms)
 
     def stop(self) -> None:

@@ -28,7 +28,7 @@ __all__ = [
 
 
 class Status(enum.IntEnum):
-    """``ms_status`` values (SPEC §3)."""
+    """Statuses of the library (the C ABI's ``ms_status`` values)."""
 
     OK = 0
     INVALID_ARGUMENT = 1
@@ -52,14 +52,16 @@ class Error(Exception):
     """Base class of every missionstream failure.
 
     ``status`` is the :class:`Status` (a plain ``int`` if the library returned
-    a value this binding does not know); ``message`` is the library's own
-    explanation (``ms_last_error()``), also the ``str()`` of the exception.
+    a value this binding does not know); ``message``, also the ``str()`` of
+    the exception, names the method that failed and says why, e.g.
+    ``"Client.reconnect: wrong leader code for this stream"``; ``reason`` is
+    the same without the method, e.g. ``"wrong leader code for this stream"``.
     """
 
     #: The status this class stands for (overridden by each subclass).
     STATUS: int = -1
 
-    def __init__(self, message: str, status: "int | None" = None) -> None:
+    def __init__(self, message: str, status: "int | None" = None, reason: "str | None" = None) -> None:
         super().__init__(message)
         code = self.STATUS if status is None else status
         try:
@@ -67,6 +69,7 @@ class Error(Exception):
         except ValueError:
             self.status = code
         self.message = message
+        self.reason = message if reason is None else reason
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status={self.status!r})"
@@ -184,7 +187,7 @@ _BY_STATUS: Dict[int, Type[Error]] = {
 }
 
 
-def error_for_status(status: int, message: str) -> Error:
+def error_for_status(status: int, message: str, reason: "str | None" = None) -> Error:
     """Return the exception instance for a non-zero ``ms_status``."""
     cls = _BY_STATUS.get(int(status), Error)
-    return cls(message, status)
+    return cls(message, status, reason)

@@ -40,6 +40,13 @@ sys.path.insert(0, str(PYTHON_DIR))
 import missionstream  # noqa: E402
 
 
+def pytest_report_header(config: Any) -> str:
+    """Which Python runs the suite (make test: a virtual environment of $PYTHON)."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    venv = f", a virtual environment of {base}" if sys.prefix != sys.base_prefix else ""
+    return f"python: {sys.executable} ({sys.version.split()[0]}{venv}); library: {missionstream.library_path}"
+
+
 class Server:
     """One redis-server + webdis pair managed by scripts/server.sh."""
 
@@ -55,11 +62,8 @@ class Server:
             if shutil.which(tool) is None:
                 pytest.fail(f"{tool} is not installed; the Python tests need real Redis and Webdis")
         subprocess.run([str(SERVER_SH), "start", str(self.dir)], check=True, capture_output=True, timeout=60)
-        env: Dict[str, str] = {}
-        for line in (self.dir / "env").read_text().splitlines():
-            key, _, value = line.partition("=")
-            env[key] = value
-        self.url = env["MS_URL"]
+        env = read_env_file(self.dir / "env")
+        self.url = env["MISSIONSTREAM_URL"]
         self.redis_port = int(env["REDIS_PORT"])
         self.webdis_port = int(env["WEBDIS_PORT"])
         assert self.redis_port not in (6379, 7379) and self.webdis_port not in (6379, 7379)
@@ -87,6 +91,20 @@ class Server:
         )
         (self.dir / "webdis.pid").write_text(str(proc.pid))
         wait_http(self.webdis_port)
+
+
+def read_env_file(path: Path) -> Dict[str, str]:
+    """The variables of a scripts/server.sh env file (``export KEY=value`` or ``KEY=value``)."""
+    env: Dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):]
+        key, _, value = line.partition("=")
+        env[key] = value
+    return env
 
 
 def _kill(pid: int) -> None:
@@ -198,6 +216,14 @@ def python_env(**extra: str) -> Dict[str, str]:
     ):
         env.pop(key, None)
     env.update(extra)
+    return env
+
+
+def shell_env(**extra: str) -> Dict[str, str]:
+    """python_env(), with this interpreter's folder first on PATH: a shell
+    script's `python3` is the Python running the tests."""
+    env = python_env(**extra)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return env
 
 

@@ -54,7 +54,7 @@ def assert_clean_error(r: subprocess.CompletedProcess, *words: str) -> None:
 def test_help(command: List[str]) -> None:
     r = cli(*command, "--help")
     assert r.returncode == 0, r.stderr
-    assert "usage: python -m missionstream" in r.stdout
+    assert "usage: python3 -m missionstream" in r.stdout
     assert "--url" in r.stdout
     if command in (["watch"], ["lead"], ["stop"]):
         assert "NAME" in r.stdout and "--password" in r.stdout
@@ -167,7 +167,7 @@ def test_cli_errors_are_one_line(url: str, closed_port_url: str, name: str) -> N
     assert_clean_error(cli("stop", name, "--url", url, "--password", PW), "leader code is required")
     r = cli("lead", name, "--url", url, "--password", PW, "--leader-code", CODE, "--reconnect", input="not json\n")
     assert_clean_error(r, "line 1", "JSON")
-    assert r.returncode == 2
+    assert r.returncode == 1  # bad input is a runtime failure, not a usage mistake
     assert_clean_error(cli("list", "--url", "ftp://nowhere"), "error")
     r = cli("watch", name, "--url", url, "--password", PW, "--idle-timeout", "0.5", "--quiet")
     assert r.returncode == 1
@@ -207,3 +207,38 @@ def test_watch_interrupted_exits_130_and_disconnects(url: str, name: str) -> Non
         if watch.poll() is None:
             watch.kill()
             watch.wait()
+
+
+def test_exit_status_and_messages_speak_of_options(url: str, closed_port_url: str, name: str) -> None:
+    """0 ok, 1 runtime failure, 2 usage; messages name options and variables,
+    never the library's C functions."""
+    def error(r: subprocess.CompletedProcess, status: int, *words: str) -> str:
+        assert r.returncode == status, (r.returncode, r.stderr)
+        if r.stderr.startswith("usage: "):  # argparse's own: the usage, then one error line
+            r = subprocess.CompletedProcess(r.args, r.returncode, r.stdout, r.stderr.splitlines()[-1])
+        assert_clean_error(r, *words)
+        assert not re.search(r"\bms_[a-z]", r.stderr), r.stderr
+        return r.stderr
+
+    lead = ["lead", name, "--url", url, "--password", PW, "--leader-code", CODE]
+    r = cli(*lead, input='{"n":1}\n')
+    assert r.returncode == 0, r.stderr
+    # Runtime failures: 1.
+    error(cli(*lead, input='{"n":2}\n'), 1, "exists", "--reconnect")
+    error(cli(*lead, "--reconnect", input='{"n":2}\nnot json\n'), 1, "stdin line 2", "JSON")
+    error(cli(*lead, "--reconnect", "--stamp", input="[1]\n"), 1, "stdin line 1", "--stamp")
+    error(cli("watch", name, "--url", url, "--password", "wrong"), 1, "wrong password", "--password",
+          "MISSIONSTREAM_PASSWORD")
+    error(cli("stop", name, "--url", url, "--password", PW, "--leader-code", "wrong"), 1, "wrong leader code",
+          "--leader-code", "MISSIONSTREAM_LEADER_CODE")
+    error(cli("watch", name + "-none", "--url", url), 1, "no such stream")
+    error(cli("list", "--timeout", "2", MISSIONSTREAM_URL=closed_port_url), 1, closed_port_url,
+          "$MISSIONSTREAM_URL")
+    # Usage mistakes: 2.
+    error(cli("list", "--url", "ftp://nowhere"), 2, "--url", "http://")
+    error(cli("list", "--url", url, "--timeout", "0"), 2, "--timeout", "seconds")
+    error(cli("watch", "", "--url", url), 2, "stream name")
+    error(cli("stop", name, "--url", url, "--password", PW), 2, "--leader-code", "MISSIONSTREAM_LEADER_CODE")
+    error(cli("watch", "--url", url), 2, "NAME")
+    r = cli("stop", name, "--url", url, "--password", PW, "--leader-code", CODE)
+    assert r.returncode == 0, r.stderr

@@ -311,3 +311,35 @@ def test_protocol_error(nonsense_http: str, name: str) -> None:
             c.list()
         with pytest.raises(ms.ProtocolError):
             c.start(name, PW, CODE)
+
+
+def test_messages_name_the_binding_methods(client: ms.Client, client2: ms.Client, name: str) -> None:
+    """A Python user reads the method that failed, never a C function."""
+    def failure(exc: type, fn, *args):  # type: ignore[no-untyped-def]
+        with pytest.raises(exc) as err:
+            fn(*args)
+        message = err.value.message
+        assert str(err.value) == message
+        assert "ms_" not in message, message
+        assert message.endswith(": " + err.value.reason), (message, err.value.reason)
+        return message
+
+    client.start(name, PW, CODE)
+    assert failure(ms.BadLeaderCode, client2.reconnect, name, PW, "wrong").startswith("Client.reconnect: wrong leader code")
+    assert failure(ms.BadPassword, client2.connect, name, "wrong").startswith("Client.connect: wrong password")
+    message = failure(ms.Exists, client2.start, name, PW, CODE)
+    assert message.startswith("Client.start: ") and "Client.reconnect()" in message, message
+    assert failure(ms.NotFound, client2.connect, name + "-none", PW).startswith("Client.connect: ")
+    foreign = ms.Leader(client2, name, name.encode())
+    for method, call in (("publish", lambda: foreign.publish("{}")), ("flush", lambda: foreign.flush(1)),
+                         ("stop", foreign.stop)):
+        message = failure(ms.NotLeading, call)
+        assert message.startswith(f"Leader.{method}: ") and "Client.start()" in message, message
+    assert failure(ms.InvalidArgument, client.start, "", PW, CODE).startswith("Client.start: ")
+    assert failure(ms.InvalidArgument, ms.Client, "ftp://x").startswith("Client: ")
+    for kwargs in ({"timeout": 0}, {"timeout": 4000}, {"heartbeat": 0.01}):
+        message = failure(ms.InvalidArgument, lambda: ms.Client(client.url, **kwargs))
+        assert "seconds" in message and " ms" not in message, message
+    assert failure(ms.InvalidArgument, lambda: ms.Client(client.url, stream_ttl=3)).startswith(
+        "Client(stream_ttl=...): "
+    )

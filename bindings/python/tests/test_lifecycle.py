@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import missionstream as ms
 from missionstream import EventKind
-from conftest import PYTHON_DIR, Server, publishing, python_env
+from conftest import PYTHON_DIR, REPO, Server, publishing, python_env
 
 PW = "pw-1"
 CODE = "code-1"
@@ -65,10 +66,18 @@ def test_discovery_order(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[0] == str(pkg / "libmissionstream.so")
-    # Then the cargo target folder of the checkout.
+    # Then the cargo target folder of the checkout ($CARGO_TARGET_DIR, else target/).
     r = run_py("import missionstream; print(missionstream.library_path)", MISSIONSTREAM_LIB="")
     assert r.returncode == 0, r.stderr
-    assert "/target/" in r.stdout
+    target = os.environ.get("CARGO_TARGET_DIR") or str(REPO / "target")
+    assert r.stdout.strip() in (os.path.join(target, p, "libmissionstream.so") for p in ("release", "debug")), r.stdout
+    # A checkout whose $CARGO_TARGET_DIR holds no build falls back to target/.
+    r = run_py("import missionstream; print(missionstream.library_path)", MISSIONSTREAM_LIB="",
+               CARGO_TARGET_DIR=str(tmp_path / "empty-target"))
+    if (REPO / "target" / "release" / "libmissionstream.so").is_file():
+        assert r.returncode == 0 and r.stdout.strip() == str(REPO / "target" / "release" / "libmissionstream.so")
+    else:
+        assert r.returncode != 0 and str(tmp_path / "empty-target" / "release") in r.stderr, r.stderr
 
 
 def test_callback_survives_garbage_collection(client: ms.Client, client2: ms.Client, name: str) -> None:

@@ -1,0 +1,156 @@
+"""The documents' examples, run as written against a real Redis + Webdis:
+the C example of README.md (built and run with its documented command
+lines), and the quick start and the command-line walk-through of
+bindings/python/README.md. Each runs more than once: the documents say
+they can."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, NamedTuple
+
+
+import missionstream as ms
+from conftest import PYTHON_DIR, REPO, Server, shell_env
+
+README = REPO / "README.md"
+PY_README = PYTHON_DIR / "README.md"
+
+
+class Block(NamedTuple):
+    section: str  # the "## " heading it is under
+    lang: str
+    code: str
+
+
+def blocks(path: Path) -> List[Block]:
+    """The fenced code blocks of a Markdown file, in order."""
+    out: List[Block] = []
+    section, lang, lines = "", None, []  # type: ignore[var-annotated]
+    for line in path.read_text().splitlines():
+        if lang is None:
+            if line.startswith("## "):
+                section = line[3:].strip()
+            elif line.startswith("```"):
+                lang, lines = line[3:].strip(), []
+        elif line.startswith("```"):
+            out.append(Block(section, lang, "\n".join(lines) + "\n"))
+            lang = None
+        else:
+            lines.append(line)
+    assert lang is None, f"{path}: a code block is not closed"
+    return out
+
+
+def following(all_blocks: List[Block], block: Block, lang: str) -> Block:
+    """The first block of language ``lang`` after ``block``."""
+    for b in all_blocks[all_blocks.index(block) + 1:]:
+        if b.lang == lang:
+            return b
+    raise AssertionError(f"no {lang} block after the {block.lang} block of {block.section!r}")
+
+
+def cargo_target() -> Path:
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
+    return target if target.is_absolute() else REPO / target
+
+
+def live_streams(url: str) -> List[str]:
+    with ms.Client(url) as c:
+        return [s.name for s in c.list()]
+
+
+def test_readme_c_example_builds_and_runs(tmp_path: Path, server: Server) -> None:
+    all_blocks = blocks(README)
+    [c] = [b for b in all_blocks if b.lang == "c"]
+    build = following(all_blocks, c, "sh")
+    expected = following(all_blocks, c, "text").code.splitlines()
+
+    # The repository root as the document assumes it: app.c beside include/
+    # and target/release (where cargo put the library: $CARGO_TARGET_DIR).
+    lib_dir = cargo_target() / "release"
+    assert (lib_dir / "libmissionstream.so").is_file(), f"build the library first ({lib_dir})"
+    (tmp_path / "app.c").write_text(c.code)
+    (tmp_path / "include").symlink_to(REPO / "include")
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "release").symlink_to(lib_dir)
+
+    commands = [line for line in build.code.splitlines() if line.strip() and not line.startswith("#")]
+    assert commands[0] == "cargo build --release", commands
+    assert commands[-1].startswith("./app"), commands
+    subprocess.run(commands[0], shell=True, cwd=REPO, check=True, capture_output=True, timeout=600)
+    for command in commands[1:-1]:
+        r = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{command}\n{r.stderr}"
+    # The example is clean C99 too.
+    r = subprocess.run(
+        ["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-Iinclude", "app.c"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+
+    def check(r: subprocess.CompletedProcess) -> None:
+        assert r.returncode == 0, r.stderr
+        got = r.stdout.splitlines()
+        m = re.match(r"^sortie/(\d+) ", got[0] if got else "")
+        assert m, r.stdout
+        # As documented, with this run's process id for the documented one.
+        want = [re.sub(r"sortie/\d+", f"sortie/{m.group(1)}", line) for line in expected]
+        assert got == want, r.stdout + r.stderr
+        assert f"sortie/{m.group(1)}" not in live_streams(server.url)  # stopped
+
+    # The documented run line: the URL from the environment (`. .run/server/env`).
+    env = shell_env(MISSIONSTREAM_URL=server.url)
+    for _ in range(10):  # ENDED and state #1 every time (freeing early loses them), each run anew
+        check(subprocess.run(["bash", "-c", commands[-1]], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60))
+    # Or from the first argument.
+    check(subprocess.run(["./app", server.url], cwd=tmp_path, env=shell_env(),
+                         capture_output=True, text=True, timeout=60))
+    r = subprocess.run(["./app"], cwd=tmp_path, env=shell_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "MISSIONSTREAM_URL" in r.stderr, r.stderr
+
+
+def _normalise(text: str) -> str:
+    text = re.sub(r"mission-[0-9a-f]{8}\b", "mission-X", text)
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?\+00:00", "TIME", text)
+
+
+def test_python_quick_start_runs_as_written_and_again(tmp_path: Path, server: Server) -> None:
+    all_blocks = blocks(PY_README)
+    [quick] = [b for b in all_blocks if b.section == "Quick start" and b.lang == "python"]
+    expected = following(all_blocks, quick, "text").code
+    (tmp_path / "quickstart.py").write_text(quick.code)
+    before = set(live_streams(server.url))
+    for _ in range(2):
+        r = subprocess.run(
+            [sys.executable, "quickstart.py"], cwd=tmp_path, env=shell_env(MISSIONSTREAM_URL=server.url),
+            capture_output=True, text=True, timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert _normalise(r.stdout) == _normalise(expected), r.stdout
+    assert set(live_streams(server.url)) <= before  # each run stopped its stream
+
+
+def test_command_line_walkthrough_runs_as_written_and_again(tmp_path: Path, server: Server) -> None:
+    all_blocks = blocks(PY_README)
+    [script] = [b for b in all_blocks if b.section == "Command line" and b.lang == "sh"]
+    # `. .run/server/env` of the repository root, here the test's server.
+    (tmp_path / ".run").mkdir()
+    (tmp_path / ".run" / "server").symlink_to(server.dir)
+    for _ in range(2):
+        r = subprocess.run(
+            ["bash", "-e", "-o", "pipefail", "-c", script.code], cwd=tmp_path, env=shell_env(),
+            capture_output=True, text=True, timeout=120,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        lines = r.stdout.splitlines()
+        watched = [line for line in lines if " seq=" in line]
+        assert len(watched) == 1 and re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=2 delay=\d+\.\dms \{", watched[0]), r.stdout
+        assert '"waypoints":[[47.39,8.54,30],[47.4,8.55,35]]' in watched[0]
+        assert any(line.split()[:2] == ["mission-cli", "2"] for line in lines), r.stdout  # list
+        assert "mission-cli" not in live_streams(server.url)  # stop
