@@ -102,6 +102,12 @@ typedef enum ms_status {
    * A bug: a panic caught at the boundary.
    */
   MS_ERR_INTERNAL = 15,
+  /**
+   * Too many wrong passwords or leader codes for this stream: its secret
+   * checks are locked for a short, growing time (at most a few
+   * seconds); the message says when to retry.
+   */
+  MS_ERR_THROTTLED = 16,
 } ms_status;
 
 /**
@@ -362,7 +368,9 @@ enum ms_status ms_start(struct ms_client *client,
  * password and leader code. The stored state is kept.
  *
  * @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD,
- * MS_ERR_BAD_LEADER_CODE, MS_ERR_ALREADY, MS_ERR_INVALID_ARGUMENT, or a
+ * MS_ERR_BAD_LEADER_CODE, MS_ERR_THROTTLED (too many wrong secrets for
+ * this stream: retry after the time the message names, at most a few
+ * seconds), MS_ERR_ALREADY, MS_ERR_INVALID_ARGUMENT, or a
  * transport/server status.
  *
  * # Safety
@@ -429,8 +437,11 @@ enum ms_status ms_stop(struct ms_client *client, const char *name);
  * MS_EVENT_STATE (replaced by a newer one if that arrives before the
  * callback takes it); every newer state follows, in increasing seq.
  *
- * @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD, MS_ERR_ALREADY,
- * MS_ERR_INVALID_ARGUMENT, or a transport/server status.
+ * @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD, MS_ERR_THROTTLED
+ * (the 5th wrong password or leader code within a second locks the
+ * stream's secret checks for 250 ms, doubling up to 4 s: retry after the
+ * time the message names), MS_ERR_ALREADY, MS_ERR_INVALID_ARGUMENT, or a
+ * transport/server status.
  *
  * # Safety
  * `client` is NULL or a live client; strings are NULL or NUL-terminated.

@@ -18,7 +18,8 @@ rest of the body. Secrets and states travel only there.
 
 Record of stream <name>: hash "stream:<name>" with fields
     name, pw, code (salted SHA-1 hex), salt, channel, state, seq,
-    updated_ms, hb_ms, ttl, pub (id of the last stored publish)
+    updated_ms, hb_ms, ttl, pub (id of the last stored publish),
+    fails, fail_at, locked_until, locks (the throttling of wrong secrets)
 Index of live streams: set "streams" of names.
 Channel messages (payloads published on the stream's channel):
     "s <seq> <updated_ms>\n<state>"   a stored state
@@ -175,10 +176,13 @@ end
 
 -- Loads the record; returns the fields table or nil.
 local function load(key)
-  local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub')
+  local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub',
+    'fails', 'fail_at', 'locked_until', 'locks')
   if not v[1] then return nil end
   return { pw = v[1], code = v[2], salt = v[3], channel = v[4], seq = tonumber(v[5]),
-           hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9] }
+           hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9],
+           fails = tonumber(v[10]) or 0, fail_at = tonumber(v[11]) or 0,
+           locked_until = tonumber(v[12]) or 0, locks = tonumber(v[13]) or 0 }
 end
 
 local function not_found(nonce)
@@ -190,18 +194,59 @@ local function touch(key, rec)
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) end
 end
 
--- Loads the record of a leader and checks its leader code and channel.
+-- Guessing is throttled per stream. Every wrong password or leader code is
+-- counted in the record; the 5th within a second locks the stream's secret
+-- checks for 250 ms, doubling with each lock up to 4 s (forgotten after a
+-- minute without one). While locked, every check is refused with
+-- MSTHROTTLED, right secrets included (else the lock would tell nothing
+-- apart): one client guesses about one secret a second instead of
+-- thousands, and a follower with the right password waits 4 s at most.
+local THROTTLE_FAILS = 5
+local THROTTLE_WINDOW_MS = 1000
+local LOCK_FIRST_MS = 250
+local LOCK_MAX_MS = 4000
+local LOCK_FORGET_MS = 60000
+
+-- Checks `secret` against the salted hash `stored` of record `rec` at
+-- `key`; returns nil when it matches, else the error reply (`code`,
+-- `text`) after counting the failure, or MSTHROTTLED while locked.
+local function verify(nonce, key, rec, secret, stored, code, text)
+  local now = now_ms()
+  if now < rec.locked_until then
+    return fail('MSTHROTTLED', nonce, 'too many wrong passwords or leader codes for this stream; retry in ' ..
+      (rec.locked_until - now) .. ' ms')
+  end
+  if hash(rec.salt, secret) == stored then return nil end
+  local fails, at = rec.fails, rec.fail_at
+  if now - at > THROTTLE_WINDOW_MS then fails, at = 0, now end
+  fails = fails + 1
+  if fails >= THROTTLE_FAILS then
+    local locks = rec.locks
+    if now - rec.locked_until > LOCK_FORGET_MS then locks = 0 end
+    local lock = math.min(LOCK_FIRST_MS * 2 ^ locks, LOCK_MAX_MS)
+    redis.call('HSET', key, 'fails', 0, 'fail_at', now, 'locked_until', now + lock, 'locks', locks + 1)
+  else
+    redis.call('HSET', key, 'fails', fails, 'fail_at', at)
+  end
+  return fail(code, nonce, text)
+end
+
+-- Loads the record of a leader and checks its channel, then its leader code.
 local function load_leader(nonce, key, code, channel)
   local rec = load(key)
   if not rec or rec.channel ~= channel then return nil, not_found(nonce) end
-  if hash(rec.salt, code) ~= rec.code then return nil, fail('MSBADCODE', nonce, 'wrong leader code') end
+  local e = verify(nonce, key, rec, code, rec.code, 'MSBADCODE', 'wrong leader code')
+  if e then return nil, e end
   return rec
 end
 
-local function load_follower(nonce, key, pw)
+-- Loads the record of a follower who knows the channel (given by
+-- ms_connect to holders of the password): a 128-bit secret, so no guess
+-- is worth throttling and the check needs no write (read-only, so it runs
+-- on a replica too).
+local function load_by_channel(nonce, key, channel)
   local rec = load(key)
-  if not rec then return nil, not_found(nonce) end
-  if hash(rec.salt, pw) ~= rec.pw then return nil, fail('MSBADPASSWORD', nonce, 'wrong password') end
+  if not rec or rec.channel ~= channel then return nil, not_found(nonce) end
   return rec
 end
 
@@ -239,8 +284,9 @@ redis.register_function('ms_reconnect', function(keys, args)
   local key = keys[1]
   local rec = load(key)
   if not rec then return not_found(nonce) end
-  if hash(rec.salt, f[1]) ~= rec.pw then return fail('MSBADPASSWORD', nonce, 'wrong password') end
-  if hash(rec.salt, f[2]) ~= rec.code then return fail('MSBADCODE', nonce, 'wrong leader code') end
+  local e = verify(nonce, key, rec, f[1], rec.pw, 'MSBADPASSWORD', 'wrong password')
+    or verify(nonce, key, rec, f[2], rec.code, 'MSBADCODE', 'wrong leader code')
+  if e then return e end
   rec.ttl = ttl
   redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl)
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
@@ -249,24 +295,25 @@ redis.register_function('ms_reconnect', function(keys, args)
 end)
 
 -- ms_connect KEYS: record  ARGV: version, nonce, body[pw] -> [nonce, channel, hb_ms]
-redis.register_function{ function_name = 'ms_connect', flags = { 'no-writes' }, callback = function(keys, args)
+-- A write (wrong passwords are counted), so FCALL, not FCALL_RO.
+redis.register_function('ms_connect', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
   if not nonce then return err end
   local why = bad_secrets(f[1], nil)
   if why then return fail('MSARG', nonce, why) end
-  local rec, e = load_follower(nonce, keys[1], f[1])
-  if not rec then return e end
+  local rec = load(keys[1])
+  if not rec then return not_found(nonce) end
+  local e = verify(nonce, keys[1], rec, f[1], rec.pw, 'MSBADPASSWORD', 'wrong password')
+  if e then return e end
   return { nonce, rec.channel, tonumber(rec.hb_ms) }
-end }
+end)
 
--- ms_snapshot KEYS: record  ARGV: version, nonce, body[pw]
+-- ms_snapshot KEYS: record  ARGV: version, nonce, body[channel]
 --   -> [nonce, channel, seq, updated_ms, hb_ms, state]
 redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' }, callback = function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
   if not nonce then return err end
-  local why = bad_secrets(f[1], nil)
-  if why then return fail('MSARG', nonce, why) end
-  local rec, e = load_follower(nonce, keys[1], f[1])
+  local rec, e = load_by_channel(nonce, keys[1], f[1])
   if not rec then return e end
   return { nonce, rec.channel, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms),
            redis.call('HGET', keys[1], 'state') }
@@ -323,7 +370,7 @@ redis.register_function('ms_heartbeat', function(keys, args)
   return { nonce }
 end)
 
--- ms_probe KEYS: record  ARGV: version, nonce, probe, body[pw] -> [nonce, channel, receivers]
+-- ms_probe KEYS: record  ARGV: version, nonce, probe, body[channel] -> [nonce, channel, receivers]
 -- Lets a follower check that its subscription works: "p <probe>" is
 -- published on the channel; receivers is the number of subscriptions
 -- Redis delivered it to (0: the caller's own subscription is not there).
@@ -334,9 +381,7 @@ redis.register_function('ms_probe', function(keys, args)
   if #token < 1 or #token > 64 or string.find(token, '[^%w]') then
     return fail('MSARG', nonce, 'malformed probe token (1-64 letters and digits)')
   end
-  local why = bad_secrets(f[1], nil)
-  if why then return fail('MSARG', nonce, why) end
-  local rec, e = load_follower(nonce, keys[1], f[1])
+  local rec, e = load_by_channel(nonce, keys[1], f[1])
   if not rec then return e end
   local n = redis.call('PUBLISH', rec.channel, 'p ' .. token)
   return { nonce, rec.channel, n }

@@ -39,13 +39,17 @@ pub enum ms_status {
     MS_ERR_PROTOCOL = 14,
     /// A bug: a panic caught at the boundary.
     MS_ERR_INTERNAL = 15,
+    /// Too many wrong passwords or leader codes for this stream: its secret
+    /// checks are locked for a short, growing time (at most a few
+    /// seconds); the message says when to retry.
+    MS_ERR_THROTTLED = 16,
 }
 
 pub use ms_status as Status;
 
 impl Status {
     /// All statuses, in value order.
-    pub const ALL: [Status; 16] = [
+    pub const ALL: [Status; 17] = [
         Status::MS_OK,
         Status::MS_ERR_INVALID_ARGUMENT,
         Status::MS_ERR_EXISTS,
@@ -62,6 +66,7 @@ impl Status {
         Status::MS_ERR_SERVER,
         Status::MS_ERR_PROTOCOL,
         Status::MS_ERR_INTERNAL,
+        Status::MS_ERR_THROTTLED,
     ];
 
     /// The status with this value, if any (values come from C as integers).
@@ -88,6 +93,7 @@ impl Status {
             Status::MS_ERR_SERVER => "MS_ERR_SERVER\0",
             Status::MS_ERR_PROTOCOL => "MS_ERR_PROTOCOL\0",
             Status::MS_ERR_INTERNAL => "MS_ERR_INTERNAL\0",
+            Status::MS_ERR_THROTTLED => "MS_ERR_THROTTLED\0",
         }
     }
 
@@ -110,6 +116,7 @@ impl Status {
                 | Status::MS_ERR_UNAVAILABLE
                 | Status::MS_ERR_PROTOCOL
                 | Status::MS_ERR_SERVER
+                | Status::MS_ERR_THROTTLED
         )
     }
 }

@@ -372,7 +372,9 @@ pub unsafe extern "C" fn ms_start(
 /// password and leader code. The stored state is kept.
 ///
 /// @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD,
-/// MS_ERR_BAD_LEADER_CODE, MS_ERR_ALREADY, MS_ERR_INVALID_ARGUMENT, or a
+/// MS_ERR_BAD_LEADER_CODE, MS_ERR_THROTTLED (too many wrong secrets for
+/// this stream: retry after the time the message names, at most a few
+/// seconds), MS_ERR_ALREADY, MS_ERR_INVALID_ARGUMENT, or a
 /// transport/server status.
 ///
 /// # Safety
@@ -481,8 +483,11 @@ pub unsafe extern "C" fn ms_stop(client: *mut ms_client, name: *const c_char) ->
 /// MS_EVENT_STATE (replaced by a newer one if that arrives before the
 /// callback takes it); every newer state follows, in increasing seq.
 ///
-/// @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD, MS_ERR_ALREADY,
-/// MS_ERR_INVALID_ARGUMENT, or a transport/server status.
+/// @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD, MS_ERR_THROTTLED
+/// (the 5th wrong password or leader code within a second locks the
+/// stream's secret checks for 250 ms, doubling up to 4 s: retry after the
+/// time the message names), MS_ERR_ALREADY, MS_ERR_INVALID_ARGUMENT, or a
+/// transport/server status.
 ///
 /// # Safety
 /// `client` is NULL or a live client; strings are NULL or NUL-terminated.

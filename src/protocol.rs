@@ -198,6 +198,10 @@ pub fn redis_error(text: &str) -> Error {
             Status::MS_ERR_SERVER,
             format!("the Redis functions library is of another version: {rest}"),
         ),
+        "MSTHROTTLED" => Error::new(
+            Status::MS_ERR_THROTTLED,
+            format!("the stream refuses password and leader code checks for a moment: {rest}"),
+        ),
         "MSARG" => Error::new(
             Status::MS_ERR_PROTOCOL,
             format!("the functions library refused the request: {rest}"),

@@ -25,7 +25,7 @@ fn c(s: &str) -> CString {
 fn version_and_status_names() {
     let v = unsafe { CStr::from_ptr(ms_version()) }.to_str().unwrap();
     assert_eq!(v, env!("CARGO_PKG_VERSION"));
-    let names: Vec<String> = (0..16)
+    let names: Vec<String> = (0..17)
         .map(|i| {
             unsafe { CStr::from_ptr(ms_status_name(StatusArg(i))) }
                 .to_str()
@@ -36,7 +36,8 @@ fn version_and_status_names() {
     assert_eq!(names[0], "MS_OK");
     assert_eq!(names[3], "MS_ERR_NOT_FOUND");
     assert_eq!(names[15], "MS_ERR_INTERNAL");
-    for bad in [16, 99, u32::MAX] {
+    assert_eq!(names[16], "MS_ERR_THROTTLED");
+    for bad in [17, 99, u32::MAX] {
         let n = unsafe { CStr::from_ptr(ms_status_name(StatusArg(bad))) };
         assert_eq!(n.to_str().unwrap(), "MS_UNKNOWN_STATUS");
     }

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use missionstream::protocol::PROTOCOL_VERSION;
+use missionstream::Status;
 use std::time::Duration;
 
 const PW: &str = "pw-Secret-1f3a";
@@ -165,36 +166,55 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         let out = s.redis_cli(&cmd);
         assert!(out.contains(expected), "{function}: {out}");
     }
-    // connect, snapshot and probe never reveal the channel without the password.
-    for f in ["ms_connect", "ms_snapshot"] {
-        let out = s.redis_cli(&[
-            "FCALL_RO",
-            f,
-            "1",
-            key,
-            PROTOCOL_VERSION,
-            "n0nce",
-            &frame(&["wrong"]),
-        ]);
-        assert!(
-            out.contains("MSBADPASSWORD") && !out.contains(&channel),
-            "{f}: {out}"
-        );
-    }
+    // Five wrong secrets in a row locked the stream's checks for 250 ms
+    // (throttled guessing): let that pass.
+    std::thread::sleep(Duration::from_millis(300));
+    // connect never reveals the channel without the password; snapshot
+    // and probe need the channel itself (a 128-bit secret that only
+    // connect hands out): a password, or a wrong channel, is no stream.
     let out = s.redis_cli(&[
         "FCALL",
-        "ms_probe",
+        "ms_connect",
         "1",
         key,
         PROTOCOL_VERSION,
         "n0nce",
-        "pr0be",
         &frame(&["wrong"]),
     ]);
     assert!(
         out.contains("MSBADPASSWORD") && !out.contains(&channel),
-        "{out}"
+        "ms_connect: {out}"
     );
+    let wrong_channel = "0".repeat(32);
+    for secret in [PW, wrong_channel.as_str()] {
+        let out = s.redis_cli(&[
+            "FCALL_RO",
+            "ms_snapshot",
+            "1",
+            key,
+            PROTOCOL_VERSION,
+            "n0nce",
+            &frame(&[secret]),
+        ]);
+        assert!(
+            out.contains("MSNOTFOUND") && !out.contains(&channel),
+            "ms_snapshot: {out}"
+        );
+        let out = s.redis_cli(&[
+            "FCALL",
+            "ms_probe",
+            "1",
+            key,
+            PROTOCOL_VERSION,
+            "n0nce",
+            "pr0be",
+            &frame(&[secret]),
+        ]);
+        assert!(
+            out.contains("MSNOTFOUND") && !out.contains(&channel),
+            "ms_probe: {out}"
+        );
+    }
     // Malformed bodies are refused, not misread.
     let out = s.redis_cli(&[
         "FCALL",
@@ -232,7 +252,7 @@ fn direct(
     args: &[&str],
     body: &[u8],
 ) -> (u16, String) {
-    let ro = matches!(function, "ms_connect" | "ms_snapshot");
+    let ro = function == "ms_snapshot";
     let mut path = format!(
         "/{}/{function}/{}",
         if ro { "FCALL_RO" } else { "FCALL" },
@@ -647,4 +667,71 @@ fn list_survives_an_index_entry_it_cannot_carry() {
     );
     // Left alone: not this library's to remove.
     assert_eq!(s.redis_cli(&["SCARD", "streams"]).trim(), "2");
+}
+
+/// Guessing is throttled per stream: the 5th wrong password within a
+/// second locks the stream's secret checks (THROTTLED, saying when to
+/// retry), the right password included, for a short time that grows with
+/// each lock and never exceeds 4 s; then the right password works again.
+/// Other streams are not affected, and states keep flowing to followers.
+#[test]
+fn wrong_secrets_are_throttled_per_stream() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.start("guarded", PW, CODE).unwrap();
+    leader.start("other", PW, CODE).unwrap();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    follower.connect("guarded", PW).unwrap();
+    let guesser = s.client();
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let e = guesser
+            .connect("guarded", &format!("guess-{i}"))
+            .unwrap_err();
+        assert_eq!(e.status, Status::MS_ERR_BAD_PASSWORD, "{e:?}");
+    }
+    // Locked: even the right password is refused, with a time to retry.
+    let e = guesser.connect("guarded", PW).unwrap_err();
+    assert_eq!(e.status, Status::MS_ERR_THROTTLED, "{e:?}");
+    assert!(e.message.contains("retry in"), "{}", e.message);
+    // Only this stream; and a leader's code is checked by the same lock.
+    guesser.connect("other", PW).unwrap();
+    guesser.disconnect("other").unwrap();
+    let e = guesser.reconnect("guarded", PW, CODE).unwrap_err();
+    assert_eq!(e.status, Status::MS_ERR_THROTTLED, "{e:?}");
+    // The follower already connected is not disturbed.
+    leader.publish("guarded", b"{\"during\":1}").unwrap();
+    rec.wait_state("guarded", "{\"during\":1}", Duration::from_secs(10));
+    // The lock lifts (250 ms the first time).
+    wait_until(Duration::from_secs(2), || {
+        guesser.connect("guarded", PW).is_ok()
+    });
+    assert!(started.elapsed() < Duration::from_secs(2));
+    guesser.disconnect("guarded").unwrap();
+    // Locks grow while guessing goes on, and stay within 4 s: count the
+    // wrong guesses that were evaluated (BAD_PASSWORD, not THROTTLED) in
+    // 3 s of guessing as fast as one client can.
+    let t0 = std::time::Instant::now();
+    let (mut evaluated, mut refused) = (0u32, 0u32);
+    while t0.elapsed() < Duration::from_secs(3) {
+        match guesser.connect("guarded", "guess").unwrap_err().status {
+            Status::MS_ERR_BAD_PASSWORD => evaluated += 1,
+            Status::MS_ERR_THROTTLED => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    eprintln!("3 s of guessing: {evaluated} guesses evaluated, {refused} refused");
+    assert!(evaluated <= 20, "{evaluated} guesses evaluated in 3 s");
+    assert!(refused > 0);
+    let locked_until: u64 = s.record_field("guarded", "locked_until").parse().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(locked_until <= now_ms + 4_100, "locked for more than 4 s");
+    // After the lock, the right password works again.
+    wait_until(Duration::from_secs(5), || {
+        guesser.connect("guarded", PW).is_ok()
+    });
 }

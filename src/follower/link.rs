@@ -27,7 +27,7 @@ pub(super) fn stream_channel(
     timeout: Duration,
 ) -> Result<String> {
     let body = protocol::frame_body(&[password.as_bytes()]);
-    match conn.fcall(true, "ms_connect", &[key], &[], &body, timeout)? {
+    match conn.fcall(false, "ms_connect", &[key], &[], &body, timeout)? {
         Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => match &a[0] {
             Value::String(c) => Ok(c.clone()),
             _ => Err(protocol::protocol_error("ms_connect")),
@@ -300,7 +300,7 @@ impl Link {
     }
 
     pub(super) fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
-        let body = protocol::frame_body(&[self.password.as_bytes()]);
+        let body = protocol::frame_body(&[self.channel.as_bytes()]);
         let reply = conn.fcall(
             true,
             "ms_snapshot",
@@ -335,7 +335,7 @@ impl Link {
     /// ms_probe: publishes `p <token>` on the channel; returns how many
     /// subscriptions Redis delivered it to.
     pub(super) fn probe(&self, conn: &Webdis, token: &str, timeout: Duration) -> Result<u64> {
-        let body = protocol::frame_body(&[self.password.as_bytes()]);
+        let body = protocol::frame_body(&[self.channel.as_bytes()]);
         let reply = conn.fcall(false, "ms_probe", &[&self.key], &[token], &body, timeout)?;
         match reply {
             Value::Array(a) if a.len() == 2 => {

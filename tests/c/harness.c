@@ -664,10 +664,11 @@ int main(void)
                                       "MS_ERR_FORBIDDEN",
                                       "MS_ERR_SERVER",
                                       "MS_ERR_PROTOCOL",
-                                      "MS_ERR_INTERNAL"};
-        static const int bad[] = {16, 17, 255, 1000, -1, 0x7fffffff};
+                                      "MS_ERR_INTERNAL",
+                                      "MS_ERR_THROTTLED"};
+        static const int bad[] = {17, 18, 255, 1000, -1, 0x7fffffff};
         int s;
-        for (s = 0; s <= (int)MS_ERR_INTERNAL; s++) {
+        for (s = 0; s <= (int)MS_ERR_THROTTLED; s++) {
             const char *n = ms_status_name((ms_status)s);
             check(n != NULL && strcmp(n, names[s]) == 0, "ms_status_name(%d) = \"%s\"", s, n ? n : "(NULL)");
         }

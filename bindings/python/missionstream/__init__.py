@@ -53,6 +53,7 @@ from .errors import (
     Exists,
     Forbidden,
     InternalError,
+    Throttled,
     InvalidArgument,
     NotFollowing,
     NotFound,
@@ -95,4 +96,5 @@ __all__ = [
     "ServerError",
     "ProtocolError",
     "InternalError",
+    "Throttled",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "ServerError",
     "ProtocolError",
     "InternalError",
+    "Throttled",
     "error_for_status",
 ]
 
@@ -46,6 +47,7 @@ class Status(enum.IntEnum):
     SERVER = 13
     PROTOCOL = 14
     INTERNAL = 15
+    THROTTLED = 16
 
 
 class Error(Exception):
@@ -165,6 +167,14 @@ class InternalError(Error):
     STATUS = Status.INTERNAL
 
 
+class Throttled(Error):
+    """Too many wrong passwords or leader codes for this stream: its secret
+    checks are locked for a short, growing time (at most a few seconds). The
+    message says when to retry."""
+
+    STATUS = Status.THROTTLED
+
+
 _BY_STATUS: Dict[int, Type[Error]] = {
     cls.STATUS: cls
     for cls in (
@@ -183,6 +193,7 @@ _BY_STATUS: Dict[int, Type[Error]] = {
         ServerError,
         ProtocolError,
         InternalError,
+        Throttled,
     )
 }
 

@@ -23,9 +23,9 @@ def test_hierarchy() -> None:
     classes = [
         ms.InvalidArgument, ms.Exists, ms.NotFound, ms.BadPassword, ms.BadLeaderCode, ms.NotLeading,
         ms.NotFollowing, ms.Already, ms.TooLarge, ms.Timeout, ms.Unavailable, ms.Forbidden,
-        ms.ServerError, ms.ProtocolError, ms.InternalError,
+        ms.ServerError, ms.ProtocolError, ms.InternalError, ms.Throttled,
     ]
-    assert [c.STATUS for c in classes] == list(range(1, 16))
+    assert [c.STATUS for c in classes] == list(range(1, 17))
     for cls in classes:
         assert issubclass(cls, ms.Error)
         err = cls("boom")
