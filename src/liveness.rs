@@ -7,16 +7,18 @@
 //! - **Silence.** A subscription on which nothing arrived for `2 hb` is
 //!   probed: the session publishes `p <token>` on the channel (ms_probe).
 //!   If the echo has not come back `probe_wait` (`hb`, at least 0.5 s)
-//!   after the probe went out, the subscription is lost. Bytes of a large
-//!   message still arriving count as activity and push the echo's due time
-//!   back. The echo's due time runs from when the probe was decided, not
-//!   from when its request returns: a request blocked on a frozen Webdis
-//!   never holds a rule back.
+//!   after the probe's request returned (Redis published it), the
+//!   subscription is lost; a probe reaching no subscriber, or whose
+//!   request fails, is a lost subscription at once. While the request is
+//!   out (Redis busy storing a large state, Webdis frozen) nothing is
+//!   judged: the request's own timeout bounds that wait. Bytes of a large
+//!   message still arriving count as activity and push the echo's due
+//!   time back.
 //! - **Presence** belongs to the stream, not to a subscription: the leader
 //!   is offline when no state or heartbeat of it arrived for `3 hb`,
 //!   whether or not a subscription existed meanwhile; it is online again
 //!   at the next state or heartbeat. OFFLINE and ONLINE strictly
-//!   alternate, starting with OFFLINE.
+//!   alternate, starting with OFFLINE. No request holds this clock back.
 
 use std::time::{Duration, Instant};
 
@@ -44,8 +46,9 @@ pub struct Liveness {
     subscribed: bool,
     /// Last activity on the subscription.
     last_heard: Instant,
-    /// The probe out: its token and when its echo is due.
-    probe: Option<(String, Instant)>,
+    /// The probe out: its token and when its echo is due (None while its
+    /// request is out).
+    probe: Option<(String, Option<Instant>)>,
     probe_prefix: String,
     probes: u64,
     /// Last state or heartbeat of the leader (or bytes of a large message).
@@ -114,8 +117,19 @@ impl Liveness {
         self.last_heard = now;
         self.leader_heard = now;
         let wait = self.probe_wait();
-        if let Some((_, due)) = &mut self.probe {
+        if let Some((_, Some(due))) = &mut self.probe {
             *due = now + wait;
+        }
+    }
+
+    /// The request of the probe carrying `token` returned at `now`: Redis
+    /// published it; its echo is due within `probe_wait`.
+    pub fn probe_published(&mut self, token: &str, now: Instant) {
+        let wait = self.probe_wait();
+        if let Some((t, due @ None)) = &mut self.probe {
+            if t == token {
+                *due = Some(now + wait);
+            }
         }
     }
 
@@ -145,7 +159,7 @@ impl Liveness {
         }
         if self.subscribed {
             match &self.probe {
-                Some((_, echo_due)) if now >= *echo_due => {
+                Some((_, Some(echo_due))) if now >= *echo_due => {
                     self.unsubscribed();
                     due.push(Decision::Lost);
                 }
@@ -153,7 +167,7 @@ impl Liveness {
                 None if now >= self.last_heard + 2 * self.hb => {
                     self.probes += 1;
                     let token = format!("{}{:x}", self.probe_prefix, self.probes);
-                    self.probe = Some((token.clone(), now + self.probe_wait()));
+                    self.probe = Some((token.clone(), None));
                     due.push(Decision::Probe(token));
                 }
                 None => {}
@@ -172,7 +186,9 @@ impl Liveness {
             match &self.probe {
                 // Look at the byte count often while a probe is out: a
                 // large message arriving first delays the echo.
-                Some((_, due)) => wake = wake.min(*due).min(now + PROBE_POLL),
+                Some((_, Some(due))) => wake = wake.min(*due).min(now + PROBE_POLL),
+                // The session wakes when the request returns.
+                Some((_, None)) => {}
                 None => wake = wake.min(self.last_heard + 2 * self.hb),
             }
         }
@@ -222,6 +238,7 @@ mod tests {
     fn no_echo_within_one_interval_is_a_lost_subscription() {
         let (mut l, t0) = setup();
         l.poll(t0 + 2 * HB);
+        l.probe_published("p1", t0 + 2 * HB);
         assert_eq!(l.next_wake(t0 + 2 * HB), t0 + 2 * HB + PROBE_POLL);
         // Presence is due at 3 intervals too: OFFLINE first, then lost.
         assert_eq!(l.poll(t0 + 3 * HB), [Decision::Offline, Decision::Lost]);
@@ -252,6 +269,7 @@ mod tests {
     fn bytes_of_a_large_message_push_the_echo_back() {
         let (mut l, t0) = setup();
         l.poll(t0 + 2 * HB);
+        l.probe_published("p1", t0 + 2 * HB);
         l.bytes(t0 + ms(2900));
         assert!(l.poll(t0 + ms(3100)).is_empty(), "neither lost nor offline");
         assert_eq!(l.poll(t0 + ms(3900)), [Decision::Lost]);
@@ -262,9 +280,34 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Liveness::new(t0, ms(100), "p".into());
         assert_eq!(l.poll(t0 + ms(200)), [Decision::Probe("p1".into())]);
+        l.probe_published("p1", t0 + ms(200));
         assert_eq!(l.poll(t0 + ms(300)), [Decision::Offline]);
         assert!(l.poll(t0 + ms(699)).is_empty());
         assert_eq!(l.poll(t0 + ms(700)), [Decision::Lost]);
+    }
+
+    #[test]
+    fn nothing_is_judged_while_the_probe_request_is_out() {
+        let (mut l, t0) = setup();
+        assert!(matches!(l.poll(t0 + 2 * HB)[..], [Decision::Probe(_)]));
+        // Redis busy (a large state) or Webdis frozen: the request has not
+        // returned; the subscription is not judged, presence still is.
+        assert_eq!(l.poll(t0 + 3 * HB), [Decision::Offline]);
+        assert!(l.poll(t0 + 9 * HB).is_empty());
+        // Another token's answer changes nothing.
+        l.probe_published("p9", t0 + 9 * HB);
+        assert!(l.poll(t0 + 11 * HB).is_empty());
+        // The request returns: the echo is due one interval later.
+        l.probe_published("p1", t0 + 11 * HB);
+        assert!(l.poll(t0 + ms(11_999)).is_empty());
+        assert_eq!(l.poll(t0 + 12 * HB), [Decision::Lost]);
+        // An echo before the request's answer ends the probe too.
+        let (mut l, t0) = setup();
+        l.poll(t0 + 2 * HB);
+        assert!(l.probe_echo("p1"));
+        l.probe_published("p1", t0 + ms(2100));
+        l.heard(t0 + ms(2100), true);
+        assert!(l.poll(t0 + ms(4000)).is_empty());
     }
 
     #[test]
@@ -320,7 +363,9 @@ mod tests {
         // A state came at 0.9 s; the session learns of it at 2 s.
         assert!(matches!(l.poll(t0 + ms(2000))[..], [Decision::Probe(_)]));
         l.heard(t0 + ms(900), true);
-        assert_eq!(l.next_wake(t0 + ms(2000)), t0 + ms(2050));
+        // The probe request is out: the next wake is presence, due 3 s
+        // after the state.
+        assert_eq!(l.next_wake(t0 + ms(2000)), t0 + ms(3900));
         assert!(l.probe_echo("p1"));
         l.heard(t0 + ms(2100), false);
         assert!(l.poll(t0 + ms(3899)).is_empty());

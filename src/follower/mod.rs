@@ -163,8 +163,9 @@ struct Job {
 }
 
 enum JobResult {
-    /// A probe's request returned: the number of subscriptions reached.
-    Probe(Result<u64>),
+    /// The request of the probe carrying this token returned: the number
+    /// of subscriptions reached.
+    Probe(String, Result<u64>),
     /// A recovery: a confirmed subscription and the snapshot.
     Recovered(Result<(Subscription, Snapshot)>),
 }
@@ -374,7 +375,7 @@ impl FollowThread {
                 recv(job_rx.unwrap_or(&never_job)) -> r => {
                     job = None;
                     match r {
-                        Ok(JobResult::Probe(Ok(0))) => {
+                        Ok(JobResult::Probe(_, Ok(0))) => {
                             let e = Error::new(
                                 Status::MS_ERR_TIMEOUT,
                                 "the subscription is gone from Redis (a probe reached no subscriber)",
@@ -382,10 +383,12 @@ impl FollowThread {
                             self.lose(e, &mut sub, &mut job, &mut live);
                             retry_at = Some(Instant::now() + backoff.next());
                         }
-                        // The echo, or its absence, decides.
-                        Ok(JobResult::Probe(Ok(_))) => {}
-                        Ok(JobResult::Probe(Err(e))) if !e.status.is_transient() => return End::Ended,
-                        Ok(JobResult::Probe(Err(e))) => {
+                        // The echo, or its absence, decides from now on.
+                        Ok(JobResult::Probe(token, Ok(_))) => {
+                            live.probe_published(&token, Instant::now());
+                        }
+                        Ok(JobResult::Probe(_, Err(e))) if !e.status.is_transient() => return End::Ended,
+                        Ok(JobResult::Probe(_, Err(e))) => {
                             if link.cancelled() {
                                 return End::Cancelled;
                             }
@@ -434,7 +437,8 @@ impl FollowThread {
         let c = conn.clone();
         Job::spawn(self.session, Some(conn), move || {
             let timeout = link.config.timeout();
-            JobResult::Probe(link.probe(&c, &token, timeout))
+            let reached = link.probe(&c, &token, timeout);
+            JobResult::Probe(token, reached)
         })
     }
 
