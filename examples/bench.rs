@@ -322,7 +322,7 @@ fn fcall_path(command: &str, function: &str, key: &str) -> String {
 
 /// The channel of stream `name`, asked with the password (ms_connect).
 fn raw_channel(port: u16, name: &str) -> String {
-    let path = fcall_path("FCALL_RO", "ms_connect", &format!("stream:{name}"));
+    let path = fcall_path("FCALL", "ms_connect", &format!("stream:{name}"));
     let (req, _) = raw_put(port, &path, &frame_body(&[PASSWORD.as_bytes()]));
     let (status, body) = Raw::connect(port).roundtrip(&req);
     assert_eq!(
@@ -332,7 +332,9 @@ fn raw_channel(port: u16, name: &str) -> String {
         String::from_utf8_lossy(&body)
     );
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["FCALL_RO"][1]
+    // {"FCALL":["raw", "<channel>", <hb_ms>]}; an error is [false, "..."].
+    assert_eq!(v["FCALL"][0], "raw", "ms_connect reply: {v}");
+    v["FCALL"][1]
         .as_str()
         .unwrap_or_else(|| panic!("ms_connect reply: {v}"))
         .to_string()
