@@ -64,6 +64,10 @@ pub struct Faults {
     /// Holds a request before it reaches Webdis until the test opens the
     /// gate (`FaultRelay::open_gate`).
     pub gate: Option<Gate>,
+    /// Each chunk of a subscription carrying a state message (`"s `) is
+    /// passed on this much later (a message published before a snapshot
+    /// read arriving after the snapshot).
+    pub delay_states: Duration,
 }
 
 /// A request held at the relay, unsent, until the test lets it pass.
@@ -509,6 +513,9 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
                     }
                     Kind::Mute if acknowledged => {}
                     Kind::Pass | Kind::Mute => {
+                        if !sh.faults.delay_states.is_zero() && find(&data, b"\"s ").is_some() {
+                            std::thread::sleep(sh.faults.delay_states);
+                        }
                         let mut out = size_line;
                         out.extend_from_slice(&data);
                         conn.write(&out);
