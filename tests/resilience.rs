@@ -207,9 +207,13 @@ fn stream_replaced_or_deleted_during_outage_ends_instead_of_retrying() {
     r2.wait_kind(&deleted, EventKind::MS_EVENT_ENDED, T);
     // Final: no retry loop afterwards.
     let n1 = r1.snapshot().len();
+    let n2 = r2.snapshot().len();
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(r1.snapshot().len(), n1);
+    assert_eq!(r1.snapshot().len(), n1, "{:?}", kinds(&r1, &replaced));
+    assert_eq!(r2.snapshot().len(), n2, "{:?}", kinds(&r2, &deleted));
     assert_eq!(count(&r1, &replaced, EventKind::MS_EVENT_RECONNECTED), 0);
+    assert_eq!(count(&r2, &deleted, EventKind::MS_EVENT_RECONNECTED), 0);
+    assert_eq!(count(&r2, &deleted, EventKind::MS_EVENT_ENDED), 1);
     // The follower can connect to the new stream.
     f1.connect(&replaced, "pw").unwrap();
 }

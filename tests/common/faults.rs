@@ -61,6 +61,25 @@ pub struct Faults {
     /// connection stays open (Webdis says it subscribed, and Redis has the
     /// subscriber, but nothing published ever reaches the client).
     pub mute_subscriptions: u64,
+    /// Holds a request before it reaches Webdis until the test opens the
+    /// gate (`FaultRelay::open_gate`).
+    pub gate: Option<Gate>,
+    /// Each chunk of a subscription carrying a state message (`"s `) is
+    /// passed on this much later (a message published before a snapshot
+    /// read arriving after the snapshot).
+    pub delay_states: Duration,
+}
+
+/// A request held at the relay, unsent, until the test lets it pass.
+#[derive(Clone, Debug)]
+pub struct Gate {
+    /// Requests whose request line contains this are counted...
+    pub pattern: &'static str,
+    /// ...and the `nth` of them (from 1) is held.
+    pub nth: u64,
+    /// The gate opens by itself after this long (a test that failed
+    /// before opening it does not hang).
+    pub max_hold: Duration,
 }
 
 /// After writing a stale reply ahead of a request, the relay waits this
@@ -94,6 +113,9 @@ struct Shared {
     delayed: AtomicU64,
     muted: AtomicU64,
     next_conn: AtomicU64,
+    gate_matches: AtomicU64,
+    gated: AtomicU64,
+    gate_open: AtomicBool,
 }
 
 /// What to do with the response to one forwarded request.
@@ -155,6 +177,9 @@ impl FaultRelay {
             delayed: AtomicU64::new(0),
             muted: AtomicU64::new(0),
             next_conn: AtomicU64::new(0),
+            gate_matches: AtomicU64::new(0),
+            gated: AtomicU64::new(0),
+            gate_open: AtomicBool::new(false),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (sh, stopped) = (shared.clone(), stop.clone());
@@ -213,6 +238,28 @@ impl FaultRelay {
     /// SUBSCRIBE requests seen.
     pub fn subscribes(&self) -> u64 {
         self.shared.subscribes.load(Ordering::SeqCst)
+    }
+
+    /// Requests held at the gate so far (0 or 1).
+    pub fn gated(&self) -> u64 {
+        self.shared.gated.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the gate holds its request; panics after `timeout`.
+    pub fn wait_gated(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.gated() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no request reached the gate within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Lets the held request (and any later one) pass.
+    pub fn open_gate(&self) {
+        self.shared.gate_open.store(true, Ordering::SeqCst);
     }
 
     /// Subscriptions muted after their acknowledgement.
@@ -311,6 +358,17 @@ fn requests(sh: Arc<Shared>, conn: Arc<Conn>, mut client: TcpStream, mut upstrea
                 }));
             } else if stale_here {
                 std::thread::sleep(SETTLE);
+            }
+        }
+        if let Some(g) = &sh.faults.gate {
+            if line.contains(g.pattern)
+                && sh.gate_matches.fetch_add(1, Ordering::SeqCst) + 1 == g.nth
+            {
+                sh.gated.fetch_add(1, Ordering::SeqCst);
+                let deadline = Instant::now() + g.max_hold;
+                while !sh.gate_open.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
         }
         lock(&conn.pending).push_back(Pending {
@@ -455,6 +513,9 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
                     }
                     Kind::Mute if acknowledged => {}
                     Kind::Pass | Kind::Mute => {
+                        if !sh.faults.delay_states.is_zero() && find(&data, b"\"s ").is_some() {
+                            std::thread::sleep(sh.faults.delay_states);
+                        }
                         let mut out = size_line;
                         out.extend_from_slice(&data);
                         conn.write(&out);
@@ -523,5 +584,91 @@ fn release(sh: &Shared, conn: &Conn, bytes: Vec<u8>) {
             .wait_timeout(hold, Duration::from_millis(10))
             .unwrap_or_else(|e| e.into_inner())
             .0;
+    }
+}
+
+/// A plain relay in front of Webdis that can go down: `down()` breaks
+/// every connection it carries and from then on accepts each new one only
+/// to close it at once, noting when (a server that is gone, whose
+/// connection attempts a test can count and time).
+pub struct SwitchRelay {
+    pub port: u16,
+    pub url: String,
+    down: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+    refused: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl SwitchRelay {
+    pub fn start(target_port: u16) -> SwitchRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let (d, st, l, r) = (down.clone(), stop.clone(), live.clone(), refused.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    lock(&r).push(Instant::now());
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                {
+                    let mut l = lock(&l);
+                    l.push(client.try_clone().unwrap());
+                    l.push(upstream.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        SwitchRelay {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            down,
+            stop,
+            live,
+            refused,
+        }
+    }
+
+    /// Goes down: breaks every connection carried; refuses new ones.
+    pub fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for c in lock(&self.live).drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// When each connection made while down was accepted (and closed).
+    pub fn refused(&self) -> Vec<Instant> {
+        lock(&self.refused).clone()
+    }
+}
+
+impl Drop for SwitchRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.down();
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }

@@ -1,0 +1,340 @@
+//! Tests that prove the guarantees (issue 13): each fails against a
+//! library broken in the one way it names, where a weaker check would not.
+
+mod common;
+
+use common::faults::{FaultRelay, Faults, Gate, SwitchRelay};
+use common::*;
+use missionstream::{Client, Event};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+/// Connects `follower` to `name` on another thread while `during` runs
+/// once `relay`'s gate holds its request; then opens the gate.
+fn connect_across_gate(follower: &Client, name: &str, relay: &FaultRelay, during: impl FnOnce()) {
+    std::thread::scope(|scope| {
+        let joining = scope.spawn(|| follower.connect(name, "pw"));
+        relay.wait_gated(T);
+        during();
+        relay.open_gate();
+        joining.join().unwrap().unwrap();
+    });
+}
+
+/// Late join: the follower subscribes before it reads the snapshot. The
+/// relay holds the follower's SUBSCRIBE while the leader stores a state:
+/// read after the subscription, the snapshot has that state; read before
+/// it (the race the design avoids), the follower would miss the state
+/// until the next publish.
+#[test]
+fn late_joiner_gets_a_state_published_while_it_subscribes() {
+    let s = Servers::start();
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            gate: Some(Gate {
+                pattern: "/SUBSCRIBE/",
+                nth: 1,
+                max_hold: Duration::from_secs(5),
+            }),
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("late-race");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    follower.set_timeout(5000).unwrap();
+    let rec = Recorder::attach(&follower);
+    connect_across_gate(&follower, &name, &relay, || {
+        leader.publish(&name, b"{\"v\":2}").unwrap();
+        leader.flush(&name, 10_000).unwrap();
+    });
+    // Promptly, with nothing published since.
+    rec.wait_state(&name, "{\"v\":2}", Duration::from_secs(2));
+    assert_increasing(&rec.states(&name));
+    assert_eq!(relay.gated(), 1);
+}
+
+/// Ordering: a state published between the subscription's proof and the
+/// snapshot reaches the follower twice: in the snapshot, and on the
+/// subscription after it (the relay passes state messages on 300 ms late),
+/// a stale message with the same seq. It must be delivered once, seqs
+/// strictly rising.
+#[test]
+fn a_state_both_in_the_snapshot_and_on_the_subscription_is_delivered_once() {
+    let s = Servers::start();
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            gate: Some(Gate {
+                pattern: "/ms_snapshot/",
+                nth: 1,
+                max_hold: Duration::from_secs(5),
+            }),
+            delay_states: Duration::from_millis(300),
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("stale-dup");
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    follower.set_timeout(5000).unwrap();
+    let rec = Recorder::attach(&follower);
+    connect_across_gate(&follower, &name, &relay, || {
+        leader.publish(&name, b"{\"v\":1}").unwrap();
+        leader.flush(&name, 10_000).unwrap();
+    });
+    rec.wait_state(&name, "{\"v\":1}", T);
+    leader.publish(&name, b"{\"v\":2}").unwrap();
+    rec.wait_state(&name, "{\"v\":2}", T);
+    let states = rec.states(&name);
+    assert_increasing(&states);
+    assert_eq!(
+        states,
+        seq_states(&[(1, "{\"v\":1}"), (2, "{\"v\":2}")]),
+        "each state once, in order"
+    );
+}
+
+/// ms_disconnect from another thread waits for the callback of that
+/// stream that is running, and nothing of the stream is delivered after
+/// it returns (a state queued behind the slow callback is dropped).
+#[test]
+fn disconnect_waits_for_the_running_callback_and_nothing_follows() {
+    let s = Servers::start();
+    let leader = s.client();
+    let follower = s.client();
+    let name = unique("slow-cb");
+    leader.start(&name, "pw", "code").unwrap();
+    // (what, when): "start"/"end" of the slow callback, else the state.
+    let log: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let l = log.clone();
+    follower.set_callback(Some(Arc::new(move |e: &Event| {
+        let state = e.state.as_ref().map(|s| s.as_str().to_string());
+        if state.as_deref() == Some("{\"slow\":1}") {
+            l.lock().unwrap().push(("start".into(), Instant::now()));
+            std::thread::sleep(Duration::from_millis(500));
+            l.lock().unwrap().push(("end".into(), Instant::now()));
+        } else {
+            let what = state.unwrap_or_else(|| format!("{:?}", e.kind));
+            l.lock().unwrap().push((what, Instant::now()));
+        }
+    })));
+    follower.connect(&name, "pw").unwrap();
+    leader.publish(&name, b"{\"slow\":1}").unwrap();
+    wait_until(T, || log.lock().unwrap().iter().any(|(w, _)| w == "start"));
+    // Queued behind the running callback.
+    leader.publish(&name, b"{\"after\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    follower.disconnect(&name).unwrap();
+    let returned = Instant::now();
+    let at_return = log.lock().unwrap().clone();
+    let ended = at_return.iter().find(|(w, _)| w == "end");
+    assert!(
+        ended.is_some_and(|(_, t)| *t <= returned),
+        "disconnect returned while the callback still ran: {at_return:?}"
+    );
+    leader.publish(&name, b"{\"later\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = log.lock().unwrap().clone();
+    assert!(
+        log.iter().all(|(_, t)| *t <= returned),
+        "delivered after disconnect returned: {log:?}"
+    );
+    assert!(!log
+        .iter()
+        .any(|(w, _)| w.contains("after") || w.contains("later")));
+}
+
+/// The functions refresh a stream's TTL on each publish: a leader that
+/// publishes more often than its heartbeat interval (so it never sends a
+/// heartbeat) keeps its stream alive well past the TTL.
+#[test]
+fn publishing_alone_keeps_a_stream_with_a_ttl_alive() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_heartbeat(500).unwrap();
+    leader.set_stream_ttl(1).unwrap();
+    let name = unique("ttl-publish");
+    leader.start(&name, "pw", "code").unwrap();
+    let key = format!("stream:{name}");
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_millis(3000) {
+        i += 1;
+        leader
+            .publish(&name, format!("{{\"i\":{i}}}").as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let ttl: i64 = s.redis_cli(&["PTTL", &key]).trim().parse().unwrap();
+        assert!(
+            ttl > 0 && ttl <= 1000,
+            "after {:?} of publishing every 100 ms, PTTL {ttl} (stream:{name} with a 1 s TTL)",
+            started.elapsed()
+        );
+    }
+    assert_eq!(s.record_field(&name, "ttl"), "1");
+    assert!(
+        leader.list().unwrap().iter().any(|st| st.name == name),
+        "the stream is listed"
+    );
+    leader.flush(&name, 10_000).unwrap();
+    assert_eq!(s.record_field(&name, "state"), format!("{{\"i\":{i}}}"));
+}
+
+/// ms_publish never does the network round trip on the caller's thread:
+/// with Webdis frozen (SIGSTOP), 1,000 publishes return in a small part of
+/// one request timeout; thawed, the last one is stored.
+#[test]
+fn publish_returns_at_once_while_webdis_is_frozen() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_timeout(3000).unwrap();
+    let name = unique("frozen");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"warm\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    s.signal_webdis("STOP");
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut i = 0;
+    while i < 1000 {
+        let t = Instant::now();
+        let r = leader.publish(&name, format!("{{\"i\":{i}}}").as_bytes());
+        slowest = slowest.max(t.elapsed());
+        if started.elapsed() > Duration::from_secs(1) {
+            // Blocked on the frozen server: fail without waiting for all.
+            break;
+        }
+        if r.is_err() {
+            s.signal_webdis("CONT");
+            panic!("publish {i}: {r:?}");
+        }
+        i += 1;
+    }
+    let took = started.elapsed();
+    let n = i;
+    s.signal_webdis("CONT");
+    assert!(
+        n == 1000,
+        "only {n} publishes in {took:?} (slowest {slowest:?}) to a frozen Webdis; \
+         a request times out after 3 s"
+    );
+    assert!(
+        took < Duration::from_millis(500) && slowest < Duration::from_millis(200),
+        "1000 publishes to a frozen Webdis took {took:?} (slowest {slowest:?}); \
+         a request times out after 3 s"
+    );
+    leader.flush(&name, 10_000).unwrap();
+    assert_eq!(s.record_field(&name, "state"), "{\"i\":999}");
+}
+
+/// Secrets are stored as the salted SHA-1 (hex) of `salt NUL secret`.
+#[test]
+fn secrets_are_stored_as_salted_sha1() {
+    let s = Servers::start();
+    let c = s.client();
+    let name = unique("hashed");
+    let (pw, code) = ("hunter2-password", "leader-code-42");
+    c.start(&name, pw, code).unwrap();
+    let salt = s.record_field(&name, "salt");
+    assert!(
+        salt.len() == 32 && salt.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{salt:?}"
+    );
+    let sha1 = |salt: &str, secret: &str| {
+        s.redis_cli(&[
+            "EVAL",
+            "return redis.sha1hex(ARGV[1] .. '\\0' .. ARGV[2])",
+            "0",
+            salt,
+            secret,
+        ])
+        .trim()
+        .to_string()
+    };
+    let (want_pw, want_code) = (sha1(&salt, pw), sha1(&salt, code));
+    assert_eq!(want_pw.len(), 40, "{want_pw}");
+    assert_eq!(
+        s.record_field(&name, "pw"),
+        want_pw,
+        "pw = sha1(salt NUL pw)"
+    );
+    assert_eq!(
+        s.record_field(&name, "code"),
+        want_code,
+        "code = sha1(salt NUL code)"
+    );
+    // The salt is per stream: the same secrets hash differently.
+    let other = unique("hashed");
+    c.start(&other, pw, code).unwrap();
+    assert_ne!(s.record_field(&other, "salt"), salt);
+    assert_ne!(s.record_field(&other, "pw"), want_pw);
+}
+
+/// A recovering follower retries with capped exponential backoff: the
+/// k-th wait (k from 1) is between half and all of min(100 ms * 2^(k-1),
+/// 5 s). Observed from outside: the relay goes down (breaks the
+/// subscription, then accepts and closes each connection, noting when)
+/// and the attempts' start times are the clusters of those connections
+/// (one attempt may try a few connections within milliseconds).
+#[test]
+fn recovery_attempts_back_off_within_bounds() {
+    let s = Servers::start();
+    let relay = SwitchRelay::start(s.webdis_port);
+    let leader = s.client();
+    let name = unique("backoff");
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    follower.set_timeout(1000).unwrap();
+    let rec = Recorder::attach(&follower);
+    follower.connect(&name, "pw").unwrap();
+    rec.wait(T, |ev| !ev.is_empty());
+    let down = Instant::now();
+    relay.down();
+    // Six waits take at most 100+200+400+800+1600+3200 = 6300 ms.
+    std::thread::sleep(Duration::from_millis(6800));
+    let refused = relay.refused();
+    let mut attempts: Vec<Instant> = Vec::new();
+    let mut last: Option<Instant> = None;
+    for t in refused {
+        if last.is_none_or(|l| t.duration_since(l) > Duration::from_millis(25)) {
+            attempts.push(t);
+        }
+        last = Some(t);
+    }
+    let mut gaps = Vec::new();
+    let mut prev = down;
+    for a in &attempts {
+        gaps.push(a.duration_since(prev));
+        prev = *a;
+    }
+    let ms: Vec<u128> = gaps.iter().map(|g| g.as_millis()).collect();
+    eprintln!("backoff waits: {ms:?} ms");
+    assert!(
+        (6..=7).contains(&attempts.len()),
+        "{} attempts in 6.8 s (waits {ms:?} ms): 6 or 7 expected",
+        attempts.len()
+    );
+    for (k, gap) in gaps.iter().enumerate().take(6) {
+        let step = Duration::from_millis(100 << k).min(Duration::from_secs(5));
+        let (min, max) = (
+            step / 2 - Duration::from_millis(2),
+            step + Duration::from_millis(150),
+        );
+        assert!(
+            *gap >= min && *gap <= max,
+            "wait {} was {gap:?}, not {min:?}..{max:?} (all waits {ms:?} ms)",
+            k + 1
+        );
+    }
+    follower.disconnect(&name).unwrap();
+}
