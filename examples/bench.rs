@@ -3,7 +3,7 @@
 //! `webdis` that this program starts on free loopback ports (never
 //! 6379/7379) and stops at the end.
 //!
-//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6]
+//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8]
 //!
 //! Rows (row 7 is rows 2 and 3 swept over state sizes):
 //!  1. `ms_publish` call cost through the C ABI, 1 KiB state, median and
@@ -1284,6 +1284,63 @@ fn machine() -> String {
     )
 }
 
+impl Bench {
+    // -------------------------------------------------------------- row 8
+
+    /// Wrong passwords one client gets evaluated per second through
+    /// Webdis, as fast as one keep-alive connection goes. Baseline: the
+    /// same requests for a stream that does not exist (MSNOTFOUND, never
+    /// throttled), i.e. how many requests the server answers, which is
+    /// how many guesses it evaluated before throttling.
+    fn row8_guessing(&mut self) {
+        let secs = if self.quick { 1.0 } else { 3.0 };
+        println!("\n[8] wrong passwords per second, one client, one keep-alive connection, {secs} s per side");
+        let name = self.stream_name("guess");
+        let leader = missionstream::Client::new(&self.servers.url).unwrap();
+        leader.start(&name, PASSWORD, CODE).expect("ms_start");
+        let guess = |key: &str| -> (u64, u64, u64) {
+            let path = fcall_path("FCALL", "ms_connect", key);
+            let (req, _) = raw_put(self.port, &path, &frame_body(&[b"not-the-password"]));
+            let mut raw = Raw::connect(self.port);
+            let (mut evaluated, mut throttled, mut absent) = (0, 0, 0);
+            let end = Instant::now() + Duration::from_secs_f64(secs);
+            while Instant::now() < end {
+                let (st, body) = raw.roundtrip(&req);
+                let text = String::from_utf8_lossy(&body);
+                match st {
+                    200 if text.contains("MSBADPASSWORD") => evaluated += 1,
+                    200 if text.contains("MSTHROTTLED") => throttled += 1,
+                    200 if text.contains("MSNOTFOUND") => absent += 1,
+                    _ => panic!("guess: {st} {text}"),
+                }
+            }
+            (evaluated, throttled, absent)
+        };
+        let (_, _, answered) = guess(&format!("stream:{name}-absent"));
+        let (evaluated, throttled, _) = guess(&format!("stream:{name}"));
+        let before = answered as f64 / secs;
+        let after = evaluated as f64 / secs;
+        println!(
+            "  unthrottled (no such stream): {answered} requests answered; throttled stream: {evaluated} guesses evaluated, {throttled} refused (MSTHROTTLED)"
+        );
+        self.row(
+            "8. wrong passwords evaluated/s, one client",
+            format!("{after:.1}/s"),
+            format!("{before:.0}/s answered unthrottled"),
+            format!("{:.4}", after / before.max(1.0)),
+            "(info) guessing throttled",
+            // A burst of 5 per lock, the locks growing to 4 s: a few a
+            // second in the first seconds, about one later.
+            if after * 100.0 <= before {
+                "throttled (≤ 1 % of unthrottled)"
+            } else {
+                "NOT THROTTLED"
+            },
+        );
+        let _ = leader.stop(&name);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -1292,7 +1349,7 @@ fn main() {
         .position(|a| a == "--rows")
         .and_then(|i| args.get(i + 1))
         .map(|r| r.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| (1..=7).collect());
+        .unwrap_or_else(|| (1..=8).collect());
     let want = |r: u32| rows.contains(&r);
     now_ns();
     let started = Instant::now();
@@ -1344,6 +1401,9 @@ fn main() {
     }
     if want(6) {
         b.row6_cycles();
+    }
+    if want(8) {
+        b.row8_guessing();
     }
 
     println!(
