@@ -300,12 +300,8 @@ impl FollowThread {
             delivery
                 .leader_offline
                 .store(live.offline(), Ordering::SeqCst);
-            if let Some(cause) = lost {
-                self.lose(cause, &mut sub, &mut job, &mut live);
-                retry_at = Some(Instant::now() + backoff.next());
-                continue;
-            }
-            if sub.is_none() && job.is_none() && retry_at.is_none_or(|t| now >= t) {
+            if lost.is_none() && sub.is_none() && job.is_none() && retry_at.is_none_or(|t| now >= t)
+            {
                 retry_at = None;
                 let l = link.clone();
                 match Job::spawn(self.session, None, move || {
@@ -315,117 +311,108 @@ impl FollowThread {
                     Err(_) => retry_at = Some(now + backoff.next()),
                 }
             }
-            let mut wake = live.next_wake(now);
-            if let Some(t) = retry_at {
-                wake = wake.min(t);
+            if lost.is_none() {
+                let mut wake = live.next_wake(now);
+                if let Some(t) = retry_at {
+                    wake = wake.min(t);
+                }
+                let left = wake.saturating_duration_since(now);
+                let sub_rx = sub.as_ref().map(|s| &s.rx);
+                let job_rx = job.as_ref().map(|j| &j.rx);
+                let never_sub = never();
+                let never_job = never();
+                select! {
+                    recv(link.wake) -> _ => return End::Cancelled,
+                    recv(sub_rx.unwrap_or(&never_sub)) -> m => {
+                        let now = Instant::now();
+                        let Some(s) = &sub else { continue };
+                        match m {
+                            Ok(Incoming::Item(SubscriptionItem::Message { payload, .. })) => {
+                                // Bytes up to here are accounted for by this message.
+                                seen_progress = s.progress.load(Ordering::Relaxed);
+                                match protocol::parse_channel_message(payload) {
+                                    Some(ChannelMessage::State { seq, state, .. }) => {
+                                        delivery.state(seq, state);
+                                        self.decide(live.heard(now, true));
+                                    }
+                                    Some(ChannelMessage::Heartbeat { interval_ms }) => {
+                                        live.set_interval(Duration::from_millis(interval_ms.max(1)));
+                                        self.decide(live.heard(now, true));
+                                    }
+                                    Some(ChannelMessage::Probe { nonce }) => {
+                                        live.probe_echo(&nonce);
+                                        live.heard(now, false);
+                                    }
+                                    Some(ChannelMessage::Ended) => return End::Ended,
+                                    None => {
+                                        live.heard(now, false);
+                                    }
+                                }
+                            }
+                            Ok(Incoming::Item(_)) => {
+                                live.heard(now, false);
+                            }
+                            Ok(Incoming::Closed(e)) => lost = Some(e),
+                            Err(_) => {
+                                lost = Some(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed"))
+                            }
+                        }
+                    }
+                    recv(job_rx.unwrap_or(&never_job)) -> r => {
+                        job = None;
+                        match r {
+                            Ok(JobResult::Probe(_, Ok(0))) => {
+                                lost = Some(Error::new(
+                                    Status::MS_ERR_TIMEOUT,
+                                    "the subscription is gone from Redis (a probe reached no subscriber)",
+                                ))
+                            }
+                            // The echo, or its absence, decides from now on.
+                            Ok(JobResult::Probe(token, Ok(_))) => {
+                                live.probe_published(&token, Instant::now());
+                            }
+                            Ok(JobResult::Probe(_, Err(e))) if !e.status.is_transient() => return End::Ended,
+                            // Webdis or Redis is unreachable: the subscription
+                            // cannot be trusted either.
+                            Ok(JobResult::Probe(_, Err(e))) => lost = Some(e),
+                            Ok(JobResult::Recovered(Ok((s, snap)))) => {
+                                backoff.reset();
+                                self.emit(Event::new(
+                                    EventKind::MS_EVENT_RECONNECTED,
+                                    &self.name,
+                                    Status::MS_OK,
+                                ));
+                                delivery.state(snap.seq, snap.state);
+                                live.set_interval(snap.hb);
+                                live.subscribed(Instant::now());
+                                seen_progress = s.progress.load(Ordering::Relaxed);
+                                seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
+                                sub = Some(s);
+                                delivery.direct.store(true, Ordering::SeqCst);
+                            }
+                            Ok(JobResult::Recovered(Err(_))) if link.cancelled() => return End::Cancelled,
+                            Ok(JobResult::Recovered(Err(e))) if !e.status.is_transient() => return End::Ended,
+                            Ok(JobResult::Recovered(Err(e))) => {
+                                crate::debug_log!(
+                                    "follow {}: recovery failed: {}",
+                                    self.session,
+                                    e.message
+                                );
+                                retry_at = Some(Instant::now() + backoff.next());
+                            }
+                            Err(_) => retry_at = Some(Instant::now() + backoff.next()),
+                        }
+                    }
+                    default(left) => {}
+                }
             }
-            let left = wake.saturating_duration_since(now);
-            let sub_rx = sub.as_ref().map(|s| &s.rx);
-            let job_rx = job.as_ref().map(|j| &j.rx);
-            let never_sub = never();
-            let never_job = never();
-            select! {
-                recv(link.wake) -> _ => return End::Cancelled,
-                recv(sub_rx.unwrap_or(&never_sub)) -> m => {
-                    let now = Instant::now();
-                    let Some(s) = &sub else { continue };
-                    match m {
-                        Ok(Incoming::Item(SubscriptionItem::Message { payload, .. })) => {
-                            // Bytes up to here are accounted for by this message.
-                            seen_progress = s.progress.load(Ordering::Relaxed);
-                            match protocol::parse_channel_message(payload) {
-                                Some(ChannelMessage::State { seq, state, .. }) => {
-                                    delivery.state(seq, state);
-                                    self.decide(live.heard(now, true));
-                                }
-                                Some(ChannelMessage::Heartbeat { interval_ms }) => {
-                                    live.set_interval(Duration::from_millis(interval_ms.max(1)));
-                                    self.decide(live.heard(now, true));
-                                }
-                                Some(ChannelMessage::Probe { nonce }) => {
-                                    live.probe_echo(&nonce);
-                                    live.heard(now, false);
-                                }
-                                Some(ChannelMessage::Ended) => return End::Ended,
-                                None => {
-                                    live.heard(now, false);
-                                }
-                            }
-                        }
-                        Ok(Incoming::Item(_)) => {
-                            live.heard(now, false);
-                        }
-                        Ok(Incoming::Closed(e)) => {
-                            if link.cancelled() {
-                                return End::Cancelled;
-                            }
-                            self.lose(e, &mut sub, &mut job, &mut live);
-                            retry_at = Some(Instant::now() + backoff.next());
-                        }
-                        Err(_) => {
-                            if link.cancelled() {
-                                return End::Cancelled;
-                            }
-                            let e = Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed");
-                            self.lose(e, &mut sub, &mut job, &mut live);
-                            retry_at = Some(Instant::now() + backoff.next());
-                        }
-                    }
+            // One place for a lost subscription, wherever it was found.
+            if let Some(cause) = lost {
+                if link.cancelled() {
+                    return End::Cancelled;
                 }
-                recv(job_rx.unwrap_or(&never_job)) -> r => {
-                    job = None;
-                    match r {
-                        Ok(JobResult::Probe(_, Ok(0))) => {
-                            let e = Error::new(
-                                Status::MS_ERR_TIMEOUT,
-                                "the subscription is gone from Redis (a probe reached no subscriber)",
-                            );
-                            self.lose(e, &mut sub, &mut job, &mut live);
-                            retry_at = Some(Instant::now() + backoff.next());
-                        }
-                        // The echo, or its absence, decides from now on.
-                        Ok(JobResult::Probe(token, Ok(_))) => {
-                            live.probe_published(&token, Instant::now());
-                        }
-                        Ok(JobResult::Probe(_, Err(e))) if !e.status.is_transient() => return End::Ended,
-                        Ok(JobResult::Probe(_, Err(e))) => {
-                            if link.cancelled() {
-                                return End::Cancelled;
-                            }
-                            // Webdis or Redis is unreachable: the
-                            // subscription cannot be trusted either.
-                            self.lose(e, &mut sub, &mut job, &mut live);
-                            retry_at = Some(Instant::now() + backoff.next());
-                        }
-                        Ok(JobResult::Recovered(Ok((s, snap)))) => {
-                            backoff.reset();
-                            self.emit(Event::new(
-                                EventKind::MS_EVENT_RECONNECTED,
-                                &self.name,
-                                Status::MS_OK,
-                            ));
-                            delivery.state(snap.seq, snap.state);
-                            live.set_interval(snap.hb);
-                            live.subscribed(Instant::now());
-                            seen_progress = s.progress.load(Ordering::Relaxed);
-                            seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
-                            sub = Some(s);
-                            delivery.direct.store(true, Ordering::SeqCst);
-                        }
-                        Ok(JobResult::Recovered(Err(_))) if link.cancelled() => return End::Cancelled,
-                        Ok(JobResult::Recovered(Err(e))) if !e.status.is_transient() => return End::Ended,
-                        Ok(JobResult::Recovered(Err(e))) => {
-                            crate::debug_log!(
-                                "follow {}: recovery failed: {}",
-                                self.session,
-                                e.message
-                            );
-                            retry_at = Some(Instant::now() + backoff.next());
-                        }
-                        Err(_) => retry_at = Some(Instant::now() + backoff.next()),
-                    }
-                }
-                default(left) => {}
+                self.lose(cause, &mut sub, &mut job, &mut live);
+                retry_at = Some(Instant::now() + backoff.next());
             }
         }
     }
@@ -474,10 +461,6 @@ impl FollowThread {
             Some(Decision::Online) => EventKind::MS_EVENT_LEADER_ONLINE,
             _ => return,
         };
-        self.link
-            .delivery
-            .leader_offline
-            .store(kind == EventKind::MS_EVENT_LEADER_OFFLINE, Ordering::SeqCst);
         self.emit(Event::new(kind, &self.name, Status::MS_OK));
     }
 
