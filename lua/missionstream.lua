@@ -231,22 +231,22 @@ local function verify(nonce, key, rec, secret, stored, code, text)
   return fail(code, nonce, text)
 end
 
--- Loads the record of a leader and checks its channel, then its leader code.
-local function load_leader(nonce, key, code, channel)
-  local rec = load(key)
-  if not rec or rec.channel ~= channel then return nil, not_found(nonce) end
-  local e = verify(nonce, key, rec, code, rec.code, 'MSBADCODE', 'wrong leader code')
-  if e then return nil, e end
-  return rec
-end
-
--- Loads the record of a follower who knows the channel (given by
+-- Loads the record of a caller who knows the channel (given by
 -- ms_connect to holders of the password): a 128-bit secret, so no guess
 -- is worth throttling and the check needs no write (read-only, so it runs
 -- on a replica too).
 local function load_by_channel(nonce, key, channel)
   local rec = load(key)
   if not rec or rec.channel ~= channel then return nil, not_found(nonce) end
+  return rec
+end
+
+-- Loads the record of a leader and checks its channel, then its leader code.
+local function load_leader(nonce, key, code, channel)
+  local rec, e = load_by_channel(nonce, key, channel)
+  if not rec then return nil, e end
+  e = verify(nonce, key, rec, code, rec.code, 'MSBADCODE', 'wrong leader code')
+  if e then return nil, e end
   return rec
 end
 
