@@ -28,7 +28,7 @@ Channel messages (payloads published on the stream's channel):
     "e"                               the stream was stopped
 ]]
 
-local PROTOCOL = '3'
+local PROTOCOL = '4'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -66,6 +66,8 @@ end
 local MAX_NAME = 256
 local MAX_SECRET = 1024
 local MAX_STATE = 8 * 1024 * 1024
+-- Largest seq floor a leader may send (12 digits).
+local MAX_SEQ = 999999999999
 local RECORD_PREFIX = 'stream:'
 
 -- Whether s is valid UTF-8 (no overlong forms, no surrogates), in C speed
@@ -319,7 +321,7 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
            redis.call('HGET', keys[1], 'state') }
 end }
 
--- ms_publish KEYS: record  ARGV: version, nonce, publish_id, body[code, channel, state]
+-- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, body[code, channel, state]
 --   -> [nonce, seq, stored publish id]
 -- Stores the state and broadcasts it in one atomic call. The publish id is
 -- 32 lowercase hex digits: a random token of the lead (16), then the
@@ -329,13 +331,18 @@ end }
 -- answers the stored seq and id and stores and broadcasts nothing: a
 -- stream never goes back to an older state of the same lead. The id in the
 -- reply is that of the state now stored, so it is never below the request's.
+-- The floor is the highest seq a follower may have seen from this lead: the
+-- state is stored with a seq above both the record's and the floor, so that
+-- after a failover that lost writes, seq still never goes back.
 redis.register_function('ms_publish', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 4, fields = 3 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 5, fields = 3 })
   if not nonce then return err end
   local id = args[3]
   if not is_hex(id, 32) then
     return fail('MSARG', nonce, 'malformed publish id (32 lowercase hex digits: lead token, then counter)')
   end
+  local floor = integer(args[4], 0, MAX_SEQ)
+  if not floor then return fail('MSARG', nonce, 'malformed seq floor (an integer, 0 to 999999999999)') end
   local why = bad_secrets(nil, f[1])
   if why then return fail('MSARG', nonce, why) end
   local state = f[3]
@@ -348,7 +355,7 @@ redis.register_function('ms_publish', function(keys, args)
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
-  local seq = rec.seq + 1
+  local seq = math.max(rec.seq, floor) + 1
   local updated = now_ms()
   redis.call('HSET', key, 'state', f[3], 'seq', seq, 'updated_ms', updated, 'pub', id)
   touch(key, rec)
@@ -356,7 +363,10 @@ redis.register_function('ms_publish', function(keys, args)
   return { nonce, seq, id }
 end)
 
--- ms_heartbeat KEYS: record  ARGV: version, nonce, hb_ms, body[code, channel] -> [nonce]
+-- ms_heartbeat KEYS: record  ARGV: version, nonce, hb_ms, body[code, channel]
+--   -> [nonce, seq, stored publish id ("" before the first publish)]
+-- The leader compares them with its last stored publish: after a failover
+-- that lost it, the leader publishes its newest state again.
 redis.register_function('ms_heartbeat', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 4, fields = 2 })
   if not nonce then return err end
@@ -367,7 +377,7 @@ redis.register_function('ms_heartbeat', function(keys, args)
   if not rec then return e end
   touch(keys[1], rec)
   redis.call('PUBLISH', rec.channel, 'h ' .. hb)
-  return { nonce }
+  return { nonce, rec.seq, rec.pub or '' }
 end)
 
 -- ms_probe KEYS: record  ARGV: version, nonce, probe, body[channel] -> [nonce, channel, receivers]
@@ -427,3 +437,24 @@ redis.register_function('ms_list', function(keys, args)
   end
   return out
 end)
+
+-- ms_subscribers KEYS: index  ARGV: version, nonce
+--   -> flat [nonce, name, followers, name, ...]
+-- The followers subscribed on this node, per live stream. Read-only, so it
+-- runs on a replica: PUBSUB NUMSUB counts only the node's own subscribers,
+-- so a client of a replicated deployment sums ms_list on the primary and
+-- ms_subscribers on every replica.
+redis.register_function{ function_name = 'ms_subscribers', flags = { 'no-writes' }, callback = function(keys, args)
+  local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 2 })
+  if not nonce then return err end
+  local out = { nonce }
+  for _, name in ipairs(redis.call('SMEMBERS', keys[1])) do
+    local channel = not bad_name(name) and redis.call('HGET', RECORD_PREFIX .. name, 'channel')
+    if channel then
+      local subs = redis.call('PUBSUB', 'NUMSUB', channel)
+      out[#out + 1] = name
+      out[#out + 1] = tonumber(subs[2])
+    end
+  end
+  return out
+end }

@@ -12,9 +12,9 @@ use crate::dispatch::{Callback, Dispatcher};
 use crate::error::{Error, Result, Status};
 use crate::follower::Follow;
 use crate::leader::{Lead, LeadIdentity};
+use crate::nodes::{Endpoints, Nodes};
 use crate::protocol::{self, INDEX_KEY};
 use crate::session::{key_of, Config, EndHook, Hooks};
-use crate::transport::{Endpoint, Webdis};
 use crate::util::{lock, random_hex};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -69,7 +69,7 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 pub struct Client {
     config: Arc<Config>,
     /// Connections for the calls made on the caller's threads.
-    control: Webdis,
+    control: Nodes,
     leads: Registry<Arc<Lead>>,
     follows: Registry<Arc<Follow>>,
     hooks: Hooks,
@@ -81,9 +81,10 @@ fn c_name(name: &str) -> Arc<CString> {
 }
 
 impl Client {
-    /// A client of the Webdis at `url`; no I/O.
+    /// A client of the Webdis at `url`, or of the comma-separated Webdis
+    /// URLs of a replicated deployment (one per Redis node); no I/O.
     pub fn new(url: &str) -> Result<Client> {
-        let endpoint = Arc::new(Endpoint::parse(url)?);
+        let endpoints = Arc::new(Endpoints::parse(url)?);
         let dispatcher = Dispatcher::new().map_err(|e| {
             Error::new(
                 Status::MS_ERR_INTERNAL,
@@ -99,7 +100,7 @@ impl Client {
         };
         Ok(Client {
             config: Arc::new(Config::default()),
-            control: Webdis::new(endpoint),
+            control: Nodes::new(endpoints),
             leads,
             follows,
             hooks,
@@ -156,7 +157,7 @@ impl Client {
     pub fn set_tls_ca_file(&self, path: &std::path::Path) -> Result<()> {
         let certs = crate::transport::load_ca_file(path)?;
         self.control
-            .endpoint_arc()
+            .endpoints()
             .set_tls_roots(certs, path.display().to_string());
         Ok(())
     }
@@ -187,7 +188,7 @@ impl Client {
         })
     }
 
-    fn begin_lead(&self, name: &str, code: &str, channel: String) -> Result<()> {
+    fn begin_lead(&self, name: &str, code: &str, channel: String, seq: u64) -> Result<()> {
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         self.hooks.dispatcher.register(session);
         let lead = Lead::spawn(
@@ -197,8 +198,9 @@ impl Client {
                 key: key_of(name),
                 code: code.to_string(),
                 channel,
+                seq,
             },
-            Webdis::new(self.control.endpoint_arc()),
+            Nodes::new(self.control.endpoints().clone()),
             self.config.clone(),
             self.hooks.clone(),
         )?;
@@ -249,6 +251,7 @@ impl Client {
                 if self
                     .reconnect_channel(name, password, leader_code)
                     .ok()
+                    .map(|(c, _)| c)
                     .as_deref()
                     != Some(channel.as_str())
                 {
@@ -260,7 +263,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         }
-        self.begin_lead(name, leader_code, channel)
+        self.begin_lead(name, leader_code, channel, 0)
     }
 
     /// Takes up leading an existing stream; its state is kept.
@@ -269,12 +272,18 @@ impl Client {
         protocol::check_password(password)?;
         protocol::check_leader_code(leader_code)?;
         self.check_not_leading(name)?;
-        let channel = self.reconnect_channel(name, password, leader_code)?;
-        self.begin_lead(name, leader_code, channel)
+        let (channel, seq) = self.reconnect_channel(name, password, leader_code)?;
+        self.begin_lead(name, leader_code, channel, seq)
     }
 
-    /// Checks a leader's credentials with ms_reconnect; returns the channel.
-    fn reconnect_channel(&self, name: &str, password: &str, leader_code: &str) -> Result<String> {
+    /// Checks a leader's credentials with ms_reconnect; returns the channel
+    /// and the seq.
+    fn reconnect_channel(
+        &self,
+        name: &str,
+        password: &str,
+        leader_code: &str,
+    ) -> Result<(String, u64)> {
         let body = protocol::frame_body(&[password.as_bytes(), leader_code.as_bytes()]);
         let hb = self.config.heartbeat().as_millis().to_string();
         let ttl = self.config.stream_ttl_s().to_string();
@@ -287,8 +296,8 @@ impl Client {
             self.config.timeout(),
         )?;
         match reply {
-            Value::Array(a) if a.len() == 2 => match &a[0] {
-                Value::String(c) => Ok(c.clone()),
+            Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
+                (Value::String(c), Some(seq)) => Ok((c.clone(), seq)),
                 _ => Err(protocol::protocol_error("ms_reconnect")),
             },
             _ => Err(protocol::protocol_error("ms_reconnect")),
@@ -404,18 +413,17 @@ impl Client {
         Ok(())
     }
 
-    /// The live streams.
+    /// The live streams. With several endpoints, the followers of each
+    /// stream are summed over every node (Redis counts only the
+    /// subscribers of its own node); a node that does not answer in time
+    /// adds none.
     pub fn list(&self) -> Result<Vec<StreamInfo>> {
-        let reply = self.control.fcall(
-            false,
-            "ms_list",
-            &[INDEX_KEY],
-            &[],
-            b"",
-            self.config.timeout(),
-        )?;
+        let timeout = self.config.timeout();
+        let answered =
+            self.control
+                .fcall_answered(false, "ms_list", &[INDEX_KEY], &[], b"", timeout);
         let bad = || protocol::protocol_error("ms_list");
-        let items = match reply {
+        let items = match answered.result? {
             Value::Array(a) if a.len() % 4 == 0 => a,
             _ => return Err(bad()),
         };
@@ -436,8 +444,47 @@ impl Client {
                 None => crate::debug_log!("ms_list: skipped an entry it cannot read: {rec:?}"),
             }
         }
+        let others: Vec<usize> = (0..self.control.endpoints().len())
+            .filter(|&n| n != answered.node)
+            .collect();
+        if !others.is_empty() {
+            let counts: Vec<Vec<(String, u64)>> = std::thread::scope(|s| {
+                let asks: Vec<_> = others
+                    .iter()
+                    .map(|&node| s.spawn(move || self.subscribers_on(node, timeout)))
+                    .collect();
+                asks.into_iter()
+                    .map(|a| a.join().unwrap_or_default())
+                    .collect()
+            });
+            for (name, n) in counts.into_iter().flatten() {
+                if let Some(info) = out.iter_mut().find(|i| i.name == name) {
+                    info.followers = (info.followers as u64 + n).min(u32::MAX as u64) as u32;
+                }
+            }
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+
+    /// The followers of each stream subscribed on node `node`
+    /// (ms_subscribers); none when it does not answer.
+    fn subscribers_on(&self, node: usize, timeout: Duration) -> Vec<(String, u64)> {
+        let reply =
+            self.control
+                .node(node)
+                .fcall(true, "ms_subscribers", &[INDEX_KEY], &[], b"", timeout);
+        let items = match reply {
+            Ok(Value::Array(a)) if a.len() % 2 == 0 => a,
+            other => {
+                crate::debug_log!("ms_subscribers at {}: {other:?}", self.control.base(node));
+                return Vec::new();
+            }
+        };
+        items
+            .chunks(2)
+            .filter_map(|r| Some((r[0].as_str()?.to_string(), protocol::as_u64(&r[1])?)))
+            .collect()
     }
 
     /// Number of events waiting for the callback (for tests and benches).

@@ -9,9 +9,9 @@
 use crate::backoff::Backoff;
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
+use crate::nodes::Nodes;
 use crate::protocol;
 use crate::session::{Config, Hooks};
-use crate::transport::Webdis;
 use crate::util::{lock, random_hex};
 use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex};
@@ -24,6 +24,8 @@ pub struct LeadIdentity {
     pub key: String,
     pub code: String,
     pub channel: String,
+    /// The stream's seq when the lead began.
+    pub seq: u64,
 }
 
 struct State {
@@ -72,7 +74,7 @@ pub struct Lead {
     /// `"<len code> <len channel>\n<code><channel>"`: the body before the state.
     body_prefix: Vec<u8>,
     shared: Arc<Shared>,
-    conn: Webdis,
+    conn: Nodes,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -80,7 +82,7 @@ impl Lead {
     pub fn spawn(
         session: u64,
         identity: LeadIdentity,
-        conn: Webdis,
+        conn: Nodes,
         config: Arc<Config>,
         hooks: Hooks,
     ) -> Result<Arc<Lead>> {
@@ -103,6 +105,7 @@ impl Lead {
         });
         let publisher = LeadThread {
             session,
+            acked_seq: identity.seq,
             publish_token: random_hex(8)?,
             identity: identity.clone(),
             shared: shared.clone(),
@@ -260,26 +263,47 @@ enum Action {
 
 struct LeadThread {
     session: u64,
+    /// The highest seq a reply to this lead's publishes named.
+    acked_seq: u64,
     /// Random, per lead: the first half of every publish id.
     publish_token: String,
     identity: Arc<LeadIdentity>,
     shared: Arc<Shared>,
-    conn: Webdis,
+    conn: Nodes,
     config: Arc<Config>,
     hooks: Hooks,
 }
 
 impl LeadThread {
-    fn run(self) {
+    fn run(mut self) {
         let mut last_sent = Instant::now();
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Backoff::new(self.session);
+        // The newest stored state (its framed body), sent again if a
+        // failover lost it.
+        let mut last_stored: Option<Vec<u8>> = None;
+        // Publishes sent since the last reply naming a seq: each may have
+        // been stored (and seen by followers) without its reply coming.
+        let mut unanswered = 0u64;
+        let mut last_generation_sent = 0u64;
+        // The write endpoint moved: check at once that the newest stored
+        // state is still there.
+        let mut moves = self.conn.endpoints().moves();
+        let mut check_now = false;
         loop {
-            let action = self.next_action(last_sent, retry_at);
+            let action = self.next_action(last_sent, retry_at, check_now);
+            check_now = false;
             let timeout = self.config.timeout();
             let result = match &action {
                 Action::Exit => return,
                 Action::Publish(generation, body) => {
+                    if *generation != last_generation_sent {
+                        last_generation_sent = *generation;
+                        unanswered += 1;
+                    }
+                    // Above any seq a follower may have seen from this lead:
+                    // the last one named, and one per publish sent since.
+                    let floor = (self.acked_seq + unanswered - 1).to_string();
                     // Token and counter: a repeat of this request (its
                     // response lost) or an abandoned older one arriving
                     // late is recognised by the functions and not stored.
@@ -289,11 +313,16 @@ impl LeadThread {
                             false,
                             "ms_publish",
                             &[&self.identity.key],
-                            &[&id],
+                            &[&id, &floor],
                             body,
                             timeout,
                         )
                         .and_then(|reply| stored_at_or_after(&reply, &id))
+                        .map(|seq| {
+                            self.acked_seq = self.acked_seq.max(seq);
+                            unanswered = 0;
+                            false
+                        })
                 }
                 Action::Heartbeat => {
                     let hb = self.config.heartbeat().as_millis().to_string();
@@ -310,16 +339,40 @@ impl LeadThread {
                             &body,
                             timeout,
                         )
-                        .map(|_| ())
+                        .and_then(|reply| stored_seq(&reply))
+                        // The record holds an older state than one stored
+                        // for this lead: a failover lost it.
+                        .map(|seq| seq < self.acked_seq)
                 }
             };
             last_sent = Instant::now();
+            let moved = self.conn.endpoints().moves();
+            if moved != moves {
+                moves = moved;
+                check_now = !matches!(action, Action::Heartbeat);
+            }
             let mut st = lock(&self.shared.state);
             st.busy = false;
             match result {
-                Ok(()) => {
-                    if let Action::Publish(generation, _) = action {
-                        st.stored = st.stored.max(generation);
+                Ok(lost) => {
+                    match action {
+                        Action::Publish(generation, body) => {
+                            st.stored = st.stored.max(generation);
+                            last_stored = Some(body);
+                        }
+                        Action::Heartbeat if lost => {
+                            crate::debug_log!(
+                                "lead {}: the stored state went back (a failover lost it): publishing the newest again",
+                                self.session
+                            );
+                            if st.pending.is_none() {
+                                if let Some(body) = &last_stored {
+                                    st.published += 1;
+                                    st.pending = Some((st.published, body.clone()));
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                     st.failing = None;
                     retry_at = None;
@@ -375,7 +428,12 @@ impl LeadThread {
     }
 
     /// Waits for something to do and marks the publisher busy.
-    fn next_action(&self, last_sent: Instant, retry_at: Option<Instant>) -> Action {
+    fn next_action(
+        &self,
+        last_sent: Instant,
+        retry_at: Option<Instant>,
+        check_now: bool,
+    ) -> Action {
         let mut st = lock(&self.shared.state);
         loop {
             let now = Instant::now();
@@ -394,7 +452,8 @@ impl LeadThread {
                     st.busy = true;
                     return Action::Publish(generation, body);
                 }
-                if st.closing.is_none() && now >= last_sent + self.config.heartbeat() {
+                if st.closing.is_none() && (check_now || now >= last_sent + self.config.heartbeat())
+                {
                     st.busy = true;
                     return Action::Heartbeat;
                 }
@@ -421,20 +480,31 @@ impl LeadThread {
 
 /// Checks the reply to ms_publish `[seq, stored publish id]`: the state
 /// now stored is the one of publish id `id` or a later one of this lead.
-/// Only then does it count as stored (ms_flush relies on it).
-fn stored_at_or_after(reply: &serde_json::Value, id: &str) -> Result<()> {
+/// Only then does it count as stored (ms_flush relies on it). Returns the
+/// seq.
+fn stored_at_or_after(reply: &serde_json::Value, id: &str) -> Result<u64> {
     let stored = match reply {
-        serde_json::Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[0]).is_some() => {
-            a[1].as_str()
-        }
+        serde_json::Value::Array(a) if a.len() == 2 => protocol::as_u64(&a[0]).zip(a[1].as_str()),
         _ => None,
     };
     match stored {
         // Same lead token, counter not below ours (fixed width: text order
         // is number order).
-        Some(p) if p.len() == id.len() && p.as_bytes()[..16] == id.as_bytes()[..16] && p >= id => {
-            Ok(())
+        Some((seq, p))
+            if p.len() == id.len() && p.as_bytes()[..16] == id.as_bytes()[..16] && p >= id =>
+        {
+            Ok(seq)
         }
         _ => Err(protocol::protocol_error("ms_publish")),
+    }
+}
+
+/// The seq of the reply to ms_heartbeat `[seq, stored publish id]`.
+fn stored_seq(reply: &serde_json::Value) -> Result<u64> {
+    match reply {
+        serde_json::Value::Array(a) if a.len() == 2 && a[1].is_string() => {
+            protocol::as_u64(&a[0]).ok_or_else(|| protocol::protocol_error("ms_heartbeat"))
+        }
+        _ => Err(protocol::protocol_error("ms_heartbeat")),
     }
 }

@@ -30,6 +30,7 @@ mod follower;
 mod http;
 mod leader;
 mod liveness;
+mod nodes;
 pub mod protocol;
 mod session;
 mod transport;

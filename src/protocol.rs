@@ -6,7 +6,7 @@ use crate::error::{Error, Result, Status};
 use serde_json::Value;
 
 /// Version of the protocol between this library and lua/missionstream.lua.
-pub const PROTOCOL_VERSION: &str = "3";
+pub const PROTOCOL_VERSION: &str = "4";
 /// Longest stream name, in bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest password or leader code, in bytes.
@@ -214,15 +214,14 @@ pub fn redis_error(text: &str) -> Error {
             ),
             )
         }
-        _ if text.starts_with("LOADING")
-            || text.starts_with("BUSY")
-            || text.starts_with("MASTERDOWN") =>
-        {
-            Error::new(
-                Status::MS_ERR_UNAVAILABLE,
-                format!("Redis is not ready: {text}"),
-            )
-        }
+        _ if text.starts_with("READONLY") => Error::new(
+            Status::MS_ERR_UNAVAILABLE,
+            format!("this Redis is a read-only replica, not the primary: {text}"),
+        ),
+        _ if refusal_of(text).is_some() => Error::new(
+            Status::MS_ERR_UNAVAILABLE,
+            format!("Redis is not ready: {text}"),
+        ),
         _ => Error::new(Status::MS_ERR_SERVER, format!("Redis error: {text}")),
     }
 }
@@ -247,6 +246,34 @@ pub enum Answer {
     /// reply to the command at all): Webdis wrote it to the wrong socket.
     /// Says what it is.
     NotOurs(String),
+    /// The node did not run the call, for a reason another node (or the
+    /// same one a moment later) may not have: the error, and why.
+    Refused(Refusal, Error),
+}
+
+/// Why a node did not run a call (see `Answer::Refused`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its Redis is a read-only replica (`READONLY`): writes go to the
+    /// primary.
+    Replica,
+    /// Its Redis cannot take the call just now: loading its data
+    /// (`LOADING`), cut from its primary (`MASTERDOWN`), short of
+    /// replicas for `min-replicas-to-write` (`NOREPLICAS`), busy with a
+    /// script (`BUSY`), or asking to try again (`TRYAGAIN`).
+    NotReady,
+    /// Webdis cannot reach its Redis (HTTP 503 and other 5xx).
+    Down,
+}
+
+/// The refusal a Redis error stands for, if it is one.
+pub fn refusal_of(text: &str) -> Option<Refusal> {
+    let code = text.split(' ').next().unwrap_or("");
+    match code {
+        "READONLY" => Some(Refusal::Replica),
+        "LOADING" | "MASTERDOWN" | "NOREPLICAS" | "BUSY" | "TRYAGAIN" => Some(Refusal::NotReady),
+        _ => None,
+    }
 }
 
 /// Interprets a Webdis reply to a function call that carried `nonce`: the
@@ -254,6 +281,9 @@ pub enum Answer {
 /// of their errors (`-` when they could not read it; MSVERSION names none).
 pub fn function_reply(command: &str, http_status: u16, body: &[u8], nonce: &str) -> Answer {
     if let Some(e) = status_error(command, http_status) {
+        if http_status >= 500 {
+            return Answer::Refused(Refusal::Down, e);
+        }
         return Answer::Ours(Err(e));
     }
     let value = match json_value(command, body) {
@@ -270,6 +300,9 @@ pub fn function_reply(command: &str, http_status: u16, body: &[u8], nonce: &str)
             }
             let rest = words.next().unwrap_or("");
             return Answer::Ours(Err(redis_error(&format!("{code} {rest}"))));
+        }
+        if let Some(why) = refusal_of(text) {
+            return Answer::Refused(why, redis_error(text));
         }
         return Answer::Ours(Err(redis_error(text)));
     }
@@ -679,6 +712,7 @@ mod tests {
         let ours = |body: &[u8]| match function_reply("FCALL", 200, body, "n1") {
             Answer::Ours(r) => Some(r),
             Answer::NotOurs(_) => None,
+            Answer::Refused(why, e) => panic!("refused ({why:?}): {e}"),
         };
         // A value: the nonce first, stripped.
         assert_eq!(
@@ -718,9 +752,33 @@ mod tests {
 {"
         )
         .is_none());
+        // A node that did not run the call says why: another node may.
+        let refused = |body: &[u8]| match function_reply("FCALL", 200, body, "n1") {
+            Answer::Refused(why, e) => (why, e.status),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            refused(
+                br#"{"FCALL":[false,"READONLY You can't write against a read only replica."]}"#
+            ),
+            (Refusal::Replica, Status::MS_ERR_UNAVAILABLE)
+        );
+        for text in [
+            "LOADING Redis is loading the dataset in memory",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "TRYAGAIN later",
+        ] {
+            let body = format!(r#"{{"FCALL":[false,"{text}"]}}"#);
+            assert_eq!(
+                refused(body.as_bytes()),
+                (Refusal::NotReady, Status::MS_ERR_UNAVAILABLE),
+                "{text}"
+            );
+        }
         // HTTP errors are the call's.
         match function_reply("FCALL", 503, b"", "n1") {
-            Answer::Ours(Err(e)) => assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE),
+            Answer::Refused(Refusal::Down, e) => assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE),
             other => panic!("{other:?}"),
         }
     }

@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result, Status};
 use crate::http;
-use crate::protocol::{self, PROTOCOL_VERSION};
+use crate::protocol::{self, Refusal, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
@@ -153,6 +153,14 @@ impl Endpoint {
         &self.base
     }
 
+    /// Whether `other` names the same Webdis (scheme, host, port and
+    /// prefix; the port filled in, the host's case ignored).
+    pub fn same_node(&self, other: &Endpoint) -> bool {
+        self.tls == other.tls
+            && self.authority.eq_ignore_ascii_case(&other.authority)
+            && self.prefix == other.prefix
+    }
+
     /// `/prefix/COMMAND/arg/arg...`, every argument percent-encoded.
     fn path(&self, command: &str, args: &[&str]) -> String {
         let mut path = String::with_capacity(self.prefix.len() + 64);
@@ -212,15 +220,47 @@ enum Failure {
     Garbled(Error),
     /// No response in time.
     Timeout(Error),
+    /// Webdis cannot be reached (connection refused or reset).
+    Unreachable(Error),
+    /// The node did not run the call (a replica, not ready, or Webdis
+    /// cannot reach its Redis): another node may.
+    Refused(Refusal, Error),
+    /// Anything else: the answer stands.
     Other(Error),
 }
 
 impl Failure {
-    fn into_error(self) -> Error {
+    fn error(&self) -> &Error {
         match self {
-            Failure::Garbled(e) | Failure::Timeout(e) | Failure::Other(e) => e,
+            Failure::Garbled(e)
+            | Failure::Timeout(e)
+            | Failure::Unreachable(e)
+            | Failure::Refused(_, e)
+            | Failure::Other(e) => e,
         }
     }
+
+    /// The error, and whether this node may do better than another one:
+    /// None when its answer stands.
+    fn into_parts(self) -> (Error, Option<Refusal>) {
+        match self {
+            Failure::Refused(why, e) => (e, Some(why)),
+            Failure::Garbled(e) | Failure::Timeout(e) | Failure::Unreachable(e) => {
+                (e, Some(Refusal::Down))
+            }
+            Failure::Other(e) => (e, None),
+        }
+    }
+}
+
+/// How a function call ended on one node.
+pub struct Called {
+    pub result: Result<Value>,
+    /// The request was sent more than once (an earlier try may have been
+    /// carried out, its response lost).
+    pub resent: bool,
+    /// The node did not answer the call, and why: another node may.
+    pub refused: Option<Refusal>,
 }
 
 impl Webdis {
@@ -294,11 +334,6 @@ impl Webdis {
         format!("{}{n:x}", self.nonce_prefix)
     }
 
-    /// The endpoint, shared.
-    pub fn endpoint_arc(&self) -> std::sync::Arc<Endpoint> {
-        self.endpoint.clone()
-    }
-
     /// Closes this handle's connections and fails every call in flight on
     /// it at once; later calls fail too.
     pub fn shutdown(&self) {
@@ -341,6 +376,21 @@ impl Webdis {
         body: &[u8],
         timeout: Duration,
     ) -> (Result<Value>, bool) {
+        let called = self.call(read_only, function, keys, args, body, timeout);
+        (called.result, called.resent)
+    }
+
+    /// `fcall`, telling also whether the request was sent more than once
+    /// and whether this node refused it.
+    pub fn call(
+        &self,
+        read_only: bool,
+        function: &str,
+        keys: &[&str],
+        args: &[&str],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Called {
         let command = if read_only { "FCALL_RO" } else { "FCALL" };
         let nkeys = keys.len().to_string();
         let nonce = self.next_nonce();
@@ -390,6 +440,7 @@ impl Webdis {
                             Err(Failure::Other(e))
                         }
                         protocol::Answer::Ours(r) => Ok(r),
+                        protocol::Answer::Refused(why, e) => Err(Failure::Refused(why, e)),
                         protocol::Answer::NotOurs(what) => Err(Failure::Garbled(Error::new(
                             Status::MS_ERR_PROTOCOL,
                             format!(
@@ -402,20 +453,34 @@ impl Webdis {
             );
             let more_time = Instant::now() < deadline;
             if let Err(f) = &result {
-                let (Failure::Garbled(e) | Failure::Timeout(e) | Failure::Other(e)) = f;
                 crate::debug_log!(
-                    "{function}: try {tries} failed after {:?}: {}",
+                    "{function} at {}: try {tries} failed after {:?}: {}",
+                    self.endpoint.base,
                     try_started.elapsed(),
-                    e.message
+                    f.error().message
                 );
             }
+            let resent = tries > 1;
             match result {
-                Ok(reply) => return (reply, tries > 1),
+                Ok(result) => {
+                    return Called {
+                        result,
+                        resent,
+                        refused: None,
+                    }
+                }
                 // At most three tries: a server that always garbles (not
                 // Webdis at all?) is not hammered for the whole timeout.
                 Err(Failure::Garbled(_)) if tries < 3 && (tries == 1 || more_time) => {}
                 Err(Failure::Timeout(_)) if more_time => {}
-                Err(f) => return (Err(f.into_error()), tries > 1),
+                Err(f) => {
+                    let (e, refused) = f.into_parts();
+                    return Called {
+                        result: Err(e),
+                        resent,
+                        refused,
+                    };
+                }
             }
         }
     }
@@ -475,7 +540,15 @@ impl Webdis {
         let ureq_failure = |e: ureq::Error| match e {
             ureq::Error::Protocol(_) => Failure::Garbled(self.transport_error(e, reported_timeout)),
             ureq::Error::Timeout(_) => Failure::Timeout(self.transport_error(e, reported_timeout)),
-            e => Failure::Other(self.transport_error(e, reported_timeout)),
+            e => {
+                let tls = self.tls_error(&e).is_some();
+                let error = self.transport_error(e, reported_timeout);
+                if tls || error.status != Status::MS_ERR_UNAVAILABLE {
+                    Failure::Other(error)
+                } else {
+                    Failure::Unreachable(error)
+                }
+            }
         };
         let response = req.send(body).map_err(ureq_failure)?;
         let status = response.status().as_u16();
@@ -511,7 +584,7 @@ impl Webdis {
                 Status::MS_ERR_PROTOCOL,
                 format!("Webdis at {base} sent a malformed HTTP response: {what}"),
             )),
-            e => Failure::Other(Error::new(
+            e => Failure::Unreachable(Error::new(
                 Status::MS_ERR_UNAVAILABLE,
                 format!("cannot reach Webdis at {base}: {e}; is it running, and is the URL right?"),
             )),

@@ -737,6 +737,7 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
             PROTOCOL_VERSION,
             "n0nce",
             id,
+            "0",
             std::str::from_utf8(&body).unwrap(),
         ])
         .trim()

@@ -113,14 +113,14 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         (
             "ms_publish",
             &[key],
-            &["00000000000000000000000000000001"],
+            &["00000000000000000000000000000001", "0"],
             vec!["wrong", &channel, "{\"evil\":1}"],
             "MSBADCODE",
         ),
         (
             "ms_publish",
             &[key],
-            &["00000000000000000000000000000002"],
+            &["00000000000000000000000000000002", "0"],
             vec![CODE, "guessed-channel", "{\"evil\":1}"],
             "MSNOTFOUND",
         ),
@@ -224,6 +224,7 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         PROTOCOL_VERSION,
         "n0nce",
         "00000000000000000000000000000001",
+        "0",
         "999 1\nshort",
     ]);
     assert!(out.contains("MSARG"), "{out}");
@@ -450,7 +451,7 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
         (
             "ms_publish",
             vec![b"stream:mine".to_vec(), b"app:hash".to_vec()],
-            vec![id],
+            vec![id, "0"],
             &publish_body,
         ),
     ];
@@ -473,7 +474,12 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
             vec![],
             &leader_body,
         ));
-        calls.push(("ms_publish", vec![bad.clone()], vec![id], &publish_body));
+        calls.push((
+            "ms_publish",
+            vec![bad.clone()],
+            vec![id, "0"],
+            &publish_body,
+        ));
         calls.push((
             "ms_heartbeat",
             vec![bad.clone()],
@@ -608,7 +614,7 @@ fn functions_enforce_the_library_limits() {
             &s,
             "ms_publish",
             &[key],
-            &["aaaaaaaaaaaaaaaa0000000000000001"],
+            &["aaaaaaaaaaaaaaaa0000000000000001", "0"],
             &frame_bytes(&[code, channel.as_bytes(), state]),
         )
     };

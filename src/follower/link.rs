@@ -6,9 +6,10 @@
 
 use crate::dispatch::Event;
 use crate::error::{Error, Result, Status};
+use crate::nodes::{Endpoints, Nodes};
 use crate::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
 use crate::session::Config;
-use crate::transport::{Endpoint, Webdis};
+use crate::transport::Webdis;
 use crate::util::{lock, random_hex};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use serde_json::Value;
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 /// ms_connect: checks the password; returns the stream's channel.
 pub(super) fn stream_channel(
-    conn: &Webdis,
+    conn: &Nodes,
     key: &str,
     password: &str,
     timeout: Duration,
@@ -55,6 +56,8 @@ pub(super) enum Incoming {
 
 /// One live subscription.
 pub(super) struct Subscription {
+    /// The node subscribed on, and its connections.
+    pub(super) node: usize,
     pub(super) conn: Webdis,
     pub(super) rx: Receiver<Incoming>,
     /// Grows with each read that leaves a message incomplete: a large
@@ -117,13 +120,13 @@ pub(super) struct Link {
     pub(super) key: String,
     pub(super) password: String,
     pub(super) channel: String,
-    pub(super) endpoint: Arc<Endpoint>,
+    pub(super) endpoints: Arc<Endpoints>,
     pub(super) config: Arc<Config>,
     pub(super) cancel: Arc<AtomicBool>,
     /// Disconnected when the session is cancelled.
     pub(super) wake: Receiver<()>,
-    /// The connection last opened, shut down by a cancel.
-    pub(super) active: Arc<Mutex<Option<Webdis>>>,
+    /// The connections last opened, shut down by a cancel.
+    pub(super) active: Arc<Mutex<Option<Nodes>>>,
     pub(super) delivery: Arc<Delivery>,
 }
 
@@ -132,9 +135,10 @@ impl Link {
         self.cancel.load(Ordering::SeqCst)
     }
 
-    /// A connection for the next call, registered so that cancel breaks it.
-    pub(super) fn connection(&self) -> Result<Webdis> {
-        let conn = Webdis::new(self.endpoint.clone());
+    /// Connections for the next calls, registered so that cancel breaks
+    /// them.
+    pub(super) fn connection(&self) -> Result<Nodes> {
+        let conn = Nodes::new(self.endpoints.clone());
         *lock(&self.active) = Some(conn.clone());
         if self.cancelled() {
             conn.shutdown();
@@ -163,61 +167,81 @@ impl Link {
     }
 
     /// Subscribes, waits for the acknowledgement, proves the subscription
-    /// with a probe, then reads the snapshot.
+    /// with a probe, then reads the snapshot on the node subscribed on.
     ///
     /// Webdis 0.1.9 can garble a new subscription (a message published
     /// while it sets one up may be written before the HTTP response head),
     /// lose its response or acknowledgement to a socket reused after a
     /// subscriber hung up, or acknowledge a subscription that Redis never
     /// feeds. Such a subscription is replaced by a fresh one, within the
-    /// request timeout overall.
+    /// request timeout overall. With several endpoints, each attempt goes
+    /// to the next node of the stream's order (replicas first), so that a
+    /// node that is down or not ready costs one attempt.
+    ///
+    /// The snapshot is read after the probe came back on the subscription:
+    /// the probe was published by the primary after every state it stored
+    /// before, so the node subscribed on (a replica maybe) holds them all
+    /// by then, and every later one comes on the subscription.
     pub(super) fn open(&self) -> Result<(Subscription, Snapshot)> {
         let timeout = self.config.timeout();
         let deadline = Instant::now() + timeout;
         // Time for one attempt (response head, acknowledgement and probe
         // echo) before trying again on a new connection.
         let attempt_wait = (timeout / 4).max(Duration::from_millis(500));
-        let mut attempts = 0u32;
+        let order = self.endpoints.follow_order(&self.key);
+        let many = order.len() > 1;
+        let mut attempts = 0usize;
         loop {
-            let conn = self.connection()?;
+            let nodes = self.connection()?;
+            let node = order[attempts % order.len()];
             let left = deadline.saturating_duration_since(Instant::now());
             attempts += 1;
             let by = Instant::now() + left.min(attempt_wait);
-            let sub = match self
-                .subscribe(&conn, by)
-                .and_then(|sub| self.confirm(&conn, &sub, by).map(|()| sub))
-            {
-                Ok(sub) => sub,
-                Err(e) if retry_subscribe(&e) => {
-                    crate::debug_log!(
-                        "subscribe {}: attempt {attempts} failed: {}",
-                        self.session,
-                        e.message
-                    );
-                    conn.shutdown();
-                    if Instant::now() < deadline {
-                        continue;
-                    }
-                    return Err(Error::new(
-                        e.status,
-                        format!(
-                            "Webdis at {} did not set up the subscription within {} ms \
-                             ({attempts} attempts; the last: {})",
-                            self.endpoint.base(),
-                            timeout.as_millis(),
-                            e.message
-                        ),
-                    ));
-                }
+            let opened = self
+                .subscribe(&nodes, node, by)
+                .and_then(|sub| self.confirm(&nodes, &sub, by).map(|()| sub))
+                .and_then(|sub| Ok((self.snapshot(nodes.node(node))?, sub)));
+            let e = match opened {
+                Ok((snap, sub)) => return Ok((sub, snap)),
+                Err(e) if retry_subscribe(&e) || (many && e.status.is_transient()) => e,
                 Err(e) => return Err(e),
             };
-            let snap = self.snapshot(&conn)?;
-            return Ok((sub, snap));
+            crate::debug_log!(
+                "subscribe {} at {}: attempt {attempts} failed: {}",
+                self.session,
+                nodes.base(node),
+                e.message
+            );
+            nodes.shutdown();
+            if Instant::now() < deadline {
+                continue;
+            }
+            let at = if many {
+                format!("{} Webdis endpoints", order.len())
+            } else {
+                format!("Webdis at {}", nodes.base(node))
+            };
+            return Err(Error::new(
+                e.status,
+                format!(
+                    "{at} did not set up the subscription within {} ms \
+                     ({attempts} attempts; the last, at {}: {})",
+                    timeout.as_millis(),
+                    nodes.base(node),
+                    e.message
+                ),
+            ));
         }
     }
 
     /// One subscription, acknowledged by `by`.
-    pub(super) fn subscribe(&self, conn: &Webdis, by: Instant) -> Result<Subscription> {
+    pub(super) fn subscribe(
+        &self,
+        nodes: &Nodes,
+        node: usize,
+        by: Instant,
+    ) -> Result<Subscription> {
+        let conn = nodes.node(node);
         // The response head is awaited no longer than the acknowledgement:
         // Webdis 0.1.9 sometimes never sends it (the request is lost with a
         // socket it mixed up), and the retry in `open` needs the time left.
@@ -240,6 +264,7 @@ impl Link {
                 )
             })?;
         let sub = Subscription {
+            node,
             conn: conn.clone(),
             rx,
             progress,
@@ -255,11 +280,11 @@ impl Link {
     /// through the functions must reach a subscriber and come back on it
     /// by `by`. (A subscription Webdis acknowledged may never be fed: the
     /// probe then reaches no subscriber, or not this one.)
-    pub(super) fn confirm(&self, conn: &Webdis, sub: &Subscription, by: Instant) -> Result<()> {
+    pub(super) fn confirm(&self, nodes: &Nodes, sub: &Subscription, by: Instant) -> Result<()> {
         let token = random_hex(8)?;
         let left = by.saturating_duration_since(Instant::now());
-        let receivers = self.probe(conn, &token, left.max(Duration::from_millis(1)))?;
-        if receivers == 0 {
+        let receivers = self.probe(nodes, sub.node, &token, left.max(Duration::from_millis(1)))?;
+        if receivers == Some(0) {
             return Err(Error::new(
                 Status::MS_ERR_TIMEOUT,
                 "Redis has no such subscription (a probe reached no subscriber)",
@@ -332,17 +357,29 @@ impl Link {
         })
     }
 
-    /// ms_probe: publishes `p <token>` on the channel; returns how many
-    /// subscriptions Redis delivered it to.
-    pub(super) fn probe(&self, conn: &Webdis, token: &str, timeout: Duration) -> Result<u64> {
+    /// ms_probe, on the primary: publishes `p <token>` on the channel.
+    /// Returns how many subscriptions Redis delivered it to when the
+    /// primary is the node subscribed on (`node`); None otherwise (a
+    /// replica's subscribers get it through replication, and the primary
+    /// does not count them).
+    pub(super) fn probe(
+        &self,
+        nodes: &Nodes,
+        node: usize,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<Option<u64>> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
-        let reply = conn.fcall(false, "ms_probe", &[&self.key], &[token], &body, timeout)?;
-        match reply {
+        let answered =
+            nodes.fcall_answered(false, "ms_probe", &[&self.key], &[token], &body, timeout);
+        match answered.result? {
             Value::Array(a) if a.len() == 2 => {
                 if a[0].as_str() != Some(self.channel.as_str()) {
                     return Err(replaced());
                 }
-                protocol::as_u64(&a[1]).ok_or_else(|| protocol::protocol_error("ms_probe"))
+                let n =
+                    protocol::as_u64(&a[1]).ok_or_else(|| protocol::protocol_error("ms_probe"))?;
+                Ok((answered.node == node).then_some(n))
             }
             _ => Err(protocol::protocol_error("ms_probe")),
         }

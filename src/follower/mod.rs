@@ -16,9 +16,9 @@ use crate::backoff::Backoff;
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::liveness::{Decision, Liveness};
+use crate::nodes::Nodes;
 use crate::protocol::{self, ChannelMessage, SubscriptionItem};
 use crate::session::{key_of, Config, Hooks};
-use crate::transport::Webdis;
 use crate::util::{lock, random_hex};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use link::{disconnected, stream_channel, Delivery, Incoming, Link, Snapshot, Subscription};
@@ -36,8 +36,8 @@ pub struct Follow {
     cancel: Arc<AtomicBool>,
     /// Dropped to wake the follower thread.
     wake: Mutex<Option<Sender<()>>>,
-    /// The connection in use, shut down to break a blocked call.
-    active: Arc<Mutex<Option<Webdis>>>,
+    /// The connections in use, shut down to break a blocked call.
+    active: Arc<Mutex<Option<Nodes>>>,
     done: Mutex<Option<Receiver<()>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -60,7 +60,7 @@ impl Follow {
         &self,
         name: Arc<CString>,
         password: String,
-        control: &Webdis,
+        control: &Nodes,
         config: Arc<Config>,
         hooks: Hooks,
     ) -> Result<()> {
@@ -86,7 +86,7 @@ impl Follow {
             key,
             password,
             channel,
-            endpoint: control.endpoint_arc(),
+            endpoints: control.endpoints().clone(),
             config,
             cancel: self.cancel.clone(),
             wake: wake_rx,
@@ -157,15 +157,16 @@ impl Follow {
 /// (shuts its connection down) and waits for the thread.
 struct Job {
     rx: Receiver<JobResult>,
-    /// The connection of a probe, shut down when the probe is given up.
-    conn: Option<Webdis>,
+    /// The connections of a probe, shut down when the probe is given up.
+    conn: Option<Nodes>,
     thread: Option<JoinHandle<()>>,
 }
 
 enum JobResult {
     /// The request of the probe carrying this token returned: the number
-    /// of subscriptions reached.
-    Probe(String, Result<u64>),
+    /// of subscriptions reached, when the probe ran on the node subscribed
+    /// on.
+    Probe(String, Result<Option<u64>>),
     /// A recovery: a confirmed subscription and the snapshot.
     Recovered(Result<(Subscription, Snapshot)>),
 }
@@ -173,7 +174,7 @@ enum JobResult {
 impl Job {
     fn spawn(
         session: u64,
-        conn: Option<Webdis>,
+        conn: Option<Nodes>,
         work: impl FnOnce() -> JobResult + Send + 'static,
     ) -> Result<Job> {
         let (tx, rx) = bounded(1);
@@ -283,7 +284,8 @@ impl FollowThread {
                 match decision {
                     Decision::Probe(token) => {
                         crate::debug_log!("follow {}: silent, probing", self.session);
-                        match self.probe_job(token) {
+                        let node = sub.as_ref().map_or(0, |s| s.node);
+                        match self.probe_job(token, node) {
                             Ok(j) => job = Some(j),
                             Err(e) => lost = Some(e),
                         }
@@ -361,7 +363,7 @@ impl FollowThread {
                     recv(job_rx.unwrap_or(&never_job)) -> r => {
                         job = None;
                         match r {
-                            Ok(JobResult::Probe(_, Ok(0))) => {
+                            Ok(JobResult::Probe(_, Ok(Some(0)))) => {
                                 lost = Some(Error::new(
                                     Status::MS_ERR_TIMEOUT,
                                     "the subscription is gone from Redis (a probe reached no subscriber)",
@@ -417,14 +419,15 @@ impl FollowThread {
         }
     }
 
-    /// Starts a probe carrying `token` on a connection of its own.
-    fn probe_job(&self, token: String) -> Result<Job> {
-        let conn = Webdis::new(self.link.endpoint.clone());
+    /// Starts a probe carrying `token` on connections of its own, for the
+    /// subscription on `node`.
+    fn probe_job(&self, token: String, node: usize) -> Result<Job> {
+        let conn = Nodes::new(self.link.endpoints.clone());
         let link = self.link.clone();
         let c = conn.clone();
         Job::spawn(self.session, Some(conn), move || {
             let timeout = link.config.timeout();
-            let reached = link.probe(&c, &token, timeout);
+            let reached = link.probe(&c, node, &token, timeout);
             JobResult::Probe(token, reached)
         })
     }

@@ -1,0 +1,419 @@
+//! Several Webdis endpoints, one per Redis node of a replicated deployment
+//! (a primary and its replicas, Sentinel moving the primary on failure).
+//! Webdis fronts exactly one Redis node and follows no redirect, so the
+//! client knows every endpoint and finds the roles from the replies:
+//!
+//! - Writes (every function but `ms_snapshot`) go to the endpoint that took
+//!   the last write. One that answers `READONLY` is a replica; one that
+//!   cannot be reached, or whose Redis is loading, cut from its primary or
+//!   short of replicas, is tried again later. The others are tried in turn,
+//!   with a growing pause between rounds, within the request timeout; the
+//!   first one that answers is the primary from then on, for every handle
+//!   of the client.
+//! - A follower subscribes on a node chosen by a stable hash of the stream
+//!   name among the replicas (the primary last), and reads the snapshot on
+//!   the node it subscribed on.
+//!
+//! With one endpoint every call goes to it, once, as it would without this
+//! layer.
+
+use crate::error::{Error, Result, Status};
+use crate::protocol::Refusal;
+use crate::transport::{Called, Endpoint, Webdis};
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The endpoints of a client and what its calls found out about them.
+pub struct Endpoints {
+    list: Vec<Arc<Endpoint>>,
+    /// The endpoint that took the last write.
+    primary: AtomicUsize,
+    /// Bumped whenever another endpoint takes a write than the one before.
+    moves: AtomicU64,
+}
+
+impl Endpoints {
+    /// A comma-separated list of Webdis URLs (each with its own
+    /// credentials and prefix). An empty, malformed or repeated entry is
+    /// refused with a message naming it.
+    pub fn parse(urls: &str) -> Result<Endpoints> {
+        let entries: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let many = entries.len() > 1;
+        let mut list: Vec<Arc<Endpoint>> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let which = || format!("entry {} of the Webdis URL list \"{urls}\"", i + 1);
+            if entry.is_empty() {
+                return Err(Error::invalid(if many {
+                    format!("{} is empty", which())
+                } else {
+                    "the Webdis URL is empty; use http://host:port".to_string()
+                }));
+            }
+            let endpoint = Endpoint::parse(entry).map_err(|e| {
+                if many {
+                    Error::new(e.status, format!("{}: {}", which(), e.message))
+                } else {
+                    e
+                }
+            })?;
+            if let Some(j) = list.iter().position(|other| other.same_node(&endpoint)) {
+                return Err(Error::invalid(format!(
+                    "{} repeats entry {} ({}): list each Webdis once",
+                    which(),
+                    j + 1,
+                    endpoint.base()
+                )));
+            }
+            list.push(Arc::new(endpoint));
+        }
+        Ok(Endpoints {
+            list,
+            primary: AtomicUsize::new(0),
+            moves: AtomicU64::new(0),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn get(&self, node: usize) -> &Arc<Endpoint> {
+        &self.list[node]
+    }
+
+    /// The endpoint that took the last write (the first one before any).
+    pub fn primary(&self) -> usize {
+        self.primary.load(Ordering::Acquire)
+    }
+
+    /// How many times the write endpoint changed: a leader that sees it
+    /// move checks that its last stored state is still there.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
+    }
+
+    fn took_write(&self, node: usize) {
+        if self.primary.swap(node, Ordering::AcqRel) != node {
+            self.moves.fetch_add(1, Ordering::AcqRel);
+            crate::debug_log!("writes go to {} from now on", self.list[node].base());
+        }
+    }
+
+    /// From now on, `https://` connections to every endpoint trust `certs`
+    /// only.
+    pub fn set_tls_roots(&self, certs: Arc<Vec<ureq::tls::Certificate<'static>>>, file: String) {
+        for e in &self.list {
+            e.set_tls_roots(certs.clone(), file.clone());
+        }
+    }
+
+    /// The nodes a follower of `name` subscribes on, best first: the
+    /// replicas ordered by a stable hash of the name and the endpoint
+    /// (rendezvous hashing: every client picks the same node for a stream,
+    /// and followers of many streams spread over the replicas), then the
+    /// primary.
+    pub fn follow_order(&self, name: &str) -> Vec<usize> {
+        let primary = self.primary();
+        let mut order: Vec<usize> = (0..self.list.len()).filter(|&i| i != primary).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(rendezvous(name, self.list[i].base())));
+        order.push(primary);
+        order
+    }
+}
+
+/// FNV-1a of the stream name and an endpoint: the same everywhere.
+fn rendezvous(name: &str, endpoint: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes().chain([0u8]).chain(endpoint.bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly for short inputs: finish like splitmix64.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+/// Connections to every endpoint of a client, opened when first used;
+/// `shutdown` breaks every call in flight on any of them.
+#[derive(Clone)]
+pub struct Nodes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoints: Arc<Endpoints>,
+    handles: Vec<OnceLock<Webdis>>,
+    shut: AtomicBool,
+}
+
+/// How a call ended: the result, whether it may have been carried out
+/// more than once, and the node that answered.
+pub struct Answered {
+    pub result: Result<Value>,
+    pub resent: bool,
+    pub node: usize,
+}
+
+impl Nodes {
+    pub fn new(endpoints: Arc<Endpoints>) -> Nodes {
+        let handles = (0..endpoints.len()).map(|_| OnceLock::new()).collect();
+        Nodes {
+            inner: Arc::new(Inner {
+                endpoints,
+                handles,
+                shut: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn endpoints(&self) -> &Arc<Endpoints> {
+        &self.inner.endpoints
+    }
+
+    /// The connections to node `node`.
+    pub fn node(&self, node: usize) -> &Webdis {
+        let inner = &self.inner;
+        let h = inner.handles[node].get_or_init(|| Webdis::new(inner.endpoints.get(node).clone()));
+        if inner.shut.load(Ordering::SeqCst) {
+            h.shutdown();
+        }
+        h
+    }
+
+    /// `scheme://host[:port][/prefix]` of node `node`.
+    pub fn base(&self, node: usize) -> &str {
+        self.inner.endpoints.get(node).base()
+    }
+
+    /// Closes every connection and fails every call in flight; later calls
+    /// fail too.
+    pub fn shutdown(&self) {
+        self.inner.shut.store(true, Ordering::SeqCst);
+        for h in &self.inner.handles {
+            if let Some(h) = h.get() {
+                h.shutdown();
+            }
+        }
+    }
+
+    fn is_shut(&self) -> bool {
+        self.inner.shut.load(Ordering::SeqCst)
+    }
+
+    /// Calls a function on the primary (see `Webdis::fcall`).
+    pub fn fcall(
+        &self,
+        read_only: bool,
+        function: &str,
+        keys: &[&str],
+        args: &[&str],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Value> {
+        self.fcall_answered(read_only, function, keys, args, body, timeout)
+            .result
+    }
+
+    /// `fcall`, also telling whether the request was sent more than once
+    /// (an earlier try may have been carried out, its response lost).
+    pub fn fcall_reporting_resend(
+        &self,
+        read_only: bool,
+        function: &str,
+        keys: &[&str],
+        args: &[&str],
+        body: &[u8],
+        timeout: Duration,
+    ) -> (Result<Value>, bool) {
+        let a = self.fcall_answered(read_only, function, keys, args, body, timeout);
+        (a.result, a.resent)
+    }
+
+    /// Calls a function on the primary, found as the module comment says,
+    /// within `timeout`; tells which node answered.
+    pub fn fcall_answered(
+        &self,
+        read_only: bool,
+        function: &str,
+        keys: &[&str],
+        args: &[&str],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Answered {
+        let endpoints = &self.inner.endpoints;
+        let n = endpoints.len();
+        let first = endpoints.primary();
+        if n == 1 {
+            let Called { result, resent, .. } = self
+                .node(0)
+                .call(read_only, function, keys, args, body, timeout);
+            return Answered {
+                result,
+                resent,
+                node: 0,
+            };
+        }
+        let deadline = Instant::now() + timeout;
+        // One node that does not answer must leave time for the others.
+        let per_node = (timeout / 3).max(Duration::from_secs(1));
+        let mut causes: Vec<Option<Error>> = vec![None; n];
+        let mut resent = false;
+        let mut pause = Duration::from_millis(25);
+        loop {
+            for i in 0..n {
+                let node = (first + i) % n;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() || self.is_shut() {
+                    break;
+                }
+                let called =
+                    self.node(node)
+                        .call(read_only, function, keys, args, body, per_node.min(left));
+                resent |= called.resent;
+                match called.refused {
+                    None => {
+                        endpoints.took_write(node);
+                        return Answered {
+                            result: called.result,
+                            resent,
+                            node,
+                        };
+                    }
+                    Some(why) => {
+                        let e = called.result.err().unwrap_or_else(|| {
+                            Error::new(Status::MS_ERR_INTERNAL, "refused without an error")
+                        });
+                        crate::debug_log!(
+                            "{function}: {} refused ({why:?}): {}",
+                            self.base(node),
+                            e.message
+                        );
+                        // A node that was down may have carried the call out
+                        // before its answer was lost.
+                        resent |= why == Refusal::Down && e.status == Status::MS_ERR_TIMEOUT;
+                        causes[node] = Some(e);
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.is_shut() {
+                break;
+            }
+            self.sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+        Answered {
+            result: Err(self.none_answered(function, timeout, &causes)),
+            resent,
+            node: first,
+        }
+    }
+
+    /// Sleeps `d`, or less once shut down.
+    fn sleep(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.is_shut() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(20)));
+        }
+    }
+
+    /// The error of a call no node answered: each endpoint tried and why.
+    fn none_answered(&self, function: &str, timeout: Duration, causes: &[Option<Error>]) -> Error {
+        if self.is_shut() {
+            return Error::new(Status::MS_ERR_UNAVAILABLE, "the connection was shut down");
+        }
+        let all_timeouts = causes.iter().all(|c| {
+            c.as_ref()
+                .is_some_and(|e| e.status == Status::MS_ERR_TIMEOUT)
+        });
+        let each: Vec<String> = causes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match c {
+                Some(e) => format!("{}: {}", self.base(i), e.message),
+                None => format!("{}: not tried in time", self.base(i)),
+            })
+            .collect();
+        Error::new(
+            if all_timeouts {
+                Status::MS_ERR_TIMEOUT
+            } else {
+                Status::MS_ERR_UNAVAILABLE
+            },
+            format!(
+                "no Webdis endpoint took {function} within {} ms (is a Redis primary up?): {}",
+                timeout.as_millis(),
+                each.join("; ")
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lists() {
+        let e = Endpoints::parse("http://127.0.0.1:7379").unwrap();
+        assert_eq!(e.len(), 1);
+        let e =
+            Endpoints::parse("http://a:1, https://u:p@b/prefix ,http://127.0.0.1:3/x/").unwrap();
+        assert_eq!(e.len(), 3);
+        assert_eq!(e.get(1).base(), "https://b/prefix");
+        assert_eq!(e.primary(), 0);
+        for (bad, says) in [
+            ("", "empty"),
+            ("http://a:1,", "entry 2"),
+            ("http://a:1,,http://b:2", "entry 2"),
+            ("http://a:1,b:2", "entry 2"),
+            ("http://a:1,ftp://b", "entry 2"),
+            ("http://a:1,http://A:1", "repeats entry 1"),
+            ("http://a:80,http://a", "repeats entry 1"),
+            ("http://a/x,http://b,http://a/x/", "entry 3"),
+        ] {
+            let e = Endpoints::parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad}"));
+            assert_eq!(e.status, Status::MS_ERR_INVALID_ARGUMENT);
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
+        // Same host, another prefix or scheme: another endpoint.
+        assert_eq!(
+            Endpoints::parse("http://a/x,http://a/y,https://a/x")
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn followers_spread_over_replicas_the_primary_last() {
+        let e = Endpoints::parse("http://a:1,http://b:2,http://c:3").unwrap();
+        let mut firsts = [0usize; 3];
+        for i in 0..300 {
+            let order = e.follow_order(&format!("stream-{i}"));
+            assert_eq!(order.len(), 3);
+            assert_eq!(order[2], 0, "the primary last");
+            // Stable.
+            assert_eq!(order, e.follow_order(&format!("stream-{i}")));
+            firsts[order[0]] += 1;
+        }
+        assert_eq!(firsts[0], 0);
+        assert!(firsts[1] > 100 && firsts[2] > 100, "{firsts:?}");
+        e.took_write(2);
+        assert_eq!(e.moves(), 1);
+        assert_eq!(e.follow_order("x")[2], 2);
+        e.took_write(2);
+        assert_eq!(e.moves(), 1);
+        let one = Endpoints::parse("http://a:1").unwrap();
+        assert_eq!(one.follow_order("x"), vec![0]);
+    }
+}
