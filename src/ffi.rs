@@ -156,7 +156,16 @@ pub extern "C" fn ms_last_error() -> *const c_char {
 /// becomes HTTP basic auth). Does no I/O. On success writes the client to
 /// `*out`; free it with ms_client_free.
 ///
-/// @return MS_OK, or MS_ERR_INVALID_ARGUMENT (NULL, bad URL).
+/// A replicated deployment (a Redis primary and its replicas under
+/// Sentinel, one Webdis per Redis node) is given as the comma-separated
+/// URLs of every node's Webdis, each with its own user:pass and prefix,
+/// the primary's first if known. Writes then go to whichever node's Redis
+/// is the primary (found from the replies and followed across failovers),
+/// followers subscribe on the replicas, and list counts the followers of
+/// every node.
+///
+/// @return MS_OK, or MS_ERR_INVALID_ARGUMENT (NULL, a bad URL, or in a
+/// list an empty, malformed or repeated entry, named in the message).
 ///
 /// # Safety
 /// `webdis_url` is NULL or a NUL-terminated string; `out` is NULL or

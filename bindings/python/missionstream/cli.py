@@ -215,7 +215,7 @@ def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument(
         "--url",
         default=default,
-        help=f"Webdis URL, http(s)://[user:pass@]host[:port][/prefix] (default: ${ENV_URL} or {DEFAULT_URL})",
+        help=f"Webdis URL, http(s)://[user:pass@]host[:port][/prefix], or the comma-separated URLs of every node's Webdis in a replicated deployment (default: ${ENV_URL} or {DEFAULT_URL})",
     )
     p.add_argument(
         "--timeout",

@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, TypeVar, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, TypeVar, Union
 
 from . import _ffi
 from ._ffi import lib
@@ -288,8 +288,10 @@ _T = TypeVar("_T")
 class Client:
     """A connection to one Webdis endpoint (``ms_client``).
 
-    :param url: ``http(s)://[user:pass@]host[:port][/prefix]`` of Webdis.
-        No I/O happens here.
+    :param url: ``http(s)://[user:pass@]host[:port][/prefix]`` of Webdis;
+        for a replicated deployment (a Redis primary and replicas, one
+        Webdis per node), every node's Webdis URL, as a list or as one
+        comma-separated string. No I/O happens here.
     :param timeout: per-request timeout in seconds (library default 10 s).
     :param heartbeat: leader heartbeat interval in seconds (default 5 s).
     :param stream_ttl: seconds after which a stream this client leads
@@ -311,7 +313,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: Union[str, Sequence[str]],
         timeout: Optional[float] = None,
         heartbeat: Optional[float] = None,
         stream_ttl: Optional[int] = None,
@@ -325,6 +327,9 @@ class Client:
         self._closed = False
         self._dispatcher = _Dispatcher()
         self._c_callback = _ffi.CALLBACK(self._dispatcher.on_event)
+        if not isinstance(url, (str, bytes)):
+            # A list of the Webdis endpoints of a replicated deployment.
+            url = ",".join(url)
         self.url = url
         self.timeout = timeout
 
