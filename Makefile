@@ -1,21 +1,26 @@
 # missionstream — build, test, demo, benchmark.
 #   make demo    a leader and a follower on a local Redis + Webdis
+#   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
 #   make bench   the performance figures beside their baselines
 #   make soak    a few minutes of faults under load (MS_SOAK_SECONDS,
 #                MS_SOAK_WEBDIS_KILLS, MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES)
 #   make server / server-stop   a local Redis + Webdis; `. .run/server/env`
 #                sets MISSIONSTREAM_URL for the command line and the examples
+#   make cluster / cluster-stop   the replicated topology (3 Redis, 3 Sentinels,
+#                one Webdis per node); `. .run/cluster/env` sets MS_URLS and
+#                MISSIONSTREAM_URL (docs/DEPLOYMENT.md)
 # PYTHON=/usr/bin/python3 (default: python3) picks the interpreter of the
 # demo and of the Python suite, which runs from a virtual environment made
 # from it under .run/ (system Pythons refuse `pip install`).
 CARGO ?= cargo
 PYTHON ?= python3
 RUN_DIR := .run/server
+CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
 .PHONY: all build deps deps-test test test-rust test-c test-python check-header fmt-check clippy \
-        demo server server-stop bench bench-quick soak clean
+        demo demo-ha server server-stop cluster cluster-stop bench bench-quick soak clean
 
 all: build
 
@@ -56,12 +61,22 @@ clippy:
 demo: build
 	PYTHON="$(PYTHON)" scripts/demo.sh
 
+demo-ha: build
+	PYTHON="$(PYTHON)" scripts/demo-ha.sh
+
 server: build
 	@scripts/server.sh start $(RUN_DIR)
 	@echo "'. $(RUN_DIR)/env' sets MISSIONSTREAM_URL for the command line and the examples"
 
 server-stop:
 	scripts/server.sh stop $(RUN_DIR)
+
+cluster: build
+	@scripts/cluster.sh start $(CLUSTER_DIR)
+	@echo "'. $(CLUSTER_DIR)/env' sets MS_URLS and MISSIONSTREAM_URL for the command line and the examples"
+
+cluster-stop:
+	scripts/cluster.sh stop $(CLUSTER_DIR)
 
 bench: build
 	$(CARGO) run --release --example bench

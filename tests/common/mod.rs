@@ -3,6 +3,7 @@
 //! Dropped, it stops them. Never touches the machine's 6379/7379.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod faults;
 pub mod tls;
 
