@@ -131,7 +131,8 @@ class _Out:
         self.name: str = args.name
         self.waiting_reported = False
 
-    def write(self, event: Event) -> None:
+    def write(self, event: Event) -> bool:
+        """Write the state to the file (and run --exec); False for seq 0."""
         data = event.data or ""
         if event.seq == 0:
             # A stream just started holds "{}" until its leader publishes:
@@ -139,7 +140,7 @@ class _Out:
             if not self.waiting_reported and not self.quiet:
                 _status(f"seq=0: the leader has not published a state yet; {self.path} not written")
             self.waiting_reported = True
-            return
+            return False
         text = _plan.pretty(data) if self.pretty else data
         raw = text.encode("utf-8")
         try:
@@ -157,12 +158,13 @@ class _Out:
                 done = subprocess.run(self.exec, shell=True, env=env, stdin=subprocess.DEVNULL)
             except OSError as exc:
                 print(f"missionstream: error: --exec {self.exec!r}: cannot run it: {exc}", file=sys.stderr, flush=True)
-                return
+                return True
             if done.returncode != 0:
                 how = (f"was killed by signal {-done.returncode}" if done.returncode < 0
                        else f"exited with status {done.returncode}")
                 print(f"missionstream: error: --exec {self.exec!r} {how} after seq={event.seq}; "
                       "watching on", file=sys.stderr, flush=True)
+        return True
 
 
 def cmd_watch(args: argparse.Namespace, client: Client) -> int:
@@ -192,7 +194,8 @@ def cmd_watch(args: argparse.Namespace, client: Client) -> int:
                 raise
             if event.kind is EventKind.STATE:
                 if out is not None:
-                    out.write(event)
+                    if not out.write(event):
+                        continue  # seq 0 is not counted: nothing was written
                 else:
                     _print_state(event, sys.stdout, not args.quiet)
                 states += 1
@@ -427,7 +430,10 @@ def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: O
             polled = watcher.poll()
             if polled is not None:
                 handle(polled[1])
-            time.sleep(interval)
+            # In slices: Ctrl-C is acted on within 50 ms, whatever the interval.
+            until = time.monotonic() + interval
+            while not interrupts.requested and time.monotonic() < until:
+                time.sleep(min(0.05, max(0.0, until - time.monotonic())))
         # Interrupted: the last change (even one still settling) is published
         # and stored before leaving.
         if watcher.pending():
