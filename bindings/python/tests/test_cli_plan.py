@@ -577,3 +577,14 @@ def test_watch_out_pretty_exec_failure_and_errors(tmp_path: Path, url: str, name
     assert r.returncode == 2 and "--out" in r.stderr
     r = cli("watch", name, "--url", url, "--out", str(tmp_path))
     assert r.returncode == 2 and "folder" in r.stderr
+
+
+def test_help_names_the_plan_file_options() -> None:
+    r = cli("lead", "--help")
+    assert r.returncode == 0, r.stderr
+    for word in ("--file", "--watch", "--interval", "--raw", "Ctrl-C", "8 MiB"):
+        assert word in r.stdout, word
+    r = cli("watch", "--help")
+    assert r.returncode == 0, r.stderr
+    for word in ("--out", "--pretty", "--exec", "atomically", "MISSIONSTREAM_OUT"):
+        assert word in r.stdout, word
