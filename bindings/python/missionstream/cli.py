@@ -333,7 +333,10 @@ def cmd_lead(args: argparse.Namespace, client: Client) -> int:
     if args.file is not None:
         # Check the file before touching the stream: a bad file changes nothing.
         try:
-            first = _plan.read_file(args.file, args.raw)
+            if args.file == "-":
+                first = _plan.read_all(sys.stdin.fileno(), "stdin", args.raw)
+            else:
+                first = _plan.read_file(args.file, args.raw)
         except _plan.BadContent as exc:
             raise InputError(str(exc)) from None
         if args.stamp:
@@ -378,6 +381,16 @@ class _Interrupts:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def _drain(leader: Leader) -> None:
+    """Drop the leader's PUBLISH_FAILED events: a failed store is reported
+    by flush (and retried); unread, they would pile up in a long watch."""
+    while True:
+        try:
+            leader.next_event(0)
+        except Error:
+            return
 
 
 def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: Optional[int]) -> int:
@@ -425,6 +438,7 @@ def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: O
         _status(f"watching {path} (every {interval:g} s); Ctrl-C to end")
     with _Interrupts() as interrupts:
         while not interrupts.requested:
+            _drain(leader)
             if lead.unstored is not None:
                 store()
             polled = watcher.poll()
@@ -601,7 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-at-end", action="store_true",
         help="stop (delete) the stream at the end (end of input, after --file, or Ctrl-C with --watch)",
     )
-    p.add_argument("--file", metavar="FILE", help="publish FILE as one state (any formatting), then end")
+    p.add_argument(
+        "--file", metavar="FILE",
+        help="publish FILE as one state, byte for byte (any formatting), then end; - reads all of stdin",
+    )
     p.add_argument(
         "--watch",
         metavar="FILE",

@@ -588,3 +588,13 @@ def test_help_names_the_plan_file_options() -> None:
     assert r.returncode == 0, r.stderr
     for word in ("--out", "--pretty", "--exec", "atomically", "MISSIONSTREAM_OUT"):
         assert word in r.stdout, word
+
+
+def test_file_dash_reads_all_of_stdin_as_one_state(url: str, name: str) -> None:
+    plan = "\ufeff" + qgc_plan(80)  # with a byte order mark, as some Windows tools save
+    r = cli("lead", name, "--url", url, *LEAD, "--file", "-", input=plan)
+    assert r.returncode == 0, r.stderr
+    assert STATUS.match(r.stderr.splitlines()[0]).group(3) == "-"  # type: ignore[union-attr]
+    assert current_state(url, name) == plan[1:]
+    assert_clean_error(cli("lead", name + "-2", "--url", url, *LEAD, "--file", "-", input=plan + plan),
+                       "stdin", "Extra data")
