@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence, TextIO, Tuple
+from typing import Any, Iterator, Optional, Sequence, TextIO, Tuple
 
 from . import _plan
 from .client import Client, Event, EventKind, Leader, library_version
