@@ -635,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-wait",
         action="store_true",
-        help="do not flush after each line (latest wins: intermediate states may be skipped); flush once at the end",
+        help="do not flush after each document (latest wins: intermediate states may be skipped); flush once at the end",
     )
     p.add_argument(
         "--stamp", action="store_true",
