@@ -1,10 +1,11 @@
 """Command line: ``python -m missionstream {list,watch,lead,stop}``.
 
 Exit status: 0 on success; 1 on a runtime failure (the server, the stream,
-the input read from stdin; one line on stderr); 2 on a usage mistake (an
-unknown or missing option, an invalid NAME, URL or secret); 130 when
-interrupted. Messages name the command's options, not the library's
-functions.
+the input read from stdin or a file, the --out file; one line on stderr);
+2 on a usage mistake (an unknown or missing option, an invalid NAME, URL
+or secret); 130 when interrupted, except `lead --watch`, whose normal end
+is Ctrl-C: it stores the file's last change and exits 0. Messages name the
+command's options, not the library's functions.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import argparse
 import datetime as _dt
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Iterator, Optional, Sequence, TextIO, Tuple
 
+from . import _plan
 from .client import Client, Event, EventKind, Leader, library_version
 from .errors import Error, Exists, InvalidArgument, Status
 
@@ -35,7 +39,12 @@ class UsageError(Exception):
 
 
 class InputError(Exception):
-    """Bad input read from stdin (exit status 1)."""
+    """Bad input: stdin, --file, --watch (exit status 1)."""
+
+
+def _status(text: str) -> None:
+    """One status line on stderr, after the local time."""
+    print(f"{_clock(time.time())} {text}", file=sys.stderr, flush=True)
 
 
 def _now_ms() -> float:
@@ -83,14 +92,22 @@ def cmd_list(args: argparse.Namespace, client: Client) -> int:
 
 def _delay_ms(event: Event) -> Optional[float]:
     """End-to-end delay when the state carries the sender's time (``sent_ms``)."""
+    sent = _sent_ms(event.data or "")
+    return None if sent is None else event.received_at * 1000.0 - sent
+
+
+def _sent_ms(data: str) -> Optional[float]:
+    """The state's ``sent_ms`` field, when it is a JSON object that has one."""
+    if STAMP_FIELD not in data:
+        return None
     try:
-        doc = json.loads(event.data or "")
-    except ValueError:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
         return None
     if isinstance(doc, dict):
         sent = doc.get(STAMP_FIELD)
         if isinstance(sent, (int, float)) and not isinstance(sent, bool):
-            return event.received_at * 1000.0 - sent
+            return float(sent)
     return None
 
 
@@ -103,8 +120,63 @@ def _print_state(event: Event, out: TextIO, show_state: bool) -> None:
     print(" ".join(parts), file=out, flush=True)
 
 
+class _Out:
+    """watch --out: each state written to a file atomically, then --exec."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.path: str = args.out
+        self.pretty: bool = args.pretty
+        self.exec: Optional[str] = args.exec
+        self.quiet: bool = args.quiet
+        self.name: str = args.name
+        self.waiting_reported = False
+
+    def write(self, event: Event) -> bool:
+        """Write the state to the file (and run --exec); False for seq 0."""
+        data = event.data or ""
+        if event.seq == 0:
+            # A stream just started holds "{}" until its leader publishes:
+            # not a plan to hand to a planner.
+            if not self.waiting_reported and not self.quiet:
+                _status(f"seq=0: the leader has not published a state yet; {self.path} not written")
+            self.waiting_reported = True
+            return False
+        text = _plan.pretty(data) if self.pretty else data
+        raw = text.encode("utf-8")
+        try:
+            _plan.atomic_write(self.path, raw)
+        except OSError as exc:
+            raise InputError(f"--out {self.path}: cannot write it: {exc.strerror or exc}") from None
+        if not self.quiet:
+            delay = _delay_ms(event)
+            shown = f"delay={delay:.1f}ms" if delay is not None else "delay=-"
+            _status(f"seq={event.seq} bytes={len(raw)} {shown} wrote {self.path}")
+        if self.exec:
+            env = dict(os.environ, MISSIONSTREAM_OUT=self.path, MISSIONSTREAM_SEQ=str(event.seq),
+                       MISSIONSTREAM_STREAM=self.name)
+            try:
+                done = subprocess.run(self.exec, shell=True, env=env, stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                print(f"missionstream: error: --exec {self.exec!r}: cannot run it: {exc}", file=sys.stderr, flush=True)
+                return True
+            if done.returncode != 0:
+                how = (f"was killed by signal {-done.returncode}" if done.returncode < 0
+                       else f"exited with status {done.returncode}")
+                print(f"missionstream: error: --exec {self.exec!r} {how} after seq={event.seq}; "
+                      "watching on", file=sys.stderr, flush=True)
+        return True
+
+
 def cmd_watch(args: argparse.Namespace, client: Client) -> int:
     password = _secret(args.password, ENV_PASSWORD, "password", "--password", required=False)
+    out: Optional[_Out] = None
+    if args.out is not None:
+        problem = _plan.check_out_path(args.out)
+        if problem:
+            raise UsageError(problem)
+        out = _Out(args)
+    elif args.pretty or args.exec:
+        raise UsageError(("--pretty" if args.pretty else "--exec") + " goes with --out FILE")
     follower = client.connect(args.name, password)
     states = 0
     try:
@@ -121,7 +193,11 @@ def cmd_watch(args: argparse.Namespace, client: Client) -> int:
                     return 1
                 raise
             if event.kind is EventKind.STATE:
-                _print_state(event, sys.stdout, not args.quiet)
+                if out is not None:
+                    if not out.write(event):
+                        continue  # seq 0 is not counted: nothing was written
+                else:
+                    _print_state(event, sys.stdout, not args.quiet)
                 states += 1
                 if args.count and states >= args.count:
                     return 0
@@ -136,54 +212,253 @@ def cmd_watch(args: argparse.Namespace, client: Client) -> int:
         follower.close()
 
 
-def _read_states(stdin: TextIO, stamp: bool) -> Any:
-    """Yield (line number, state text) for each non-blank line of stdin."""
-    for number, line in enumerate(stdin, 1):
-        text = line.strip()
-        if not text:
-            continue
+def _stamped(text: str, where: str) -> str:
+    """``text`` (a JSON object) with ``sent_ms`` set to now, re-encoded."""
+    doc = json.loads(text)
+    if not isinstance(doc, dict):
+        raise InputError(f"{where}: --stamp needs a JSON object, not {type(doc).__name__}")
+    doc[STAMP_FIELD] = int(_now_ms())
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def _stdin_states(args: argparse.Namespace) -> Iterator[Tuple[str, bytes]]:
+    """(where, state) for each whole JSON document of stdin (or all of stdin
+    with --raw), as soon as each is complete."""
+    fd = sys.stdin.fileno()
+    try:
+        if args.raw:
+            yield "stdin", _plan.read_all(fd, "stdin", raw=True)
+            return
+        for doc in _plan.read_documents(fd, _plan.DocumentSplitter("stdin")):
+            where = f"stdin line {doc.line}"
+            text = _stamped(doc.text, where) if args.stamp else doc.text
+            yield where, text.encode("utf-8")
+    except _plan.BadContent as exc:
+        raise InputError(str(exc)) from None
+
+
+#: Failures after which a lead cannot go on: the stream is gone or not ours.
+_FATAL = (Status.NOT_LEADING, Status.NOT_FOUND, Status.BAD_PASSWORD, Status.BAD_LEADER_CODE, Status.FORBIDDEN,
+          Status.INVALID_ARGUMENT)
+
+
+class _Lead:
+    """Publishes states and reports each: seq, bytes, time to store."""
+
+    def __init__(self, args: argparse.Namespace, client: Client, leader: Leader, seq: Optional[int],
+                 report: bool) -> None:
+        self.args = args
+        self.client = client
+        self.leader = leader
+        self.seq = seq  # of the last stored state; None: unknown, looked up when needed
+        self.report = report
+        self.count = 0
+        self.last: Optional[bytes] = None  # last state stored
+        self.unstored: Optional[Tuple[str, bytes, float]] = None  # published, flush failed
+
+    def _learn_seq(self) -> None:
         try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise InputError(f"stdin line {number} is not a JSON document: {exc}") from None
-        if stamp:
-            if not isinstance(doc, dict):
-                raise InputError(f"stdin line {number}: --stamp needs a JSON object, not {type(doc).__name__}")
-            doc[STAMP_FIELD] = int(_now_ms())
-            text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
-        yield number, text
+            self.seq = {s.name: s.seq for s in self.client.list()}.get(self.args.name)
+        except Error:
+            self.seq = None
+
+    def publish(self, where: str, data: bytes, wait: bool = True) -> None:
+        """Publish (and unless not ``wait``, store) ``data``; errors raise."""
+        try:
+            self.leader.publish(data)
+        except Error as exc:
+            if exc.status in (Status.INVALID_ARGUMENT, Status.TOO_LARGE):
+                raise InputError(f"{where}: {exc.reason}") from None
+            exc.reason = f"{where}: {exc.reason}"
+            raise
+        self.count += 1
+        self.unstored = (where, data, time.monotonic())
+        if wait:
+            self.store()
+
+    def store(self) -> None:
+        """Wait until the last published state is stored, then report it."""
+        if self.unstored is None:
+            return
+        where, data, started = self.unstored
+        try:
+            self.leader.flush()
+        except Error as exc:
+            exc.reason = f"{where}: {exc.reason}"
+            raise
+        self.unstored = None
+        self.last = data
+        if self.seq is None:
+            self._learn_seq()
+        else:
+            self.seq += 1
+        if self.report:
+            took = (time.monotonic() - started) * 1000.0
+            parts = [f"seq={self.seq if self.seq is not None else '?'}", f"bytes={len(data)}",
+                     f"stored={took:.1f}ms"]
+            sent = _sent_ms(data.decode("utf-8", "replace"))
+            if sent is not None:
+                parts.append(f"latency={_now_ms() - sent:.1f}ms")
+            _status(" ".join(parts) + f" from {where}")
+
+    def flush_quietly(self) -> None:
+        """--no-wait: store what is pending; the seq is looked up afterwards."""
+        self.leader.flush()
+        self.unstored = None
+        self._learn_seq()
+
+
+def _open_lead(args: argparse.Namespace, client: Client) -> Tuple[Leader, Optional[int]]:
+    password = _secret(args.password, ENV_PASSWORD, "password", "--password", required=False)
+    code = _secret(args.leader_code, ENV_LEADER_CODE, "leader code", "--leader-code", required=True)
+    if args.reconnect:
+        return client.reconnect(args.name, password, code), None
+    try:
+        return client.start(args.name, password, code), 0
+    except Exists as exc:
+        reason = f"stream {args.name!r} exists already: pass --reconnect to lead it, or pick another name"
+        raise Exists(reason, reason=reason) from exc
 
 
 def cmd_lead(args: argparse.Namespace, client: Client) -> int:
-    password = _secret(args.password, ENV_PASSWORD, "password", "--password", required=False)
-    code = _secret(args.leader_code, ENV_LEADER_CODE, "leader code", "--leader-code", required=True)
-    leader: Leader
-    if args.reconnect:
-        leader = client.reconnect(args.name, password, code)
+    if args.file is not None and args.watch is not None:
+        raise UsageError("--file and --watch exclude each other")
+    if args.raw and args.stamp:
+        raise UsageError("--stamp needs JSON objects; it does not go with --raw")
+    if args.watch is not None and args.no_wait:
+        raise UsageError("--no-wait does not go with --watch (each save is stored before the next one is read)")
+    if args.interval is not None and args.watch is None:
+        raise UsageError("--interval goes with --watch FILE")
+    first: Optional[bytes] = None
+    if args.file is not None:
+        # Check the file before touching the stream: a bad file changes nothing.
+        try:
+            if args.file == "-":
+                first = _plan.read_all(sys.stdin.fileno(), "stdin", args.raw)
+            else:
+                first = _plan.read_file(args.file, args.raw)
+        except _plan.BadContent as exc:
+            raise InputError(str(exc)) from None
+        if args.stamp:
+            first = _stamped(first.decode("utf-8"), args.file).encode("utf-8")
+    leader, seq = _open_lead(args, client)
+    if args.watch is not None:
+        return _lead_watch(args, client, leader, seq)
+    lead = _Lead(args, client, leader, seq, report=not args.quiet and (args.file is not None or args.verbose))
+    if first is not None:
+        lead.publish(args.file, first)
     else:
-        try:
-            leader = client.start(args.name, password, code)
-        except Exists as exc:
-            reason = f"stream {args.name!r} exists already: pass --reconnect to lead it, or pick another name"
-            raise Exists(reason, reason=reason) from exc
-    count = 0
-    for number, text in _read_states(sys.stdin, args.stamp):
-        try:
-            leader.publish(text)
-            if not args.no_wait:
-                leader.flush()
-        except InvalidArgument as exc:
-            raise InputError(f"stdin line {number}: {exc.reason}") from None
-        except Error as exc:
-            exc.reason = f"stdin line {number}: {exc.reason}"
-            raise
-        count += 1
-    leader.flush()
+        for where, data in _stdin_states(args):
+            lead.publish(where, data, wait=not args.no_wait)
+        if args.no_wait:
+            lead.flush_quietly()
     if args.stop_at_end:
         leader.stop()
     if args.verbose:
         end = "stopped" if args.stop_at_end else "kept (reconnect with --reconnect)"
-        print(f"# published {count} state(s) to {args.name!r}; stream {end}", file=sys.stderr)
+        print(f"# published {lead.count} state(s) to {args.name!r}; stream {end}", file=sys.stderr)
+    return 0
+
+
+class _Interrupts:
+    """SIGINT/SIGTERM while watching: the first asks the loop to finish (flush
+    the last change, then leave); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict = {}
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "_Interrupts":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _drain(leader: Leader) -> None:
+    """Drop the leader's PUBLISH_FAILED events: a failed store is reported
+    by flush (and retried); unread, they would pile up in a long watch."""
+    while True:
+        try:
+            leader.next_event(0)
+        except Error:
+            return
+
+
+def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: Optional[int]) -> int:
+    path: str = args.watch
+    interval: float = args.interval if args.interval is not None else 0.1
+    lead = _Lead(args, client, leader, seq, report=not args.quiet)
+    watcher = _plan.FileWatcher(path, args.raw)
+    reported: Optional[str] = None  # the problem last reported, not repeated while it lasts
+    published: Optional[bytes] = None  # the file's content last published
+
+    def handle(content: Any) -> None:
+        nonlocal reported, published
+        data = content
+        if args.stamp and not isinstance(content, _plan.BadContent):
+            try:
+                data = _stamped(content.decode("utf-8"), path).encode("utf-8")
+            except InputError as exc:
+                content = _plan.BadContent(str(exc))
+        if isinstance(content, _plan.BadContent):
+            text = str(content)
+            if text != reported:
+                kept = f"seq={lead.seq}" if lead.seq is not None else "the stream's state"
+                keep = f"the stream keeps {kept}" if lead.last is not None else "nothing published yet"
+                print(f"missionstream: error: {text}; not published, {keep}; waiting for the next save",
+                      file=sys.stderr, flush=True)
+                reported = text
+            return
+        reported = None
+        if content == published:
+            return  # saved unchanged
+        published = content
+        lead.publish(path, data, wait=False)
+        store()
+
+    def store() -> None:
+        try:
+            lead.store()
+        except Error as exc:
+            if exc.status in _FATAL or not isinstance(exc.status, Status):
+                raise
+            print(f"missionstream: error: {exc.reason}; not stored yet, trying again", file=sys.stderr, flush=True)
+            lead.seq = None  # states may have been merged meanwhile: look it up once stored
+
+    if not args.quiet:
+        _status(f"watching {path} (every {interval:g} s); Ctrl-C to end")
+    with _Interrupts() as interrupts:
+        while not interrupts.requested:
+            _drain(leader)
+            if lead.unstored is not None:
+                store()
+            polled = watcher.poll()
+            if polled is not None:
+                handle(polled[1])
+            # In slices: Ctrl-C is acted on within 50 ms, whatever the interval.
+            until = time.monotonic() + interval
+            while not interrupts.requested and time.monotonic() < until:
+                time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+        # Interrupted: the last change (even one still settling) is published
+        # and stored before leaving.
+        if watcher.pending():
+            handle(watcher.read_now()[1])
+        if lead.unstored is not None:
+            lead.store()
+        if args.stop_at_end:
+            leader.stop()
+    if not args.quiet:
+        end = "stopped" if args.stop_at_end else "kept (reconnect with --reconnect)"
+        _status(f"published {lead.count} state(s) of {path} to {args.name!r}; stream {end}")
     return 0
 
 
@@ -207,6 +482,17 @@ def _timeout(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not 0.001 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"must be 0.001 to 3600 seconds, not {text}")
+    return value
+
+
+def _interval(text: str) -> float:
+    """--interval: seconds between two looks at a watched file."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.01 <= value <= 60:
+        raise argparse.ArgumentTypeError(f"must be 0.01 to 60 seconds, not {text}")
     return value
 
 
@@ -284,31 +570,82 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="exit with status 1 if no event arrives for SECONDS",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="print time, seq and delay only, not the state")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print time, seq and delay only, not the state; with --out, no status lines")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        help=(
+            "write each state to FILE instead of printing it, atomically (a temporary file in the same folder, "
+            "renamed over FILE), so a planner never reads half a plan; a status line per state goes to stderr"
+        ),
+    )
+    p.add_argument("--pretty", action="store_true", help="with --out: indent JSON states (2 spaces)")
+    p.add_argument(
+        "--exec",
+        metavar="CMD",
+        help=(
+            "with --out: run the shell command CMD after each write (e.g. to make a planner reload), "
+            "with $MISSIONSTREAM_OUT, $MISSIONSTREAM_SEQ and $MISSIONSTREAM_STREAM set; "
+            "states arriving meanwhile merge into the newest"
+        ),
+    )
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser(
         "lead",
-        help="lead a stream, publishing states read from stdin",
+        help="lead a stream, publishing states read from stdin, a file, or a file on every save",
         description=(
-            "Start stream NAME (or --reconnect to an existing one) and publish each line of stdin as a "
-            "state: one JSON document per line, blank lines ignored. Each state is flushed (stored in "
-            "Redis) before the next line is read, unless --no-wait. At end of input the stream is kept "
-            "for a later --reconnect, or deleted with --stop-at-end."
+            "Start stream NAME (or --reconnect to an existing one) and publish states. From stdin: each "
+            "whole JSON document is one state, of any formatting (one per line, or pretty-printed over "
+            "many lines), published as soon as it is complete; with --raw, all of stdin is one state. "
+            "--file FILE publishes the file, byte for byte, as one state. --watch FILE publishes the file "
+            "now and on every save until Ctrl-C (it polls the file's size, times and inode; a save by "
+            "rename or in place is seen; a half-written or invalid file is reported on stderr and not "
+            "published). Each state is stored in Redis before the next one is read, unless --no-wait. "
+            "At the end the stream is kept for a later --reconnect, or deleted with --stop-at-end. "
+            "Every state must be UTF-8 text of at most 8 MiB; an empty, binary or larger input is refused."
         ),
     )
     _add_common(p, suppress=True)
     p.add_argument("name", metavar="NAME", help="stream name")
     _add_secrets(p, leader=True)
     p.add_argument("--reconnect", action="store_true", help="take up leading an existing stream instead of starting it")
-    p.add_argument("--stop-at-end", action="store_true", help="stop (delete) the stream at end of input")
+    p.add_argument(
+        "--stop-at-end", action="store_true",
+        help="stop (delete) the stream at the end (end of input, after --file, or Ctrl-C with --watch)",
+    )
+    p.add_argument(
+        "--file", metavar="FILE",
+        help="publish FILE as one state, byte for byte (any formatting), then end; - reads all of stdin",
+    )
+    p.add_argument(
+        "--watch",
+        metavar="FILE",
+        help=(
+            "publish FILE now and each time it is saved, until Ctrl-C (or SIGTERM), which publishes "
+            "the last change and exits 0"
+        ),
+    )
+    p.add_argument(
+        "--interval", type=_interval, default=None, metavar="SECONDS",
+        help="with --watch: how often to look at the file (default: 0.1)",
+    )
+    p.add_argument("--raw", action="store_true", help="publish text that is not JSON (stdin: all of it, one state)")
     p.add_argument(
         "--no-wait",
         action="store_true",
-        help="do not flush after each line (latest wins: intermediate states may be skipped); flush once at the end",
+        help="do not flush after each document (latest wins: intermediate states may be skipped); flush once at the end",
     )
-    p.add_argument("--stamp", action="store_true", help=f"add \"{STAMP_FIELD}\" (Unix time, ms) to each JSON object")
-    p.add_argument("-v", "--verbose", action="store_true", help="print a summary on stderr at the end")
+    p.add_argument(
+        "--stamp", action="store_true",
+        help=f"add \"{STAMP_FIELD}\" (Unix time, ms) to each JSON object (re-encoded on one line)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="stdin: a status line per state and a summary at the end, on stderr",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="--file, --watch: no status lines, errors only")
     p.set_defaults(func=cmd_lead)
 
     p = sub.add_parser(
