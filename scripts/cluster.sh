@@ -145,6 +145,11 @@ start_redis() {
 
 # Replication is complete: the primary (port $1) has 2 online replicas, each
 # replica ($2, $3) has its link up and the functions library.
+# Loads the functions library on the Redis of port $1.
+load_functions() {
+  [ "$(redis-cli -p "$1" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua" 2>&1)" = missionstream ]
+}
+
 in_sync() {
   local info p
   info=$(redis-cli -p "$1" info replication) || return 1
@@ -230,7 +235,9 @@ PY
   done
 
   for i in $nodes; do start_redis "$i"; done
-  redis-cli -p "$r1" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua" >/dev/null
+  # With min-replicas-to-write, the primary refuses the load (a write)
+  # until a replica is connected: try again until it takes it.
+  wait_for 30 load_functions "$r1" || { echo "the primary did not load lua/missionstream.lua (see $dir/node1/redis.log)" >&2; false; }
   wait_for 30 in_sync "$r1" "$r2" "$r3" || { echo "the replicas did not get in sync (see $dir/node*/redis.log)" >&2; false; }
   for i in $sentinels; do
     redis-server "$dir/sentinel$i/sentinel.conf" --sentinel >/dev/null 2>&1 &

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, ClusterOptions};
 use common::{assert_increasing, unique, Rec, Recorder, Servers};
 use missionstream::{Client, EventKind, Status};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,6 +229,44 @@ fn writes_lost_in_a_failover_are_restored_and_seq_never_goes_back() {
         assert_increasing(&states);
         assert!(states.last().unwrap().0 > seq, "{states:?}");
     }
+}
+
+#[test]
+fn with_min_replicas_to_write_a_state_no_replica_holds_is_not_acknowledged() {
+    let mut c = Cluster::start_with(ClusterOptions {
+        min_replicas: 1,
+        ..Default::default()
+    });
+    let name = unique("ha-durable");
+    let leader = client(&c.urls, 2000, 250);
+    leader.start(&name, PW, CODE).unwrap();
+    leader.publish(&name, b"{\"held\":1}").unwrap();
+    leader.flush(&name, 5000).unwrap();
+    let held_seq: u64 = record_field(&c, 0, &name, "seq").parse().unwrap();
+    // Replication cut for longer than min-replicas-max-lag (1 s): the
+    // primary refuses writes (NOREPLICAS) instead of acknowledging states
+    // that would die with it.
+    c.freeze_replicas();
+    std::thread::sleep(Duration::from_millis(2500));
+    leader.publish(&name, b"{\"unheld\":1}").unwrap();
+    let e = leader.flush(&name, 3000).unwrap_err();
+    assert!(
+        matches!(
+            e.status,
+            Status::MS_ERR_UNAVAILABLE | Status::MS_ERR_TIMEOUT
+        ),
+        "{e}"
+    );
+    assert_eq!(record_field(&c, 0, &name, "state"), "{\"held\":1}");
+    c.kill_primary();
+    c.thaw_replicas();
+    let (primary, _) = c.wait_promoted(Duration::from_secs(30));
+    // What was acknowledged survived; the leader then delivers the state
+    // it kept on the new primary by itself.
+    let seq: u64 = record_field(&c, primary, &name, "seq").parse().unwrap();
+    assert!(seq >= held_seq, "seq {seq} < acknowledged {held_seq}");
+    leader.flush(&name, 15_000).unwrap();
+    assert_eq!(record_field(&c, primary, &name, "state"), "{\"unheld\":1}");
 }
 
 #[test]
