@@ -421,3 +421,28 @@ def test_connect_disconnect_cycles_while_publishing(client: ms.Client, client2: 
             except ms.Error as exc:
                 failures.append(repr(exc))
     assert not failures, f"{len(failures)} of 100 connects failed, e.g. {failures[0]}"
+
+
+def test_client_takes_the_endpoint_list_of_a_replicated_deployment(
+    url: str, closed_port_url: str, name: str
+) -> None:
+    # A list (or the same comma-separated string): writes go to whichever
+    # endpoint takes them; here the first one is down.
+    with ms.Client([closed_port_url, url], timeout=3) as leader, ms.Client(
+        f"{closed_port_url},{url}", timeout=3
+    ) as reader:
+        assert leader.url == f"{closed_port_url},{url}"
+        lead = leader.start(name, PW, CODE)
+        lead.publish({"wp": 1})
+        lead.flush()
+        assert [s.name for s in reader.list() if s.name == name] == [name]
+        follower = reader.connect(name, PW)
+        assert first_state(follower).json() == {"wp": 1}
+    # A bad entry is named.
+    for bad, says in [
+        ([url, ""], "entry 2"),
+        ([url, "127.0.0.1:1"], "entry 2"),
+        ([url, url], "repeats entry 1"),
+    ]:
+        with pytest.raises(ms.InvalidArgument, match=says):
+            ms.Client(bad)
