@@ -110,3 +110,41 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::Status;
+
+    /// The table build.rs derives from the enum, and the header cbindgen
+    /// writes from it, agree with the enum: every value, in order, by name.
+    #[test]
+    fn status_table_and_header_agree_with_the_enum() {
+        for (i, s) in Status::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+            assert_eq!(Status::from_raw(i as u32), Some(*s));
+            assert_eq!(format!("{s:?}"), s.name());
+        }
+        assert_eq!(Status::from_raw(Status::ALL.len() as u32), None);
+        let header = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/include/missionstream.h"
+        ))
+        .expect("include/missionstream.h");
+        let body = header
+            .split("typedef enum ms_status {")
+            .nth(1)
+            .and_then(|rest| rest.split("} ms_status;").next())
+            .expect("the ms_status enum in the header");
+        let declared: Vec<String> = body
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("MS_"))
+            .map(|l| l.trim_end_matches(',').to_string())
+            .collect();
+        let expected: Vec<String> = Status::ALL
+            .iter()
+            .map(|s| format!("{} = {}", s.name(), *s as u32))
+            .collect();
+        assert_eq!(declared, expected);
+    }
+}

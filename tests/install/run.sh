@@ -88,6 +88,15 @@ if grep -rqs -e "$target" -e "$root/include" "$work/cpp/build/CMakeFiles/mission
   fail "the CMake build refers to the checkout"
 fi
 
+step "README's C++ quick start against the installed headers"
+awk '/^```cpp$/{on=1; next} /^```$/{on=0} on' README.md > "$work/readme.cpp"
+[ -s "$work/readme.cpp" ] || fail "no cpp block in README.md"
+for std in c++17 c++20; do
+  # shellcheck disable=SC2046
+  g++ "-std=$std" -Wall -Wextra -Werror -pedantic $(pkg-config --cflags missionstream) "$work/readme.cpp" \
+      -o "$work/readme_cpp" $(pkg-config --libs missionstream) && ok "README C++ builds as $std" || fail "README C++ as $std"
+done
+
 step "CMake refuses an incompatible version"
 for want in 1.0 0.2 "0.2...<1"; do
   mkdir -p "$work/v/$want"
