@@ -5,6 +5,9 @@
 #   make bench   the performance figures beside their baselines
 #   make soak    a few minutes of faults under load (MS_SOAK_SECONDS,
 #                MS_SOAK_WEBDIS_KILLS, MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES)
+#   make install PREFIX=/usr/local DESTDIR=   the C library, headers,
+#                pkg-config file and CMake package; make uninstall removes them
+#   make header  refreshes include/missionstream.h from the generated one
 #   make server / server-stop   a local Redis + Webdis; `. .run/server/env`
 #                sets MISSIONSTREAM_URL for the command line and the examples
 #   make cluster / cluster-stop   the replicated topology (3 Redis, 3 Sentinels,
@@ -19,8 +22,9 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-c test-python check-header fmt-check clippy \
-        demo demo-ha server server-stop cluster cluster-stop bench bench-quick soak clean
+.PHONY: all build deps deps-test test test-rust test-c test-install test-python check-header header \
+        fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
+        bench bench-quick soak clean
 
 all: build
 
@@ -33,7 +37,7 @@ deps-test:
 build: deps
 	$(CARGO) build --release
 
-test: deps-test build check-header fmt-check clippy test-rust test-c test-python bench-quick
+test: deps-test build check-header fmt-check clippy test-rust test-c test-install test-python bench-quick
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -42,15 +46,32 @@ test-rust:
 test-c:
 	tests/c/run.sh
 
+# Installs into a temporary DESTDIR and builds examples/c (pkg-config) and
+# examples/cpp (CMake) against that tree alone.
+test-install:
+	tests/install/run.sh
+
 test-python: deps-test build
 	@$(TEST_VENV)/bin/python -c 'import sys; print("Python suite: Python", sys.version.split()[0], "of", sys._base_executable, "in", sys.prefix)'
 	cd bindings/python && ../../$(TEST_VENV)/bin/python -m pytest -q tests
 
-# The committed header must equal the one build.rs generates.
+# build.rs generates the header into cargo's OUT_DIR; the committed copy
+# in include/ must equal it (make header refreshes it).
 check-header:
-	$(CARGO) build --release
-	@git diff --exit-code -- include/missionstream.h || \
-	  (echo "include/missionstream.h is stale: commit the regenerated header" >&2; exit 1)
+	@generated=$$(scripts/generated-header.sh) && \
+	  if diff -u include/missionstream.h "$$generated"; then echo "include/missionstream.h is up to date"; \
+	  else echo "include/missionstream.h is stale: run make header and commit it" >&2; exit 1; fi
+
+header:
+	@generated=$$(scripts/generated-header.sh) && cp "$$generated" include/missionstream.h && \
+	  echo "include/missionstream.h refreshed from $$generated"
+
+# PREFIX (default /usr/local), DESTDIR, LIBDIR, INCLUDEDIR: see scripts/install.sh.
+install:
+	@scripts/install.sh install
+
+uninstall:
+	@scripts/install.sh uninstall
 
 fmt-check:
 	$(CARGO) fmt --check

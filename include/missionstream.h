@@ -19,6 +19,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version of the library this header belongs to (Cargo.toml). */
+#define MS_VERSION_MAJOR 0
+#define MS_VERSION_MINOR 1
+#define MS_VERSION_PATCH 0
+#define MS_VERSION_STRING "0.1.0"
+/* MS_VERSION_MAJOR * 10000 + MS_VERSION_MINOR * 100 + MS_VERSION_PATCH, for #if. */
+#define MS_VERSION_NUMBER (MS_VERSION_MAJOR * 10000 + MS_VERSION_MINOR * 100 + MS_VERSION_PATCH)
+
 /**
  * Longest stream name, in bytes.
  */
@@ -223,8 +231,6 @@ typedef struct ms_stream_info {
    */
   int64_t updated_ms;
 } ms_stream_info;
-
-
 
 #ifdef __cplusplus
 extern "C" {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing missionstream needs, when it is missing:
 # Debian/Ubuntu packages redis-server, webdis, curl, a C/C++ compiler,
-# python3 (and python3-venv for the tests), and nginx + openssl (the TLS
+# binutils (strip, nm, readelf: make install and its tests), pkg-config and
+# cmake (the installed library's tests build examples/ with them), python3 (and python3-venv for the tests), and nginx + openssl (the TLS
 # tests put nginx in front of Webdis, with certificates they make).
 #
 #   scripts/install-deps.sh                  # to build and run the demo
@@ -34,6 +35,9 @@ command -v webdis >/dev/null 2>&1 || need+=(webdis)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
+command -v strip >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1 || need+=(binutils)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Debian installs nginx in /usr/sbin, not on a normal user's PATH.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds and runs the C test harness and the header checks against a real
-# Redis + Webdis started on free loopback ports (scripts/server.sh).
+# Builds and runs the C test harness, the C++ API test and the header checks
+# against a real Redis + Webdis started on free loopback ports
+# (scripts/server.sh), and checks the shared library's SONAME and exports.
 #
-#   tests/c/run.sh              # build if needed, header checks, ASan run, valgrind run
+#   tests/c/run.sh              # build if needed, header checks, ASan runs, valgrind run
 #   MS_SKIP_VALGRIND=1 tests/c/run.sh   # skip the valgrind run
 #
 # Exits non-zero on any failure. Servers are always stopped (trap).
@@ -14,7 +15,7 @@ CFLAGS_STRICT=(-std=c99 -Wall -Wextra -Werror -pedantic)
 CXXFLAGS_STRICT=(-std=c++11 -Wall -Wextra -Werror -pedantic)
 target=${CARGO_TARGET_DIR:-target}
 case "$target" in /*) ;; *) target=$root/$target ;; esac
-lib_dir="$target/release"
+built="$target/release"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ms-ctest.XXXXXX")
 server_dir="$work/server"
@@ -31,7 +32,25 @@ fail() { echo "FAILED: $*"; failures=$((failures + 1)); }
 
 step "cargo build --release"
 cargo build --release --quiet
-[ -f "$lib_dir/libmissionstream.so" ] || { echo "no $lib_dir/libmissionstream.so after cargo build" >&2; exit 1; }
+[ -f "$built/libmissionstream.so" ] || { echo "no $built/libmissionstream.so after cargo build" >&2; exit 1; }
+# Programs linked with -lmissionstream need libmissionstream.so.0 (the
+# SONAME) at run time: a private directory with that name for the one cargo
+# built (make install makes the real links).
+lib_dir="$work/lib"
+mkdir -p "$lib_dir"
+ln -s "$built/libmissionstream.so" "$lib_dir/libmissionstream.so"
+ln -s "$built/libmissionstream.so" "$lib_dir/libmissionstream.so.0"
+
+step "shared library: SONAME libmissionstream.so.0, only ms_* exported"
+soname=$(readelf -d "$built/libmissionstream.so" | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+[ "$soname" = libmissionstream.so.0 ] && echo "ok SONAME $soname" || fail "SONAME is '$soname', not libmissionstream.so.0"
+exported=$(nm -D --defined-only "$built/libmissionstream.so" | awk '{print $NF}')
+others=$(echo "$exported" | grep -v '^ms_' || true)
+[ -z "$others" ] && echo "ok $(echo "$exported" | wc -l) symbols, all ms_*" || fail "exported besides ms_*: $(echo "$others" | head -n 20 | tr '\n' ' ')"
+# Every function of the header is exported, and nothing else.
+declared=$(sed -n 's/^[a-z].*[ *]\(ms_[a-z_]*\)(.*/\1/p' include/missionstream.h | sort)
+[ "$declared" = "$(echo "$exported" | sort)" ] && echo "ok exports = the header's functions" \
+  || fail "exports differ from the header's functions: $(diff <(echo "$declared") <(echo "$exported" | sort) | tr '\n' ' ')"
 
 step "header alone as C99 and C++11"
 gcc "${CFLAGS_STRICT[@]}" -fsyntax-only -x c include/missionstream.h && echo "ok C99"
@@ -41,6 +60,23 @@ step "C++ translation unit (tests/c/header_cpp.cpp)"
 g++ "${CXXFLAGS_STRICT[@]}" -Iinclude tests/c/header_cpp.cpp -o "$work/header_cpp" \
     -L"$lib_dir" -lmissionstream
 LD_LIBRARY_PATH="$lib_dir" "$work/header_cpp" || fail "header_cpp"
+
+step "C++ API header (include/missionstream.hpp) alone as C++17 and C++20"
+for std in c++17 c++20; do
+  g++ "-std=$std" -Wall -Wextra -Werror -pedantic -fsyntax-only -Iinclude -x c++ include/missionstream.hpp && echo "ok $std"
+done
+# As C++14 it refuses with a clear message.
+if g++ -std=c++14 -fsyntax-only -Iinclude -x c++ include/missionstream.hpp 2>"$work/cxx14.err"; then
+  fail "missionstream.hpp compiled as C++14"
+else
+  grep -q "needs C++17" "$work/cxx14.err" && echo "ok C++14 refused" || fail "C++14 error: $(cat "$work/cxx14.err")"
+fi
+
+step "C++ API test (tests/c/cpp_api.cpp) with ASan + UBSan, as C++17 and C++20"
+for std in c++17 c++20; do
+  g++ "-std=$std" -Wall -Wextra -Werror -pedantic -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
+      -Iinclude tests/c/cpp_api.cpp -o "$work/cpp_api_$std" -L"$lib_dir" -lmissionstream -lpthread
+done
 
 step "harness with AddressSanitizer + UndefinedBehaviorSanitizer"
 gcc "${CFLAGS_STRICT[@]}" -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
@@ -54,6 +90,17 @@ step "servers"
 # The library's diagnostics (retries, lost subscriptions) on stderr: quiet
 # when all goes well, and what to look at when a step fails.
 export MISSIONSTREAM_DEBUG=1
+
+step "C++ API (ASan/UBSan)"
+for std in c++17 c++20; do
+  if ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \
+     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+     LD_LIBRARY_PATH="$lib_dir" timeout 120 "$work/cpp_api_$std"; then
+    :
+  else
+    fail "C++ API test ($std) under ASan/UBSan (exit $?)"
+  fi
+done
 
 step "harness (ASan/UBSan)"
 if ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 \

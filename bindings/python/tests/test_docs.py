@@ -6,7 +6,6 @@ they can."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -54,11 +53,6 @@ def following(all_blocks: List[Block], block: Block, lang: str) -> Block:
     raise AssertionError(f"no {lang} block after the {block.lang} block of {block.section!r}")
 
 
-def cargo_target() -> Path:
-    target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-    return target if target.is_absolute() else REPO / target
-
-
 def live_streams(url: str) -> List[str]:
     with ms.Client(url) as c:
         return [s.name for s in c.list()]
@@ -70,22 +64,23 @@ def test_readme_c_example_builds_and_runs(tmp_path: Path, server: Server) -> Non
     build = following(all_blocks, c, "sh")
     expected = following(all_blocks, c, "text").code.splitlines()
 
-    # The repository root as the document assumes it: app.c beside include/
-    # and target/release (where cargo put the library: $CARGO_TARGET_DIR).
-    lib_dir = cargo_target() / "release"
-    assert (lib_dir / "libmissionstream.so").is_file(), f"build the library first ({lib_dir})"
+    # The document installs the library under .run/usr of the repository
+    # and builds app.c beside it; here the prefix is a temporary one.
     (tmp_path / "app.c").write_text(c.code)
     (tmp_path / "include").symlink_to(REPO / "include")
-    (tmp_path / "target").mkdir()
-    (tmp_path / "target" / "release").symlink_to(lib_dir)
+    prefix = tmp_path / "usr"
 
     commands = [line for line in build.code.splitlines() if line.strip() and not line.startswith("#")]
-    assert commands[0] == "cargo build --release", commands
+    assert commands[0] == 'make install PREFIX="$PWD/.run/usr"', commands
     assert commands[-1].startswith("./app"), commands
-    subprocess.run(commands[0], shell=True, cwd=REPO, check=True, capture_output=True, timeout=600)
-    for command in commands[1:-1]:
-        r = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, f"{command}\n{r.stderr}"
+    r = subprocess.run(["bash", "-c", commands[0].replace('"$PWD/.run/usr"', f'"{prefix}"')], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    script = "\n".join(commands[1:-1]).replace('"$PWD/.run/usr', f'"{prefix}')
+    assert str(prefix) in script, script
+    r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, f"{script}\n{r.stderr}"
     # The example is clean C99 too.
     r = subprocess.run(
         ["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-fsyntax-only", "-Iinclude", "app.c"],

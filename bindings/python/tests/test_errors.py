@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -33,6 +34,34 @@ def test_hierarchy() -> None:
     assert issubclass(ms.InvalidArgument, ValueError)
     assert issubclass(ms.Timeout, TimeoutError)
     assert issubclass(ms.Unavailable, ConnectionError)
+
+
+def test_statuses_match_the_library_and_the_header() -> None:
+    """The list of statuses is defined once, by the library (the ms_status
+    enum of src/error.rs); this module's Status and the C header must say
+    the same: every value with its name, and no value beyond."""
+    from missionstream._ffi import lib
+    from missionstream.errors import error_for_status
+    from conftest import REPO
+
+    def c_name(status: ms.Status) -> str:
+        return "MS_OK" if status is ms.Status.OK else "MS_ERR_" + status.name
+
+    for status in ms.Status:
+        assert lib.ms_status_name(status.value).decode() == c_name(status), status
+    assert [s.value for s in ms.Status] == list(range(len(ms.Status)))
+    assert lib.ms_status_name(len(ms.Status)).decode() == "MS_UNKNOWN_STATUS", "a status Python does not know"
+
+    header = (REPO / "include" / "missionstream.h").read_text()
+    body = re.search(r"typedef enum ms_status \{(.*?)\} ms_status;", header, re.S)
+    assert body, "no ms_status enum in include/missionstream.h"
+    declared = [(n, int(v)) for n, v in re.findall(r"^\s*(MS_\w+) = (\d+),", body.group(1), re.M)]
+    assert declared == [(c_name(s), s.value) for s in ms.Status]
+    # Each status has its exception class.
+    for status in ms.Status:
+        if status is not ms.Status.OK:
+            err = error_for_status(status.value, "m")
+            assert type(err).STATUS == status.value and err.status is status, status
 
 
 def test_error_carries_library_message(client: ms.Client, name: str) -> None:
