@@ -143,14 +143,21 @@ start_redis() {
   wait_for 10 redis-cli -p "$port" ping || { echo "redis-server of node $n did not start (see $dir/node$n/redis.log)" >&2; return 1; }
 }
 
-# Replication is complete: the primary (port $1) has 2 online replicas, each
-# replica ($2, $3) has its link up and the functions library.
+# Replication runs: the primary (port $1) has 2 online replicas and each
+# replica ($2, $3) has its link up.
 in_sync() {
   local info p
   info=$(redis-cli -p "$1" info replication) || return 1
   [ "$(grep -c 'state=online' <<<"$info")" = 2 ] || return 1
   for p in "$2" "$3"; do
     redis-cli -p "$p" info replication | grep -q '^master_link_status:up' || return 1
+  done
+}
+
+# Every node ($1...) has the functions library.
+have_functions() {
+  local p
+  for p in "$@"; do
     redis-cli -p "$p" function list libraryname "$master" | grep -q "$master" || return 1
   done
 }
@@ -230,8 +237,12 @@ PY
   done
 
   for i in $nodes; do start_redis "$i"; done
-  redis-cli -p "$r1" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua" >/dev/null
   wait_for 30 in_sync "$r1" "$r2" "$r3" || { echo "the replicas did not get in sync (see $dir/node*/redis.log)" >&2; false; }
+  # Loaded once replicas are in sync: with MS_MIN_REPLICAS the primary
+  # refuses writes (FUNCTION LOAD is one) until then.
+  out=$(redis-cli -p "$r1" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua")
+  [ "$out" = "$master" ] || { echo "FUNCTION LOAD failed: $out" >&2; false; }
+  wait_for 10 have_functions "$r2" "$r3" || { echo "the functions did not replicate (see $dir/node*/redis.log)" >&2; false; }
   for i in $sentinels; do
     redis-server "$dir/sentinel$i/sentinel.conf" --sentinel >/dev/null 2>&1 &
     echo $! > "$dir/sentinel$i/sentinel.pid.launch"
@@ -242,7 +253,8 @@ PY
   done
   for i in $nodes; do
     wait_for 10 webdis_up "$i" "${wports[i-1]}" \
-      || { echo "webdis of node $i did not start (see $dir/node$i/webdis.log)" >&2; false; }
+      || { echo "webdis of node $i did not start (see $dir/node$i/webdis.log): PING answered" \
+                "$(curl -s -m 2 -w ' HTTP %{http_code}' "http://127.0.0.1:${wports[i-1]}/PING" 2>&1 || true)" >&2; false; }
   done
   for p in "${sports[@]}"; do
     wait_for 30 sentinel_ready "$p" || { echo "Sentinel on port $p does not know the whole group (see $dir/sentinel*/sentinel.log)" >&2; false; }
