@@ -143,21 +143,19 @@ start_redis() {
   wait_for 10 redis-cli -p "$port" ping || { echo "redis-server of node $n did not start (see $dir/node$n/redis.log)" >&2; return 1; }
 }
 
-# Replication runs: the primary (port $1) has 2 online replicas and each
-# replica ($2, $3) has its link up.
+# Replication is complete: the primary (port $1) has 2 online replicas, each
+# replica ($2, $3) has its link up and the functions library.
+# Loads the functions library on the Redis of port $1.
+load_functions() {
+  [ "$(redis-cli -p "$1" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua" 2>&1)" = missionstream ]
+}
+
 in_sync() {
   local info p
   info=$(redis-cli -p "$1" info replication) || return 1
   [ "$(grep -c 'state=online' <<<"$info")" = 2 ] || return 1
   for p in "$2" "$3"; do
     redis-cli -p "$p" info replication | grep -q '^master_link_status:up' || return 1
-  done
-}
-
-# Every node ($1...) has the functions library.
-have_functions() {
-  local p
-  for p in "$@"; do
     redis-cli -p "$p" function list libraryname "$master" | grep -q "$master" || return 1
   done
 }
@@ -237,12 +235,10 @@ PY
   done
 
   for i in $nodes; do start_redis "$i"; done
+  # With min-replicas-to-write, the primary refuses the load (a write)
+  # until a replica is connected: try again until it takes it.
+  wait_for 30 load_functions "$r1" || { echo "the primary did not load lua/missionstream.lua (see $dir/node1/redis.log)" >&2; false; }
   wait_for 30 in_sync "$r1" "$r2" "$r3" || { echo "the replicas did not get in sync (see $dir/node*/redis.log)" >&2; false; }
-  # Loaded once replicas are in sync: with MS_MIN_REPLICAS the primary
-  # refuses writes (FUNCTION LOAD is one) until then.
-  out=$(redis-cli -p "$r1" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua")
-  [ "$out" = "$master" ] || { echo "FUNCTION LOAD failed: $out" >&2; false; }
-  wait_for 10 have_functions "$r2" "$r3" || { echo "the functions did not replicate (see $dir/node*/redis.log)" >&2; false; }
   for i in $sentinels; do
     redis-server "$dir/sentinel$i/sentinel.conf" --sentinel >/dev/null 2>&1 &
     echo $! > "$dir/sentinel$i/sentinel.pid.launch"
