@@ -21,7 +21,7 @@ import statistics
 import sys
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import missionstream as ms
 
@@ -51,8 +51,16 @@ def mission_plan(step: int, t: float) -> Dict[str, Any]:
     }
 
 
-def lead(url: str, name: str, seconds: float, rate: float, done: threading.Event, stats: Dict[str, Any]) -> None:
-    with ms.Client(url) as client:
+def lead(
+    url: str,
+    name: str,
+    seconds: float,
+    rate: float,
+    heartbeat: Optional[float],
+    done: threading.Event,
+    stats: Dict[str, Any],
+) -> None:
+    with ms.Client(url, heartbeat=heartbeat) as client:
         leader = client.start(name, "demo-password", "demo-leader-code")
         stats["leader_ready"].set()
         # Give the follower a moment to connect before the plan starts to move.
@@ -81,6 +89,13 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=float, default=4.0, help="how long the leader streams (default 4)")
     parser.add_argument("--rate", type=float, default=10.0, help="plan revisions per second (default 10)")
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=None,
+        help="the leader's heartbeat interval in seconds (default: the library's); followers take a "
+        "subscription that stayed silent for two intervals for lost, as every one is in a failover",
+    )
     args = parser.parse_args()
 
     name = f"demo/mission-plan/{os.getpid()}"
@@ -93,7 +108,7 @@ def main() -> int:
 
     def run_leader() -> None:
         try:
-            lead(args.url, name, args.seconds, args.rate, done, stats)
+            lead(args.url, name, args.seconds, args.rate, args.heartbeat, done, stats)
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
             stats["leader_ready"].set()

@@ -249,7 +249,8 @@ PY
   done
   for i in $nodes; do
     wait_for 10 webdis_up "$i" "${wports[i-1]}" \
-      || { echo "webdis of node $i did not start (see $dir/node$i/webdis.log)" >&2; false; }
+      || { echo "webdis of node $i did not start (see $dir/node$i/webdis.log): PING answered" \
+                "$(curl -s -m 2 -w ' HTTP %{http_code}' "http://127.0.0.1:${wports[i-1]}/PING" 2>&1 || true)" >&2; false; }
   done
   for p in "${sports[@]}"; do
     wait_for 30 sentinel_ready "$p" || { echo "Sentinel on port $p does not know the whole group (see $dir/sentinel*/sentinel.log)" >&2; false; }

@@ -11,6 +11,14 @@
 #
 # MS_DEMO_KILL_AFTER   seconds of streaming before the kill (default 3)
 # MS_DEMO_SECONDS      how long the leader streams (default 10)
+# MS_DEMO_HEARTBEAT    the leader's heartbeat interval in seconds (default 0.5).
+#                      Sentinel closes the subscriptions of every node it
+#                      reconfigures, and Webdis keeps the follower's stream
+#                      open but silent: the follower takes it for lost after
+#                      two heartbeat intervals without a message, then a
+#                      probe's wait (one interval), and subscribes again. With
+#                      the library's default of 5 s that is ~15 s, longer
+#                      than the demo streams after the kill.
 # MISSIONSTREAM_LIB may name another build of the library; PYTHON (default
 # python3) the interpreter. The MS_SENTINEL_* and MS_MIN_REPLICAS settings
 # of scripts/cluster.sh apply.
@@ -23,6 +31,7 @@ cd "$here"
 python=${PYTHON:-python3}
 kill_after=${MS_DEMO_KILL_AFTER:-3}
 seconds=${MS_DEMO_SECONDS:-10}
+heartbeat=${MS_DEMO_HEARTBEAT:-0.5}
 target=${CARGO_TARGET_DIR:-target}
 if [ -z "${MISSIONSTREAM_LIB:-}" ] && [ ! -f "$target/release/libmissionstream.so" ] && [ ! -f "$target/debug/libmissionstream.so" ]; then
   echo "demo-ha: libmissionstream is not built: run 'cargo build --release' (or 'make demo-ha')" >&2
@@ -64,7 +73,7 @@ primary_node() {
 now_ms() { date +%s%3N; }
 
 PYTHONUNBUFFERED=1 PYTHONPATH="$here/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \
-  "$python" "$here/examples/demo.py" --url "$MS_URLS" --seconds "$seconds" "$@" &
+  "$python" "$here/examples/demo.py" --url "$MS_URLS" --seconds "$seconds" --heartbeat "$heartbeat" "$@" &
 demo_pid=$!
 
 sleep "$kill_after"

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::cluster::{alive, Cluster, MASTER, NODES};
+use common::cluster::{alive, Cluster, ClusterOptions, MASTER, NODES};
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::Path;
@@ -207,6 +207,60 @@ fn freeze_replicas_then_kill_primary_loses_the_unreplicated_writes() {
         "0",
         "the writes after the cut died with the primary"
     );
+}
+
+#[test]
+fn min_replicas_makes_a_primary_cut_off_from_its_replicas_refuse_writes() {
+    let c = Cluster::start_with(ClusterOptions {
+        min_replicas: 1,
+        ..Default::default()
+    });
+    for n in 0..NODES {
+        let got = c.redis_cli(n, &["CONFIG", "GET", "min-replicas-to-write"]);
+        assert!(got.lines().nth(1) == Some("1"), "node {n}: {got:?}");
+        // Loaded although the primary refuses writes without replicas.
+        assert!(c
+            .redis_cli(n, &["FUNCTION", "LIST", "LIBRARYNAME", "missionstream"])
+            .contains("missionstream"));
+    }
+    assert_eq!(c.redis_cli(0, &["SET", "k", "1"]).trim(), "OK");
+    // Replicas silent, as in a partition: the primary refuses writes once
+    // none has acknowledged replication for more than 1 s.
+    let refused_after = |c: &Cluster, cut: Instant| -> Duration {
+        let deadline = cut + Duration::from_secs(10);
+        loop {
+            let got = c.redis_cli(0, &["SET", "k", "2"]);
+            if got.starts_with("NOREPLICAS") {
+                return cut.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still writable 10 s after the cut: {got:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let cut = Instant::now();
+    c.stall_replicas();
+    let took = refused_after(&c, cut);
+    eprintln!("replicas stalled -> NOREPLICAS: {took:?}");
+    assert!(took > Duration::from_millis(500), "refused after {took:?}");
+    c.thaw_replicas();
+    common::wait_until(Duration::from_secs(15), || {
+        c.redis_cli(0, &["SET", "k", "3"]).trim() == "OK"
+    });
+    // Replication cut: refused at once.
+    let cut = Instant::now();
+    c.freeze_replicas();
+    eprintln!(
+        "replication cut -> NOREPLICAS: {:?}",
+        refused_after(&c, cut)
+    );
+    c.thaw_replicas();
+    // Replicas back: writes are accepted again.
+    common::wait_until(Duration::from_secs(15), || {
+        c.redis_cli(0, &["SET", "k", "4"]).trim() == "OK"
+    });
 }
 
 #[test]

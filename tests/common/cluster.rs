@@ -71,35 +71,47 @@ impl Cluster {
         let dir = std::env::temp_dir().join(format!("ms-cluster-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = Command::new(script());
-        cmd.arg("start").arg(&dir).stdin(Stdio::null());
-        if opts.min_replicas > 0 {
-            cmd.env("MS_MIN_REPLICAS", opts.min_replicas.to_string());
-        }
-        if let Some(ms) = opts.down_after_ms {
-            cmd.env("MS_SENTINEL_DOWN_AFTER_MS", ms.to_string());
-        }
-        if let Some(ms) = opts.failover_timeout_ms {
-            cmd.env("MS_SENTINEL_FAILOVER_TIMEOUT_MS", ms.to_string());
-        }
-        let out = cmd
-            .output()
-            .expect("scripts/cluster.sh runs (make test installs redis-server and webdis)");
-        // From here on Drop stops whatever the script left running.
-        let mut c = Cluster {
-            dir,
-            urls: String::new(),
-            nodes: Vec::new(),
-            sentinel_ports: Vec::new(),
-            killed: None,
-            stopped: false,
+        // Ports come from the kernel, free when chosen; another program may
+        // take one before the script binds it: try again with new ones.
+        let mut attempt = 0;
+        let c = loop {
+            attempt += 1;
+            let mut cmd = Command::new(script());
+            cmd.arg("start").arg(&dir).stdin(Stdio::null());
+            if opts.min_replicas > 0 {
+                cmd.env("MS_MIN_REPLICAS", opts.min_replicas.to_string());
+            }
+            if let Some(ms) = opts.down_after_ms {
+                cmd.env("MS_SENTINEL_DOWN_AFTER_MS", ms.to_string());
+            }
+            if let Some(ms) = opts.failover_timeout_ms {
+                cmd.env("MS_SENTINEL_FAILOVER_TIMEOUT_MS", ms.to_string());
+            }
+            let out = cmd
+                .output()
+                .expect("scripts/cluster.sh runs (make test installs redis-server and webdis)");
+            // From here on Drop stops whatever the script left running.
+            let c = Cluster {
+                dir: dir.clone(),
+                urls: String::new(),
+                nodes: Vec::new(),
+                sentinel_ports: Vec::new(),
+                killed: None,
+                stopped: false,
+            };
+            if out.status.success() {
+                break c;
+            }
+            let why = format!(
+                "scripts/cluster.sh start failed (attempt {attempt}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(attempt < 3, "{why}");
+            eprintln!("{why}; trying again");
+            drop(c);
         };
-        assert!(
-            out.status.success(),
-            "scripts/cluster.sh start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut c = c;
         let env = parse_env(&std::fs::read_to_string(c.dir.join("env")).unwrap());
         let port = |k: &str| -> u16 {
             env.get(k)
@@ -257,21 +269,33 @@ impl Cluster {
     }
 
     /// Cuts replication so that the primary's next writes are lost when it
-    /// dies: SIGSTOP of every replica's redis-server (they no longer read
-    /// nor reconnect), then the primary drops its replica connections
-    /// (`CLIENT KILL TYPE replica`; else the kernel's socket buffers would
-    /// still deliver what was written to them once the replicas thaw).
-    /// Sentinel sees the frozen replicas as down and promotes none of them
-    /// until `thaw_replicas`. Returns the frozen nodes.
+    /// dies: `stall_replicas`, then the primary drops its replica
+    /// connections (`CLIENT KILL TYPE replica`; else the kernel's socket
+    /// buffers would still deliver what was written to them once the
+    /// replicas thaw). Sentinel sees the frozen replicas as down and
+    /// promotes none of them until `thaw_replicas`. With `min_replicas`
+    /// the primary refuses writes at once (it has no replica left); for
+    /// the gradual loss of a partition, use `stall_replicas`. Returns the
+    /// frozen nodes.
     pub fn freeze_replicas(&self) -> Vec<usize> {
         let p = self.primary();
-        let replicas: Vec<usize> = (0..NODES).filter(|&n| n != p).collect();
+        let replicas = self.stall_replicas();
+        self.redis_cli(p, &["CLIENT", "KILL", "TYPE", "replica"]);
+        replicas
+    }
+
+    /// SIGSTOP of every replica's redis-server: as a partition looks to
+    /// the primary, its replicas stay connected but stop reading and
+    /// acknowledging (with `min_replicas`, writes are refused ~1-2 s
+    /// later). What the primary wrote to their sockets meanwhile still
+    /// reaches them when they thaw. Returns the frozen nodes.
+    pub fn stall_replicas(&self) -> Vec<usize> {
+        let replicas = self.replicas();
         for &r in &replicas {
             if let Some(pid) = self.redis_pid(r) {
                 signal(pid, libc::SIGSTOP);
             }
         }
-        self.redis_cli(p, &["CLIENT", "KILL", "TYPE", "replica"]);
         replicas
     }
 
