@@ -143,12 +143,13 @@ start_redis() {
   wait_for 10 redis-cli -p "$port" ping || { echo "redis-server of node $n did not start (see $dir/node$n/redis.log)" >&2; return 1; }
 }
 
-# Replication is complete: the primary (port $1) has 2 online replicas, each
-# replica ($2, $3) has its link up and the functions library.
 # Loads the functions library on the Redis of port $1.
 load_functions() {
   [ "$(redis-cli -p "$1" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua" 2>&1)" = missionstream ]
 }
+
+# Replication is complete: the primary (port $1) has 2 online replicas, each
+# replica ($2, $3) has its link up and the functions library.
 
 in_sync() {
   local info p

@@ -32,7 +32,14 @@ pub struct Endpoints {
     primary: AtomicUsize,
     /// Bumped whenever another endpoint takes a write than the one before.
     moves: AtomicU64,
+    /// When each endpoint last failed a call or a subscription (ms after
+    /// `born`, 0 for never): followers try such a node last for a while.
+    failed_ms: Vec<AtomicU64>,
+    born: Instant,
 }
+
+/// How long a node that failed is tried after the others by followers.
+const FAILED_FOR: Duration = Duration::from_secs(10);
 
 impl Endpoints {
     /// A comma-separated list of Webdis URLs (each with its own
@@ -69,9 +76,11 @@ impl Endpoints {
             list.push(Arc::new(endpoint));
         }
         Ok(Endpoints {
+            failed_ms: list.iter().map(|_| AtomicU64::new(0)).collect(),
             list,
             primary: AtomicUsize::new(0),
             moves: AtomicU64::new(0),
+            born: Instant::now(),
         })
     }
 
@@ -101,6 +110,21 @@ impl Endpoints {
         }
     }
 
+    /// Node `node` failed a call or a subscription (it is down, or its
+    /// Webdis does not answer).
+    pub fn failed(&self, node: usize) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.failed_ms[node].store(ms.max(1), Ordering::Release);
+    }
+
+    /// Whether node `node` failed within `FAILED_FOR`.
+    fn failed_lately(&self, node: usize) -> bool {
+        let at = self.failed_ms[node].load(Ordering::Acquire);
+        at != 0
+            && (self.born.elapsed().as_millis() as u64).saturating_sub(at)
+                < FAILED_FOR.as_millis() as u64
+    }
+
     /// From now on, `https://` connections to every endpoint trust `certs`
     /// only.
     pub fn set_tls_roots(&self, certs: Arc<Vec<ureq::tls::Certificate<'static>>>, file: String) {
@@ -113,12 +137,17 @@ impl Endpoints {
     /// replicas ordered by a stable hash of the name and the endpoint
     /// (rendezvous hashing: every client picks the same node for a stream,
     /// and followers of many streams spread over the replicas), then the
-    /// primary.
+    /// primary; nodes that failed lately after all of them.
     pub fn follow_order(&self, name: &str) -> Vec<usize> {
         let primary = self.primary();
-        let mut order: Vec<usize> = (0..self.list.len()).filter(|&i| i != primary).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(rendezvous(name, self.list[i].base())));
-        order.push(primary);
+        let mut order: Vec<usize> = (0..self.list.len()).collect();
+        order.sort_by_key(|&i| {
+            (
+                self.failed_lately(i),
+                i == primary,
+                std::cmp::Reverse(rendezvous(name, self.list[i].base())),
+            )
+        });
         order
     }
 }
@@ -294,6 +323,9 @@ impl Nodes {
                         // A node that was down may have carried the call out
                         // before its answer was lost.
                         resent |= why == Refusal::Down && e.status == Status::MS_ERR_TIMEOUT;
+                        if why == Refusal::Down {
+                            endpoints.failed(node);
+                        }
                         causes[node] = Some(e);
                     }
                 }
@@ -411,6 +443,12 @@ mod tests {
         e.took_write(2);
         assert_eq!(e.moves(), 1);
         assert_eq!(e.follow_order("x")[2], 2);
+        // A node that failed lately comes last, after the primary.
+        let first = e.follow_order("x")[0];
+        e.failed(first);
+        let order = e.follow_order("x");
+        assert_eq!(order[2], first, "{order:?}");
+        assert_eq!(order[1], 2, "{order:?}");
         e.took_write(2);
         assert_eq!(e.moves(), 1);
         let one = Endpoints::parse("http://a:1").unwrap();

@@ -206,6 +206,9 @@ impl Link {
                 Err(e) if retry_subscribe(&e) || (many && e.status.is_transient()) => e,
                 Err(e) => return Err(e),
             };
+            if many {
+                self.endpoints.failed(node);
+            }
             crate::debug_log!(
                 "subscribe {} at {}: attempt {attempts} failed: {}",
                 self.session,
