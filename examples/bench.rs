@@ -27,6 +27,7 @@
 //!     latency and the primary's Redis and Webdis CPU per 1000 states.
 //! 11. Acknowledged publishes/s with `min-replicas-to-write 1` against
 //!     without, same topology, and against the single node.
+//!
 //! Rows 9-11 (examples/bench/ha.rs) run in full mode, or when named
 //! with --rows.
 //!

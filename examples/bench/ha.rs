@@ -19,8 +19,8 @@
 
 use super::*;
 use common::cluster::{alive, Cluster, NODES};
-use std::sync::atomic::AtomicBool;
 use missionstream::{Client, Event, EventKind};
+use std::sync::atomic::AtomicBool;
 
 /// Settings of every client on the topology: the request timeout (a node
 /// that does not answer is given up after a third of it), and the leader's
@@ -139,7 +139,12 @@ fn local_ms_of_day(t: std::time::SystemTime) -> i64 {
 /// line of one of the `logs` (Redis or Sentinel log files of `c`'s
 /// directory) says `what` (`+promoted-slave`, `MASTER MODE enabled`, ...).
 /// A log line reads `PID:X 02 Dec 2026 00:56:01.234 * what ...`.
-fn logged_ns(c: &Cluster, logs: &[String], what: &str, since: std::time::SystemTime) -> Option<f64> {
+fn logged_ns(
+    c: &Cluster,
+    logs: &[String],
+    what: &str,
+    since: std::time::SystemTime,
+) -> Option<f64> {
     let base = local_ms_of_day(since);
     let mut best: Option<i64> = None;
     for file in logs {
@@ -378,24 +383,14 @@ impl Bench {
         let killed = ns_of(c.kill_primary());
         // Let it run on the new primary for a while.
         wait_for(Duration::from_secs(60), || {
-            acks.lock()
-                .unwrap()
-                .iter()
-                .filter(|a| a.1 > killed)
-                .count()
-                >= 40
+            acks.lock().unwrap().iter().filter(|a| a.1 > killed).count() >= 40
         });
         stop.store(true, Ordering::SeqCst);
         let (_leader, last) = publisher.join().unwrap();
         let converged = holds_within(Duration::from_secs(30), || {
             followers.iter().all(|f| f.holds(last))
         });
-        let (k_first, acked) = *acks
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|a| a.1 > killed)
-            .unwrap();
+        let (k_first, acked) = *acks.lock().unwrap().iter().find(|a| a.1 > killed).unwrap();
         let reached = followers
             .iter()
             .map(|f| f.first_at_least(k_first))
@@ -421,7 +416,23 @@ impl Bench {
             opt(switched)
         );
         let switched = switched.unwrap_or(f64::NAN);
-        let lost: u64 = followers.iter().map(|f| f.lost.load(Ordering::Relaxed)).sum();
+        let lost: u64 = followers
+            .iter()
+            .map(|f| f.lost.load(Ordering::Relaxed))
+            .sum();
+        let group = |g: &[(Client, Arc<Got>)]| {
+            g.iter()
+                .map(|f| f.1.first_at_least(k_first))
+                .collect::<Option<Vec<u64>>>()
+                .map_or("never".to_string(), |v| {
+                    ms(v.into_iter().max().unwrap_or(0).saturating_sub(killed) as f64)
+                })
+        };
+        println!(
+            "    kill → the followers hold the leader's first state acknowledged after it: the 4 on the replica {}, the 2 on the killed primary's endpoint {}",
+            group(&on_replica),
+            group(&on_primary)
+        );
         println!(
             "    new primary: node {} of 3; {last} states published, the first acknowledged after the kill: {k_first}; {lost} CONNECTION_LOST events over the 6 followers",
             c.primary() + 1
@@ -457,7 +468,9 @@ impl Bench {
         println!(
             "\n[10] fan-out over replicas: 1 leader, {FOLLOWERS} followers, 1 KiB, {rate:.0} states/s, {per_block} states per block, blocks in the order {order:?}"
         );
-        println!("  side 0: every client given only the primary's URL (all followers on the primary)");
+        println!(
+            "  side 0: every client given only the primary's URL (all followers on the primary)"
+        );
         println!("  side 1: every client given the URL list (a stream's followers on the replica its name hashes to)");
         println!("  side 2: each follower given the primary's URL and one replica's, alternately (the followers of one stream split over both replicas)");
         let sides = [
@@ -690,7 +703,7 @@ impl Bench {
         };
         let (n0, lag0) = (conf("min-replicas-to-write"), conf("min-replicas-max-lag"));
         println!(
-            "  sides: the single node of rows 1-8; the topology (leader given the URL list) with min-replicas-to-write 0; with min-replicas-to-write 1, min-replicas-max-lag 1 (CONFIG SET on the primary between slices; it was {n0} / {lag0})"
+            "  sides: the single node of rows 1-8; the topology with min-replicas-to-write 0, the leader given the primary's URL, then the URL list; the list with min-replicas-to-write 1, min-replicas-max-lag 1 (CONFIG SET on the primary between slices; the topology's own setting, {n0} / {lag0}, is put back after)"
         );
         let single = Client::new(&self.servers.url).expect("Client::new");
         let ha = ha_client(&c.urls);
@@ -785,7 +798,10 @@ impl Bench {
         );
         for n in 0..NODES {
             let (r, w) = node_pids(&c, n);
-            assert!(alive(r) && alive(w), "the benchmark broke: node {n} is down");
+            assert!(
+                alive(r) && alive(w),
+                "the benchmark broke: node {n} is down"
+            );
         }
         if row10 {
             self.row10_fanout_replicas(&c);
