@@ -354,7 +354,7 @@ fn raw_channel(port: u16, name: &str) -> String {
 }
 
 /// The raw request that the library's publisher sends for `state`: a
-/// publish id of 32 hex digits (as the library's) whose counter `next`
+/// seq floor of 0 and a publish id of 32 hex digits (as the library's) whose counter `next`
 /// raises per request, since the functions do not store a repeated or
 /// older id of the same token again.
 struct RawPublish {
@@ -374,6 +374,9 @@ impl RawPublish {
         path.push_str("/0123456789abcdef");
         let id_at = path.len();
         path.push_str(&"0".repeat(RAW_ID_DIGITS));
+        // The seq floor (the library sends the last seq its followers may
+        // have seen; 0 asks for nothing beyond the record's seq).
+        path.push_str("/0");
         let body = frame_body(&[CODE.as_bytes(), channel.as_bytes(), state]);
         let state_at = body.len() - state.len();
         let (req, at) = raw_put(port, &path, &body);
