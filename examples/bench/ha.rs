@@ -101,6 +101,47 @@ fn node_pids(c: &Cluster, n: usize) -> (i32, i32) {
     )
 }
 
+/// Every process of a topology, as it ran at the start (pid and command
+/// line): dropped, it stops those still running with the same command line.
+/// `Cluster` stops them from their pid files; this also covers a directory
+/// that went away under the benchmark.
+struct Processes(Vec<(i32, Vec<u8>)>);
+
+impl Processes {
+    fn of(c: &Cluster) -> Processes {
+        Processes(
+            c.pids()
+                .into_iter()
+                .filter_map(|p| Some((p, std::fs::read(format!("/proc/{p}/cmdline")).ok()?)))
+                .collect(),
+        )
+    }
+
+    /// Sends `sig` to process `pid` if it is one of these (same command
+    /// line: a pid may belong to another program by now).
+    fn signal(&self, pid: i32, sig: libc::c_int) {
+        if self.0.iter().any(|(p, cmd)| {
+            *p == pid && std::fs::read(format!("/proc/{p}/cmdline")).ok().as_ref() == Some(cmd)
+        }) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for &(pid, _) in &self.0 {
+            if alive(pid) {
+                self.signal(pid, libc::SIGCONT);
+                self.signal(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Subscribers of `channel` on each node.
 fn numsub(c: &Cluster, channel: &str) -> Vec<u64> {
     (0..NODES)
@@ -318,6 +359,7 @@ impl Bench {
 
     fn failover_trial(&mut self) -> Trial {
         let mut c = Cluster::start();
+        let procs = Processes::of(&c);
         let name = self.stream_name("failover");
         let leader = ha_client(&c.urls);
         leader.start(&name, PASSWORD, CODE).expect("start");
@@ -328,21 +370,21 @@ impl Bench {
         let channel = channel_of(&c, 0, &name);
 
         // Two followers on the primary's endpoint: they subscribe while the
-        // replicas do not answer (a client falls back to the primary)...
-        c.freeze_replicas();
+        // replicas' Webdis do not answer (SIGSTOP; replication goes on), and
+        // a client then falls back to the primary...
+        let replica_webdis: Vec<i32> = (1..NODES).map(|n| node_pids(&c, n).1).collect();
+        for &p in &replica_webdis {
+            procs.signal(p, libc::SIGSTOP);
+        }
         let on_primary: Vec<(Client, Arc<Got>)> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..2)
                 .map(|_| s.spawn(|| ha_follower(&c.urls, &name)))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        c.thaw_replicas();
-        wait_for(Duration::from_secs(30), || {
-            (1..NODES).all(|r| {
-                c.redis_cli(r, &["INFO", "replication"])
-                    .contains("master_link_status:up")
-            })
-        });
+        for &p in &replica_webdis {
+            procs.signal(p, libc::SIGCONT);
+        }
         // ...and four on the replica the stream's name hashes to.
         let on_replica: Vec<(Client, Arc<Got>)> =
             (0..4).map(|_| ha_follower(&c.urls, &name)).collect();
@@ -433,14 +475,17 @@ impl Bench {
             group(&on_replica),
             group(&on_primary)
         );
+        let new_primary = c.primary();
         println!(
-            "    new primary: node {} of 3; {last} states published, the first acknowledged after the kill: {k_first}; {lost} CONNECTION_LOST events over the 6 followers",
-            c.primary() + 1
+            "    new primary: node {} of 3; subscribers per node now: {:?}; {last} states published, the first acknowledged after the kill: {k_first}; {lost} CONNECTION_LOST events over the 6 followers",
+            new_primary + 1,
+            numsub(&c, &channel),
         );
         let increasing = followers.iter().all(|f| f.seq_increasing());
         drop(on_primary);
         drop(on_replica);
         c.stop();
+        drop(procs);
         Trial {
             promoted,
             switched,
@@ -790,6 +835,7 @@ impl Bench {
     /// Rows 10 and 11 on one topology.
     pub(crate) fn rows_ha_shared(&mut self, row10: bool, row11: bool) {
         let c = Cluster::start();
+        let procs = Processes::of(&c);
         println!(
             "\n  topology for rows 10-11: {} (primary: node {} of 3; state in {})",
             c.urls,
@@ -809,5 +855,7 @@ impl Bench {
         if row11 {
             self.row11_durability(&c);
         }
+        drop(c);
+        drop(procs);
     }
 }
