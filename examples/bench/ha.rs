@@ -449,13 +449,29 @@ impl Bench {
             sentinel("+promoted-slave"),
             sentinel("+switch-master"),
         );
+        // The other replica follows the dead primary until Sentinel points
+        // it at the new one (after +switch-master); its subscribers get
+        // nothing new until it has resynchronised.
+        let new_primary = c.primary();
+        let new_port = c.nodes[new_primary].redis_port;
+        let redis = |what: &str| logged_ns(&c, &redis_logs(), what, wall);
+        let repointed = redis(&format!("Connecting to MASTER 127.0.0.1:{new_port}"));
+        let resynced = [
+            redis("Successful partial resynchronization"),
+            redis("MASTER <-> REPLICA sync: Finished with success"),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(f64::min);
         let opt = |v: Option<f64>| v.map_or("?".to_string(), ms);
         println!(
-            "    Sentinel logs after the kill: +odown {}, replica promoted {}, +promoted-slave {}, +switch-master {}",
+            "    logs after the kill: +odown {}, replica promoted (its log) {}, +promoted-slave {}, +switch-master {}; the other replica connects to the new primary {}, in sync {}",
             opt(odown),
             ms(promoted),
             opt(seen),
-            opt(switched)
+            opt(switched),
+            opt(repointed),
+            opt(resynced)
         );
         let switched = switched.unwrap_or(f64::NAN);
         let lost: u64 = followers
@@ -475,7 +491,6 @@ impl Bench {
             group(&on_replica),
             group(&on_primary)
         );
-        let new_primary = c.primary();
         println!(
             "    new primary: node {} of 3; subscribers per node now: {:?}; {last} states published, the first acknowledged after the kill: {k_first}; {lost} CONNECTION_LOST events over the 6 followers",
             new_primary + 1,
