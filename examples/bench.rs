@@ -3,7 +3,7 @@
 //! `webdis` that this program starts on free loopback ports (never
 //! 6379/7379) and stops at the end.
 //!
-//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8]
+//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8,9,10,11]
 //!
 //! Rows (row 7 is rows 2 and 3 swept over state sizes):
 //!  1. `ms_publish` call cost through the C ABI, 1 KiB state, median and
@@ -19,12 +19,25 @@
 //!  5. Coalescing: a burst of 100,000 states; time until all 100 followers
 //!     hold the last one.
 //!  6. Connect/disconnect cycles: RSS, threads and fds before and after.
+//!  8. Wrong passwords evaluated per second against unthrottled requests.
+//!  9. Failover on the replicated topology of `scripts/cluster.sh`: SIGKILL
+//!     of the primary → the leader's first acknowledged publish, → every
+//!     follower holds it; baseline: Sentinel's promotion, same trial.
+//! 10. Fan-out to 100 followers on replicas against all on the primary:
+//!     latency and the primary's Redis and Webdis CPU per 1000 states.
+//! 11. Acknowledged publishes/s with `min-replicas-to-write 1` against
+//!     without, same topology, and against the single node.
+//!
+//! Rows 9-11 (examples/bench/ha.rs) run in full mode, or when named
+//! with --rows.
 //!
 //! No timed assertion: the program exits non-zero only when the benchmark
 //! itself breaks (a server does not start, a call fails, ...).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "bench/ha.rs"]
+mod ha;
 
 use missionstream::ffi::{
     ms_client, ms_client_free, ms_client_new, ms_connect, ms_disconnect, ms_event, ms_event_kind,
@@ -341,7 +354,7 @@ fn raw_channel(port: u16, name: &str) -> String {
 }
 
 /// The raw request that the library's publisher sends for `state`: a
-/// publish id of 32 hex digits (as the library's) whose counter `next`
+/// seq floor of 0 and a publish id of 32 hex digits (as the library's) whose counter `next`
 /// raises per request, since the functions do not store a repeated or
 /// older id of the same token again.
 struct RawPublish {
@@ -361,6 +374,9 @@ impl RawPublish {
         path.push_str("/0123456789abcdef");
         let id_at = path.len();
         path.push_str(&"0".repeat(RAW_ID_DIGITS));
+        // The seq floor (the library sends the last seq its followers may
+        // have seen; 0 asks for nothing beyond the record's seq).
+        path.push_str("/0");
         let body = frame_body(&[CODE.as_bytes(), channel.as_bytes(), state]);
         let state_at = body.len() - state.len();
         let (req, at) = raw_put(port, &path, &body);
@@ -1349,7 +1365,9 @@ fn main() {
         .position(|a| a == "--rows")
         .and_then(|i| args.get(i + 1))
         .map(|r| r.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| (1..=8).collect());
+        // Rows 9-11 start the replicated topology (several seconds each
+        // time): full mode only, unless asked for by number.
+        .unwrap_or_else(|| (1..=if quick { 8 } else { 11 }).collect());
     let want = |r: u32| rows.contains(&r);
     now_ns();
     let started = Instant::now();
@@ -1404,6 +1422,12 @@ fn main() {
     }
     if want(8) {
         b.row8_guessing();
+    }
+    if want(9) {
+        b.row9_failover();
+    }
+    if want(10) || want(11) {
+        b.rows_ha_shared(want(10), want(11));
     }
 
     println!(
