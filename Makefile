@@ -2,6 +2,8 @@
 #   make demo    a leader and a follower on a local Redis + Webdis
 #   make test    every suite (installs what is missing)
 #   make bench   the performance figures beside their baselines
+#   make mutants deliberate bugs of tests/mutants/mutations.toml, each run
+#                against the tests that should catch it (MUTANTS="id ...": some)
 #   make soak    a few minutes of faults under load (MS_SOAK_SECONDS,
 #                MS_SOAK_WEBDIS_KILLS, MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES)
 #   make server / server-stop   a local Redis + Webdis; `. .run/server/env`
@@ -15,7 +17,7 @@ RUN_DIR := .run/server
 TEST_VENV := .run/test-venv
 
 .PHONY: all build deps deps-test test test-rust test-c test-python check-header fmt-check clippy \
-        demo server server-stop bench bench-quick soak clean
+        demo server server-stop bench bench-quick soak mutants clean
 
 all: build
 
@@ -72,6 +74,10 @@ bench-quick: build
 # The long soak (tests/soak.rs); `make test` runs its short variant.
 soak: deps
 	$(CARGO) test --release --test soak -- --ignored --nocapture
+
+# Mutation testing (slow: each mutation rebuilds the crate); not in `make test`.
+mutants: build
+	scripts/mutants.sh $(MUTANTS)
 
 clean:
 	$(CARGO) clean
