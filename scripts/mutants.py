@@ -98,11 +98,13 @@ def tree_files():
     return [p for p in out.decode().split("\0") if p]
 
 
-def sync_tree(scratch):
-    """Makes `scratch` a copy of the work tree. A file is rewritten only when
+def sync_tree(scratch, source=None, files=None):
+    """Makes `scratch` a copy of the work tree (or of `source`, a copy made
+    by this function, with the same `files`). A file is rewritten only when
     its content differs (and gets the current time, so cargo sees it)."""
-    for rel in tree_files():
-        src = ROOT / rel
+    source = source or ROOT
+    for rel in files or tree_files():
+        src = source / rel
         if not src.is_file() or src.is_symlink():
             continue
         dst = scratch / rel
@@ -206,6 +208,8 @@ def main():
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.list:
         for m in muts:
+            if args.file and not any(args.file in e["file"] for e in m["edits"]):
+                continue
             files = ", ".join(sorted({e["file"] for e in m["edits"]}))
             print(f"{m['id']:5} {files:28} {m['guarantee']}")
             print(f"{'':5} tests: {', '.join(m['tests'])}")
@@ -247,9 +251,13 @@ def main():
     logs = mtarget / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
+    # The tree as it is now: edits made while the run goes on do not mix in.
+    pristine = mtarget / "pristine"
+    files = tree_files()
+    sync_tree(pristine, ROOT, files)
     rows = []
     if args.baseline:
-        sync_tree(scratch)
+        sync_tree(scratch, pristine, files)
         tests = []
         for m in chosen:
             tests += [t for t in m["tests"] if t not in tests]
@@ -263,7 +271,7 @@ def main():
 
     started = datetime.datetime.now(datetime.timezone.utc)
     for i, m in enumerate(chosen, 1):
-        sync_tree(scratch)
+        sync_tree(scratch, pristine, files)
         apply(m, scratch)
         log = logs / f"{m['id']}.log"
         log.unlink(missing_ok=True)
@@ -280,7 +288,7 @@ def main():
         with open(mtarget / "results.jsonl", "a") as f:
             f.write(json.dumps({"at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"), **rows[-1]}) + "\n")
-    sync_tree(scratch)
+    sync_tree(scratch, pristine, files)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()

@@ -5,7 +5,7 @@ mod common;
 
 use common::faults::{FaultRelay, Faults, Gate, SwitchRelay};
 use common::*;
-use missionstream::{Client, Event};
+use missionstream::{Client, Event, EventKind};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -337,4 +337,58 @@ fn recovery_attempts_back_off_within_bounds() {
         );
     }
     follower.disconnect(&name).unwrap();
+}
+
+/// ms_stop tells the followers at once (the functions publish the end on
+/// the channel): with the default 5 s heartbeat, both followers get ENDED
+/// well within 3 s. (Without that message, a follower would notice only
+/// when its silent subscription is probed, 10 s later.)
+#[test]
+fn stop_ends_every_follower_at_once() {
+    let s = Servers::start();
+    let leader = s.client();
+    let name = unique("stop-now");
+    leader.start(&name, "pw", "code").unwrap();
+    let followers: Vec<(Client, Arc<Recorder>)> = (0..2)
+        .map(|_| {
+            let f = s.client();
+            let rec = Recorder::attach(&f);
+            f.connect(&name, "pw").unwrap();
+            rec.wait(T, |ev| !ev.is_empty());
+            (f, rec)
+        })
+        .collect();
+    let stopped = Instant::now();
+    leader.stop(&name).unwrap();
+    for (i, (_, rec)) in followers.iter().enumerate() {
+        let left = Duration::from_secs(3).saturating_sub(stopped.elapsed());
+        rec.wait(left, |ev| {
+            ev.iter()
+                .any(|e| e.kind == EventKind::MS_EVENT_ENDED && e.stream == name)
+        });
+        eprintln!(
+            "follower {i}: ENDED {:?} after ms_stop began",
+            stopped.elapsed()
+        );
+    }
+}
+
+/// A stream started with a TTL expires from the start: before its leader
+/// sent anything (heartbeat 5 s), Redis already holds its expiry.
+#[test]
+fn a_stream_started_with_a_ttl_expires_from_the_start() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_stream_ttl(10).unwrap();
+    let name = unique("ttl-start");
+    leader.start(&name, "pw", "code").unwrap();
+    let pttl: i64 = s
+        .redis_cli(&["PTTL", &format!("stream:{name}")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        pttl > 0 && pttl <= 10_000,
+        "PTTL {pttl} right after ms_start with a 10 s TTL"
+    );
 }
