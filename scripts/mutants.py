@@ -21,6 +21,7 @@ current with the code.
     scripts/mutants.sh --file lua/     # the mutations of the functions library
     scripts/mutants.sh --all-tests M03 # run every named test, not only up to the first catch
     scripts/mutants.sh --baseline M03  # run the named tests on the unmutated tree first
+    scripts/mutants.sh --summary       # the latest verdict of each mutation, as a table
 
 Environment: CARGO_TARGET_DIR (the scratch target is $CARGO_TARGET_DIR/mutants,
 seeded from $CARGO_TARGET_DIR/release when absent), MS_MUTANTS_DIR (the
@@ -194,12 +195,45 @@ def run_tests(m, scratch, env, log, all_tests, timeout):
     return "survived", results
 
 
+def mutants_target():
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target"))
+    if not target.is_absolute():
+        target = ROOT / target
+    return target, target / "mutants"
+
+
+def summary(muts):
+    """The latest verdict of each mutation recorded in results.jsonl."""
+    latest = {}
+    path = mutants_target()[1] / "results.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            latest[r["id"]] = r
+    print("| mutation | file | guarantee broken | verdict | caught by |")
+    print("|---|---|---|---|---|")
+    for m in muts:
+        r = latest.get(m["id"])
+        files = ", ".join(sorted({f"`{e['file']}`" for e in m["edits"]}))
+        if not r:
+            verdict, by = "not run", ""
+        else:
+            verdict = r["verdict"]
+            by = ", ".join(f"`{t}`" for t in r["caught_by"])
+            if verdict == "survived" and m.get("equivalent"):
+                verdict = f"survived: equivalent ({m['equivalent']})"
+        print(f"| `{m['id']}` | {files} | {m['guarantee']} | {verdict} | {by} |")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ids", nargs="*", help="mutation ids (or id prefixes) to run; default all")
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
     ap.add_argument("--check", action="store_true", help="check that every snippet applies, then exit")
     ap.add_argument("--all-tests", action="store_true", help="run every test named, not only up to the first catch")
+    ap.add_argument("--summary", action="store_true",
+                    help="print the latest recorded verdict of every mutation (from results.jsonl) as a table")
     ap.add_argument("--file", help="only mutations of files whose path contains this (e.g. lua/)")
     ap.add_argument("--baseline", action="store_true", help="run the tests on the unmutated tree first")
     args = ap.parse_args()
@@ -214,6 +248,9 @@ def main():
             print(f"{m['id']:5} {files:28} {m['guarantee']}")
             print(f"{'':5} tests: {', '.join(m['tests'])}")
         return 0
+
+    if args.summary:
+        return summary(muts)
 
     stale = [(m["id"], p) for m in muts for p in edits_apply(m, ROOT)]
     if stale:
@@ -234,11 +271,7 @@ def main():
     if args.file:
         chosen = [m for m in chosen if any(args.file in e["file"] for e in m["edits"])]
 
-    target_env = os.environ.get("CARGO_TARGET_DIR") or str(ROOT / "target")
-    target = Path(target_env)
-    if not target.is_absolute():
-        target = ROOT / target
-    mtarget = target / "mutants"
+    target, mtarget = mutants_target()
     if not (mtarget / "release").exists() and (target / "release").exists():
         mtarget.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-a", str(target / "release"), str(mtarget / "release")], check=True)
@@ -277,7 +310,8 @@ def main():
         log.unlink(missing_ok=True)
         print(f"[{i}/{len(chosen)}] {m['id']}: {m['guarantee']}", flush=True)
         t0 = time.monotonic()
-        verdict, res = run_tests(m, scratch, env, log, args.all_tests, timeout)
+        verdict, res = run_tests(m, scratch, env, log, args.all_tests or m.get("all_tests", False),
+                                 m.get("timeout", timeout))
         secs = time.monotonic() - t0
         caught_by = [t for t, o, _ in res if o in ("FAILED", "timed out")]
         detail = "; ".join(f"{t}: {o} ({s:.0f} s)" for t, o, s in res)
