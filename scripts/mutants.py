@@ -270,6 +270,8 @@ def main():
         chosen = muts
     if args.file:
         chosen = [m for m in chosen if any(args.file in e["file"] for e in m["edits"])]
+    # Mutations of other files than Rust sources first: they share one build.
+    chosen.sort(key=lambda m: any(e["file"].endswith(".rs") for e in m["edits"]))
 
     target, mtarget = mutants_target()
     if not (mtarget / "release").exists() and (target / "release").exists():
