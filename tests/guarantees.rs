@@ -396,3 +396,34 @@ fn a_stream_started_with_a_ttl_expires_from_the_start() {
         "PTTL {pttl} right after ms_start with a 10 s TTL"
     );
 }
+
+/// Webdis 0.1.9 may write a chunk of a subscription message ahead of a new
+/// SUBSCRIBE's response head (a message published while it sets the
+/// subscription up): the garbled subscription is replaced by a fresh one
+/// at once; connect succeeds and states follow.
+#[test]
+fn a_garbled_subscribe_response_is_replaced_by_a_fresh_subscription() {
+    let s = Servers::start();
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            garble_subscriptions: 1,
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("garbled");
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    follower.set_timeout(5000).unwrap();
+    let rec = Recorder::attach(&follower);
+    follower.connect(&name, "pw").unwrap();
+    assert_eq!(relay.garbled(), 1);
+    assert!(relay.subscribes() >= 2, "a fresh subscription replaced it");
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    rec.wait_state(&name, "{\"v\":1}", T);
+    assert_eq!(
+        rec.states(&name),
+        seq_states(&[(0, "{}"), (1, "{\"v\":1}")])
+    );
+}
