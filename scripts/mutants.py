@@ -221,8 +221,21 @@ def summary(muts):
             verdict = r["verdict"]
             by = ", ".join(f"`{t}`" for t in r["caught_by"])
             if verdict == "survived" and m.get("equivalent"):
-                verdict = f"survived: equivalent ({m['equivalent']})"
+                verdict = "survived: equivalent (below)"
+            elif verdict == "survived":
+                verdict = "survived: a test is owed (below)"
         print(f"| `{m['id']}` | {files} | {m['guarantee']} | {verdict} | {by} |")
+    equivalent = [m for m in muts if m.get("equivalent")]
+    if equivalent:
+        print("\nSurvivors, and why no test catches them (equivalent, or not forceable):\n")
+        for m in equivalent:
+            print(f"- `{m['id']}`: {m['equivalent']}.")
+    owed = [m for m in muts if latest.get(m["id"], {}).get("verdict") == "survived"
+            and not m.get("equivalent")]
+    if owed:
+        print("\nSurvivors a test is owed for:\n")
+        for m in owed:
+            print(f"- `{m['id']}`: {m.get('owed', 'no reason recorded')}.")
     return 0
 
 
