@@ -104,7 +104,14 @@ def sync_tree(scratch, source=None, files=None):
     by this function, with the same `files`). A file is rewritten only when
     its content differs (and gets the current time, so cargo sees it)."""
     source = source or ROOT
-    for rel in files or tree_files():
+    files = files or tree_files()
+    # Files gone from the tree go from the copy too (cargo would still
+    # build a test file left behind).
+    keep = set(files)
+    for path in list(scratch.rglob("*")):
+        if path.is_file() and str(path.relative_to(scratch)) not in keep:
+            path.unlink()
+    for rel in files:
         src = source / rel
         if not src.is_file() or src.is_symlink():
             continue
