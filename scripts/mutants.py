@@ -17,6 +17,7 @@ current with the code.
     scripts/mutants.sh                 # every mutation
     scripts/mutants.sh --list          # list them
     scripts/mutants.sh --check         # only check that every snippet applies
+    scripts/mutants.sh --check-ref main  # the same against another revision
     scripts/mutants.sh hash- ttl-      # the mutations named (ids or id prefixes)
     scripts/mutants.sh --file lua/     # the mutations of the functions library
     scripts/mutants.sh --all-tests M03 # run every named test, not only up to the first catch
@@ -74,19 +75,50 @@ def load_list():
     return muts
 
 
-def edits_apply(m, tree):
+def variants(e):
+    """The (original, replacement) pairs of an edit: `original` and
+    `replacement` may be lists of the same length, variants for versions
+    of the code (the first that occurs exactly once is applied)."""
+    o, r = e["original"], e["replacement"]
+    if isinstance(o, str):
+        return [(o, r)]
+    if isinstance(r, str):
+        r = [r] * len(o)
+    if len(o) != len(r):
+        die(f"{e['file']}: {len(o)} originals but {len(r)} replacements")
+    return list(zip(o, r))
+
+
+def pick(e, text):
+    """The variant of edit e that occurs exactly once in text, or None."""
+    for o, r in variants(e):
+        if text.count(o) == 1:
+            return o, r
+    return None
+
+
+def read_file(tree, rel, ref=None):
+    """A file of the work tree (or of git revision `ref`); None if absent."""
+    if ref:
+        r = subprocess.run(["git", "show", f"{ref}:{rel}"], cwd=ROOT, capture_output=True)
+        return r.stdout.decode("utf-8") if r.returncode == 0 else None
+    path = tree / rel
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def edits_apply(m, tree, ref=None):
     """Returns the problems of applying mutation m to `tree` (empty: fine)."""
     problems = []
     for e in m["edits"]:
-        path = tree / e["file"]
-        if not path.is_file():
+        text = read_file(tree, e["file"], ref)
+        if text is None:
             problems.append(f"{e['file']}: no such file")
             continue
-        n = path.read_text(encoding="utf-8").count(e["original"])
-        if n != 1:
+        if not pick(e, text):
+            counts = [text.count(o) for o, _ in variants(e)]
             problems.append(
-                f"{e['file']}: the original snippet occurs {n} times (expected once): "
-                + repr(e["original"][:80])
+                f"{e['file']}: the original snippet occurs {counts} times (expected once): "
+                + repr(variants(e)[0][0][:80])
             )
     return problems
 
@@ -130,7 +162,8 @@ def apply(m, scratch):
     for e in m["edits"]:
         path = scratch / e["file"]
         text = path.read_text(encoding="utf-8")
-        path.write_text(text.replace(e["original"], e["replacement"], 1), encoding="utf-8")
+        o, r = pick(e, text)
+        path.write_text(text.replace(o, r, 1), encoding="utf-8")
 
 
 def command(test, scratch):
@@ -251,6 +284,8 @@ def main():
     ap.add_argument("ids", nargs="*", help="mutation ids (or id prefixes) to run; default all")
     ap.add_argument("--list", action="store_true", help="list the mutations and exit")
     ap.add_argument("--check", action="store_true", help="check that every snippet applies, then exit")
+    ap.add_argument("--check-ref", metavar="REV",
+                    help="check that every snippet applies to git revision REV (e.g. main), then exit")
     ap.add_argument("--all-tests", action="store_true", help="run every test named, not only up to the first catch")
     ap.add_argument("--summary", action="store_true",
                     help="print the latest recorded verdict of every mutation (from results.jsonl) as a table")
@@ -272,14 +307,14 @@ def main():
     if args.summary:
         return summary(muts)
 
-    stale = [(m["id"], p) for m in muts for p in edits_apply(m, ROOT)]
+    stale = [(m["id"], p) for m in muts for p in edits_apply(m, ROOT, args.check_ref)]
     if stale:
         for mid, p in stale:
             print(f"mutants: STALE mutation {mid}: {p}", file=sys.stderr)
         print("mutants: update tests/mutants/mutations.toml to the code", file=sys.stderr)
         return 1
-    if args.check:
-        print(f"mutants: all {len(muts)} mutations apply")
+    if args.check or args.check_ref:
+        print(f"mutants: all {len(muts)} mutations apply" + (f" to {args.check_ref}" if args.check_ref else ""))
         return 0
 
     if args.ids:
