@@ -3,6 +3,8 @@
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
 #   make bench   the performance figures beside their baselines
+#   make mutants deliberate bugs of tests/mutants/mutations.toml, each run
+#                against the tests that should catch it (MUTANTS="id ...": some)
 #   make soak    a few minutes of faults under load (MS_SOAK_SECONDS,
 #                MS_SOAK_WEBDIS_KILLS, MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES)
 #   make install PREFIX=/usr/local DESTDIR=   the C library, headers,
@@ -24,7 +26,7 @@ TEST_VENV := .run/test-venv
 
 .PHONY: all build deps deps-test test test-rust test-c test-install test-python check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
-        bench bench-quick soak clean
+        bench bench-quick soak mutants clean
 
 all: build
 
@@ -108,6 +110,10 @@ bench-quick: build
 # The long soak (tests/soak.rs); `make test` runs its short variant.
 soak: deps
 	$(CARGO) test --release --test soak -- --ignored --nocapture
+
+# Mutation testing (slow: each mutation rebuilds the crate); not in `make test`.
+mutants: build
+	scripts/mutants.sh $(MUTANTS)
 
 clean:
 	$(CARGO) clean

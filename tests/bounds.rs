@@ -104,6 +104,10 @@ fn connect_disconnect_cycles_leave_nothing_behind(s: &Servers) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let leader = s.client();
+    // No heartbeat during the cycles: nothing is published on the channel,
+    // so a subscription left open stays open (a message would end its
+    // reader when it finds the session gone, and hide the leak).
+    leader.set_heartbeat(600_000).unwrap();
     let name = unique("cycles");
     leader.start(&name, "pw", "code").unwrap();
     let follower = s.client();

@@ -491,10 +491,12 @@ fn callback_may_disconnect_and_replace_itself() {
     let name = unique("cb");
     leader.start(&name, "pw", "code").unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let (f, n, seen2) = (
+    let returned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (f, n, seen2, returned2) = (
         std::sync::Arc::downgrade(&follower),
         name.clone(),
         seen.clone(),
+        returned.clone(),
     );
     follower.set_callback(Some(std::sync::Arc::new(
         move |e: &missionstream::Event| {
@@ -506,6 +508,7 @@ fn callback_may_disconnect_and_replace_itself() {
                     f.set_callback(None);
                 }
             }
+            returned2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         },
     )));
     follower.connect(&name, "pw").unwrap();
@@ -527,6 +530,11 @@ fn callback_may_disconnect_and_replace_itself() {
         seen.len(),
         2,
         "the callback disconnected itself after seq 1: {seen:?}"
+    );
+    assert_eq!(
+        returned.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "every call of the callback returned (ms_disconnect and ms_set_callback from it do not wait for it)"
     );
     assert_eq!(
         status(follower.disconnect(&name)),

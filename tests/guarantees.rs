@@ -5,7 +5,7 @@ mod common;
 
 use common::faults::{FaultRelay, Faults, Gate, SwitchRelay};
 use common::*;
-use missionstream::{Client, Event};
+use missionstream::{Client, Event, EventKind};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,11 +60,11 @@ fn late_joiner_gets_a_state_published_while_it_subscribes() {
     assert_eq!(relay.gated(), 1);
 }
 
-/// Ordering: a state published between the subscription's proof and the
-/// snapshot reaches the follower twice: in the snapshot, and on the
-/// subscription after it (the relay passes state messages on 300 ms late),
-/// a stale message with the same seq. It must be delivered once, seqs
-/// strictly rising.
+/// Ordering: two states published between the subscription's proof and
+/// the snapshot reach the follower in the snapshot (the newer one), and on
+/// the subscription after it (the relay passes state messages on 300 ms
+/// late): a stale message with an older seq, then one with the same seq.
+/// Neither may be delivered: each state once, seqs strictly rising.
 #[test]
 fn a_state_both_in_the_snapshot_and_on_the_subscription_is_delivered_once() {
     let s = Servers::start();
@@ -89,15 +89,19 @@ fn a_state_both_in_the_snapshot_and_on_the_subscription_is_delivered_once() {
     connect_across_gate(&follower, &name, &relay, || {
         leader.publish(&name, b"{\"v\":1}").unwrap();
         leader.flush(&name, 10_000).unwrap();
+        leader.publish(&name, b"{\"v\":2}").unwrap();
+        leader.flush(&name, 10_000).unwrap();
     });
-    rec.wait_state(&name, "{\"v\":1}", T);
-    leader.publish(&name, b"{\"v\":2}").unwrap();
     rec.wait_state(&name, "{\"v\":2}", T);
+    // The stale copies of seq 1 and 2 are on the subscription ahead of
+    // the next state: once it is delivered, they were handled.
+    leader.publish(&name, b"{\"v\":3}").unwrap();
+    rec.wait_state(&name, "{\"v\":3}", T);
     let states = rec.states(&name);
     assert_increasing(&states);
     assert_eq!(
         states,
-        seq_states(&[(1, "{\"v\":1}"), (2, "{\"v\":2}")]),
+        seq_states(&[(2, "{\"v\":2}"), (3, "{\"v\":3}")]),
         "each state once, in order"
     );
 }
@@ -337,4 +341,89 @@ fn recovery_attempts_back_off_within_bounds() {
         );
     }
     follower.disconnect(&name).unwrap();
+}
+
+/// ms_stop tells the followers at once (the functions publish the end on
+/// the channel): with the default 5 s heartbeat, both followers get ENDED
+/// well within 3 s. (Without that message, a follower would notice only
+/// when its silent subscription is probed, 10 s later.)
+#[test]
+fn stop_ends_every_follower_at_once() {
+    let s = Servers::start();
+    let leader = s.client();
+    let name = unique("stop-now");
+    leader.start(&name, "pw", "code").unwrap();
+    let followers: Vec<(Client, Arc<Recorder>)> = (0..2)
+        .map(|_| {
+            let f = s.client();
+            let rec = Recorder::attach(&f);
+            f.connect(&name, "pw").unwrap();
+            rec.wait(T, |ev| !ev.is_empty());
+            (f, rec)
+        })
+        .collect();
+    let stopped = Instant::now();
+    leader.stop(&name).unwrap();
+    for (i, (_, rec)) in followers.iter().enumerate() {
+        let left = Duration::from_secs(3).saturating_sub(stopped.elapsed());
+        rec.wait(left, |ev| {
+            ev.iter()
+                .any(|e| e.kind == EventKind::MS_EVENT_ENDED && e.stream == name)
+        });
+        eprintln!(
+            "follower {i}: ENDED {:?} after ms_stop began",
+            stopped.elapsed()
+        );
+    }
+}
+
+/// A stream started with a TTL expires from the start: before its leader
+/// sent anything (heartbeat 5 s), Redis already holds its expiry.
+#[test]
+fn a_stream_started_with_a_ttl_expires_from_the_start() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_stream_ttl(10).unwrap();
+    let name = unique("ttl-start");
+    leader.start(&name, "pw", "code").unwrap();
+    let pttl: i64 = s
+        .redis_cli(&["PTTL", &format!("stream:{name}")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        pttl > 0 && pttl <= 10_000,
+        "PTTL {pttl} right after ms_start with a 10 s TTL"
+    );
+}
+
+/// Webdis 0.1.9 may write a chunk of a subscription message ahead of a new
+/// SUBSCRIBE's response head (a message published while it sets the
+/// subscription up): the garbled subscription is replaced by a fresh one
+/// at once; connect succeeds and states follow.
+#[test]
+fn a_garbled_subscribe_response_is_replaced_by_a_fresh_subscription() {
+    let s = Servers::start();
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            garble_subscriptions: 1,
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("garbled");
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    follower.set_timeout(5000).unwrap();
+    let rec = Recorder::attach(&follower);
+    follower.connect(&name, "pw").unwrap();
+    assert_eq!(relay.garbled(), 1);
+    assert!(relay.subscribes() >= 2, "a fresh subscription replaced it");
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    rec.wait_state(&name, "{\"v\":1}", T);
+    assert_eq!(
+        rec.states(&name),
+        seq_states(&[(0, "{}"), (1, "{\"v\":1}")])
+    );
 }

@@ -102,7 +102,8 @@ fn large_states_through_the_tls_front() {
     leader.flush(&name, 30_000).unwrap();
     rec.wait(Duration::from_secs(30), |ev| ev.iter().any(|e| e.seq == 1));
     assert_eq!(rec.states(&name).last().unwrap().1, big);
-    let max = format!("\"{}\"", "a".repeat(8 * 1024 * 1024 - 2));
+    // The limit in a character Webdis escapes: 16 MiB on the wire.
+    let max = "\n".repeat(8 * 1024 * 1024);
     leader.publish(&name, max.as_bytes()).unwrap();
     leader.flush(&name, 30_000).unwrap();
     rec.wait(Duration::from_secs(30), |ev| ev.iter().any(|e| e.seq == 2));
@@ -235,8 +236,22 @@ fn webdis_down_behind_the_front_is_reported_as_such() {
     c.list().unwrap();
     s.stop_webdis();
     // The front answers 502 Bad Gateway: tried again (a proxy answers 502
-    // for a garbled response too), then reported.
+    // for a garbled response too), then reported. The front's access log
+    // shows the tries: more than one, at most three.
+    let lists = || {
+        std::fs::read_to_string(front.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("ms_list"))
+            .count()
+    };
+    let before = lists();
     fails_at_once("list", Status::MS_ERR_UNAVAILABLE, "502", || c.list());
+    let tries = lists() - before;
+    assert!(
+        (2..=3).contains(&tries),
+        "{tries} requests of the failed list reached the front: a 502 is tried again, at most three times"
+    );
     s.start_webdis();
     c.list().unwrap();
 }

@@ -469,3 +469,66 @@ pub(super) fn read_subscription(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hands out its chunks one read at a time, then the end of the stream.
+    struct Chunks(Vec<Vec<u8>>);
+
+    impl Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let chunk = self.0.remove(0);
+            buf[..chunk.len()].copy_from_slice(&chunk);
+            Ok(chunk.len())
+        }
+    }
+
+    /// Bytes of a message still arriving are activity: the reader counts
+    /// every read that leaves a message incomplete (the session's silence
+    /// clock watches that count), and a read of whole messages only is
+    /// not counted.
+    #[test]
+    fn reads_that_leave_a_message_incomplete_count_as_progress() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let delivery = Arc::new(Delivery {
+            session: 1,
+            name: Arc::new(CString::new("s").unwrap()),
+            dispatcher: dispatcher.clone(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            last_seq: Mutex::new(None),
+            direct: AtomicBool::new(false),
+            epoch: Instant::now(),
+            last_direct_us: AtomicU64::new(0),
+            leader_offline: AtomicBool::new(false),
+        });
+        let whole = br#"{"SUBSCRIBE":["subscribe","c",1]}"#.to_vec();
+        let big = format!(
+            r#"{{"SUBSCRIBE":["message","c","s 1 2\n{{\"pad\":\"{}\"}}"]}}"#,
+            "x".repeat(3000)
+        )
+        .into_bytes();
+        let (first, rest) = big.split_at(1000);
+        let (second, third) = rest.split_at(1000);
+        let reads = vec![whole, first.to_vec(), second.to_vec(), third.to_vec()];
+        let (tx, rx) = bounded(64);
+        let progress = Arc::new(AtomicU64::new(0));
+        read_subscription(Chunks(reads), tx, progress.clone(), delivery);
+        // The two reads that left the message incomplete, not the others.
+        assert_eq!(progress.load(Ordering::Relaxed), 2000);
+        let items: Vec<Incoming> = rx.try_iter().collect();
+        assert!(matches!(
+            items.as_slice(),
+            [
+                Incoming::Item(SubscriptionItem::Subscribed { .. }),
+                Incoming::Item(SubscriptionItem::Message { .. }),
+                Incoming::Closed(_)
+            ]
+        ));
+        dispatcher.shutdown();
+    }
+}

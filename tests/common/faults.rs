@@ -68,6 +68,10 @@ pub struct Faults {
     /// passed on this much later (a message published before a snapshot
     /// read arriving after the snapshot).
     pub delay_states: Duration,
+    /// The first this many SUBSCRIBE connections get a chunk of a
+    /// subscription message ahead of the response head (what Webdis 0.1.9
+    /// does when a message is published while it sets a subscription up).
+    pub garble_subscriptions: u64,
 }
 
 /// A request held at the relay, unsent, until the test lets it pass.
@@ -112,6 +116,7 @@ struct Shared {
     late_written: AtomicU64,
     delayed: AtomicU64,
     muted: AtomicU64,
+    garbled: AtomicU64,
     next_conn: AtomicU64,
     gate_matches: AtomicU64,
     gated: AtomicU64,
@@ -176,6 +181,7 @@ impl FaultRelay {
             late_written: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
             muted: AtomicU64::new(0),
+            garbled: AtomicU64::new(0),
             next_conn: AtomicU64::new(0),
             gate_matches: AtomicU64::new(0),
             gated: AtomicU64::new(0),
@@ -262,6 +268,11 @@ impl FaultRelay {
         self.shared.gate_open.store(true, Ordering::SeqCst);
     }
 
+    /// SUBSCRIBE responses garbled (a message chunk ahead of the head).
+    pub fn garbled(&self) -> u64 {
+        self.shared.garbled.load(Ordering::SeqCst)
+    }
+
     /// Subscriptions muted after their acknowledgement.
     pub fn muted(&self) -> u64 {
         self.shared.muted.load(Ordering::SeqCst)
@@ -339,6 +350,13 @@ fn requests(sh: Arc<Shared>, conn: Arc<Conn>, mut client: TcpStream, mut upstrea
         if subscribe && sh.subscribes.fetch_add(1, Ordering::SeqCst) < sh.faults.mute_subscriptions
         {
             kind = Kind::Mute;
+        }
+        if subscribe
+            && kind == Kind::Pass
+            && sh.garbled.load(Ordering::SeqCst) < sh.faults.garble_subscriptions
+        {
+            sh.garbled.fetch_add(1, Ordering::SeqCst);
+            conn.write(b"2d\r\n{\"SUBSCRIBE\":[\"message\",\"c\",\"s 7 7\\n{}\"]}\r\n");
         }
         let mut stale_here = false;
         if let Some(h) = &hold {
