@@ -1339,6 +1339,42 @@ impl Bench {
         );
         let _ = leader.stop(&name);
     }
+    // -------------------------------------------------------------- row 9
+
+    /// Median latency of `ms_start` and `ms_connect` (each from a new
+    /// client, so nothing is cached), in ms.
+    fn row9_measure(&self, n: usize) -> (f64, f64) {
+        let mut starts = Vec::new();
+        let mut connects = Vec::new();
+        let leader = missionstream::Client::new(&self.servers.url).unwrap();
+        let mut names = Vec::new();
+        for _ in 0..n {
+            let name = self.stream_name("latency");
+            let t = Instant::now();
+            leader.start(&name, PASSWORD, CODE).expect("ms_start");
+            starts.push(t.elapsed().as_secs_f64() * 1e3);
+            let follower = missionstream::Client::new(&self.servers.url).unwrap();
+            let t = Instant::now();
+            follower.connect(&name, PASSWORD).expect("ms_connect");
+            connects.push(t.elapsed().as_secs_f64() * 1e3);
+            drop(follower);
+            names.push(name);
+        }
+        for name in names {
+            let _ = leader.stop(&name);
+        }
+        (
+            percentile(&sorted(starts), 50.0),
+            percentile(&sorted(connects), 50.0),
+        )
+    }
+
+    fn row9_latency(&mut self) {
+        let n = if self.quick { 5 } else { 20 };
+        println!("\n[9] start and connect latency, {n} of each, median");
+        let (start, connect) = self.row9_measure(n);
+        println!("  start {start:.2} ms, connect {connect:.2} ms");
+    }
 }
 
 fn main() {
@@ -1349,7 +1385,7 @@ fn main() {
         .position(|a| a == "--rows")
         .and_then(|i| args.get(i + 1))
         .map(|r| r.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-        .unwrap_or_else(|| (1..=8).collect());
+        .unwrap_or_else(|| (1..=9).collect());
     let want = |r: u32| rows.contains(&r);
     now_ns();
     let started = Instant::now();
@@ -1404,6 +1440,9 @@ fn main() {
     }
     if want(8) {
         b.row8_guessing();
+    }
+    if want(9) {
+        b.row9_latency();
     }
 
     println!(

@@ -20,6 +20,28 @@
 #include <stdint.h>
 
 /**
+ * Iterations of streams this library starts, unless set otherwise:
+ * OWASP's current figure for PBKDF2-HMAC-SHA256.
+ */
+#define DEFAULT_ITERATIONS 600000
+
+/**
+ * The fewest iterations the functions accept at start.
+ */
+#define MIN_ITERATIONS 100000
+
+/**
+ * The most iterations the functions accept at start (so that a stream
+ * cannot make its followers spend minutes connecting).
+ */
+#define MAX_ITERATIONS 10000000
+
+/**
+ * Bytes of a derived key (64 hex digits on the wire).
+ */
+#define KEY_BYTES 32
+
+/**
  * Longest stream name, in bytes.
  */
 #define MS_MAX_NAME 256

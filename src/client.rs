@@ -11,6 +11,7 @@
 use crate::dispatch::{Callback, Dispatcher};
 use crate::error::{Error, Result, Status};
 use crate::follower::Follow;
+use crate::kdf::{self, KeyCache, Secret};
 use crate::leader::{Lead, LeadIdentity};
 use crate::protocol::{self, INDEX_KEY};
 use crate::session::{key_of, Config, EndHook, Hooks};
@@ -22,6 +23,7 @@ use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 type Registry<T> = Arc<Mutex<HashMap<String, T>>>;
 
@@ -73,6 +75,9 @@ pub struct Client {
     leads: Registry<Arc<Lead>>,
     follows: Registry<Arc<Follow>>,
     hooks: Hooks,
+    /// Keys derived from passwords and leader codes (the KDF is slow on
+    /// purpose; reconnects need not pay it again).
+    keys: Arc<KeyCache>,
 }
 
 fn c_name(name: &str) -> Arc<CString> {
@@ -103,7 +108,22 @@ impl Client {
             leads,
             follows,
             hooks,
+            keys: Arc::new(KeyCache::new()?),
         })
+    }
+
+    /// PBKDF2 iterations of the streams this client starts from now on
+    /// (default 600,000; 100,000 to 10,000,000, the bounds the functions
+    /// accept). For raising the cost as hardware gets faster, and for
+    /// test suites and small devices that need starts and connects to be
+    /// quick (at a lower cost for whoever guesses). Streams already
+    /// started keep theirs; followers use the stream's own.
+    pub fn set_kdf_iterations(&self, iterations: u32) -> Result<()> {
+        kdf::check_iterations(iterations)?;
+        self.config
+            .kdf_iterations
+            .store(iterations, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Timeout of each request, in ms (1 ms to 1 hour).
@@ -187,7 +207,7 @@ impl Client {
         })
     }
 
-    fn begin_lead(&self, name: &str, code: &str, channel: String) -> Result<()> {
+    fn begin_lead(&self, name: &str, token: Zeroizing<String>, channel: String) -> Result<()> {
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         self.hooks.dispatcher.register(session);
         let lead = Lead::spawn(
@@ -195,7 +215,7 @@ impl Client {
             LeadIdentity {
                 name: c_name(name),
                 key: key_of(name),
-                code: code.to_string(),
+                token,
                 channel,
             },
             Webdis::new(self.control.endpoint_arc()),
@@ -223,20 +243,28 @@ impl Client {
         protocol::check_leader_code(leader_code)?;
         self.check_not_leading(name)?;
         let channel = random_hex(16)?;
-        let salt = random_hex(16)?;
-        let body = protocol::frame_body(&[
-            password.as_bytes(),
-            leader_code.as_bytes(),
-            salt.as_bytes(),
+        let token = Zeroizing::new(random_hex(16)?);
+        let params = kdf::Params {
+            salt: random_hex(16)?,
+            iterations: self.config.kdf_iterations(),
+        };
+        let pw_key = self.keys.derive(&params, Secret::Password, password);
+        let code_key = self.keys.derive(&params, Secret::LeaderCode, leader_code);
+        let body = Zeroizing::new(protocol::frame_body(&[
+            pw_key.as_bytes(),
+            code_key.as_bytes(),
+            params.salt.as_bytes(),
             channel.as_bytes(),
-        ]);
+            token.as_bytes(),
+        ]));
         let hb = self.config.heartbeat().as_millis().to_string();
         let ttl = self.config.stream_ttl_s().to_string();
+        let iterations = params.iterations.to_string();
         let started = self.control.fcall(
             false,
             "ms_start",
             &[&key_of(name), INDEX_KEY],
-            &[&hb, &ttl],
+            &[&hb, &ttl, kdf::ALGORITHM, &iterations],
             &body,
             self.config.timeout(),
         );
@@ -247,7 +275,7 @@ impl Client {
             // ours if it carries our fresh channel.
             Err(e) if e.status == Status::MS_ERR_EXISTS => {
                 if self
-                    .reconnect_channel(name, password, leader_code)
+                    .reconnect_channel(name, password, leader_code, &token)
                     .ok()
                     .as_deref()
                     != Some(channel.as_str())
@@ -260,7 +288,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         }
-        self.begin_lead(name, leader_code, channel)
+        self.begin_lead(name, token, channel)
     }
 
     /// Takes up leading an existing stream; its state is kept.
@@ -269,13 +297,28 @@ impl Client {
         protocol::check_password(password)?;
         protocol::check_leader_code(leader_code)?;
         self.check_not_leading(name)?;
-        let channel = self.reconnect_channel(name, password, leader_code)?;
-        self.begin_lead(name, leader_code, channel)
+        let token = Zeroizing::new(random_hex(16)?);
+        let channel = self.reconnect_channel(name, password, leader_code, &token)?;
+        self.begin_lead(name, token, channel)
     }
 
-    /// Checks a leader's credentials with ms_reconnect; returns the channel.
-    fn reconnect_channel(&self, name: &str, password: &str, leader_code: &str) -> Result<String> {
-        let body = protocol::frame_body(&[password.as_bytes(), leader_code.as_bytes()]);
+    /// Checks a leader's credentials with ms_reconnect, which makes `token`
+    /// the stream's lead token; returns the channel.
+    fn reconnect_channel(
+        &self,
+        name: &str,
+        password: &str,
+        leader_code: &str,
+        token: &str,
+    ) -> Result<String> {
+        let params = kdf::params_of(&self.control, &key_of(name), self.config.timeout())?;
+        let pw_key = self.keys.derive(&params, Secret::Password, password);
+        let code_key = self.keys.derive(&params, Secret::LeaderCode, leader_code);
+        let body = Zeroizing::new(protocol::frame_body(&[
+            pw_key.as_bytes(),
+            code_key.as_bytes(),
+            token.as_bytes(),
+        ]));
         let hb = self.config.heartbeat().as_millis().to_string();
         let ttl = self.config.stream_ttl_s().to_string();
         let reply = self.control.fcall(
@@ -312,7 +355,7 @@ impl Client {
         let lead = self.lead(name)?;
         lead.pause();
         let id = lead.identity();
-        let body = protocol::frame_body(&[id.code.as_bytes(), id.channel.as_bytes()]);
+        let body = protocol::frame_body(&[id.token.as_bytes(), id.channel.as_bytes()]);
         let (result, repeated) = self.control.fcall_reporting_resend(
             false,
             "ms_stop",
@@ -376,7 +419,8 @@ impl Client {
         }
         let result = follow.start(
             stream.clone(),
-            password.to_string(),
+            password,
+            &self.keys,
             &self.control,
             self.config.clone(),
             self.hooks.clone(),
