@@ -184,7 +184,10 @@ mod tests {
             derive(&p, Secret::LeaderCode, "c0de-é").as_str(),
             "8a352da446eba79955cf2c6aef18cce9404b5b8ded62fda274da779b38980f1a"
         );
-        assert_eq!(derive(&p, Secret::Password, "").as_str(), "07f6a0ab6bd68f107233b344249f10f9b8206722d91988e3bfd827718a41a765");
+        assert_eq!(
+            derive(&p, Secret::Password, "").as_str(),
+            "07f6a0ab6bd68f107233b344249f10f9b8206722d91988e3bfd827718a41a765"
+        );
     }
 
     #[test]

@@ -373,6 +373,8 @@ impl Servers {
             "streams",
             missionstream::protocol::PROTOCOL_VERSION,
             "t4ke",
+            "5000",
+            "0",
             std::str::from_utf8(&body).unwrap(),
         ]);
         assert!(out.starts_with("t4ke"), "ms_reconnect: {out}");
@@ -752,7 +754,11 @@ pub fn rand_u128() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    let seed = format!("{t}/{}/{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let seed = format!(
+        "{t}/{}/{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
     let mut h = std::collections::hash_map::DefaultHasher::new();
     std::hash::Hash::hash(&seed, &mut h);
     let a = std::hash::Hasher::finish(&h) as u128;
