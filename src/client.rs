@@ -271,13 +271,13 @@ impl Client {
             Ok(_) => {}
             // A request sent again after a garbled or lost response (see
             // Webdis::fcall) may find the stream its first try created:
-            // ours if it carries our fresh channel.
+            // ours if it carries our fresh random salt (then our lead
+            // token too). Asked with ms_params, which checks no secret:
+            // another's stream is neither taken over nor charged a wrong
+            // password.
             Err(e) if e.status == Status::MS_ERR_EXISTS => {
-                if self
-                    .reconnect_channel(name, password, leader_code, &token)
-                    .ok()
-                    .as_deref()
-                    != Some(channel.as_str())
+                if kdf::params_of(&self.control, &key_of(name), self.config.timeout()).ok()
+                    != Some(params.clone())
                 {
                     return Err(Error::new(
                         Status::MS_ERR_EXISTS,

@@ -955,3 +955,59 @@ fn guessing_leader_codes_does_not_lock_out_the_leader() {
     leader.stop("led").unwrap();
     rec.wait_kind("led", EventKind::MS_EVENT_ENDED, Duration::from_secs(10));
 }
+
+/// A second `ms_start` of a taken name, even with the right secrets, is
+/// MS_ERR_EXISTS and takes nothing over: the stream keeps its lead token
+/// and its leader keeps publishing (the library checks whether its own
+/// lost first try created the stream by the salt, not with a reconnect).
+#[test]
+fn starting_a_taken_name_with_the_right_secrets_takes_nothing_over() {
+    let s = Servers::start();
+    let leader = s.client();
+    let lead_events = Recorder::attach(&leader);
+    leader.start("taken", PW, CODE).unwrap();
+    let lead = s.record_field("taken", "lead");
+    let (fails, salt) = (
+        s.record_field("taken", "fails"),
+        s.record_field("taken", "salt"),
+    );
+    let other = s.client();
+    assert_eq!(
+        other.start("taken", PW, CODE).unwrap_err().status,
+        Status::MS_ERR_EXISTS
+    );
+    assert_eq!(s.record_field("taken", "lead"), lead);
+    assert_eq!(s.record_field("taken", "salt"), salt);
+    assert_eq!(
+        s.record_field("taken", "fails"),
+        fails,
+        "no secret was checked"
+    );
+    leader.publish("taken", b"{\"still\":1}").unwrap();
+    leader.flush("taken", 10_000).unwrap();
+    assert_eq!(s.record_field("taken", "state"), "{\"still\":1}");
+    assert!(
+        lead_events.snapshot().is_empty(),
+        "{:?}",
+        lead_events.snapshot()
+    );
+    // Taking over is ms_reconnect's, on purpose: the previous lead is
+    // then refused (MS_ERR_NOT_LEADING) and ends.
+    other.reconnect("taken", PW, CODE).unwrap();
+    assert_ne!(s.record_field("taken", "lead"), lead);
+    leader.publish("taken", b"{\"late\":1}").unwrap();
+    let e = leader.flush("taken", 10_000).unwrap_err();
+    assert_eq!(e.status, Status::MS_ERR_NOT_LEADING, "{e:?}");
+    lead_events.wait_kind(
+        "taken",
+        EventKind::MS_EVENT_PUBLISH_FAILED,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        leader.publish("taken", b"{}").unwrap_err().status,
+        Status::MS_ERR_NOT_LEADING
+    );
+    other.publish("taken", b"{\"new\":1}").unwrap();
+    other.flush("taken", 10_000).unwrap();
+    assert_eq!(s.record_field("taken", "state"), "{\"new\":1}");
+}
