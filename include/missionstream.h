@@ -330,6 +330,22 @@ enum ms_status ms_client_set_stream_ttl(struct ms_client *client, uint32_t secon
 enum ms_status ms_client_set_heartbeat(struct ms_client *client, uint32_t interval_ms);
 
 /**
+ * Sets the PBKDF2-HMAC-SHA256 iterations of the streams this client
+ * starts from now on (default 600,000, OWASP's current figure; 100,000
+ * to 10,000,000, the bounds the functions accept, else
+ * MS_ERR_INVALID_ARGUMENT). Every start derives two keys and every first
+ * connect one, each costing about 0.1 s of one core at the default: raise
+ * it as hardware gets faster; lower it only where start and connect
+ * latency matter more than offline guessing of a leaked record (test
+ * suites, small devices), with long random secrets. Streams already
+ * started keep theirs; followers use the stream's own.
+ *
+ * # Safety
+ * `client` is NULL or a live client.
+ */
+enum ms_status ms_client_set_kdf_iterations(struct ms_client *client, uint32_t iterations);
+
+/**
  * Sets the trust anchors of `https://` URLs: the certificates of the PEM
  * file `path` (one or more `-----BEGIN CERTIFICATE-----` blocks, e.g. the
  * certificate of a mission network's own certificate authority) replace
