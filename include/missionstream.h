@@ -85,7 +85,8 @@ typedef enum ms_status {
    */
   MS_ERR_BAD_LEADER_CODE = 5,
   /**
-   * ms_publish/ms_flush/ms_stop on a name this client does not lead.
+   * ms_publish/ms_flush/ms_stop on a name this client does not lead (or
+   * no longer: another client took the lead over with ms_reconnect).
    */
   MS_ERR_NOT_LEADING = 6,
   /**
@@ -403,7 +404,9 @@ enum ms_status ms_start(struct ms_client *client,
 
 /**
  * Takes up leading an existing stream (after a restart), checking its
- * password and leader code. The stored state is kept.
+ * password and leader code. The stored state is kept. The lead is taken
+ * over: a client still leading the stream is refused from then on
+ * (MS_EVENT_PUBLISH_FAILED with MS_ERR_NOT_LEADING; its lead ends).
  *
  * @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD,
  * MS_ERR_BAD_LEADER_CODE, MS_ERR_THROTTLED (too many wrong secrets for

@@ -391,7 +391,9 @@ pub unsafe extern "C" fn ms_start(
 }
 
 /// Takes up leading an existing stream (after a restart), checking its
-/// password and leader code. The stored state is kept.
+/// password and leader code. The stored state is kept. The lead is taken
+/// over: a client still leading the stream is refused from then on
+/// (MS_EVENT_PUBLISH_FAILED with MS_ERR_NOT_LEADING; its lead ends).
 ///
 /// @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD,
 /// MS_ERR_BAD_LEADER_CODE, MS_ERR_THROTTLED (too many wrong secrets for
