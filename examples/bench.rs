@@ -3,7 +3,7 @@
 //! `webdis` that this program starts on free loopback ports (never
 //! 6379/7379) and stops at the end.
 //!
-//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8,9,10,11]
+//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8,9,10,11,12]
 //!
 //! Rows (row 7 is rows 2 and 3 swept over state sizes):
 //!  1. `ms_publish` call cost through the C ABI, 1 KiB state, median and
@@ -27,6 +27,7 @@
 //!     latency and the primary's Redis and Webdis CPU per 1000 states.
 //! 11. Acknowledged publishes/s with `min-replicas-to-write 1` against
 //!     without, same topology, and against the single node.
+//! 12. `ms_start` and `ms_connect` latency with the client-side KDF.
 //!
 //! Rows 9-11 (examples/bench/ha.rs) run in full mode, or when named
 //! with --rows.
@@ -333,24 +334,42 @@ fn fcall_path(command: &str, function: &str, key: &str) -> String {
     p
 }
 
-/// The channel of stream `name`, asked with the password (ms_connect).
-fn raw_channel(port: u16, name: &str) -> String {
-    let path = fcall_path("FCALL", "ms_connect", &format!("stream:{name}"));
-    let (req, _) = raw_put(port, &path, &frame_body(&[PASSWORD.as_bytes()]));
+/// Starts stream `name` with a raw ms_start, as another client of the
+/// protocol would (derived keys, a salt, a channel and a lead token of
+/// its own); returns the channel and the lead token.
+fn raw_start(port: u16, name: &str) -> (String, String) {
+    use missionstream::kdf::{self, Secret};
+    let hex = |n: u128| format!("{n:032x}");
+    let t = now_ns() as u128;
+    let (salt, channel, token) = (hex(t ^ 0x5a17), hex(t ^ 0xc4a2), hex(t ^ 0x70c3));
+    let params = kdf::Params {
+        salt: salt.clone(),
+        iterations: kdf::DEFAULT_ITERATIONS,
+    };
+    let pw_key = kdf::derive(&params, Secret::Password, PASSWORD);
+    let code_key = kdf::derive(&params, Secret::LeaderCode, CODE);
+    let mut path = String::from("/FCALL/ms_start/2/");
+    encode_path_arg(&format!("stream:{name}"), &mut path);
+    path.push_str(&format!(
+        "/streams/{PROTOCOL_VERSION}/raw/5000/0/{}/{}",
+        kdf::ALGORITHM,
+        kdf::DEFAULT_ITERATIONS
+    ));
+    let body = frame_body(&[
+        pw_key.as_bytes(),
+        code_key.as_bytes(),
+        salt.as_bytes(),
+        channel.as_bytes(),
+        token.as_bytes(),
+    ]);
+    let (req, _) = raw_put(port, &path, &body);
     let (status, body) = Raw::connect(port).roundtrip(&req);
-    assert_eq!(
-        status,
-        200,
-        "ms_connect: {}",
-        String::from_utf8_lossy(&body)
+    let reply = String::from_utf8_lossy(&body);
+    assert!(
+        status == 200 && reply == r#"{"FCALL":["raw"]}"#,
+        "ms_start: {status} {reply}"
     );
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    // {"FCALL":["raw", "<channel>", <hb_ms>]}; an error is [false, "..."].
-    assert_eq!(v["FCALL"][0], "raw", "ms_connect reply: {v}");
-    v["FCALL"][1]
-        .as_str()
-        .unwrap_or_else(|| panic!("ms_connect reply: {v}"))
-        .to_string()
+    (channel, token)
 }
 
 /// The raw request that the library's publisher sends for `state`: a
@@ -368,7 +387,7 @@ struct RawPublish {
 const RAW_ID_DIGITS: usize = 16;
 
 impl RawPublish {
-    fn new(port: u16, name: &str, channel: &str, state: &[u8]) -> RawPublish {
+    fn new(port: u16, name: &str, channel: &str, token: &str, state: &[u8]) -> RawPublish {
         let mut path = fcall_path("FCALL", "ms_publish", &format!("stream:{name}"));
         // A lead token of 16 hex digits, then a 16-digit counter.
         path.push_str("/0123456789abcdef");
@@ -377,7 +396,7 @@ impl RawPublish {
         // The seq floor (the library sends the last seq its followers may
         // have seen; 0 asks for nothing beyond the record's seq).
         path.push_str("/0");
-        let body = frame_body(&[CODE.as_bytes(), channel.as_bytes(), state]);
+        let body = frame_body(&[token.as_bytes(), channel.as_bytes(), state]);
         let state_at = body.len() - state.len();
         let (req, at) = raw_put(port, &path, &body);
         // "PUT " precedes the path.
@@ -662,8 +681,16 @@ impl Bench {
         let name = cstr(&name_s);
         leader.start(&name);
         let state = make_state(size);
-        let channel = raw_channel(self.port, &name_s);
-        let mut req = RawPublish::new(self.port, &name_s, &channel, &state);
+        // The raw loop publishes to a stream of its own (the library's
+        // lead token stays the library's).
+        let (channel, token) = raw_start(self.port, &format!("{name_s}-raw"));
+        let mut req = RawPublish::new(
+            self.port,
+            &format!("{name_s}-raw"),
+            &channel,
+            &token,
+            &state,
+        );
         let mut raw = Raw::connect(self.port);
 
         self.quiesce();
@@ -801,16 +828,14 @@ impl Bench {
 
         // --- raw: PUT on one socket, chunked SUBSCRIBE read on another.
         let raw_name = self.stream_name("latraw");
-        let raw_leader = Ffi::new(&self.servers.url);
-        raw_leader.start(&cstr(&raw_name));
-        let channel = raw_channel(self.port, &raw_name);
+        let (channel, token) = raw_start(self.port, &raw_name);
         let raw_samples: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
         let rs = raw_samples.clone();
         let sub = RawSub::open(self.port, &channel, move |t, k| {
             let now = now_ns();
             rs.lock().unwrap().push((k, now.saturating_sub(t)));
         });
-        let mut req = RawPublish::new(self.port, &raw_name, &channel, &make_state(size));
+        let mut req = RawPublish::new(self.port, &raw_name, &channel, &token, &make_state(size));
         let at = req.state_at;
         let mut conn = Raw::connect(self.port);
 
@@ -850,7 +875,6 @@ impl Bench {
         drop(follower); // ms_client_free: the callback is not called again
         drop(leader);
         drop(sub);
-        drop(raw_leader);
         let lib_samples = std::mem::take(&mut *lat.samples.lock().unwrap());
         let raw_samples = std::mem::take(&mut *raw_samples.lock().unwrap());
 
@@ -1005,9 +1029,7 @@ impl Bench {
         self.quiesce();
         // --- raw: 100 raw subscribers, raw PUT publisher.
         let raw_name = self.stream_name("fanraw");
-        let raw_leader = Ffi::new(&self.servers.url);
-        raw_leader.start(&cstr(&raw_name));
-        let channel = raw_channel(self.port, &raw_name);
+        let (channel, token) = raw_start(self.port, &raw_name);
         let raw_fan = new_fan();
         let raw_followers = new_followers(&raw_fan);
         let subs: Vec<RawSub> = raw_followers
@@ -1017,7 +1039,7 @@ impl Bench {
                 RawSub::open(self.port, &channel, move |t, k| f.on(t, k))
             })
             .collect();
-        let mut req = RawPublish::new(self.port, &raw_name, &channel, &make_state(KIB));
+        let mut req = RawPublish::new(self.port, &raw_name, &channel, &token, &make_state(KIB));
         let at = req.state_at;
         let mut conn = Raw::connect(self.port);
         let mut raw_t_pub = vec![0u64; count];
@@ -1036,7 +1058,6 @@ impl Bench {
                 .all(|f| f.last_k.load(Ordering::Relaxed) == count as u64 - 1)
         });
         drop(subs);
-        drop(raw_leader);
         let (r50, r99, rall) = summarize(&raw_fan, &raw_t_pub);
         println!(
             "  raw Webdis, last of {FOLLOWERS} subscribers: p50 {} p99 {} ({rall} of {count} states reached all)",
@@ -1316,7 +1337,7 @@ impl Bench {
         leader.start(&name, PASSWORD, CODE).expect("ms_start");
         let guess = |key: &str| -> (u64, u64, u64) {
             let path = fcall_path("FCALL", "ms_connect", key);
-            let (req, _) = raw_put(self.port, &path, &frame_body(&[b"not-the-password"]));
+            let (req, _) = raw_put(self.port, &path, &frame_body(&[&[b'0'; 64]]));
             let mut raw = Raw::connect(self.port);
             let (mut evaluated, mut throttled, mut absent) = (0, 0, 0);
             let end = Instant::now() + Duration::from_secs_f64(secs);
@@ -1355,6 +1376,90 @@ impl Bench {
         );
         let _ = leader.stop(&name);
     }
+    // ------------------------------------------------------------- row 12
+
+    /// Medians, in ms, of `n` rounds of: `ms_start` by a client set to
+    /// `iterations` (two keys derived: nothing to cache, every start has a
+    /// new salt), `ms_connect` by a new client (one key derived), and
+    /// `ms_connect` again by that client after `ms_disconnect` (its key
+    /// cached: the round trips alone).
+    fn row12_measure(&self, n: usize, iterations: u32) -> (f64, f64, f64) {
+        let (mut starts, mut connects, mut cached) = (Vec::new(), Vec::new(), Vec::new());
+        let leader = missionstream::Client::new(&self.servers.url).unwrap();
+        leader.set_kdf_iterations(iterations).unwrap();
+        let mut names = Vec::new();
+        for _ in 0..n {
+            let name = self.stream_name("latency");
+            let t = Instant::now();
+            leader.start(&name, PASSWORD, CODE).expect("ms_start");
+            starts.push(t.elapsed().as_secs_f64() * 1e3);
+            let follower = missionstream::Client::new(&self.servers.url).unwrap();
+            let t = Instant::now();
+            follower.connect(&name, PASSWORD).expect("ms_connect");
+            connects.push(t.elapsed().as_secs_f64() * 1e3);
+            follower.disconnect(&name).expect("ms_disconnect");
+            // Let the old subscription's teardown pass (a connect right
+            // after it waits for Webdis to settle: ~8 ms here, not KDF).
+            std::thread::sleep(Duration::from_millis(50));
+            let t = Instant::now();
+            follower.connect(&name, PASSWORD).expect("ms_connect");
+            cached.push(t.elapsed().as_secs_f64() * 1e3);
+            drop(follower);
+            names.push(name);
+        }
+        for name in names {
+            let _ = leader.stop(&name);
+        }
+        let median = |v: Vec<f64>| percentile(&sorted(v), 50.0);
+        (median(starts), median(connects), median(cached))
+    }
+
+    /// Start and connect latency with the client-side KDF (PBKDF2-HMAC-
+    /// SHA256): at the default 600,000 iterations beside the functions'
+    /// minimum (100,000), and a first connect beside a connect whose key
+    /// is cached (no KDF: the round trips alone).
+    fn row12_latency(&mut self) {
+        use missionstream::kdf;
+        let n = if self.quick { 5 } else { 20 };
+        println!("\n[9] start and connect latency, {n} of each, median");
+        let params = kdf::Params {
+            salt: "00112233445566778899aabbccddeeff".into(),
+            iterations: kdf::DEFAULT_ITERATIONS,
+        };
+        let t = Instant::now();
+        let _ = kdf::derive(&params, kdf::Secret::Password, PASSWORD);
+        let kdf_ms = t.elapsed().as_secs_f64() * 1e3;
+        let (start, connect, cached) = self.row12_measure(n, kdf::DEFAULT_ITERATIONS);
+        let (start_min, connect_min, _) = self.row12_measure(n, kdf::MIN_ITERATIONS);
+        println!(
+            "  one PBKDF2 derivation, {} iterations: {kdf_ms:.1} ms",
+            kdf::DEFAULT_ITERATIONS
+        );
+        println!(
+            "  {} iterations: start {start:.1} ms, connect {connect:.1} ms, connect with its key cached {cached:.2} ms",
+            kdf::DEFAULT_ITERATIONS
+        );
+        println!(
+            "  {} iterations: start {start_min:.1} ms, connect {connect_min:.1} ms",
+            kdf::MIN_ITERATIONS
+        );
+        self.row(
+            "12a. ms_start latency, 600,000 iterations",
+            format!("{start:.1} ms"),
+            format!("{start_min:.1} ms at 100,000"),
+            format!("{:.2}", start / start_min.max(0.001)),
+            "(info) KDF cost on the client",
+            "two derivations a start",
+        );
+        self.row(
+            "12b. ms_connect latency, 600,000 iterations",
+            format!("{connect:.1} ms"),
+            format!("{cached:.2} ms key cached"),
+            format!("{:.1}", connect / cached.max(0.001)),
+            "(info) KDF cost on the client",
+            "one derivation a first connect",
+        );
+    }
 }
 
 fn main() {
@@ -1367,7 +1472,13 @@ fn main() {
         .map(|r| r.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         // Rows 9-11 start the replicated topology (several seconds each
         // time): full mode only, unless asked for by number.
-        .unwrap_or_else(|| (1..=if quick { 8 } else { 11 }).collect());
+        .unwrap_or_else(|| {
+            if quick {
+                vec![1, 2, 3, 4, 5, 6, 8, 12]
+            } else {
+                (1..=12).collect()
+            }
+        });
     let want = |r: u32| rows.contains(&r);
     now_ns();
     let started = Instant::now();
@@ -1428,6 +1539,9 @@ fn main() {
     }
     if want(10) || want(11) {
         b.rows_ha_shared(want(10), want(11));
+    }
+    if want(12) {
+        b.row12_latency();
     }
 
     println!(

@@ -28,6 +28,28 @@
 #define MS_VERSION_NUMBER (MS_VERSION_MAJOR * 10000 + MS_VERSION_MINOR * 100 + MS_VERSION_PATCH)
 
 /**
+ * Iterations of streams this library starts, unless set otherwise:
+ * OWASP's current figure for PBKDF2-HMAC-SHA256.
+ */
+#define DEFAULT_ITERATIONS 600000
+
+/**
+ * The fewest iterations the functions accept at start.
+ */
+#define MIN_ITERATIONS 100000
+
+/**
+ * The most iterations the functions accept at start (so that a stream
+ * cannot make its followers spend minutes connecting).
+ */
+#define MAX_ITERATIONS 10000000
+
+/**
+ * Bytes of a derived key (64 hex digits on the wire).
+ */
+#define KEY_BYTES 32
+
+/**
  * Longest stream name, in bytes.
  */
 #define MS_MAX_NAME 256
@@ -71,7 +93,8 @@ typedef enum ms_status {
    */
   MS_ERR_BAD_LEADER_CODE = 5,
   /**
-   * ms_publish/ms_flush/ms_stop on a name this client does not lead.
+   * ms_publish/ms_flush/ms_stop on a name this client does not lead (or
+   * no longer: another client took the lead over with ms_reconnect).
    */
   MS_ERR_NOT_LEADING = 6,
   /**
@@ -323,6 +346,22 @@ enum ms_status ms_client_set_stream_ttl(struct ms_client *client, uint32_t secon
 enum ms_status ms_client_set_heartbeat(struct ms_client *client, uint32_t interval_ms);
 
 /**
+ * Sets the PBKDF2-HMAC-SHA256 iterations of the streams this client
+ * starts from now on (default 600,000, OWASP's current figure; 100,000
+ * to 10,000,000, the bounds the functions accept, else
+ * MS_ERR_INVALID_ARGUMENT). Every start derives two keys and every first
+ * connect one, each costing about 0.1 s of one core at the default: raise
+ * it as hardware gets faster; lower it only where start and connect
+ * latency matter more than offline guessing of a leaked record (test
+ * suites, small devices), with long random secrets. Streams already
+ * started keep theirs; followers use the stream's own.
+ *
+ * # Safety
+ * `client` is NULL or a live client.
+ */
+enum ms_status ms_client_set_kdf_iterations(struct ms_client *client, uint32_t iterations);
+
+/**
  * Sets the trust anchors of `https://` URLs: the certificates of the PEM
  * file `path` (one or more `-----BEGIN CERTIFICATE-----` blocks, e.g. the
  * certificate of a mission network's own certificate authority) replace
@@ -380,7 +419,9 @@ enum ms_status ms_start(struct ms_client *client,
 
 /**
  * Takes up leading an existing stream (after a restart), checking its
- * password and leader code. The stored state is kept.
+ * password and leader code. The stored state is kept. The lead is taken
+ * over: a client still leading the stream is refused from then on
+ * (MS_EVENT_PUBLISH_FAILED with MS_ERR_NOT_LEADING; its lead ends).
  *
  * @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD,
  * MS_ERR_BAD_LEADER_CODE, MS_ERR_THROTTLED (too many wrong secrets for

@@ -16,8 +16,16 @@ argument of every function is a framed body (see docs/PROTOCOL.md):
 "<len1> <len2> ...\n" followed by the fields, the last field taking the
 rest of the body. Secrets and states travel only there.
 
+Passwords and leader codes never reach Redis: the client stretches each
+with PBKDF2-HMAC-SHA256 and the stream's salt (kdf, iter: chosen at start)
+and sends the derived key (64 hex digits); the record keeps only its
+SHA-1, so Redis never runs a slow hash. Publish, heartbeat and stop carry
+the lead token instead (128 random bits, 32 hex digits, sent by the
+client at start and reconnect): a cheap check, no throttling needed.
+
 Record of stream <name>: hash "stream:<name>" with fields
-    name, pw, code (salted SHA-1 hex), salt, channel, state, seq,
+    name, kdf, iter, salt, pw, code (SHA-1 hex of the derived key's hex),
+    lead (SHA-1 hex of the lead token), channel, state, seq,
     updated_ms, hb_ms, ttl, pub (id of the last stored publish),
     fails, fail_at, locked_until, locks (the throttling of wrong secrets)
 Index of live streams: set "streams" of names.
@@ -28,7 +36,7 @@ Channel messages (payloads published on the stream's channel):
     "e"                               the stream was stopped
 ]]
 
-local PROTOCOL = '4'
+local PROTOCOL = '5'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -58,13 +66,20 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function hash(salt, secret)
-  return redis.sha1hex(salt .. '\0' .. secret)
+-- The key derivation of new streams and its bounds (docs/SECURITY.md):
+-- the client derives, so a stream's cost lands on whoever guesses.
+local KDF = 'pbkdf2-sha256'
+local MIN_ITERATIONS = 100000
+local MAX_ITERATIONS = 10000000
+
+-- What the record keeps of a derived key or a lead token (hex): its SHA-1,
+-- so a leaked record is no credential.
+local function hash(hex)
+  return redis.sha1hex(hex)
 end
 
 -- Limits, the same as the client library's.
 local MAX_NAME = 256
-local MAX_SECRET = 1024
 local MAX_STATE = 8 * 1024 * 1024
 -- Largest seq floor a leader may send (12 digits).
 local MAX_SEQ = 999999999999
@@ -156,11 +171,15 @@ local function enter(keys, args, shape)
   return nonce, f
 end
 
--- Checks a password (0-1024 bytes) and a leader code (1-1024 bytes);
--- either may be nil (not in the request). Returns an error text or nil.
-local function bad_secrets(pw, code)
-  if pw and #pw > MAX_SECRET then return 'the password is longer than 1024 bytes' end
-  if code and (#code < 1 or #code > MAX_SECRET) then return 'the leader code must be 1-1024 bytes' end
+-- Checks a derived password key and a derived leader code key (64
+-- lowercase hex digits each) and a lead token (32); any may be nil (not
+-- in the request). Returns an error text or nil. (The limits of the
+-- secrets themselves, password 0-1024 and leader code 1-1024 bytes, are
+-- the client's: the functions never see a secret.)
+local function bad_secrets(pw, code, token)
+  if pw and not is_hex(pw, 64) then return 'the derived password key must be 64 lowercase hex digits' end
+  if code and not is_hex(code, 64) then return 'the derived leader code key must be 64 lowercase hex digits' end
+  if token and not is_hex(token, 32) then return 'the lead token must be 32 lowercase hex digits' end
   return nil
 end
 
@@ -179,12 +198,15 @@ end
 -- Loads the record; returns the fields table or nil.
 local function load(key)
   local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub',
-    'fails', 'fail_at', 'locked_until', 'locks')
-  if not v[1] then return nil end
+    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead')
+  -- A record without kdf (written by an older protocol version) cannot
+  -- be checked: no such stream.
+  if not v[1] or not v[14] then return nil end
   return { pw = v[1], code = v[2], salt = v[3], channel = v[4], seq = tonumber(v[5]),
            hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9],
            fails = tonumber(v[10]) or 0, fail_at = tonumber(v[11]) or 0,
-           locked_until = tonumber(v[12]) or 0, locks = tonumber(v[13]) or 0 }
+           locked_until = tonumber(v[12]) or 0, locks = tonumber(v[13]) or 0,
+           kdf = v[14], iter = tonumber(v[15]), lead = v[16] }
 end
 
 local function not_found(nonce)
@@ -209,7 +231,7 @@ local LOCK_FIRST_MS = 250
 local LOCK_MAX_MS = 4000
 local LOCK_FORGET_MS = 60000
 
--- Checks `secret` against the salted hash `stored` of record `rec` at
+-- Checks the derived key `secret` against the hash `stored` of record `rec` at
 -- `key`; returns nil when it matches, else the error reply (`code`,
 -- `text`) after counting the failure, or MSTHROTTLED while locked.
 local function verify(nonce, key, rec, secret, stored, code, text)
@@ -218,7 +240,7 @@ local function verify(nonce, key, rec, secret, stored, code, text)
     return fail('MSTHROTTLED', nonce, 'too many wrong passwords or leader codes for this stream; retry in ' ..
       (rec.locked_until - now) .. ' ms')
   end
-  if hash(rec.salt, secret) == stored then return nil end
+  if hash(secret) == stored then return nil end
   local fails, at = rec.fails, rec.fail_at
   if now - at > THROTTLE_WINDOW_MS then fails, at = 0, now end
   fails = fails + 1
@@ -243,43 +265,53 @@ local function load_by_channel(nonce, key, channel)
   return rec
 end
 
--- Loads the record of a leader and checks its channel, then its leader code.
-local function load_leader(nonce, key, code, channel)
+-- Loads the record of a leader and checks its channel, then its lead
+-- token: a 128-bit secret, compared without throttling, so that nobody
+-- guessing secrets can lock the leader out of its own stream.
+local function load_leader(nonce, key, token, channel)
   local rec, e = load_by_channel(nonce, key, channel)
   if not rec then return nil, e end
-  e = verify(nonce, key, rec, code, rec.code, 'MSBADCODE', 'wrong leader code')
-  if e then return nil, e end
+  if hash(token) ~= rec.lead then
+    return nil, fail('MSNOTLEADER', nonce, 'not the current lead token of this stream (taken over by a later ms_reconnect?)')
+  end
   return rec
 end
 
--- ms_start KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, body[pw, code, salt, channel]
---   -> [nonce]
+-- ms_start KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, kdf, iterations,
+--   body[pw key, code key, salt, channel, lead token] -> [nonce]
 redis.register_function('ms_start', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 5, fields = 4 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 7, fields = 5 })
   if not nonce then return err end
-  local why = bad_secrets(f[1], f[2])
+  local why = bad_secrets(f[1], f[2], f[5])
   if why then return fail('MSARG', nonce, why) end
   if not is_hex(f[3], 32) or not is_hex(f[4], 32) then
     return fail('MSARG', nonce, 'the salt and the channel must be 32 lowercase hex digits')
   end
   local hb, ttl = timing(args[3], args[4])
   if not hb then return fail('MSARG', nonce, ttl) end
+  if args[5] ~= KDF then return fail('MSARG', nonce, 'the key derivation must be ' .. KDF) end
+  local iter = integer(args[6], MIN_ITERATIONS, MAX_ITERATIONS)
+  if not iter then
+    return fail('MSARG', nonce, 'the key derivation needs ' .. MIN_ITERATIONS .. '-' .. MAX_ITERATIONS .. ' iterations')
+  end
   local key = keys[1]
   if redis.call('EXISTS', key) == 1 then return fail('MSEXISTS', nonce, 'the stream name is taken') end
   local name = string.sub(key, #RECORD_PREFIX + 1)
-  redis.call('HSET', key, 'name', name, 'pw', hash(f[3], f[1]), 'code', hash(f[3], f[2]), 'salt', f[3],
-    'channel', f[4], 'state', '{}', 'seq', 0, 'updated_ms', now_ms(), 'hb_ms', hb, 'ttl', ttl)
+  redis.call('HSET', key, 'name', name, 'kdf', KDF, 'iter', iter, 'salt', f[3], 'pw', hash(f[1]),
+    'code', hash(f[2]), 'lead', hash(f[5]), 'channel', f[4], 'state', '{}', 'seq', 0, 'updated_ms', now_ms(),
+    'hb_ms', hb, 'ttl', ttl)
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
   redis.call('SADD', keys[2], name)
   return { nonce }
 end)
 
--- ms_reconnect KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, body[pw, code]
---   -> [nonce, channel, seq]
+-- ms_reconnect KEYS: record, index  ARGV: version, nonce, hb_ms, ttl,
+--   body[pw key, code key, lead token] -> [nonce, channel, seq]
+-- The new lead token replaces the previous lead's.
 redis.register_function('ms_reconnect', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 5, fields = 2 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 5, fields = 3 })
   if not nonce then return err end
-  local why = bad_secrets(f[1], f[2])
+  local why = bad_secrets(f[1], f[2], f[3])
   if why then return fail('MSARG', nonce, why) end
   local hb, ttl = timing(args[3], args[4])
   if not hb then return fail('MSARG', nonce, ttl) end
@@ -290,18 +322,18 @@ redis.register_function('ms_reconnect', function(keys, args)
     or verify(nonce, key, rec, f[2], rec.code, 'MSBADCODE', 'wrong leader code')
   if e then return e end
   rec.ttl = ttl
-  redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl)
+  redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl, 'lead', hash(f[3]))
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
   redis.call('SADD', keys[2], string.sub(key, #RECORD_PREFIX + 1))
   return { nonce, rec.channel, rec.seq }
 end)
 
--- ms_connect KEYS: record  ARGV: version, nonce, body[pw] -> [nonce, channel, hb_ms]
+-- ms_connect KEYS: record  ARGV: version, nonce, body[pw key] -> [nonce, channel, hb_ms]
 -- A write (wrong passwords are counted), so FCALL, not FCALL_RO.
 redis.register_function('ms_connect', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
   if not nonce then return err end
-  local why = bad_secrets(f[1], nil)
+  local why = bad_secrets(f[1], nil, nil)
   if why then return fail('MSARG', nonce, why) end
   local rec = load(keys[1])
   if not rec then return not_found(nonce) end
@@ -309,6 +341,19 @@ redis.register_function('ms_connect', function(keys, args)
   if e then return e end
   return { nonce, rec.channel, tonumber(rec.hb_ms) }
 end)
+
+-- ms_params KEYS: record  ARGV: version, nonce -> [nonce, kdf, iterations, salt]
+-- What a client needs to derive its keys before ms_connect or
+-- ms_reconnect. Nothing secret (the salt only makes each stream's keys its
+-- own), so it asks for no secret and counts nothing: read-only, it runs
+-- on a replica too.
+redis.register_function{ function_name = 'ms_params', flags = { 'no-writes' }, callback = function(keys, args)
+  local nonce, _, err = enter(keys, args, { keys = { 'record' }, args = 2 })
+  if not nonce then return err end
+  local rec = load(keys[1])
+  if not rec then return not_found(nonce) end
+  return { nonce, rec.kdf, rec.iter, rec.salt }
+end }
 
 -- ms_snapshot KEYS: record  ARGV: version, nonce, body[channel]
 --   -> [nonce, channel, seq, updated_ms, hb_ms, state]
@@ -321,7 +366,7 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
            redis.call('HGET', keys[1], 'state') }
 end }
 
--- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, body[code, channel, state]
+-- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, body[lead token, channel, state]
 --   -> [nonce, seq, stored publish id]
 -- Stores the state and broadcasts it in one atomic call. The publish id is
 -- 32 lowercase hex digits: a random token of the lead (16), then the
@@ -343,7 +388,7 @@ redis.register_function('ms_publish', function(keys, args)
   end
   local floor = integer(args[4], 0, MAX_SEQ)
   if not floor then return fail('MSARG', nonce, 'malformed seq floor (an integer, 0 to 999999999999)') end
-  local why = bad_secrets(nil, f[1])
+  local why = bad_secrets(nil, nil, f[1])
   if why then return fail('MSARG', nonce, why) end
   local state = f[3]
   if #state > MAX_STATE then return fail('MSARG', nonce, 'the state is larger than 8 MiB') end
@@ -363,7 +408,7 @@ redis.register_function('ms_publish', function(keys, args)
   return { nonce, seq, id }
 end)
 
--- ms_heartbeat KEYS: record  ARGV: version, nonce, hb_ms, body[code, channel]
+-- ms_heartbeat KEYS: record  ARGV: version, nonce, hb_ms, body[lead token, channel]
 --   -> [nonce, seq, stored publish id ("" before the first publish)]
 -- The leader compares them with its last stored publish: after a failover
 -- that lost it, the leader publishes its newest state again.
@@ -371,7 +416,7 @@ redis.register_function('ms_heartbeat', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 4, fields = 2 })
   if not nonce then return err end
   local hb, why = timing(args[3], nil)
-  why = why or bad_secrets(nil, f[1])
+  why = why or bad_secrets(nil, nil, f[1])
   if why then return fail('MSARG', nonce, why) end
   local rec, e = load_leader(nonce, keys[1], f[1], f[2])
   if not rec then return e end
@@ -397,11 +442,11 @@ redis.register_function('ms_probe', function(keys, args)
   return { nonce, rec.channel, n }
 end)
 
--- ms_stop KEYS: record, index  ARGV: version, nonce, body[code, channel] -> [nonce]
+-- ms_stop KEYS: record, index  ARGV: version, nonce, body[lead token, channel] -> [nonce]
 redis.register_function('ms_stop', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 3, fields = 2 })
   if not nonce then return err end
-  local why = bad_secrets(nil, f[1])
+  local why = bad_secrets(nil, nil, f[1])
   if why then return fail('MSARG', nonce, why) end
   local rec, e = load_leader(nonce, keys[1], f[1], f[2])
   if not rec then return e end

@@ -11,6 +11,7 @@
 use crate::dispatch::{Callback, Dispatcher};
 use crate::error::{Error, Result, Status};
 use crate::follower::Follow;
+use crate::kdf::{self, KeyCache, Secret};
 use crate::leader::{Lead, LeadIdentity};
 use crate::nodes::{Endpoints, Nodes};
 use crate::protocol::{self, INDEX_KEY};
@@ -22,6 +23,7 @@ use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 type Registry<T> = Arc<Mutex<HashMap<String, T>>>;
 
@@ -73,6 +75,9 @@ pub struct Client {
     leads: Registry<Arc<Lead>>,
     follows: Registry<Arc<Follow>>,
     hooks: Hooks,
+    /// Keys derived from passwords and leader codes (the KDF is slow on
+    /// purpose; reconnects need not pay it again).
+    keys: Arc<KeyCache>,
 }
 
 fn c_name(name: &str) -> Arc<CString> {
@@ -104,7 +109,22 @@ impl Client {
             leads,
             follows,
             hooks,
+            keys: Arc::new(KeyCache::new()?),
         })
+    }
+
+    /// PBKDF2 iterations of the streams this client starts from now on
+    /// (default 600,000; 100,000 to 10,000,000, the bounds the functions
+    /// accept). For raising the cost as hardware gets faster, and for
+    /// test suites and small devices that need starts and connects to be
+    /// quick (at a lower cost for whoever guesses). Streams already
+    /// started keep theirs; followers use the stream's own.
+    pub fn set_kdf_iterations(&self, iterations: u32) -> Result<()> {
+        kdf::check_iterations(iterations)?;
+        self.config
+            .kdf_iterations
+            .store(iterations, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Timeout of each request, in ms (1 ms to 1 hour).
@@ -188,7 +208,13 @@ impl Client {
         })
     }
 
-    fn begin_lead(&self, name: &str, code: &str, channel: String, seq: u64) -> Result<()> {
+    fn begin_lead(
+        &self,
+        name: &str,
+        token: Zeroizing<String>,
+        channel: String,
+        seq: u64,
+    ) -> Result<()> {
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         self.hooks.dispatcher.register(session);
         let lead = Lead::spawn(
@@ -196,7 +222,7 @@ impl Client {
             LeadIdentity {
                 name: c_name(name),
                 key: key_of(name),
-                code: code.to_string(),
+                token,
                 channel,
                 seq,
             },
@@ -225,20 +251,27 @@ impl Client {
         protocol::check_leader_code(leader_code)?;
         self.check_not_leading(name)?;
         let channel = random_hex(16)?;
-        let salt = random_hex(16)?;
-        let body = protocol::frame_body(&[
-            password.as_bytes(),
-            leader_code.as_bytes(),
-            salt.as_bytes(),
+        let token = Zeroizing::new(random_hex(16)?);
+        let params = kdf::Params {
+            salt: random_hex(16)?,
+            iterations: self.config.kdf_iterations(),
+        };
+        let (pw_key, code_key) = self.derive_both(&params, password, leader_code);
+        let body = Zeroizing::new(protocol::frame_body(&[
+            pw_key.as_bytes(),
+            code_key.as_bytes(),
+            params.salt.as_bytes(),
             channel.as_bytes(),
-        ]);
+            token.as_bytes(),
+        ]));
         let hb = self.config.heartbeat().as_millis().to_string();
         let ttl = self.config.stream_ttl_s().to_string();
+        let iterations = params.iterations.to_string();
         let started = self.control.fcall(
             false,
             "ms_start",
             &[&key_of(name), INDEX_KEY],
-            &[&hb, &ttl],
+            &[&hb, &ttl, kdf::ALGORITHM, &iterations],
             &body,
             self.config.timeout(),
         );
@@ -246,14 +279,13 @@ impl Client {
             Ok(_) => {}
             // A request sent again after a garbled or lost response (see
             // Webdis::fcall) may find the stream its first try created:
-            // ours if it carries our fresh channel.
+            // ours if it carries our fresh random salt (then our lead
+            // token too). Asked with ms_params, which checks no secret:
+            // another's stream is neither taken over nor charged a wrong
+            // password.
             Err(e) if e.status == Status::MS_ERR_EXISTS => {
-                if self
-                    .reconnect_channel(name, password, leader_code)
-                    .ok()
-                    .map(|(c, _)| c)
-                    .as_deref()
-                    != Some(channel.as_str())
+                if kdf::params_of(&self.control, &key_of(name), self.config.timeout()).ok()
+                    != Some(params.clone())
                 {
                     return Err(Error::new(
                         Status::MS_ERR_EXISTS,
@@ -263,7 +295,7 @@ impl Client {
             }
             Err(e) => return Err(e),
         }
-        self.begin_lead(name, leader_code, channel, 0)
+        self.begin_lead(name, token, channel, 0)
     }
 
     /// Takes up leading an existing stream; its state is kept.
@@ -272,19 +304,51 @@ impl Client {
         protocol::check_password(password)?;
         protocol::check_leader_code(leader_code)?;
         self.check_not_leading(name)?;
-        let (channel, seq) = self.reconnect_channel(name, password, leader_code)?;
-        self.begin_lead(name, leader_code, channel, seq)
+        let token = Zeroizing::new(random_hex(16)?);
+        let (channel, seq) = self.reconnect_channel(name, password, leader_code, &token)?;
+        self.begin_lead(name, token, channel, seq)
     }
 
-    /// Checks a leader's credentials with ms_reconnect; returns the channel
-    /// and the seq.
+    /// The keys of the password and the leader code, derived side by side
+    /// (each derivation is one core's work for ~0.1 s at 600,000
+    /// iterations: a start waits for one, not two).
+    fn derive_both(
+        &self,
+        params: &kdf::Params,
+        password: &str,
+        leader_code: &str,
+    ) -> (Zeroizing<String>, Zeroizing<String>) {
+        std::thread::scope(|s| {
+            let pw = std::thread::Builder::new()
+                .name("ms-kdf".into())
+                .spawn_scoped(s, || self.keys.derive(params, Secret::Password, password));
+            let code = self.keys.derive(params, Secret::LeaderCode, leader_code);
+            let pw = match pw {
+                Ok(handle) => handle.join().ok(),
+                Err(_) => None,
+            };
+            // No thread (or it failed): derive here.
+            let pw = pw.unwrap_or_else(|| self.keys.derive(params, Secret::Password, password));
+            (pw, code)
+        })
+    }
+
+    /// Checks a leader's credentials with ms_reconnect, which makes `token`
+    /// the stream's lead token; returns the channel and the seq.
     fn reconnect_channel(
         &self,
         name: &str,
         password: &str,
         leader_code: &str,
+        token: &str,
     ) -> Result<(String, u64)> {
-        let body = protocol::frame_body(&[password.as_bytes(), leader_code.as_bytes()]);
+        let params = kdf::params_of(&self.control, &key_of(name), self.config.timeout())?;
+        let (pw_key, code_key) = self.derive_both(&params, password, leader_code);
+        let body = Zeroizing::new(protocol::frame_body(&[
+            pw_key.as_bytes(),
+            code_key.as_bytes(),
+            token.as_bytes(),
+        ]));
         let hb = self.config.heartbeat().as_millis().to_string();
         let ttl = self.config.stream_ttl_s().to_string();
         let reply = self.control.fcall(
@@ -321,7 +385,7 @@ impl Client {
         let lead = self.lead(name)?;
         lead.pause();
         let id = lead.identity();
-        let body = protocol::frame_body(&[id.code.as_bytes(), id.channel.as_bytes()]);
+        let body = protocol::frame_body(&[id.token.as_bytes(), id.channel.as_bytes()]);
         let (result, repeated) = self.control.fcall_reporting_resend(
             false,
             "ms_stop",
@@ -385,7 +449,8 @@ impl Client {
         }
         let result = follow.start(
             stream.clone(),
-            password.to_string(),
+            password,
+            &self.keys,
             &self.control,
             self.config.clone(),
             self.hooks.clone(),

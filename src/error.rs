@@ -19,7 +19,8 @@ pub enum ms_status {
     MS_ERR_BAD_PASSWORD = 4,
     /// The leader code is wrong.
     MS_ERR_BAD_LEADER_CODE = 5,
-    /// ms_publish/ms_flush/ms_stop on a name this client does not lead.
+    /// ms_publish/ms_flush/ms_stop on a name this client does not lead (or
+    /// no longer: another client took the lead over with ms_reconnect).
     MS_ERR_NOT_LEADING = 6,
     /// ms_disconnect on a name this client does not follow.
     MS_ERR_NOT_FOLLOWING = 7,

@@ -256,6 +256,28 @@ pub unsafe extern "C" fn ms_client_set_heartbeat(
     })
 }
 
+/// Sets the PBKDF2-HMAC-SHA256 iterations of the streams this client
+/// starts from now on (default 600,000, OWASP's current figure; 100,000
+/// to 10,000,000, the bounds the functions accept, else
+/// MS_ERR_INVALID_ARGUMENT). Every start derives two keys and every first
+/// connect one, each costing about 0.1 s of one core at the default: raise
+/// it as hardware gets faster; lower it only where start and connect
+/// latency matter more than offline guessing of a leaked record (test
+/// suites, small devices), with long random secrets. Streams already
+/// started keep theirs; followers use the stream's own.
+///
+/// # Safety
+/// `client` is NULL or a live client.
+#[no_mangle]
+pub unsafe extern "C" fn ms_client_set_kdf_iterations(
+    client: *mut ms_client,
+    iterations: u32,
+) -> ms_status {
+    guard("ms_client_set_kdf_iterations", || {
+        arg_client(client)?.set_kdf_iterations(iterations)
+    })
+}
+
 /// Sets the trust anchors of `https://` URLs: the certificates of the PEM
 /// file `path` (one or more `-----BEGIN CERTIFICATE-----` blocks, e.g. the
 /// certificate of a mission network's own certificate authority) replace
@@ -378,7 +400,9 @@ pub unsafe extern "C" fn ms_start(
 }
 
 /// Takes up leading an existing stream (after a restart), checking its
-/// password and leader code. The stored state is kept.
+/// password and leader code. The stored state is kept. The lead is taken
+/// over: a client still leading the stream is refused from then on
+/// (MS_EVENT_PUBLISH_FAILED with MS_ERR_NOT_LEADING; its lead ends).
 ///
 /// @return MS_OK, MS_ERR_NOT_FOUND, MS_ERR_BAD_PASSWORD,
 /// MS_ERR_BAD_LEADER_CODE, MS_ERR_THROTTLED (too many wrong secrets for

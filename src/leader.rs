@@ -17,12 +17,16 @@ use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
-/// What the leader identifies itself with on every request.
+/// What the leader identifies itself with on every request: the lead
+/// token (random, 128 bits, given to the functions by ms_start or
+/// ms_reconnect) and the channel. Neither the leader code nor a key
+/// derived from it is kept: nothing re-establishes a lead by itself.
 pub struct LeadIdentity {
     pub name: Arc<CString>,
     pub key: String,
-    pub code: String,
+    pub token: Zeroizing<String>,
     pub channel: String,
     /// The stream's seq when the lead began.
     pub seq: u64,
@@ -71,7 +75,7 @@ impl Shared {
 pub struct Lead {
     pub session: u64,
     identity: Arc<LeadIdentity>,
-    /// `"<len code> <len channel>\n<code><channel>"`: the body before the state.
+    /// `"<len token> <len channel>\n<token><channel>"`: the body before the state.
     body_prefix: Vec<u8>,
     shared: Arc<Shared>,
     conn: Nodes,
@@ -88,7 +92,7 @@ impl Lead {
     ) -> Result<Arc<Lead>> {
         let identity = Arc::new(identity);
         let body_prefix =
-            protocol::frame_body(&[identity.code.as_bytes(), identity.channel.as_bytes(), b""]);
+            protocol::frame_body(&[identity.token.as_bytes(), identity.channel.as_bytes(), b""]);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: None,
@@ -327,7 +331,7 @@ impl LeadThread {
                 Action::Heartbeat => {
                     let hb = self.config.heartbeat().as_millis().to_string();
                     let body = protocol::frame_body(&[
-                        self.identity.code.as_bytes(),
+                        self.identity.token.as_bytes(),
                         self.identity.channel.as_bytes(),
                     ]);
                     self.conn

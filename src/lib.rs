@@ -28,6 +28,7 @@ mod error;
 pub mod ffi;
 mod follower;
 mod http;
+pub mod kdf;
 mod leader;
 mod liveness;
 mod nodes;

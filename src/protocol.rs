@@ -6,7 +6,7 @@ use crate::error::{Error, Result, Status};
 use serde_json::Value;
 
 /// Version of the protocol between this library and lua/missionstream.lua.
-pub const PROTOCOL_VERSION: &str = "4";
+pub const PROTOCOL_VERSION: &str = "5";
 /// Longest stream name, in bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest password or leader code, in bytes.
@@ -193,6 +193,10 @@ pub fn redis_error(text: &str) -> Error {
         "MSBADCODE" => Error::new(
             Status::MS_ERR_BAD_LEADER_CODE,
             "wrong leader code for this stream",
+        ),
+        "MSNOTLEADER" => Error::new(
+            Status::MS_ERR_NOT_LEADING,
+            "this client no longer leads the stream: another client took over the lead (ms_reconnect)",
         ),
         "MSVERSION" => Error::new(
             Status::MS_ERR_SERVER,

@@ -13,15 +13,19 @@ pub struct Config {
     pub(crate) timeout_ms: AtomicU32,
     pub(crate) stream_ttl_s: AtomicU32,
     pub(crate) heartbeat_ms: AtomicU32,
+    /// PBKDF2 iterations of the streams this client starts.
+    pub(crate) kdf_iterations: AtomicU32,
 }
 
 impl Default for Config {
-    /// Timeout 10 s, heartbeat 5 s, streams never expire.
+    /// Timeout 10 s, heartbeat 5 s, streams never expire, 600,000 KDF
+    /// iterations.
     fn default() -> Config {
         Config {
             timeout_ms: AtomicU32::new(10_000),
             stream_ttl_s: AtomicU32::new(0),
             heartbeat_ms: AtomicU32::new(5_000),
+            kdf_iterations: AtomicU32::new(crate::kdf::DEFAULT_ITERATIONS),
         }
     }
 }
@@ -34,6 +38,9 @@ impl Config {
     /// The leader's heartbeat interval.
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed) as u64)
+    }
+    pub fn kdf_iterations(&self) -> u32 {
+        self.kdf_iterations.load(Ordering::Relaxed)
     }
     pub fn stream_ttl_s(&self) -> u32 {
         self.stream_ttl_s.load(Ordering::Relaxed)

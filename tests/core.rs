@@ -352,18 +352,25 @@ fn secrets_are_stored_hashed_and_channel_is_random() {
         assert_ne!(fresh, channel);
         fresh
     };
-    // Calling the functions directly still needs the leader code.
-    let out = s.redis_cli(&[
-        "FCALL",
-        "ms_stop",
-        "2",
-        "stream:secret-stream",
-        "streams",
-        PROTOCOL_VERSION,
-        "n0nce",
-        &format!("4\nnope{channel}"),
-    ]);
-    assert!(out.contains("MSBADCODE"), "{out}");
+    // Calling the functions directly still needs the lead token (given
+    // at start or reconnect to holders of the leader code): neither a
+    // guessed token nor the leader code itself stops the stream.
+    for (body, expected) in [
+        (format!("32\n{}{channel}", "0".repeat(32)), "MSNOTLEADER"),
+        (format!("14\nleader-code-42{channel}"), "MSARG"),
+    ] {
+        let out = s.redis_cli(&[
+            "FCALL",
+            "ms_stop",
+            "2",
+            "stream:secret-stream",
+            "streams",
+            PROTOCOL_VERSION,
+            "n0nce",
+            &body,
+        ]);
+        assert!(out.contains(expected), "{out}");
+    }
     assert_eq!(s.redis_cli(&["EXISTS", "stream:secret-stream"]).trim(), "1");
 }
 
@@ -730,10 +737,11 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
     let s = Servers::start();
     let (_leader, _follower, rec, name) = s.followed("publish-id");
     let channel = s.record_field(&name, "channel");
+    let token = s.take_lead(&name, "pw", "code");
     let key = format!("stream:{name}");
     let publish = |id: &str, state: &str| {
         let body = missionstream::protocol::frame_body(&[
-            b"code".as_slice(),
+            token.as_bytes(),
             channel.as_bytes(),
             state.as_bytes(),
         ]);

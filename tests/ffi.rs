@@ -91,6 +91,10 @@ fn every_function_refuses_null_without_crashing() {
             ms_status::MS_ERR_INVALID_ARGUMENT
         );
         assert_eq!(
+            ms_client_set_kdf_iterations(nul, 600_000),
+            ms_status::MS_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(
             ms_set_callback(nul, None, null_mut()),
             ms_status::MS_ERR_INVALID_ARGUMENT
         );

@@ -241,11 +241,16 @@ fn publish_returns_at_once_while_webdis_is_frozen() {
     assert_eq!(s.record_field(&name, "state"), "{\"i\":999}");
 }
 
-/// Secrets are stored as the salted SHA-1 (hex) of `salt NUL secret`.
+/// Secrets are stretched by the client: the record holds the SHA-1 (hex)
+/// of the hex of PBKDF2-HMAC-SHA256(secret, "pw:<salt>" or
+/// "code:<salt>", iter, 32 bytes), recomputed here with Python's hashlib
+/// as another client of the documented protocol would; never the secret,
+/// its plain or salted fast hash, or the derived key itself. A client
+/// made with `Client::new` uses the default, 600,000 iterations.
 #[test]
-fn secrets_are_stored_as_salted_sha1() {
+fn secrets_are_stored_as_a_hash_of_a_pbkdf2_key() {
     let s = Servers::start();
-    let c = s.client();
+    let c = missionstream::Client::new(&s.url).unwrap();
     let name = unique("hashed");
     let (pw, code) = ("hunter2-password", "leader-code-42");
     c.start(&name, pw, code).unwrap();
@@ -254,34 +259,84 @@ fn secrets_are_stored_as_salted_sha1() {
         salt.len() == 32 && salt.bytes().all(|b| b.is_ascii_hexdigit()),
         "{salt:?}"
     );
-    let sha1 = |salt: &str, secret: &str| {
-        s.redis_cli(&[
-            "EVAL",
-            "return redis.sha1hex(ARGV[1] .. '\\0' .. ARGV[2])",
-            "0",
-            salt,
-            secret,
-        ])
-        .trim()
-        .to_string()
+    assert_eq!(s.record_field(&name, "kdf"), "pbkdf2-sha256");
+    assert_eq!(s.record_field(&name, "iter"), "600000");
+    // Python's standard library, as docs/PROTOCOL.md describes it.
+    let python = |script: &str| {
+        let out = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("python3 is installed");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
-    let (want_pw, want_code) = (sha1(&salt, pw), sha1(&salt, code));
-    assert_eq!(want_pw.len(), 40, "{want_pw}");
+    let expected = python(&format!(
+        r#"
+import hashlib
+def stored(prefix, secret):
+    key = hashlib.pbkdf2_hmac("sha256", secret.encode(), (prefix + "{salt}").encode(), 600000, 32)
+    return key.hex(), hashlib.sha1(key.hex().encode()).hexdigest()
+for prefix, secret in (("pw:", "{pw}"), ("code:", "{code}")):
+    key, h = stored(prefix, secret)
+    print(key, h)
+for secret in ("{pw}", "{code}"):
+    b = secret.encode()
+    print(hashlib.sha1(b).hexdigest(), hashlib.sha256(b).hexdigest(),
+          hashlib.sha1(b"{salt}" + b"\0" + b).hexdigest())
+"#
+    ));
+    let words: Vec<&str> = expected.split_whitespace().collect();
+    assert_eq!(words.len(), 10, "{expected}");
+    let (pw_key, want_pw, code_key, want_code) = (words[0], words[1], words[2], words[3]);
     assert_eq!(
         s.record_field(&name, "pw"),
         want_pw,
-        "pw = sha1(salt NUL pw)"
+        "pw = sha1(hex(pbkdf2(pw)))"
     );
     assert_eq!(
         s.record_field(&name, "code"),
         want_code,
-        "code = sha1(salt NUL code)"
+        "code = sha1(hex(pbkdf2(code)))"
     );
+    // Nothing else in the record gives a secret away.
+    let record = s.redis_cli(&["HGETALL", &format!("stream:{name}")]);
+    for (what, value) in [
+        ("the password", pw),
+        ("the leader code", code),
+        ("the derived password key", pw_key),
+        ("the derived leader code key", code_key),
+    ]
+    .into_iter()
+    .chain(words[4..].iter().map(|w| ("a fast hash of a secret", *w)))
+    {
+        assert!(!record.contains(value), "{what} is in the record: {record}");
+    }
     // The salt is per stream: the same secrets hash differently.
     let other = unique("hashed");
     c.start(&other, pw, code).unwrap();
     assert_ne!(s.record_field(&other, "salt"), salt);
     assert_ne!(s.record_field(&other, "pw"), want_pw);
+    // The right secrets still work (the library derives the same key),
+    // wrong ones are refused with the same statuses as ever.
+    let f = missionstream::Client::new(&s.url).unwrap();
+    f.connect(&name, pw).unwrap();
+    assert_eq!(
+        f.connect(&other, "wrong").unwrap_err().status,
+        missionstream::Status::MS_ERR_BAD_PASSWORD
+    );
+    drop(c);
+    let back = missionstream::Client::new(&s.url).unwrap();
+    assert_eq!(
+        back.reconnect(&name, pw, "wrong").unwrap_err().status,
+        missionstream::Status::MS_ERR_BAD_LEADER_CODE
+    );
+    assert_eq!(
+        back.reconnect(&name, "wrong", code).unwrap_err().status,
+        missionstream::Status::MS_ERR_BAD_PASSWORD
+    );
+    back.reconnect(&name, pw, code).unwrap();
+    back.stop(&name).unwrap();
 }
 
 /// A recovering follower retries with capped exponential backoff: the

@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
+use missionstream::kdf::Secret;
 use missionstream::protocol::PROTOCOL_VERSION;
-use missionstream::Status;
-use std::time::Duration;
+use missionstream::{EventKind, Status};
+use std::time::{Duration, Instant};
 
 const PW: &str = "pw-Secret-1f3a";
 const CODE: &str = "code-Secret-77c2";
@@ -63,6 +64,11 @@ fn no_plaintext_secret_in_redis_aof_urls_or_logs() {
             && info.contains("aof_last_bgrewrite_status:ok")
     });
 
+    // Nor the keys derived from them (what the client sends): Redis keeps
+    // only their SHA-1, and its append-only file logs the effects of a
+    // function, not its arguments.
+    let pw_key = s.derived("kept", Secret::Password, PW);
+    let code_key = s.derived("kept", Secret::LeaderCode, CODE);
     // Redis: every key and field.
     let mut dump = String::new();
     for key in s.redis_cli(&["--scan"]).lines() {
@@ -78,7 +84,7 @@ fn no_plaintext_secret_in_redis_aof_urls_or_logs() {
         if f.ends_with("webdis.log") {
             saw_urls = text.contains("/FCALL/ms_start/");
         }
-        for secret in [PW, CODE] {
+        for secret in [PW, CODE, &pw_key, &code_key] {
             assert!(!text.contains(secret), "{secret} found in {}", f.display());
         }
     }
@@ -93,6 +99,7 @@ fn no_plaintext_secret_in_redis_aof_urls_or_logs() {
     });
     assert!(aof_has_state, "states are persisted");
     assert!(!dump.contains(PW) && !dump.contains(CODE));
+    assert!(!dump.contains(&pw_key) && !dump.contains(&code_key));
 }
 
 #[test]
@@ -102,6 +109,14 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     leader.start("direct", PW, CODE).unwrap();
     let channel = s.record_field("direct", "channel");
     let key = "stream:direct";
+    // The derived keys a client sends, right and wrong, and a lead token.
+    let pw_key = s.derived("direct", Secret::Password, PW);
+    let code_key = s.derived("direct", Secret::LeaderCode, CODE);
+    let wrong_pw = s.derived("direct", Secret::Password, "wrong");
+    let wrong_code = s.derived("direct", Secret::LeaderCode, "wrong");
+    let token = s.take_lead("direct", PW, CODE);
+    let new_token = "0123456789abcdef0123456789abcdef";
+    let guessed_token = "f".repeat(32);
     let frame = |fields: &[&str]| {
         let bytes: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
         String::from_utf8(missionstream::protocol::frame_body(&bytes)).unwrap()
@@ -109,49 +124,64 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     // (function, keys, args after the version, body fields, expected error)
     type Call<'a> = (&'a str, &'a [&'a str], &'a [&'a str], Vec<&'a str>, &'a str);
     let refused: &[Call] = &[
-        // publish, heartbeat, stop need the leader code and the channel.
+        // publish, heartbeat, stop need the lead token and the channel;
+        // the leader code (or its key) is no lead token.
         (
             "ms_publish",
             &[key],
             &["00000000000000000000000000000001", "0"],
-            vec!["wrong", &channel, "{\"evil\":1}"],
-            "MSBADCODE",
+            vec![&guessed_token, &channel, "{\"evil\":1}"],
+            "MSNOTLEADER",
+        ),
+        (
+            "ms_publish",
+            &[key],
+            &["00000000000000000000000000000001", "0"],
+            vec![CODE, &channel, "{\"evil\":1}"],
+            "MSARG",
         ),
         (
             "ms_publish",
             &[key],
             &["00000000000000000000000000000002", "0"],
-            vec![CODE, "guessed-channel", "{\"evil\":1}"],
+            vec![&token, "guessed-channel", "{\"evil\":1}"],
             "MSNOTFOUND",
         ),
         (
             "ms_stop",
             &[key, "streams"],
             &[],
-            vec!["wrong", &channel],
-            "MSBADCODE",
+            vec![&guessed_token, &channel],
+            "MSNOTLEADER",
         ),
         (
             "ms_heartbeat",
             &[key],
             &["1000"],
-            vec!["wrong", &channel],
-            "MSBADCODE",
+            vec![&guessed_token, &channel],
+            "MSNOTLEADER",
         ),
-        // reconnect needs both.
+        // reconnect needs both keys; the plaintext secrets are refused.
         (
             "ms_reconnect",
             &[key, "streams"],
             &["5000", "0"],
-            vec!["wrong", CODE],
+            vec![&wrong_pw, &code_key, new_token],
             "MSBADPASSWORD",
         ),
         (
             "ms_reconnect",
             &[key, "streams"],
             &["5000", "0"],
-            vec![PW, "wrong"],
+            vec![&pw_key, &wrong_code, new_token],
             "MSBADCODE",
+        ),
+        (
+            "ms_reconnect",
+            &[key, "streams"],
+            &["5000", "0"],
+            vec![PW, CODE, new_token],
+            "MSARG",
         ),
     ];
     for (function, keys, args, body, expected) in refused {
@@ -166,9 +196,22 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         let out = s.redis_cli(&cmd);
         assert!(out.contains(expected), "{function}: {out}");
     }
-    // Five wrong secrets in a row locked the stream's checks for 250 ms
-    // (throttled guessing): let that pass.
-    std::thread::sleep(Duration::from_millis(300));
+    // The lead token did not change hands: it still publishes.
+    let out = s.redis_cli(&[
+        "FCALL",
+        "ms_heartbeat",
+        "1",
+        key,
+        PROTOCOL_VERSION,
+        "n0nce",
+        "1000",
+        &frame(&[&token, &channel]),
+    ]);
+    assert_eq!(
+        out.lines().next(),
+        Some("n0nce"),
+        "the lead's heartbeat: {out}"
+    );
     // connect never reveals the channel without the password; snapshot
     // and probe need the channel itself (a 128-bit secret that only
     // connect hands out): a password, or a wrong channel, is no stream.
@@ -179,7 +222,7 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         key,
         PROTOCOL_VERSION,
         "n0nce",
-        &frame(&["wrong"]),
+        &frame(&[&wrong_pw]),
     ]);
     assert!(
         out.contains("MSBADPASSWORD") && !out.contains(&channel),
@@ -253,7 +296,7 @@ fn direct(
     args: &[&str],
     body: &[u8],
 ) -> (u16, String) {
-    let ro = function == "ms_snapshot";
+    let ro = function == "ms_snapshot" || function == "ms_params";
     let mut path = format!(
         "/{}/{function}/{}",
         if ro { "FCALL_RO" } else { "FCALL" },
@@ -378,19 +421,26 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
     s.redis_cli(&["HSET", "app:hash", "name", "x", "pw", "y"]);
     s.redis_cli(&["SET", "app:string", "hello"]);
     s.redis_cli(&["SADD", "stream:set", "m"]);
+    let hex = "0123456789abcdef0123456789abcdef";
+    // Well-formed bodies with the right keys and token: only the keys of
+    // the calls below are wrong.
+    let pw_key = s.derived("mine", Secret::Password, PW);
+    let code_key = s.derived("mine", Secret::LeaderCode, CODE);
+    let token = s.take_lead("mine", PW, CODE);
     let before = dump(&s);
     assert!(before.contains("app:set set a,b,c"), "{before}");
-    let hex = "0123456789abcdef0123456789abcdef";
     let start_body = frame_bytes(&[
-        PW.as_bytes(),
-        CODE.as_bytes(),
+        pw_key.as_bytes(),
+        code_key.as_bytes(),
+        hex.as_bytes(),
         hex.as_bytes(),
         hex.as_bytes(),
     ]);
-    let leader_body = frame_bytes(&[CODE.as_bytes(), channel.as_bytes()]);
-    let publish_body = frame_bytes(&[CODE.as_bytes(), channel.as_bytes(), b"{\"x\":1}"]);
-    let pw_body = frame_bytes(&[PW.as_bytes()]);
-    let reconnect_body = frame_bytes(&[PW.as_bytes(), CODE.as_bytes()]);
+    let leader_body = frame_bytes(&[token.as_bytes(), channel.as_bytes()]);
+    let publish_body = frame_bytes(&[token.as_bytes(), channel.as_bytes(), b"{\"x\":1}"]);
+    let pw_body = frame_bytes(&[pw_key.as_bytes()]);
+    let reconnect_body = frame_bytes(&[pw_key.as_bytes(), code_key.as_bytes(), hex.as_bytes()]);
+    let start_args = vec!["5000", "0", "pbkdf2-sha256", "100000"];
     let id = "00000000000000000000000000000001";
     let long_name = format!("stream:{}", "n".repeat(257));
     let bad_names: Vec<Vec<u8>> = vec![
@@ -417,13 +467,13 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
         (
             "ms_start",
             vec![b"stream:new".to_vec(), b"app:set".to_vec()],
-            vec!["5000", "0"],
+            start_args.clone(),
             &start_body,
         ),
         (
             "ms_start",
             vec![b"stream:new".to_vec()],
-            vec!["5000", "0"],
+            start_args.clone(),
             &start_body,
         ),
         (
@@ -459,9 +509,10 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
         calls.push((
             "ms_start",
             vec![bad.clone(), b"streams".to_vec()],
-            vec!["5000", "0"],
+            start_args.clone(),
             &start_body,
         ));
+        calls.push(("ms_params", vec![bad.clone()], vec![], b""));
         calls.push((
             "ms_reconnect",
             vec![bad.clone(), b"streams".to_vec()],
@@ -520,54 +571,117 @@ fn functions_enforce_the_library_limits() {
     leader.publish("lim", b"{\"ok\":1}").unwrap();
     leader.flush("lim", 10_000).unwrap();
     let channel = s.record_field("lim", "channel");
+    let pw_key = s.derived("lim", Secret::Password, PW);
+    let code_key = s.derived("lim", Secret::LeaderCode, CODE);
+    let token = s.take_lead("lim", PW, CODE);
     let key: &[u8] = b"stream:lim";
     let new: &[u8] = b"stream:lim-new";
     let hex = "0123456789abcdef0123456789abcdef";
     let before = dump(&s);
-    let start = |pw: &[u8], code: &[u8], salt: &[u8], ch: &[u8], hb: &str, ttl: &str| {
-        direct(
-            &s,
-            "ms_start",
-            &[new, b"streams"],
-            &[hb, ttl],
-            &frame_bytes(&[pw, code, salt, ch]),
-        )
+    // ms_start with these fields (pw key, code key, salt, channel, lead
+    // token) and arguments (heartbeat, TTL, KDF, iterations).
+    let start = |f: [&[u8]; 5], a: [&str; 4]| {
+        direct(&s, "ms_start", &[new, b"streams"], &a, &frame_bytes(&f))
     };
-    let pw = PW.as_bytes();
-    let code = CODE.as_bytes();
+    let pw = pw_key.as_bytes();
+    let code = code_key.as_bytes();
     let h = hex.as_bytes();
+    let ok_args = ["5000", "0", "pbkdf2-sha256", "100000"];
+    let upper = code_key.to_uppercase();
     let long = vec![b'p'; 1025];
     let refused: Vec<(&str, (u16, String))> = vec![
-        ("empty leader code", start(pw, b"", h, h, "5000", "0")),
-        ("password over 1024", start(&long, code, h, h, "5000", "0")),
-        ("code over 1024", start(pw, &long, h, h, "5000", "0")),
-        ("salt not hex", start(pw, code, b"zz", h, "5000", "0")),
+        (
+            "plaintext password",
+            start([PW.as_bytes(), code, h, h, h], ok_args),
+        ),
+        (
+            "plaintext leader code",
+            start([pw, CODE.as_bytes(), h, h, h], ok_args),
+        ),
+        ("empty leader code key", start([pw, b"", h, h, h], ok_args)),
+        (
+            "uppercase code key",
+            start([pw, upper.as_bytes(), h, h, h], ok_args),
+        ),
+        (
+            "key of 65 digits",
+            start([&[b'a'; 65], code, h, h, h], ok_args),
+        ),
+        (
+            "lead token of 31 digits",
+            start([pw, code, h, h, &h[..31]], ok_args),
+        ),
+        ("salt not hex", start([pw, code, b"zz", h, h], ok_args)),
         (
             "channel not hex",
             start(
-                pw,
-                code,
-                h,
-                b"0123456789ABCDEF0123456789ABCDEF",
-                "5000",
-                "0",
+                [pw, code, h, b"0123456789ABCDEF0123456789ABCDEF", h],
+                ok_args,
             ),
         ),
-        ("heartbeat 10 ms", start(pw, code, h, h, "10", "0")),
-        ("heartbeat not a number", start(pw, code, h, h, "5e3", "0")),
+        (
+            "another KDF",
+            start([pw, code, h, h, h], ["5000", "0", "argon2id", "100000"]),
+        ),
+        (
+            "99,999 iterations",
+            start([pw, code, h, h, h], ["5000", "0", "pbkdf2-sha256", "99999"]),
+        ),
+        (
+            "1 iteration",
+            start([pw, code, h, h, h], ["5000", "0", "pbkdf2-sha256", "1"]),
+        ),
+        (
+            "10,000,001 iterations",
+            start(
+                [pw, code, h, h, h],
+                ["5000", "0", "pbkdf2-sha256", "10000001"],
+            ),
+        ),
+        (
+            "iterations not a number",
+            start([pw, code, h, h, h], ["5000", "0", "pbkdf2-sha256", "6e5"]),
+        ),
+        (
+            "heartbeat 10 ms",
+            start([pw, code, h, h, h], ["10", "0", "pbkdf2-sha256", "100000"]),
+        ),
+        (
+            "heartbeat not a number",
+            start([pw, code, h, h, h], ["5e3", "0", "pbkdf2-sha256", "100000"]),
+        ),
         (
             "TTL shorter than 2 heartbeats",
-            start(pw, code, h, h, "5000", "9"),
+            start(
+                [pw, code, h, h, h],
+                ["5000", "9", "pbkdf2-sha256", "100000"],
+            ),
         ),
-        ("TTL negative", start(pw, code, h, h, "5000", "-1")),
         (
-            "reconnect with an empty code",
+            "TTL negative",
+            start(
+                [pw, code, h, h, h],
+                ["5000", "-1", "pbkdf2-sha256", "100000"],
+            ),
+        ),
+        (
+            "reconnect with an empty code key",
             direct(
                 &s,
                 "ms_reconnect",
                 &[key, b"streams"],
                 &["5000", "0"],
-                &frame_bytes(&[pw, b""]),
+                &frame_bytes(&[pw, b"", h]),
+            ),
+        ),
+        (
+            "reconnect with a malformed lead token",
+            direct(
+                &s,
+                "ms_reconnect",
+                &[key, b"streams"],
+                &["5000", "0"],
+                &frame_bytes(&[pw, code, b"not-a-token"]),
             ),
         ),
         (
@@ -577,7 +691,7 @@ fn functions_enforce_the_library_limits() {
                 "ms_reconnect",
                 &[key, b"streams"],
                 &["0", "0"],
-                &frame_bytes(&[pw, code]),
+                &frame_bytes(&[pw, code, h]),
             ),
         ),
         (
@@ -587,12 +701,18 @@ fn functions_enforce_the_library_limits() {
                 "ms_heartbeat",
                 &[key],
                 &["4000000"],
-                &frame_bytes(&[code, channel.as_bytes()]),
+                &frame_bytes(&[token.as_bytes(), channel.as_bytes()]),
             ),
         ),
         (
             "probe token with a space",
-            direct(&s, "ms_probe", &[key], &["a b"], &frame_bytes(&[pw])),
+            direct(
+                &s,
+                "ms_probe",
+                &[key],
+                &["a b"],
+                &frame_bytes(&[channel.as_bytes()]),
+            ),
         ),
         (
             "probe token of 65 characters",
@@ -601,12 +721,26 @@ fn functions_enforce_the_library_limits() {
                 "ms_probe",
                 &[key],
                 &[&"a".repeat(65)],
-                &frame_bytes(&[pw]),
+                &frame_bytes(&[channel.as_bytes()]),
             ),
         ),
         (
-            "connect with a password over 1024",
+            "connect with a plaintext password",
+            direct(
+                &s,
+                "ms_connect",
+                &[key],
+                &[],
+                &frame_bytes(&[PW.as_bytes()]),
+            ),
+        ),
+        (
+            "connect with 1025 bytes",
             direct(&s, "ms_connect", &[key], &[], &frame_bytes(&[&long])),
+        ),
+        (
+            "params with a body",
+            direct(&s, "ms_params", &[key], &[], &frame_bytes(&[pw])),
         ),
     ];
     let publish = |state: &[u8]| {
@@ -615,7 +749,7 @@ fn functions_enforce_the_library_limits() {
             "ms_publish",
             &[key],
             &["aaaaaaaaaaaaaaaa0000000000000001", "0"],
-            &frame_bytes(&[code, channel.as_bytes(), state]),
+            &frame_bytes(&[token.as_bytes(), channel.as_bytes(), state]),
         )
     };
     let mut states: Vec<(&str, Vec<u8>)> = vec![
@@ -740,4 +874,156 @@ fn wrong_secrets_are_throttled_per_stream() {
     wait_until(Duration::from_secs(5), || {
         guesser.connect("guarded", PW).is_ok()
     });
+}
+
+/// A follower who guesses leader codes (ms_reconnect with wrong codes, as
+/// fast as one client goes) trips the stream's throttle, yet the rightful
+/// leader keeps publishing and its heartbeats keep it online: publish,
+/// heartbeat and stop carry the lead token, which no lock applies to.
+/// (When publishes carried the leader code, this guessing locked the
+/// leader out of its own stream.)
+#[test]
+fn guessing_leader_codes_does_not_lock_out_the_leader() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_heartbeat(100).unwrap();
+    let lead_events = Recorder::attach(&leader);
+    leader.start("led", PW, CODE).unwrap();
+    let follower = s.client();
+    let rec = Recorder::attach(&follower);
+    follower.connect("led", PW).unwrap();
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let done = AtomicBool::new(false);
+    let (refused, stored_while_locked, published) = std::thread::scope(|scope| {
+        let guessing = scope.spawn(|| {
+            // Another follower of the stream: it knows the password.
+            let guesser = s.client();
+            guesser.connect("led", PW).unwrap();
+            let (mut wrong, mut throttled) = (0u32, 0u32);
+            let mut i = 0;
+            while !done.load(Ordering::Relaxed) {
+                i += 1;
+                match guesser
+                    .reconnect("led", PW, &format!("guess-{i}"))
+                    .unwrap_err()
+                    .status
+                {
+                    Status::MS_ERR_BAD_LEADER_CODE => wrong += 1,
+                    Status::MS_ERR_THROTTLED => throttled += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+            (wrong, throttled)
+        });
+        // Publishing, each state acknowledged, while the guessing goes on.
+        let t0 = Instant::now();
+        let (mut n, mut while_locked) = (0u32, 0u32);
+        while t0.elapsed() < Duration::from_secs(3) {
+            n += 1;
+            let state = format!("{{\"n\":{n}}}");
+            leader.publish("led", state.as_bytes()).unwrap();
+            leader
+                .flush("led", 5_000)
+                .unwrap_or_else(|e| panic!("publish {n} during guessing: {e:?}"));
+            let locked_until: u64 = s.record_field("led", "locked_until").parse().unwrap_or(0);
+            if locked_until > now_ms() {
+                while_locked += 1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rec.wait_state("led", &format!("{{\"n\":{n}}}"), Duration::from_secs(10));
+        // Idle: heartbeats alone (every 100 ms) keep the leader online for
+        // its followers (offline after 300 ms without one).
+        std::thread::sleep(Duration::from_millis(1_500));
+        done.store(true, Ordering::Relaxed);
+        let (wrong, throttled) = guessing.join().unwrap();
+        eprintln!("guesses: {wrong} evaluated, {throttled} throttled; {n} publishes, {while_locked} stored while the stream was locked");
+        (throttled, while_locked, n)
+    });
+    assert!(refused > 0, "the guessing tripped the throttle");
+    assert!(
+        stored_while_locked > 0,
+        "publishes were stored while the stream's secret checks were locked"
+    );
+    assert!(published > 10);
+    let kinds: Vec<_> = rec
+        .snapshot()
+        .into_iter()
+        .filter(|e| e.stream == "led")
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        !kinds.contains(&EventKind::MS_EVENT_LEADER_OFFLINE),
+        "the leader went offline for its followers: {kinds:?}"
+    );
+    assert!(
+        lead_events.snapshot().is_empty(),
+        "the leader reported failures: {:?}",
+        lead_events.snapshot()
+    );
+    // And the leader still stops its stream.
+    leader.stop("led").unwrap();
+    rec.wait_kind("led", EventKind::MS_EVENT_ENDED, Duration::from_secs(10));
+}
+
+/// A second `ms_start` of a taken name, even with the right secrets, is
+/// MS_ERR_EXISTS and takes nothing over: the stream keeps its lead token
+/// and its leader keeps publishing (the library checks whether its own
+/// lost first try created the stream by the salt, not with a reconnect).
+#[test]
+fn starting_a_taken_name_with_the_right_secrets_takes_nothing_over() {
+    let s = Servers::start();
+    let leader = s.client();
+    let lead_events = Recorder::attach(&leader);
+    leader.start("taken", PW, CODE).unwrap();
+    let lead = s.record_field("taken", "lead");
+    let (fails, salt) = (
+        s.record_field("taken", "fails"),
+        s.record_field("taken", "salt"),
+    );
+    let other = s.client();
+    assert_eq!(
+        other.start("taken", PW, CODE).unwrap_err().status,
+        Status::MS_ERR_EXISTS
+    );
+    assert_eq!(s.record_field("taken", "lead"), lead);
+    assert_eq!(s.record_field("taken", "salt"), salt);
+    assert_eq!(
+        s.record_field("taken", "fails"),
+        fails,
+        "no secret was checked"
+    );
+    leader.publish("taken", b"{\"still\":1}").unwrap();
+    leader.flush("taken", 10_000).unwrap();
+    assert_eq!(s.record_field("taken", "state"), "{\"still\":1}");
+    assert!(
+        lead_events.snapshot().is_empty(),
+        "{:?}",
+        lead_events.snapshot()
+    );
+    // Taking over is ms_reconnect's, on purpose: the previous lead is
+    // then refused (MS_ERR_NOT_LEADING) and ends.
+    other.reconnect("taken", PW, CODE).unwrap();
+    assert_ne!(s.record_field("taken", "lead"), lead);
+    leader.publish("taken", b"{\"late\":1}").unwrap();
+    let e = leader.flush("taken", 10_000).unwrap_err();
+    assert_eq!(e.status, Status::MS_ERR_NOT_LEADING, "{e:?}");
+    lead_events.wait_kind(
+        "taken",
+        EventKind::MS_EVENT_PUBLISH_FAILED,
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        leader.publish("taken", b"{}").unwrap_err().status,
+        Status::MS_ERR_NOT_LEADING
+    );
+    other.publish("taken", b"{\"new\":1}").unwrap();
+    other.flush("taken", 10_000).unwrap();
+    assert_eq!(s.record_field("taken", "state"), "{\"new\":1}");
 }

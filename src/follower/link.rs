@@ -6,6 +6,7 @@
 
 use crate::dispatch::Event;
 use crate::error::{Error, Result, Status};
+use crate::kdf;
 use crate::nodes::{Endpoints, Nodes};
 use crate::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
 use crate::session::Config;
@@ -20,14 +21,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// ms_connect: checks the password; returns the stream's channel.
+/// ms_connect: checks the password's derived key; returns the stream's
+/// channel.
 pub(super) fn stream_channel(
     conn: &Nodes,
     key: &str,
-    password: &str,
+    password_key: &str,
     timeout: Duration,
 ) -> Result<String> {
-    let body = protocol::frame_body(&[password.as_bytes()]);
+    let body = zeroize::Zeroizing::new(protocol::frame_body(&[password_key.as_bytes()]));
     match conn.fcall(false, "ms_connect", &[key], &[], &body, timeout)? {
         Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => match &a[0] {
             Value::String(c) => Ok(c.clone()),
@@ -118,7 +120,10 @@ pub(super) struct Snapshot {
 pub(super) struct Link {
     pub(super) session: u64,
     pub(super) key: String,
-    pub(super) password: String,
+    /// The stream's key derivation when the follow began.
+    pub(super) params: kdf::Params,
+    /// The password's derived key (the password itself is not kept).
+    pub(super) password_key: zeroize::Zeroizing<String>,
     pub(super) channel: String,
     pub(super) endpoints: Arc<Endpoints>,
     pub(super) config: Arc<Config>,
@@ -147,11 +152,15 @@ impl Link {
         Ok(conn)
     }
 
-    /// Checks that the stream still exists, with the password, on the
-    /// channel followed.
+    /// Checks that the stream still exists, with the password's key, on
+    /// the channel followed. A stream started anew under the same name has
+    /// another salt: replaced, without a wrong password counted.
     pub(super) fn check_stream(&self) -> Result<()> {
         let conn = self.connection()?;
-        let channel = stream_channel(&conn, &self.key, &self.password, self.config.timeout())?;
+        if kdf::params_of(&conn, &self.key, self.config.timeout())? != self.params {
+            return Err(replaced());
+        }
+        let channel = stream_channel(&conn, &self.key, &self.password_key, self.config.timeout())?;
         if channel == self.channel {
             Ok(())
         } else {

@@ -15,6 +15,7 @@ mod link;
 use crate::backoff::Backoff;
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
+use crate::kdf::{self, KeyCache, Secret};
 use crate::liveness::{Decision, Liveness};
 use crate::nodes::Nodes;
 use crate::protocol::{self, ChannelMessage, SubscriptionItem};
@@ -59,13 +60,19 @@ impl Follow {
     pub fn start(
         &self,
         name: Arc<CString>,
-        password: String,
+        password: &str,
+        keys: &KeyCache,
         control: &Nodes,
         config: Arc<Config>,
         hooks: Hooks,
     ) -> Result<()> {
         let key = key_of(name.to_str().unwrap_or(""));
-        let channel = stream_channel(control, &key, &password, config.timeout())?;
+        // The stream's key derivation, then the password's key: kept (not
+        // the password) to check the stream again after a lost
+        // subscription.
+        let params = kdf::params_of(control, &key, config.timeout())?;
+        let password_key = keys.derive(&params, Secret::Password, password);
+        let channel = stream_channel(control, &key, &password_key, config.timeout())?;
         let (wake_tx, wake_rx) = bounded::<()>(0);
         let (done_tx, done_rx) = bounded::<()>(0);
         let (ready_tx, ready_rx) = bounded::<Result<()>>(1);
@@ -84,7 +91,8 @@ impl Follow {
         let link = Arc::new(Link {
             session: self.session,
             key,
-            password,
+            params,
+            password_key,
             channel,
             endpoints: control.endpoints().clone(),
             config,

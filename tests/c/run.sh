@@ -115,13 +115,15 @@ if [ "${MS_SKIP_VALGRIND:-0}" != "1" ] && command -v valgrind >/dev/null 2>&1; t
   step "harness under valgrind (quick mode: no 4/8 MiB states)"
   gcc "${CFLAGS_STRICT[@]}" -g -O1 -Iinclude tests/c/harness.c -o "$work/harness_plain" \
       -L"$lib_dir" -lmissionstream -lpthread
-  if MS_HARNESS_QUICK=1 MS_HARNESS_TIMEOUT_MS=30000 LD_LIBRARY_PATH="$lib_dir" timeout 150 \
+  if MS_HARNESS_QUICK=1 MS_HARNESS_TIMEOUT_MS=30000 MS_HARNESS_KDF_ITERATIONS=100000 \
+     LD_LIBRARY_PATH="$lib_dir" timeout 240 \
      valgrind --quiet --error-exitcode=1 --track-origins=no --fair-sched=yes \
      "$work/harness_plain" > "$work/valgrind.out" 2>&1; then
     tail -n 1 "$work/valgrind.out"
   else
     rc=$?
     grep -v '^ok' "$work/valgrind.out" | tail -n 60
+    grep -a '^FAIL' "$work/valgrind.out" || true
     fail "harness under valgrind (exit $rc)"
   fi
 fi

@@ -315,8 +315,15 @@ impl Servers {
         (commands, skipped)
     }
 
+    /// A client of these servers. It starts streams with the fewest KDF
+    /// iterations the functions accept (100,000), so that the suites do
+    /// not spend minutes stretching secrets; streams of clients made with
+    /// `Client::new` use the default (600,000).
     pub fn client(&self) -> Client {
-        Client::new(&self.url).unwrap()
+        let c = Client::new(&self.url).unwrap();
+        c.set_kdf_iterations(missionstream::kdf::MIN_ITERATIONS)
+            .unwrap();
+        c
     }
 
     /// A field of a stream's record, read straight from Redis.
@@ -331,6 +338,48 @@ impl Servers {
         leader.start(&name, "pw", "code").unwrap();
         follower.connect(&name, "pw").unwrap();
         (leader, follower, rec, name)
+    }
+
+    /// The key derivation parameters of stream `name`, from its record.
+    pub fn kdf_params(&self, name: &str) -> missionstream::kdf::Params {
+        missionstream::kdf::Params {
+            salt: self.record_field(name, "salt"),
+            iterations: self.record_field(name, "iter").parse().unwrap(),
+        }
+    }
+
+    /// The derived key of `secret` for stream `name` (hex), as a client
+    /// sends it.
+    pub fn derived(&self, name: &str, kind: missionstream::kdf::Secret, secret: &str) -> String {
+        missionstream::kdf::derive(&self.kdf_params(name), kind, secret).to_string()
+    }
+
+    /// Takes over the lead of stream `name` as any client of the protocol
+    /// can (ms_reconnect, through redis-cli, with the derived keys and a
+    /// new lead token); returns the lead token, for direct calls of
+    /// ms_publish, ms_heartbeat and ms_stop.
+    pub fn take_lead(&self, name: &str, password: &str, code: &str) -> String {
+        use missionstream::kdf::Secret;
+        let token = format!("{:032x}", rand_u128());
+        let body = missionstream::protocol::frame_body(&[
+            self.derived(name, Secret::Password, password).as_bytes(),
+            self.derived(name, Secret::LeaderCode, code).as_bytes(),
+            token.as_bytes(),
+        ]);
+        let out = self.redis_cli(&[
+            "FCALL",
+            "ms_reconnect",
+            "2",
+            &format!("stream:{name}"),
+            "streams",
+            missionstream::protocol::PROTOCOL_VERSION,
+            "t4ke",
+            "5000",
+            "0",
+            std::str::from_utf8(&body).unwrap(),
+        ]);
+        assert!(out.starts_with("t4ke"), "ms_reconnect: {out}");
+        token
     }
 
     pub fn record_field(&self, name: &str, field: &str) -> String {
@@ -695,4 +744,25 @@ impl Drop for LossyRelay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// 128 bits that differ per call (tests only: time, pid and a counter,
+/// hashed).
+pub fn rand_u128() -> u128 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let seed = format!(
+        "{t}/{}/{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(&seed, &mut h);
+    let a = std::hash::Hasher::finish(&h) as u128;
+    std::hash::Hash::hash(&a, &mut h);
+    (a << 64) | std::hash::Hasher::finish(&h) as u128
 }

@@ -304,6 +304,13 @@ class Client:
         or not for the URL's host makes calls fail at once with
         :class:`Unavailable`; an ``https://`` URL to a port without TLS, or
         ``http://`` to a TLS port, with :class:`ProtocolError`.
+    :param kdf_iterations: PBKDF2-HMAC-SHA256 iterations of the streams
+        this client starts (default 600,000, OWASP's figure; 100,000 to
+        10,000,000, else :class:`InvalidArgument`). Passwords and leader
+        codes are stretched by the client: each start derives two keys,
+        each first connect one (~0.1 s each at the default). Lower it only
+        where that latency matters more than offline guessing of a leaked
+        record (test suites, small devices).
 
     Use it as a context manager, or call :meth:`close`. Closing frees the
     native client: pending states of led streams are delivered first, led
@@ -318,6 +325,7 @@ class Client:
         heartbeat: Optional[float] = None,
         stream_ttl: Optional[int] = None,
         tls_ca_file: Union[str, bytes, "os.PathLike[Any]", None] = None,
+        kdf_iterations: Optional[int] = None,
     ) -> None:
         # Set first: __del__ must work even if __init__ fails half-way.
         self._handle: Any = None
@@ -352,6 +360,11 @@ class Client:
                 lib.ms_client_set_stream_ttl(handle, int(stream_ttl))
             if tls_ca_file is not None:
                 lib.ms_client_set_tls_ca_file(handle, _encode(os.fsencode(tls_ca_file), "TLS CA file path"))
+            if kdf_iterations is not None:
+                if not 0 <= int(kdf_iterations) <= _U32_MAX:
+                    reason = f"kdf_iterations must be 100000 to 10000000, not {kdf_iterations!r}"
+                    raise InvalidArgument(f"Client: {reason}", reason=reason)
+                lib.ms_client_set_kdf_iterations(handle, int(kdf_iterations))
             lib.ms_set_callback(handle, self._c_callback, None)
         except BaseException:
             self._handle = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -11,7 +12,7 @@ import pytest
 import missionstream as ms
 from missionstream import EventKind
 
-from conftest import publishing
+from conftest import Server, publishing
 
 PW = "pw-1"
 CODE = "code-1"
@@ -94,6 +95,32 @@ def test_publish_rejects_what_is_not_a_state(client: ms.Client, name: str) -> No
         leader.publish(object())
     with pytest.raises(ms.InvalidArgument):
         leader.publish(b"\xff\xfe not utf-8")
+
+
+def test_kdf_iterations_are_the_streams_and_bounded(url: str, server: Server, client2: ms.Client, name: str) -> None:
+    """Secrets are stretched by the client with PBKDF2-HMAC-SHA256 at the
+    iterations chosen at start (default 600,000), recorded with the stream
+    and recomputable with hashlib; below the functions' floor is refused."""
+    for bad in (99_999, 10_000_001, -1):
+        with pytest.raises(ms.InvalidArgument, match="kdf_iterations|iterations"):
+            ms.Client(url, kdf_iterations=bad)
+    with ms.Client(url, timeout=5, kdf_iterations=100_000) as c:
+        leader = c.start(name, PW, CODE)
+        record = f"stream:{name}"
+        assert server.redis_cli("HGET", record, "kdf").strip() == "pbkdf2-sha256"
+        assert server.redis_cli("HGET", record, "iter").strip() == "100000"
+        salt = server.redis_cli("HGET", record, "salt").strip()
+        key = hashlib.pbkdf2_hmac("sha256", PW.encode(), ("pw:" + salt).encode(), 100_000, 32).hex()
+        assert server.redis_cli("HGET", record, "pw").strip() == hashlib.sha1(key.encode()).hexdigest()
+        # A follower with the default setting uses the stream's own.
+        f = client2.connect(name, PW)
+        assert first_state(f).data == "{}"
+        f.disconnect()
+        leader.stop()
+    with ms.Client(url, timeout=5) as c:
+        leader = c.start(name, PW, CODE)
+        assert server.redis_cli("HGET", f"stream:{name}", "iter").strip() == "600000"
+        leader.stop()
 
 
 def test_order_and_convergence(client: ms.Client, client2: ms.Client, name: str) -> None:
