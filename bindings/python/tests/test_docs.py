@@ -149,3 +149,13 @@ def test_command_line_walkthrough_runs_as_written_and_again(tmp_path: Path, serv
         assert '"waypoints":[[47.39,8.54,30],[47.4,8.55,35]]' in watched[0]
         assert any(line.split()[:2] == ["mission-cli", "2"] for line in lines), r.stdout  # list
         assert "mission-cli" not in live_streams(server.url)  # stop
+
+
+def test_the_protocol_version_is_the_same_everywhere() -> None:
+    """README, PROTOCOL.md, the functions library and the client name one version."""
+    rust = re.search(r'PROTOCOL_VERSION: &str = "(\d+)"', (REPO / "src/protocol.rs").read_text())
+    lua = re.search(r"^local PROTOCOL = '(\d+)'", (REPO / "lua/missionstream.lua").read_text(), re.M)
+    readme = re.search(r"protocol version \(now (\d+)\)", (REPO / "README.md").read_text())
+    doc = re.search(r"^# missionstream wire protocol \(version (\d+)\)", (REPO / "docs/PROTOCOL.md").read_text(), re.M)
+    assert rust and lua and readme and doc
+    assert {rust[1], lua[1], readme[1], doc[1]} == {rust[1]}, (rust[1], lua[1], readme[1], doc[1])
