@@ -907,7 +907,10 @@ fn guessing_leader_codes_does_not_lock_out_the_leader() {
             guesser.connect("led", PW).unwrap();
             let (mut wrong, mut throttled) = (0u32, 0u32);
             let mut i = 0;
-            while !done.load(Ordering::Relaxed) {
+            // Bounded too: a panicking publisher never sets `done`, and the
+            // scope would wait for this thread forever.
+            let started = Instant::now();
+            while !done.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
                 i += 1;
                 match guesser
                     .reconnect("led", PW, &format!("guess-{i}"))
