@@ -396,6 +396,9 @@ fn every_endpoint_down_is_one_clear_error_and_one_back_is_enough() {
     // A publish meanwhile is kept and delivered once an endpoint is back.
     c.publish(&name, b"{\"up\":2}").unwrap();
     assert!(c.flush(&name, 500).is_err());
+    // Longer than the request timeout: the publish failed over every
+    // endpoint at least once, and is kept for the next try.
+    std::thread::sleep(Duration::from_millis(2500));
     s.start_webdis();
     c.flush(&name, 10_000).unwrap();
     assert_eq!(s.record_field(&name, "state"), "{\"up\":2}");
