@@ -23,6 +23,7 @@ static DEBUG: once_cell::sync::Lazy<bool> = once_cell::sync::Lazy::new(|| {
 
 mod backoff;
 mod client;
+pub mod delta;
 mod dispatch;
 mod error;
 pub mod ffi;
