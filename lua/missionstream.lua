@@ -31,12 +31,15 @@ Record of stream <name>: hash "stream:<name>" with fields
 Index of live streams: set "streams" of names.
 Channel messages (payloads published on the stream's channel):
     "s <seq> <updated_ms>\n<state>"   a stored state
+    "d <seq> <base_seq> <updated_ms>\n<delta>"
+                                      a stored state, as a delta (Fossil's
+                                      format) against the state of base_seq
     "h <interval_ms>"                 leader heartbeat
     "p <nonce>"                       follower probe (ignored by others)
     "e"                               the stream was stopped
 ]]
 
-local PROTOCOL = '5'
+local PROTOCOL = '6'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -106,6 +109,119 @@ local function utf8_valid(s)
     s = string.gsub(string.gsub(s, p, ' '), ASCII_RUN, ' ')
   end
   return not string.find(s, '[\128-\255]')
+end
+
+-- Deltas (docs/PROTOCOL.md, "Deltas"): Fossil's delta format. A delta is
+-- "<target length>\n", then commands "<n>@<offset>," (copy n bytes of the
+-- base from offset), "<n>:<n bytes>" (insert them), and "<checksum>;"
+-- last. Numbers are written in Fossil's base-64 digits.
+local DELTA_DIGITS = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~'
+-- Byte -> value of each digit of DELTA_DIGITS (the string library is not
+-- available while the library loads).
+local DIGIT = {
+  [48] = 0, [49] = 1, [50] = 2, [51] = 3, [52] = 4, [53] = 5, [54] = 6, [55] = 7, [56] = 8, [57] = 9,
+  [65] = 10, [66] = 11, [67] = 12, [68] = 13, [69] = 14, [70] = 15, [71] = 16, [72] = 17, [73] = 18,
+  [74] = 19, [75] = 20, [76] = 21, [77] = 22, [78] = 23, [79] = 24, [80] = 25, [81] = 26, [82] = 27,
+  [83] = 28, [84] = 29, [85] = 30, [86] = 31, [87] = 32, [88] = 33, [89] = 34, [90] = 35, [95] = 36,
+  [97] = 37, [98] = 38, [99] = 39, [100] = 40, [101] = 41, [102] = 42, [103] = 43, [104] = 44, [105] = 45,
+  [106] = 46, [107] = 47, [108] = 48, [109] = 49, [110] = 50, [111] = 51, [112] = 52, [113] = 53, [114] = 54,
+  [115] = 55, [116] = 56, [117] = 57, [118] = 58, [119] = 59, [120] = 60, [121] = 61, [122] = 62, [126] = 63
+}
+
+-- A number at pos (1 to 6 digits: 2^36 covers every length and checksum);
+-- returns it and the next position, or nil.
+local function delta_int(d, pos)
+  local v, start = 0, pos
+  while true do
+    local x = DIGIT[string.byte(d, pos) or 0]
+    if not x then break end
+    if pos - start >= 6 then return nil end
+    v = v * 64 + x
+    pos = pos + 1
+  end
+  if pos == start then return nil end
+  return v, pos
+end
+
+-- Fossil's checksum of s: the sum modulo 2^32 of s read as big-endian
+-- 32-bit words, the last padded with zero bytes. The four byte sums stay
+-- exact in doubles (8 MiB of 255 is below 2^31); ~10 ms per MiB.
+local function fossil_checksum(s)
+  local n = #s
+  local s0, s1, s2, s3 = 0, 0, 0, 0
+  local byte = string.byte
+  local i = 1
+  while i + 31 <= n do
+    local v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21, v22, v23, v24, v25, v26, v27, v28, v29, v30, v31 = byte(s, i, i + 31)
+    s0 = s0 + v0 + v4 + v8 + v12 + v16 + v20 + v24 + v28
+    s1 = s1 + v1 + v5 + v9 + v13 + v17 + v21 + v25 + v29
+    s2 = s2 + v2 + v6 + v10 + v14 + v18 + v22 + v26 + v30
+    s3 = s3 + v3 + v7 + v11 + v15 + v19 + v23 + v27 + v31
+    i = i + 32
+  end
+  while i <= n do
+    local a, b, c, d = byte(s, i, i + 3)
+    s0 = s0 + a
+    s1 = s1 + (b or 0)
+    s2 = s2 + (c or 0)
+    s3 = s3 + (d or 0)
+    i = i + 4
+  end
+  return (s3 + (s2 % 16777216) * 256 + (s1 % 65536) * 65536 + (s0 % 256) * 16777216) % 4294967296
+end
+
+-- Whether byte i of s continues a multi-byte character (false past the end).
+local function continues(s, i)
+  local b = string.byte(s, i)
+  return b ~= nil and b >= 128 and b < 192
+end
+
+-- Applies delta d (valid UTF-8 without NUL, checked by the caller) to
+-- base (a stored state: valid UTF-8 without NUL). Every copy must cover
+-- whole characters of the base; then the result, made of whole
+-- characters only, is valid UTF-8 without NUL. Returns the result, or nil
+-- and an error text.
+local function apply_delta(base, d)
+  local limit, pos = delta_int(d, 1)
+  if not limit then return nil, 'the delta does not start with the target length' end
+  if limit > MAX_STATE then return nil, 'the result of the delta would be larger than 8 MiB' end
+  if string.byte(d, pos) ~= 10 then return nil, 'no newline after the target length' end
+  pos = pos + 1
+  local parts, total = {}, 0
+  while true do
+    local n
+    n, pos = delta_int(d, pos)
+    if not n then return nil, 'a delta command without a number' end
+    local op = string.byte(d, pos)
+    pos = pos + 1
+    if op == 64 then -- '@': copy
+      local off
+      off, pos = delta_int(d, pos)
+      if not off or string.byte(d, pos) ~= 44 then return nil, 'a malformed copy command' end
+      pos = pos + 1
+      if off + n > #base then return nil, 'a copy reaches outside the base' end
+      if n > 0 and (continues(base, off + 1) or continues(base, off + n + 1)) then
+        return nil, 'a copy splits a character of the base'
+      end
+      total = total + n
+      if total > limit then return nil, 'the delta writes past its target length' end
+      parts[#parts + 1] = string.sub(base, off + 1, off + n)
+    elseif op == 58 then -- ':': literal
+      if pos + n - 1 > #d then return nil, 'a literal reaches past the end of the delta' end
+      total = total + n
+      if total > limit then return nil, 'the delta writes past its target length' end
+      parts[#parts + 1] = string.sub(d, pos, pos + n - 1)
+      pos = pos + n
+    elseif op == 59 then -- ';': checksum, the end
+      if pos <= #d then return nil, 'bytes after the checksum' end
+      if total ~= limit then return nil, 'the result is shorter than the target length' end
+      local out = table.concat(parts)
+      if fossil_checksum(out) ~= n then return nil, 'the checksum of the result does not match' end
+      return out
+    else
+      return nil, 'the delta ends without a checksum or has an unknown command'
+    end
+  end
 end
 
 -- A stream name: 1-256 bytes of UTF-8 without control characters (C0,
@@ -366,8 +482,8 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
            redis.call('HGET', keys[1], 'state') }
 end }
 
--- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, body[lead token, channel, state]
---   -> [nonce, seq, stored publish id]
+-- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
+--   body[lead token, channel, state or delta] -> [nonce, seq, stored publish id]
 -- Stores the state and broadcasts it in one atomic call. The publish id is
 -- 32 lowercase hex digits: a random token of the lead (16), then the
 -- lead's publish counter (16, zero-padded). A publish whose id has the
@@ -379,8 +495,14 @@ end }
 -- The floor is the highest seq a follower may have seen from this lead: the
 -- state is stored with a seq above both the record's and the floor, so that
 -- after a failover that lost writes, seq still never goes back.
+-- kind "full" (base_seq and base_id "-"): the last field is the state,
+-- broadcast as "s <seq> <updated_ms>\n<state>". Kind "delta": the last
+-- field is a delta against the stored state, applied only when that is
+-- the state of seq base_seq and publish id base_id (else MSBASE: the
+-- leader sends the state in full); the full result is stored and the
+-- delta broadcast as "d <seq> <base_seq> <updated_ms>\n<delta>".
 redis.register_function('ms_publish', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 5, fields = 3 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 8, fields = 3 })
   if not nonce then return err end
   local id = args[3]
   if not is_hex(id, 32) then
@@ -388,23 +510,51 @@ redis.register_function('ms_publish', function(keys, args)
   end
   local floor = integer(args[4], 0, MAX_SEQ)
   if not floor then return fail('MSARG', nonce, 'malformed seq floor (an integer, 0 to 999999999999)') end
+  local kind, base_seq, base_id = args[5], nil, nil
+  if kind == 'full' then
+    if args[6] ~= '-' or args[7] ~= '-' then
+      return fail('MSARG', nonce, 'a full publish takes "-" as base seq and base publish id')
+    end
+  elseif kind == 'delta' then
+    base_seq = integer(args[6], 0, MAX_SEQ)
+    base_id = args[7]
+    if not base_seq or not (base_id == '-' or is_hex(base_id, 32)) then
+      return fail('MSARG', nonce, 'malformed delta base (a seq, and a publish id or "-")')
+    end
+  else
+    return fail('MSARG', nonce, 'the publish kind must be "full" or "delta"')
+  end
   local why = bad_secrets(nil, nil, f[1])
   if why then return fail('MSARG', nonce, why) end
-  local state = f[3]
-  if #state > MAX_STATE then return fail('MSARG', nonce, 'the state is larger than 8 MiB') end
-  if string.find(state, '\0', 1, true) then return fail('MSARG', nonce, 'the state contains a NUL character') end
-  if not utf8_valid(state) then return fail('MSARG', nonce, 'the state is not valid UTF-8') end
+  local data = f[3]
+  local what = kind == 'full' and 'state' or 'delta'
+  if #data > MAX_STATE then return fail('MSARG', nonce, 'the ' .. what .. ' is larger than 8 MiB') end
+  if string.find(data, '\0', 1, true) then return fail('MSARG', nonce, 'the ' .. what .. ' contains a NUL character') end
+  if not utf8_valid(data) then return fail('MSARG', nonce, 'the ' .. what .. ' is not valid UTF-8') end
   local key = keys[1]
   local rec, e = load_leader(nonce, key, f[1], f[2])
   if not rec then return e end
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
+  local state = data
+  if kind == 'delta' then
+    if rec.seq ~= base_seq or (rec.pub or '-') ~= base_id then
+      return fail('MSBASE', nonce, 'the stored state (seq ' .. rec.seq .. ') is not the base of the delta; send it in full')
+    end
+    local text
+    state, text = apply_delta(redis.call('HGET', key, 'state'), data)
+    if not state then return fail('MSARG', nonce, 'malformed delta: ' .. text) end
+  end
   local seq = math.max(rec.seq, floor) + 1
   local updated = now_ms()
-  redis.call('HSET', key, 'state', f[3], 'seq', seq, 'updated_ms', updated, 'pub', id)
+  redis.call('HSET', key, 'state', state, 'seq', seq, 'updated_ms', updated, 'pub', id)
   touch(key, rec)
-  redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. f[3])
+  if kind == 'delta' then
+    redis.call('PUBLISH', rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. data)
+  else
+    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. state)
+  end
   return { nonce, seq, id }
 end)
 

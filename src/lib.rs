@@ -41,3 +41,10 @@ mod util;
 pub use client::{Client, StreamInfo};
 pub use dispatch::{Callback, Event, EventKind, StateText};
 pub use error::{Error, Result, Status};
+
+/// How many times followers of this process read the snapshot because
+/// deltas could not be applied (a base that did not come in time, or a
+/// delta that did not verify). For benchmarks and tests.
+pub fn delta_snapshot_reads() -> u64 {
+    follower::DELTA_RESYNCS.load(std::sync::atomic::Ordering::Relaxed)
+}
