@@ -657,4 +657,91 @@ mod tests {
         ));
         dispatcher.shutdown();
     }
+
+    fn delivery(dispatcher: &Arc<crate::dispatch::Dispatcher>) -> Delivery {
+        Delivery {
+            session: 1,
+            name: Arc::new(CString::new("s").unwrap()),
+            dispatcher: dispatcher.clone(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            last: Mutex::new(Last::default()),
+            direct: AtomicBool::new(true),
+            epoch: Instant::now(),
+            last_direct_us: AtomicU64::new(0),
+            leader_offline: AtomicBool::new(false),
+        }
+    }
+
+    fn last(d: &Delivery) -> (Option<u64>, String) {
+        let l = lock(&d.last);
+        (l.seq, l.state.clone())
+    }
+
+    /// Deltas apply to the last state; one that arrives before its base
+    /// (Webdis swaps adjacent messages) waits for it and is applied when
+    /// it comes; one that waits longer asks for the snapshot; one that
+    /// does not verify is never delivered.
+    #[test]
+    fn deltas_wait_for_their_base_and_are_verified() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        dispatcher.set_callback(Some(Arc::new(move |e: &Event| {
+            if let Some(s) = &e.state {
+                lock(&g).push((e.seq, s.as_str().to_string()));
+            }
+        })));
+        dispatcher.register(1);
+        let d = delivery(&dispatcher);
+        let s1 = "{\"wp\":[1,2,3],\"name\":\"caf\u{e9}\"}".repeat(20);
+        let s2 = s1.replacen("caf\u{e9}", "caf\u{ea}", 1);
+        let s3 = s2.replacen("[1,2,3]", "[1,2,3,4]", 1);
+        d.state(5, s1.clone());
+        // In order.
+        d.delta(6, 5, crate::delta::create(&s1, &s2));
+        assert_eq!(last(&d), (Some(6), s2.clone()));
+        // Old and repeated deltas are ignored.
+        d.delta(6, 5, crate::delta::create(&s1, &s2));
+        assert_eq!(d.resync_at(), None);
+        // Swapped: 8 (base 7) before 7 (base 6).
+        let s4 = s3.replacen("[1,2,3,4]", "[4]", 1);
+        d.delta(8, 7, crate::delta::create(&s3, &s4));
+        assert_eq!(last(&d).0, Some(6));
+        assert!(d.resync_at().is_some_and(|t| t > Instant::now()));
+        d.delta(7, 6, crate::delta::create(&s2, &s3));
+        assert_eq!(last(&d), (Some(8), s4.clone()));
+        assert_eq!(d.resync_at(), None);
+        // A delta that does not verify (its checksum) is not delivered: the
+        // snapshot is read at once.
+        let good = crate::delta::create(&s4, &s1);
+        let forged = format!(
+            "{}0;",
+            good.trim_end_matches(';')
+                .trim_end_matches(|c: char| c.is_ascii_alphanumeric())
+        );
+        d.delta(9, 8, forged);
+        assert_eq!(last(&d).0, Some(8));
+        assert!(d.resync_at().is_some_and(|t| t <= Instant::now()));
+        d.resynced(9, s1.clone());
+        assert_eq!(last(&d), (Some(9), s1.clone()));
+        assert_eq!(d.resync_at(), None);
+        // A delta whose base never comes: the snapshot after HOLD.
+        d.delta(11, 10, crate::delta::create(&s1, &s2));
+        let at = d.resync_at().unwrap();
+        assert!(at > Instant::now() + HOLD / 2 && at <= Instant::now() + HOLD);
+        d.resynced(11, s2.clone());
+        assert_eq!((last(&d), d.resync_at()), ((Some(11), s2.clone()), None));
+        // Every delivered state was verified: the callback saw only these.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&got).last().map(|x| x.0) != Some(11) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen = lock(&got).clone();
+        let all = [(5, &s1), (6, &s2), (7, &s3), (8, &s4), (9, &s1), (11, &s2)];
+        for (seq, st) in &seen {
+            assert!(all.iter().any(|(q, s)| q == seq && *s == st), "seq {seq}");
+        }
+        assert_eq!(seen.last().map(|x| x.0), Some(11));
+        dispatcher.shutdown();
+    }
 }
