@@ -90,6 +90,8 @@ fn boundary(s: &[u8], i: usize) -> bool {
 const MIN_COPY: usize = 24;
 /// Width of the blocks of the base that the matcher indexes.
 const BLOCK: usize = 16;
+/// Slots a lookup in the matcher's table tries at most.
+const PROBES: usize = 8;
 
 struct Writer {
     out: Vec<u8>,
@@ -116,6 +118,12 @@ impl Writer {
 /// A delta that turns `base` into `target`. Valid UTF-8 (copies and
 /// literals are whole characters).
 pub fn create(base: &str, target: &str) -> String {
+    create_within(base, target, usize::MAX).expect("no limit")
+}
+
+/// `create`, given up (None) as soon as the delta would exceed `limit`
+/// bytes: a state that changed a lot costs little before it goes in full.
+pub fn create_within(base: &str, target: &str, limit: usize) -> Option<String> {
     let (b, t) = (base.as_bytes(), target.as_bytes());
     let mut w = Writer {
         out: Vec::with_capacity(64),
@@ -140,20 +148,26 @@ pub fn create(base: &str, target: &str) -> String {
         s -= 1;
     }
     w.copy(p, 0);
-    middle(&mut w, b, t, p, t.len() - s);
+    if !middle(&mut w, b, t, p, t.len() - s, limit) {
+        return None;
+    }
     w.copy(s, b.len() - s);
     put_int(&mut w.out, checksum(t) as u64);
     w.out.push(b';');
+    if w.out.len() > limit {
+        return None;
+    }
     // Every literal and copy is whole characters of valid UTF-8 strings.
-    String::from_utf8(w.out).expect("deltas of UTF-8 states are UTF-8")
+    Some(String::from_utf8(w.out).expect("deltas of UTF-8 states are UTF-8"))
 }
 
 /// Commands for `t[from..to]`: copies of blocks of `b` found by a hash
-/// of 16-byte windows, literals between them.
-fn middle(w: &mut Writer, b: &[u8], t: &[u8], from: usize, to: usize) {
+/// of 16-byte windows, literals between them. False as soon as the delta
+/// exceeds `limit` bytes.
+fn middle(w: &mut Writer, b: &[u8], t: &[u8], from: usize, to: usize, limit: usize) -> bool {
     if to - from < MIN_COPY || b.len() < BLOCK {
         w.insert(&t[from..to]);
-        return;
+        return w.out.len() <= limit;
     }
     // Open addressing: slot -> block start + 1 (0 = empty).
     let blocks = b.len() / BLOCK;
@@ -168,19 +182,34 @@ fn middle(w: &mut Writer, b: &[u8], t: &[u8], from: usize, to: usize) {
     let mut table = vec![0u32; size];
     for k in 0..blocks {
         let at = k * BLOCK;
-        let mut slot = hash(&b[at..at + BLOCK]);
-        while table[slot] != 0 {
-            slot = (slot + 1) & (size - 1);
+        let block = &b[at..at + BLOCK];
+        let mut slot = hash(block);
+        // A block equal to one indexed already is not indexed again, and
+        // probing is bounded: repetitive states stay linear.
+        for _ in 0..PROBES {
+            match table[slot] {
+                0 => {
+                    table[slot] = at as u32 + 1;
+                    break;
+                }
+                t if &b[t as usize - 1..t as usize - 1 + BLOCK] == block => break,
+                _ => slot = (slot + 1) & (size - 1),
+            }
         }
-        table[slot] = at as u32 + 1;
     }
     let mut lit = from;
     let mut i = from;
     while i + BLOCK <= to {
+        if w.out.len() + (i - lit) > limit {
+            return false;
+        }
         let win = &t[i..i + BLOCK];
         let mut slot = hash(win);
         let mut found = None;
-        while table[slot] != 0 {
+        for _ in 0..PROBES {
+            if table[slot] == 0 {
+                break;
+            }
             let at = table[slot] as usize - 1;
             if &b[at..at + BLOCK] == win {
                 found = Some(at);
@@ -222,6 +251,7 @@ fn middle(w: &mut Writer, b: &[u8], t: &[u8], from: usize, to: usize) {
         lit = i;
     }
     w.insert(&t[lit..to]);
+    w.out.len() <= limit
 }
 
 /// Why a delta could not be applied.
@@ -403,6 +433,11 @@ mod tests {
             String::from_utf8(o).unwrap()
         });
         assert_eq!(apply("hello world", &d, 1000).unwrap(), target);
+        // The example of docs/PROTOCOL.md (checksum computed apart, with
+        // the formula given there).
+        assert_eq!(checksum(target.as_bytes()), 0x1867_b860);
+        assert_eq!(d, "H\n6@0,6:there 5@6,OPwXW;");
+        assert_eq!(create("hello world", target), d);
     }
 
     #[test]
@@ -468,6 +503,30 @@ mod tests {
         let other = text(&mut r, 2000);
         let d = create(&base, &other);
         assert_eq!(apply(&base, &d, 1 << 23).unwrap(), other);
+    }
+
+    /// Repetitive and unrelated large states take linear time (a table
+    /// of equal blocks would make probing quadratic).
+    #[test]
+    fn repetitive_states_are_fast() {
+        let started = std::time::Instant::now();
+        let a = "x".repeat(4 << 20);
+        let b = "y".repeat(4 << 20);
+        let d = create(&a, &b);
+        assert_eq!(apply(&a, &d, 8 << 20).unwrap(), b);
+        let c = format!("{}{}", "x".repeat(2 << 20), "é".repeat(1000));
+        let d = create(&a, &c);
+        assert!(d.len() < c.len() / 2);
+        assert_eq!(apply(&a, &d, 8 << 20).unwrap(), c);
+        // Given up early when over a limit.
+        assert_eq!(create_within(&a, &b, 1000), None);
+        assert!(create_within(&a, &c, 1000).is_none());
+        assert!(create_within(&a, &c, c.len() / 2).is_some());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

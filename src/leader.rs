@@ -529,17 +529,21 @@ struct Stored {
     state: Vec<u8>,
 }
 
+/// Whether leaders send deltas (on by default; the benchmark turns them
+/// off to measure full states in the same run).
+pub(crate) static DELTAS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// A delta from `base` to `state` when it is less than half the state's
 /// size: (base seq, base publish id, delta).
 fn delta_of(base: &Stored, state: &[u8]) -> Option<(String, String, Vec<u8>)> {
-    if state.len() < 256 {
+    if state.len() < 256 || !DELTAS.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
     let from = std::str::from_utf8(&base.state).ok()?;
     let to = std::str::from_utf8(state).ok()?;
-    let delta = crate::delta::create(from, to);
-    (delta.len() < state.len() / 2)
-        .then(|| (base.seq.to_string(), base.id.clone(), delta.into_bytes()))
+    // Less than half the state, or not worth it.
+    let delta = crate::delta::create_within(from, to, state.len() / 2 - 1)?;
+    Some((base.seq.to_string(), base.id.clone(), delta.into_bytes()))
 }
 
 /// Checks the reply to ms_publish `[seq, stored publish id]`: the state

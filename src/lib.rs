@@ -48,3 +48,10 @@ pub use error::{Error, Result, Status};
 pub fn delta_snapshot_reads() -> u64 {
     follower::DELTA_RESYNCS.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Turns deltas off (every state sent in full) or on again, for every
+/// leader of this process. For benchmarks comparing both in one run.
+#[doc(hidden)]
+pub fn set_deltas(enabled: bool) {
+    leader::DELTAS.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}
