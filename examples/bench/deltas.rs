@@ -43,6 +43,21 @@ struct Measured {
     p99_ms: f64,
     acked_per_s: f64,
     snapshot_reads: u64,
+    /// Redis' own time per FCALL (mostly ms_publish) during the
+    /// acknowledged loop, µs (`INFO commandstats`).
+    redis_us_per_call: f64,
+}
+
+/// usec_per_call of FCALL in `INFO commandstats`.
+fn fcall_us(info: &str) -> f64 {
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_fcall:"))
+        .and_then(|l| {
+            l.split(',')
+                .find_map(|kv| kv.strip_prefix("usec_per_call="))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 impl Bench {
@@ -123,6 +138,7 @@ impl Bench {
             ring.push(plan.text());
         }
         let secs = if self.quick { 1.5 } else { 5.0 };
+        self.servers.redis_cli(&["CONFIG", "RESETSTAT"]);
         let t0 = Instant::now();
         let mut acked = 0u64;
         while t0.elapsed().as_secs_f64() < secs {
@@ -132,6 +148,7 @@ impl Bench {
             acked += 1;
         }
         let rate = acked as f64 / t0.elapsed().as_secs_f64();
+        let redis_us = fcall_us(&self.servers.redis_cli(&["INFO", "commandstats"]));
         drop(raw);
         let _ = follower.disconnect(&name);
         let _ = leader.stop(&name);
@@ -142,6 +159,7 @@ impl Bench {
             p99_ms: p99,
             acked_per_s: rate,
             snapshot_reads: missionstream::delta_snapshot_reads() - reads_before,
+            redis_us_per_call: redis_us,
         }
     }
 
@@ -207,7 +225,8 @@ impl Bench {
             let delta = self.row13_measure(&plan, true);
             println!(
                 "  {label}: full {:.0} B/update, p50 {:.2} ms, p99 {:.2} ms, {:.1} acked/s; \
-                 delta {:.0} B/update, p50 {:.2} ms, p99 {:.2} ms, {:.1} acked/s, {} snapshot reads",
+                 delta {:.0} B/update, p50 {:.2} ms, p99 {:.2} ms, {:.1} acked/s, {} snapshot reads; \
+                 Redis time per FCALL: full {:.0} us, delta {:.0} us",
                 full.bytes_per_update,
                 full.p50_ms,
                 full.p99_ms,
@@ -216,7 +235,9 @@ impl Bench {
                 delta.p50_ms,
                 delta.p99_ms,
                 delta.acked_per_s,
-                delta.snapshot_reads
+                delta.snapshot_reads,
+                full.redis_us_per_call,
+                delta.redis_us_per_call
             );
             let share = delta.bytes_per_update / bytes as f64 * 100.0;
             self.row(
