@@ -301,6 +301,8 @@ impl LeadThread {
         let mut moves = self.conn.endpoints().moves();
         let mut check_now = false;
         let mut stored_seq_now = 0u64;
+        // The request in flight carries a delta.
+        let mut sent_delta = false;
         loop {
             let action = self.next_action(last_sent, retry_at, check_now);
             check_now = false;
@@ -325,6 +327,7 @@ impl LeadThread {
                             Some((seq, base_id, delta)) => ("delta", seq, base_id, delta),
                             None => ("full", "-".to_string(), "-".to_string(), state.clone()),
                         };
+                    sent_delta = kind == "delta";
                     let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
                     body.extend_from_slice(&self.body_prefix);
                     body.extend_from_slice(&data);
@@ -432,6 +435,11 @@ impl LeadThread {
                 }
                 Err(e) => {
                     let is_publish = matches!(action, Action::Publish(..));
+                    if is_publish && sent_delta && e.status == Status::MS_ERR_PROTOCOL {
+                        // A delta the functions refused (MSARG) or a reply
+                        // not understood: the retry goes in full.
+                        use_base = false;
+                    }
                     crate::debug_log!(
                         "lead {}: {} failed: {}",
                         self.session,

@@ -587,3 +587,22 @@ fn small_states_go_in_full() {
     );
     let _: &Client = &leader;
 }
+
+/// A delta the functions refuse (MSARG: here the record's state was
+/// changed under the same seq and publish id, so a copy reaches outside
+/// it) is sent again in full: the state is stored, not retried forever.
+#[test]
+fn a_refused_delta_is_sent_again_in_full() {
+    let s = Servers::start();
+    let (leader, _follower, rec, name) = s.followed("refused-delta");
+    let mut plan = Plan::survey(100, 5);
+    leader.publish(&name, plan.text().as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    s.redis_cli(&["HSET", &format!("stream:{name}"), "state", "{}"]);
+    plan.move_waypoint(50, 0.0001, 0.0);
+    let text = plan.text();
+    leader.publish(&name, text.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    assert_eq!(s.record_field(&name, "state"), text);
+    rec.wait_state(&name, &text, T);
+}
