@@ -522,11 +522,13 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
 
 /// The record loses the leader's base (as a failover that lost a write
 /// does): the delta is refused with MSBASE, the leader sends the state in
-/// full at once, the lead goes on, and followers get every state.
+/// full at once (no PUBLISH_FAILED), the lead goes on, and followers get
+/// every state.
 #[test]
 fn a_lost_base_makes_the_leader_send_in_full() {
     let s = Servers::start();
     let (leader, follower, rec, name) = s.followed("lost-base");
+    let leader_events = Recorder::attach(&leader);
     let mut plan = Plan::survey(200, 3);
     leader.publish(&name, plan.text().as_bytes()).unwrap();
     leader.flush(&name, 10_000).unwrap();
@@ -562,6 +564,15 @@ fn a_lost_base_makes_the_leader_send_in_full() {
         .map(|p| p.chars().next().unwrap())
         .collect();
     assert_eq!(kinds, vec!['s', 'd'], "in full after MSBASE, then a delta");
+    // MSBASE is no failure: the state went in full at once.
+    assert!(
+        !leader_events
+            .snapshot()
+            .iter()
+            .any(|e| e.kind == missionstream::EventKind::MS_EVENT_PUBLISH_FAILED),
+        "{:?}",
+        leader_events.snapshot()
+    );
     drop((follower, leader));
 }
 
