@@ -207,6 +207,14 @@ fn a_large_plan_moving_one_waypoint_travels_as_small_deltas() {
         last,
         "the record holds the full newest state"
     );
+    // The residue sums the functions keep to check the next delta's
+    // checksum cheaply are those of the stored state.
+    let mut sums = [0u64; 4];
+    for (i, b) in last.bytes().enumerate() {
+        sums[i % 4] += b as u64;
+    }
+    let expected = format!("{} {} {} {}", sums[0], sums[1], sums[2], sums[3]);
+    assert_eq!(s.record_field(&name, "sums"), expected);
     assert_subsequence(&states_after(&rec, &name, &first), &published, "follower 1");
     assert_subsequence(
         &states_after(&rec2, &name, &first),
@@ -518,6 +526,22 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     // Repeated: stored once.
     let out = publish(&id(2), "delta", "1", &id(1), good.as_bytes());
     assert!(out.starts_with("n0nce\n2\n"), "{out}");
+    // Against a state stored from a delta (its residue sums kept in the
+    // record): a wrong checksum is still refused, a right one applied.
+    let next = format!("{target} \u{2708}\u{e9}");
+    let good2 = missionstream::delta::create(target, &next);
+    let wrong2 = format!(
+        "{}1;",
+        good2
+            .trim_end_matches(';')
+            .trim_end_matches(|c: char| c.is_ascii_alphanumeric())
+    );
+    let out = publish(&id(3), "delta", "2", &id(2), wrong2.as_bytes());
+    assert!(out.contains("MSARG n0nce"), "{out}");
+    assert_eq!(s.record_field(&name, "state"), target);
+    let out = publish(&id(3), "delta", "2", &id(2), good2.as_bytes());
+    assert!(out.starts_with("n0nce\n3\n"), "{out}");
+    assert_eq!(s.record_field(&name, "state"), next);
 }
 
 /// The record loses the leader's base (as a failover that lost a write
