@@ -127,14 +127,17 @@ impl Bench {
             counted.load(Ordering::Relaxed),
             messages.load(Ordering::Relaxed),
         );
-        // Acknowledged publishes/s: a ring of states one waypoint apart.
+        // Acknowledged publishes/s: a ring of states one waypoint apart,
+        // the waypoints spread over the whole plan.
         let mut ring = Vec::new();
-        for i in 0..10 {
-            plan.move_waypoint(i * 11, 0.00002, 0.0);
+        let spread = |i: usize| i * plan.waypoints() / 10 + 3;
+        let spread: Vec<usize> = (0..10).map(spread).collect();
+        for &w in &spread {
+            plan.move_waypoint(w, 0.00002, 0.0);
             ring.push(plan.text());
         }
-        for i in (0..10).rev() {
-            plan.move_waypoint(i * 11, -0.00002, 0.0);
+        for &w in spread.iter().rev() {
+            plan.move_waypoint(w, -0.00002, 0.0);
             ring.push(plan.text());
         }
         let secs = if self.quick { 1.5 } else { 5.0 };
