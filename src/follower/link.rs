@@ -179,6 +179,10 @@ impl Delivery {
                 if last.held.len() >= MAX_HELD {
                     last.resync = true;
                 } else {
+                    crate::debug_log!(
+                        "follow {}: the delta of seq {seq} came before its base {base}: held",
+                        self.session
+                    );
                     last.held.push((seq, base, delta));
                     if last.held_since.is_none() {
                         last.held_since = Some(Instant::now());
