@@ -3,7 +3,7 @@
 //! `webdis` that this program starts on free loopback ports (never
 //! 6379/7379) and stops at the end.
 //!
-//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8,9,10,11,12]
+//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8,9,10,11,12,13]
 //!
 //! Rows (row 7 is rows 2 and 3 swept over state sizes):
 //!  1. `ms_publish` call cost through the C ABI, 1 KiB state, median and
@@ -28,6 +28,10 @@
 //! 11. Acknowledged publishes/s with `min-replicas-to-write 1` against
 //!     without, same topology, and against the single node.
 //! 12. `ms_start` and `ms_connect` latency with the client-side KDF.
+//! 13. Deltas against full states for ~100 KiB and ~1 MiB survey plans,
+//!     one waypoint moved per update (examples/bench/deltas.rs): bytes per
+//!     update on the channel, publish -> callback at 20/s, acknowledged
+//!     publishes/s (quick mode: the ~100 KiB plan only).
 //!
 //! Rows 9-11 (examples/bench/ha.rs) run in full mode, or when named
 //! with --rows.
@@ -37,6 +41,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "bench/deltas.rs"]
+mod deltas;
 #[path = "bench/ha.rs"]
 mod ha;
 
@@ -394,8 +400,9 @@ impl RawPublish {
         let id_at = path.len();
         path.push_str(&"0".repeat(RAW_ID_DIGITS));
         // The seq floor (the library sends the last seq its followers may
-        // have seen; 0 asks for nothing beyond the record's seq).
-        path.push_str("/0");
+        // have seen; 0 asks for nothing beyond the record's seq), and
+        // the kind: the whole state, as the library sends a small one.
+        path.push_str("/0/full/-/-");
         let body = frame_body(&[token.as_bytes(), channel.as_bytes(), state]);
         let state_at = body.len() - state.len();
         let (req, at) = raw_put(port, &path, &body);
@@ -1474,9 +1481,9 @@ fn main() {
         // time): full mode only, unless asked for by number.
         .unwrap_or_else(|| {
             if quick {
-                vec![1, 2, 3, 4, 5, 6, 8, 12]
+                vec![1, 2, 3, 4, 5, 6, 8, 12, 13]
             } else {
-                (1..=12).collect()
+                (1..=13).collect()
             }
         });
     let want = |r: u32| rows.contains(&r);
@@ -1542,6 +1549,9 @@ fn main() {
     }
     if want(12) {
         b.row12_latency();
+    }
+    if want(13) {
+        b.row13_deltas();
     }
 
     println!(

@@ -27,16 +27,20 @@ Record of stream <name>: hash "stream:<name>" with fields
     name, kdf, iter, salt, pw, code (SHA-1 hex of the derived key's hex),
     lead (SHA-1 hex of the lead token), channel, state, seq,
     updated_ms, hb_ms, ttl, pub (id of the last stored publish),
+    sums (residue sums of the state, kept by deltas: see apply_delta),
     fails, fail_at, locked_until, locks (the throttling of wrong secrets)
 Index of live streams: set "streams" of names.
 Channel messages (payloads published on the stream's channel):
     "s <seq> <updated_ms>\n<state>"   a stored state
+    "d <seq> <base_seq> <updated_ms>\n<delta>"
+                                      a stored state, as a delta (Fossil's
+                                      format) against the state of base_seq
     "h <interval_ms>"                 leader heartbeat
     "p <nonce>"                       follower probe (ignored by others)
     "e"                               the stream was stopped
 ]]
 
-local PROTOCOL = '5'
+local PROTOCOL = '6'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -106,6 +110,207 @@ local function utf8_valid(s)
     s = string.gsub(string.gsub(s, p, ' '), ASCII_RUN, ' ')
   end
   return not string.find(s, '[\128-\255]')
+end
+
+-- Deltas (docs/PROTOCOL.md, "Deltas"): Fossil's delta format. A delta is
+-- "<target length>\n", then commands "<n>@<offset>," (copy n bytes of the
+-- base from offset), "<n>:<n bytes>" (insert them), and "<checksum>;"
+-- last. Numbers are written in Fossil's base-64 digits.
+local DELTA_DIGITS = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~'
+-- Byte -> value of each digit of DELTA_DIGITS (the string library is not
+-- available while the library loads).
+local DIGIT = {
+  [48] = 0, [49] = 1, [50] = 2, [51] = 3, [52] = 4, [53] = 5, [54] = 6, [55] = 7, [56] = 8, [57] = 9,
+  [65] = 10, [66] = 11, [67] = 12, [68] = 13, [69] = 14, [70] = 15, [71] = 16, [72] = 17, [73] = 18,
+  [74] = 19, [75] = 20, [76] = 21, [77] = 22, [78] = 23, [79] = 24, [80] = 25, [81] = 26, [82] = 27,
+  [83] = 28, [84] = 29, [85] = 30, [86] = 31, [87] = 32, [88] = 33, [89] = 34, [90] = 35, [95] = 36,
+  [97] = 37, [98] = 38, [99] = 39, [100] = 40, [101] = 41, [102] = 42, [103] = 43, [104] = 44, [105] = 45,
+  [106] = 46, [107] = 47, [108] = 48, [109] = 49, [110] = 50, [111] = 51, [112] = 52, [113] = 53, [114] = 54,
+  [115] = 55, [116] = 56, [117] = 57, [118] = 58, [119] = 59, [120] = 60, [121] = 61, [122] = 62, [126] = 63
+}
+
+-- A number at pos (1 to 6 digits: 2^36 covers every length and checksum);
+-- returns it and the next position, or nil.
+local function delta_int(d, pos)
+  local v, start = 0, pos
+  while true do
+    local x = DIGIT[string.byte(d, pos) or 0]
+    if not x then break end
+    if pos - start >= 6 then return nil end
+    v = v * 64 + x
+    pos = pos + 1
+  end
+  if pos == start then return nil end
+  return v, pos
+end
+
+-- Fossil's checksum (docs/PROTOCOL.md, "Deltas") is the sum modulo 2^32 of
+-- the bytes, each weighted by its position modulo 4 (big-endian 32-bit
+-- words, the last padded with zero bytes). So it follows from the four
+-- "residue sums" of a string: the sums of its bytes at positions 0, 1, 2
+-- and 3 modulo 4, exact in doubles (8 MiB of 255 is below 2^31).
+
+-- The residue sums of the bytes of s at 0-based positions [a, b): a table
+-- {r0, r1, r2, r3}. 64 bytes per string.byte call: ~9 ms per MiB.
+local function residue_sums(s, a, b)
+  local r = { 0, 0, 0, 0 }
+  local byte = string.byte
+  local i = a
+  while i < b and i % 4 ~= 0 do
+    local k = i % 4 + 1
+    r[k] = r[k] + byte(s, i + 1)
+    i = i + 1
+  end
+  local s0, s1, s2, s3 = 0, 0, 0, 0
+  while i + 64 <= b do
+    local v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21,
+      v22, v23, v24, v25, v26, v27, v28, v29, v30, v31, v32, v33, v34, v35, v36, v37, v38, v39, v40, v41,
+      v42, v43, v44, v45, v46, v47, v48, v49, v50, v51, v52, v53, v54, v55, v56, v57, v58, v59, v60, v61,
+      v62, v63 = byte(s, i + 1, i + 64)
+    s0 = s0 + v0 + v4 + v8 + v12 + v16 + v20 + v24 + v28
+      + v32 + v36 + v40 + v44 + v48 + v52 + v56 + v60
+    s1 = s1 + v1 + v5 + v9 + v13 + v17 + v21 + v25 + v29
+      + v33 + v37 + v41 + v45 + v49 + v53 + v57 + v61
+    s2 = s2 + v2 + v6 + v10 + v14 + v18 + v22 + v26 + v30
+      + v34 + v38 + v42 + v46 + v50 + v54 + v58 + v62
+    s3 = s3 + v3 + v7 + v11 + v15 + v19 + v23 + v27 + v31
+      + v35 + v39 + v43 + v47 + v51 + v55 + v59 + v63
+    i = i + 64
+  end
+  while i + 4 <= b do
+    local c0, c1, c2, c3 = byte(s, i + 1, i + 4)
+    s0, s1, s2, s3 = s0 + c0, s1 + c1, s2 + c2, s3 + c3
+    i = i + 4
+  end
+  r[1], r[2], r[3], r[4] = r[1] + s0, r[2] + s1, r[3] + s2, r[4] + s3
+  while i < b do
+    local k = i % 4 + 1
+    r[k] = r[k] + byte(s, i + 1)
+    i = i + 1
+  end
+  return r
+end
+
+-- The checksum of a string of residue sums r.
+local function checksum_of(r)
+  return (r[4] + (r[3] % 16777216) * 256 + (r[2] % 65536) * 65536 + (r[1] % 256) * 16777216) % 4294967296
+end
+
+-- Adds the residue sums d of bytes moved by `shift` positions to r.
+local function add_shifted(r, d, shift)
+  for c = 0, 3 do
+    local k = (c + shift) % 4 + 1
+    r[k] = r[k] + d[c + 1]
+  end
+end
+
+-- Copies per delta up to which the checksum is computed from the base's
+-- residue sums (beyond: over the whole result).
+local MAX_TRACKED_COPIES = 64
+
+-- Whether byte i of s continues a multi-byte character (false past the end).
+local function continues(s, i)
+  local b = string.byte(s, i)
+  return b ~= nil and b >= 128 and b < 192
+end
+
+-- Applies delta d (valid UTF-8 without NUL, checked by the caller) to
+-- base (a stored state: valid UTF-8 without NUL), whose residue sums are
+-- base_sums (or nil: computed here). Every copy must cover whole
+-- characters of the base; then the result, made of whole characters
+-- only, is valid UTF-8 without NUL. The checksum is computed from residue
+-- sums: of each copied range of the base (from the nearest position whose
+-- sums are known, 0 and the end to begin with) and of each literal, so a
+-- small change of a large state scans a part of it, not all. Returns the
+-- result and its residue sums, or nil and an error text.
+local function apply_delta(base, d, base_sums)
+  local limit, pos = delta_int(d, 1)
+  if not limit then return nil, 'the delta does not start with the target length' end
+  if limit > MAX_STATE then return nil, 'the result of the delta would be larger than 8 MiB' end
+  if string.byte(d, pos) ~= 10 then return nil, 'no newline after the target length' end
+  pos = pos + 1
+  -- parts: the pieces of the result; cmds: {target offset, n, base offset} of
+  -- copies, {target offset, n, nil, delta offset} of literals (0-based).
+  local parts, cmds, copies, total = {}, {}, 0, 0
+  while true do
+    local n
+    n, pos = delta_int(d, pos)
+    if not n then return nil, 'a delta command without a number' end
+    local op = string.byte(d, pos)
+    pos = pos + 1
+    if op == 64 then -- '@': copy
+      local off
+      off, pos = delta_int(d, pos)
+      if not off or string.byte(d, pos) ~= 44 then return nil, 'a malformed copy command' end
+      pos = pos + 1
+      if off + n > #base then return nil, 'a copy reaches outside the base' end
+      if n > 0 and (continues(base, off + 1) or continues(base, off + n + 1)) then
+        return nil, 'a copy splits a character of the base'
+      end
+      if total + n > limit then return nil, 'the delta writes past its target length' end
+      parts[#parts + 1] = string.sub(base, off + 1, off + n)
+      if n > 0 then
+        cmds[#cmds + 1] = { total, n, off }
+        copies = copies + 1
+      end
+      total = total + n
+    elseif op == 58 then -- ':': literal
+      if pos + n - 1 > #d then return nil, 'a literal reaches past the end of the delta' end
+      if total + n > limit then return nil, 'the delta writes past its target length' end
+      parts[#parts + 1] = string.sub(d, pos, pos + n - 1)
+      cmds[#cmds + 1] = { total, n, nil, pos - 1 }
+      total = total + n
+      pos = pos + n
+    elseif op == 59 then -- ';': checksum, the end
+      if pos <= #d then return nil, 'bytes after the checksum' end
+      if total ~= limit then return nil, 'the result is shorter than the target length' end
+      local out = table.concat(parts)
+      local sums
+      if copies > MAX_TRACKED_COPIES then
+        sums = residue_sums(out, 0, #out)
+      else
+        -- Residue sums of the base at known positions.
+        local known_at = { 0, #base }
+        local known = { { 0, 0, 0, 0 }, base_sums or residue_sums(base, 0, #base) }
+        local function at(x)
+          local best, dist = 1, math.abs(x - known_at[1])
+          for k = 2, #known_at do
+            local e = math.abs(x - known_at[k])
+            if e < dist then best, dist = k, e end
+          end
+          if dist == 0 then return known[best] end
+          local from, g = known_at[best], known[best]
+          local r
+          if from < x then
+            r = residue_sums(base, from, x)
+            for c = 1, 4 do r[c] = g[c] + r[c] end
+          else
+            r = residue_sums(base, x, from)
+            for c = 1, 4 do r[c] = g[c] - r[c] end
+          end
+          known_at[#known_at + 1] = x
+          known[#known + 1] = r
+          return r
+        end
+        sums = { 0, 0, 0, 0 }
+        for _, c in ipairs(cmds) do
+          local t, len, off, lit = c[1], c[2], c[3], c[4]
+          local part
+          if off then
+            local g1, g2 = at(off), at(off + len)
+            part = { g2[1] - g1[1], g2[2] - g1[2], g2[3] - g1[3], g2[4] - g1[4] }
+            add_shifted(sums, part, (t - off) % 4)
+          else
+            add_shifted(sums, residue_sums(d, lit, lit + len), (t - lit) % 4)
+          end
+        end
+      end
+      if checksum_of(sums) ~= n then return nil, 'the checksum of the result does not match' end
+      return out, sums
+    else
+      return nil, 'the delta ends without a checksum or has an unknown command'
+    end
+  end
 end
 
 -- A stream name: 1-256 bytes of UTF-8 without control characters (C0,
@@ -366,8 +571,8 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
            redis.call('HGET', keys[1], 'state') }
 end }
 
--- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, body[lead token, channel, state]
---   -> [nonce, seq, stored publish id]
+-- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
+--   body[lead token, channel, state or delta] -> [nonce, seq, stored publish id]
 -- Stores the state and broadcasts it in one atomic call. The publish id is
 -- 32 lowercase hex digits: a random token of the lead (16), then the
 -- lead's publish counter (16, zero-padded). A publish whose id has the
@@ -379,8 +584,14 @@ end }
 -- The floor is the highest seq a follower may have seen from this lead: the
 -- state is stored with a seq above both the record's and the floor, so that
 -- after a failover that lost writes, seq still never goes back.
+-- kind "full" (base_seq and base_id "-"): the last field is the state,
+-- broadcast as "s <seq> <updated_ms>\n<state>". Kind "delta": the last
+-- field is a delta against the stored state, applied only when that is
+-- the state of seq base_seq and publish id base_id (else MSBASE: the
+-- leader sends the state in full); the full result is stored and the
+-- delta broadcast as "d <seq> <base_seq> <updated_ms>\n<delta>".
 redis.register_function('ms_publish', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 5, fields = 3 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 8, fields = 3 })
   if not nonce then return err end
   local id = args[3]
   if not is_hex(id, 32) then
@@ -388,23 +599,61 @@ redis.register_function('ms_publish', function(keys, args)
   end
   local floor = integer(args[4], 0, MAX_SEQ)
   if not floor then return fail('MSARG', nonce, 'malformed seq floor (an integer, 0 to 999999999999)') end
+  local kind, base_seq, base_id = args[5], nil, nil
+  if kind == 'full' then
+    if args[6] ~= '-' or args[7] ~= '-' then
+      return fail('MSARG', nonce, 'a full publish takes "-" as base seq and base publish id')
+    end
+  elseif kind == 'delta' then
+    base_seq = integer(args[6], 0, MAX_SEQ)
+    base_id = args[7]
+    if not base_seq or not (base_id == '-' or is_hex(base_id, 32)) then
+      return fail('MSARG', nonce, 'malformed delta base (a seq, and a publish id or "-")')
+    end
+  else
+    return fail('MSARG', nonce, 'the publish kind must be "full" or "delta"')
+  end
   local why = bad_secrets(nil, nil, f[1])
   if why then return fail('MSARG', nonce, why) end
-  local state = f[3]
-  if #state > MAX_STATE then return fail('MSARG', nonce, 'the state is larger than 8 MiB') end
-  if string.find(state, '\0', 1, true) then return fail('MSARG', nonce, 'the state contains a NUL character') end
-  if not utf8_valid(state) then return fail('MSARG', nonce, 'the state is not valid UTF-8') end
+  local data = f[3]
+  local what = kind == 'full' and 'state' or 'delta'
+  if #data > MAX_STATE then return fail('MSARG', nonce, 'the ' .. what .. ' is larger than 8 MiB') end
+  if string.find(data, '\0', 1, true) then return fail('MSARG', nonce, 'the ' .. what .. ' contains a NUL character') end
+  if not utf8_valid(data) then return fail('MSARG', nonce, 'the ' .. what .. ' is not valid UTF-8') end
   local key = keys[1]
   local rec, e = load_leader(nonce, key, f[1], f[2])
   if not rec then return e end
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
+  local state, sums = data, nil
+  if kind == 'delta' then
+    if rec.seq ~= base_seq or (rec.pub or '-') ~= base_id then
+      return fail('MSBASE', nonce, 'the stored state (seq ' .. rec.seq .. ') is not the base of the delta; send it in full')
+    end
+    local v = redis.call('HMGET', key, 'state', 'sums')
+    local base_sums
+    if v[2] then
+      local r0, r1, r2, r3 = string.match(v[2], '^(%d+) (%d+) (%d+) (%d+)$')
+      if r3 then base_sums = { tonumber(r0), tonumber(r1), tonumber(r2), tonumber(r3) } end
+    end
+    local result
+    state, result = apply_delta(v[1], data, base_sums)
+    if not state then return fail('MSARG', nonce, 'malformed delta: ' .. result) end
+    sums = string.format('%d %d %d %d', result[1], result[2], result[3], result[4])
+  end
   local seq = math.max(rec.seq, floor) + 1
   local updated = now_ms()
-  redis.call('HSET', key, 'state', f[3], 'seq', seq, 'updated_ms', updated, 'pub', id)
+  redis.call('HSET', key, 'state', state, 'seq', seq, 'updated_ms', updated, 'pub', id)
+  -- The residue sums of the stored state (see apply_delta), known after a
+  -- delta; a full state's are computed by the first delta against it.
+  if sums then redis.call('HSET', key, 'sums', sums) else redis.call('HDEL', key, 'sums') end
   touch(key, rec)
-  redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. f[3])
+  if kind == 'delta' then
+    redis.call('PUBLISH', rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. data)
+  else
+    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. state)
+  end
   return { nonce, seq, id }
 end)
 

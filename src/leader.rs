@@ -5,6 +5,12 @@
 //! (Webdis does not order concurrent requests), keeps the newest unsent
 //! state across failures, retries transient ones with backoff, and sends a
 //! heartbeat when it has been idle for one interval.
+//!
+//! A state is sent as a delta (Fossil's format, `crate::delta`) against
+//! the last state stored by this lead when the delta is less than half its
+//! size; the functions apply it only when the record still holds that
+//! state (`MSBASE` otherwise: the state is sent in full at once). A state
+//! restored after a failover is always sent in full.
 
 use crate::backoff::Backoff;
 use crate::dispatch::{Event, EventKind};
@@ -33,7 +39,7 @@ pub struct LeadIdentity {
 }
 
 struct State {
-    /// The newest unsent state: (generation, framed request body).
+    /// The newest unsent state: (generation, the state).
     pending: Option<(u64, Vec<u8>)>,
     /// Generation of the last `publish`.
     published: u64,
@@ -75,8 +81,6 @@ impl Shared {
 pub struct Lead {
     pub session: u64,
     identity: Arc<LeadIdentity>,
-    /// `"<len token> <len channel>\n<token><channel>"`: the body before the state.
-    body_prefix: Vec<u8>,
     shared: Arc<Shared>,
     conn: Nodes,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -93,6 +97,7 @@ impl Lead {
         let identity = Arc::new(identity);
         let body_prefix =
             protocol::frame_body(&[identity.token.as_bytes(), identity.channel.as_bytes(), b""]);
+        let body_prefix = Zeroizing::new(body_prefix);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: None,
@@ -111,6 +116,7 @@ impl Lead {
             session,
             acked_seq: identity.seq,
             publish_token: random_hex(8)?,
+            body_prefix,
             identity: identity.clone(),
             shared: shared.clone(),
             conn: conn.clone(),
@@ -130,7 +136,6 @@ impl Lead {
         Ok(Arc::new(Lead {
             session,
             identity,
-            body_prefix,
             shared,
             conn,
             thread: Mutex::new(Some(thread)),
@@ -143,9 +148,7 @@ impl Lead {
 
     /// Hands over a new state (already checked); never touches the network.
     pub fn publish(&self, state: &[u8]) -> Result<()> {
-        let mut body = Vec::with_capacity(self.body_prefix.len() + state.len());
-        body.extend_from_slice(&self.body_prefix);
-        body.extend_from_slice(state);
+        let state = state.to_vec();
         let mut st = lock(&self.shared.state);
         if let Some(e) = &st.ended {
             return Err(Error::new(
@@ -154,7 +157,7 @@ impl Lead {
             ));
         }
         st.published += 1;
-        st.pending = Some((st.published, body));
+        st.pending = Some((st.published, state));
         drop(st);
         self.shared.cond.notify_all();
         Ok(())
@@ -271,6 +274,8 @@ struct LeadThread {
     acked_seq: u64,
     /// Random, per lead: the first half of every publish id.
     publish_token: String,
+    /// `"<len token> <len channel>\n<token><channel>"`: the body before the state.
+    body_prefix: Zeroizing<Vec<u8>>,
     identity: Arc<LeadIdentity>,
     shared: Arc<Shared>,
     conn: Nodes,
@@ -283,9 +288,10 @@ impl LeadThread {
         let mut last_sent = Instant::now();
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Backoff::new(self.session);
-        // The newest stored state (its framed body), sent again if a
-        // failover lost it.
-        let mut last_stored: Option<Vec<u8>> = None;
+        // The newest state stored by this lead, sent again if a failover
+        // lost it, and the base of the next delta while `use_base`.
+        let mut last_stored: Option<Stored> = None;
+        let mut use_base = false;
         // Publishes sent since the last reply naming a seq: each may have
         // been stored (and seen by followers) without its reply coming.
         let mut unanswered = 0u64;
@@ -294,13 +300,16 @@ impl LeadThread {
         // state is still there.
         let mut moves = self.conn.endpoints().moves();
         let mut check_now = false;
+        let mut stored_seq_now = 0u64;
+        // The request in flight carries a delta.
+        let mut sent_delta = false;
         loop {
             let action = self.next_action(last_sent, retry_at, check_now);
             check_now = false;
             let timeout = self.config.timeout();
             let result = match &action {
                 Action::Exit => return,
-                Action::Publish(generation, body) => {
+                Action::Publish(generation, state) => {
                     if *generation != last_generation_sent {
                         last_generation_sent = *generation;
                         unanswered += 1;
@@ -312,19 +321,34 @@ impl LeadThread {
                     // response lost) or an abandoned older one arriving
                     // late is recognised by the functions and not stored.
                     let id = format!("{}{generation:016x}", self.publish_token);
+                    let base = last_stored.as_ref().filter(|_| use_base);
+                    let (kind, base_seq, base_id, data) =
+                        match base.and_then(|b| delta_of(b, state)) {
+                            Some((seq, base_id, delta)) => ("delta", seq, base_id, delta),
+                            None => ("full", "-".to_string(), "-".to_string(), state.clone()),
+                        };
+                    sent_delta = kind == "delta";
+                    let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
+                    body.extend_from_slice(&self.body_prefix);
+                    body.extend_from_slice(&data);
+                    drop(data);
                     self.conn
                         .fcall(
                             false,
                             "ms_publish",
                             &[&self.identity.key],
-                            &[&id, &floor],
-                            body,
+                            &[&id, &floor, kind, &base_seq, &base_id],
+                            &body,
                             timeout,
                         )
                         .and_then(|reply| stored_at_or_after(&reply, &id))
-                        .map(|seq| {
+                        .map(|(seq, exact)| {
                             self.acked_seq = self.acked_seq.max(seq);
                             unanswered = 0;
+                            // The base of the next delta: this state, when
+                            // the record holds exactly it.
+                            use_base = exact;
+                            stored_seq_now = seq;
                             false
                         })
                 }
@@ -360,19 +384,25 @@ impl LeadThread {
             match result {
                 Ok(lost) => {
                     match action {
-                        Action::Publish(generation, body) => {
+                        Action::Publish(generation, state) => {
                             st.stored = st.stored.max(generation);
-                            last_stored = Some(body);
+                            last_stored = Some(Stored {
+                                seq: stored_seq_now,
+                                id: format!("{}{generation:016x}", self.publish_token),
+                                state,
+                            });
                         }
                         Action::Heartbeat if lost => {
                             crate::debug_log!(
                                 "lead {}: the stored state went back (a failover lost it): publishing the newest again",
                                 self.session
                             );
+                            // In full: the record lacks the base.
+                            use_base = false;
                             if st.pending.is_none() {
-                                if let Some(body) = &last_stored {
+                                if let Some(stored) = &last_stored {
                                     st.published += 1;
-                                    st.pending = Some((st.published, body.clone()));
+                                    st.pending = Some((st.published, stored.state.clone()));
                                 }
                             }
                         }
@@ -381,6 +411,18 @@ impl LeadThread {
                     st.failing = None;
                     retry_at = None;
                     backoff.reset();
+                }
+                Err(e) if protocol::is_base_mismatch(&e) => {
+                    // The record no longer holds the base (another write,
+                    // a failover, a lost reply): the same state in full, at
+                    // once.
+                    crate::debug_log!("lead {}: {}; sending in full", self.session, e.message);
+                    use_base = false;
+                    if let Action::Publish(generation, state) = action {
+                        if st.pending.is_none() {
+                            st.pending = Some((generation, state));
+                        }
+                    }
                 }
                 Err(e) if !e.status.is_transient() => {
                     st.ended = Some(e.clone());
@@ -393,15 +435,20 @@ impl LeadThread {
                 }
                 Err(e) => {
                     let is_publish = matches!(action, Action::Publish(..));
+                    if is_publish && sent_delta && e.status == Status::MS_ERR_PROTOCOL {
+                        // A delta the functions refused (MSARG) or a reply
+                        // not understood: the retry goes in full.
+                        use_base = false;
+                    }
                     crate::debug_log!(
                         "lead {}: {} failed: {}",
                         self.session,
                         if is_publish { "publish" } else { "heartbeat" },
                         e.message
                     );
-                    if let Action::Publish(generation, body) = action {
+                    if let Action::Publish(generation, state) = action {
                         if st.pending.is_none() {
-                            st.pending = Some((generation, body));
+                            st.pending = Some((generation, state));
                         }
                     }
                     let first = st.failing.is_none();
@@ -452,9 +499,9 @@ impl LeadThread {
             }
             let may_send = !st.paused && retry_at.is_none_or(|t| now >= t);
             if may_send {
-                if let Some((generation, body)) = st.pending.take() {
+                if let Some((generation, state)) = st.pending.take() {
                     st.busy = true;
-                    return Action::Publish(generation, body);
+                    return Action::Publish(generation, state);
                 }
                 if st.closing.is_none() && (check_now || now >= last_sent + self.config.heartbeat())
                 {
@@ -482,11 +529,36 @@ impl LeadThread {
     }
 }
 
+/// A state stored by this lead: its seq and publish id (the base of a
+/// delta) and the state.
+struct Stored {
+    seq: u64,
+    id: String,
+    state: Vec<u8>,
+}
+
+/// Whether leaders send deltas (on by default; the benchmark turns them
+/// off to measure full states in the same run).
+pub(crate) static DELTAS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// A delta from `base` to `state` when it is less than half the state's
+/// size: (base seq, base publish id, delta).
+fn delta_of(base: &Stored, state: &[u8]) -> Option<(String, String, Vec<u8>)> {
+    if state.len() < 256 || !DELTAS.load(std::sync::atomic::Ordering::Relaxed) {
+        return None;
+    }
+    let from = std::str::from_utf8(&base.state).ok()?;
+    let to = std::str::from_utf8(state).ok()?;
+    // Less than half the state, or not worth it.
+    let delta = crate::delta::create_within(from, to, state.len() / 2 - 1)?;
+    Some((base.seq.to_string(), base.id.clone(), delta.into_bytes()))
+}
+
 /// Checks the reply to ms_publish `[seq, stored publish id]`: the state
 /// now stored is the one of publish id `id` or a later one of this lead.
 /// Only then does it count as stored (ms_flush relies on it). Returns the
-/// seq.
-fn stored_at_or_after(reply: &serde_json::Value, id: &str) -> Result<u64> {
+/// seq, and whether the stored id is exactly `id`.
+fn stored_at_or_after(reply: &serde_json::Value, id: &str) -> Result<(u64, bool)> {
     let stored = match reply {
         serde_json::Value::Array(a) if a.len() == 2 => protocol::as_u64(&a[0]).zip(a[1].as_str()),
         _ => None,
@@ -497,7 +569,7 @@ fn stored_at_or_after(reply: &serde_json::Value, id: &str) -> Result<u64> {
         Some((seq, p))
             if p.len() == id.len() && p.as_bytes()[..16] == id.as_bytes()[..16] && p >= id =>
         {
-            Ok(seq)
+            Ok((seq, p == id))
         }
         _ => Err(protocol::protocol_error("ms_publish")),
     }

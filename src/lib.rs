@@ -23,6 +23,7 @@ static DEBUG: once_cell::sync::Lazy<bool> = once_cell::sync::Lazy::new(|| {
 
 mod backoff;
 mod client;
+pub mod delta;
 mod dispatch;
 mod error;
 pub mod ffi;
@@ -40,3 +41,17 @@ mod util;
 pub use client::{Client, StreamInfo};
 pub use dispatch::{Callback, Event, EventKind, StateText};
 pub use error::{Error, Result, Status};
+
+/// How many times followers of this process read the snapshot because
+/// deltas could not be applied (a base that did not come in time, or a
+/// delta that did not verify). For benchmarks and tests.
+pub fn delta_snapshot_reads() -> u64 {
+    follower::DELTA_RESYNCS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Turns deltas off (every state sent in full) or on again, for every
+/// leader of this process. For benchmarks comparing both in one run.
+#[doc(hidden)]
+pub fn set_deltas(enabled: bool) {
+    leader::DELTAS.store(enabled, std::sync::atomic::Ordering::Relaxed);
+}

@@ -6,7 +6,7 @@ use crate::error::{Error, Result, Status};
 use serde_json::Value;
 
 /// Version of the protocol between this library and lua/missionstream.lua.
-pub const PROTOCOL_VERSION: &str = "5";
+pub const PROTOCOL_VERSION: &str = "6";
 /// Longest stream name, in bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest password or leader code, in bytes.
@@ -173,6 +173,15 @@ pub fn frame_body(fields: &[&[u8]]) -> Vec<u8> {
     body
 }
 
+/// The start of the message of an `MSBASE` error: the stored state is not
+/// the base of a delta (the leader then sends the state in full).
+pub const BASE_MISMATCH: &str = "the stored state is not the base of the delta";
+
+/// Whether `e` is an `MSBASE` error.
+pub fn is_base_mismatch(e: &Error) -> bool {
+    e.status == Status::MS_ERR_PROTOCOL && e.message.starts_with(BASE_MISMATCH)
+}
+
 /// Turns a Redis error text returned by the functions library (or Redis)
 /// into an Error.
 pub fn redis_error(text: &str) -> Error {
@@ -205,6 +214,10 @@ pub fn redis_error(text: &str) -> Error {
         "MSTHROTTLED" => Error::new(
             Status::MS_ERR_THROTTLED,
             format!("the stream refuses password and leader code checks for a moment: {rest}"),
+        ),
+        "MSBASE" => Error::new(
+            Status::MS_ERR_PROTOCOL,
+            format!("{BASE_MISMATCH}: {rest}"),
         ),
         "MSARG" => Error::new(
             Status::MS_ERR_PROTOCOL,
@@ -425,6 +438,8 @@ pub enum ChannelMessage {
         updated_ms: i64,
         state: String,
     },
+    /// A stored state, as a delta against the state of seq `base`.
+    Delta { seq: u64, base: u64, delta: String },
     /// The leader's heartbeat, carrying its interval.
     Heartbeat { interval_ms: u64 },
     /// A follower's probe.
@@ -449,6 +464,16 @@ pub fn parse_channel_message(payload: String) -> Option<ChannelMessage> {
                 updated_ms,
                 state,
             })
+        }
+        b'd' => {
+            let nl = payload.find('\n')?;
+            let mut head = payload[..nl].split(' ').skip(1);
+            let seq = head.next()?.parse().ok()?;
+            let base = head.next()?.parse().ok()?;
+            let _updated_ms: i64 = head.next()?.parse().ok()?;
+            let mut delta = payload;
+            delta.drain(..nl + 1);
+            Some(ChannelMessage::Delta { seq, base, delta })
         }
         b'h' => Some(ChannelMessage::Heartbeat {
             interval_ms: payload.get(2..)?.parse().ok()?,
@@ -811,6 +836,15 @@ mod tests {
                 nonce: "abc".into()
             })
         );
+        assert_eq!(
+            parse_channel_message("d 9 8 1700\n3\n3:abc0;".into()),
+            Some(ChannelMessage::Delta {
+                seq: 9,
+                base: 8,
+                delta: "3\n3:abc0;".into()
+            })
+        );
+        assert_eq!(parse_channel_message("d 9 1700\nx".into()), None);
         assert_eq!(parse_channel_message("s x".into()), None);
         assert_eq!(parse_channel_message("".into()), None);
     }

@@ -754,6 +754,9 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
             "n0nce",
             id,
             "0",
+            "full",
+            "-",
+            "-",
             std::str::from_utf8(&body).unwrap(),
         ])
         .trim()

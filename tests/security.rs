@@ -129,21 +129,21 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         (
             "ms_publish",
             &[key],
-            &["00000000000000000000000000000001", "0"],
+            &["00000000000000000000000000000001", "0", "full", "-", "-"],
             vec![&guessed_token, &channel, "{\"evil\":1}"],
             "MSNOTLEADER",
         ),
         (
             "ms_publish",
             &[key],
-            &["00000000000000000000000000000001", "0"],
+            &["00000000000000000000000000000001", "0", "full", "-", "-"],
             vec![CODE, &channel, "{\"evil\":1}"],
             "MSARG",
         ),
         (
             "ms_publish",
             &[key],
-            &["00000000000000000000000000000002", "0"],
+            &["00000000000000000000000000000002", "0", "full", "-", "-"],
             vec![&token, "guessed-channel", "{\"evil\":1}"],
             "MSNOTFOUND",
         ),
@@ -268,6 +268,9 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         "n0nce",
         "00000000000000000000000000000001",
         "0",
+        "full",
+        "-",
+        "-",
         "999 1\nshort",
     ]);
     assert!(out.contains("MSARG"), "{out}");
@@ -501,7 +504,7 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
         (
             "ms_publish",
             vec![b"stream:mine".to_vec(), b"app:hash".to_vec()],
-            vec![id, "0"],
+            vec![id, "0", "full", "-", "-"],
             &publish_body,
         ),
     ];
@@ -528,7 +531,7 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
         calls.push((
             "ms_publish",
             vec![bad.clone()],
-            vec![id, "0"],
+            vec![id, "0", "full", "-", "-"],
             &publish_body,
         ));
         calls.push((
@@ -748,7 +751,7 @@ fn functions_enforce_the_library_limits() {
             &s,
             "ms_publish",
             &[key],
-            &["aaaaaaaaaaaaaaaa0000000000000001", "0"],
+            &["aaaaaaaaaaaaaaaa0000000000000001", "0", "full", "-", "-"],
             &frame_bytes(&[token.as_bytes(), channel.as_bytes(), state]),
         )
     };

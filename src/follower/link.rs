@@ -87,7 +87,8 @@ pub(super) struct Delivery {
     pub(super) name: Arc<CString>,
     pub(super) dispatcher: Arc<crate::dispatch::Dispatcher>,
     pub(super) cancel: Arc<AtomicBool>,
-    pub(super) last_seq: Mutex<Option<u64>>,
+    /// The last state delivered, and deltas waiting for their base.
+    pub(super) last: Mutex<Last>,
     /// The reader delivers states itself.
     pub(super) direct: AtomicBool,
     /// When the reader last delivered a state (µs after `epoch`, 0 for
@@ -99,13 +100,127 @@ pub(super) struct Delivery {
     pub(super) leader_offline: AtomicBool,
 }
 
+/// How long a delta whose base has not arrived is held before the
+/// follower reads the snapshot (Webdis 0.1.9 swaps adjacent messages when
+/// several subscribers are attached).
+pub(super) const HOLD: Duration = Duration::from_millis(250);
+
+/// At most this many deltas wait for their base.
+const MAX_HELD: usize = 64;
+
+/// Snapshot reads caused by deltas (a base that did not come within
+/// `HOLD`, or a delta that did not verify), over the whole process.
+pub(crate) static DELTA_RESYNCS: AtomicU64 = AtomicU64::new(0);
+
+/// The last state delivered, and deltas waiting for their base.
+#[derive(Default)]
+pub(super) struct Last {
+    pub(super) seq: Option<u64>,
+    state: String,
+    /// (seq, base seq, delta), arrived before their base.
+    held: Vec<(u64, u64, String)>,
+    /// Since when a delta has been waiting for its base.
+    held_since: Option<Instant>,
+    /// A delta could not be applied: read the snapshot now.
+    resync: bool,
+}
+
 impl Delivery {
+    /// Delivers a full state if it is newer than the last one delivered.
     pub(super) fn state(&self, seq: u64, state: String) {
-        let mut last = lock(&self.last_seq);
-        if last.is_none_or(|s| seq > s) && !self.cancel.load(Ordering::SeqCst) {
-            *last = Some(seq);
+        let mut last = lock(&self.last);
+        self.deliver(&mut last, seq, state);
+    }
+
+    /// A state read from the snapshot to replace deltas that could not be
+    /// applied: delivered if newer; deltas still waiting that it does not
+    /// lead to are dropped (the snapshot, read after they came, holds
+    /// their state or a newer one).
+    pub(super) fn resynced(&self, seq: u64, state: String) {
+        let mut last = lock(&self.last);
+        self.deliver(&mut last, seq, state);
+        last.held.clear();
+        last.held_since = None;
+        last.resync = false;
+    }
+
+    /// A snapshot read for a resync failed: try again after `HOLD`.
+    pub(super) fn resync_failed(&self) {
+        let mut last = lock(&self.last);
+        if last.resync || last.held_since.is_some() {
+            last.resync = false;
+            last.held_since = Some(Instant::now());
+        }
+    }
+
+    /// When the snapshot must be read because of deltas, if ever.
+    pub(super) fn resync_at(&self) -> Option<Instant> {
+        let last = lock(&self.last);
+        if last.resync {
+            Some(Instant::now())
+        } else {
+            last.held_since.map(|t| t + HOLD)
+        }
+    }
+
+    /// Applies a delta to the last state delivered when it is its base;
+    /// holds it when its base has not come yet. Never delivers a state it
+    /// could not verify (length, checksum, UTF-8).
+    pub(super) fn delta(&self, seq: u64, base: u64, delta: String) {
+        let mut last = lock(&self.last);
+        match last.seq {
+            Some(s) if seq <= s => {}
+            Some(s) if s == base => self.apply(&mut last, seq, &delta),
+            Some(s) if s > base => {
+                // Its base was skipped (cannot be applied): the snapshot.
+                last.resync = true;
+            }
+            _ => {
+                if last.held.len() >= MAX_HELD {
+                    last.resync = true;
+                } else {
+                    crate::debug_log!(
+                        "follow {}: the delta of seq {seq} came before its base {base}: held",
+                        self.session
+                    );
+                    last.held.push((seq, base, delta));
+                    if last.held_since.is_none() {
+                        last.held_since = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&self, last: &mut Last, seq: u64, delta: &str) {
+        match crate::delta::apply(&last.state, delta, protocol::MAX_STATE) {
+            Ok(state) => self.deliver(last, seq, state),
+            Err(e) => {
+                crate::debug_log!(
+                    "follow {}: the delta of seq {seq} does not apply: {e:?}",
+                    self.session
+                );
+                last.resync = true;
+            }
+        }
+    }
+
+    fn deliver(&self, last: &mut Last, seq: u64, state: String) {
+        if last.seq.is_none_or(|s| seq > s) && !self.cancel.load(Ordering::SeqCst) {
+            last.seq = Some(seq);
+            last.state.clone_from(&state);
             self.dispatcher
                 .push(self.session, Event::state(&self.name, seq, state));
+            // Deltas that waited for this state.
+            while let Some(i) = last.held.iter().position(|h| Some(h.1) == last.seq) {
+                let (seq, _, delta) = last.held.swap_remove(i);
+                self.apply(last, seq, &delta);
+            }
+            let now_seq = last.seq;
+            last.held.retain(|h| Some(h.0) > now_seq);
+            if last.held.is_empty() {
+                last.held_since = None;
+            }
         }
     }
 }
@@ -438,20 +553,26 @@ pub(super) fn read_subscription(
                 Ok(Some(obj)) => {
                     let item = match protocol::parse_subscription_object(&obj) {
                         Ok(SubscriptionItem::Message { payload, .. })
-                            if payload.starts_with("s ")
+                            if (payload.starts_with("s ") || payload.starts_with("d "))
                                 && delivery.direct.load(Ordering::SeqCst) =>
                         {
-                            if let Some(ChannelMessage::State { seq, state, .. }) =
-                                protocol::parse_channel_message(payload)
-                            {
-                                delivery.state(seq, state);
-                                let us = delivery.epoch.elapsed().as_micros() as u64;
-                                delivery.last_direct_us.store(us.max(1), Ordering::SeqCst);
+                            let mut waiting = false;
+                            match protocol::parse_channel_message(payload) {
+                                Some(ChannelMessage::State { seq, state, .. }) => {
+                                    delivery.state(seq, state)
+                                }
+                                Some(ChannelMessage::Delta { seq, base, delta }) => {
+                                    delivery.delta(seq, base, delta);
+                                    waiting = delivery.resync_at().is_some();
+                                }
+                                _ => {}
                             }
-                            if !delivery.leader_offline.load(Ordering::SeqCst) {
+                            let us = delivery.epoch.elapsed().as_micros() as u64;
+                            delivery.last_direct_us.store(us.max(1), Ordering::SeqCst);
+                            if !waiting && !delivery.leader_offline.load(Ordering::SeqCst) {
                                 continue;
                             }
-                            // Wake the follower: the leader is back.
+                            // Wake the follower: the leader is back, or a delta waits.
                             Incoming::Item(SubscriptionItem::Other)
                         }
                         Ok(item) => Incoming::Item(item),
@@ -509,7 +630,7 @@ mod tests {
             name: Arc::new(CString::new("s").unwrap()),
             dispatcher: dispatcher.clone(),
             cancel: Arc::new(AtomicBool::new(false)),
-            last_seq: Mutex::new(None),
+            last: Mutex::new(Last::default()),
             direct: AtomicBool::new(false),
             epoch: Instant::now(),
             last_direct_us: AtomicU64::new(0),
@@ -538,6 +659,93 @@ mod tests {
                 Incoming::Closed(_)
             ]
         ));
+        dispatcher.shutdown();
+    }
+
+    fn delivery(dispatcher: &Arc<crate::dispatch::Dispatcher>) -> Delivery {
+        Delivery {
+            session: 1,
+            name: Arc::new(CString::new("s").unwrap()),
+            dispatcher: dispatcher.clone(),
+            cancel: Arc::new(AtomicBool::new(false)),
+            last: Mutex::new(Last::default()),
+            direct: AtomicBool::new(true),
+            epoch: Instant::now(),
+            last_direct_us: AtomicU64::new(0),
+            leader_offline: AtomicBool::new(false),
+        }
+    }
+
+    fn last(d: &Delivery) -> (Option<u64>, String) {
+        let l = lock(&d.last);
+        (l.seq, l.state.clone())
+    }
+
+    /// Deltas apply to the last state; one that arrives before its base
+    /// (Webdis swaps adjacent messages) waits for it and is applied when
+    /// it comes; one that waits longer asks for the snapshot; one that
+    /// does not verify is never delivered.
+    #[test]
+    fn deltas_wait_for_their_base_and_are_verified() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        dispatcher.set_callback(Some(Arc::new(move |e: &Event| {
+            if let Some(s) = &e.state {
+                lock(&g).push((e.seq, s.as_str().to_string()));
+            }
+        })));
+        dispatcher.register(1);
+        let d = delivery(&dispatcher);
+        let s1 = "{\"wp\":[1,2,3],\"name\":\"caf\u{e9}\"}".repeat(20);
+        let s2 = s1.replacen("caf\u{e9}", "caf\u{ea}", 1);
+        let s3 = s2.replacen("[1,2,3]", "[1,2,3,4]", 1);
+        d.state(5, s1.clone());
+        // In order.
+        d.delta(6, 5, crate::delta::create(&s1, &s2));
+        assert_eq!(last(&d), (Some(6), s2.clone()));
+        // Old and repeated deltas are ignored.
+        d.delta(6, 5, crate::delta::create(&s1, &s2));
+        assert_eq!(d.resync_at(), None);
+        // Swapped: 8 (base 7) before 7 (base 6).
+        let s4 = s3.replacen("[1,2,3,4]", "[4]", 1);
+        d.delta(8, 7, crate::delta::create(&s3, &s4));
+        assert_eq!(last(&d).0, Some(6));
+        assert!(d.resync_at().is_some_and(|t| t > Instant::now()));
+        d.delta(7, 6, crate::delta::create(&s2, &s3));
+        assert_eq!(last(&d), (Some(8), s4.clone()));
+        assert_eq!(d.resync_at(), None);
+        // A delta that does not verify (its checksum) is not delivered: the
+        // snapshot is read at once.
+        let good = crate::delta::create(&s4, &s1);
+        let forged = format!(
+            "{}0;",
+            good.trim_end_matches(';')
+                .trim_end_matches(|c: char| c.is_ascii_alphanumeric())
+        );
+        d.delta(9, 8, forged);
+        assert_eq!(last(&d).0, Some(8));
+        assert!(d.resync_at().is_some_and(|t| t <= Instant::now()));
+        d.resynced(9, s1.clone());
+        assert_eq!(last(&d), (Some(9), s1.clone()));
+        assert_eq!(d.resync_at(), None);
+        // A delta whose base never comes: the snapshot after HOLD.
+        d.delta(11, 10, crate::delta::create(&s1, &s2));
+        let at = d.resync_at().unwrap();
+        assert!(at > Instant::now() + HOLD / 2 && at <= Instant::now() + HOLD);
+        d.resynced(11, s2.clone());
+        assert_eq!((last(&d), d.resync_at()), ((Some(11), s2.clone()), None));
+        // Every delivered state was verified: the callback saw only these.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&got).last().map(|x| x.0) != Some(11) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen = lock(&got).clone();
+        let all = [(5, &s1), (6, &s2), (7, &s3), (8, &s4), (9, &s1), (11, &s2)];
+        for (seq, st) in &seen {
+            assert!(all.iter().any(|(q, s)| q == seq && *s == st), "seq {seq}");
+        }
+        assert_eq!(seen.last().map(|x| x.0), Some(11));
         dispatcher.shutdown();
     }
 }

@@ -22,6 +22,7 @@ use crate::protocol::{self, ChannelMessage, SubscriptionItem};
 use crate::session::{key_of, Config, Hooks};
 use crate::util::{lock, random_hex};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
+pub(crate) use link::DELTA_RESYNCS;
 use link::{disconnected, stream_channel, Delivery, Incoming, Link, Snapshot, Subscription};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -104,7 +105,7 @@ impl Follow {
                 name: name_for_delivery,
                 dispatcher: hooks_dispatcher,
                 cancel: self.cancel.clone(),
-                last_seq: Mutex::new(None),
+                last: Mutex::new(link::Last::default()),
                 direct: AtomicBool::new(false),
                 epoch: Instant::now(),
                 last_direct_us: AtomicU64::new(0),
@@ -177,6 +178,8 @@ enum JobResult {
     Probe(String, Result<Option<u64>>),
     /// A recovery: a confirmed subscription and the snapshot.
     Recovered(Result<(Subscription, Snapshot)>),
+    /// The snapshot, read because deltas could not be applied.
+    Resync(Result<Snapshot>),
 }
 
 impl Job {
@@ -321,10 +324,33 @@ impl FollowThread {
                     Err(_) => retry_at = Some(now + backoff.next()),
                 }
             }
+            // Deltas whose base did not come, or that did not verify: the
+            // snapshot, on the node subscribed on.
+            let resync_at = delivery.resync_at();
+            if let (Some(s), None, Some(at)) = (&sub, &job, resync_at) {
+                if lost.is_none() && at <= now {
+                    DELTA_RESYNCS.fetch_add(1, Ordering::Relaxed);
+                    crate::debug_log!(
+                        "follow {}: deltas without their base: reading the snapshot",
+                        self.session
+                    );
+                    let conn = Nodes::new(link.endpoints.clone());
+                    let (l, c, node) = (link.clone(), conn.clone(), s.node);
+                    match Job::spawn(self.session, Some(conn), move || {
+                        JobResult::Resync(l.snapshot(c.node(node)))
+                    }) {
+                        Ok(j) => job = Some(j),
+                        Err(_) => delivery.resync_failed(),
+                    }
+                }
+            }
             if lost.is_none() {
                 let mut wake = live.next_wake(now);
                 if let Some(t) = retry_at {
                     wake = wake.min(t);
+                }
+                if let (Some(t), true) = (delivery.resync_at(), job.is_none() && sub.is_some()) {
+                    wake = wake.min(t.max(now + Duration::from_millis(1)));
                 }
                 let left = wake.saturating_duration_since(now);
                 let sub_rx = sub.as_ref().map(|s| &s.rx);
@@ -343,6 +369,10 @@ impl FollowThread {
                                 match protocol::parse_channel_message(payload) {
                                     Some(ChannelMessage::State { seq, state, .. }) => {
                                         delivery.state(seq, state);
+                                        self.decide(live.heard(now, true));
+                                    }
+                                    Some(ChannelMessage::Delta { seq, base, delta }) => {
+                                        delivery.delta(seq, base, delta);
                                         self.decide(live.heard(now, true));
                                     }
                                     Some(ChannelMessage::Heartbeat { interval_ms }) => {
@@ -409,6 +439,11 @@ impl FollowThread {
                                     e.message
                                 );
                                 retry_at = Some(Instant::now() + backoff.next());
+                            }
+                            Ok(JobResult::Resync(Ok(snap))) => delivery.resynced(snap.seq, snap.state),
+                            Ok(JobResult::Resync(Err(e))) => {
+                                crate::debug_log!("follow {}: snapshot for deltas failed: {}", self.session, e.message);
+                                delivery.resync_failed();
                             }
                             Err(_) => retry_at = Some(Instant::now() + backoff.next()),
                         }

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod faults;
+pub mod plan;
 pub mod tls;
 
 use missionstream::{Client, Event, EventKind};

@@ -1,0 +1,588 @@
+//! Deltas between states, in Fossil's delta format (see docs/PROTOCOL.md,
+//! "Deltas"), so that any client can apply them with an existing Fossil
+//! delta implementation.
+//!
+//! A delta is `<target length>\n`, then commands: `<n>@<offset>,` copies
+//! `n` bytes of the base from `offset`; `<n>:<bytes>` inserts the `n`
+//! bytes that follow; `<checksum>;` ends it with Fossil's 32-bit checksum
+//! of the target. Numbers are written in Fossil's base-64 digits
+//! (`0-9 A-Z _ a-z ~`), most significant first.
+//!
+//! The encoder here keeps every delta valid UTF-8 when its states are:
+//! copies cover whole characters of the base, and inserted literals are
+//! whole characters (a match that would split a multi-byte character is
+//! shortened, the bytes go to the literal). Webdis drops channel messages
+//! that are not valid UTF-8, and the functions refuse them.
+
+/// Fossil's digits, value 0 to 63.
+const DIGITS: &[u8; 64] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~";
+
+/// The value of a digit, or None.
+fn digit_value(c: u8) -> Option<u64> {
+    match c {
+        b'0'..=b'9' => Some((c - b'0') as u64),
+        b'A'..=b'Z' => Some((c - b'A') as u64 + 10),
+        b'_' => Some(36),
+        b'a'..=b'z' => Some((c - b'a') as u64 + 37),
+        b'~' => Some(63),
+        _ => None,
+    }
+}
+
+fn put_int(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 12];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(v & 63) as usize];
+        v >>= 6;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Reads a number at `*pos` (at least one digit).
+fn get_int(d: &[u8], pos: &mut usize) -> Option<u64> {
+    let start = *pos;
+    let mut v: u64 = 0;
+    while let Some(x) = d.get(*pos).and_then(|&c| digit_value(c)) {
+        // At most 10 digits (60 bits): more is no length of a state.
+        if *pos - start >= 10 {
+            return None;
+        }
+        v = (v << 6) | x;
+        *pos += 1;
+    }
+    (*pos > start).then_some(v)
+}
+
+/// Fossil's checksum: the sum, modulo 2^32, of the target read as
+/// big-endian 32-bit words, the last one padded with zero bytes.
+pub fn checksum(z: &[u8]) -> u32 {
+    let mut s = [0u32; 4];
+    let mut chunks = z.chunks_exact(4);
+    for c in &mut chunks {
+        for k in 0..4 {
+            s[k] = s[k].wrapping_add(c[k] as u32);
+        }
+    }
+    for (k, &b) in chunks.remainder().iter().enumerate() {
+        s[k] = s[k].wrapping_add(b as u32);
+    }
+    s[3].wrapping_add(s[2] << 8)
+        .wrapping_add(s[1] << 16)
+        .wrapping_add(s[0] << 24)
+}
+
+/// Whether `b` continues a multi-byte UTF-8 character.
+fn is_cont(b: u8) -> bool {
+    b & 0xC0 == 0x80
+}
+
+/// Whether position `i` of `s` starts a character (or is its end).
+fn boundary(s: &[u8], i: usize) -> bool {
+    s.get(i).is_none_or(|&b| !is_cont(b))
+}
+
+/// The shortest match worth a copy command (a copy takes up to ~10 bytes).
+const MIN_COPY: usize = 24;
+/// Width of the blocks of the base that the matcher indexes.
+const BLOCK: usize = 16;
+/// Slots a lookup in the matcher's table tries at most.
+const PROBES: usize = 8;
+
+struct Writer {
+    out: Vec<u8>,
+}
+
+impl Writer {
+    fn copy(&mut self, n: usize, offset: usize) {
+        if n > 0 {
+            put_int(&mut self.out, n as u64);
+            self.out.push(b'@');
+            put_int(&mut self.out, offset as u64);
+            self.out.push(b',');
+        }
+    }
+    fn insert(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            put_int(&mut self.out, bytes.len() as u64);
+            self.out.push(b':');
+            self.out.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// A delta that turns `base` into `target`. Valid UTF-8 (copies and
+/// literals are whole characters).
+pub fn create(base: &str, target: &str) -> String {
+    create_within(base, target, usize::MAX).expect("no limit")
+}
+
+/// `create`, given up (None) as soon as the delta would exceed `limit`
+/// bytes: a state that changed a lot costs little before it goes in full.
+pub fn create_within(base: &str, target: &str, limit: usize) -> Option<String> {
+    let (b, t) = (base.as_bytes(), target.as_bytes());
+    let mut w = Writer {
+        out: Vec::with_capacity(64),
+    };
+    put_int(&mut w.out, t.len() as u64);
+    w.out.push(b'\n');
+    // The common prefix and suffix, cut back to character boundaries (equal
+    // bytes are whole characters in both strings alike).
+    let max = b.len().min(t.len());
+    let mut p = b.iter().zip(t).take_while(|(x, y)| x == y).count();
+    while p > 0 && !boundary(t, p) {
+        p -= 1;
+    }
+    let mut s = b[p..]
+        .iter()
+        .rev()
+        .zip(t[p..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
+        .min(max - p);
+    while s > 0 && !boundary(t, t.len() - s) {
+        s -= 1;
+    }
+    w.copy(p, 0);
+    if !middle(&mut w, b, t, p, t.len() - s, limit) {
+        return None;
+    }
+    w.copy(s, b.len() - s);
+    put_int(&mut w.out, checksum(t) as u64);
+    w.out.push(b';');
+    if w.out.len() > limit {
+        return None;
+    }
+    // Every literal and copy is whole characters of valid UTF-8 strings.
+    Some(String::from_utf8(w.out).expect("deltas of UTF-8 states are UTF-8"))
+}
+
+/// Commands for `t[from..to]`: copies of blocks of `b` found by a hash
+/// of 16-byte windows, literals between them. False as soon as the delta
+/// exceeds `limit` bytes.
+fn middle(w: &mut Writer, b: &[u8], t: &[u8], from: usize, to: usize, limit: usize) -> bool {
+    if to - from < MIN_COPY || b.len() < BLOCK {
+        w.insert(&t[from..to]);
+        return w.out.len() <= limit;
+    }
+    // Open addressing: slot -> block start + 1 (0 = empty).
+    let blocks = b.len() / BLOCK;
+    let size = (blocks * 2).next_power_of_two().max(16);
+    let shift = 64 - size.trailing_zeros();
+    let hash = |win: &[u8]| -> usize {
+        let v = u128::from_le_bytes(win.try_into().unwrap());
+        let h =
+            ((v as u64) ^ ((v >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> shift) as usize
+    };
+    let mut table = vec![0u32; size];
+    for k in 0..blocks {
+        let at = k * BLOCK;
+        let block = &b[at..at + BLOCK];
+        let mut slot = hash(block);
+        // A block equal to one indexed already is not indexed again, and
+        // probing is bounded: repetitive states stay linear.
+        for _ in 0..PROBES {
+            match table[slot] {
+                0 => {
+                    table[slot] = at as u32 + 1;
+                    break;
+                }
+                t if &b[t as usize - 1..t as usize - 1 + BLOCK] == block => break,
+                _ => slot = (slot + 1) & (size - 1),
+            }
+        }
+    }
+    let mut lit = from;
+    let mut i = from;
+    while i + BLOCK <= to {
+        if w.out.len() + (i - lit) > limit {
+            return false;
+        }
+        let win = &t[i..i + BLOCK];
+        let mut slot = hash(win);
+        let mut found = None;
+        for _ in 0..PROBES {
+            if table[slot] == 0 {
+                break;
+            }
+            let at = table[slot] as usize - 1;
+            if &b[at..at + BLOCK] == win {
+                found = Some(at);
+                break;
+            }
+            slot = (slot + 1) & (size - 1);
+        }
+        let Some(at) = found else {
+            i += 1;
+            continue;
+        };
+        // Extend forward, then backward into the pending literal.
+        let mut len = BLOCK;
+        while i + len < to && at + len < b.len() && t[i + len] == b[at + len] {
+            len += 1;
+        }
+        let (mut ti, mut bi) = (i, at);
+        while ti > lit && bi > 0 && t[ti - 1] == b[bi - 1] {
+            ti -= 1;
+            bi -= 1;
+            len += 1;
+        }
+        // Whole characters only.
+        while len > 0 && !boundary(t, ti) {
+            ti += 1;
+            bi += 1;
+            len -= 1;
+        }
+        while len > 0 && !boundary(t, ti + len) {
+            len -= 1;
+        }
+        if len < MIN_COPY {
+            i += 1;
+            continue;
+        }
+        w.insert(&t[lit..ti]);
+        w.copy(len, bi);
+        i = ti + len;
+        lit = i;
+    }
+    w.insert(&t[lit..to]);
+    w.out.len() <= limit
+}
+
+/// Why a delta could not be applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApplyError {
+    /// Not a delta, or it reaches outside its base or its declared length.
+    Malformed(&'static str),
+    /// The result does not have the checksum the delta declares.
+    Checksum,
+    /// The result is not valid UTF-8.
+    NotUtf8,
+}
+
+/// Applies `delta` to `base`: the target, its length and checksum
+/// verified, at most `max` bytes, valid UTF-8.
+pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> {
+    use ApplyError::Malformed;
+    let (b, d) = (base.as_bytes(), delta.as_bytes());
+    let mut pos = 0;
+    let limit = get_int(d, &mut pos).ok_or(Malformed("no target length"))? as usize;
+    if limit > max {
+        return Err(Malformed("the target is too large"));
+    }
+    if d.get(pos) != Some(&b'\n') {
+        return Err(Malformed("no newline after the target length"));
+    }
+    pos += 1;
+    let mut out: Vec<u8> = Vec::with_capacity(limit);
+    loop {
+        let n = get_int(d, &mut pos).ok_or(Malformed("a command without a number"))? as usize;
+        let op = *d
+            .get(pos)
+            .ok_or(Malformed("the delta ends without a checksum"))?;
+        pos += 1;
+        match op {
+            b'@' => {
+                let off =
+                    get_int(d, &mut pos).ok_or(Malformed("a copy without an offset"))? as usize;
+                if d.get(pos) != Some(&b',') {
+                    return Err(Malformed("no comma after a copy"));
+                }
+                pos += 1;
+                if off.checked_add(n).is_none_or(|e| e > b.len()) {
+                    return Err(Malformed("a copy reaches outside the base"));
+                }
+                if out.len() + n > limit {
+                    return Err(Malformed("a copy reaches past the target length"));
+                }
+                out.extend_from_slice(&b[off..off + n]);
+            }
+            b':' => {
+                if pos.checked_add(n).is_none_or(|e| e > d.len()) {
+                    return Err(Malformed("a literal reaches past the delta"));
+                }
+                if out.len() + n > limit {
+                    return Err(Malformed("a literal reaches past the target length"));
+                }
+                out.extend_from_slice(&d[pos..pos + n]);
+                pos += n;
+            }
+            b';' => {
+                if pos != d.len() {
+                    return Err(Malformed("bytes after the checksum"));
+                }
+                if out.len() != limit {
+                    return Err(Malformed("the target is shorter than declared"));
+                }
+                if checksum(&out) as u64 != n as u64 {
+                    return Err(ApplyError::Checksum);
+                }
+                return String::from_utf8(out).map_err(|_| ApplyError::NotUtf8);
+            }
+            _ => return Err(Malformed("unknown command")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    const ALPHABET: &[&str] = &["a", "b", "{", "\"", "7", ".", "é", "✈", "𝄞", "ß", ",", " "];
+
+    fn text(r: &mut Rng, n: usize) -> String {
+        (0..n).map(|_| ALPHABET[r.below(ALPHABET.len())]).collect()
+    }
+
+    /// A random edit at character positions: insert, delete, replace, move.
+    fn edit(r: &mut Rng, s: &str) -> String {
+        let idx: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
+        let cut = |r: &mut Rng| idx[r.below(idx.len())];
+        let (mut x, mut y) = (cut(r), cut(r));
+        if x > y {
+            std::mem::swap(&mut x, &mut y);
+        }
+        match r.below(4) {
+            0 => {
+                let n = 1 + r.below(40);
+                format!("{}{}{}", &s[..x], text(r, n), &s[x..])
+            }
+            1 => format!("{}{}", &s[..x], &s[y..]),
+            2 => {
+                let n = r.below(20);
+                format!("{}{}{}", &s[..x], text(r, n), &s[y..])
+            }
+            _ => {
+                let moved = &s[x..y];
+                let rest = format!("{}{}", &s[..x], &s[y..]);
+                let ri: Vec<usize> = rest
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([rest.len()])
+                    .collect();
+                let z = ri[r.below(ri.len())];
+                format!("{}{}{}", &rest[..z], moved, &rest[z..])
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_use_fossils_digits() {
+        let mut out = Vec::new();
+        for v in [0u64, 1, 63, 64, 4095, 4096, 8 << 20] {
+            out.clear();
+            put_int(&mut out, v);
+            let mut pos = 0;
+            assert_eq!(get_int(&out, &mut pos), Some(v));
+            assert_eq!(pos, out.len());
+        }
+        out.clear();
+        put_int(&mut out, 64);
+        assert_eq!(out, b"10");
+        out.clear();
+        put_int(&mut out, 100);
+        assert_eq!(out, b"1_");
+    }
+
+    #[test]
+    fn checksum_is_fossils() {
+        // Big-endian words summed: "abcd" = 0x61626364, "e" = 0x65000000.
+        assert_eq!(checksum(b""), 0);
+        assert_eq!(checksum(b"abcd"), 0x6162_6364);
+        assert_eq!(checksum(b"abcde"), 0x6162_6364 + 0x6500_0000);
+        assert_eq!(
+            checksum(b"abcdefg"),
+            0x6162_6364u32.wrapping_add(0x6566_6700)
+        );
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut sum = 0u32;
+        for c in big.chunks(4) {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            sum = sum.wrapping_add(u32::from_be_bytes(w));
+        }
+        assert_eq!(checksum(&big), sum);
+    }
+
+    #[test]
+    fn a_hand_written_delta_applies() {
+        // "hello world" -> "hello there world"
+        let target = "hello there world";
+        let d = format!("H\n6@0,6:there 5@6,{};", {
+            let mut o = Vec::new();
+            put_int(&mut o, checksum(target.as_bytes()) as u64);
+            String::from_utf8(o).unwrap()
+        });
+        assert_eq!(apply("hello world", &d, 1000).unwrap(), target);
+        // The example of docs/PROTOCOL.md (checksum computed apart, with
+        // the formula given there).
+        assert_eq!(checksum(target.as_bytes()), 0x1867_b860);
+        assert_eq!(d, "H\n6@0,6:there 5@6,OPwXW;");
+        assert_eq!(create("hello world", target), d);
+    }
+
+    #[test]
+    fn round_trips_random_edits_of_multibyte_text() {
+        let mut r = Rng(0x5eed_1234_abcd_ef01);
+        for case in 0..400 {
+            let n = r.below(3000);
+            let base = text(&mut r, n);
+            let mut target = base.clone();
+            for _ in 0..1 + r.below(4) {
+                target = edit(&mut r, &target);
+            }
+            let d = create(&base, &target);
+            assert_eq!(apply(&base, &d, 1 << 23), Ok(target.clone()), "case {case}");
+            // Literals are whole characters: each literal is valid UTF-8 alone.
+            let db = d.as_bytes();
+            let mut pos = 0;
+            get_int(db, &mut pos).unwrap();
+            pos += 1;
+            loop {
+                let n = get_int(db, &mut pos).unwrap() as usize;
+                let op = db[pos];
+                pos += 1;
+                match op {
+                    b'@' => {
+                        let off = get_int(db, &mut pos).unwrap() as usize;
+                        pos += 1;
+                        assert!(
+                            boundary(base.as_bytes(), off) && boundary(base.as_bytes(), off + n)
+                        );
+                    }
+                    b':' => {
+                        assert!(
+                            std::str::from_utf8(&db[pos..pos + n]).is_ok(),
+                            "case {case}"
+                        );
+                        pos += n;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn small_edits_of_large_states_give_small_deltas() {
+        let mut r = Rng(77);
+        let base: String = (0..20_000)
+            .map(|i| format!("{{\"wp\":{i},\"lat\":47.{:07}}},", r.below(10_000_000)))
+            .collect();
+        let mut target = base.clone();
+        let at = target.len() / 2;
+        target.replace_range(at..at + 5, "9é9");
+        let d = create(&base, &target);
+        assert!(d.len() < 64, "{} bytes: {d}", d.len());
+        assert_eq!(apply(&base, &d, 1 << 23).unwrap(), target);
+        // A block moved far away is copied, not sent again.
+        let moved = format!("{}{}", &base[base.len() / 2..], &base[..base.len() / 2]);
+        let d = create(&base, &moved);
+        assert!(d.len() < 100, "{} bytes", d.len());
+        assert_eq!(apply(&base, &d, 1 << 23).unwrap(), moved);
+        // Unrelated text: about its own size.
+        let other = text(&mut r, 2000);
+        let d = create(&base, &other);
+        assert_eq!(apply(&base, &d, 1 << 23).unwrap(), other);
+    }
+
+    /// Repetitive and unrelated large states take linear time (a table
+    /// of equal blocks would make probing quadratic).
+    #[test]
+    fn repetitive_states_are_fast() {
+        let started = std::time::Instant::now();
+        let a = "x".repeat(4 << 20);
+        let b = "y".repeat(4 << 20);
+        let d = create(&a, &b);
+        assert_eq!(apply(&a, &d, 8 << 20).unwrap(), b);
+        let c = format!("{}{}", "x".repeat(2 << 20), "é".repeat(1000));
+        let d = create(&a, &c);
+        assert!(d.len() < c.len() / 2);
+        assert_eq!(apply(&a, &d, 8 << 20).unwrap(), c);
+        // Given up early when over a limit.
+        assert_eq!(create_within(&a, &b, 1000), None);
+        assert!(create_within(&a, &c, 1000).is_none());
+        assert!(create_within(&a, &c, c.len() / 2).is_some());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn an_edit_inside_a_multibyte_character_keeps_whole_characters() {
+        // "é" (C3 A9) and "ê" (C3 AA) share their first byte; "✈" (E2 9C 88)
+        // and "✉" (E2 9C 89) two.
+        for (a, b) in [("xxé", "xxê"), ("✈✈✈", "✈✉✈"), ("𝄞", "𝄟"), ("aé", "aè b")]
+        {
+            let base = a.repeat(20);
+            let target = format!("{}{}{}", a.repeat(10), b, a.repeat(9));
+            let d = create(&base, &target);
+            assert!(std::str::from_utf8(d.as_bytes()).is_ok());
+            assert_eq!(apply(&base, &d, 1 << 20).unwrap(), target);
+        }
+    }
+
+    #[test]
+    fn bad_deltas_are_refused() {
+        let base = "hello world";
+        let good = create(base, "hello there world");
+        assert!(apply(base, &good, 1000).is_ok());
+        // A wrong checksum.
+        let bad = good.replacen(";", "", 1);
+        let n = bad
+            .rfind(|c: char| !c.is_ascii_alphanumeric() && c != '_' && c != '~')
+            .unwrap();
+        let forged = format!("{}{};", &bad[..=n], "1");
+        assert_eq!(apply(base, &forged, 1000), Err(ApplyError::Checksum));
+        for d in [
+            "",
+            "H",
+            "H\n",
+            "H\n5@0,",
+            "5\n6@0,0;",
+            "5\n5@7,0;",
+            "5\n9:hello0;",
+            "5\n5@0,0;x",
+            "5\n5#0,0;",
+            "~~~~~~~~~~~\n0;",
+            "2\n2:\u{e9}0;",
+        ] {
+            assert!(apply(base, d, 1000).is_err(), "{d:?}");
+        }
+        // Too large for the limit.
+        assert!(matches!(
+            apply(base, "G\n0;", 8),
+            Err(ApplyError::Malformed(_))
+        ));
+        // Splits a character: the checksum matches, the text is no UTF-8.
+        let half = "\u{e9}".as_bytes()[..1].to_vec();
+        let mut o = b"1\n1@0,".to_vec();
+        put_int(&mut o, checksum(&half) as u64);
+        o.push(b';');
+        assert_eq!(
+            apply("\u{e9}", std::str::from_utf8(&o).unwrap(), 10),
+            Err(ApplyError::NotUtf8)
+        );
+    }
+}

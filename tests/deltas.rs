@@ -1,0 +1,691 @@
+//! Deltas (protocol 6): a large plan changing a little at a time travels as
+//! Fossil deltas; every state a follower delivers is byte for byte the one
+//! published and the one in the record; bad deltas change nothing.
+//! Through real Redis and Webdis, with a raw Webdis subscriber counting the
+//! bytes on the channel beside the library's followers.
+
+mod common;
+
+use common::plan::Plan;
+use common::*;
+use missionstream::protocol::{
+    self, ChannelMessage, ObjectSplitter, SubscriptionItem, PROTOCOL_VERSION,
+};
+use missionstream::Client;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+/// A subscriber speaking HTTP to Webdis itself: every channel payload, in
+/// the order Webdis wrote them.
+struct RawSub {
+    payloads: Arc<Mutex<Vec<String>>>,
+    stream: TcpStream,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawSub {
+    fn start(port: u16, channel: &str) -> RawSub {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            stream,
+            "GET /SUBSCRIBE/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        .unwrap();
+        let payloads = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = stream.try_clone().unwrap();
+        let out = payloads.clone();
+        let thread = std::thread::spawn(move || {
+            let mut r = BufReader::new(reader);
+            let mut line = String::new();
+            // The response head.
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut splitter = ObjectSplitter::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let Ok(n) = usize::from_str_radix(line.trim(), 16) else {
+                    return;
+                };
+                let mut chunk = vec![0u8; n + 2];
+                if n == 0 || r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                splitter.push(&chunk[..n]);
+                while let Ok(Some(obj)) = splitter.next_object() {
+                    match protocol::parse_subscription_object(&obj) {
+                        Ok(SubscriptionItem::Subscribed { .. }) => {
+                            let _ = tx.send(());
+                        }
+                        Ok(SubscriptionItem::Message { payload, .. }) => {
+                            out.lock().unwrap().push(payload)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        rx.recv_timeout(T)
+            .expect("Webdis acknowledges the subscription");
+        RawSub {
+            payloads,
+            stream,
+            thread: Some(thread),
+        }
+    }
+
+    fn payloads(&self) -> Vec<String> {
+        self.payloads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RawSub {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Applies the `s` and `d` payloads a raw subscriber saw, in seq order,
+/// as an independent client would: the states they stand for.
+fn replay(payloads: &[String], first: (u64, String)) -> Vec<(u64, String)> {
+    let mut msgs: Vec<ChannelMessage> = payloads
+        .iter()
+        .filter_map(|p| protocol::parse_channel_message(p.clone()))
+        .filter(|m| {
+            matches!(
+                m,
+                ChannelMessage::State { .. } | ChannelMessage::Delta { .. }
+            )
+        })
+        .collect();
+    let seq_of = |m: &ChannelMessage| match m {
+        ChannelMessage::State { seq, .. } | ChannelMessage::Delta { seq, .. } => *seq,
+        _ => 0,
+    };
+    msgs.sort_by_key(seq_of);
+    let mut out = vec![first];
+    for m in msgs {
+        let (last_seq, last) = out.last().unwrap().clone();
+        match m {
+            ChannelMessage::State { seq, state, .. } if seq > last_seq => out.push((seq, state)),
+            ChannelMessage::Delta { seq, base, delta } if seq > last_seq => {
+                assert_eq!(
+                    base, last_seq,
+                    "a delta whose base is not the state before it"
+                );
+                let state = missionstream::delta::apply(&last, &delta, 8 << 20)
+                    .unwrap_or_else(|e| panic!("delta of seq {seq} does not apply: {e:?}"));
+                out.push((seq, state));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Asserts that `got` (seq, state) is a subsequence of `published` in
+/// order, by text, and ends with its last.
+fn assert_subsequence(got: &[(u64, String)], published: &[String], who: &str) {
+    let mut from = 0;
+    for (seq, g) in got {
+        match published[from..].iter().position(|p| p == g) {
+            Some(i) => from += i + 1,
+            None => panic!(
+                "{who}: the state of seq {seq} ({} bytes) is not one published (after #{from})",
+                g.len()
+            ),
+        }
+    }
+    assert_eq!(
+        got.last().map(|g| &g.1),
+        published.last(),
+        "{who}: the last state delivered is not the last published"
+    );
+    assert_increasing(got);
+}
+
+fn states_after(rec: &Recorder, name: &str, first: &str) -> Vec<(u64, String)> {
+    let all = rec.states(name);
+    let i = all
+        .iter()
+        .position(|s| s.1 == first)
+        .expect("the first state");
+    all[i..].to_vec()
+}
+
+/// A ~100 KiB survey; one waypoint moved per update, each flushed: the
+/// channel carries deltas of well under 1 % of the plan, and two library
+/// followers and an independent replay of the channel all get every state
+/// byte for byte; the record holds the last.
+#[test]
+fn a_large_plan_moving_one_waypoint_travels_as_small_deltas() {
+    let s = Servers::start();
+    let (leader, follower, rec, name) = s.followed("plan-delta");
+    let second = s.client();
+    let rec2 = Recorder::attach(&second);
+    let mut plan = Plan::of_size(100 * 1024, 1);
+    let first = plan.text();
+    assert!(first.len() > 90 * 1024, "{} bytes", first.len());
+    leader.publish(&name, first.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    second.connect(&name, "pw").unwrap();
+    rec.wait_state(&name, &first, T);
+    rec2.wait_state(&name, &first, T);
+    let channel = s.record_field(&name, "channel");
+    let raw = RawSub::start(s.webdis_port, &channel);
+    let base_seq: u64 = s.record_field(&name, "seq").parse().unwrap();
+    let mut published = vec![first.clone()];
+    for i in 0..60 {
+        plan.move_waypoint(i * 7, 0.00001 * (i as f64 + 1.0), -0.00002);
+        let text = plan.text();
+        leader.publish(&name, text.as_bytes()).unwrap();
+        leader.flush(&name, 10_000).unwrap();
+        published.push(text);
+    }
+    let last = published.last().unwrap().clone();
+    rec.wait_state(&name, &last, T);
+    rec2.wait_state(&name, &last, T);
+    assert_eq!(
+        s.record_field(&name, "state"),
+        last,
+        "the record holds the full newest state"
+    );
+    // The residue sums the functions keep to check the next delta's
+    // checksum cheaply are those of the stored state.
+    let mut sums = [0u64; 4];
+    for (i, b) in last.bytes().enumerate() {
+        sums[i % 4] += b as u64;
+    }
+    let expected = format!("{} {} {} {}", sums[0], sums[1], sums[2], sums[3]);
+    assert_eq!(s.record_field(&name, "sums"), expected);
+    assert_subsequence(&states_after(&rec, &name, &first), &published, "follower 1");
+    assert_subsequence(
+        &states_after(&rec2, &name, &first),
+        &published,
+        "follower 2",
+    );
+    // Every publish was flushed: each is on the channel, as a delta.
+    wait_until(T, || {
+        raw.payloads()
+            .iter()
+            .filter(|p| p.starts_with("d "))
+            .count()
+            >= 60
+    });
+    let payloads = raw.payloads();
+    let deltas: Vec<&String> = payloads.iter().filter(|p| p.starts_with("d ")).collect();
+    assert_eq!(
+        deltas.len(),
+        60,
+        "{:?}",
+        payloads
+            .iter()
+            .map(|p| &p[..p.len().min(40)])
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !payloads.iter().any(|p| p.starts_with("s ")),
+        "no state went in full"
+    );
+    let bytes: usize = deltas.iter().map(|p| p.len()).sum();
+    let per_update = bytes / deltas.len();
+    assert!(
+        per_update * 100 < first.len(),
+        "{per_update} bytes per update for a {} byte plan",
+        first.len()
+    );
+    let replayed = replay(&payloads, (base_seq, first.clone()));
+    assert_eq!(replayed.len(), 61);
+    for (i, (_, st)) in replayed.iter().enumerate() {
+        assert!(*st == published[i], "replayed state #{i} differs");
+    }
+    drop(raw);
+    drop((follower, second, leader));
+}
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+const PIECES: &[&str] = &[
+    "{\"wp\":",
+    "47.39",
+    "é",
+    "✈",
+    "𝄞",
+    "ß",
+    ",",
+    "\n    ",
+    "\"名前\"",
+    "]",
+];
+
+fn text(r: &mut Rng, n: usize) -> String {
+    (0..n).map(|_| PIECES[r.below(PIECES.len())]).collect()
+}
+
+/// One random edit at character boundaries: insert, delete, replace, move.
+fn edit(r: &mut Rng, s: &str) -> String {
+    let idx: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
+    let (mut x, mut y) = (idx[r.below(idx.len())], idx[r.below(idx.len())]);
+    if x > y {
+        std::mem::swap(&mut x, &mut y);
+    }
+    if y - x > 400 {
+        y = x + s[x..]
+            .char_indices()
+            .nth(50)
+            .map_or(s.len() - x, |(i, _)| i);
+    }
+    match r.below(4) {
+        0 => {
+            let n = 1 + r.below(8);
+            format!("{}{}{}", &s[..x], text(r, n), &s[x..])
+        }
+        1 => format!("{}{}", &s[..x], &s[y..]),
+        2 => {
+            let n = r.below(6);
+            format!("{}{}{}", &s[..x], text(r, n), &s[y..])
+        }
+        _ => {
+            let rest = format!("{}{}", &s[..x], &s[y..]);
+            let ri: Vec<usize> = rest
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([rest.len()])
+                .collect();
+            let z = ri[r.below(ri.len())];
+            format!("{}{}{}", &rest[..z], &s[x..y], &rest[z..])
+        }
+    }
+}
+
+/// Long random edit sequences of multi-byte text, some flushed one by one,
+/// some published in bursts (the leader coalesces them); a follower from
+/// the start, one joining mid-sequence, one whose Webdis restarts
+/// mid-sequence (it recovers): every delivered state is one published, in
+/// order, ending with the last, equal to the record.
+#[test]
+fn random_edits_of_multibyte_text_are_delivered_byte_exact() {
+    let mut s = Servers::start();
+    let (leader, follower, rec, name) = s.followed("edits");
+    let mut r = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut state = text(&mut r, 3000);
+    let mut published = vec![state.clone()];
+    leader.publish(&name, state.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let first = state.clone();
+    rec.wait_state(&name, &first, T);
+    let channel = s.record_field(&name, "channel");
+    let raw = RawSub::start(s.webdis_port, &channel);
+    let late = s.client();
+    let rec_late = Recorder::attach(&late);
+    let mut deltas_seen = 0;
+    for round in 0..6 {
+        if round == 2 {
+            late.connect(&name, "pw").unwrap();
+        }
+        if round == 4 {
+            deltas_seen = raw
+                .payloads()
+                .iter()
+                .filter(|p| p.starts_with("d "))
+                .count();
+            // Webdis restarts: every subscription is lost and recovered.
+            s.stop_webdis();
+            s.start_webdis();
+        }
+        for i in 0..60 {
+            for _ in 0..1 + r.below(3) {
+                state = edit(&mut r, &state);
+            }
+            leader.publish(&name, state.as_bytes()).unwrap();
+            published.push(state.clone());
+            if round % 2 == 0 || i % 10 == 9 {
+                leader.flush(&name, 15_000).unwrap();
+            }
+        }
+        leader.flush(&name, 15_000).unwrap();
+    }
+    let last = published.last().unwrap().clone();
+    rec.wait_state(&name, &last, T);
+    rec_late.wait_state(&name, &last, T);
+    assert_eq!(s.record_field(&name, "state"), last);
+    assert_subsequence(&states_after(&rec, &name, &first), &published, "follower");
+    let late_states = rec_late.states(&name);
+    let from = published
+        .iter()
+        .position(|p| *p == late_states[0].1)
+        .expect("the late follower's first state was published");
+    assert_subsequence(&late_states, &published[from..], "late follower");
+    assert!(deltas_seen > 50, "only {deltas_seen} deltas on the channel");
+    drop(raw);
+    drop((follower, late, leader));
+}
+
+/// The functions refuse malformed or mismatched deltas sent straight to
+/// Redis with a clear error, and change nothing; a good one is applied,
+/// stored in full and broadcast as a delta.
+#[test]
+fn bad_deltas_reaching_the_functions_change_nothing() {
+    let s = Servers::start();
+    let leader = s.client();
+    let name = unique("direct-delta");
+    leader.start(&name, "pw", "code").unwrap();
+    let channel = s.record_field(&name, "channel");
+    let token = s.take_lead(&name, "pw", "code");
+    let key = format!("stream:{name}");
+    let publish = |id: &str, kind: &str, base_seq: &str, base_id: &str, data: &[u8]| {
+        let body = protocol::frame_body(&[token.as_bytes(), channel.as_bytes(), data]);
+        let out = std::process::Command::new("redis-cli")
+            .arg("-p")
+            .arg(s.redis_port.to_string())
+            .args([
+                "FCALL",
+                "ms_publish",
+                "1",
+                &key,
+                PROTOCOL_VERSION,
+                "n0nce",
+                id,
+                "0",
+                kind,
+                base_seq,
+                base_id,
+            ])
+            .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&body))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let id = |n: u64| format!("bbbbbbbbbbbbbbbb{n:016x}");
+    let base = "{\"name\":\"caf\u{e9} \u{2708}\",\"wp\":[1,2,3]}";
+    let out = publish(&id(1), "full", "-", "-", base.as_bytes());
+    assert!(out.starts_with("n0nce\n1\n"), "{out}");
+    let target = "{\"name\":\"caf\u{ea} \u{2708}\",\"wp\":[1,2,3,4]}";
+    let good = missionstream::delta::create(base, target);
+    let raw = RawSub::start(s.webdis_port, &channel);
+    let unchanged = |why: &str| {
+        assert_eq!(s.record_field(&name, "state"), base, "{why}");
+        assert_eq!(s.record_field(&name, "seq"), "1", "{why}");
+        assert_eq!(s.record_field(&name, "pub"), id(1), "{why}");
+    };
+    // The base must be the stored state: seq and publish id.
+    for (seq, pid) in [
+        ("0", id(1)),
+        ("2", id(1)),
+        ("1", id(0)),
+        ("1", "-".to_string()),
+    ] {
+        let out = publish(&id(2), "delta", seq, &pid, good.as_bytes());
+        assert!(out.contains("MSBASE n0nce"), "{out}");
+        unchanged(&out);
+    }
+    // Malformed deltas and arguments.
+    let ck = |t: &[u8]| -> String {
+        // Fossil's digits for the checksum of t.
+        let mut v = missionstream::delta::checksum(t) as u64;
+        let d = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz~";
+        let mut out = Vec::new();
+        loop {
+            out.push(d[(v & 63) as usize]);
+            v >>= 6;
+            if v == 0 {
+                break;
+            }
+        }
+        out.reverse();
+        String::from_utf8(out).unwrap()
+    };
+    let split_char = &base.as_bytes()[..13]; // ends inside "é"
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "a wrong checksum",
+            format!(
+                "{}1;",
+                good.trim_end_matches(';')
+                    .trim_end_matches(|c: char| c.is_ascii_alphanumeric())
+            )
+            .into_bytes(),
+        ),
+        ("no checksum", b"3\n3@0,".to_vec()),
+        (
+            "a copy outside the base",
+            format!("3\n3@99,{};", ck(b"xxx")).into_bytes(),
+        ),
+        (
+            "a copy splitting a character",
+            format!("D\nD@0,{};", ck(split_char)).into_bytes(),
+        ),
+        ("a longer target than declared", b"2\n3:abc0;".to_vec()),
+        (
+            "a shorter target than declared",
+            format!("9\n3:abc{};", ck(b"abc")).into_bytes(),
+        ),
+        ("a target over 8 MiB", b"W00000\n0;".to_vec()),
+        ("a literal past the end", b"9\n9:abc".to_vec()),
+        ("not UTF-8", b"2\n2:\xc3\x28".to_vec()),
+        ("an unknown command", b"3\n3#0,0;".to_vec()),
+        ("not a delta", b"{\"wp\":1}".to_vec()),
+    ];
+    for (why, delta) in &bad {
+        let out = publish(&id(2), "delta", "1", &id(1), delta);
+        assert!(out.contains("MSARG n0nce"), "{why}: {out}");
+        unchanged(why);
+    }
+    for (kind, bs, bi) in [
+        ("patch", "1", id(1)),
+        ("full", "1", id(1)),
+        ("delta", "x", id(1)),
+        ("delta", "1", "zz".into()),
+    ] {
+        let out = publish(&id(2), kind, bs, &bi, good.as_bytes());
+        assert!(out.contains("MSARG n0nce"), "{kind} {bs} {bi}: {out}");
+        unchanged(kind);
+    }
+    // The good delta: applied, stored in full, broadcast as the delta.
+    let out = publish(&id(2), "delta", "1", &id(1), good.as_bytes());
+    assert!(out.starts_with("n0nce\n2\n"), "{out}");
+    assert_eq!(s.record_field(&name, "state"), target);
+    wait_until(T, || raw.payloads().iter().any(|p| p.starts_with("d 2 1 ")));
+    let payloads = raw.payloads();
+    let msg = payloads.iter().find(|p| p.starts_with("d 2 1 ")).unwrap();
+    assert!(msg.ends_with(&format!("\n{good}")), "{msg:?}");
+    assert_eq!(
+        payloads.len(),
+        1,
+        "nothing else was broadcast: {payloads:?}"
+    );
+    // Repeated: stored once.
+    let out = publish(&id(2), "delta", "1", &id(1), good.as_bytes());
+    assert!(out.starts_with("n0nce\n2\n"), "{out}");
+    // Against a state stored from a delta (its residue sums kept in the
+    // record): a wrong checksum is still refused, a right one applied.
+    let next = format!("{target} \u{2708}\u{e9}");
+    let good2 = missionstream::delta::create(target, &next);
+    let wrong2 = format!(
+        "{}1;",
+        good2
+            .trim_end_matches(';')
+            .trim_end_matches(|c: char| c.is_ascii_alphanumeric())
+    );
+    let out = publish(&id(3), "delta", "2", &id(2), wrong2.as_bytes());
+    assert!(out.contains("MSARG n0nce"), "{out}");
+    assert_eq!(s.record_field(&name, "state"), target);
+    let out = publish(&id(3), "delta", "2", &id(2), good2.as_bytes());
+    assert!(out.starts_with("n0nce\n3\n"), "{out}");
+    assert_eq!(s.record_field(&name, "state"), next);
+}
+
+/// The record loses the leader's base (as a failover that lost a write
+/// does): the delta is refused with MSBASE, the leader sends the state in
+/// full at once (no PUBLISH_FAILED), the lead goes on, and followers get
+/// every state.
+#[test]
+fn a_lost_base_makes_the_leader_send_in_full() {
+    let s = Servers::start();
+    let (leader, follower, rec, name) = s.followed("lost-base");
+    let leader_events = Recorder::attach(&leader);
+    let mut plan = Plan::survey(200, 3);
+    leader.publish(&name, plan.text().as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    plan.move_waypoint(5, 0.0001, 0.0);
+    leader.publish(&name, plan.text().as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let channel = s.record_field(&name, "channel");
+    let raw = RawSub::start(s.webdis_port, &channel);
+    // Another state in the record, as if the last write were lost.
+    s.redis_cli(&[
+        "HSET",
+        &format!("stream:{name}"),
+        "pub",
+        "cccccccccccccccc0000000000000001",
+    ]);
+    plan.move_waypoint(9, 0.0001, 0.0);
+    let text = plan.text();
+    leader.publish(&name, text.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    assert_eq!(s.record_field(&name, "state"), text);
+    rec.wait_state(&name, &text, T);
+    // Then deltas again.
+    plan.move_waypoint(11, 0.0001, 0.0);
+    let next = plan.text();
+    leader.publish(&name, next.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    rec.wait_state(&name, &next, T);
+    wait_until(T, || raw.payloads().len() >= 2);
+    let kinds: Vec<char> = raw
+        .payloads()
+        .iter()
+        .filter(|p| !p.starts_with("h "))
+        .map(|p| p.chars().next().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!['s', 'd'], "in full after MSBASE, then a delta");
+    // MSBASE is no failure: the state went in full at once.
+    assert!(
+        !leader_events
+            .snapshot()
+            .iter()
+            .any(|e| e.kind == missionstream::EventKind::MS_EVENT_PUBLISH_FAILED),
+        "{:?}",
+        leader_events.snapshot()
+    );
+    drop((follower, leader));
+}
+
+/// Small states go in full (a delta would save nothing worth a base check).
+#[test]
+fn small_states_go_in_full() {
+    let s = Servers::start();
+    let (leader, _follower, rec, name) = s.followed("small");
+    let channel = s.record_field(&name, "channel");
+    let raw = RawSub::start(s.webdis_port, &channel);
+    for i in 0..3 {
+        leader
+            .publish(&name, format!("{{\"wp\":{i}}}").as_bytes())
+            .unwrap();
+        leader.flush(&name, 10_000).unwrap();
+    }
+    rec.wait_state(&name, "{\"wp\":2}", T);
+    wait_until(T, || raw.payloads().len() >= 3);
+    assert!(
+        raw.payloads().iter().all(|p| p.starts_with("s ")),
+        "{:?}",
+        raw.payloads()
+    );
+    let _: &Client = &leader;
+}
+
+/// A delta the functions refuse (MSARG: here the record's state was
+/// changed under the same seq and publish id, so a copy reaches outside
+/// it) is sent again in full: the state is stored, not retried forever.
+#[test]
+fn a_refused_delta_is_sent_again_in_full() {
+    let s = Servers::start();
+    let (leader, _follower, rec, name) = s.followed("refused-delta");
+    let mut plan = Plan::survey(100, 5);
+    leader.publish(&name, plan.text().as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    s.redis_cli(&["HSET", &format!("stream:{name}"), "state", "{}"]);
+    plan.move_waypoint(50, 0.0001, 0.0);
+    let text = plan.text();
+    leader.publish(&name, text.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    assert_eq!(s.record_field(&name, "state"), text);
+    rec.wait_state(&name, &text, T);
+}
+
+/// Six followers of one channel (Webdis 0.1.9 swaps adjacent messages
+/// when several subscribers are attached) and 300 one-waypoint moves
+/// flushed one by one: every follower delivers only published states, in
+/// order, and ends with the last; a delta whose base came second waited
+/// for it (or, past the bound, the snapshot was read).
+#[test]
+fn many_followers_with_reordered_messages_deliver_only_verified_states() {
+    let s = Servers::start();
+    let leader = s.client();
+    let name = unique("swaps");
+    leader.start(&name, "pw", "code").unwrap();
+    let mut plan = Plan::survey(60, 9);
+    let first = plan.text();
+    leader.publish(&name, first.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let followers: Vec<(Client, Arc<Recorder>)> = (0..6)
+        .map(|_| {
+            let c = s.client();
+            let r = Recorder::attach(&c);
+            c.connect(&name, "pw").unwrap();
+            (c, r)
+        })
+        .collect();
+    let reads_before = missionstream::delta_snapshot_reads();
+    let mut published = vec![first.clone()];
+    for i in 0..300 {
+        plan.move_waypoint(i * 7, 0.00001, 0.00001);
+        let text = plan.text();
+        leader.publish(&name, text.as_bytes()).unwrap();
+        leader.flush(&name, 10_000).unwrap();
+        published.push(text);
+    }
+    let last = published.last().unwrap().clone();
+    for (k, (_, r)) in followers.iter().enumerate() {
+        r.wait_state(&name, &last, T);
+        assert_subsequence(
+            &states_after(r, &name, &first),
+            &published,
+            &format!("follower {k}"),
+        );
+    }
+    eprintln!(
+        "snapshot reads caused by deltas: {}",
+        missionstream::delta_snapshot_reads() - reads_before
+    );
+    drop(followers);
+}
