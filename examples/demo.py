@@ -6,6 +6,14 @@ for ~4 seconds; the follower (another client, as another planner would be)
 prints every state it receives with its seq and the end-to-end delay. Then
 the leader stops the stream and the follower sees it end.
 
+Then a second stream: a ~1,000-waypoint survey plan in QGroundControl's
+.plan format (~600 KB of JSON), one waypoint dragged per update. The
+library sends each update as a delta against the stored plan; a raw
+subscriber on the stream's Redis channel (written here from the protocol
+document with Python's standard library alone) shows the bytes each
+update costs on the wire, beside the size of the plan the follower
+rebuilds and checks.
+
     make server && . .run/server/env    # a local Redis + Webdis; sets MISSIONSTREAM_URL
     PYTHONPATH=bindings/python python3 examples/demo.py
 
@@ -15,13 +23,18 @@ scripts/demo.sh (make demo) starts a throw-away Redis + Webdis and runs this for
 from __future__ import annotations
 
 import argparse
+import hashlib
+import http.client
+import json
 import math
 import os
+import random
 import statistics
 import sys
 import threading
 import time
-from typing import Any, Dict, List, Optional
+import urllib.parse
+from typing import Any, Dict, List, Optional, Tuple
 
 import missionstream as ms
 
@@ -80,6 +93,173 @@ def lead(
     done.set()
 
 
+# ------------------------------------------------------------- the survey
+
+PROTOCOL = "6"  # the wire protocol version (docs/PROTOCOL.md)
+
+
+def survey_plan(waypoints: int, seed: int = 7) -> Dict[str, Any]:
+    """A QGroundControl .plan: a lawnmower survey of `waypoints` items with
+    camera triggers, a geofence and rally points."""
+    rng = random.Random(seed)
+    lat0, lon0 = 47.3977, 8.5456
+    items: List[Dict[str, Any]] = [{
+        "AMSLAltAboveTerrain": None, "Altitude": 50, "AltitudeMode": 1, "autoContinue": True,
+        "command": 22, "doJumpId": 1, "frame": 3, "params": [15, 0, 0, None, lat0, lon0, 50],
+        "type": "SimpleItem",
+    }]
+    for i in range(2, waypoints + 1):
+        row, col = divmod(i, 40)
+        lat = round(lat0 + row * 0.0004, 7)
+        lon = round(lon0 + (col if row % 2 == 0 else 39 - col) * 0.0005, 7)
+        alt = 60 + rng.randint(0, 5)
+        items.append({
+            "AMSLAltAboveTerrain": None, "Altitude": alt, "AltitudeMode": 1, "autoContinue": True,
+            "command": 16, "doJumpId": i, "frame": 3, "params": [0, 0, 0, None, lat, lon, alt],
+            "type": "SimpleItem",
+        })
+        if col == 0:  # camera trigger distance at the start of each leg
+            items.append({
+                "autoContinue": True, "command": 206, "doJumpId": i + 100000, "frame": 2,
+                "params": [25, 0, 1, 0, 0, 0, 0], "type": "SimpleItem",
+            })
+    return {
+        "fileType": "Plan",
+        "geoFence": {
+            "circles": [],
+            "polygons": [{"inclusion": True, "version": 1, "polygon": [
+                [lat0 - 0.001, lon0 - 0.001], [lat0 - 0.001, lon0 + 0.021],
+                [lat0 + 0.011, lon0 + 0.021], [lat0 + 0.011, lon0 - 0.001]]}],
+            "version": 2,
+        },
+        "groundStation": "QGroundControl",
+        "mission": {
+            "cruiseSpeed": 15, "firmwareType": 12, "hoverSpeed": 5, "items": items,
+            "plannedHomePosition": [lat0, lon0, 488], "vehicleType": 2, "version": 2,
+        },
+        "rallyPoints": {"points": [[lat0 + 0.0002, lon0 + 0.0002, 50], [lat0 + 0.01, lon0 + 0.02, 50]],
+                        "version": 2},
+        "version": 1,
+    }
+
+
+def _arg(text: str) -> str:
+    """A path argument, every byte outside A-Za-z0-9_- percent-encoded."""
+    return urllib.parse.quote(text, safe="").replace(".", "%2E").replace("~", "%7E")
+
+
+def _fcall(url: str, command: str, function: str, keys: List[str], body: bytes) -> List[Any]:
+    """One call of a function through Webdis: the reply without its nonce."""
+    u = urllib.parse.urlsplit(url)
+    nonce = os.urandom(8).hex()
+    path = f"{u.path.rstrip('/')}/{command}/{function}/{len(keys)}/" + "/".join(
+        _arg(a) for a in keys + [PROTOCOL, nonce])
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
+    try:
+        conn.request("PUT", path, body=body)
+        reply = json.loads(conn.getresponse().read())[command]
+    finally:
+        conn.close()
+    if not isinstance(reply, list) or not reply or reply[0] != nonce:
+        raise RuntimeError(f"{function}: unexpected reply {reply!r}")
+    return reply[1:]
+
+
+def channel_of(url: str, name: str, password: str) -> str:
+    """The stream's channel, asked as any client of the protocol would:
+    ms_params, the password's PBKDF2 key, ms_connect."""
+    key = "stream:" + name
+    kdf, iterations, salt = _fcall(url, "FCALL_RO", "ms_params", [key], b"")
+    assert kdf == "pbkdf2-sha256", kdf
+    derived = hashlib.pbkdf2_hmac("sha256", password.encode(), ("pw:" + salt).encode(), int(iterations), 32)
+    channel, _hb = _fcall(url, "FCALL", "ms_connect", [key], b"\n" + derived.hex().encode())
+    return channel
+
+
+def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threading.Event) -> None:
+    """Subscribes to `channel` through Webdis and records (kind, bytes) of
+    each stored-state message: `s` a full state, `d` a delta."""
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=1)
+    conn.request("GET", f"{u.path.rstrip('/')}/SUBSCRIBE/{_arg(channel)}")
+    resp = conn.getresponse()
+    decoder, buf = json.JSONDecoder(), ""
+    while not stop.is_set():
+        try:
+            chunk = resp.read1(65536)
+        except (TimeoutError, OSError):
+            continue
+        if not chunk:
+            break
+        buf += chunk.decode("utf-8", "replace")
+        while True:
+            buf = buf.lstrip()
+            try:
+                obj, end = decoder.raw_decode(buf)
+            except ValueError:
+                break
+            buf = buf[end:]
+            msg = obj.get("SUBSCRIBE", [])
+            if len(msg) == 3 and msg[0] == "message" and msg[2][:2] in ("s ", "d "):
+                out.append((msg[2][0], len(msg[2].encode())))
+    conn.close()
+
+
+def survey(url: str, name: str, updates: int, rate: float) -> bool:
+    """Drags one waypoint of a ~1,000-waypoint survey per update; prints
+    the bytes each update costs on the channel and checks that the
+    follower rebuilt every plan exactly."""
+    plan = survey_plan(1000)
+    text = first = json.dumps(plan, indent=4)
+    print(f"\nsurvey:   {len(plan['mission']['items'])} mission items, {len(text.encode()):,} bytes of .plan JSON;"
+          f" dragging one waypoint per update, {updates} updates")
+    sent: Dict[int, str] = {}
+    with ms.Client(url) as lc, ms.Client(url) as fc:
+        leader = lc.start(name, "demo-password", "demo-leader-code")
+        leader.publish(text)
+        leader.flush()
+        follower = fc.connect(name, "demo-password")
+        wire: List[Tuple[str, int]] = []
+        stop = threading.Event()
+        reader = threading.Thread(target=raw_messages, args=(url, channel_of(url, name, "demo-password"), wire, stop),
+                                  daemon=True)
+        reader.start()
+        time.sleep(0.3)  # the raw subscriber is set up
+        rng = random.Random(1)
+        texts: List[str] = []
+        for step in range(1, updates + 1):
+            item = plan["mission"]["items"][rng.randrange(1, len(plan["mission"]["items"]))]
+            if item["command"] == 16:
+                item["params"][4] = round(item["params"][4] + 0.00005, 7)
+                item["params"][5] = round(item["params"][5] - 0.00005, 7)
+            text = json.dumps(plan, indent=4)
+            texts.append(text)
+            leader.publish(text)
+            leader.flush()
+            time.sleep(1 / rate)
+        got: Dict[str, int] = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and texts[-1] not in got:
+            event = follower.next_event(max(0.01, deadline - time.monotonic()))
+            if event.kind is ms.EventKind.STATE and event.data is not None:
+                got[event.data] = event.seq
+        time.sleep(0.3)
+        stop.set()
+        leader.stop()
+    # Every plan the follower delivered is one the leader published.
+    exact = texts[-1] in got and all(t in texts or t == first for t in got)
+    deltas = [n for kind, n in wire if kind == "d"]
+    fulls = [n for kind, n in wire if kind == "s"]
+    for i, (kind, n) in enumerate(wire[:5]):
+        print(f"wire:     update {i + 1}: {'delta' if kind == 'd' else 'full state'} of {n:,} bytes "
+              f"({100 * n / len(texts[0].encode()):.3f} % of the plan)")
+    if deltas:
+        print(f"summary:  {len(deltas)} of {len(wire)} updates went as deltas, median {statistics.median(deltas):.0f} bytes"
+              f" on the channel against {len(texts[-1].encode()):,} for the plan"
+              f"{f'; {len(fulls)} in full' if fulls else ''}; the follower rebuilt the last plan byte for byte: {exact}")
+    return exact and len(wire) == updates and bool(deltas)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -96,6 +276,8 @@ def main() -> int:
         help="the leader's heartbeat interval in seconds (default: the library's); followers take a "
         "subscription that stayed silent for two intervals for lost, as every one is in a failover",
     )
+    parser.add_argument("--survey-updates", type=int, default=20,
+                        help="waypoint drags of the survey phase (default 20; 0 skips it)")
     args = parser.parse_args()
 
     name = f"demo/mission-plan/{os.getpid()}"
@@ -159,7 +341,11 @@ def main() -> int:
     ok = ended and last_revision == stats["published"]
     if not ok:
         print(f"demo: FAILED: ended={ended}, last revision seen {last_revision} of {stats['published']}", file=sys.stderr)
-    return 0 if ok else 1
+        return 1
+    if args.survey_updates > 0 and not survey(args.url, name + "-survey", args.survey_updates, args.rate):
+        print("demo: FAILED: the survey's updates did not all reach the channel as deltas and the follower", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -157,5 +157,23 @@ def test_the_protocol_version_is_the_same_everywhere() -> None:
     lua = re.search(r"^local PROTOCOL = '(\d+)'", (REPO / "lua/missionstream.lua").read_text(), re.M)
     readme = re.search(r"protocol version \(now (\d+)\)", (REPO / "README.md").read_text())
     doc = re.search(r"^# missionstream wire protocol \(version (\d+)\)", (REPO / "docs/PROTOCOL.md").read_text(), re.M)
-    assert rust and lua and readme and doc
-    assert {rust[1], lua[1], readme[1], doc[1]} == {rust[1]}, (rust[1], lua[1], readme[1], doc[1])
+    demo = re.search(r'^PROTOCOL = "(\d+)"', (REPO / "examples/demo.py").read_text(), re.M)
+    assert rust and lua and readme and doc and demo
+    versions = (rust[1], lua[1], readme[1], doc[1], demo[1])
+    assert set(versions) == {rust[1]}, versions
+
+
+def test_the_demo_runs_and_shows_deltas_on_the_wire() -> None:
+    """`make demo`'s script: the small plan end to end, then the survey whose
+    waypoint drags cost a few dozen bytes each on the channel."""
+    out = subprocess.run(
+        ["scripts/demo.sh", "--seconds", "1", "--survey-updates", "5"],
+        cwd=REPO, env=shell_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "the leader stopped the stream (ENDED)" in out.stdout, out.stdout
+    m = re.search(r"summary:  (\d+) of (\d+) updates went as deltas, median (\d+) bytes on the channel against ([\d,]+)", out.stdout)
+    assert m, out.stdout
+    assert m[1] == m[2] == "5", out.stdout
+    assert int(m[3]) < 200 < 500_000 < int(m[4].replace(",", "")), out.stdout
+    assert "byte for byte: True" in out.stdout, out.stdout
