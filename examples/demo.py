@@ -149,20 +149,28 @@ def _arg(text: str) -> str:
 
 
 def _fcall(url: str, command: str, function: str, keys: List[str], body: bytes) -> List[Any]:
-    """One call of a function through Webdis: the reply without its nonce."""
-    u = urllib.parse.urlsplit(url)
+    """One call of a function through Webdis: the reply without its nonce.
+    `url` may list several endpoints (comma-separated): the first whose
+    Redis takes the call answers (a replica refuses a write: READONLY)."""
     nonce = os.urandom(8).hex()
-    path = f"{u.path.rstrip('/')}/{command}/{function}/{len(keys)}/" + "/".join(
-        _arg(a) for a in keys + [PROTOCOL, nonce])
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
-    try:
-        conn.request("PUT", path, body=body)
-        reply = json.loads(conn.getresponse().read())[command]
-    finally:
-        conn.close()
-    if not isinstance(reply, list) or not reply or reply[0] != nonce:
-        raise RuntimeError(f"{function}: unexpected reply {reply!r}")
-    return reply[1:]
+    failures = []
+    for base in url.split(","):
+        u = urllib.parse.urlsplit(base.strip())
+        path = f"{u.path.rstrip('/')}/{command}/{function}/{len(keys)}/" + "/".join(
+            _arg(a) for a in keys + [PROTOCOL, nonce])
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=10)
+        try:
+            conn.request("PUT", path, body=body)
+            reply = json.loads(conn.getresponse().read())[command]
+        except (OSError, ValueError, KeyError) as exc:
+            failures.append(f"{base}: {exc}")
+            continue
+        finally:
+            conn.close()
+        if isinstance(reply, list) and reply and reply[0] == nonce:
+            return reply[1:]
+        failures.append(f"{base}: {reply!r}")
+    raise RuntimeError(f"{function}: no endpoint answered: {failures}")
 
 
 def channel_of(url: str, name: str, password: str) -> str:
@@ -179,7 +187,7 @@ def channel_of(url: str, name: str, password: str) -> str:
 def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threading.Event) -> None:
     """Subscribes to `channel` through Webdis and records (kind, bytes) of
     each stored-state message: `s` a full state, `d` a delta."""
-    u = urllib.parse.urlsplit(url)
+    u = urllib.parse.urlsplit(url.split(",")[-1].strip())  # any node carries the channel
     conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=1)
     conn.request("GET", f"{u.path.rstrip('/')}/SUBSCRIBE/{_arg(channel)}")
     resp = conn.getresponse()
