@@ -64,42 +64,8 @@ for s in held:
 PY
 }
 
-# True when pid file $1 names a live process (not a zombie) whose command is
-# $2: the pid left behind by a topology that is gone may belong to another
-# program by now. (The kernel keeps the first 15 characters of a command name.)
-running() {
-  local pid stat comm
-  [ -f "$1" ] || return 1
-  pid=$(cat "$1" 2>/dev/null) || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  read -r stat comm < <(ps -o stat=,comm= -p "$pid" 2>/dev/null) || return 1
-  [ -n "$comm" ] && [[ "$stat" != Z* ]] && [[ "$2" == "$comm"* ]]
-}
-
-env_value() { sed -n "s/^\(export \)\{0,1\}$1=//p" "$dir/env" 2>/dev/null; }
-
-# Stops the process of pid file $1 (command $2) with signal $3, SIGKILL if it
-# has not gone after 5 s. SIGCONT first: a test may have frozen it (SIGSTOP).
-stop_one() {
-  local file=$1 name=$2 sig=$3 pid
-  if running "$file" "$name"; then
-    pid=$(cat "$file")
-    kill -CONT "$pid" 2>/dev/null || true
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-      running "$file" "$name" || break
-      sleep 0.05
-    done
-    if running "$file" "$name"; then
-      echo "$name (pid $pid) did not stop on SIG$sig: killing it" >&2
-      kill -9 "$pid" 2>/dev/null || true
-    fi
-  fi
-  rm -f "$file"
-}
-
-# The command name of the Webdis that `start` ran (MS_WEBDIS may differ now).
-webdis_name() { cat "$dir/webdis.name" 2>/dev/null || basename "$webdis"; }
+# shellcheck source=scripts/processes.sh
+. "$here/scripts/processes.sh"
 
 # Webdis first (SIGKILL: it keeps no state), then the Sentinels (so that
 # stopping the primary starts no failover), then Redis (SIGTERM: it writes
