@@ -13,7 +13,7 @@ use crate::error::{Error, Result, Status};
 use crate::follower::Follow;
 use crate::kdf::{self, KeyCache, Secret};
 use crate::leader::{Lead, LeadIdentity};
-use crate::nodes::{Endpoints, Nodes};
+use crate::nodes::{Answered, Endpoints, Nodes};
 use crate::protocol::{self, INDEX_KEY};
 use crate::session::{key_of, Config, EndHook, Hooks};
 use crate::util::{lock, random_hex};
@@ -386,7 +386,11 @@ impl Client {
         lead.pause();
         let id = lead.identity();
         let body = protocol::frame_body(&[id.token.as_bytes(), id.channel.as_bytes()]);
-        let (result, repeated) = self.control.fcall_reporting_resend(
+        let Answered {
+            result,
+            resent: repeated,
+            ..
+        } = self.control.fcall_answered(
             false,
             "ms_stop",
             &[&id.key, INDEX_KEY],

@@ -246,23 +246,10 @@ impl Nodes {
             .result
     }
 
-    /// `fcall`, also telling whether the request was sent more than once
-    /// (an earlier try may have been carried out, its response lost).
-    pub fn fcall_reporting_resend(
-        &self,
-        read_only: bool,
-        function: &str,
-        keys: &[&str],
-        args: &[&str],
-        body: &[u8],
-        timeout: Duration,
-    ) -> (Result<Value>, bool) {
-        let a = self.fcall_answered(read_only, function, keys, args, body, timeout);
-        (a.result, a.resent)
-    }
-
     /// Calls a function on the primary, found as the module comment says,
-    /// within `timeout`; tells which node answered.
+    /// within `timeout`; tells which node answered and whether the request
+    /// was sent more than once (an earlier try may have been carried out,
+    /// its response lost).
     pub fn fcall_answered(
         &self,
         read_only: bool,

@@ -361,27 +361,13 @@ impl Webdis {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Value> {
-        self.fcall_reporting_resend(read_only, function, keys, args, body, timeout)
-            .0
-    }
-
-    /// `fcall`, also telling whether the request was sent more than once
-    /// (an earlier try may have been carried out, its response lost).
-    pub fn fcall_reporting_resend(
-        &self,
-        read_only: bool,
-        function: &str,
-        keys: &[&str],
-        args: &[&str],
-        body: &[u8],
-        timeout: Duration,
-    ) -> (Result<Value>, bool) {
-        let called = self.call(read_only, function, keys, args, body, timeout);
-        (called.result, called.resent)
+        self.call(read_only, function, keys, args, body, timeout)
+            .result
     }
 
     /// `fcall`, telling also whether the request was sent more than once
-    /// and whether this node refused it.
+    /// (an earlier try may have been carried out, its response lost) and
+    /// whether this node refused it.
     pub fn call(
         &self,
         read_only: bool,
