@@ -152,12 +152,24 @@ if [ "$(id -u)" = 0 ]; then
   # root writes anywhere: run the install as nobody, with include/ theirs and lib/ not.
   chown 65534 "$ro/usr/local/include"
   as_user=(setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/ PATH=/usr/local/bin:/usr/bin:/bin)
+  # nobody may not enter the checkout (a clone in a `mktemp -d` folder is
+  # root's alone): it runs a readable copy of what install.sh reads.
+  from=$work/tree
+  mkdir -p "$from/scripts" "$from/include" "$from/target/release"
+  cp -r Cargo.toml packaging "$from/"
+  cp scripts/install.sh "$from/scripts/"
+  cp include/missionstream.h include/missionstream.hpp "$from/include/"
+  cp "$target/release/libmissionstream.so" "$target/release/libmissionstream.a" "$from/target/release/"
+  chmod -R a+rX "$from"
+  from_target=$from/target
 else
   chmod 555 "$ro/usr/local/lib"
   as_user=(env)
+  from=.
+  from_target=$target
 fi
 chmod -R a+rX "$work/c" 2>/dev/null || true
-if out=$("${as_user[@]}" CARGO_TARGET_DIR="$target" DESTDIR="$ro" PREFIX=/usr/local scripts/install.sh install 2>&1); then
+if out=$("${as_user[@]}" CARGO_TARGET_DIR="$from_target" DESTDIR="$ro" PREFIX=/usr/local "$from/scripts/install.sh" install 2>&1); then
   fail "install into a read-only lib/ succeeded: $out"
 elif echo "$out" | grep -q "no write access to $ro/usr/local/lib"; then
   ok "refused: $(echo "$out" | grep 'no write access')"
