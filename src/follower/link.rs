@@ -540,8 +540,20 @@ pub(super) fn read_subscription(
             }
             Ok(n) => n,
             Err(e) => {
+                // A chunked stream that cannot be read (Webdis 0.1.9 may
+                // write a message into a response it is still setting up)
+                // is a garbled response, which `open` replaces at once;
+                // anything else is a broken connection.
+                let garbled = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<ureq::Error>())
+                    .is_some_and(|u| matches!(u, ureq::Error::Protocol(_)));
                 let _ = tx.send(Incoming::Closed(Error::new(
-                    Status::MS_ERR_UNAVAILABLE,
+                    if garbled {
+                        Status::MS_ERR_PROTOCOL
+                    } else {
+                        Status::MS_ERR_UNAVAILABLE
+                    },
                     format!("the subscription broke: {e}"),
                 )));
                 return;
