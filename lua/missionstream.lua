@@ -27,7 +27,6 @@ Record of stream <name>: hash "stream:<name>" with fields
     name, kdf, iter, salt, pw, code (SHA-1 hex of the derived key's hex),
     lead (SHA-1 hex of the lead token), channel, state, seq,
     updated_ms, hb_ms, ttl, pub (id of the last stored publish),
-    sums (residue sums of the state, kept by deltas: see apply_delta),
     fails, fail_at, locked_until, locks (the throttling of wrong secrets)
 Index of live streams: set "streams" of names.
 Channel messages (payloads published on the stream's channel):
@@ -204,34 +203,208 @@ local function add_shifted(r, d, shift)
   end
 end
 
--- Copies per delta up to which the checksum is computed from the base's
--- residue sums (beyond: over the whole result).
-local MAX_TRACKED_COPIES = 64
+-- States as ropes. A delta is applied to the stored state and the full
+-- result stored; in Redis' Lua every string made costs ~1.2 ms per MiB
+-- (each byte is hashed), so reading the stored state (HGET) and cutting
+-- it up would cost more than the one string that must be made: the result.
+-- The functions therefore keep the stored state of the streams they
+-- published last in this Lua VM, cut into pieces, each with its residue
+-- sums once known: a delta reuses the pieces it copies whole, makes only
+-- the pieces it cuts or inserts, and joins them once for HSET. A kept
+-- state is used only while the record still holds it (same channel, seq,
+-- publish id and length; a publish id names one state); else it is read
+-- again. The cache holds up to ROPE_BUDGET bytes of states (Lua memory of
+-- Redis, besides the records); FUNCTION LOAD or a restart empties it.
+local ropes, rope_bytes = {}, 0
+local ROPE_BUDGET = 64 * 1024 * 1024
+-- Pieces are cut to about PIECE bytes, and at most PIECES of them make a
+-- state (join100 below joins up to 100 pieces into one string at once).
+local MIN_PIECE = 16 * 1024
+local PIECES = 48
 
--- Whether byte i of s continues a multi-byte character (false past the end).
-local function continues(s, i)
-  local b = string.byte(s, i)
-  return b ~= nil and b >= 128 and b < 192
+-- Joins up to 100 strings into one, making one string only (a chain of
+-- ".." is one concatenation; table.concat makes intermediate strings).
+local function join100(
+  a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19, a20, a21, a22, a23,
+  a24, a25, a26, a27, a28, a29, a30, a31, a32, a33, a34, a35, a36, a37, a38, a39, a40, a41, a42, a43, a44,
+  a45, a46, a47, a48, a49, a50, a51, a52, a53, a54, a55, a56, a57, a58, a59, a60, a61, a62, a63, a64, a65,
+  a66, a67, a68, a69, a70, a71, a72, a73, a74, a75, a76, a77, a78, a79, a80, a81, a82, a83, a84, a85, a86,
+  a87, a88, a89, a90, a91, a92, a93, a94, a95, a96, a97, a98, a99, a100)
+  return
+    a1 .. a2 .. a3 .. a4 .. a5 .. a6 .. a7 .. a8 .. a9 .. a10 .. a11 .. a12 .. a13 .. a14 .. a15 .. a16 ..
+    a17 .. a18 .. a19 .. a20 .. a21 .. a22 .. a23 .. a24 .. a25 .. a26 .. a27 .. a28 .. a29 .. a30 ..
+    a31 .. a32 .. a33 .. a34 .. a35 .. a36 .. a37 .. a38 .. a39 .. a40 .. a41 .. a42 .. a43 .. a44 ..
+    a45 .. a46 .. a47 .. a48 .. a49 .. a50 .. a51 .. a52 .. a53 .. a54 .. a55 .. a56 .. a57 .. a58 ..
+    a59 .. a60 .. a61 .. a62 .. a63 .. a64 .. a65 .. a66 .. a67 .. a68 .. a69 .. a70 .. a71 .. a72 ..
+    a73 .. a74 .. a75 .. a76 .. a77 .. a78 .. a79 .. a80 .. a81 .. a82 .. a83 .. a84 .. a85 .. a86 ..
+    a87 .. a88 .. a89 .. a90 .. a91 .. a92 .. a93 .. a94 .. a95 .. a96 .. a97 .. a98 .. a99 .. a100
+end
+
+local function piece_size(len)
+  return math.max(MIN_PIECE, math.ceil(len / PIECES))
+end
+
+-- The residue sums of piece p (memoized: a piece never changes).
+local function piece_sums(p)
+  if not p.r then p.r = residue_sums(p.s, 0, #p.s) end
+  return p.r
+end
+
+-- A piece of the bytes [a, b) of piece p (0-based). Its sums are those
+-- of the bytes read: of the part itself when it is the smaller side,
+-- else of the rest subtracted from the piece's, so never more than b - a
+-- bytes are scanned; nil (computed when needed) when p's are not known.
+local function sub_piece(p, a, b)
+  if a == 0 and b == #p.s then return p end
+  local r
+  if p.r then
+    local x
+    if b - a <= #p.s / 2 then
+      x = residue_sums(p.s, a, b)
+    else
+      local y, z = residue_sums(p.s, 0, a), residue_sums(p.s, b, #p.s)
+      x = { p.r[1] - y[1] - z[1], p.r[2] - y[2] - z[2], p.r[3] - y[3] - z[3], p.r[4] - y[4] - z[4] }
+    end
+    r = { 0, 0, 0, 0 }
+    add_shifted(r, x, -a % 4)
+  end
+  return { s = string.sub(p.s, a + 1, b), r = r }
+end
+
+-- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
+-- bytes a piece.
+local function add_piece(pieces, p, a, b, size)
+  local n = b - a
+  if n <= 2 * size then
+    if n > 0 then pieces[#pieces + 1] = sub_piece(p, a, b) end
+    return
+  end
+  local k = math.ceil(n / size)
+  for i = 0, k - 1 do
+    pieces[#pieces + 1] = sub_piece(p, a + math.floor(n * i / k), a + math.floor(n * (i + 1) / k))
+  end
+end
+
+-- Index of the piece of a rope holding byte x (0-based; starts: the
+-- offset of each piece).
+local function piece_at(starts, x)
+  local lo, hi = 1, #starts
+  while lo < hi do
+    local mid = math.floor((lo + hi + 1) / 2)
+    if starts[mid] <= x then lo = mid else hi = mid - 1 end
+  end
+  return lo
+end
+
+-- Whether byte x (0-based) of a rope continues a multi-byte character
+-- (false past the end).
+local function continues(rope, starts, x)
+  if x >= rope.len then return false end
+  local i = piece_at(starts, x)
+  local b = string.byte(rope.pieces[i].s, x - starts[i] + 1)
+  return b >= 128 and b < 192
+end
+
+-- Joins runs of adjacent pieces as long as a run stays within `size`
+-- bytes (the sums of a joined piece follow from its parts'), so that a
+-- state does not crumble into ever smaller pieces: any two adjacent pieces
+-- left hold more than `size` bytes together.
+local function merge_pieces(pieces, size)
+  local out, run, run_len = {}, {}, 0
+  local function flush()
+    if #run == 1 then
+      out[#out + 1] = run[1]
+    elseif #run > 1 then
+      local strs, r, pos = {}, { 0, 0, 0, 0 }, 0
+      for k, p in ipairs(run) do
+        strs[k] = p.s
+        add_shifted(r, piece_sums(p), pos % 4)
+        pos = pos + #p.s
+      end
+      out[#out + 1] = { s = table.concat(strs), r = r }
+    end
+    run, run_len = {}, 0
+  end
+  for _, p in ipairs(pieces) do
+    if run_len + #p.s > size then flush() end
+    run[#run + 1] = p
+    run_len = run_len + #p.s
+  end
+  flush()
+  return out
+end
+
+-- The string of a rope's pieces.
+local function join(pieces)
+  if #pieces > 100 then
+    local strs = {}
+    for k, p in ipairs(pieces) do strs[k] = p.s end
+    return table.concat(strs)
+  end
+  local strs = {}
+  for k = 1, 100 do strs[k] = pieces[k] and pieces[k].s or '' end
+  return join100(unpack(strs))
+end
+
+-- The rope of the state stored in the record at key (rec: its fields):
+-- the one kept, while the record still holds it, else read.
+local function rope_of(key, rec)
+  local e = ropes[key]
+  local pub = rec.pub or '-'
+  if e and e.channel == rec.channel and e.seq == rec.seq and e.pub == pub
+      and e.len == redis.call('HSTRLEN', key, 'state') then
+    return e
+  end
+  local s = redis.call('HGET', key, 'state') or ''
+  return { pieces = #s > 0 and { { s = s } } or {}, len = #s }
+end
+
+-- Keeps the rope of the state just stored at key; drops others (any)
+-- when the cache holds more than ROPE_BUDGET bytes.
+local function keep_rope(key, channel, seq, pub, pieces, len)
+  local old = ropes[key]
+  if old then rope_bytes = rope_bytes - old.len end
+  ropes[key] = { channel = channel, seq = seq, pub = pub, pieces = pieces, len = len }
+  rope_bytes = rope_bytes + len
+  if rope_bytes > ROPE_BUDGET then
+    for k, e in pairs(ropes) do
+      if rope_bytes <= ROPE_BUDGET / 2 then break end
+      if k ~= key then
+        rope_bytes = rope_bytes - e.len
+        ropes[k] = nil
+      end
+    end
+  end
+end
+
+local function forget_rope(key)
+  local old = ropes[key]
+  if old then
+    rope_bytes = rope_bytes - old.len
+    ropes[key] = nil
+  end
 end
 
 -- Applies delta d (valid UTF-8 without NUL, checked by the caller) to
--- base (a stored state: valid UTF-8 without NUL), whose residue sums are
--- base_sums (or nil: computed here). Every copy must cover whole
--- characters of the base; then the result, made of whole characters
--- only, is valid UTF-8 without NUL. The checksum is computed from residue
--- sums: of each copied range of the base (from the nearest position whose
--- sums are known, 0 and the end to begin with) and of each literal, so a
--- small change of a large state scans a part of it, not all. Returns the
--- result and its residue sums, or nil and an error text.
-local function apply_delta(base, d, base_sums)
+-- the rope base of a stored state (valid UTF-8 without NUL). Every copy
+-- must cover whole characters of the base; then the result, made of whole
+-- characters only, is valid UTF-8 without NUL. The checksum follows from
+-- the residue sums of the result's pieces. Returns the result and its
+-- pieces, or nil and an error text; base is left as it was.
+local function apply_delta(base, d)
   local limit, pos = delta_int(d, 1)
   if not limit then return nil, 'the delta does not start with the target length' end
   if limit > MAX_STATE then return nil, 'the result of the delta would be larger than 8 MiB' end
   if string.byte(d, pos) ~= 10 then return nil, 'no newline after the target length' end
   pos = pos + 1
-  -- parts: the pieces of the result; cmds: {target offset, n, base offset} of
-  -- copies, {target offset, n, nil, delta offset} of literals (0-based).
-  local parts, cmds, copies, total = {}, {}, 0, 0
+  local size = piece_size(limit)
+  local starts, at = {}, 0
+  for k, p in ipairs(base.pieces) do
+    starts[k] = at
+    at = at + #p.s
+  end
+  local pieces, total = {}, 0
+  local lit = { s = d }
   while true do
     local n
     n, pos = delta_int(d, pos)
@@ -243,75 +416,43 @@ local function apply_delta(base, d, base_sums)
       off, pos = delta_int(d, pos)
       if not off or string.byte(d, pos) ~= 44 then return nil, 'a malformed copy command' end
       pos = pos + 1
-      if off + n > #base then return nil, 'a copy reaches outside the base' end
-      if n > 0 and (continues(base, off + 1) or continues(base, off + n + 1)) then
+      if off + n > base.len then return nil, 'a copy reaches outside the base' end
+      if n > 0 and (continues(base, starts, off) or continues(base, starts, off + n)) then
         return nil, 'a copy splits a character of the base'
       end
       if total + n > limit then return nil, 'the delta writes past its target length' end
-      parts[#parts + 1] = string.sub(base, off + 1, off + n)
-      if n > 0 then
-        cmds[#cmds + 1] = { total, n, off }
-        copies = copies + 1
+      local x, e = off, off + n
+      while x < e do
+        local i = piece_at(starts, x)
+        local p = base.pieces[i]
+        local b = math.min(e - starts[i], #p.s)
+        add_piece(pieces, p, x - starts[i], b, size)
+        x = starts[i] + b
       end
       total = total + n
     elseif op == 58 then -- ':': literal
       if pos + n - 1 > #d then return nil, 'a literal reaches past the end of the delta' end
       if total + n > limit then return nil, 'the delta writes past its target length' end
-      parts[#parts + 1] = string.sub(d, pos, pos + n - 1)
-      cmds[#cmds + 1] = { total, n, nil, pos - 1 }
+      add_piece(pieces, lit, pos - 1, pos - 1 + n, size)
       total = total + n
       pos = pos + n
     elseif op == 59 then -- ';': checksum, the end
       if pos <= #d then return nil, 'bytes after the checksum' end
       if total ~= limit then return nil, 'the result is shorter than the target length' end
-      local out = table.concat(parts)
-      local sums
-      if copies > MAX_TRACKED_COPIES then
-        sums = residue_sums(out, 0, #out)
-      else
-        -- Residue sums of the base at known positions.
-        local known_at = { 0, #base }
-        local known = { { 0, 0, 0, 0 }, base_sums or residue_sums(base, 0, #base) }
-        local function at(x)
-          local best, dist = 1, math.abs(x - known_at[1])
-          for k = 2, #known_at do
-            local e = math.abs(x - known_at[k])
-            if e < dist then best, dist = k, e end
-          end
-          if dist == 0 then return known[best] end
-          local from, g = known_at[best], known[best]
-          local r
-          if from < x then
-            r = residue_sums(base, from, x)
-            for c = 1, 4 do r[c] = g[c] + r[c] end
-          else
-            r = residue_sums(base, x, from)
-            for c = 1, 4 do r[c] = g[c] - r[c] end
-          end
-          known_at[#known_at + 1] = x
-          known[#known + 1] = r
-          return r
-        end
-        sums = { 0, 0, 0, 0 }
-        for _, c in ipairs(cmds) do
-          local t, len, off, lit = c[1], c[2], c[3], c[4]
-          local part
-          if off then
-            local g1, g2 = at(off), at(off + len)
-            part = { g2[1] - g1[1], g2[2] - g1[2], g2[3] - g1[3], g2[4] - g1[4] }
-            add_shifted(sums, part, (t - off) % 4)
-          else
-            add_shifted(sums, residue_sums(d, lit, lit + len), (t - lit) % 4)
-          end
-        end
+      pieces = merge_pieces(pieces, size)
+      local sums, at2 = { 0, 0, 0, 0 }, 0
+      for _, p in ipairs(pieces) do
+        add_shifted(sums, piece_sums(p), at2 % 4)
+        at2 = at2 + #p.s
       end
       if checksum_of(sums) ~= n then return nil, 'the checksum of the result does not match' end
-      return out, sums
+      return join(pieces), pieces
     else
       return nil, 'the delta ends without a checksum or has an unknown command'
     end
   end
 end
+
 
 -- A stream name: 1-256 bytes of UTF-8 without control characters (C0,
 -- DEL, C1). Returns an error text or nil.
@@ -626,28 +767,22 @@ redis.register_function('ms_publish', function(keys, args)
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
-  local state, sums = data, nil
+  local state, pieces = data, nil
   if kind == 'delta' then
     if rec.seq ~= base_seq or (rec.pub or '-') ~= base_id then
       return fail('MSBASE', nonce, 'the stored state (seq ' .. rec.seq .. ') is not the base of the delta; send it in full')
     end
-    local v = redis.call('HMGET', key, 'state', 'sums')
-    local base_sums
-    if v[2] then
-      local r0, r1, r2, r3 = string.match(v[2], '^(%d+) (%d+) (%d+) (%d+)$')
-      if r3 then base_sums = { tonumber(r0), tonumber(r1), tonumber(r2), tonumber(r3) } end
-    end
-    local result
-    state, result = apply_delta(v[1], data, base_sums)
-    if not state then return fail('MSARG', nonce, 'malformed delta: ' .. result) end
-    sums = string.format('%d %d %d %d', result[1], result[2], result[3], result[4])
+    state, pieces = apply_delta(rope_of(key, rec), data)
+    if not state then return fail('MSARG', nonce, 'malformed delta: ' .. pieces) end
+  else
+    pieces = #data > 0 and { { s = data } } or {}
   end
   local seq = math.max(rec.seq, floor) + 1
   local updated = now_ms()
   redis.call('HSET', key, 'state', state, 'seq', seq, 'updated_ms', updated, 'pub', id)
-  -- The residue sums of the stored state (see apply_delta), known after a
-  -- delta; a full state's are computed by the first delta against it.
-  if sums then redis.call('HSET', key, 'sums', sums) else redis.call('HDEL', key, 'sums') end
+  -- (The residue sums an earlier version of these functions kept.)
+  redis.call('HDEL', key, 'sums')
+  keep_rope(key, rec.channel, seq, id, pieces, #state)
   touch(key, rec)
   if kind == 'delta' then
     redis.call('PUBLISH', rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. data)
@@ -700,6 +835,7 @@ redis.register_function('ms_stop', function(keys, args)
   local rec, e = load_leader(nonce, keys[1], f[1], f[2])
   if not rec then return e end
   redis.call('DEL', keys[1])
+  forget_rope(keys[1])
   redis.call('SREM', keys[2], string.sub(keys[1], #RECORD_PREFIX + 1))
   redis.call('PUBLISH', rec.channel, 'e')
   return { nonce }
