@@ -217,9 +217,12 @@ end
 -- Redis, besides the records); FUNCTION LOAD or a restart empties it.
 local ropes, rope_bytes = {}, 0
 local ROPE_BUDGET = 64 * 1024 * 1024
--- Pieces are cut to about PIECE bytes, and at most PIECES of them make a
--- state (join100 below joins up to 100 pieces into one string at once).
-local MIN_PIECE = 16 * 1024
+-- A piece holds up to about piece_size(state length) bytes: 1/PIECES of
+-- the state, at least MIN_PIECE (a cut scans at most half a piece for
+-- residue sums). Adjacent pieces are joined while they fit in one, so a
+-- state has at most 2 * PIECES + 1 pieces (join100 below joins up to 100
+-- into one string at once).
+local MIN_PIECE = 4 * 1024
 local PIECES = 48
 
 -- Joins up to 100 strings into one, making one string only (a chain of

