@@ -359,60 +359,13 @@ pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> 
 }
 
 #[cfg(test)]
+#[path = "../tests/common/edits.rs"]
+mod edits;
+
+#[cfg(test)]
 mod tests {
+    use super::edits::{edit, text, Rng};
     use super::*;
-
-    /// A small deterministic generator (xorshift).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-    }
-
-    const ALPHABET: &[&str] = &["a", "b", "{", "\"", "7", ".", "é", "✈", "𝄞", "ß", ",", " "];
-
-    fn text(r: &mut Rng, n: usize) -> String {
-        (0..n).map(|_| ALPHABET[r.below(ALPHABET.len())]).collect()
-    }
-
-    /// A random edit at character positions: insert, delete, replace, move.
-    fn edit(r: &mut Rng, s: &str) -> String {
-        let idx: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
-        let cut = |r: &mut Rng| idx[r.below(idx.len())];
-        let (mut x, mut y) = (cut(r), cut(r));
-        if x > y {
-            std::mem::swap(&mut x, &mut y);
-        }
-        match r.below(4) {
-            0 => {
-                let n = 1 + r.below(40);
-                format!("{}{}{}", &s[..x], text(r, n), &s[x..])
-            }
-            1 => format!("{}{}", &s[..x], &s[y..]),
-            2 => {
-                let n = r.below(20);
-                format!("{}{}{}", &s[..x], text(r, n), &s[y..])
-            }
-            _ => {
-                let moved = &s[x..y];
-                let rest = format!("{}{}", &s[..x], &s[y..]);
-                let ri: Vec<usize> = rest
-                    .char_indices()
-                    .map(|(i, _)| i)
-                    .chain([rest.len()])
-                    .collect();
-                let z = ri[r.below(ri.len())];
-                format!("{}{}{}", &rest[..z], moved, &rest[z..])
-            }
-        }
-    }
 
     #[test]
     fn numbers_use_fossils_digits() {
@@ -477,7 +430,7 @@ mod tests {
             let base = text(&mut r, n);
             let mut target = base.clone();
             for _ in 0..1 + r.below(4) {
-                target = edit(&mut r, &target);
+                target = edit(&mut r, &target, 40, usize::MAX);
             }
             let d = create(&base, &target);
             assert_eq!(apply(&base, &d, 1 << 23), Ok(target.clone()), "case {case}");

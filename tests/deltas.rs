@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::edits::{edit, large_edit, text, Rng};
 use common::plan::Plan;
 use common::*;
 use missionstream::protocol::{
@@ -252,73 +253,6 @@ fn a_large_plan_moving_one_waypoint_travels_as_small_deltas() {
     drop((follower, second, leader));
 }
 
-/// A small deterministic generator (xorshift).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-const PIECES: &[&str] = &[
-    "{\"wp\":",
-    "47.39",
-    "é",
-    "✈",
-    "𝄞",
-    "ß",
-    ",",
-    "\n    ",
-    "\"名前\"",
-    "]",
-];
-
-fn text(r: &mut Rng, n: usize) -> String {
-    (0..n).map(|_| PIECES[r.below(PIECES.len())]).collect()
-}
-
-/// One random edit at character boundaries: insert, delete, replace, move.
-fn edit(r: &mut Rng, s: &str) -> String {
-    let idx: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
-    let (mut x, mut y) = (idx[r.below(idx.len())], idx[r.below(idx.len())]);
-    if x > y {
-        std::mem::swap(&mut x, &mut y);
-    }
-    if y - x > 400 {
-        y = x + s[x..]
-            .char_indices()
-            .nth(50)
-            .map_or(s.len() - x, |(i, _)| i);
-    }
-    match r.below(4) {
-        0 => {
-            let n = 1 + r.below(8);
-            format!("{}{}{}", &s[..x], text(r, n), &s[x..])
-        }
-        1 => format!("{}{}", &s[..x], &s[y..]),
-        2 => {
-            let n = r.below(6);
-            format!("{}{}{}", &s[..x], text(r, n), &s[y..])
-        }
-        _ => {
-            let rest = format!("{}{}", &s[..x], &s[y..]);
-            let ri: Vec<usize> = rest
-                .char_indices()
-                .map(|(i, _)| i)
-                .chain([rest.len()])
-                .collect();
-            let z = ri[r.below(ri.len())];
-            format!("{}{}{}", &rest[..z], &s[x..y], &rest[z..])
-        }
-    }
-}
-
 /// Long random edit sequences of multi-byte text, some flushed one by one,
 /// some published in bursts (the leader coalesces them); a follower from
 /// the start, one joining mid-sequence, one whose Webdis restarts
@@ -356,7 +290,7 @@ fn random_edits_of_multibyte_text_are_delivered_byte_exact() {
         }
         for i in 0..60 {
             for _ in 0..1 + r.below(3) {
-                state = edit(&mut r, &state);
+                state = edit(&mut r, &state, 8, 50);
             }
             leader.publish(&name, state.as_bytes()).unwrap();
             published.push(state.clone());
@@ -395,7 +329,7 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
     let (leader, follower, rec, name) = s.followed("pieces");
     let mut r = Rng(0x2545_f491_4f6c_dd1d);
     let mut state = text(&mut r, 40_000);
-    assert!(state.len() > 140_000, "{} bytes", state.len());
+    assert!(state.len() > 130_000, "{} bytes", state.len());
     leader.publish(&name, state.as_bytes()).unwrap();
     leader.flush(&name, 10_000).unwrap();
     let first = state.clone();
@@ -409,9 +343,9 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
             s.load_functions(include_str!("../lua/missionstream.lua"));
         }
         state = if r.below(4) == 0 {
-            large_edit(&mut r, &state)
+            large_edit(&mut r, &state, 20_000)
         } else {
-            edit(&mut r, &state)
+            edit(&mut r, &state, 8, 50)
         };
         leader.publish(&name, state.as_bytes()).unwrap();
         leader.flush(&name, 15_000).unwrap();
@@ -438,30 +372,6 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
     assert_subsequence(&states_after(&rec, &name, &first), &all, "follower");
     drop(raw);
     drop((follower, leader));
-}
-
-/// An edit of up to ~20,000 characters, keeping the length about the
-/// same: a block moved, or deleted and another copied.
-fn large_edit(r: &mut Rng, s: &str) -> String {
-    let idx: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
-    let x = r.below(idx.len());
-    let y = (x + 1 + r.below(20_000)).min(idx.len() - 1);
-    let (x, y) = (idx[x], idx[y]);
-    let rest = format!("{}{}", &s[..x], &s[y..]);
-    match r.below(3) {
-        // Deleted, and as many characters of the start copied to the end.
-        0 => {
-            let n = s[x..y].chars().count();
-            let k = rest.char_indices().nth(n).map_or(rest.len(), |(i, _)| i);
-            format!("{rest}{}", &rest[..k])
-        }
-        1 => {
-            let z = rest.char_indices().nth(r.below(rest.chars().count() + 1));
-            let z = z.map_or(rest.len(), |(i, _)| i);
-            format!("{}{}{}", &rest[..z], &s[x..y], &rest[z..])
-        }
-        _ => format!("{}{}{}", &s[..x], &s[y..], &s[x..y]),
-    }
 }
 
 /// The functions refuse malformed or mismatched deltas sent straight to

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod edits;
 pub mod faults;
 pub mod plan;
 pub mod tls;
