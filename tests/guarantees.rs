@@ -473,6 +473,8 @@ fn a_garbled_subscribe_response_is_replaced_by_a_fresh_subscription() {
     follower.set_timeout(5000).unwrap();
     let rec = Recorder::attach(&follower);
     follower.connect(&name, "pw").unwrap();
+    // The join state before any other (latest wins could replace it).
+    rec.wait_state(&name, "{}", T);
     assert_eq!(relay.garbled(), 1);
     assert!(relay.subscribes() >= 2, "a fresh subscription replaced it");
     leader.publish(&name, b"{\"v\":1}").unwrap();
@@ -538,7 +540,9 @@ fn a_garbled_chunk_size_while_connecting_is_replaced_by_a_fresh_subscription() {
         took < Duration::from_millis(2500),
         "connect took {took:?}: the garbled subscription was not replaced at once"
     );
-    // Each state waited for before the next (latest wins could skip one).
+    // The join state, then each state waited for before the next (latest
+    // wins could replace one not yet taken by the callback).
+    rec.wait_state(&name, "{}", T);
     for v in 1..=3 {
         let state = format!("{{\"v\":{v}}}");
         leader.publish(&name, state.as_bytes()).unwrap();
@@ -584,6 +588,8 @@ fn a_garbled_chunk_size_mid_stream_is_recovered_from() {
     follower.set_timeout(5000).unwrap();
     let rec = Recorder::attach(&follower);
     follower.connect(&name, "pw").unwrap();
+    // The join state before any other (latest wins could replace it).
+    rec.wait_state(&name, "{}", T);
     let publish = |v: u64| {
         leader
             .publish(&name, format!("{{\"v\":{v}}}").as_bytes())
