@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::faults::{FaultRelay, Faults, Gate, SwitchRelay};
+use common::faults::{FaultRelay, Faults, GarbleChunk, Gate, SwitchRelay};
 use common::*;
-use missionstream::{Client, Event, EventKind};
+use missionstream::{Client, Event, EventKind, Status};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -473,6 +473,8 @@ fn a_garbled_subscribe_response_is_replaced_by_a_fresh_subscription() {
     follower.set_timeout(5000).unwrap();
     let rec = Recorder::attach(&follower);
     follower.connect(&name, "pw").unwrap();
+    // The join state before any other (latest wins could replace it).
+    rec.wait_state(&name, "{}", T);
     assert_eq!(relay.garbled(), 1);
     assert!(relay.subscribes() >= 2, "a fresh subscription replaced it");
     leader.publish(&name, b"{\"v\":1}").unwrap();
@@ -481,4 +483,178 @@ fn a_garbled_subscribe_response_is_replaced_by_a_fresh_subscription() {
         rec.states(&name),
         seq_states(&[(0, "{}"), (1, "{\"v\":1}")])
     );
+}
+
+/// The events of `stream` other than states and presence (CONNECTION_LOST,
+/// RECONNECTED, ENDED), with their status.
+fn connection_events(rec: &Recorder, stream: &str) -> Vec<(EventKind, Status)> {
+    rec.snapshot()
+        .into_iter()
+        .filter(|e| {
+            e.stream == stream
+                && matches!(
+                    e.kind,
+                    EventKind::MS_EVENT_CONNECTION_LOST
+                        | EventKind::MS_EVENT_RECONNECTED
+                        | EventKind::MS_EVENT_ENDED
+                )
+        })
+        .map(|e| (e.kind, e.status))
+        .collect()
+}
+
+/// Webdis 0.1.9 once garbled the chunked body of a new subscription (a
+/// chunk size that is not one) after its head and acknowledgement came
+/// whole. Here the chunk carrying the probe's echo is garbled while
+/// connect waits for it: that subscription is replaced at once (not after
+/// an attempt's wait), connect succeeds without any event but the join
+/// state, and the states published after follow in order.
+#[test]
+fn a_garbled_chunk_size_while_connecting_is_replaced_by_a_fresh_subscription() {
+    let s = Servers::start();
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            garble_chunk_size: Some(GarbleChunk {
+                subscriptions: 1,
+                pattern: "",
+                nth: 1,
+            }),
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("garbled-chunk-join");
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    // An attempt to subscribe waits a quarter of this (2.5 s) before it
+    // is tried again.
+    follower.set_timeout(10_000).unwrap();
+    let rec = Recorder::attach(&follower);
+    let started = Instant::now();
+    follower.connect(&name, "pw").unwrap();
+    let took = started.elapsed();
+    assert_eq!(relay.chunk_sizes_garbled(), 1, "the fault was played");
+    assert!(relay.subscribes() >= 2, "a fresh subscription replaced it");
+    assert!(
+        took < Duration::from_millis(2500),
+        "connect took {took:?}: the garbled subscription was not replaced at once"
+    );
+    // The join state, then each state waited for before the next (latest
+    // wins could replace one not yet taken by the callback).
+    rec.wait_state(&name, "{}", T);
+    for v in 1..=3 {
+        let state = format!("{{\"v\":{v}}}");
+        leader.publish(&name, state.as_bytes()).unwrap();
+        rec.wait_state(&name, &state, T);
+    }
+    assert_eq!(
+        rec.states(&name),
+        seq_states(&[
+            (0, "{}"),
+            (1, "{\"v\":1}"),
+            (2, "{\"v\":2}"),
+            (3, "{\"v\":3}")
+        ])
+    );
+    assert_eq!(connection_events(&rec, &name), vec![], "connect hid it");
+    // Only the first subscription was garbled.
+    assert_eq!(relay.chunk_sizes_garbled(), 1);
+}
+
+/// The same garbling on an established subscription, in the middle of a
+/// stream of states (the chunk carrying the third): the follower reports
+/// CONNECTION_LOST with MS_ERR_PROTOCOL, recovers by itself (a new
+/// subscription and the snapshot), reports RECONNECTED, then delivers the
+/// state it missed and every later one, in order.
+#[test]
+fn a_garbled_chunk_size_mid_stream_is_recovered_from() {
+    let s = Servers::start();
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            garble_chunk_size: Some(GarbleChunk {
+                subscriptions: 1,
+                pattern: "\"s ",
+                nth: 3,
+            }),
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("garbled-chunk-mid");
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    follower.set_timeout(5000).unwrap();
+    let rec = Recorder::attach(&follower);
+    follower.connect(&name, "pw").unwrap();
+    // The join state before any other (latest wins could replace it).
+    rec.wait_state(&name, "{}", T);
+    let publish = |v: u64| {
+        leader
+            .publish(&name, format!("{{\"v\":{v}}}").as_bytes())
+            .unwrap();
+        leader.flush(&name, 10_000).unwrap();
+    };
+    // Each state waited for before the next (latest wins could skip one).
+    let deliver = |v: u64| {
+        publish(v);
+        rec.wait_state(&name, &format!("{{\"v\":{v}}}"), T);
+    };
+    deliver(1);
+    deliver(2);
+    // Nothing garbled yet: the acknowledgement, the probe's echo and two
+    // states passed.
+    assert_eq!(relay.chunk_sizes_garbled(), 0);
+    let subscribes = relay.subscribes();
+    assert_eq!(connection_events(&rec, &name), vec![]);
+    publish(3);
+    rec.wait_kind(&name, EventKind::MS_EVENT_RECONNECTED, T);
+    assert_eq!(relay.chunk_sizes_garbled(), 1, "the fault was played");
+    assert!(relay.subscribes() > subscribes, "a new subscription");
+    // The state whose chunk was garbled comes with the snapshot.
+    rec.wait_state(&name, "{\"v\":3}", T);
+    // Later states come on the new subscription.
+    for v in 4..=6 {
+        deliver(v);
+    }
+    assert_eq!(
+        rec.states(&name),
+        seq_states(&[
+            (0, "{}"),
+            (1, "{\"v\":1}"),
+            (2, "{\"v\":2}"),
+            (3, "{\"v\":3}"),
+            (4, "{\"v\":4}"),
+            (5, "{\"v\":5}"),
+            (6, "{\"v\":6}"),
+        ])
+    );
+    assert_eq!(
+        connection_events(&rec, &name),
+        vec![
+            (EventKind::MS_EVENT_CONNECTION_LOST, Status::MS_ERR_PROTOCOL),
+            (EventKind::MS_EVENT_RECONNECTED, Status::MS_OK),
+        ],
+        "lost once (garbled), recovered once"
+    );
+    // In that order: the lost subscription after state 2, RECONNECTED
+    // before state 3.
+    let order: Vec<EventKind> = rec
+        .snapshot()
+        .into_iter()
+        .filter(|e| e.stream == name && e.kind != EventKind::MS_EVENT_LEADER_OFFLINE)
+        .filter(|e| e.kind != EventKind::MS_EVENT_LEADER_ONLINE)
+        .map(|e| e.kind)
+        .collect();
+    let lost = order
+        .iter()
+        .position(|k| *k == EventKind::MS_EVENT_CONNECTION_LOST)
+        .unwrap();
+    let back = order
+        .iter()
+        .position(|k| *k == EventKind::MS_EVENT_RECONNECTED)
+        .unwrap();
+    assert_eq!((lost, back), (3, 4), "events: {order:?}");
+    assert_eq!(relay.chunk_sizes_garbled(), 1);
 }

@@ -4,8 +4,10 @@
 //! The relay tells requests apart by their request line and their order
 //! (on kept-alive connections too, by Content-Length), and responses by
 //! their HTTP framing only (Content-Length, or chunks for SUBSCRIBE): it
-//! never reads a reply body, so it does not depend on what the functions
-//! answer.
+//! never reads the body of a function's reply, so it does not depend on
+//! what the functions answer (in a subscription's chunks it looks only for
+//! the subscribe acknowledgement and for what a fault names, such as a
+//! state message's `"s `).
 //!
 //! It never closes its own connection to Webdis while a request forwarded
 //! on it is unanswered, so the relay itself does not provoke Webdis'
@@ -72,6 +74,25 @@ pub struct Faults {
     /// subscription message ahead of the response head (what Webdis 0.1.9
     /// does when a message is published while it sets a subscription up).
     pub garble_subscriptions: u64,
+    /// A chunk of a subscription, after the response head and the
+    /// subscribe acknowledgement passed untouched, whose size line is
+    /// replaced by one that is not a chunk size (what Webdis 0.1.9 once
+    /// did to the chunked body of a new subscription).
+    pub garble_chunk_size: Option<GarbleChunk>,
+}
+
+/// Which chunk of which subscriptions `Faults::garble_chunk_size` garbles.
+#[derive(Clone, Debug)]
+pub struct GarbleChunk {
+    /// The first this many SUBSCRIBE responses to reach the chosen chunk
+    /// get it garbled, once each (from then on the client cannot read that
+    /// response; the relay passes the rest on as it comes)...
+    pub subscriptions: u64,
+    /// ...the `nth` chunk (from 1) after the subscribe acknowledgement
+    /// whose data contains `pattern` ("" for any chunk; `"s ` for one
+    /// carrying a state). Its size line becomes `zz`, its data follows.
+    pub pattern: &'static str,
+    pub nth: u64,
 }
 
 /// A request held at the relay, unsent, until the test lets it pass.
@@ -117,6 +138,7 @@ struct Shared {
     delayed: AtomicU64,
     muted: AtomicU64,
     garbled: AtomicU64,
+    chunk_sizes_garbled: AtomicU64,
     next_conn: AtomicU64,
     gate_matches: AtomicU64,
     gated: AtomicU64,
@@ -182,6 +204,7 @@ impl FaultRelay {
             delayed: AtomicU64::new(0),
             muted: AtomicU64::new(0),
             garbled: AtomicU64::new(0),
+            chunk_sizes_garbled: AtomicU64::new(0),
             next_conn: AtomicU64::new(0),
             gate_matches: AtomicU64::new(0),
             gated: AtomicU64::new(0),
@@ -271,6 +294,12 @@ impl FaultRelay {
     /// SUBSCRIBE responses garbled (a message chunk ahead of the head).
     pub fn garbled(&self) -> u64 {
         self.shared.garbled.load(Ordering::SeqCst)
+    }
+
+    /// SUBSCRIBE responses whose chunk had its size line garbled
+    /// (`Faults::garble_chunk_size`).
+    pub fn chunk_sizes_garbled(&self) -> u64 {
+        self.shared.chunk_sizes_garbled.load(Ordering::SeqCst)
     }
 
     /// Subscriptions muted after their acknowledgement.
@@ -493,10 +522,9 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
         buf: Vec::new(),
     };
     'responses: while let Some(head) = r.until(b"\r\n\r\n") {
-        let kind = lock(&conn.pending)
+        let (kind, streaming) = lock(&conn.pending)
             .front()
-            .map(|p| p.kind)
-            .unwrap_or(Kind::Pass);
+            .map_or((Kind::Pass, false), |p| (p.kind, p.streaming));
         let chunked =
             header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
         let mut whole = Vec::new();
@@ -505,6 +533,9 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
             Kind::Pass | Kind::Mute => conn.write(&head),
         }
         let mut acknowledged = false;
+        // Chunks after the acknowledgement that matched the pattern of
+        // `garble_chunk_size`.
+        let mut garble_matches = 0u64;
         if chunked {
             loop {
                 let Some(size_line) = r.until(b"\r\n") else {
@@ -534,12 +565,22 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
                         if !sh.faults.delay_states.is_zero() && find(&data, b"\"s ").is_some() {
                             std::thread::sleep(sh.faults.delay_states);
                         }
-                        let mut out = size_line;
+                        let garble = kind == Kind::Pass
+                            && streaming
+                            && acknowledged
+                            && garble_chunk_size(&sh, &data, &mut garble_matches);
+                        let mut out = if garble {
+                            b"zz\r\n".to_vec()
+                        } else {
+                            size_line
+                        };
                         out.extend_from_slice(&data);
                         conn.write(&out);
-                        if kind == Kind::Mute && find(&data, b"\"subscribe\"").is_some() {
+                        if !acknowledged && find(&data, b"\"subscribe\"").is_some() {
                             acknowledged = true;
-                            sh.muted.fetch_add(1, Ordering::SeqCst);
+                            if kind == Kind::Mute {
+                                sh.muted.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
                     }
                 }
@@ -567,6 +608,26 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
     }
     // Webdis hung up (or the relay did): so does the client side.
     let _ = lock(&conn.client).shutdown(Shutdown::Both);
+}
+
+/// Whether this chunk of an acknowledged subscription (its `data`) is the
+/// one `Faults::garble_chunk_size` garbles; counts it when it is.
+/// `matches`: the chunks of this subscription that matched so far.
+fn garble_chunk_size(sh: &Shared, data: &[u8], matches: &mut u64) -> bool {
+    let Some(g) = &sh.faults.garble_chunk_size else {
+        return false;
+    };
+    if !g.pattern.is_empty() && find(data, g.pattern.as_bytes()).is_none() {
+        return false;
+    }
+    *matches += 1;
+    *matches == g.nth
+        && sh
+            .chunk_sizes_garbled
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < g.subscriptions).then_some(n + 1)
+            })
+            .is_ok()
 }
 
 /// Keeps a held reply until the client abandons its connection (then it
