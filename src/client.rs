@@ -370,7 +370,7 @@ impl Client {
 
     /// Hands over a new state; returns at once.
     pub fn publish(&self, name: &str, state: &[u8]) -> Result<()> {
-        protocol::check_state(state)?;
+        let state = protocol::check_state(state)?;
         self.lead(name)?.publish(state)
     }
 

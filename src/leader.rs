@@ -40,7 +40,7 @@ pub struct LeadIdentity {
 
 struct State {
     /// The newest unsent state: (generation, the state).
-    pending: Option<(u64, Vec<u8>)>,
+    pending: Option<(u64, String)>,
     /// Generation of the last `publish`.
     published: u64,
     /// Highest generation stored in Redis.
@@ -147,8 +147,8 @@ impl Lead {
     }
 
     /// Hands over a new state (already checked); never touches the network.
-    pub fn publish(&self, state: &[u8]) -> Result<()> {
-        let state = state.to_vec();
+    pub fn publish(&self, state: &str) -> Result<()> {
+        let state = state.to_owned();
         let mut st = lock(&self.shared.state);
         if let Some(e) = &st.ended {
             return Err(Error::new(
@@ -263,7 +263,7 @@ const LINGER: Duration = Duration::from_micros(200);
 const FLUSH_LINGER: Duration = Duration::from_micros(250);
 
 enum Action {
-    Publish(u64, Vec<u8>),
+    Publish(u64, String),
     Heartbeat,
     Exit,
 }
@@ -322,16 +322,18 @@ impl LeadThread {
                     // late is recognised by the functions and not stored.
                     let id = format!("{}{generation:016x}", self.publish_token);
                     let base = last_stored.as_ref().filter(|_| use_base);
-                    let (kind, base_seq, base_id, data) =
-                        match base.and_then(|b| delta_of(b, state)) {
-                            Some((seq, base_id, delta)) => ("delta", seq, base_id, delta),
-                            None => ("full", "-".to_string(), "-".to_string(), state.clone()),
-                        };
+                    let delta = base.and_then(|b| delta_of(b, state));
+                    let (kind, base_seq, base_id, data) = match &delta {
+                        Some((seq, base_id, delta)) => {
+                            ("delta", seq.clone(), base_id.clone(), delta.as_bytes())
+                        }
+                        None => ("full", "-".to_string(), "-".to_string(), state.as_bytes()),
+                    };
                     sent_delta = kind == "delta";
                     let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
                     body.extend_from_slice(&self.body_prefix);
-                    body.extend_from_slice(&data);
-                    drop(data);
+                    body.extend_from_slice(data);
+                    drop(delta);
                     self.conn
                         .fcall(
                             false,
@@ -534,7 +536,7 @@ impl LeadThread {
 struct Stored {
     seq: u64,
     id: String,
-    state: Vec<u8>,
+    state: String,
 }
 
 /// Whether leaders send deltas (on by default; the benchmark turns them
@@ -543,15 +545,13 @@ pub(crate) static DELTAS: std::sync::atomic::AtomicBool = std::sync::atomic::Ato
 
 /// A delta from `base` to `state` when it is less than half the state's
 /// size: (base seq, base publish id, delta).
-fn delta_of(base: &Stored, state: &[u8]) -> Option<(String, String, Vec<u8>)> {
+fn delta_of(base: &Stored, state: &str) -> Option<(String, String, String)> {
     if state.len() < 256 || !DELTAS.load(std::sync::atomic::Ordering::Relaxed) {
         return None;
     }
-    let from = std::str::from_utf8(&base.state).ok()?;
-    let to = std::str::from_utf8(state).ok()?;
     // Less than half the state, or not worth it.
-    let delta = crate::delta::create_within(from, to, state.len() / 2 - 1)?;
-    Some((base.seq.to_string(), base.id.clone(), delta.into_bytes()))
+    let delta = crate::delta::create_within(&base.state, state, state.len() / 2 - 1)?;
+    Some((base.seq.to_string(), base.id.clone(), delta))
 }
 
 /// Checks the reply to ms_publish `[seq, stored publish id]`: the state
