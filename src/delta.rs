@@ -61,19 +61,16 @@ fn get_int(d: &[u8], pos: &mut usize) -> Option<u64> {
 /// Fossil's checksum: the sum, modulo 2^32, of the target read as
 /// big-endian 32-bit words, the last one padded with zero bytes.
 pub fn checksum(z: &[u8]) -> u32 {
-    let mut s = [0u32; 4];
+    // The sum of big-endian 32-bit words (the last padded with zero
+    // bytes), modulo 2^32: one add a word, which the compiler vectorises.
     let mut chunks = z.chunks_exact(4);
-    for c in &mut chunks {
-        for k in 0..4 {
-            s[k] = s[k].wrapping_add(c[k] as u32);
-        }
-    }
-    for (k, &b) in chunks.remainder().iter().enumerate() {
-        s[k] = s[k].wrapping_add(b as u32);
-    }
-    s[3].wrapping_add(s[2] << 8)
-        .wrapping_add(s[1] << 16)
-        .wrapping_add(s[0] << 24)
+    let mut sum = chunks.by_ref().fold(0u32, |acc, c| {
+        acc.wrapping_add(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    });
+    let mut last = [0u8; 4];
+    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+    sum = sum.wrapping_add(u32::from_be_bytes(last));
+    sum
 }
 
 /// Whether `b` continues a multi-byte UTF-8 character.
