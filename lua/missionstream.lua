@@ -213,10 +213,13 @@ end
 -- the pieces it cuts or inserts, and joins them once for HSET. A kept
 -- state is used only while the record still holds it (same channel, seq,
 -- publish id and length; a publish id names one state); else it is read
--- again. The cache holds up to ROPE_BUDGET bytes of states (Lua memory of
--- Redis, besides the records); FUNCTION LOAD or a restart empties it.
+-- again. The cache holds states of MIN_KEPT bytes or more, up to
+-- ROPE_BUDGET bytes with their tables (Lua memory of Redis, besides the
+-- records); FUNCTION LOAD or a restart empties it.
 local ropes, rope_bytes = {}, 0
 local ROPE_BUDGET = 64 * 1024 * 1024
+-- States shorter than this are not kept.
+local MIN_KEPT = 8 * 1024
 -- A piece holds up to about piece_size(state length) bytes: 1/PIECES of
 -- the state, at least MIN_PIECE (a cut scans at most half a piece for
 -- residue sums). Adjacent pieces are joined while they fit in one, so a
@@ -362,29 +365,37 @@ local function rope_of(key, rec)
   return { pieces = #s > 0 and { { s = s } } or {}, len = #s }
 end
 
--- Keeps the rope of the state just stored at key; drops others (any)
--- when the cache holds more than ROPE_BUDGET bytes.
-local function keep_rope(key, channel, seq, pub, pieces, len)
-  local old = ropes[key]
-  if old then rope_bytes = rope_bytes - old.len end
-  ropes[key] = { channel = channel, seq = seq, pub = pub, pieces = pieces, len = len }
-  rope_bytes = rope_bytes + len
-  if rope_bytes > ROPE_BUDGET then
-    for k, e in pairs(ropes) do
-      if rope_bytes <= ROPE_BUDGET / 2 then break end
-      if k ~= key then
-        rope_bytes = rope_bytes - e.len
-        ropes[k] = nil
-      end
-    end
-  end
+-- What a kept rope costs in the budget: its bytes and ~256 bytes of Lua
+-- tables a piece and an entry.
+local function rope_cost(e)
+  return e.len + 256 * (#e.pieces + 1)
 end
 
 local function forget_rope(key)
   local old = ropes[key]
   if old then
-    rope_bytes = rope_bytes - old.len
+    rope_bytes = rope_bytes - rope_cost(old)
     ropes[key] = nil
+  end
+end
+
+-- Keeps the rope of the state just stored at key, when it is worth
+-- keeping (a state of a few KiB is read again at little cost); drops
+-- others (any) when the cache holds more than ROPE_BUDGET.
+local function keep_rope(key, channel, seq, pub, pieces, len)
+  forget_rope(key)
+  if len < MIN_KEPT then return end
+  local e = { channel = channel, seq = seq, pub = pub, pieces = pieces, len = len }
+  ropes[key] = e
+  rope_bytes = rope_bytes + rope_cost(e)
+  if rope_bytes > ROPE_BUDGET then
+    for k, other in pairs(ropes) do
+      if rope_bytes <= ROPE_BUDGET / 2 then break end
+      if k ~= key then
+        rope_bytes = rope_bytes - rope_cost(other)
+        ropes[k] = nil
+      end
+    end
   end
 end
 

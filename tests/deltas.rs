@@ -171,6 +171,15 @@ fn states_after(rec: &Recorder, name: &str, first: &str) -> Vec<(u64, String)> {
     all[i..].to_vec()
 }
 
+/// Publishes the first state of a test, waits until the follower of
+/// `rec` holds it, and starts a raw subscriber of the stream's channel.
+fn begin(s: &Servers, leader: &Client, rec: &Recorder, name: &str, first: &str) -> RawSub {
+    leader.publish(name, first.as_bytes()).unwrap();
+    leader.flush(name, 10_000).unwrap();
+    rec.wait_state(name, first, T);
+    RawSub::start(s.webdis_port, &s.record_field(name, "channel"))
+}
+
 /// A ~100 KiB survey; one waypoint moved per update, each flushed: the
 /// channel carries deltas of well under 1 % of the plan, and two library
 /// followers and an independent replay of the channel all get every state
@@ -265,12 +274,8 @@ fn random_edits_of_multibyte_text_are_delivered_byte_exact() {
     let mut r = Rng(0x9e37_79b9_7f4a_7c15);
     let mut state = text(&mut r, 3000);
     let mut published = vec![state.clone()];
-    leader.publish(&name, state.as_bytes()).unwrap();
-    leader.flush(&name, 10_000).unwrap();
     let first = state.clone();
-    rec.wait_state(&name, &first, T);
-    let channel = s.record_field(&name, "channel");
-    let raw = RawSub::start(s.webdis_port, &channel);
+    let raw = begin(&s, &leader, &rec, &name, &first);
     let late = s.client();
     let rec_late = Recorder::attach(&late);
     let mut deltas_seen = 0;
@@ -330,12 +335,8 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
     let mut r = Rng(0x2545_f491_4f6c_dd1d);
     let mut state = text(&mut r, 40_000);
     assert!(state.len() > 130_000, "{} bytes", state.len());
-    leader.publish(&name, state.as_bytes()).unwrap();
-    leader.flush(&name, 10_000).unwrap();
     let first = state.clone();
-    rec.wait_state(&name, &first, T);
-    let channel = s.record_field(&name, "channel");
-    let raw = RawSub::start(s.webdis_port, &channel);
+    let raw = begin(&s, &leader, &rec, &name, &first);
     let first_seq: u64 = s.record_field(&name, "seq").parse().unwrap();
     let mut published = vec![];
     for i in 0..160 {
@@ -526,18 +527,24 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     let out = publish(&id(3), "delta", "2", &id(2), good2.as_bytes());
     assert!(out.starts_with("n0nce\n3\n"), "{out}");
     assert_eq!(s.record_field(&name, "state"), next);
-    // The record changed behind the functions' back, as replication from
-    // another primary would change it (a new seq and publish id, a state of
-    // the same length): a delta applies to what the record holds, never to
-    // the state the functions kept of their own last publish.
-    let other: String = next.chars().rev().collect();
-    assert_eq!(other.len(), next.len());
+    // A state large enough for the functions to keep (8 KiB or more)...
+    let big = format!("{next}{}", "\u{e9}x\u{2708}".repeat(2000));
+    let good4 = missionstream::delta::create(&next, &big);
+    let out = publish(&id(4), "delta", "3", &id(3), good4.as_bytes());
+    assert!(out.starts_with("n0nce\n4\n"), "{out}");
+    // ...then the record changed behind the functions' back, as
+    // replication from another primary would change it (a new seq and
+    // publish id, a state of the same length): a delta applies to what the
+    // record holds, never to the state the functions kept of their own
+    // last publish.
+    let other: String = big.chars().rev().collect();
+    assert_eq!(other.len(), big.len());
     s.redis_cli(&["HSET", &key, "state", &other, "seq", "7", "pub", &id(7)]);
     let after = format!("{other}!");
-    let good3 = missionstream::delta::create(&other, &after);
-    let out = publish(&id(8), "delta", "3", &id(3), good3.as_bytes());
+    let good5 = missionstream::delta::create(&other, &after);
+    let out = publish(&id(8), "delta", "4", &id(4), good5.as_bytes());
     assert!(out.contains("MSBASE n0nce"), "{out}");
-    let out = publish(&id(8), "delta", "7", &id(7), good3.as_bytes());
+    let out = publish(&id(8), "delta", "7", &id(7), good5.as_bytes());
     assert!(out.starts_with("n0nce\n8\n"), "{out}");
     assert_eq!(s.record_field(&name, "state"), after);
 }

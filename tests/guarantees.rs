@@ -503,6 +503,36 @@ fn connection_events(rec: &Recorder, stream: &str) -> Vec<(EventKind, Status)> {
         .collect()
 }
 
+/// A started stream, its leader, and a follower (request timeout
+/// `timeout_ms`, not connected yet, its events recorded) reaching Webdis
+/// through a relay that garbles the size line of the `nth` chunk matching
+/// `pattern` of the first subscription.
+fn garbling_chunk(
+    s: &Servers,
+    pattern: &'static str,
+    nth: u64,
+    timeout_ms: u32,
+) -> (FaultRelay, Client, Client, Arc<Recorder>, String) {
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            garble_chunk_size: Some(GarbleChunk {
+                subscriptions: 1,
+                pattern,
+                nth,
+            }),
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("garbled-chunk");
+    leader.start(&name, "pw", "code").unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    follower.set_timeout(timeout_ms).unwrap();
+    let rec = Recorder::attach(&follower);
+    (relay, leader, follower, rec, name)
+}
+
 /// Webdis 0.1.9 once garbled the chunked body of a new subscription (a
 /// chunk size that is not one) after its head and acknowledgement came
 /// whole. Here the chunk carrying the probe's echo is garbled while
@@ -512,25 +542,9 @@ fn connection_events(rec: &Recorder, stream: &str) -> Vec<(EventKind, Status)> {
 #[test]
 fn a_garbled_chunk_size_while_connecting_is_replaced_by_a_fresh_subscription() {
     let s = Servers::start();
-    let relay = FaultRelay::start(
-        s.webdis_port,
-        Faults {
-            garble_chunk_size: Some(GarbleChunk {
-                subscriptions: 1,
-                pattern: "",
-                nth: 1,
-            }),
-            ..Faults::default()
-        },
-    );
-    let leader = s.client();
-    let name = unique("garbled-chunk-join");
-    leader.start(&name, "pw", "code").unwrap();
-    let follower = Client::new(&relay.url).unwrap();
-    // An attempt to subscribe waits a quarter of this (2.5 s) before it
-    // is tried again.
-    follower.set_timeout(10_000).unwrap();
-    let rec = Recorder::attach(&follower);
+    // An attempt to subscribe waits a quarter of the timeout (2.5 s)
+    // before it is tried again.
+    let (relay, leader, follower, rec, name) = garbling_chunk(&s, "", 1, 10_000);
     let started = Instant::now();
     follower.connect(&name, "pw").unwrap();
     let took = started.elapsed();
@@ -570,23 +584,7 @@ fn a_garbled_chunk_size_while_connecting_is_replaced_by_a_fresh_subscription() {
 #[test]
 fn a_garbled_chunk_size_mid_stream_is_recovered_from() {
     let s = Servers::start();
-    let relay = FaultRelay::start(
-        s.webdis_port,
-        Faults {
-            garble_chunk_size: Some(GarbleChunk {
-                subscriptions: 1,
-                pattern: "\"s ",
-                nth: 3,
-            }),
-            ..Faults::default()
-        },
-    );
-    let leader = s.client();
-    let name = unique("garbled-chunk-mid");
-    leader.start(&name, "pw", "code").unwrap();
-    let follower = Client::new(&relay.url).unwrap();
-    follower.set_timeout(5000).unwrap();
-    let rec = Recorder::attach(&follower);
+    let (relay, leader, follower, rec, name) = garbling_chunk(&s, "\"s ", 3, 5000);
     follower.connect(&name, "pw").unwrap();
     // The join state before any other (latest wins could replace it).
     rec.wait_state(&name, "{}", T);
