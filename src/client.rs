@@ -170,10 +170,11 @@ impl Client {
     }
 
     /// Trusts only the certificates of the PEM file at `path` for
-    /// `https://` from now on, instead of the bundled web roots: every
-    /// connection opened afterwards (by any stream of the client) checks
-    /// the server's certificate against them; connections already open are
-    /// kept. The file is read here, once.
+    /// `https://` from now on, instead of the bundled web roots: the next
+    /// request and every connection opened afterwards (by any stream of
+    /// the client) check the server's certificate against them; idle
+    /// connections opened before are not used again, a subscription
+    /// already streaming is kept. The file is read here, once.
     pub fn set_tls_ca_file(&self, path: &std::path::Path) -> Result<()> {
         let certs = crate::transport::load_ca_file(path)?;
         self.control

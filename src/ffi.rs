@@ -286,9 +286,11 @@ pub unsafe extern "C" fn ms_client_set_kdf_iterations(
 /// that cannot be a trust anchor, fails with MS_ERR_INVALID_ARGUMENT
 /// naming the path and the cause, and changes nothing.
 ///
-/// Applies to every connection the client opens afterwards, for all its
-/// streams (those already led or followed too, when they reconnect);
-/// connections already open are kept. Set it right after ms_client_new.
+/// Applies to the client's next request and every connection it opens
+/// afterwards, for all its streams (those already led or followed too):
+/// idle connections opened under the trust it replaces are not used
+/// again; a subscription already streaming is kept until it ends. Set it
+/// right after ms_client_new.
 /// No effect on an `http://` URL.
 ///
 /// With `https://`, a server whose certificate is not issued by a trusted

@@ -155,6 +155,28 @@ fn an_untrusted_certificate_fails_at_once() {
     other.list().unwrap();
 }
 
+/// A CA set on a client that already talks to the front applies to its
+/// next request: the client does not go on with the connections it opened
+/// under the trust it had (here another authority, so the next call fails
+/// at once), and the right CA set again works again.
+#[test]
+fn a_ca_set_later_applies_to_the_next_request() {
+    let s = Servers::start();
+    let front = TlsFront::start(&s);
+    let c = tls_client(&front);
+    c.list().unwrap();
+    c.list().unwrap();
+    c.set_tls_ca_file(&front.other_ca_file).unwrap();
+    fails_at_once(
+        "list under another authority",
+        Status::MS_ERR_UNAVAILABLE,
+        "certificate not trusted",
+        || c.list(),
+    );
+    c.set_tls_ca_file(&front.ca_file).unwrap();
+    c.list().unwrap();
+}
+
 #[test]
 fn a_wrong_host_name_fails_at_once() {
     let s = Servers::start();
