@@ -325,21 +325,20 @@ impl LeadThread {
                     let delta = base.and_then(|b| delta_of(b, state));
                     let (kind, base_seq, base_id, data) = match &delta {
                         Some((seq, base_id, delta)) => {
-                            ("delta", seq.clone(), base_id.clone(), delta.as_bytes())
+                            ("delta", seq.as_str(), base_id.as_str(), delta.as_bytes())
                         }
-                        None => ("full", "-".to_string(), "-".to_string(), state.as_bytes()),
+                        None => ("full", "-", "-", state.as_bytes()),
                     };
                     sent_delta = kind == "delta";
                     let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
                     body.extend_from_slice(&self.body_prefix);
                     body.extend_from_slice(data);
-                    drop(delta);
                     self.conn
                         .fcall(
                             false,
                             "ms_publish",
                             &[&self.identity.key],
-                            &[&id, &floor, kind, &base_seq, &base_id],
+                            &[&id, &floor, kind, base_seq, base_id],
                             &body,
                             timeout,
                         )
