@@ -8,98 +8,36 @@ mod common;
 
 use common::edits::{edit, large_edit, text, Rng};
 use common::plan::Plan;
+use common::rawsub::RawSubscriber;
 use common::*;
-use missionstream::protocol::{
-    self, ChannelMessage, ObjectSplitter, SubscriptionItem, PROTOCOL_VERSION,
-};
+use missionstream::protocol::{self, ChannelMessage, PROTOCOL_VERSION};
 use missionstream::Client;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
-/// A subscriber speaking HTTP to Webdis itself: every channel payload, in
-/// the order Webdis wrote them.
+/// A raw subscriber of a channel (tests/common/rawsub.rs) keeping every
+/// payload, in the order Webdis wrote them.
 struct RawSub {
     payloads: Arc<Mutex<Vec<String>>>,
-    stream: TcpStream,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _sub: RawSubscriber,
 }
 
 impl RawSub {
     fn start(port: u16, channel: &str) -> RawSub {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            stream,
-            "GET /SUBSCRIBE/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-        )
-        .unwrap();
-        let payloads = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = stream.try_clone().unwrap();
+        let payloads: Arc<Mutex<Vec<String>>> = Arc::default();
         let out = payloads.clone();
-        let thread = std::thread::spawn(move || {
-            let mut r = BufReader::new(reader);
-            let mut line = String::new();
-            // The response head.
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut splitter = ObjectSplitter::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let Ok(n) = usize::from_str_radix(line.trim(), 16) else {
-                    return;
-                };
-                let mut chunk = vec![0u8; n + 2];
-                if n == 0 || r.read_exact(&mut chunk).is_err() {
-                    return;
-                }
-                splitter.push(&chunk[..n]);
-                while let Ok(Some(obj)) = splitter.next_object() {
-                    match protocol::parse_subscription_object(&obj) {
-                        Ok(SubscriptionItem::Subscribed { .. }) => {
-                            let _ = tx.send(());
-                        }
-                        Ok(SubscriptionItem::Message { payload, .. }) => {
-                            out.lock().unwrap().push(payload)
-                        }
-                        _ => {}
-                    }
-                }
-            }
-        });
-        rx.recv_timeout(T)
-            .expect("Webdis acknowledges the subscription");
+        let sub = RawSubscriber::start(port, channel, move |p| out.lock().unwrap().push(p));
         RawSub {
             payloads,
-            stream,
-            thread: Some(thread),
+            _sub: sub,
         }
     }
 
     fn payloads(&self) -> Vec<String> {
         self.payloads.lock().unwrap().clone()
-    }
-}
-
-impl Drop for RawSub {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

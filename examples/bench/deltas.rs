@@ -11,6 +11,7 @@
 
 use super::*;
 use common::plan::Plan;
+use common::rawsub::RawSubscriber;
 use missionstream::{Client, Event, EventKind};
 use std::collections::HashMap;
 
@@ -19,6 +20,52 @@ use std::collections::HashMap;
 /// SipHash: the callback's own time is part of the latency measured).
 fn hash_of(s: &[u8]) -> u64 {
     ((s.len() as u64) << 32) | missionstream::delta::checksum(s) as u64
+}
+
+/// Publish → callback latencies of one follower (ms): when each state was
+/// handed to the leader, by `hash_of`, and how long until the follower's
+/// callback got it.
+#[derive(Default)]
+struct Latencies {
+    sent: Arc<Mutex<HashMap<u64, Instant>>>,
+    got: Arc<Mutex<Vec<f64>>>,
+}
+
+impl Latencies {
+    /// Takes over the follower's callback.
+    fn attach(follower: &Client) -> Latencies {
+        let lat = Latencies::default();
+        let (s, g) = (lat.sent.clone(), lat.got.clone());
+        follower.set_callback(Some(Arc::new(move |e: &Event| {
+            if e.kind != EventKind::MS_EVENT_STATE {
+                return;
+            }
+            let now = Instant::now();
+            if let Some(state) = &e.state {
+                if let Some(t) = s
+                    .lock()
+                    .unwrap()
+                    .remove(&hash_of(state.as_str().as_bytes()))
+                {
+                    g.lock().unwrap().push((now - t).as_secs_f64() * 1e3);
+                }
+            }
+        })));
+        lat
+    }
+
+    /// A state about to be published, now.
+    fn sent(&self, state: &[u8]) {
+        self.sent
+            .lock()
+            .unwrap()
+            .insert(hash_of(state), Instant::now());
+    }
+
+    /// The latencies measured so far.
+    fn take(&self) -> Vec<f64> {
+        std::mem::take(&mut self.got.lock().unwrap())
+    }
 }
 
 fn client(url: &str) -> Client {
@@ -68,22 +115,7 @@ impl Bench {
         let name = self.stream_name(if deltas { "delta" } else { "full" });
         let leader = client(&url);
         let follower = client(&url);
-        let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-        let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
-        {
-            let (sent, lat) = (sent.clone(), lat.clone());
-            follower.set_callback(Some(Arc::new(move |e: &Event| {
-                if e.kind != EventKind::MS_EVENT_STATE {
-                    return;
-                }
-                let now = Instant::now();
-                if let Some(s) = &e.state {
-                    if let Some(t) = sent.lock().unwrap().remove(&hash_of(s.as_str().as_bytes())) {
-                        lat.lock().unwrap().push((now - t).as_secs_f64() * 1e3);
-                    }
-                }
-            })));
-        }
+        let lat = Latencies::attach(&follower);
         leader.start(&name, PASSWORD, CODE).unwrap();
         let mut plan = Plan::survey(initial.waypoints(), 13);
         let text = plan.text();
@@ -95,7 +127,7 @@ impl Bench {
         let messages = Arc::new(AtomicU64::new(0));
         let raw = {
             let (counted, messages) = (counted.clone(), messages.clone());
-            RawBytes::start(self.port, &channel, move |payload: &str| {
+            RawSubscriber::start(self.port, &channel, move |payload| {
                 if payload.starts_with("s ") || payload.starts_with("d ") {
                     counted.fetch_add(payload.len() as u64, Ordering::Relaxed);
                     messages.fetch_add(1, Ordering::Relaxed);
@@ -114,14 +146,12 @@ impl Bench {
             }
             plan.move_waypoint(i * 37, 0.00001, 0.00001);
             let text = plan.text();
-            sent.lock()
-                .unwrap()
-                .insert(hash_of(text.as_bytes()), Instant::now());
+            lat.sent(text.as_bytes());
             leader.publish(&name, text.as_bytes()).unwrap();
         }
         leader.flush(&name, 30_000).unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        let mut l = lat.lock().unwrap().clone();
+        let mut l = lat.take();
         let (p50, p99) = (pct(&mut l, 0.5), pct(&mut l, 0.99));
         let (bytes, msgs) = (
             counted.load(Ordering::Relaxed),
@@ -176,19 +206,7 @@ impl Bench {
         let name = self.stream_name("ref1k");
         let leader = client(&url);
         let follower = client(&url);
-        let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-        let lat: Arc<Mutex<Vec<f64>>> = Arc::default();
-        {
-            let (sent, lat) = (sent.clone(), lat.clone());
-            follower.set_callback(Some(Arc::new(move |e: &Event| {
-                let now = Instant::now();
-                if let Some(s) = &e.state {
-                    if let Some(t) = sent.lock().unwrap().remove(&hash_of(s.as_str().as_bytes())) {
-                        lat.lock().unwrap().push((now - t).as_secs_f64() * 1e3);
-                    }
-                }
-            })));
-        }
+        let lat = Latencies::attach(&follower);
         leader.start(&name, PASSWORD, CODE).unwrap();
         follower.connect(&name, PASSWORD).unwrap();
         let n = if self.quick { 40 } else { 160 };
@@ -199,17 +217,14 @@ impl Bench {
                 std::thread::sleep(d);
             }
             let text = format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(1000));
-            sent.lock()
-                .unwrap()
-                .insert(hash_of(text.as_bytes()), Instant::now());
+            lat.sent(text.as_bytes());
             leader.publish(&name, text.as_bytes()).unwrap();
         }
         leader.flush(&name, 30_000).unwrap();
         std::thread::sleep(Duration::from_millis(200));
         let _ = follower.disconnect(&name);
         let _ = leader.stop(&name);
-        let mut l = lat.lock().unwrap().clone();
-        pct(&mut l, 0.5)
+        pct(&mut lat.take(), 0.5)
     }
 
     pub(crate) fn row13_deltas(&mut self) {
@@ -284,79 +299,6 @@ impl Bench {
                     "MISSED"
                 },
             );
-        }
-    }
-}
-
-/// A raw `GET /SUBSCRIBE/<channel>` reading every payload.
-struct RawBytes {
-    stream: TcpStream,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RawBytes {
-    fn start(port: u16, channel: &str, on: impl Fn(&str) + Send + 'static) -> RawBytes {
-        use missionstream::protocol::{ObjectSplitter, SubscriptionItem};
-        use std::io::{BufRead, BufReader};
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            stream,
-            "GET /SUBSCRIBE/{channel} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-        )
-        .unwrap();
-        let reader = stream.try_clone().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let mut r = BufReader::new(reader);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let mut splitter = ObjectSplitter::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let Ok(n) = usize::from_str_radix(line.trim(), 16) else {
-                    return;
-                };
-                let mut chunk = vec![0u8; n + 2];
-                if n == 0 || r.read_exact(&mut chunk).is_err() {
-                    return;
-                }
-                splitter.push(&chunk[..n]);
-                while let Ok(Some(obj)) = splitter.next_object() {
-                    match missionstream::protocol::parse_subscription_object(&obj) {
-                        Ok(SubscriptionItem::Subscribed { .. }) => {
-                            let _ = tx.send(());
-                        }
-                        Ok(SubscriptionItem::Message { payload, .. }) => on(&payload),
-                        _ => {}
-                    }
-                }
-            }
-        });
-        rx.recv_timeout(Duration::from_secs(10))
-            .expect("Webdis acknowledges the subscription");
-        RawBytes {
-            stream,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for RawBytes {
-    fn drop(&mut self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod edits;
 pub mod faults;
 pub mod plan;
+pub mod rawsub;
 pub mod tls;
 
 use missionstream::{Client, Event, EventKind};
