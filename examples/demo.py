@@ -95,7 +95,7 @@ def lead(
 
 # ------------------------------------------------------------- the survey
 
-PROTOCOL = "6"  # the wire protocol version (docs/PROTOCOL.md)
+PROTOCOL = "7"  # the wire protocol version (docs/PROTOCOL.md)
 
 
 def survey_plan(waypoints: int, seed: int = 7) -> Dict[str, Any]:
@@ -148,11 +148,12 @@ def _arg(text: str) -> str:
     return urllib.parse.quote(text, safe="").replace(".", "%2E").replace("~", "%7E")
 
 
-def _fcall(url: str, command: str, function: str, keys: List[str], body: bytes) -> List[Any]:
+def _fcall(url: str, command: str, function: str, keys: List[str], body: bytes,
+           nonce: str = "") -> List[Any]:
     """One call of a function through Webdis: the reply without its nonce.
     `url` may list several endpoints (comma-separated): the first whose
     Redis takes the call answers (a replica refuses a write: READONLY)."""
-    nonce = os.urandom(8).hex()
+    nonce = nonce or os.urandom(8).hex()
     failures = []
     for base in url.split(","):
         u = urllib.parse.urlsplit(base.strip())
@@ -180,8 +181,12 @@ def channel_of(url: str, name: str, password: str) -> str:
     kdf, iterations, salt = _fcall(url, "FCALL_RO", "ms_params", [key], b"")
     assert kdf == "pbkdf2-sha256", kdf
     derived = hashlib.pbkdf2_hmac("sha256", password.encode(), ("pw:" + salt).encode(), int(iterations), 32)
-    channel, _hb = _fcall(url, "FCALL", "ms_connect", [key], b"\n" + derived.hex().encode())
-    return channel
+    nonce = os.urandom(8).hex()
+    sealed, _hb = _fcall(url, "FCALL", "ms_connect", [key], b"\n" + derived.hex().encode(), nonce)
+    # The reply carries the channel sealed for this call: XORed with
+    # SHA-1("seal:" <the derived key sent> ":" <the request nonce>).
+    mask = hashlib.sha1(f"seal:{derived.hex()}:{nonce}".encode()).digest()
+    return bytes(a ^ b for a, b in zip(bytes.fromhex(sealed), mask)).hex()
 
 
 def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threading.Event) -> None:

@@ -25,7 +25,8 @@ client at start and reconnect): a cheap check, no throttling needed.
 
 Record of stream <name>: hash "stream:<name>" with fields
     name, kdf, iter, salt, pw, code (SHA-1 hex of the derived key's hex),
-    lead (SHA-1 hex of the lead token), channel, state, seq,
+    lead (SHA-1 hex of the lead token), channel (channel_of below: 40 hex
+    digits, made here), state, seq,
     updated_ms, hb_ms, ttl, pub (id of the last stored publish),
     fails, fail_at, locked_until, locks (the throttling of wrong secrets)
 Index of live streams: set "streams" of names.
@@ -39,7 +40,7 @@ Channel messages (payloads published on the stream's channel):
     "e"                               the stream was stopped
 ]]
 
-local PROTOCOL = '6'
+local PROTOCOL = '7'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -48,12 +49,19 @@ local function fail(code, nonce, message)
 end
 
 -- Splits a framed body into n fields; nil when it is malformed.
+-- The header is looked at only within the length n - 1 lengths of up to
+-- MAX_FIELD_DIGITS digits can take, so a header of millions of fields costs
+-- no more than a valid one.
+local MAX_FIELD_DIGITS = 8
 local function fields(body, n)
   if type(body) ~= 'string' then return nil end
   local nl = string.find(body, '\n', 1, true)
-  if not nl then return nil end
+  if not nl or nl > n * (MAX_FIELD_DIGITS + 1) then return nil end
+  local header = string.sub(body, 1, nl - 1)
+  if string.find(header, '[^0-9 ]') then return nil end
   local out, pos = {}, nl + 1
-  for len in string.gmatch(string.sub(body, 1, nl - 1), '%d+') do
+  for len in string.gmatch(header, '%d+') do
+    if #out >= n - 1 or #len > MAX_FIELD_DIGITS then return nil end
     len = tonumber(len)
     if pos + len - 1 > #body then return nil end
     out[#out + 1] = string.sub(body, pos, pos + len - 1)
@@ -81,6 +89,31 @@ local function hash(hex)
   return redis.sha1hex(hex)
 end
 
+-- A stream's channel: made by the functions from the random seed the
+-- starting client sends and the stream's name, so that no call can make a
+-- stream publish on a channel another stream holds (whoever knows a channel
+-- would need a SHA-1 preimage for a name of their own). 40 lowercase hex
+-- digits.
+local function channel_of(seed, name)
+  return redis.sha1hex('channel:' .. seed .. ':' .. name)
+end
+
+-- A secret of a reply (40 lowercase hex digits: the channel) sealed for the
+-- caller alone: XORed with SHA-1("seal:" <derived key the caller sent> ":"
+-- <request nonce>), so a reply written to another connection (Webdis 0.1.9
+-- can do that) gives its reader nothing usable. Hex digit by hex digit,
+-- which is the XOR of the 20 bytes.
+local HEX = '0123456789abcdef'
+local function seal(secret, key, nonce)
+  local mask = redis.sha1hex('seal:' .. key .. ':' .. nonce)
+  local out = {}
+  for i = 1, 40 do
+    local x = bit.bxor(tonumber(string.sub(secret, i, i), 16), tonumber(string.sub(mask, i, i), 16))
+    out[i] = string.sub(HEX, x + 1, x + 1)
+  end
+  return table.concat(out)
+end
+
 -- Limits, the same as the client library's.
 local MAX_NAME = 256
 local MAX_STATE = 8 * 1024 * 1024
@@ -105,7 +138,9 @@ local ASCII_RUN = '[%z\1-\127]+'
 local function utf8_valid(s)
   s = string.gsub(s, ASCII_RUN, ' ')
   for _, p in ipairs(UTF8_SEQUENCES) do
-    if #s <= 1 then return true end
+    -- (Only ASCII left, the one-byte " " or none: valid. A lone byte of
+    -- 0x80-0xFF is not, whatever the length.)
+    if #s <= 1 and not string.find(s, '[\128-\255]') then return true end
     s = string.gsub(string.gsub(s, p, ' '), ASCII_RUN, ' ')
   end
   return not string.find(s, '[\128-\255]')
@@ -469,12 +504,19 @@ end
 
 
 -- A stream name: 1-256 bytes of UTF-8 without control characters (C0,
--- DEL, C1). Returns an error text or nil.
+-- DEL, C1) or bidirectional formatting characters (Unicode's Bidi_Control:
+-- U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069), which could make
+-- one name look like another on an operator's screen. Returns an error
+-- text or nil.
 local function bad_name(name)
   if #name < 1 or #name > MAX_NAME then return 'the stream name must be 1-256 bytes' end
   if not utf8_valid(name) then return 'the stream name is not valid UTF-8' end
   if string.find(name, '%c') or string.find(name, '\194[\128-\159]') then
     return 'the stream name contains a control character'
+  end
+  if string.find(name, '\216\156') or string.find(name, '\226\128[\142\143\170-\174]')
+      or string.find(name, '\226\129[\166-\169]') then
+    return 'the stream name contains a bidirectional formatting character'
   end
   return nil
 end
@@ -559,9 +601,10 @@ end
 local function load(key)
   local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub',
     'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead')
-  -- A record without kdf (written by an older protocol version) cannot
-  -- be checked: no such stream.
-  if not v[1] or not v[14] then return nil end
+  -- A record without kdf (written by protocol 3), or with a channel the
+  -- client chose (32 hex digits, protocols 4-6: not proven to be the
+  -- stream's own), is no stream.
+  if not v[1] or not v[14] or not v[4] or #v[4] ~= 40 then return nil end
   return { pw = v[1], code = v[2], salt = v[3], channel = v[4], seq = tonumber(v[5]),
            hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9],
            fails = tonumber(v[10]) or 0, fail_at = tonumber(v[11]) or 0,
@@ -638,14 +681,15 @@ local function load_leader(nonce, key, token, channel)
 end
 
 -- ms_start KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, kdf, iterations,
---   body[pw key, code key, salt, channel, lead token] -> [nonce]
+--   body[pw key, code key, salt, channel seed, lead token] -> [nonce]
+-- The channel is channel_of(seed, name): the client computes it too.
 redis.register_function('ms_start', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 7, fields = 5 })
   if not nonce then return err end
   local why = bad_secrets(f[1], f[2], f[5])
   if why then return fail('MSARG', nonce, why) end
   if not is_hex(f[3], 32) or not is_hex(f[4], 32) then
-    return fail('MSARG', nonce, 'the salt and the channel must be 32 lowercase hex digits')
+    return fail('MSARG', nonce, 'the salt and the channel seed must be 32 lowercase hex digits')
   end
   local hb, ttl = timing(args[3], args[4])
   if not hb then return fail('MSARG', nonce, ttl) end
@@ -658,7 +702,7 @@ redis.register_function('ms_start', function(keys, args)
   if redis.call('EXISTS', key) == 1 then return fail('MSEXISTS', nonce, 'the stream name is taken') end
   local name = string.sub(key, #RECORD_PREFIX + 1)
   redis.call('HSET', key, 'name', name, 'kdf', KDF, 'iter', iter, 'salt', f[3], 'pw', hash(f[1]),
-    'code', hash(f[2]), 'lead', hash(f[5]), 'channel', f[4], 'state', '{}', 'seq', 0, 'updated_ms', now_ms(),
+    'code', hash(f[2]), 'lead', hash(f[5]), 'channel', channel_of(f[4], name), 'state', '{}', 'seq', 0, 'updated_ms', now_ms(),
     'hb_ms', hb, 'ttl', ttl)
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
   redis.call('SADD', keys[2], name)
@@ -666,8 +710,9 @@ redis.register_function('ms_start', function(keys, args)
 end)
 
 -- ms_reconnect KEYS: record, index  ARGV: version, nonce, hb_ms, ttl,
---   body[pw key, code key, lead token] -> [nonce, channel, seq]
--- The new lead token replaces the previous lead's.
+--   body[pw key, code key, lead token] -> [nonce, sealed channel, seq]
+-- The new lead token replaces the previous lead's. The channel is sealed
+-- with the leader code's key.
 redis.register_function('ms_reconnect', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 5, fields = 3 })
   if not nonce then return err end
@@ -685,11 +730,12 @@ redis.register_function('ms_reconnect', function(keys, args)
   redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl, 'lead', hash(f[3]))
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
   redis.call('SADD', keys[2], string.sub(key, #RECORD_PREFIX + 1))
-  return { nonce, rec.channel, rec.seq }
+  return { nonce, seal(rec.channel, f[2], nonce), rec.seq }
 end)
 
--- ms_connect KEYS: record  ARGV: version, nonce, body[pw key] -> [nonce, channel, hb_ms]
--- A write (wrong passwords are counted), so FCALL, not FCALL_RO.
+-- ms_connect KEYS: record  ARGV: version, nonce, body[pw key] -> [nonce, sealed channel, hb_ms]
+-- A write (wrong passwords are counted), so FCALL, not FCALL_RO. The
+-- channel is sealed with the password's key.
 redis.register_function('ms_connect', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
   if not nonce then return err end
@@ -699,7 +745,7 @@ redis.register_function('ms_connect', function(keys, args)
   if not rec then return not_found(nonce) end
   local e = verify(nonce, keys[1], rec, f[1], rec.pw, 'MSBADPASSWORD', 'wrong password')
   if e then return e end
-  return { nonce, rec.channel, tonumber(rec.hb_ms) }
+  return { nonce, seal(rec.channel, f[1], nonce), tonumber(rec.hb_ms) }
 end)
 
 -- ms_params KEYS: record  ARGV: version, nonce -> [nonce, kdf, iterations, salt]
@@ -716,14 +762,13 @@ redis.register_function{ function_name = 'ms_params', flags = { 'no-writes' }, c
 end }
 
 -- ms_snapshot KEYS: record  ARGV: version, nonce, body[channel]
---   -> [nonce, channel, seq, updated_ms, hb_ms, state]
+--   -> [nonce, seq, updated_ms, hb_ms, state]
 redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' }, callback = function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
   if not nonce then return err end
   local rec, e = load_by_channel(nonce, keys[1], f[1])
   if not rec then return e end
-  return { nonce, rec.channel, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms),
-           redis.call('HGET', keys[1], 'state') }
+  return { nonce, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms), redis.call('HGET', keys[1], 'state') }
 end }
 
 -- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
@@ -773,11 +818,12 @@ redis.register_function('ms_publish', function(keys, args)
   local data = f[3]
   local what = kind == 'full' and 'state' or 'delta'
   if #data > MAX_STATE then return fail('MSARG', nonce, 'the ' .. what .. ' is larger than 8 MiB') end
-  if string.find(data, '\0', 1, true) then return fail('MSARG', nonce, 'the ' .. what .. ' contains a NUL character') end
-  if not utf8_valid(data) then return fail('MSARG', nonce, 'the ' .. what .. ' is not valid UTF-8') end
+  -- The credentials before any work in proportion to the body's size.
   local key = keys[1]
   local rec, e = load_leader(nonce, key, f[1], f[2])
   if not rec then return e end
+  if string.find(data, '\0', 1, true) then return fail('MSARG', nonce, 'the ' .. what .. ' contains a NUL character') end
+  if not utf8_valid(data) then return fail('MSARG', nonce, 'the ' .. what .. ' is not valid UTF-8') end
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
@@ -823,7 +869,7 @@ redis.register_function('ms_heartbeat', function(keys, args)
   return { nonce, rec.seq, rec.pub or '' }
 end)
 
--- ms_probe KEYS: record  ARGV: version, nonce, probe, body[channel] -> [nonce, channel, receivers]
+-- ms_probe KEYS: record  ARGV: version, nonce, probe, body[channel] -> [nonce, receivers]
 -- Lets a follower check that its subscription works: "p <probe>" is
 -- published on the channel; receivers is the number of subscriptions
 -- Redis delivered it to (0: the caller's own subscription is not there).
@@ -837,7 +883,7 @@ redis.register_function('ms_probe', function(keys, args)
   local rec, e = load_by_channel(nonce, keys[1], f[1])
   if not rec then return e end
   local n = redis.call('PUBLISH', rec.channel, 'p ' .. token)
-  return { nonce, rec.channel, n }
+  return { nonce, n }
 end)
 
 -- ms_stop KEYS: record, index  ARGV: version, nonce, body[lead token, channel] -> [nonce]
@@ -869,6 +915,8 @@ redis.register_function('ms_list', function(keys, args)
     local v = not bad_name(name) and redis.call('HMGET', RECORD_PREFIX .. name, 'seq', 'updated_ms', 'channel')
     if not v then
       -- skipped
+    elseif v[1] and not (v[3] and #v[3] == 40) then
+      -- a record of an earlier protocol (load() refuses it): not listed
     elseif v[1] then
       local subs = redis.call('PUBSUB', 'NUMSUB', v[3])
       out[#out + 1] = name
@@ -894,7 +942,7 @@ redis.register_function{ function_name = 'ms_subscribers', flags = { 'no-writes'
   local out = { nonce }
   for _, name in ipairs(redis.call('SMEMBERS', keys[1])) do
     local channel = not bad_name(name) and redis.call('HGET', RECORD_PREFIX .. name, 'channel')
-    if channel then
+    if channel and #channel == 40 then
       local subs = redis.call('PUBSUB', 'NUMSUB', channel)
       out[#out + 1] = name
       out[#out + 1] = tonumber(subs[2])

@@ -251,7 +251,10 @@ impl Client {
         protocol::check_password(password)?;
         protocol::check_leader_code(leader_code)?;
         self.check_not_leading(name)?;
-        let channel = random_hex(16)?;
+        // The functions make the channel from this seed and the name;
+        // so does the leader (it is never sent back).
+        let seed = random_hex(16)?;
+        let channel = protocol::channel_of(&seed, name);
         let token = Zeroizing::new(random_hex(16)?);
         let params = kdf::Params {
             salt: random_hex(16)?,
@@ -262,7 +265,7 @@ impl Client {
             pw_key.as_bytes(),
             code_key.as_bytes(),
             params.salt.as_bytes(),
-            channel.as_bytes(),
+            seed.as_bytes(),
             token.as_bytes(),
         ]));
         let hb = self.config.heartbeat().as_millis().to_string();
@@ -352,17 +355,22 @@ impl Client {
         ]));
         let hb = self.config.heartbeat().as_millis().to_string();
         let ttl = self.config.stream_ttl_s().to_string();
-        let reply = self.control.fcall(
+        let answered = self.control.fcall_answered(
             false,
             "ms_reconnect",
             &[&key_of(name), INDEX_KEY],
             &[&hb, &ttl],
             &body,
             self.config.timeout(),
-        )?;
-        match reply {
+        );
+        // The channel comes sealed with the leader code's key.
+        match answered.result? {
             Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
-                (Value::String(c), Some(seq)) => Ok((c.clone(), seq)),
+                (Value::String(sealed), Some(seq)) => {
+                    protocol::open_sealed(sealed, &code_key, &answered.nonce)
+                        .map(|channel| (channel, seq))
+                        .ok_or_else(|| protocol::protocol_error("ms_reconnect"))
+                }
                 _ => Err(protocol::protocol_error("ms_reconnect")),
             },
             _ => Err(protocol::protocol_error("ms_reconnect")),
@@ -507,6 +515,10 @@ impl Client {
                     updated_ms: protocol::as_i64(&rec[3])?,
                 })
             })();
+            // A name the library refuses (not valid UTF-8, control or
+            // bidirectional formatting characters: put in the index before
+            // the functions refused them, or by hand) is not shown.
+            let entry = entry.filter(|info| protocol::check_name(&info.name).is_ok());
             match entry {
                 Some(info) => out.push(info),
                 // One entry this library cannot read (a record written by

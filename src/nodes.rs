@@ -184,6 +184,8 @@ pub struct Answered {
     pub result: Result<Value>,
     pub resent: bool,
     pub node: usize,
+    /// The nonce of the request that node answered (empty when none did).
+    pub nonce: String,
 }
 
 impl Nodes {
@@ -263,13 +265,19 @@ impl Nodes {
         let n = endpoints.len();
         let first = endpoints.primary();
         if n == 1 {
-            let Called { result, resent, .. } = self
+            let Called {
+                result,
+                resent,
+                nonce,
+                ..
+            } = self
                 .node(0)
                 .call(read_only, function, keys, args, body, timeout);
             return Answered {
                 result,
                 resent,
                 node: 0,
+                nonce,
             };
         }
         let deadline = Instant::now() + timeout;
@@ -296,6 +304,7 @@ impl Nodes {
                             result: called.result,
                             resent,
                             node,
+                            nonce: called.nonce,
                         };
                     }
                     Some(why) => {
@@ -328,6 +337,7 @@ impl Nodes {
             result: Err(self.none_answered(function, timeout, &causes)),
             resent,
             node: first,
+            nonce: String::new(),
         }
     }
 

@@ -6,7 +6,7 @@ use crate::error::{Error, Result, Status};
 use serde_json::Value;
 
 /// Version of the protocol between this library and lua/missionstream.lua.
-pub const PROTOCOL_VERSION: &str = "6";
+pub const PROTOCOL_VERSION: &str = "7";
 /// Longest stream name, in bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest password or leader code, in bytes.
@@ -23,7 +23,68 @@ pub const INDEX_KEY: &str = "streams";
 pub const LOAD_HINT: &str =
     "load it with: redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua";
 
-/// Checks a stream name: 1-256 bytes of UTF-8 without control characters.
+/// Unicode's bidirectional formatting characters (Bidi_Control): in a name
+/// they could make it look like another on an operator's screen.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The channel of a stream: SHA-1 (lowercase hex) of
+/// `"channel:" <seed> ":" <name>`, as the functions make it at ms_start
+/// from the seed the starting client sends. A stream can publish only on
+/// its own: another name would need a SHA-1 preimage.
+pub fn channel_of(seed: &str, name: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(b"channel:");
+    h.update(seed.as_bytes());
+    h.update(b":");
+    h.update(name.as_bytes());
+    hex(&h.finalize())
+}
+
+/// Opens a secret that a reply carries sealed for its caller (ms_connect,
+/// ms_reconnect: the channel): 40 lowercase hex digits XORed with
+/// SHA-1(`"seal:" <derived key sent> ":" <request nonce>`). None when the
+/// value is not 40 lowercase hex digits.
+pub fn open_sealed(sealed: &str, key: &str, nonce: &str) -> Option<String> {
+    use sha1::{Digest, Sha1};
+    let sealed = unhex(sealed)?;
+    if sealed.len() != 20 {
+        return None;
+    }
+    let mut h = Sha1::new();
+    h.update(b"seal:");
+    h.update(key.as_bytes());
+    h.update(b":");
+    h.update(nonce.as_bytes());
+    let mask = h.finalize();
+    let open: Vec<u8> = sealed.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
+    Some(hex(&open))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lowercase hex digits to bytes; None for anything else.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    if b.len() % 2 != 0 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    b.chunks(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
+/// Checks a stream name: 1-256 bytes of UTF-8 without control characters
+/// or bidirectional formatting characters.
 pub fn check_name(name: &str) -> Result<()> {
     if name.is_empty() {
         return Err(Error::invalid("the stream name is empty"));
@@ -37,6 +98,11 @@ pub fn check_name(name: &str) -> Result<()> {
     if name.chars().any(char::is_control) {
         return Err(Error::invalid(
             "the stream name contains a control character",
+        ));
+    }
+    if name.chars().any(is_bidi_control) {
+        return Err(Error::invalid(
+            "the stream name contains a bidirectional formatting character (U+061C, U+200E-U+200F, U+202A-U+202E, U+2066-U+2069)",
         ));
     }
     Ok(())

@@ -261,6 +261,9 @@ pub struct Called {
     pub resent: bool,
     /// The node did not answer the call, and why: another node may.
     pub refused: Option<Refusal>,
+    /// The request nonce every try carried: what a sealed value of the
+    /// reply is opened with (protocol::open_sealed).
+    pub nonce: String,
 }
 
 impl Webdis {
@@ -453,6 +456,7 @@ impl Webdis {
                         result,
                         resent,
                         refused: None,
+                        nonce,
                     }
                 }
                 // At most three tries: a server that always garbles (not
@@ -465,6 +469,7 @@ impl Webdis {
                         result: Err(e),
                         resent,
                         refused,
+                        nonce,
                     };
                 }
             }

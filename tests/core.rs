@@ -342,7 +342,11 @@ fn secrets_are_stored_hashed_and_channel_is_random() {
     assert!(!dump.contains("hunter2-password"), "{dump}");
     assert!(!dump.contains("leader-code-42"), "{dump}");
     let channel = s.record_field("secret-stream", "channel");
-    assert_eq!(channel.len(), 32, "128-bit hex token: {channel}");
+    // SHA-1 of a random 128-bit seed and the name, made by the functions.
+    assert_eq!(channel.len(), 40, "SHA-1 hex: {channel}");
+    assert!(channel
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
     assert!(!channel.contains("secret"));
     c.stop("secret-stream").unwrap();
     c.start("secret-stream", "hunter2-password", "leader-code-42")

@@ -1,4 +1,4 @@
-//! Deltas (protocol 6): a large plan changing a little at a time travels as
+//! Deltas (protocol 6 on): a large plan changing a little at a time travels as
 //! Fossil deltas; every state a follower delivers is byte for byte the one
 //! published and the one in the record; bad deltas change nothing.
 //! Through real Redis and Webdis, with a raw Webdis subscriber counting the

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// ms_connect: checks the password's derived key; returns the stream's
-/// channel.
+/// channel (the reply carries it sealed with that key).
 pub(super) fn stream_channel(
     conn: &Nodes,
     key: &str,
@@ -30,11 +30,12 @@ pub(super) fn stream_channel(
     timeout: Duration,
 ) -> Result<String> {
     let body = zeroize::Zeroizing::new(protocol::frame_body(&[password_key.as_bytes()]));
-    match conn.fcall(false, "ms_connect", &[key], &[], &body, timeout)? {
-        Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => match &a[0] {
-            Value::String(c) => Ok(c.clone()),
-            _ => Err(protocol::protocol_error("ms_connect")),
-        },
+    let answered = conn.fcall_answered(false, "ms_connect", &[key], &[], &body, timeout);
+    match answered.result? {
+        Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => a[0]
+            .as_str()
+            .and_then(|sealed| protocol::open_sealed(sealed, password_key, &answered.nonce))
+            .ok_or_else(|| protocol::protocol_error("ms_connect")),
         _ => Err(protocol::protocol_error("ms_connect")),
     }
 }
@@ -465,18 +466,17 @@ impl Link {
         let Value::Array(mut a) = reply else {
             return Err(bad());
         };
-        if a.len() != 5 {
+        // [seq, updated_ms, hb_ms, state]; a stream started anew under the
+        // same name has another channel, so ms_snapshot answers MSNOTFOUND.
+        if a.len() != 4 {
             return Err(bad());
         }
         let state = match a.pop() {
             Some(Value::String(s)) => s,
             _ => return Err(bad()),
         };
-        let hb_ms = protocol::as_u64(&a[3]).ok_or_else(bad)?;
-        let seq = protocol::as_u64(&a[1]).ok_or_else(bad)?;
-        if a[0].as_str() != Some(self.channel.as_str()) {
-            return Err(replaced());
-        }
+        let hb_ms = protocol::as_u64(&a[2]).ok_or_else(bad)?;
+        let seq = protocol::as_u64(&a[0]).ok_or_else(bad)?;
         Ok(Snapshot {
             seq,
             hb: Duration::from_millis(hb_ms.max(1)),
@@ -500,12 +500,9 @@ impl Link {
         let answered =
             nodes.fcall_answered(false, "ms_probe", &[&self.key], &[token], &body, timeout);
         match answered.result? {
-            Value::Array(a) if a.len() == 2 => {
-                if a[0].as_str() != Some(self.channel.as_str()) {
-                    return Err(replaced());
-                }
+            Value::Array(a) if a.len() == 1 => {
                 let n =
-                    protocol::as_u64(&a[1]).ok_or_else(|| protocol::protocol_error("ms_probe"))?;
+                    protocol::as_u64(&a[0]).ok_or_else(|| protocol::protocol_error("ms_probe"))?;
                 Ok((answered.node == node).then_some(n))
             }
             _ => Err(protocol::protocol_error("ms_probe")),
