@@ -882,6 +882,50 @@ mod tests {
     }
 
     #[test]
+    fn channel_and_sealed_value_test_vectors() {
+        // docs/PROTOCOL.md, "Data model" and "Sealed values".
+        let channel = channel_of("000102030405060708090a0b0c0d0e0f", "m1");
+        assert_eq!(channel, "bdb9e7ae4e18af698d45214028be66ed5998a4f1");
+        let key = "2e31d2dac861c0bc6459dd01f8116f6472f1c13ce752f8707851be9b9559a4fa";
+        let sealed = "9ae98dd1a4b18439abe9c51f396e1287336f625d";
+        assert_eq!(
+            open_sealed(sealed, key, "5f3a0c1e9b7d22a40").as_deref(),
+            Some(channel.as_str())
+        );
+        // Sealing is the same XOR.
+        assert_eq!(
+            open_sealed(&channel, key, "5f3a0c1e9b7d22a40").as_deref(),
+            Some(sealed)
+        );
+        // Another nonce or key opens it to something else.
+        assert_ne!(
+            open_sealed(sealed, key, "5f3a0c1e9b7d22a41").as_deref(),
+            Some(channel.as_str())
+        );
+        for bad in [
+            "",
+            "9AE98DD1A4B18439ABE9C51F396E1287336F625D",
+            "zz",
+            &sealed[..38],
+        ] {
+            assert_eq!(open_sealed(bad, key, "n"), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_with_bidi_controls_are_refused() {
+        for c in [
+            '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}',
+        ] {
+            let e = check_name(&format!("a{c}b")).unwrap_err();
+            assert!(e.message.contains("bidirectional"), "{}", e.message);
+        }
+        for ok in ["a\u{2013}b", "\u{2065}", "\u{206A}", "\u{202F}", "é"] {
+            assert!(check_name(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
     fn channel_messages() {
         assert_eq!(
             parse_channel_message("s 5 1700\n{\"x\":\n1}".into()),
