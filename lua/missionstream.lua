@@ -901,14 +901,32 @@ redis.register_function('ms_stop', function(keys, args)
   return { nonce }
 end)
 
--- ms_list KEYS: index  ARGV: version, nonce
---   -> flat [nonce, name, seq, followers, updated_ms, name, ...]
--- Names whose record expired are dropped from the index on the way.
+-- Index entries a call of ms_list or ms_subscribers looks at (about: SSCAN's
+-- COUNT), so that one call costs Redis about the same at any number of
+-- streams; a client pages through with the cursor.
+local LIST_PAGE = 200
+
+-- The cursor argument of ms_list and ms_subscribers: SSCAN's, decimal.
+local function list_page(nonce, index, cursor)
+  if type(cursor) ~= 'string' or not string.match(cursor, '^%d+$') or #cursor > 20 then
+    return nil, fail('MSARG', nonce, 'malformed list cursor (decimal digits, "0" to begin)')
+  end
+  return redis.call('SSCAN', index, cursor, 'COUNT', LIST_PAGE)
+end
+
+-- ms_list KEYS: index  ARGV: version, nonce, cursor
+--   -> flat [nonce, next cursor, name, seq, followers, updated_ms, name, ...]
+-- One page of the live streams: call again with the next cursor until it
+-- is "0" (a name may come twice; Redis' SSCAN guarantees every name in the
+-- index from start to end comes at least once). Names whose record
+-- expired are dropped from the index on the way.
 redis.register_function('ms_list', function(keys, args)
-  local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 2 })
+  local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 3 })
   if not nonce then return err end
-  local out = { nonce }
-  for _, name in ipairs(redis.call('SMEMBERS', keys[1])) do
+  local page, e = list_page(nonce, keys[1], args[3])
+  if not page then return e end
+  local out = { nonce, page[1] }
+  for _, name in ipairs(page[2]) do
     -- A name that is not one of this library's (put there by hand) is
     -- left alone and not listed: Webdis would drop a string that is not
     -- UTF-8 and put the flat reply out of step.
@@ -930,17 +948,19 @@ redis.register_function('ms_list', function(keys, args)
   return out
 end)
 
--- ms_subscribers KEYS: index  ARGV: version, nonce
---   -> flat [nonce, name, followers, name, ...]
+-- ms_subscribers KEYS: index  ARGV: version, nonce, cursor
+--   -> flat [nonce, next cursor, name, followers, name, ...] (paged as ms_list)
 -- The followers subscribed on this node, per live stream. Read-only, so it
 -- runs on a replica: PUBSUB NUMSUB counts only the node's own subscribers,
 -- so a client of a replicated deployment sums ms_list on the primary and
 -- ms_subscribers on every replica.
 redis.register_function{ function_name = 'ms_subscribers', flags = { 'no-writes' }, callback = function(keys, args)
-  local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 2 })
+  local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 3 })
   if not nonce then return err end
-  local out = { nonce }
-  for _, name in ipairs(redis.call('SMEMBERS', keys[1])) do
+  local page, e = list_page(nonce, keys[1], args[3])
+  if not page then return e end
+  local out = { nonce, page[1] }
+  for _, name in ipairs(page[2]) do
     local channel = not bad_name(name) and redis.call('HGET', RECORD_PREFIX .. name, 'channel')
     if channel and #channel == 40 then
       local subs = redis.call('PUBSUB', 'NUMSUB', channel)

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 type Registry<T> = Arc<Mutex<HashMap<String, T>>>;
@@ -497,15 +497,43 @@ impl Client {
     /// adds none.
     pub fn list(&self) -> Result<Vec<StreamInfo>> {
         let timeout = self.config.timeout();
-        let answered =
-            self.control
-                .fcall_answered(false, "ms_list", &[INDEX_KEY], &[], b"", timeout);
+        let deadline = Instant::now() + timeout;
         let bad = || protocol::protocol_error("ms_list");
-        let items = match answered.result? {
-            Value::Array(a) if a.len() % 4 == 0 => a,
-            _ => return Err(bad()),
-        };
-        let mut out = Vec::with_capacity(items.len() / 4);
+        // Page by page (each call of the functions looks at a bounded part
+        // of the index), within the timeout overall.
+        let mut items = Vec::new();
+        let mut cursor = "0".to_string();
+        let mut node;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::new(
+                    Status::MS_ERR_TIMEOUT,
+                    format!(
+                        "listing the streams took more than {} ms",
+                        timeout.as_millis()
+                    ),
+                ));
+            }
+            let answered =
+                self.control
+                    .fcall_answered(false, "ms_list", &[INDEX_KEY], &[&cursor], b"", left);
+            node = answered.node;
+            let mut page = match answered.result? {
+                Value::Array(a) if a.len() % 4 == 1 => a,
+                _ => return Err(bad()),
+            };
+            cursor = match page.remove(0) {
+                Value::String(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => c,
+                _ => return Err(bad()),
+            };
+            items.extend(page);
+            if cursor == "0" {
+                break;
+            }
+        }
+        let mut out: Vec<StreamInfo> = Vec::with_capacity(items.len() / 4);
+        let mut seen = std::collections::HashSet::new();
         for rec in items.chunks(4) {
             let entry = (|| {
                 Some(StreamInfo {
@@ -520,14 +548,19 @@ impl Client {
             // the functions refused them, or by hand) is not shown.
             let entry = entry.filter(|info| protocol::check_name(&info.name).is_ok());
             match entry {
-                Some(info) => out.push(info),
+                // A name may come twice while the index changes (SSCAN).
+                Some(info) => {
+                    if seen.insert(info.name.clone()) {
+                        out.push(info)
+                    }
+                }
                 // One entry this library cannot read (a record written by
                 // hand?) does not hide the others.
                 None => crate::debug_log!("ms_list: skipped an entry it cannot read: {rec:?}"),
             }
         }
         let others: Vec<usize> = (0..self.control.endpoints().len())
-            .filter(|&n| n != answered.node)
+            .filter(|&n| n != node)
             .collect();
         if !others.is_empty() {
             let counts: Vec<Vec<(String, u64)>> = std::thread::scope(|s| {
@@ -552,17 +585,39 @@ impl Client {
     /// The followers of each stream subscribed on node `node`
     /// (ms_subscribers); none when it does not answer.
     fn subscribers_on(&self, node: usize, timeout: Duration) -> Vec<(String, u64)> {
-        let reply =
-            self.control
-                .node(node)
-                .fcall(true, "ms_subscribers", &[INDEX_KEY], &[], b"", timeout);
-        let items = match reply {
-            Ok(Value::Array(a)) if a.len() % 2 == 0 => a,
-            other => {
-                crate::debug_log!("ms_subscribers at {}: {other:?}", self.control.base(node));
-                return Vec::new();
+        let deadline = Instant::now() + timeout;
+        let mut items = Vec::new();
+        let mut cursor = "0".to_string();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let reply = if left.is_zero() {
+                Err(Error::new(Status::MS_ERR_TIMEOUT, "out of time"))
+            } else {
+                self.control.node(node).fcall(
+                    true,
+                    "ms_subscribers",
+                    &[INDEX_KEY],
+                    &[&cursor],
+                    b"",
+                    left,
+                )
+            };
+            let mut page = match reply {
+                Ok(Value::Array(a)) if a.len() % 2 == 1 => a,
+                other => {
+                    crate::debug_log!("ms_subscribers at {}: {other:?}", self.control.base(node));
+                    return Vec::new();
+                }
+            };
+            cursor = match page.remove(0) {
+                Value::String(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => c,
+                _ => return Vec::new(),
+            };
+            items.extend(page);
+            if cursor == "0" {
+                break;
             }
-        };
+        }
         items
             .chunks(2)
             .filter_map(|r| Some((r[0].as_str()?.to_string(), protocol::as_u64(&r[1])?)))
