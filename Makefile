@@ -5,6 +5,9 @@
 #   make bench   the performance figures beside their baselines
 #   make mutants deliberate bugs of tests/mutants/mutations.toml, each run
 #                against the tests that should catch it (MUTANTS="id ...": some)
+#   make stress-ffi  the callback / disconnect / free paths of the C ABI,
+#                many rounds under valgrind (MS_FFI_ROUNDS, MS_FFI_RUNS;
+#                about 4 minutes; not in make test)
 #   make soak    a few minutes of faults under load (MS_SOAK_SECONDS,
 #                MS_SOAK_WEBDIS_KILLS, MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES)
 #   make install PREFIX=/usr/local DESTDIR=   the C library, headers,
@@ -24,7 +27,8 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-c test-install test-python check-header header \
+.PHONY: all build deps deps-test test test-rust test-ffi-valgrind stress-ffi test-c test-install test-python \
+        check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
         bench bench-quick soak mutants mutants-check clean
 
@@ -39,11 +43,24 @@ deps-test:
 build: deps
 	$(CARGO) build --release
 
-test: deps-test build check-header fmt-check clippy mutants-check test-rust test-c test-install test-python bench-quick
+test: deps-test build check-header fmt-check clippy mutants-check test-rust test-ffi-valgrind test-c test-install \
+      test-python bench-quick
 	@echo "make test: all suites passed"
 
 test-rust:
 	MISSIONSTREAM_DEBUG=1 $(CARGO) test --release
+
+# The Rust tests that cross the C ABI (tests/ffi.rs) under valgrind's
+# memcheck: a callback on freed user data, a bad free or a client never
+# freed fails it (scripts/valgrind-ffi.sh; valgrind missing is an error).
+test-ffi-valgrind: deps
+	scripts/valgrind-ffi.sh
+
+# The callback paths of tests/ffi.rs (a client freed while states flow, a
+# follow ended, a callback replaced and its data freed, Webdis killed)
+# many rounds under memcheck; too slow for make test.
+stress-ffi: deps
+	scripts/valgrind-ffi.sh --stress
 
 test-c:
 	tests/c/run.sh

@@ -226,7 +226,8 @@ typedef struct ms_event {
  * The event callback. Runs on a library thread; callbacks of one client
  * never run concurrently. It may call any ms_* function except
  * ms_client_free. `user_data` is the pointer given to ms_set_callback;
- * the caller owns its thread-safety. Latest wins here too: while a
+ * the caller owns its thread-safety, and keeps it valid as long as the
+ * callback may run (see ms_set_callback). Latest wins here too: while a
  * stream's MS_EVENT_STATE waits for the callback, a newer state of that
  * stream replaces it (memory stays bounded however slow the callback);
  * other events are never dropped.
@@ -395,10 +396,20 @@ enum ms_status ms_client_set_tls_ca_file(struct ms_client *client, const char *p
  * only when the previous callback is no longer running; the previous
  * callback is never called again. May be called from a callback.
  *
+ * Lifetime of `user_data`: it must stay valid until this callback is
+ * replaced or cleared (a later ms_set_callback on this client has
+ * returned; called from the callback itself, once that callback has
+ * returned too) or the client is freed (ms_client_free has returned).
+ * Until then the callback may run on a library thread at any moment
+ * with `user_data`, also when nothing is being published
+ * (MS_EVENT_CONNECTION_LOST when Webdis goes away, for one). To free it:
+ * ms_set_callback(client, NULL, NULL) or ms_client_free(client) first,
+ * then the data.
+ *
  * # Safety
  * `client` is NULL or a live client; `cb` is NULL or a function that
  * stays callable while set; `user_data` is the caller's, used from the
- * library's thread.
+ * library's thread, and stays valid as said above.
  */
 enum ms_status ms_set_callback(struct ms_client *client, ms_callback cb, void *user_data);
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing missionstream needs, when it is missing:
 # Debian/Ubuntu packages redis-server, webdis, curl, a C/C++ compiler,
-# binutils (strip, nm, readelf: make install and its tests), pkg-config and
+# binutils (strip, nm, readelf: make install and its tests), valgrind (the
+# C harness and the Rust tests of the C ABI run under it), pkg-config and
 # cmake (the installed library's tests build examples/ with them), python3 (and python3-venv for the tests), and nginx + openssl (the TLS
 # tests put nginx in front of Webdis, with certificates they make).
 #
@@ -36,6 +37,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
 command -v strip >/dev/null 2>&1 && command -v readelf >/dev/null 2>&1 || need+=(binutils)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v python3 >/dev/null 2>&1 || need+=(python3)

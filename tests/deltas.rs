@@ -749,3 +749,48 @@ fn many_followers_with_reordered_messages_deliver_only_verified_states() {
     );
     drop(followers);
 }
+
+/// A delta that does not verify on the follower (its checksum is wrong)
+/// makes the follower read the snapshot at once: with nothing more on the
+/// channel, it delivers the state the record holds within 2 s, never the
+/// forged one. The record is changed behind the functions' back and the
+/// delta put on the channel with PUBLISH, as a corrupted relay would.
+#[test]
+fn a_delta_that_does_not_verify_makes_the_follower_read_the_snapshot_at_once() {
+    let s = Servers::start();
+    let (leader, follower, rec, name) = s.followed("bad-check");
+    let first = "{\"name\":\"caf\u{e9} \u{2708}\",\"wp\":[1,2,3]}";
+    leader.publish(&name, first.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    rec.wait_state(&name, first, T);
+    assert_eq!(s.record_field(&name, "seq"), "1");
+    let channel = s.record_field(&name, "channel");
+    let key = format!("stream:{name}");
+    // The newest stored state, seq 2, that no message on the channel
+    // carries in full.
+    let stored = "{\"name\":\"caf\u{ea} \u{2708}\",\"wp\":[1,2,3,4]}";
+    s.redis_cli(&["HSET", &key, "state", stored, "seq", "2"]);
+    // A delta from seq 1 to seq 2 whose checksum is wrong.
+    let good = missionstream::delta::create(first, stored);
+    let forged = format!(
+        "{}1;",
+        good.trim_end_matches(';')
+            .trim_end_matches(|c: char| c.is_ascii_alphanumeric())
+    );
+    assert!(missionstream::delta::apply(first, &forged, 8 << 20).is_err());
+    let updated_ms = s.record_field(&name, "updated_ms");
+    let receivers = s.redis_cli(&[
+        "PUBLISH",
+        &channel,
+        &format!("d 2 1 {updated_ms}\n{forged}"),
+    ]);
+    assert_eq!(receivers.trim(), "1", "the follower's subscription got it");
+    let got = rec.wait_state(&name, stored, Duration::from_secs(2));
+    let states = states_after(&rec, &name, first);
+    assert_eq!(
+        states,
+        seq_states(&[(1, first), (2, stored)]),
+        "the snapshot's state, and nothing from the forged delta: {got:?}"
+    );
+    drop((follower, leader));
+}

@@ -6,9 +6,11 @@ mod common;
 use common::*;
 use missionstream::ffi::*;
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::AssertUnwindSafe;
 use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn last_error() -> String {
     unsafe { CStr::from_ptr(ms_last_error()) }
@@ -266,11 +268,139 @@ fn every_function_refuses_null_without_crashing() {
     }
 }
 
+/// Timeouts of the tests with servers: generous, since `make test` also
+/// runs this binary under valgrind (tens of times slower).
+const T: Duration = Duration::from_secs(60);
+
+/// The clients of a test and the data their C callbacks get. Dropped, on
+/// every path (a failed assertion's unwind included), it clears each
+/// client's callback and frees each client, and only then drops the data
+/// (fields drop after `Drop::drop`): a callback never runs on freed
+/// memory, which is the user_data rule of ms_set_callback. Declared after
+/// `Servers`, it is dropped before them: no client outlives Webdis.
+struct Abi<T> {
+    clients: Vec<*mut ms_client>,
+    data: Vec<Box<T>>,
+}
+
+impl<T: Sync> Abi<T> {
+    fn new() -> Self {
+        Abi {
+            clients: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// A new client of `url`, freed by the guard. Streams it starts use
+    /// the fewest KDF iterations (valgrind makes PBKDF2 slow).
+    fn client(&mut self, url: &str) -> *mut ms_client {
+        let url = c(url);
+        let mut client: *mut ms_client = null_mut();
+        unsafe {
+            assert_eq!(ms_client_new(url.as_ptr(), &mut client), ms_status::MS_OK);
+            self.clients.push(client);
+            assert_eq!(
+                ms_client_set_kdf_iterations(client, 100_000),
+                ms_status::MS_OK
+            );
+        }
+        client
+    }
+
+    /// Keeps `data` until the clients are freed (or `release`); the
+    /// pointer to give ms_set_callback.
+    fn keep(&mut self, data: T) -> *mut c_void {
+        let b = Box::new(data);
+        let p = &*b as *const T as *mut c_void;
+        self.data.push(b);
+        p
+    }
+
+    /// The data behind a pointer `keep` returned.
+    fn get(&self, p: *mut c_void) -> &T {
+        self.data
+            .iter()
+            .find(|b| std::ptr::eq(&***b, p as *const T))
+            .expect("data of this guard")
+    }
+
+    /// Drops the data behind `p` now. Only once no callback can use it:
+    /// ms_set_callback replaced it, or its client was freed.
+    fn release(&mut self, p: *mut c_void) {
+        let i = self
+            .data
+            .iter()
+            .position(|b| std::ptr::eq(&**b, p as *const T))
+            .expect("data of this guard");
+        drop(self.data.remove(i));
+    }
+
+    /// Frees `client` now.
+    fn free(&mut self, client: *mut ms_client) {
+        let i = self
+            .clients
+            .iter()
+            .position(|&x| x == client)
+            .expect("a client of this guard");
+        self.clients.remove(i);
+        unsafe { ms_client_free(client) };
+    }
+}
+
+impl<T> Drop for Abi<T> {
+    fn drop(&mut self) {
+        unsafe {
+            for &client in &self.clients {
+                ms_set_callback(client, None, null_mut());
+            }
+            for client in self.clients.drain(..).rev() {
+                ms_client_free(client);
+            }
+        }
+        // self.data is dropped after this, when no callback can run.
+    }
+}
+
 /// (kind, stream, data, seq, len) of each event.
 type SeenEvent = (ms_event_kind, String, Option<String>, u64, usize);
 
+#[derive(Default)]
 struct Seen {
     events: Mutex<Vec<SeenEvent>>,
+}
+
+impl Seen {
+    fn snapshot(&self) -> Vec<SeenEvent> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until an event satisfies `f`.
+    fn wait(&self, what: &str, f: impl Fn(&SeenEvent) -> bool) {
+        let deadline = Instant::now() + T;
+        while !self.events.lock().unwrap().iter().any(&f) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {T:?}: {:?}",
+                self.snapshot()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_state(&self, seq: u64) {
+        self.wait(&format!("the state of seq {seq}"), |e| {
+            e.0 == ms_event_kind::MS_EVENT_STATE && e.3 == seq
+        });
+    }
+
+    /// The (seq, data) of the STATE events.
+    fn states(&self) -> Vec<(u64, String)> {
+        self.snapshot()
+            .into_iter()
+            .filter(|e| e.0 == ms_event_kind::MS_EVENT_STATE)
+            .map(|e| (e.3, e.2.unwrap()))
+            .collect()
+    }
 }
 
 unsafe extern "C" fn on_event(event: *const ms_event, user_data: *mut c_void) {
@@ -293,19 +423,29 @@ unsafe extern "C" fn on_event(event: *const ms_event, user_data: *mut c_void) {
         .push((e.kind, stream, data, e.seq, e.len));
 }
 
+fn publish(leader: *mut ms_client, name: &CStr, state: &str) {
+    unsafe {
+        assert_eq!(
+            ms_publish(
+                leader,
+                name.as_ptr(),
+                state.as_ptr() as *const c_char,
+                state.len()
+            ),
+            ms_status::MS_OK
+        );
+        assert_eq!(ms_flush(leader, name.as_ptr(), 30_000), ms_status::MS_OK);
+    }
+}
+
 #[test]
 fn c_callback_and_list_through_the_abi() {
     let s = Servers::start();
+    let mut abi = Abi::<Seen>::new();
+    let leader = abi.client(&s.url);
+    let follower = abi.client(&s.url);
+    let seen_ptr = abi.keep(Seen::default());
     unsafe {
-        let url = c(&s.url);
-        let mut leader: *mut ms_client = null_mut();
-        let mut follower: *mut ms_client = null_mut();
-        assert_eq!(ms_client_new(url.as_ptr(), &mut leader), ms_status::MS_OK);
-        assert_eq!(ms_client_new(url.as_ptr(), &mut follower), ms_status::MS_OK);
-        let seen = Box::new(Seen {
-            events: Mutex::new(Vec::new()),
-        });
-        let seen_ptr = &*seen as *const Seen as *mut c_void;
         assert_eq!(
             ms_set_callback(follower, Some(on_event), seen_ptr),
             ms_status::MS_OK
@@ -320,6 +460,9 @@ fn c_callback_and_list_through_the_abi() {
             ms_connect(follower, name.as_ptr(), pw.as_ptr()),
             ms_status::MS_OK
         );
+        // The join state before anything is published: a state published
+        // while it waits for the callback would replace it (latest wins).
+        abi.get(seen_ptr).wait_state(0);
         // Webdis cannot carry a NUL: refused up front, never truncated.
         let nul = b"{\"a\":\"x\0y\"}";
         assert_eq!(
@@ -332,29 +475,25 @@ fn c_callback_and_list_through_the_abi() {
             ms_status::MS_ERR_INVALID_ARGUMENT
         );
         assert!(last_error().contains("NUL"), "{}", last_error());
-        let state = "{\"a\":\"x\\u0000y ✈\"}".as_bytes();
-        assert_eq!(
-            ms_publish(
-                leader,
-                name.as_ptr(),
-                state.as_ptr() as *const c_char,
-                state.len()
-            ),
-            ms_status::MS_OK
-        );
-        assert_eq!(ms_flush(leader, name.as_ptr(), 10_000), ms_status::MS_OK);
-        wait_until(Duration::from_secs(10), || {
-            seen.events.lock().unwrap().len() >= 2
-        });
+        let state = "{\"a\":\"x\\u0000y ✈\"}";
+        publish(leader, &name, state);
+        let seen = abi.get(seen_ptr);
+        seen.wait_state(1);
         {
-            let ev = seen.events.lock().unwrap();
+            let ev = seen.snapshot();
             assert_eq!(ev[0].0, ms_event_kind::MS_EVENT_STATE);
             assert_eq!(
-                (ev[0].1.as_str(), ev[0].2.as_deref(), ev[0].3),
-                ("ffi/plan.v1", Some("{}"), 0)
+                (ev[0].1.as_str(), ev[0].2.as_deref(), ev[0].3, ev[0].4),
+                ("ffi/plan.v1", Some("{}"), 0, 2)
             );
-            assert_eq!(ev[1].2.as_deref(), Some("{\"a\":\"x\\u0000y ✈\"}"));
-            assert_eq!((ev[1].3, ev[1].4), (1, state.len()));
+            let last = ev.last().unwrap();
+            assert_eq!(last.0, ms_event_kind::MS_EVENT_STATE);
+            assert_eq!(last.2.as_deref(), Some(state));
+            assert_eq!((last.3, last.4), (1, state.len()));
+            assert_eq!(
+                seen.states(),
+                vec![(0, "{}".to_string()), (1, state.to_string())]
+            );
         }
         let mut list: *mut ms_stream_info = null_mut();
         let mut count = 0usize;
@@ -366,21 +505,153 @@ fn c_callback_and_list_through_the_abi() {
         ms_list_free(list, count);
 
         assert_eq!(ms_stop(leader, name.as_ptr()), ms_status::MS_OK);
-        wait_until(Duration::from_secs(10), || {
-            seen.events
-                .lock()
-                .unwrap()
-                .iter()
-                .any(|e| e.0 == ms_event_kind::MS_EVENT_ENDED)
-        });
+        seen.wait("ENDED", |e| e.0 == ms_event_kind::MS_EVENT_ENDED);
         assert_eq!(ms_list(leader, &mut list, &mut count), ms_status::MS_OK);
         assert_eq!((count, list.is_null()), (0, true));
         ms_list_free(list, count);
-        assert_eq!(
-            ms_set_callback(follower, None, null_mut()),
-            ms_status::MS_OK
-        );
-        ms_client_free(follower);
-        ms_client_free(leader);
+    }
+    // The guard clears the callback and frees both clients, then the data.
+    drop(abi);
+}
+
+/// Callbacks of the panic test: each call is counted, then recorded.
+static PANIC_TEST_CALLS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe extern "C" fn on_event_counted(event: *const ms_event, user_data: *mut c_void) {
+    PANIC_TEST_CALLS.fetch_add(1, Ordering::SeqCst);
+    on_event(event, user_data);
+}
+
+/// A test that fails (panics) while a follower's callback is set: the
+/// guard's drop ends the callback before the user data is freed, so the
+/// CONNECTION_LOST that Webdis' end would cause never reaches freed
+/// memory (valgrind, in `make test`, would also see such a read).
+#[test]
+fn a_failing_test_ends_its_callbacks_before_their_data() {
+    let mut s = Servers::start();
+    let name = c("ffi/panics");
+    let pw = c("pw");
+    let unwound = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut abi = Abi::<Seen>::new();
+        let leader = abi.client(&s.url);
+        let follower = abi.client(&s.url);
+        let seen = abi.keep(Seen::default());
+        unsafe {
+            assert_eq!(
+                ms_set_callback(follower, Some(on_event_counted), seen),
+                ms_status::MS_OK
+            );
+            assert_eq!(
+                ms_start(leader, name.as_ptr(), pw.as_ptr(), c("code").as_ptr()),
+                ms_status::MS_OK
+            );
+            assert_eq!(
+                ms_connect(follower, name.as_ptr(), pw.as_ptr()),
+                ms_status::MS_OK
+            );
+        }
+        abi.get(seen).wait_state(0);
+        panic!("a failed assertion while following");
+    }));
+    assert!(unwound.is_err());
+    let calls = PANIC_TEST_CALLS.load(Ordering::SeqCst);
+    assert!(calls >= 1, "the join state was delivered");
+    // Webdis goes away: a follower still alive would report CONNECTION_LOST
+    // to its callback, with the freed data.
+    s.stop_webdis();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        PANIC_TEST_CALLS.load(Ordering::SeqCst),
+        calls,
+        "a callback ran after its test unwound"
+    );
+}
+
+/// The callback paths of the C ABI, `MS_FFI_ROUNDS` times (default 1;
+/// `make stress-ffi` runs many under valgrind): a client freed while
+/// states flow to its callback, a follow ended then the client freed, a
+/// callback replaced while states flow and its data freed as soon as
+/// ms_set_callback returns, a callback set from scratch after being
+/// cleared, and CONNECTION_LOST when Webdis is killed, delivered before
+/// the clients are freed. Each user data is freed as soon as the rule of
+/// ms_set_callback allows.
+#[test]
+fn callbacks_end_with_their_client_or_replacement_on_every_path() {
+    let rounds: usize = std::env::var("MS_FFI_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let mut s = Servers::start();
+    let pw = c("pw");
+    for round in 0..rounds {
+        let mut abi = Abi::<Seen>::new();
+        let leader = abi.client(&s.url);
+        let name = c(&format!("ffi/paths-{round}"));
+        unsafe {
+            assert_eq!(
+                ms_start(leader, name.as_ptr(), pw.as_ptr(), c("code").as_ptr()),
+                ms_status::MS_OK
+            );
+        }
+        let mut v = 0u64;
+        let mut next = |leader| {
+            v += 1;
+            publish(leader, &name, &format!("{{\"v\":{v}}}"));
+            v
+        };
+        let follow = |abi: &mut Abi<Seen>| {
+            let f = abi.client(&s.url);
+            let seen = abi.keep(Seen::default());
+            unsafe {
+                assert_eq!(ms_set_callback(f, Some(on_event), seen), ms_status::MS_OK);
+                assert_eq!(ms_connect(f, name.as_ptr(), pw.as_ptr()), ms_status::MS_OK);
+            }
+            (f, seen)
+        };
+
+        // Freed while states flow; its data right after ms_client_free.
+        let (f, seen) = follow(&mut abi);
+        let seq = next(leader);
+        abi.get(seen).wait_state(seq);
+        next(leader);
+        abi.free(f);
+        abi.release(seen);
+
+        // The follow ended first, then the client freed.
+        let (f, seen) = follow(&mut abi);
+        let seq = next(leader);
+        abi.get(seen).wait_state(seq);
+        unsafe { assert_eq!(ms_disconnect(f, name.as_ptr()), ms_status::MS_OK) };
+        next(leader);
+        abi.free(f);
+        abi.release(seen);
+
+        // The callback replaced while states flow: the old data is freed
+        // as soon as ms_set_callback returns; then cleared and set again.
+        let (f, first) = follow(&mut abi);
+        let seq = next(leader);
+        abi.get(first).wait_state(seq);
+        let second = abi.keep(Seen::default());
+        next(leader);
+        unsafe { assert_eq!(ms_set_callback(f, Some(on_event), second), ms_status::MS_OK) };
+        abi.release(first);
+        let seq = next(leader);
+        abi.get(second).wait_state(seq);
+        unsafe { assert_eq!(ms_set_callback(f, None, null_mut()), ms_status::MS_OK) };
+        abi.release(second);
+        next(leader);
+        let third = abi.keep(Seen::default());
+        unsafe { assert_eq!(ms_set_callback(f, Some(on_event), third), ms_status::MS_OK) };
+        let seq = next(leader);
+        abi.get(third).wait_state(seq);
+
+        // Webdis killed: CONNECTION_LOST reaches the callback; the guard
+        // then frees the clients, then the data.
+        s.stop_webdis();
+        abi.get(third).wait("CONNECTION_LOST", |e| {
+            e.0 == ms_event_kind::MS_EVENT_CONNECTION_LOST
+        });
+        drop(abi);
+        s.start_webdis();
     }
 }

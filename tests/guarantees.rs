@@ -194,9 +194,66 @@ fn publishing_alone_keeps_a_stream_with_a_ttl_alive() {
     assert_eq!(s.record_field(&name, "state"), format!("{{\"i\":{i}}}"));
 }
 
+/// Bytes that TCP connections to `127.0.0.1:port` hold unread: requests
+/// that reached a frozen server (from /proc/net/tcp, the receive queue of
+/// each socket of that local port).
+fn bytes_unread_at(port: u16) -> u64 {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!("0100007F:{port:04X}");
+    tcp.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.get(1) != Some(&local.as_str()) {
+                return None;
+            }
+            let rx = f.get(4)?.split(':').nth(1)?;
+            u64::from_str_radix(rx, 16).ok()
+        })
+        .sum()
+}
+
+/// Freezes Webdis (SIGSTOP) and publishes `state` (4 KiB or more); returns
+/// once that publish request is in Webdis' socket, unread: the publisher
+/// thread is blocked on the frozen server. Returns how long the publish
+/// call took.
+fn freeze_with_a_publish_in_flight(
+    s: &Servers,
+    leader: &Client,
+    name: &str,
+    state: &str,
+) -> Duration {
+    assert!(state.len() >= 4096);
+    s.signal_webdis("STOP");
+    let t = Instant::now();
+    let r = leader.publish(name, state.as_bytes());
+    let took = t.elapsed();
+    if let Err(e) = r {
+        s.signal_webdis("CONT");
+        panic!("the first publish to a frozen Webdis: {e:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bytes_unread_at(s.webdis_port) < 4096 {
+        if Instant::now() > deadline {
+            s.signal_webdis("CONT");
+            panic!("the publish request never reached the frozen Webdis");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The publisher is now waiting for the reply.
+    std::thread::sleep(Duration::from_millis(100));
+    took
+}
+
+/// A state of about 5 KiB, different for each `i`.
+fn big_state(i: u64) -> String {
+    format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(5000))
+}
+
 /// ms_publish never does the network round trip on the caller's thread:
-/// with Webdis frozen (SIGSTOP), 1,000 publishes return in a small part of
-/// one request timeout; thawed, the last one is stored.
+/// with Webdis frozen (SIGSTOP) and the publisher thread already blocked
+/// on a request to it, 1,000 more publishes return in a small part of one
+/// request timeout; thawed, the last one is stored.
 #[test]
 fn publish_returns_at_once_while_webdis_is_frozen() {
     let s = Servers::start();
@@ -206,11 +263,11 @@ fn publish_returns_at_once_while_webdis_is_frozen() {
     leader.start(&name, "pw", "code").unwrap();
     leader.publish(&name, b"{\"warm\":1}").unwrap();
     leader.flush(&name, 10_000).unwrap();
-    s.signal_webdis("STOP");
+    let first = freeze_with_a_publish_in_flight(&s, &leader, &name, &big_state(0));
     let started = Instant::now();
-    let mut slowest = Duration::ZERO;
-    let mut i = 0;
-    while i < 1000 {
+    let mut slowest = first;
+    let mut i = 1;
+    while i <= 1000 {
         let t = Instant::now();
         let r = leader.publish(&name, format!("{{\"i\":{i}}}").as_bytes());
         slowest = slowest.max(t.elapsed());
@@ -225,20 +282,50 @@ fn publish_returns_at_once_while_webdis_is_frozen() {
         i += 1;
     }
     let took = started.elapsed();
-    let n = i;
+    let n = i - 1;
     s.signal_webdis("CONT");
     assert!(
         n == 1000,
-        "only {n} publishes in {took:?} (slowest {slowest:?}) to a frozen Webdis; \
-         a request times out after 3 s"
+        "only {n} publishes in {took:?} (slowest {slowest:?}, the first {first:?}) to a \
+         frozen Webdis; a request times out after 3 s"
     );
     assert!(
         took < Duration::from_millis(500) && slowest < Duration::from_millis(200),
-        "1000 publishes to a frozen Webdis took {took:?} (slowest {slowest:?}); \
-         a request times out after 3 s"
+        "1000 publishes to a frozen Webdis took {took:?} (slowest {slowest:?}, the first \
+         {first:?}); a request times out after 3 s"
     );
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), "{\"i\":999}");
+    assert_eq!(s.record_field(&name, "state"), "{\"i\":1000}");
+}
+
+/// ms_flush with Webdis frozen (SIGSTOP, a publish request in it) returns
+/// MS_ERR_TIMEOUT when its own timeout is up, well before the request
+/// timeout (10 s); thawed, a flush succeeds.
+#[test]
+fn flush_returns_timeout_within_its_timeout_while_webdis_is_frozen() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_timeout(10_000).unwrap();
+    let name = unique("frozen-flush");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"warm\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    freeze_with_a_publish_in_flight(&s, &leader, &name, &big_state(1));
+    leader.publish(&name, b"{\"v\":2}").unwrap();
+    let t = Instant::now();
+    let r = leader.flush(&name, 1000);
+    let took = t.elapsed();
+    s.signal_webdis("CONT");
+    let e = r.expect_err("flush returned OK with Webdis frozen");
+    assert_eq!(e.status, Status::MS_ERR_TIMEOUT, "{e:?}");
+    assert_took(
+        took,
+        Duration::from_millis(950),
+        Duration::from_millis(3000),
+        "flush(1000 ms) with Webdis frozen",
+    );
+    leader.flush(&name, 10_000).unwrap();
+    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
 }
 
 /// Secrets are stretched by the client: the record holds the SHA-1 (hex)

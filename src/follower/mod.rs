@@ -325,10 +325,12 @@ impl FollowThread {
                 }
             }
             // Deltas whose base did not come, or that did not verify: the
-            // snapshot, on the node subscribed on.
+            // snapshot, on the node subscribed on. A delta that did not
+            // verify asks for it at once (resync_at is the current instant,
+            // later than `now`): compared with a fresh instant, not `now`.
             let resync_at = delivery.resync_at();
             if let (Some(s), None, Some(at)) = (&sub, &job, resync_at) {
-                if lost.is_none() && at <= now {
+                if lost.is_none() && at <= Instant::now() {
                     DELTA_RESYNCS.fetch_add(1, Ordering::Relaxed);
                     crate::debug_log!(
                         "follow {}: deltas without their base: reading the snapshot",

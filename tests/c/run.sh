@@ -4,8 +4,10 @@
 # (scripts/server.sh), and checks the shared library's SONAME and exports.
 #
 #   tests/c/run.sh              # build if needed, header checks, ASan runs, valgrind run
-#   MS_SKIP_VALGRIND=1 tests/c/run.sh   # skip the valgrind run
+#   MS_SKIP_VALGRIND=1 tests/c/run.sh   # skip the valgrind run (said so in the output)
 #
+# valgrind missing fails the run at once (scripts/install-deps.sh installs
+# it): the valgrind run is never skipped silently.
 # Exits non-zero on any failure. Servers are always stopped (trap).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,6 +29,11 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 step() { printf '\n== %s\n' "$*"; }
+
+if [ "${MS_SKIP_VALGRIND:-0}" != "1" ] && ! command -v valgrind >/dev/null 2>&1; then
+  echo "tests/c: valgrind is not installed (scripts/install-deps.sh installs it; MS_SKIP_VALGRIND=1 skips that run)" >&2
+  exit 1
+fi
 failures=0
 fail() { echo "FAILED: $*"; failures=$((failures + 1)); }
 
@@ -111,7 +118,9 @@ else
   fail "harness under ASan/UBSan (exit $?)"
 fi
 
-if [ "${MS_SKIP_VALGRIND:-0}" != "1" ] && command -v valgrind >/dev/null 2>&1; then
+if [ "${MS_SKIP_VALGRIND:-0}" = "1" ]; then
+  step "harness under valgrind: SKIPPED (MS_SKIP_VALGRIND=1)"
+else
   step "harness under valgrind (quick mode: no 4/8 MiB states)"
   gcc "${CFLAGS_STRICT[@]}" -g -O1 -Iinclude tests/c/harness.c -o "$work/harness_plain" \
       -L"$lib_dir" -lmissionstream -lpthread
