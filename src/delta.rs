@@ -92,13 +92,20 @@ const BLOCK: usize = 16;
 /// Slots a lookup in the matcher's table tries at most.
 const PROBES: usize = 8;
 
+/// Most copy and insert commands a delta may have: the functions refuse
+/// more (applying a delta costs Redis in proportion to its commands), so
+/// the encoder gives a delta up before it gets there.
+pub const MAX_COMMANDS: usize = 2048;
+
 struct Writer {
     out: Vec<u8>,
+    commands: usize,
 }
 
 impl Writer {
     fn copy(&mut self, n: usize, offset: usize) {
         if n > 0 {
+            self.commands += 1;
             put_int(&mut self.out, n as u64);
             self.out.push(b'@');
             put_int(&mut self.out, offset as u64);
@@ -107,6 +114,7 @@ impl Writer {
     }
     fn insert(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
+            self.commands += 1;
             put_int(&mut self.out, bytes.len() as u64);
             self.out.push(b':');
             self.out.extend_from_slice(bytes);
@@ -126,6 +134,7 @@ pub fn create_within(base: &str, target: &str, limit: usize) -> Option<String> {
     let (b, t) = (base.as_bytes(), target.as_bytes());
     let mut w = Writer {
         out: Vec::with_capacity(64),
+        commands: 0,
     };
     put_int(&mut w.out, t.len() as u64);
     w.out.push(b'\n');
@@ -276,6 +285,10 @@ fn middle(w: &mut Writer, b: &[u8], t: &[u8], from: usize, to: usize, limit: usi
             i += 1;
             continue;
         }
+        // Room for this literal and copy, the last literal and the suffix.
+        if w.commands + 4 > MAX_COMMANDS {
+            return false;
+        }
         w.insert(&t[lit..ti]);
         w.copy(len, bi);
         i = ti + len;
@@ -370,6 +383,48 @@ mod edits;
 mod tests {
     use super::edits::{edit, text, Rng};
     use super::*;
+
+    /// The copy and insert commands of a delta.
+    fn commands(delta: &str) -> usize {
+        let d = delta.as_bytes();
+        let mut pos = 0;
+        get_int(d, &mut pos).unwrap();
+        pos += 1;
+        let mut n = 0;
+        loop {
+            let v = get_int(d, &mut pos).unwrap() as usize;
+            match d[pos] {
+                b'@' => {
+                    pos += 1;
+                    get_int(d, &mut pos).unwrap();
+                    pos += 1;
+                }
+                b':' => pos += 1 + v,
+                _ => return n,
+            }
+            n += 1;
+        }
+    }
+
+    #[test]
+    fn deltas_stay_within_the_command_limit_of_the_functions() {
+        // 8,192 distinct 16-byte blocks, moved about with a byte between
+        // each: a faithful delta would need over 16,000 commands.
+        let block = |k: usize| format!("{k:015}|");
+        let base: String = (0..8192).map(block).collect();
+        let target: String = (0..8192).rev().map(|k| format!("{}x", block(k))).collect();
+        match create_within(&base, &target, usize::MAX) {
+            None => {}
+            Some(d) => {
+                assert!(commands(&d) <= MAX_COMMANDS, "{} commands", commands(&d));
+                assert_eq!(apply(&base, &d, usize::MAX).unwrap(), target);
+            }
+        }
+        // A small edit is a handful of commands.
+        let edited = base.replacen("000000000004096|", "000000000004096!", 1);
+        let d = create(&base, &edited);
+        assert!(commands(&d) <= 3, "{d}");
+    }
 
     #[test]
     fn numbers_use_fossils_digits() {

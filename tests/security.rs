@@ -755,14 +755,10 @@ fn functions_enforce_the_library_limits() {
             &frame_bytes(&[token.as_bytes(), channel.as_bytes(), state]),
         )
     };
-    let mut states: Vec<(&str, Vec<u8>)> = vec![
-        ("a state that is not UTF-8", b"{\"x\":\"\xff\"}".to_vec()),
-        ("an overlong encoding", b"\"\xc0\xaf\"".to_vec()),
-        ("a surrogate", b"\"\xed\xa0\x80\"".to_vec()),
-        ("a truncated sequence", b"\"\xe6\x97\"".to_vec()),
-        ("beyond U+10FFFF", b"\"\xf4\x90\x80\x80\"".to_vec()),
-        ("a NUL", b"{\"x\":\"a\0b\"}".to_vec()),
-    ];
+    // (The UTF-8 validity of a state is the client's to check: scanning 8
+    // MiB in Redis' Lua would keep Redis busy for 0.1 s or more. See
+    // availability::a_state_that_is_not_utf8_is_never_delivered.)
+    let mut states: Vec<(&str, Vec<u8>)> = vec![("a NUL", b"{\"x\":\"a\0b\"}".to_vec())];
     let mut big = vec![b'x'; 8 * 1024 * 1024 + 1];
     big[0] = b'"';
     states.push(("over 8 MiB", big));

@@ -324,10 +324,17 @@ impl Link {
             let by = Instant::now() + left.min(attempt_wait);
             let opened = self
                 .subscribe(&nodes, node, by)
-                .and_then(|sub| self.confirm(&nodes, &sub, by).map(|()| sub))
-                .and_then(|sub| Ok((self.snapshot(nodes.node(node))?, sub)));
+                .and_then(|sub| self.confirm(&nodes, &sub, by).map(|()| sub));
             let e = match opened {
-                Ok((snap, sub)) => return Ok((sub, snap)),
+                Ok(sub) => match self.snapshot(nodes.node(node)) {
+                    Ok(snap) => return Ok((sub, snap)),
+                    // The snapshot's call has retried what it could; a
+                    // reply that cannot be read (a stored state that is
+                    // not UTF-8, which Webdis drops from the reply) is no
+                    // subscription to replace at once.
+                    Err(e) if many && e.status.is_transient() => e,
+                    Err(e) => return Err(e),
+                },
                 Err(e) if retry_subscribe(&e) || (many && e.status.is_transient()) => e,
                 Err(e) => return Err(e),
             };

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod edits;
 pub mod faults;
 pub mod plan;
+pub mod raw;
 pub mod rawsub;
 pub mod tls;
 
