@@ -331,9 +331,12 @@ fn raw_put(port: u16, path: &str, body: &[u8]) -> (Vec<u8>, usize) {
     (req, at)
 }
 
-fn fcall_path(command: &str, function: &str, key: &str) -> String {
-    let mut p = format!("/{command}/{function}/1/");
-    encode_path_arg(key, &mut p);
+fn fcall_path(command: &str, function: &str, keys: &[&str]) -> String {
+    let mut p = format!("/{command}/{function}/{}", keys.len());
+    for key in keys {
+        p.push('/');
+        encode_path_arg(key, &mut p);
+    }
     p.push('/');
     p.push_str(PROTOCOL_VERSION);
     // The request nonce the functions echo (any, for the raw baseline).
@@ -343,12 +346,13 @@ fn fcall_path(command: &str, function: &str, key: &str) -> String {
 
 /// Starts stream `name` with a raw ms_start, as another client of the
 /// protocol would (derived keys, a salt, a channel and a lead token of
-/// its own); returns the channel and the lead token.
+/// its own); returns the channel (which the functions make from the
+/// seed sent and the name) and the lead token.
 fn raw_start(port: u16, name: &str) -> (String, String) {
     use missionstream::kdf::{self, Secret};
     let hex = |n: u128| format!("{n:032x}");
     let t = now_ns() as u128;
-    let (salt, channel, token) = (hex(t ^ 0x5a17), hex(t ^ 0xc4a2), hex(t ^ 0x70c3));
+    let (salt, seed, token) = (hex(t ^ 0x5a17), hex(t ^ 0xc4a2), hex(t ^ 0x70c3));
     let params = kdf::Params {
         salt: salt.clone(),
         iterations: kdf::DEFAULT_ITERATIONS,
@@ -366,7 +370,7 @@ fn raw_start(port: u16, name: &str) -> (String, String) {
         pw_key.as_bytes(),
         code_key.as_bytes(),
         salt.as_bytes(),
-        channel.as_bytes(),
+        seed.as_bytes(),
         token.as_bytes(),
     ]);
     let (req, _) = raw_put(port, &path, &body);
@@ -376,7 +380,7 @@ fn raw_start(port: u16, name: &str) -> (String, String) {
         status == 200 && reply == r#"{"FCALL":["raw"]}"#,
         "ms_start: {status} {reply}"
     );
-    (channel, token)
+    (missionstream::protocol::channel_of(&seed, name), token)
 }
 
 /// The raw request that the library's publisher sends for `state`: a
@@ -395,7 +399,11 @@ const RAW_ID_DIGITS: usize = 16;
 
 impl RawPublish {
     fn new(port: u16, name: &str, channel: &str, token: &str, state: &[u8]) -> RawPublish {
-        let mut path = fcall_path("FCALL", "ms_publish", &format!("stream:{name}"));
+        let mut path = fcall_path(
+            "FCALL",
+            "ms_publish",
+            &[&format!("stream:{name}"), "streams"],
+        );
         // A lead token of 16 hex digits, then a 16-digit counter.
         path.push_str("/0123456789abcdef");
         let id_at = path.len();
@@ -1344,7 +1352,7 @@ impl Bench {
         let leader = missionstream::Client::new(&self.servers.url).unwrap();
         leader.start(&name, PASSWORD, CODE).expect("ms_start");
         let guess = |key: &str| -> (u64, u64, u64) {
-            let path = fcall_path("FCALL", "ms_connect", key);
+            let path = fcall_path("FCALL", "ms_connect", &[key]);
             let (req, _) = raw_put(self.port, &path, &frame_body(&[&[b'0'; 64]]));
             let mut raw = Raw::connect(self.port);
             let (mut evaluated, mut throttled, mut absent) = (0, 0, 0);

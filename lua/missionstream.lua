@@ -121,6 +121,15 @@ local MAX_STATE = 8 * 1024 * 1024
 local MAX_SEQ = 999999999999
 local RECORD_PREFIX = 'stream:'
 
+-- QUOTAS of the deployment: edit these three lines before loading the
+-- library (FUNCTION LOAD REPLACE); ms_limits shows them to clients.
+-- Live streams at most:
+local QUOTA_STREAMS = 10000
+-- Bytes of one stream's state at most (at most MAX_STATE, 8 MiB):
+local QUOTA_STATE_BYTES = MAX_STATE
+-- Bytes of the states of all streams together at most:
+local QUOTA_TOTAL_BYTES = 1024 * 1024 * 1024
+
 -- Whether s is valid UTF-8 (no overlong forms, no surrogates), in C speed
 -- (Redis runs nothing else meanwhile): runs of ASCII collapse to one
 -- space, then each kind of well-formed multi-byte sequence is replaced by
@@ -690,6 +699,79 @@ local function load_leader(nonce, key, token, channel)
   return rec
 end
 
+-- The index "streams" is a hash: the name of each live stream -> the bytes
+-- of its stored state, and the field TOTAL (a NUL byte: never a name) ->
+-- their sum, so that the quotas cost one read. A name whose record expired
+-- stays until ms_list or a quota check finds it gone.
+local TOTAL = '\0'
+-- Index entries a call of ms_list or ms_subscribers looks at (about: HSCAN's
+-- COUNT), so that one call costs Redis about the same at any number of
+-- streams; a client pages through with the cursor.
+local LIST_PAGE = 200
+
+-- Whether the index is this version's (a hash, or none yet). An index of
+-- an earlier version (a set, whose names are records that are no stream to
+-- this version) is dropped by a call that may write.
+local function index_ready(index, writable)
+  local t = redis.call('TYPE', index)['ok']
+  if t == 'hash' or t == 'none' then return true end
+  if writable then
+    redis.call('DEL', index)
+    return true
+  end
+  return false
+end
+
+-- Counts `bytes` of state for stream `name` in the index (nil: removes
+-- the name), keeping the total.
+local function count_bytes(index, name, bytes)
+  local old = tonumber(redis.call('HGET', index, name) or 0)
+  if bytes then redis.call('HSET', index, name, bytes) else redis.call('HDEL', index, name) end
+  local change = (bytes or 0) - old
+  if change ~= 0 then redis.call('HINCRBY', index, TOTAL, change) end
+end
+
+-- Live streams and bytes of state counted in the index.
+local function usage(index)
+  local n = redis.call('HLEN', index) - redis.call('HEXISTS', index, TOTAL)
+  return n, tonumber(redis.call('HGET', index, TOTAL) or 0)
+end
+
+-- Drops the names of one page of the index whose record expired; returns
+-- the next cursor (kept here, so that pages come in turn).
+local prune_cursor = '0'
+local function prune(index)
+  local page = redis.call('HSCAN', index, prune_cursor, 'COUNT', LIST_PAGE)
+  prune_cursor = page[1]
+  local kv = page[2]
+  for i = 1, #kv, 2 do
+    if kv[i] ~= TOTAL and redis.call('EXISTS', RECORD_PREFIX .. kv[i]) == 0 then
+      count_bytes(index, kv[i], nil)
+    end
+  end
+end
+
+-- Whether stream `name` (`new`: not counted yet) may hold a state of
+-- `bytes` within the quotas; nil, or why not. Over a quota, one page of
+-- expired names is dropped first and the quota looked at again.
+local function over_quota(index, name, bytes, new)
+  if bytes > QUOTA_STATE_BYTES then
+    return 'the state (' .. bytes .. ' bytes) is over the quota of one stream (' .. QUOTA_STATE_BYTES .. ' bytes)'
+  end
+  for attempt = 1, 2 do
+    local n, total = usage(index)
+    local old = tonumber(redis.call('HGET', index, name) or 0)
+    local streams_ok = not new or old > 0 or n < QUOTA_STREAMS
+    local bytes_ok = total - old + bytes <= QUOTA_TOTAL_BYTES
+    if streams_ok and bytes_ok then return nil end
+    if attempt == 2 then
+      if not streams_ok then return 'the deployment holds its most streams (quota: ' .. QUOTA_STREAMS .. ')' end
+      return 'the states of all streams would be over their quota (' .. QUOTA_TOTAL_BYTES .. ' bytes)'
+    end
+    prune(index)
+  end
+end
+
 -- ms_start KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, kdf, iterations,
 --   body[pw key, code key, salt, channel seed, lead token] -> [nonce]
 -- The channel is channel_of(seed, name): the client computes it too.
@@ -711,11 +793,14 @@ redis.register_function('ms_start', function(keys, args)
   local key = keys[1]
   if redis.call('EXISTS', key) == 1 then return fail('MSEXISTS', nonce, 'the stream name is taken') end
   local name = string.sub(key, #RECORD_PREFIX + 1)
+  index_ready(keys[2], true)
+  local over = over_quota(keys[2], name, 2, true)
+  if over then return fail('MSQUOTA', nonce, over) end
   redis.call('HSET', key, 'name', name, 'kdf', KDF, 'iter', iter, 'salt', f[3], 'pw', hash(f[1]),
     'code', hash(f[2]), 'lead', hash(f[5]), 'channel', channel_of(f[4], name), 'state', '{}', 'seq', 0, 'updated_ms', now_ms(),
     'hb_ms', hb, 'ttl', ttl)
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-  redis.call('SADD', keys[2], name)
+  count_bytes(keys[2], name, 2)
   return { nonce }
 end)
 
@@ -739,7 +824,8 @@ redis.register_function('ms_reconnect', function(keys, args)
   rec.ttl = ttl
   redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl, 'lead', hash(f[3]))
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
-  redis.call('SADD', keys[2], string.sub(key, #RECORD_PREFIX + 1))
+  index_ready(keys[2], true)
+  count_bytes(keys[2], string.sub(key, #RECORD_PREFIX + 1), redis.call('HSTRLEN', key, 'state'))
   return { nonce, seal(rec.channel, f[2], nonce), rec.seq }
 end)
 
@@ -781,7 +867,7 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
   return { nonce, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms), redis.call('HGET', keys[1], 'state') }
 end }
 
--- ms_publish KEYS: record  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
+-- ms_publish KEYS: record, index  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
 --   body[lead token, channel, state or delta] -> [nonce, seq, stored publish id]
 -- Stores the state and broadcasts it in one atomic call. The publish id is
 -- 32 lowercase hex digits: a random token of the lead (16), then the
@@ -801,7 +887,7 @@ end }
 -- leader sends the state in full); the full result is stored and the
 -- delta broadcast as "d <seq> <base_seq> <updated_ms>\n<delta>".
 redis.register_function('ms_publish', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 8, fields = 3 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 8, fields = 3 })
   if not nonce then return err end
   local id = args[3]
   if not is_hex(id, 32) then
@@ -852,6 +938,11 @@ redis.register_function('ms_publish', function(keys, args)
   else
     pieces = #data > 0 and { { s = data } } or {}
   end
+  index_ready(keys[2], true)
+  local name = string.sub(key, #RECORD_PREFIX + 1)
+  local over = over_quota(keys[2], name, #state, false)
+  if over then return fail('MSQUOTA', nonce, over) end
+  count_bytes(keys[2], name, #state)
   local seq = math.max(rec.seq, floor) + 1
   local updated = now_ms()
   redis.call('HSET', key, 'state', state, 'seq', seq, 'updated_ms', updated, 'pub', id)
@@ -911,34 +1002,37 @@ redis.register_function('ms_stop', function(keys, args)
   if not rec then return e end
   redis.call('DEL', keys[1])
   forget_rope(keys[1])
-  redis.call('SREM', keys[2], string.sub(keys[1], #RECORD_PREFIX + 1))
+  index_ready(keys[2], true)
+  count_bytes(keys[2], string.sub(keys[1], #RECORD_PREFIX + 1), nil)
   redis.call('PUBLISH', rec.channel, 'e')
   return { nonce }
 end)
 
--- Index entries a call of ms_list or ms_subscribers looks at (about: SSCAN's
--- COUNT), so that one call costs Redis about the same at any number of
--- streams; a client pages through with the cursor.
-local LIST_PAGE = 200
-
--- The cursor argument of ms_list and ms_subscribers: SSCAN's, decimal.
-local function list_page(nonce, index, cursor)
+-- One page of the index from `cursor` (HSCAN's, decimal): the next cursor
+-- and the names on the page; nil and an error reply for a bad cursor.
+local function list_page(nonce, index, cursor, writable)
   if type(cursor) ~= 'string' or not string.match(cursor, '^%d+$') or #cursor > 20 then
     return nil, fail('MSARG', nonce, 'malformed list cursor (decimal digits, "0" to begin)')
   end
-  return redis.call('SSCAN', index, cursor, 'COUNT', LIST_PAGE)
+  if not index_ready(index, writable) then return { '0', {} } end
+  local page = redis.call('HSCAN', index, cursor, 'COUNT', LIST_PAGE)
+  local names = {}
+  for i = 1, #page[2], 2 do
+    if page[2][i] ~= TOTAL then names[#names + 1] = page[2][i] end
+  end
+  return { page[1], names }
 end
 
 -- ms_list KEYS: index  ARGV: version, nonce, cursor
 --   -> flat [nonce, next cursor, name, seq, followers, updated_ms, name, ...]
 -- One page of the live streams: call again with the next cursor until it
--- is "0" (a name may come twice; Redis' SSCAN guarantees every name in the
+-- is "0" (a name may come twice; Redis' HSCAN guarantees every name in the
 -- index from start to end comes at least once). Names whose record
 -- expired are dropped from the index on the way.
 redis.register_function('ms_list', function(keys, args)
   local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 3 })
   if not nonce then return err end
-  local page, e = list_page(nonce, keys[1], args[3])
+  local page, e = list_page(nonce, keys[1], args[3], true)
   if not page then return e end
   local out = { nonce, page[1] }
   for _, name in ipairs(page[2]) do
@@ -957,7 +1051,7 @@ redis.register_function('ms_list', function(keys, args)
       out[#out + 1] = tonumber(subs[2])
       out[#out + 1] = tonumber(v[2])
     else
-      redis.call('SREM', keys[1], name)
+      count_bytes(keys[1], name, nil)
     end
   end
   return out
@@ -972,7 +1066,7 @@ end)
 redis.register_function{ function_name = 'ms_subscribers', flags = { 'no-writes' }, callback = function(keys, args)
   local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 3 })
   if not nonce then return err end
-  local page, e = list_page(nonce, keys[1], args[3])
+  local page, e = list_page(nonce, keys[1], args[3], false)
   if not page then return e end
   local out = { nonce, page[1] }
   for _, name in ipairs(page[2]) do
@@ -984,4 +1078,17 @@ redis.register_function{ function_name = 'ms_subscribers', flags = { 'no-writes'
     end
   end
   return out
+end }
+
+-- ms_limits KEYS: index  ARGV: version, nonce
+--   -> [nonce, quota of streams, quota of one state's bytes, quota of all
+--       states' bytes, streams counted, bytes counted]
+-- The deployment's quotas (QUOTAS above) and what the index counts now
+-- (names of expired streams included until they are dropped).
+redis.register_function{ function_name = 'ms_limits', flags = { 'no-writes' }, callback = function(keys, args)
+  local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 2 })
+  if not nonce then return err end
+  local n, total = 0, 0
+  if index_ready(keys[1], false) then n, total = usage(keys[1]) end
+  return { nonce, QUOTA_STREAMS, QUOTA_STATE_BYTES, QUOTA_TOTAL_BYTES, n, total }
 end }

@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::nodes::Nodes;
-use crate::protocol;
+use crate::protocol::{self, INDEX_KEY};
 use crate::session::{Config, Hooks};
 use crate::util::{lock, random_hex};
 use std::ffi::CString;
@@ -337,7 +337,7 @@ impl LeadThread {
                         .fcall(
                             false,
                             "ms_publish",
-                            &[&self.identity.key],
+                            &[&self.identity.key, INDEX_KEY],
                             &[&id, &floor, kind, base_seq, base_id],
                             &body,
                             timeout,

@@ -292,6 +292,16 @@ pub fn redis_error(text: &str) -> Error {
             Status::MS_ERR_PROTOCOL,
             format!("the functions library refused the request: {rest}"),
         ),
+        // A quota of the deployment (QUOTAS in lua/missionstream.lua): it
+        // may free up, so a leader keeps its newest state and tries again.
+        "MSQUOTA" => Error::new(
+            Status::MS_ERR_SERVER,
+            format!("refused by a quota of the deployment: {rest}"),
+        ),
+        "OOM" => Error::new(
+            Status::MS_ERR_SERVER,
+            format!("Redis is out of memory (its maxmemory is reached): nothing was stored ({text})"),
+        ),
         _ if text.contains("Function not found") || text.contains("No such function") => {
             Error::new(
                 Status::MS_ERR_SERVER,

@@ -48,7 +48,7 @@ fn list_at_50000_streams_costs_redis_little_per_call() {
            local name = 'bulk-' .. i \
            redis.call('HSET', 'stream:' .. name, 'name', name, 'seq', 1, 'updated_ms', 1, \
              'channel', redis.sha1hex(name)) \
-           redis.call('SADD', 'streams', name) \
+           redis.call('HSET', 'streams', name, 1) \
          end return 1",
         "0",
     ]);
@@ -184,7 +184,7 @@ fn no_request_keeps_redis_busy() {
     let v = Raw::call(
         s.webdis_port,
         "ms_publish",
-        &[b"stream:own"],
+        &[b"stream:own", b"streams"],
         "a1",
         &["00000000000000010000000000000001", "0", "full", "-", "-"],
         &[token.as_bytes(), own.as_bytes(), base.as_bytes()],
@@ -218,7 +218,7 @@ fn no_request_keeps_redis_busy() {
         (
             "an 8 MiB publish of \"a😀\" to a stream that does not exist",
             "ms_publish",
-            vec![b"stream:nothing-here"],
+            vec![b"stream:nothing-here", b"streams"],
             vec![token.as_bytes(), own.as_bytes(), emoji.as_bytes()],
             &["00000000000000010000000000000002", "0", "full", "-", "-"],
             "MSNOTFOUND",
@@ -234,7 +234,7 @@ fn no_request_keeps_redis_busy() {
         (
             "a delta of 2 million one-byte copies",
             "ms_publish",
-            vec![b"stream:own"],
+            vec![b"stream:own", b"streams"],
             vec![token.as_bytes(), own.as_bytes(), copies.as_bytes()],
             &[
                 "00000000000000010000000000000003",
@@ -248,7 +248,7 @@ fn no_request_keeps_redis_busy() {
         (
             "a delta of 2.8 million one-byte literals",
             "ms_publish",
-            vec![b"stream:own"],
+            vec![b"stream:own", b"streams"],
             vec![token.as_bytes(), own.as_bytes(), literals.as_bytes()],
             &[
                 "00000000000000010000000000000004",
@@ -262,7 +262,7 @@ fn no_request_keeps_redis_busy() {
         (
             "a delta of 2 million zero-length copies",
             "ms_publish",
-            vec![b"stream:own"],
+            vec![b"stream:own", b"streams"],
             vec![token.as_bytes(), own.as_bytes(), empty_copies.as_bytes()],
             &[
                 "00000000000000010000000000000005",
@@ -345,7 +345,7 @@ fn a_state_that_is_not_utf8_is_never_delivered() {
     let v = Raw::call(
         s.webdis_port,
         "ms_publish",
-        &[format!("stream:{name}").as_bytes()],
+        &[format!("stream:{name}").as_bytes(), b"streams"],
         "bad1",
         &["00000000000000020000000000000001", "0", "full", "-", "-"],
         &[token.as_bytes(), channel.as_bytes(), b"{\"x\":\"\xff\"}"],
@@ -373,7 +373,7 @@ fn a_state_that_is_not_utf8_is_never_delivered() {
     let v = Raw::call(
         s.webdis_port,
         "ms_publish",
-        &[format!("stream:{name}").as_bytes()],
+        &[format!("stream:{name}").as_bytes(), b"streams"],
         "good1",
         &["00000000000000020000000000000002", "0", "full", "-", "-"],
         &[token.as_bytes(), channel.as_bytes(), b"{\"y\":1}"],
@@ -382,4 +382,132 @@ fn a_state_that_is_not_utf8_is_never_delivered() {
     rec.wait_state(&name, "{\"y\":1}", T);
     late.connect(&name, "pw").unwrap();
     late_rec.wait_state(&name, "{\"y\":1}", T);
+}
+
+/// The functions library with its QUOTAS lines set to these values.
+fn with_quotas(streams: u64, state: u64, total: u64) -> String {
+    let lua = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/lua/missionstream.lua"
+    ))
+    .unwrap();
+    let mut out = String::new();
+    for line in lua.lines() {
+        let line = if line.starts_with("local QUOTA_STREAMS = ") {
+            format!("local QUOTA_STREAMS = {streams}")
+        } else if line.starts_with("local QUOTA_STATE_BYTES = ") {
+            format!("local QUOTA_STATE_BYTES = {state}")
+        } else if line.starts_with("local QUOTA_TOTAL_BYTES = ") {
+            format!("local QUOTA_TOTAL_BYTES = {total}")
+        } else {
+            line.to_string()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    assert!(out.contains(&format!("QUOTA_TOTAL_BYTES = {total}\n")));
+    out
+}
+
+/// ms_limits, raw: the quotas and what the index counts.
+fn limits(s: &Servers) -> serde_json::Value {
+    Raw::call(s.webdis_port, "ms_limits", &[b"streams"], "lim", &[], &[])
+}
+
+/// Quotas set in the deployment (the QUOTAS lines of the functions
+/// library) bound the number of streams, one stream's state and all states
+/// together; ms_limits shows them. A call over a quota is refused with a
+/// clear status and message, changes nothing, and a leader keeps its
+/// newest state and stores it once the quota allows (nothing acknowledged
+/// is lost); streams stopped or expired free their share.
+#[test]
+fn quotas_refuse_clearly_and_lose_nothing() {
+    let s = Servers::start();
+    s.load_functions(&with_quotas(3, 4000, 9000));
+    assert_eq!(limits(&s), serde_json::json!(["lim", 3, 4000, 9000, 0, 0]));
+    let c = s.client();
+    c.set_timeout(3000).unwrap();
+    let rec = Recorder::attach(&c);
+    for name in ["q1", "q2", "q3"] {
+        c.start(name, "pw", "code").unwrap();
+    }
+    let e = c.start("q4", "pw", "code").unwrap_err();
+    assert_eq!(e.status, missionstream::Status::MS_ERR_SERVER, "{e:?}");
+    assert!(
+        e.message.contains("quota") && e.message.contains("most streams"),
+        "{}",
+        e.message
+    );
+    assert_eq!(s.redis_cli(&["EXISTS", "stream:q4"]).trim(), "0");
+    assert_eq!(limits(&s), serde_json::json!(["lim", 3, 4000, 9000, 3, 6]));
+
+    // One stream's state over its quota: refused, reported, the stored
+    // state kept; the next state within the quota is stored.
+    let fits = format!("{{\"a\":\"{}\"}}", "x".repeat(3500));
+    c.publish("q1", fits.as_bytes()).unwrap();
+    c.flush("q1", 5000).unwrap();
+    let over = format!("{{\"a\":\"{}\"}}", "y".repeat(4500));
+    c.publish("q1", over.as_bytes()).unwrap();
+    let e = c.flush("q1", 1500).unwrap_err();
+    assert!(e.message.contains("quota of one stream"), "{e:?}");
+    rec.wait_kind("q1", missionstream::EventKind::MS_EVENT_PUBLISH_FAILED, T);
+    assert_eq!(s.record_field("q1", "state"), fits);
+    let small = "{\"a\":1}";
+    c.publish("q1", small.as_bytes()).unwrap();
+    c.flush("q1", 10_000).unwrap();
+    assert_eq!(s.record_field("q1", "state"), small);
+
+    // All states together: 3,500 + 3,500 fit in 9,000 bytes, a third not.
+    c.publish("q1", fits.as_bytes()).unwrap();
+    c.publish("q2", fits.as_bytes()).unwrap();
+    c.flush("q1", 5000).unwrap();
+    c.flush("q2", 5000).unwrap();
+    c.publish("q3", fits.as_bytes()).unwrap();
+    let e = c.flush("q3", 1500).unwrap_err();
+    assert!(e.message.contains("all streams"), "{e:?}");
+    assert_eq!(s.record_field("q3", "state"), "{}");
+    // A stream stopped frees its share: q3's newest state goes in.
+    c.stop("q2").unwrap();
+    c.flush("q3", 10_000).unwrap();
+    assert_eq!(s.record_field("q3", "state"), fits);
+    // A stream that expired frees its place (found when a quota is hit).
+    c.start("q5", "pw", "code").unwrap();
+    assert!(c.start("q6", "pw", "code").is_err(), "3 streams");
+    s.redis_cli(&["DEL", "stream:q1"]);
+    c.start("q6", "pw", "code").unwrap();
+    let l = limits(&s);
+    assert_eq!(
+        (l[4].as_u64(), l[5].as_u64()),
+        (Some(3), Some(fits.len() as u64 + 4)),
+        "q3, q5, q6: {l}"
+    );
+}
+
+/// deploy/redis.conf bounds Redis' memory with `noeviction`: a publish
+/// refused because Redis is full is a clear error, the acknowledged state
+/// stays, and the newest state is stored once memory allows.
+#[test]
+fn a_full_redis_refuses_a_publish_clearly_and_loses_nothing() {
+    let s = Servers::start();
+    let conf = s.redis_cli(&["CONFIG", "GET", "maxmemory-policy"]);
+    assert!(conf.contains("noeviction"), "{conf}");
+    let maxmemory = s.redis_cli(&["CONFIG", "GET", "maxmemory"]);
+    assert!(
+        !maxmemory.ends_with("\n0\n"),
+        "deploy/redis.conf sets maxmemory: {maxmemory}"
+    );
+    let c = s.client();
+    c.set_timeout(3000).unwrap();
+    c.start("full", "pw", "code").unwrap();
+    c.publish("full", b"{\"v\":1}").unwrap();
+    c.flush("full", 5000).unwrap();
+    s.redis_cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    c.publish("full", b"{\"v\":2}").unwrap();
+    let e = c.flush("full", 1500).unwrap_err();
+    assert_eq!(e.status, missionstream::Status::MS_ERR_SERVER, "{e:?}");
+    assert!(e.message.contains("out of memory"), "{}", e.message);
+    assert_eq!(s.record_field("full", "state"), "{\"v\":1}");
+    s.redis_cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    c.flush("full", 10_000).unwrap();
+    assert_eq!(s.record_field("full", "state"), "{\"v\":2}");
 }

@@ -752,8 +752,9 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
         s.redis_cli(&[
             "FCALL",
             "ms_publish",
-            "1",
+            "2",
             &key,
+            "streams",
             PROTOCOL_VERSION,
             "n0nce",
             id,

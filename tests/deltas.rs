@@ -333,8 +333,9 @@ impl Direct {
                 "-x",
                 "FCALL",
                 "ms_publish",
-                "1",
+                "2",
                 &self.key,
+                "streams",
                 PROTOCOL_VERSION,
                 "n0nce",
             ])

@@ -128,21 +128,21 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         // the leader code (or its key) is no lead token.
         (
             "ms_publish",
-            &[key],
+            &[key, "streams"],
             &["00000000000000000000000000000001", "0", "full", "-", "-"],
             vec![&guessed_token, &channel, "{\"evil\":1}"],
             "MSNOTLEADER",
         ),
         (
             "ms_publish",
-            &[key],
+            &[key, "streams"],
             &["00000000000000000000000000000001", "0", "full", "-", "-"],
             vec![CODE, &channel, "{\"evil\":1}"],
             "MSARG",
         ),
         (
             "ms_publish",
-            &[key],
+            &[key, "streams"],
             &["00000000000000000000000000000002", "0", "full", "-", "-"],
             vec![&token, "guessed-channel", "{\"evil\":1}"],
             "MSNOTFOUND",
@@ -262,8 +262,9 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     let out = s.redis_cli(&[
         "FCALL",
         "ms_publish",
-        "1",
+        "2",
         key,
+        "streams",
         PROTOCOL_VERSION,
         "n0nce",
         "00000000000000000000000000000001",
@@ -530,7 +531,7 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
         ));
         calls.push((
             "ms_publish",
-            vec![bad.clone()],
+            vec![bad.clone(), b"streams".to_vec()],
             vec![id, "0", "full", "-", "-"],
             &publish_body,
         ));
@@ -750,7 +751,7 @@ fn functions_enforce_the_library_limits() {
         direct(
             &s,
             "ms_publish",
-            &[key],
+            &[key, b"streams"],
             &["aaaaaaaaaaaaaaaa0000000000000001", "0", "full", "-", "-"],
             &frame_bytes(&[token.as_bytes(), channel.as_bytes(), state]),
         )
@@ -792,20 +793,28 @@ fn list_survives_an_index_entry_it_cannot_carry() {
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "printf 'SADD streams \"\\\\xff\\\\xfe\"\\nHSET \"stream:\\\\xff\\\\xfe\" seq 1 updated_ms 1 channel c\\n' | redis-cli -p {}",
+            "printf 'HSET streams \"\\\\xff\\\\xfe\" 1\\nHSET \"stream:\\\\xff\\\\xfe\" seq 1 updated_ms 1 channel c\\n' | redis-cli -p {}",
             s.redis_port
         ))
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(s.redis_cli(&["SCARD", "streams"]).trim(), "2");
+    assert_eq!(
+        s.redis_cli(&["HLEN", "streams"]).trim(),
+        "3",
+        "2 names and the total"
+    );
     let listed = c.list().unwrap();
     assert_eq!(
         listed.iter().map(|i| i.name.as_str()).collect::<Vec<_>>(),
         ["listed"]
     );
     // Left alone: not this library's to remove.
-    assert_eq!(s.redis_cli(&["SCARD", "streams"]).trim(), "2");
+    assert_eq!(
+        s.redis_cli(&["HLEN", "streams"]).trim(),
+        "3",
+        "2 names and the total"
+    );
 }
 
 /// Guessing is throttled per stream: the 5th wrong password within a
