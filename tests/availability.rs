@@ -263,9 +263,9 @@ fn no_request_keeps_redis_busy() {
         d.push_str("0;");
         d
     };
-    let copies = delta("1@0,".repeat((8 << 20) / 4));
-    let literals = delta("1:x".repeat((8 << 20) / 3));
-    let empty_copies = delta("0@0,".repeat((8 << 20) / 4));
+    let copies = delta("1@0,".repeat((8 << 20) / 4 - 16));
+    let literals = delta("1:x".repeat((8 << 20) / 3 - 16));
+    let empty_copies = delta("0@0,".repeat((8 << 20) / 4 - 16));
     type Attack<'a> = (
         &'a str,
         &'a str,
