@@ -3,6 +3,9 @@
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
 #   make bench   the performance figures beside their baselines
+#   make attack  the attacks of docs/SECURITY.md ("Availability"), each
+#                repeated for MS_ATTACK_SECONDS (10) against the deploy
+#                configuration, each with the figure it is judged by
 #   make mutants deliberate bugs of tests/mutants/mutations.toml, each run
 #                against the tests that should catch it (MUTANTS="id ...": some)
 #   make stress-ffi  the callback / disconnect / free paths of the C ABI,
@@ -30,7 +33,7 @@ TEST_VENV := .run/test-venv
 .PHONY: all build deps deps-test test test-rust test-ffi-valgrind stress-ffi test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
-        bench bench-quick soak mutants mutants-check clean
+        bench bench-quick attack soak mutants mutants-check clean
 
 all: build
 
@@ -123,6 +126,11 @@ bench: build
 
 bench-quick: build
 	$(CARGO) run --release --example bench -- --quick
+
+# `make test` runs the same tests with each attack sent once.
+MS_ATTACK_SECONDS ?= 10
+attack: build
+	MS_ATTACK_SECONDS=$(MS_ATTACK_SECONDS) $(CARGO) test --release --test availability -- --nocapture --test-threads=1
 
 # The long soak (tests/soak.rs); `make test` runs its short variant.
 soak: deps
