@@ -14,7 +14,7 @@ use missionstream::protocol::{self, ChannelMessage, PROTOCOL_VERSION};
 use missionstream::Client;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -311,6 +311,66 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
     assert_subsequence(&states_after(&rec, &name, &first), &all, "follower");
     drop(raw);
     drop((follower, leader));
+}
+
+/// The functions refresh a stream's TTL on every publish, a delta as much
+/// as a full state: a leader publishing a ~4 KiB plan that changes a
+/// little each time (so every publish after the first goes as a delta)
+/// more often than its heartbeat interval (so it sends no heartbeat) keeps
+/// its stream alive well past its 1 s TTL. PTTL is read right after each
+/// delta is stored.
+#[test]
+fn deltas_alone_keep_a_stream_with_a_ttl_alive() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_heartbeat(500).unwrap();
+    leader.set_stream_ttl(1).unwrap();
+    let name = unique("ttl-delta");
+    leader.start(&name, "pw", "code").unwrap();
+    let key = format!("stream:{name}");
+    let mut plan = Plan::of_size(4096, 3);
+    let first = plan.text();
+    assert!(first.len() >= 2048, "{} bytes", first.len());
+    leader.publish(&name, first.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let raw = RawSub::start(s.webdis_port, &s.record_field(&name, "channel"));
+    let started = Instant::now();
+    let mut n = 0usize;
+    while started.elapsed() < Duration::from_millis(3000) {
+        n += 1;
+        plan.move_waypoint(n, 0.00001, -0.00002);
+        leader.publish(&name, plan.text().as_bytes()).unwrap();
+        leader.flush(&name, 10_000).unwrap_or_else(|e| {
+            panic!(
+                "delta {n}, after {:?}: {e:?} (did the stream expire?)",
+                started.elapsed()
+            )
+        });
+        let ttl: i64 = s.redis_cli(&["PTTL", &key]).trim().parse().unwrap();
+        assert!(
+            ttl > 0 && ttl <= 1000,
+            "after {:?} of deltas only, PTTL {ttl} right after delta {n} was stored \
+             ({key} with a 1 s TTL)",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.record_field(&name, "state"), plan.text());
+    // Every publish since the first went as a delta.
+    wait_until(T, || {
+        raw.payloads()
+            .iter()
+            .filter(|p| p.starts_with("d "))
+            .count()
+            >= n
+    });
+    let full: Vec<String> = raw
+        .payloads()
+        .iter()
+        .filter(|p| p.starts_with("s "))
+        .map(|p| p.chars().take(30).collect())
+        .collect();
+    assert!(full.is_empty(), "not sent as deltas: {full:?}");
 }
 
 /// ms_publish sent straight to Redis with redis-cli (the body on stdin),
