@@ -664,6 +664,52 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     assert_eq!(s.record_field(&name, "state"), after);
 }
 
+/// The 8 MiB limit holds for the result of a delta: a well-formed delta
+/// of a few bytes whose result is larger (two copies of a 4.5 MiB stored
+/// state, its checksum right) is refused by the functions, and changes
+/// nothing. (A delta that only declares a large target length is refused
+/// anyway, as shorter than declared; this one is refused by the size
+/// check alone.)
+#[test]
+fn a_delta_whose_result_would_exceed_8_mib_is_refused() {
+    let s = Servers::start();
+    let leader = s.client();
+    let name = unique("delta-8mib");
+    leader.start(&name, "pw", "code").unwrap();
+    let direct = Direct {
+        port: s.redis_port,
+        key: format!("stream:{name}"),
+        token: s.take_lead(&name, "pw", "code"),
+        channel: s.record_field(&name, "channel"),
+    };
+    let id = |n: u64| format!("dddddddddddddddd{n:016x}");
+    let half = 4608 * 1024;
+    let base = format!("{{\"pad\":\"{}\"}}", "x".repeat(half - 10));
+    assert_eq!(base.len(), half);
+    let out = direct.publish(&id(1), "full", "-", "-", base.as_bytes());
+    assert!(out.starts_with("n0nce\n1\n"), "{out}");
+    let doubled = base.repeat(2);
+    assert!(doubled.len() > protocol::MAX_STATE);
+    let n = fossil_int(half as u64);
+    let delta = format!(
+        "{}\n{n}@0,{n}@0,{};",
+        fossil_int(doubled.len() as u64),
+        fossil_int(missionstream::delta::checksum(doubled.as_bytes()) as u64)
+    );
+    // Well-formed: an independent applier with no limit accepts it.
+    assert!(missionstream::delta::apply(&base, &delta, usize::MAX).is_ok_and(|r| r == doubled));
+    let out = direct.publish(&id(2), "delta", "1", &id(1), delta.as_bytes());
+    assert!(
+        out.contains("MSARG n0nce") && out.contains("8 MiB"),
+        "{}",
+        out.chars().take(200).collect::<String>()
+    );
+    assert_eq!(s.record_field(&name, "seq"), "1");
+    assert_eq!(s.record_field(&name, "pub"), id(1));
+    let stored = s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "state"]);
+    assert_eq!(stored.trim(), half.to_string());
+}
+
 /// The record loses the leader's base (as a failover that lost a write
 /// does): the delta is refused with MSBASE, the leader sends the state in
 /// full at once (no PUBLISH_FAILED), the lead goes on, and followers get
