@@ -642,6 +642,15 @@ mod tests {
             apply(base, "G\n0;", 8),
             Err(ApplyError::Malformed(_))
         ));
+        // Well-formed (the base twice, its checksum right) but its result
+        // over the limit: refused by the limit alone.
+        let twice = base.repeat(2);
+        let mut o = b"M\nB@0,B@0,".to_vec();
+        put_int(&mut o, checksum(twice.as_bytes()) as u64);
+        o.push(b';');
+        let d = std::str::from_utf8(&o).unwrap();
+        assert_eq!(apply(base, d, 22).as_deref(), Ok(twice.as_str()));
+        assert!(matches!(apply(base, d, 21), Err(ApplyError::Malformed(_))));
         // Splits a character: the checksum matches, the text is no UTF-8.
         let half = "\u{e9}".as_bytes()[..1].to_vec();
         let mut o = b"1\n1@0,".to_vec();

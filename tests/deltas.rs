@@ -14,7 +14,7 @@ use missionstream::protocol::{self, ChannelMessage, PROTOCOL_VERSION};
 use missionstream::Client;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -313,6 +313,66 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
     drop((follower, leader));
 }
 
+/// The functions refresh a stream's TTL on every publish, a delta as much
+/// as a full state: a leader publishing a ~4 KiB plan that changes a
+/// little each time (so every publish after the first goes as a delta)
+/// more often than its heartbeat interval (so it sends no heartbeat) keeps
+/// its stream alive well past its 2 s TTL. PTTL is read right after each
+/// delta is stored.
+#[test]
+fn deltas_alone_keep_a_stream_with_a_ttl_alive() {
+    let s = Servers::start();
+    let leader = s.client();
+    leader.set_heartbeat(1000).unwrap();
+    leader.set_stream_ttl(2).unwrap();
+    let name = unique("ttl-delta");
+    leader.start(&name, "pw", "code").unwrap();
+    let key = format!("stream:{name}");
+    let mut plan = Plan::of_size(4096, 3);
+    let first = plan.text();
+    assert!(first.len() >= 2048, "{} bytes", first.len());
+    leader.publish(&name, first.as_bytes()).unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let raw = RawSub::start(s.webdis_port, &s.record_field(&name, "channel"));
+    let started = Instant::now();
+    let mut n = 0usize;
+    while started.elapsed() < Duration::from_millis(5000) {
+        n += 1;
+        plan.move_waypoint(n, 0.00001, -0.00002);
+        leader.publish(&name, plan.text().as_bytes()).unwrap();
+        leader.flush(&name, 10_000).unwrap_or_else(|e| {
+            panic!(
+                "delta {n}, after {:?}: {e:?} (did the stream expire?)",
+                started.elapsed()
+            )
+        });
+        let ttl: i64 = s.redis_cli(&["PTTL", &key]).trim().parse().unwrap();
+        assert!(
+            ttl > 0 && ttl <= 2000,
+            "after {:?} of deltas only, PTTL {ttl} right after delta {n} was stored \
+             ({key} with a 2 s TTL)",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(s.record_field(&name, "state"), plan.text());
+    // Every publish since the first went as a delta.
+    wait_until(T, || {
+        raw.payloads()
+            .iter()
+            .filter(|p| p.starts_with("d "))
+            .count()
+            >= n
+    });
+    let full: Vec<String> = raw
+        .payloads()
+        .iter()
+        .filter(|p| p.starts_with("s "))
+        .map(|p| p.chars().take(30).collect())
+        .collect();
+    assert!(full.is_empty(), "not sent as deltas: {full:?}");
+}
+
 /// ms_publish sent straight to Redis with redis-cli (the body on stdin),
 /// as anyone who reaches FCALL can, under the lead token of a stream.
 struct Direct {
@@ -603,6 +663,52 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     let out = publish(&id(8), "delta", "7", &id(7), good5.as_bytes());
     assert!(out.starts_with("n0nce\n8\n"), "{out}");
     assert_eq!(s.record_field(&name, "state"), after);
+}
+
+/// The 8 MiB limit holds for the result of a delta: a well-formed delta
+/// of a few bytes whose result is larger (two copies of a 4.5 MiB stored
+/// state, its checksum right) is refused by the functions, and changes
+/// nothing. (A delta that only declares a large target length is refused
+/// anyway, as shorter than declared; this one is refused by the size
+/// check alone.)
+#[test]
+fn a_delta_whose_result_would_exceed_8_mib_is_refused() {
+    let s = Servers::start();
+    let leader = s.client();
+    let name = unique("delta-8mib");
+    leader.start(&name, "pw", "code").unwrap();
+    let direct = Direct {
+        port: s.redis_port,
+        key: format!("stream:{name}"),
+        token: s.take_lead(&name, "pw", "code"),
+        channel: s.record_field(&name, "channel"),
+    };
+    let id = |n: u64| format!("dddddddddddddddd{n:016x}");
+    let half = 4608 * 1024;
+    let base = format!("{{\"pad\":\"{}\"}}", "x".repeat(half - 10));
+    assert_eq!(base.len(), half);
+    let out = direct.publish(&id(1), "full", "-", "-", base.as_bytes());
+    assert!(out.starts_with("n0nce\n1\n"), "{out}");
+    let doubled = base.repeat(2);
+    assert!(doubled.len() > protocol::MAX_STATE);
+    let n = fossil_int(half as u64);
+    let delta = format!(
+        "{}\n{n}@0,{n}@0,{};",
+        fossil_int(doubled.len() as u64),
+        fossil_int(missionstream::delta::checksum(doubled.as_bytes()) as u64)
+    );
+    // Well-formed: an independent applier with no limit accepts it.
+    assert!(missionstream::delta::apply(&base, &delta, usize::MAX).is_ok_and(|r| r == doubled));
+    let out = direct.publish(&id(2), "delta", "1", &id(1), delta.as_bytes());
+    assert!(
+        out.contains("MSARG n0nce") && out.contains("8 MiB"),
+        "{}",
+        out.chars().take(200).collect::<String>()
+    );
+    assert_eq!(s.record_field(&name, "seq"), "1");
+    assert_eq!(s.record_field(&name, "pub"), id(1));
+    let stored = s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "state"]);
+    assert_eq!(stored.trim(), half.to_string());
 }
 
 /// The record loses the leader's base (as a failover that lost a write

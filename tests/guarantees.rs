@@ -60,6 +60,49 @@ fn late_joiner_gets_a_state_published_while_it_subscribes() {
     assert_eq!(relay.gated(), 1);
 }
 
+/// Late join: the snapshot is read only once the probe came back on the
+/// subscription. The relay holds the follower's probe (the subscription
+/// is acknowledged by then) while the leader stores a state: its message
+/// reaches the subscription before the probe's echo, where the follower
+/// only looks for the echo, so the state must come from the snapshot.
+/// Read before the probe (right after the acknowledgement), the snapshot
+/// would hold the older state and the newer one would be lost until the
+/// next publish.
+#[test]
+fn late_joiner_gets_a_state_stored_between_the_subscribe_ack_and_the_probe_echo() {
+    let s = Servers::start();
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            gate: Some(Gate {
+                pattern: "/ms_probe/",
+                nth: 1,
+                max_hold: Duration::from_secs(10),
+            }),
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("probe-race");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    // Time for one subscription attempt (a quarter of the timeout) well
+    // above the time the probe is held: the first attempt is the one that
+    // reads the snapshot.
+    follower.set_timeout(40_000).unwrap();
+    let rec = Recorder::attach(&follower);
+    connect_across_gate(&follower, &name, &relay, || {
+        leader.publish(&name, b"{\"v\":2}").unwrap();
+        leader.flush(&name, 10_000).unwrap();
+    });
+    // Promptly, with nothing published since.
+    rec.wait_state(&name, "{\"v\":2}", Duration::from_secs(3));
+    assert_increasing(&rec.states(&name));
+    assert_eq!(relay.gated(), 1);
+}
+
 /// Ordering: two states published between the subscription's proof and
 /// the snapshot reach the follower in the snapshot (the newer one), and on
 /// the subscription after it (the relay passes state messages on 300 ms

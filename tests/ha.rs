@@ -330,6 +330,40 @@ fn a_follower_on_a_replica_of_a_quiet_leader_reports_presence_not_lost_connectio
     assert_increasing(&rec.states(&name));
 }
 
+/// The endpoint that took a write is the primary from then on, not the
+/// first one tried: with a URL list that starts with a replica (which
+/// answers writes with READONLY), a client's writes land on the second
+/// endpoint, and a follower, which subscribes on replicas first and on
+/// the primary last, subscribes on the replica (were the first endpoint
+/// still taken for the primary, it would subscribe on the primary's node).
+#[test]
+fn the_endpoint_that_took_a_write_is_the_primary_from_then_on() {
+    let c = Cluster::start();
+    let primary = c.primary();
+    let replica = c.replicas()[0];
+    let urls = format!("{},{}", c.nodes[replica].url, c.nodes[primary].url);
+    let name = unique("ha-took-write");
+    let leader = client(&urls, 4000, 1000);
+    leader.start(&name, PW, CODE).unwrap();
+    leader.publish(&name, b"{\"n\":1}").unwrap();
+    leader.flush(&name, 5000).unwrap();
+    let channel = record_field(&c, primary, &name, "channel");
+    assert_eq!(record_field(&c, primary, &name, "seq"), "1");
+    let (_f, rec) = follower(&urls, &name);
+    let subs = numsub(&c, &channel);
+    assert_eq!(
+        (subs[replica], subs[primary]),
+        (1, 0),
+        "the follower subscribes on the replica (node {replica}), not on the \
+         primary (node {primary}): {subs:?}"
+    );
+    leader.publish(&name, b"{\"n\":2}").unwrap();
+    rec.wait(Duration::from_secs(10), |ev| {
+        ev.iter().any(|e| e.state.as_deref() == Some("{\"n\":2}"))
+    });
+    assert_increasing(&rec.states(&name));
+}
+
 #[test]
 fn list_counts_the_followers_of_every_node() {
     let c = Cluster::start();

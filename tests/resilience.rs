@@ -79,6 +79,53 @@ fn follower_recovers_when_webdis_is_killed_and_restarted() {
     rec.wait_state(&name, "{\"v\":3}", T);
 }
 
+/// Order across a recovery: a follower never delivers a seq lower than
+/// one it delivered. The record is taken back to an older seq and state
+/// behind the library's back (as a failover to a replica that lagged
+/// would), then Webdis restarts: the snapshot the recovery reads, older
+/// than the last state delivered, must not be delivered; the next state
+/// published is.
+#[test]
+fn a_recovery_snapshot_older_than_the_last_state_delivered_is_not_delivered() {
+    let mut s = Servers::start();
+    let leader = s.client();
+    // No heartbeat within the test: the leader does not look at the record
+    // (and store its newest state again) before the follower recovers.
+    leader.set_heartbeat(600_000).unwrap();
+    let follower = s.client();
+    follower.set_timeout(2000).unwrap();
+    let rec = Recorder::attach(&follower);
+    let name = unique("recover-older");
+    leader.start(&name, "pw", "code").unwrap();
+    follower.connect(&name, "pw").unwrap();
+    for v in 1..=3 {
+        leader
+            .publish(&name, format!("{{\"v\":{v}}}").as_bytes())
+            .unwrap();
+        leader.flush(&name, 10_000).unwrap();
+    }
+    rec.wait_state(&name, "{\"v\":3}", T);
+    let delivered = rec.states(&name).last().unwrap().0;
+    assert_eq!(s.record_field(&name, "seq"), delivered.to_string());
+    let key = format!("stream:{name}");
+    s.redis_cli(&["HSET", &key, "seq", "1", "state", "{\"old\":1}"]);
+    s.stop_webdis();
+    rec.wait_kind(&name, EventKind::MS_EVENT_CONNECTION_LOST, T);
+    s.start_webdis();
+    rec.wait_kind(&name, EventKind::MS_EVENT_RECONNECTED, T);
+    // The recovery's snapshot is queued right behind RECONNECTED: the next
+    // state comes after it.
+    leader.publish(&name, b"{\"v\":4}").unwrap();
+    rec.wait_state(&name, "{\"v\":4}", T);
+    let states = rec.states(&name);
+    assert!(
+        !states.iter().any(|(_, st)| st == "{\"old\":1}"),
+        "the older snapshot was delivered after seq {delivered}: {states:?}"
+    );
+    assert_increasing(&states);
+    assert_eq!(count(&rec, &name, EventKind::MS_EVENT_RECONNECTED), 1);
+}
+
 /// Redis restarts under Webdis: the SUBSCRIBE stream goes silent, forever.
 fn redis_restart(with_leader: bool) {
     let mut s = Servers::start();

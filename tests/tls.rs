@@ -81,6 +81,50 @@ fn publish_follow_list_and_recover_through_a_tls_front() {
     });
 }
 
+/// The CA file applies to every endpoint of a URL list: a follower of a
+/// two-endpoint list subscribes on the second (the first took the writes:
+/// followers go to the other nodes first) and reads its snapshot there, over
+/// TLS checked against the tests' CA. Were the CA applied to the first
+/// endpoint only, the second would not be trusted (the follower would
+/// fall back to the first: nothing would reach the second port).
+#[test]
+fn a_ca_file_applies_to_every_endpoint_of_a_url_list() {
+    let s = Servers::start();
+    let front = TlsFront::start(&s);
+    let urls = format!("{},{}", front.url, front.second_url);
+    let client = || {
+        let c = Client::new(&urls).unwrap();
+        c.set_kdf_iterations(missionstream::kdf::MIN_ITERATIONS)
+            .unwrap();
+        c.set_tls_ca_file(&front.ca_file).unwrap();
+        c
+    };
+    let leader = client();
+    let follower = client();
+    let rec = Recorder::attach(&follower);
+    let name = unique("tls-list");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    follower.connect(&name, "pw").unwrap();
+    rec.wait_state(&name, "{\"v\":1}", T);
+    leader.publish(&name, b"{\"v\":2}").unwrap();
+    rec.wait_state(&name, "{\"v\":2}", T);
+    // The snapshot request ended through the second port (nginx logs a
+    // request when it ends; the subscription once the follower is gone).
+    let second = format!("{} ", front.second_port);
+    let through_second = |what: &str| {
+        std::fs::read_to_string(front.dir.join("ports.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(&second) && l.contains(what) && l.ends_with(" 200"))
+    };
+    wait_until(T, || through_second("/ms_snapshot/"));
+    drop(follower);
+    wait_until(T, || through_second("GET /SUBSCRIBE/"));
+    assert_increasing(&rec.states(&name));
+}
+
 #[test]
 fn large_states_through_the_tls_front() {
     let s = Servers::start();

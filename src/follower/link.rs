@@ -692,6 +692,24 @@ mod tests {
         }
     }
 
+    /// A delta whose result would exceed 8 MiB (a 4.5 MiB state twice, its
+    /// checksum right) is not delivered: the snapshot is read instead.
+    #[test]
+    fn a_delta_whose_result_would_exceed_8_mib_is_not_delivered() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let d = delivery(&dispatcher);
+        let base = "x".repeat(4608 * 1024);
+        let twice = base.repeat(2);
+        assert!(twice.len() > protocol::MAX_STATE);
+        let delta = crate::delta::create(&base, &twice);
+        assert!(delta.len() < 100, "{delta}");
+        d.state(1, base.clone());
+        d.delta(2, 1, delta);
+        assert_eq!(last(&d).0, Some(1));
+        assert!(d.resync_at().is_some_and(|t| t <= Instant::now()));
+        dispatcher.shutdown();
+    }
+
     fn last(d: &Delivery) -> (Option<u64>, String) {
         let l = lock(&d.last);
         (l.seq, l.state.clone())

@@ -35,6 +35,12 @@ pub struct TlsFront {
     pub port: u16,
     /// `https://127.0.0.1:<port>`
     pub url: String,
+    /// The same front (server block and certificate) on a second port: a
+    /// second endpoint for URL lists. `ports.log` tells the requests that
+    /// came in through each port apart.
+    pub second_port: u16,
+    /// `https://127.0.0.1:<second_port>`
+    pub second_url: String,
     /// The same front with a certificate for another host name only.
     pub wrong_host_port: u16,
     /// The tests' CA, which issued both certificates (PEM).
@@ -137,6 +143,10 @@ impl TlsFront {
         while wrong_host_port == port {
             wrong_host_port = free_port();
         }
+        let mut second_port = free_port();
+        while second_port == port || second_port == wrong_host_port {
+            second_port = free_port();
+        }
         // deploy/nginx-webdis.conf as shipped, but for its addresses and
         // certificate files.
         let deploy =
@@ -150,7 +160,9 @@ impl TlsFront {
                 "server" if t.contains(':') => {
                     format!("server 127.0.0.1:{};", servers.webdis_port)
                 }
-                "listen" => format!("listen 127.0.0.1:{port} ssl;"),
+                "listen" => {
+                    format!("listen 127.0.0.1:{port} ssl;\n    listen 127.0.0.1:{second_port} ssl;")
+                }
                 "ssl_certificate" => {
                     format!("ssl_certificate {};", dir.join("server.crt").display())
                 }
@@ -183,6 +195,8 @@ error_log {d}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
     access_log {d}/access.log;
+    log_format by_port '$server_port \"$request\" $status';
+    access_log {d}/ports.log by_port;
     client_body_temp_path {d}/temp/body;
     proxy_temp_path {d}/temp/proxy;
     fastcgi_temp_path {d}/temp/fastcgi;
@@ -203,6 +217,8 @@ http {{
         let mut front = TlsFront {
             url: format!("https://127.0.0.1:{port}"),
             port,
+            second_url: format!("https://127.0.0.1:{second_port}"),
+            second_port,
             wrong_host_port,
             ca_file: dir.join("ca.crt"),
             other_ca_file: dir.join("other-ca.crt"),
@@ -232,7 +248,7 @@ http {{
             .expect("nginx is installed (make test installs it), or MS_NGINX names it");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let up = [self.port, self.wrong_host_port]
+            let up = [self.port, self.wrong_host_port, self.second_port]
                 .iter()
                 .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok());
             if up {
