@@ -200,6 +200,11 @@ impl Servers {
         }
     }
 
+    /// Webdis' process id, while it runs.
+    pub fn webdis_pid(&self) -> Option<u32> {
+        self.webdis.as_ref().map(|c| c.id())
+    }
+
     /// Sends SIGSTOP (freeze) or SIGCONT (thaw) to Webdis.
     pub fn signal_webdis(&self, sig: &str) {
         if let Some(c) = &self.webdis {

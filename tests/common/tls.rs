@@ -41,6 +41,10 @@ pub struct TlsFront {
     pub second_port: u16,
     /// `https://127.0.0.1:<second_port>`
     pub second_url: String,
+    /// The same server block of deploy/nginx-webdis.conf (same limits,
+    /// same zones) on a plain-HTTP port too: raw HTTP clients in the
+    /// tests (attackers, stalled subscribers) speak to it without TLS.
+    pub plain_port: u16,
     /// The same front with a certificate for another host name only.
     pub wrong_host_port: u16,
     /// The tests' CA, which issued both certificates (PEM).
@@ -147,8 +151,14 @@ impl TlsFront {
         while second_port == port || second_port == wrong_host_port {
             second_port = free_port();
         }
-        // deploy/nginx-webdis.conf as shipped, but for its addresses and
-        // certificate files.
+        let mut plain_port = free_port();
+        while plain_port == port || plain_port == wrong_host_port || plain_port == second_port {
+            plain_port = free_port();
+        }
+        // deploy/nginx-webdis.conf as shipped, but for its addresses, its
+        // certificate files and its access log's file (its format kept,
+        // and ports.log beside it), and a plain-HTTP listener beside the
+        // TLS ones.
         let deploy =
             std::fs::read_to_string(Path::new(ROOT).join("deploy/nginx-webdis.conf")).unwrap();
         let mut site = String::new();
@@ -161,7 +171,21 @@ impl TlsFront {
                     format!("server 127.0.0.1:{};", servers.webdis_port)
                 }
                 "listen" => {
-                    format!("listen 127.0.0.1:{port} ssl;\n    listen 127.0.0.1:{second_port} ssl;")
+                    format!("listen 127.0.0.1:{port} ssl;\n    listen 127.0.0.1:{second_port} ssl;\n    listen 127.0.0.1:{plain_port};")
+                }
+                "access_log" => {
+                    let format = t
+                        .trim_end_matches(|c: char| c != ';')
+                        .trim_end_matches(';')
+                        .split_whitespace()
+                        .nth(2)
+                        .unwrap_or_else(|| panic!("no log format in: {t}"))
+                        .to_string();
+                    format!(
+                        "access_log {} {format};\n    access_log {} by_port;",
+                        dir.join("access.log").display(),
+                        dir.join("ports.log").display()
+                    )
                 }
                 "ssl_certificate" => {
                     format!("ssl_certificate {};", dir.join("server.crt").display())
@@ -182,7 +206,13 @@ impl TlsFront {
         replaced.sort();
         assert_eq!(
             replaced,
-            ["listen", "server", "ssl_certificate", "ssl_certificate_key"],
+            [
+                "access_log",
+                "listen",
+                "server",
+                "ssl_certificate",
+                "ssl_certificate_key"
+            ],
             "deploy/nginx-webdis.conf changed shape: update tests/common/tls.rs"
         );
         std::fs::write(dir.join("missionstream.conf"), site).unwrap();
@@ -219,6 +249,7 @@ http {{
             port,
             second_url: format!("https://127.0.0.1:{second_port}"),
             second_port,
+            plain_port,
             wrong_host_port,
             ca_file: dir.join("ca.crt"),
             other_ca_file: dir.join("other-ca.crt"),
@@ -248,9 +279,14 @@ http {{
             .expect("nginx is installed (make test installs it), or MS_NGINX names it");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let up = [self.port, self.wrong_host_port, self.second_port]
-                .iter()
-                .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok());
+            let up = [
+                self.port,
+                self.plain_port,
+                self.wrong_host_port,
+                self.second_port,
+            ]
+            .iter()
+            .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok());
             if up {
                 break;
             }
