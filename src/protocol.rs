@@ -440,6 +440,10 @@ fn status_error(command: &str, http_status: u16) -> Option<Error> {
             Status::MS_ERR_UNAVAILABLE,
             "Webdis answered 503: it cannot reach Redis",
         ),
+        429 => Error::new(
+            Status::MS_ERR_THROTTLED,
+            format!("the proxy in front of Webdis refused {command}: too many requests or connections from this address (HTTP 429)"),
+        ),
         404 | 405 => Error::new(
             Status::MS_ERR_PROTOCOL,
             format!("HTTP {http_status} from the server: is the URL a Webdis endpoint?"),

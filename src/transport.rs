@@ -225,6 +225,10 @@ enum Failure {
     /// The node did not run the call (a replica, not ready, or Webdis
     /// cannot reach its Redis): another node may.
     Refused(Refusal, Error),
+    /// A proxy in front of Webdis refused the request for now (HTTP 429:
+    /// too many requests from this client address): it never reached
+    /// Webdis; worth another try after a pause, within the timeout.
+    Busy(Error),
     /// Anything else: the answer stands.
     Other(Error),
 }
@@ -236,6 +240,7 @@ impl Failure {
             | Failure::Timeout(e)
             | Failure::Unreachable(e)
             | Failure::Refused(_, e)
+            | Failure::Busy(e)
             | Failure::Other(e) => e,
         }
     }
@@ -248,7 +253,7 @@ impl Failure {
             Failure::Garbled(e) | Failure::Timeout(e) | Failure::Unreachable(e) => {
                 (e, Some(Refusal::Down))
             }
-            Failure::Other(e) => (e, None),
+            Failure::Busy(e) | Failure::Other(e) => (e, None),
         }
     }
 }
@@ -409,6 +414,8 @@ impl Webdis {
         let deadline = Instant::now() + timeout;
         let per_try = (timeout / 3).max(Duration::from_secs(1)).min(timeout);
         let mut tries = 0;
+        // The pause after a proxy's 429, doubling up to 1 s.
+        let mut busy_pause = Duration::from_millis(100);
         loop {
             tries += 1;
             let try_started = Instant::now();
@@ -463,6 +470,11 @@ impl Webdis {
                 // Webdis at all?) is not hammered for the whole timeout.
                 Err(Failure::Garbled(_)) if tries < 3 && (tries == 1 || more_time) => {}
                 Err(Failure::Timeout(_)) if more_time => {}
+                Err(Failure::Busy(_)) if more_time => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    std::thread::sleep(busy_pause.min(left));
+                    busy_pause = (busy_pause * 2).min(Duration::from_secs(1));
+                }
                 Err(f) => {
                     let (e, refused) = f.into_parts();
                     return Called {
@@ -747,6 +759,15 @@ impl Webdis {
     fn not_an_answer(&self, status: u16, body: &[u8]) -> Option<Failure> {
         if let Some(e) = self.tls_port_error(status, body) {
             return Some(Failure::Other(e));
+        }
+        if status == 429 {
+            return Some(Failure::Busy(Error::new(
+                Status::MS_ERR_THROTTLED,
+                format!(
+                    "the proxy at {} refused the request: too many requests from this address (HTTP 429); tried again until the timeout",
+                    self.endpoint.base
+                ),
+            )));
         }
         (status == 502).then(|| {
             Failure::Garbled(Error::new(

@@ -901,3 +901,38 @@ fn e_the_access_log_holds_no_secret() {
         "{log}"
     );
 }
+
+/// Twelve followers at one address connecting to one stream at the same
+/// moment go past the front's limit on password checks (2 a second per
+/// address and stream, 5 more delayed): the front answers the rest 429,
+/// and the library tries again after a pause within its timeout, so every
+/// one of them gets in.
+#[test]
+fn d_many_followers_at_one_address_joining_at_once_all_get_in() {
+    let s = Servers::start();
+    let front = TlsFront::start(&s);
+    let leader = tls_client(&front);
+    let name = unique("crowd");
+    leader.start(&name, "pw", "code").unwrap();
+    let followers: Vec<Client> = (0..12).map(|_| tls_client(&front)).collect();
+    let t0 = Instant::now();
+    let results: Vec<_> = std::thread::scope(|sc| {
+        let joins: Vec<_> = followers
+            .iter()
+            .map(|f| sc.spawn(|| f.connect(&name, "pw")))
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for r in &results {
+        assert!(r.is_ok(), "{r:?} after {:?}", t0.elapsed());
+    }
+    let limited = std::fs::read_to_string(front.dir.join("access.log"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("ms_connect") && l.contains(" 429 "))
+        .count();
+    assert!(
+        limited > 0,
+        "the front limited some of them (else this checks nothing)"
+    );
+}
