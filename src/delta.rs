@@ -95,7 +95,7 @@ const PROBES: usize = 8;
 /// Most copy and insert commands a delta may have: the functions refuse
 /// more (applying a delta costs Redis in proportion to its commands), so
 /// the encoder gives a delta up before it gets there.
-pub const MAX_COMMANDS: usize = 2048;
+pub(crate) const MAX_COMMANDS: usize = 2048;
 
 struct Writer {
     out: Vec<u8>,
