@@ -53,7 +53,7 @@ fn follower_recovers_when_webdis_is_killed_and_restarted() {
     rec.wait_kind(&name, EventKind::MS_EVENT_RECONNECTED, T);
     rec.wait_state(&name, "{\"v\":2}", T);
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":2}", "");
     assert_eq!(
         count(&rec, &name, EventKind::MS_EVENT_CONNECTION_LOST),
         1,
@@ -147,7 +147,7 @@ fn redis_restart(with_leader: bool) {
     let down = Instant::now();
     s.start_redis();
     // Persistence: the stream and the functions survived.
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":1}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":1}", "");
     let ev = rec.wait_kind(&name, EventKind::MS_EVENT_CONNECTION_LOST, T);
     let lost = ev
         .iter()
@@ -409,7 +409,7 @@ fn leader_keeps_newest_state_across_outage_and_free_delivers_it() {
     s.start_webdis();
     leader.set_timeout(5000).unwrap();
     drop(leader); // delivers the pending state within the timeout
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":99}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":99}", "");
 }
 
 #[test]
@@ -672,7 +672,7 @@ fn a_lost_publish_response_is_retried_and_stored_once() {
     assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 2);
     rec.wait_state(&name, "{\"v\":1}", T);
     assert_eq!(s.record_field(&name, "seq"), "1");
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":1}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":1}", "");
     leader.publish(&name, b"{\"v\":2}").unwrap();
     leader.flush(&name, 10_000).unwrap();
     rec.wait_state(&name, "{\"v\":2}", T);
@@ -759,7 +759,7 @@ fn an_abandoned_publish_arriving_late_does_not_take_the_stream_back() {
     // The first request reaches Webdis now, after v2 was stored.
     std::thread::sleep(late + Duration::from_millis(700) - t0.elapsed().min(late));
     assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 3);
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":2}", "");
     assert_eq!(s.record_field(&name, "seq"), "2");
     assert_states_from(
         &rec.states(&name),
