@@ -903,6 +903,74 @@ impl Drop for LossyRelay {
     }
 }
 
+/// A TCP relay in front of the real Webdis that passes requests through
+/// as they come and paces responses to `bytes_per_sec` (per connection):
+/// a slow network, on which a large message takes a known time to arrive.
+pub struct SlowRelay {
+    pub port: u16,
+    pub url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowRelay {
+    pub fn start(target_port: u16, bytes_per_sec: u64) -> SlowRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        listener.set_nonblocking(true).unwrap();
+        let stopped = stop.clone();
+        let rate = bytes_per_sec.max(1) as f64;
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let (mut req_from, mut req_to) =
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut req_from, &mut req_to);
+                    let _ = req_to.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from, mut to) = (upstream, client);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_secs_f64(n as f64 / rate));
+                            }
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowRelay {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            stop,
+        }
+    }
+}
+
+impl Drop for SlowRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 /// 128 bits that differ per call (tests only: time, pid and a counter,
 /// hashed).
 pub fn rand_u128() -> u128 {
