@@ -86,14 +86,29 @@ def lead(
             time.sleep(max(0.0, start + step / rate - time.monotonic()))
         leader.flush()
         stats["published"] = step
-        print(f"leader:   published {step} revisions in {time.monotonic() - start:.1f} s, flushed; stopping the stream")
-        # Let the follower show the last revision before the stream ends.
-        time.sleep(0.3)
+        print(f"leader:   published {step} revisions in {time.monotonic() - start:.1f} s, flushed")
+        # Stop once the follower shows the last revision: a follower that is
+        # recovering (a failover closes subscriptions, Sentinel may
+        # reconfigure a node twice) gets it when it is back, not at once,
+        # and a stopped stream has no state left to give it.
+        flushed = time.monotonic()
+        while stats["last_revision"] < step and time.monotonic() - flushed < CATCH_UP_SECONDS:
+            time.sleep(0.05)
+        waited = time.monotonic() - flushed
+        if stats["last_revision"] >= step:
+            print(f"leader:   the follower showed revision {step} {waited:.1f} s after the flush; stopping the stream")
+        else:
+            print(f"leader:   the follower had not shown revision {step} {waited:.0f} s after the flush"
+                  f" (its last: {stats['last_revision']}); stopping the stream")
         leader.stop()
     done.set()
 
 
 # ------------------------------------------------------------- the survey
+
+# How long the leader waits, after its last revision, for the follower to
+# show it before stopping the stream.
+CATCH_UP_SECONDS = 20.0
 
 PROTOCOL = "7"  # the wire protocol version (docs/PROTOCOL.md)
 
@@ -218,10 +233,16 @@ def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threa
     conn.close()
 
 
-def survey(url: str, name: str, updates: int, rate: float) -> bool:
+def survey(url: str, name: str, updates: int, rate: float) -> Optional[str]:
     """Drags one waypoint of a ~1,000-waypoint survey per update; prints
-    the bytes each update costs on the channel and checks that the
-    follower rebuilt every plan exactly."""
+    the bytes each update costs on the channel and checks what the library
+    guarantees: the follower rebuilds the last plan byte for byte and
+    delivers no plan that was not published, and updates go as deltas
+    except any the leader has to send in full (a failover lost the base it
+    would apply to), so at least half of those seen on the channel. The
+    raw subscriber is this demo's, not the library's: it is not recovered
+    if Sentinel reconfigures its node, so missing messages are reported,
+    not failed. Returns what went wrong, as a sentence, or None."""
     plan = survey_plan(1000)
     text = first = json.dumps(plan, indent=4)
     print(f"\nsurvey:   {len(plan['mission']['items'])} mission items, {len(text.encode()):,} bytes of .plan JSON;"
@@ -267,10 +288,23 @@ def survey(url: str, name: str, updates: int, rate: float) -> bool:
         print(f"wire:     update {i + 1}: {'delta' if kind == 'd' else 'full state'} of {n:,} bytes "
               f"({100 * n / len(texts[0].encode()):.3f} % of the plan)")
     if deltas:
-        print(f"summary:  {len(deltas)} of {len(wire)} updates went as deltas, median {statistics.median(deltas):.0f} bytes"
-              f" on the channel against {len(texts[-1].encode()):,} for the plan"
-              f"{f'; {len(fulls)} in full' if fulls else ''}; the follower rebuilt the last plan byte for byte: {exact}")
-    return exact and len(wire) == updates and bool(deltas)
+        print(f"summary:  {len(deltas)} of {len(wire)} updates seen on the channel went as deltas, median"
+              f" {statistics.median(deltas):.0f} bytes against {len(texts[-1].encode()):,} for the plan"
+              f"{f', {len(fulls)} in full (the leader sends in full when a failover lost the base)' if fulls else ''};"
+              f" the follower rebuilt the last plan byte for byte: {exact}")
+    if len(wire) < updates:
+        print(f"survey:   the raw subscriber saw {len(wire)} of the {updates} updates (it is not recovered when"
+              f" Sentinel reconfigures its node); the follower's result is what counts")
+    if not exact:
+        unpublished = sum(1 for t in got if t not in texts and t != first)
+        last = "got" if texts[-1] in got else "did not get"
+        return (f"the follower was expected to rebuild the last of the {updates} survey plans byte for byte and no"
+                f" other plan; it {last} the last one within 10 s and delivered {unpublished} plan(s) that were"
+                f" never published.")
+    if len(deltas) * 2 < len(wire) or not deltas:
+        return (f"at least half of the survey updates seen on the channel were expected to go as deltas; of the"
+                f" {len(wire)} seen, {len(deltas)} were deltas and {len(fulls)} full states.")
+    return None
 
 
 def main() -> int:
@@ -298,7 +332,8 @@ def main() -> int:
     print(f"webdis:   {args.url}; stream {name!r}")
 
     done = threading.Event()
-    stats: Dict[str, Any] = {"leader_ready": threading.Event(), "follower_ready": threading.Event(), "published": 0}
+    stats: Dict[str, Any] = {"leader_ready": threading.Event(), "follower_ready": threading.Event(), "published": 0,
+                             "last_revision": -1}
     failure: List[BaseException] = []
 
     def run_leader() -> None:
@@ -323,7 +358,7 @@ def main() -> int:
     with ms.Client(args.url) as client:
         with client.connect(name, "demo-password") as follower:
             stats["follower_ready"].set()
-            for event in follower.events(timeout=args.seconds + 10):
+            for event in follower.events(timeout=args.seconds + CATCH_UP_SECONDS + 10):
                 if event.kind is ms.EventKind.STATE:
                     plan = event.json()
                     if "sent_ms" not in plan:
@@ -332,6 +367,7 @@ def main() -> int:
                     delay = event.received_at * 1000 - plan["sent_ms"]
                     delays.append(delay)
                     last_revision = plan["revision"]
+                    stats["last_revision"] = last_revision
                     wp = plan["waypoints"][0]
                     print(
                         f"follower: seq={event.seq:<3} delay={delay:6.1f} ms  revision {plan['revision']:<3} "
@@ -351,13 +387,16 @@ def main() -> int:
             f"summary:  {len(delays)} of {stats['published']} revisions shown (latest wins), "
             f"delay median {statistics.median(delays):.1f} ms, max {max(delays):.1f} ms"
         )
-    ok = ended and last_revision == stats["published"]
-    if not ok:
-        print(f"demo: FAILED: ended={ended}, last revision seen {last_revision} of {stats['published']}", file=sys.stderr)
+    if last_revision != stats["published"] or not ended:
+        print(f"demo: FAILED: the follower was expected to show the last of the {stats['published']} revisions and"
+              f" then the end of the stream; it showed revision {last_revision} last"
+              f" ({len(delays)} shown) and {'saw' if ended else 'did not see'} the stream end.", file=sys.stderr)
         return 1
-    if args.survey_updates > 0 and not survey(args.url, name + "-survey", args.survey_updates, args.rate):
-        print("demo: FAILED: the survey's updates did not all reach the channel as deltas and the follower", file=sys.stderr)
-        return 1
+    if args.survey_updates > 0:
+        problem = survey(args.url, name + "-survey", args.survey_updates, args.rate)
+        if problem:
+            print(f"demo: FAILED: {problem}", file=sys.stderr)
+            return 1
     return 0
 
 

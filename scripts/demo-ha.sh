@@ -100,8 +100,8 @@ status=0
 wait "$demo_pid" || status=$?
 demo_pid=
 if [ "$status" = 0 ]; then
-  echo "demo-ha:  the follower went on through the failover and ended on the leader's last revision"
+  echo "demo-ha:  the follower went on through the failover, showed the leader's last revision and saw the stream end; the survey's follower rebuilt its last plan byte for byte"
 else
-  echo "demo-ha:  FAILED (the demo exited $status)" >&2
+  echo "demo-ha:  FAILED: the demo exited with status $status; its message above says what was expected and what happened." >&2
 fi
 exit "$status"

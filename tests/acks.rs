@@ -21,7 +21,7 @@ fn count(ev: &[Rec], stream: &str, kind: EventKind) -> usize {
 
 /// Waits until `f` holds for the events so far; `None` after `timeout`
 /// (for a test that explains the failure itself).
-fn wait_for(rec: &Recorder, timeout: Duration, f: impl Fn(&[Rec]) -> bool) -> Option<Vec<Rec>> {
+fn wait_for(rec: &Recorder, timeout: Duration, f: impl Fn(&[Rec]) -> bool) -> Option<Events> {
     let deadline = Instant::now() + timeout;
     loop {
         let ev = rec.snapshot();
@@ -132,7 +132,7 @@ fn stale_publish_reply(landing: Landing, prefix: &str) {
     // stored exactly once.
     std::thread::sleep(Duration::from_millis(1300));
     assert_eq!(s.record_field(&name, "seq"), "3");
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":3}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":3}", "");
     assert!(
         leader_rec.snapshot().is_empty(),
         "a recovered fault reports nothing: {:?}",
@@ -345,7 +345,7 @@ fn leader_offline_is_reported_on_time_while_webdis_is_frozen() {
     let p = presence(&ev, &name);
     assert_eq!(p, alternating(p.len()), "{:?}", kinds(&ev, &name));
     leader.flush(&name, 15_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":2}", "");
     let states = rec.states(&name);
     assert_increasing(&states);
     assert_states_from(

@@ -534,11 +534,11 @@ fn quotas_refuse_clearly_and_lose_nothing() {
     let e = c.flush("q1", 1500).unwrap_err();
     assert!(e.message.contains("quota of one stream"), "{e:?}");
     rec.wait_kind("q1", missionstream::EventKind::MS_EVENT_PUBLISH_FAILED, T);
-    assert_eq!(s.record_field("q1", "state"), fits);
+    assert_state_eq(&s.record_field("q1", "state"), &fits, "");
     let small = "{\"a\":1}";
     c.publish("q1", small.as_bytes()).unwrap();
     c.flush("q1", 10_000).unwrap();
-    assert_eq!(s.record_field("q1", "state"), small);
+    assert_state_eq(&s.record_field("q1", "state"), &small, "");
 
     // All states together: 3,500 + 3,500 fit in 9,000 bytes, a third not.
     c.publish("q1", fits.as_bytes()).unwrap();
@@ -548,11 +548,11 @@ fn quotas_refuse_clearly_and_lose_nothing() {
     c.publish("q3", fits.as_bytes()).unwrap();
     let e = c.flush("q3", 1500).unwrap_err();
     assert!(e.message.contains("all streams"), "{e:?}");
-    assert_eq!(s.record_field("q3", "state"), "{}");
+    assert_state_eq(&s.record_field("q3", "state"), "{}", "");
     // A stream stopped frees its share: q3's newest state goes in.
     c.stop("q2").unwrap();
     c.flush("q3", 10_000).unwrap();
-    assert_eq!(s.record_field("q3", "state"), fits);
+    assert_state_eq(&s.record_field("q3", "state"), &fits, "");
     // A stream that expired frees its place (found when a quota is hit).
     c.start("q5", "pw", "code").unwrap();
     assert!(c.start("q6", "pw", "code").is_err(), "3 streams");
@@ -589,8 +589,8 @@ fn a_full_redis_refuses_a_publish_clearly_and_loses_nothing() {
     let e = c.flush("full", 1500).unwrap_err();
     assert_eq!(e.status, missionstream::Status::MS_ERR_SERVER, "{e:?}");
     assert!(e.message.contains("out of memory"), "{}", e.message);
-    assert_eq!(s.record_field("full", "state"), "{\"v\":1}");
+    assert_state_eq(&s.record_field("full", "state"), "{\"v\":1}", "");
     s.redis_cli(&["CONFIG", "SET", "maxmemory", "0"]);
     c.flush("full", 10_000).unwrap();
-    assert_eq!(s.record_field("full", "state"), "{\"v\":2}");
+    assert_state_eq(&s.record_field("full", "state"), "{\"v\":2}", "");
 }

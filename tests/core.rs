@@ -40,7 +40,7 @@ fn lifecycle_start_follow_publish_stop() {
         5,
         "seq counts stored states: {states:?}"
     );
-    assert_eq!(s.record_field(&name, "state"), "{\"wp\":5}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"wp\":5}", "");
     assert_eq!(s.record_field(&name, "seq"), "5");
 
     let list = leader.list().unwrap();
@@ -134,7 +134,7 @@ fn many_publishes_converge_in_order_for_two_followers() {
         r.wait_state(&name, "{\"i\":1999}", Duration::from_secs(2));
         assert_increasing(&r.states(&name));
     }
-    assert_eq!(s.record_field(&name, "state"), "{\"i\":1999}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"i\":1999}", "");
 }
 
 #[test]
@@ -288,13 +288,13 @@ fn large_state_round_trips() {
     leader.publish(&name, big.as_bytes()).unwrap();
     leader.flush(&name, 30_000).unwrap();
     rec.wait(Duration::from_secs(30), |ev| ev.iter().any(|e| e.seq == 1));
-    assert_eq!(rec.states(&name).last().unwrap().1, big);
+    assert_state_eq(&rec.states(&name).last().unwrap().1, &big, "");
     // A late joiner gets it through the snapshot too.
     let late = s.client();
     let r2 = Recorder::attach(&late);
     late.connect(&name, "pw").unwrap();
     r2.wait(Duration::from_secs(30), |ev| !ev.is_empty());
-    assert_eq!(r2.states(&name)[0].1, big);
+    assert_state_eq(&r2.states(&name)[0].1, &big, "");
     // The limit itself is accepted.
     let max = "a".repeat(8 * 1024 * 1024);
     leader.publish(&name, max.as_bytes()).unwrap();
@@ -320,7 +320,7 @@ fn reconnect_keeps_state_and_free_delivers_pending() {
         }
         // Dropped without flush: the pending state is delivered first.
     }
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":49}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":49}", "");
     let leader = s.client();
     leader.reconnect(&name, "pw", "code").unwrap();
     let follower = s.client();
@@ -658,7 +658,11 @@ fn flush_reports_the_publish_error() {
     );
     s.start_webdis();
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), "{\"during\":\"outage\"}");
+    assert_state_eq(
+        &s.record_field(&name, "state"),
+        "{\"during\":\"outage\"}",
+        "",
+    );
     // Once per failure streak.
     assert_eq!(
         rec.snapshot()
@@ -793,7 +797,7 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
         ("2".into(), lead_a(0x10)),
         "older, late: the reply names the newer id stored"
     );
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":2}", "");
     // Another lead (a reconnected leader) has its own counter.
     let lead_b = format!("bbbbbbbbbbbbbbbb{:016x}", 1);
     assert_eq!(
@@ -814,4 +818,77 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
         assert!(publish(bad, "{\"v\":4}").contains("MSARG"), "{bad:?}");
     }
     assert_eq!(s.record_field(&name, "seq"), "3");
+}
+
+/// The message of the panic `f` raises.
+fn panic_message(f: impl FnOnce()) -> String {
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .expect_err("the assertion was to fail");
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => p.downcast_ref::<&str>().unwrap_or(&"?").to_string(),
+    }
+}
+
+/// A failing assertion about an 8 MiB state prints a short excerpt of it
+/// and its length, never the state (one such failure once wrote an 8.4 MB
+/// log).
+#[test]
+fn failure_messages_about_a_large_state_stay_short() {
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(8 * 1024 * 1024 - 12));
+    let other = format!("{big} ");
+    let short = |what: &str, msg: String| {
+        assert!(
+            msg.len() < 4096,
+            "{what}: a failure message of {} bytes",
+            msg.len()
+        );
+        assert!(
+            msg.contains(&format!("({} bytes)", big.len())),
+            "{what}: the length is not in {msg}"
+        );
+    };
+    short(
+        "assert_states_from, a state out of the list",
+        panic_message(|| assert_states_from(&[(1, big.clone())], &[(1, "{}")])),
+    );
+    short(
+        "assert_states_from, not the last state",
+        panic_message(|| {
+            assert_states_from(
+                &[(1, big.clone())],
+                &[(1, big.as_str()), (2, other.as_str())],
+            )
+        }),
+    );
+    short(
+        "assert_state_eq",
+        panic_message(|| assert_state_eq(&big, &other, "8 MiB")),
+    );
+    short(
+        "assert_increasing",
+        panic_message(|| assert_increasing(&[(2, big.clone()), (1, big.clone())])),
+    );
+    let rec = Recorder::default();
+    rec.events.lock().unwrap().extend((1..=1000).map(|seq| Rec {
+        kind: EventKind::MS_EVENT_STATE,
+        stream: "s".into(),
+        // Large states first and last (shown), small ones between.
+        state: Some(if seq <= 2 || seq >= 999 {
+            big.clone()
+        } else {
+            format!("{{\"i\":{seq}}}")
+        }),
+        seq,
+        status: Status::MS_OK,
+    }));
+    short("{:?} of the events", format!("{:?}", rec.snapshot()));
+    short("{:?} of the states", format!("{:?}", rec.states("s")));
+    short("{:?} of an event", format!("{:?}", rec.snapshot()[0]));
+    // Last: the panic poisons the recorder's lock.
+    let msg = panic_message(|| {
+        rec.wait(Duration::from_millis(1), |_| false);
+    });
+    short("Recorder::wait", msg.clone());
+    assert!(msg.contains("(1000 items)"), "{msg}");
 }

@@ -100,13 +100,13 @@ fn assert_subsequence(got: &[(u64, String)], published: &[String], who: &str) {
     assert_increasing(got);
 }
 
-fn states_after(rec: &Recorder, name: &str, first: &str) -> Vec<(u64, String)> {
+fn states_after(rec: &Recorder, name: &str, first: &str) -> States {
     let all = rec.states(name);
     let i = all
         .iter()
         .position(|s| s.1 == first)
         .expect("the first state");
-    all[i..].to_vec()
+    States(all[i..].to_vec())
 }
 
 /// Publishes the first state of a test, waits until the follower of
@@ -246,7 +246,7 @@ fn random_edits_of_multibyte_text_are_delivered_byte_exact() {
     let last = published.last().unwrap().clone();
     rec.wait_state(&name, &last, T);
     rec_late.wait_state(&name, &last, T);
-    assert_eq!(s.record_field(&name, "state"), last);
+    assert_state_eq(&s.record_field(&name, "state"), &last, "");
     assert_subsequence(&states_after(&rec, &name, &first), &published, "follower");
     let late_states = rec_late.states(&name);
     let from = published
@@ -288,7 +288,11 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
         };
         leader.publish(&name, state.as_bytes()).unwrap();
         leader.flush(&name, 15_000).unwrap();
-        assert_eq!(s.record_field(&name, "state"), state, "edit {i}");
+        assert_state_eq(
+            &s.record_field(&name, "state"),
+            &state,
+            &format!("edit {i}"),
+        );
         published.push(state.clone());
     }
     rec.wait_state(&name, &state, T);
@@ -299,7 +303,11 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
         .filter(|p| !p.starts_with("d "))
         .map(|p| p.chars().take(30).collect::<String>())
         .collect();
-    assert!(full.is_empty(), "not sent as deltas: {full:?}");
+    assert!(
+        full.is_empty(),
+        "not sent as deltas: {}",
+        list_excerpt(&full.iter().map(|p| Excerpt(p)).collect::<Vec<_>>())
+    );
     let replayed = replay(&payloads, (first_seq, first.clone()));
     let texts: Vec<&String> = replayed.iter().skip(1).map(|(_, t)| t).collect();
     assert_eq!(texts.len(), published.len());
@@ -355,7 +363,7 @@ fn deltas_alone_keep_a_stream_with_a_ttl_alive() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(s.record_field(&name, "state"), plan.text());
+    assert_state_eq(&s.record_field(&name, "state"), &plan.text(), "");
     // Every publish since the first went as a delta.
     wait_until(T, || {
         raw.payloads()
@@ -370,7 +378,11 @@ fn deltas_alone_keep_a_stream_with_a_ttl_alive() {
         .filter(|p| p.starts_with("s "))
         .map(|p| p.chars().take(30).collect())
         .collect();
-    assert!(full.is_empty(), "not sent as deltas: {full:?}");
+    assert!(
+        full.is_empty(),
+        "not sent as deltas: {}",
+        list_excerpt(&full.iter().map(|p| Excerpt(p)).collect::<Vec<_>>())
+    );
 }
 
 /// ms_publish sent straight to Redis with redis-cli (the body on stdin),
@@ -534,7 +546,7 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     let good = missionstream::delta::create(base, target);
     let raw = RawSub::start(s.webdis_port, &channel);
     let unchanged = |why: &str| {
-        assert_eq!(s.record_field(&name, "state"), base, "{why}");
+        assert_state_eq(&s.record_field(&name, "state"), &base, why);
         assert_eq!(s.record_field(&name, "seq"), "1", "{why}");
         assert_eq!(s.record_field(&name, "pub"), id(1), "{why}");
     };
@@ -614,7 +626,7 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     // The good delta: applied, stored in full, broadcast as the delta.
     let out = publish(&id(2), "delta", "1", &id(1), good.as_bytes());
     assert!(out.starts_with("n0nce\n2\n"), "{out}");
-    assert_eq!(s.record_field(&name, "state"), target);
+    assert_state_eq(&s.record_field(&name, "state"), &target, "");
     wait_until(T, || raw.payloads().iter().any(|p| p.starts_with("d 2 1 ")));
     let payloads = raw.payloads();
     let msg = payloads.iter().find(|p| p.starts_with("d 2 1 ")).unwrap();
@@ -639,10 +651,10 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     );
     let out = publish(&id(3), "delta", "2", &id(2), wrong2.as_bytes());
     assert!(out.contains("MSARG n0nce"), "{out}");
-    assert_eq!(s.record_field(&name, "state"), target);
+    assert_state_eq(&s.record_field(&name, "state"), &target, "");
     let out = publish(&id(3), "delta", "2", &id(2), good2.as_bytes());
     assert!(out.starts_with("n0nce\n3\n"), "{out}");
-    assert_eq!(s.record_field(&name, "state"), next);
+    assert_state_eq(&s.record_field(&name, "state"), &next, "");
     // A state large enough for the functions to keep (8 KiB or more)...
     let big = format!("{next}{}", "\u{e9}x\u{2708}".repeat(2000));
     let good4 = missionstream::delta::create(&next, &big);
@@ -662,7 +674,7 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     assert!(out.contains("MSBASE n0nce"), "{out}");
     let out = publish(&id(8), "delta", "7", &id(7), good5.as_bytes());
     assert!(out.starts_with("n0nce\n8\n"), "{out}");
-    assert_eq!(s.record_field(&name, "state"), after);
+    assert_state_eq(&s.record_field(&name, "state"), &after, "");
 }
 
 /// The 8 MiB limit holds for the result of a delta: a well-formed delta
@@ -739,7 +751,7 @@ fn a_lost_base_makes_the_leader_send_in_full() {
     let text = plan.text();
     leader.publish(&name, text.as_bytes()).unwrap();
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), text);
+    assert_state_eq(&s.record_field(&name, "state"), &text, "");
     rec.wait_state(&name, &text, T);
     // Then deltas again.
     plan.move_waypoint(11, 0.0001, 0.0);
@@ -805,7 +817,7 @@ fn a_refused_delta_is_sent_again_in_full() {
     let text = plan.text();
     leader.publish(&name, text.as_bytes()).unwrap();
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), text);
+    assert_state_eq(&s.record_field(&name, "state"), &text, "");
     rec.wait_state(&name, &text, T);
 }
 

@@ -380,8 +380,20 @@ impl Seen {
         while !self.events.lock().unwrap().iter().any(&f) {
             assert!(
                 Instant::now() < deadline,
-                "{what}: not within {T:?}: {:?}",
-                self.snapshot()
+                "{what}: not within {T:?}: {}",
+                list_excerpt(
+                    &self
+                        .snapshot()
+                        .iter()
+                        .map(|(k, n, st, q, len)| (
+                            k,
+                            n.clone(),
+                            st.as_deref().map(Excerpt),
+                            q,
+                            len
+                        ))
+                        .collect::<Vec<_>>()
+                )
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -394,12 +406,14 @@ impl Seen {
     }
 
     /// The (seq, data) of the STATE events.
-    fn states(&self) -> Vec<(u64, String)> {
-        self.snapshot()
-            .into_iter()
-            .filter(|e| e.0 == ms_event_kind::MS_EVENT_STATE)
-            .map(|e| (e.3, e.2.unwrap()))
-            .collect()
+    fn states(&self) -> States {
+        States(
+            self.snapshot()
+                .into_iter()
+                .filter(|e| e.0 == ms_event_kind::MS_EVENT_STATE)
+                .map(|e| (e.3, e.2.unwrap()))
+                .collect(),
+        )
     }
 }
 

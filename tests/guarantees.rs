@@ -234,7 +234,11 @@ fn publishing_alone_keeps_a_stream_with_a_ttl_alive() {
         "the stream is listed"
     );
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), format!("{{\"i\":{i}}}"));
+    assert_state_eq(
+        &s.record_field(&name, "state"),
+        &format!("{{\"i\":{i}}}"),
+        "",
+    );
 }
 
 /// Bytes that TCP connections to `127.0.0.1:port` hold unread: requests
@@ -338,7 +342,7 @@ fn publish_returns_at_once_while_webdis_is_frozen() {
          {first:?}); a request times out after 3 s"
     );
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), "{\"i\":1000}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"i\":1000}", "");
 }
 
 /// ms_flush with Webdis frozen (SIGSTOP, a publish request in it) returns
@@ -368,7 +372,7 @@ fn flush_returns_timeout_within_its_timeout_while_webdis_is_frozen() {
         "flush(1000 ms) with Webdis frozen",
     );
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":2}", "");
 }
 
 /// Secrets are stretched by the client: the record holds the SHA-1 (hex)

@@ -8,7 +8,7 @@
 mod common;
 
 use common::cluster::{Cluster, ClusterOptions};
-use common::{assert_increasing, unique, Rec, Recorder, Servers};
+use common::{assert_increasing, assert_state_eq, unique, Events, Rec, Recorder, Servers};
 use missionstream::{Client, EventKind, Status};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -156,7 +156,7 @@ fn primary_killed_under_load_followers_converge_and_nothing_flushed_is_lost() {
     // The new primary holds the newest state; every follower ends on it,
     // seq strictly increasing.
     let newest = format!("{{\"n\":{last}}}");
-    assert_eq!(record_field(&c, primary, &name, "state"), newest);
+    assert_state_eq(&record_field(&c, primary, &name, "state"), &newest, "");
     for (i, rec) in [&rec1, &rec2, &rec3].iter().enumerate() {
         rec.wait_state(&name, &newest, Duration::from_secs(20));
         let states = rec.states(&name);
@@ -259,7 +259,7 @@ fn with_min_replicas_to_write_a_state_no_replica_holds_is_not_acknowledged() {
         ),
         "{e}"
     );
-    assert_eq!(record_field(&c, 0, &name, "state"), "{\"held\":1}");
+    assert_state_eq(&record_field(&c, 0, &name, "state"), "{\"held\":1}", "");
     c.kill_primary();
     c.thaw_replicas();
     let (primary, _) = c.wait_promoted(Duration::from_secs(30));
@@ -268,7 +268,11 @@ fn with_min_replicas_to_write_a_state_no_replica_holds_is_not_acknowledged() {
     let seq: u64 = record_field(&c, primary, &name, "seq").parse().unwrap();
     assert!(seq >= held_seq, "seq {seq} < acknowledged {held_seq}");
     leader.flush(&name, 15_000).unwrap();
-    assert_eq!(record_field(&c, primary, &name, "state"), "{\"unheld\":1}");
+    assert_state_eq(
+        &record_field(&c, primary, &name, "state"),
+        "{\"unheld\":1}",
+        "",
+    );
 }
 
 #[test]
@@ -300,7 +304,7 @@ fn a_follower_on_a_replica_of_a_quiet_leader_reports_presence_not_lost_connectio
     leader.publish(&name, b"{\"b\":2}").unwrap();
     leader.flush(&name, 5000).unwrap();
     rec.wait_state(&name, "{\"b\":2}", Duration::from_secs(5));
-    let events: Vec<Rec> = rec.wait_kind(
+    let events: Events = rec.wait_kind(
         &name,
         EventKind::MS_EVENT_LEADER_ONLINE,
         Duration::from_secs(5),
@@ -435,7 +439,7 @@ fn every_endpoint_down_is_one_clear_error_and_one_back_is_enough() {
     std::thread::sleep(Duration::from_millis(2500));
     s.start_webdis();
     c.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), "{\"up\":2}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"up\":2}", "");
     assert_eq!(
         c.list().unwrap().iter().filter(|i| i.name == name).count(),
         1

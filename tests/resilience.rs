@@ -53,7 +53,7 @@ fn follower_recovers_when_webdis_is_killed_and_restarted() {
     rec.wait_kind(&name, EventKind::MS_EVENT_RECONNECTED, T);
     rec.wait_state(&name, "{\"v\":2}", T);
     leader.flush(&name, 10_000).unwrap();
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":2}", "");
     assert_eq!(
         count(&rec, &name, EventKind::MS_EVENT_CONNECTION_LOST),
         1,
@@ -147,7 +147,7 @@ fn redis_restart(with_leader: bool) {
     let down = Instant::now();
     s.start_redis();
     // Persistence: the stream and the functions survived.
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":1}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":1}", "");
     let ev = rec.wait_kind(&name, EventKind::MS_EVENT_CONNECTION_LOST, T);
     let lost = ev
         .iter()
@@ -409,7 +409,7 @@ fn leader_keeps_newest_state_across_outage_and_free_delivers_it() {
     s.start_webdis();
     leader.set_timeout(5000).unwrap();
     drop(leader); // delivers the pending state within the timeout
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":99}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":99}", "");
 }
 
 #[test]
@@ -474,22 +474,60 @@ fn forbidden_is_final_for_leader_and_follower_and_reported_once() {
     );
 }
 
+/// Bytes of a large message still arriving are activity: neither the
+/// subscription nor the leader is silent while they come, however many
+/// heartbeat intervals they take.
+///
+/// The test controls both sides of that claim rather than guess them. The
+/// parts of the way where nothing can reach the follower (the upload of
+/// the state, Lua storing it, Webdis encoding the message) take a time
+/// that grows with the machine's load; a leader publishing can send no
+/// heartbeat meanwhile, so a heartbeat shorter than half that time is
+/// rightly judged absent. The heartbeat is therefore measured: 1.5 times
+/// what a whole 8 MiB state takes from publish to a follower's callback
+/// here, now (at least 200 ms). The bytes then reach the follower through
+/// a relay that paces them to last at least 4 such intervals, longer
+/// than both the probe (2) and the presence (3) thresholds: without the
+/// bytes counting, silence would be found every time.
 #[test]
 fn a_large_state_in_flight_is_not_silence() {
     let s = Servers::start();
+    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(8 * 1024 * 1024 - 12));
+    let pipeline = {
+        let (leader, follower, rec, name) = s.followed("large-calibrate");
+        let t0 = Instant::now();
+        leader.publish(&name, big.as_bytes()).unwrap();
+        rec.wait(Duration::from_secs(60), |ev| ev.iter().any(|e| e.seq == 1));
+        let took = t0.elapsed();
+        follower.disconnect(&name).unwrap();
+        leader.stop(&name).unwrap();
+        took
+    };
+    let hb = (pipeline * 3 / 2).max(Duration::from_millis(200));
+    let transfer = 4 * hb;
+    let relay = SlowRelay::start(
+        s.webdis_port,
+        (big.len() as f64 / transfer.as_secs_f64()) as u64,
+    );
+    eprintln!(
+        "8 MiB from publish to callback: {pipeline:?}; heartbeat {hb:?}; paced over {transfer:?}"
+    );
     let leader = s.client();
-    leader.set_heartbeat(200).unwrap();
-    let follower = s.client();
+    leader.set_heartbeat(hb.as_millis() as u32).unwrap();
+    let follower = missionstream::Client::new(&relay.url).unwrap();
     let rec = Recorder::attach(&follower);
     let name = unique("large-hb");
     leader.start(&name, "pw", "code").unwrap();
     follower.connect(&name, "pw").unwrap();
-    // 8 MiB take a while through Lua, Webdis' JSON encoding and the socket:
-    // bytes still arriving are neither a dead subscription nor a gone leader.
-    let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(8 * 1024 * 1024 - 12));
+    let t0 = Instant::now();
     leader.publish(&name, big.as_bytes()).unwrap();
     leader.flush(&name, 60_000).unwrap();
-    rec.wait(Duration::from_secs(60), |ev| ev.iter().any(|e| e.seq == 1));
+    rec.wait(Duration::from_secs(120), |ev| ev.iter().any(|e| e.seq == 1));
+    let took = t0.elapsed();
+    assert!(
+        took >= 3 * hb,
+        "the state arrived in {took:?}, within 3 heartbeat intervals of {hb:?}: the relay did not pace it"
+    );
     assert_eq!(rec.states(&name).last().unwrap().1.len(), big.len());
     // The follower's own silence detection never fires while bytes arrive
     // (a loss it detects is MS_ERR_TIMEOUT). Webdis 0.1.9 itself now and
@@ -672,7 +710,7 @@ fn a_lost_publish_response_is_retried_and_stored_once() {
     assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 2);
     rec.wait_state(&name, "{\"v\":1}", T);
     assert_eq!(s.record_field(&name, "seq"), "1");
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":1}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":1}", "");
     leader.publish(&name, b"{\"v\":2}").unwrap();
     leader.flush(&name, 10_000).unwrap();
     rec.wait_state(&name, "{\"v\":2}", T);
@@ -759,7 +797,7 @@ fn an_abandoned_publish_arriving_late_does_not_take_the_stream_back() {
     // The first request reaches Webdis now, after v2 was stored.
     std::thread::sleep(late + Duration::from_millis(700) - t0.elapsed().min(late));
     assert_eq!(relay.matched.load(std::sync::atomic::Ordering::SeqCst), 3);
-    assert_eq!(s.record_field(&name, "state"), "{\"v\":2}");
+    assert_state_eq(&s.record_field(&name, "state"), "{\"v\":2}", "");
     assert_eq!(s.record_field(&name, "seq"), "2");
     assert_states_from(
         &rec.states(&name),

@@ -276,7 +276,7 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     ]);
     assert!(out.contains("MSARG"), "{out}");
     // Nothing changed.
-    assert_eq!(s.record_field("direct", "state"), "{}");
+    assert_state_eq(&s.record_field("direct", "state"), "{}", "");
     assert_eq!(s.record_field("direct", "seq"), "0");
     // The list never carries secrets or channels.
     let listed = format!("{:?}", leader.list().unwrap());
@@ -780,7 +780,7 @@ fn functions_enforce_the_library_limits() {
         reply.contains("aaaaaaaaaaaaaaaa0000000000000001"),
         "{reply}"
     );
-    assert_eq!(s.record_field("lim", "state"), fine);
+    assert_state_eq(&s.record_field("lim", "state"), &fine, "");
 }
 
 /// A name in the index that the library could not carry (written by hand,
@@ -1012,7 +1012,7 @@ fn starting_a_taken_name_with_the_right_secrets_takes_nothing_over() {
     );
     leader.publish("taken", b"{\"still\":1}").unwrap();
     leader.flush("taken", 10_000).unwrap();
-    assert_eq!(s.record_field("taken", "state"), "{\"still\":1}");
+    assert_state_eq(&s.record_field("taken", "state"), "{\"still\":1}", "");
     assert!(
         lead_events.snapshot().is_empty(),
         "{:?}",
@@ -1036,5 +1036,5 @@ fn starting_a_taken_name_with_the_right_secrets_takes_nothing_over() {
     );
     other.publish("taken", b"{\"new\":1}").unwrap();
     other.flush("taken", 10_000).unwrap();
-    assert_eq!(s.record_field("taken", "state"), "{\"new\":1}");
+    assert_state_eq(&s.record_field("taken", "state"), "{\"new\":1}", "");
 }

@@ -64,11 +64,19 @@ fn threads_share_clients_and_converge() {
             // session seq strictly increases, so it never goes back.
             let states = r.states(n);
             for w in states.windows(3) {
-                assert!(w[0].0 <= w[1].0 && w[1].0 <= w[2].0, "seq went back: {w:?}");
-                assert!(w[0].0 < w[2].0, "seq repeated beyond a reconnect: {w:?}");
+                assert!(
+                    w[0].0 <= w[1].0 && w[1].0 <= w[2].0,
+                    "seq went back: {}",
+                    states_excerpt(w)
+                );
+                assert!(
+                    w[0].0 < w[2].0,
+                    "seq repeated beyond a reconnect: {}",
+                    states_excerpt(w)
+                );
             }
         }
-        assert_eq!(s.record_field(n, "state"), last);
+        assert_state_eq(&s.record_field(n, "state"), &last, "");
     }
     let listed = leaders.list().unwrap();
     for n in &streams {

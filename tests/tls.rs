@@ -146,19 +146,19 @@ fn large_states_through_the_tls_front() {
     leader.publish(&name, big.as_bytes()).unwrap();
     leader.flush(&name, 30_000).unwrap();
     rec.wait(Duration::from_secs(30), |ev| ev.iter().any(|e| e.seq == 1));
-    assert_eq!(rec.states(&name).last().unwrap().1, big);
+    assert_state_eq(&rec.states(&name).last().unwrap().1, &big, "");
     // The limit in a character Webdis escapes: 16 MiB on the wire.
     let max = "\n".repeat(8 * 1024 * 1024);
     leader.publish(&name, max.as_bytes()).unwrap();
     leader.flush(&name, 30_000).unwrap();
     rec.wait(Duration::from_secs(30), |ev| ev.iter().any(|e| e.seq == 2));
-    assert_eq!(rec.states(&name).last().unwrap().1, max);
+    assert_state_eq(&rec.states(&name).last().unwrap().1, &max, "");
     // A late joiner gets it through the snapshot.
     let late = tls_client(&front);
     let r2 = Recorder::attach(&late);
     late.connect(&name, "pw").unwrap();
     r2.wait(Duration::from_secs(30), |ev| !ev.is_empty());
-    assert_eq!(r2.states(&name)[0].1, max);
+    assert_state_eq(&r2.states(&name)[0].1, &max, "");
 }
 
 #[test]

@@ -484,8 +484,63 @@ pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) 
     (code, body)
 }
 
-/// An event as recorded by a test callback.
-#[derive(Clone, Debug, PartialEq)]
+/// Failure messages show at most this much of a state: its first
+/// `EXCERPT_HEAD` and last `EXCERPT_TAIL` characters, and its length.
+pub const EXCERPT_HEAD: usize = 80;
+pub const EXCERPT_TAIL: usize = 40;
+/// Failure messages show at most this many items of a list (the first
+/// and last halves), and its length.
+pub const EXCERPT_ITEMS: usize = 16;
+
+/// A text as failure messages show it: whole (quoted) when short, else its
+/// first 80 and last 40 characters and its length in bytes, so that a
+/// failing test about an 8 MiB state prints a line, not 8 MiB.
+pub fn excerpt(s: &str) -> String {
+    let chars = s.chars().count();
+    if chars <= EXCERPT_HEAD + EXCERPT_TAIL {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(EXCERPT_HEAD).collect();
+    let tail: String = s.chars().skip(chars - EXCERPT_TAIL).collect();
+    format!("{head:?}…{tail:?} ({} bytes)", s.len())
+}
+
+/// `excerpt` as a Debug value, to put in tuples and lists.
+pub struct Excerpt<'a>(pub &'a str);
+
+impl std::fmt::Debug for Excerpt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&excerpt(self.0))
+    }
+}
+
+/// A list as failure messages show it: at most `EXCERPT_ITEMS` items (the
+/// first and last ones), each by its (bounded) Debug, and the count.
+pub fn list_excerpt<T: std::fmt::Debug>(items: &[T]) -> String {
+    let half = EXCERPT_ITEMS / 2;
+    let shown: Vec<String> = if items.len() <= EXCERPT_ITEMS {
+        items.iter().map(|i| format!("{i:?}")).collect()
+    } else {
+        let mut v: Vec<String> = items[..half].iter().map(|i| format!("{i:?}")).collect();
+        v.push(format!("… {} more …", items.len() - 2 * half));
+        v.extend(items[items.len() - half..].iter().map(|i| format!("{i:?}")));
+        v
+    };
+    format!("[{}] ({} items)", shown.join(", "), items.len())
+}
+
+/// `[(seq, state)]` as failure messages show it: each state an excerpt.
+pub fn states_excerpt<S: AsRef<str>>(states: &[(u64, S)]) -> String {
+    let v: Vec<(u64, Excerpt)> = states
+        .iter()
+        .map(|(q, st)| (*q, Excerpt(st.as_ref())))
+        .collect();
+    list_excerpt(&v)
+}
+
+/// An event as recorded by a test callback. Its Debug shows the state as
+/// an excerpt.
+#[derive(Clone, PartialEq)]
 pub struct Rec {
     pub kind: EventKind,
     pub stream: String,
@@ -493,6 +548,70 @@ pub struct Rec {
     pub seq: u64,
     pub status: missionstream::Status,
 }
+
+impl std::fmt::Debug for Rec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rec")
+            .field("kind", &self.kind)
+            .field("stream", &self.stream)
+            .field("state", &self.state.as_deref().map(Excerpt))
+            .field("seq", &self.seq)
+            .field("status", &self.status)
+            .finish()
+    }
+}
+
+/// Recorded events: a Vec whose Debug is bounded (`list_excerpt`), so
+/// that `{:?}` of them in a failure message stays short.
+#[derive(Clone, Default, PartialEq)]
+pub struct Events(pub Vec<Rec>);
+
+/// `[(seq, state)]` of a stream: a Vec whose Debug is bounded
+/// (`states_excerpt`).
+#[derive(Clone, Default, PartialEq)]
+pub struct States(pub Vec<(u64, String)>);
+
+macro_rules! bounded_vec {
+    ($t:ident, $item:ty, $show:expr) => {
+        impl std::ops::Deref for $t {
+            type Target = Vec<$item>;
+            fn deref(&self) -> &Vec<$item> {
+                &self.0
+            }
+        }
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Vec<$item> {
+                &mut self.0
+            }
+        }
+        impl IntoIterator for $t {
+            type Item = $item;
+            type IntoIter = std::vec::IntoIter<$item>;
+            fn into_iter(self) -> Self::IntoIter {
+                self.0.into_iter()
+            }
+        }
+        impl<'a> IntoIterator for &'a $t {
+            type Item = &'a $item;
+            type IntoIter = std::slice::Iter<'a, $item>;
+            fn into_iter(self) -> Self::IntoIter {
+                self.0.iter()
+            }
+        }
+        impl PartialEq<Vec<$item>> for $t {
+            fn eq(&self, other: &Vec<$item>) -> bool {
+                &self.0 == other
+            }
+        }
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&$show(&self.0))
+            }
+        }
+    };
+}
+bounded_vec!(Events, Rec, list_excerpt);
+bounded_vec!(States, (u64, String), states_excerpt);
 
 /// Records every event of a client.
 #[derive(Default)]
@@ -520,23 +639,23 @@ impl Recorder {
         self.cv.notify_all();
     }
 
-    pub fn snapshot(&self) -> Vec<Rec> {
-        self.events.lock().unwrap().clone()
+    pub fn snapshot(&self) -> Events {
+        Events(self.events.lock().unwrap().clone())
     }
 
     /// Waits until `f` holds for the events recorded so far.
-    pub fn wait(&self, timeout: Duration, f: impl Fn(&[Rec]) -> bool) -> Vec<Rec> {
+    pub fn wait(&self, timeout: Duration, f: impl Fn(&[Rec]) -> bool) -> Events {
         let deadline = Instant::now() + timeout;
         let mut ev = self.events.lock().unwrap();
         loop {
             if f(&ev) {
-                return ev.clone();
+                return Events(ev.clone());
             }
             let now = Instant::now();
             if now >= deadline {
                 panic!(
-                    "events did not reach the expected condition within {timeout:?}: {:#?}",
-                    *ev
+                    "events did not reach the expected condition within {timeout:?}: {}",
+                    list_excerpt(&ev)
                 );
             }
             ev = self.cv.wait_timeout(ev, deadline - now).unwrap().0;
@@ -544,15 +663,17 @@ impl Recorder {
     }
 
     /// States of `stream`, in order.
-    pub fn states(&self, stream: &str) -> Vec<(u64, String)> {
-        self.snapshot()
-            .into_iter()
-            .filter(|e| e.kind == EventKind::MS_EVENT_STATE && e.stream == stream)
-            .map(|e| (e.seq, e.state.unwrap()))
-            .collect()
+    pub fn states(&self, stream: &str) -> States {
+        States(
+            self.snapshot()
+                .into_iter()
+                .filter(|e| e.kind == EventKind::MS_EVENT_STATE && e.stream == stream)
+                .map(|e| (e.seq, e.state.unwrap()))
+                .collect(),
+        )
     }
 
-    pub fn wait_state(&self, stream: &str, state: &str, timeout: Duration) -> Vec<Rec> {
+    pub fn wait_state(&self, stream: &str, state: &str, timeout: Duration) -> Events {
         self.wait(timeout, |ev| {
             ev.iter().any(|e| {
                 e.kind == EventKind::MS_EVENT_STATE
@@ -562,7 +683,7 @@ impl Recorder {
         })
     }
 
-    pub fn wait_kind(&self, stream: &str, kind: EventKind, timeout: Duration) -> Vec<Rec> {
+    pub fn wait_kind(&self, stream: &str, kind: EventKind, timeout: Duration) -> Events {
         self.wait(timeout, |ev| {
             ev.iter().any(|e| e.kind == kind && e.stream == stream)
         })
@@ -584,12 +705,45 @@ pub fn assert_states_from(got: &[(u64, String)], expected: &[(u64, &str)]) {
     for g in got {
         match expected[from..].iter().position(|e| e == g) {
             Some(i) => from += i + 1,
-            None => {
-                panic!("{g:?} is not one of, or comes out of order in, {expected:?}: got {got:?}")
-            }
+            None => panic!(
+                "{:?} is not one of, or comes out of order in, {}: got {}",
+                (g.0, Excerpt(&g.1)),
+                states_excerpt(&expected),
+                states_excerpt(got)
+            ),
         }
     }
-    assert_eq!(got.last(), expected.last(), "got {got:?}");
+    assert!(
+        got.last() == expected.last(),
+        "the last state got is not the last expected, {}: got {}",
+        states_excerpt(&expected[expected.len().saturating_sub(1)..]),
+        states_excerpt(got)
+    );
+}
+
+/// Asserts that a state is the one expected; a failure shows excerpts of
+/// both, their lengths and where they first differ, never a whole state.
+/// `context` (may be empty) starts the message.
+#[track_caller]
+pub fn assert_state_eq<A: AsRef<str> + ?Sized, B: AsRef<str> + ?Sized>(
+    got: &A,
+    expected: &B,
+    context: &str,
+) {
+    let (got, expected) = (got.as_ref(), expected.as_ref());
+    if got != expected {
+        let at = got
+            .bytes()
+            .zip(expected.bytes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(expected.len()));
+        panic!(
+            "{context}{}the state is not the one expected (they differ from byte {at}): got {}, expected {}",
+            if context.is_empty() { "" } else { ": " },
+            excerpt(got),
+            excerpt(expected)
+        );
+    }
 }
 
 /// Asserts that `what` took at least `min` and less than `max`.
@@ -604,9 +758,8 @@ pub fn assert_increasing(states: &[(u64, String)]) {
     for w in states.windows(2) {
         assert!(
             w[0].0 < w[1].0,
-            "seq not strictly increasing: {:?} then {:?}",
-            w[0],
-            w[1]
+            "seq not strictly increasing: {}",
+            states_excerpt(w)
         );
     }
 }
@@ -750,6 +903,74 @@ impl LossyRelay {
 }
 
 impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A TCP relay in front of the real Webdis that passes requests through
+/// as they come and paces responses to `bytes_per_sec` (per connection):
+/// a slow network, on which a large message takes a known time to arrive.
+pub struct SlowRelay {
+    pub port: u16,
+    pub url: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowRelay {
+    pub fn start(target_port: u16, bytes_per_sec: u64) -> SlowRelay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        listener.set_nonblocking(true).unwrap();
+        let stopped = stop.clone();
+        let rate = bytes_per_sec.max(1) as f64;
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::SeqCst) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let (mut req_from, mut req_to) =
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut req_from, &mut req_to);
+                    let _ = req_to.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from, mut to) = (upstream, client);
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_secs_f64(n as f64 / rate));
+                            }
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowRelay {
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            stop,
+        }
+    }
+}
+
+impl Drop for SlowRelay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }

@@ -40,6 +40,74 @@ sys.path.insert(0, str(PYTHON_DIR))
 import missionstream  # noqa: E402
 
 
+# Failure messages show at most this much of a state (its first and last
+# characters, and its length), and this many items of a list: a failing
+# assertion about an 8 MiB state prints a line, not 8 MiB.
+EXCERPT_HEAD = 80
+EXCERPT_TAIL = 40
+EXCERPT_ITEMS = 16
+
+
+def excerpt(value: Any) -> str:
+    """A value as failure messages show it: a long str or bytes as its first
+    80 and last 40 characters and its length, a list or tuple by at most 16
+    items (each an excerpt), an Event with its data an excerpt; anything
+    else by its repr, cut the same way when long."""
+    if isinstance(value, (list, tuple)):
+        half = EXCERPT_ITEMS // 2
+        items = list(value)
+        if len(items) <= EXCERPT_ITEMS:
+            shown = [excerpt(i) for i in items]
+        else:
+            shown = [excerpt(i) for i in items[:half]]
+            shown.append(f"... {len(items) - 2 * half} more ...")
+            shown += [excerpt(i) for i in items[-half:]]
+        return f"[{', '.join(shown)}] ({len(items)} items)"
+    if isinstance(value, missionstream.Event):
+        return (f"Event(kind={value.kind!r}, stream={value.stream!r}, "
+                f"data={excerpt(value.data)}, seq={value.seq}, status={value.status!r})")
+    if isinstance(value, (str, bytes)):
+        if len(value) <= EXCERPT_HEAD + EXCERPT_TAIL:
+            return repr(value)
+        size = len(value.encode()) if isinstance(value, str) else len(value)
+        return f"{value[:EXCERPT_HEAD]!r}...{value[-EXCERPT_TAIL:]!r} ({size} bytes)"
+    text = repr(value)
+    if len(text) <= EXCERPT_HEAD + EXCERPT_TAIL:
+        return text
+    return f"{text[:EXCERPT_HEAD]}...{text[-EXCERPT_TAIL:]} (repr of {len(text)} characters)"
+
+
+def assert_state(got: Any, expected: Any, what: str = "") -> None:
+    """Asserts that a state is the one expected; a failure shows excerpts
+    of both, their lengths and where they first differ."""
+    if got != expected:
+        at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+        raise AssertionError(f"{what + ': ' if what else ''}the state is not the one expected "
+                             f"(they differ from index {at}): got {excerpt(got)}, expected {excerpt(expected)}")
+
+
+def _long(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return len(value) > EXCERPT_ITEMS or any(_long(v) for v in value)
+    if isinstance(value, missionstream.Event):
+        return _long(value.data)
+    return isinstance(value, (str, bytes)) and len(value) > EXCERPT_HEAD + EXCERPT_TAIL
+
+
+def pytest_assertrepr_compare(config: Any, op: str, left: Any, right: Any) -> Any:
+    """`assert a == b` about long states or lists: excerpts instead of
+    pytest's full diff (which -vv or a CI run would print whole)."""
+    if op != "==" or not (_long(left) or _long(right)):
+        return None
+    lines = [f"{excerpt(left)} == {excerpt(right)}"]
+    try:
+        at = next((i for i, (a, b) in enumerate(zip(left, right)) if a != b), min(len(left), len(right)))
+        lines.append(f"lengths {len(left)} and {len(right)}; they differ from index {at}")
+    except TypeError:
+        pass
+    return lines
+
+
 def pytest_report_header(config: Any) -> str:
     """Which Python runs the suite (make test: a virtual environment of $PYTHON)."""
     base = getattr(sys, "_base_executable", sys.executable)
