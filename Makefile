@@ -3,6 +3,7 @@
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
 #   make bench   the performance figures beside their baselines
+#   make test-under-load   make test RUNS (5) times in a row under stress-ng
 #   make attack  the attacks of docs/SECURITY.md ("Availability", "The TLS
 #                front against attacks") against the deploy configuration and
 #                its front, each with the figure it is judged by (the ones on
@@ -34,7 +35,7 @@ TEST_VENV := .run/test-venv
 .PHONY: all build deps deps-test test test-rust test-ffi-valgrind stress-ffi test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
-        bench bench-quick attack soak mutants mutants-check clean
+        bench bench-quick attack test-under-load soak mutants mutants-check clean
 
 all: build
 
@@ -127,6 +128,9 @@ bench: build
 
 bench-quick: build
 	$(CARGO) run --release --example bench -- --quick
+
+test-under-load:
+	PYTHON="$(PYTHON)" scripts/test-under-load.sh
 
 # `make test` runs the same tests with each attack sent once.
 MS_ATTACK_SECONDS ?= 10
