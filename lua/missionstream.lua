@@ -1032,7 +1032,9 @@ local function list_page(nonce, index, cursor, writable)
 end
 
 -- ms_list KEYS: index  ARGV: version, nonce, cursor
---   -> flat [nonce, next cursor, name, seq, followers, updated_ms, name, ...]
+--   -> flat [nonce, next cursor, skipped, name, seq, followers, updated_ms, name, ...]
+-- (skipped: entries of the page not listed because their name is not one
+-- this version accepts, or their record is of an earlier version)
 -- One page of the live streams: call again with the next cursor until it
 -- is "0" (a name may come twice; Redis' HSCAN guarantees every name in the
 -- index from start to end comes at least once). Names whose record
@@ -1042,16 +1044,18 @@ redis.register_function('ms_list', function(keys, args)
   if not nonce then return err end
   local page, e = list_page(nonce, keys[1], args[3], true)
   if not page then return e end
-  local out = { nonce, page[1] }
+  local out = { nonce, page[1], 0 }
   for _, name in ipairs(page[2]) do
-    -- A name that is not one of this library's (put there by hand) is
-    -- left alone and not listed: Webdis would drop a string that is not
-    -- UTF-8 and put the flat reply out of step.
+    -- A name that is not one of this library's (put there by hand, or
+    -- before this version refused it) is left alone, not listed and
+    -- counted: Webdis would drop a string that is not UTF-8 and put the
+    -- flat reply out of step.
     local v = not bad_name(name) and redis.call('HMGET', RECORD_PREFIX .. name, 'seq', 'updated_ms', 'channel')
     if not v then
-      -- skipped
+      out[3] = out[3] + 1
     elseif v[1] and not (v[3] and #v[3] == 40) then
       -- a record of an earlier protocol (load() refuses it): not listed
+      out[3] = out[3] + 1
     elseif v[1] then
       local subs = redis.call('PUBSUB', 'NUMSUB', v[3])
       out[#out + 1] = name

@@ -520,13 +520,20 @@ impl Client {
                     .fcall_answered(false, "ms_list", &[INDEX_KEY], &[&cursor], b"", left);
             node = answered.node;
             let mut page = match answered.result? {
-                Value::Array(a) if a.len() % 4 == 1 => a,
+                Value::Array(a) if a.len() % 4 == 2 => a,
                 _ => return Err(bad()),
             };
             cursor = match page.remove(0) {
                 Value::String(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => c,
                 _ => return Err(bad()),
             };
+            match protocol::as_u64(&page.remove(0)) {
+                Some(0) => {}
+                Some(n) => crate::debug_log!(
+                    "ms_list: the functions skipped {n} index entries whose name this version refuses (not UTF-8, control or bidirectional formatting characters) or whose record is of an earlier version"
+                ),
+                None => return Err(bad()),
+            }
             items.extend(page);
             if cursor == "0" {
                 break;

@@ -385,6 +385,22 @@ fn list_skips_records_whose_names_are_now_refused() {
         &[],
     );
     assert_eq!(v, serde_json::json!(["sub1", "0", "listed", 0]));
+    // ms_list counts what it skipped (the library says so under
+    // MISSIONSTREAM_DEBUG).
+    let v = Raw::call(s.webdis_port, "ms_list", &[b"streams"], "lst1", &["0"], &[]);
+    let a = v.as_array().unwrap();
+    assert_eq!(
+        (&a[..3], a[3].as_str()),
+        (
+            &[
+                serde_json::json!("lst1"),
+                serde_json::json!("0"),
+                serde_json::json!(2)
+            ][..],
+            Some("listed")
+        ),
+        "{v}"
+    );
 }
 
 /// A secret found where it must not be: which one, and where.
