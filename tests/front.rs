@@ -612,6 +612,19 @@ fn c_one_address_holds_100_requests_and_bodies_stay_under_9_mib() {
     .unwrap();
     let r = read_response(&mut c, false);
     assert_eq!(r.status, 413, "{r:?}");
+    // Any other call: 64 KiB at most (an anonymous 8 MiB request costs
+    // Redis only where a state belongs).
+    let connect = fcall_path("FCALL", "ms_connect", &[&format!("stream:{name}")], &[]);
+    let mut c = connect_from(ATTACKER, front.plain_port, None);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        c,
+        "PUT {connect} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
+        64 * 1024 + 1
+    )
+    .unwrap();
+    let r = read_response(&mut c, false);
+    assert_eq!(r.status, 413, "{r:?}");
     rightful_pair_works(&front, "large bodies");
 }
 
