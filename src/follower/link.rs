@@ -51,6 +51,11 @@ pub(super) fn disconnected() -> Error {
     Error::new(Status::MS_ERR_UNAVAILABLE, "disconnected while connecting")
 }
 
+/// A message still arriving counts as the leader's activity once this
+/// much of it came: more than any probe (`p <64 characters>` on a 40-digit
+/// channel, in Webdis' envelope) can take.
+const LEADER_SIZED: usize = 512;
+
 /// Items from the reader thread.
 pub(super) enum Incoming {
     Item(SubscriptionItem),
@@ -600,9 +605,13 @@ pub(super) fn read_subscription(
                     }
                 }
                 Ok(None) => {
-                    if splitter.pending() > 0 {
+                    if splitter.pending() >= LEADER_SIZED {
                         // Part of a message arrived: activity, though no
-                        // message is complete yet.
+                        // message is complete yet. Only a message longer
+                        // than any probe counts (a state or delta, which
+                        // only the leader can cause): anyone with the
+                        // password can publish probes on the channel, and
+                        // they must not pass for the leader.
                         progress.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     break;
@@ -675,6 +684,32 @@ mod tests {
                 Incoming::Closed(_)
             ]
         ));
+        dispatcher.shutdown();
+    }
+
+    /// Probes anyone with the password can publish on the channel: one
+    /// split over two reads is no activity of the leader's.
+    #[test]
+    fn a_probe_split_over_reads_is_not_progress() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let probe = format!(
+            r#"{{"SUBSCRIBE":["message","{}","p {}"]}}"#,
+            "c".repeat(40),
+            "A".repeat(64)
+        )
+        .into_bytes();
+        assert!(probe.len() < LEADER_SIZED);
+        let (first, second) = probe.split_at(probe.len() - 3);
+        let reads = vec![first.to_vec(), second.to_vec()];
+        let (tx, _rx) = bounded(64);
+        let progress = Arc::new(AtomicU64::new(0));
+        read_subscription(
+            Chunks(reads),
+            tx,
+            progress.clone(),
+            Arc::new(delivery(&dispatcher)),
+        );
+        assert_eq!(progress.load(Ordering::Relaxed), 0);
         dispatcher.shutdown();
     }
 
