@@ -172,7 +172,7 @@ def test_the_demo_runs_and_shows_deltas_on_the_wire() -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "the leader stopped the stream (ENDED)" in out.stdout, out.stdout
-    m = re.search(r"summary:  (\d+) of (\d+) updates went as deltas, median (\d+) bytes on the channel against ([\d,]+)", out.stdout)
+    m = re.search(r"summary:  (\d+) of (\d+) updates seen on the channel went as deltas, median (\d+) bytes against ([\d,]+)", out.stdout)
     assert m, out.stdout
     assert m[1] == m[2] == "5", out.stdout
     assert int(m[3]) < 200 < 500_000 < int(m[4].replace(",", "")), out.stdout
