@@ -10,6 +10,8 @@
 #                Redis repeated for MS_ATTACK_SECONDS, 10)
 #   make mutants deliberate bugs of tests/mutants/mutations.toml, each run
 #                against the tests that should catch it (MUTANTS="id ...": some)
+#   make mutants-lib   cargo-mutants' own mutations of the pure modules
+#                (no servers: cargo test --lib), installed when missing
 #   make stress-ffi  the callback / disconnect / free paths of the C ABI,
 #                many rounds under valgrind (MS_FFI_ROUNDS, MS_FFI_RUNS;
 #                about 4 minutes; not in make test)
@@ -35,7 +37,7 @@ TEST_VENV := .run/test-venv
 .PHONY: all build deps deps-test test test-rust test-ffi-valgrind stress-ffi test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
-        bench bench-quick attack test-under-load soak mutants mutants-check clean
+        bench bench-quick attack test-under-load soak mutants mutants-lib mutants-check clean
 
 all: build
 
@@ -144,6 +146,16 @@ soak: deps
 # Mutation testing (slow: each mutation rebuilds the crate); not in `make test`.
 mutants: build
 	scripts/mutants.sh $(MUTANTS)
+
+# Mutations nobody here wrote: cargo-mutants on the modules whose unit
+# tests need no server (the timing rules, backoff, key derivation), with
+# `cargo test --lib`. Report: target/mutants-lib/mutants.out/ (outcomes.json,
+# caught.txt, missed.txt); docs/RELIABILITY.md has the last run.
+MUTANTS_LIB_FILES ?= src/liveness.rs src/backoff.rs src/kdf.rs
+mutants-lib: deps
+	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
+	$(CARGO) mutants --profile release --output target/mutants-lib \
+	  $(foreach f,$(MUTANTS_LIB_FILES),-f $(f)) -- --lib
 
 # Every mutation of tests/mutants/mutations.toml still applies to the code
 # (its snippet occurs exactly once): cheap, so `make test` keeps the list
