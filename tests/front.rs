@@ -739,12 +739,11 @@ fn stalled_subscribers_are_dropped(count: usize, every: Duration) {
         "Webdis grew by {} kB for {count} stalled subscribers (bound {bound_kb} kB)",
         peak - baseline
     );
-    // Freed: with one, Webdis' RSS goes back down; with many, the
-    // allocator may keep what it freed for reuse (it stays within the
-    // bound, never grows past it).
-    let kept = if count == 1 { 24 * 1024 } else { bound_kb };
+    // Dropped, its buffers are freed; the allocator may keep the memory
+    // for reuse (Webdis' RSS then stays up, within the bound: seen both
+    // ways for one subscriber, 7 and 36 MB above the start).
     assert!(
-        after < baseline + kept,
+        after < baseline + bound_kb,
         "Webdis holds {} kB more after the stalled subscribers were dropped",
         after.saturating_sub(baseline)
     );
