@@ -151,10 +151,10 @@ mutants: build
 # tests need no server (the timing rules, backoff, key derivation), with
 # `cargo test --lib`. Report: target/mutants-lib/mutants.out/ (outcomes.json,
 # caught.txt, missed.txt); docs/RELIABILITY.md has the last run.
-MUTANTS_LIB_FILES ?= src/liveness.rs src/backoff.rs src/kdf.rs
+MUTANTS_LIB_FILES ?= src/liveness.rs src/backoff.rs src/kdf.rs src/util.rs src/error.rs
 mutants-lib: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
-	$(CARGO) mutants --profile release --output target/mutants-lib \
+	$(CARGO) mutants --profile mutants --output target/mutants-lib \
 	  $(foreach f,$(MUTANTS_LIB_FILES),-f $(f)) -- --lib
 
 # Every mutation of tests/mutants/mutations.toml still applies to the code
