@@ -34,7 +34,7 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-ffi-valgrind stress-ffi test-c test-install test-python \
+.PHONY: all build deps deps-test test test-rust test-ffi-asan test-ffi-valgrind stress-ffi test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
         bench bench-quick attack test-under-load soak mutants mutants-lib mutants-check clean
@@ -50,12 +50,19 @@ deps-test:
 build: deps
 	$(CARGO) build --release
 
-test: deps-test build check-header fmt-check clippy mutants-check test-rust test-ffi-valgrind test-c test-install \
+test: deps-test build check-header fmt-check clippy mutants-check test-rust test-ffi-asan test-ffi-valgrind test-c test-install \
       test-python bench-quick
 	@echo "make test: all suites passed"
 
 test-rust:
 	MISSIONSTREAM_DEBUG=1 $(CARGO) test --release
+
+# The Rust tests that cross the C ABI (tests/ffi.rs) under
+# AddressSanitizer, with a nightly toolchain it installs through rustup
+# (scripts/asan-ffi.sh; says loudly when none can be had: the valgrind
+# run below covers the same tests).
+test-ffi-asan: deps
+	scripts/asan-ffi.sh
 
 # The Rust tests that cross the C ABI (tests/ffi.rs) under valgrind's
 # memcheck: a callback on freed user data, a bad free or a client never

@@ -841,6 +841,9 @@ fn many_followers_with_reordered_messages_deliver_only_verified_states() {
             let c = s.client();
             let r = Recorder::attach(&c);
             c.connect(&name, "pw").unwrap();
+            // The join state is delivered apart only if nothing newer
+            // comes before the callback runs (latest wins): wait for it.
+            r.wait_state(&name, &first, T);
             (c, r)
         })
         .collect();
