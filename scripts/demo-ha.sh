@@ -9,7 +9,8 @@
 #
 #   scripts/demo-ha.sh [demo.py options]      (make demo-ha)
 #
-# MS_DEMO_KILL_AFTER   seconds of streaming before the kill (default 3)
+# MS_DEMO_KILL_AFTER   seconds of streaming before the kill (default 3), counted
+#                      from the follower's first moving revision
 # MS_DEMO_SECONDS      how long the leader streams (default 10)
 # MS_DEMO_HEARTBEAT    the leader's heartbeat interval in seconds (default 0.5).
 #                      Sentinel closes the subscriptions of every node it
@@ -73,9 +74,19 @@ primary_node() {
 now_ms() { date +%s%3N; }
 
 PYTHONUNBUFFERED=1 PYTHONPATH="$here/bindings/python${PYTHONPATH:+:$PYTHONPATH}" \
-  "$python" "$here/examples/demo.py" --url "$MS_URLS" --seconds "$seconds" --heartbeat "$heartbeat" "$@" &
+  "$python" "$here/examples/demo.py" --url "$MS_URLS" --seconds "$seconds" --heartbeat "$heartbeat" "$@" \
+  > >(tee "$dir/demo.out") 2>&1 &
 demo_pid=$!
 
+# The kill comes after kill_after seconds of streaming: counted from the
+# follower's first moving revision, not from the demo's start (on a busy
+# machine starting Python and the clients can take longer than that, and a
+# kill before the follower has joined shows no failover of a stream).
+for _ in $(seq 1200); do
+  grep -q 'delay=' "$dir/demo.out" 2>/dev/null && break
+  kill -0 "$demo_pid" 2>/dev/null || break
+  sleep 0.05
+done
 sleep "$kill_after"
 if kill -0 "$demo_pid" 2>/dev/null; then
   old=$(primary_node)

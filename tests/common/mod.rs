@@ -456,6 +456,21 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("condition not met within {timeout:?}");
 }
 
+/// How much busier than one runnable thread per core the machine is now:
+/// the 1-minute load average per core, at least 1. Timing slack in tests
+/// is multiplied by it, so that a bound stays tight on an idle machine and
+/// holds on a busy one (`make test-under-load`).
+pub fn load_factor() -> f64 {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    (load / cores).max(1.0)
+}
+
 /// A raw HTTP/1.1 request to Webdis (one connection, closed after).
 pub fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
