@@ -1032,6 +1032,15 @@ static void fmt_fig(char *out, size_t n, double v, const char *unit) {
     snprintf(out, n, v >= 10 ? "%.1f ms" : "%.2f ms", v);
 }
 
+static void fmt_ratio(char *out, size_t n, double v) {
+  if (isnan(v))
+    snprintf(out, n, "-");
+  else if (v >= 100)
+    snprintf(out, n, "%.0f", v);
+  else
+    snprintf(out, n, "%.3g", v);
+}
+
 static void print_table(void) {
   printf("\n=== peers, median over %d rounds (ratio: peer / missionstream, the median of the rounds' ratios) ===\n",
          rounds);
@@ -1045,13 +1054,16 @@ static void print_table(void) {
     double ratio[NSYS][MAX_ROUNDS];
     for (int si = 1; si < NSYS; si++)
       for (int k = 0; k < rounds; k++) ratio[si][k] = fig[r][si][k] / fig[r][0][k];
-    printf("| %s | %s | %s | %.3g | %s | %.3g |\n", ROW_NAME[r], a, b, median_of(ratio[1], rounds), c,
-           median_of(ratio[2], rounds));
+    char q1[32], q2[32];
+    fmt_ratio(q1, sizeof q1, median_of(ratio[1], rounds));
+    fmt_ratio(q2, sizeof q2, median_of(ratio[2], rounds));
+    printf("| %s | %s | %s | %s | %s | %s |\n", ROW_NAME[r], a, b, q1, c, q2);
   }
   char j[64];
   fmt_fig(j, sizeof j, median_of(ms_cached_join, rounds), "ms");
   printf("\nmissionstream late join by a client that followed the stream before (key cached, no PBKDF2): %s\n", j);
-  printf("plan: %zu bytes; lower is better for every row but P2 and P3 (rates)\n", plan.len);
+  printf("plan: %zu bytes. Ratios above 1 favour missionstream in P1, P4, P5 and P6 (times and bytes), the peer\n"
+         "in P2 and P3 (rates).\n", plan.len);
 }
 
 /* ------------------------------------------------------------------ main */
