@@ -895,7 +895,7 @@ static void row_plan(int si, double *bytes, double *p50) {
 
 /* P5: 100 followers, opened once per system and run, on their own topic. */
 #define FANOUT 100
-#define FANOUT_STATES 100
+#define FANOUT_STATES 200
 typedef struct {
   char topic[160];
   void *leader;
