@@ -97,7 +97,7 @@ mkdir -p "$work/mosquitto"
   echo "log_dest file $work/mosquitto.log"
   # Run as root, Mosquitto would switch to the user mosquitto, who cannot
   # write to this folder.
-  [ "$(id -u)" = 0 ] && echo "user root"
+  if [ "$(id -u)" = 0 ]; then echo "user root"; fi
 } > "$work/mosquitto.conf"
 "$mosquitto" -c "$work/mosquitto.conf" >/dev/null 2>&1 &
 pids+=($!)
