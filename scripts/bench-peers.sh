@@ -122,5 +122,6 @@ wait_port "$nport" nats-server "$work/nats.log"
 echo "machine: nproc $(nproc), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -n 1), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "servers: redis-server $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p') + webdis at $MISSIONSTREAM_URL;" \
      "$("$mosquitto" -h 2>/dev/null | head -n 1) on $mport; nats-server $("$nats" --version | sed 's/.*: //') on $nport"
-LD_LIBRARY_PATH="$lib_dir" "$work/peers" --ms "$MISSIONSTREAM_URL" --mqtt "$mport" \
+# Every wait inside has its own bound; this one is for the whole run.
+LD_LIBRARY_PATH="$lib_dir" timeout 1200 "$work/peers" --ms "$MISSIONSTREAM_URL" --mqtt "$mport" \
   --nats "nats://127.0.0.1:$nport" --rounds "${MS_PEERS_ROUNDS:-5}"
