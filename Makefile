@@ -3,6 +3,9 @@
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
 #   make bench   the performance figures beside their baselines
+#   make bench-peers   the rows that apply beside Mosquitto 2 and NATS
+#                JetStream KV, same C measurement code, interleaved rounds
+#                (MS_PEERS_ROUNDS, 5; about 3 minutes; not in make test)
 #   make test-under-load   make test RUNS (5) times in a row under stress-ng
 #   make attack  the attacks of docs/SECURITY.md ("Availability", "The TLS
 #                front against attacks") against the deploy configuration and
@@ -37,7 +40,7 @@ TEST_VENV := .run/test-venv
 .PHONY: all build deps deps-test test test-rust test-ffi-asan test-ffi-valgrind stress-ffi test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
-        bench bench-quick attack test-under-load soak mutants mutants-lib mutants-check clean
+        bench bench-quick bench-peers bench-peers-build attack test-under-load soak mutants mutants-lib mutants-check clean
 
 all: build
 
@@ -51,7 +54,7 @@ build: deps
 	$(CARGO) build --release
 
 test: deps-test build check-header fmt-check clippy mutants-check test-rust test-ffi-asan test-ffi-valgrind test-c test-install \
-      test-python bench-quick
+      test-python bench-quick bench-peers-build
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -137,6 +140,17 @@ bench: build
 
 bench-quick: build
 	$(CARGO) run --release --example bench -- --quick
+
+# Mosquitto and NATS from Debian's packages, installed when missing
+# (scripts/install-deps.sh --peers); docs/BENCHMARK.md, "The peers".
+bench-peers: build
+	scripts/bench-peers.sh
+
+# make test compiles the measurement code of bench-peers (about a second)
+# so that it keeps building against the header.
+bench-peers-build: deps-test build
+	@mkdir -p .run
+	scripts/bench-peers.sh --build-only .run/bench-peers
 
 test-under-load:
 	PYTHON="$(PYTHON)" scripts/test-under-load.sh

@@ -9,6 +9,12 @@
 #   scripts/install-deps.sh                  # to build and run the demo
 #   scripts/install-deps.sh --python-tests   # also: rustfmt, clippy, and a virtual
 #                                            # environment with pytest for the Python suite
+#   scripts/install-deps.sh --peers          # also: the servers make bench-peers runs
+#                                            # (mosquitto, nats-server)
+#
+# Both modes with servers to test also install the C client libraries of the
+# peers (libmosquitto-dev, libnats-dev): make test compiles the measurement
+# code of make bench-peers (examples/bench/peers.c) against them.
 #
 # The Python suite runs from its own virtual environment, $MS_TEST_VENV
 # (default .run/test-venv), created from $PYTHON (default python3) and
@@ -44,12 +50,22 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Debian installs nginx in /usr/sbin, not on a normal user's PATH.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+if [ "${1:-}" = "--python-tests" ] || [ "${1:-}" = "--peers" ]; then
+  [ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
+  [ -f /usr/include/nats/nats.h ] || need+=(libnats-dev)
+fi
+if [ "${1:-}" = "--peers" ]; then
+  # Debian installs both in /usr/sbin, not on a normal user's PATH.
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   apt_install "${need[@]}"
 fi
 # Debian's packages start system services (Redis on 6379, Webdis on 7379,
-# nginx on 80) where systemd runs; the project never uses them, so they are
-# left alone. The tests start their own nginx on free loopback ports.
+# nginx on 80, Mosquitto on 1883) where systemd runs; the project never uses
+# them, so they are left alone. The tests start their own nginx, and
+# make bench-peers its own Mosquitto and NATS, on free loopback ports.
 
 [ "${1:-}" = "--python-tests" ] || exit 0
 
