@@ -342,20 +342,8 @@ http {{
             "curl failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let mut lines = text.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let headers = lines
-            .filter_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            })
-            .collect();
-        (status, headers)
+        let r = super::raw::parse_head(&out.stdout);
+        (r.status, r.headers)
     }
 }
 
