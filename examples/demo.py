@@ -208,17 +208,26 @@ def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threa
     """Subscribes to `channel` through Webdis and records (kind, bytes) of
     each stored-state message: `s` a full state, `d` a delta."""
     u = urllib.parse.urlsplit(url.split(",")[-1].strip())  # any node carries the channel
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=1)
-    conn.request("GET", f"{u.path.rstrip('/')}/SUBSCRIBE/{_arg(channel)}")
-    resp = conn.getresponse()
-    decoder, buf = json.JSONDecoder(), ""
+    decoder, buf, resp, conn = json.JSONDecoder(), "", None, None
     while not stop.is_set():
+        if resp is None:
+            # (Again) when Sentinel closed the subscription while
+            # reconfiguring the node: messages in between are missed.
+            try:
+                conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=1)
+                conn.request("GET", f"{u.path.rstrip('/')}/SUBSCRIBE/{_arg(channel)}")
+                resp, buf = conn.getresponse(), ""
+            except (TimeoutError, OSError, http.client.HTTPException):
+                time.sleep(0.1)
+                continue
         try:
             chunk = resp.read1(65536)
         except (TimeoutError, OSError):
             continue
         if not chunk:
-            break
+            conn.close()
+            resp = None
+            continue
         buf += chunk.decode("utf-8", "replace")
         while True:
             buf = buf.lstrip()
@@ -230,7 +239,8 @@ def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threa
             msg = obj.get("SUBSCRIBE", [])
             if len(msg) == 3 and msg[0] == "message" and msg[2][:2] in ("s ", "d "):
                 out.append((msg[2][0], len(msg[2].encode())))
-    conn.close()
+    if conn is not None:
+        conn.close()
 
 
 def survey(url: str, name: str, updates: int, rate: float) -> Optional[str]:
@@ -240,9 +250,10 @@ def survey(url: str, name: str, updates: int, rate: float) -> Optional[str]:
     delivers no plan that was not published, and updates go as deltas
     except any the leader has to send in full (a failover lost the base it
     would apply to), so at least half of those seen on the channel. The
-    raw subscriber is this demo's, not the library's: it is not recovered
-    if Sentinel reconfigures its node, so missing messages are reported,
-    not failed. Returns what went wrong, as a sentence, or None."""
+    raw subscriber is this demo's, not the library's: it subscribes again
+    when Sentinel closes its subscription, but misses what came in between
+    (or all, when Sentinel leaves it open and silent), so missing messages
+    are reported, not failed. Returns what went wrong, as a sentence, or None."""
     plan = survey_plan(1000)
     text = first = json.dumps(plan, indent=4)
     print(f"\nsurvey:   {len(plan['mission']['items'])} mission items, {len(text.encode()):,} bytes of .plan JSON;"
@@ -293,7 +304,7 @@ def survey(url: str, name: str, updates: int, rate: float) -> Optional[str]:
               f"{f', {len(fulls)} in full (the leader sends in full when a failover lost the base)' if fulls else ''};"
               f" the follower rebuilt the last plan byte for byte: {exact}")
     if len(wire) < updates:
-        print(f"survey:   the raw subscriber saw {len(wire)} of the {updates} updates (it is not recovered when"
+        print(f"survey:   the raw subscriber saw {len(wire)} of the {updates} updates (it misses what comes while"
               f" Sentinel reconfigures its node); the follower's result is what counts")
     if not exact:
         unpublished = sum(1 for t in got if t not in texts and t != first)
@@ -301,7 +312,10 @@ def survey(url: str, name: str, updates: int, rate: float) -> Optional[str]:
         return (f"the follower was expected to rebuild the last of the {updates} survey plans byte for byte and no"
                 f" other plan; it {last} the last one within 10 s and delivered {unpublished} plan(s) that were"
                 f" never published.")
-    if len(deltas) * 2 < len(wire) or not deltas:
+    if not wire:
+        print("survey:   so whether the updates went as deltas is not shown by this run (the follower's"
+              " result above is)")
+    elif len(deltas) * 2 < len(wire):
         return (f"at least half of the survey updates seen on the channel were expected to go as deltas; of the"
                 f" {len(wire)} seen, {len(deltas)} were deltas and {len(fulls)} full states.")
     return None
