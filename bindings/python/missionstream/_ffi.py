@@ -131,6 +131,16 @@ class MsStreamInfo(ctypes.Structure):
     ]
 
 
+class MsStreamPresence(ctypes.Structure):
+    """``ms_stream_presence``: one entry of ``ms_list_presence``; freed by ``ms_list_presence_free``."""
+
+    _fields_ = [
+        ("info", MsStreamInfo),
+        ("heard_ms", ctypes.c_int64),
+        ("heartbeat_ms", ctypes.c_uint32),
+    ]
+
+
 ClientPtr = ctypes.POINTER(MsClient)
 #: ``typedef void (*ms_callback)(const ms_event *event, void *user_data);``
 CALLBACK = ctypes.CFUNCTYPE(None, ctypes.POINTER(MsEvent), ctypes.c_void_p)
@@ -157,6 +167,8 @@ PYTHON_NAMES = {
     "ms_connect": "Client.connect",
     "ms_list": "Client.list",
     "ms_list_free": "Client.list",
+    "ms_list_presence": "Client.list",
+    "ms_list_presence_free": "Client.list",
     "ms_publish": "Leader.publish",
     "ms_flush": "Leader.flush",
     "ms_stop": "Leader.stop",
@@ -208,6 +220,13 @@ _PROTOTYPES: List[Tuple[str, List[Any], Any, Optional[Callable[..., Any]]]] = [
         _check_status,
     ),
     ("ms_list_free", [ctypes.POINTER(MsStreamInfo), ctypes.c_size_t], None, None),
+    (
+        "ms_list_presence",
+        [ClientPtr, ctypes.POINTER(ctypes.POINTER(MsStreamPresence)), ctypes.POINTER(ctypes.c_size_t)],
+        _status,
+        _check_status,
+    ),
+    ("ms_list_presence_free", [ctypes.POINTER(MsStreamPresence), ctypes.c_size_t], None, None),
 ]
 
 

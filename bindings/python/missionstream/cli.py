@@ -156,11 +156,29 @@ def _secret(value: Optional[str], env: str, what: str, flag: str, required: bool
 # Commands
 
 
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _leader(s: Any) -> str:
+    online = s.leader_online
+    return "unknown" if online is None else ("online" if online else "offline")
+
+
 def cmd_list(args: argparse.Namespace, client: Client) -> int:
     streams = sorted(client.list(), key=lambda s: s.name)
     if args.json:
         rows = [
-            {"name": s.name, "seq": s.seq, "followers": s.followers, "updated_ms": s.updated_ms}
+            {"name": s.name, "seq": s.seq, "followers": s.followers, "updated_ms": s.updated_ms,
+             "age_s": round(max(0, s.listed_ms - s.updated_ms) / 1000.0, 1), "leader": _leader(s),
+             "heard_ms": s.heard_ms, "heartbeat_ms": s.heartbeat_ms}
             for s in streams
         ]
         print(json.dumps(rows))
@@ -169,11 +187,14 @@ def cmd_list(args: argparse.Namespace, client: Client) -> int:
         print("no live streams")
         return 0
     width = max(4, max(len(s.name) for s in streams))
-    print(f"{'NAME':<{width}}  {'SEQ':>8}  {'FOLLOWERS':>9}  UPDATED")
+    print(f"{'NAME':<{width}}  {'SEQ':>8}  {'FOLLOWERS':>9}  {'LEADER':<24}  LAST STATE")
     for s in streams:
+        leader = _leader(s)
+        if leader == "offline":
+            leader = f"offline (heard {_ago((s.listed_ms - s.heard_ms) / 1000.0)})"
         updated = s.updated.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        age = max(0.0, time.time() - s.updated_ms / 1000.0)
-        print(f"{s.name:<{width}}  {s.seq:>8}  {s.followers:>9}  {updated} ({age:.0f} s ago)")
+        age = _ago((s.listed_ms - s.updated_ms) / 1000.0)
+        print(f"{s.name:<{width}}  {s.seq:>8}  {s.followers:>9}  {leader:<24}  {updated} ({age})")
     return 0
 
 
@@ -805,7 +826,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list the live streams", description="List the live streams: name, seq, follower count, time of the last stored state.")
+    p = sub.add_parser("list", help="list the live streams", description=(
+        "List the live streams: name, seq, follower count, whether the leader is online (heard within 3 "
+        "of its heartbeat intervals), and the time and age of the last stored state. A stream whose "
+        "leader went away stays listed as offline until its TTL (lead --ttl) deletes it.")
+    )
     _add_common(p, suppress=True)
     p.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     p.set_defaults(func=cmd_list)
@@ -1082,6 +1107,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if heartbeat is not None and ttl and ttl < 2 * heartbeat:
             raise UsageError(f"--ttl {ttl} is shorter than two --heartbeat intervals ({2 * heartbeat:g} s); "
                              "raise it, or pass --ttl 0 to keep the stream until it is stopped")
+        problem = _url_problem(url)
+        if problem:
+            raise UsageError(f"{url_from} {url!r}: {problem}")
         try:
             client = Client(url, timeout=args.timeout, tls_ca_file=args.ca_value,
                             heartbeat=heartbeat, stream_ttl=ttl)
@@ -1120,6 +1148,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError:
             pass
         return 0
+
+
+def _url_problem(urls: str) -> str:
+    """What is wrong with the port of one of the URLs, if anything (the
+    library finds everything else)."""
+    from urllib.parse import urlsplit
+
+    for url in urls.split(","):
+        try:
+            port = urlsplit(url.strip()).port
+        except ValueError:
+            after = url.strip().split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2]
+            return f"the port {after.rpartition(':')[2]!r} is not a port number (1 to 65535)"
+        if port == 0:
+            return "the port 0 is not a port number (1 to 65535)"
+    return ""
 
 
 def _ca_file_problem(path: str) -> str:

@@ -86,11 +86,13 @@ def test_lead_then_watch_then_list_then_stop(url: str, name: str) -> None:
     # list shows it, in a table and as JSON.
     r = cli("list", "--url", url)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].split() == ["NAME", "SEQ", "FOLLOWERS", "UPDATED"]
-    assert any(l.startswith(name + " ") and l.split()[1] == "5" for l in r.stdout.splitlines()), r.stdout
+    assert r.stdout.splitlines()[0].split() == ["NAME", "SEQ", "FOLLOWERS", "LEADER", "LAST", "STATE"]
+    # lead exited: its leader is offline once 3 heartbeats are missed (2 s each by default).
+    assert any(l.startswith(name + " ") and l.split()[1:3] == ["5", "0"] for l in r.stdout.splitlines()), r.stdout
     r = cli("list", "--json", MISSIONSTREAM_URL=url)
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows[name]["seq"] == 5 and rows[name]["followers"] == 0
+    assert rows[name]["heartbeat_ms"] == 2000 and rows[name]["leader"] in ("online", "offline"), rows[name]
     # stop, with secrets from the environment.
     r = cli("stop", name, "--url", url, MISSIONSTREAM_PASSWORD=PW, MISSIONSTREAM_LEADER_CODE=CODE)
     assert r.returncode == 0, r.stderr

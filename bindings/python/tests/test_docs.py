@@ -145,7 +145,7 @@ def test_command_line_walkthrough_runs_as_written_and_again(tmp_path: Path, serv
         assert r.returncode == 0, r.stdout + r.stderr
         lines = r.stdout.splitlines()
         watched = [line for line in lines if " seq=" in line]
-        assert len(watched) == 1 and re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=2 delay=\d+\.\dms \{", watched[0]), r.stdout
+        assert len(watched) == 1 and re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=2 age=\d+\.\dms \{", watched[0]), r.stdout
         assert '"waypoints":[[47.39,8.54,30],[47.4,8.55,35]]' in watched[0]
         assert any(line.split()[:2] == ["mission-cli", "2"] for line in lines), r.stdout  # list
         assert "mission-cli" not in live_streams(server.url)  # stop
