@@ -442,7 +442,7 @@ class _Lead:
             if exc.status == Status.TIMEOUT and time.monotonic() - started < _SLOW_STORE \
                     and "store" not in _LIVE.active:
                 return False
-            _LIVE.begin("store", f"state of {where} not stored: {_trouble(exc.status)}")
+            _LIVE.begin("store", f"state not stored: {_trouble(exc.status)}")
             self.merged = True  # the seq is looked up once stored
             return False
         self.unstored = None
