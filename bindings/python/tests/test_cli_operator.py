@@ -83,6 +83,56 @@ def test_lead_from_stdin_keeps_its_lead_through_a_webdis_outage(make_server, nam
         lead.kill()
 
 
+def test_on_a_terminal_trouble_is_a_live_status_line(make_server, name: str) -> None:
+    """stderr a terminal: while the state is not stored, one line, redrawn
+    in place, counts the seconds; then the end is said."""
+    import os
+    import pty
+    import select
+
+    srv = make_server()
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "missionstream", "lead", name, "--url", srv.url, *LEAD, "--timeout", "2"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=slave, env=python_env(), text=True,
+    )
+    os.close(slave)
+    seen = bytearray()
+
+    def read_until(pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, seen.decode("utf-8", "replace")):
+            assert time.monotonic() < deadline, f"no {pattern!r} on the terminal; got {excerpt(seen.decode())}"
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    seen.extend(os.read(master, 4096))
+                except OSError:  # the process closed the terminal
+                    assert re.search(pattern, seen.decode("utf-8", "replace")), excerpt(seen.decode())
+                    return
+
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write('{"n":1}\n')
+        proc.stdin.flush()
+        wait_until("the stream started", lambda: name in streams(srv.url))
+        srv.kill_webdis()
+        proc.stdin.write('{"n":2}\n')
+        proc.stdin.flush()
+        read_until(r"state not stored: .* since \d\d:\d\d:\d\d, retrying", 60)
+        # The live line: erased and redrawn, with the seconds so far.
+        read_until(r"\r\x1b\[Kstate not stored: [^\r\n]* for [1-9]\d* s, retrying", 30)
+        srv.start_webdis()
+        read_until(r"stored again \(seq=2\) after \d+\.\d s", 60)
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
 def test_stop_at_end_and_bad_input_publish_what_came_before(url: str, name: str) -> None:
     r = cli("lead", name, "--url", url, *LEAD, "-v", "--stop-at-end", input='{"a":1}\nnot json\n')
     assert r.returncode == 1, r.stderr
