@@ -133,6 +133,45 @@ def test_on_a_terminal_trouble_is_a_live_status_line(make_server, name: str) -> 
         os.close(master)
 
 
+def test_lead_watch_and_watch_out_say_when_webdis_goes_and_comes_back(make_server, tmp_path, name: str) -> None:
+    """A planner's file streamed with lead --watch to watch --out: during an
+    outage both say so at once (not silence, then a late figure), and the
+    save made meanwhile reaches the follower's file once Webdis is back."""
+    srv = make_server()
+    plan, received = tmp_path / "mission.plan", tmp_path / "received.plan"
+    plan.write_text(qgc_plan(1, items=10))
+    lead = Running("lead", name, "--url", srv.url, *LEAD, "--watch", str(plan), "--heartbeat", "0.5",
+                   "--timeout", "2", "--stop-at-end")
+    watch = None
+    try:
+        lead.wait_line(r"seq=1 bytes=")
+        watch = Running("watch", name, "--url", srv.url, "--password", PW, "--out", str(received),
+                        "--timeout", "2")
+        watch.wait_line(r"seq=1 bytes=\d+ age=- wrote ")
+        srv.kill_webdis()
+        killed = time.monotonic()
+        plan.write_text(qgc_plan(2, items=11))
+        line = lead.wait_line(r"not stored", timeout=30)
+        assert re.match(rf"^{CLOCK} state not stored: Webdis unreachable .* since \d\d:\d\d:\d\d, retrying$",
+                        line), line
+        line = watch.wait_line(r"connection lost", timeout=30)
+        assert re.match(rf"^{CLOCK} connection lost: .* since \d\d:\d\d:\d\d, reconnecting$", line), line
+        assert time.monotonic() - killed < 20, "the outage was said late"
+        time.sleep(2)
+        srv.start_webdis()
+        assert re.match(rf"^{CLOCK} stored again \(seq=2\) after \d+\.\d s$",
+                        lead.wait_line(r"stored again", timeout=60))
+        watch.wait_line(r"reconnected after \d+\.\d s", timeout=60)
+        wait_until("the save made during the outage reaches the follower's file",
+                   lambda: received.exists() and received.read_text() == qgc_plan(2, items=11))
+        assert lead.signal(signal.SIGINT) == 0, lead.stderr()
+        assert watch.proc.wait(30) == 0, watch.stderr()  # --stop-at-end: ended
+    finally:
+        lead.kill()
+        if watch is not None:
+            watch.kill()
+
+
 def test_stop_at_end_and_bad_input_publish_what_came_before(url: str, name: str) -> None:
     r = cli("lead", name, "--url", url, *LEAD, "-v", "--stop-at-end", input='{"a":1}\nnot json\n')
     assert r.returncode == 1, r.stderr
