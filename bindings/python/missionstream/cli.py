@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Iterator, NoReturn, Optional, Sequence, TextIO, Tuple
 
 from . import _changes, _plan
 from .client import Client, Event, EventKind, Leader, library_version
@@ -495,6 +495,8 @@ class _StdinReader:
             self.items.put(("bad", str(exc)))
         except OSError as exc:
             self.items.put(("bad", f"stdin: cannot read it: {exc.strerror or exc}"))
+        except Exception as exc:  # noqa: BLE001 - the main thread must hear of it, or it waits forever
+            self.items.put(("bad", f"stdin: {exc}"))
         else:
             self.items.put(("eof",))
 
@@ -570,13 +572,9 @@ def cmd_lead(args: argparse.Namespace, client: Client) -> int:
             if args.stop_at_end:
                 lead.stop()
     finally:
-        if args.stop_at_end and not lead.stopped:
-            # Every other way out (bad input, Ctrl-C, a failure): the
-            # stream is stopped all the same, if it can be.
-            try:
-                lead.stop()
-            except Error as exc:
-                _error(f"--stop-at-end: stream {args.name!r} not stopped: {_explain(exc, args)}")
+        # Every other way out (bad input, Ctrl-C, a failure): the stream
+        # is stopped all the same, if it can be.
+        _stop_at_end(args, lead)
     if bad is not None:
         raise InputError(f"{bad}; the {lead.count} document(s) before it were published"
                          + ("; stream stopped (--stop-at-end)" if args.stop_at_end else ""))
@@ -584,6 +582,20 @@ def cmd_lead(args: argparse.Namespace, client: Client) -> int:
         end = "stopped" if args.stop_at_end else "kept (reconnect with --reconnect)"
         print(f"# published {lead.count} state(s) to {args.name!r}; stream {end}", file=sys.stderr)
     return 0
+
+
+def _stop_at_end(args: argparse.Namespace, lead: _Lead) -> None:
+    """--stop-at-end, on a way out other than the normal end: stop the
+    stream unless it is gone or no longer ours already."""
+    if not args.stop_at_end or lead.stopped:
+        return
+    failure = sys.exc_info()[1]
+    if isinstance(failure, Error) and failure.status in (Status.NOT_LEADING, Status.NOT_FOUND):
+        return
+    try:
+        lead.stop()
+    except Error as exc:
+        _error(f"--stop-at-end: stream {args.name!r} not stopped: {_explain(exc, args)}")
 
 
 def _lead_stdin(args: argparse.Namespace, lead: _Lead) -> Optional[str]:
@@ -668,8 +680,7 @@ def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: O
             if text != reported:
                 kept = f"seq={lead.seq}" if lead.seq is not None else "the stream's state"
                 keep = f"the stream keeps {kept}" if lead.last is not None else "nothing published yet"
-                print(f"missionstream: error: {text}; not published, {keep}; waiting for the next save",
-                      file=sys.stderr, flush=True)
+                _error(f"{text}; not published, {keep}; waiting for the next save")
                 reported = text
             return
         reported = None
@@ -688,6 +699,7 @@ def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: O
         with _Interrupts() as interrupts:
             while not interrupts.requested:
                 _drain(leader)
+                _LIVE.tick()
                 if lead.unstored is not None:
                     store()
                 polled = watcher.poll()
@@ -706,11 +718,7 @@ def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: O
             if args.stop_at_end:
                 lead.stop()
     finally:
-        if args.stop_at_end and not lead.stopped:
-            try:
-                lead.stop()
-            except Error as exc:
-                _error(f"--stop-at-end: stream {args.name!r} not stopped: {_explain(exc, args)}")
+        _stop_at_end(args, lead)
     if not args.quiet:
         end = "stopped" if args.stop_at_end else "kept (reconnect with --reconnect)"
         _status(f"published {lead.count} state(s) of {path} to {args.name!r}; stream {end}")
@@ -1014,7 +1022,7 @@ def _explain_status(exc: Error, args: argparse.Namespace) -> str:
     if status == Status.BAD_LEADER_CODE:
         return f"stream {name!r}: wrong leader code (--leader-code or ${ENV_LEADER_CODE})"
     if status == Status.THROTTLED:
-        return f"stream {name!r}: {text}"
+        return f"stream {name!r}: {_library_text(exc)}"
     if status == Status.NOT_FOUND and name is not None:
         return f"stream {name!r}: no such stream (stopped, expired, or never started; `list` shows the live ones)"
     if status == Status.NOT_LEADING and name is not None:
