@@ -5,7 +5,13 @@ the input read from stdin or a file, the --out file; one line on stderr);
 2 on a usage mistake (an unknown or missing option, an invalid NAME, URL
 or secret); 130 when interrupted, except `lead --watch`, whose normal end
 is Ctrl-C: it stores the file's last change and exits 0. Messages name the
-command's options, not the library's functions.
+command's options, not the library's functions, and are chosen by the
+status and what the command was doing, never by rewriting the library's
+text; every one starts with "missionstream: error: ".
+
+Trouble that lasts (a state not stored, a lost connection, the leader
+offline) is said on stderr when it begins and when it ends; on a terminal
+a live status line counts the seconds in between.
 """
 
 from __future__ import annotations
