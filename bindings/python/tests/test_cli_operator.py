@@ -258,7 +258,8 @@ def test_watch_says_when_the_connection_is_lost_and_when_it_is_back(make_server,
 
 def test_list_shows_presence_and_a_dead_leaders_stream_expires(url: str, name: str) -> None:
     alive = name + "-alive"
-    lead = Running("lead", alive, "--url", url, *LEAD, "--heartbeat", "0.2")
+    # The live leader beats every 2 s (the default): online unless 6 s pass unheard.
+    lead = Running("lead", alive, "--url", url, *LEAD)
     try:
         send(lead, {"a": 1})
         wait_until("the live stream listed", lambda: alive in streams(url))
