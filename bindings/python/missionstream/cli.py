@@ -1056,7 +1056,10 @@ def _explain_status(exc: Error, args: argparse.Namespace) -> str:
                     "URL's user:password")
         return (f"Webdis refused the request (HTTP 401/403): check the URL's user:password and Webdis' ACL "
                 f"(deploy/webdis.json) ({where})")
-    if status in (Status.TIMEOUT, Status.PROTOCOL):
+    if status == Status.TIMEOUT:
+        wait = getattr(args, "timeout", None) or 10
+        return f"{_library_text(exc)} (--timeout is {wait:g} s; {where})"
+    if status == Status.PROTOCOL:
         return f"{_library_text(exc)} ({where})"
     return _library_text(exc)
 

@@ -370,6 +370,14 @@ def test_messages_name_the_culprit_with_one_prefix(url: str, name: str, closed_p
         r = cli("list", "--url", bad)
         assert_clean_error(r, "--url", bad)
         assert r.returncode == 2, (bad, r.stderr)
+    # Webdis silent: the wait is named by its option.
+    import socket
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        r = cli("list", "--url", f"http://127.0.0.1:{silent.getsockname()[1]}", "--timeout", "1")
+    assert_clean_error(r, "did not answer", "--timeout is 1 s", "--url")
+    assert r.returncode == 1
     # One prefix for every message, argparse's included.
     for r in (cli("list", "--url", closed_port_url, "--timeout", "1"), cli("list", "--bogus"),
               cli("watch", "--url", url), cli("lead", name, "--url", url, "--password", PW)):
