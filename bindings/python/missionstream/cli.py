@@ -855,9 +855,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Follow stream NAME and print each state as it arrives, one line each: local receive time, "
             f"seq, delay (receive time minus the state's \"{STAMP_FIELD}\" field, when present, as "
-            "written by `lead --stamp` and the demo) and the state. The current state comes first. "
-            "Other events (connection lost, leader offline, ...) go to stderr. Ends with status 0 when "
-            "the stream is stopped."
+            "written by `lead --stamp` and the demo) and the state. The current state comes first, "
+            "with age= instead of delay= (it did not travel now; so does the one read on reconnecting). "
+            "A lost connection and an offline leader are said on stderr when they begin and when they "
+            "end (on a terminal, a live status line counts the seconds). Ends with status 0 when the "
+            "stream is stopped or expires."
         ),
     )
     _add_common(p, suppress=True)
@@ -872,7 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit with status 1 if no event arrives for SECONDS",
     )
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="print time, seq and delay only, not the state; with --out, no status lines")
+                   help="print time, seq and delay (or age) only, not the state; with --out, no status lines")
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -908,8 +910,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--file FILE publishes the file, byte for byte, as one state. --watch FILE publishes the file "
             "now and on every save until Ctrl-C (it polls the file's size, times and inode; a save by "
             "rename or in place is seen; a half-written or invalid file is reported on stderr and not "
-            "published). Each state is stored in Redis before the next one is read, unless --no-wait. "
-            "At the end the stream is kept for a later --reconnect, or deleted with --stop-at-end. "
+            "published). Each state is stored in Redis before the next one is published, unless --no-wait; "
+            "while Webdis or Redis is away, lead says so, keeps its lead and goes on reading, and the "
+            "newest state is stored once they are back. "
+            "At the end the stream is kept for a later --reconnect (until --ttl), or deleted with "
+            "--stop-at-end, which also applies on bad input, Ctrl-C, SIGTERM or a failure. "
             "Every state must be UTF-8 text of at most 8 MiB; an empty, binary or larger input is refused."
         ),
     )
@@ -919,7 +924,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconnect", action="store_true", help="take up leading an existing stream instead of starting it")
     p.add_argument(
         "--stop-at-end", action="store_true",
-        help="stop (delete) the stream at the end (end of input, after --file, or Ctrl-C with --watch)",
+        help=("stop (delete) the stream however lead ends: end of input, after --file, Ctrl-C or SIGTERM, "
+              "bad input, a failure"),
     )
     p.add_argument(
         "--file", metavar="FILE",
