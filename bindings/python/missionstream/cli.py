@@ -459,8 +459,7 @@ class _Lead:
             self.seq += 1
         self.merged = False
         shown = f"seq={self.seq if self.seq is not None else '?'}"
-        if _LIVE.end("store", f"stored again ({shown})"):
-            pass
+        _LIVE.end("store", f"stored again ({shown})")
         if self.report:
             took = (time.monotonic() - started) * 1000.0
             parts = [shown, f"bytes={len(data)}", f"stored={took:.1f}ms"]
