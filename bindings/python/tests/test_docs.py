@@ -177,3 +177,21 @@ def test_the_demo_runs_and_shows_deltas_on_the_wire() -> None:
     assert m[1] == m[2] == "5", out.stdout
     assert int(m[3]) < 200 < 500_000 < int(m[4].replace(",", "")), out.stdout
     assert "byte for byte: True" in out.stdout, out.stdout
+
+
+def test_layout_names_every_module() -> None:
+    """README's Layout names every module of the library (src/) and of the
+    Python package: a module added without a word there fails here."""
+    text = README.read_text()
+    layout = text[text.index("## Layout"):]
+    layout = layout[:layout.index("\n## ")] if "\n## " in layout else layout
+    src = REPO / "src"
+    modules = sorted({p.stem for p in src.glob("*.rs") if p.stem != "lib"}
+                     | {p.name for p in src.iterdir() if p.is_dir()}
+                     | {p.stem for p in src.glob("*/*.rs") if p.stem != "mod"})
+    missing = [m for m in modules if f"`{m}`" not in layout]
+    assert not missing, f"README's Layout does not name src/ modules {missing}"
+    package = PYTHON_DIR / "missionstream"
+    python = sorted(p.stem for p in package.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    missing = [m for m in python if f"`{m}`" not in layout]
+    assert not missing, f"README's Layout does not name Python modules {missing}"
