@@ -51,6 +51,7 @@ deps-test:
 	@PYTHON="$(PYTHON)" MS_TEST_VENV="$(TEST_VENV)" scripts/install-deps.sh --python-tests
 
 build: deps
+	@[ -e "$${CARGO_TARGET_DIR:-target}/release/libmissionstream.so" ] || echo "make: the first build compiles the library and its dependencies: about 6 minutes on 2 cores (later builds take seconds)"
 	$(CARGO) build --release
 
 test: deps-test build check-header fmt-check clippy mutants-check test-rust test-ffi-asan test-ffi-valgrind test-c test-install \

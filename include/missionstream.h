@@ -256,6 +256,30 @@ typedef struct ms_stream_info {
   int64_t updated_ms;
 } ms_stream_info;
 
+/**
+ * A live stream with its leader's presence, as returned by
+ * ms_list_presence. Never carries secrets.
+ */
+typedef struct ms_stream_presence {
+  /**
+   * Name, seq, followers and time of the last stored state, as ms_list
+   * returns them.
+   */
+  struct ms_stream_info info;
+  /**
+   * Unix time in ms when the leader was last heard: it started or
+   * reconnected the stream, published, or sent a heartbeat; 0 if not
+   * known.
+   */
+  int64_t heard_ms;
+  /**
+   * The heartbeat interval the leader announced, in ms. A leader not
+   * heard for 3 intervals is offline (followers get
+   * MS_EVENT_LEADER_OFFLINE then).
+   */
+  uint32_t heartbeat_ms;
+} ms_stream_presence;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -540,6 +564,31 @@ enum ms_status ms_disconnect(struct ms_client *client, const char *name);
  * writable.
  */
 enum ms_status ms_list(struct ms_client *client, struct ms_stream_info **out, size_t *count);
+
+/**
+ * Like ms_list, with each leader's presence: when it was last heard and
+ * the heartbeat interval it announced, so that a caller tells a stream
+ * whose leader is there from one whose leader went away (not heard for 3
+ * intervals). Writes an array of `*count` records to `*out` (NULL when
+ * there are none); free it with ms_list_presence_free(*out, *count).
+ *
+ * # Safety
+ * `client` is NULL or a live client; `out` and `count` are NULL or
+ * writable.
+ */
+enum ms_status ms_list_presence(struct ms_client *client,
+                                struct ms_stream_presence **out,
+                                size_t *count);
+
+/**
+ * Frees an array returned by ms_list_presence, with the count it
+ * returned. NULL is ignored.
+ *
+ * # Safety
+ * `list` is NULL or an array from ms_list_presence with its `count`, not
+ * freed yet.
+ */
+void ms_list_presence_free(struct ms_stream_presence *list, size_t count);
 
 /**
  * Frees an array returned by ms_list, with the count it returned. NULL

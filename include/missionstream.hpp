@@ -106,6 +106,13 @@ struct StreamInfo {
     std::uint32_t followers;
     /** Unix time in ms of the last stored state. */
     std::int64_t updated_ms;
+    /** Unix time in ms when the leader was last heard (it started or
+     *  reconnected the stream, published, or sent a heartbeat); 0 if not
+     *  known. */
+    std::int64_t heard_ms = 0;
+    /** The heartbeat interval the leader announced, in ms: a leader not
+     *  heard for 3 intervals is offline. */
+    std::uint32_t heartbeat_ms = 0;
 };
 
 namespace detail {
@@ -429,22 +436,25 @@ public:
         return Follower(client_, std::move(n));
     }
 
-    /** The live streams, sorted by name. */
+    /** The live streams, sorted by name, each with its leader's presence
+     *  (ms_list_presence). */
     std::vector<StreamInfo> list()
     {
-        ms_stream_info *records = nullptr;
+        ms_stream_presence *records = nullptr;
         std::size_t count = 0;
-        detail::check(ms_list(handle(), &records, &count), "list");
+        detail::check(ms_list_presence(handle(), &records, &count), "list");
         struct Free {
-            ms_stream_info *records;
+            ms_stream_presence *records;
             std::size_t count;
-            ~Free() { ms_list_free(records, count); }
+            ~Free() { ms_list_presence_free(records, count); }
         } free_records{records, count};
         std::vector<StreamInfo> out;
         out.reserve(count);
-        for (std::size_t i = 0; i < count; i++)
-            out.push_back(StreamInfo{records[i].name != nullptr ? records[i].name : "", records[i].seq,
-                                     records[i].followers, records[i].updated_ms});
+        for (std::size_t i = 0; i < count; i++) {
+            const ms_stream_info &info = records[i].info;
+            out.push_back(StreamInfo{info.name != nullptr ? info.name : "", info.seq, info.followers,
+                                     info.updated_ms, records[i].heard_ms, records[i].heartbeat_ms});
+        }
         return out;
     }
 

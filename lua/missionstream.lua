@@ -28,6 +28,8 @@ Record of stream <name>: hash "stream:<name>" with fields
     lead (SHA-1 hex of the lead token), channel (channel_of below: 40 hex
     digits, made here), state, seq,
     updated_ms, hb_ms, ttl, pub (id of the last stored publish),
+    heard_ms (when the leader was last heard: start, reconnect, publish,
+    heartbeat),
     fails, fail_at, locked_until, locks (the throttling of wrong secrets)
 Index of live streams: set "streams" of names.
 Channel messages (payloads published on the stream's channel):
@@ -40,7 +42,7 @@ Channel messages (payloads published on the stream's channel):
     "e"                               the stream was stopped
 ]]
 
-local PROTOCOL = '7'
+local PROTOCOL = '8'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -643,7 +645,10 @@ local function not_found(nonce)
 end
 
 -- Refreshes the expiry of a stream with a TTL.
+-- The leader was heard (a publish, a heartbeat): its time is kept for
+-- ms_list (is the leader there?), and the TTL starts again.
 local function touch(key, rec)
+  redis.call('HSET', key, 'heard_ms', now_ms())
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) end
 end
 
@@ -805,7 +810,7 @@ redis.register_function('ms_start', function(keys, args)
   if over then return fail('MSQUOTA', nonce, over) end
   redis.call('HSET', key, 'name', name, 'kdf', KDF, 'iter', iter, 'salt', f[3], 'pw', hash(f[1]),
     'code', hash(f[2]), 'lead', hash(f[5]), 'channel', channel_of(f[4], name), 'state', '{}', 'seq', 0, 'updated_ms', now_ms(),
-    'hb_ms', hb, 'ttl', ttl)
+    'hb_ms', hb, 'ttl', ttl, 'heard_ms', now_ms())
   if ttl > 0 then redis.call('EXPIRE', key, ttl) end
   count_bytes(keys[2], name, 2)
   return { nonce }
@@ -829,7 +834,7 @@ redis.register_function('ms_reconnect', function(keys, args)
     or verify(nonce, key, rec, f[2], rec.code, 'MSBADCODE', 'wrong leader code')
   if e then return e end
   rec.ttl = ttl
-  redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl, 'lead', hash(f[3]))
+  redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl, 'lead', hash(f[3]), 'heard_ms', now_ms())
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
   index_ready(keys[2], true)
   count_bytes(keys[2], string.sub(key, #RECORD_PREFIX + 1), redis.call('HSTRLEN', key, 'state'))
@@ -1032,7 +1037,10 @@ local function list_page(nonce, index, cursor, writable)
 end
 
 -- ms_list KEYS: index  ARGV: version, nonce, cursor
---   -> flat [nonce, next cursor, skipped, name, seq, followers, updated_ms, name, ...]
+--   -> flat [nonce, next cursor, skipped,
+--            name, seq, followers, updated_ms, heard_ms, hb_ms, name, ...]
+-- (heard_ms: when the leader was last heard, 0 if never recorded; hb_ms:
+-- the heartbeat interval it announced)
 -- (skipped: entries of the page not listed because their name is not one
 -- this version accepts, or their record is of an earlier version)
 -- One page of the live streams: call again with the next cursor until it
@@ -1050,7 +1058,8 @@ redis.register_function('ms_list', function(keys, args)
     -- before this version refused it) is left alone, not listed and
     -- counted: Webdis would drop a string that is not UTF-8 and put the
     -- flat reply out of step.
-    local v = not bad_name(name) and redis.call('HMGET', RECORD_PREFIX .. name, 'seq', 'updated_ms', 'channel')
+    local v = not bad_name(name) and redis.call('HMGET', RECORD_PREFIX .. name, 'seq', 'updated_ms', 'channel',
+      'heard_ms', 'hb_ms')
     if not v then
       out[3] = out[3] + 1
     elseif v[1] and not (v[3] and #v[3] == 40) then
@@ -1062,6 +1071,8 @@ redis.register_function('ms_list', function(keys, args)
       out[#out + 1] = tonumber(v[1])
       out[#out + 1] = tonumber(subs[2])
       out[#out + 1] = tonumber(v[2])
+      out[#out + 1] = tonumber(v[4]) or 0
+      out[#out + 1] = tonumber(v[5]) or 0
     else
       count_bytes(keys[1], name, nil)
     end

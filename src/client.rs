@@ -64,7 +64,15 @@ pub struct StreamInfo {
     pub seq: u64,
     pub followers: u32,
     pub updated_ms: i64,
+    /// Unix time in ms when the leader was last heard (start, reconnect,
+    /// publish, heartbeat); 0 if not known.
+    pub heard_ms: i64,
+    /// The heartbeat interval the leader announced, in ms.
+    pub heartbeat_ms: u32,
 }
+
+/// Fields of one stream in a reply of ms_list.
+const LIST_FIELDS: usize = 6;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -520,7 +528,7 @@ impl Client {
                     .fcall_answered(false, "ms_list", &[INDEX_KEY], &[&cursor], b"", left);
             node = answered.node;
             let mut page = match answered.result? {
-                Value::Array(a) if a.len() % 4 == 2 => a,
+                Value::Array(a) if a.len() % LIST_FIELDS == 2 => a,
                 _ => return Err(bad()),
             };
             cursor = match page.remove(0) {
@@ -539,15 +547,17 @@ impl Client {
                 break;
             }
         }
-        let mut out: Vec<StreamInfo> = Vec::with_capacity(items.len() / 4);
+        let mut out: Vec<StreamInfo> = Vec::with_capacity(items.len() / LIST_FIELDS);
         let mut seen = std::collections::HashSet::new();
-        for rec in items.chunks(4) {
+        for rec in items.chunks(LIST_FIELDS) {
             let entry = (|| {
                 Some(StreamInfo {
                     name: rec[0].as_str()?.to_string(),
                     seq: protocol::as_u64(&rec[1])?,
                     followers: protocol::as_u64(&rec[2])?.min(u32::MAX as u64) as u32,
                     updated_ms: protocol::as_i64(&rec[3])?,
+                    heard_ms: protocol::as_i64(&rec[4])?,
+                    heartbeat_ms: protocol::as_u64(&rec[5])?.min(u32::MAX as u64) as u32,
                 })
             })();
             // A name the library refuses (not valid UTF-8, control or

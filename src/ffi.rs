@@ -65,6 +65,23 @@ pub struct ms_stream_info {
     pub updated_ms: i64,
 }
 
+/// A live stream with its leader's presence, as returned by
+/// ms_list_presence. Never carries secrets.
+#[repr(C)]
+pub struct ms_stream_presence {
+    /// Name, seq, followers and time of the last stored state, as ms_list
+    /// returns them.
+    pub info: ms_stream_info,
+    /// Unix time in ms when the leader was last heard: it started or
+    /// reconnected the stream, published, or sent a heartbeat; 0 if not
+    /// known.
+    pub heard_ms: i64,
+    /// The heartbeat interval the leader announced, in ms. A leader not
+    /// heard for 3 intervals is offline (followers get
+    /// MS_EVENT_LEADER_OFFLINE then).
+    pub heartbeat_ms: u32,
+}
+
 /// A status passed in from C: any integer, checked before use.
 #[repr(transparent)]
 pub struct StatusArg(pub u32);
@@ -603,6 +620,73 @@ pub unsafe extern "C" fn ms_list(
         *count = n;
         Ok(())
     })
+}
+
+/// Like ms_list, with each leader's presence: when it was last heard and
+/// the heartbeat interval it announced, so that a caller tells a stream
+/// whose leader is there from one whose leader went away (not heard for 3
+/// intervals). Writes an array of `*count` records to `*out` (NULL when
+/// there are none); free it with ms_list_presence_free(*out, *count).
+///
+/// # Safety
+/// `client` is NULL or a live client; `out` and `count` are NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn ms_list_presence(
+    client: *mut ms_client,
+    out: *mut *mut ms_stream_presence,
+    count: *mut usize,
+) -> ms_status {
+    guard("ms_list_presence", || {
+        let client = arg_client(client)?;
+        if out.is_null() || count.is_null() {
+            return Err(Error::invalid("out or count is NULL"));
+        }
+        let streams = client.list()?;
+        let n = streams.len();
+        let records: Box<[ms_stream_presence]> = streams
+            .into_iter()
+            .map(|s: StreamInfo| ms_stream_presence {
+                info: ms_stream_info {
+                    name: CString::new(s.name).unwrap_or_default().into_raw(),
+                    seq: s.seq,
+                    followers: s.followers,
+                    updated_ms: s.updated_ms,
+                },
+                heard_ms: s.heard_ms,
+                heartbeat_ms: s.heartbeat_ms,
+            })
+            .collect();
+        *out = if n == 0 {
+            std::ptr::null_mut()
+        } else {
+            Box::into_raw(records) as *mut ms_stream_presence
+        };
+        *count = n;
+        Ok(())
+    })
+}
+
+/// Frees an array returned by ms_list_presence, with the count it
+/// returned. NULL is ignored.
+///
+/// # Safety
+/// `list` is NULL or an array from ms_list_presence with its `count`, not
+/// freed yet.
+#[no_mangle]
+pub unsafe extern "C" fn ms_list_presence_free(list: *mut ms_stream_presence, count: usize) {
+    if list.is_null() {
+        return;
+    }
+    let _ = guard("ms_list_presence_free", || {
+        let records = Box::from_raw(std::ptr::slice_from_raw_parts_mut(list, count));
+        for r in records.iter() {
+            if !r.info.name.is_null() {
+                drop(CString::from_raw(r.info.name));
+            }
+        }
+        Ok(())
+    });
 }
 
 /// Frees an array returned by ms_list, with the count it returned. NULL

@@ -517,6 +517,33 @@ fn c_callback_and_list_through_the_abi() {
         assert_eq!(CStr::from_ptr(info.name).to_str().unwrap(), "ffi/plan.v1");
         assert_eq!((info.seq, info.followers), (1, 1));
         ms_list_free(list, count);
+        // The same, with the leader's presence: heard just now (it
+        // published), at the heartbeat interval it announced.
+        let mut presence: *mut ms_stream_presence = null_mut();
+        assert_eq!(
+            ms_list_presence(leader, &mut presence, &mut count),
+            ms_status::MS_OK
+        );
+        assert_eq!(count, 1);
+        let p = &*presence;
+        assert_eq!(CStr::from_ptr(p.info.name).to_str().unwrap(), "ffi/plan.v1");
+        assert_eq!((p.info.seq, p.info.followers), (1, 1));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!(
+            (now_ms - 60_000..=now_ms + 60_000).contains(&p.heard_ms),
+            "heard_ms {} is not about now ({now_ms})",
+            p.heard_ms
+        );
+        assert_eq!(p.heartbeat_ms, 5000, "the library's default heartbeat");
+        ms_list_presence_free(presence, count);
+        assert_eq!(
+            ms_list_presence(leader, null_mut(), &mut count),
+            ms_status::MS_ERR_INVALID_ARGUMENT
+        );
+        ms_list_presence_free(null_mut(), 0);
 
         assert_eq!(ms_stop(leader, name.as_ptr()), ms_status::MS_OK);
         seen.wait("ENDED", |e| e.0 == ms_event_kind::MS_EVENT_ENDED);

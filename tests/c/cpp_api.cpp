@@ -224,6 +224,10 @@ int main()
                     check(info.seq == 2 && info.followers >= 1 && info.updated_ms > 0,
                           "list(): seq " + std::to_string(info.seq) + ", followers " +
                               std::to_string(info.followers));
+                    // The leader's presence: heard (it published), at its heartbeat interval.
+                    check(info.heard_ms >= info.updated_ms && info.heartbeat_ms == 5000,
+                          "list(): heard_ms " + std::to_string(info.heard_ms) + ", heartbeat_ms " +
+                              std::to_string(info.heartbeat_ms));
                 }
             check(listed, "list() has the stream");
 

@@ -737,6 +737,13 @@ int main(void)
             size_t n = 0;
             expect(ms_list(NULL, &l, &n), MS_ERR_INVALID_ARGUMENT, "ms_list(NULL client)");
         }
+        {
+            ms_stream_presence *l = NULL;
+            size_t n = 0;
+            expect(ms_list_presence(NULL, &l, &n), MS_ERR_INVALID_ARGUMENT, "ms_list_presence(NULL client)");
+        }
+        ms_list_presence_free(NULL, 0);
+        check(1, "ms_list_presence_free(NULL, 0) is safe");
     }
 
     L = new_client(url, &rl, "ms_client_new(leader)");
@@ -890,6 +897,30 @@ int main(void)
             check(n == 77, "ms_list failure leaves *count untouched");
             expect(ms_list(F1, &l, NULL), MS_ERR_INVALID_ARGUMENT, "ms_list(NULL count)");
             check(l == (ms_stream_info *)&buf, "ms_list failure leaves *out untouched");
+        }
+        {
+            /* The same list, with the leader's presence: heard within the
+               last 2 minutes (it heartbeats), at its announced interval. */
+            ms_stream_presence *l = NULL;
+            size_t n = 0;
+            int found = 0;
+            if (expect(ms_list_presence(F1, &l, &n), MS_OK, "ms_list_presence(follower1)")) {
+                for (size_t i = 0; i < n; i++) {
+                    if (l[i].info.name != NULL && strcmp(l[i].info.name, S) == 0) {
+                        found++;
+                        check(l[i].info.seq == h.seq && l[i].info.followers == h.followers,
+                              "ms_list_presence: the same seq and followers as ms_list");
+                        check(l[i].heard_ms > now - 120000 && l[i].heard_ms <= now + 5000,
+                              "ms_list_presence heard_ms is recent (%lld vs now %lld)", (long long)l[i].heard_ms,
+                              (long long)now);
+                        check(l[i].heartbeat_ms >= 50, "ms_list_presence heartbeat_ms = %u",
+                              (unsigned)l[i].heartbeat_ms);
+                    }
+                }
+                check(found == 1, "ms_list_presence shows S exactly once (found %d)", found);
+                ms_list_presence_free(l, n);
+            }
+            expect(ms_list_presence(F1, NULL, &n), MS_ERR_INVALID_ARGUMENT, "ms_list_presence(NULL out)");
         }
     }
 

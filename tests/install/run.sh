@@ -2,9 +2,11 @@
 # The library as installed: `make install` into a temporary DESTDIR, then
 # examples/c built with pkg-config and examples/cpp with CMake's
 # find_package against that tree alone, both run against a real Redis +
-# Webdis; a static link of examples/c; CMake's version check; `make
-# uninstall`; and an install without write access, which must say so and
-# leave nothing behind.
+# Webdis; a static link of examples/c; CMake's version check; README's C++
+# program built with README's CMakeLists.txt and run; README's pkg-config
+# lines run verbatim against an install in a custom prefix, the programs
+# they build run without LD_LIBRARY_PATH; `make uninstall`; and an install
+# without write access, which must say so and leave nothing behind.
 #
 #   tests/install/run.sh
 set -euo pipefail
@@ -139,6 +141,63 @@ run() {  # name, command...
 run "examples/c (shared)" env LD_LIBRARY_PATH="$tree/lib" "$work/c/mission"
 run "examples/c (static)" "$work/c/mission-static"
 run "examples/cpp (CMake)" "$work/cpp/build/mission_cpp"
+
+step "README's C++ program with README's CMakeLists.txt, run"
+mkdir -p "$work/readme-cmake"
+cp "$work/readme.cpp" "$work/readme-cmake/app.cpp"
+awk '/^```cmake$/{on=1; next} /^```$/{if (on) exit} on' README.md > "$work/readme-cmake/CMakeLists.txt"
+grep -q '^add_executable(app app.cpp)$' "$work/readme-cmake/CMakeLists.txt" \
+  || fail "README's cmake block is not the CMakeLists.txt of app.cpp: $(cat "$work/readme-cmake/CMakeLists.txt")"
+if cmake -S "$work/readme-cmake" -B "$work/readme-cmake/build" -DCMAKE_PREFIX_PATH="$tree" \
+      -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF \
+      -DCMAKE_CXX_FLAGS="-Wall -Wextra -Werror -pedantic" > "$work/readme-cmake.out" 2>&1 \
+   && cmake --build "$work/readme-cmake/build" >> "$work/readme-cmake.out" 2>&1; then
+  ok "README's CMakeLists.txt builds README's C++ program"
+  # It reads MISSIONSTREAM_URL (set by the server's env above), like every example.
+  if out=$(timeout 60 "$work/readme-cmake/build/app" 2>&1) && echo "$out" | grep -q '^sortie-1: 1 follower(s)$'; then
+    ok "README's C++ program runs against \$MISSIONSTREAM_URL"; echo "$out" | sed 's/^/    /'
+  else
+    fail "README's C++ program printed: $out"
+  fi
+  if out=$(env -u MISSIONSTREAM_URL timeout 60 "$work/readme-cmake/build/app" 2>&1); then
+    fail "README's C++ program ran without MISSIONSTREAM_URL: $out"
+  else
+    echo "$out" | grep -q MISSIONSTREAM_URL && ok "without MISSIONSTREAM_URL it says so" || fail "without the URL: $out"
+  fi
+else
+  cat "$work/readme-cmake.out"
+  fail "README's CMakeLists.txt"
+fi
+
+step "README's pkg-config lines, verbatim, from a custom prefix"
+# A real install (no DESTDIR) into a prefix neither pkg-config nor the
+# dynamic loader searches; README's block is run as it is written, in a
+# shell without this script's pkg-config settings; the program it builds
+# runs without LD_LIBRARY_PATH.
+custom=$work/custom-prefix
+make --no-print-directory install PREFIX="$custom" > "$work/install-custom.out"
+mkdir -p "$work/pc"
+cp examples/c/mission.c "$work/pc/app.c"
+awk '/^\*\*pkg-config\*\*/{seen=1} seen && /^```sh$/{on=1; next} on && /^```$/{exit} on' README.md > "$work/pc/build.sh"
+grep -q 'pkg-config --cflags --libs missionstream' "$work/pc/build.sh" || fail "no pkg-config block in README.md"
+if (cd "$work/pc" && env -u PKG_CONFIG_PATH -u PKG_CONFIG_LIBDIR -u PKG_CONFIG_SYSROOT_DIR -u LD_LIBRARY_PATH \
+      PREFIX="$custom" bash -euo pipefail build.sh) > "$work/pc.out" 2>&1; then
+  ok "README's pkg-config lines build app and app-static"
+  for app in app app-static; do
+    if out=$(cd "$work/pc" && env -u LD_LIBRARY_PATH timeout 60 "./$app" 2>&1) \
+       && echo "$out" | grep -q '#1: {"waypoints"' && echo "$out" | grep -q ' ended$'; then
+      ok "$app runs from the custom prefix without LD_LIBRARY_PATH"
+    else
+      fail "$app: $out"
+    fi
+  done
+  ldd "$work/pc/app" | grep -q "libmissionstream.so.0 => $custom/lib/libmissionstream.so.0" \
+    && ok "app finds $custom/lib/libmissionstream.so.0 by its rpath" || fail "ldd app: $(ldd "$work/pc/app")"
+else
+  cat "$work/pc.out"
+  fail "README's pkg-config lines"
+fi
+make --no-print-directory uninstall PREFIX="$custom" > /dev/null
 
 step "make uninstall"
 make --no-print-directory uninstall DESTDIR="$dest" PREFIX="$prefix" > "$work/uninstall.out"

@@ -34,67 +34,13 @@ except ImportError as _exc:
         print(f"missionstream: error: {_exc}", file=_sys.stderr)
         raise SystemExit(1) from None
     raise
-from .client import (
-    MAX_STATE_BYTES,
-    Client,
-    Event,
-    EventKind,
-    Follower,
-    Leader,
-    StreamInfo,
-    library_version,
-    status_name,
-)
-from .errors import (
-    Already,
-    BadLeaderCode,
-    BadPassword,
-    Error,
-    Exists,
-    Forbidden,
-    InternalError,
-    Throttled,
-    InvalidArgument,
-    NotFollowing,
-    NotFound,
-    NotLeading,
-    ProtocolError,
-    ServerError,
-    Status,
-    Timeout,
-    TooLarge,
-    Unavailable,
-)
+from . import client as _client
+from . import errors as _errors
+from .client import *  # noqa: F401,F403 - the names of client.__all__
+from .errors import *  # noqa: F401,F403 - the names of errors.__all__
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Client",
-    "Leader",
-    "Follower",
-    "Event",
-    "EventKind",
-    "StreamInfo",
-    "Status",
-    "MAX_STATE_BYTES",
-    "library_version",
-    "library_path",
-    "status_name",
-    "Error",
-    "InvalidArgument",
-    "Exists",
-    "NotFound",
-    "BadPassword",
-    "BadLeaderCode",
-    "NotLeading",
-    "NotFollowing",
-    "Already",
-    "TooLarge",
-    "Timeout",
-    "Unavailable",
-    "Forbidden",
-    "ServerError",
-    "ProtocolError",
-    "InternalError",
-    "Throttled",
-]
+#: The public names: each module lists its own once; the package adds the
+#: path of the library it loaded.
+__all__ = [*_client.__all__, *_errors.__all__, "library_path"]

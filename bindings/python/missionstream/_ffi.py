@@ -15,14 +15,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .errors import error_for_status
-
-__all__ = ["lib", "library_path", "candidate_paths", "MsClient", "MsEvent", "MsStreamInfo", "CALLBACK"]
 
 #: Environment variable naming the shared library to load, tried first.
 ENV_LIB = "MISSIONSTREAM_LIB"
@@ -134,6 +131,16 @@ class MsStreamInfo(ctypes.Structure):
     ]
 
 
+class MsStreamPresence(ctypes.Structure):
+    """``ms_stream_presence``: one entry of ``ms_list_presence``; freed by ``ms_list_presence_free``."""
+
+    _fields_ = [
+        ("info", MsStreamInfo),
+        ("heard_ms", ctypes.c_int64),
+        ("heartbeat_ms", ctypes.c_uint32),
+    ]
+
+
 ClientPtr = ctypes.POINTER(MsClient)
 #: ``typedef void (*ms_callback)(const ms_event *event, void *user_data);``
 CALLBACK = ctypes.CFUNCTYPE(None, ctypes.POINTER(MsEvent), ctypes.c_void_p)
@@ -143,9 +150,9 @@ _str = ctypes.c_char_p
 _u32 = ctypes.c_uint32
 
 
-#: What a Python user calls for each C function, for error messages: the
-#: library names its C functions (``ms_reconnect: wrong leader code ...``,
-#: ``call ms_start or ms_reconnect first``); the binding names its methods.
+#: The method a Python user calls for each C function: an exception's
+#: message starts with it (``Client.reconnect: ...``), and its
+#: ``function`` attribute keeps the C function's name.
 PYTHON_NAMES = {
     "ms_client_new": "Client",
     "ms_client_free": "Client.close",
@@ -153,50 +160,36 @@ PYTHON_NAMES = {
     "ms_client_set_stream_ttl": "Client(stream_ttl=...)",
     "ms_client_set_heartbeat": "Client(heartbeat=...)",
     "ms_client_set_kdf_iterations": "Client(kdf_iterations=...)",
+    "ms_client_set_tls_ca_file": "Client(tls_ca_file=...)",
     "ms_set_callback": "Client",
     "ms_start": "Client.start",
     "ms_reconnect": "Client.reconnect",
     "ms_connect": "Client.connect",
     "ms_list": "Client.list",
     "ms_list_free": "Client.list",
+    "ms_list_presence": "Client.list",
+    "ms_list_presence_free": "Client.list",
     "ms_publish": "Leader.publish",
     "ms_flush": "Leader.flush",
     "ms_stop": "Leader.stop",
     "ms_disconnect": "Follower.disconnect",
 }
 
-# A C function the message tells the caller to use ("call ms_start or
-# ms_reconnect first"), as opposed to a Redis function of the same name it
-# reports on ("unexpected reply ... to ms_list").
-_C_NAME = re.compile(r"\b(call|or|use|with) (ms_[a-z_]+)\b")
-
-
-def python_message(function: str, message: str) -> Tuple[str, str]:
-    """The library's message for a failure of C function ``function``, in
-    the binding's terms: ``(message, reason)``, where ``message`` names the
-    method (``"Client.reconnect: wrong leader code for this stream"``) and
-    ``reason`` is the part after it."""
-    reason = message
-    if reason.startswith(function + ": "):
-        reason = reason[len(function) + 2:]
-    reason = reason.replace("or ms_reconnect to it", "or take it over with Client.reconnect()")
-
-    def method(match: "re.Match[str]") -> str:
-        name = PYTHON_NAMES.get(match.group(2))
-        if name is None:
-            return match.group(0)
-        return f"{match.group(1)} {name if name.endswith(')') else name + '()'}"
-
-    reason = _C_NAME.sub(method, reason) or "failed"
-    return f"{PYTHON_NAMES.get(function, function)}: {reason}", reason
-
 
 def _check_status(result: int, func: Any, args: Sequence[Any]) -> int:
-    """``errcheck`` for functions returning ``ms_status``."""
+    """``errcheck`` for functions returning ``ms_status``: the status picks
+    the exception class; the library's ``ms_last_error()`` text is kept
+    as it is, as the exception's ``reason`` (without the ``ms_...: `` the
+    library puts before it, since the message names the method instead)."""
     if result != 0:
         raw = lib.ms_last_error()
-        message, reason = python_message(func.__name__, raw.decode("utf-8", "replace") if raw else "")
-        raise error_for_status(result, message, reason)
+        function = func.__name__
+        reason = raw.decode("utf-8", "replace") if raw else ""
+        if reason.startswith(function + ": "):
+            reason = reason[len(function) + 2:]
+        reason = reason or "failed"
+        method = PYTHON_NAMES.get(function, function)
+        raise error_for_status(result, f"{method}: {reason}", reason, function)
     return result
 
 
@@ -227,6 +220,13 @@ _PROTOTYPES: List[Tuple[str, List[Any], Any, Optional[Callable[..., Any]]]] = [
         _check_status,
     ),
     ("ms_list_free", [ctypes.POINTER(MsStreamInfo), ctypes.c_size_t], None, None),
+    (
+        "ms_list_presence",
+        [ClientPtr, ctypes.POINTER(ctypes.POINTER(MsStreamPresence)), ctypes.POINTER(ctypes.c_size_t)],
+        _status,
+        _check_status,
+    ),
+    ("ms_list_presence_free", [ctypes.POINTER(MsStreamPresence), ctypes.c_size_t], None, None),
 ]
 
 

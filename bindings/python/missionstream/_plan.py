@@ -127,6 +127,7 @@ class DocumentSplitter:
         self.kind = ""  # "container", "string" or "literal"
         self.open: List[str] = []  # the closing brackets awaited
         self.in_string = False
+        self.failed: Optional[BadContent] = None  # raised by the next feed()
 
     def _line_of(self, pos: int) -> int:
         return self.line + self.buf.count("\n", 0, pos)
@@ -154,9 +155,22 @@ class DocumentSplitter:
         self.i = end
 
     def feed(self, piece: str) -> List[Document]:
-        """The documents completed by ``piece``."""
-        self.buf += piece
+        """The documents completed by ``piece``. A bad document raises
+        BadContent, but only once the documents before it are returned:
+        the next call raises it."""
+        if self.failed is not None:
+            raise self.failed
         out: List[Document] = []
+        try:
+            self._feed(piece, out)
+        except BadContent as exc:
+            if not out:
+                raise
+            self.failed = exc
+        return out
+
+    def _feed(self, piece: str, out: List[Document]) -> None:
+        self.buf += piece
         buf = self.buf
         while True:
             if self.start is None:
@@ -214,7 +228,6 @@ class DocumentSplitter:
             if not done:
                 break
         self._compact()
-        return out
 
     def _compact(self) -> None:
         keep = self.start if self.start is not None else min(self.i, len(self.buf))
@@ -233,6 +246,8 @@ class DocumentSplitter:
     def end(self) -> List[Document]:
         """At end of input: the last document (a number or literal), or
         BadContent if one is incomplete."""
+        if self.failed is not None:
+            raise self.failed
         out: List[Document] = []
         if self.start is None:
             return out
@@ -257,16 +272,24 @@ def read_documents(fd: int, splitter: DocumentSplitter) -> Iterator[Document]:
         if first and chunk.startswith(_BOM):
             chunk = chunk[len(_BOM):]
         first = False
+        # A NUL byte or bad UTF-8 fails the input, but the documents
+        # complete before it are still handed out first.
+        bad: Optional[BadContent] = None
         nul = chunk.find(b"\0")
         if nul >= 0:
-            raise BadContent(f"{splitter.where}: a NUL byte at offset {offset + nul}: not text")
+            bad = BadContent(f"{splitter.where}: a NUL byte at offset {offset + nul}: not text")
+            chunk = chunk[:nul]
         try:
-            text = decoder.decode(chunk, final=not chunk)
+            text = decoder.decode(chunk, final=not chunk and bad is None)
         except UnicodeDecodeError as exc:
-            raise BadContent(
+            bad = BadContent(
                 f"{splitter.where}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} near offset {offset + exc.start}"
-            ) from None
+            )
+            text = bytes(exc.object[:exc.start]).decode("utf-8", "ignore")
         offset += len(chunk)
+        if bad is not None:
+            yield from splitter.feed(text)
+            raise bad
         if not chunk:
             yield from splitter.end()
             return

@@ -5,7 +5,13 @@ the input read from stdin or a file, the --out file; one line on stderr);
 2 on a usage mistake (an unknown or missing option, an invalid NAME, URL
 or secret); 130 when interrupted, except `lead --watch`, whose normal end
 is Ctrl-C: it stores the file's last change and exits 0. Messages name the
-command's options, not the library's functions.
+command's options, not the library's functions, and are chosen by the
+status and what the command was doing, never by rewriting the library's
+text; every one starts with "missionstream: error: ".
+
+Trouble that lasts (a state not stored, a lost connection, the leader
+offline) is said on stderr when it begins and when it ends; on a terminal
+a live status line counts the seconds in between.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ import argparse
 import datetime as _dt
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Iterator, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Iterator, NoReturn, Optional, Sequence, TextIO, Tuple
 
-from . import _plan
+from . import _changes, _plan
 from .client import Client, Event, EventKind, Leader, library_version
 from .errors import Error, Exists, InvalidArgument, Status
 
@@ -42,9 +50,94 @@ class InputError(Exception):
     """Bad input: stdin, --file, --watch (exit status 1)."""
 
 
+class _Live:
+    """Conditions that last (Webdis unreachable, connection lost, leader
+    offline): a line on stderr when each begins and when it ends. On a
+    terminal, a live status line in between says for how long; in a log
+    (stderr not a terminal), only the two plain lines."""
+
+    def __init__(self) -> None:
+        self.active: Dict[str, Tuple[str, str, float]] = {}  # key -> (text, doing, since)
+        self.shown = False  # the live line is on the screen
+
+    @staticmethod
+    def tty() -> bool:
+        try:
+            return sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def begin(self, key: str, text: str, doing: str = "retrying") -> None:
+        """``text`` holds since now (or since it began, if only its cause changed)."""
+        current = self.active.get(key)
+        if current is not None and current[0] == text:
+            self.tick()
+            return
+        since = current[2] if current is not None else time.time()
+        self.active[key] = (text, doing, since)
+        self.line(f"{text} since {_clock(since)[:8]}, {doing}")
+
+    def end(self, key: str, text: str) -> bool:
+        """The condition ``key`` is over: ``text`` and how long it lasted."""
+        current = self.active.pop(key, None)
+        if current is None:
+            return False
+        self.line(f"{text} after {time.time() - current[2]:.1f} s")
+        return True
+
+    def line(self, text: str) -> None:
+        """A plain status line (time first), the live line redrawn under it."""
+        self.clear()
+        print(f"{_clock(time.time())} {text}", file=sys.stderr, flush=True)
+        self.tick()
+
+    def error(self, text: str) -> None:
+        self.clear()
+        print(f"missionstream: error: {text}", file=sys.stderr, flush=True)
+        self.tick()
+
+    def tick(self) -> None:
+        """Redraw the live line (a terminal only)."""
+        if not self.active or not self.tty():
+            return
+        now = time.time()
+        parts = [f"{text} for {now - since:.0f} s, {doing}" for text, doing, since in self.active.values()]
+        sys.stderr.write("\r\x1b[K" + "; ".join(parts))
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self.shown = False
+
+
+_LIVE = _Live()
+
+
 def _status(text: str) -> None:
     """One status line on stderr, after the local time."""
-    print(f"{_clock(time.time())} {text}", file=sys.stderr, flush=True)
+    _LIVE.line(text)
+
+
+def _error(text: str) -> None:
+    """One error line on stderr (the command goes on)."""
+    _LIVE.error(text)
+
+
+#: What a status means while the CLI retries, in a person's terms.
+_TROUBLE = {
+    Status.UNAVAILABLE: "Webdis unreachable (or Redis behind it)",
+    Status.TIMEOUT: "Webdis not answering",
+    Status.SERVER: "Redis refused the request",
+    Status.PROTOCOL: "Webdis answered something unexpected",
+    Status.THROTTLED: "the server throttles requests",
+}
+
+
+def _trouble(status: Any) -> str:
+    return _TROUBLE.get(status, f"failure {getattr(status, 'name', status)}")
 
 
 def _now_ms() -> float:
@@ -69,11 +162,29 @@ def _secret(value: Optional[str], env: str, what: str, flag: str, required: bool
 # Commands
 
 
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86400:.0f} days ago"
+
+
+def _leader(s: Any) -> str:
+    online = s.leader_online
+    return "unknown" if online is None else ("online" if online else "offline")
+
+
 def cmd_list(args: argparse.Namespace, client: Client) -> int:
     streams = sorted(client.list(), key=lambda s: s.name)
     if args.json:
         rows = [
-            {"name": s.name, "seq": s.seq, "followers": s.followers, "updated_ms": s.updated_ms}
+            {"name": s.name, "seq": s.seq, "followers": s.followers, "updated_ms": s.updated_ms,
+             "age_s": round(max(0, s.listed_ms - s.updated_ms) / 1000.0, 1), "leader": _leader(s),
+             "heard_ms": s.heard_ms, "heartbeat_ms": s.heartbeat_ms}
             for s in streams
         ]
         print(json.dumps(rows))
@@ -82,18 +193,15 @@ def cmd_list(args: argparse.Namespace, client: Client) -> int:
         print("no live streams")
         return 0
     width = max(4, max(len(s.name) for s in streams))
-    print(f"{'NAME':<{width}}  {'SEQ':>8}  {'FOLLOWERS':>9}  UPDATED")
+    print(f"{'NAME':<{width}}  {'SEQ':>8}  {'FOLLOWERS':>9}  {'LEADER':<24}  LAST STATE")
     for s in streams:
+        leader = _leader(s)
+        if leader == "offline":
+            leader = f"offline (heard {_ago((s.listed_ms - s.heard_ms) / 1000.0)})"
         updated = s.updated.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        age = max(0.0, time.time() - s.updated_ms / 1000.0)
-        print(f"{s.name:<{width}}  {s.seq:>8}  {s.followers:>9}  {updated} ({age:.0f} s ago)")
+        age = _ago((s.listed_ms - s.updated_ms) / 1000.0)
+        print(f"{s.name:<{width}}  {s.seq:>8}  {s.followers:>9}  {leader:<24}  {updated} ({age})")
     return 0
-
-
-def _delay_ms(event: Event) -> Optional[float]:
-    """End-to-end delay when the state carries the sender's time (``sent_ms``)."""
-    sent = _sent_ms(event.data or "")
-    return None if sent is None else event.received_at * 1000.0 - sent
 
 
 def _sent_ms(data: str) -> Optional[float]:
@@ -111,13 +219,24 @@ def _sent_ms(data: str) -> Optional[float]:
     return None
 
 
-def _print_state(event: Event, out: TextIO, show_state: bool) -> None:
-    delay = _delay_ms(event)
-    parts = [_clock(event.received_at), f"seq={event.seq}"]
-    parts.append(f"delay={delay:.1f}ms" if delay is not None else "delay=-")
-    if show_state:
-        parts.append(event.data or "")
+def _timing(event: Event, travelled: bool) -> str:
+    """``delay=`` for a state that travelled now (sent, then received over
+    the subscription); ``age=`` for one read as the stream's current state
+    (on joining, or after a reconnection), whose send time is long past."""
+    sent = _sent_ms(event.data or "")
+    label = "delay" if travelled else "age"
+    if sent is None:
+        return f"{label}=-"
+    return f"{label}={event.received_at * 1000.0 - sent:.1f}ms"
+
+
+def _print_state(event: Event, out: TextIO, shown: Optional[str], travelled: bool) -> None:
+    parts = [_clock(event.received_at), f"seq={event.seq}", _timing(event, travelled)]
+    if shown is not None:
+        parts.append(shown)
+    _LIVE.clear()
     print(" ".join(parts), file=out, flush=True)
+    _LIVE.tick()
 
 
 class _Out:
@@ -131,7 +250,7 @@ class _Out:
         self.name: str = args.name
         self.waiting_reported = False
 
-    def write(self, event: Event) -> bool:
+    def write(self, event: Event, travelled: bool = True) -> bool:
         """Write the state to the file (and run --exec); False for seq 0."""
         data = event.data or ""
         if event.seq == 0:
@@ -148,22 +267,19 @@ class _Out:
         except OSError as exc:
             raise InputError(f"--out {self.path}: cannot write it: {exc.strerror or exc}") from None
         if not self.quiet:
-            delay = _delay_ms(event)
-            shown = f"delay={delay:.1f}ms" if delay is not None else "delay=-"
-            _status(f"seq={event.seq} bytes={len(raw)} {shown} wrote {self.path}")
+            _status(f"seq={event.seq} bytes={len(raw)} {_timing(event, travelled)} wrote {self.path}")
         if self.exec:
             env = dict(os.environ, MISSIONSTREAM_OUT=self.path, MISSIONSTREAM_SEQ=str(event.seq),
                        MISSIONSTREAM_STREAM=self.name)
             try:
                 done = subprocess.run(self.exec, shell=True, env=env, stdin=subprocess.DEVNULL)
             except OSError as exc:
-                print(f"missionstream: error: --exec {self.exec!r}: cannot run it: {exc}", file=sys.stderr, flush=True)
+                _error(f"--exec {self.exec!r}: cannot run it: {exc}")
                 return True
             if done.returncode != 0:
                 how = (f"was killed by signal {-done.returncode}" if done.returncode < 0
                        else f"exited with status {done.returncode}")
-                print(f"missionstream: error: --exec {self.exec!r} {how} after seq={event.seq}; "
-                      "watching on", file=sys.stderr, flush=True)
+                _error(f"--exec {self.exec!r} {how} after seq={event.seq}; watching on")
         return True
 
 
@@ -174,41 +290,70 @@ def cmd_watch(args: argparse.Namespace, client: Client) -> int:
         problem = _plan.check_out_path(args.out)
         if problem:
             raise UsageError(problem)
+        if args.changes:
+            raise UsageError("--changes prints to stdout; it does not go with --out FILE")
         out = _Out(args)
     elif args.pretty or args.exec:
         raise UsageError(("--pretty" if args.pretty else "--exec") + " goes with --out FILE")
+    if args.changes and args.quiet:
+        raise UsageError("--changes and --quiet exclude each other")
     follower = client.connect(args.name, password)
     states = 0
+    previous: Optional[str] = None  # the last state, for --changes
+    travelled = False  # the next state comes over the subscription (not read as the current one)
+    last_event = time.monotonic()
     try:
         while True:
+            wait = 1.0
+            if args.idle_timeout is not None:
+                wait = min(wait, max(0.0, last_event + args.idle_timeout - time.monotonic()))
             try:
-                event = follower.next_event(args.idle_timeout)
+                event = follower.next_event(wait)
             except Error as exc:
-                if exc.status == Status.TIMEOUT:
-                    print(
-                        f"missionstream: error: no event on stream {args.name!r} for {args.idle_timeout:g} s "
-                        "(--idle-timeout)",
-                        file=sys.stderr,
-                    )
-                    return 1
-                raise
+                if exc.status != Status.TIMEOUT:
+                    raise
+                if args.idle_timeout is not None and time.monotonic() - last_event >= args.idle_timeout:
+                    raise InputError(f"no event on stream {args.name!r} for {args.idle_timeout:g} s "
+                                     "(--idle-timeout)") from None
+                _LIVE.tick()
+                continue
+            last_event = time.monotonic()
             if event.kind is EventKind.STATE:
+                was_travelled, travelled = travelled, True
                 if out is not None:
-                    if not out.write(event):
+                    if not out.write(event, was_travelled):
                         continue  # seq 0 is not counted: nothing was written
                 else:
-                    _print_state(event, sys.stdout, not args.quiet)
+                    data = event.data or ""
+                    if args.changes:
+                        shown: Optional[str] = _changes.describe(previous, data)
+                        previous = data
+                    else:
+                        shown = None if args.quiet else data
+                    _print_state(event, sys.stdout, shown, was_travelled)
                 states += 1
                 if args.count and states >= args.count:
                     return 0
             elif event.kind is EventKind.ENDED:
-                print(f"# stream {args.name!r} ended", file=sys.stderr, flush=True)
+                _LIVE.clear()
+                print(f"# stream {args.name!r} ended (stopped, or expired after its leader went away)",
+                      file=sys.stderr, flush=True)
                 return 0
+            elif event.kind is EventKind.CONNECTION_LOST:
+                _LIVE.begin("connection", f"connection lost: {_trouble(event.status)}", "reconnecting")
+            elif event.kind is EventKind.RECONNECTED:
+                travelled = False  # the state read on reconnecting is the current one
+                if not _LIVE.end("connection", "reconnected"):
+                    _status("reconnected")
+            elif event.kind is EventKind.LEADER_OFFLINE:
+                _LIVE.begin("leader", "leader offline (no heartbeat for 3 intervals)", "waiting for it")
+            elif event.kind is EventKind.LEADER_ONLINE:
+                if not _LIVE.end("leader", "leader online again"):
+                    _status("leader online")
             else:
-                cause = "" if event.status == Status.OK else f" ({getattr(event.status, 'name', event.status)})"
-                note = event.kind.name.lower().replace("_", " ")
-                print(f"# {_clock(event.received_at)} {note}{cause}", file=sys.stderr, flush=True)
+                _status(f"event {event.kind.name}")
     finally:
+        _LIVE.clear()
         follower.close()
 
 
@@ -242,8 +387,14 @@ _FATAL = (Status.NOT_LEADING, Status.NOT_FOUND, Status.BAD_PASSWORD, Status.BAD_
           Status.INVALID_ARGUMENT)
 
 
+#: Seconds a store may take before the CLI says it is waiting.
+_SLOW_STORE = 3.0
+
+
 class _Lead:
-    """Publishes states and reports each: seq, bytes, time to store."""
+    """Publishes states and reports each: seq, bytes, time to store. While a
+    state cannot be stored (Webdis or Redis away), says so once and keeps
+    trying: the library retries, the newest state wins."""
 
     def __init__(self, args: argparse.Namespace, client: Client, leader: Leader, seq: Optional[int],
                  report: bool) -> None:
@@ -254,7 +405,9 @@ class _Lead:
         self.report = report
         self.count = 0
         self.last: Optional[bytes] = None  # last state stored
-        self.unstored: Optional[Tuple[str, bytes, float]] = None  # published, flush failed
+        self.unstored: Optional[Tuple[str, bytes, float]] = None  # published, not yet stored
+        self.merged = False  # more than one state published since the last store
+        self.stopped = False
 
     def _learn_seq(self) -> None:
         try:
@@ -269,43 +422,94 @@ class _Lead:
         except Error as exc:
             if exc.status in (Status.INVALID_ARGUMENT, Status.TOO_LARGE):
                 raise InputError(f"{where}: {exc.reason}") from None
-            exc.reason = f"{where}: {exc.reason}"
+            exc.where = where  # type: ignore[attr-defined]
             raise
         self.count += 1
+        if self.unstored is not None:
+            self.merged = True
         self.unstored = (where, data, time.monotonic())
         if wait:
             self.store()
 
-    def store(self) -> None:
-        """Wait until the last published state is stored, then report it."""
+    def attempt(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the last published state to be
+        stored: True once it is (and reported). A failure that may pass is
+        reported once, when it begins (and its end when it is stored);
+        one that cannot (the stream gone, not ours) raises."""
         if self.unstored is None:
-            return
+            return True
         where, data, started = self.unstored
         try:
-            self.leader.flush()
+            self.leader.flush(timeout)
         except Error as exc:
-            exc.reason = f"{where}: {exc.reason}"
-            raise
+            if exc.status in _FATAL or not isinstance(exc.status, Status):
+                exc.where = where  # type: ignore[attr-defined]
+                raise
+            if exc.status == Status.TIMEOUT and time.monotonic() - started < _SLOW_STORE \
+                    and "store" not in _LIVE.active:
+                return False
+            _LIVE.begin("store", f"state not stored: {_trouble(exc.status)}")
+            self.merged = True  # the seq is looked up once stored
+            return False
         self.unstored = None
         self.last = data
-        if self.seq is None:
+        if self.seq is None or self.merged:
             self._learn_seq()
         else:
             self.seq += 1
+        self.merged = False
+        shown = f"seq={self.seq if self.seq is not None else '?'}"
+        _LIVE.end("store", f"stored again ({shown})")
         if self.report:
             took = (time.monotonic() - started) * 1000.0
-            parts = [f"seq={self.seq if self.seq is not None else '?'}", f"bytes={len(data)}",
-                     f"stored={took:.1f}ms"]
+            parts = [shown, f"bytes={len(data)}", f"stored={took:.1f}ms"]
             sent = _sent_ms(data.decode("utf-8", "replace"))
             if sent is not None:
                 parts.append(f"latency={_now_ms() - sent:.1f}ms")
             _status(" ".join(parts) + f" from {where}")
+        return True
 
-    def flush_quietly(self) -> None:
-        """--no-wait: store what is pending; the seq is looked up afterwards."""
-        self.leader.flush()
-        self.unstored = None
-        self._learn_seq()
+    def store(self) -> None:
+        """Wait until the last published state is stored, however long a
+        passing failure lasts; report it."""
+        while not self.attempt(1.0):
+            _drain(self.leader)
+
+    def stop(self) -> None:
+        """--stop-at-end: delete the stream (once)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        self.leader.stop()
+
+
+class _StdinReader:
+    """Reads stdin's documents in a thread, one ahead at most: ("doc",
+    where, data), then ("bad", message) or ("eof",)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.items: "queue.Queue[Tuple[Any, ...]]" = queue.Queue(maxsize=1)
+        self.thread = threading.Thread(target=self._run, args=(args,), name="missionstream-stdin", daemon=True)
+        self.thread.start()
+
+    def _run(self, args: argparse.Namespace) -> None:
+        try:
+            for where, data in _stdin_states(args):
+                self.items.put(("doc", where, data))
+        except InputError as exc:
+            self.items.put(("bad", str(exc)))
+        except OSError as exc:
+            self.items.put(("bad", f"stdin: cannot read it: {exc.strerror or exc}"))
+        except Exception as exc:  # noqa: BLE001 - the main thread must hear of it, or it waits forever
+            self.items.put(("bad", f"stdin: {exc}"))
+        else:
+            self.items.put(("eof",))
+
+    def get(self, timeout: float) -> Optional[Tuple[Any, ...]]:
+        try:
+            return self.items.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
 
 def _open_lead(args: argparse.Namespace, client: Client) -> Tuple[Leader, Optional[int]]:
@@ -318,6 +522,22 @@ def _open_lead(args: argparse.Namespace, client: Client) -> Tuple[Leader, Option
     except Exists as exc:
         reason = f"stream {args.name!r} exists already: pass --reconnect to lead it, or pick another name"
         raise Exists(reason, reason=reason) from exc
+
+
+class _Terminate:
+    """SIGTERM raises KeyboardInterrupt while the block runs, so that a
+    service manager's stop ends a lead as Ctrl-C does (--stop-at-end
+    included)."""
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Terminate":
+        self.previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGTERM, self.previous)
 
 
 def cmd_lead(args: argparse.Namespace, client: Client) -> int:
@@ -345,19 +565,70 @@ def cmd_lead(args: argparse.Namespace, client: Client) -> int:
     if args.watch is not None:
         return _lead_watch(args, client, leader, seq)
     lead = _Lead(args, client, leader, seq, report=not args.quiet and (args.file is not None or args.verbose))
-    if first is not None:
-        lead.publish(args.file, first)
-    else:
-        for where, data in _stdin_states(args):
-            lead.publish(where, data, wait=not args.no_wait)
-        if args.no_wait:
-            lead.flush_quietly()
-    if args.stop_at_end:
-        leader.stop()
+    bad: Optional[str] = None
+    try:
+        with _Terminate():
+            if first is not None:
+                lead.publish(args.file, first, wait=False)
+            else:
+                bad = _lead_stdin(args, lead)
+            # The end: what is pending is stored, however long an outage lasts.
+            lead.store()
+            if args.stop_at_end:
+                lead.stop()
+    finally:
+        # Every other way out (bad input, Ctrl-C, a failure): the stream
+        # is stopped all the same, if it can be.
+        _stop_at_end(args, lead)
+    if bad is not None:
+        raise InputError(f"{bad}; the {lead.count} document(s) before it were published"
+                         + ("; stream stopped (--stop-at-end)" if args.stop_at_end else ""))
     if args.verbose:
         end = "stopped" if args.stop_at_end else "kept (reconnect with --reconnect)"
         print(f"# published {lead.count} state(s) to {args.name!r}; stream {end}", file=sys.stderr)
     return 0
+
+
+def _stop_at_end(args: argparse.Namespace, lead: _Lead) -> None:
+    """--stop-at-end, on a way out other than the normal end: stop the
+    stream unless it is gone or no longer ours already."""
+    if not args.stop_at_end or lead.stopped:
+        return
+    failure = sys.exc_info()[1]
+    if isinstance(failure, Error) and failure.status in (Status.NOT_LEADING, Status.NOT_FOUND):
+        return
+    try:
+        lead.stop()
+    except Error as exc:
+        _error(f"--stop-at-end: stream {args.name!r} not stopped: {_explain(exc, args)}")
+
+
+def _lead_stdin(args: argparse.Namespace, lead: _Lead) -> Optional[str]:
+    """Publishes stdin's documents until its end; each is stored before the
+    next is taken (unless --no-wait), except while a state cannot be
+    stored: then newer documents are published as they come (the newest
+    wins, stored when the service is back). Returns the message of bad
+    input, after publishing the documents before it."""
+    reader = _StdinReader(args)
+    while True:
+        _drain(lead.leader)
+        if lead.unstored is not None and not args.no_wait:
+            if lead.attempt(0.5):
+                continue
+            if "store" not in _LIVE.active:
+                continue  # slow, not failing: the next document waits
+            item = reader.get(0.0)
+        else:
+            item = reader.get(1.0)
+        if item is None:
+            _LIVE.tick()
+            continue
+        if item[0] == "doc":
+            lead.publish(item[1], item[2], wait=False)
+        elif item[0] == "bad":
+            return str(item[1])
+        else:
+            return None
 
 
 class _Interrupts:
@@ -414,8 +685,7 @@ def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: O
             if text != reported:
                 kept = f"seq={lead.seq}" if lead.seq is not None else "the stream's state"
                 keep = f"the stream keeps {kept}" if lead.last is not None else "nothing published yet"
-                print(f"missionstream: error: {text}; not published, {keep}; waiting for the next save",
-                      file=sys.stderr, flush=True)
+                _error(f"{text}; not published, {keep}; waiting for the next save")
                 reported = text
             return
         reported = None
@@ -423,39 +693,37 @@ def _lead_watch(args: argparse.Namespace, client: Client, leader: Leader, seq: O
             return  # saved unchanged
         published = content
         lead.publish(path, data, wait=False)
-        store()
+        lead.attempt(0.05 if "store" in _LIVE.active else 2.0)
 
     def store() -> None:
-        try:
-            lead.store()
-        except Error as exc:
-            if exc.status in _FATAL or not isinstance(exc.status, Status):
-                raise
-            print(f"missionstream: error: {exc.reason}; not stored yet, trying again", file=sys.stderr, flush=True)
-            lead.seq = None  # states may have been merged meanwhile: look it up once stored
+        lead.attempt(0.05)
 
     if not args.quiet:
         _status(f"watching {path} (every {interval:g} s); Ctrl-C to end")
-    with _Interrupts() as interrupts:
-        while not interrupts.requested:
-            _drain(leader)
+    try:
+        with _Interrupts() as interrupts:
+            while not interrupts.requested:
+                _drain(leader)
+                _LIVE.tick()
+                if lead.unstored is not None:
+                    store()
+                polled = watcher.poll()
+                if polled is not None:
+                    handle(polled[1])
+                # In slices: Ctrl-C is acted on within 50 ms, whatever the interval.
+                until = time.monotonic() + interval
+                while not interrupts.requested and time.monotonic() < until:
+                    time.sleep(min(0.05, max(0.0, until - time.monotonic())))
+            # Interrupted: the last change (even one still settling) is published
+            # and stored before leaving.
+            if watcher.pending():
+                handle(watcher.read_now()[1])
             if lead.unstored is not None:
-                store()
-            polled = watcher.poll()
-            if polled is not None:
-                handle(polled[1])
-            # In slices: Ctrl-C is acted on within 50 ms, whatever the interval.
-            until = time.monotonic() + interval
-            while not interrupts.requested and time.monotonic() < until:
-                time.sleep(min(0.05, max(0.0, until - time.monotonic())))
-        # Interrupted: the last change (even one still settling) is published
-        # and stored before leaving.
-        if watcher.pending():
-            handle(watcher.read_now()[1])
-        if lead.unstored is not None:
-            lead.store()
-        if args.stop_at_end:
-            leader.stop()
+                lead.store()
+            if args.stop_at_end:
+                lead.stop()
+    finally:
+        _stop_at_end(args, lead)
     if not args.quiet:
         end = "stopped" if args.stop_at_end else "kept (reconnect with --reconnect)"
         _status(f"published {lead.count} state(s) of {path} to {args.name!r}; stream {end}")
@@ -496,6 +764,34 @@ def _interval(text: str) -> float:
     return value
 
 
+#: lead's defaults: a heartbeat every 2 s (followers learn within 6 s that
+#: a leader went silent) and streams expire 10 minutes after their leader
+#: was last heard, so that a dead leader's stream leaves `list` by itself
+#: while a crashed planner still has time to come back with --reconnect.
+DEFAULT_HEARTBEAT = 2.0
+DEFAULT_TTL = 600
+
+
+def _heartbeat(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be 0.05 to 3600 seconds, not {text}")
+    return value
+
+
+def _ttl(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {text!r}") from None
+    if not 0 <= value <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (never) to 4294967295 seconds, not {text}")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser, suppress: bool) -> None:
     default = argparse.SUPPRESS if suppress else None
     p.add_argument(
@@ -530,7 +826,7 @@ def _add_secrets(p: argparse.ArgumentParser, leader: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     prog = "python3 -m missionstream" if invoked in ("", "-m", "__main__.py", "-c") else invoked
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         description="Stream a mission plan live from one leader to many followers (Redis via Webdis).",
         epilog=(
@@ -543,7 +839,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser, suppress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list the live streams", description="List the live streams: name, seq, follower count, time of the last stored state.")
+    p = sub.add_parser("list", help="list the live streams", description=(
+        "List the live streams: name, seq, follower count, whether the leader is online (heard within 3 "
+        "of its heartbeat intervals), and the time and age of the last stored state. A stream whose "
+        "leader went away stays listed as offline until its TTL (lead --ttl) deletes it.")
+    )
     _add_common(p, suppress=True)
     p.add_argument("--json", action="store_true", help="print one JSON array instead of a table")
     p.set_defaults(func=cmd_list)
@@ -554,9 +854,11 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Follow stream NAME and print each state as it arrives, one line each: local receive time, "
             f"seq, delay (receive time minus the state's \"{STAMP_FIELD}\" field, when present, as "
-            "written by `lead --stamp` and the demo) and the state. The current state comes first. "
-            "Other events (connection lost, leader offline, ...) go to stderr. Ends with status 0 when "
-            "the stream is stopped."
+            "written by `lead --stamp` and the demo) and the state. The current state comes first, "
+            "with age= instead of delay= (it did not travel now; so does the one read on reconnecting). "
+            "A lost connection and an offline leader are said on stderr when they begin and when they "
+            "end (on a terminal, a live status line counts the seconds). Ends with status 0 when the "
+            "stream is stopped or expires."
         ),
     )
     _add_common(p, suppress=True)
@@ -571,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exit with status 1 if no event arrives for SECONDS",
     )
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="print time, seq and delay only, not the state; with --out, no status lines")
+                   help="print time, seq and delay (or age) only, not the state; with --out, no status lines")
     p.add_argument(
         "--out",
         metavar="FILE",
@@ -579,6 +881,11 @@ def build_parser() -> argparse.ArgumentParser:
             "write each state to FILE instead of printing it, atomically (a temporary file in the same folder, "
             "renamed over FILE), so a planner never reads half a plan; a status line per state goes to stderr"
         ),
+    )
+    p.add_argument(
+        "--changes", action="store_true",
+        help=("print what changed with each update instead of the state: for a QGroundControl plan, the "
+              "mission items moved, re-set, added or removed; otherwise the JSON paths changed")
     )
     p.add_argument("--pretty", action="store_true", help="with --out: indent JSON states (2 spaces)")
     p.add_argument(
@@ -602,8 +909,11 @@ def build_parser() -> argparse.ArgumentParser:
             "--file FILE publishes the file, byte for byte, as one state. --watch FILE publishes the file "
             "now and on every save until Ctrl-C (it polls the file's size, times and inode; a save by "
             "rename or in place is seen; a half-written or invalid file is reported on stderr and not "
-            "published). Each state is stored in Redis before the next one is read, unless --no-wait. "
-            "At the end the stream is kept for a later --reconnect, or deleted with --stop-at-end. "
+            "published). Each state is stored in Redis before the next one is published, unless --no-wait; "
+            "while Webdis or Redis is away, lead says so, keeps its lead and goes on reading, and the "
+            "newest state is stored once they are back. "
+            "At the end the stream is kept for a later --reconnect (until --ttl), or deleted with "
+            "--stop-at-end, which also applies on bad input, Ctrl-C, SIGTERM or a failure. "
             "Every state must be UTF-8 text of at most 8 MiB; an empty, binary or larger input is refused."
         ),
     )
@@ -613,7 +923,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reconnect", action="store_true", help="take up leading an existing stream instead of starting it")
     p.add_argument(
         "--stop-at-end", action="store_true",
-        help="stop (delete) the stream at the end (end of input, after --file, or Ctrl-C with --watch)",
+        help=("stop (delete) the stream however lead ends: end of input, after --file, Ctrl-C or SIGTERM, "
+              "bad input, a failure"),
     )
     p.add_argument(
         "--file", metavar="FILE",
@@ -646,6 +957,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="stdin: a status line per state and a summary at the end, on stderr",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="--file, --watch: no status lines, errors only")
+    p.add_argument(
+        "--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT, metavar="SECONDS",
+        help=(f"how often the leader says it is alive while idle (default: {DEFAULT_HEARTBEAT:g}); followers "
+              "report the leader offline after 3 silent intervals, and `list` shows it offline")
+    )
+    p.add_argument(
+        "--ttl", type=_ttl, default=DEFAULT_TTL, metavar="SECONDS",
+        help=(f"delete the stream SECONDS after its leader was last heard (default: {DEFAULT_TTL}, so a dead "
+              "leader's stream leaves `list` by itself; --reconnect within that time takes it up again); "
+              "0: keep it until it is stopped")
+    )
     p.set_defaults(func=cmd_lead)
 
     p = sub.add_parser(
@@ -660,27 +982,119 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _explain(exc: Error, args: argparse.Namespace, url: str, url_from: str) -> str:
-    """One line for a failure, in the command line's terms (options, variables)."""
+def _tls_problem(url: str, ca_file: Optional[str]) -> Optional[str]:
+    """For an https:// URL that cannot be reached: what a TLS handshake with
+    its host says of the certificate (None if the handshake succeeds, or
+    the host cannot be reached at all)."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.split(",")[0].strip())
+        host, port = parts.hostname, parts.port or 443
+    except ValueError:
+        return None
+    if parts.scheme != "https" or not host:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else ssl.create_default_context()
+        with socket.create_connection((host, port), timeout=5) as sock:
+            with context.wrap_socket(sock, server_hostname=host):
+                return None
+    except ssl.SSLCertVerificationError as exc:
+        return f"{exc.verify_message or exc.reason}"
+    except (OSError, ssl.SSLError, ValueError):
+        return None
+
+
+def _explain(exc: Error, args: argparse.Namespace) -> str:
+    """One line for a failure, in the command line's terms (options,
+    variables, the culprit), chosen by the status and what the command was
+    doing; the library's text is added where it says more. Prefixed with
+    the input being published, if any."""
+    where = getattr(exc, "where", None)
+    text = _explain_status(exc, args)
+    return f"{where}: {text}" if where else text
+
+
+def _explain_status(exc: Error, args: argparse.Namespace) -> str:
     text = exc.reason
     name = getattr(args, "name", None)
     status = exc.status
+    url: str = getattr(args, "url_value", DEFAULT_URL)
+    url_from: str = getattr(args, "url_from", "default")
+    ca_file: Optional[str] = getattr(args, "ca_value", None)
     if status == Status.BAD_PASSWORD:
-        return f"stream {name!r}: {text} (--password or ${ENV_PASSWORD})"
+        if not getattr(args, "password_value", ""):
+            return (f"stream {name!r} has a password and none was given: pass --password or set "
+                    f"${ENV_PASSWORD}")
+        return f"stream {name!r}: wrong password (--password or ${ENV_PASSWORD})"
     if status == Status.BAD_LEADER_CODE:
-        return f"stream {name!r}: {text} (--leader-code or ${ENV_LEADER_CODE})"
-    if status in (Status.NOT_FOUND, Status.NOT_LEADING, Status.NOT_FOLLOWING) and name is not None:
-        return f"stream {name!r}: {text}"
-    if status in (Status.UNAVAILABLE, Status.TIMEOUT, Status.FORBIDDEN, Status.PROTOCOL):
-        if url_from == "default":
-            where = (
-                f"{url} is the default; pass --url or set {ENV_URL}, "
-                "e.g. with `. .run/server/env` after `make server`"
-            )
-        else:
-            where = f"the URL {url} is from {url_from}"
-        return f"{text} ({where})"
+        return f"stream {name!r}: wrong leader code (--leader-code or ${ENV_LEADER_CODE})"
+    if status == Status.THROTTLED:
+        return f"stream {name!r}: {_library_text(exc)}"
+    if status == Status.NOT_FOUND and name is not None:
+        return f"stream {name!r}: no such stream (stopped, expired, or never started; `list` shows the live ones)"
+    if status == Status.NOT_LEADING and name is not None:
+        return f"stream {name!r}: no longer led by this command (stopped, expired, or taken over by another leader)"
+    if status == Status.EXISTS:
+        return text
+    if url_from == "default":
+        where = (f"{url} is the default; pass --url or set {ENV_URL}, "
+                 "e.g. with `. .run/server/env` after `make server`")
+    else:
+        where = f"the URL {url} is from {url_from}"
+    if status == Status.UNAVAILABLE:
+        problem = _tls_problem(url, ca_file)
+        if problem is not None:
+            trust = (f"--tls-ca-file {ca_file} ({args.ca_from})" if ca_file
+                     else f"the bundled web roots; pass --tls-ca-file PEM or set ${ENV_TLS_CA_FILE} "
+                          "to trust the certificate authority that signed it")
+            return f"the TLS certificate of {url} is not trusted ({problem}); trusted: {trust}"
+        return f"cannot reach Webdis, or Redis behind it: {_library_text(exc)} ({where})"
+    if status == Status.FORBIDDEN:
+        path = _url_path(url)
+        if path:
+            return (f"Webdis refused the request (HTTP 401/403): is the path {path!r} of the URL right? "
+                    f"Webdis reads the command from the path ({where}); else check Webdis' ACL and the "
+                    "URL's user:password")
+        return (f"Webdis refused the request (HTTP 401/403): check the URL's user:password and Webdis' ACL "
+                f"(deploy/webdis.json) ({where})")
+    if status == Status.TIMEOUT:
+        wait = getattr(args, "timeout", None) or 10
+        return f"{_library_text(exc)} (--timeout is {wait:g} s; {where})"
+    if status == Status.PROTOCOL:
+        return f"{_library_text(exc)} ({where})"
+    return _library_text(exc)
+
+
+def _library_text(exc: Error) -> str:
+    """The library's own text when it does not speak of its C functions
+    (which a person at the command line cannot call), else the status'
+    meaning."""
+    text = exc.reason
+    if "ms_" in text:
+        return _trouble(exc.status)
     return text
+
+
+def _url_path(url: str) -> str:
+    """The path prefix of (the first) URL, "" if none."""
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url.split(",")[0].strip()).path.rstrip("/")
+    except ValueError:
+        return ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the one prefix of every message of the command."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"missionstream: error: {message} (see `{self.prog} --help`)\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -693,7 +1107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if not getattr(args, "func", None):
         parser.print_usage(sys.stderr)
-        print(f"{parser.prog}: error: a command is required (list, watch, lead, stop)", file=sys.stderr)
+        print("missionstream: error: a command is required (list, watch, lead, stop)", file=sys.stderr)
         return 2
     if args.url:
         url, url_from = args.url, "--url"
@@ -701,29 +1115,53 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         url, url_from = os.environ[ENV_URL], f"${ENV_URL}"
     else:
         url, url_from = DEFAULT_URL, "default"  # never invalid
+    args.url_value, args.url_from = url, url_from
+    if getattr(args, "tls_ca_file", None):
+        args.ca_value, args.ca_from = args.tls_ca_file, "--tls-ca-file"
+    elif os.environ.get(ENV_TLS_CA_FILE):
+        args.ca_value, args.ca_from = os.environ[ENV_TLS_CA_FILE], f"${ENV_TLS_CA_FILE}"
+    else:
+        args.ca_value, args.ca_from = None, ""
+    args.password_value = getattr(args, "password", None) or os.environ.get(ENV_PASSWORD) or ""
     try:
+        heartbeat = getattr(args, "heartbeat", None)
+        ttl = getattr(args, "ttl", None)
+        if heartbeat is not None and ttl and ttl < 2 * heartbeat:
+            raise UsageError(f"--ttl {ttl} is shorter than two --heartbeat intervals ({2 * heartbeat:g} s); "
+                             "raise it, or pass --ttl 0 to keep the stream until it is stopped")
+        problem = _url_problem(url)
+        if problem:
+            raise UsageError(f"{url_from} {url!r}: {problem}")
         try:
-            tls_ca_file = getattr(args, "tls_ca_file", None) or os.environ.get(ENV_TLS_CA_FILE) or None
-            client = Client(url, timeout=args.timeout, tls_ca_file=tls_ca_file)
+            client = Client(url, timeout=args.timeout, tls_ca_file=args.ca_value,
+                            heartbeat=heartbeat, stream_ttl=ttl)
         except InvalidArgument as exc:
+            if exc.function == "ms_client_set_tls_ca_file":
+                raise UsageError(f"{args.ca_from} {args.ca_value!r}: {_ca_file_problem(args.ca_value) or exc.reason}"
+                                 ) from None
             raise UsageError(f"{url_from} {url!r}: {exc.reason}") from None
         with client:
             return int(args.func(args, client))
     except UsageError as exc:
-        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        _LIVE.clear()
+        print(f"missionstream: error: {exc}", file=sys.stderr)
         return 2
     except InvalidArgument as exc:
         # Every other argument of the library's calls comes from the
         # command line: NAME, --password, --leader-code.
-        print(f"{parser.prog} {args.command}: error: {exc.reason}", file=sys.stderr)
+        _LIVE.clear()
+        print(f"missionstream: error: {exc.reason}", file=sys.stderr)
         return 2
     except InputError as exc:
+        _LIVE.clear()
         print(f"missionstream: error: {exc}", file=sys.stderr)
         return 1
     except Error as exc:
-        print(f"missionstream: error: {_explain(exc, args, url, url_from)}", file=sys.stderr)
+        _LIVE.clear()
+        print(f"missionstream: error: {_explain(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        _LIVE.clear()
         return 130
     except BrokenPipeError:
         # The reader went away (e.g. `watch | head`): not an error.
@@ -732,6 +1170,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError:
             pass
         return 0
+
+
+def _url_problem(urls: str) -> str:
+    """What is wrong with the port of one of the URLs, if anything (the
+    library finds everything else)."""
+    from urllib.parse import urlsplit
+
+    for url in urls.split(","):
+        try:
+            port = urlsplit(url.strip()).port
+        except ValueError:
+            after = url.strip().split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2]
+            return f"the port {after.rpartition(':')[2]!r} is not a port number (1 to 65535)"
+        if port == 0:
+            return "the port 0 is not a port number (1 to 65535)"
+    return ""
+
+
+def _ca_file_problem(path: str) -> str:
+    """Why a CA file cannot be used, in the file's terms ("" if readable)."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    return ""
 
 
 if __name__ == "__main__":

@@ -44,6 +44,9 @@ __all__ = [
     "MAX_STATE_BYTES",
 ]
 
+#: A leader not heard for this many heartbeat intervals is offline.
+OFFLINE_INTERVALS = 3
+
 #: Largest state the library accepts, in bytes (8 MiB).
 MAX_STATE_BYTES = 8 * 1024 * 1024
 
@@ -97,11 +100,27 @@ class StreamInfo:
     seq: int
     followers: int
     updated_ms: int  #: Unix time in ms of the last stored state
+    #: Unix time in ms when the leader was last heard (it started or
+    #: reconnected the stream, published, or sent a heartbeat); 0 if not known
+    heard_ms: int = 0
+    #: the heartbeat interval the leader announced, in ms
+    heartbeat_ms: int = 0
+    #: local Unix time in ms at which the list was read
+    listed_ms: int = field(default=0, compare=False)
 
     @property
     def updated(self) -> _dt.datetime:
         """Time of the last stored state (timezone-aware, UTC)."""
         return _dt.datetime.fromtimestamp(self.updated_ms / 1000.0, tz=_dt.timezone.utc)
+
+    @property
+    def leader_online(self) -> Optional[bool]:
+        """Whether the leader was heard within 3 heartbeat intervals (as
+        followers judge it) when the list was read; None if not known.
+        Compares the server's clock with this machine's."""
+        if self.heard_ms <= 0 or self.heartbeat_ms <= 0:
+            return None
+        return self.listed_ms - self.heard_ms <= OFFLINE_INTERVALS * self.heartbeat_ms
 
 
 def library_version() -> str:
@@ -500,24 +519,30 @@ class Client:
     # -- anyone ----------------------------------------------------------
 
     def list(self) -> List[StreamInfo]:
-        """The live streams: name, seq, follower count, time of the last stored state."""
+        """The live streams: name, seq, follower count, time of the last
+        stored state, and the leader's presence (when it was last heard,
+        its heartbeat interval; see :attr:`StreamInfo.leader_online`)."""
 
         def run(handle: Any) -> List[StreamInfo]:
-            out = ctypes.POINTER(_ffi.MsStreamInfo)()
+            out = ctypes.POINTER(_ffi.MsStreamPresence)()
             count = ctypes.c_size_t(0)
-            lib.ms_list(handle, ctypes.byref(out), ctypes.byref(count))
+            lib.ms_list_presence(handle, ctypes.byref(out), ctypes.byref(count))
+            now = int(time.time() * 1000)
             try:
                 return [
                     StreamInfo(
-                        ctypes.string_at(e.name).decode("utf-8", "replace") if e.name else "",
-                        int(e.seq),
-                        int(e.followers),
-                        int(e.updated_ms),
+                        ctypes.string_at(e.info.name).decode("utf-8", "replace") if e.info.name else "",
+                        int(e.info.seq),
+                        int(e.info.followers),
+                        int(e.info.updated_ms),
+                        int(e.heard_ms),
+                        int(e.heartbeat_ms),
+                        now,
                     )
                     for e in (out[i] for i in range(count.value))
                 ]
             finally:
-                lib.ms_list_free(out, count)
+                lib.ms_list_presence_free(out, count)
 
         return self._call(run)
 

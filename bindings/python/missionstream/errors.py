@@ -24,7 +24,6 @@ __all__ = [
     "ProtocolError",
     "InternalError",
     "Throttled",
-    "error_for_status",
 ]
 
 
@@ -57,13 +56,18 @@ class Error(Exception):
     a value this binding does not know); ``message``, also the ``str()`` of
     the exception, names the method that failed and says why, e.g.
     ``"Client.reconnect: wrong leader code for this stream"``; ``reason`` is
-    the same without the method, e.g. ``"wrong leader code for this stream"``.
+    the same without the method, e.g. ``"wrong leader code for this stream"``:
+    the library's own text, passed on unchanged (it may name the C function
+    to call). ``function`` is the C function that failed (``"ms_reconnect"``),
+    or None when the binding itself refused the call. Programs decide by
+    ``status`` (or the class) and ``function``, never by the text.
     """
 
     #: The status this class stands for (overridden by each subclass).
     STATUS: int = -1
 
-    def __init__(self, message: str, status: "int | None" = None, reason: "str | None" = None) -> None:
+    def __init__(self, message: str, status: "int | None" = None, reason: "str | None" = None,
+                 function: "str | None" = None) -> None:
         super().__init__(message)
         code = self.STATUS if status is None else status
         try:
@@ -72,6 +76,7 @@ class Error(Exception):
             self.status = code
         self.message = message
         self.reason = message if reason is None else reason
+        self.function = function
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, status={self.status!r})"
@@ -198,7 +203,8 @@ _BY_STATUS: Dict[int, Type[Error]] = {
 }
 
 
-def error_for_status(status: int, message: str, reason: "str | None" = None) -> Error:
+def error_for_status(status: int, message: str, reason: "str | None" = None,
+                     function: "str | None" = None) -> Error:
     """Return the exception instance for a non-zero ``ms_status``."""
     cls = _BY_STATUS.get(int(status), Error)
-    return cls(message, status, reason)
+    return cls(message, status, reason, function)

@@ -80,16 +80,19 @@ def test_lead_then_watch_then_list_then_stop(url: str, name: str) -> None:
     r = cli("watch", name, "--password", PW, "--count", "1", "--url", url)
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
-    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=5 delay=- ", line), line
+    # The current state read on joining: its age, not a transport delay.
+    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=5 age=- ", line), line
     assert json.loads(line.split(" ", 3)[3]) == states[-1]
     # list shows it, in a table and as JSON.
     r = cli("list", "--url", url)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].split() == ["NAME", "SEQ", "FOLLOWERS", "UPDATED"]
-    assert any(l.startswith(name + " ") and l.split()[1] == "5" for l in r.stdout.splitlines()), r.stdout
+    assert r.stdout.splitlines()[0].split() == ["NAME", "SEQ", "FOLLOWERS", "LEADER", "LAST", "STATE"]
+    # lead exited: its leader is offline once 3 heartbeats are missed (2 s each by default).
+    assert any(l.startswith(name + " ") and l.split()[1:3] == ["5", "0"] for l in r.stdout.splitlines()), r.stdout
     r = cli("list", "--json", MISSIONSTREAM_URL=url)
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows[name]["seq"] == 5 and rows[name]["followers"] == 0
+    assert rows[name]["heartbeat_ms"] == 2000 and rows[name]["leader"] in ("online", "offline"), rows[name]
     # stop, with secrets from the environment.
     r = cli("stop", name, "--url", url, MISSIONSTREAM_PASSWORD=PW, MISSIONSTREAM_LEADER_CODE=CODE)
     assert r.returncode == 0, r.stderr
@@ -130,8 +133,12 @@ def test_watch_prints_states_as_lead_publishes(url: str, name: str) -> None:
             lead.wait()
     lines = [first] + out.splitlines()
     got = []
-    for line in lines:
-        m = re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=(\d+) delay=(-?\d+\.\d)ms (.*)$", line.strip())
+    for i, line in enumerate(lines):
+        m = re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=(\d+) (delay|age)=(-?\d+\.\d)ms (.*)$", line.strip())
+        assert m, line
+        # The first state is the stream's current one (its age); the others travelled now.
+        assert m.group(2) == ("age" if i == 0 else "delay"), line
+        m = re.match(r"^\S+ seq=(\d+) \w+=(-?\d+\.\d)ms (.*)$", line.strip())
         assert m, line
         doc = json.loads(m.group(3))
         assert "sent_ms" in doc  # --stamp
@@ -171,7 +178,7 @@ def test_cli_errors_are_one_line(url: str, closed_port_url: str, name: str) -> N
     assert_clean_error(cli("list", "--url", "ftp://nowhere"), "error")
     r = cli("watch", name, "--url", url, "--password", PW, "--idle-timeout", "0.5", "--quiet")
     assert r.returncode == 1
-    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=1 delay=-$", r.stdout.strip()), r.stdout
+    assert re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=1 age=-$", r.stdout.strip()), r.stdout
     assert "no event" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -26,7 +26,7 @@ from test_cli import CODE, PW, assert_clean_error, cli, popen
 
 LEAD = ("--password", PW, "--leader-code", CODE)
 STATUS = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} seq=(\d+) bytes=(\d+) stored=\d+\.\dms from (.+)$")
-OUT_STATUS = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} seq=(\d+) bytes=(\d+) delay=(-|-?\d+\.\dms) wrote (.+)$")
+OUT_STATUS = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} seq=(\d+) bytes=(\d+) (?:delay|age)=(-|-?\d+\.\dms) wrote (.+)$")
 
 
 def qgc_plan(revision: int, items: int = 120) -> str:
@@ -492,7 +492,7 @@ def test_watch_out_files_always_parse_and_end_equal_to_the_last_state(
         watch = Running("watch", name, "--url", url, "--password", PW, "--out", str(out),
                         "--exec", f'echo "$MISSIONSTREAM_SEQ $MISSIONSTREAM_STREAM" >> {log}; test -s "$MISSIONSTREAM_OUT"')
         try:
-            watch.wait_line(rf"seq=1 bytes={len(qgc_plan(60))} delay=- wrote {re.escape(str(out))}$")
+            watch.wait_line(rf"seq=1 bytes={len(qgc_plan(60))} age=- wrote {re.escape(str(out))}$")
             # A reader polling the file the whole time, as a planner would.
             stop = threading.Event()
             reads: List[int] = []

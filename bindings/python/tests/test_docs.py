@@ -145,7 +145,7 @@ def test_command_line_walkthrough_runs_as_written_and_again(tmp_path: Path, serv
         assert r.returncode == 0, r.stdout + r.stderr
         lines = r.stdout.splitlines()
         watched = [line for line in lines if " seq=" in line]
-        assert len(watched) == 1 and re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=2 delay=\d+\.\dms \{", watched[0]), r.stdout
+        assert len(watched) == 1 and re.match(r"^\d\d:\d\d:\d\d\.\d{3} seq=2 age=\d+\.\dms \{", watched[0]), r.stdout
         assert '"waypoints":[[47.39,8.54,30],[47.4,8.55,35]]' in watched[0]
         assert any(line.split()[:2] == ["mission-cli", "2"] for line in lines), r.stdout  # list
         assert "mission-cli" not in live_streams(server.url)  # stop
@@ -177,3 +177,21 @@ def test_the_demo_runs_and_shows_deltas_on_the_wire() -> None:
     assert m[1] == m[2] == "5", out.stdout
     assert int(m[3]) < 200 < 500_000 < int(m[4].replace(",", "")), out.stdout
     assert "byte for byte: True" in out.stdout, out.stdout
+
+
+def test_layout_names_every_module() -> None:
+    """README's Layout names every module of the library (src/) and of the
+    Python package: a module added without a word there fails here."""
+    text = README.read_text()
+    layout = text[text.index("## Layout"):]
+    layout = layout[:layout.index("\n## ")] if "\n## " in layout else layout
+    src = REPO / "src"
+    modules = sorted({p.stem for p in src.glob("*.rs") if p.stem != "lib"}
+                     | {p.name for p in src.iterdir() if p.is_dir()}
+                     | {p.stem for p in src.glob("*/*.rs") if p.stem != "mod"})
+    missing = [m for m in modules if f"`{m}`" not in layout]
+    assert not missing, f"README's Layout does not name src/ modules {missing}"
+    package = PYTHON_DIR / "missionstream"
+    python = sorted(p.stem for p in package.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    missing = [m for m in python if f"`{m}`" not in layout]
+    assert not missing, f"README's Layout does not name Python modules {missing}"

@@ -147,7 +147,18 @@ def test_cli_tls_ca_file(front: Front, name: str) -> None:
     r = cli("list", "--json", "--url", front.url, MISSIONSTREAM_TLS_CA_FILE=str(front.ca_file))
     assert r.returncode == 0, r.stderr
     assert name in r.stdout
-    assert_clean_error(cli("list", "--url", front.url), "certificate not trusted")
+    # An untrusted certificate: the CLI's own option is named, never the library's function.
+    r = cli("list", "--url", front.url)
+    assert_clean_error(r, "certificate", "not trusted", "--tls-ca-file", "MISSIONSTREAM_TLS_CA_FILE")
+    assert r.returncode == 1 and "ms_" not in r.stderr, r.stderr
+    # A CA file that cannot be read is blamed on the option (or variable) that named it, not on --url.
+    missing = str(front.ca_file) + ".missing"
+    r = cli("list", "--url", front.url, "--tls-ca-file", missing)
+    assert_clean_error(r, "--tls-ca-file", missing, "cannot read it")
+    assert r.returncode == 2 and "--url" not in r.stderr, r.stderr
+    r = cli("list", "--url", front.url, MISSIONSTREAM_TLS_CA_FILE=missing)
+    assert_clean_error(r, "$MISSIONSTREAM_TLS_CA_FILE", missing)
+    assert r.returncode == 2, r.stderr
     r = cli("stop", name, "--url", front.url, "--tls-ca-file", str(front.ca_file), "--password", PW,
             "--leader-code", CODE)
     assert r.returncode == 0, r.stderr
