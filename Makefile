@@ -34,7 +34,7 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-ffi-valgrind stress-ffi test-c test-install test-python \
+.PHONY: all build deps deps-test test test-rust test-js test-ffi-valgrind stress-ffi test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
         bench bench-quick attack test-under-load soak mutants mutants-lib mutants-check clean
@@ -51,7 +51,7 @@ build: deps
 	$(CARGO) build --release
 
 test: deps-test build check-header fmt-check clippy mutants-check test-rust test-ffi-valgrind test-c test-install \
-      test-python bench-quick
+      test-python test-js bench-quick
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -80,6 +80,12 @@ test-install:
 test-python: deps-test build
 	@$(TEST_VENV)/bin/python -c 'import sys; print("Python suite: Python", sys.version.split()[0], "of", sys._base_executable, "in", sys.prefix)'
 	cd bindings/python && ../../$(TEST_VENV)/bin/python -m pytest -q tests
+
+# The JavaScript package (bindings/js) with Node's test runner: the
+# documented vectors, real Redis + Webdis, the Rust library both ways
+# (through the Python binding), npm pack and its README's example.
+test-js: deps-test build
+	cd bindings/js && node --test --test-concurrency=1 test/
 
 # build.rs generates the header into cargo's OUT_DIR; the committed copy
 # in include/ must equal it (make header refreshes it).
