@@ -1,0 +1,292 @@
+// The live plan view: lists the streams of the server this page comes
+// from, asks for a stream's password, and shows its plan as it changes.
+// QGroundControl .plan files are drawn (waypoints, geofence, rally
+// points); any other JSON is shown as a tree. The changes of the last
+// update are highlighted.
+import { Client, EventKind, Status } from "./missionstream/index.js";
+
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+
+// The server: this page's origin (the deploy front serves both), or
+// #server=URL in the address (another front that allows this origin).
+const hash = new URLSearchParams(location.hash.slice(1));
+const serverUrl = hash.get("server") || location.origin;
+const client = new Client(serverUrl, { post: hash.get("post") === "1" });
+
+const view = {
+  follower: null,
+  previous: null,
+  seq: -1,
+  updatedMs: 0,
+  renders: {}, // seq -> Date.now() when drawn
+  followers: new Map(), // followMany(): name -> {seq, data}
+  connection: "idle",
+};
+window.msView = view;
+
+function setBadge(el, text, cls) {
+  el.textContent = text;
+  el.className = "badge" + (cls ? " " + cls : "");
+}
+
+function setConnection(text, cls) {
+  view.connection = text;
+  setBadge($("conn"), text, cls);
+}
+
+// ------------------------------------------------------------ stream list
+
+async function refreshList() {
+  if (view.follower) return;
+  try {
+    const streams = await client.list();
+    const ul = $("streams");
+    ul.replaceChildren();
+    if (!streams.length) ul.innerHTML = '<li class="muted">no live stream</li>';
+    for (const s of streams) {
+      const li = document.createElement("li");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = `${s.name} · seq ${s.seq} · ${s.followers} follower${s.followers === 1 ? "" : "s"} · ${age(Date.now() - s.updatedMs)} ago`;
+      b.dataset.name = s.name;
+      b.onclick = () => { $("name").value = s.name; $("password").focus(); };
+      li.append(b);
+      ul.append(li);
+    }
+    $("error").textContent = "";
+  } catch (e) {
+    $("error").textContent = `cannot list the streams: ${e.message}`;
+  }
+}
+
+// ----------------------------------------------------------------- follow
+
+$("join").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const name = $("name").value;
+  const password = $("password").value;
+  $("error").textContent = "";
+  try {
+    await view.follow(name, password);
+    $("password").value = "";
+  } catch (e) {
+    $("error").textContent = e.status === Status.MS_ERR_BAD_PASSWORD ? "wrong password for this stream" : e.message;
+  }
+});
+
+$("leave").addEventListener("click", () => view.leave());
+
+view.follow = async function follow(name, password) {
+  if (view.follower) view.leave();
+  setConnection("connecting", "warn");
+  const f = await client.follow(name, password, { onEvent: onEvent });
+  view.follower = f;
+  view.previous = null;
+  view.seq = -1;
+  $("stream-name").textContent = name;
+  $("pick").hidden = true;
+  $("watch").hidden = false;
+  setBadge($("leader"), "leader online", "ok");
+  history.replaceState(null, "", "#" + new URLSearchParams({ ...Object.fromEntries(hash), stream: name }).toString());
+};
+
+view.leave = function leave() {
+  if (view.follower && !view.follower.ended) view.follower.disconnect();
+  view.follower = null;
+  $("watch").hidden = true;
+  $("pick").hidden = false;
+  setConnection("not following");
+  refreshList();
+};
+
+function onEvent(ev) {
+  switch (ev.kind) {
+    case EventKind.MS_EVENT_STATE:
+      setConnection("connected", "ok");
+      show(ev);
+      break;
+    case EventKind.MS_EVENT_CONNECTION_LOST:
+      setConnection("reconnecting", "warn");
+      break;
+    case EventKind.MS_EVENT_RECONNECTED:
+      setConnection("connected", "ok");
+      break;
+    case EventKind.MS_EVENT_LEADER_OFFLINE:
+      setBadge($("leader"), "leader offline", "bad");
+      break;
+    case EventKind.MS_EVENT_LEADER_ONLINE:
+      setBadge($("leader"), "leader online", "ok");
+      break;
+    case EventKind.MS_EVENT_ENDED:
+      setConnection("stream ended", "bad");
+      break;
+  }
+}
+
+/** Follows several streams at once (no drawing): their newest seq and state. */
+view.followMany = async function followMany(names, password) {
+  await Promise.all(names.map(async (name) => {
+    const entry = { seq: -1, data: null, at: 0 };
+    view.followers.set(name, entry);
+    await client.follow(name, password, {
+      onEvent: (ev) => {
+        if (ev.kind === EventKind.MS_EVENT_STATE) Object.assign(entry, { seq: ev.seq, data: ev.data, at: Date.now() });
+      },
+    });
+  }));
+};
+
+// --------------------------------------------------------------- drawing
+
+function show(ev) {
+  let doc;
+  try { doc = JSON.parse(ev.data); } catch { doc = ev.data; }
+  view.seq = ev.seq;
+  view.updatedMs = ev.updatedMs;
+  $("seq").textContent = String(ev.seq);
+  if (isPlan(doc)) {
+    $("tree").hidden = true;
+    $("plan").hidden = false;
+    drawPlan(doc, isPlan(view.previous) ? view.previous : null);
+  } else {
+    $("plan").hidden = true;
+    $("tree").hidden = false;
+    drawTree(doc, view.previous);
+  }
+  view.previous = doc;
+  view.renders[ev.seq] = Date.now();
+  tickAge();
+}
+
+const isPlan = (d) => d && typeof d === "object" && d.fileType === "Plan" && d.mission && Array.isArray(d.mission.items);
+
+const COMMANDS = { 16: "waypoint", 17: "loiter", 19: "loiter time", 20: "return", 21: "land", 22: "takeoff", 82: "spline waypoint", 178: "speed", 206: "camera trigger", 530: "camera mode" };
+
+/** The items of a plan with a position: {n, lat, lon, alt, command, item}. */
+export function planPoints(plan) {
+  const out = [];
+  plan.mission.items.forEach((item, index) => {
+    const p = item && item.params;
+    if (!Array.isArray(p) || item.type !== "SimpleItem") return;
+    const lat = p[4], lon = p[5];
+    if (typeof lat !== "number" || typeof lon !== "number" || (lat === 0 && lon === 0) || Math.abs(lat) > 90 || Math.abs(lon) > 180) return;
+    out.push({ n: item.doJumpId ?? index + 1, index, lat, lon, alt: item.Altitude ?? p[6], command: item.command });
+  });
+  return out;
+}
+
+function drawPlan(plan, prev) {
+  const pts = planPoints(plan);
+  const prevItems = prev ? prev.mission.items : [];
+  const changed = (i) => !prev || JSON.stringify(plan.mission.items[i]) !== JSON.stringify(prevItems[i]);
+  const fence = plan.geoFence || {};
+  const circles = (fence.circles || []).filter((c) => c && c.circle && Array.isArray(c.circle.center));
+  const polygons = (fence.polygons || []).filter((p) => p && Array.isArray(p.polygon));
+  const rally = ((plan.rallyPoints || {}).points || []).filter(Array.isArray);
+  const home = Array.isArray(plan.mission.plannedHomePosition) ? plan.mission.plannedHomePosition : null;
+
+  // Equirectangular projection around the plan, fitted into 1000 x 700.
+  const all = [...pts.map((p) => [p.lat, p.lon]), ...rally, ...polygons.flatMap((p) => p.polygon)];
+  if (home) all.push(home);
+  for (const c of circles) {
+    const d = (c.circle.radius || 0) / 111320;
+    all.push([c.circle.center[0] - d, c.circle.center[1]], [c.circle.center[0] + d, c.circle.center[1]]);
+  }
+  const good = all.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]));
+  const lat0 = good.length ? good.reduce((a, p) => a + p[0], 0) / good.length : 0;
+  const k = Math.cos((lat0 * Math.PI) / 180) || 1;
+  const xs = good.map((p) => p[1] * k), ys = good.map((p) => -p[0]);
+  const minX = Math.min(...xs), maxX = Math.max(...xs), minY = Math.min(...ys), maxY = Math.max(...ys);
+  const span = Math.max(maxX - minX, (maxY - minY) * (1000 / 700), 1e-9);
+  const scale = 940 / span;
+  const ox = 500 - ((minX + maxX) / 2) * scale, oy = 350 - ((minY + maxY) / 2) * scale;
+  const X = (lon) => (lon * k * scale + ox).toFixed(1);
+  const Y = (lat) => (-lat * scale + oy).toFixed(1);
+
+  const svg = $("map");
+  const el = (tag, attrs, parent = svg) => {
+    const e = document.createElementNS(SVG, tag);
+    for (const [a, v] of Object.entries(attrs)) e.setAttribute(a, v);
+    parent.append(e);
+    return e;
+  };
+  svg.replaceChildren();
+  for (const c of circles) {
+    el("circle", { class: "fence" + (c.inclusion === false ? " exclusion" : ""), cx: X(c.circle.center[1]), cy: Y(c.circle.center[0]), r: (((c.circle.radius || 0) / 111320) * scale).toFixed(1) });
+  }
+  for (const p of polygons) {
+    el("polygon", { class: "fence" + (p.inclusion === false ? " exclusion" : ""), points: p.polygon.map((q) => `${X(q[1])},${Y(q[0])}`).join(" ") });
+  }
+  el("polyline", { class: "path", points: pts.map((p) => `${X(p.lon)},${Y(p.lat)}`).join(" ") });
+  if (home) el("rect", { class: "home", x: X(home[1]) - 5, y: Y(home[0]) - 5, width: 10, height: 10 });
+  for (const r of rally) el("circle", { class: "rally", cx: X(r[1]), cy: Y(r[0]), r: 6 });
+  const rows = [];
+  for (const p of pts) {
+    const ch = changed(p.index);
+    const g = el("g", { class: "wp" + (ch && prev ? " changed" : ""), "data-n": p.n, "data-lat": p.lat, "data-lon": p.lon, "data-alt": p.alt });
+    el("circle", { cx: X(p.lon), cy: Y(p.lat), r: ch && prev ? 10 : 8 }, g);
+    const t = el("text", { x: X(p.lon), y: Y(p.lat) }, g);
+    t.textContent = String(p.n);
+    el("title", {}, g).textContent = `#${p.n} ${COMMANDS[p.command] || "command " + p.command}: ${p.lat}, ${p.lon}, ${p.alt} m`;
+    const tr = document.createElement("tr");
+    if (ch && prev) tr.className = "changed";
+    for (const v of [p.n, COMMANDS[p.command] || String(p.command), p.lat.toFixed(7), p.lon.toFixed(7), p.alt]) {
+      const td = document.createElement("td");
+      td.textContent = String(v);
+      tr.append(td);
+    }
+    rows.push(tr);
+  }
+  $("items").tBodies[0].replaceChildren(...rows);
+}
+
+function drawTree(doc, prev) {
+  const node = (value, old, key, path) => {
+    const li = document.createElement("li");
+    const changed = prev !== null && JSON.stringify(value) !== JSON.stringify(old);
+    if (changed) li.className = "changed";
+    li.dataset.path = path;
+    if (key !== null) {
+      const k = document.createElement("span");
+      k.className = "key";
+      k.textContent = key + ": ";
+      li.append(k);
+    }
+    if (value && typeof value === "object") {
+      const ul = document.createElement("ul");
+      const entries = Array.isArray(value) ? value.map((v, i) => [String(i), v]) : Object.entries(value);
+      const o = old && typeof old === "object" ? old : {};
+      for (const [kk, v] of entries) ul.append(node(v, o[kk], kk, path + "/" + kk));
+      const v = document.createElement("span");
+      v.className = "v";
+      v.textContent = Array.isArray(value) ? `[${value.length}]` : "{}";
+      li.append(v, ul);
+    } else {
+      const v = document.createElement("span");
+      v.className = "v";
+      v.textContent = JSON.stringify(value);
+      li.append(v);
+    }
+    return li;
+  };
+  const ul = document.createElement("ul");
+  ul.append(node(doc, prev === null ? undefined : prev, null, ""));
+  $("tree").replaceChildren(ul);
+}
+
+function age(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+}
+
+function tickAge() {
+  if (view.follower && view.updatedMs) $("age").textContent = age(Date.now() - view.updatedMs);
+}
+
+setInterval(tickAge, 1000);
+setInterval(refreshList, 5000);
+refreshList();
+if (hash.get("stream")) $("name").value = hash.get("stream");
