@@ -34,7 +34,7 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-js test-ffi-valgrind stress-ffi test-c test-install test-python \
+.PHONY: all build deps deps-test test test-rust test-js test-view test-ffi-valgrind stress-ffi test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
         bench bench-quick attack test-under-load soak mutants mutants-lib mutants-check clean
@@ -51,7 +51,7 @@ build: deps
 	$(CARGO) build --release
 
 test: deps-test build check-header fmt-check clippy mutants-check test-rust test-ffi-valgrind test-c test-install \
-      test-python test-js bench-quick
+      test-python test-js test-view bench-quick
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -89,6 +89,14 @@ NODE_MAJOR = $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null |
 test-js: deps-test build
 	cd bindings/js && NODE_OPTIONS="$(if $(filter 18 19,$(NODE_MAJOR)),--experimental-global-webcrypto)" \
 	  node --test --test-concurrency=1 test/
+
+# The live plan view (web/view) in a headless Chromium, served by
+# deploy/nginx-view.conf (TLS, HTTP/2) in front of Webdis, following a
+# stream the library leads, then 20 streams at once. Screenshot and
+# latency figures: target/js-view/.
+test-view: deps-test build
+	NODE_OPTIONS="$(if $(filter 18 19,$(NODE_MAJOR)),--experimental-global-webcrypto)" \
+	  node --test --test-concurrency=1 web/test/view.test.js
 
 # build.rs generates the header into cargo's OUT_DIR; the committed copy
 # in include/ must equal it (make header refreshes it).

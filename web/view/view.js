@@ -20,6 +20,7 @@ const view = {
   seq: -1,
   updatedMs: 0,
   renders: {}, // seq -> Date.now() when drawn
+  received: {}, // seq -> Date.now() when the state reached the page
   followers: new Map(), // followMany(): name -> {seq, data}
   connection: "idle",
 };
@@ -103,6 +104,7 @@ view.leave = function leave() {
 function onEvent(ev) {
   switch (ev.kind) {
     case EventKind.MS_EVENT_STATE:
+      view.received[ev.seq] = ev.receivedAt;
       setConnection("connected", "ok");
       show(ev);
       break;
