@@ -1,5 +1,6 @@
 # missionstream — build, test, demo, benchmark.
-#   make demo    a leader and a follower on a local Redis + Webdis
+#   make demo    a leader and a follower on a local Redis + Webdis; prints the
+#                URL of the live plan view where its survey plan can be watched
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
 #   make bench   the performance figures beside their baselines
@@ -122,8 +123,11 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
+# The demo's survey plan stays live DEMO_WATCH seconds after its checks,
+# one waypoint dragged a second, for the live plan view whose URL it prints.
+DEMO_WATCH ?= 60
 demo: build
-	PYTHON="$(PYTHON)" scripts/demo.sh
+	PYTHON="$(PYTHON)" scripts/demo.sh --watch $(DEMO_WATCH)
 
 demo-ha: build
 	PYTHON="$(PYTHON)" scripts/demo-ha.sh

@@ -83,7 +83,7 @@ export async function launch() {
       }
     },
     async screenshot() {
-      const { data } = await s("Page.captureScreenshot", { format: "png", captureBeyondViewport: true });
+      const { data } = await s("Page.captureScreenshot", { format: "png" });
       return Buffer.from(data, "base64");
     },
     async close() {

@@ -191,7 +191,10 @@ function drawPlan(plan, prev) {
   // Equirectangular projection around the plan, fitted into 1000 x 700.
   const all = [...pts.map((p) => [p.lat, p.lon]), ...rally, ...polygons.flatMap((p) => p.polygon)];
   if (home) all.push(home);
+  // Inclusion circles usually dwarf the mission: fitted only when there is
+  // nothing else to fit (they are drawn anyway, clipped).
   for (const c of circles) {
+    if (pts.length && c.inclusion !== false) continue;
     const d = (c.circle.radius || 0) / 111320;
     all.push([c.circle.center[0] - d, c.circle.center[1]], [c.circle.center[0] + d, c.circle.center[1]]);
   }
@@ -223,13 +226,22 @@ function drawPlan(plan, prev) {
   el("polyline", { class: "path", points: pts.map((p) => `${X(p.lon)},${Y(p.lat)}`).join(" ") });
   if (home) el("rect", { class: "home", x: X(home[1]) - 5, y: Y(home[0]) - 5, width: 10, height: 10 });
   for (const r of rally) el("circle", { class: "rally", cx: X(r[1]), cy: Y(r[0]), r: 6 });
+  // Marker size from the spacing of consecutive waypoints; numbers only
+  // where they fit (and on changed waypoints).
+  const gaps = [];
+  for (let i = 1; i < pts.length; i++) gaps.push(Math.hypot((pts[i].lon - pts[i - 1].lon) * k * scale, (pts[i].lat - pts[i - 1].lat) * scale));
+  gaps.sort((a, b) => a - b);
+  const gap = gaps.length ? gaps[Math.floor(gaps.length / 2)] : 40;
+  const r0 = Math.max(3, Math.min(9, gap / 2.4));
   const rows = [];
   for (const p of pts) {
     const ch = changed(p.index);
     const g = el("g", { class: "wp" + (ch && prev ? " changed" : ""), "data-n": p.n, "data-lat": p.lat, "data-lon": p.lon, "data-alt": p.alt });
-    el("circle", { cx: X(p.lon), cy: Y(p.lat), r: ch && prev ? 10 : 8 }, g);
-    const t = el("text", { x: X(p.lon), y: Y(p.lat) }, g);
-    t.textContent = String(p.n);
+    el("circle", { cx: X(p.lon), cy: Y(p.lat), r: ch && prev ? Math.max(r0 + 3, 10) : r0 }, g);
+    if (r0 >= 7 || (ch && prev)) {
+      const t = el("text", { x: X(p.lon), y: Y(p.lat), "font-size": Math.min(11, Math.max(r0, 10) * (String(p.n).length > 2 ? 0.95 : 1.2)).toFixed(1) }, g);
+      t.textContent = String(p.n);
+    }
     el("title", {}, g).textContent = `#${p.n} ${COMMANDS[p.command] || "command " + p.command}: ${p.lat}, ${p.lon}, ${p.alt} m`;
     const tr = document.createElement("tr");
     if (ch && prev) tr.className = "changed";
@@ -241,6 +253,10 @@ function drawPlan(plan, prev) {
     rows.push(tr);
   }
   $("items").tBodies[0].replaceChildren(...rows);
+  // The first changed row scrolls into the table's view (not the page's).
+  const first = rows.find((r) => r.className === "changed");
+  const box = $("items-box");
+  if (first && prev) box.scrollTop = Math.max(0, first.offsetTop - box.clientHeight / 2);
 }
 
 function drawTree(doc, prev) {
