@@ -11,6 +11,8 @@
 # without, plain HTTP/1.1 on 127.0.0.1 (a loopback page is a secure context
 # to browsers, so WebCrypto works: the demo's way). DIR/view.env:
 #   VIEW_URL=http(s)://127.0.0.1:PORT/view/   VIEW_PORT=PORT
+# MS_VIEW_ORIGINS="https://a.example https://localhost:PORT" allows more web
+# origins (PORT: this front's port) beside those of nginx-webdis.conf.
 # MS_NGINX names another nginx than the one on PATH (or /usr/sbin/nginx).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,6 +36,14 @@ main = open(f"{here}/deploy/nginx-webdis.conf").read()
 # The http-level part of nginx-webdis.conf: upstream, maps, log format, zones.
 pre = main[: main.index("\nserver {")]
 pre = re.sub(r"server 127\.0\.0\.1:\d+;", f"server 127.0.0.1:{wport};", pre)
+# MS_VIEW_ORIGINS: more web origins allowed (space-separated; PORT stands
+# for this front's port), added to the origin list.
+import os
+extra = os.environ.get("MS_VIEW_ORIGINS", "").replace("PORT", port).split()
+if extra:
+    anchor = '    ""                                      none;\n'
+    assert anchor in pre, "nginx-webdis.conf changed shape: update scripts/view.sh"
+    pre = pre.replace(anchor, anchor + "".join(f'    "{o}" allowed;\n' for o in extra))
 out = []
 for line in open(f"{here}/deploy/nginx-view.conf").read().splitlines():
     t = line.strip()

@@ -63,9 +63,15 @@ export async function launch() {
     console: consoleLines,
     on(fn) { listeners.push(fn); },
     async goto(url) {
-      const loaded = new Promise((r) => listeners.push((m) => { if (m.method === "Page.loadEventFired") r(); }));
+      // (A URL that differs only in its #fragment is no new document: go by about:blank.)
+      await s("Page.navigate", { url: "about:blank" });
+      let t;
+      const loaded = new Promise((r, j) => {
+        listeners.push((m) => { if (m.method === "Page.loadEventFired") r(); });
+        t = setTimeout(() => j(new Error(`${url} did not load within 20 s`)), 20000);
+      });
       await s("Page.navigate", { url });
-      await loaded;
+      await loaded.finally(() => clearTimeout(t));
     },
     /** Evaluates an expression in the page (awaiting a promise); returns its JSON value. */
     async eval(expression) {

@@ -23,9 +23,11 @@ before(async () => {
   srv = startServer();
   // A self-signed certificate for 127.0.0.1 (Chromium runs with --ignore-certificate-errors).
   execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", `${srv.dir}/view.key`, "-out", `${srv.dir}/view.crt`], { stdio: "ignore" });
+    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", `${srv.dir}/view.key`, "-out", `${srv.dir}/view.crt`], { stdio: "ignore" });
   const port = /WEBDIS_PORT=(\d+)/.exec(readFileSync(`${srv.dir}/env`, "utf8"))[1];
-  execFileSync(path.join(REPO, "scripts", "view.sh"), ["start", srv.dir, port, `${srv.dir}/view.crt`, `${srv.dir}/view.key`], { stdio: "inherit" });
+  // https://localhost:PORT is another origin than https://127.0.0.1:PORT: allowed, for the cross-origin test.
+  execFileSync(path.join(REPO, "scripts", "view.sh"), ["start", srv.dir, port, `${srv.dir}/view.crt`, `${srv.dir}/view.key`],
+    { stdio: "inherit", env: { ...process.env, MS_VIEW_ORIGINS: "https://localhost:PORT" } });
   viewUrl = /VIEW_URL=(\S+)/.exec(readFileSync(`${srv.dir}/view.env`, "utf8"))[1];
   browser = await launch();
   mkdirSync(OUT, { recursive: true });
@@ -188,6 +190,41 @@ test("one page follows 20 streams at once, every SUBSCRIBE on one HTTP/2 connect
     writeFileSync(path.join(OUT, "latency.json"), JSON.stringify(row, null, 2) + "\n");
     console.log(`20 streams in one page: joined in ${joined} ms, one update of each seen in ${all} ms`);
     await Promise.all(leaders.map((l) => l.stop()));
+  } finally {
+    await c.close();
+  }
+});
+
+test("a page of another allowed origin calls by POST (text/plain) without one preflight; by PUT it is preflighted", async () => {
+  const c = new Client(srv.url, { iterations: 100000, heartbeatMs: 1000 });
+  const name = uniqueName("cors");
+  const log = `${srv.dir}/view/access.log`;
+  const count = (method) => readFileSync(log, "utf8").split("\n").filter((l) => l.includes(` ${method} `)).length;
+  const other = viewUrl.replace("127.0.0.1", "localhost");
+  const server = new URL(viewUrl).origin;
+  try {
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ step: 1 });
+    await leader.flush();
+    for (const post of [true, false]) {
+      const options0 = count("OPTIONS"), posts0 = count("POST");
+      await browser.goto(`${other}#server=${encodeURIComponent(server)}&post=${post ? 1 : 0}`);
+      await browser.waitFor(`[...document.querySelectorAll('#streams button')].some(b => b.dataset.name === ${JSON.stringify(name)})`);
+      await browser.eval(`document.getElementById('name').value = ${JSON.stringify(name)}; document.getElementById('password').value = 'pw'; document.getElementById('join').requestSubmit(); 1`);
+      await browser.waitFor(`window.msView.seq >= 1`);
+      leader.publish({ step: post ? 2 : 3 });
+      await leader.flush();
+      await browser.waitFor(`window.msView.seq === ${post ? 2 : 3}`);
+      await browser.eval(`window.msView.leave(); 1`);
+      await new Promise((r) => setTimeout(r, 300)); // nginx logs a SUBSCRIBE when it ends
+      if (post) {
+        assert.equal(count("OPTIONS") - options0, 0, "no preflight with POST text/plain");
+        assert.ok(count("POST") - posts0 >= 3, "the calls came by POST");
+      } else {
+        assert.ok(count("OPTIONS") - options0 >= 3, "PUT from another origin is preflighted (the test can see preflights)");
+      }
+    }
+    await leader.stop();
   } finally {
     await c.close();
   }
