@@ -97,7 +97,7 @@ test-js: deps-test build
 # latency figures: target/js-view/.
 test-view: deps-test build
 	NODE_OPTIONS="$(if $(filter 18 19,$(NODE_MAJOR)),--experimental-global-webcrypto)" \
-	  node --test --test-concurrency=1 web/test/view.test.js
+	  node --test --test-concurrency=1 web/test/front.test.js web/test/view.test.js
 
 # build.rs generates the header into cargo's OUT_DIR; the committed copy
 # in include/ must equal it (make header refreshes it).
