@@ -72,6 +72,8 @@ export async function launch() {
       });
       await s("Page.navigate", { url });
       await loaded.finally(() => clearTimeout(t));
+      // (The load event of about:blank may come late: wait for this URL's document.)
+      await this.waitFor(`location.href === ${JSON.stringify(url)} && document.readyState === "complete"`);
     },
     /** Evaluates an expression in the page (awaiting a promise); returns its JSON value. */
     async eval(expression) {

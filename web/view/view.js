@@ -84,6 +84,7 @@ view.follow = async function follow(name, password) {
   const f = await client.follow(name, password, { onEvent: onEvent });
   view.follower = f;
   view.previous = null;
+  view.layout = null;
   view.seq = -1;
   $("stream-name").textContent = name;
   $("pick").hidden = true;
@@ -154,6 +155,7 @@ function show(ev) {
   } else {
     $("plan").hidden = true;
     $("tree").hidden = false;
+    view.layout = null;
     drawTree(doc, view.previous);
   }
   view.previous = doc;
@@ -187,6 +189,7 @@ function drawPlan(plan, prev) {
   const polygons = (fence.polygons || []).filter((p) => p && Array.isArray(p.polygon));
   const rally = ((plan.rallyPoints || {}).points || []).filter(Array.isArray);
   const home = Array.isArray(plan.mission.plannedHomePosition) ? plan.mission.plannedHomePosition : null;
+  if (prev && updatePlan(plan, pts, changed)) return;
 
   // Equirectangular projection around the plan, fitted into 1000 x 700.
   const all = [...pts.map((p) => [p.lat, p.lon]), ...rally, ...polygons.flatMap((p) => p.polygon)];
@@ -234,29 +237,75 @@ function drawPlan(plan, prev) {
   const gap = gaps.length ? gaps[Math.floor(gaps.length / 2)] : 40;
   const r0 = Math.max(3, Math.min(9, gap / 2.4));
   const rows = [];
+  const layout = { X, Y, r0, n: pts.length, extras: extrasOf(plan), nodes: [], highlighted: [] };
   for (const p of pts) {
     const ch = changed(p.index);
     const g = el("g", { class: "wp" + (ch && prev ? " changed" : ""), "data-n": p.n, "data-lat": p.lat, "data-lon": p.lon, "data-alt": p.alt });
-    el("circle", { cx: X(p.lon), cy: Y(p.lat), r: ch && prev ? Math.max(r0 + 3, 10) : r0 }, g);
-    if (r0 >= 7 || (ch && prev)) {
-      const t = el("text", { x: X(p.lon), y: Y(p.lat), "font-size": Math.min(11, Math.max(r0, 10) * (String(p.n).length > 2 ? 0.95 : 1.2)).toFixed(1) }, g);
-      t.textContent = String(p.n);
-    }
-    el("title", {}, g).textContent = `#${p.n} ${COMMANDS[p.command] || "command " + p.command}: ${p.lat}, ${p.lon}, ${p.alt} m`;
+    const circle = el("circle", {}, g);
+    const text = el("text", { "font-size": Math.min(11, Math.max(r0, 10) * (String(p.n).length > 2 ? 0.95 : 1.2)).toFixed(1) }, g);
+    text.textContent = String(p.n);
+    const title = el("title", {}, g);
     const tr = document.createElement("tr");
-    if (ch && prev) tr.className = "changed";
-    for (const v of [p.n, COMMANDS[p.command] || String(p.command), p.lat.toFixed(7), p.lon.toFixed(7), p.alt]) {
-      const td = document.createElement("td");
-      td.textContent = String(v);
-      tr.append(td);
-    }
+    for (let i = 0; i < 5; i++) tr.append(document.createElement("td"));
+    const node = { g, circle, text, title, tr, index: p.index };
+    layout.nodes.push(node);
+    setPoint(layout, node, p, ch && !!prev);
     rows.push(tr);
   }
+  layout.path = svg.querySelector(".path");
+  view.layout = layout;
   $("items").tBodies[0].replaceChildren(...rows);
   // The first changed row scrolls into the table's view (not the page's).
   const first = rows.find((r) => r.className === "changed");
   const box = $("items-box");
   if (first && prev) box.scrollTop = Math.max(0, first.offsetTop - box.clientHeight / 2);
+}
+
+const extrasOf = (plan) => JSON.stringify([plan.geoFence, plan.rallyPoints, plan.mission.plannedHomePosition]);
+
+/** Draws waypoint `p` on its node: position, number, title, table row, highlight. */
+function setPoint(layout, node, p, highlight) {
+  const { X, Y, r0 } = layout;
+  node.g.setAttribute("class", "wp" + (highlight ? " changed" : ""));
+  for (const [k, v] of [["n", p.n], ["lat", p.lat], ["lon", p.lon], ["alt", p.alt]]) node.g.dataset[k] = String(v);
+  node.circle.setAttribute("cx", X(p.lon));
+  node.circle.setAttribute("cy", Y(p.lat));
+  node.circle.setAttribute("r", highlight ? Math.max(r0 + 3, 10) : r0);
+  node.text.setAttribute("x", X(p.lon));
+  node.text.setAttribute("y", Y(p.lat));
+  node.text.style.display = r0 >= 7 || highlight ? "" : "none";
+  node.text.textContent = String(p.n);
+  node.title.textContent = `#${p.n} ${COMMANDS[p.command] || "command " + p.command}: ${p.lat}, ${p.lon}, ${p.alt} m`;
+  node.tr.className = highlight ? "changed" : "";
+  const cells = node.tr.children;
+  [p.n, COMMANDS[p.command] || String(p.command), p.lat.toFixed(7), p.lon.toFixed(7), p.alt].forEach((v, i) => { cells[i].textContent = String(v); });
+  if (highlight) layout.highlighted.push(node);
+}
+
+/** Updates the drawing in place when only waypoints moved within it; false when it must be drawn anew. */
+function updatePlan(plan, pts, changed) {
+  const L = view.layout;
+  if (!L || L.n !== pts.length || L.extras !== extrasOf(plan)) return false;
+  for (let i = 0; i < pts.length; i++) {
+    const p = pts[i];
+    if (L.nodes[i].index !== p.index) return false;
+    const x = +L.X(p.lon), y = +L.Y(p.lat);
+    if (!(x >= 0 && x <= 1000 && y >= 0 && y <= 700)) return false;
+  }
+  const before = L.highlighted;
+  L.highlighted = [];
+  const touched = new Set();
+  pts.forEach((p, i) => {
+    if (changed(p.index)) { setPoint(L, L.nodes[i], p, true); touched.add(L.nodes[i]); }
+  });
+  pts.forEach((p, i) => {
+    if (before.includes(L.nodes[i]) && !touched.has(L.nodes[i])) setPoint(L, L.nodes[i], p, false);
+  });
+  L.path.setAttribute("points", pts.map((p) => `${L.X(p.lon)},${L.Y(p.lat)}`).join(" "));
+  const first = L.highlighted[0];
+  const box = $("items-box");
+  if (first) box.scrollTop = Math.max(0, first.tr.offsetTop - box.clientHeight / 2);
+  return true;
 }
 
 function drawTree(doc, prev) {
