@@ -131,6 +131,8 @@ export class Follower extends Session {
   /** Whether the subscription is working. */
   readonly connected: boolean;
   readonly active: boolean;
+  /** Resolves true once a state of seq >= `seq` arrived (read or not), false after timeoutMs or at the end. */
+  waitFor(seq: number, timeoutMs?: number): Promise<boolean>;
   /** The newest state parsed as JSON. */
   json(): unknown;
   /** Stops following (no MS_EVENT_ENDED). */

@@ -890,6 +890,7 @@ export class Follower extends Session {
     this.ctl = null;
     this.held = new Map();
     this.chain = Promise.resolve();
+    this.seqWaiters = new Set();
     this.timer = setInterval(() => this.watch(), 100);
   }
 
@@ -1124,6 +1125,23 @@ export class Follower extends Session {
     this.latestBytes = bytes || encoder.encode(text);
     this.updatedMs = updatedMs;
     this.emit(EventKind.MS_EVENT_STATE, { data: text, seq, updatedMs });
+    this.wakeSeqWaiters(false);
+  }
+
+  /** Resolves true once a state of seq >= `seq` arrived (read or not), false after timeoutMs or at the end. */
+  waitFor(seq, timeoutMs) {
+    if (this.seq >= seq) return Promise.resolve(true);
+    if (this.ended) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const w = (ok) => { clearTimeout(t); this.seqWaiters.delete(w); resolve(ok); };
+      w.seq = seq;
+      const t = timeoutMs == null ? null : setTimeout(() => w(false), timeoutMs);
+      this.seqWaiters.add(w);
+    });
+  }
+
+  wakeSeqWaiters(all) {
+    for (const w of [...this.seqWaiters]) if (all || this.seq >= w.seq) w(!all || this.seq >= w.seq);
   }
 
   /** The newest state parsed as JSON (null before the first). */
@@ -1168,6 +1186,7 @@ export class Follower extends Session {
     if (this.ctl) this.ctl.abort();
     this.emit(EventKind.MS_EVENT_ENDED, {});
     this.queue.close();
+    this.wakeSeqWaiters(true);
     this.client.sessions.delete(this);
   }
 
@@ -1184,5 +1203,6 @@ export class Follower extends Session {
     clearInterval(this.timer);
     if (this.ctl) this.ctl.abort();
     this.queue.close();
+    this.wakeSeqWaiters(true);
   }
 }
