@@ -168,3 +168,49 @@ test("presence: the leader goes offline when silent and online again; a killed W
     own.stop();
   }
 });
+
+test("wrong passwords in a burst are throttled (MS_ERR_THROTTLED with the wait in the message)", async () => {
+  const c = new Client(srv.url, opts);
+  const name = uniqueName("throttle");
+  try {
+    const leader = await c.start(name, "pw", "code");
+    const statuses = [];
+    for (let i = 0; i < 8; i++) {
+      const g = new Client(srv.url, opts);
+      try { await g.follow(name, `wrong-${i}`); } catch (e) { statuses.push(e.status); if (e.status === Status.MS_ERR_THROTTLED) assert.match(e.message, /retry in \d+ ms/); }
+    }
+    assert.ok(statuses.slice(0, 5).every((s) => s === Status.MS_ERR_BAD_PASSWORD), JSON.stringify(statuses));
+    assert.ok(statuses.includes(Status.MS_ERR_THROTTLED), JSON.stringify(statuses));
+    await leader.stop();
+  } finally {
+    await c.close();
+  }
+});
+
+test("a stream stopped while its follower's Webdis is down ends the follow once Webdis is back", async () => {
+  const own = startServer();
+  const lc = new Client(own.url, opts);
+  const fc = new Client(own.url, opts);
+  const name = uniqueName("gone");
+  const { readFileSync } = await import("node:fs");
+  const { spawn, execFileSync } = await import("node:child_process");
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    const f = await fc.follow(name, "pw");
+    await waitEvent(f, isState(0));
+    const pid = Number(readFileSync(`${own.dir}/webdis.pid`, "utf8"));
+    process.kill(pid, "SIGKILL");
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_CONNECTION_LOST, 10000);
+    // Stopped behind the follower's back: straight in Redis, as an expiry would.
+    own.redis("DEL", `stream:${name}`);
+    const w = spawn("webdis", [`${own.dir}/webdis.json`], { stdio: "ignore" });
+    execFileSync("sh", ["-c", `echo ${w.pid} > ${own.dir}/webdis.pid`]);
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_ENDED, 20000);
+    assert.equal(f.ended, true);
+    clearInterval(leader.hbTimer);
+  } finally {
+    await lc.close();
+    await fc.close();
+    own.stop();
+  }
+});
