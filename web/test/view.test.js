@@ -229,3 +229,35 @@ test("a page of another allowed origin calls by POST (text/plain) without one pr
     await c.close();
   }
 });
+
+test("any other JSON is a tree with the changed paths highlighted; the leader going silent shows offline; it fits a phone screen", async () => {
+  const c = new Client(srv.url, { iterations: 100000, heartbeatMs: 300 });
+  const name = uniqueName("tree");
+  try {
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ vehicle: { mode: "AUTO", battery: 87 }, notes: ["a", "b"] });
+    await leader.flush();
+    await browser.send("Emulation.setDeviceMetricsOverride", { width: 390, height: 844, deviceScaleFactor: 2, mobile: true });
+    await browser.goto(viewUrl);
+    await browser.eval(`window.msView.follow(${JSON.stringify(name)}, 'pw').then(() => true)`);
+    await browser.waitFor(`window.msView.seq === 1 && !document.getElementById('tree').hidden`);
+    leader.publish({ vehicle: { mode: "RTL", battery: 87 }, notes: ["a", "b"] });
+    await leader.flush();
+    await browser.waitFor(`window.msView.seq === 2`);
+    const changed = await browser.eval(`[...document.querySelectorAll('#tree li.changed')].map(li => li.dataset.path)`);
+    assert.deepEqual(changed, ["", "/vehicle", "/vehicle/mode"]);
+    assert.equal(await browser.eval(`document.querySelector('#tree li[data-path="/vehicle/mode"] > .v').textContent`), '"RTL"');
+    assert.ok(await browser.eval(`document.documentElement.scrollWidth <= 390`), "no horizontal scrolling on a phone");
+    writeFileSync(path.join(OUT, "view-phone.png"), await browser.screenshot());
+    // The leader's client goes silent: offline after three intervals, online with its next state.
+    clearInterval(leader.hbTimer);
+    await browser.waitFor(`document.getElementById('leader').textContent === 'leader offline'`, 10000);
+    leader.publish({ vehicle: { mode: "RTL", battery: 86 }, notes: ["a", "b"] });
+    await leader.flush();
+    await browser.waitFor(`document.getElementById('leader').textContent === 'leader online' && window.msView.seq === 3`, 10000);
+    await leader.stop();
+  } finally {
+    await browser.send("Emulation.clearDeviceMetricsOverride");
+    await c.close();
+  }
+});
