@@ -3,6 +3,10 @@
 #                URL of the live plan view where its survey plan can be watched
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
+#   make test-js    the JavaScript package (bindings/js): node --test against
+#                real Redis + Webdis and the library both ways, npm pack
+#   make test-view  the live plan view (web/view) in a headless Chromium behind
+#                deploy/nginx-view.conf (TLS, HTTP/2); screenshot in target/js-view/
 #   make bench   the performance figures beside their baselines
 #   make test-under-load   make test RUNS (5) times in a row under stress-ng
 #   make attack  the attacks of docs/SECURITY.md ("Availability", "The TLS
@@ -85,19 +89,20 @@ test-python: deps-test build
 # The JavaScript package (bindings/js) with Node's test runner: the
 # documented vectors, real Redis + Webdis, the Rust library both ways
 # (through the Python binding), npm pack and its README's example.
-# Node 18 (Debian 12's) has WebCrypto's global only behind a flag.
+# Node 18 (Debian 12's) has WebCrypto's global only behind a flag, and
+# no --test-concurrency (its runner takes one file at a time here anyway).
 NODE_MAJOR = $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+NODE_ENV_FLAGS = NODE_OPTIONS="$(if $(filter 18 19,$(NODE_MAJOR)),--experimental-global-webcrypto)"
+NODE_TEST = node --test $(if $(filter 18 19,$(NODE_MAJOR)),,--test-concurrency=1)
 test-js: deps-test build
-	cd bindings/js && NODE_OPTIONS="$(if $(filter 18 19,$(NODE_MAJOR)),--experimental-global-webcrypto)" \
-	  node --test --test-concurrency=1 test/
+	cd bindings/js && $(NODE_ENV_FLAGS) $(NODE_TEST) test/*.test.js
 
 # The live plan view (web/view) in a headless Chromium, served by
 # deploy/nginx-view.conf (TLS, HTTP/2) in front of Webdis, following a
 # stream the library leads, then 20 streams at once. Screenshot and
 # latency figures: target/js-view/.
 test-view: deps-test build
-	NODE_OPTIONS="$(if $(filter 18 19,$(NODE_MAJOR)),--experimental-global-webcrypto)" \
-	  node --test --test-concurrency=1 web/test/front.test.js web/test/view.test.js
+	$(NODE_ENV_FLAGS) $(NODE_TEST) web/test/front.test.js web/test/view.test.js
 
 # build.rs generates the header into cargo's OUT_DIR; the committed copy
 # in include/ must equal it (make header refreshes it).
