@@ -671,7 +671,7 @@ export class Leader extends Session {
           this.end(e);
           return;
         }
-        if (!this.pending) this.pending = item; // try again, newest first
+        if (!this.pending && !this.stopping) this.pending = item; // try again, newest first
         await sleep(pause);
         pause = Math.min(pause * 2, 1000);
       }
@@ -775,13 +775,18 @@ export class Leader extends Session {
   async stop() {
     if (this.ended) throw this.endError || err(Status.MS_ERR_NOT_LEADING, "the lead ended");
     this.pending = null;
+    this.stopping = true; // a publish being retried is given up
     if (this.running) await this.running.catch(() => {});
     const info = {};
     try {
       await this.client.call("ms_stop", { keys: ["stream:" + this.name, "streams"], fields: [this.token, this.channel], info });
     } catch (e) {
       // A first try may have deleted it before its answer was lost.
-      if (!(e.status === Status.MS_ERR_NOT_FOUND && info.tries > 1)) throw e;
+      if (!(e.status === Status.MS_ERR_NOT_FOUND && info.tries > 1)) {
+        this.stopping = false;
+        if (e.status === Status.MS_ERR_NOT_FOUND || e.status === Status.MS_ERR_NOT_LEADING) this.end(e);
+        throw e;
+      }
     }
     this.end(err(Status.MS_ERR_NOT_LEADING, `${this.name} was stopped`), true);
   }
@@ -911,6 +916,7 @@ export class Follower extends Session {
         await this.session();
         pause = 100;
       } catch (e) {
+        this.ready = false;
         if (e instanceof Ended || this.ended) { this.finishEnded(); return; }
         if (this.connected) {
           this.connected = false;

@@ -214,3 +214,34 @@ test("a stream stopped while its follower's Webdis is down ends the follow once 
     own.stop();
   }
 });
+
+test("with Webdis down, flush and stop fail within the timeout (no hang); once it is back, stop deletes the stream", async () => {
+  const own = startServer();
+  const c = new Client(own.url, { ...opts, timeoutMs: 1500 });
+  const name = uniqueName("down");
+  const { readFileSync } = await import("node:fs");
+  const { spawn, execFileSync } = await import("node:child_process");
+  try {
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    process.kill(Number(readFileSync(`${own.dir}/webdis.pid`, "utf8")), "SIGKILL");
+    leader.publish({ n: 2 });
+    const t0 = Date.now();
+    await assert.rejects(leader.flush(3000), (e) => [Status.MS_ERR_UNAVAILABLE, Status.MS_ERR_TIMEOUT].includes(e.status));
+    await assert.rejects(leader.stop(), (e) => [Status.MS_ERR_UNAVAILABLE, Status.MS_ERR_TIMEOUT].includes(e.status));
+    assert.ok(Date.now() - t0 < 10000, `failed in ${Date.now() - t0} ms`);
+    const failed = await waitEvent(leader, (ev) => ev.kind === EventKind.MS_EVENT_PUBLISH_FAILED);
+    assert.ok([Status.MS_ERR_UNAVAILABLE, Status.MS_ERR_TIMEOUT].includes(failed.status));
+    const w = spawn("webdis", [`${own.dir}/webdis.json`], { stdio: "ignore" });
+    execFileSync("sh", ["-c", `echo ${w.pid} > ${own.dir}/webdis.pid`]);
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      try { await leader.stop(); break; } catch (e) { if (Date.now() > deadline) throw e; await new Promise((r) => setTimeout(r, 200)); }
+    }
+    assert.equal(own.redis("EXISTS", `stream:${name}`), "0");
+  } finally {
+    await c.close();
+    own.stop();
+  }
+});
