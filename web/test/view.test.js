@@ -17,13 +17,32 @@ import { surveyPlan, dragWaypoint } from "../../bindings/js/test/plan.js";
 import { launch } from "./browser.js";
 
 const OUT = path.join(REPO, "target", "js-view");
+const OPENSSL_CNF = `[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+authorityKeyIdentifier = keyid
+`;
 let srv, browser, viewUrl;
 
 before(async () => {
   srv = startServer();
-  // A self-signed certificate for 127.0.0.1 (Chromium runs with --ignore-certificate-errors).
-  execFileSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
-    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", `${srv.dir}/view.key`, "-out", `${srv.dir}/view.crt`], { stdio: "ignore" });
+  // A test CA and its certificate for 127.0.0.1 and localhost (Chromium
+  // runs with --ignore-certificate-errors; the library trusts the CA).
+  writeFileSync(`${srv.dir}/openssl.cnf`, OPENSSL_CNF);
+  const ssl = (args) => execFileSync("openssl", args.split(" "), { cwd: srv.dir, stdio: "ignore" });
+  const ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  ssl(`req -x509 -new ${ec} -keyout ca.key -out ca.crt -days 2 -subj /CN=missionstream-test-ca -config openssl.cnf -extensions ca`);
+  ssl(`req -new ${ec} -keyout view.key -out view.csr -subj /CN=view -config openssl.cnf`);
+  ssl(`x509 -req -in view.csr -CA ca.crt -CAkey ca.key -set_serial ${Date.now()} -days 2 -sha256 -out view.crt -extfile openssl.cnf -extensions server`);
   const port = /WEBDIS_PORT=(\d+)/.exec(readFileSync(`${srv.dir}/env`, "utf8"))[1];
   // https://localhost:PORT is another origin than https://127.0.0.1:PORT: allowed, for the cross-origin test.
   execFileSync(path.join(REPO, "scripts", "view.sh"), ["start", srv.dir, port, `${srv.dir}/view.crt`, `${srv.dir}/view.key`],
@@ -46,7 +65,8 @@ const PEER = `
 import json, sys, time
 import missionstream as ms
 url, role, name = sys.argv[1:4]
-c = ms.Client(url, timeout=10, heartbeat=1)
+ca = sys.argv[4] if len(sys.argv) > 4 else None
+c = ms.Client(url, timeout=10, heartbeat=1, tls_ca_file=ca)
 out = lambda **kw: print(json.dumps(kw), flush=True)
 if role == "lead":
     leader = c.start(name, "pw", "code")
@@ -68,8 +88,8 @@ else:
 c.close()
 `;
 
-function peer(role, name) {
-  const p = python(PEER, [srv.url, role, name]);
+function peer(role, name, url = srv.url, ca = null) {
+  const p = python(PEER, [url, role, name, ...(ca ? [ca] : [])]);
   let err = "";
   p.stderr.on("data", (d) => { err += d; });
   const lines = createInterface({ input: p.stdout })[Symbol.asyncIterator]();
@@ -109,6 +129,9 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
   await browser.waitFor(`window.msView.seq === 1 && document.querySelectorAll('#map .wp').length > 0`);
   const native = peer("follow", name);
   assert.equal((await native.line()).seq, 1);
+  // The library's follower through the same front (TLS; HTTP/1.1), for a like-for-like baseline.
+  const viaFront = peer("follow", name, new URL(viewUrl).origin, `${srv.dir}/ca.crt`);
+  assert.equal((await viaFront.line()).seq, 1);
 
   const published = {};
   for (let i = 0; i < 50; i++) {
@@ -117,11 +140,16 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     published[i + 2] = r.t;
     await browser.waitFor(`window.msView.seq === ${i + 2}`, 15000);
   }
-  const nativeAt = {};
-  while (Object.keys(nativeAt).length < 50) {
-    const ev = await native.line();
-    if (ev.seq >= 2) nativeAt[ev.seq] = ev.t;
-  }
+  const collect = async (p) => {
+    const at = {};
+    while (Object.keys(at).length < 50) {
+      const ev = await p.line();
+      if (ev.seq >= 2) at[ev.seq] = ev.t;
+    }
+    return at;
+  };
+  const nativeAt = await collect(native);
+  const frontAt = await collect(viaFront);
   const drawn = await browser.eval(`[...document.querySelectorAll('#map .wp')].map(g => ({n: +g.dataset.n, lat: +g.dataset.lat, lon: +g.dataset.lon, alt: +g.dataset.alt}))`);
   assert.deepEqual(drawn, expectedPoints(plan));
   // The last update's waypoint, and only it, is highlighted (drawn and in the table).
@@ -135,26 +163,30 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
 
   const renders = await browser.eval(`window.msView.renders`);
   const received = await browser.eval(`window.msView.received`);
-  const page = [], lib = [], draw = [];
+  const page = [], lib = [], draw = [], libFront = [];
   for (let s = 2; s <= 51; s++) {
     page.push(renders[s] - published[s]);
     draw.push(renders[s] - received[s]);
     lib.push(nativeAt[s] - published[s]);
+    libFront.push(frontAt[s] - published[s]);
   }
   const row = {
     updates: 50, plan_bytes: JSON.stringify(plan, null, 4).length,
     page_rendered_ms: { p50: pct(page, 50), p99: pct(page, 99) },
     page_drawing_ms: { p50: pct(draw, 50), p99: pct(draw, 99) },
     library_follower_ms: { p50: pct(lib, 50), p99: pct(lib, 99) },
+    library_follower_via_front_ms: { p50: pct(libFront, 50), p99: pct(libFront, 99) },
   };
   writeFileSync(path.join(OUT, "latency.json"), JSON.stringify(row, null, 2) + "\n");
   console.log(`publish -> rendered in the page: p50 ${row.page_rendered_ms.p50} ms, p99 ${row.page_rendered_ms.p99} ms ` +
     `(drawing: p50 ${row.page_drawing_ms.p50} ms); ` +
-    `library follower: p50 ${row.library_follower_ms.p50} ms, p99 ${row.library_follower_ms.p99} ms`);
+    `library follower: p50 ${row.library_follower_ms.p50} ms, p99 ${row.library_follower_ms.p99} ms; ` +
+    `through the same front: p50 ${row.library_follower_via_front_ms.p50} ms, p99 ${row.library_follower_via_front_ms.p99} ms`);
 
   lead.send(null);
   await browser.waitFor(`document.getElementById('conn').textContent === 'stream ended'`);
   native.p.kill();
+  viaFront.p.kill();
 });
 
 test("one page follows 20 streams at once, every SUBSCRIBE on one HTTP/2 connection", async () => {
