@@ -293,3 +293,34 @@ test("any other JSON is a tree with the changed paths highlighted; the leader go
     await c.close();
   }
 });
+
+test("map tiles, where a deployment has them (#tiles=URL template), are drawn under the plan at the zoom that fits it", async () => {
+  const c = new Client(srv.url, { iterations: 100000 });
+  const name = uniqueName("tiles");
+  // A tile server of the page's own: SVG data URLs naming their tile (the page's CSP allows data: images).
+  const template = "data:image/svg+xml,<svg xmlns='http://www.w3.org/2000/svg' width='256' height='256'><rect width='256' height='256' fill='%23e3e8ef' stroke='%23b0b8c4'/><text x='8' y='20'>{z}/{x}/{y}</text></svg>";
+  try {
+    const plan = surveyPlan(60);
+    const leader = await c.start(name, "pw", "code");
+    leader.publish(plan);
+    await leader.flush();
+    await browser.goto(`${viewUrl}#${new URLSearchParams({ stream: name, tiles: template })}`);
+    await browser.eval(`window.msView.follow(${JSON.stringify(name)}, 'pw').then(() => true)`);
+    await browser.waitFor(`window.msView.seq === 1 && document.querySelectorAll('#map .tiles image').length > 0`);
+    const z = Number(await browser.eval(`document.querySelector('#map .tiles').dataset.z`));
+    const tilesDrawn = await browser.eval(`[...document.querySelectorAll('#map .tiles image')].map(i => i.dataset.tile)`);
+    assert.ok(z >= 14 && z <= 19, `zoom ${z} for a survey of a few hundred metres`);
+    // The tile under each waypoint (Web Mercator) is drawn, first in the SVG (under the plan).
+    const tileOf = (lat, lon) => {
+      const t = Math.sin((lat * Math.PI) / 180);
+      return `${z}/${Math.floor(((lon + 180) / 360) * 2 ** z)}/${Math.floor((0.5 - Math.log((1 + t) / (1 - t)) / (4 * Math.PI)) * 2 ** z)}`;
+    };
+    for (const it of plan.mission.items.filter((i) => i.command === 16)) assert.ok(tilesDrawn.includes(tileOf(it.params[4], it.params[5])), tileOf(it.params[4], it.params[5]));
+    assert.equal(await browser.eval(`document.getElementById('map').firstElementChild.getAttribute('class')`), "tiles");
+    assert.match(await browser.eval(`document.querySelector('#map .tiles image').getAttribute('href')`), new RegExp(`<text x='8' y='20'>${z}/\\d+/\\d+</text>`));
+    writeFileSync(path.join(OUT, "view-tiles.png"), await browser.screenshot());
+    await leader.stop();
+  } finally {
+    await c.close();
+  }
+});

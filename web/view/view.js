@@ -191,7 +191,8 @@ function drawPlan(plan, prev) {
   const home = Array.isArray(plan.mission.plannedHomePosition) ? plan.mission.plannedHomePosition : null;
   if (prev && updatePlan(plan, pts, changed)) return;
 
-  // Equirectangular projection around the plan, fitted into 1000 x 700.
+  // Web Mercator (the projection of map tiles) around the plan, fitted
+  // into 1000 x 700.
   const all = [...pts.map((p) => [p.lat, p.lon]), ...rally, ...polygons.flatMap((p) => p.polygon)];
   if (home) all.push(home);
   // Inclusion circles usually dwarf the mission: fitted only when there is
@@ -201,16 +202,18 @@ function drawPlan(plan, prev) {
     const d = (c.circle.radius || 0) / 111320;
     all.push([c.circle.center[0] - d, c.circle.center[1]], [c.circle.center[0] + d, c.circle.center[1]]);
   }
-  const good = all.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]));
+  const good = all.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]) && Math.abs(p[0]) < 85);
   const lat0 = good.length ? good.reduce((a, p) => a + p[0], 0) / good.length : 0;
-  const k = Math.cos((lat0 * Math.PI) / 180) || 1;
-  const xs = good.map((p) => p[1] * k), ys = good.map((p) => -p[0]);
+  const mx = (lon) => (lon + 180) / 360;
+  const my = (lat) => { const t = Math.sin((lat * Math.PI) / 180); return 0.5 - Math.log((1 + t) / (1 - t)) / (4 * Math.PI); };
+  const xs = good.map((p) => mx(p[1])), ys = good.map((p) => my(p[0]));
   const minX = Math.min(...xs), maxX = Math.max(...xs), minY = Math.min(...ys), maxY = Math.max(...ys);
-  const span = Math.max(maxX - minX, (maxY - minY) * (1000 / 700), 1e-9);
+  const span = Math.max(maxX - minX, (maxY - minY) * (1000 / 700), 1e-12);
   const scale = 940 / span;
   const ox = 500 - ((minX + maxX) / 2) * scale, oy = 350 - ((minY + maxY) / 2) * scale;
-  const X = (lon) => (lon * k * scale + ox).toFixed(1);
-  const Y = (lat) => (-lat * scale + oy).toFixed(1);
+  const X = (lon) => (mx(lon) * scale + ox).toFixed(1);
+  const Y = (lat) => (my(lat) * scale + oy).toFixed(1);
+  const metres = (m) => (m / (40075016.686 * Math.cos((lat0 * Math.PI) / 180))) * scale;
 
   const svg = $("map");
   const el = (tag, attrs, parent = svg) => {
@@ -220,8 +223,22 @@ function drawPlan(plan, prev) {
     return e;
   };
   svg.replaceChildren();
+  // Map tiles under the plan, where the deployment has a tile server:
+  // #tiles=https://tiles.example.org/{z}/{x}/{y}.png in the page's address.
+  const tiles = hash.get("tiles");
+  if (tiles) {
+    const z = Math.max(0, Math.min(19, Math.round(Math.log2(scale / 256))));
+    const n = 2 ** z, T = scale / n;
+    const g = el("g", { class: "tiles", "data-z": z });
+    for (let ty = Math.max(0, Math.floor(-oy / T)); ty <= Math.min(n - 1, Math.floor((700 - oy) / T)); ty++) {
+      for (let tx = Math.floor(-ox / T); tx <= Math.floor((1000 - ox) / T); tx++) {
+        const x = ((tx % n) + n) % n;
+        el("image", { href: tiles.replace("{z}", z).replace("{x}", x).replace("{y}", ty), x: (ox + tx * T).toFixed(1), y: (oy + ty * T).toFixed(1), width: T.toFixed(1), height: T.toFixed(1), "data-tile": `${z}/${x}/${ty}` }, g);
+      }
+    }
+  }
   for (const c of circles) {
-    el("circle", { class: "fence" + (c.inclusion === false ? " exclusion" : ""), cx: X(c.circle.center[1]), cy: Y(c.circle.center[0]), r: (((c.circle.radius || 0) / 111320) * scale).toFixed(1) });
+    el("circle", { class: "fence" + (c.inclusion === false ? " exclusion" : ""), cx: X(c.circle.center[1]), cy: Y(c.circle.center[0]), r: metres(c.circle.radius || 0).toFixed(1) });
   }
   for (const p of polygons) {
     el("polygon", { class: "fence" + (p.inclusion === false ? " exclusion" : ""), points: p.polygon.map((q) => `${X(q[1])},${Y(q[0])}`).join(" ") });
@@ -232,7 +249,7 @@ function drawPlan(plan, prev) {
   // Marker size from the spacing of consecutive waypoints; numbers only
   // where they fit (and on changed waypoints).
   const gaps = [];
-  for (let i = 1; i < pts.length; i++) gaps.push(Math.hypot((pts[i].lon - pts[i - 1].lon) * k * scale, (pts[i].lat - pts[i - 1].lat) * scale));
+  for (let i = 1; i < pts.length; i++) gaps.push(Math.hypot(X(pts[i].lon) - X(pts[i - 1].lon), Y(pts[i].lat) - Y(pts[i - 1].lat)));
   gaps.sort((a, b) => a - b);
   const gap = gaps.length ? gaps[Math.floor(gaps.length / 2)] : 40;
   const r0 = Math.max(3, Math.min(9, gap / 2.4));
