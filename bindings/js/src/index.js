@@ -377,7 +377,8 @@ export class Client {
   }
 
   async key(secret, prefix, salt, iterations) {
-    const k = `${prefix}\u0000${salt}\u0000${iterations}\u0000${secret}`;
+    // Kept by a SHA-256 of what it was derived from, not by the secret.
+    const k = hex(new Uint8Array(await cryptoApi().subtle.digest("SHA-256", encoder.encode(`${prefix}\u0000${salt}\u0000${iterations}\u0000${secret}`))));
     let v = this.keys.get(k);
     if (!v) {
       v = await deriveKey(secret, prefix, salt, iterations);
