@@ -183,7 +183,11 @@ export function planPoints(plan) {
 function drawPlan(plan, prev) {
   const pts = planPoints(plan);
   const prevItems = prev ? prev.mission.items : [];
-  const changed = (i) => !prev || JSON.stringify(plan.mission.items[i]) !== JSON.stringify(prevItems[i]);
+  // Each item's JSON, kept for the next update's comparison.
+  const texts = plan.mission.items.map((it) => JSON.stringify(it));
+  const prevTexts = prev && view.itemTexts && view.itemTexts.plan === prev ? view.itemTexts.texts : prevItems.map((it) => JSON.stringify(it));
+  view.itemTexts = { plan, texts };
+  const changed = (i) => !prev || texts[i] !== prevTexts[i];
   const fence = plan.geoFence || {};
   const circles = (fence.circles || []).filter((c) => c && c.circle && Array.isArray(c.circle.center));
   const polygons = (fence.polygons || []).filter((p) => p && Array.isArray(p.polygon));
@@ -275,7 +279,12 @@ function drawPlan(plan, prev) {
   // The first changed row scrolls into the table's view (not the page's).
   const first = rows.find((r) => r.className === "changed");
   const box = $("items-box");
-  if (first && prev) box.scrollTop = Math.max(0, first.offsetTop - box.clientHeight / 2);
+  if (first && prev) scrollRow(box, first);
+}
+
+/** Scrolls the table (not the page) to a row, at the next frame: reading its position needs a layout. */
+function scrollRow(box, tr) {
+  requestAnimationFrame(() => { box.scrollTop = Math.max(0, tr.offsetTop - box.clientHeight / 2); });
 }
 
 const extrasOf = (plan) => JSON.stringify([plan.geoFence, plan.rallyPoints, plan.mission.plannedHomePosition]);
@@ -321,7 +330,7 @@ function updatePlan(plan, pts, changed) {
   L.path.setAttribute("points", pts.map((p) => `${L.X(p.lon)},${L.Y(p.lat)}`).join(" "));
   const first = L.highlighted[0];
   const box = $("items-box");
-  if (first) box.scrollTop = Math.max(0, first.tr.offsetTop - box.clientHeight / 2);
+  if (first) scrollRow(box, first.tr);
   return true;
 }
 
