@@ -102,7 +102,7 @@ test-js: deps-test build
 # stream the library leads, then 20 streams at once. Screenshot and
 # latency figures: target/js-view/.
 test-view: deps-test build
-	$(NODE_ENV_FLAGS) $(NODE_TEST) web/test/front.test.js web/test/view.test.js
+	$(NODE_ENV_FLAGS) $(NODE_TEST) web/test/front.test.js web/test/view.test.js web/test/demo.test.js
 
 # build.rs generates the header into cargo's OUT_DIR; the committed copy
 # in include/ must equal it (make header refreshes it).

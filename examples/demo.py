@@ -287,6 +287,7 @@ def survey(url: str, name: str, updates: int, rate: float, view_url: Optional[st
             print(f"watch:    dragging one waypoint a second for {watch:.0f} s more, for the live plan view"
                   f" (Ctrl-C ends it)")
             end = time.monotonic() + watch
+            interrupted = False
             try:
                 while time.monotonic() < end:
                     item = plan["mission"]["items"][rng.randrange(1, len(plan["mission"]["items"]))]
@@ -296,8 +297,18 @@ def survey(url: str, name: str, updates: int, rate: float, view_url: Optional[st
                         leader.publish(json.dumps(plan, indent=4))
                         time.sleep(1)
             except KeyboardInterrupt:
-                pass
-        leader.stop()
+                # Ctrl-C in a terminal also reaches Redis and Webdis (they
+                # are stopped with the demo anyway): the stream may not be
+                # stoppable any more.
+                interrupted = True
+            print("watch:    ended" + (" (Ctrl-C)" if interrupted else ""))
+            try:
+                leader.stop()
+            except ms.Error:
+                if not interrupted:
+                    raise
+        else:
+            leader.stop()
     # Every plan the follower delivered is one the leader published.
     exact = texts[-1] in got and all(t in texts or t == first for t in got)
     deltas = [n for kind, n in wire if kind == "d"]
