@@ -99,8 +99,10 @@ test-js: deps-test build
 
 # The live plan view (web/view) in a headless Chromium, served by
 # deploy/nginx-view.conf (TLS, HTTP/2) in front of Webdis, following a
-# stream the library leads, then 20 streams at once. Screenshot and
-# latency figures: target/js-view/.
+# stream the library leads, then 20 streams at once, a page of another
+# origin by POST, the JSON tree, a phone screen and map tiles; the front at
+# the HTTP level; and the URL make demo prints. Screenshots and latency
+# figures: target/js-view/.
 test-view: deps-test build
 	$(NODE_ENV_FLAGS) $(NODE_TEST) web/test/front.test.js web/test/view.test.js web/test/demo.test.js
 
