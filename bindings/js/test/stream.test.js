@@ -247,3 +247,36 @@ test("with Webdis down, flush and stop fail within the timeout (no hang); once i
     own.stop();
   }
 });
+
+test("a URL with user:password@ sends HTTP basic auth (Webdis' ACL); without it: MS_ERR_FORBIDDEN", async () => {
+  const { spawn } = await import("node:child_process");
+  const { writeFileSync, readFileSync } = await import("node:fs");
+  const net = await import("node:net");
+  const port = await new Promise((r) => { const s = net.createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => r(p)); }); });
+  const conf = JSON.parse(readFileSync(`${srv.dir}/webdis.json`, "utf8"));
+  Object.assign(conf, {
+    http_port: port, logfile: `${srv.dir}/webdis-auth.log`,
+    acl: [{ disabled: ["*"] }, { http_basic_auth: "user:pa ss", enabled: ["FCALL", "FCALL_RO", "SUBSCRIBE", "UNSUBSCRIBE", "PING"] }],
+  });
+  writeFileSync(`${srv.dir}/webdis-auth.json`, JSON.stringify(conf));
+  const w = spawn("webdis", [`${srv.dir}/webdis-auth.json`], { stdio: "ignore" });
+  const c = new Client(`http://user:pa%20ss@127.0.0.1:${port}`, opts);
+  const anon = new Client(`http://127.0.0.1:${port}`, { ...opts, timeoutMs: 2000 });
+  const name = uniqueName("auth");
+  try {
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      try { await c.list(); break; } catch (e) { if (Date.now() > deadline) throw e; await new Promise((r) => setTimeout(r, 100)); }
+    }
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    const f = await c.follow(name, "pw");
+    await waitEvent(f, isState(1));
+    await assert.rejects(anon.follow(name, "pw"), (e) => e.status === Status.MS_ERR_FORBIDDEN);
+    await leader.stop();
+  } finally {
+    await c.close();
+    w.kill("SIGKILL");
+  }
+});
