@@ -264,7 +264,7 @@ test("a page of another allowed origin calls by POST (text/plain) without one pr
 
 test("any other JSON is a tree with the changed paths highlighted; the leader going silent shows offline; it fits a phone screen", async () => {
   const c = new Client(srv.url, { iterations: 100000, heartbeatMs: 300 });
-  const name = uniqueName("tree");
+  const name = uniqueName("<b>tree</b>"); // shown as text, never as HTML
   try {
     const leader = await c.start(name, "pw", "code");
     leader.publish({ vehicle: { mode: "AUTO", battery: 87 }, notes: ["a", "b"] });
@@ -276,6 +276,8 @@ test("any other JSON is a tree with the changed paths highlighted; the leader go
     leader.publish({ vehicle: { mode: "RTL", battery: 87 }, notes: ["a", "b"] });
     await leader.flush();
     await browser.waitFor(`window.msView.seq === 2`);
+    assert.equal(await browser.eval(`document.getElementById('stream-name').textContent`), name);
+    assert.equal(await browser.eval(`document.querySelectorAll('b > b, #status b b, #stream-name b').length`), 0);
     const changed = await browser.eval(`[...document.querySelectorAll('#tree li.changed')].map(li => li.dataset.path)`);
     assert.deepEqual(changed, ["", "/vehicle", "/vehicle/mode"]);
     assert.equal(await browser.eval(`document.querySelector('#tree li[data-path="/vehicle/mode"] > .v').textContent`), '"RTL"');
