@@ -1,7 +1,12 @@
 # missionstream — build, test, demo, benchmark.
-#   make demo    a leader and a follower on a local Redis + Webdis
+#   make demo    a leader and a follower on a local Redis + Webdis; prints the
+#                URL of the live plan view where its survey plan can be watched
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
+#   make test-js    the JavaScript package (bindings/js): node --test against
+#                real Redis + Webdis and the library both ways, npm pack
+#   make test-view  the live plan view (web/view) in a headless Chromium behind
+#                deploy/nginx-view.conf (TLS, HTTP/2); screenshot in target/js-view/
 #   make bench   the performance figures beside their baselines
 #   make bench-peers   the rows that apply beside Mosquitto 2 and NATS
 #                JetStream KV, same C measurement code, interleaved rounds
@@ -37,7 +42,7 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-ffi-asan test-ffi-valgrind stress-ffi test-c test-install test-python \
+.PHONY: all build deps deps-test test test-rust test-ffi-asan test-js test-view test-ffi-valgrind stress-ffi test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
         bench bench-quick bench-peers bench-peers-build attack test-under-load soak mutants mutants-lib mutants-check clean
@@ -55,7 +60,7 @@ build: deps
 	$(CARGO) build --release
 
 test: deps-test build check-header fmt-check clippy mutants-check test-rust test-ffi-asan test-ffi-valgrind test-c test-install \
-      test-python bench-quick bench-peers-build
+      test-python test-js test-view bench-quick bench-peers-build
 	@echo "make test: all suites passed"
 
 test-rust:
@@ -92,6 +97,26 @@ test-python: deps-test build
 	@$(TEST_VENV)/bin/python -c 'import sys; print("Python suite: Python", sys.version.split()[0], "of", sys._base_executable, "in", sys.prefix)'
 	cd bindings/python && ../../$(TEST_VENV)/bin/python -m pytest -q tests
 
+# The JavaScript package (bindings/js) with Node's test runner: the
+# documented vectors, real Redis + Webdis, the Rust library both ways
+# (through the Python binding), npm pack and its README's example.
+# Node 18 (Debian 12's) has WebCrypto's global only behind a flag, and
+# no --test-concurrency (its runner takes one file at a time here anyway).
+NODE_MAJOR = $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+NODE_ENV_FLAGS = NODE_OPTIONS="$(if $(filter 18 19,$(NODE_MAJOR)),--experimental-global-webcrypto)"
+NODE_TEST = node --test $(if $(filter 18 19,$(NODE_MAJOR)),,--test-concurrency=1)
+test-js: deps-test build
+	cd bindings/js && $(NODE_ENV_FLAGS) $(NODE_TEST) test/*.test.js
+
+# The live plan view (web/view) in a headless Chromium, served by
+# deploy/nginx-view.conf (TLS, HTTP/2) in front of Webdis, following a
+# stream the library leads, then 20 streams at once, a page of another
+# origin by POST, the JSON tree, a phone screen and map tiles; the front at
+# the HTTP level; and the URL make demo prints. Screenshots and latency
+# figures: target/js-view/.
+test-view: deps-test build
+	$(NODE_ENV_FLAGS) $(NODE_TEST) web/test/front.test.js web/test/view.test.js web/test/demo.test.js
+
 # build.rs generates the header into cargo's OUT_DIR; the committed copy
 # in include/ must equal it (make header refreshes it).
 check-header:
@@ -116,8 +141,11 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --release --all-targets -- -D warnings
 
+# The demo's survey plan stays live DEMO_WATCH seconds after its checks,
+# one waypoint dragged a second, for the live plan view whose URL it prints.
+DEMO_WATCH ?= 60
 demo: build
-	PYTHON="$(PYTHON)" scripts/demo.sh
+	PYTHON="$(PYTHON)" scripts/demo.sh --watch $(DEMO_WATCH)
 
 demo-ha: build
 	PYTHON="$(PYTHON)" scripts/demo-ha.sh

@@ -243,7 +243,8 @@ def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threa
         conn.close()
 
 
-def survey(url: str, name: str, updates: int, rate: float) -> Optional[str]:
+def survey(url: str, name: str, updates: int, rate: float, view_url: Optional[str] = None,
+           watch: float = 0.0) -> Optional[str]:
     """Drags one waypoint of a ~1,000-waypoint survey per update; prints
     the bytes each update costs on the channel and checks what the library
     guarantees: the follower rebuilds the last plan byte for byte and
@@ -258,6 +259,9 @@ def survey(url: str, name: str, updates: int, rate: float) -> Optional[str]:
     text = first = json.dumps(plan, indent=4)
     print(f"\nsurvey:   {len(plan['mission']['items'])} mission items, {len(text.encode()):,} bytes of .plan JSON;"
           f" dragging one waypoint per update, {updates} updates")
+    if view_url:
+        print(f"view:     watch it live at {view_url}#stream={urllib.parse.quote(name, safe='')}"
+              f" (password: demo-password)")
     sent: Dict[int, str] = {}
     with ms.Client(url) as lc, ms.Client(url) as fc:
         leader = lc.start(name, "demo-password", "demo-leader-code")
@@ -290,7 +294,32 @@ def survey(url: str, name: str, updates: int, rate: float) -> Optional[str]:
                 got[event.data] = event.seq
         time.sleep(0.3)
         stop.set()
-        leader.stop()
+        if watch > 0:
+            print(f"watch:    dragging one waypoint a second for {watch:.0f} s more, for the live plan view"
+                  f" (Ctrl-C ends it)")
+            end = time.monotonic() + watch
+            interrupted = False
+            try:
+                while time.monotonic() < end:
+                    item = plan["mission"]["items"][rng.randrange(1, len(plan["mission"]["items"]))]
+                    if item["command"] == 16:
+                        item["params"][4] = round(item["params"][4] + 0.00005, 7)
+                        item["params"][5] = round(item["params"][5] - 0.00005, 7)
+                        leader.publish(json.dumps(plan, indent=4))
+                        time.sleep(1)
+            except KeyboardInterrupt:
+                # Ctrl-C in a terminal also reaches Redis and Webdis (they
+                # are stopped with the demo anyway): the stream may not be
+                # stoppable any more.
+                interrupted = True
+            print("watch:    ended" + (" (Ctrl-C)" if interrupted else ""))
+            try:
+                leader.stop()
+            except ms.Error:
+                if not interrupted:
+                    raise
+        else:
+            leader.stop()
     # Every plan the follower delivered is one the leader published.
     exact = texts[-1] in got and all(t in texts or t == first for t in got)
     deltas = [n for kind, n in wire if kind == "d"]
@@ -339,6 +368,12 @@ def main() -> int:
     )
     parser.add_argument("--survey-updates", type=int, default=20,
                         help="waypoint drags of the survey phase (default 20; 0 skips it)")
+    parser.add_argument("--view-url", default=None,
+                        help="URL of the live plan view (web/view) served in front of the same Webdis: printed"
+                        " with the survey's stream name")
+    parser.add_argument("--watch", type=float, default=0.0,
+                        help="after the survey's checks, keep dragging one waypoint a second for this many"
+                        " seconds, to watch it in the live plan view (default 0)")
     args = parser.parse_args()
 
     name = f"demo/mission-plan/{os.getpid()}"
@@ -407,7 +442,7 @@ def main() -> int:
               f" ({len(delays)} shown) and {'saw' if ended else 'did not see'} the stream end.", file=sys.stderr)
         return 1
     if args.survey_updates > 0:
-        problem = survey(args.url, name + "-survey", args.survey_updates, args.rate)
+        problem = survey(args.url, name + "-survey", args.survey_updates, args.rate, args.view_url, args.watch)
         if problem:
             print(f"demo: FAILED: {problem}", file=sys.stderr)
             return 1

@@ -4,7 +4,9 @@
 # binutils (strip, nm, readelf: make install and its tests), valgrind (the
 # C harness and the Rust tests of the C ABI run under it), pkg-config and
 # cmake (the installed library's tests build examples/ with them), python3 (and python3-venv for the tests), and nginx + openssl (the TLS
-# tests put nginx in front of Webdis, with certificates they make).
+# tests put nginx in front of Webdis, with certificates they make); with
+# --python-tests also nodejs, npm (bindings/js) and chromium (the browser
+# test of the live plan view).
 #
 #   scripts/install-deps.sh                  # to build and run the demo
 #   scripts/install-deps.sh --python-tests   # also: rustfmt, clippy, and a virtual
@@ -68,6 +70,18 @@ fi
 # make bench-peers its own Mosquitto and NATS, on free loopback ports.
 
 [ "${1:-}" = "--python-tests" ] || exit 0
+
+# make test also runs the JavaScript package's tests (Node >= 20 and npm;
+# Debian 12's own nodejs is 18, which runs them with its WebCrypto global
+# switched on: see test-js in the Makefile) and the live plan view's test
+# in a headless Chromium.
+test_need=()
+command -v node >/dev/null 2>&1 || test_need+=(nodejs)
+command -v npm >/dev/null 2>&1 || test_need+=(npm)
+command -v chromium >/dev/null 2>&1 || test_need+=(chromium)
+if [ ${#test_need[@]} -gt 0 ]; then
+  apt_install "${test_need[@]}"
+fi
 
 # make test also runs cargo fmt and cargo clippy.
 for component in rustfmt clippy; do

@@ -1,0 +1,282 @@
+// The JS client against real Redis + Webdis: lead, follow, list, deltas,
+// presence, recovery, end, and the errors users see.
+import test, { before, after } from "node:test";
+import assert from "node:assert/strict";
+import { Client, Status, EventKind, MissionstreamError } from "../src/index.js";
+import { startServer, uniqueName, waitEvent } from "./helpers.js";
+
+let srv;
+before(() => { srv = startServer(); });
+after(() => srv && srv.stop());
+
+const opts = { timeoutMs: 5000, iterations: 100000, heartbeatMs: 500 };
+const isState = (seq) => (ev) => ev.kind === EventKind.MS_EVENT_STATE && ev.seq === seq;
+
+test("a follower gets the current state, then each newer one, deltas included, then the end", async () => {
+  const lc = new Client(srv.url, opts);
+  const fc = new Client(srv.url, opts);
+  const name = uniqueName();
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    const plan = { items: Array.from({ length: 60 }, (_, i) => ({ seq: i, lat: 47 + i / 1000, alt: 30 })) };
+    leader.publish(plan);
+    await leader.flush();
+    const f = await fc.follow(name, "pw");
+    const first = await waitEvent(f, isState(1));
+    assert.deepEqual(JSON.parse(first.data), plan);
+    for (let i = 0; i < 10; i++) {
+      plan.items[i * 3].alt = 100 + i + "é";
+      leader.publish(plan);
+      await leader.flush();
+      const ev = await waitEvent(f, isState(2 + i));
+      assert.deepEqual(JSON.parse(ev.data), plan);
+    }
+    // The states went as deltas: the record says so by its size, the channel by "d" messages.
+    assert.equal(f.seq, 11);
+    const listed = (await fc.list()).find((s) => s.name === name);
+    assert.equal(listed.seq, 11);
+    assert.equal(listed.followers, 1);
+    await leader.stop();
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_ENDED);
+    assert.equal(await f.next(100), null);
+    assert.equal((await fc.list()).find((s) => s.name === name), undefined);
+  } finally {
+    await lc.close();
+    await fc.close();
+  }
+});
+
+test("the leader sends deltas (seen on the channel) that the functions apply", async () => {
+  const lc = new Client(srv.url, opts);
+  const name = uniqueName();
+  const { spawn } = await import("node:child_process");
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    const big = { text: "x".repeat(2000) };
+    leader.publish(big);
+    await leader.flush();
+    // Watch the raw channel with redis-cli: a "d" message must come.
+    const channel = leader.channel;
+    const sub = spawn("redis-cli", ["-p", String(srv.redisPort), "SUBSCRIBE", channel]);
+    let seen = "";
+    sub.stdout.on("data", (d) => { seen += d; });
+    await new Promise((r) => setTimeout(r, 300));
+    big.text = "x".repeat(1000) + "ü" + "x".repeat(1000);
+    leader.publish(big);
+    await leader.flush();
+    await new Promise((r) => setTimeout(r, 300));
+    sub.kill();
+    assert.match(seen, /\nd 2 1 \d+\n/);
+    assert.equal(srv.redis("HGET", `stream:${name}`, "state"), JSON.stringify(big));
+    await leader.stop();
+  } finally {
+    await lc.close();
+  }
+});
+
+test("errors carry the header's statuses", async () => {
+  const c = new Client(srv.url, opts);
+  const name = uniqueName();
+  try {
+    const leader = await c.start(name, "pw", "code");
+    const rejects = async (p, status) => {
+      await assert.rejects(p, (e) => e instanceof MissionstreamError && e.status === status && e.message.length > 0);
+    };
+    await rejects(c.follow(name, "wrong"), Status.MS_ERR_BAD_PASSWORD);
+    await rejects(c.follow(uniqueName("none"), "pw"), Status.MS_ERR_NOT_FOUND);
+    await rejects(new Client(srv.url, opts).start(name, "pw", "code"), Status.MS_ERR_EXISTS);
+    await rejects(c.start(name, "pw", "code"), Status.MS_ERR_ALREADY);
+    await rejects(new Client(srv.url, opts).reconnect(name, "pw", "bad"), Status.MS_ERR_BAD_LEADER_CODE);
+    await rejects(c.start("", "pw", "code"), Status.MS_ERR_INVALID_ARGUMENT);
+    await rejects(c.start("a\u202Eb", "pw", "code"), Status.MS_ERR_INVALID_ARGUMENT);
+    await rejects(c.start("n".repeat(257), "pw", "code"), Status.MS_ERR_INVALID_ARGUMENT);
+    await rejects(c.start(uniqueName(), "pw", ""), Status.MS_ERR_INVALID_ARGUMENT);
+    assert.throws(() => leader.publish("a\u0000b"), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT);
+    assert.throws(() => leader.publish("\uD800"), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT);
+    assert.throws(() => leader.publish(new Uint8Array([0xff])), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT);
+    assert.throws(() => leader.publish("x".repeat(8 * 1024 * 1024 + 1)), (e) => e.status === Status.MS_ERR_TOO_LARGE);
+    await rejects(new Client("http://127.0.0.1:1", { ...opts, timeoutMs: 1500 }).list(), Status.MS_ERR_UNAVAILABLE);
+    assert.throws(() => new Client("ftp://x"), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT);
+    await leader.stop();
+    await rejects(leader.stop(), Status.MS_ERR_NOT_LEADING);
+  } finally {
+    await c.close();
+  }
+});
+
+test("a lead taken over ends the old one with MS_ERR_NOT_LEADING; the new one keeps state and seq", async () => {
+  const a = new Client(srv.url, opts);
+  const b = new Client(srv.url, opts);
+  const name = uniqueName();
+  try {
+    const l1 = await a.start(name, "pw", "code");
+    l1.publish({ v: 1 });
+    await l1.flush();
+    const l2 = await b.reconnect(name, "pw", "code");
+    assert.equal(l2.seq, 1);
+    l2.publish({ v: 2 });
+    await l2.flush();
+    l1.publish({ v: 3 });
+    await assert.rejects(l1.flush(), (e) => e.status === Status.MS_ERR_NOT_LEADING);
+    const failed = await waitEvent(l1, (ev) => ev.kind === EventKind.MS_EVENT_PUBLISH_FAILED);
+    assert.equal(failed.status, Status.MS_ERR_NOT_LEADING);
+    assert.equal(JSON.parse(srv.redis("HGET", `stream:${name}`, "state")).v, 2);
+    await l2.stop();
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+test("presence: the leader goes offline when silent and online again; a killed Webdis is recovered from", async () => {
+  const own = startServer();
+  const lc = new Client(own.url, opts);
+  const fc = new Client(own.url, opts);
+  const name = uniqueName();
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    const f = await fc.follow(name, "pw");
+    await waitEvent(f, isState(1));
+    // The leader's client goes quiet: no heartbeat for 3 intervals.
+    clearInterval(leader.hbTimer);
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_LEADER_OFFLINE, 10000);
+    leader.publish({ n: 2 });
+    await leader.flush();
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_LEADER_ONLINE);
+    await waitEvent(f, isState(2));
+    leader.hbTimer = setInterval(() => leader.tick(), 100);
+    // Webdis is killed and started again on the same port.
+    const { readFileSync } = await import("node:fs");
+    const { execFileSync, spawn } = await import("node:child_process");
+    const pid = Number(readFileSync(`${own.dir}/webdis.pid`, "utf8"));
+    process.kill(pid, "SIGKILL");
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_CONNECTION_LOST, 10000);
+    const w = spawn("webdis", [`${own.dir}/webdis.json`], { stdio: "ignore", detached: false });
+    execFileSync("sh", ["-c", `echo ${w.pid} > ${own.dir}/webdis.pid`]);
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_RECONNECTED, 20000);
+    leader.publish({ n: 3 });
+    await leader.flush(15000);
+    const ev = await waitEvent(f, (e) => e.kind === EventKind.MS_EVENT_STATE && e.seq >= 3, 15000);
+    assert.deepEqual(JSON.parse(ev.data), { n: 3 });
+    await leader.stop();
+    await waitEvent(f, (e) => e.kind === EventKind.MS_EVENT_ENDED);
+  } finally {
+    await lc.close();
+    await fc.close();
+    own.stop();
+  }
+});
+
+test("wrong passwords in a burst are throttled (MS_ERR_THROTTLED with the wait in the message)", async () => {
+  const c = new Client(srv.url, opts);
+  const name = uniqueName("throttle");
+  try {
+    const leader = await c.start(name, "pw", "code");
+    // The guesser's key is derived once (the client keeps it), then 8
+    // checks go at once: a burst, however loaded the machine.
+    const g = new Client(srv.url, opts);
+    await assert.rejects(g.follow(name, "wrong"), (e) => e.status === Status.MS_ERR_BAD_PASSWORD);
+    const results = await Promise.allSettled(Array.from({ length: 8 }, () => g.follow(name, "wrong")));
+    const statuses = results.map((r) => r.reason && r.reason.status);
+    assert.ok(statuses.every((s) => s === Status.MS_ERR_BAD_PASSWORD || s === Status.MS_ERR_THROTTLED), JSON.stringify(statuses));
+    assert.ok(statuses.includes(Status.MS_ERR_THROTTLED), JSON.stringify(statuses));
+    for (const r of results) if (r.reason.status === Status.MS_ERR_THROTTLED) assert.match(r.reason.message, /retry in \d+ ms/);
+    await leader.stop();
+  } finally {
+    await c.close();
+  }
+});
+
+test("a stream stopped while its follower's Webdis is down ends the follow once Webdis is back", async () => {
+  const own = startServer();
+  const lc = new Client(own.url, opts);
+  const fc = new Client(own.url, opts);
+  const name = uniqueName("gone");
+  const { readFileSync } = await import("node:fs");
+  const { spawn, execFileSync } = await import("node:child_process");
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    const f = await fc.follow(name, "pw");
+    await waitEvent(f, isState(0));
+    const pid = Number(readFileSync(`${own.dir}/webdis.pid`, "utf8"));
+    process.kill(pid, "SIGKILL");
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_CONNECTION_LOST, 10000);
+    // Stopped behind the follower's back: straight in Redis, as an expiry would.
+    own.redis("DEL", `stream:${name}`);
+    const w = spawn("webdis", [`${own.dir}/webdis.json`], { stdio: "ignore" });
+    execFileSync("sh", ["-c", `echo ${w.pid} > ${own.dir}/webdis.pid`]);
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_ENDED, 20000);
+    assert.equal(f.ended, true);
+    clearInterval(leader.hbTimer);
+  } finally {
+    await lc.close();
+    await fc.close();
+    own.stop();
+  }
+});
+
+test("with Webdis down, flush and stop fail within the timeout (no hang); once it is back, stop deletes the stream", async () => {
+  const own = startServer();
+  const c = new Client(own.url, { ...opts, timeoutMs: 1500 });
+  const name = uniqueName("down");
+  const { readFileSync } = await import("node:fs");
+  const { spawn, execFileSync } = await import("node:child_process");
+  try {
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    process.kill(Number(readFileSync(`${own.dir}/webdis.pid`, "utf8")), "SIGKILL");
+    leader.publish({ n: 2 });
+    const t0 = Date.now();
+    await assert.rejects(leader.flush(3000), (e) => [Status.MS_ERR_UNAVAILABLE, Status.MS_ERR_TIMEOUT].includes(e.status));
+    await assert.rejects(leader.stop(), (e) => [Status.MS_ERR_UNAVAILABLE, Status.MS_ERR_TIMEOUT].includes(e.status));
+    assert.ok(Date.now() - t0 < 10000, `failed in ${Date.now() - t0} ms`);
+    const failed = await waitEvent(leader, (ev) => ev.kind === EventKind.MS_EVENT_PUBLISH_FAILED);
+    assert.ok([Status.MS_ERR_UNAVAILABLE, Status.MS_ERR_TIMEOUT].includes(failed.status));
+    const w = spawn("webdis", [`${own.dir}/webdis.json`], { stdio: "ignore" });
+    execFileSync("sh", ["-c", `echo ${w.pid} > ${own.dir}/webdis.pid`]);
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      try { await leader.stop(); break; } catch (e) { if (Date.now() > deadline) throw e; await new Promise((r) => setTimeout(r, 200)); }
+    }
+    assert.equal(own.redis("EXISTS", `stream:${name}`), "0");
+  } finally {
+    await c.close();
+    own.stop();
+  }
+});
+
+test("a URL with user:password@ sends HTTP basic auth (Webdis' ACL); without it: MS_ERR_FORBIDDEN", async () => {
+  const { spawn } = await import("node:child_process");
+  const { writeFileSync, readFileSync } = await import("node:fs");
+  const net = await import("node:net");
+  const port = await new Promise((r) => { const s = net.createServer().listen(0, "127.0.0.1", () => { const p = s.address().port; s.close(() => r(p)); }); });
+  const conf = JSON.parse(readFileSync(`${srv.dir}/webdis.json`, "utf8"));
+  Object.assign(conf, {
+    http_port: port, logfile: `${srv.dir}/webdis-auth.log`,
+    acl: [{ disabled: ["*"] }, { http_basic_auth: "user:pa ss", enabled: ["FCALL", "FCALL_RO", "SUBSCRIBE", "UNSUBSCRIBE", "PING"] }],
+  });
+  writeFileSync(`${srv.dir}/webdis-auth.json`, JSON.stringify(conf));
+  const w = spawn("webdis", [`${srv.dir}/webdis-auth.json`], { stdio: "ignore" });
+  const c = new Client(`http://user:pa%20ss@127.0.0.1:${port}`, opts);
+  const anon = new Client(`http://127.0.0.1:${port}`, { ...opts, timeoutMs: 2000 });
+  const name = uniqueName("auth");
+  try {
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      try { await c.list(); break; } catch (e) { if (Date.now() > deadline) throw e; await new Promise((r) => setTimeout(r, 100)); }
+    }
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    const f = await c.follow(name, "pw");
+    await waitEvent(f, isState(1));
+    await assert.rejects(anon.follow(name, "pw"), (e) => e.status === Status.MS_ERR_FORBIDDEN);
+    await leader.stop();
+  } finally {
+    await c.close();
+    w.kill("SIGKILL");
+  }
+});

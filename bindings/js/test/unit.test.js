@@ -1,0 +1,73 @@
+// The test vectors of docs/PROTOCOL.md, with no server.
+import test from "node:test";
+import assert from "node:assert/strict";
+import { applyDelta, makeDelta, checksum, deriveKey, channelOf, openSealed, frameBody, Status, statusName, EventKind } from "../src/index.js";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+test("key derivation matches the test vectors", async () => {
+  const salt = "000102030405060708090a0b0c0d0e0f";
+  assert.equal(await deriveKey("correct horse", "pw:", salt, 100000), "2e31d2dac861c0bc6459dd01f8116f6472f1c13ce752f8707851be9b9559a4fa");
+  assert.equal(await deriveKey("c0de-é", "code:", salt, 100000), "8a352da446eba79955cf2c6aef18cce9404b5b8ded62fda274da779b38980f1a");
+  assert.equal(await deriveKey("", "pw:", salt, 100000), "07f6a0ab6bd68f107233b344249f10f9b8206722d91988e3bfd827718a41a765");
+});
+
+test("channel and sealed value match the test vectors", async () => {
+  assert.equal(await channelOf("000102030405060708090a0b0c0d0e0f", "m1"), "bdb9e7ae4e18af698d45214028be66ed5998a4f1");
+  const key = "2e31d2dac861c0bc6459dd01f8116f6472f1c13ce752f8707851be9b9559a4fa";
+  assert.equal(await openSealed("9ae98dd1a4b18439abe9c51f396e1287336f625d", key, "5f3a0c1e9b7d22a40"), "bdb9e7ae4e18af698d45214028be66ed5998a4f1");
+  assert.equal(await openSealed("not hex", key, "n"), null);
+});
+
+test("the documented delta applies; corrupt ones are refused", () => {
+  const base = enc.encode("hello world");
+  const out = applyDelta(base, enc.encode("H\n6@0,6:there 5@6,OPwXW;"));
+  assert.equal(dec.decode(out), "hello there world");
+  assert.equal(checksum(enc.encode("hello there world")), 0x1867b860);
+  for (const bad of ["H\n6@0,6:there 5@6,OPwXX;", "H\n6@0,6:there 5@7,OPwXW;", "H\n6@0,6:there 5@6,OPwXW;x", "I\n6@0,6:there 5@6,OPwXW;", "H\n6@0,6:there 5@6,", "", "H6@0,"]) {
+    assert.equal(applyDelta(base, enc.encode(bad)), null, bad);
+  }
+});
+
+test("made deltas round-trip and keep whole characters", () => {
+  const cases = [
+    ["", "abc"], ["abc", ""], ["same", "same"], ["héllo wörld", "héllo wórld"], ["aé", "aè"],
+    ["{\"wp\":[1,2,3]}", "{\"wp\":[1,2,4,3]}"], ["😀😀", "😀😁"], ["x".repeat(1000), "x".repeat(500) + "ü" + "x".repeat(500)],
+  ];
+  for (const [a, b] of cases) {
+    const d = makeDelta(enc.encode(a), enc.encode(b));
+    const text = new TextDecoder("utf-8", { fatal: true }).decode(d); // valid UTF-8 itself
+    assert.ok(text.length > 0);
+    assert.equal(dec.decode(applyDelta(enc.encode(a), d)), b, `${a} -> ${b}`);
+  }
+});
+
+test("framed bodies count bytes", () => {
+  assert.equal(dec.decode(frameBody(["ab", "é", "{}"])), "2 2\nabé{}");
+  assert.equal(dec.decode(frameBody(["x"])), "\nx");
+});
+
+test("statuses and event kinds have the header's names and values", async () => {
+  const { readFileSync } = await import("node:fs");
+  const header = readFileSync(new URL("../../../include/missionstream.h", import.meta.url), "utf8");
+  const found = [...header.matchAll(/^\s+(MS_(?:OK|ERR_[A-Z_]+|EVENT_[A-Z_]+)) = (\d+),/gm)];
+  assert.ok(found.length >= 20);
+  for (const [, name, value] of found) {
+    const table = name.startsWith("MS_EVENT_") ? EventKind : Status;
+    assert.equal(table[name], Number(value), name);
+  }
+  assert.equal(Object.keys(Status).length + Object.keys(EventKind).length, found.length);
+  assert.equal(statusName(3), "MS_ERR_NOT_FOUND");
+});
+
+test("the package speaks the protocol version of the library and the functions", async () => {
+  const { readFileSync } = await import("node:fs");
+  const { PROTOCOL_VERSION } = await import("../src/index.js");
+  const rust = /PROTOCOL_VERSION: &str = "(\d+)"/.exec(readFileSync(new URL("../../../src/protocol.rs", import.meta.url), "utf8"))[1];
+  const lua = /^local PROTOCOL = '(\d+)'/m.exec(readFileSync(new URL("../../../lua/missionstream.lua", import.meta.url), "utf8"))[1];
+  const readme = /protocol \(version (\d+)\)|protocol of `docs\/PROTOCOL.md` \(version (\d+)\)/.exec(readFileSync(new URL("../README.md", import.meta.url), "utf8"));
+  assert.equal(PROTOCOL_VERSION, rust);
+  assert.equal(PROTOCOL_VERSION, lua);
+  assert.equal(readme[1] ?? readme[2], rust);
+});

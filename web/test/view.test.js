@@ -1,0 +1,328 @@
+// The live plan view in a real browser (headless Chromium), served by the
+// view front (deploy/nginx-view.conf: TLS, HTTP/2, page and protocol on one
+// origin) in front of real Redis + Webdis. The page follows a stream led
+// by the library: after 50 updates of a survey plan the drawn waypoints
+// equal the leader's plan; then it follows 20 streams at once on one
+// HTTP/2 connection. Writes a screenshot and the latency figures under
+// target/js-view/.
+import test, { before, after } from "node:test";
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { Client } from "../../bindings/js/src/index.js";
+import { startServer, uniqueName, python, REPO } from "../../bindings/js/test/helpers.js";
+import { surveyPlan, dragWaypoint } from "../../bindings/js/test/plan.js";
+import { launch } from "./browser.js";
+
+const OUT = path.join(REPO, "target", "js-view");
+const OPENSSL_CNF = `[req]
+distinguished_name = dn
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+authorityKeyIdentifier = keyid
+`;
+let srv, browser, viewUrl;
+
+before(async () => {
+  srv = startServer();
+  // A test CA and its certificate for 127.0.0.1 and localhost (Chromium
+  // runs with --ignore-certificate-errors; the library trusts the CA).
+  writeFileSync(`${srv.dir}/openssl.cnf`, OPENSSL_CNF);
+  const ssl = (args) => execFileSync("openssl", args.split(" "), { cwd: srv.dir, stdio: "ignore" });
+  const ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+  ssl(`req -x509 -new ${ec} -keyout ca.key -out ca.crt -days 2 -subj /CN=missionstream-test-ca -config openssl.cnf -extensions ca`);
+  ssl(`req -new ${ec} -keyout view.key -out view.csr -subj /CN=view -config openssl.cnf`);
+  ssl(`x509 -req -in view.csr -CA ca.crt -CAkey ca.key -set_serial ${Date.now()} -days 2 -sha256 -out view.crt -extfile openssl.cnf -extensions server`);
+  const port = /WEBDIS_PORT=(\d+)/.exec(readFileSync(`${srv.dir}/env`, "utf8"))[1];
+  // https://localhost:PORT is another origin than https://127.0.0.1:PORT: allowed, for the cross-origin test.
+  execFileSync(path.join(REPO, "scripts", "view.sh"), ["start", srv.dir, port, `${srv.dir}/view.crt`, `${srv.dir}/view.key`],
+    { stdio: "inherit", env: { ...process.env, MS_VIEW_ORIGINS: "https://localhost:PORT" } });
+  viewUrl = /VIEW_URL=(\S+)/.exec(readFileSync(`${srv.dir}/view.env`, "utf8"))[1];
+  browser = await launch();
+  mkdirSync(OUT, { recursive: true });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (srv) {
+    try { execFileSync(path.join(REPO, "scripts", "view.sh"), ["stop", srv.dir]); } catch { /* stopped */ }
+    srv.stop();
+  }
+});
+
+// The library as leader (publish times printed) or as follower (receive times).
+const PEER = `
+import json, sys, time
+import missionstream as ms
+url, role, name = sys.argv[1:4]
+ca = sys.argv[4] if len(sys.argv) > 4 else None
+c = ms.Client(url, timeout=10, heartbeat=1, tls_ca_file=ca)
+out = lambda **kw: print(json.dumps(kw), flush=True)
+if role == "lead":
+    leader = c.start(name, "pw", "code")
+    out(ready=True)
+    for line in sys.stdin:
+        state = json.loads(line)
+        if state is None:
+            break
+        t = time.time() * 1000
+        leader.publish(state); leader.flush(); out(stored=True, t=t)
+    leader.stop()
+else:
+    f = c.connect(name, "pw")
+    for ev in f.events(timeout=60):
+        if ev.kind == ms.EventKind.STATE:
+            out(seq=ev.seq, t=ev.received_at * 1000)
+        if ev.kind == ms.EventKind.ENDED:
+            break
+c.close()
+`;
+
+function peer(role, name, url = srv.url, ca = null) {
+  const p = python(PEER, [url, role, name, ...(ca ? [ca] : [])]);
+  let err = "";
+  p.stderr.on("data", (d) => { err += d; });
+  const lines = createInterface({ input: p.stdout })[Symbol.asyncIterator]();
+  return {
+    p,
+    async line() {
+      const r = await lines.next();
+      if (r.done) throw new Error(`the ${role} peer exited: ${err}`);
+      return JSON.parse(r.value);
+    },
+    send(v) { p.stdin.write(JSON.stringify(v) + "\n"); },
+  };
+}
+
+const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
+
+/** The positions of a plan as the page draws them: SimpleItems with a lat/lon. */
+function expectedPoints(plan) {
+  return plan.mission.items.filter((it) => it.type === "SimpleItem" && !(it.params[4] === 0 && it.params[5] === 0))
+    .map((it) => ({ n: it.doJumpId, lat: it.params[4], lon: it.params[5], alt: it.Altitude }));
+}
+
+test("the page follows a library-led survey plan through 50 updates; the drawn waypoints equal the leader's plan", async () => {
+  const name = uniqueName("view");
+  const lead = peer("lead", name);
+  assert.deepEqual(await lead.line(), { ready: true });
+  const plan = surveyPlan(120);
+  lead.send(JSON.stringify(plan, null, 4));
+  assert.equal((await lead.line()).stored, true);
+
+  await browser.goto(viewUrl + "#stream=" + encodeURIComponent(name));
+  // The stream list shows the stream; the user types the password and follows.
+  await browser.waitFor(`[...document.querySelectorAll('#streams button')].some(b => b.dataset.name === ${JSON.stringify(name)})`);
+  await browser.eval(`document.getElementById('password').value = 'wrong'; document.getElementById('join').requestSubmit(); 1`);
+  await browser.waitFor(`document.getElementById('error').textContent === 'wrong password for this stream'`);
+  await browser.eval(`document.getElementById('password').value = 'pw'; document.getElementById('join').requestSubmit(); 1`);
+  await browser.waitFor(`window.msView.seq === 1 && document.querySelectorAll('#map .wp').length > 0`);
+  const native = peer("follow", name);
+  assert.equal((await native.line()).seq, 1);
+  // The library's follower through the same front (TLS; HTTP/1.1), for a like-for-like baseline.
+  const viaFront = peer("follow", name, new URL(viewUrl).origin, `${srv.dir}/ca.crt`);
+  assert.equal((await viaFront.line()).seq, 1);
+
+  const published = {};
+  for (let i = 0; i < 50; i++) {
+    lead.send(JSON.stringify(dragWaypoint(plan, i), null, 4));
+    const r = await lead.line();
+    published[i + 2] = r.t;
+    await browser.waitFor(`window.msView.seq === ${i + 2}`, 15000);
+  }
+  const collect = async (p) => {
+    const at = {};
+    while (Object.keys(at).length < 50) {
+      const ev = await p.line();
+      if (ev.seq >= 2) at[ev.seq] = ev.t;
+    }
+    return at;
+  };
+  const nativeAt = await collect(native);
+  const frontAt = await collect(viaFront);
+  const drawn = await browser.eval(`[...document.querySelectorAll('#map .wp')].map(g => ({n: +g.dataset.n, lat: +g.dataset.lat, lon: +g.dataset.lon, alt: +g.dataset.alt}))`);
+  assert.deepEqual(drawn, expectedPoints(plan));
+  // The last update's waypoint, and only it, is highlighted (drawn and in the table).
+  const last = plan.mission.items.filter((it) => it.command === 16)[(49 * 7) % 120];
+  assert.deepEqual(await browser.eval(`[...document.querySelectorAll('#map .wp.changed')].map(g => +g.dataset.n)`), [last.doJumpId]);
+  assert.deepEqual(await browser.eval(`[...document.querySelectorAll('#items tr.changed td')].map(td => td.textContent).slice(0, 1)`), [String(last.doJumpId)]);
+  assert.equal(await browser.eval(`document.getElementById('seq').textContent`), "51");
+  assert.equal(await browser.eval(`document.getElementById('conn').textContent`), "connected");
+  assert.equal(await browser.eval(`document.getElementById('leader').textContent`), "leader online");
+  writeFileSync(path.join(OUT, "view.png"), await browser.screenshot());
+
+  const renders = await browser.eval(`window.msView.renders`);
+  const received = await browser.eval(`window.msView.received`);
+  const page = [], lib = [], draw = [], libFront = [];
+  for (let s = 2; s <= 51; s++) {
+    page.push(renders[s] - published[s]);
+    draw.push(renders[s] - received[s]);
+    lib.push(nativeAt[s] - published[s]);
+    libFront.push(frontAt[s] - published[s]);
+  }
+  const row = {
+    updates: 50, plan_bytes: JSON.stringify(plan, null, 4).length,
+    page_rendered_ms: { p50: pct(page, 50), p99: pct(page, 99) },
+    page_drawing_ms: { p50: pct(draw, 50), p99: pct(draw, 99) },
+    library_follower_ms: { p50: pct(lib, 50), p99: pct(lib, 99) },
+    library_follower_via_front_ms: { p50: pct(libFront, 50), p99: pct(libFront, 99) },
+  };
+  writeFileSync(path.join(OUT, "latency.json"), JSON.stringify(row, null, 2) + "\n");
+  console.log(`publish -> rendered in the page: p50 ${row.page_rendered_ms.p50} ms, p99 ${row.page_rendered_ms.p99} ms ` +
+    `(drawing: p50 ${row.page_drawing_ms.p50} ms); ` +
+    `library follower: p50 ${row.library_follower_ms.p50} ms, p99 ${row.library_follower_ms.p99} ms; ` +
+    `through the same front: p50 ${row.library_follower_via_front_ms.p50} ms, p99 ${row.library_follower_via_front_ms.p99} ms`);
+
+  lead.send(null);
+  await browser.waitFor(`document.getElementById('conn').textContent === 'stream ended'`);
+  native.p.kill();
+  viaFront.p.kill();
+});
+
+test("one page follows 20 streams at once, every SUBSCRIBE on one HTTP/2 connection", async () => {
+  const c = new Client(srv.url, { iterations: 100000, heartbeatMs: 1000 });
+  const names = Array.from({ length: 20 }, () => uniqueName("view20"));
+  const responses = [];
+  browser.on((m) => {
+    if (m.method === "Network.responseReceived" && m.params.response.url.includes("/SUBSCRIBE/")) responses.push(m.params.response);
+  });
+  try {
+    const leaders = await Promise.all(names.map((n) => c.start(n, "pw", "code")));
+    leaders.forEach((l, i) => l.publish({ stream: i, step: 1 }));
+    await Promise.all(leaders.map((l) => l.flush()));
+    await browser.goto(viewUrl);
+    await browser.send("Network.enable");
+    const t0 = Date.now();
+    await browser.eval(`window.msView.followMany(${JSON.stringify(names)}, 'pw').then(() => true)`);
+    await browser.waitFor(`[...window.msView.followers.values()].every(f => f.seq === 1)`, 30000);
+    const joined = Date.now() - t0;
+    const t1 = Date.now();
+    leaders.forEach((l, i) => l.publish({ stream: i, step: 2 }));
+    await Promise.all(leaders.map((l) => l.flush()));
+    await browser.waitFor(`[...window.msView.followers.values()].every(f => f.seq === 2)`, 30000);
+    const all = Date.now() - t1;
+    const data = await browser.eval(`Object.fromEntries([...window.msView.followers].map(([k, v]) => [k, JSON.parse(v.data)]))`);
+    names.forEach((n, i) => assert.deepEqual(data[n], { stream: i, step: 2 }));
+    // (A subscription that is not proven in time is made again: more than 20 may come.)
+    assert.equal(new Set(responses.map((r) => r.url)).size, 20, "20 subscriptions");
+    assert.ok(responses.every((r) => r.protocol === "h2"), `HTTP/2: ${[...new Set(responses.map((r) => r.protocol))]}`);
+    assert.equal(new Set(responses.map((r) => r.connectionId)).size, 1, "one connection");
+    const row = JSON.parse(readFileSync(path.join(OUT, "latency.json"), "utf8"));
+    row.streams_20 = { joined_ms: joined, all_updated_ms: all };
+    writeFileSync(path.join(OUT, "latency.json"), JSON.stringify(row, null, 2) + "\n");
+    console.log(`20 streams in one page: joined in ${joined} ms, one update of each seen in ${all} ms`);
+    await Promise.all(leaders.map((l) => l.stop()));
+  } finally {
+    await c.close();
+  }
+});
+
+test("a page of another allowed origin calls by POST (text/plain) without one preflight; by PUT it is preflighted", async () => {
+  const c = new Client(srv.url, { iterations: 100000, heartbeatMs: 1000 });
+  const name = uniqueName("cors");
+  const log = `${srv.dir}/view/access.log`;
+  const count = (method) => readFileSync(log, "utf8").split("\n").filter((l) => l.includes(` ${method} `)).length;
+  const other = viewUrl.replace("127.0.0.1", "localhost");
+  const server = new URL(viewUrl).origin;
+  try {
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ step: 1 });
+    await leader.flush();
+    for (const post of [true, false]) {
+      const options0 = count("OPTIONS"), posts0 = count("POST");
+      await browser.goto(`${other}#server=${encodeURIComponent(server)}&post=${post ? 1 : 0}`);
+      await browser.waitFor(`[...document.querySelectorAll('#streams button')].some(b => b.dataset.name === ${JSON.stringify(name)})`);
+      await browser.eval(`document.getElementById('name').value = ${JSON.stringify(name)}; document.getElementById('password').value = 'pw'; document.getElementById('join').requestSubmit(); 1`);
+      await browser.waitFor(`window.msView.seq >= 1`);
+      leader.publish({ step: post ? 2 : 3 });
+      await leader.flush();
+      await browser.waitFor(`window.msView.seq === ${post ? 2 : 3}`);
+      await browser.eval(`window.msView.leave(); 1`);
+      await new Promise((r) => setTimeout(r, 300)); // nginx logs a SUBSCRIBE when it ends
+      if (post) {
+        assert.equal(count("OPTIONS") - options0, 0, "no preflight with POST text/plain");
+        assert.ok(count("POST") - posts0 >= 3, "the calls came by POST");
+      } else {
+        assert.ok(count("OPTIONS") - options0 >= 3, "PUT from another origin is preflighted (the test can see preflights)");
+      }
+    }
+    await leader.stop();
+  } finally {
+    await c.close();
+  }
+});
+
+test("any other JSON is a tree with the changed paths highlighted; the leader going silent shows offline; it fits a phone screen", async () => {
+  const c = new Client(srv.url, { iterations: 100000, heartbeatMs: 300 });
+  const name = uniqueName("<b>tree</b>"); // shown as text, never as HTML
+  try {
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ vehicle: { mode: "AUTO", battery: 87 }, notes: ["a", "b"] });
+    await leader.flush();
+    await browser.send("Emulation.setDeviceMetricsOverride", { width: 390, height: 844, deviceScaleFactor: 2, mobile: true });
+    await browser.goto(viewUrl);
+    await browser.eval(`window.msView.follow(${JSON.stringify(name)}, 'pw').then(() => true)`);
+    await browser.waitFor(`window.msView.seq === 1 && !document.getElementById('tree').hidden`);
+    leader.publish({ vehicle: { mode: "RTL", battery: 87 }, notes: ["a", "b"] });
+    await leader.flush();
+    await browser.waitFor(`window.msView.seq === 2`);
+    assert.equal(await browser.eval(`document.getElementById('stream-name').textContent`), name);
+    assert.equal(await browser.eval(`document.querySelectorAll('b > b, #status b b, #stream-name b').length`), 0);
+    const changed = await browser.eval(`[...document.querySelectorAll('#tree li.changed')].map(li => li.dataset.path)`);
+    assert.deepEqual(changed, ["", "/vehicle", "/vehicle/mode"]);
+    assert.equal(await browser.eval(`document.querySelector('#tree li[data-path="/vehicle/mode"] > .v').textContent`), '"RTL"');
+    assert.ok(await browser.eval(`document.documentElement.scrollWidth <= 390`), "no horizontal scrolling on a phone");
+    writeFileSync(path.join(OUT, "view-phone.png"), await browser.screenshot());
+    // The leader's client goes silent: offline after three intervals, online with its next state.
+    clearInterval(leader.hbTimer);
+    await browser.waitFor(`document.getElementById('leader').textContent === 'leader offline'`, 10000);
+    leader.publish({ vehicle: { mode: "RTL", battery: 86 }, notes: ["a", "b"] });
+    await leader.flush();
+    await browser.waitFor(`document.getElementById('leader').textContent === 'leader online' && window.msView.seq === 3`, 10000);
+    await leader.stop();
+  } finally {
+    await browser.send("Emulation.clearDeviceMetricsOverride");
+    await c.close();
+  }
+});
+
+test("map tiles, where a deployment has them (#tiles=URL template), are drawn under the plan at the zoom that fits it", async () => {
+  const c = new Client(srv.url, { iterations: 100000 });
+  const name = uniqueName("tiles");
+  // A tile server of the page's own: SVG data URLs naming their tile (the page's CSP allows data: images).
+  const template = "data:image/svg+xml,<svg xmlns='http://www.w3.org/2000/svg' width='256' height='256'><rect width='256' height='256' fill='%23e3e8ef' stroke='%23b0b8c4'/><text x='8' y='20'>{z}/{x}/{y}</text></svg>";
+  try {
+    const plan = surveyPlan(60);
+    const leader = await c.start(name, "pw", "code");
+    leader.publish(plan);
+    await leader.flush();
+    await browser.goto(`${viewUrl}#${new URLSearchParams({ stream: name, tiles: template })}`);
+    await browser.eval(`window.msView.follow(${JSON.stringify(name)}, 'pw').then(() => true)`);
+    await browser.waitFor(`window.msView.seq === 1 && document.querySelectorAll('#map .tiles image').length > 0`);
+    const z = Number(await browser.eval(`document.querySelector('#map .tiles').dataset.z`));
+    const tilesDrawn = await browser.eval(`[...document.querySelectorAll('#map .tiles image')].map(i => i.dataset.tile)`);
+    assert.ok(z >= 14 && z <= 19, `zoom ${z} for a survey of a few hundred metres`);
+    // The tile under each waypoint (Web Mercator) is drawn, first in the SVG (under the plan).
+    const tileOf = (lat, lon) => {
+      const t = Math.sin((lat * Math.PI) / 180);
+      return `${z}/${Math.floor(((lon + 180) / 360) * 2 ** z)}/${Math.floor((0.5 - Math.log((1 + t) / (1 - t)) / (4 * Math.PI)) * 2 ** z)}`;
+    };
+    for (const it of plan.mission.items.filter((i) => i.command === 16)) assert.ok(tilesDrawn.includes(tileOf(it.params[4], it.params[5])), tileOf(it.params[4], it.params[5]));
+    assert.equal(await browser.eval(`document.getElementById('map').firstElementChild.getAttribute('class')`), "tiles");
+    assert.match(await browser.eval(`document.querySelector('#map .tiles image').getAttribute('href')`), new RegExp(`<text x='8' y='20'>${z}/\\d+/\\d+</text>`));
+    writeFileSync(path.join(OUT, "view-tiles.png"), await browser.screenshot());
+    await leader.stop();
+  } finally {
+    await c.close();
+  }
+});
