@@ -23,6 +23,22 @@ pub fn random_hex(n: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Tests: how much busier than one runnable thread per core the machine
+/// is (the 1-minute load average per core, at least 1). A unit test's
+/// timing bound is multiplied by it, so that it stays tight on an idle
+/// machine and holds on a busy one.
+#[cfg(test)]
+pub(crate) fn load_factor() -> f64 {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let load: f64 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    (load / cores).max(1.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
