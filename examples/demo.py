@@ -110,7 +110,7 @@ def lead(
 # show it before stopping the stream.
 CATCH_UP_SECONDS = 20.0
 
-PROTOCOL = "7"  # the wire protocol version (docs/PROTOCOL.md)
+PROTOCOL = "8"  # the wire protocol version (docs/PROTOCOL.md)
 
 
 def survey_plan(waypoints: int, seed: int = 7) -> Dict[str, Any]:

@@ -40,7 +40,7 @@ Channel messages (payloads published on the stream's channel):
     "e"                               the stream was stopped
 ]]
 
-local PROTOCOL = '7'
+local PROTOCOL = '8'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -404,23 +404,153 @@ local function join(pieces)
   return join100(unpack(strs))
 end
 
--- The rope of the state stored in the record at key (rec: its fields):
--- the one kept, while the record still holds it, else read.
+-- A state as segments: references to byte ranges of strings already made
+-- (the record's base, the deltas), so that the deltas since the base apply
+-- one after the other without making any string until the end, and at a
+-- cost that grows with their commands and the segments they produce, not
+-- with the state's bytes. Parallel arrays: s (strings), o (0-based
+-- offsets), n (lengths), at (offset of each segment in the state); len:
+-- the state's length.
+local function segs_of(s)
+  if #s == 0 then return { s = {}, o = {}, n = {}, at = {}, len = 0 } end
+  return { s = { s }, o = { 0 }, n = { #s }, at = { 0 }, len = #s }
+end
+
+-- Applies delta d, already verified against the state segs holds (its
+-- commands are well-formed and stay within that state), to segs. Returns
+-- the segments of the result and the work it took (commands and segments
+-- made: what reading the record costs per delta).
+local function apply_segs(segs, d)
+  local _, pos = delta_int(d, 1)
+  pos = pos + 1
+  local S, O, N, AT = {}, {}, {}, {}
+  local k, len, commands = 0, 0, 0
+  local function add(str, o, n)
+    if n <= 0 then return end
+    if k > 0 and S[k] == str and O[k] + N[k] == o then
+      N[k] = N[k] + n
+    else
+      k = k + 1
+      S[k], O[k], N[k], AT[k] = str, o, n, len
+    end
+    len = len + n
+  end
+  while true do
+    commands = commands + 1
+    local n
+    n, pos = delta_int(d, pos)
+    local op = string.byte(d, pos)
+    pos = pos + 1
+    if op == 64 then -- '@': copy
+      local off
+      off, pos = delta_int(d, pos)
+      pos = pos + 1
+      local x, e = off, off + n
+      while x < e do
+        local i = piece_at(segs.at, x)
+        local into = x - segs.at[i]
+        local take = math.min(segs.n[i] - into, e - x)
+        add(segs.s[i], segs.o[i] + into, take)
+        x = x + take
+      end
+    elseif op == 58 then -- ':': literal
+      add(d, pos - 1, n)
+      pos = pos + n
+    else -- ';': the end (checked by apply_delta)
+      break
+    end
+  end
+  return { s = S, o = O, n = N, at = AT, len = len }, commands + k
+end
+
+-- The string of a state's segments (one string made per segment, then
+-- their join).
+local function join_segs(segs)
+  local k = #segs.s
+  if k == 0 then return '' end
+  if k == 1 and segs.o[1] == 0 and segs.n[1] == #segs.s[1] then return segs.s[1] end
+  local strs = {}
+  for i = 1, k do strs[i] = { s = string.sub(segs.s[i], segs.o[i] + 1, segs.o[i] + segs.n[i]) } end
+  return join(strs)
+end
+
+-- The record of a stream keeps its newest state as a base and the deltas
+-- since it (docs/PROTOCOL.md, "The record"): field "state" holds the base,
+-- "d1" ... "d<n>" the deltas in order, and "deltas" their account
+-- "<n> <len> <bytes> <work> <seq>": how many, the newest state's length,
+-- the deltas' bytes, the work of applying them (apply_segs), and the seq
+-- of the newest state. The account holds only while its seq is the
+-- record's: a record whose state was written whole by anything else (an
+-- earlier protocol's functions, an operator) has no deltas.
+-- Returns n, len, bytes, work (0, nil, 0, 0 without deltas).
+local function account(rec)
+  local a = rec.deltas
+  if a then
+    local n, len, bytes, work, seq = string.match(a, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
+    if n and tonumber(seq) == rec.seq and tonumber(n) > 0 then
+      return tonumber(n), tonumber(len), tonumber(bytes), tonumber(work)
+    end
+  end
+  return 0, nil, 0, 0
+end
+
+-- The length of the newest state of the record at key.
+local function state_len(key, rec)
+  local n, len = account(rec)
+  if n > 0 then return len end
+  return redis.call('HSTRLEN', key, 'state')
+end
+
+-- A compaction writes the newest state whole as the new base when the
+-- deltas since the base hold more than a half of the state's bytes (so
+-- the record holds at most ~1.5 times the state), or when applying them
+-- would take more than MAX_WORK (commands and segments: ~25 ms of Redis
+-- time at most to assemble the newest state without a kept one).
+local MAX_WORK = 100000
+
+-- Reads the newest state of the record at key: the base, then its deltas
+-- applied in turn. Returns its segments and the work they took.
+local function assemble(key, rec)
+  local n = account(rec)
+  local base = redis.call('HGET', key, 'state') or ''
+  local segs, work = segs_of(base), 0
+  local CHUNK = 500
+  for first = 1, n, CHUNK do
+    local names = {}
+    for i = first, math.min(n, first + CHUNK - 1) do names[#names + 1] = 'd' .. i end
+    local ds = redis.call('HMGET', key, unpack(names))
+    for _, d in ipairs(ds) do
+      -- (A delta field gone: a record edited by hand. Its base stands.)
+      if not d then return segs_of(base), 0 end
+      local w
+      segs, w = apply_segs(segs, d)
+      work = work + w
+    end
+  end
+  return segs, work
+end
+
+-- The kept state of the record at key (rec: its fields): the one kept,
+-- while the record still holds it, else assembled from the record. An
+-- entry: channel, seq, pub, len, pieces (the rope), segs and work (the
+-- record's base and deltas as segments), joined (the state as one
+-- string, once made).
 local function rope_of(key, rec)
   local e = ropes[key]
   local pub = rec.pub or '-'
-  if e and e.channel == rec.channel and e.seq == rec.seq and e.pub == pub
-      and e.len == redis.call('HSTRLEN', key, 'state') then
+  if e and e.channel == rec.channel and e.seq == rec.seq and e.pub == pub and e.len == state_len(key, rec) then
     return e
   end
-  local s = redis.call('HGET', key, 'state') or ''
-  return { pieces = #s > 0 and { { s = s } } or {}, len = #s }
+  local segs, work = assemble(key, rec)
+  local s = join_segs(segs)
+  return { channel = rec.channel, seq = rec.seq, pub = pub, len = #s, joined = s,
+           pieces = #s > 0 and { { s = s } } or {}, segs = segs, work = work }
 end
 
--- What a kept rope costs in the budget: its bytes and ~256 bytes of Lua
--- tables a piece and an entry.
+-- What a kept entry costs in the budget: its bytes (twice once joined)
+-- and ~256 bytes of Lua tables a piece, a segment and an entry.
 local function rope_cost(e)
-  return e.len + 256 * (#e.pieces + 1)
+  return e.len * (e.joined and 2 or 1) + 256 * (#e.pieces + #e.segs.s + 1)
 end
 
 local function forget_rope(key)
@@ -431,13 +561,12 @@ local function forget_rope(key)
   end
 end
 
--- Keeps the rope of the state just stored at key, when it is worth
--- keeping (a state of a few KiB is read again at little cost); drops
--- others (any) when the cache holds more than ROPE_BUDGET.
-local function keep_rope(key, channel, seq, pub, pieces, len)
+-- Keeps entry e (see rope_of) of the state just stored or read at key,
+-- when it is worth keeping (a state of a few KiB is read again at little
+-- cost); drops others (any) when the cache holds more than ROPE_BUDGET.
+local function keep_rope(key, e)
   forget_rope(key)
-  if len < MIN_KEPT then return end
-  local e = { channel = channel, seq = seq, pub = pub, pieces = pieces, len = len }
+  if e.len < MIN_KEPT then return end
   ropes[key] = e
   rope_bytes = rope_bytes + rope_cost(e)
   if rope_bytes > ROPE_BUDGET then
@@ -460,8 +589,8 @@ local MAX_DELTA_COMMANDS = 2048
 -- a stored state (without NUL). Every copy must cover whole characters of
 -- the base, so a delta of whole characters between UTF-8 states makes a
 -- UTF-8 state. The checksum follows from the residue sums of the result's
--- pieces. Returns the result and its pieces, or nil and an error text;
--- base is left as it was.
+-- pieces. Returns the pieces of the result and its length, or nil and an
+-- error text; base is left as it was.
 local function apply_delta(base, d)
   local limit, pos = delta_int(d, 1)
   if not limit then return nil, 'the delta does not start with the target length' end
@@ -521,7 +650,7 @@ local function apply_delta(base, d)
         at2 = at2 + #p.s
       end
       if checksum_of(sums) ~= n then return nil, 'the checksum of the result does not match' end
-      return join(pieces), pieces
+      return pieces, limit
     else
       return nil, 'the delta ends without a checksum or has an unknown command'
     end
@@ -626,7 +755,7 @@ end
 -- Loads the record; returns the fields table or nil.
 local function load(key)
   local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub',
-    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead')
+    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead', 'deltas')
   -- A record without kdf (written by protocol 3), or with a channel the
   -- client chose (32 hex digits, protocols 4-6: not proven to be the
   -- stream's own), is no stream.
@@ -635,7 +764,7 @@ local function load(key)
            hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9],
            fails = tonumber(v[10]) or 0, fail_at = tonumber(v[11]) or 0,
            locked_until = tonumber(v[12]) or 0, locks = tonumber(v[13]) or 0,
-           kdf = v[14], iter = tonumber(v[15]), lead = v[16] }
+           kdf = v[14], iter = tonumber(v[15]), lead = v[16], deltas = v[17] }
 end
 
 local function not_found(nonce)
@@ -832,7 +961,7 @@ redis.register_function('ms_reconnect', function(keys, args)
   redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl, 'lead', hash(f[3]))
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
   index_ready(keys[2], true)
-  count_bytes(keys[2], string.sub(key, #RECORD_PREFIX + 1), redis.call('HSTRLEN', key, 'state'))
+  count_bytes(keys[2], string.sub(key, #RECORD_PREFIX + 1), state_len(key, rec))
   return { nonce, seal(rec.channel, f[2], nonce), rec.seq }
 end)
 
@@ -871,7 +1000,21 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
   if not nonce then return err end
   local rec, e = load_by_channel(nonce, keys[1], f[1])
   if not rec then return e end
-  return { nonce, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms), redis.call('HGET', keys[1], 'state') }
+  local key, state = keys[1], nil
+  if account(rec) == 0 then
+    state = redis.call('HGET', key, 'state')
+  else
+    -- The newest state: kept (joined once for all the snapshots of this
+    -- seq), else assembled from the record and kept.
+    local kept = rope_of(key, rec)
+    if not kept.joined then
+      kept.joined = join(kept.pieces)
+      if ropes[key] == kept then rope_bytes = rope_bytes + kept.len end
+    end
+    if ropes[key] ~= kept then keep_rope(key, kept) end
+    state = kept.joined
+  end
+  return { nonce, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms), state }
 end }
 
 -- ms_publish KEYS: record, index  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
@@ -936,32 +1079,62 @@ redis.register_function('ms_publish', function(keys, args)
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
-  local state, pieces = data, nil
+  local len, kept, pieces = #data, nil, nil
   if kind == 'delta' then
     if rec.seq ~= base_seq or (rec.pub or '-') ~= base_id then
       return fail('MSBASE', nonce, 'the stored state (seq ' .. rec.seq .. ') is not the base of the delta; send it in full')
     end
-    state, pieces = apply_delta(rope_of(key, rec), data)
-    if not state then return fail('MSARG', nonce, 'malformed delta: ' .. pieces) end
-  else
-    pieces = #data > 0 and { { s = data } } or {}
+    kept = rope_of(key, rec)
+    pieces, len = apply_delta(kept, data)
+    if not pieces then return fail('MSARG', nonce, 'malformed delta: ' .. len) end
   end
   index_ready(keys[2], true)
   local name = string.sub(key, #RECORD_PREFIX + 1)
-  local over = over_quota(keys[2], name, #state, false)
+  local over = over_quota(keys[2], name, len, false)
   if over then return fail('MSQUOTA', nonce, over) end
-  count_bytes(keys[2], name, #state)
+  count_bytes(keys[2], name, len)
   local seq = math.max(rec.seq, floor) + 1
   local updated = now_ms()
-  redis.call('HSET', key, 'state', state, 'seq', seq, 'updated_ms', updated, 'pub', id)
-  -- (The residue sums an earlier version of these functions kept.)
-  redis.call('HDEL', key, 'sums')
-  keep_rope(key, rec.channel, seq, id, pieces, #state)
+  -- The record (docs/PROTOCOL.md, "The record"): a delta is appended to
+  -- the base and the deltas since it, unless a compaction is due; a full
+  -- state, or a compaction, writes the state whole as the new base.
+  local n, _, bytes, work = account(rec)
+  local entry
+  if kind == 'delta' then
+    local segs, w = apply_segs(kept.segs, data)
+    if kept.work + w > MAX_WORK or bytes + #data > len / 2 then
+      local state = join(pieces)
+      entry = { pieces = pieces, segs = segs_of(state), work = 0, joined = state }
+    else
+      n, bytes, work = n + 1, bytes + #data, kept.work + w
+      redis.call('HSET', key, 'd' .. n, data, 'deltas', n .. ' ' .. len .. ' ' .. bytes .. ' ' .. work .. ' ' .. seq,
+        'seq', seq, 'updated_ms', updated, 'pub', id)
+      entry = { pieces = pieces, segs = segs, work = work }
+    end
+  else
+    entry = { pieces = #data > 0 and { { s = data } } or {}, segs = segs_of(data), work = 0, joined = data }
+  end
+  if entry.joined then
+    redis.call('HSET', key, 'state', entry.joined, 'seq', seq, 'updated_ms', updated, 'pub', id)
+    -- The deltas of the previous base, the account, and the residue sums
+    -- an earlier version of these functions kept.
+    local old = { 'deltas', 'sums' }
+    for i = 1, n do
+      old[#old + 1] = 'd' .. i
+      if #old >= 1000 then
+        redis.call('HDEL', key, unpack(old))
+        old = {}
+      end
+    end
+    if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  end
+  entry.channel, entry.seq, entry.pub, entry.len = rec.channel, seq, id, len
+  keep_rope(key, entry)
   touch(key, rec)
   if kind == 'delta' then
     redis.call('PUBLISH', rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. data)
   else
-    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. state)
+    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. data)
   end
   return { nonce, seq, id }
 end)
