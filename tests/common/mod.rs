@@ -200,6 +200,15 @@ impl Servers {
         }
     }
 
+    /// Kills redis-server at once (SIGKILL: nothing written on the way
+    /// out; what it acknowledged must already be in the append-only file).
+    pub fn kill_redis(&mut self) {
+        if let Some(mut c) = self.redis.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Webdis' process id, while it runs.
     pub fn webdis_pid(&self) -> Option<u32> {
         self.webdis.as_ref().map(|c| c.id())
