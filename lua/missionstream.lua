@@ -502,8 +502,10 @@ local function state_len(key, rec)
 end
 
 -- A compaction writes the newest state whole as the new base when the
--- deltas since the base hold more than a half of the state's bytes (so
--- the record holds at most ~1.5 times the state), or when applying them
+-- deltas since the base hold more bytes than the state (so the record
+-- holds at most about twice the state, and the base written costs the
+-- AOF and the replicas at most a delta's bytes again per update, amortised
+-- over the updates between compactions), or when applying them
 -- would take more than MAX_WORK (commands and segments: ~25 ms of Redis
 -- time at most to assemble the newest state without a kept one).
 local MAX_WORK = 100000
@@ -1102,7 +1104,7 @@ redis.register_function('ms_publish', function(keys, args)
   local entry
   if kind == 'delta' then
     local segs, w = apply_segs(kept.segs, data)
-    if kept.work + w > MAX_WORK or bytes + #data > len / 2 then
+    if kept.work + w > MAX_WORK or bytes + #data > len then
       local state = join(pieces)
       entry = { pieces = pieces, segs = segs_of(state), work = 0, joined = state }
     else

@@ -101,8 +101,8 @@ fn a_record_holds_the_deltas_and_the_aof_grows_by_the_change() {
 fn restarts_from_the_aof_between_deltas_and_after_compactions_lose_nothing() {
     let mut s = Servers::start();
     let (leader, _f, _rec, name) = s.followed("rec-restart");
-    // 16 KiB: compacted after ~8 KiB of deltas, some 60-80 updates.
-    let mut plan = Plan::of_size(16 * 1024, 4);
+    // 8 KiB: compacted after ~8 KiB of deltas, some 60-80 updates.
+    let mut plan = Plan::of_size(8 * 1024, 4);
     leader.publish(&name, plan.text().as_bytes()).unwrap();
     leader.flush(&name, 20_000).unwrap();
     s.redis_cli(&["CONFIG", "SET", "appendfsync", "always"]);
