@@ -2,6 +2,22 @@
 --[[
 missionstream: server-side logic of the mission plan streams.
 
+Contents (each section opens with a banner of its number and title):
+   1. Protocol, errors and request bodies
+   2. Secrets and channels
+   3. Limits and quotas
+   4. UTF-8
+   5. Deltas: format and checksums
+   6. Kept states (ropes)
+   7. The record: a base and the deltas since it
+   8. Applying a delta
+   9. Arguments and the common entry
+  10. Records and the throttling of guesses
+  11. The index of live streams and the quotas it counts
+  12. The functions of a stream: ms_start, ms_reconnect, ms_connect, ms_params,
+      ms_snapshot, ms_publish, ms_heartbeat, ms_probe, ms_stop
+  13. The functions of the index: ms_list, ms_subscribers, ms_limits
+
 Load (or upgrade) with:
     redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua
 
@@ -26,10 +42,12 @@ client at start and reconnect): a cheap check, no throttling needed.
 Record of stream <name>: hash "stream:<name>" with fields
     name, kdf, iter, salt, pw, code (SHA-1 hex of the derived key's hex),
     lead (SHA-1 hex of the lead token), channel (channel_of below: 40 hex
-    digits, made here), state, seq,
-    updated_ms, hb_ms, ttl, pub (id of the last stored publish),
-    fails, fail_at, locked_until, locks (the throttling of wrong secrets)
-Index of live streams: set "streams" of names.
+    digits, made here), seq, updated_ms, hb_ms, ttl, pub (id of the last
+    stored publish), fails, fail_at, locked_until, locks (the throttling
+    of wrong secrets), and the newest state as a base and the deltas
+    since it (section 7): state (the base), d1 ... d<n> (the deltas),
+    deltas (their account; absent: the base is the newest state)
+Index of live streams: hash "streams" of names -> bytes of their states.
 Channel messages (payloads published on the stream's channel):
     "s <seq> <updated_ms>\n<state>"   a stored state
     "d <seq> <base_seq> <updated_ms>\n<delta>"
@@ -39,6 +57,10 @@ Channel messages (payloads published on the stream's channel):
     "p <nonce>"                       follower probe (ignored by others)
     "e"                               the stream was stopped
 ]]
+
+-- ========================================================================
+-- 1. Protocol, errors and request bodies
+-- ========================================================================
 
 local PROTOCOL = '8'
 local INDEX = 'streams'
@@ -84,6 +106,10 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- ========================================================================
+-- 2. Secrets and channels
+-- ========================================================================
+
 -- The key derivation of new streams and its bounds (docs/SECURITY.md):
 -- the client derives, so a stream's cost lands on whoever guesses.
 local KDF = 'pbkdf2-sha256'
@@ -121,6 +147,10 @@ local function seal(secret, key, nonce)
   return table.concat(out)
 end
 
+-- ========================================================================
+-- 3. Limits and quotas
+-- ========================================================================
+
 -- Limits, the same as the client library's.
 local MAX_NAME = 256
 local MAX_STATE = 8 * 1024 * 1024
@@ -136,6 +166,10 @@ local QUOTA_STREAMS = 10000
 local QUOTA_STATE_BYTES = MAX_STATE
 -- Bytes of the states of all streams together at most:
 local QUOTA_TOTAL_BYTES = 1024 * 1024 * 1024
+
+-- ========================================================================
+-- 4. UTF-8
+-- ========================================================================
 
 -- Whether s is valid UTF-8 (no overlong forms, no surrogates), in C speed
 -- (Redis runs nothing else meanwhile): runs of ASCII collapse to one
@@ -162,6 +196,10 @@ local function utf8_valid(s)
   end
   return not string.find(s, '[\128-\255]')
 end
+
+-- ========================================================================
+-- 5. Deltas: format and checksums
+-- ========================================================================
 
 -- Deltas (docs/PROTOCOL.md, "Deltas"): Fossil's delta format. A delta is
 -- "<target length>\n", then commands "<n>@<offset>," (copy n bytes of the
@@ -255,17 +293,22 @@ local function add_shifted(r, d, shift)
   end
 end
 
--- States as ropes. A delta is applied to the stored state and the full
--- result stored; in Redis' Lua every string made costs ~1.2 ms per MiB
--- (each byte is hashed), so reading the stored state (HGET) and cutting
--- it up would cost more than the one string that must be made: the result.
--- The functions therefore keep the stored state of the streams they
--- published last in this Lua VM, cut into pieces, each with its residue
--- sums once known: a delta reuses the pieces it copies whole, makes only
--- the pieces it cuts or inserts, and joins them once for HSET. A kept
--- state is used only while the record still holds it (same channel, seq,
--- publish id and length; a publish id names one state); else it is read
--- again. The cache holds states of MIN_KEPT bytes or more, up to
+-- ========================================================================
+-- 6. Kept states (ropes)
+-- ========================================================================
+
+-- States as ropes. A delta is verified against the newest state (its
+-- checksum is that of the result); in Redis' Lua every string made costs
+-- ~1.2 ms per MiB (each byte is hashed), so assembling the newest state
+-- from the record and cutting it up at every update would cost far more
+-- than the delta. The functions therefore keep the newest state of the
+-- streams they published last (or read last) in this Lua VM, cut into
+-- pieces, each with its residue sums once known: a delta reuses the
+-- pieces it copies whole and makes only the pieces it cuts or inserts;
+-- they are joined into one string only for a compaction (section 7) or a
+-- snapshot. A kept state is used only while the record still holds it
+-- (same channel, seq, publish id and length; a publish id names one
+-- state); else it is assembled from the record again. The cache holds states of MIN_KEPT bytes or more, up to
 -- ROPE_BUDGET bytes with their tables (Lua memory of Redis, besides the
 -- records); FUNCTION LOAD or a restart empties it.
 local ropes, rope_bytes = {}, 0
@@ -403,6 +446,10 @@ local function join(pieces)
   for k = 1, 100 do strs[k] = pieces[k] and pieces[k].s or '' end
   return join100(unpack(strs))
 end
+
+-- ========================================================================
+-- 7. The record: a base and the deltas since it
+-- ========================================================================
 
 -- A state as segments: references to byte ranges of strings already made
 -- (the record's base, the deltas), so that the deltas since the base apply
@@ -582,6 +629,10 @@ local function keep_rope(key, e)
   end
 end
 
+-- ========================================================================
+-- 8. Applying a delta
+-- ========================================================================
+
 -- Most commands a delta may have: the work of applying one grows with
 -- its commands, not only with its bytes (a million one-byte copies would
 -- keep Redis busy for seconds). The library's deltas have a handful.
@@ -659,6 +710,10 @@ local function apply_delta(base, d)
   end
 end
 
+
+-- ========================================================================
+-- 9. Arguments and the common entry
+-- ========================================================================
 
 -- A stream name: 1-256 bytes of UTF-8 without control characters (C0,
 -- DEL, C1) or bidirectional formatting characters (Unicode's Bidi_Control:
@@ -754,6 +809,10 @@ local function timing(hb_s, ttl_s)
   return hb, ttl
 end
 
+-- ========================================================================
+-- 10. Records and the throttling of guesses
+-- ========================================================================
+
 -- Loads the record; returns the fields table or nil.
 local function load(key)
   local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub',
@@ -837,6 +896,10 @@ local function load_leader(nonce, key, token, channel)
   return rec
 end
 
+-- ========================================================================
+-- 11. The index of live streams and the quotas it counts
+-- ========================================================================
+
 -- The index "streams" is a hash: the name of each live stream -> the bytes
 -- of its stored state, and the field TOTAL (a NUL byte: never a name) ->
 -- their sum, so that the quotas cost one read. A name whose record expired
@@ -863,8 +926,15 @@ end
 -- Counts `bytes` of state for stream `name` in the index (nil: removes
 -- the name), keeping the total.
 local function count_bytes(index, name, bytes)
-  local old = tonumber(redis.call('HGET', index, name) or 0)
-  if bytes then redis.call('HSET', index, name, bytes) else redis.call('HDEL', index, name) end
+  local had = redis.call('HGET', index, name)
+  local old = tonumber(had or 0)
+  -- (Written only when it changes: an update of the same length, most
+  -- deltas, adds nothing to the AOF and the replication stream.)
+  if not bytes then
+    redis.call('HDEL', index, name)
+  elseif not had or old ~= bytes then
+    redis.call('HSET', index, name, bytes)
+  end
   local change = (bytes or 0) - old
   if change ~= 0 then redis.call('HINCRBY', index, TOTAL, change) end
 end
@@ -909,6 +979,10 @@ local function over_quota(index, name, bytes, new)
     prune(index)
   end
 end
+
+-- ========================================================================
+-- 12. The functions of a stream
+-- ========================================================================
 
 -- ms_start KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, kdf, iterations,
 --   body[pw key, code key, salt, channel seed, lead token] -> [nonce]
@@ -1190,6 +1264,10 @@ redis.register_function('ms_stop', function(keys, args)
   redis.call('PUBLISH', rec.channel, 'e')
   return { nonce }
 end)
+
+-- ========================================================================
+-- 13. The functions of the index
+-- ========================================================================
 
 -- One page of the index from `cursor` (HSCAN's, decimal): the next cursor
 -- and the names on the page; nil and an error reply for a bad cursor.
