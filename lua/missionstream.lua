@@ -293,6 +293,11 @@ local function add_shifted(r, d, shift)
   end
 end
 
+-- Most commands a delta may have: the work of applying one grows with
+-- its commands, not only with its bytes (a million one-byte copies would
+-- keep Redis busy for seconds). The library's deltas have a handful.
+local MAX_DELTA_COMMANDS = 2048
+
 -- ========================================================================
 -- 6. Kept states (ropes)
 -- ========================================================================
@@ -463,12 +468,14 @@ local function segs_of(s)
   return { s = { s }, o = { 0 }, n = { #s }, at = { 0 }, len = #s }
 end
 
--- Applies delta d, already verified against the state segs holds (its
--- commands are well-formed and stay within that state), to segs. Returns
--- the segments of the result and the work it took (commands and segments
--- made: what reading the record costs per delta).
+-- Applies delta d, verified against the state segs holds when it was
+-- published, to segs. Returns the segments of the result and the work it
+-- took (commands and segments made: what reading the record costs per
+-- delta); nil when d does not fit segs after all (a record edited by
+-- hand), checked at the cost of a few comparisons a command.
 local function apply_segs(segs, d)
-  local _, pos = delta_int(d, 1)
+  local limit, pos = delta_int(d, 1)
+  if not limit then return nil end
   pos = pos + 1
   local S, O, N, AT = {}, {}, {}, {}
   local k, len, commands = 0, 0, 0
@@ -486,11 +493,13 @@ local function apply_segs(segs, d)
     commands = commands + 1
     local n
     n, pos = delta_int(d, pos)
+    if not n or commands > MAX_DELTA_COMMANDS + 1 then return nil end
     local op = string.byte(d, pos)
     pos = pos + 1
     if op == 64 then -- '@': copy
       local off
       off, pos = delta_int(d, pos)
+      if not off or off + n > segs.len then return nil end
       pos = pos + 1
       local x, e = off, off + n
       while x < e do
@@ -501,10 +510,13 @@ local function apply_segs(segs, d)
         x = x + take
       end
     elseif op == 58 then -- ':': literal
+      if pos + n - 1 > #d then return nil end
       add(d, pos - 1, n)
       pos = pos + n
-    else -- ';': the end (checked by apply_delta)
+    elseif op == 59 and len == limit then -- ';': the end
       break
+    else
+      return nil
     end
   end
   return { s = S, o = O, n = N, at = AT, len = len }, commands + k
@@ -558,42 +570,57 @@ end
 local MAX_WORK = 100000
 
 -- Reads the newest state of the record at key: the base, then its deltas
--- applied in turn. Returns its segments and the work they took.
-local function assemble(key, rec)
+-- applied in turn; or, given the segments `from` of the state after the
+-- first `done` deltas of the same base (kept), only the deltas after
+-- those. Returns its segments, or nil when a delta field is missing (a
+-- record edited by hand: its base stands).
+local function assemble(key, rec, from, done)
   local n = account(rec)
-  local base = redis.call('HGET', key, 'state') or ''
-  local segs, work = segs_of(base), 0
+  local segs = from
+  if not segs then
+    segs, done = segs_of(redis.call('HGET', key, 'state') or ''), 0
+  end
   local CHUNK = 500
-  for first = 1, n, CHUNK do
+  for first = done + 1, n, CHUNK do
     local names = {}
     for i = first, math.min(n, first + CHUNK - 1) do names[#names + 1] = 'd' .. i end
     local ds = redis.call('HMGET', key, unpack(names))
     for _, d in ipairs(ds) do
-      -- (A delta field gone: a record edited by hand. Its base stands.)
-      if not d then return segs_of(base), 0 end
-      local w
-      segs, w = apply_segs(segs, d)
-      work = work + w
+      segs = d and apply_segs(segs, d)
+      if not segs then return nil end
     end
   end
-  return segs, work
+  return segs
 end
 
 -- The kept state of the record at key (rec: its fields): the one kept,
--- while the record still holds it, else assembled from the record. An
--- entry: channel, seq, pub, len, pieces (the rope), segs and work (the
--- record's base and deltas as segments), joined (the state as one
--- string, once made).
+-- while the record still holds it; else the one kept of an earlier state
+-- of the same base (`base`: the publish id of the state written as the
+-- base, written with it and with the first delta after it; a publish id
+-- names one state), brought up to date with the deltas since; else
+-- assembled from the record. An entry: channel, seq, pub, len, base, n
+-- (deltas applied to the base), segs, pieces (the rope), joined (the state
+-- as one string, once made).
 local function rope_of(key, rec)
   local e = ropes[key]
   local pub = rec.pub or '-'
   if e and e.channel == rec.channel and e.seq == rec.seq and e.pub == pub and e.len == state_len(key, rec) then
     return e
   end
-  local segs, work = assemble(key, rec)
+  local n = account(rec)
+  local segs
+  if e and n > 0 and e.channel == rec.channel and rec.base and e.base == rec.base and e.n < n
+      and e.seq < rec.seq then
+    segs = assemble(key, rec, e.segs, e.n)
+  end
+  segs = segs or assemble(key, rec)
+  if not segs then
+    n = 0
+    segs = segs_of(redis.call('HGET', key, 'state') or '')
+  end
   local s = join_segs(segs)
-  return { channel = rec.channel, seq = rec.seq, pub = pub, len = #s, joined = s,
-           pieces = #s > 0 and { { s = s } } or {}, segs = segs, work = work }
+  return { channel = rec.channel, seq = rec.seq, pub = pub, len = #s, joined = s, base = rec.base, n = n,
+           pieces = #s > 0 and { { s = s } } or {}, segs = segs }
 end
 
 -- What a kept entry costs in the budget: its bytes (twice once joined)
@@ -632,11 +659,6 @@ end
 -- ========================================================================
 -- 8. Applying a delta
 -- ========================================================================
-
--- Most commands a delta may have: the work of applying one grows with
--- its commands, not only with its bytes (a million one-byte copies would
--- keep Redis busy for seconds). The library's deltas have a handful.
-local MAX_DELTA_COMMANDS = 2048
 
 -- Applies delta d (without NUL, checked by the caller) to the rope base of
 -- a stored state (without NUL). Every copy must cover whole characters of
@@ -816,7 +838,7 @@ end
 -- Loads the record; returns the fields table or nil.
 local function load(key)
   local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub',
-    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead', 'deltas')
+    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead', 'deltas', 'base')
   -- A record without kdf (written by protocol 3), or with a channel the
   -- client chose (32 hex digits, protocols 4-6: not proven to be the
   -- stream's own), is no stream.
@@ -825,7 +847,7 @@ local function load(key)
            hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9],
            fails = tonumber(v[10]) or 0, fail_at = tonumber(v[11]) or 0,
            locked_until = tonumber(v[12]) or 0, locks = tonumber(v[13]) or 0,
-           kdf = v[14], iter = tonumber(v[15]), lead = v[16], deltas = v[17] }
+           kdf = v[14], iter = tonumber(v[15]), lead = v[16], deltas = v[17], base = v[18] }
 end
 
 local function not_found(nonce)
@@ -1178,20 +1200,28 @@ redis.register_function('ms_publish', function(keys, args)
   local entry
   if kind == 'delta' then
     local segs, w = apply_segs(kept.segs, data)
-    if kept.work + w > MAX_WORK or bytes + #data > len then
+    if not segs or work + w > MAX_WORK or bytes + #data > len then
       local state = join(pieces)
-      entry = { pieces = pieces, segs = segs_of(state), work = 0, joined = state }
+      entry = { pieces = pieces, segs = segs_of(state), joined = state }
     else
-      n, bytes, work = n + 1, bytes + #data, kept.work + w
-      redis.call('HSET', key, 'd' .. n, data, 'deltas', n .. ' ' .. len .. ' ' .. bytes .. ' ' .. work .. ' ' .. seq,
-        'seq', seq, 'updated_ms', updated, 'pub', id)
-      entry = { pieces = pieces, segs = segs, work = work }
+      n, bytes, work = n + 1, bytes + #data, work + w
+      local account_of = n .. ' ' .. len .. ' ' .. bytes .. ' ' .. work .. ' ' .. seq
+      if n == 1 then
+        -- The first delta of a base names it (see rope_of).
+        entry = { pieces = pieces, segs = segs, base = rec.pub or '-', n = 1 }
+        redis.call('HSET', key, 'd1', data, 'deltas', account_of, 'base', entry.base,
+          'seq', seq, 'updated_ms', updated, 'pub', id)
+      else
+        entry = { pieces = pieces, segs = segs, base = kept.base, n = n }
+        redis.call('HSET', key, 'd' .. n, data, 'deltas', account_of, 'seq', seq, 'updated_ms', updated, 'pub', id)
+      end
     end
   else
-    entry = { pieces = #data > 0 and { { s = data } } or {}, segs = segs_of(data), work = 0, joined = data }
+    entry = { pieces = #data > 0 and { { s = data } } or {}, segs = segs_of(data), joined = data }
   end
   if entry.joined then
-    redis.call('HSET', key, 'state', entry.joined, 'seq', seq, 'updated_ms', updated, 'pub', id)
+    entry.base, entry.n = id, 0
+    redis.call('HSET', key, 'state', entry.joined, 'base', id, 'seq', seq, 'updated_ms', updated, 'pub', id)
     -- The deltas of the previous base, the account, and the residue sums
     -- an earlier version of these functions kept.
     local old = { 'deltas', 'sums' }

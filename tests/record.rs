@@ -255,3 +255,133 @@ fn a_failover_during_a_run_of_deltas_keeps_the_newest_acknowledged_state() {
     rec.wait_state(&name, &last, T);
     c.stop();
 }
+
+/// A replica of the test's Redis, so that reads run where no publish ran:
+/// the functions there bring a kept state up to date with the deltas
+/// replicated since, or assemble it from the record.
+struct Replica {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Replica {
+    fn start(s: &Servers) -> Replica {
+        let port = free_port();
+        let dir = s.dir.join(format!("replica-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--dir", &dir.display().to_string()])
+            .args(["--appendonly", "no", "--save", ""])
+            .args(["--replicaof", "127.0.0.1", &s.redis_port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        let r = Replica { child, port };
+        wait_until(T, || r.offset() >= 0 && r.linked());
+        r
+    }
+
+    fn info(&self) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO", "replication"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn linked(&self) -> bool {
+        self.info().contains("master_link_status:up")
+    }
+
+    fn offset(&self) -> i64 {
+        self.info()
+            .lines()
+            .find_map(|l| l.strip_prefix("slave_repl_offset:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1)
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The primary's replication offset.
+fn master_offset(s: &Servers) -> i64 {
+    s.redis_cli(&["INFO", "replication"])
+        .lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_replica_reads_the_newest_state_after_every_delta_of_any_shape() {
+    use common::edits::{edit, text, Rng};
+    let s = Servers::start();
+    let replica = Replica::start(&s);
+    let (leader, _f, _rec, name) = s.followed("rec-replica");
+    let mut r = Rng(11);
+    // Multi-byte text edited at random (inserts, deletions, moved
+    // blocks): deltas of many shapes, compacted now and then.
+    let mut state = text(&mut r, 2500);
+    let (mut deltas_seen, mut compactions, mut last_n) = (0, 0, 0);
+    // Reads at the start of every other base (the replica keeps the state
+    // it read), and in the bases between only once they have more deltas
+    // than that read applied: a kept state of the old base must not be
+    // taken for a state of the new one.
+    let (mut read_n, mut stale_reads) = (0, 0);
+    for i in 0..400 {
+        // (Edits of random shapes, the state kept at some 9-12 KB: the
+        // functions keep states of 8 KiB or more.)
+        state = if state.len() < 9000 {
+            let at = state.char_indices().nth(r.below(200)).map_or(0, |(k, _)| k);
+            format!("{}{}{}", &state[..at], text(&mut r, 30), &state[at..])
+        } else {
+            edit(&mut r, &state, 20, 100)
+        };
+        leader.publish(&name, state.as_bytes()).unwrap();
+        leader.flush(&name, 20_000).unwrap();
+        let n = account(&s, &name).0;
+        if n > 0 {
+            deltas_seen += 1;
+        }
+        if n < last_n {
+            compactions += 1;
+        }
+        last_n = n;
+        let at = master_offset(&s);
+        wait_until(T, || replica.offset() >= at);
+        let read = if compactions % 2 == 0 {
+            n > 0 && n <= 10
+        } else {
+            n == read_n + 1
+        };
+        if read || i == 399 {
+            if compactions % 2 == 1 {
+                stale_reads += 1;
+            }
+            assert_state_eq(
+                &newest_state(replica.port, &name),
+                &state,
+                &format!("the replica after update {i} (deltas in the record: {n})"),
+            );
+            read_n = n;
+        }
+    }
+    assert!(stale_reads >= 2, "{stale_reads} reads after a compaction");
+    assert!(deltas_seen > 300, "{deltas_seen} updates went as deltas");
+    assert!(compactions >= 3, "{compactions} compactions");
+    // And from scratch: a new Lua VM on the primary assembles it too.
+    let lua = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("lua/missionstream.lua"),
+    )
+    .unwrap();
+    s.load_functions(&lua);
+    assert_state_eq(&newest_state(s.redis_port, &name), &state, "after FUNCTION LOAD");
+}
