@@ -493,7 +493,7 @@ local function apply_segs(segs, d)
     commands = commands + 1
     local n
     n, pos = delta_int(d, pos)
-    if not n or commands > MAX_DELTA_COMMANDS + 1 then return nil end
+    if not n then return nil end
     local op = string.byte(d, pos)
     pos = pos + 1
     if op == 64 then -- '@': copy
@@ -564,21 +564,29 @@ end
 -- deltas since the base hold more bytes than the state (so the record
 -- holds at most about twice the state, and the base written costs the
 -- AOF and the replicas at most a delta's bytes again per update, amortised
--- over the updates between compactions), or when applying them
--- would take more than MAX_WORK (commands and segments: ~25 ms of Redis
--- time at most to assemble the newest state without a kept one).
-local MAX_WORK = 100000
+-- over the updates between compactions), or when applying them would take
+-- more than MAX_WORK (commands and segments; a unit costs Redis ~1-3 us).
+local MAX_WORK = 50000
+-- Before that, once the work passes RECOMPOSE_WORK, the deltas since the
+-- base are replaced by the one delta they make together (compose below):
+-- a write of the pieces the state is made of (a copy command for each
+-- piece of the base, the bytes of the others), not of the state, after
+-- which reading costs about that one delta. States of more than
+-- MAX_COMPOSED pieces are compacted instead.
+local RECOMPOSE_WORK = 20000
+local MAX_COMPOSED = 4096
 
 -- Reads the newest state of the record at key: the base, then its deltas
 -- applied in turn; or, given the segments `from` of the state after the
 -- first `done` deltas of the same base (kept), only the deltas after
--- those. Returns its segments, or nil when a delta field is missing (a
--- record edited by hand: its base stands).
-local function assemble(key, rec, from, done)
+-- those. Returns its segments and the base (the string), or nil when a
+-- delta does not fit (a record edited by hand: its base stands).
+local function assemble(key, rec, from, done, base)
   local n = account(rec)
   local segs = from
   if not segs then
-    segs, done = segs_of(redis.call('HGET', key, 'state') or ''), 0
+    base = redis.call('HGET', key, 'state') or ''
+    segs, done = segs_of(base), 0
   end
   local CHUNK = 500
   for first = done + 1, n, CHUNK do
@@ -590,7 +598,36 @@ local function assemble(key, rec, from, done)
       if not segs then return nil end
     end
   end
-  return segs
+  return segs, base
+end
+
+-- A number in Fossil's base-64 digits.
+local function delta_digits(v)
+  if v == 0 then return '0' end
+  local out = {}
+  while v > 0 do
+    local x = v % 64
+    table.insert(out, 1, string.sub(DELTA_DIGITS, x + 1, x + 1))
+    v = (v - x) / 64
+  end
+  return table.concat(out)
+end
+
+-- The one delta from the base (the string `base`) to the state of segs,
+-- whose checksum is `sum`: a copy for each segment of the base, a
+-- literal for each of the deltas'.
+local function compose(segs, base, sum)
+  local parts = { delta_digits(segs.len), '\n' }
+  for i = 1, #segs.s do
+    local str, o, n = segs.s[i], segs.o[i], segs.n[i]
+    if str == base then
+      parts[#parts + 1] = delta_digits(n) .. '@' .. delta_digits(o) .. ','
+    else
+      parts[#parts + 1] = delta_digits(n) .. ':' .. string.sub(str, o + 1, o + n)
+    end
+  end
+  parts[#parts + 1] = delta_digits(sum) .. ';'
+  return table.concat(parts)
 end
 
 -- The kept state of the record at key (rec: its fields): the one kept,
@@ -599,8 +636,8 @@ end
 -- base, written with it and with the first delta after it; a publish id
 -- names one state), brought up to date with the deltas since; else
 -- assembled from the record. An entry: channel, seq, pub, len, base, n
--- (deltas applied to the base), segs, pieces (the rope), joined (the state
--- as one string, once made).
+-- (deltas applied to the base), base_str (the base), segs, pieces (the
+-- rope), joined (the state as one string, once made).
 local function rope_of(key, rec)
   local e = ropes[key]
   local pub = rec.pub or '-'
@@ -608,19 +645,20 @@ local function rope_of(key, rec)
     return e
   end
   local n = account(rec)
-  local segs
+  local segs, base
   if e and n > 0 and e.channel == rec.channel and rec.base and e.base == rec.base and e.n < n
       and e.seq < rec.seq then
-    segs = assemble(key, rec, e.segs, e.n)
+    segs, base = assemble(key, rec, e.segs, e.n, e.base_str)
   end
-  segs = segs or assemble(key, rec)
+  if not segs then segs, base = assemble(key, rec) end
   if not segs then
     n = 0
-    segs = segs_of(redis.call('HGET', key, 'state') or '')
+    base = redis.call('HGET', key, 'state') or ''
+    segs = segs_of(base)
   end
   local s = join_segs(segs)
   return { channel = rec.channel, seq = rec.seq, pub = pub, len = #s, joined = s, base = rec.base, n = n,
-           pieces = #s > 0 and { { s = s } } or {}, segs = segs }
+           base_str = base, pieces = #s > 0 and { { s = s } } or {}, segs = segs }
 end
 
 -- What a kept entry costs in the budget: its bytes (twice once joined)
@@ -664,8 +702,8 @@ end
 -- a stored state (without NUL). Every copy must cover whole characters of
 -- the base, so a delta of whole characters between UTF-8 states makes a
 -- UTF-8 state. The checksum follows from the residue sums of the result's
--- pieces. Returns the pieces of the result and its length, or nil and an
--- error text; base is left as it was.
+-- pieces. Returns the pieces of the result, its length and its checksum,
+-- or nil and an error text; base is left as it was.
 local function apply_delta(base, d)
   local limit, pos = delta_int(d, 1)
   if not limit then return nil, 'the delta does not start with the target length' end
@@ -725,7 +763,7 @@ local function apply_delta(base, d)
         at2 = at2 + #p.s
       end
       if checksum_of(sums) ~= n then return nil, 'the checksum of the result does not match' end
-      return pieces, limit
+      return pieces, limit, n
     else
       return nil, 'the delta ends without a checksum or has an unknown command'
     end
@@ -1177,13 +1215,13 @@ redis.register_function('ms_publish', function(keys, args)
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
-  local len, kept, pieces = #data, nil, nil
+  local len, kept, pieces, sum = #data, nil, nil, nil
   if kind == 'delta' then
     if rec.seq ~= base_seq or (rec.pub or '-') ~= base_id then
       return fail('MSBASE', nonce, 'the stored state (seq ' .. rec.seq .. ') is not the base of the delta; send it in full')
     end
     kept = rope_of(key, rec)
-    pieces, len = apply_delta(kept, data)
+    pieces, len, sum = apply_delta(kept, data)
     if not pieces then return fail('MSARG', nonce, 'malformed delta: ' .. len) end
   end
   index_ready(keys[2], true)
@@ -1197,43 +1235,56 @@ redis.register_function('ms_publish', function(keys, args)
   -- the base and the deltas since it, unless a compaction is due; a full
   -- state, or a compaction, writes the state whole as the new base.
   local n, _, bytes, work = account(rec)
-  local entry
+  local entry, drop_from = nil, nil
   if kind == 'delta' then
     local segs, w = apply_segs(kept.segs, data)
-    if not segs or work + w > MAX_WORK or bytes + #data > len then
+    local composed, cw
+    if segs and work + w > RECOMPOSE_WORK and #segs.s <= MAX_COMPOSED then
+      -- The deltas since the base, composed into one (see "The record").
+      composed = compose(segs, kept.base_str, sum)
+      cw = select(2, apply_segs(segs_of(kept.base_str), composed)) or MAX_WORK
+    end
+    if not segs or (composed and (#composed > len or cw > RECOMPOSE_WORK / 2))
+        or (not composed and (work + w > MAX_WORK or bytes + #data > len)) then
       local state = join(pieces)
-      entry = { pieces = pieces, segs = segs_of(state), joined = state }
+      entry = { pieces = pieces, segs = segs_of(state), joined = state, base_str = state }
+    elseif composed then
+      entry = { pieces = pieces, segs = segs, base = id, n = 1, base_str = kept.base_str }
+      redis.call('HSET', key, 'd1', composed, 'deltas', 1 .. ' ' .. len .. ' ' .. #composed .. ' ' .. cw .. ' ' .. seq,
+        'base', id, 'seq', seq, 'updated_ms', updated, 'pub', id)
+      drop_from = 2
     else
       n, bytes, work = n + 1, bytes + #data, work + w
       local account_of = n .. ' ' .. len .. ' ' .. bytes .. ' ' .. work .. ' ' .. seq
+      entry = { pieces = pieces, segs = segs, base = kept.base, n = n, base_str = kept.base_str }
       if n == 1 then
-        -- The first delta of a base names it (see rope_of).
-        entry = { pieces = pieces, segs = segs, base = rec.pub or '-', n = 1 }
+        -- The first delta after a base names the chain (see rope_of).
+        entry.base = rec.pub or '-'
         redis.call('HSET', key, 'd1', data, 'deltas', account_of, 'base', entry.base,
           'seq', seq, 'updated_ms', updated, 'pub', id)
       else
-        entry = { pieces = pieces, segs = segs, base = kept.base, n = n }
         redis.call('HSET', key, 'd' .. n, data, 'deltas', account_of, 'seq', seq, 'updated_ms', updated, 'pub', id)
       end
     end
   else
-    entry = { pieces = #data > 0 and { { s = data } } or {}, segs = segs_of(data), joined = data }
+    entry = { pieces = #data > 0 and { { s = data } } or {}, segs = segs_of(data), joined = data, base_str = data }
   end
+  local old = {}
   if entry.joined then
     entry.base, entry.n = id, 0
     redis.call('HSET', key, 'state', entry.joined, 'base', id, 'seq', seq, 'updated_ms', updated, 'pub', id)
     -- The deltas of the previous base, the account, and the residue sums
     -- an earlier version of these functions kept.
-    local old = { 'deltas', 'sums' }
-    for i = 1, n do
-      old[#old + 1] = 'd' .. i
-      if #old >= 1000 then
-        redis.call('HDEL', key, unpack(old))
-        old = {}
-      end
-    end
-    if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+    old, drop_from = { 'deltas', 'sums' }, 1
   end
+  for i = drop_from or n + 1, n do
+    old[#old + 1] = 'd' .. i
+    if #old >= 1000 then
+      redis.call('HDEL', key, unpack(old))
+      old = {}
+    end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
   entry.channel, entry.seq, entry.pub, entry.len = rec.channel, seq, id, len
   keep_rope(key, entry)
   touch(key, rec)

@@ -383,5 +383,77 @@ fn a_replica_reads_the_newest_state_after_every_delta_of_any_shape() {
     )
     .unwrap();
     s.load_functions(&lua);
-    assert_state_eq(&newest_state(s.redis_port, &name), &state, "after FUNCTION LOAD");
+    assert_state_eq(
+        &newest_state(s.redis_port, &name),
+        &state,
+        "after FUNCTION LOAD",
+    );
+}
+
+#[test]
+fn scattered_edits_compose_the_deltas_and_every_read_is_exact() {
+    let s = Servers::start();
+    let replica = Replica::start(&s);
+    let (leader, _f, rec, name) = s.followed("rec-scatter");
+    let mut plan = Plan::of_size(100 * 1024, 8);
+    let first = plan.text();
+    leader.publish(&name, first.as_bytes()).unwrap();
+    leader.flush(&name, 20_000).unwrap();
+    let key = format!("stream:{name}");
+    let base = || s.redis_cli(&["HGET", &key, "state"]);
+    let first_base = base();
+    // A different waypoint every update: the record's deltas leave the
+    // state in ever more pieces, until the functions compose them into one
+    // delta from the same base (no compaction: their bytes stay far below
+    // the state's).
+    let (mut last_n, mut composed, mut last) = (0, 0, String::new());
+    for i in 0..400 {
+        let w = (i * 7) % plan.waypoints();
+        plan.move_waypoint(w, 0.00001, 0.00002);
+        last = plan.text();
+        leader.publish(&name, last.as_bytes()).unwrap();
+        leader.flush(&name, 20_000).unwrap();
+        let n = account(&s, &name).0;
+        if n < last_n {
+            composed += 1;
+            assert_eq!(base(), first_base, "composed, not compacted, at update {i}");
+            // Read at once on the replica, and from scratch on the primary.
+            let at = master_offset(&s);
+            wait_until(T, || replica.offset() >= at);
+            assert_state_eq(
+                &newest_state(replica.port, &name),
+                &last,
+                &format!("replica, update {i}"),
+            );
+        }
+        last_n = n;
+        if i % 50 == 49 {
+            let at = master_offset(&s);
+            wait_until(T, || replica.offset() >= at);
+            assert_state_eq(
+                &newest_state(replica.port, &name),
+                &last,
+                &format!("replica, update {i}"),
+            );
+        }
+    }
+    assert!(composed >= 1, "the deltas were never composed");
+    let lua = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("lua/missionstream.lua"),
+    )
+    .unwrap();
+    s.load_functions(&lua);
+    assert_state_eq(
+        &newest_state(s.redis_port, &name),
+        &last,
+        "after FUNCTION LOAD",
+    );
+    // Deltas go on from the composed record.
+    plan.move_waypoint(3, 0.00001, 0.00001);
+    let next = plan.text();
+    leader.publish(&name, next.as_bytes()).unwrap();
+    leader.flush(&name, 20_000).unwrap();
+    assert!(account(&s, &name).0 > 0);
+    assert_newest(&s, &name, &next, "after a delta on the composed record");
+    rec.wait_state(&name, &next, T);
 }
