@@ -218,7 +218,9 @@ fn middle(w: &mut Writer, b: &[u8], t: &[u8], from: usize, to: usize, limit: usi
     // Content moved from farther away goes as a literal.
     let margin = WINDOW.max(8 * (to - from));
     let lo = from.saturating_sub(margin);
-    let hi = (b.len() - (t.len() - to)).saturating_add(margin).min(b.len());
+    let hi = (b.len() - (t.len() - to))
+        .saturating_add(margin)
+        .min(b.len());
     // Open addressing: slot -> block start + 1 (0 = empty).
     let blocks = (hi - lo) / BLOCK;
     let size = (blocks * 2).next_power_of_two().max(16);

@@ -184,7 +184,9 @@ fn late_join_ms(url: &str, name: &str, n: usize) -> f64 {
         let before = got.load(Ordering::SeqCst);
         let t = Instant::now();
         f.connect(name, PASSWORD).unwrap();
-        wait_for(Duration::from_secs(30), || got.load(Ordering::SeqCst) > before);
+        wait_for(Duration::from_secs(30), || {
+            got.load(Ordering::SeqCst) > before
+        });
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let _ = f.disconnect(name);
@@ -440,22 +442,19 @@ impl Bench {
                 full.redis_us_per_call,
                 delta.redis_us_per_call
             );
-            // A compaction writes the state whole once the record's deltas
-            // hold more bytes than the state: every state/(mean delta)
-            // updates, so it adds the mean delta's bytes (and a few
-            // hundred of command) to each update, amortised.
-            let (n, dbytes) = delta.record_deltas;
-            let mean = if n > 0 { dbytes as f64 / n as f64 } else { 0.0 };
-            let compaction = if mean > 0.0 {
-                (bytes as f64 + 300.0) / (bytes as f64 / mean).max(1.0)
-            } else {
-                0.0
-            };
+            // The loop's own figures include the compositions of the
+            // deltas (see docs/PROTOCOL.md, "The record"); a compaction
+            // writes the state whole once the deltas since the base hold
+            // more bytes than the state: once every state/delta updates,
+            // so about a delta's bytes per update, amortised (counted here
+            // as the channel message's, a little more than the delta's).
+            let (n, _) = delta.record_deltas;
+            let compaction = delta.bytes_per_update;
             let aof = delta.aof_per_update + compaction;
             let repl = delta.repl_per_update + compaction;
             println!(
                 "  {label}: AOF per update full {:.0} B, delta {:.0} B (+{compaction:.0} B of compactions, \
-                 amortised: {} deltas of {mean:.0} B in the record); replication full {:.0} B, delta {:.0} B; \
+                 amortised; {} deltas in the record at the end); replication full {:.0} B, delta {:.0} B; \
                  late join full {:.2} ms, delta {:.2} ms",
                 full.aof_per_update,
                 delta.aof_per_update,
@@ -538,7 +537,9 @@ impl Bench {
         drop(replica);
         self.quiesce();
         let (us, rate) = self.row13_full_random();
-        println!("  1 MiB of random content in full: Redis {us:.0} us per FCALL, {rate:.1} acked/s");
+        println!(
+            "  1 MiB of random content in full: Redis {us:.0} us per FCALL, {rate:.1} acked/s"
+        );
         self.row(
             "13. Redis time per full MiB (random content)",
             format!("{:.2} ms per FCALL", us / 1000.0),
