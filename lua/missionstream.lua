@@ -538,9 +538,10 @@ end
 -- "d1" ... "d<n>" the deltas in order, and "deltas" their account
 -- "<n> <len> <bytes> <work> <seq>": how many, the newest state's length,
 -- the deltas' bytes, the work of applying them (apply_segs), and the seq
--- of the newest state. The account holds only while its seq is the
--- record's: a record whose state was written whole by anything else (an
--- earlier protocol's functions, an operator) has no deltas.
+-- of the newest state; "base" names the chain of deltas (see rope_of).
+-- The account holds only while its seq is the record's: a record whose
+-- state was written whole by anything else (an earlier protocol's
+-- functions, an operator) has no deltas.
 -- Returns n, len, bytes, work (0, nil, 0, 0 without deltas).
 local function account(rec)
   local a = rec.deltas
@@ -1170,8 +1171,9 @@ end }
 -- broadcast as "s <seq> <updated_ms>\n<state>". Kind "delta": the last
 -- field is a delta against the stored state, applied only when that is
 -- the state of seq base_seq and publish id base_id (else MSBASE: the
--- leader sends the state in full); the full result is stored and the
--- delta broadcast as "d <seq> <base_seq> <updated_ms>\n<delta>".
+-- leader sends the state in full); the delta is appended to the record
+-- (section 7: its result is verified, the state is written whole only by
+-- a compaction) and broadcast as "d <seq> <base_seq> <updated_ms>\n<delta>".
 redis.register_function('ms_publish', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 8, fields = 3, lazy = true })
   if not nonce then return err end
