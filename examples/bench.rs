@@ -30,8 +30,11 @@
 //! 12. `ms_start` and `ms_connect` latency with the client-side KDF.
 //! 13. Deltas against full states for ~100 KiB and ~1 MiB survey plans,
 //!     one waypoint moved per update (examples/bench/deltas.rs): bytes per
-//!     update on the channel, publish -> callback at 20/s, acknowledged
-//!     publishes/s (quick mode: the ~100 KiB plan only).
+//!     update on the channel, in the AOF and to a replica (the record
+//!     keeps changes), publish -> callback at 20/s, acknowledged
+//!     publishes/s against the 1 KiB rate, a late join's snapshot read,
+//!     and Redis' time per full MiB of random content (quick mode: the
+//!     ~100 KiB plan only).
 //!
 //! Rows 9-11 (examples/bench/ha.rs) run in full mode, or when named
 //! with --rows. Rows 1-12 run with deltas turned off (their baselines

@@ -2,6 +2,22 @@
 --[[
 missionstream: server-side logic of the mission plan streams.
 
+Contents (each section opens with a banner of its number and title):
+   1. Protocol, errors and request bodies
+   2. Secrets and channels
+   3. Limits and quotas
+   4. UTF-8
+   5. Deltas: format and checksums
+   6. Kept states (ropes)
+   7. The record: a base and the deltas since it
+   8. Applying a delta
+   9. Arguments and the common entry
+  10. Records and the throttling of guesses
+  11. The index of live streams and the quotas it counts
+  12. The functions of a stream: ms_start, ms_reconnect, ms_connect, ms_params,
+      ms_snapshot, ms_publish, ms_heartbeat, ms_probe, ms_stop
+  13. The functions of the index: ms_list, ms_subscribers, ms_limits
+
 Load (or upgrade) with:
     redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua
 
@@ -26,12 +42,13 @@ client at start and reconnect): a cheap check, no throttling needed.
 Record of stream <name>: hash "stream:<name>" with fields
     name, kdf, iter, salt, pw, code (SHA-1 hex of the derived key's hex),
     lead (SHA-1 hex of the lead token), channel (channel_of below: 40 hex
-    digits, made here), state, seq,
-    updated_ms, hb_ms, ttl, pub (id of the last stored publish),
-    heard_ms (when the leader was last heard: start, reconnect, publish,
-    heartbeat),
-    fails, fail_at, locked_until, locks (the throttling of wrong secrets)
-Index of live streams: set "streams" of names.
+    digits, made here), seq, updated_ms, hb_ms, ttl, pub (id of the last
+    stored publish), heard_ms (when the leader was last heard: start,
+    reconnect, publish, heartbeat), fails, fail_at, locked_until, locks
+    (the throttling of wrong secrets), and the newest state as a base and
+    the deltas since it (section 7): state (the base), d1 ... d<n> (the
+    deltas), deltas (their account; absent: the base is the newest state)
+Index of live streams: hash "streams" of names -> bytes of their states.
 Channel messages (payloads published on the stream's channel):
     "s <seq> <updated_ms>\n<state>"   a stored state
     "d <seq> <base_seq> <updated_ms>\n<delta>"
@@ -41,6 +58,10 @@ Channel messages (payloads published on the stream's channel):
     "p <nonce>"                       follower probe (ignored by others)
     "e"                               the stream was stopped
 ]]
+
+-- ========================================================================
+-- 1. Protocol, errors and request bodies
+-- ========================================================================
 
 local PROTOCOL = '8'
 local INDEX = 'streams'
@@ -86,6 +107,10 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- ========================================================================
+-- 2. Secrets and channels
+-- ========================================================================
+
 -- The key derivation of new streams and its bounds (docs/SECURITY.md):
 -- the client derives, so a stream's cost lands on whoever guesses.
 local KDF = 'pbkdf2-sha256'
@@ -123,6 +148,10 @@ local function seal(secret, key, nonce)
   return table.concat(out)
 end
 
+-- ========================================================================
+-- 3. Limits and quotas
+-- ========================================================================
+
 -- Limits, the same as the client library's.
 local MAX_NAME = 256
 local MAX_STATE = 8 * 1024 * 1024
@@ -138,6 +167,10 @@ local QUOTA_STREAMS = 10000
 local QUOTA_STATE_BYTES = MAX_STATE
 -- Bytes of the states of all streams together at most:
 local QUOTA_TOTAL_BYTES = 1024 * 1024 * 1024
+
+-- ========================================================================
+-- 4. UTF-8
+-- ========================================================================
 
 -- Whether s is valid UTF-8 (no overlong forms, no surrogates), in C speed
 -- (Redis runs nothing else meanwhile): runs of ASCII collapse to one
@@ -164,6 +197,10 @@ local function utf8_valid(s)
   end
   return not string.find(s, '[\128-\255]')
 end
+
+-- ========================================================================
+-- 5. Deltas: format and checksums
+-- ========================================================================
 
 -- Deltas (docs/PROTOCOL.md, "Deltas"): Fossil's delta format. A delta is
 -- "<target length>\n", then commands "<n>@<offset>," (copy n bytes of the
@@ -257,17 +294,27 @@ local function add_shifted(r, d, shift)
   end
 end
 
--- States as ropes. A delta is applied to the stored state and the full
--- result stored; in Redis' Lua every string made costs ~1.2 ms per MiB
--- (each byte is hashed), so reading the stored state (HGET) and cutting
--- it up would cost more than the one string that must be made: the result.
--- The functions therefore keep the stored state of the streams they
--- published last in this Lua VM, cut into pieces, each with its residue
--- sums once known: a delta reuses the pieces it copies whole, makes only
--- the pieces it cuts or inserts, and joins them once for HSET. A kept
--- state is used only while the record still holds it (same channel, seq,
--- publish id and length; a publish id names one state); else it is read
--- again. The cache holds states of MIN_KEPT bytes or more, up to
+-- Most commands a delta may have: the work of applying one grows with
+-- its commands, not only with its bytes (a million one-byte copies would
+-- keep Redis busy for seconds). The library's deltas have a handful.
+local MAX_DELTA_COMMANDS = 2048
+
+-- ========================================================================
+-- 6. Kept states (ropes)
+-- ========================================================================
+
+-- States as ropes. A delta is verified against the newest state (its
+-- checksum is that of the result); in Redis' Lua every string made costs
+-- ~1.2 ms per MiB (each byte is hashed), so assembling the newest state
+-- from the record and cutting it up at every update would cost far more
+-- than the delta. The functions therefore keep the newest state of the
+-- streams they published last (or read last) in this Lua VM, cut into
+-- pieces, each with its residue sums once known: a delta reuses the
+-- pieces it copies whole and makes only the pieces it cuts or inserts;
+-- they are joined into one string only for a compaction (section 7) or a
+-- snapshot. A kept state is used only while the record still holds it
+-- (same channel, seq, publish id and length; a publish id names one
+-- state); else it is assembled from the record again. The cache holds states of MIN_KEPT bytes or more, up to
 -- ROPE_BUDGET bytes with their tables (Lua memory of Redis, besides the
 -- records); FUNCTION LOAD or a restart empties it.
 local ropes, rope_bytes = {}, 0
@@ -406,23 +453,220 @@ local function join(pieces)
   return join100(unpack(strs))
 end
 
--- The rope of the state stored in the record at key (rec: its fields):
--- the one kept, while the record still holds it, else read.
+-- ========================================================================
+-- 7. The record: a base and the deltas since it
+-- ========================================================================
+
+-- A state as segments: references to byte ranges of strings already made
+-- (the record's base, the deltas), so that the deltas since the base apply
+-- one after the other without making any string until the end, and at a
+-- cost that grows with their commands and the segments they produce, not
+-- with the state's bytes. Parallel arrays: s (strings), o (0-based
+-- offsets), n (lengths), at (offset of each segment in the state); len:
+-- the state's length.
+local function segs_of(s)
+  if #s == 0 then return { s = {}, o = {}, n = {}, at = {}, len = 0 } end
+  return { s = { s }, o = { 0 }, n = { #s }, at = { 0 }, len = #s }
+end
+
+-- Applies delta d, verified against the state segs holds when it was
+-- published, to segs. Returns the segments of the result and the work it
+-- took (commands and segments made: what reading the record costs per
+-- delta); nil when d does not fit segs after all (a record edited by
+-- hand), checked at the cost of a few comparisons a command.
+local function apply_segs(segs, d)
+  local limit, pos = delta_int(d, 1)
+  if not limit then return nil end
+  pos = pos + 1
+  local S, O, N, AT = {}, {}, {}, {}
+  local k, len, commands = 0, 0, 0
+  local function add(str, o, n)
+    if n <= 0 then return end
+    if k > 0 and S[k] == str and O[k] + N[k] == o then
+      N[k] = N[k] + n
+    else
+      k = k + 1
+      S[k], O[k], N[k], AT[k] = str, o, n, len
+    end
+    len = len + n
+  end
+  while true do
+    commands = commands + 1
+    local n
+    n, pos = delta_int(d, pos)
+    if not n then return nil end
+    local op = string.byte(d, pos)
+    pos = pos + 1
+    if op == 64 then -- '@': copy
+      local off
+      off, pos = delta_int(d, pos)
+      if not off or off + n > segs.len then return nil end
+      pos = pos + 1
+      local x, e = off, off + n
+      while x < e do
+        local i = piece_at(segs.at, x)
+        local into = x - segs.at[i]
+        local take = math.min(segs.n[i] - into, e - x)
+        add(segs.s[i], segs.o[i] + into, take)
+        x = x + take
+      end
+    elseif op == 58 then -- ':': literal
+      if pos + n - 1 > #d then return nil end
+      add(d, pos - 1, n)
+      pos = pos + n
+    elseif op == 59 and len == limit then -- ';': the end
+      break
+    else
+      return nil
+    end
+  end
+  return { s = S, o = O, n = N, at = AT, len = len }, commands + k
+end
+
+-- The string of a state's segments (one string made per segment, then
+-- their join).
+local function join_segs(segs)
+  local k = #segs.s
+  if k == 0 then return '' end
+  if k == 1 and segs.o[1] == 0 and segs.n[1] == #segs.s[1] then return segs.s[1] end
+  local strs = {}
+  for i = 1, k do strs[i] = { s = string.sub(segs.s[i], segs.o[i] + 1, segs.o[i] + segs.n[i]) } end
+  return join(strs)
+end
+
+-- The record of a stream keeps its newest state as a base and the deltas
+-- since it (docs/PROTOCOL.md, "The record"): field "state" holds the base,
+-- "d1" ... "d<n>" the deltas in order, and "deltas" their account
+-- "<n> <len> <bytes> <work> <seq>": how many, the newest state's length,
+-- the deltas' bytes, the work of applying them (apply_segs), and the seq
+-- of the newest state; "base" names the chain of deltas (see rope_of).
+-- The account holds only while its seq is the record's: a record whose
+-- state was written whole by anything else (an earlier protocol's
+-- functions, an operator) has no deltas.
+-- Returns n, len, bytes, work (0, nil, 0, 0 without deltas).
+local function account(rec)
+  local a = rec.deltas
+  if a then
+    local n, len, bytes, work, seq = string.match(a, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
+    if n and tonumber(seq) == rec.seq and tonumber(n) > 0 then
+      return tonumber(n), tonumber(len), tonumber(bytes), tonumber(work)
+    end
+  end
+  return 0, nil, 0, 0
+end
+
+-- The length of the newest state of the record at key.
+local function state_len(key, rec)
+  local n, len = account(rec)
+  if n > 0 then return len end
+  return redis.call('HSTRLEN', key, 'state')
+end
+
+-- A compaction writes the newest state whole as the new base when the
+-- deltas since the base hold more bytes than the state (so the record
+-- holds at most about twice the state, and the base written costs the
+-- AOF and the replicas at most a delta's bytes again per update, amortised
+-- over the updates between compactions), or when applying them would take
+-- more than MAX_WORK (commands and segments; a unit costs Redis ~1-3 us).
+local MAX_WORK = 50000
+-- Before that, once the work passes RECOMPOSE_WORK, the deltas since the
+-- base are replaced by the one delta they make together (compose below):
+-- a write of the pieces the state is made of (a copy command for each
+-- piece of the base, the bytes of the others), not of the state, after
+-- which reading costs about that one delta. States of more than
+-- MAX_COMPOSED pieces are compacted instead.
+local RECOMPOSE_WORK = 20000
+local MAX_COMPOSED = 4096
+
+-- Reads the newest state of the record at key: the base, then its deltas
+-- applied in turn; or, given the segments `from` of the state after the
+-- first `done` deltas of the same base (kept), only the deltas after
+-- those. Returns its segments and the base (the string), or nil when a
+-- delta does not fit (a record edited by hand: its base stands).
+local function assemble(key, rec, from, done, base)
+  local n = account(rec)
+  local segs = from
+  if not segs then
+    base = redis.call('HGET', key, 'state') or ''
+    segs, done = segs_of(base), 0
+  end
+  local CHUNK = 500
+  for first = done + 1, n, CHUNK do
+    local names = {}
+    for i = first, math.min(n, first + CHUNK - 1) do names[#names + 1] = 'd' .. i end
+    local ds = redis.call('HMGET', key, unpack(names))
+    for _, d in ipairs(ds) do
+      segs = d and apply_segs(segs, d)
+      if not segs then return nil end
+    end
+  end
+  return segs, base
+end
+
+-- A number in Fossil's base-64 digits.
+local function delta_digits(v)
+  if v == 0 then return '0' end
+  local out = {}
+  while v > 0 do
+    local x = v % 64
+    table.insert(out, 1, string.sub(DELTA_DIGITS, x + 1, x + 1))
+    v = (v - x) / 64
+  end
+  return table.concat(out)
+end
+
+-- The one delta from the base (the string `base`) to the state of segs,
+-- whose checksum is `sum`: a copy for each segment of the base, a
+-- literal for each of the deltas'.
+local function compose(segs, base, sum)
+  local parts = { delta_digits(segs.len), '\n' }
+  for i = 1, #segs.s do
+    local str, o, n = segs.s[i], segs.o[i], segs.n[i]
+    if str == base then
+      parts[#parts + 1] = delta_digits(n) .. '@' .. delta_digits(o) .. ','
+    else
+      parts[#parts + 1] = delta_digits(n) .. ':' .. string.sub(str, o + 1, o + n)
+    end
+  end
+  parts[#parts + 1] = delta_digits(sum) .. ';'
+  return table.concat(parts)
+end
+
+-- The kept state of the record at key (rec: its fields): the one kept,
+-- while the record still holds it; else the one kept of an earlier state
+-- of the same base (`base`: the publish id of the state written as the
+-- base, written with it and with the first delta after it; a publish id
+-- names one state), brought up to date with the deltas since; else
+-- assembled from the record. An entry: channel, seq, pub, len, base, n
+-- (deltas applied to the base), base_str (the base), segs, pieces (the
+-- rope), joined (the state as one string, once made).
 local function rope_of(key, rec)
   local e = ropes[key]
   local pub = rec.pub or '-'
-  if e and e.channel == rec.channel and e.seq == rec.seq and e.pub == pub
-      and e.len == redis.call('HSTRLEN', key, 'state') then
+  if e and e.channel == rec.channel and e.seq == rec.seq and e.pub == pub and e.len == state_len(key, rec) then
     return e
   end
-  local s = redis.call('HGET', key, 'state') or ''
-  return { pieces = #s > 0 and { { s = s } } or {}, len = #s }
+  local n = account(rec)
+  local segs, base
+  if e and n > 0 and e.channel == rec.channel and rec.base and e.base == rec.base and e.n < n
+      and e.seq < rec.seq then
+    segs, base = assemble(key, rec, e.segs, e.n, e.base_str)
+  end
+  if not segs then segs, base = assemble(key, rec) end
+  if not segs then
+    n = 0
+    base = redis.call('HGET', key, 'state') or ''
+    segs = segs_of(base)
+  end
+  local s = join_segs(segs)
+  return { channel = rec.channel, seq = rec.seq, pub = pub, len = #s, joined = s, base = rec.base, n = n,
+           base_str = base, pieces = #s > 0 and { { s = s } } or {}, segs = segs }
 end
 
--- What a kept rope costs in the budget: its bytes and ~256 bytes of Lua
--- tables a piece and an entry.
+-- What a kept entry costs in the budget: its bytes (twice once joined)
+-- and ~256 bytes of Lua tables a piece, a segment and an entry.
 local function rope_cost(e)
-  return e.len + 256 * (#e.pieces + 1)
+  return e.len * (e.joined and 2 or 1) + 256 * (#e.pieces + #e.segs.s + 1)
 end
 
 local function forget_rope(key)
@@ -433,13 +677,12 @@ local function forget_rope(key)
   end
 end
 
--- Keeps the rope of the state just stored at key, when it is worth
--- keeping (a state of a few KiB is read again at little cost); drops
--- others (any) when the cache holds more than ROPE_BUDGET.
-local function keep_rope(key, channel, seq, pub, pieces, len)
+-- Keeps entry e (see rope_of) of the state just stored or read at key,
+-- when it is worth keeping (a state of a few KiB is read again at little
+-- cost); drops others (any) when the cache holds more than ROPE_BUDGET.
+local function keep_rope(key, e)
   forget_rope(key)
-  if len < MIN_KEPT then return end
-  local e = { channel = channel, seq = seq, pub = pub, pieces = pieces, len = len }
+  if e.len < MIN_KEPT then return end
   ropes[key] = e
   rope_bytes = rope_bytes + rope_cost(e)
   if rope_bytes > ROPE_BUDGET then
@@ -453,17 +696,16 @@ local function keep_rope(key, channel, seq, pub, pieces, len)
   end
 end
 
--- Most commands a delta may have: the work of applying one grows with
--- its commands, not only with its bytes (a million one-byte copies would
--- keep Redis busy for seconds). The library's deltas have a handful.
-local MAX_DELTA_COMMANDS = 2048
+-- ========================================================================
+-- 8. Applying a delta
+-- ========================================================================
 
 -- Applies delta d (without NUL, checked by the caller) to the rope base of
 -- a stored state (without NUL). Every copy must cover whole characters of
 -- the base, so a delta of whole characters between UTF-8 states makes a
 -- UTF-8 state. The checksum follows from the residue sums of the result's
--- pieces. Returns the result and its pieces, or nil and an error text;
--- base is left as it was.
+-- pieces. Returns the pieces of the result, its length and its checksum,
+-- or nil and an error text; base is left as it was.
 local function apply_delta(base, d)
   local limit, pos = delta_int(d, 1)
   if not limit then return nil, 'the delta does not start with the target length' end
@@ -523,13 +765,17 @@ local function apply_delta(base, d)
         at2 = at2 + #p.s
       end
       if checksum_of(sums) ~= n then return nil, 'the checksum of the result does not match' end
-      return join(pieces), pieces
+      return pieces, limit, n
     else
       return nil, 'the delta ends without a checksum or has an unknown command'
     end
   end
 end
 
+
+-- ========================================================================
+-- 9. Arguments and the common entry
+-- ========================================================================
 
 -- A stream name: 1-256 bytes of UTF-8 without control characters (C0,
 -- DEL, C1) or bidirectional formatting characters (Unicode's Bidi_Control:
@@ -625,10 +871,14 @@ local function timing(hb_s, ttl_s)
   return hb, ttl
 end
 
+-- ========================================================================
+-- 10. Records and the throttling of guesses
+-- ========================================================================
+
 -- Loads the record; returns the fields table or nil.
 local function load(key)
   local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub',
-    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead')
+    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead', 'deltas', 'base')
   -- A record without kdf (written by protocol 3), or with a channel the
   -- client chose (32 hex digits, protocols 4-6: not proven to be the
   -- stream's own), is no stream.
@@ -637,7 +887,7 @@ local function load(key)
            hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9],
            fails = tonumber(v[10]) or 0, fail_at = tonumber(v[11]) or 0,
            locked_until = tonumber(v[12]) or 0, locks = tonumber(v[13]) or 0,
-           kdf = v[14], iter = tonumber(v[15]), lead = v[16] }
+           kdf = v[14], iter = tonumber(v[15]), lead = v[16], deltas = v[17], base = v[18] }
 end
 
 local function not_found(nonce)
@@ -711,6 +961,10 @@ local function load_leader(nonce, key, token, channel)
   return rec
 end
 
+-- ========================================================================
+-- 11. The index of live streams and the quotas it counts
+-- ========================================================================
+
 -- The index "streams" is a hash: the name of each live stream -> the bytes
 -- of its stored state, and the field TOTAL (a NUL byte: never a name) ->
 -- their sum, so that the quotas cost one read. A name whose record expired
@@ -737,8 +991,15 @@ end
 -- Counts `bytes` of state for stream `name` in the index (nil: removes
 -- the name), keeping the total.
 local function count_bytes(index, name, bytes)
-  local old = tonumber(redis.call('HGET', index, name) or 0)
-  if bytes then redis.call('HSET', index, name, bytes) else redis.call('HDEL', index, name) end
+  local had = redis.call('HGET', index, name)
+  local old = tonumber(had or 0)
+  -- (Written only when it changes: an update of the same length, most
+  -- deltas, adds nothing to the AOF and the replication stream.)
+  if not bytes then
+    redis.call('HDEL', index, name)
+  elseif not had or old ~= bytes then
+    redis.call('HSET', index, name, bytes)
+  end
   local change = (bytes or 0) - old
   if change ~= 0 then redis.call('HINCRBY', index, TOTAL, change) end
 end
@@ -783,6 +1044,10 @@ local function over_quota(index, name, bytes, new)
     prune(index)
   end
 end
+
+-- ========================================================================
+-- 12. The functions of a stream
+-- ========================================================================
 
 -- ms_start KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, kdf, iterations,
 --   body[pw key, code key, salt, channel seed, lead token] -> [nonce]
@@ -837,7 +1102,7 @@ redis.register_function('ms_reconnect', function(keys, args)
   redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl, 'lead', hash(f[3]), 'heard_ms', now_ms())
   if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
   index_ready(keys[2], true)
-  count_bytes(keys[2], string.sub(key, #RECORD_PREFIX + 1), redis.call('HSTRLEN', key, 'state'))
+  count_bytes(keys[2], string.sub(key, #RECORD_PREFIX + 1), state_len(key, rec))
   return { nonce, seal(rec.channel, f[2], nonce), rec.seq }
 end)
 
@@ -876,7 +1141,21 @@ redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' },
   if not nonce then return err end
   local rec, e = load_by_channel(nonce, keys[1], f[1])
   if not rec then return e end
-  return { nonce, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms), redis.call('HGET', keys[1], 'state') }
+  local key, state = keys[1], nil
+  if account(rec) == 0 then
+    state = redis.call('HGET', key, 'state')
+  else
+    -- The newest state: kept (joined once for all the snapshots of this
+    -- seq), else assembled from the record and kept.
+    local kept = rope_of(key, rec)
+    if not kept.joined then
+      kept.joined = join(kept.pieces)
+      if ropes[key] == kept then rope_bytes = rope_bytes + kept.len end
+    end
+    if ropes[key] ~= kept then keep_rope(key, kept) end
+    state = kept.joined
+  end
+  return { nonce, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms), state }
 end }
 
 -- ms_publish KEYS: record, index  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
@@ -896,8 +1175,9 @@ end }
 -- broadcast as "s <seq> <updated_ms>\n<state>". Kind "delta": the last
 -- field is a delta against the stored state, applied only when that is
 -- the state of seq base_seq and publish id base_id (else MSBASE: the
--- leader sends the state in full); the full result is stored and the
--- delta broadcast as "d <seq> <base_seq> <updated_ms>\n<delta>".
+-- leader sends the state in full); the delta is appended to the record
+-- (section 7: its result is verified, the state is written whole only by
+-- a compaction) and broadcast as "d <seq> <base_seq> <updated_ms>\n<delta>".
 redis.register_function('ms_publish', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 8, fields = 3, lazy = true })
   if not nonce then return err end
@@ -941,32 +1221,83 @@ redis.register_function('ms_publish', function(keys, args)
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
-  local state, pieces = data, nil
+  local len, kept, pieces, sum = #data, nil, nil, nil
   if kind == 'delta' then
     if rec.seq ~= base_seq or (rec.pub or '-') ~= base_id then
       return fail('MSBASE', nonce, 'the stored state (seq ' .. rec.seq .. ') is not the base of the delta; send it in full')
     end
-    state, pieces = apply_delta(rope_of(key, rec), data)
-    if not state then return fail('MSARG', nonce, 'malformed delta: ' .. pieces) end
-  else
-    pieces = #data > 0 and { { s = data } } or {}
+    kept = rope_of(key, rec)
+    pieces, len, sum = apply_delta(kept, data)
+    if not pieces then return fail('MSARG', nonce, 'malformed delta: ' .. len) end
   end
   index_ready(keys[2], true)
   local name = string.sub(key, #RECORD_PREFIX + 1)
-  local over = over_quota(keys[2], name, #state, false)
+  local over = over_quota(keys[2], name, len, false)
   if over then return fail('MSQUOTA', nonce, over) end
-  count_bytes(keys[2], name, #state)
+  count_bytes(keys[2], name, len)
   local seq = math.max(rec.seq, floor) + 1
   local updated = now_ms()
-  redis.call('HSET', key, 'state', state, 'seq', seq, 'updated_ms', updated, 'pub', id)
-  -- (The residue sums an earlier version of these functions kept.)
-  redis.call('HDEL', key, 'sums')
-  keep_rope(key, rec.channel, seq, id, pieces, #state)
+  -- The record (docs/PROTOCOL.md, "The record"): a delta is appended to
+  -- the base and the deltas since it, unless a compaction is due; a full
+  -- state, or a compaction, writes the state whole as the new base.
+  local n, _, bytes, work = account(rec)
+  local entry, drop_from = nil, nil
+  if kind == 'delta' then
+    local segs, w = apply_segs(kept.segs, data)
+    local composed, cw
+    if segs and work + w > RECOMPOSE_WORK and #segs.s <= MAX_COMPOSED then
+      -- The deltas since the base, composed into one (see "The record").
+      composed = compose(segs, kept.base_str, sum)
+      cw = select(2, apply_segs(segs_of(kept.base_str), composed)) or MAX_WORK
+    end
+    if not segs or (composed and (#composed > len or cw > RECOMPOSE_WORK / 2))
+        or (not composed and (work + w > MAX_WORK or bytes + #data > len)) then
+      local state = join(pieces)
+      entry = { pieces = pieces, segs = segs_of(state), joined = state, base_str = state }
+    elseif composed then
+      entry = { pieces = pieces, segs = segs, base = id, n = 1, base_str = kept.base_str }
+      redis.call('HSET', key, 'd1', composed, 'deltas', 1 .. ' ' .. len .. ' ' .. #composed .. ' ' .. cw .. ' ' .. seq,
+        'base', id, 'seq', seq, 'updated_ms', updated, 'pub', id)
+      drop_from = 2
+    else
+      n, bytes, work = n + 1, bytes + #data, work + w
+      local account_of = n .. ' ' .. len .. ' ' .. bytes .. ' ' .. work .. ' ' .. seq
+      entry = { pieces = pieces, segs = segs, base = kept.base, n = n, base_str = kept.base_str }
+      if n == 1 then
+        -- The first delta after a base names the chain (see rope_of).
+        entry.base = rec.pub or '-'
+        redis.call('HSET', key, 'd1', data, 'deltas', account_of, 'base', entry.base,
+          'seq', seq, 'updated_ms', updated, 'pub', id)
+      else
+        redis.call('HSET', key, 'd' .. n, data, 'deltas', account_of, 'seq', seq, 'updated_ms', updated, 'pub', id)
+      end
+    end
+  else
+    entry = { pieces = #data > 0 and { { s = data } } or {}, segs = segs_of(data), joined = data, base_str = data }
+  end
+  local old = {}
+  if entry.joined then
+    entry.base, entry.n = id, 0
+    redis.call('HSET', key, 'state', entry.joined, 'base', id, 'seq', seq, 'updated_ms', updated, 'pub', id)
+    -- The deltas of the previous base, the account, and the residue sums
+    -- an earlier version of these functions kept.
+    old, drop_from = { 'deltas', 'sums' }, 1
+  end
+  for i = drop_from or n + 1, n do
+    old[#old + 1] = 'd' .. i
+    if #old >= 1000 then
+      redis.call('HDEL', key, unpack(old))
+      old = {}
+    end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  entry.channel, entry.seq, entry.pub, entry.len = rec.channel, seq, id, len
+  keep_rope(key, entry)
   touch(key, rec)
   if kind == 'delta' then
     redis.call('PUBLISH', rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. data)
   else
-    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. state)
+    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. data)
   end
   return { nonce, seq, id }
 end)
@@ -1020,6 +1351,10 @@ redis.register_function('ms_stop', function(keys, args)
   redis.call('PUBLISH', rec.channel, 'e')
   return { nonce }
 end)
+
+-- ========================================================================
+-- 13. The functions of the index
+-- ========================================================================
 
 -- One page of the index from `cursor` (HSCAN's, decimal): the next cursor
 -- and the names on the page; nil and an error reply for a bad cursor.

@@ -847,6 +847,11 @@ fn many_followers_with_reordered_messages_deliver_only_verified_states() {
             (c, r)
         })
         .collect();
+    // Each holds the first state before the deltas start (a snapshot read
+    // late, on a loaded machine, would deliver a later state instead).
+    for (_, r) in &followers {
+        r.wait_state(&name, &first, T);
+    }
     let reads_before = missionstream::delta_snapshot_reads();
     let mut published = vec![first.clone()];
     for i in 0..300 {

@@ -51,6 +51,9 @@ fn numsub(c: &Cluster, channel: &str) -> Vec<u64> {
 }
 
 fn record_field(c: &Cluster, node: usize, name: &str, field: &str) -> String {
+    if field == "state" {
+        return common::newest_state(c.nodes[node].redis_port, name);
+    }
     c.redis_cli(node, &["HGET", &format!("stream:{name}"), field])
         .trim()
         .to_string()

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let p = l.local_addr().unwrap().port();
@@ -195,6 +195,15 @@ impl Servers {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills redis-server at once (SIGKILL: nothing written on the way
+    /// out; what it acknowledged must already be in the append-only file).
+    pub fn kill_redis(&mut self) {
+        if let Some(mut c) = self.redis.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -391,7 +400,12 @@ impl Servers {
         token
     }
 
+    /// A field of the stream's record; for "state", the newest state, as
+    /// `ms_snapshot` assembles it from the record's base and deltas.
     pub fn record_field(&self, name: &str, field: &str) -> String {
+        if field == "state" {
+            return newest_state(self.redis_port, name);
+        }
         let out = Command::new("redis-cli")
             .arg("-p")
             .arg(self.redis_port.to_string())
@@ -1010,4 +1024,47 @@ pub fn rand_u128() -> u128 {
     let a = std::hash::Hasher::finish(&h) as u128;
     std::hash::Hash::hash(&a, &mut h);
     (a << 64) | std::hash::Hasher::finish(&h) as u128
+}
+
+/// The newest state of a stream on the Redis at `port`, as `ms_snapshot`
+/// (read-only, so on a replica too) assembles it from the record: the
+/// base and the deltas since it. Without a record: the empty string.
+pub fn newest_state(port: u16, name: &str) -> String {
+    let cli = |args: &[&str]| -> Vec<u8> {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(port.to_string())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli is installed");
+        out.stdout
+    };
+    let key = format!("stream:{name}");
+    let channel = String::from_utf8_lossy(&cli(&["HGET", &key, "channel"]))
+        .trim()
+        .to_string();
+    if channel.is_empty() {
+        return String::new();
+    }
+    let body = format!("\n{channel}");
+    let out = cli(&[
+        "FCALL_RO",
+        "ms_snapshot",
+        "1",
+        &key,
+        missionstream::protocol::PROTOCOL_VERSION,
+        "n3west",
+        &body,
+    ]);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    // Raw output: nonce, seq, updated_ms, hb_ms, then the state (the
+    // last element, so its own newlines do no harm) and a newline.
+    let mut lines = text.splitn(5, '\n');
+    assert_eq!(lines.next(), Some("n3west"), "ms_snapshot: {text}");
+    let mut state = lines.nth(3).unwrap_or("").to_string();
+    if state.ends_with('\n') {
+        state.pop();
+    }
+    state
 }
