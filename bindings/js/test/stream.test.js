@@ -67,7 +67,17 @@ test("the leader sends deltas (seen on the channel) that the functions apply", a
     await new Promise((r) => setTimeout(r, 300));
     sub.kill();
     assert.match(seen, /\nd 2 1 \d+\n/);
-    assert.equal(srv.redis("HGET", `stream:${name}`, "state"), JSON.stringify(big));
+    // The record keeps the first state as its base and the delta beside
+    // it; a late joiner gets the newest state assembled from them.
+    assert.notEqual(srv.redis("HGET", `stream:${name}`, "d1"), "");
+    const fc = new Client(srv.url, opts);
+    try {
+      const f = await fc.follow(name, "pw");
+      await f.waitFor(2, 10000);
+      assert.equal(f.latest, JSON.stringify(big));
+    } finally {
+      await fc.close();
+    }
     await leader.stop();
   } finally {
     await lc.close();
