@@ -102,6 +102,7 @@ impl Client {
             dispatcher,
             lead_ended: end_hook(&leads),
             follow_ended: end_hook(&follows),
+            delta_resyncs: Arc::default(),
         };
         Ok(Client {
             config: Arc::new(Config::default()),
@@ -111,6 +112,20 @@ impl Client {
             hooks,
             keys: Arc::new(KeyCache::new()?),
         })
+    }
+
+    /// How many times this client's followers read the snapshot because
+    /// deltas could not be applied (a base that did not come in time, or
+    /// a delta that did not verify). For benchmarks and tests.
+    pub fn delta_snapshot_reads(&self) -> u64 {
+        self.hooks.delta_resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Turns deltas off (every state sent in full) or on again for the
+    /// streams this client leads. For benchmarks comparing both in one run.
+    #[doc(hidden)]
+    pub fn set_deltas(&self, enabled: bool) {
+        self.config.deltas.store(enabled, Ordering::Relaxed);
     }
 
     /// PBKDF2 iterations of the streams this client starts from now on

@@ -100,6 +100,12 @@ impl Error {
     pub fn invalid(message: impl Into<String>) -> Error {
         Error::new(Status::MS_ERR_INVALID_ARGUMENT, message)
     }
+
+    /// Whether the functions refused a delta because the record no longer
+    /// holds its base (`MSBASE`).
+    pub fn is_base_mismatch(&self) -> bool {
+        crate::protocol::is_base_mismatch(self)
+    }
 }
 
 impl fmt::Display for Error {

@@ -21,6 +21,14 @@ pub struct ms_client {
     inner: Client,
 }
 
+impl ms_client {
+    /// The Rust client behind a C handle (for the benchmark's switches).
+    #[doc(hidden)]
+    pub fn client(&self) -> &Client {
+        &self.inner
+    }
+}
+
 /// An event, lent to the callback. Every pointer in it is valid only
 /// during the callback: copy what you keep.
 #[repr(C)]

@@ -17,6 +17,7 @@ use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::nodes::Nodes;
 use crate::protocol::{self, INDEX_KEY};
+use crate::publisher::{Effect, Mailbox, Next, Publisher, Request, Stored};
 use crate::session::{Config, Hooks};
 use crate::util::{lock, random_hex};
 use std::ffi::CString;
@@ -38,29 +39,8 @@ pub struct LeadIdentity {
     pub seq: u64,
 }
 
-struct State {
-    /// The newest unsent state: (generation, the state).
-    pending: Option<(u64, String)>,
-    /// Generation of the last `publish`.
-    published: u64,
-    /// Highest generation stored in Redis.
-    stored: u64,
-    /// The error of the current failure streak.
-    failing: Option<Error>,
-    /// A final error: the lead is over.
-    ended: Option<Error>,
-    /// A request is in flight.
-    busy: bool,
-    /// ms_stop is in progress: send nothing.
-    paused: bool,
-    /// Deliver the pending state by this deadline, then exit (client free).
-    closing: Option<Instant>,
-    /// Exit now.
-    exit: bool,
-}
-
 struct Shared {
-    state: Mutex<State>,
+    state: Mutex<Mailbox>,
     cond: Condvar,
 }
 
@@ -68,9 +48,9 @@ impl Shared {
     /// Waits for a change of the state, at most `d`.
     fn wait<'a>(
         &self,
-        st: std::sync::MutexGuard<'a, State>,
+        st: std::sync::MutexGuard<'a, Mailbox>,
         d: Duration,
-    ) -> std::sync::MutexGuard<'a, State> {
+    ) -> std::sync::MutexGuard<'a, Mailbox> {
         self.cond
             .wait_timeout(st, d)
             .unwrap_or_else(|e| e.into_inner())
@@ -99,23 +79,18 @@ impl Lead {
             protocol::frame_body(&[identity.token.as_bytes(), identity.channel.as_bytes(), b""]);
         let body_prefix = Zeroizing::new(body_prefix);
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                pending: None,
-                published: 0,
-                stored: 0,
-                failing: None,
-                ended: None,
-                busy: false,
-                paused: false,
-                closing: None,
-                exit: false,
-            }),
+            state: Mutex::new(Mailbox::default()),
             cond: Condvar::new(),
         });
         let publisher = LeadThread {
             session,
-            acked_seq: identity.seq,
-            publish_token: random_hex(8)?,
+            machine: Publisher::new(
+                Instant::now(),
+                identity.seq,
+                random_hex(8)?,
+                config.deltas(),
+                Backoff::new(session),
+            ),
             body_prefix,
             identity: identity.clone(),
             shared: shared.clone(),
@@ -255,25 +230,13 @@ impl Lead {
     }
 }
 
-/// How long the publisher keeps looking for a new state after a request
-/// before it sleeps.
-const LINGER: Duration = Duration::from_micros(200);
-
 /// How long ms_flush keeps looking before it sleeps.
 const FLUSH_LINGER: Duration = Duration::from_micros(250);
 
-enum Action {
-    Publish(u64, String),
-    Heartbeat,
-    Exit,
-}
-
+/// The publisher thread: carries out the requests of its `Publisher`.
 struct LeadThread {
     session: u64,
-    /// The highest seq a reply to this lead's publishes named.
-    acked_seq: u64,
-    /// Random, per lead: the first half of every publish id.
-    publish_token: String,
+    machine: Publisher,
     /// `"<len token> <len channel>\n<token><channel>"`: the body before the state.
     body_prefix: Zeroizing<Vec<u8>>,
     identity: Arc<LeadIdentity>,
@@ -285,185 +248,114 @@ struct LeadThread {
 
 impl LeadThread {
     fn run(mut self) {
-        let mut last_sent = Instant::now();
-        let mut retry_at: Option<Instant> = None;
-        let mut backoff = Backoff::new(self.session);
-        // The newest state stored by this lead, sent again if a failover
-        // lost it, and the base of the next delta while `use_base`.
-        let mut last_stored: Option<Stored> = None;
-        let mut use_base = false;
-        // Publishes sent since the last reply naming a seq: each may have
-        // been stored (and seen by followers) without its reply coming.
-        let mut unanswered = 0u64;
-        let mut last_generation_sent = 0u64;
-        // The write endpoint moved: check at once that the newest stored
-        // state is still there.
         let mut moves = self.conn.endpoints().moves();
-        let mut check_now = false;
-        let mut stored_seq_now = 0u64;
-        // The request in flight carries a delta.
-        let mut sent_delta = false;
         loop {
-            let action = self.next_action(last_sent, retry_at, check_now);
-            check_now = false;
-            let timeout = self.config.timeout();
-            let result = match &action {
-                Action::Exit => return,
-                Action::Publish(generation, state) => {
-                    if *generation != last_generation_sent {
-                        last_generation_sent = *generation;
-                        unanswered += 1;
-                    }
-                    // Above any seq a follower may have seen from this lead:
-                    // the last one named, and one per publish sent since.
-                    let floor = (self.acked_seq + unanswered - 1).to_string();
-                    // Token and counter: a repeat of this request (its
-                    // response lost) or an abandoned older one arriving
-                    // late is recognised by the functions and not stored.
-                    let id = format!("{}{generation:016x}", self.publish_token);
-                    let base = last_stored.as_ref().filter(|_| use_base);
-                    let delta = base.and_then(|b| delta_of(b, state));
-                    let (kind, base_seq, base_id, data) = match &delta {
-                        Some((seq, base_id, delta)) => {
-                            ("delta", seq.as_str(), base_id.as_str(), delta.as_bytes())
-                        }
-                        None => ("full", "-", "-", state.as_bytes()),
-                    };
-                    sent_delta = kind == "delta";
-                    let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
-                    body.extend_from_slice(&self.body_prefix);
-                    body.extend_from_slice(data);
-                    self.conn
-                        .fcall(
-                            false,
-                            "ms_publish",
-                            &[&self.identity.key, INDEX_KEY],
-                            &[&id, &floor, kind, base_seq, base_id],
-                            &body,
-                            timeout,
-                        )
-                        .and_then(|reply| stored_at_or_after(&reply, &id))
-                        .map(|(seq, exact)| {
-                            self.acked_seq = self.acked_seq.max(seq);
-                            unanswered = 0;
-                            // The base of the next delta: this state, when
-                            // the record holds exactly it.
-                            use_base = exact;
-                            stored_seq_now = seq;
-                            false
-                        })
-                }
-                Action::Heartbeat => {
-                    let hb = self.config.heartbeat().as_millis().to_string();
-                    let body = protocol::frame_body(&[
-                        self.identity.token.as_bytes(),
-                        self.identity.channel.as_bytes(),
-                    ]);
-                    self.conn
-                        .fcall(
-                            false,
-                            "ms_heartbeat",
-                            &[&self.identity.key],
-                            &[&hb],
-                            &body,
-                            timeout,
-                        )
-                        .and_then(|reply| stored_seq(&reply))
-                        // The record holds an older state than one stored
-                        // for this lead: a failover lost it.
-                        .map(|seq| seq < self.acked_seq)
-                }
+            let Some(request) = self.next_request() else {
+                return;
             };
-            last_sent = Instant::now();
+            let reply = self.send(&request);
+            let now = Instant::now();
             let moved = self.conn.endpoints().moves();
-            if moved != moves {
+            let effects = {
+                let mut st = lock(&self.shared.state);
+                let effects = self
+                    .machine
+                    .done(&mut st, request, reply, now, moved != moves);
                 moves = moved;
-                check_now = !matches!(action, Action::Heartbeat);
-            }
-            let mut st = lock(&self.shared.state);
-            st.busy = false;
-            match result {
-                Ok(lost) => {
-                    match action {
-                        Action::Publish(generation, state) => {
-                            st.stored = st.stored.max(generation);
-                            last_stored = Some(Stored {
-                                seq: stored_seq_now,
-                                id: format!("{}{generation:016x}", self.publish_token),
-                                state,
-                            });
-                        }
-                        Action::Heartbeat if lost => {
-                            crate::debug_log!(
-                                "lead {}: the stored state went back (a failover lost it): publishing the newest again",
-                                self.session
-                            );
-                            // In full: the record lacks the base.
-                            use_base = false;
-                            if st.pending.is_none() {
-                                if let Some(stored) = &last_stored {
-                                    st.published += 1;
-                                    st.pending = Some((st.published, stored.state.clone()));
-                                }
-                            }
-                        }
-                        _ => {}
-                    }
-                    st.failing = None;
-                    retry_at = None;
-                    backoff.reset();
-                }
-                Err(e) if protocol::is_base_mismatch(&e) => {
-                    // The record no longer holds the base (another write,
-                    // a failover, a lost reply): the same state in full, at
-                    // once.
-                    crate::debug_log!("lead {}: {}; sending in full", self.session, e.message);
-                    use_base = false;
-                    if let Action::Publish(generation, state) = action {
-                        if st.pending.is_none() {
-                            st.pending = Some((generation, state));
-                        }
-                    }
-                }
-                Err(e) if !e.status.is_transient() => {
-                    st.ended = Some(e.clone());
-                    st.pending = None;
-                    drop(st);
-                    self.shared.cond.notify_all();
-                    (self.hooks.lead_ended)(self.session, &self.identity.name);
-                    self.publish_failed(e.status);
-                    return;
-                }
-                Err(e) => {
-                    let is_publish = matches!(action, Action::Publish(..));
-                    if is_publish && sent_delta && e.status == Status::MS_ERR_PROTOCOL {
-                        // A delta the functions refused (MSARG) or a reply
-                        // not understood: the retry goes in full.
-                        use_base = false;
-                    }
-                    crate::debug_log!(
-                        "lead {}: {} failed: {}",
-                        self.session,
-                        if is_publish { "publish" } else { "heartbeat" },
-                        e.message
-                    );
-                    if let Action::Publish(generation, state) = action {
-                        if st.pending.is_none() {
-                            st.pending = Some((generation, state));
-                        }
-                    }
-                    let first = st.failing.is_none();
-                    if is_publish || !first {
-                        st.failing = Some(e.clone());
-                    }
-                    retry_at = Some(Instant::now() + backoff.next());
-                    drop(st);
-                    if is_publish && first {
+                effects
+            };
+            for effect in effects {
+                match effect {
+                    Effect::Log(text) => crate::debug_log!("lead {}: {text}", self.session),
+                    Effect::PublishFailed(status) => self.publish_failed(status),
+                    Effect::Ended(e) => {
+                        self.shared.cond.notify_all();
+                        (self.hooks.lead_ended)(self.session, &self.identity.name);
                         self.publish_failed(e.status);
+                        return;
                     }
                 }
             }
             self.shared.cond.notify_all();
+        }
+    }
+
+    /// Waits for the next request (the mailbox then marks it in flight);
+    /// None: the lead is over.
+    fn next_request(&mut self) -> Option<Request> {
+        let mut st = lock(&self.shared.state);
+        loop {
+            self.machine.set_deltas(self.config.deltas());
+            let now = Instant::now();
+            match self.machine.poll(&mut st, now, self.config.heartbeat()) {
+                Next::Send(request) => return Some(request),
+                Next::Exit => return None,
+                Next::Linger => {
+                    // Just after a request, the next state often follows at
+                    // once (a caller publishing after ms_flush returned): look
+                    // again rather than sleep, so that neither side pays for a
+                    // thread wake-up.
+                    drop(st);
+                    std::thread::yield_now();
+                    st = lock(&self.shared.state);
+                }
+                Next::Wait(at) => st = self.shared.wait(st, at.saturating_duration_since(now)),
+            }
+        }
+    }
+
+    /// Sends `request`; its reply is `[seq, stored publish id]`.
+    fn send(&self, request: &Request) -> Result<Stored> {
+        let timeout = self.config.timeout();
+        match request {
+            Request::Publish {
+                id,
+                floor,
+                delta,
+                state,
+                ..
+            } => {
+                let floor = floor.to_string();
+                let (kind, base_seq, base_id, data) = match delta {
+                    Some(d) => (
+                        "delta",
+                        d.base_seq.to_string(),
+                        d.base_id.as_str(),
+                        d.delta.as_bytes(),
+                    ),
+                    None => ("full", "-".to_string(), "-", state.as_bytes()),
+                };
+                let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
+                body.extend_from_slice(&self.body_prefix);
+                body.extend_from_slice(data);
+                self.conn
+                    .fcall(
+                        false,
+                        "ms_publish",
+                        &[&self.identity.key, INDEX_KEY],
+                        &[id, &floor, kind, &base_seq, base_id],
+                        &body,
+                        timeout,
+                    )
+                    .and_then(|reply| stored_of(&reply, "ms_publish"))
+            }
+            Request::Heartbeat => {
+                let hb = self.config.heartbeat().as_millis().to_string();
+                let body = protocol::frame_body(&[
+                    self.identity.token.as_bytes(),
+                    self.identity.channel.as_bytes(),
+                ]);
+                self.conn
+                    .fcall(
+                        false,
+                        "ms_heartbeat",
+                        &[&self.identity.key],
+                        &[&hb],
+                        &body,
+                        timeout,
+                    )
+                    .and_then(|reply| stored_of(&reply, "ms_heartbeat"))
+            }
         }
     }
 
@@ -478,108 +370,18 @@ impl LeadThread {
             ),
         );
     }
-
-    /// Waits for something to do and marks the publisher busy.
-    fn next_action(
-        &self,
-        last_sent: Instant,
-        retry_at: Option<Instant>,
-        check_now: bool,
-    ) -> Action {
-        let mut st = lock(&self.shared.state);
-        loop {
-            let now = Instant::now();
-            if st.exit
-                || (st.closing.is_some() && (st.pending.is_none() || now >= st.closing.unwrap()))
-            {
-                return Action::Exit;
-            }
-            let mut wake = last_sent + self.config.heartbeat();
-            if let Some(closing) = st.closing {
-                wake = wake.min(closing);
-            }
-            let may_send = !st.paused && retry_at.is_none_or(|t| now >= t);
-            if may_send {
-                if let Some((generation, state)) = st.pending.take() {
-                    st.busy = true;
-                    return Action::Publish(generation, state);
-                }
-                if st.closing.is_none() && (check_now || now >= last_sent + self.config.heartbeat())
-                {
-                    st.busy = true;
-                    return Action::Heartbeat;
-                }
-            } else if let Some(t) = retry_at {
-                wake = wake.min(t.max(now + Duration::from_millis(1)));
-            }
-            if may_send && st.closing.is_none() && now < last_sent + LINGER {
-                // Just after a request, the next state often follows at
-                // once (a caller publishing after ms_flush returned): look
-                // again rather than sleep, so that neither side pays for a
-                // thread wake-up.
-                drop(st);
-                std::thread::yield_now();
-                st = lock(&self.shared.state);
-                continue;
-            }
-            let wait = wake
-                .saturating_duration_since(now)
-                .max(Duration::from_millis(1));
-            st = self.shared.wait(st, wait);
-        }
-    }
 }
 
-/// A state stored by this lead: its seq and publish id (the base of a
-/// delta) and the state.
-struct Stored {
-    seq: u64,
-    id: String,
-    state: String,
-}
-
-/// Whether leaders send deltas (on by default; the benchmark turns them
-/// off to measure full states in the same run).
-pub(crate) static DELTAS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// A delta from `base` to `state` when it is less than half the state's
-/// size: (base seq, base publish id, delta).
-fn delta_of(base: &Stored, state: &str) -> Option<(String, String, String)> {
-    if state.len() < 256 || !DELTAS.load(std::sync::atomic::Ordering::Relaxed) {
-        return None;
-    }
-    // Less than half the state, or not worth it.
-    let delta = crate::delta::create_within(&base.state, state, state.len() / 2 - 1)?;
-    Some((base.seq.to_string(), base.id.clone(), delta))
-}
-
-/// Checks the reply to ms_publish `[seq, stored publish id]`: the state
-/// now stored is the one of publish id `id` or a later one of this lead.
-/// Only then does it count as stored (ms_flush relies on it). Returns the
-/// seq, and whether the stored id is exactly `id`.
-fn stored_at_or_after(reply: &serde_json::Value, id: &str) -> Result<(u64, bool)> {
-    let stored = match reply {
-        serde_json::Value::Array(a) if a.len() == 2 => protocol::as_u64(&a[0]).zip(a[1].as_str()),
-        _ => None,
-    };
-    match stored {
-        // Same lead token, counter not below ours (fixed width: text order
-        // is number order).
-        Some((seq, p))
-            if p.len() == id.len() && p.as_bytes()[..16] == id.as_bytes()[..16] && p >= id =>
-        {
-            Ok((seq, p == id))
-        }
-        _ => Err(protocol::protocol_error("ms_publish")),
-    }
-}
-
-/// The seq of the reply to ms_heartbeat `[seq, stored publish id]`.
-fn stored_seq(reply: &serde_json::Value) -> Result<u64> {
+/// The reply to ms_publish and ms_heartbeat: `[seq, stored publish id]`.
+fn stored_of(reply: &serde_json::Value, function: &str) -> Result<Stored> {
     match reply {
-        serde_json::Value::Array(a) if a.len() == 2 && a[1].is_string() => {
-            protocol::as_u64(&a[0]).ok_or_else(|| protocol::protocol_error("ms_heartbeat"))
-        }
-        _ => Err(protocol::protocol_error("ms_heartbeat")),
+        serde_json::Value::Array(a) if a.len() == 2 => protocol::as_u64(&a[0])
+            .zip(a[1].as_str())
+            .map(|(seq, id)| Stored {
+                seq,
+                id: id.to_owned(),
+            })
+            .ok_or_else(|| protocol::protocol_error(function)),
+        _ => Err(protocol::protocol_error(function)),
     }
 }

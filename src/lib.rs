@@ -34,6 +34,7 @@ mod leader;
 mod liveness;
 mod nodes;
 pub mod protocol;
+mod publisher;
 mod session;
 mod transport;
 mod util;
@@ -41,17 +42,3 @@ mod util;
 pub use client::{Client, StreamInfo};
 pub use dispatch::{Callback, Event, EventKind, StateText};
 pub use error::{Error, Result, Status};
-
-/// How many times followers of this process read the snapshot because
-/// deltas could not be applied (a base that did not come in time, or a
-/// delta that did not verify). For benchmarks and tests.
-pub fn delta_snapshot_reads() -> u64 {
-    follower::DELTA_RESYNCS.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Turns deltas off (every state sent in full) or on again, for every
-/// leader of this process. For benchmarks comparing both in one run.
-#[doc(hidden)]
-pub fn set_deltas(enabled: bool) {
-    leader::DELTAS.store(enabled, std::sync::atomic::Ordering::Relaxed);
-}

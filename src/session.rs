@@ -4,7 +4,7 @@
 
 use crate::dispatch::Dispatcher;
 use std::ffi::CString;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,9 @@ pub struct Config {
     pub(crate) heartbeat_ms: AtomicU32,
     /// PBKDF2 iterations of the streams this client starts.
     pub(crate) kdf_iterations: AtomicU32,
+    /// Leaders send deltas (the benchmark turns them off to measure full
+    /// states in the same run).
+    pub(crate) deltas: AtomicBool,
 }
 
 impl Default for Config {
@@ -26,6 +29,7 @@ impl Default for Config {
             stream_ttl_s: AtomicU32::new(0),
             heartbeat_ms: AtomicU32::new(5_000),
             kdf_iterations: AtomicU32::new(crate::kdf::DEFAULT_ITERATIONS),
+            deltas: AtomicBool::new(true),
         }
     }
 }
@@ -42,6 +46,9 @@ impl Config {
     pub fn kdf_iterations(&self) -> u32 {
         self.kdf_iterations.load(Ordering::Relaxed)
     }
+    pub fn deltas(&self) -> bool {
+        self.deltas.load(Ordering::Relaxed)
+    }
     pub fn stream_ttl_s(&self) -> u32 {
         self.stream_ttl_s.load(Ordering::Relaxed)
     }
@@ -55,6 +62,9 @@ pub struct Hooks {
     pub lead_ended: EndHook,
     /// Called by a follower whose stream ended (or failed to start).
     pub follow_ended: EndHook,
+    /// Snapshot reads of this client's followers caused by deltas that
+    /// could not be applied (for benchmarks and tests).
+    pub delta_resyncs: Arc<AtomicU64>,
 }
 
 /// Removes a session that ended on its own from its registry.

@@ -110,10 +110,10 @@ fn fcall_us(info: &str) -> f64 {
 impl Bench {
     /// One plan size, one mode (deltas on or off).
     fn row13_measure(&self, initial: &Plan, deltas: bool) -> Measured {
-        missionstream::set_deltas(deltas);
         let url = self.servers.url.clone();
         let name = self.stream_name(if deltas { "delta" } else { "full" });
         let leader = client(&url);
+        leader.set_deltas(deltas);
         let follower = client(&url);
         let lat = Latencies::attach(&follower);
         leader.start(&name, PASSWORD, CODE).unwrap();
@@ -134,7 +134,7 @@ impl Bench {
                 }
             })
         };
-        let reads_before = missionstream::delta_snapshot_reads();
+        let reads_before = follower.delta_snapshot_reads();
         // Latency at 20 updates/s.
         let secs = if self.quick { 2.0 } else { 8.0 };
         let n = (secs * 20.0) as usize;
@@ -185,13 +185,12 @@ impl Bench {
         drop(raw);
         let _ = follower.disconnect(&name);
         let _ = leader.stop(&name);
-        missionstream::set_deltas(true);
         Measured {
             bytes_per_update: bytes as f64 / msgs.max(1) as f64,
             p50_ms: p50,
             p99_ms: p99,
             acked_per_s: rate,
-            snapshot_reads: missionstream::delta_snapshot_reads() - reads_before,
+            snapshot_reads: follower.delta_snapshot_reads() - reads_before,
             redis_us_per_call: redis_us,
         }
     }
@@ -200,8 +199,7 @@ impl Bench {
     /// of the delta latency target).
     fn row13_reference(&self) -> f64 {
         // As a leader sends it by default (deltas on; the other rows turn
-        // them off).
-        missionstream::set_deltas(true);
+        // them off on their own clients).
         let url = self.servers.url.clone();
         let name = self.stream_name("ref1k");
         let leader = client(&url);

@@ -114,10 +114,6 @@ pub(super) const HOLD: Duration = Duration::from_millis(250);
 /// At most this many deltas wait for their base.
 const MAX_HELD: usize = 64;
 
-/// Snapshot reads caused by deltas (a base that did not come within
-/// `HOLD`, or a delta that did not verify), over the whole process.
-pub(crate) static DELTA_RESYNCS: AtomicU64 = AtomicU64::new(0);
-
 /// The last state delivered, and deltas waiting for their base.
 #[derive(Default)]
 pub(super) struct Last {

@@ -22,7 +22,6 @@ use crate::protocol::{self, ChannelMessage, SubscriptionItem};
 use crate::session::{key_of, Config, Hooks};
 use crate::util::{lock, random_hex};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
-pub(crate) use link::DELTA_RESYNCS;
 use link::{disconnected, stream_channel, Delivery, Incoming, Link, Snapshot, Subscription};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -331,7 +330,7 @@ impl FollowThread {
             let resync_at = delivery.resync_at();
             if let (Some(s), None, Some(at)) = (&sub, &job, resync_at) {
                 if lost.is_none() && at <= Instant::now() {
-                    DELTA_RESYNCS.fetch_add(1, Ordering::Relaxed);
+                    self.hooks.delta_resyncs.fetch_add(1, Ordering::Relaxed);
                     crate::debug_log!(
                         "follow {}: deltas without their base: reading the snapshot",
                         self.session
