@@ -4,6 +4,7 @@
 //! function here may block; the session thread (`super`) never calls them
 //! itself but through a job.
 
+use super::session::ResyncDue;
 use crate::dispatch::Event;
 use crate::error::{Error, Result, Status};
 use crate::kdf;
@@ -156,12 +157,12 @@ impl Delivery {
     }
 
     /// When the snapshot must be read because of deltas, if ever.
-    pub(super) fn resync_at(&self) -> Option<Instant> {
+    pub(super) fn resync_at(&self) -> Option<ResyncDue> {
         let last = lock(&self.last);
         if last.resync {
-            Some(Instant::now())
+            Some(ResyncDue::Now)
         } else {
-            last.held_since.map(|t| t + HOLD)
+            last.held_since.map(|t| ResyncDue::At(t + HOLD))
         }
     }
 
@@ -737,7 +738,7 @@ mod tests {
         d.state(1, base.clone());
         d.delta(2, 1, delta);
         assert_eq!(last(&d).0, Some(1));
-        assert!(d.resync_at().is_some_and(|t| t <= Instant::now()));
+        assert_eq!(d.resync_at(), Some(ResyncDue::Now));
         dispatcher.shutdown();
     }
 
@@ -776,7 +777,7 @@ mod tests {
         let s4 = s3.replacen("[1,2,3,4]", "[4]", 1);
         d.delta(8, 7, crate::delta::create(&s3, &s4));
         assert_eq!(last(&d).0, Some(6));
-        assert!(d.resync_at().is_some_and(|t| t > Instant::now()));
+        assert!(matches!(d.resync_at(), Some(ResyncDue::At(t)) if t > Instant::now()));
         d.delta(7, 6, crate::delta::create(&s2, &s3));
         assert_eq!(last(&d), (Some(8), s4.clone()));
         assert_eq!(d.resync_at(), None);
@@ -790,13 +791,15 @@ mod tests {
         );
         d.delta(9, 8, forged);
         assert_eq!(last(&d).0, Some(8));
-        assert!(d.resync_at().is_some_and(|t| t <= Instant::now()));
+        assert_eq!(d.resync_at(), Some(ResyncDue::Now));
         d.resynced(9, s1.clone());
         assert_eq!(last(&d), (Some(9), s1.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta whose base never comes: the snapshot after HOLD.
         d.delta(11, 10, crate::delta::create(&s1, &s2));
-        let at = d.resync_at().unwrap();
+        let Some(ResyncDue::At(at)) = d.resync_at() else {
+            panic!("a held delta waits HOLD");
+        };
         assert!(at > Instant::now() + HOLD / 2 && at <= Instant::now() + HOLD);
         d.resynced(11, s2.clone());
         assert_eq!((last(&d), d.resync_at()), ((Some(11), s2.clone()), None));

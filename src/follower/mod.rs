@@ -11,18 +11,19 @@
 //! on delivers only states newer than the last one delivered.
 
 mod link;
+mod session;
 
 use crate::backoff::Backoff;
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::kdf::{self, KeyCache, Secret};
-use crate::liveness::{Decision, Liveness};
 use crate::nodes::Nodes;
 use crate::protocol::{self, ChannelMessage, SubscriptionItem};
 use crate::session::{key_of, Config, Hooks};
 use crate::util::{lock, random_hex};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use link::{disconnected, stream_channel, Delivery, Incoming, Link, Snapshot, Subscription};
+use session::{Action, Heard, JobDone, Session};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -229,8 +230,20 @@ struct FollowThread {
     _done: Sender<()>,
 }
 
+/// What the session thread holds for its `Session`: the subscription,
+/// the job out, a recovery's result waiting to be taken, and what of the
+/// reader's counters was seen.
+struct Held {
+    sub: Option<Subscription>,
+    job: Option<Job>,
+    recovered: Option<(Subscription, Snapshot)>,
+    seen_progress: u64,
+    seen_direct: u64,
+}
+
 /// Why the session ends.
-enum End {
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
     /// The stream ended (stopped, replaced, or the password changed).
     Ended,
     Cancelled,
@@ -259,208 +272,213 @@ impl FollowThread {
     }
 
     /// Listens, probes, reports presence and recovers until the stream
-    /// ends or the session is cancelled. Never blocks on the network.
+    /// ends or the session is cancelled, carrying out the decisions of its
+    /// `Session`. Never blocks on the network.
     fn session_loop(&self, first: Subscription, hb: Duration) -> End {
         let link = &self.link;
         let delivery = &link.delivery;
         let token = random_hex(8).unwrap_or_else(|_| format!("{:x}", self.session));
-        let mut live = Liveness::new(Instant::now(), hb, token);
-        let mut sub = Some(first);
-        let mut job: Option<Job> = None;
-        let mut retry_at: Option<Instant> = None;
-        let mut backoff = Backoff::new(self.session);
-        let mut seen_progress = 0u64;
-        let mut seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
+        let mut session = Session::new(
+            Instant::now(),
+            first.node,
+            hb,
+            token,
+            Backoff::new(self.session),
+        );
+        let mut held = Held {
+            sub: Some(first),
+            job: None,
+            recovered: None,
+            seen_progress: 0,
+            seen_direct: delivery.last_direct_us.load(Ordering::SeqCst),
+        };
         delivery.direct.store(true, Ordering::SeqCst);
         loop {
             let now = Instant::now();
-            if let Some(s) = &sub {
-                let direct = delivery.last_direct_us.load(Ordering::SeqCst);
-                if direct != seen_direct {
-                    // The reader delivered states: the leader was heard,
+            let (mut direct, mut bytes) = (None, false);
+            if let Some(s) = &held.sub {
+                let last_direct = delivery.last_direct_us.load(Ordering::SeqCst);
+                if last_direct != held.seen_direct {
+                    // The reader delivered states: the leader was heard
                     // when the last one arrived.
-                    seen_direct = direct;
-                    let at = delivery.epoch + Duration::from_micros(direct);
-                    self.decide(live.heard(at.min(now), true));
+                    held.seen_direct = last_direct;
+                    direct = Some(delivery.epoch + Duration::from_micros(last_direct));
                 }
                 let progress = s.progress.load(Ordering::Relaxed);
-                if progress != seen_progress {
-                    seen_progress = progress;
-                    live.bytes(now);
+                if progress != held.seen_progress {
+                    held.seen_progress = progress;
+                    bytes = true;
                 }
             }
-            let mut lost: Option<Error> = None;
-            for decision in live.poll(now) {
-                match decision {
-                    Decision::Probe(token) => {
-                        crate::debug_log!("follow {}: silent, probing", self.session);
-                        let node = sub.as_ref().map_or(0, |s| s.node);
-                        match self.probe_job(token, node) {
-                            Ok(j) => job = Some(j),
-                            Err(e) => lost = Some(e),
-                        }
-                    }
-                    Decision::Lost => {
-                        lost = Some(Error::new(
-                            Status::MS_ERR_TIMEOUT,
-                            "the subscription went silent (a probe did not come back)",
-                        ))
-                    }
-                    d => self.decide(Some(d)),
-                }
-            }
+            // A fresh instant each time: the machine is told when things are.
+            let actions = session.tick(now, direct, bytes, delivery.resync_at());
             delivery
                 .leader_offline
-                .store(live.offline(), Ordering::SeqCst);
-            if lost.is_none() && sub.is_none() && job.is_none() && retry_at.is_none_or(|t| now >= t)
-            {
-                retry_at = None;
-                let l = link.clone();
-                match Job::spawn(self.session, None, move || {
-                    JobResult::Recovered(l.recover())
-                }) {
-                    Ok(j) => job = Some(j),
-                    Err(_) => retry_at = Some(now + backoff.next()),
-                }
+                .store(session.offline(), Ordering::SeqCst);
+            if let Some(end) = self.carry_out(&mut session, actions, &mut held) {
+                return end;
             }
-            // Deltas whose base did not come, or that did not verify: the
-            // snapshot, on the node subscribed on. A delta that did not
-            // verify asks for it at once (resync_at is the current instant,
-            // later than `now`): compared with a fresh instant, not `now`.
-            let resync_at = delivery.resync_at();
-            if let (Some(s), None, Some(at)) = (&sub, &job, resync_at) {
-                if lost.is_none() && at <= Instant::now() {
+            let now = Instant::now();
+            let left = session
+                .next_wake(now, delivery.resync_at())
+                .saturating_duration_since(now);
+            let sub_rx = held.sub.as_ref().map(|s| &s.rx);
+            let job_rx = held.job.as_ref().map(|j| &j.rx);
+            let never_sub = never();
+            let never_job = never();
+            let actions = select! {
+                recv(link.wake) -> _ => return End::Cancelled,
+                recv(sub_rx.unwrap_or(&never_sub)) -> m => {
+                    let now = Instant::now();
+                    let Some(s) = &held.sub else { continue };
+                    let heard = match m {
+                        Ok(Incoming::Item(SubscriptionItem::Message { payload, .. })) => {
+                            // Bytes up to here are accounted for by this message.
+                            held.seen_progress = s.progress.load(Ordering::Relaxed);
+                            match protocol::parse_channel_message(payload) {
+                                Some(ChannelMessage::State { seq, state, .. }) => {
+                                    delivery.state(seq, state);
+                                    Heard::State
+                                }
+                                Some(ChannelMessage::Delta { seq, base, delta }) => {
+                                    delivery.delta(seq, base, delta);
+                                    Heard::State
+                                }
+                                Some(ChannelMessage::Heartbeat { interval_ms }) => {
+                                    Heard::Heartbeat(Duration::from_millis(interval_ms))
+                                }
+                                Some(ChannelMessage::Probe { nonce }) => Heard::Probe(nonce),
+                                Some(ChannelMessage::Ended) => Heard::Ended,
+                                None => Heard::Other,
+                            }
+                        }
+                        Ok(Incoming::Item(_)) => Heard::Other,
+                        Ok(Incoming::Closed(e)) => Heard::Closed(e),
+                        Err(_) => Heard::Closed(Error::new(
+                            Status::MS_ERR_UNAVAILABLE,
+                            "the subscription closed",
+                        )),
+                    };
+                    session.heard(now, heard)
+                }
+                recv(job_rx.unwrap_or(&never_job)) -> r => {
+                    held.job = None;
+                    let done = match r {
+                        Ok(JobResult::Probe(token, reached)) => JobDone::Probe(token, reached),
+                        Ok(JobResult::Recovered(Ok((s, snap)))) => {
+                            let done = JobDone::Recovered(Ok((s.node, snap.hb)));
+                            held.recovered = Some((s, snap));
+                            done
+                        }
+                        Ok(JobResult::Recovered(Err(e))) => JobDone::Recovered(Err(e)),
+                        Ok(JobResult::Resync(Ok(snap))) => {
+                            delivery.resynced(snap.seq, snap.state);
+                            JobDone::Resync
+                        }
+                        Ok(JobResult::Resync(Err(e))) => {
+                            crate::debug_log!("follow {}: snapshot for deltas failed: {}", self.session, e.message);
+                            delivery.resync_failed();
+                            JobDone::Resync
+                        }
+                        Err(_) => JobDone::Vanished,
+                    };
+                    session.job_done(Instant::now(), done, link.cancelled())
+                }
+                default(left) => Vec::new(),
+            };
+            if let Some(end) = self.carry_out(&mut session, actions, &mut held) {
+                return end;
+            }
+        }
+    }
+
+    /// Carries out the actions of the session (and of its answers to
+    /// jobs that could not start); Some when the session ends.
+    fn carry_out(
+        &self,
+        session: &mut Session,
+        mut actions: Vec<Action>,
+        held: &mut Held,
+    ) -> Option<End> {
+        let link = &self.link;
+        let delivery = &link.delivery;
+        let mut i = 0;
+        while i < actions.len() {
+            let action = std::mem::replace(&mut actions[i], Action::Log(String::new()));
+            i += 1;
+            let more = match action {
+                Action::Emit(kind) => {
+                    self.emit(Event::new(kind, &self.name, Status::MS_OK));
+                    continue;
+                }
+                Action::Log(text) => {
+                    if !text.is_empty() {
+                        crate::debug_log!("follow {}: {text}", self.session);
+                    }
+                    continue;
+                }
+                Action::Probe { token, node } => match self.probe_job(token, node) {
+                    Ok(j) => {
+                        held.job = Some(j);
+                        continue;
+                    }
+                    Err(e) => session.job_not_started(Instant::now(), session::Job::Probe, e),
+                },
+                Action::Recover => {
+                    let l = link.clone();
+                    match Job::spawn(self.session, None, move || {
+                        JobResult::Recovered(l.recover())
+                    }) {
+                        Ok(j) => {
+                            held.job = Some(j);
+                            continue;
+                        }
+                        Err(e) => {
+                            session.job_not_started(Instant::now(), session::Job::Recovery, e)
+                        }
+                    }
+                }
+                Action::Resync { node } => {
+                    // Deltas whose base did not come, or that did not
+                    // verify: the snapshot, on the node subscribed on.
                     self.hooks.delta_resyncs.fetch_add(1, Ordering::Relaxed);
-                    crate::debug_log!(
-                        "follow {}: deltas without their base: reading the snapshot",
-                        self.session
-                    );
                     let conn = Nodes::new(link.endpoints.clone());
-                    let (l, c, node) = (link.clone(), conn.clone(), s.node);
+                    let (l, c) = (link.clone(), conn.clone());
                     match Job::spawn(self.session, Some(conn), move || {
                         JobResult::Resync(l.snapshot(c.node(node)))
                     }) {
-                        Ok(j) => job = Some(j),
-                        Err(_) => delivery.resync_failed(),
-                    }
-                }
-            }
-            if lost.is_none() {
-                let mut wake = live.next_wake(now);
-                if let Some(t) = retry_at {
-                    wake = wake.min(t);
-                }
-                if let (Some(t), true) = (delivery.resync_at(), job.is_none() && sub.is_some()) {
-                    wake = wake.min(t.max(now + Duration::from_millis(1)));
-                }
-                let left = wake.saturating_duration_since(now);
-                let sub_rx = sub.as_ref().map(|s| &s.rx);
-                let job_rx = job.as_ref().map(|j| &j.rx);
-                let never_sub = never();
-                let never_job = never();
-                select! {
-                    recv(link.wake) -> _ => return End::Cancelled,
-                    recv(sub_rx.unwrap_or(&never_sub)) -> m => {
-                        let now = Instant::now();
-                        let Some(s) = &sub else { continue };
-                        match m {
-                            Ok(Incoming::Item(SubscriptionItem::Message { payload, .. })) => {
-                                // Bytes up to here are accounted for by this message.
-                                seen_progress = s.progress.load(Ordering::Relaxed);
-                                match protocol::parse_channel_message(payload) {
-                                    Some(ChannelMessage::State { seq, state, .. }) => {
-                                        delivery.state(seq, state);
-                                        self.decide(live.heard(now, true));
-                                    }
-                                    Some(ChannelMessage::Delta { seq, base, delta }) => {
-                                        delivery.delta(seq, base, delta);
-                                        self.decide(live.heard(now, true));
-                                    }
-                                    Some(ChannelMessage::Heartbeat { interval_ms }) => {
-                                        live.set_interval(Duration::from_millis(interval_ms.max(1)));
-                                        self.decide(live.heard(now, true));
-                                    }
-                                    Some(ChannelMessage::Probe { nonce }) => {
-                                        live.probe_echo(&nonce);
-                                        live.heard(now, false);
-                                    }
-                                    Some(ChannelMessage::Ended) => return End::Ended,
-                                    None => {
-                                        live.heard(now, false);
-                                    }
-                                }
-                            }
-                            Ok(Incoming::Item(_)) => {
-                                live.heard(now, false);
-                            }
-                            Ok(Incoming::Closed(e)) => lost = Some(e),
-                            Err(_) => {
-                                lost = Some(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed"))
-                            }
+                        Ok(j) => {
+                            held.job = Some(j);
+                            continue;
+                        }
+                        Err(e) => {
+                            delivery.resync_failed();
+                            session.job_not_started(Instant::now(), session::Job::Resync, e)
                         }
                     }
-                    recv(job_rx.unwrap_or(&never_job)) -> r => {
-                        job = None;
-                        match r {
-                            Ok(JobResult::Probe(_, Ok(Some(0)))) => {
-                                lost = Some(Error::new(
-                                    Status::MS_ERR_TIMEOUT,
-                                    "the subscription is gone from Redis (a probe reached no subscriber)",
-                                ))
-                            }
-                            // The echo, or its absence, decides from now on.
-                            Ok(JobResult::Probe(token, Ok(_))) => {
-                                live.probe_published(&token, Instant::now());
-                            }
-                            Ok(JobResult::Probe(_, Err(e))) if !e.status.is_transient() => return End::Ended,
-                            // Webdis or Redis is unreachable: the subscription
-                            // cannot be trusted either.
-                            Ok(JobResult::Probe(_, Err(e))) => lost = Some(e),
-                            Ok(JobResult::Recovered(Ok((s, snap)))) => {
-                                backoff.reset();
-                                self.emit(Event::new(
-                                    EventKind::MS_EVENT_RECONNECTED,
-                                    &self.name,
-                                    Status::MS_OK,
-                                ));
-                                delivery.state(snap.seq, snap.state);
-                                live.set_interval(snap.hb);
-                                live.subscribed(Instant::now());
-                                seen_progress = s.progress.load(Ordering::Relaxed);
-                                seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
-                                sub = Some(s);
-                                delivery.direct.store(true, Ordering::SeqCst);
-                            }
-                            Ok(JobResult::Recovered(Err(_))) if link.cancelled() => return End::Cancelled,
-                            Ok(JobResult::Recovered(Err(e))) if !e.status.is_transient() => return End::Ended,
-                            Ok(JobResult::Recovered(Err(e))) => {
-                                crate::debug_log!(
-                                    "follow {}: recovery failed: {}",
-                                    self.session,
-                                    e.message
-                                );
-                                retry_at = Some(Instant::now() + backoff.next());
-                            }
-                            Ok(JobResult::Resync(Ok(snap))) => delivery.resynced(snap.seq, snap.state),
-                            Ok(JobResult::Resync(Err(e))) => {
-                                crate::debug_log!("follow {}: snapshot for deltas failed: {}", self.session, e.message);
-                                delivery.resync_failed();
-                            }
-                            Err(_) => retry_at = Some(Instant::now() + backoff.next()),
-                        }
+                }
+                Action::Resubscribed => {
+                    let (s, snap) = held.recovered.take()?;
+                    delivery.state(snap.seq, snap.state);
+                    held.seen_progress = s.progress.load(Ordering::Relaxed);
+                    held.seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
+                    held.sub = Some(s);
+                    delivery.direct.store(true, Ordering::SeqCst);
+                    continue;
+                }
+                // One place for a lost subscription, wherever it was found.
+                Action::Lose(cause) => {
+                    if link.cancelled() {
+                        return Some(End::Cancelled);
                     }
-                    default(left) => {}
+                    self.lose(cause, held);
+                    continue;
                 }
-            }
-            // One place for a lost subscription, wherever it was found.
-            if let Some(cause) = lost {
-                if link.cancelled() {
-                    return End::Cancelled;
-                }
-                self.lose(cause, &mut sub, &mut job, &mut live);
-                retry_at = Some(Instant::now() + backoff.next());
-            }
+                Action::End(end) => return Some(end),
+            };
+            actions.extend(more);
         }
+        None
     }
 
     /// Starts a probe carrying `token` on connections of its own, for the
@@ -477,38 +495,21 @@ impl FollowThread {
     }
 
     /// The subscription is lost: reports CONNECTION_LOST and drops it (and
-    /// a probe still out).
-    fn lose(
-        &self,
-        cause: Error,
-        sub: &mut Option<Subscription>,
-        job: &mut Option<Job>,
-        live: &mut Liveness,
-    ) {
+    /// a job still out).
+    fn lose(&self, cause: Error, held: &mut Held) {
         crate::debug_log!(
             "follow {}: connection lost: {}",
             self.session,
             cause.message
         );
         self.link.delivery.direct.store(false, Ordering::SeqCst);
-        *job = None;
-        *sub = None;
-        live.unsubscribed();
+        held.job = None;
+        held.sub = None;
         self.emit(Event::new(
             EventKind::MS_EVENT_CONNECTION_LOST,
             &self.name,
             cause.status,
         ));
-    }
-
-    /// Reports a presence change.
-    fn decide(&self, d: Option<Decision>) {
-        let kind = match d {
-            Some(Decision::Offline) => EventKind::MS_EVENT_LEADER_OFFLINE,
-            Some(Decision::Online) => EventKind::MS_EVENT_LEADER_ONLINE,
-            _ => return,
-        };
-        self.emit(Event::new(kind, &self.name, Status::MS_OK));
     }
 
     fn emit(&self, event: Event) {
