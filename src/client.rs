@@ -544,7 +544,7 @@ impl Client {
             };
             match protocol::as_u64(&page.remove(0)) {
                 Some(0) => {}
-                Some(n) => crate::debug_log!(
+                Some(n) => crate::util::debug_log!(
                     "ms_list: the functions skipped {n} index entries whose name this version refuses (not UTF-8, control or bidirectional formatting characters) or whose record is of an earlier version"
                 ),
                 None => return Err(bad()),
@@ -578,7 +578,9 @@ impl Client {
                 }
                 // One entry this library cannot read (a record written by
                 // hand?) does not hide the others.
-                None => crate::debug_log!("ms_list: skipped an entry it cannot read: {rec:?}"),
+                None => {
+                    crate::util::debug_log!("ms_list: skipped an entry it cannot read: {rec:?}")
+                }
             }
         }
         let others: Vec<usize> = (0..self.control.endpoints().len())
@@ -627,7 +629,10 @@ impl Client {
             let mut page = match reply {
                 Ok(Value::Array(a)) if a.len() % 2 == 1 => a,
                 other => {
-                    crate::debug_log!("ms_subscribers at {}: {other:?}", self.control.base(node));
+                    crate::util::debug_log!(
+                        "ms_subscribers at {}: {other:?}",
+                        self.control.base(node)
+                    );
                     return Vec::new();
                 }
             };

@@ -69,7 +69,8 @@ impl Status {
     /// retry policy of the library: a lead's publisher and a follower keep
     /// trying, with backoff, after a transient status, and end (the lead
     /// with PUBLISH_FAILED, the follow with ENDED) after any other, such as
-    /// NOT_FOUND, BAD_PASSWORD, BAD_LEADER_CODE or FORBIDDEN.
+    /// NOT_FOUND, BAD_PASSWORD, BAD_LEADER_CODE or FORBIDDEN. Exported as
+    /// `ms_status_is_transient`, where the list is documented.
     pub fn is_transient(self) -> bool {
         matches!(
             self,

@@ -266,7 +266,7 @@ impl LeadThread {
             };
             for effect in effects {
                 match effect {
-                    Effect::Log(text) => crate::debug_log!("lead {}: {text}", self.session),
+                    Effect::Log(text) => crate::util::debug_log!("lead {}: {text}", self.session),
                     Effect::PublishFailed(status) => self.publish_failed(status),
                     Effect::Ended(e) => {
                         self.shared.cond.notify_all();

@@ -106,7 +106,7 @@ impl Endpoints {
     fn took_write(&self, node: usize) {
         if self.primary.swap(node, Ordering::AcqRel) != node {
             self.moves.fetch_add(1, Ordering::AcqRel);
-            crate::debug_log!("writes go to {} from now on", self.list[node].base());
+            crate::util::debug_log!("writes go to {} from now on", self.list[node].base());
         }
     }
 
@@ -311,7 +311,7 @@ impl Nodes {
                         let e = called.result.err().unwrap_or_else(|| {
                             Error::new(Status::MS_ERR_INTERNAL, "refused without an error")
                         });
-                        crate::debug_log!(
+                        crate::util::debug_log!(
                             "{function}: {} refused ({why:?}): {}",
                             self.base(node),
                             e.message

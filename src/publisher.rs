@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 pub const LINGER: Duration = Duration::from_micros(200);
 
 /// States smaller than this are always sent in full.
-pub const DELTA_MIN_STATE: usize = 256;
+const DELTA_MIN_STATE: usize = 256;
 
 /// The mailbox the publisher shares with `publish`, `flush`, `pause` and
 /// `close` (behind a mutex in `leader.rs`; plain data here).

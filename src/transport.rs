@@ -407,7 +407,8 @@ impl Webdis {
         // Every function of the library is safe to repeat: the read-only
         // ones and ms_reconnect/ms_heartbeat change nothing more the second
         // time; a repeated ms_start recognises the stream its first try
-        // created by its fresh channel (Client::start); a repeated
+        // created by its key derivation, which carries a fresh random salt
+        // (Client::start); a repeated
         // ms_publish carries the same publish id, which the functions store
         // only once; a repeated ms_stop that finds the stream gone counts
         // as done (Client::stop, told so by the returned flag).
@@ -449,7 +450,7 @@ impl Webdis {
             );
             let more_time = Instant::now() < deadline;
             if let Err(f) = &result {
-                crate::debug_log!(
+                crate::util::debug_log!(
                     "{function} at {}: try {tries} failed after {:?}: {}",
                     self.endpoint.base,
                     try_started.elapsed(),

@@ -182,7 +182,7 @@ impl Delivery {
                 if last.held.len() >= MAX_HELD {
                     last.resync = true;
                 } else {
-                    crate::debug_log!(
+                    crate::util::debug_log!(
                         "follow {}: the delta of seq {seq} came before its base {base}: held",
                         self.session
                     );
@@ -199,7 +199,7 @@ impl Delivery {
         match crate::delta::apply(&last.state, delta, protocol::MAX_STATE) {
             Ok(state) => self.deliver(last, seq, state),
             Err(e) => {
-                crate::debug_log!(
+                crate::util::debug_log!(
                     "follow {}: the delta of seq {seq} does not apply: {e:?}",
                     self.session
                 );
@@ -343,7 +343,7 @@ impl Link {
             if many {
                 self.endpoints.failed(node);
             }
-            crate::debug_log!(
+            crate::util::debug_log!(
                 "subscribe {} at {}: attempt {attempts} failed: {}",
                 self.session,
                 nodes.base(node),

@@ -376,7 +376,7 @@ impl FollowThread {
                             JobDone::Resync
                         }
                         Ok(JobResult::Resync(Err(e))) => {
-                            crate::debug_log!("follow {}: snapshot for deltas failed: {}", self.session, e.message);
+                            crate::util::debug_log!("follow {}: snapshot for deltas failed: {}", self.session, e.message);
                             delivery.resync_failed();
                             JobDone::Resync
                         }
@@ -413,7 +413,7 @@ impl FollowThread {
                 }
                 Action::Log(text) => {
                     if !text.is_empty() {
-                        crate::debug_log!("follow {}: {text}", self.session);
+                        crate::util::debug_log!("follow {}: {text}", self.session);
                     }
                     continue;
                 }
@@ -497,7 +497,7 @@ impl FollowThread {
     /// The subscription is lost: reports CONNECTION_LOST and drops it (and
     /// a job still out).
     fn lose(&self, cause: Error, held: &mut Held) {
-        crate::debug_log!(
+        crate::util::debug_log!(
             "follow {}: connection lost: {}",
             self.session,
             cause.message
