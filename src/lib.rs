@@ -25,4 +25,4 @@ mod util;
 
 pub use client::{Client, StreamInfo};
 pub use dispatch::{Callback, Event, EventKind, StateText};
-pub use error::{Error, Result, Status};
+pub use error::{Error, Kind, Result, Status};
