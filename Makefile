@@ -2,7 +2,8 @@
 #   make demo    a leader and a follower on a local Redis + Webdis
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
-#   make bench   the performance figures beside their baselines
+#   make bench   the performance figures beside their baselines (the output
+#                also in target/bench/full.txt; bench-quick: quick.txt)
 #   make test-under-load   make test RUNS (5) times in a row under stress-ng
 #   make attack  the attacks of docs/SECURITY.md ("Availability", "The TLS
 #                front against attacks") against the deploy configuration and
@@ -125,11 +126,17 @@ cluster: build
 cluster-stop:
 	scripts/cluster.sh stop $(CLUSTER_DIR)
 
+# The run's output is also written to target/bench/ (full.txt, quick.txt):
+# the figures of a run are read there, not pasted into the docs.
 bench: build
-	$(CARGO) run --release --example bench
+	@mkdir -p target/bench
+	@{ $(CARGO) run --release --example bench; echo $$? > target/bench/full.rc; } 2>&1 | tee target/bench/full.txt
+	@exit $$(cat target/bench/full.rc)
 
 bench-quick: build
-	$(CARGO) run --release --example bench -- --quick
+	@mkdir -p target/bench
+	@{ $(CARGO) run --release --example bench -- --quick; echo $$? > target/bench/quick.rc; } 2>&1 | tee target/bench/quick.txt
+	@exit $$(cat target/bench/quick.rc)
 
 test-under-load:
 	PYTHON="$(PYTHON)" scripts/test-under-load.sh
