@@ -158,7 +158,7 @@ mutants: build
 # tests need no server (the timing rules, backoff, key derivation), with
 # `cargo test --lib`. Report: target/mutants-lib/mutants.out/ (outcomes.json,
 # caught.txt, missed.txt); docs/RELIABILITY.md has the last run.
-MUTANTS_LIB_FILES ?= src/liveness.rs src/backoff.rs src/kdf.rs
+MUTANTS_LIB_FILES ?= src/session/liveness.rs src/session/backoff.rs src/kdf.rs
 mutants-lib: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
 	$(CARGO) mutants --profile release --output target/mutants-lib \

@@ -10,13 +10,13 @@
 
 use crate::dispatch::{Callback, Dispatcher};
 use crate::error::{Error, Result, Status};
-use crate::follower::Follow;
 use crate::kdf::{self, KeyCache, Secret};
-use crate::leader::{Lead, LeadIdentity};
-use crate::nodes::{Answered, Endpoints, Nodes};
-use crate::protocol::{self, INDEX_KEY};
+use crate::net::nodes::{Answered, Endpoints, Nodes};
+use crate::session::follower::Follow;
+use crate::session::leader::{Lead, LeadIdentity};
 use crate::session::{key_of, Config, EndHook, Hooks};
 use crate::util::{lock, random_hex};
+use crate::wire::protocol::{self, INDEX_KEY};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -191,7 +191,7 @@ impl Client {
     /// connections opened before are not used again, a subscription
     /// already streaming is kept. The file is read here, once.
     pub fn set_tls_ca_file(&self, path: &std::path::Path) -> Result<()> {
-        let certs = crate::transport::load_ca_file(path)?;
+        let certs = crate::net::transport::load_ca_file(path)?;
         self.control
             .endpoints()
             .set_tls_roots(certs, path.display().to_string());

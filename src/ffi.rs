@@ -487,12 +487,12 @@ pub unsafe extern "C" fn ms_publish(
         if state.is_null() {
             return Err(Error::invalid("state is NULL"));
         }
-        if len > crate::protocol::MAX_STATE {
+        if len > crate::wire::protocol::MAX_STATE {
             return Err(Error::new(
                 Status::MS_ERR_TOO_LARGE,
                 format!(
                     "the state is {len} bytes; the limit is {} bytes (8 MiB)",
-                    crate::protocol::MAX_STATE
+                    crate::wire::protocol::MAX_STATE
                 ),
             ));
         }

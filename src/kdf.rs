@@ -4,9 +4,9 @@
 //! itself. See docs/PROTOCOL.md ("Key derivation") and docs/SECURITY.md.
 
 use crate::error::{Error, Result, Status};
-use crate::nodes::Nodes;
-use crate::protocol;
+use crate::net::nodes::Nodes;
 use crate::util::lock;
+use crate::wire::protocol;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

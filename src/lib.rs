@@ -5,23 +5,20 @@
 //! The crate is a pure-Rust core ([`Client`]) and one [`ffi`] module that
 //! exports the C ABI of `include/missionstream.h`.
 
-mod backoff;
+// The layers, each importing only those below it: the C boundary (ffi),
+// the client, the sessions (session/), the network (net/), the wire
+// format (wire/); error, util and dispatch are shared.
 mod client;
-pub mod delta;
 mod dispatch;
 mod error;
 pub mod ffi;
-mod follower;
-mod http;
 pub mod kdf;
-mod leader;
-mod liveness;
-mod nodes;
-pub mod protocol;
-mod publisher;
+mod net;
 mod session;
-mod transport;
 mod util;
+mod wire;
+
+pub use wire::{delta, protocol};
 
 pub use client::{Client, StreamInfo};
 pub use dispatch::{Callback, Event, EventKind, StateText};

@@ -18,8 +18,8 @@
 //! layer.
 
 use crate::error::{Error, Result, Status};
-use crate::protocol::Refusal;
-use crate::transport::{Called, Endpoint, Webdis};
+use crate::net::transport::{Called, Endpoint, Webdis};
+use crate::wire::protocol::Refusal;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -8,11 +8,11 @@ use super::session::ResyncDue;
 use crate::dispatch::Event;
 use crate::error::{Error, Result, Status};
 use crate::kdf;
-use crate::nodes::{Endpoints, Nodes};
-use crate::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
+use crate::net::nodes::{Endpoints, Nodes};
+use crate::net::transport::Webdis;
 use crate::session::Config;
-use crate::transport::Webdis;
 use crate::util::{lock, random_hex};
+use crate::wire::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use serde_json::Value;
 use std::ffi::CString;
@@ -196,7 +196,7 @@ impl Delivery {
     }
 
     fn apply(&self, last: &mut Last, seq: u64, delta: &str) {
-        match crate::delta::apply(&last.state, delta, protocol::MAX_STATE) {
+        match crate::wire::delta::apply(&last.state, delta, protocol::MAX_STATE) {
             Ok(state) => self.deliver(last, seq, state),
             Err(e) => {
                 crate::util::debug_log!(
@@ -733,7 +733,7 @@ mod tests {
         let base = "x".repeat(4608 * 1024);
         let twice = base.repeat(2);
         assert!(twice.len() > protocol::MAX_STATE);
-        let delta = crate::delta::create(&base, &twice);
+        let delta = crate::wire::delta::create(&base, &twice);
         assert!(delta.len() < 100, "{delta}");
         d.state(1, base.clone());
         d.delta(2, 1, delta);
@@ -768,22 +768,22 @@ mod tests {
         let s3 = s2.replacen("[1,2,3]", "[1,2,3,4]", 1);
         d.state(5, s1.clone());
         // In order.
-        d.delta(6, 5, crate::delta::create(&s1, &s2));
+        d.delta(6, 5, crate::wire::delta::create(&s1, &s2));
         assert_eq!(last(&d), (Some(6), s2.clone()));
         // Old and repeated deltas are ignored.
-        d.delta(6, 5, crate::delta::create(&s1, &s2));
+        d.delta(6, 5, crate::wire::delta::create(&s1, &s2));
         assert_eq!(d.resync_at(), None);
         // Swapped: 8 (base 7) before 7 (base 6).
         let s4 = s3.replacen("[1,2,3,4]", "[4]", 1);
-        d.delta(8, 7, crate::delta::create(&s3, &s4));
+        d.delta(8, 7, crate::wire::delta::create(&s3, &s4));
         assert_eq!(last(&d).0, Some(6));
         assert!(matches!(d.resync_at(), Some(ResyncDue::At(t)) if t > Instant::now()));
-        d.delta(7, 6, crate::delta::create(&s2, &s3));
+        d.delta(7, 6, crate::wire::delta::create(&s2, &s3));
         assert_eq!(last(&d), (Some(8), s4.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta that does not verify (its checksum) is not delivered: the
         // snapshot is read at once.
-        let good = crate::delta::create(&s4, &s1);
+        let good = crate::wire::delta::create(&s4, &s1);
         let forged = format!(
             "{}0;",
             good.trim_end_matches(';')
@@ -796,7 +796,7 @@ mod tests {
         assert_eq!(last(&d), (Some(9), s1.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta whose base never comes: the snapshot after HOLD.
-        d.delta(11, 10, crate::delta::create(&s1, &s2));
+        d.delta(11, 10, crate::wire::delta::create(&s1, &s2));
         let Some(ResyncDue::At(at)) = d.resync_at() else {
             panic!("a held delta waits HOLD");
         };

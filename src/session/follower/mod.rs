@@ -13,14 +13,14 @@
 mod link;
 mod session;
 
-use crate::backoff::Backoff;
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::kdf::{self, KeyCache, Secret};
-use crate::nodes::Nodes;
-use crate::protocol::{self, ChannelMessage, SubscriptionItem};
+use crate::net::nodes::Nodes;
+use crate::session::backoff::Backoff;
 use crate::session::{key_of, Config, Hooks};
 use crate::util::{lock, random_hex};
+use crate::wire::protocol::{self, ChannelMessage, SubscriptionItem};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use link::{disconnected, stream_channel, Delivery, Incoming, Link, Snapshot, Subscription};
 use session::{Action, Heard, JobDone, Session};

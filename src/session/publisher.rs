@@ -5,7 +5,7 @@
 //!
 //! The decisions:
 //! - **Delta or full.** A state is sent as a delta (Fossil's format,
-//!   `crate::delta`) against the last state stored by this lead when the
+//!   `crate::wire::delta`) against the last state stored by this lead when the
 //!   record holds exactly that state, deltas are on, the state is at least
 //!   256 bytes and the delta is less than half its size; in full
 //!   otherwise.
@@ -27,8 +27,8 @@
 //!   when the write endpoint moved; when closing, the pending state is
 //!   delivered until the deadline and nothing else is sent.
 
-use crate::backoff::Backoff;
 use crate::error::{Error, Status};
+use crate::session::backoff::Backoff;
 use std::time::{Duration, Instant};
 
 /// How long the publisher keeps looking for a new state after a request
@@ -374,7 +374,7 @@ fn delta_of(base: &Base, state: &str) -> Option<Delta> {
     if state.len() < DELTA_MIN_STATE {
         return None;
     }
-    let delta = crate::delta::create_within(&base.state, state, state.len() / 2 - 1)?;
+    let delta = crate::wire::delta::create_within(&base.state, state, state.len() / 2 - 1)?;
     Some(Delta {
         base_seq: base.seq,
         base_id: base.id.clone(),
@@ -392,7 +392,7 @@ fn stored_at_or_after(stored: &Stored, id: &str) -> Result<bool, Error> {
     if p.len() == id.len() && p.as_bytes()[..16] == id.as_bytes()[..16] && p.as_str() >= id {
         Ok(p == id)
     } else {
-        Err(crate::protocol::protocol_error("ms_publish"))
+        Err(crate::wire::protocol::protocol_error("ms_publish"))
     }
 }
 
@@ -452,7 +452,7 @@ mod tests {
     }
 
     fn base_mismatch() -> Result<Stored, Error> {
-        Err(crate::protocol::redis_error(
+        Err(crate::wire::protocol::redis_error(
             "MSBASE the record holds seq 9",
         ))
     }
@@ -524,7 +524,7 @@ mod tests {
         assert_eq!((d.base_seq, d.base_id.as_str()), (5, id(1).as_str()));
         assert!(d.delta.len() < s2.len() / 2);
         assert_eq!(
-            crate::delta::apply(&s1, &d.delta, usize::MAX).as_deref(),
+            crate::wire::delta::apply(&s1, &d.delta, usize::MAX).as_deref(),
             Ok(s2.as_str())
         );
     }
@@ -680,7 +680,7 @@ mod tests {
         let effects = p.done(
             &mut mb,
             r,
-            Err(crate::protocol::redis_error("MSARG bad delta")),
+            Err(crate::wire::protocol::redis_error("MSARG bad delta")),
             t0,
             false,
         );
@@ -792,7 +792,7 @@ mod tests {
         let effects = p.done(
             &mut mb,
             r,
-            Err(crate::protocol::redis_error("MSNOTLEADER")),
+            Err(crate::wire::protocol::redis_error("MSNOTLEADER")),
             t0,
             false,
         );

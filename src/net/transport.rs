@@ -12,8 +12,8 @@
 //! the request is sent again.
 
 use crate::error::{Error, Result, Status};
-use crate::http;
-use crate::protocol::{self, Refusal, PROTOCOL_VERSION};
+use crate::net::http;
+use crate::wire::protocol::{self, Refusal, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};

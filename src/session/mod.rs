@@ -2,6 +2,12 @@
 //! led stream, the follower of each followed stream): settings, hooks back
 //! into the client, and the record key of a stream.
 
+pub mod backoff;
+pub mod follower;
+pub mod leader;
+pub mod liveness;
+pub mod publisher;
+
 use crate::dispatch::Dispatcher;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};

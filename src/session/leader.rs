@@ -6,20 +6,20 @@
 //! state across failures, retries transient ones with backoff, and sends a
 //! heartbeat when it has been idle for one interval.
 //!
-//! A state is sent as a delta (Fossil's format, `crate::delta`) against
+//! A state is sent as a delta (Fossil's format, `crate::wire::delta`) against
 //! the last state stored by this lead when the delta is less than half its
 //! size; the functions apply it only when the record still holds that
 //! state (`MSBASE` otherwise: the state is sent in full at once). A state
 //! restored after a failover is always sent in full.
 
-use crate::backoff::Backoff;
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
-use crate::nodes::Nodes;
-use crate::protocol::{self, INDEX_KEY};
-use crate::publisher::{Effect, Mailbox, Next, Publisher, Request, Stored};
+use crate::net::nodes::Nodes;
+use crate::session::backoff::Backoff;
+use crate::session::publisher::{Effect, Mailbox, Next, Publisher, Request, Stored};
 use crate::session::{Config, Hooks};
 use crate::util::{lock, random_hex};
+use crate::wire::protocol::{self, INDEX_KEY};
 use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;

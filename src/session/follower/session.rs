@@ -25,10 +25,10 @@
 //!   or recovery, ends the session.
 
 use super::End;
-use crate::backoff::Backoff;
 use crate::dispatch::EventKind;
 use crate::error::{Error, Status};
-use crate::liveness::{Decision, Liveness};
+use crate::session::backoff::Backoff;
+use crate::session::liveness::{Decision, Liveness};
 use std::time::{Duration, Instant};
 
 /// When the snapshot must be read because of deltas.
