@@ -1,6 +1,8 @@
-//! What a client shares with its session threads (the publisher of each
-//! led stream, the follower of each followed stream): settings, hooks back
-//! into the client, and the record key of a stream.
+//! The sessions: the publisher of each led stream (`leader`, its
+//! decisions in `publisher`) and the follower of each followed stream
+//! (`follower`, its decisions in `follower::session`, its timing rules in
+//! `liveness`). Here: what a client shares with its session threads
+//! (settings, hooks back into the client) and the record key of a stream.
 
 pub mod backoff;
 pub mod follower;
