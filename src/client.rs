@@ -16,7 +16,8 @@ use crate::session::follower::Follow;
 use crate::session::leader::{Lead, LeadIdentity};
 use crate::session::{key_of, Config, EndHook, Hooks};
 use crate::util::{lock, random_hex};
-use crate::wire::protocol::{self, INDEX_KEY};
+use crate::wire::functions::Call;
+use crate::wire::protocol;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -283,17 +284,14 @@ impl Client {
             seed.as_bytes(),
             token.as_bytes(),
         ]));
-        let hb = self.config.heartbeat().as_millis().to_string();
-        let ttl = self.config.stream_ttl_s().to_string();
-        let iterations = params.iterations.to_string();
-        let started = self.control.fcall(
-            false,
-            "ms_start",
-            &[&key_of(name), INDEX_KEY],
-            &[&hb, &ttl, kdf::ALGORITHM, &iterations],
-            &body,
-            self.config.timeout(),
+        let call = Call::start(
+            &key_of(name),
+            self.config.heartbeat().as_millis(),
+            self.config.stream_ttl_s(),
+            kdf::ALGORITHM,
+            params.iterations,
         );
+        let started = self.control.fcall(&call, &body, self.config.timeout());
         match started {
             Ok(_) => {}
             // A request sent again after a garbled or lost response (see
@@ -368,16 +366,14 @@ impl Client {
             code_key.as_bytes(),
             token.as_bytes(),
         ]));
-        let hb = self.config.heartbeat().as_millis().to_string();
-        let ttl = self.config.stream_ttl_s().to_string();
-        let answered = self.control.fcall_answered(
-            false,
-            "ms_reconnect",
-            &[&key_of(name), INDEX_KEY],
-            &[&hb, &ttl],
-            &body,
-            self.config.timeout(),
+        let call = Call::reconnect(
+            &key_of(name),
+            self.config.heartbeat().as_millis(),
+            self.config.stream_ttl_s(),
         );
+        let answered = self
+            .control
+            .fcall_answered(&call, &body, self.config.timeout());
         // The channel comes sealed with the leader code's key.
         match answered.result? {
             Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
@@ -414,14 +410,9 @@ impl Client {
             result,
             resent: repeated,
             ..
-        } = self.control.fcall_answered(
-            false,
-            "ms_stop",
-            &[&id.key, INDEX_KEY],
-            &[],
-            &body,
-            self.config.timeout(),
-        );
+        } = self
+            .control
+            .fcall_answered(&Call::stop(&id.key), &body, self.config.timeout());
         let result = match result {
             // Sent again after a lost or garbled response: the stream
             // being gone is what the first try did.
@@ -530,9 +521,7 @@ impl Client {
                     ),
                 ));
             }
-            let answered =
-                self.control
-                    .fcall_answered(false, "ms_list", &[INDEX_KEY], &[&cursor], b"", left);
+            let answered = self.control.fcall_answered(&Call::list(&cursor), b"", left);
             node = answered.node;
             let mut page = match answered.result? {
                 Value::Array(a) if a.len() % 4 == 2 => a,
@@ -617,14 +606,9 @@ impl Client {
             let reply = if left.is_zero() {
                 Err(Error::new(Status::MS_ERR_TIMEOUT, "out of time"))
             } else {
-                self.control.node(node).fcall(
-                    true,
-                    "ms_subscribers",
-                    &[INDEX_KEY],
-                    &[&cursor],
-                    b"",
-                    left,
-                )
+                self.control
+                    .node(node)
+                    .fcall(&Call::subscribers(&cursor), b"", left)
             };
             let mut page = match reply {
                 Ok(Value::Array(a)) if a.len() % 2 == 1 => a,

@@ -6,6 +6,7 @@
 use crate::error::{Error, Result, Status};
 use crate::net::nodes::Nodes;
 use crate::util::lock;
+use crate::wire::functions::Call;
 use crate::wire::protocol;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -135,7 +136,7 @@ pub fn check_iterations(iterations: u32) -> Result<()> {
 
 /// ms_params (read-only): the key derivation parameters of stream `key`.
 pub fn params_of(conn: &Nodes, key: &str, timeout: Duration) -> Result<Params> {
-    let reply = conn.fcall(true, "ms_params", &[key], &[], b"", timeout)?;
+    let reply = conn.fcall(&Call::params(key), b"", timeout)?;
     let bad = || protocol::protocol_error("ms_params");
     let a = match reply {
         Value::Array(a) if a.len() == 3 => a,

@@ -13,6 +13,7 @@
 
 use crate::error::{Error, Result, Status};
 use crate::net::http;
+use crate::wire::functions::Call;
 use crate::wire::protocol::{self, Refusal, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::io::Read;
@@ -360,16 +361,9 @@ impl Webdis {
     /// `PUT /FCALL[_RO]/<function>/<nkeys>/<keys...>/<version>/<nonce>/<args...>`
     /// with `body` as the last argument. Returns the reply without its
     /// nonce: the reply is proven to answer this request.
-    pub fn fcall(
-        &self,
-        read_only: bool,
-        function: &str,
-        keys: &[&str],
-        args: &[&str],
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<Value> {
-        self.call(read_only, function, keys, args, body, timeout)
+    pub fn fcall(&self, call: &Call, body: &[u8], timeout: Duration) -> Result<Value> {
+        let (keys, args) = (call.keys(), call.args());
+        self.call(call.read_only, call.function, &keys, &args, body, timeout)
             .result
     }
 

@@ -19,7 +19,8 @@ use crate::session::backoff::Backoff;
 use crate::session::publisher::{Effect, Mailbox, Next, Publisher, Request, Stored};
 use crate::session::{Config, Hooks};
 use crate::util::{lock, random_hex};
-use crate::wire::protocol::{self, INDEX_KEY};
+use crate::wire::functions::Call;
+use crate::wire::protocol;
 use std::ffi::CString;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -315,46 +316,28 @@ impl LeadThread {
                 state,
                 ..
             } => {
-                let floor = floor.to_string();
-                let (kind, base_seq, base_id, data) = match delta {
-                    Some(d) => (
-                        "delta",
-                        d.base_seq.to_string(),
-                        d.base_id.as_str(),
-                        d.delta.as_bytes(),
-                    ),
-                    None => ("full", "-".to_string(), "-", state.as_bytes()),
+                let base = delta.as_ref().map(|d| (d.base_seq, d.base_id.as_str()));
+                let data = match delta {
+                    Some(d) => d.delta.as_bytes(),
+                    None => state.as_bytes(),
                 };
                 let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
                 body.extend_from_slice(&self.body_prefix);
                 body.extend_from_slice(data);
+                let call = Call::publish(&self.identity.key, id, *floor, base);
                 self.conn
-                    .fcall(
-                        false,
-                        "ms_publish",
-                        &[&self.identity.key, INDEX_KEY],
-                        &[id, &floor, kind, &base_seq, base_id],
-                        &body,
-                        timeout,
-                    )
-                    .and_then(|reply| stored_of(&reply, "ms_publish"))
+                    .fcall(&call, &body, timeout)
+                    .and_then(|reply| Stored::of(&reply, call.function))
             }
             Request::Heartbeat => {
-                let hb = self.config.heartbeat().as_millis().to_string();
                 let body = protocol::frame_body(&[
                     self.identity.token.as_bytes(),
                     self.identity.channel.as_bytes(),
                 ]);
+                let call = Call::heartbeat(&self.identity.key, self.config.heartbeat().as_millis());
                 self.conn
-                    .fcall(
-                        false,
-                        "ms_heartbeat",
-                        &[&self.identity.key],
-                        &[&hb],
-                        &body,
-                        timeout,
-                    )
-                    .and_then(|reply| stored_of(&reply, "ms_heartbeat"))
+                    .fcall(&call, &body, timeout)
+                    .and_then(|reply| Stored::of(&reply, call.function))
             }
         }
     }
@@ -369,19 +352,5 @@ impl LeadThread {
                 status,
             ),
         );
-    }
-}
-
-/// The reply to ms_publish and ms_heartbeat: `[seq, stored publish id]`.
-fn stored_of(reply: &serde_json::Value, function: &str) -> Result<Stored> {
-    match reply {
-        serde_json::Value::Array(a) if a.len() == 2 => protocol::as_u64(&a[0])
-            .zip(a[1].as_str())
-            .map(|(seq, id)| Stored {
-                seq,
-                id: id.to_owned(),
-            })
-            .ok_or_else(|| protocol::protocol_error(function)),
-        _ => Err(protocol::protocol_error(function)),
     }
 }

@@ -29,6 +29,7 @@
 
 use crate::error::{Error, Status};
 use crate::session::backoff::Backoff;
+pub use crate::wire::functions::Stored;
 use std::time::{Duration, Instant};
 
 /// How long the publisher keeps looking for a new state after a request
@@ -99,13 +100,6 @@ pub struct Delta {
     pub base_seq: u64,
     pub base_id: String,
     pub delta: String,
-}
-
-/// A reply to a request: `[seq, stored publish id]` of the record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    pub seq: u64,
-    pub id: String,
 }
 
 /// What the publisher thread reports after a request.

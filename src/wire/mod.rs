@@ -2,4 +2,5 @@
 //! protocol, and the deltas between states. No I/O.
 
 pub mod delta;
+pub mod functions;
 pub mod protocol;

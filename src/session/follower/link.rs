@@ -12,6 +12,7 @@ use crate::net::nodes::{Endpoints, Nodes};
 use crate::net::transport::Webdis;
 use crate::session::Config;
 use crate::util::{lock, random_hex};
+use crate::wire::functions::{self, Call};
 use crate::wire::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use serde_json::Value;
@@ -31,7 +32,7 @@ pub(super) fn stream_channel(
     timeout: Duration,
 ) -> Result<String> {
     let body = zeroize::Zeroizing::new(protocol::frame_body(&[password_key.as_bytes()]));
-    let answered = conn.fcall_answered(false, "ms_connect", &[key], &[], &body, timeout);
+    let answered = conn.fcall_answered(&Call::connect(key), &body, timeout);
     match answered.result? {
         Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => a[0]
             .as_str()
@@ -463,14 +464,7 @@ impl Link {
 
     pub(super) fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
-        let reply = conn.fcall(
-            true,
-            "ms_snapshot",
-            &[&self.key],
-            &[],
-            &body,
-            self.config.timeout(),
-        )?;
+        let reply = conn.fcall(&Call::snapshot(&self.key), &body, self.config.timeout())?;
         let bad = || protocol::protocol_error("ms_snapshot");
         let Value::Array(mut a) = reply else {
             return Err(bad());
@@ -506,16 +500,11 @@ impl Link {
         timeout: Duration,
     ) -> Result<Option<u64>> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
-        let answered =
-            nodes.fcall_answered(false, "ms_probe", &[&self.key], &[token], &body, timeout);
-        match answered.result? {
-            Value::Array(a) if a.len() == 1 => {
-                let n =
-                    protocol::as_u64(&a[0]).ok_or_else(|| protocol::protocol_error("ms_probe"))?;
-                Ok((answered.node == node).then_some(n))
-            }
-            _ => Err(protocol::protocol_error("ms_probe")),
-        }
+        let answered = nodes.fcall_answered(&Call::probe(&self.key, token), &body, timeout);
+        let n = answered
+            .result
+            .and_then(|reply| functions::reached(&reply))?;
+        Ok((answered.node == node).then_some(n))
     }
 }
 
