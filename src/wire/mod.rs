@@ -1,5 +1,6 @@
 //! The wire format: the requests, replies and channel messages of the
-//! protocol, and the deltas between states. No I/O.
+//! protocol, the calls of the functions library, and the deltas between
+//! states. No I/O.
 
 pub mod delta;
 pub mod functions;
