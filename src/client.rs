@@ -14,7 +14,7 @@ use crate::kdf::{self, KeyCache, Secret};
 use crate::net::nodes::{Answered, Endpoints, Nodes};
 use crate::session::follower::Follow;
 use crate::session::leader::{Lead, LeadIdentity};
-use crate::session::{key_of, Config, EndHook, Hooks};
+use crate::session::{key_of, params_of, Config, EndHook, Hooks};
 use crate::util::{lock, random_hex};
 use crate::wire::functions::Call;
 use crate::wire::protocol;
@@ -301,7 +301,7 @@ impl Client {
             // another's stream is neither taken over nor charged a wrong
             // password.
             Err(e) if e.status == Status::MS_ERR_EXISTS => {
-                if kdf::params_of(&self.control, &key_of(name), self.config.timeout()).ok()
+                if params_of(&self.control, &key_of(name), self.config.timeout()).ok()
                     != Some(params.clone())
                 {
                     return Err(Error::new(
@@ -359,7 +359,7 @@ impl Client {
         leader_code: &str,
         token: &str,
     ) -> Result<(String, u64)> {
-        let params = kdf::params_of(&self.control, &key_of(name), self.config.timeout())?;
+        let params = params_of(&self.control, &key_of(name), self.config.timeout())?;
         let (pw_key, code_key) = self.derive_both(&params, password, leader_code);
         let body = Zeroizing::new(protocol::frame_body(&[
             pw_key.as_bytes(),

@@ -11,6 +11,10 @@ pub mod liveness;
 pub mod publisher;
 
 use crate::dispatch::Dispatcher;
+use crate::error::Result;
+use crate::kdf;
+use crate::net::nodes::Nodes;
+use crate::wire::functions::Call;
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,6 +81,11 @@ pub struct Hooks {
 
 /// Removes a session that ended on its own from its registry.
 pub type EndHook = Arc<dyn Fn(u64, &CString) + Send + Sync>;
+
+/// ms_params (read-only): the key derivation parameters of stream `key`.
+pub fn params_of(conn: &Nodes, key: &str, timeout: Duration) -> Result<kdf::Params> {
+    kdf::params_of_reply(conn.fcall(&Call::params(key), b"", timeout)?)
+}
 
 /// Key of a stream's record in Redis.
 pub fn key_of(name: &str) -> String {

@@ -10,7 +10,7 @@ use crate::error::{Error, Result, Status};
 use crate::kdf;
 use crate::net::nodes::{Endpoints, Nodes};
 use crate::net::transport::Webdis;
-use crate::session::Config;
+use crate::session::{params_of, Config};
 use crate::util::{lock, random_hex};
 use crate::wire::functions::{self, Call};
 use crate::wire::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
@@ -276,7 +276,7 @@ impl Link {
     /// another salt: replaced, without a wrong password counted.
     pub(super) fn check_stream(&self) -> Result<()> {
         let conn = self.connection()?;
-        if kdf::params_of(&conn, &self.key, self.config.timeout())? != self.params {
+        if params_of(&conn, &self.key, self.config.timeout())? != self.params {
             return Err(replaced());
         }
         let channel = stream_channel(&conn, &self.key, &self.password_key, self.config.timeout())?;

@@ -15,10 +15,10 @@ mod session;
 
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
-use crate::kdf::{self, KeyCache, Secret};
+use crate::kdf::{KeyCache, Secret};
 use crate::net::nodes::Nodes;
 use crate::session::backoff::Backoff;
-use crate::session::{key_of, Config, Hooks};
+use crate::session::{key_of, params_of, Config, Hooks};
 use crate::util::{lock, random_hex};
 use crate::wire::protocol::{self, ChannelMessage, SubscriptionItem};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
@@ -71,7 +71,7 @@ impl Follow {
         // The stream's key derivation, then the password's key: kept (not
         // the password) to check the stream again after a lost
         // subscription.
-        let params = kdf::params_of(control, &key, config.timeout())?;
+        let params = params_of(control, &key, config.timeout())?;
         let password_key = keys.derive(&params, Secret::Password, password);
         let channel = stream_channel(control, &key, &password_key, config.timeout())?;
         let (wake_tx, wake_rx) = bounded::<()>(0);
