@@ -458,7 +458,10 @@ impl FollowThread {
                     }
                 }
                 Action::Resubscribed => {
-                    let (s, snap) = held.recovered.take()?;
+                    // The recovery's result, kept when its job ended.
+                    let Some((s, snap)) = held.recovered.take() else {
+                        continue;
+                    };
                     delivery.state(snap.seq, snap.state);
                     held.seen_progress = s.progress.load(Ordering::Relaxed);
                     held.seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
