@@ -7,7 +7,8 @@
 #                real Redis + Webdis and the library both ways, npm pack
 #   make test-view  the live plan view (web/view) in a headless Chromium behind
 #                deploy/nginx-view.conf (TLS, HTTP/2); screenshot in target/js-view/
-#   make bench   the performance figures beside their baselines
+#   make bench   the performance figures beside their baselines (the output
+#                also in target/bench/full.txt; bench-quick: quick.txt)
 #   make bench-peers   the rows that apply beside Mosquitto 2 and NATS
 #                JetStream KV, same C measurement code, interleaved rounds
 #                (MS_PEERS_ROUNDS, 5; about 3 minutes; not in make test)
@@ -164,11 +165,17 @@ cluster: build
 cluster-stop:
 	scripts/cluster.sh stop $(CLUSTER_DIR)
 
+# The run's output is also written to target/bench/ (full.txt, quick.txt):
+# the figures of a run are read there, not pasted into the docs.
 bench: build
-	$(CARGO) run --release --example bench
+	@mkdir -p target/bench
+	@{ $(CARGO) run --release --example bench; echo $$? > target/bench/full.rc; } 2>&1 | tee target/bench/full.txt
+	@exit $$(cat target/bench/full.rc)
 
 bench-quick: build
-	$(CARGO) run --release --example bench -- --quick
+	@mkdir -p target/bench
+	@{ $(CARGO) run --release --example bench -- --quick; echo $$? > target/bench/quick.rc; } 2>&1 | tee target/bench/quick.txt
+	@exit $$(cat target/bench/quick.rc)
 
 # Mosquitto and NATS from Debian's packages, installed when missing
 # (scripts/install-deps.sh --peers); docs/BENCHMARK.md, "The peers".
@@ -201,7 +208,7 @@ mutants: build
 # tests need no server (the timing rules, backoff, key derivation), with
 # `cargo test --lib`. Report: target/mutants-lib/mutants.out/ (outcomes.json,
 # caught.txt, missed.txt); docs/RELIABILITY.md has the last run.
-MUTANTS_LIB_FILES ?= src/liveness.rs src/backoff.rs src/kdf.rs src/util.rs src/error.rs
+MUTANTS_LIB_FILES ?= src/session/liveness.rs src/session/backoff.rs src/kdf.rs src/util.rs src/error.rs
 mutants-lib: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
 	$(CARGO) mutants --profile mutants --output target/mutants-lib \

@@ -215,6 +215,10 @@ impl Ffi {
             unsafe { ms_client_new(cstr(url).as_ptr(), &mut c) },
             "ms_client_new",
         );
+        // Rows 1-12 compare the library with raw requests carrying the
+        // same full states: every state in full.
+        // SAFETY: a live client just made.
+        unsafe { &*c }.client().set_deltas(false);
         Ffi(c)
     }
     fn start(&self, name: &CStr) {
@@ -1353,6 +1357,7 @@ impl Bench {
         println!("\n[8] wrong passwords per second, one client, one keep-alive connection, {secs} s per side");
         let name = self.stream_name("guess");
         let leader = missionstream::Client::new(&self.servers.url).unwrap();
+        leader.set_deltas(false);
         leader.start(&name, PASSWORD, CODE).expect("ms_start");
         let guess = |key: &str| -> (u64, u64, u64) {
             let path = fcall_path("FCALL", "ms_connect", &[key]);
@@ -1405,6 +1410,7 @@ impl Bench {
     fn row12_measure(&self, n: usize, iterations: u32) -> (f64, f64, f64) {
         let (mut starts, mut connects, mut cached) = (Vec::new(), Vec::new(), Vec::new());
         let leader = missionstream::Client::new(&self.servers.url).unwrap();
+        leader.set_deltas(false);
         leader.set_kdf_iterations(iterations).unwrap();
         let mut names = Vec::new();
         for _ in 0..n {
@@ -1413,6 +1419,7 @@ impl Bench {
             leader.start(&name, PASSWORD, CODE).expect("ms_start");
             starts.push(t.elapsed().as_secs_f64() * 1e3);
             let follower = missionstream::Client::new(&self.servers.url).unwrap();
+            follower.set_deltas(false);
             let t = Instant::now();
             follower.connect(&name, PASSWORD).expect("ms_connect");
             connects.push(t.elapsed().as_secs_f64() * 1e3);
@@ -1500,9 +1507,9 @@ fn main() {
         });
     let want = |r: u32| rows.contains(&r);
     // Rows 1-12 compare the library with raw requests carrying the same
-    // full states (or measure what does not depend on them): the leader
-    // sends every state in full there. Row 13 measures deltas.
-    missionstream::set_deltas(false);
+    // full states (or measure what does not depend on them): their
+    // clients send every state in full (`set_deltas(false)` on each).
+    // Row 13 measures deltas.
     now_ns();
     let started = Instant::now();
     println!(

@@ -163,9 +163,9 @@ typedef enum ms_event_kind {
   MS_EVENT_RECONNECTED = 3,
   /**
    * Leader: a state could not be stored. Reported once per failure
-   * streak; after a final status (NOT_FOUND, BAD_LEADER_CODE, FORBIDDEN,
-   * ...: any but TIMEOUT, UNAVAILABLE, PROTOCOL and SERVER, which are
-   * retried with backoff) the lead ends.
+   * streak; a transient status (ms_status_is_transient) is retried with
+   * backoff, after any other (NOT_FOUND, BAD_LEADER_CODE, FORBIDDEN,
+   * ...) the lead ends.
    */
   MS_EVENT_PUBLISH_FAILED = 4,
   /**
@@ -294,6 +294,17 @@ const char *ms_version(void);
  * a value that is not a status. Static; never NULL.
  */
 const char *ms_status_name(ms_status status);
+
+/**
+ * 1 when a call that failed with `status` may succeed if made again
+ * later, 0 otherwise (MS_OK and values that are not statuses included).
+ * The transient statuses are MS_ERR_TIMEOUT, MS_ERR_UNAVAILABLE,
+ * MS_ERR_PROTOCOL, MS_ERR_SERVER and MS_ERR_THROTTLED: the library's own
+ * threads retry exactly these with backoff (a leader keeps its newest
+ * state, a follower reconnects); any other status ends a lead or a
+ * follow.
+ */
+int ms_status_is_transient(ms_status status);
 
 /**
  * This thread's last failure: what failed, why, and what to do;

@@ -10,13 +10,14 @@
 
 use crate::dispatch::{Callback, Dispatcher};
 use crate::error::{Error, Result, Status};
-use crate::follower::Follow;
 use crate::kdf::{self, KeyCache, Secret};
-use crate::leader::{Lead, LeadIdentity};
-use crate::nodes::{Answered, Endpoints, Nodes};
-use crate::protocol::{self, INDEX_KEY};
-use crate::session::{key_of, Config, EndHook, Hooks};
+use crate::net::nodes::{Answered, Endpoints, Nodes};
+use crate::session::follower::Follow;
+use crate::session::leader::{Lead, LeadIdentity};
+use crate::session::{key_of, params_of, Config, EndHook, Hooks};
 use crate::util::{lock, random_hex};
+use crate::wire::functions::Call;
+use crate::wire::protocol;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -110,6 +111,7 @@ impl Client {
             dispatcher,
             lead_ended: end_hook(&leads),
             follow_ended: end_hook(&follows),
+            delta_resyncs: Arc::default(),
         };
         Ok(Client {
             config: Arc::new(Config::default()),
@@ -119,6 +121,20 @@ impl Client {
             hooks,
             keys: Arc::new(KeyCache::new()?),
         })
+    }
+
+    /// How many times this client's followers read the snapshot because
+    /// deltas could not be applied (a base that did not come in time, or
+    /// a delta that did not verify). For benchmarks and tests.
+    pub fn delta_snapshot_reads(&self) -> u64 {
+        self.hooks.delta_resyncs.load(Ordering::Relaxed)
+    }
+
+    /// Turns deltas off (every state sent in full) or on again for the
+    /// streams this client leads. For benchmarks comparing both in one run.
+    #[doc(hidden)]
+    pub fn set_deltas(&self, enabled: bool) {
+        self.config.deltas.store(enabled, Ordering::Relaxed);
     }
 
     /// PBKDF2 iterations of the streams this client starts from now on
@@ -184,7 +200,7 @@ impl Client {
     /// connections opened before are not used again, a subscription
     /// already streaming is kept. The file is read here, once.
     pub fn set_tls_ca_file(&self, path: &std::path::Path) -> Result<()> {
-        let certs = crate::transport::load_ca_file(path)?;
+        let certs = crate::net::transport::load_ca_file(path)?;
         self.control
             .endpoints()
             .set_tls_roots(certs, path.display().to_string());
@@ -276,17 +292,14 @@ impl Client {
             seed.as_bytes(),
             token.as_bytes(),
         ]));
-        let hb = self.config.heartbeat().as_millis().to_string();
-        let ttl = self.config.stream_ttl_s().to_string();
-        let iterations = params.iterations.to_string();
-        let started = self.control.fcall(
-            false,
-            "ms_start",
-            &[&key_of(name), INDEX_KEY],
-            &[&hb, &ttl, kdf::ALGORITHM, &iterations],
-            &body,
-            self.config.timeout(),
+        let call = Call::start(
+            &key_of(name),
+            self.config.heartbeat().as_millis(),
+            self.config.stream_ttl_s(),
+            kdf::ALGORITHM,
+            params.iterations,
         );
+        let started = self.control.fcall(&call, &body, self.config.timeout());
         match started {
             Ok(_) => {}
             // A request sent again after a garbled or lost response (see
@@ -296,7 +309,7 @@ impl Client {
             // another's stream is neither taken over nor charged a wrong
             // password.
             Err(e) if e.status == Status::MS_ERR_EXISTS => {
-                if kdf::params_of(&self.control, &key_of(name), self.config.timeout()).ok()
+                if params_of(&self.control, &key_of(name), self.config.timeout()).ok()
                     != Some(params.clone())
                 {
                     return Err(Error::new(
@@ -354,23 +367,21 @@ impl Client {
         leader_code: &str,
         token: &str,
     ) -> Result<(String, u64)> {
-        let params = kdf::params_of(&self.control, &key_of(name), self.config.timeout())?;
+        let params = params_of(&self.control, &key_of(name), self.config.timeout())?;
         let (pw_key, code_key) = self.derive_both(&params, password, leader_code);
         let body = Zeroizing::new(protocol::frame_body(&[
             pw_key.as_bytes(),
             code_key.as_bytes(),
             token.as_bytes(),
         ]));
-        let hb = self.config.heartbeat().as_millis().to_string();
-        let ttl = self.config.stream_ttl_s().to_string();
-        let answered = self.control.fcall_answered(
-            false,
-            "ms_reconnect",
-            &[&key_of(name), INDEX_KEY],
-            &[&hb, &ttl],
-            &body,
-            self.config.timeout(),
+        let call = Call::reconnect(
+            &key_of(name),
+            self.config.heartbeat().as_millis(),
+            self.config.stream_ttl_s(),
         );
+        let answered = self
+            .control
+            .fcall_answered(&call, &body, self.config.timeout());
         // The channel comes sealed with the leader code's key.
         match answered.result? {
             Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
@@ -407,14 +418,9 @@ impl Client {
             result,
             resent: repeated,
             ..
-        } = self.control.fcall_answered(
-            false,
-            "ms_stop",
-            &[&id.key, INDEX_KEY],
-            &[],
-            &body,
-            self.config.timeout(),
-        );
+        } = self
+            .control
+            .fcall_answered(&Call::stop(&id.key), &body, self.config.timeout());
         let result = match result {
             // Sent again after a lost or garbled response: the stream
             // being gone is what the first try did.
@@ -523,9 +529,7 @@ impl Client {
                     ),
                 ));
             }
-            let answered =
-                self.control
-                    .fcall_answered(false, "ms_list", &[INDEX_KEY], &[&cursor], b"", left);
+            let answered = self.control.fcall_answered(&Call::list(&cursor), b"", left);
             node = answered.node;
             let mut page = match answered.result? {
                 Value::Array(a) if a.len() % LIST_FIELDS == 2 => a,
@@ -537,7 +541,7 @@ impl Client {
             };
             match protocol::as_u64(&page.remove(0)) {
                 Some(0) => {}
-                Some(n) => crate::debug_log!(
+                Some(n) => crate::util::debug_log!(
                     "ms_list: the functions skipped {n} index entries whose name this version refuses (not UTF-8, control or bidirectional formatting characters) or whose record is of an earlier version"
                 ),
                 None => return Err(bad()),
@@ -573,7 +577,9 @@ impl Client {
                 }
                 // One entry this library cannot read (a record written by
                 // hand?) does not hide the others.
-                None => crate::debug_log!("ms_list: skipped an entry it cannot read: {rec:?}"),
+                None => {
+                    crate::util::debug_log!("ms_list: skipped an entry it cannot read: {rec:?}")
+                }
             }
         }
         let others: Vec<usize> = (0..self.control.endpoints().len())
@@ -610,19 +616,17 @@ impl Client {
             let reply = if left.is_zero() {
                 Err(Error::new(Status::MS_ERR_TIMEOUT, "out of time"))
             } else {
-                self.control.node(node).fcall(
-                    true,
-                    "ms_subscribers",
-                    &[INDEX_KEY],
-                    &[&cursor],
-                    b"",
-                    left,
-                )
+                self.control
+                    .node(node)
+                    .fcall(&Call::subscribers(&cursor), b"", left)
             };
             let mut page = match reply {
                 Ok(Value::Array(a)) if a.len() % 2 == 1 => a,
                 other => {
-                    crate::debug_log!("ms_subscribers at {}: {other:?}", self.control.base(node));
+                    crate::util::debug_log!(
+                        "ms_subscribers at {}: {other:?}",
+                        self.control.base(node)
+                    );
                     return Vec::new();
                 }
             };

@@ -27,9 +27,9 @@ pub enum ms_event_kind {
     /// Follower: the subscription is restored.
     MS_EVENT_RECONNECTED = 3,
     /// Leader: a state could not be stored. Reported once per failure
-    /// streak; after a final status (NOT_FOUND, BAD_LEADER_CODE, FORBIDDEN,
-    /// ...: any but TIMEOUT, UNAVAILABLE, PROTOCOL and SERVER, which are
-    /// retried with backoff) the lead ends.
+    /// streak; a transient status (ms_status_is_transient) is retried with
+    /// backoff, after any other (NOT_FOUND, BAD_LEADER_CODE, FORBIDDEN,
+    /// ...) the lead ends.
     MS_EVENT_PUBLISH_FAILED = 4,
     /// Follower: no heartbeat or state from the leader for 3 intervals,
     /// whatever the cause (a quiet leader, or no working subscription: the

@@ -69,7 +69,8 @@ impl Status {
     /// retry policy of the library: a lead's publisher and a follower keep
     /// trying, with backoff, after a transient status, and end (the lead
     /// with PUBLISH_FAILED, the follow with ENDED) after any other, such as
-    /// NOT_FOUND, BAD_PASSWORD, BAD_LEADER_CODE or FORBIDDEN.
+    /// NOT_FOUND, BAD_PASSWORD, BAD_LEADER_CODE or FORBIDDEN. Exported as
+    /// `ms_status_is_transient`, where the list is documented.
     pub fn is_transient(self) -> bool {
         matches!(
             self,
@@ -82,11 +83,44 @@ impl Status {
     }
 }
 
-/// A failure: its status and a sentence a user can act on.
+/// What a failure is, where the crate decides on more than its status:
+/// the refusals of the functions library that a caller handles apart.
+/// Each kind has one status (`Kind::status`), the one the C boundary
+/// reports; any other failure is `Kind::Other`, its status alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Said all by its status.
+    Other,
+    /// `MSBASE`: the record no longer holds the base of a delta (the
+    /// leader sends the state in full at once).
+    BaseMismatch,
+    /// `MSARG`: the functions refused the request's arguments.
+    Refused,
+    /// `MSQUOTA`: a quota of the deployment refused it (it may free up).
+    Quota,
+    /// `MSVERSION`: Redis holds another version of the functions library.
+    Version,
+}
+
+impl Kind {
+    /// The status a failure of this kind is reported with; None for
+    /// `Other`, whose status is its own.
+    pub fn status(self) -> Option<Status> {
+        match self {
+            Kind::Other => None,
+            Kind::BaseMismatch | Kind::Refused => Some(Status::MS_ERR_PROTOCOL),
+            Kind::Quota | Kind::Version => Some(Status::MS_ERR_SERVER),
+        }
+    }
+}
+
+/// A failure: its status and a sentence a user can act on, and its kind
+/// for the crate's own decisions (never recognised by its wording).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Error {
     pub status: Status,
     pub message: String,
+    pub kind: Kind,
 }
 
 impl Error {
@@ -94,11 +128,27 @@ impl Error {
         Error {
             status,
             message: message.into(),
+            kind: Kind::Other,
+        }
+    }
+
+    /// A failure of a `kind` other than `Kind::Other`, with its status.
+    pub fn of(kind: Kind, message: impl Into<String>) -> Error {
+        Error {
+            status: kind.status().unwrap_or(Status::MS_ERR_INTERNAL),
+            message: message.into(),
+            kind,
         }
     }
 
     pub fn invalid(message: impl Into<String>) -> Error {
         Error::new(Status::MS_ERR_INVALID_ARGUMENT, message)
+    }
+
+    /// Whether the functions refused a delta because the record no longer
+    /// holds its base (`MSBASE`).
+    pub fn is_base_mismatch(&self) -> bool {
+        self.kind == Kind::BaseMismatch
     }
 }
 

@@ -11,7 +11,7 @@ use crate::dispatch::{Callback, Event};
 pub use crate::error::ms_status;
 use crate::error::{Error, Result, Status};
 use std::cell::RefCell;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -19,6 +19,14 @@ use std::sync::Arc;
 /// may be called on one client from any thread at the same time.
 pub struct ms_client {
     inner: Client,
+}
+
+impl ms_client {
+    /// The Rust client behind a C handle (for the benchmark's switches).
+    #[doc(hidden)]
+    pub fn client(&self) -> &Client {
+        &self.inner
+    }
 }
 
 /// An event, lent to the callback. Every pointer in it is valid only
@@ -159,6 +167,18 @@ pub extern "C" fn ms_status_name(status: StatusArg) -> *const c_char {
         Some(s) => s.name_with_nul().as_ptr() as *const c_char,
         None => c"MS_UNKNOWN_STATUS".as_ptr(),
     }
+}
+
+/// 1 when a call that failed with `status` may succeed if made again
+/// later, 0 otherwise (MS_OK and values that are not statuses included).
+/// The transient statuses are MS_ERR_TIMEOUT, MS_ERR_UNAVAILABLE,
+/// MS_ERR_PROTOCOL, MS_ERR_SERVER and MS_ERR_THROTTLED: the library's own
+/// threads retry exactly these with backoff (a leader keeps its newest
+/// state, a follower reconnects); any other status ends a lead or a
+/// follow.
+#[no_mangle]
+pub extern "C" fn ms_status_is_transient(status: StatusArg) -> c_int {
+    Status::from_raw(status.0).is_some_and(Status::is_transient) as c_int
 }
 
 /// This thread's last failure: what failed, why, and what to do;
@@ -484,12 +504,12 @@ pub unsafe extern "C" fn ms_publish(
         if state.is_null() {
             return Err(Error::invalid("state is NULL"));
         }
-        if len > crate::protocol::MAX_STATE {
+        if len > crate::wire::protocol::MAX_STATE {
             return Err(Error::new(
                 Status::MS_ERR_TOO_LARGE,
                 format!(
                     "the state is {len} bytes; the limit is {} bytes (8 MiB)",
-                    crate::protocol::MAX_STATE
+                    crate::wire::protocol::MAX_STATE
                 ),
             ));
         }

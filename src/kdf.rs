@@ -4,14 +4,12 @@
 //! itself. See docs/PROTOCOL.md ("Key derivation") and docs/SECURITY.md.
 
 use crate::error::{Error, Result, Status};
-use crate::nodes::Nodes;
-use crate::protocol;
 use crate::util::lock;
+use crate::wire::protocol;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 use zeroize::Zeroizing;
 
 /// Name of the key derivation in the stream record and on the wire.
@@ -133,9 +131,9 @@ pub fn check_iterations(iterations: u32) -> Result<()> {
     Ok(())
 }
 
-/// ms_params (read-only): the key derivation parameters of stream `key`.
-pub fn params_of(conn: &Nodes, key: &str, timeout: Duration) -> Result<Params> {
-    let reply = conn.fcall(true, "ms_params", &[key], &[], b"", timeout)?;
+/// The key derivation parameters in a reply to ms_params,
+/// `[algorithm, iterations, salt]` (`session::params_of` asks for them).
+pub fn params_of_reply(reply: Value) -> Result<Params> {
     let bad = || protocol::protocol_error("ms_params");
     let a = match reply {
         Value::Array(a) if a.len() == 3 => a,
@@ -167,6 +165,23 @@ pub fn params_of(conn: &Nodes, key: &str, timeout: Duration) -> Result<Params> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn params_replies_of_another_shape_or_range_are_refused() {
+        let salt = "0123456789abcdef0123456789abcdef";
+        let p = params_of_reply(serde_json::json!([ALGORITHM, "600000", salt])).unwrap();
+        assert_eq!((p.iterations, p.salt.as_str()), (600_000, salt));
+        for bad in [
+            serde_json::json!([ALGORITHM, 600_000]),
+            serde_json::json!([ALGORITHM, 99_999, salt]),
+            serde_json::json!([ALGORITHM, 600_000, "0123"]),
+            serde_json::json!([ALGORITHM, 600_000, salt.to_uppercase()]),
+            serde_json::json!(["scrypt", 600_000, salt]),
+        ] {
+            let e = params_of_reply(bad.clone()).unwrap_err();
+            assert_eq!(e.status, Status::MS_ERR_PROTOCOL, "{bad}");
+        }
+    }
 
     /// The test vector of docs/PROTOCOL.md (also checked against Python's
     /// hashlib by tests/guarantees.rs).

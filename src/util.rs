@@ -1,5 +1,5 @@
 //! Small helpers every module may use: locking that survives a poisoned
-//! mutex, and random tokens from the operating system.
+//! mutex, random tokens from the operating system, and diagnostics.
 
 use crate::error::{Error, Result, Status};
 use std::sync::{Mutex, MutexGuard};
@@ -22,6 +22,22 @@ pub fn random_hex(n: usize) -> Result<String> {
     })?;
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+/// Diagnostics on standard error when `MISSIONSTREAM_DEBUG` is set (to
+/// anything but empty or `0`): retries, lost and recovered subscriptions,
+/// publish failures. Off by default; read once.
+macro_rules! debug_log {
+    ($($arg:tt)*) => {
+        if *$crate::util::DEBUG {
+            eprintln!("missionstream[{:?}]: {}", std::thread::current().name().unwrap_or("?"), format_args!($($arg)*));
+        }
+    };
+}
+pub(crate) use debug_log;
+
+pub(crate) static DEBUG: once_cell::sync::Lazy<bool> = once_cell::sync::Lazy::new(|| {
+    std::env::var("MISSIONSTREAM_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")
+});
 
 /// Tests: how much busier than one runnable thread per core the machine
 /// is (the 1-minute load average per core, at least 1). A unit test's

@@ -847,12 +847,10 @@ fn many_followers_with_reordered_messages_deliver_only_verified_states() {
             (c, r)
         })
         .collect();
-    // Each holds the first state before the deltas start (a snapshot read
-    // late, on a loaded machine, would deliver a later state instead).
-    for (_, r) in &followers {
-        r.wait_state(&name, &first, T);
-    }
-    let reads_before = missionstream::delta_snapshot_reads();
+    let reads_before: u64 = followers
+        .iter()
+        .map(|(c, _)| c.delta_snapshot_reads())
+        .sum();
     let mut published = vec![first.clone()];
     for i in 0..300 {
         plan.move_waypoint(i * 7, 0.00001, 0.00001);
@@ -872,7 +870,11 @@ fn many_followers_with_reordered_messages_deliver_only_verified_states() {
     }
     eprintln!(
         "snapshot reads caused by deltas: {}",
-        missionstream::delta_snapshot_reads() - reads_before
+        followers
+            .iter()
+            .map(|(c, _)| c.delta_snapshot_reads())
+            .sum::<u64>()
+            - reads_before
     );
     drop(followers);
 }

@@ -46,6 +46,32 @@ fn version_and_status_names() {
 }
 
 #[test]
+fn the_transient_statuses_are_those_the_library_retries() {
+    let transient: Vec<String> = (0..17)
+        .filter(|&i| ms_status_is_transient(StatusArg(i)) == 1)
+        .map(|i| {
+            unsafe { CStr::from_ptr(ms_status_name(StatusArg(i))) }
+                .to_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        transient,
+        [
+            "MS_ERR_TIMEOUT",
+            "MS_ERR_UNAVAILABLE",
+            "MS_ERR_SERVER",
+            "MS_ERR_PROTOCOL",
+            "MS_ERR_THROTTLED"
+        ]
+    );
+    for other in [0, 3, 17, 99, u32::MAX] {
+        assert_eq!(ms_status_is_transient(StatusArg(other)), 0, "{other}");
+    }
+}
+
+#[test]
 fn every_function_refuses_null_without_crashing() {
     unsafe {
         let mut client: *mut ms_client = null_mut();

@@ -208,10 +208,10 @@ fn fcall_us(info: &str) -> f64 {
 impl Bench {
     /// One plan size, one mode (deltas on or off).
     fn row13_measure(&self, initial: &Plan, deltas: bool) -> Measured {
-        missionstream::set_deltas(deltas);
         let url = self.servers.url.clone();
         let name = self.stream_name(if deltas { "delta" } else { "full" });
         let leader = client(&url);
+        leader.set_deltas(deltas);
         let follower = client(&url);
         let lat = Latencies::attach(&follower);
         leader.start(&name, PASSWORD, CODE).unwrap();
@@ -232,7 +232,7 @@ impl Bench {
                 }
             })
         };
-        let reads_before = missionstream::delta_snapshot_reads();
+        let reads_before = follower.delta_snapshot_reads();
         // Latency at 20 updates/s.
         let secs = if self.quick { 2.0 } else { 8.0 };
         let n = (secs * 20.0) as usize;
@@ -293,13 +293,12 @@ impl Bench {
         drop(raw);
         let _ = follower.disconnect(&name);
         let _ = leader.stop(&name);
-        missionstream::set_deltas(true);
         Measured {
             bytes_per_update: bytes as f64 / msgs.max(1) as f64,
             p50_ms: p50,
             p99_ms: p99,
             acked_per_s: rate,
-            snapshot_reads: missionstream::delta_snapshot_reads() - reads_before,
+            snapshot_reads: follower.delta_snapshot_reads() - reads_before,
             redis_us_per_call: redis_us,
             aof_per_update: aof / acked as f64,
             repl_per_update: repl / acked as f64,
@@ -311,7 +310,6 @@ impl Bench {
     /// Acknowledged publishes/s of a 1 KiB state (deltas on, as a leader
     /// sends by default: a 1 KiB state goes in full anyway).
     fn row13_rate_1k(&self) -> f64 {
-        missionstream::set_deltas(true);
         let url = self.servers.url.clone();
         let name = self.stream_name("rate1k");
         let leader = client(&url);
@@ -334,10 +332,10 @@ impl Bench {
     /// small): Redis' time per FCALL (µs, `INFO commandstats`) and
     /// acknowledged publishes/s.
     fn row13_full_random(&self) -> (f64, f64) {
-        missionstream::set_deltas(false);
         let url = self.servers.url.clone();
         let name = self.stream_name("random");
         let leader = client(&url);
+        leader.set_deltas(false);
         leader.start(&name, PASSWORD, CODE).unwrap();
         let mut x = 0x2545f4914f6cdd1du64;
         let mut states = Vec::new();
@@ -367,7 +365,6 @@ impl Bench {
         let rate = acked as f64 / t0.elapsed().as_secs_f64();
         let us = fcall_us(&self.servers.redis_cli(&["INFO", "commandstats"]));
         let _ = leader.stop(&name);
-        missionstream::set_deltas(true);
         (us, rate)
     }
 
@@ -375,8 +372,7 @@ impl Bench {
     /// of the delta latency target).
     fn row13_reference(&self) -> f64 {
         // As a leader sends it by default (deltas on; the other rows turn
-        // them off).
-        missionstream::set_deltas(true);
+        // them off on their own clients).
         let url = self.servers.url.clone();
         let name = self.stream_name("ref1k");
         let leader = client(&url);

@@ -31,6 +31,7 @@ const HA_HEARTBEAT_MS: u32 = 1000;
 
 fn ha_client(url: &str) -> Client {
     let c = Client::new(url).expect("Client::new");
+    c.set_deltas(false);
     c.set_timeout(HA_TIMEOUT_MS).unwrap();
     c.set_heartbeat(HA_HEARTBEAT_MS).unwrap();
     c
@@ -768,6 +769,7 @@ impl Bench {
             "  sides: the single node of rows 1-8; the topology with min-replicas-to-write 0, the leader given the primary's URL, then the URL list; the list with min-replicas-to-write 1, min-replicas-max-lag 1 (CONFIG SET on the primary between slices; the topology's own setting, {n0} / {lag0}, is put back after)"
         );
         let single = Client::new(&self.servers.url).expect("Client::new");
+        single.set_deltas(false);
         let ha = ha_client(&c.urls);
         let direct = ha_client(&c.nodes[primary].url);
         let names = [

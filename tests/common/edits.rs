@@ -1,5 +1,5 @@
 //! Random multi-byte text and random edits of it, at character bounds,
-//! for the delta tests: the crate's unit tests (src/delta.rs includes this
+//! for the delta tests: the crate's unit tests (src/wire/delta.rs includes this
 //! file) and tests/deltas.rs share them. Deterministic (xorshift).
 #![allow(dead_code)]
 

@@ -64,7 +64,7 @@ test("statuses and event kinds have the header's names and values", async () => 
 test("the package speaks the protocol version of the library and the functions", async () => {
   const { readFileSync } = await import("node:fs");
   const { PROTOCOL_VERSION } = await import("../src/index.js");
-  const rust = /PROTOCOL_VERSION: &str = "(\d+)"/.exec(readFileSync(new URL("../../../src/protocol.rs", import.meta.url), "utf8"))[1];
+  const rust = /PROTOCOL_VERSION: &str = "(\d+)"/.exec(readFileSync(new URL("../../../src/wire/protocol.rs", import.meta.url), "utf8"))[1];
   const lua = /^local PROTOCOL = '(\d+)'/m.exec(readFileSync(new URL("../../../lua/missionstream.lua", import.meta.url), "utf8"))[1];
   const readme = /protocol \(version (\d+)\)|protocol of `docs\/PROTOCOL.md` \(version (\d+)\)/.exec(readFileSync(new URL("../README.md", import.meta.url), "utf8"));
   assert.equal(PROTOCOL_VERSION, rust);

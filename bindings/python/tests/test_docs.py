@@ -153,7 +153,7 @@ def test_command_line_walkthrough_runs_as_written_and_again(tmp_path: Path, serv
 
 def test_the_protocol_version_is_the_same_everywhere() -> None:
     """README, PROTOCOL.md, the functions library and the client name one version."""
-    rust = re.search(r'PROTOCOL_VERSION: &str = "(\d+)"', (REPO / "src/protocol.rs").read_text())
+    rust = re.search(r'PROTOCOL_VERSION: &str = "(\d+)"', (REPO / "src/wire/protocol.rs").read_text())
     lua = re.search(r"^local PROTOCOL = '(\d+)'", (REPO / "lua/missionstream.lua").read_text(), re.M)
     readme = re.search(r"protocol version \(now (\d+)\)", (REPO / "README.md").read_text())
     doc = re.search(r"^# missionstream wire protocol \(version (\d+)\)", (REPO / "docs/PROTOCOL.md").read_text(), re.M)

@@ -12,8 +12,9 @@
 //! the request is sent again.
 
 use crate::error::{Error, Result, Status};
-use crate::http;
-use crate::protocol::{self, Refusal, PROTOCOL_VERSION};
+use crate::net::http;
+use crate::wire::functions::Call;
+use crate::wire::protocol::{self, Refusal, PROTOCOL_VERSION};
 use serde_json::Value;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
@@ -360,16 +361,9 @@ impl Webdis {
     /// `PUT /FCALL[_RO]/<function>/<nkeys>/<keys...>/<version>/<nonce>/<args...>`
     /// with `body` as the last argument. Returns the reply without its
     /// nonce: the reply is proven to answer this request.
-    pub fn fcall(
-        &self,
-        read_only: bool,
-        function: &str,
-        keys: &[&str],
-        args: &[&str],
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<Value> {
-        self.call(read_only, function, keys, args, body, timeout)
+    pub fn fcall(&self, call: &Call, body: &[u8], timeout: Duration) -> Result<Value> {
+        let (keys, args) = (call.keys(), call.args());
+        self.call(call.read_only, call.function, &keys, &args, body, timeout)
             .result
     }
 
@@ -407,7 +401,8 @@ impl Webdis {
         // Every function of the library is safe to repeat: the read-only
         // ones and ms_reconnect/ms_heartbeat change nothing more the second
         // time; a repeated ms_start recognises the stream its first try
-        // created by its fresh channel (Client::start); a repeated
+        // created by its key derivation, which carries a fresh random salt
+        // (Client::start); a repeated
         // ms_publish carries the same publish id, which the functions store
         // only once; a repeated ms_stop that finds the stream gone counts
         // as done (Client::stop, told so by the returned flag).
@@ -449,7 +444,7 @@ impl Webdis {
             );
             let more_time = Instant::now() < deadline;
             if let Err(f) = &result {
-                crate::debug_log!(
+                crate::util::debug_log!(
                     "{function} at {}: try {tries} failed after {:?}: {}",
                     self.endpoint.base,
                     try_started.elapsed(),

@@ -388,7 +388,7 @@ pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> 
 }
 
 #[cfg(test)]
-#[path = "../tests/common/edits.rs"]
+#[path = "../../tests/common/edits.rs"]
 mod edits;
 
 #[cfg(test)]

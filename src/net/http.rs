@@ -260,7 +260,7 @@ impl Pool {
             if quiet(&conn.stream) {
                 return Some(conn);
             }
-            crate::debug_log!(
+            crate::util::debug_log!(
                 "http: dropped a pooled connection that had received bytes or was closed"
             );
         }

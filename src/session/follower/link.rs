@@ -4,14 +4,16 @@
 //! function here may block; the session thread (`super`) never calls them
 //! itself but through a job.
 
+use super::session::ResyncDue;
 use crate::dispatch::Event;
 use crate::error::{Error, Result, Status};
 use crate::kdf;
-use crate::nodes::{Endpoints, Nodes};
-use crate::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
-use crate::session::Config;
-use crate::transport::Webdis;
+use crate::net::nodes::{Endpoints, Nodes};
+use crate::net::transport::Webdis;
+use crate::session::{params_of, Config};
 use crate::util::{lock, random_hex};
+use crate::wire::functions::{self, Call};
+use crate::wire::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use serde_json::Value;
 use std::ffi::CString;
@@ -30,7 +32,7 @@ pub(super) fn stream_channel(
     timeout: Duration,
 ) -> Result<String> {
     let body = zeroize::Zeroizing::new(protocol::frame_body(&[password_key.as_bytes()]));
-    let answered = conn.fcall_answered(false, "ms_connect", &[key], &[], &body, timeout);
+    let answered = conn.fcall_answered(&Call::connect(key), &body, timeout);
     match answered.result? {
         Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => a[0]
             .as_str()
@@ -114,10 +116,6 @@ pub(super) const HOLD: Duration = Duration::from_millis(250);
 /// At most this many deltas wait for their base.
 const MAX_HELD: usize = 64;
 
-/// Snapshot reads caused by deltas (a base that did not come within
-/// `HOLD`, or a delta that did not verify), over the whole process.
-pub(crate) static DELTA_RESYNCS: AtomicU64 = AtomicU64::new(0);
-
 /// The last state delivered, and deltas waiting for their base.
 #[derive(Default)]
 pub(super) struct Last {
@@ -160,12 +158,12 @@ impl Delivery {
     }
 
     /// When the snapshot must be read because of deltas, if ever.
-    pub(super) fn resync_at(&self) -> Option<Instant> {
+    pub(super) fn resync_at(&self) -> Option<ResyncDue> {
         let last = lock(&self.last);
         if last.resync {
-            Some(Instant::now())
+            Some(ResyncDue::Now)
         } else {
-            last.held_since.map(|t| t + HOLD)
+            last.held_since.map(|t| ResyncDue::At(t + HOLD))
         }
     }
 
@@ -185,7 +183,7 @@ impl Delivery {
                 if last.held.len() >= MAX_HELD {
                     last.resync = true;
                 } else {
-                    crate::debug_log!(
+                    crate::util::debug_log!(
                         "follow {}: the delta of seq {seq} came before its base {base}: held",
                         self.session
                     );
@@ -199,10 +197,10 @@ impl Delivery {
     }
 
     fn apply(&self, last: &mut Last, seq: u64, delta: &str) {
-        match crate::delta::apply(&last.state, delta, protocol::MAX_STATE) {
+        match crate::wire::delta::apply(&last.state, delta, protocol::MAX_STATE) {
             Ok(state) => self.deliver(last, seq, state),
             Err(e) => {
-                crate::debug_log!(
+                crate::util::debug_log!(
                     "follow {}: the delta of seq {seq} does not apply: {e:?}",
                     self.session
                 );
@@ -278,7 +276,7 @@ impl Link {
     /// another salt: replaced, without a wrong password counted.
     pub(super) fn check_stream(&self) -> Result<()> {
         let conn = self.connection()?;
-        if kdf::params_of(&conn, &self.key, self.config.timeout())? != self.params {
+        if params_of(&conn, &self.key, self.config.timeout())? != self.params {
             return Err(replaced());
         }
         let channel = stream_channel(&conn, &self.key, &self.password_key, self.config.timeout())?;
@@ -346,7 +344,7 @@ impl Link {
             if many {
                 self.endpoints.failed(node);
             }
-            crate::debug_log!(
+            crate::util::debug_log!(
                 "subscribe {} at {}: attempt {attempts} failed: {}",
                 self.session,
                 nodes.base(node),
@@ -466,14 +464,7 @@ impl Link {
 
     pub(super) fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
-        let reply = conn.fcall(
-            true,
-            "ms_snapshot",
-            &[&self.key],
-            &[],
-            &body,
-            self.config.timeout(),
-        )?;
+        let reply = conn.fcall(&Call::snapshot(&self.key), &body, self.config.timeout())?;
         let bad = || protocol::protocol_error("ms_snapshot");
         let Value::Array(mut a) = reply else {
             return Err(bad());
@@ -509,16 +500,11 @@ impl Link {
         timeout: Duration,
     ) -> Result<Option<u64>> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
-        let answered =
-            nodes.fcall_answered(false, "ms_probe", &[&self.key], &[token], &body, timeout);
-        match answered.result? {
-            Value::Array(a) if a.len() == 1 => {
-                let n =
-                    protocol::as_u64(&a[0]).ok_or_else(|| protocol::protocol_error("ms_probe"))?;
-                Ok((answered.node == node).then_some(n))
-            }
-            _ => Err(protocol::protocol_error("ms_probe")),
-        }
+        let answered = nodes.fcall_answered(&Call::probe(&self.key, token), &body, timeout);
+        let n = answered
+            .result
+            .and_then(|reply| functions::reached(&reply))?;
+        Ok((answered.node == node).then_some(n))
     }
 }
 
@@ -736,12 +722,12 @@ mod tests {
         let base = "x".repeat(4608 * 1024);
         let twice = base.repeat(2);
         assert!(twice.len() > protocol::MAX_STATE);
-        let delta = crate::delta::create(&base, &twice);
+        let delta = crate::wire::delta::create(&base, &twice);
         assert!(delta.len() < 100, "{delta}");
         d.state(1, base.clone());
         d.delta(2, 1, delta);
         assert_eq!(last(&d).0, Some(1));
-        assert!(d.resync_at().is_some_and(|t| t <= Instant::now()));
+        assert_eq!(d.resync_at(), Some(ResyncDue::Now));
         dispatcher.shutdown();
     }
 
@@ -771,22 +757,22 @@ mod tests {
         let s3 = s2.replacen("[1,2,3]", "[1,2,3,4]", 1);
         d.state(5, s1.clone());
         // In order.
-        d.delta(6, 5, crate::delta::create(&s1, &s2));
+        d.delta(6, 5, crate::wire::delta::create(&s1, &s2));
         assert_eq!(last(&d), (Some(6), s2.clone()));
         // Old and repeated deltas are ignored.
-        d.delta(6, 5, crate::delta::create(&s1, &s2));
+        d.delta(6, 5, crate::wire::delta::create(&s1, &s2));
         assert_eq!(d.resync_at(), None);
         // Swapped: 8 (base 7) before 7 (base 6).
         let s4 = s3.replacen("[1,2,3,4]", "[4]", 1);
-        d.delta(8, 7, crate::delta::create(&s3, &s4));
+        d.delta(8, 7, crate::wire::delta::create(&s3, &s4));
         assert_eq!(last(&d).0, Some(6));
-        assert!(d.resync_at().is_some_and(|t| t > Instant::now()));
-        d.delta(7, 6, crate::delta::create(&s2, &s3));
+        assert!(matches!(d.resync_at(), Some(ResyncDue::At(t)) if t > Instant::now()));
+        d.delta(7, 6, crate::wire::delta::create(&s2, &s3));
         assert_eq!(last(&d), (Some(8), s4.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta that does not verify (its checksum) is not delivered: the
         // snapshot is read at once.
-        let good = crate::delta::create(&s4, &s1);
+        let good = crate::wire::delta::create(&s4, &s1);
         let forged = format!(
             "{}0;",
             good.trim_end_matches(';')
@@ -794,13 +780,15 @@ mod tests {
         );
         d.delta(9, 8, forged);
         assert_eq!(last(&d).0, Some(8));
-        assert!(d.resync_at().is_some_and(|t| t <= Instant::now()));
+        assert_eq!(d.resync_at(), Some(ResyncDue::Now));
         d.resynced(9, s1.clone());
         assert_eq!(last(&d), (Some(9), s1.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta whose base never comes: the snapshot after HOLD.
-        d.delta(11, 10, crate::delta::create(&s1, &s2));
-        let at = d.resync_at().unwrap();
+        d.delta(11, 10, crate::wire::delta::create(&s1, &s2));
+        let Some(ResyncDue::At(at)) = d.resync_at() else {
+            panic!("a held delta waits HOLD");
+        };
         assert!(at > Instant::now() + HOLD / 2 && at <= Instant::now() + HOLD);
         d.resynced(11, s2.clone());
         assert_eq!((last(&d), d.resync_at()), ((Some(11), s2.clone()), None));

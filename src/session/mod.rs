@@ -1,10 +1,22 @@
-//! What a client shares with its session threads (the publisher of each
-//! led stream, the follower of each followed stream): settings, hooks back
-//! into the client, and the record key of a stream.
+//! The sessions: the publisher of each led stream (`leader`, its
+//! decisions in `publisher`) and the follower of each followed stream
+//! (`follower`, its decisions in `follower::session`, its timing rules in
+//! `liveness`). Here: what a client shares with its session threads
+//! (settings, hooks back into the client) and the record key of a stream.
+
+pub mod backoff;
+pub mod follower;
+pub mod leader;
+pub mod liveness;
+pub mod publisher;
 
 use crate::dispatch::Dispatcher;
+use crate::error::Result;
+use crate::kdf;
+use crate::net::nodes::Nodes;
+use crate::wire::functions::Call;
 use std::ffi::CString;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +27,9 @@ pub struct Config {
     pub(crate) heartbeat_ms: AtomicU32,
     /// PBKDF2 iterations of the streams this client starts.
     pub(crate) kdf_iterations: AtomicU32,
+    /// Leaders send deltas (the benchmark turns them off to measure full
+    /// states in the same run).
+    pub(crate) deltas: AtomicBool,
 }
 
 impl Default for Config {
@@ -26,6 +41,7 @@ impl Default for Config {
             stream_ttl_s: AtomicU32::new(0),
             heartbeat_ms: AtomicU32::new(5_000),
             kdf_iterations: AtomicU32::new(crate::kdf::DEFAULT_ITERATIONS),
+            deltas: AtomicBool::new(true),
         }
     }
 }
@@ -42,6 +58,9 @@ impl Config {
     pub fn kdf_iterations(&self) -> u32 {
         self.kdf_iterations.load(Ordering::Relaxed)
     }
+    pub fn deltas(&self) -> bool {
+        self.deltas.load(Ordering::Relaxed)
+    }
     pub fn stream_ttl_s(&self) -> u32 {
         self.stream_ttl_s.load(Ordering::Relaxed)
     }
@@ -55,10 +74,18 @@ pub struct Hooks {
     pub lead_ended: EndHook,
     /// Called by a follower whose stream ended (or failed to start).
     pub follow_ended: EndHook,
+    /// Snapshot reads of this client's followers caused by deltas that
+    /// could not be applied (for benchmarks and tests).
+    pub delta_resyncs: Arc<AtomicU64>,
 }
 
 /// Removes a session that ended on its own from its registry.
 pub type EndHook = Arc<dyn Fn(u64, &CString) + Send + Sync>;
+
+/// ms_params (read-only): the key derivation parameters of stream `key`.
+pub fn params_of(conn: &Nodes, key: &str, timeout: Duration) -> Result<kdf::Params> {
+    kdf::params_of_reply(conn.fcall(&Call::params(key), b"", timeout)?)
+}
 
 /// Key of a stream's record in Redis.
 pub fn key_of(name: &str) -> String {

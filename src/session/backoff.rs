@@ -25,6 +25,16 @@ impl Backoff {
         }
     }
 
+    /// A backoff whose randomness is `seed` alone (not mixed with the
+    /// time), for tests of its users.
+    #[cfg(test)]
+    pub fn with_seed(seed: u64) -> Backoff {
+        Backoff {
+            step: Backoff::FIRST,
+            seed: seed | 1,
+        }
+    }
+
     pub fn reset(&mut self) {
         self.step = Backoff::FIRST;
     }

@@ -18,8 +18,9 @@
 //! layer.
 
 use crate::error::{Error, Result, Status};
-use crate::protocol::Refusal;
-use crate::transport::{Called, Endpoint, Webdis};
+use crate::net::transport::{Called, Endpoint, Webdis};
+use crate::wire::functions::Call;
+use crate::wire::protocol::Refusal;
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -106,7 +107,7 @@ impl Endpoints {
     fn took_write(&self, node: usize) {
         if self.primary.swap(node, Ordering::AcqRel) != node {
             self.moves.fetch_add(1, Ordering::AcqRel);
-            crate::debug_log!("writes go to {} from now on", self.list[node].base());
+            crate::util::debug_log!("writes go to {} from now on", self.list[node].base());
         }
     }
 
@@ -235,32 +236,17 @@ impl Nodes {
     }
 
     /// Calls a function on the primary (see `Webdis::fcall`).
-    pub fn fcall(
-        &self,
-        read_only: bool,
-        function: &str,
-        keys: &[&str],
-        args: &[&str],
-        body: &[u8],
-        timeout: Duration,
-    ) -> Result<Value> {
-        self.fcall_answered(read_only, function, keys, args, body, timeout)
-            .result
+    pub fn fcall(&self, call: &Call, body: &[u8], timeout: Duration) -> Result<Value> {
+        self.fcall_answered(call, body, timeout).result
     }
 
     /// Calls a function on the primary, found as the module comment says,
     /// within `timeout`; tells which node answered and whether the request
     /// was sent more than once (an earlier try may have been carried out,
     /// its response lost).
-    pub fn fcall_answered(
-        &self,
-        read_only: bool,
-        function: &str,
-        keys: &[&str],
-        args: &[&str],
-        body: &[u8],
-        timeout: Duration,
-    ) -> Answered {
+    pub fn fcall_answered(&self, call: &Call, body: &[u8], timeout: Duration) -> Answered {
+        let (read_only, function) = (call.read_only, call.function);
+        let (keys, args) = (&call.keys()[..], &call.args()[..]);
         let endpoints = &self.inner.endpoints;
         let n = endpoints.len();
         let first = endpoints.primary();
@@ -311,7 +297,7 @@ impl Nodes {
                         let e = called.result.err().unwrap_or_else(|| {
                             Error::new(Status::MS_ERR_INTERNAL, "refused without an error")
                         });
-                        crate::debug_log!(
+                        crate::util::debug_log!(
                             "{function}: {} refused ({why:?}): {}",
                             self.base(node),
                             e.message

@@ -2,7 +2,7 @@
 //! Webdis replies, channel messages and the subscription stream splitter.
 //! See docs/PROTOCOL.md.
 
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use serde_json::Value;
 
 /// Version of the protocol between this library and lua/missionstream.lua.
@@ -242,15 +242,6 @@ pub fn frame_body(fields: &[&[u8]]) -> Vec<u8> {
     body
 }
 
-/// The start of the message of an `MSBASE` error: the stored state is not
-/// the base of a delta (the leader then sends the state in full).
-pub const BASE_MISMATCH: &str = "the stored state is not the base of the delta";
-
-/// Whether `e` is an `MSBASE` error.
-pub fn is_base_mismatch(e: &Error) -> bool {
-    e.status == Status::MS_ERR_PROTOCOL && e.message.starts_with(BASE_MISMATCH)
-}
-
 /// Turns a Redis error text returned by the functions library (or Redis)
 /// into an Error.
 pub fn redis_error(text: &str) -> Error {
@@ -276,26 +267,26 @@ pub fn redis_error(text: &str) -> Error {
             Status::MS_ERR_NOT_LEADING,
             "this client no longer leads the stream: another client took over the lead (ms_reconnect)",
         ),
-        "MSVERSION" => Error::new(
-            Status::MS_ERR_SERVER,
+        "MSVERSION" => Error::of(
+            Kind::Version,
             format!("the Redis functions library is of another version: {rest}"),
         ),
         "MSTHROTTLED" => Error::new(
             Status::MS_ERR_THROTTLED,
             format!("the stream refuses password and leader code checks for a moment: {rest}"),
         ),
-        "MSBASE" => Error::new(
-            Status::MS_ERR_PROTOCOL,
-            format!("{BASE_MISMATCH}: {rest}"),
+        "MSBASE" => Error::of(
+            Kind::BaseMismatch,
+            format!("the stored state is not the base of the delta: {rest}"),
         ),
-        "MSARG" => Error::new(
-            Status::MS_ERR_PROTOCOL,
+        "MSARG" => Error::of(
+            Kind::Refused,
             format!("the functions library refused the request: {rest}"),
         ),
         // A quota of the deployment (QUOTAS in lua/missionstream.lua): it
         // may free up, so a leader keeps its newest state and tries again.
-        "MSQUOTA" => Error::new(
-            Status::MS_ERR_SERVER,
+        "MSQUOTA" => Error::of(
+            Kind::Quota,
             format!("refused by a quota of the deployment: {rest}"),
         ),
         "OOM" => Error::new(
@@ -783,6 +774,32 @@ mod tests {
             check_state(b"\xff").unwrap_err().status,
             Status::MS_ERR_INVALID_ARGUMENT
         );
+    }
+
+    #[test]
+    fn refusals_the_crate_handles_apart_have_a_kind_and_its_status() {
+        for (text, kind, status) in [
+            (
+                "MSBASE stored 7",
+                Kind::BaseMismatch,
+                Status::MS_ERR_PROTOCOL,
+            ),
+            ("MSARG bad delta", Kind::Refused, Status::MS_ERR_PROTOCOL),
+            ("MSQUOTA streams", Kind::Quota, Status::MS_ERR_SERVER),
+            ("MSVERSION 6", Kind::Version, Status::MS_ERR_SERVER),
+            ("MSNOTFOUND", Kind::Other, Status::MS_ERR_NOT_FOUND),
+            ("ERR Function not found", Kind::Other, Status::MS_ERR_SERVER),
+        ] {
+            let e = redis_error(text);
+            assert_eq!((e.kind, e.status), (kind, status), "{text}");
+            assert_eq!(e.is_base_mismatch(), kind == Kind::BaseMismatch, "{text}");
+        }
+        // Whatever its wording, a message is never taken for a kind.
+        let e = Error::new(
+            Status::MS_ERR_PROTOCOL,
+            "the stored state is not the base of the delta",
+        );
+        assert!(!e.is_base_mismatch());
     }
 
     #[test]
