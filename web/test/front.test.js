@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import http from "node:http";
 import path from "node:path";
-import { Client, EventKind } from "../../bindings/js/src/index.js";
+import { Client, EventKind, PROTOCOL_VERSION as V } from "../../bindings/js/src/index.js";
 import { startServer, uniqueName, waitEvent, REPO } from "../../bindings/js/test/helpers.js";
 
 let srv, port, base;
@@ -69,7 +69,7 @@ test("the JS client leads and follows through the front, every call a POST", asy
 });
 
 test("preflights of an allowed origin are answered with a cache lifetime; other origins are refused before anything runs", async () => {
-  const pre = await request("OPTIONS", "/FCALL/ms_list/1/streams/7/n1/0", {
+  const pre = await request("OPTIONS", `/FCALL/ms_list/1/streams/${V}/n1/0`, {
     Origin: ALLOWED, "Access-Control-Request-Method": "PUT", "Access-Control-Request-Headers": "content-type",
   });
   assert.equal(pre.status, 204);
@@ -77,7 +77,7 @@ test("preflights of an allowed origin are answered with a cache lifetime; other 
   assert.equal(pre.headers["access-control-max-age"], "600");
   assert.match(pre.headers["access-control-allow-methods"], /POST/);
 
-  const ok = await request("POST", "/FCALL/ms_list/1/streams/7/n2/0", { Origin: ALLOWED, "Content-Type": "text/plain" });
+  const ok = await request("POST", `/FCALL/ms_list/1/streams/${V}/n2/0`, { Origin: ALLOWED, "Content-Type": "text/plain" });
   assert.equal(ok.status, 200);
   assert.equal(ok.headers["access-control-allow-origin"], ALLOWED);
   assert.equal(JSON.parse(ok.body).FCALL[0], "n2");
@@ -86,12 +86,12 @@ test("preflights of an allowed origin are answered with a cache lifetime; other 
   const name = uniqueName("evil");
   const key = "a".repeat(64), hex32 = "b".repeat(32);
   const body = `64 64 32 32\n${key}${key}${hex32}${hex32}${hex32}`;
-  const p = `/FCALL/ms_start/2/stream%3A${name.replace(/[^A-Za-z0-9_-]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase())}/streams/7/n3/500/0/pbkdf2-sha256/100000`;
+  const p = `/FCALL/ms_start/2/stream%3A${name.replace(/[^A-Za-z0-9_-]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase())}/streams/${V}/n3/500/0/pbkdf2-sha256/100000`;
   const evil = await request("POST", p, { Origin: "https://evil.example", "Content-Type": "text/plain" }, body);
   assert.equal(evil.status, 403);
   assert.equal(evil.headers["access-control-allow-origin"], undefined);
   assert.equal(srv.redis("EXISTS", `stream:${name}`), "0");
-  const refusedPre = await request("OPTIONS", "/FCALL/ms_list/1/streams/7/n4/0", { Origin: "https://evil.example", "Access-Control-Request-Method": "PUT" });
+  const refusedPre = await request("OPTIONS", `/FCALL/ms_list/1/streams/${V}/n4/0`, { Origin: "https://evil.example", "Access-Control-Request-Method": "PUT" });
   assert.equal(refusedPre.status, 403);
   // The same call from this front's own origin (the bundled page) runs.
   const own = await request("POST", p, { Origin: base, "Content-Type": "text/plain" }, body);
@@ -110,11 +110,11 @@ test("only the page's files and the protocol are served", async () => {
   assert.equal(js.status, 200);
   assert.match(js.headers["content-type"], /javascript/);
   assert.equal((await request("GET", "/")).status, 302);
-  for (const p of ["/view/../FCALL/ms_list/1/streams/7/n/0", "/view/missionstream/../../Cargo.toml", "/view/index.html?x=1", "/view/a.json", "/FCALL/ms_list/1/streams/7/n.json/0", "/GET/x", "/5/FCALL/ms_list/1/streams/7/n/0"]) {
+  for (const p of [`/view/../FCALL/ms_list/1/streams/${V}/n/0`, "/view/missionstream/../../Cargo.toml", "/view/index.html?x=1", "/view/a.json", `/FCALL/ms_list/1/streams/${V}/n.json/0`, "/GET/x", `/5/FCALL/ms_list/1/streams/${V}/n/0`]) {
     const r = await request("GET", p);
     assert.ok([403, 404, 405].includes(r.status), `${p}: ${r.status}`);
   }
   assert.equal((await request("POST", "/view/index.html", { "Content-Type": "text/plain" }, "x")).status, 403);
-  assert.equal((await request("DELETE", "/FCALL/ms_list/1/streams/7/n/0")).status, 405);
-  assert.equal((await request("GET", "/FCALL/ms_list/1/streams/7/n/0")).status, 405);
+  assert.equal((await request("DELETE", `/FCALL/ms_list/1/streams/${V}/n/0`)).status, 405);
+  assert.equal((await request("GET", `/FCALL/ms_list/1/streams/${V}/n/0`)).status, 405);
 });
