@@ -164,7 +164,35 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 #[cfg(test)]
 mod tests {
-    use super::Status;
+    use super::{Error, Status};
+
+    /// The statuses retried (the library's one retry policy), and not the
+    /// final ones.
+    #[test]
+    fn transient_statuses_are_the_ones_worth_a_retry() {
+        for s in [
+            Status::MS_ERR_TIMEOUT,
+            Status::MS_ERR_UNAVAILABLE,
+            Status::MS_ERR_SERVER,
+        ] {
+            assert!(s.is_transient(), "{s:?}");
+        }
+        for s in [
+            Status::MS_OK,
+            Status::MS_ERR_BAD_PASSWORD,
+            Status::MS_ERR_NOT_FOUND,
+            Status::MS_ERR_FORBIDDEN,
+            Status::MS_ERR_INVALID_ARGUMENT,
+        ] {
+            assert!(!s.is_transient(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn an_error_shows_its_status_name_and_message() {
+        let e = Error::new(Status::MS_ERR_NOT_FOUND, "no such stream");
+        assert_eq!(e.to_string(), "MS_ERR_NOT_FOUND: no such stream");
+    }
 
     /// The table build.rs derives from the enum, and the header cbindgen
     /// writes from it, agree with the enum: every value, in order, by name.

@@ -221,6 +221,8 @@ mod tests {
             ..p.clone()
         };
         assert_ne!(a, c.derive(&q, Secret::Password, "x"));
+        // Every key derived so far is kept (up to the cache's size).
+        assert_eq!(lock(&c.keys).len(), 3);
     }
 
     #[test]

@@ -123,6 +123,21 @@ mod tests {
     }
 
     #[test]
+    fn one_backoffs_waits_keep_varying() {
+        // Jitter within one follower too: its waits at one step are not
+        // a constant (a generator stuck at zero or at all ones would make
+        // them one).
+        let mut b = seeded(0x9E37_79B9_7F4A_7C15);
+        let waits: std::collections::BTreeSet<Duration> = (0..200)
+            .map(|_| {
+                b.reset();
+                b.next()
+            })
+            .collect();
+        assert!(waits.len() > 150, "{} distinct waits of 200", waits.len());
+    }
+
+    #[test]
     fn reset_starts_again_at_100_ms() {
         let mut b = seeded(11);
         for _ in 0..8 {

@@ -251,6 +251,7 @@ mod tests {
     #[test]
     fn a_messages_from_others_keep_the_subscription_not_the_leader() {
         let (mut l, t0) = setup();
+        assert!(!l.offline(), "online until OFFLINE is reported");
         // Another follower's probes every half interval.
         let mut t = t0;
         for _ in 0..7 {
