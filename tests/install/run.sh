@@ -73,7 +73,7 @@ make --no-print-directory -C "$work/c" mission mission-static
 ldd_out=$(LD_LIBRARY_PATH="$tree/lib" ldd "$work/c/mission")
 echo "$ldd_out" | grep -q "libmissionstream.so.0 => $tree/lib/libmissionstream.so.0" \
   && ok "mission loads $tree/lib/libmissionstream.so.0" || fail "ldd mission: $ldd_out"
-if ldd "$work/c/mission-static" | grep -q libmissionstream; then
+if grep -q libmissionstream <<<"$(ldd "$work/c/mission-static")"; then
   fail "mission-static depends on libmissionstream.so"
 else
   ok "mission-static carries the library (libmissionstream.a)"
@@ -191,8 +191,11 @@ if (cd "$work/pc" && env -u PKG_CONFIG_PATH -u PKG_CONFIG_LIBDIR -u PKG_CONFIG_S
       fail "$app: $out"
     fi
   done
-  ldd "$work/pc/app" | grep -q "libmissionstream.so.0 => $custom/lib/libmissionstream.so.0" \
-    && ok "app finds $custom/lib/libmissionstream.so.0 by its rpath" || fail "ldd app: $(ldd "$work/pc/app")"
+  # ldd's output whole first: `ldd | grep -q` under pipefail fails when
+  # grep stops reading before ldd is done writing (SIGPIPE).
+  linked=$(ldd "$work/pc/app")
+  grep -q "libmissionstream.so.0 => $custom/lib/libmissionstream.so.0" <<<"$linked" \
+    && ok "app finds $custom/lib/libmissionstream.so.0 by its rpath" || fail "ldd app: $linked"
 else
   cat "$work/pc.out"
   fail "README's pkg-config lines"
