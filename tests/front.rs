@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::raw::{fcall_path, nonce, put_once, read_response, Response};
+use common::raw::{fcall_path, nonce, put_once, random_hex, read_response, Response};
 use common::tls::TlsFront;
 use common::*;
 use missionstream::protocol::frame_body;
@@ -125,20 +125,12 @@ fn ms_start_call(name: &str) -> (String, Vec<u8>) {
         &nonce(),
         &["1000", "0", "pbkdf2-sha256", "100000"],
     );
-    let hex = |n: usize| -> String {
-        let mut s = String::new();
-        while s.len() < n {
-            s.push_str(&format!("{:032x}", rand_u128()));
-        }
-        s.truncate(n);
-        s
-    };
     let body = frame_body(&[
-        hex(64).as_bytes(),
-        hex(64).as_bytes(),
-        hex(32).as_bytes(),
-        hex(32).as_bytes(),
-        hex(32).as_bytes(),
+        random_hex(64).as_bytes(),
+        random_hex(64).as_bytes(),
+        random_hex(32).as_bytes(),
+        random_hex(32).as_bytes(),
+        random_hex(32).as_bytes(),
     ]);
     (path, body)
 }

@@ -768,15 +768,6 @@ enum Guess {
     LeaderCode,
 }
 
-fn hex(n: usize) -> String {
-    let mut s = String::new();
-    while s.len() < n {
-        s.push_str(&format!("{:032x}", rand_u128()));
-    }
-    s.truncate(n);
-    s
-}
-
 /// `n` wrong secrets for `name` sent at once, each on its own connection
 /// and all written before any reply is read, so that they reach Redis
 /// within milliseconds of each other however busy the machine is (five
@@ -793,11 +784,19 @@ fn burst(s: &Servers, name: &str, guess: Guess, n: usize) -> Vec<String> {
         .map(|i| {
             let mut c = raw::Raw::connect(s.webdis_port);
             let (function, args, body) = match guess {
-                Guess::Password => ("ms_connect", vec![], frame_bytes(&[hex(64).as_bytes()])),
+                Guess::Password => (
+                    "ms_connect",
+                    vec![],
+                    frame_bytes(&[raw::random_hex(64).as_bytes()]),
+                ),
                 Guess::LeaderCode => (
                     "ms_reconnect",
                     vec!["1000", "0"],
-                    frame_bytes(&[pw_key.as_bytes(), hex(64).as_bytes(), hex(32).as_bytes()]),
+                    frame_bytes(&[
+                        pw_key.as_bytes(),
+                        raw::random_hex(64).as_bytes(),
+                        raw::random_hex(32).as_bytes(),
+                    ]),
                 ),
             };
             let keys: [&[u8]; 2] = [key.as_bytes(), b"streams"];

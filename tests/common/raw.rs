@@ -43,9 +43,19 @@ pub fn fcall_path(function: &str, keys: &[&[u8]], nonce: &str, args: &[&str]) ->
     path
 }
 
+/// `n` random hex digits (made-up keys, salts, tokens).
+pub fn random_hex(n: usize) -> String {
+    let mut s = String::new();
+    while s.len() < n {
+        s.push_str(&format!("{:032x}", super::rand_u128()));
+    }
+    s.truncate(n);
+    s
+}
+
 /// A fresh random request nonce (32 hex digits).
 pub fn nonce() -> String {
-    format!("{:032x}", super::rand_u128())
+    random_hex(32)
 }
 
 /// A response: status (0 when the connection closed or timed out before
