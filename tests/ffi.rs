@@ -8,8 +8,8 @@ use missionstream::ffi::*;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::AssertUnwindSafe;
 use std::ptr::{null, null_mut};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn last_error() -> String {
@@ -721,4 +721,194 @@ fn callbacks_end_with_their_client_or_replacement_on_every_path() {
         drop(abi);
         s.start_webdis();
     }
+}
+
+/// The user data of `on_event_slow`: what its calls did, and when.
+#[derive(Default)]
+struct Probe {
+    /// Calls begun, calls returned.
+    calls: AtomicUsize,
+    finished: AtomicUsize,
+    /// A call is between its first and last access of this data.
+    running: AtomicBool,
+    /// Set once the call that ends the callback has returned.
+    ended: AtomicBool,
+    /// Calls that began after that.
+    late: AtomicUsize,
+    seqs: Mutex<Vec<u64>>,
+}
+
+/// A callback slow enough (3 ms a call) to be running, states flowing,
+/// whenever its follow is ended from another thread.
+unsafe extern "C" fn on_event_slow(event: *const ms_event, user_data: *mut c_void) {
+    let p = &*(user_data as *const Probe);
+    p.running.store(true, Ordering::SeqCst);
+    if p.ended.load(Ordering::SeqCst) {
+        p.late.fetch_add(1, Ordering::SeqCst);
+    }
+    p.calls.fetch_add(1, Ordering::SeqCst);
+    if (*event).kind == ms_event_kind::MS_EVENT_STATE {
+        p.seqs.lock().unwrap().push((*event).seq);
+    }
+    std::thread::sleep(Duration::from_millis(3));
+    p.finished.fetch_add(1, Ordering::SeqCst);
+    p.running.store(false, Ordering::SeqCst);
+}
+
+/// Publishes a new state of `name` every millisecond from its own thread
+/// until dropped (which joins it: declared after the `Abi` guard, it ends
+/// before the leader is freed, on every path).
+struct Publisher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+struct SendClient(*mut ms_client);
+// SAFETY: the client is used by the publisher thread alone until joined.
+unsafe impl Send for SendClient {}
+
+impl Publisher {
+    fn start(leader: *mut ms_client, name: &CStr) -> Publisher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (leader, name, flag) = (SendClient(leader), name.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let leader = leader;
+            let mut v = 0u64;
+            while !flag.load(Ordering::SeqCst) {
+                v += 1;
+                let state = format!("{{\"v\":{v}}}");
+                let st = unsafe {
+                    ms_publish(
+                        leader.0,
+                        name.as_ptr(),
+                        state.as_ptr() as *const c_char,
+                        state.len(),
+                    )
+                };
+                assert_eq!(st, ms_status::MS_OK);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            v
+        });
+        Publisher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let published = t.join();
+            if !std::thread::panicking() {
+                assert!(published.unwrap() > 0, "the publisher published");
+            }
+        }
+    }
+}
+
+/// The three ways to end a callback, each called from the test's thread
+/// while the callback runs on the library's: ms_disconnect (the follow
+/// ends), ms_set_callback(NULL) and ms_client_free. Each must return only
+/// once the running call has returned, and no call may begin afterwards;
+/// the user data is freed after that (under `make stress-ffi-tsan`,
+/// `make test-ffi-asan` and valgrind a call touching it then is reported).
+/// 4 times each per `MS_FFI_ROUNDS` (default 1).
+#[test]
+fn callbacks_running_while_ended_from_another_thread() {
+    #[derive(Clone, Copy, Debug)]
+    enum End {
+        Disconnect,
+        ClearCallback,
+        FreeClient,
+    }
+    let rounds: usize = std::env::var("MS_FFI_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let s = Servers::start();
+    let pw = c("pw");
+    let name = c("ffi/ended-while-running");
+    let mut abi = Abi::<Probe>::new();
+    let leader = abi.client(&s.url);
+    unsafe {
+        assert_eq!(
+            ms_start(leader, name.as_ptr(), pw.as_ptr(), c("code").as_ptr()),
+            ms_status::MS_OK
+        );
+    }
+    let publisher = Publisher::start(leader, &name);
+    for i in 0..4 * rounds {
+        for end in [End::Disconnect, End::ClearCallback, End::FreeClient] {
+            let f = abi.client(&s.url);
+            let p = abi.keep(Probe::default());
+            unsafe {
+                assert_eq!(ms_set_callback(f, Some(on_event_slow), p), ms_status::MS_OK);
+                assert_eq!(ms_connect(f, name.as_ptr(), pw.as_ptr()), ms_status::MS_OK);
+            }
+            // States flow; catch a call in the middle (it lasts 3 ms).
+            let probe = abi.get(p);
+            let deadline = Instant::now() + T;
+            while !(probe.calls.load(Ordering::SeqCst) >= 2 && probe.running.load(Ordering::SeqCst))
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{end:?} #{i}: no callback running within {T:?}"
+                );
+                std::thread::yield_now();
+            }
+            // Call number `begun` began before the ending call below.
+            let begun = probe.calls.load(Ordering::SeqCst);
+            match end {
+                End::Disconnect => unsafe {
+                    assert_eq!(ms_disconnect(f, name.as_ptr()), ms_status::MS_OK)
+                },
+                End::ClearCallback => unsafe {
+                    assert_eq!(ms_set_callback(f, None, null_mut()), ms_status::MS_OK)
+                },
+                End::FreeClient => abi.free(f),
+            }
+            let probe = abi.get(p);
+            assert!(
+                probe.finished.load(Ordering::SeqCst) >= begun
+                    && !probe.running.load(Ordering::SeqCst),
+                "{end:?} #{i}: returned while its callback was still running"
+            );
+            probe.ended.store(true, Ordering::SeqCst);
+            let calls = probe.calls.load(Ordering::SeqCst);
+            // States keep flowing to the other clients for a while.
+            std::thread::sleep(Duration::from_millis(100));
+            assert_eq!(
+                (
+                    probe.calls.load(Ordering::SeqCst),
+                    probe.late.load(Ordering::SeqCst)
+                ),
+                (calls, 0),
+                "{end:?} #{i}: a callback ran after it returned"
+            );
+            let seqs = probe.seqs.lock().unwrap().clone();
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "{end:?} #{i}: states out of order: {}",
+                list_excerpt(&seqs)
+            );
+            // The user data goes as soon as the rule of ms_set_callback
+            // allows: after ms_set_callback(NULL) or ms_client_free.
+            match end {
+                End::Disconnect => {
+                    abi.free(f);
+                    abi.release(p);
+                }
+                End::ClearCallback => {
+                    abi.release(p);
+                    abi.free(f);
+                }
+                End::FreeClient => abi.release(p),
+            }
+        }
+    }
+    drop(publisher);
+    drop(abi);
 }
