@@ -43,7 +43,7 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-ffi-asan test-js test-view test-ffi-valgrind stress-ffi test-c test-install test-python \
+.PHONY: all build deps deps-test test test-rust test-ffi-asan test-js test-view test-ffi-valgrind stress-ffi stress-ffi-tsan test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
         bench bench-quick bench-peers bench-peers-build attack test-under-load soak mutants mutants-lib mutants-check clean
@@ -85,6 +85,13 @@ test-ffi-valgrind: deps
 # many rounds under memcheck; too slow for make test.
 stress-ffi: deps
 	scripts/valgrind-ffi.sh --stress
+
+# The callback / disconnect / free tests of tests/ffi.rs under
+# ThreadSanitizer (std rebuilt instrumented), TSAN_RUNS times
+# (scripts/tsan-ffi.sh: a nightly toolchain and rust-src through rustup;
+# when they cannot be had it fails, unless MS_TSAN_SKIP_UNAVAILABLE=1).
+stress-ffi-tsan: deps
+	scripts/tsan-ffi.sh
 
 test-c:
 	tests/c/run.sh
