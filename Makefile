@@ -28,9 +28,9 @@
 #                Rust, std rebuilt instrumented; both installed through
 #                rustup when missing): TSAN_RUNS (20) runs of the callback /
 #                disconnect / free tests of tests/ffi.rs, a race fails the
-#                run; about 4 minutes, the first build about 7 more; not in
-#                make test. Last run (2026-12-07): 20 of 20 passed in 239 s,
-#                no race reported
+#                run; 4 to 5 minutes, the first build about 7 more; not
+#                in make test. Last run (2026-12-07): 20 of 20 passed in
+#                283 s of runs, no race reported
 #   make soak    a few minutes of faults under load (MS_SOAK_SECONDS,
 #                MS_SOAK_WEBDIS_KILLS, MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES)
 #   make install PREFIX=/usr/local DESTDIR=   the C library, headers,

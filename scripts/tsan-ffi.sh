@@ -112,5 +112,7 @@ for i in $(seq 1 "$runs"); do
   fi
 done
 total=$(($(date +%s) - start))
-echo "tsan-ffi: $passed of $runs runs passed, $failed failed, in $total s (tests: ${filter[*]}; MS_FFI_ROUNDS=$MS_FFI_ROUNDS)"
+tests="${filter[*]}"
+[ -n "${tests// /}" ] || tests="every test of tests/ffi.rs"
+echo "tsan-ffi: $passed of $runs runs passed, $failed failed, in $total s (tests: $tests; MS_FFI_ROUNDS=$MS_FFI_ROUNDS)"
 [ "$failed" -eq 0 ]
