@@ -144,8 +144,17 @@ export class Follower extends Session {
 }
 
 export class Client {
-  /** url: the Webdis (or deploy front) URL; `user:password@` becomes HTTP basic auth. */
-  constructor(url: string, options?: ClientOptions);
+  /**
+   * url: the Webdis (or deploy front) URL; `user:password@` becomes HTTP basic auth.
+   * A replicated deployment: every node's Webdis, comma-separated or as an array
+   * (the primary's first if known); writes go to the node that takes them,
+   * followers subscribe on replicas and move to another node when theirs dies.
+   */
+  constructor(url: string | readonly string[], options?: ClientOptions);
+  /** The index (into the URL list) of the endpoint that took the last write. */
+  readonly primary: number;
+  /** The base URL of that endpoint. */
+  readonly base: string;
   /** The live streams, sorted by name. */
   list(): Promise<StreamInfo[]>;
   /** Starts stream `name` and leads it. */

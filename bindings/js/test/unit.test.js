@@ -71,3 +71,42 @@ test("the package speaks the protocol version of the library and the functions",
   assert.equal(PROTOCOL_VERSION, lua);
   assert.equal(readme[1] ?? readme[2], rust);
 });
+
+test("endpoint lists: a comma-separated string or an array; empty, malformed or repeated entries are refused naming them", async () => {
+  const { Client, rendezvous } = await import("../src/index.js");
+  const c = new Client("http://a:1, https://u:p@b/prefix ,http://127.0.0.1:3/x/");
+  assert.deepEqual(c.endpoints.map((e) => e.base), ["http://a:1", "https://b/prefix", "http://127.0.0.1:3/x"]);
+  assert.equal(c.endpoints[1].headers.Authorization, "Basic " + btoa("u:p"));
+  assert.equal(c.base, "http://a:1");
+  assert.equal(new Client(["http://a:1", "http://b:2"]).endpoints.length, 2);
+  for (const [bad, says] of [
+    ["", "empty"], ["http://a:1,", "entry 2"], ["http://a:1,,http://b:2", "entry 2"], ["http://a:1,ftp://b", "entry 2"],
+    ["http://a:1,http://A:1", "repeats entry 1"], ["http://a:80,http://a", "repeats entry 1"], ["http://a/x,http://b,http://a/x/", "entry 3"],
+  ]) {
+    assert.throws(() => new Client(bad), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT && e.message.includes(says), bad);
+  }
+  assert.throws(() => new Client(["http://a:1", 5]), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT);
+  // Followers: replicas by rendezvous hash (stable, spread), the primary last, failed nodes after it.
+  const e = new Client("http://a:1,http://b:2,http://c:3");
+  const firsts = [0, 0, 0];
+  for (let i = 0; i < 300; i++) {
+    const order = e.followOrder(`stream:s-${i}`);
+    assert.equal(order[2], 0, "the primary last");
+    assert.deepEqual(order, e.followOrder(`stream:s-${i}`));
+    firsts[order[0]] += 1;
+  }
+  assert.ok(firsts[1] > 100 && firsts[2] > 100, String(firsts));
+  e.tookWrite(2);
+  assert.equal(e.moves, 1);
+  assert.equal(e.followOrder("x")[2], 2);
+  const first = e.followOrder("x")[0];
+  e.failed(first);
+  const other = first === 0 ? 1 : 0; // the other replica (node 2 is the primary now)
+  assert.deepEqual(e.followOrder("x"), [other, 2, first]);
+  e.tookWrite(2);
+  assert.equal(e.moves, 1);
+  // The hash of docs/PROTOCOL.md: 64-bit, deterministic, key and endpoint both count.
+  assert.equal(typeof rendezvous("stream:x", "http://a:1"), "bigint");
+  assert.notEqual(rendezvous("stream:x", "http://a:1"), rendezvous("stream:y", "http://a:1"));
+  assert.notEqual(rendezvous("stream:x", "http://a:1"), rendezvous("stream:x", "http://b:1"));
+});
