@@ -1,7 +1,7 @@
 // Type declarations of the missionstream JavaScript package (src/index.js).
 
-/** The protocol version spoken ("7"). */
-export const PROTOCOL_VERSION: string;
+/** The protocol version spoken (docs/PROTOCOL.md). */
+export const PROTOCOL_VERSION: "8";
 export const MAX_NAME: number;
 export const MAX_SECRET: number;
 export const MAX_STATE: number;
@@ -179,5 +179,7 @@ export function frameBody(fields: Array<string | Uint8Array>): Uint8Array;
 export function applyDelta(base: Uint8Array, delta: Uint8Array): Uint8Array | null;
 /** A Fossil delta from base to target keeping whole UTF-8 characters. */
 export function makeDelta(base: Uint8Array, target: Uint8Array): Uint8Array;
+/** The rendezvous hash of a record key and an endpoint's base URL (docs/PROTOCOL.md, "Several endpoints"). */
+export function rendezvous(key: string, base: string): bigint;
 /** Fossil's checksum of bytes. */
 export function checksum(bytes: Uint8Array): number;

@@ -70,6 +70,16 @@ test("the package speaks the protocol version of the library and the functions",
   assert.equal(PROTOCOL_VERSION, rust);
   assert.equal(PROTOCOL_VERSION, lua);
   assert.equal(readme[1] ?? readme[2], rust);
+  const dts = /export const PROTOCOL_VERSION: "(\d+)"/.exec(readFileSync(new URL("../index.d.ts", import.meta.url), "utf8"));
+  assert.equal(dts && dts[1], rust, "index.d.ts declares the version");
+});
+
+test("index.d.ts declares every export of the package, and nothing it lacks", async () => {
+  const { readFileSync } = await import("node:fs");
+  const mod = await import("../src/index.js");
+  const dts = readFileSync(new URL("../index.d.ts", import.meta.url), "utf8");
+  const declared = new Set([...dts.matchAll(/^export (?:declare )?(?:const|function|class) (\w+)/gm)].map((m) => m[1]));
+  assert.deepEqual([...declared].sort(), Object.keys(mod).sort());
 });
 
 test("endpoint lists: a comma-separated string or an array; empty, malformed or repeated entries are refused naming them", async () => {
