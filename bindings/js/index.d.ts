@@ -130,6 +130,15 @@ export class Follower extends Session {
   readonly latest: string | null;
   /** When the newest state was stored (ms since the Unix epoch). */
   readonly updatedMs: number;
+  /**
+   * performance.now() marks of the newest state (null before the first):
+   * `bytes` when the chunk holding its message was read from the
+   * subscription, `parsed` when that message was parsed, `applied` when
+   * the state was ready (delta applied and verified, text decoded), just
+   * before its event. `bytes` and `parsed` are null for a state read by a
+   * snapshot.
+   */
+  readonly timing: { seq: number; bytes: number | null; parsed: number | null; applied: number } | null;
   /** Whether the leader was heard within three heartbeat intervals. */
   readonly leaderOnline: boolean;
   /** Whether the subscription is working. */

@@ -80,7 +80,7 @@ if role == "lead":
     leader.stop()
 else:
     f = c.connect(name, "pw")
-    for ev in f.events(timeout=60):
+    for ev in f.events(timeout=120):
         if ev.kind == ms.EventKind.STATE:
             out(seq=ev.seq, t=ev.received_at * 1000)
         if ev.kind == ms.EventKind.ENDED:
@@ -103,6 +103,11 @@ function peer(role, name, url = srv.url, ca = null) {
     send(v) { p.stdin.write(JSON.stringify(v) + "\n"); },
   };
 }
+
+const withTimeout = (p, ms, what) => {
+  let t;
+  return Promise.race([p, new Promise((_, j) => { t = setTimeout(() => j(new Error(`${what}: not within ${ms} ms`)), ms); })]).finally(() => clearTimeout(t));
+};
 
 const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
 
@@ -138,7 +143,9 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     lead.send(JSON.stringify(dragWaypoint(plan, i), null, 4));
     const r = await lead.line();
     published[i + 2] = r.t;
-    await browser.waitFor(`window.msView.seq === ${i + 2}`, 15000);
+    // Until the frame showing it is rendered (awaited in the page, no
+    // polling: the next state must not arrive while this one is drawn).
+    await withTimeout(browser.eval(`window.msView.rendered(${i + 2})`), 15000, `the frame of state ${i + 2}`);
   }
   const collect = async (p) => {
     const at = {};
@@ -163,8 +170,24 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
 
   const renders = await browser.eval(`window.msView.renders`);
   const received = await browser.eval(`window.msView.received`);
+  const marks = await browser.eval(`window.msView.marks`);
   const page = [], lib = [], draw = [], libFront = [];
+  // Where the time goes, per state: publish -> the subscription's bytes
+  // read in the page (the network, Webdis, the front, Chromium's network
+  // process), then the page's own steps (performance.now() marks).
+  const steps = { network: [], message_parsed: [], state_applied: [], event: [], plan_parsed: [], dom_updated: [], to_frame: [], frame_rendered: [] };
   for (let s = 2; s <= 51; s++) {
+    const m = marks[s];
+    assert.ok(m && m.bytes != null && m.rendered != null, `state ${s} has every mark: ${JSON.stringify(m)}`);
+    assert.ok(m.bytes <= m.parsed && m.parsed <= m.applied && m.applied <= m.event && m.event <= m.dom && m.dom <= m.frame && m.frame <= m.rendered, JSON.stringify(m));
+    steps.network.push(renders[s] - (m.rendered - m.bytes) - published[s]);
+    steps.message_parsed.push(m.parsed - m.bytes);
+    steps.state_applied.push(m.applied - m.parsed);
+    steps.event.push(m.event - m.applied);
+    steps.plan_parsed.push(m.planParsed - m.event);
+    steps.dom_updated.push(m.dom - m.planParsed);
+    steps.to_frame.push(m.frame - m.dom);
+    steps.frame_rendered.push(m.rendered - m.frame);
     page.push(renders[s] - published[s]);
     draw.push(renders[s] - received[s]);
     lib.push(nativeAt[s] - published[s]);
@@ -176,12 +199,15 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     page_drawing_ms: { p50: pct(draw, 50), p99: pct(draw, 99) },
     library_follower_ms: { p50: pct(lib, 50), p99: pct(lib, 99) },
     library_follower_via_front_ms: { p50: pct(libFront, 50), p99: pct(libFront, 99) },
+    ratio_p50: +(pct(page, 50) / pct(libFront, 50)).toFixed(2),
+    page_steps_ms: Object.fromEntries(Object.entries(steps).map(([k, xs]) => [k, { p50: +pct(xs, 50).toFixed(2), p99: +pct(xs, 99).toFixed(2) }])),
   };
   writeFileSync(path.join(OUT, "latency.json"), JSON.stringify(row, null, 2) + "\n");
   console.log(`publish -> rendered in the page: p50 ${row.page_rendered_ms.p50} ms, p99 ${row.page_rendered_ms.p99} ms ` +
     `(drawing: p50 ${row.page_drawing_ms.p50} ms); ` +
     `library follower: p50 ${row.library_follower_ms.p50} ms, p99 ${row.library_follower_ms.p99} ms; ` +
-    `through the same front: p50 ${row.library_follower_via_front_ms.p50} ms, p99 ${row.library_follower_via_front_ms.p99} ms`);
+    `through the same front: p50 ${row.library_follower_via_front_ms.p50} ms, p99 ${row.library_follower_via_front_ms.p99} ms; ` +
+    `ratio ${row.ratio_p50}; page steps p50: ${Object.entries(row.page_steps_ms).map(([k, v]) => `${k} ${v.p50}`).join(", ")}`);
 
   lead.send(null);
   await browser.waitFor(`document.getElementById('conn').textContent === 'stream ended'`);

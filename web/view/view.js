@@ -19,8 +19,23 @@ const view = {
   previous: null,
   seq: -1,
   updatedMs: 0,
-  renders: {}, // seq -> Date.now() when drawn
+  renders: {}, // seq -> Date.now() once the frame showing it was rendered
   received: {}, // seq -> Date.now() when the state reached the page
+  // seq -> performance.now() marks: bytes read, message parsed, state
+  // applied (by the package), event, plan parsed, DOM updated, frame
+  // started (requestAnimationFrame), frame rendered (the task after it).
+  marks: {},
+  renderWaiters: [],
+  /** Resolves once the frame showing a state of seq >= `seq` is rendered (for tests: no polling). */
+  rendered(seq) {
+    return new Promise((resolve) => {
+      const check = () => {
+        if (view.seq >= seq && Object.keys(view.renders).some((s) => +s >= seq)) resolve(true);
+        else view.renderWaiters.push(check);
+      };
+      check();
+    });
+  },
   followers: new Map(), // followMany(): name -> {seq, data}
   connection: "idle",
 };
@@ -144,8 +159,12 @@ view.followMany = async function followMany(names, password) {
 // --------------------------------------------------------------- drawing
 
 function show(ev) {
+  const t = view.follower && view.follower.timing && view.follower.timing.seq === ev.seq ? view.follower.timing : {};
+  const marks = { bytes: t.bytes, parsed: t.parsed, applied: t.applied, event: performance.now() };
+  view.marks[ev.seq] = marks;
   let doc;
   try { doc = JSON.parse(ev.data); } catch { doc = ev.data; }
+  marks.planParsed = performance.now();
   view.seq = ev.seq;
   view.updatedMs = ev.updatedMs;
   $("seq").textContent = String(ev.seq);
@@ -160,8 +179,29 @@ function show(ev) {
     drawTree(doc, view.previous);
   }
   view.previous = doc;
-  view.renders[ev.seq] = Date.now();
   tickAge();
+  marks.dom = performance.now();
+  afterFrame(ev.seq, marks);
+}
+
+/**
+ * Marks when the frame showing state `seq` is rendered: its
+ * requestAnimationFrame callback runs before the frame's style, layout and
+ * paint; a task posted from it runs once they are done and the frame is
+ * handed to the compositor.
+ */
+function afterFrame(seq, marks) {
+  requestAnimationFrame(() => {
+    marks.frame = performance.now();
+    const ch = new MessageChannel();
+    ch.port1.onmessage = () => {
+      marks.rendered = performance.now();
+      view.renders[seq] = Date.now();
+      ch.port1.close();
+      for (const w of view.renderWaiters.splice(0)) w();
+    };
+    ch.port2.postMessage(0);
+  });
 }
 
 const isPlan = (d) => d && typeof d === "object" && d.fileType === "Plan" && d.mission && Array.isArray(d.mission.items);

@@ -208,6 +208,8 @@ function stateOf(state) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** A monotonic clock in ms (performance.now()), for the timing marks of followed states. */
+const now = () => globalThis.performance.now();
 
 /** The error a functions library (or Redis) error text stands for. */
 function redisError(text) {
@@ -1030,6 +1032,8 @@ export class Follower extends Session {
     this.channel = channel;
     this.hbMs = hbMs > 0 ? hbMs : 5000;
     this.seq = -1;
+    this.timing = null; // performance.now() marks of the newest state
+    this.handling = null; // the message being handled
     this.latest = null; // newest state, text
     this.latestBytes = null;
     this.updatedMs = 0;
@@ -1179,6 +1183,7 @@ export class Follower extends Session {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) throw err(Status.MS_ERR_UNAVAILABLE, "Webdis closed the subscription");
+      const bytesAt = now();
       this.lastActivity = Date.now();
       split.push(dec.decode(value, { stream: true }), out);
       for (const o of out.splice(0)) {
@@ -1189,6 +1194,8 @@ export class Follower extends Session {
         else if (v[0] === "message" && v[1] === this.channel) {
           const m = parseMessage(v[2]);
           if (!m) continue;
+          m.bytesAt = bytesAt;
+          m.parsedAt = now();
           if (m.type === "p") {
             if (this.probe && m.token === this.probe.token) { this.probe.res(); this.probe = null; }
             continue;
@@ -1217,6 +1224,7 @@ export class Follower extends Session {
 
   async handle(m) {
     if (this.ended) return;
+    this.handling = m;
     if (m.type === "e") throw new Ended();
     if (m.type === "h") {
       if (m.interval > 0) this.hbMs = m.interval;
@@ -1265,6 +1273,7 @@ export class Follower extends Session {
       if (!h) return;
       this.held.delete(this.seq);
       if (h.m.seq <= this.seq) continue;
+      this.handling = h.m;
       if (!this.applyAndDeliver(h.m)) return;
     }
   }
@@ -1281,10 +1290,13 @@ export class Follower extends Session {
     if (typeof state !== "string") throw err(Status.MS_ERR_PROTOCOL, "ms_snapshot answered no state");
     if (Number(hb) > 0) this.hbMs = Number(hb);
     this.held.clear();
+    this.handling = null;
     if (Number(seq) > this.seq) this.deliver(Number(seq), state, null, Number(updatedMs));
   }
 
   deliver(seq, text, bytes, updatedMs) {
+    const m = this.handling;
+    this.timing = { seq, bytes: m ? m.bytesAt : null, parsed: m ? m.parsedAt : null, applied: now() };
     this.seq = seq;
     this.latest = text;
     this.latestBytes = bytes || encoder.encode(text);
