@@ -78,6 +78,8 @@ export async function everyExport(): Promise<void> {
   const ev: StreamEvent | null | undefined = await f.next(100);
   const fl: [number, string | null, number, boolean, boolean, boolean, boolean] = [f.seq, f.latest, f.updatedMs, f.leaderOnline, f.connected, f.active, f.ended];
   const parsed: unknown = f.json();
+  const marks = f.timing;
+  if (marks) console.log(marks.seq, marks.applied - (marks.bytes ?? marks.applied));
   console.log(seq, ev, fl, parsed, f.name, l.name);
   f.disconnect();
   await l.stop();
