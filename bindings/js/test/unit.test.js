@@ -120,3 +120,40 @@ test("endpoint lists: a comma-separated string or an array; empty, malformed or 
   assert.notEqual(rendezvous("stream:x", "http://a:1"), rendezvous("stream:y", "http://a:1"));
   assert.notEqual(rendezvous("stream:x", "http://a:1"), rendezvous("stream:x", "http://b:1"));
 });
+
+test("two far apart edits of a large plan give a delta about their size (copies inside the middle), byte-exact", async () => {
+  const { surveyPlan } = await import("./plan.js");
+  const plan = surveyPlan(200);
+  const base = enc.encode(JSON.stringify(plan, null, 4));
+  const wps = plan.mission.items.filter((it) => it.command === 16);
+  wps[2].params[4] += 0.0001;
+  wps[wps.length - 3].Altitude = 77;
+  plan.mission.items[0].Altitude = "hé😀"; // a multibyte edit too
+  const target = enc.encode(JSON.stringify(plan, null, 4));
+  assert.ok(base.length > 50000);
+  const d = makeDelta(base, target);
+  new TextDecoder("utf-8", { fatal: true }).decode(d);
+  assert.deepEqual(applyDelta(base, d), target);
+  assert.ok(d.length < 400, `a ${d.length}-byte delta for three small edits of a ${base.length}-byte plan`);
+  // Random edits of multibyte text, anywhere: always byte-exact and valid UTF-8.
+  let seed = 12345;
+  const rnd = (n) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
+  const alphabet = ["a", "b", "é", "😀", "{", "\"", "ü", "x", "\n"];
+  for (let round = 0; round < 200; round++) {
+    let a = "";
+    const len = 200 + rnd(3000);
+    for (let i = 0; i < len; i++) a += rnd(4) === 0 ? alphabet[rnd(alphabet.length)] : String.fromCharCode(97 + rnd(3));
+    const chars = [...a];
+    for (let e = rnd(6); e >= 0; e--) {
+      const at = rnd(chars.length + 1);
+      const kind = rnd(3);
+      if (kind === 0) chars.splice(at, 0, ...[...alphabet[rnd(alphabet.length)].repeat(1 + rnd(40))]);
+      else if (kind === 1) chars.splice(at, 1 + rnd(30));
+      else chars.splice(at, 1, alphabet[rnd(alphabet.length)]);
+    }
+    const b = chars.join("");
+    const dd = makeDelta(enc.encode(a), enc.encode(b));
+    new TextDecoder("utf-8", { fatal: true }).decode(dd);
+    assert.equal(dec.decode(applyDelta(enc.encode(a), dd)), b, `round ${round}`);
+  }
+});
