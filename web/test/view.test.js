@@ -138,6 +138,17 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
   const viaFront = peer("follow", name, new URL(viewUrl).origin, `${srv.dir}/ca.crt`);
   assert.equal((await viaFront.line()).seq, 1);
 
+  // MS_VIEW_TRACE=1: a Chromium trace of the 50 updates, its renderer's
+  // main-thread work summed by kind into latency.json (not in make test).
+  const trace = process.env.MS_VIEW_TRACE === "1" ? [] : null;
+  let traced;
+  if (trace) {
+    traced = new Promise((resolve) => browser.on((m) => {
+      if (m.method === "Tracing.dataCollected") trace.push(...m.params.value);
+      if (m.method === "Tracing.tracingComplete") resolve();
+    }));
+    await browser.send("Tracing.start", { categories: "devtools.timeline,blink,cc,toplevel", transferMode: "ReportEvents" });
+  }
   const published = {};
   for (let i = 0; i < 50; i++) {
     lead.send(JSON.stringify(dragWaypoint(plan, i), null, 4));
@@ -155,6 +166,21 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     }
     return at;
   };
+  let traceSummary;
+  if (trace) {
+    await browser.send("Tracing.end");
+    await traced;
+    const main = trace.filter((e) => e.ph === "X" && e.dur && ["UpdateLayoutTree", "Layout", "Paint", "PrePaint", "Layerize", "Commit", "CompositeLayers", "FunctionCall", "EvaluateScript", "RunMicrotasks", "HitTest", "ParseHTML", "ResourceReceivedData", "BeginMainThreadFrame", "ProxyMain::BeginMainFrame", "RasterTask", "ThreadProxy::BeginMainFrame", "LocalFrameView::RunPostLifecycleSteps", "PaintImage", "ScrollLayer"].includes(e.name));
+    traceSummary = {};
+    for (const e of main) {
+      const k = e.name;
+      traceSummary[k] = traceSummary[k] || { count: 0, total_ms: 0 };
+      traceSummary[k].count += 1;
+      traceSummary[k].total_ms += e.dur / 1000;
+    }
+    for (const v of Object.values(traceSummary)) v.per_update_ms = +(v.total_ms / 50).toFixed(2);
+    console.log("trace, per update (ms):", JSON.stringify(Object.fromEntries(Object.entries(traceSummary).map(([k, v]) => [k, [v.count, v.per_update_ms]]))));
+  }
   const nativeAt = await collect(native);
   const frontAt = await collect(viaFront);
   const drawn = await browser.eval(`[...document.querySelectorAll('#map .wp')].map(g => ({n: +g.dataset.n, lat: +g.dataset.lat, lon: +g.dataset.lon, alt: +g.dataset.alt}))`);
@@ -200,6 +226,7 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     library_follower_ms: { p50: pct(lib, 50), p99: pct(lib, 99) },
     library_follower_via_front_ms: { p50: pct(libFront, 50), p99: pct(libFront, 99) },
     ratio_p50: +(pct(page, 50) / pct(libFront, 50)).toFixed(2),
+    ...(traceSummary ? { trace_per_update: traceSummary } : {}),
     page_steps_ms: Object.fromEntries(Object.entries(steps).map(([k, xs]) => [k, { p50: +pct(xs, 50).toFixed(2), p99: +pct(xs, 99).toFixed(2) }])),
   };
   writeFileSync(path.join(OUT, "latency.json"), JSON.stringify(row, null, 2) + "\n");
