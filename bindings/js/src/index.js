@@ -1044,7 +1044,8 @@ export class Follower extends Session {
     this.held = new Map();
     this.chain = Promise.resolve();
     this.seqWaiters = new Set();
-    this.attempts = 0; // subscription attempts: each goes to the next node of the order
+    this.order = null; // the nodes of this round of subscription attempts, best first
+    this.attempts = 0; // attempts of the round so far
     this.node = 0; // the endpoint subscribed on
     this.timer = setInterval(() => this.watch(), 100);
   }
@@ -1109,11 +1110,15 @@ export class Follower extends Session {
     this.ready = false;
     this.backlog = [];
     // With several endpoints each attempt goes to the next node of the
-    // stream's order (replicas first, nodes that failed lately last).
-    const order = this.client.followOrder("stream:" + this.name);
-    const node = order[this.attempts++ % order.length];
+    // stream's order (replicas first, nodes that failed lately last), taken
+    // afresh after a subscription that worked or a round of attempts.
+    if (!this.order || this.attempts >= this.order.length) {
+      this.order = this.client.followOrder("stream:" + this.name);
+      this.attempts = 0;
+    }
+    const node = this.order[this.attempts++];
     this.node = node;
-    const many = order.length > 1;
+    const many = this.order.length > 1;
     this.probe = null;
     const attemptWait = Math.max(this.client.timeoutMs / 4, 500);
     let ackResolve, ackReject;
@@ -1156,6 +1161,7 @@ export class Follower extends Session {
     if (this.reconnectPending) {
       this.reconnectPending = false;
     }
+    this.order = null; // the next subscription starts a new round
     const wasLost = this.everConnected && !this.connected;
     this.connected = true;
     this.everConnected = true;

@@ -148,6 +148,9 @@ test("a JS leader and a JS follower through a SIGKILLed primary: the follower en
     // Nothing ended the follow; whatever trouble it saw, it got over.
     assert.ok(!trouble.includes("MS_EVENT_ENDED"), trouble.join(","));
     if (trouble.includes("MS_EVENT_CONNECTION_LOST")) assert.ok(trouble.includes("MS_EVENT_RECONNECTED"), trouble.join(","));
+    // The leader's heartbeats reach the follower again: online, connected.
+    await until("the follower hears the leader again", () => f.leaderOnline && f.connected, 30000 * factor);
+    if (trouble.includes("MS_EVENT_LEADER_OFFLINE")) assert.ok(trouble.includes("MS_EVENT_LEADER_ONLINE"), trouble.join(","));
     assert.equal(redis(promoted, "ROLE").split("\n")[0], "master");
     console.log(`killed node ${old}, node ${promoted} promoted; the follower got ${seen.length} states (seq ${seen[0].seq}..${f.seq}), events: ${trouble.join(",") || "none"}`);
     await leader.stop();
