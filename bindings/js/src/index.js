@@ -1130,12 +1130,15 @@ export class Follower extends Session {
       await ack;
       // Prove the subscription with a probe echo.
       const token = randomHex(8);
-      const echo = new Promise((res) => { this.probe = { token, res, at: Date.now() }; });
+      const probedAt = Date.now();
+      const echo = new Promise((res) => { this.probe = { token, res, at: probedAt }; });
       const pinfo = {};
       const receivers = await this.client.call("ms_probe", { keys: ["stream:" + this.name], args: [token], fields: [this.channel], timeoutMs: attemptWait, info: pinfo });
       // The primary counts only its own subscribers.
       if (pinfo.node === node && Number(receivers[0]) === 0) throw err(Status.MS_ERR_UNAVAILABLE, "Redis has no such subscription (0 receivers)");
-      const left = Math.max(attemptWait - (Date.now() - this.probe.at), 1);
+      // (The echo may come before the call's answer: a replica subscribed
+      // on gets the primary's PUBLISH as soon as it is replicated.)
+      const left = Math.max(attemptWait - (Date.now() - probedAt), 1);
       let t;
       const ok = await Promise.race([echo.then(() => true), new Promise((r) => { t = setTimeout(() => r(false), left); }), reading.then(() => false, () => false)]);
       clearTimeout(t);

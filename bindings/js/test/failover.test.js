@@ -163,6 +163,38 @@ test("a JS leader and a JS follower through a SIGKILLed primary: the follower en
   }
 });
 
+test("a follower whose node dies resubscribes on another and ends on the leader's last state", async () => {
+  // (After the test above: a promoted primary, one replica, one node down.)
+  const c = new Client(env.MS_URLS, opts);
+  const name = uniqueName("ha");
+  const nodeOf = (i) => [1, 2, 3].find((k) => env[`NODE${k}_WEBDIS_PORT`] === new URL(c.endpoints[i].base).port);
+  try {
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ n: 0 });
+    await leader.flush(30000 * factor);
+    const f = await c.follow(name, "pw");
+    assert.equal(await f.waitFor(1, 30000 * factor), true);
+    const primary = primaryNode();
+    const mine = nodeOf(f.node);
+    assert.notEqual(mine, primary, "the follower subscribed on a replica");
+    const pid = Number(readFileSync(path.join(dir, `node${mine}`, "redis.pid.launch"), "utf8"));
+    process.kill(pid, "SIGKILL");
+    for (let n = 1; n <= 20; n++) {
+      leader.publish({ n });
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await leader.flush(30000 * factor);
+    await until("the follower holds the last state", () => f.latest === JSON.stringify({ n: 20 }), 60000 * factor);
+    assert.notEqual(nodeOf(f.node), mine, "the follower moved to another node");
+    assert.equal(f.seq, leader.seq);
+    assert.equal(f.ended, false);
+    await leader.stop();
+    await until("the follower sees the end", () => f.ended, 30000 * factor);
+  } finally {
+    await c.close();
+  }
+});
+
 test("with every listed endpoint down a call fails in time, naming each", async () => {
   const c = new Client("http://127.0.0.1:9,http://127.0.0.1:10", { timeoutMs: 2000 });
   const t0 = Date.now();
