@@ -125,6 +125,19 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
   lead.send(JSON.stringify(plan, null, 4));
   assert.equal((await lead.line()).stored, true);
 
+  // MS_VIEW_TRACE=1 also records when Chromium's network service received
+  // each chunk of the page's subscription (DevTools' Network domain).
+  const netChunks = [];
+  const netRequests = new Map();
+  if (process.env.MS_VIEW_TRACE === "1") {
+    browser.on((m) => {
+      if (m.method === "Network.requestWillBeSent" && m.params.request.url.includes("/SUBSCRIBE/")) {
+        netRequests.set(m.params.requestId, { ts: m.params.timestamp, wall: m.params.wallTime });
+      }
+      if (m.method === "Network.dataReceived") netChunks.push({ id: m.params.requestId, ts: m.params.timestamp });
+    });
+    await browser.send("Network.enable");
+  }
   await browser.goto(viewUrl + "#stream=" + encodeURIComponent(name));
   // The stream list shows the stream; the user types the password and follows.
   await browser.waitFor(`[...document.querySelectorAll('#streams button')].some(b => b.dataset.name === ${JSON.stringify(name)})`);
@@ -166,7 +179,7 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     }
     return at;
   };
-  let traceSummary;
+  let traceSummary, networkSplit;
   if (trace) {
     await browser.send("Tracing.end");
     await traced;
@@ -179,6 +192,22 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
       traceSummary[k].total_ms += e.dur / 1000;
     }
     for (const v of Object.values(traceSummary)) v.per_update_ms = +(v.total_ms / 50).toFixed(2);
+    // publish -> the network service has the bytes -> the page has them.
+    const epochOf = (c) => { const r = netRequests.get(c.id); return r ? r.wall * 1000 + (c.ts - r.ts) * 1000 : null; };
+    const chunks = netChunks.map(epochOf).filter((t) => t != null).sort((a, b) => a - b);
+    const [marks, renders] = [await browser.eval(`window.msView.marks`), await browser.eval(`window.msView.renders`)];
+    const toNet = [], netToPage = [];
+    for (let q = 2; q <= 51; q++) {
+      const at = chunks.find((t) => t >= published[q]);
+      const m = marks[q];
+      if (at == null || !m) continue;
+      toNet.push(at - published[q]);
+      netToPage.push(renders[q] - (m.rendered - m.bytes) - at);
+    }
+    if (toNet.length) {
+      networkSplit = { publish_to_network_service: +pct(toNet, 50).toFixed(2), network_service_to_page: +pct(netToPage, 50).toFixed(2), states: toNet.length };
+      console.log("network, p50 (ms):", JSON.stringify(networkSplit));
+    }
     console.log("trace, per update (ms):", JSON.stringify(Object.fromEntries(Object.entries(traceSummary).map(([k, v]) => [k, [v.count, v.per_update_ms]]))));
   }
   const nativeAt = await collect(native);
@@ -227,6 +256,7 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     library_follower_via_front_ms: { p50: pct(libFront, 50), p99: pct(libFront, 99) },
     ratio_p50: +(pct(page, 50) / pct(libFront, 50)).toFixed(2),
     ...(traceSummary ? { trace_per_update: traceSummary } : {}),
+    ...(networkSplit ? { network_split_p50_ms: networkSplit } : {}),
     page_steps_ms: Object.fromEntries(Object.entries(steps).map(([k, xs]) => [k, { p50: +pct(xs, 50).toFixed(2), p99: +pct(xs, 99).toFixed(2) }])),
   };
   writeFileSync(path.join(OUT, "latency.json"), JSON.stringify(row, null, 2) + "\n");
