@@ -3,8 +3,9 @@
 #                URL of the live plan view where its survey plan can be watched
 #   make demo-ha the demo on 3 Redis nodes + Sentinel; the primary is killed mid-stream
 #   make test    every suite (installs what is missing)
-#   make test-js    the JavaScript package (bindings/js): node --test against
-#                real Redis + Webdis and the library both ways, npm pack
+#   make test-js    the JavaScript package (bindings/js): its types (tsc), node
+#                --test against real Redis + Webdis (one node and the replicated
+#                topology through a killed primary), the library both ways, npm pack
 #   make test-view  the live plan view (web/view) in a headless Chromium behind
 #                deploy/nginx-view.conf (TLS, HTTP/2); screenshot in target/js-view/
 #   make bench   the performance figures beside their baselines (the output
@@ -50,7 +51,7 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-ffi-asan test-js test-view test-ffi-valgrind stress-ffi stress-ffi-tsan test-c test-install test-python \
+.PHONY: all build deps deps-test test test-rust test-ffi-asan test-js typecheck-js test-view test-ffi-valgrind stress-ffi stress-ffi-tsan test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
         bench bench-quick bench-peers bench-peers-build attack test-under-load soak mutants mutants-lib mutants-check clean
@@ -120,8 +121,17 @@ test-python: deps-test build
 NODE_MAJOR = $(shell node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 NODE_ENV_FLAGS = NODE_OPTIONS="$(if $(filter 18 19,$(NODE_MAJOR)),--experimental-global-webcrypto)"
 NODE_TEST = node --test $(if $(filter 18 19,$(NODE_MAJOR)),,--test-concurrency=1)
-test-js: deps-test build
+test-js: deps-test build typecheck-js
 	cd bindings/js && $(NODE_ENV_FLAGS) $(NODE_TEST) test/*.test.js
+
+# index.d.ts against the package's typed usage (bindings/js/test/types/
+# usage.ts: the README's example and every export) with tsc --noEmit;
+# TypeScript is a devDependency, installed by npm into bindings/js/
+# node_modules when missing (never needed at run time).
+typecheck-js: deps-test
+	cd bindings/js && { [ -x node_modules/.bin/tsc ] && [ -d node_modules/@types/node ] || \
+	  npm install --no-audit --no-fund --no-package-lock --include=dev; } && node_modules/.bin/tsc -p tsconfig.json && \
+	  echo "bindings/js: index.d.ts type-checks against test/types/usage.ts"
 
 # The live plan view (web/view) in a headless Chromium, served by
 # deploy/nginx-view.conf (TLS, HTTP/2) in front of Webdis, following a

@@ -1,7 +1,7 @@
 // Type declarations of the missionstream JavaScript package (src/index.js).
 
-/** The protocol version spoken ("7"). */
-export const PROTOCOL_VERSION: string;
+/** The protocol version spoken (docs/PROTOCOL.md). */
+export const PROTOCOL_VERSION: "8";
 export const MAX_NAME: number;
 export const MAX_SECRET: number;
 export const MAX_STATE: number;
@@ -130,6 +130,15 @@ export class Follower extends Session {
   readonly latest: string | null;
   /** When the newest state was stored (ms since the Unix epoch). */
   readonly updatedMs: number;
+  /**
+   * performance.now() marks of the newest state (null before the first):
+   * `bytes` when the chunk holding its message was read from the
+   * subscription, `parsed` when that message was parsed, `applied` when
+   * the state was ready (delta applied and verified, text decoded), just
+   * before its event. `bytes` and `parsed` are null for a state read by a
+   * snapshot.
+   */
+  readonly timing: { seq: number; bytes: number | null; parsed: number | null; applied: number } | null;
   /** Whether the leader was heard within three heartbeat intervals. */
   readonly leaderOnline: boolean;
   /** Whether the subscription is working. */
@@ -144,8 +153,17 @@ export class Follower extends Session {
 }
 
 export class Client {
-  /** url: the Webdis (or deploy front) URL; `user:password@` becomes HTTP basic auth. */
-  constructor(url: string, options?: ClientOptions);
+  /**
+   * url: the Webdis (or deploy front) URL; `user:password@` becomes HTTP basic auth.
+   * A replicated deployment: every node's Webdis, comma-separated or as an array
+   * (the primary's first if known); writes go to the node that takes them,
+   * followers subscribe on replicas and move to another node when theirs dies.
+   */
+  constructor(url: string | readonly string[], options?: ClientOptions);
+  /** The index (into the URL list) of the endpoint that took the last write. */
+  readonly primary: number;
+  /** The base URL of that endpoint. */
+  readonly base: string;
   /** The live streams, sorted by name. */
   list(): Promise<StreamInfo[]>;
   /** Starts stream `name` and leads it. */
@@ -170,5 +188,7 @@ export function frameBody(fields: Array<string | Uint8Array>): Uint8Array;
 export function applyDelta(base: Uint8Array, delta: Uint8Array): Uint8Array | null;
 /** A Fossil delta from base to target keeping whole UTF-8 characters. */
 export function makeDelta(base: Uint8Array, target: Uint8Array): Uint8Array;
+/** The rendezvous hash of a record key and an endpoint's base URL (docs/PROTOCOL.md, "Several endpoints"). */
+export function rendezvous(key: string, base: string): bigint;
 /** Fossil's checksum of bytes. */
 export function checksum(bytes: Uint8Array): number;

@@ -80,7 +80,7 @@ if role == "lead":
     leader.stop()
 else:
     f = c.connect(name, "pw")
-    for ev in f.events(timeout=60):
+    for ev in f.events(timeout=120):
         if ev.kind == ms.EventKind.STATE:
             out(seq=ev.seq, t=ev.received_at * 1000)
         if ev.kind == ms.EventKind.ENDED:
@@ -104,6 +104,11 @@ function peer(role, name, url = srv.url, ca = null) {
   };
 }
 
+const withTimeout = (p, ms, what) => {
+  let t;
+  return Promise.race([p, new Promise((_, j) => { t = setTimeout(() => j(new Error(`${what}: not within ${ms} ms`)), ms); })]).finally(() => clearTimeout(t));
+};
+
 const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
 
 /** The positions of a plan as the page draws them: SimpleItems with a lat/lon. */
@@ -120,6 +125,19 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
   lead.send(JSON.stringify(plan, null, 4));
   assert.equal((await lead.line()).stored, true);
 
+  // MS_VIEW_TRACE=1 also records when Chromium's network service received
+  // each chunk of the page's subscription (DevTools' Network domain).
+  const netChunks = [];
+  const netRequests = new Map();
+  if (process.env.MS_VIEW_TRACE === "1") {
+    browser.on((m) => {
+      if (m.method === "Network.requestWillBeSent" && m.params.request.url.includes("/SUBSCRIBE/")) {
+        netRequests.set(m.params.requestId, { ts: m.params.timestamp, wall: m.params.wallTime });
+      }
+      if (m.method === "Network.dataReceived") netChunks.push({ id: m.params.requestId, ts: m.params.timestamp });
+    });
+    await browser.send("Network.enable");
+  }
   await browser.goto(viewUrl + "#stream=" + encodeURIComponent(name));
   // The stream list shows the stream; the user types the password and follows.
   await browser.waitFor(`[...document.querySelectorAll('#streams button')].some(b => b.dataset.name === ${JSON.stringify(name)})`);
@@ -133,12 +151,25 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
   const viaFront = peer("follow", name, new URL(viewUrl).origin, `${srv.dir}/ca.crt`);
   assert.equal((await viaFront.line()).seq, 1);
 
+  // MS_VIEW_TRACE=1: a Chromium trace of the 50 updates, its renderer's
+  // main-thread work summed by kind into latency.json (not in make test).
+  const trace = process.env.MS_VIEW_TRACE === "1" ? [] : null;
+  let traced;
+  if (trace) {
+    traced = new Promise((resolve) => browser.on((m) => {
+      if (m.method === "Tracing.dataCollected") trace.push(...m.params.value);
+      if (m.method === "Tracing.tracingComplete") resolve();
+    }));
+    await browser.send("Tracing.start", { categories: "devtools.timeline,blink,cc,toplevel", transferMode: "ReportEvents" });
+  }
   const published = {};
   for (let i = 0; i < 50; i++) {
     lead.send(JSON.stringify(dragWaypoint(plan, i), null, 4));
     const r = await lead.line();
     published[i + 2] = r.t;
-    await browser.waitFor(`window.msView.seq === ${i + 2}`, 15000);
+    // Until the frame showing it is rendered (awaited in the page, no
+    // polling: the next state must not arrive while this one is drawn).
+    await withTimeout(browser.eval(`window.msView.rendered(${i + 2})`), 15000, `the frame of state ${i + 2}`);
   }
   const collect = async (p) => {
     const at = {};
@@ -148,6 +179,37 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     }
     return at;
   };
+  let traceSummary, networkSplit;
+  if (trace) {
+    await browser.send("Tracing.end");
+    await traced;
+    const main = trace.filter((e) => e.ph === "X" && e.dur && ["UpdateLayoutTree", "Layout", "Paint", "PrePaint", "Layerize", "Commit", "CompositeLayers", "FunctionCall", "EvaluateScript", "RunMicrotasks", "HitTest", "ParseHTML", "ResourceReceivedData", "BeginMainThreadFrame", "ProxyMain::BeginMainFrame", "RasterTask", "ThreadProxy::BeginMainFrame", "LocalFrameView::RunPostLifecycleSteps", "PaintImage", "ScrollLayer"].includes(e.name));
+    traceSummary = {};
+    for (const e of main) {
+      const k = e.name;
+      traceSummary[k] = traceSummary[k] || { count: 0, total_ms: 0 };
+      traceSummary[k].count += 1;
+      traceSummary[k].total_ms += e.dur / 1000;
+    }
+    for (const v of Object.values(traceSummary)) v.per_update_ms = +(v.total_ms / 50).toFixed(2);
+    // publish -> the network service has the bytes -> the page has them.
+    const epochOf = (c) => { const r = netRequests.get(c.id); return r ? r.wall * 1000 + (c.ts - r.ts) * 1000 : null; };
+    const chunks = netChunks.map(epochOf).filter((t) => t != null).sort((a, b) => a - b);
+    const [marks, renders] = [await browser.eval(`window.msView.marks`), await browser.eval(`window.msView.renders`)];
+    const toNet = [], netToPage = [];
+    for (let q = 2; q <= 51; q++) {
+      const at = chunks.find((t) => t >= published[q]);
+      const m = marks[q];
+      if (at == null || !m) continue;
+      toNet.push(at - published[q]);
+      netToPage.push(renders[q] - (m.rendered - m.bytes) - at);
+    }
+    if (toNet.length) {
+      networkSplit = { publish_to_network_service: +pct(toNet, 50).toFixed(2), network_service_to_page: +pct(netToPage, 50).toFixed(2), states: toNet.length };
+      console.log("network, p50 (ms):", JSON.stringify(networkSplit));
+    }
+    console.log("trace, per update (ms):", JSON.stringify(Object.fromEntries(Object.entries(traceSummary).map(([k, v]) => [k, [v.count, v.per_update_ms]]))));
+  }
   const nativeAt = await collect(native);
   const frontAt = await collect(viaFront);
   const drawn = await browser.eval(`[...document.querySelectorAll('#map .wp')].map(g => ({n: +g.dataset.n, lat: +g.dataset.lat, lon: +g.dataset.lon, alt: +g.dataset.alt}))`);
@@ -163,8 +225,24 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
 
   const renders = await browser.eval(`window.msView.renders`);
   const received = await browser.eval(`window.msView.received`);
+  const marks = await browser.eval(`window.msView.marks`);
   const page = [], lib = [], draw = [], libFront = [];
+  // Where the time goes, per state: publish -> the subscription's bytes
+  // read in the page (the network, Webdis, the front, Chromium's network
+  // process), then the page's own steps (performance.now() marks).
+  const steps = { network: [], message_parsed: [], state_applied: [], event: [], plan_parsed: [], dom_updated: [], to_frame: [], frame_rendered: [] };
   for (let s = 2; s <= 51; s++) {
+    const m = marks[s];
+    assert.ok(m && m.bytes != null && m.rendered != null, `state ${s} has every mark: ${JSON.stringify(m)}`);
+    assert.ok(m.bytes <= m.parsed && m.parsed <= m.applied && m.applied <= m.event && m.event <= m.dom && m.dom <= m.frame && m.frame <= m.rendered, JSON.stringify(m));
+    steps.network.push(renders[s] - (m.rendered - m.bytes) - published[s]);
+    steps.message_parsed.push(m.parsed - m.bytes);
+    steps.state_applied.push(m.applied - m.parsed);
+    steps.event.push(m.event - m.applied);
+    steps.plan_parsed.push(m.planParsed - m.event);
+    steps.dom_updated.push(m.dom - m.planParsed);
+    steps.to_frame.push(m.frame - m.dom);
+    steps.frame_rendered.push(m.rendered - m.frame);
     page.push(renders[s] - published[s]);
     draw.push(renders[s] - received[s]);
     lib.push(nativeAt[s] - published[s]);
@@ -176,12 +254,17 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     page_drawing_ms: { p50: pct(draw, 50), p99: pct(draw, 99) },
     library_follower_ms: { p50: pct(lib, 50), p99: pct(lib, 99) },
     library_follower_via_front_ms: { p50: pct(libFront, 50), p99: pct(libFront, 99) },
+    ratio_p50: +(pct(page, 50) / pct(libFront, 50)).toFixed(2),
+    ...(traceSummary ? { trace_per_update: traceSummary } : {}),
+    ...(networkSplit ? { network_split_p50_ms: networkSplit } : {}),
+    page_steps_ms: Object.fromEntries(Object.entries(steps).map(([k, xs]) => [k, { p50: +pct(xs, 50).toFixed(2), p99: +pct(xs, 99).toFixed(2) }])),
   };
   writeFileSync(path.join(OUT, "latency.json"), JSON.stringify(row, null, 2) + "\n");
   console.log(`publish -> rendered in the page: p50 ${row.page_rendered_ms.p50} ms, p99 ${row.page_rendered_ms.p99} ms ` +
     `(drawing: p50 ${row.page_drawing_ms.p50} ms); ` +
     `library follower: p50 ${row.library_follower_ms.p50} ms, p99 ${row.library_follower_ms.p99} ms; ` +
-    `through the same front: p50 ${row.library_follower_via_front_ms.p50} ms, p99 ${row.library_follower_via_front_ms.p99} ms`);
+    `through the same front: p50 ${row.library_follower_via_front_ms.p50} ms, p99 ${row.library_follower_via_front_ms.p99} ms; ` +
+    `ratio ${row.ratio_p50}; page steps p50: ${Object.entries(row.page_steps_ms).map(([k, v]) => `${k} ${v.p50}`).join(", ")}`);
 
   lead.send(null);
   await browser.waitFor(`document.getElementById('conn').textContent === 'stream ended'`);

@@ -19,8 +19,23 @@ const view = {
   previous: null,
   seq: -1,
   updatedMs: 0,
-  renders: {}, // seq -> Date.now() when drawn
+  renders: {}, // seq -> Date.now() once the frame showing it was rendered
   received: {}, // seq -> Date.now() when the state reached the page
+  // seq -> performance.now() marks: bytes read, message parsed, state
+  // applied (by the package), event, plan parsed, DOM updated, frame
+  // started (requestAnimationFrame), frame rendered (the task after it).
+  marks: {},
+  renderWaiters: [],
+  /** Resolves once the frame showing a state of seq >= `seq` is rendered (for tests: no polling). */
+  rendered(seq) {
+    return new Promise((resolve) => {
+      const check = () => {
+        if (view.seq >= seq && Object.keys(view.renders).some((s) => +s >= seq)) resolve(true);
+        else view.renderWaiters.push(check);
+      };
+      check();
+    });
+  },
   followers: new Map(), // followMany(): name -> {seq, data}
   connection: "idle",
 };
@@ -144,8 +159,12 @@ view.followMany = async function followMany(names, password) {
 // --------------------------------------------------------------- drawing
 
 function show(ev) {
+  const t = view.follower && view.follower.timing && view.follower.timing.seq === ev.seq ? view.follower.timing : {};
+  const marks = { bytes: t.bytes, parsed: t.parsed, applied: t.applied, event: performance.now() };
+  view.marks[ev.seq] = marks;
   let doc;
   try { doc = JSON.parse(ev.data); } catch { doc = ev.data; }
+  marks.planParsed = performance.now();
   view.seq = ev.seq;
   view.updatedMs = ev.updatedMs;
   $("seq").textContent = String(ev.seq);
@@ -160,8 +179,29 @@ function show(ev) {
     drawTree(doc, view.previous);
   }
   view.previous = doc;
-  view.renders[ev.seq] = Date.now();
   tickAge();
+  marks.dom = performance.now();
+  afterFrame(ev.seq, marks);
+}
+
+/**
+ * Marks when the frame showing state `seq` is rendered: its
+ * requestAnimationFrame callback runs before the frame's style, layout and
+ * paint; a task posted from it runs once they are done and the frame is
+ * handed to the compositor.
+ */
+function afterFrame(seq, marks) {
+  requestAnimationFrame(() => {
+    marks.frame = performance.now();
+    const ch = new MessageChannel();
+    ch.port1.onmessage = () => {
+      marks.rendered = performance.now();
+      view.renders[seq] = Date.now();
+      ch.port1.close();
+      for (const w of view.renderWaiters.splice(0)) w();
+    };
+    ch.port2.postMessage(0);
+  });
 }
 
 const isPlan = (d) => d && typeof d === "object" && d.fileType === "Plan" && d.mission && Array.isArray(d.mission.items);
@@ -248,7 +288,13 @@ function drawPlan(plan, prev) {
   for (const p of polygons) {
     el("polygon", { class: "fence" + (p.inclusion === false ? " exclusion" : ""), points: p.polygon.map((q) => `${X(q[1])},${Y(q[0])}`).join(" ") });
   }
-  el("polyline", { class: "path", points: pts.map((p) => `${X(p.lon)},${Y(p.lat)}`).join(" ") });
+  // The path as one line per leg: a moved waypoint repaints its two legs,
+  // not the whole map (a single polyline's change repaints its whole box).
+  const pathGroup = el("g", { class: "path" });
+  const legs = [];
+  for (let i = 1; i < pts.length; i++) {
+    legs.push(el("line", { x1: X(pts[i - 1].lon), y1: Y(pts[i - 1].lat), x2: X(pts[i].lon), y2: Y(pts[i].lat) }, pathGroup));
+  }
   if (home) el("rect", { class: "home", x: X(home[1]) - 5, y: Y(home[0]) - 5, width: 10, height: 10 });
   for (const r of rally) el("circle", { class: "rally", cx: X(r[1]), cy: Y(r[0]), r: 6 });
   // Marker size from the spacing of consecutive waypoints; numbers only
@@ -274,7 +320,7 @@ function drawPlan(plan, prev) {
     setPoint(layout, node, p, ch && !!prev);
     rows.push(tr);
   }
-  layout.path = svg.querySelector(".path");
+  layout.legs = legs;
   view.layout = layout;
   $("items").tBodies[0].replaceChildren(...rows);
   // The first changed row scrolls into the table's view (not the page's).
@@ -328,7 +374,12 @@ function updatePlan(plan, pts, changed) {
   pts.forEach((p, i) => {
     if (before.includes(L.nodes[i]) && !touched.has(L.nodes[i])) setPoint(L, L.nodes[i], p, false);
   });
-  L.path.setAttribute("points", pts.map((p) => `${L.X(p.lon)},${L.Y(p.lat)}`).join(" "));
+  for (const node of touched) {
+    const i = L.nodes.indexOf(node);
+    const x = L.X(pts[i].lon), y = L.Y(pts[i].lat);
+    if (i > 0) { L.legs[i - 1].setAttribute("x2", x); L.legs[i - 1].setAttribute("y2", y); }
+    if (i < L.legs.length) { L.legs[i].setAttribute("x1", x); L.legs[i].setAttribute("y1", y); }
+  }
   const first = L.highlighted[0];
   const box = $("items-box");
   if (first) scrollRow(box, first.tr);

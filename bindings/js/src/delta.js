@@ -83,10 +83,108 @@ export function applyDelta(base, delta) {
   return null;
 }
 
+/** The shortest match worth a copy command (a copy takes up to ~10 bytes). */
+const MIN_COPY = 24;
+/** Middles up to this many bytes are sent as one literal. */
+const SHORT_MIDDLE = 256;
+/** Bytes of the base indexed on either side of an edit at least. */
+const WINDOW = 64 * 1024;
+/** Width of the blocks of the base that the matcher indexes. */
+const BLOCK = 16;
+/** Slots a lookup in the matcher's table tries at most. */
+const PROBES = 8;
+/** Most copy and insert commands a delta may have (the functions refuse more). */
+const MAX_COMMANDS = 2048;
+
+/** Whether position `i` of `s` starts a character (or is its end). */
+const boundary = (s, i) => i >= s.length || !isCont(s[i]);
+
+/** A 32-bit hash of the BLOCK bytes of `s` at `i`. */
+function blockHash(s, i) {
+  let h = 0x811c9dc5;
+  for (let k = 0; k < BLOCK; k += 4) {
+    const v = s[i + k] | (s[i + k + 1] << 8) | (s[i + k + 2] << 16) | (s[i + k + 3] << 24);
+    h = Math.imul(h ^ v, 0x9e3779b1);
+    h ^= h >>> 15;
+  }
+  return h >>> 0;
+}
+
+function sameBlock(a, i, b, j) {
+  for (let k = 0; k < BLOCK; k++) if (a[i + k] !== b[j + k]) return false;
+  return true;
+}
+
+/**
+ * The commands for `t[from..to)`: copies of blocks of `b` found by a hash
+ * of 16-byte windows (only the base around the middle is indexed: what an
+ * edit costs grows with the edit, not with the state), literals between
+ * them, every piece whole characters. Null when it would take more than
+ * `room` commands.
+ */
+function middle(b, t, from, to, room) {
+  const cmds = [];
+  if (to - from <= SHORT_MIDDLE || b.length < BLOCK) {
+    if (to > from) cmds.push(["i", from, to]);
+    return cmds;
+  }
+  const margin = Math.max(WINDOW, 8 * (to - from));
+  const lo = Math.max(0, from - margin);
+  const hi = Math.min(b.length, b.length - (t.length - to) + margin);
+  const blocks = Math.floor(Math.max(0, hi - lo) / BLOCK);
+  let size = 16;
+  while (size < blocks * 2) size *= 2;
+  const mask = size - 1;
+  const table = new Uint32Array(size); // slot -> block start + 1 (0: empty)
+  for (let k = 0; k < blocks; k++) {
+    const at = lo + k * BLOCK;
+    let slot = blockHash(b, at) & mask;
+    // A block equal to one indexed already is not indexed again, and
+    // probing is bounded: repetitive states stay linear.
+    for (let p = 0; p < PROBES; p++) {
+      const e = table[slot];
+      if (e === 0) { table[slot] = at + 1; break; }
+      if (sameBlock(b, e - 1, b, at)) break;
+      slot = (slot + 1) & mask;
+    }
+  }
+  let lit = from;
+  let i = from;
+  while (i + BLOCK <= to) {
+    let slot = blockHash(t, i) & mask;
+    let found = -1;
+    for (let p = 0; p < PROBES; p++) {
+      const e = table[slot];
+      if (e === 0) break;
+      if (sameBlock(b, e - 1, t, i)) { found = e - 1; break; }
+      slot = (slot + 1) & mask;
+    }
+    if (found < 0) { i++; continue; }
+    // Extend forward, then backward into the pending literal.
+    let len = BLOCK;
+    while (i + len < to && found + len < b.length && t[i + len] === b[found + len]) len++;
+    let ti = i, bi = found;
+    while (ti > lit && bi > 0 && t[ti - 1] === b[bi - 1]) { ti--; bi--; len++; }
+    // Whole characters only.
+    while (len > 0 && !boundary(t, ti)) { ti++; bi++; len--; }
+    while (len > 0 && !boundary(t, ti + len)) len--;
+    if (len < MIN_COPY) { i++; continue; }
+    if (cmds.length + 4 > room) return null;
+    if (ti > lit) cmds.push(["i", lit, ti]);
+    cmds.push(["c", len, bi]);
+    i = ti + len;
+    lit = i;
+  }
+  if (to > lit) cmds.push(["i", lit, to]);
+  return cmds;
+}
+
 /**
  * A delta from `base` to `target` (Uint8Array, valid UTF-8 both): copies of
- * the common prefix and suffix and the middle as one literal, every piece
- * whole characters. Returns the delta's bytes.
+ * the common prefix and suffix, and inside the middle copies of what it
+ * shares with the base around it (two far apart edits of a large state
+ * cost about their own size), literals between them, every piece whole
+ * characters. Returns the delta's bytes.
  */
 export function makeDelta(base, target) {
   const la = base.length;
@@ -94,17 +192,20 @@ export function makeDelta(base, target) {
   let p = 0;
   const max = Math.min(la, lb);
   while (p < max && base[p] === target[p]) p++;
-  while (p > 0 && ((p < la && isCont(base[p])) || (p < lb && isCont(target[p])))) p--;
+  while (p > 0 && !boundary(target, p)) p--;
   let s = 0;
   while (s < max - p && base[la - 1 - s] === target[lb - 1 - s]) s++;
-  while (s > 0 && (isCont(base[la - s]) || isCont(target[lb - s]))) s--;
+  while (s > 0 && !boundary(target, lb - s)) s--;
+  const mid = middle(base, target, p, lb - s, MAX_COMMANDS - 2) ?? (lb - s > p ? [["i", p, lb - s]] : []);
   const enc = new TextEncoder();
   const parts = [enc.encode(putInt(lb) + "\n")];
   if (p > 0) parts.push(enc.encode(putInt(p) + "@0,"));
-  const mid = lb - p - s;
-  if (mid > 0) {
-    parts.push(enc.encode(putInt(mid) + ":"));
-    parts.push(target.subarray(p, p + mid));
+  for (const c of mid) {
+    if (c[0] === "c") parts.push(enc.encode(putInt(c[1]) + "@" + putInt(c[2]) + ","));
+    else {
+      parts.push(enc.encode(putInt(c[2] - c[1]) + ":"));
+      parts.push(target.subarray(c[1], c[2]));
+    }
   }
   if (s > 0) parts.push(enc.encode(putInt(s) + "@" + putInt(la - s) + ","));
   parts.push(enc.encode(putInt(checksum(target)) + ";"));

@@ -208,6 +208,8 @@ function stateOf(state) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** A monotonic clock in ms (performance.now()), for the timing marks of followed states. */
+const now = () => globalThis.performance.now();
 
 /** The error a functions library (or Redis) error text stands for. */
 function redisError(text) {
@@ -324,11 +326,80 @@ class Session {
   }
 }
 
+// --------------------------------------------------------------- endpoints
+
+/** One Webdis URL: {base, headers} (a `user:password@` becomes basic auth). */
+function parseEndpoint(url, which) {
+  let u;
+  try {
+    u = new URL(url, globalThis.location ? globalThis.location.href : undefined);
+  } catch {
+    throw invalid(`${which}not a URL: ${url}`);
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw invalid(`${which}the URL must be http:// or https://, not ${u.protocol}`);
+  if (u.search || u.hash) throw invalid(`${which}the URL must have no query or fragment`);
+  const headers = {};
+  if (u.username || u.password) {
+    const user = decodeURIComponent(u.username);
+    const pass = decodeURIComponent(u.password);
+    headers.Authorization = "Basic " + btoa(String.fromCharCode(...encoder.encode(user + ":" + pass)));
+    u.username = "";
+    u.password = "";
+  }
+  return { base: u.href.replace(/\/+$/, ""), headers, failedAt: 0 };
+}
+
+/**
+ * The endpoints of a client: one Webdis URL, or the Webdis of every node of
+ * a replicated deployment, as a comma-separated string or an array (the
+ * primary's first if known). An empty, malformed or repeated entry is
+ * refused with a message naming it.
+ */
+function parseEndpoints(urls) {
+  let entries;
+  if (typeof urls === "string") entries = urls.split(",").map((e) => e.trim());
+  else if (Array.isArray(urls) && urls.every((e) => typeof e === "string")) entries = urls.map((e) => e.trim());
+  else throw invalid("the URL must be a string (several: comma-separated) or an array of strings");
+  const many = entries.length > 1;
+  const shown = Array.isArray(urls) ? urls.join(",") : urls;
+  const list = [];
+  entries.forEach((entry, i) => {
+    const which = many ? `entry ${i + 1} of the Webdis URL list "${shown}": ` : "";
+    if (!entry) throw invalid(many ? `${which}is empty` : "the Webdis URL is empty; use http://host:port");
+    const e = parseEndpoint(entry, which);
+    const j = list.findIndex((o) => o.base.toLowerCase() === e.base.toLowerCase());
+    if (j >= 0) throw invalid(`${which}repeats entry ${j + 1} (${e.base}): list each Webdis once`);
+    list.push(e);
+  });
+  if (list.length === 0) throw invalid("no Webdis URL");
+  return list;
+}
+
+/** How long an endpoint that failed is tried after the others by followers. */
+const FAILED_FOR_MS = 10000;
+
+/** FNV-1a 64 of `key`, a NUL byte and an endpoint's base, then splitmix64's finaliser (docs/PROTOCOL.md). */
+export function rendezvous(key, base) {
+  const M = (1n << 64n) - 1n;
+  let h = 0xcbf29ce484222325n;
+  const bytes = [...encoder.encode(key), 0, ...encoder.encode(base)];
+  for (const b of bytes) {
+    h ^= BigInt(b);
+    h = (h * 0x100000001b3n) & M;
+  }
+  h ^= h >> 33n;
+  h = (h * 0xff51afd7ed558ccdn) & M;
+  return h ^ (h >> 33n);
+}
+
 // ------------------------------------------------------------------ client
 
 /**
  * A connection to one missionstream server (a Webdis URL, or the deploy
- * front's). Options: timeoutMs (per call, 10000), heartbeatMs (of the
+ * front's), or to a replicated deployment (every node's Webdis, a
+ * comma-separated string or an array: writes go to the node that takes
+ * them, followers subscribe on replicas; docs/PROTOCOL.md, "Several
+ * endpoints"). Options: timeoutMs (per call, 10000), heartbeatMs (of the
  * streams it leads, 5000), streamTtlS (0: never expires), iterations
  * (PBKDF2 iterations of the streams it starts, 600000), post (send calls
  * as POST with a text/plain body, which browsers do not preflight; the
@@ -336,24 +407,9 @@ class Session {
  */
 export class Client {
   constructor(url, options = {}) {
-    if (typeof url !== "string") throw invalid("the URL must be a string");
-    let u;
-    try {
-      u = new URL(url, globalThis.location ? globalThis.location.href : undefined);
-    } catch {
-      throw invalid(`not a URL: ${url}`);
-    }
-    if (u.protocol !== "http:" && u.protocol !== "https:") throw invalid(`the URL must be http:// or https://, not ${u.protocol}`);
-    if (u.search || u.hash) throw invalid("the URL must have no query or fragment");
-    this.headers = {};
-    if (u.username || u.password) {
-      const user = decodeURIComponent(u.username);
-      const pass = decodeURIComponent(u.password);
-      this.headers.Authorization = "Basic " + btoa(String.fromCharCode(...encoder.encode(user + ":" + pass)));
-      u.username = "";
-      u.password = "";
-    }
-    this.base = u.href.replace(/\/+$/, "");
+    this.endpoints = parseEndpoints(url);
+    this.primary = 0; // the endpoint that took the last write
+    this.moves = 0; // how many times the write endpoint changed
     this.timeoutMs = options.timeoutMs ?? 10000;
     this.heartbeatMs = options.heartbeatMs ?? 5000;
     this.streamTtlS = options.streamTtlS ?? 0;
@@ -369,6 +425,43 @@ export class Client {
     this.keys = new Map();
     this.sessions = new Set();
     this.closed = false;
+  }
+
+  /** The first endpoint's base URL (the write endpoint's: see `primary`). */
+  get base() {
+    return this.endpoints[this.primary].base;
+  }
+
+  get headers() {
+    return this.endpoints[this.primary].headers;
+  }
+
+  tookWrite(node) {
+    if (this.primary !== node) {
+      this.primary = node;
+      this.moves += 1;
+    }
+  }
+
+  failed(node) {
+    this.endpoints[node].failedAt = Date.now();
+  }
+
+  /**
+   * The endpoints a follower of record `key` subscribes on, best first:
+   * the replicas by rendezvous hash, then the primary; those that failed
+   * lately after all of them.
+   */
+  followOrder(key) {
+    const now = Date.now();
+    const rank = this.endpoints.map((e, i) => ({
+      i,
+      failed: e.failedAt !== 0 && now - e.failedAt < FAILED_FOR_MS ? 1 : 0,
+      primary: i === this.primary ? 1 : 0,
+      h: rendezvous(key, e.base),
+    }));
+    rank.sort((a, b) => a.failed - b.failed || a.primary - b.primary || (a.h > b.h ? -1 : a.h < b.h ? 1 : 0));
+    return rank.map((r) => r.i);
   }
 
   nonce() {
@@ -390,79 +483,123 @@ export class Client {
   /**
    * One function call, with the nonce rule and retries of transient
    * failures within the call's timeout. Returns the value after the nonce;
-   * throws a MissionstreamError. `info.tries` counts the tries sent.
+   * throws a MissionstreamError. `info.tries` counts the tries sent,
+   * `info.node` is the endpoint that answered. With several endpoints a
+   * try that fails transiently (a replica's READONLY, a Redis not ready,
+   * a Webdis 5xx, no connection or no answer in time) goes to the next
+   * endpoint, a round of them then a pause growing from 25 ms to 500 ms;
+   * the first that answers anything else takes the writes from then on.
+   * `node` pins the call to one endpoint (the snapshot on the node
+   * subscribed on).
    */
-  async call(fn, { ro = false, keys, args = [], fields = null, timeoutMs, info = {} }) {
+  async call(fn, { ro = false, keys, args = [], fields = null, timeoutMs, info = {}, node = null }) {
     const command = ro ? "FCALL_RO" : "FCALL";
     const nonce = this.nonce();
     const path = [command, fn, String(keys.length), ...keys, PROTOCOL_VERSION, nonce, ...args].map(encodePathArg).join("/");
-    const url = `${this.base}/${path}`;
     const body = fields ? frameBody(fields) : new Uint8Array(0);
     const total = timeoutMs ?? this.timeoutMs;
     const deadline = Date.now() + total;
+    // One endpoint that does not answer must leave time for the others.
     const firstByte = Math.max(total / 3, 1000);
+    const n = node == null ? this.endpoints.length : 1;
+    const first = node == null ? this.primary : node;
     let pause = 25;
     let last = null;
     info.tries = 0;
     info.nonce = nonce;
+    info.node = first;
+    const causes = new Map();
     while (!this.closed) {
-      const left = deadline - Date.now();
-      if (left <= 0) break;
-      const ctl = new AbortController();
-      const timer = setTimeout(() => ctl.abort(), Math.min(left, firstByte));
       let slow = false;
-      try {
-        info.tries += 1;
-        const res = await this.fetch(url, {
-          method: this.post ? "POST" : "PUT",
-          body,
-          headers: { ...this.headers, "Content-Type": "text/plain" },
-          signal: ctl.signal,
-          cache: "no-store",
-          credentials: "same-origin",
-        });
-        clearTimeout(timer);
-        const rest = deadline - Date.now();
-        const t2 = setTimeout(() => ctl.abort(), Math.max(rest, 1));
-        let text;
-        try { text = await res.text(); } finally { clearTimeout(t2); }
-        if (res.status !== 200) throw httpError(command, res.status);
-        let v;
-        try { v = JSON.parse(text)[command]; } catch { v = undefined; }
-        if (!Array.isArray(v)) throw Object.assign(err(Status.MS_ERR_PROTOCOL, `Webdis sent a reply that is not a ${command} array`), { transient: true });
-        if (v[0] === false && typeof v[1] === "string") {
-          const t = v[1];
-          const parts = t.split(" ");
-          if (/^MS[A-Z]+$/.test(parts[0]) && parts[0] !== "MSVERSION" && parts[1] !== nonce) {
-            last = err(Status.MS_ERR_PROTOCOL, `a reply naming another request (${parts[1]}) came instead of ${nonce}`);
-            last.transient = true;
-            throw last;
+      for (let k = 0; k < n && !this.closed; k++) {
+        const left = deadline - Date.now();
+        if (left <= 0) break;
+        const at = (first + k) % this.endpoints.length;
+        const ep = this.endpoints[at];
+        const ctl = new AbortController();
+        const timer = setTimeout(() => ctl.abort(), Math.min(left, firstByte));
+        try {
+          info.tries += 1;
+          const res = await this.fetch(`${ep.base}/${path}`, {
+            method: this.post ? "POST" : "PUT",
+            body,
+            headers: { ...ep.headers, "Content-Type": "text/plain" },
+            signal: ctl.signal,
+            cache: "no-store",
+            credentials: "same-origin",
+          });
+          clearTimeout(timer);
+          const rest = deadline - Date.now();
+          const t2 = setTimeout(() => ctl.abort(), Math.max(rest, 1));
+          let text;
+          try { text = await res.text(); } finally { clearTimeout(t2); }
+          if (res.status !== 200) throw httpError(command, res.status);
+          let v;
+          try { v = JSON.parse(text)[command]; } catch { v = undefined; }
+          if (!Array.isArray(v)) throw Object.assign(err(Status.MS_ERR_PROTOCOL, `Webdis sent a reply that is not a ${command} array`), { transient: true });
+          if (v[0] === false && typeof v[1] === "string") {
+            const t = v[1];
+            const parts = t.split(" ");
+            if (/^MS[A-Z]+$/.test(parts[0]) && parts[0] !== "MSVERSION" && parts[1] !== nonce) {
+              const e = err(Status.MS_ERR_PROTOCOL, `a reply naming another request (${parts[1]}) came instead of ${nonce}`);
+              e.transient = true;
+              throw e;
+            }
+            const e = redisError(t);
+            if (e.transient) throw e;
+            e.tries = info.tries;
+            this.answered(at, node, info);
+            return Promise.reject(e);
           }
-          const e = redisError(t);
-          if (e.transient) throw e;
-          e.tries = info.tries;
-          return Promise.reject(e);
+          if (v[0] !== nonce) {
+            const e = err(Status.MS_ERR_PROTOCOL, `a reply naming another request came instead of ${nonce}`);
+            e.transient = true;
+            throw e;
+          }
+          this.answered(at, node, info);
+          return v.slice(1);
+        } catch (e) {
+          clearTimeout(timer);
+          if (e instanceof MissionstreamError && !e.transient) {
+            this.answered(at, node, info);
+            throw e;
+          }
+          let down = false;
+          if (e instanceof MissionstreamError) {
+            last = e;
+            slow = slow || !!e.slow;
+            down = e.status === Status.MS_ERR_UNAVAILABLE && /^Webdis/.test(e.message);
+          } else if (e && e.name === "AbortError") {
+            last = err(Status.MS_ERR_TIMEOUT, `${fn}: no answer in time`);
+            down = true;
+          } else {
+            last = err(Status.MS_ERR_UNAVAILABLE, `${fn}: cannot reach ${ep.base}: ${e && e.cause ? e.cause.message || e.cause.code : e && e.message}`);
+            down = true;
+          }
+          if (down && this.endpoints.length > 1) this.failed(at);
+          causes.set(at, last);
         }
-        if (v[0] !== nonce) {
-          const e = err(Status.MS_ERR_PROTOCOL, `a reply naming another request came instead of ${nonce}`);
-          e.transient = true;
-          throw e;
-        }
-        return v.slice(1);
-      } catch (e) {
-        clearTimeout(timer);
-        if (e instanceof MissionstreamError && !e.transient) throw e;
-        if (e instanceof MissionstreamError) { last = e; slow = !!e.slow; }
-        else if (e && e.name === "AbortError") last = err(Status.MS_ERR_TIMEOUT, `${fn}: no answer in time`);
-        else last = err(Status.MS_ERR_UNAVAILABLE, `${fn}: cannot reach ${this.base}: ${e && e.cause ? e.cause.message || e.cause.code : e && e.message}`);
       }
       const wait = Math.min(slow ? Math.max(pause * 4, 100) : pause, deadline - Date.now());
-      if (wait > 0) await sleep(wait);
+      if (wait <= 0) break;
+      await sleep(wait);
       pause = Math.min(pause * 2, slow ? 1000 : 500);
     }
     if (this.closed) throw err(Status.MS_ERR_UNAVAILABLE, "the client is closed");
+    if (n > 1) {
+      const allTimeouts = causes.size === n && [...causes.values()].every((c) => c.status === Status.MS_ERR_TIMEOUT);
+      const each = this.endpoints.map((ep, i) => `${ep.base}: ${causes.has(i) ? causes.get(i).message : "not tried in time"}`);
+      throw err(allTimeouts ? Status.MS_ERR_TIMEOUT : Status.MS_ERR_UNAVAILABLE,
+        `no Webdis endpoint took ${fn} within ${total} ms (is a Redis primary up?): ${each.join("; ")}`);
+    }
     if (last && last.status !== Status.MS_ERR_TIMEOUT && last.status !== Status.MS_ERR_PROTOCOL) throw last;
     throw err(Status.MS_ERR_TIMEOUT, `${fn}: no answer within ${total} ms${last ? ` (${last.message})` : ""}`);
+  }
+
+  /** Endpoint `at` answered a call (not pinned to it): it takes the writes. */
+  answered(at, pinned, info) {
+    info.node = at;
+    if (pinned == null) this.tookWrite(at);
   }
 
   async params(name) {
@@ -632,6 +769,7 @@ export class Leader extends Session {
     this.lastError = null;
     this.endError = null;
     this.waiters = new Set();
+    this.seenMoves = client.moves;
     this.hbTimer = setInterval(() => this.tick(), Math.max(25, Math.min(1000, client.heartbeatMs / 4)));
   }
 
@@ -726,7 +864,11 @@ export class Leader extends Session {
 
   async tick() {
     if (this.ended || this.running || this.hbBusy) return;
-    if (Date.now() - this.lastSent < this.client.heartbeatMs) return;
+    // The write endpoint changed (a failover): check at once that the
+    // newest stored state is still there.
+    const moved = this.client.moves !== this.seenMoves;
+    if (!moved && Date.now() - this.lastSent < this.client.heartbeatMs) return;
+    this.seenMoves = this.client.moves;
     this.hbBusy = true;
     this.lastSent = Date.now();
     try {
@@ -890,6 +1032,8 @@ export class Follower extends Session {
     this.channel = channel;
     this.hbMs = hbMs > 0 ? hbMs : 5000;
     this.seq = -1;
+    this.timing = null; // performance.now() marks of the newest state
+    this.handling = null; // the message being handled
     this.latest = null; // newest state, text
     this.latestBytes = null;
     this.updatedMs = 0;
@@ -900,6 +1044,9 @@ export class Follower extends Session {
     this.held = new Map();
     this.chain = Promise.resolve();
     this.seqWaiters = new Set();
+    this.order = null; // the nodes of this round of subscription attempts, best first
+    this.attempts = 0; // attempts of the round so far
+    this.node = 0; // the endpoint subscribed on
     this.timer = setInterval(() => this.watch(), 100);
   }
 
@@ -962,21 +1109,36 @@ export class Follower extends Session {
     this.ctl = ctl;
     this.ready = false;
     this.backlog = [];
+    // With several endpoints each attempt goes to the next node of the
+    // stream's order (replicas first, nodes that failed lately last), taken
+    // afresh after a subscription that worked or a round of attempts.
+    if (!this.order || this.attempts >= this.order.length) {
+      this.order = this.client.followOrder("stream:" + this.name);
+      this.attempts = 0;
+    }
+    const node = this.order[this.attempts++];
+    this.node = node;
+    const many = this.order.length > 1;
     this.probe = null;
     const attemptWait = Math.max(this.client.timeoutMs / 4, 500);
     let ackResolve, ackReject;
     const ack = new Promise((res, rej) => { ackResolve = res; ackReject = rej; });
     const ackTimer = setTimeout(() => { ackReject(err(Status.MS_ERR_TIMEOUT, "the subscription was not acknowledged in time")); ctl.abort(); }, attemptWait);
-    const reading = this.read(ctl, ackResolve).catch((e) => { ackReject(e); throw e; });
+    const reading = this.read(ctl, ackResolve, node).catch((e) => { ackReject(e); throw e; });
     reading.catch(() => {});
     try {
       await ack;
       // Prove the subscription with a probe echo.
       const token = randomHex(8);
-      const echo = new Promise((res) => { this.probe = { token, res, at: Date.now() }; });
-      const receivers = await this.client.call("ms_probe", { keys: ["stream:" + this.name], args: [token], fields: [this.channel], timeoutMs: attemptWait });
-      if (Number(receivers[0]) === 0) throw err(Status.MS_ERR_UNAVAILABLE, "Redis has no such subscription (0 receivers)");
-      const left = Math.max(attemptWait - (Date.now() - this.probe.at), 1);
+      const probedAt = Date.now();
+      const echo = new Promise((res) => { this.probe = { token, res, at: probedAt }; });
+      const pinfo = {};
+      const receivers = await this.client.call("ms_probe", { keys: ["stream:" + this.name], args: [token], fields: [this.channel], timeoutMs: attemptWait, info: pinfo });
+      // The primary counts only its own subscribers.
+      if (pinfo.node === node && Number(receivers[0]) === 0) throw err(Status.MS_ERR_UNAVAILABLE, "Redis has no such subscription (0 receivers)");
+      // (The echo may come before the call's answer: a replica subscribed
+      // on gets the primary's PUBLISH as soon as it is replicated.)
+      const left = Math.max(attemptWait - (Date.now() - probedAt), 1);
       let t;
       const ok = await Promise.race([echo.then(() => true), new Promise((r) => { t = setTimeout(() => r(false), left); }), reading.then(() => false, () => false)]);
       clearTimeout(t);
@@ -985,19 +1147,24 @@ export class Follower extends Session {
       clearTimeout(ackTimer);
       ctl.abort();
       if (e.status === Status.MS_ERR_NOT_FOUND) throw new Ended();
+      if (many) this.client.failed(node);
       throw e;
     }
     clearTimeout(ackTimer);
     this.probe = null;
     try {
+      // On the node subscribed on: the probe's echo showed it has every
+      // state stored before, and every later one comes on the subscription.
       await this.snapshot();
     } catch (e) {
       ctl.abort();
+      if (many && e.status !== undefined && e.status !== Status.MS_ERR_NOT_FOUND) this.client.failed(node);
       throw e;
     }
     if (this.reconnectPending) {
       this.reconnectPending = false;
     }
+    this.order = null; // the next subscription starts a new round
     const wasLost = this.everConnected && !this.connected;
     this.connected = true;
     this.everConnected = true;
@@ -1009,9 +1176,10 @@ export class Follower extends Session {
     throw err(Status.MS_ERR_UNAVAILABLE, "the subscription ended");
   }
 
-  async read(ctl, ackResolve) {
-    const res = await this.client.fetch(`${this.client.base}/SUBSCRIBE/${this.channel}`, {
-      headers: { ...this.client.headers },
+  async read(ctl, ackResolve, node) {
+    const ep = this.client.endpoints[node];
+    const res = await this.client.fetch(`${ep.base}/SUBSCRIBE/${this.channel}`, {
+      headers: { ...ep.headers },
       signal: ctl.signal,
       cache: "no-store",
       credentials: "same-origin",
@@ -1024,6 +1192,7 @@ export class Follower extends Session {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) throw err(Status.MS_ERR_UNAVAILABLE, "Webdis closed the subscription");
+      const bytesAt = now();
       this.lastActivity = Date.now();
       split.push(dec.decode(value, { stream: true }), out);
       for (const o of out.splice(0)) {
@@ -1034,6 +1203,8 @@ export class Follower extends Session {
         else if (v[0] === "message" && v[1] === this.channel) {
           const m = parseMessage(v[2]);
           if (!m) continue;
+          m.bytesAt = bytesAt;
+          m.parsedAt = now();
           if (m.type === "p") {
             if (this.probe && m.token === this.probe.token) { this.probe.res(); this.probe = null; }
             continue;
@@ -1062,6 +1233,7 @@ export class Follower extends Session {
 
   async handle(m) {
     if (this.ended) return;
+    this.handling = m;
     if (m.type === "e") throw new Ended();
     if (m.type === "h") {
       if (m.interval > 0) this.hbMs = m.interval;
@@ -1110,6 +1282,7 @@ export class Follower extends Session {
       if (!h) return;
       this.held.delete(this.seq);
       if (h.m.seq <= this.seq) continue;
+      this.handling = h.m;
       if (!this.applyAndDeliver(h.m)) return;
     }
   }
@@ -1117,7 +1290,7 @@ export class Follower extends Session {
   async snapshot() {
     let v;
     try {
-      v = await this.client.call("ms_snapshot", { ro: true, keys: ["stream:" + this.name], fields: [this.channel] });
+      v = await this.client.call("ms_snapshot", { ro: true, keys: ["stream:" + this.name], fields: [this.channel], node: this.node });
     } catch (e) {
       if (e.status === Status.MS_ERR_NOT_FOUND) throw new Ended();
       throw e;
@@ -1126,10 +1299,13 @@ export class Follower extends Session {
     if (typeof state !== "string") throw err(Status.MS_ERR_PROTOCOL, "ms_snapshot answered no state");
     if (Number(hb) > 0) this.hbMs = Number(hb);
     this.held.clear();
+    this.handling = null;
     if (Number(seq) > this.seq) this.deliver(Number(seq), state, null, Number(updatedMs));
   }
 
   deliver(seq, text, bytes, updatedMs) {
+    const m = this.handling;
+    this.timing = { seq, bytes: m ? m.bytesAt : null, parsed: m ? m.parsedAt : null, applied: now() };
     this.seq = seq;
     this.latest = text;
     this.latestBytes = bytes || encoder.encode(text);
@@ -1182,9 +1358,11 @@ export class Follower extends Session {
       const p = { token, at: now, echoed: false };
       this.silenceProbe = p;
       const ctl = this.ctl;
+      const node = this.node;
+      const info = {};
       this.probe = { token, res: () => { p.echoed = true; }, at: now };
-      this.client.call("ms_probe", { keys: ["stream:" + this.name], args: [token], fields: [this.channel] })
-        .then((r) => { if (Number(r[0]) === 0 && !p.echoed) ctl.abort(); })
+      this.client.call("ms_probe", { keys: ["stream:" + this.name], args: [token], fields: [this.channel], info })
+        .then((r) => { if (info.node === node && Number(r[0]) === 0 && !p.echoed) ctl.abort(); })
         .catch(() => { if (!p.echoed) ctl.abort(); });
     }
   }

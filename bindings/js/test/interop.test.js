@@ -120,9 +120,26 @@ test("JS leader -> library follower: every state arrives byte-exact, deltas incl
       assert.equal(ev.seq, i + 2);
       assert.equal(ev.data, text, `state ${i + 2} byte for byte`);
     }
+    // Two far apart waypoints moved at once: the delta copies the plan
+    // between them from the base (the functions and the library apply it).
+    const wps = plan.mission.items.filter((it) => it.command === 16);
+    for (let j = 0; j < 6; j++) {
+      for (const wp of [wps[j * 3], wps[wps.length - 1 - j * 3]]) {
+        wp.params[4] += 0.00011;
+        wp.Altitude += 1;
+        wp.params[6] = wp.Altitude;
+      }
+      const text = JSON.stringify(plan, null, 4);
+      leader.publish(text);
+      await leader.flush();
+      let ev;
+      do { ev = await fol.line(); } while (ev.kind !== EventKind.MS_EVENT_STATE);
+      assert.equal(ev.seq, 32 + j);
+      assert.equal(ev.data, text, `state ${32 + j} (two far apart edits) byte for byte`);
+    }
     raw.stop();
     const deltas = (raw.text.match(/\nd \d+ \d+ \d+\n/g) || []).length;
-    assert.ok(deltas >= 25, `the JS leader sent deltas (${deltas} seen)`);
+    assert.ok(deltas >= 31, `the JS leader sent deltas (${deltas} seen)`);
     await leader.stop();
     let ev;
     do { ev = await fol.line(); } while (ev.kind !== EventKind.MS_EVENT_ENDED);

@@ -70,4 +70,90 @@ test("the package speaks the protocol version of the library and the functions",
   assert.equal(PROTOCOL_VERSION, rust);
   assert.equal(PROTOCOL_VERSION, lua);
   assert.equal(readme[1] ?? readme[2], rust);
+  const dts = /export const PROTOCOL_VERSION: "(\d+)"/.exec(readFileSync(new URL("../index.d.ts", import.meta.url), "utf8"));
+  assert.equal(dts && dts[1], rust, "index.d.ts declares the version");
+});
+
+test("index.d.ts declares every export of the package, and nothing it lacks", async () => {
+  const { readFileSync } = await import("node:fs");
+  const mod = await import("../src/index.js");
+  const dts = readFileSync(new URL("../index.d.ts", import.meta.url), "utf8");
+  const declared = new Set([...dts.matchAll(/^export (?:declare )?(?:const|function|class) (\w+)/gm)].map((m) => m[1]));
+  assert.deepEqual([...declared].sort(), Object.keys(mod).sort());
+});
+
+test("endpoint lists: a comma-separated string or an array; empty, malformed or repeated entries are refused naming them", async () => {
+  const { Client, rendezvous } = await import("../src/index.js");
+  const c = new Client("http://a:1, https://u:p@b/prefix ,http://127.0.0.1:3/x/");
+  assert.deepEqual(c.endpoints.map((e) => e.base), ["http://a:1", "https://b/prefix", "http://127.0.0.1:3/x"]);
+  assert.equal(c.endpoints[1].headers.Authorization, "Basic " + btoa("u:p"));
+  assert.equal(c.base, "http://a:1");
+  assert.equal(new Client(["http://a:1", "http://b:2"]).endpoints.length, 2);
+  for (const [bad, says] of [
+    ["", "empty"], ["http://a:1,", "entry 2"], ["http://a:1,,http://b:2", "entry 2"], ["http://a:1,ftp://b", "entry 2"],
+    ["http://a:1,http://A:1", "repeats entry 1"], ["http://a:80,http://a", "repeats entry 1"], ["http://a/x,http://b,http://a/x/", "entry 3"],
+  ]) {
+    assert.throws(() => new Client(bad), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT && e.message.includes(says), bad);
+  }
+  assert.throws(() => new Client(["http://a:1", 5]), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT);
+  // Followers: replicas by rendezvous hash (stable, spread), the primary last, failed nodes after it.
+  const e = new Client("http://a:1,http://b:2,http://c:3");
+  const firsts = [0, 0, 0];
+  for (let i = 0; i < 300; i++) {
+    const order = e.followOrder(`stream:s-${i}`);
+    assert.equal(order[2], 0, "the primary last");
+    assert.deepEqual(order, e.followOrder(`stream:s-${i}`));
+    firsts[order[0]] += 1;
+  }
+  assert.ok(firsts[1] > 100 && firsts[2] > 100, String(firsts));
+  e.tookWrite(2);
+  assert.equal(e.moves, 1);
+  assert.equal(e.followOrder("x")[2], 2);
+  const first = e.followOrder("x")[0];
+  e.failed(first);
+  const other = first === 0 ? 1 : 0; // the other replica (node 2 is the primary now)
+  assert.deepEqual(e.followOrder("x"), [other, 2, first]);
+  e.tookWrite(2);
+  assert.equal(e.moves, 1);
+  // The hash of docs/PROTOCOL.md: 64-bit, deterministic, key and endpoint both count.
+  assert.equal(typeof rendezvous("stream:x", "http://a:1"), "bigint");
+  assert.notEqual(rendezvous("stream:x", "http://a:1"), rendezvous("stream:y", "http://a:1"));
+  assert.notEqual(rendezvous("stream:x", "http://a:1"), rendezvous("stream:x", "http://b:1"));
+});
+
+test("two far apart edits of a large plan give a delta about their size (copies inside the middle), byte-exact", async () => {
+  const { surveyPlan } = await import("./plan.js");
+  const plan = surveyPlan(200);
+  const base = enc.encode(JSON.stringify(plan, null, 4));
+  const wps = plan.mission.items.filter((it) => it.command === 16);
+  wps[2].params[4] += 0.0001;
+  wps[wps.length - 3].Altitude = 77;
+  plan.mission.items[0].Altitude = "hé😀"; // a multibyte edit too
+  const target = enc.encode(JSON.stringify(plan, null, 4));
+  assert.ok(base.length > 50000);
+  const d = makeDelta(base, target);
+  new TextDecoder("utf-8", { fatal: true }).decode(d);
+  assert.deepEqual(applyDelta(base, d), target);
+  assert.ok(d.length < 400, `a ${d.length}-byte delta for three small edits of a ${base.length}-byte plan`);
+  // Random edits of multibyte text, anywhere: always byte-exact and valid UTF-8.
+  let seed = 12345;
+  const rnd = (n) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
+  const alphabet = ["a", "b", "é", "😀", "{", "\"", "ü", "x", "\n"];
+  for (let round = 0; round < 200; round++) {
+    let a = "";
+    const len = 200 + rnd(3000);
+    for (let i = 0; i < len; i++) a += rnd(4) === 0 ? alphabet[rnd(alphabet.length)] : String.fromCharCode(97 + rnd(3));
+    const chars = [...a];
+    for (let e = rnd(6); e >= 0; e--) {
+      const at = rnd(chars.length + 1);
+      const kind = rnd(3);
+      if (kind === 0) chars.splice(at, 0, ...[...alphabet[rnd(alphabet.length)].repeat(1 + rnd(40))]);
+      else if (kind === 1) chars.splice(at, 1 + rnd(30));
+      else chars.splice(at, 1, alphabet[rnd(alphabet.length)]);
+    }
+    const b = chars.join("");
+    const dd = makeDelta(enc.encode(a), enc.encode(b));
+    new TextDecoder("utf-8", { fatal: true }).decode(dd);
+    assert.equal(dec.decode(applyDelta(enc.encode(a), dd)), b, `round ${round}`);
+  }
 });
