@@ -351,6 +351,9 @@ def survey(url: str, name: str, updates: int, rate: float, view_url: Optional[st
 
 
 def main() -> int:
+    # Each line as it happens, also through a pipe (`make demo | tee`, the
+    # browser test reading the view's URL and the watching's start).
+    sys.stdout.reconfigure(line_buffering=True)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--url",

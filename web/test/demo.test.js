@@ -37,6 +37,12 @@ test("the URL make demo prints shows its survey plan changing", async () => {
     assert.equal(await browser.eval(`document.querySelectorAll('#map .wp.changed').length`), 1);
     assert.equal(await browser.eval(`document.getElementById('conn').textContent`), "connected");
     // Ctrl-C ends the watching: the demo stops its stream and reports.
+    // The page may have seen two updates while the survey itself still
+    // ran (a Ctrl-C then interrupts the demo, not its watching): wait for
+    // the watching to have begun.
+    const watching = Date.now() + 60000;
+    while (!/^watch: +dragging/m.test(out) && Date.now() < watching) await new Promise((r) => setTimeout(r, 100));
+    assert.match(out, /^watch: +dragging/m, `the demo never began watching: ${out}`);
     process.kill(-demo.pid, "SIGINT");
     await exited;
     assert.match(out, /byte for byte: True/);
