@@ -738,6 +738,17 @@ impl SwitchRelay {
         }
     }
 
+    /// Breaks every connection carried (a subscription, a request in
+    /// flight) and stays up: the next connections go through.
+    pub fn cut(&self) -> usize {
+        let mut live = lock(&self.live);
+        let n = live.len() / 2;
+        for c in live.drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        n
+    }
+
     /// When each connection made while down was accepted (and closed).
     pub fn refused(&self) -> Vec<Instant> {
         lock(&self.refused).clone()

@@ -23,7 +23,7 @@ use crate::util::{lock, random_hex};
 use crate::wire::protocol::{self, ChannelMessage, SubscriptionItem};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use link::{disconnected, stream_channel, Delivery, Incoming, Link, Snapshot, Subscription};
-use session::{stored_at, Action, Heard, JobDone, Resubscription, Session};
+use session::{Action, Heard, JobDone, Resubscription, Session};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
