@@ -173,8 +173,7 @@ def main():
         for r in results:
             lead = (r["led"][key] - r["base"][key]) / r["n"]
             follow = (r["followed"][key] - r["led"][key]) / r["n"]
-            scale = 1 if unit == 1 else 1  # KiB per item for memory
-            cells.append(f"{lead * scale:.2f} / {follow * scale:.2f}")
+            cells.append(f"{lead:.2f} / {follow:.2f}")  # memory in KiB
         name = label.replace("(MiB)", "(KiB)")
         print(f"| {name} | " + " | ".join(cells) + " |")
     print()
