@@ -656,17 +656,29 @@ mod tests {
     #[test]
     fn states_delivered_while_no_subscription_is_held_are_the_leader_heard() {
         const OFFLINE: EventKind = EventKind::MS_EVENT_LEADER_OFFLINE;
-        let (mut s, t0) = setup();
-        s.heard(t0 + ms(300), Heard::State);
         // The reader delivered a state at 0.45 s and its subscription
         // closed at 0.5 s: the session learns of the state afterwards.
+        let (mut s, t0) = setup();
+        s.heard(t0 + ms(300), Heard::State);
         let retry = lose_and_recover(&mut s, t0 + ms(500));
         assert_eq!(
             presence_of(&s.tick(retry, Some(t0 + ms(450)), false, None)),
             []
         );
+        // Not offline 3 intervals after the state heard on the
+        // subscription (3.3 s), but exactly 3 after the reader's.
+        for at in [3300, 3449] {
+            assert_eq!(presence_of(&s.tick(t0 + ms(at), None, false, None)), []);
+        }
+        assert_eq!(
+            presence_of(&s.tick(t0 + ms(3450), None, false, None)),
+            [OFFLINE]
+        );
         // The recovery ends at 2.5 s; its snapshot holds a state the
         // leader stored at 2.4 s, while no subscription was held.
+        let (mut s, t0) = setup();
+        s.heard(t0 + ms(300), Heard::State);
+        lose_and_recover(&mut s, t0 + ms(500));
         let done = t0 + ms(2500);
         assert_eq!(
             s.job_done(done, recovered(NODE, HB, Some(t0 + ms(2400))), false),
@@ -676,8 +688,8 @@ mod tests {
             ]
         );
         // Not offline 3 intervals after the last state on a subscription
-        // (3.3 s) nor after the reader's (3.45 s)...
-        for at in [3300, 3450, 5399] {
+        // (3.3 s)...
+        for at in [3300, 5399] {
             assert_eq!(presence_of(&s.tick(t0 + ms(at), None, false, None)), []);
         }
         // ...but exactly 3 intervals after the snapshot's state.
