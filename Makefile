@@ -51,7 +51,7 @@ RUN_DIR := .run/server
 CLUSTER_DIR := .run/cluster
 TEST_VENV := .run/test-venv
 
-.PHONY: all build deps deps-test test test-rust test-ffi-asan test-js typecheck-js test-view test-ffi-valgrind stress-ffi stress-ffi-tsan test-c test-install test-python \
+.PHONY: all build deps deps-test bench-fanin test test-rust test-ffi-asan test-js typecheck-js test-view test-ffi-valgrind stress-ffi stress-ffi-tsan test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
         bench bench-quick bench-peers bench-peers-build attack test-under-load soak mutants mutants-lib mutants-check clean
@@ -200,6 +200,15 @@ bench-quick: build
 	@mkdir -p target/bench
 	@{ $(CARGO) run --release --example bench -- --quick; echo $$? > target/bench/quick.rc; } 2>&1 | tee target/bench/quick.txt
 	@exit $$(cat target/bench/quick.rc)
+
+# What a Webdis and its Redis hold per follower and per leader (fds,
+# memory, connections) and the client's threads, for N = 100, 300, 1000
+# (COUNTS=...); docs/DEPLOYMENT.md, "Sizing: followers per Webdis". Not
+# part of make test. Output also in target/bench/fanin.txt.
+bench-fanin: deps-test build
+	@mkdir -p target/bench
+	@{ python3 scripts/bench-fanin.py; echo $$? > target/bench/fanin.rc; } 2>&1 | tee target/bench/fanin.txt
+	@exit $$(cat target/bench/fanin.rc)
 
 # Mosquitto and NATS from Debian's packages, installed when missing
 # (scripts/install-deps.sh --peers); docs/BENCHMARK.md, "The peers".

@@ -15,10 +15,14 @@
 //!   message still arriving count as activity and push the echo's due
 //!   time back.
 //! - **Presence** belongs to the stream, not to a subscription: the leader
-//!   is offline when no state or heartbeat of it arrived for `3 hb`,
-//!   whether or not a subscription existed meanwhile; it is online again
-//!   at the next state or heartbeat. OFFLINE and ONLINE strictly
-//!   alternate, starting with OFFLINE. No request holds this clock back.
+//!   is offline when it was not heard for `3 hb`, whether or not a
+//!   subscription existed meanwhile; it is online again when heard. It is
+//!   heard when a state or heartbeat of it arrives on a subscription, and
+//!   when a state is delivered otherwise (read from the snapshot while
+//!   recovering or resyncing) at the instant that state was stored, so
+//!   that a state older than the silence does not make a gone leader
+//!   online. OFFLINE and ONLINE strictly alternate, starting with OFFLINE.
+//!   No request holds this clock back.
 
 use std::time::{Duration, Instant};
 
@@ -109,6 +113,22 @@ impl Liveness {
         }
         self.leader_heard = self.leader_heard.max(now);
         std::mem::take(&mut self.offline).then_some(Decision::Online)
+    }
+
+    /// A state of the leader that arrived, or was stored, at `at` was
+    /// delivered at `now` (by the reader between two wakes, or read from
+    /// the snapshot while no subscription was held): the leader was heard
+    /// at `at`, never later than `now`. An earlier instant never moves the
+    /// clock back, and a state older than the silence (`at` 3 intervals or
+    /// more before `now`) does not make an offline leader online. Returns
+    /// `Online` when the leader is heard again.
+    pub fn state_delivered(&mut self, at: Instant, now: Instant) -> Option<Decision> {
+        self.leader_heard = self.leader_heard.max(at.min(now));
+        let recent = now < self.leader_heard + 3 * self.hb;
+        (self.offline && recent).then(|| {
+            self.offline = false;
+            Decision::Online
+        })
     }
 
     /// Bytes of a message still arriving came at `now`: neither the
@@ -378,6 +398,55 @@ mod tests {
             .poll(t0 + ms(6999))
             .iter()
             .all(|d| *d != Decision::Offline));
+    }
+
+    #[test]
+    fn a_state_delivered_without_a_subscription_is_the_leader_heard() {
+        let (mut l, t0) = setup();
+        l.heard(t0 + ms(200), true);
+        l.unsubscribed();
+        // Read from the snapshot at 2.6 s, stored at 2.5 s.
+        assert_eq!(l.state_delivered(t0 + ms(2500), t0 + ms(2600)), None);
+        assert_eq!(l.next_wake(t0 + ms(2600)), t0 + ms(5500));
+        // Not offline 3 intervals after the last state on a subscription...
+        assert!(l.poll(t0 + ms(3200)).is_empty());
+        // ...but exactly 3 intervals after the state delivered, not before.
+        assert!(l.poll(t0 + ms(5499)).is_empty());
+        assert_eq!(l.poll(t0 + ms(5500)), [Decision::Offline]);
+        // A state stored later than it was delivered (another clock) counts
+        // as heard when delivered, never in the future.
+        let (mut l, t0) = setup();
+        l.unsubscribed();
+        l.state_delivered(t0 + ms(9000), t0 + ms(1000));
+        assert_eq!(l.poll(t0 + ms(4000)), [Decision::Offline]);
+    }
+
+    #[test]
+    fn a_state_older_than_the_silence_is_not_the_leader_heard() {
+        let (mut l, t0) = setup();
+        l.unsubscribed();
+        assert_eq!(l.poll(t0 + 3 * HB), [Decision::Offline]);
+        // Delivered at 6 s, stored at 2.9 s: 3.1 intervals old. The leader
+        // stays offline; OFFLINE is not reported again.
+        assert_eq!(l.state_delivered(t0 + ms(2900), t0 + ms(6000)), None);
+        assert!(l.offline());
+        assert!(l.poll(t0 + ms(6000)).is_empty());
+        // Stored exactly 3 intervals before: as old as the silence.
+        assert_eq!(l.state_delivered(t0 + ms(3000), t0 + ms(6000)), None);
+        // Stored at 5.5 s: online, and offline again 3 intervals after it.
+        assert_eq!(
+            l.state_delivered(t0 + ms(5500), t0 + ms(6000)),
+            Some(Decision::Online)
+        );
+        assert!(l.poll(t0 + ms(8499)).is_empty());
+        assert_eq!(l.poll(t0 + ms(8500)), [Decision::Offline]);
+        // Online: a stale state neither makes it online nor delays OFFLINE.
+        let (mut l, t0) = setup();
+        l.heard(t0 + ms(1000), true);
+        l.unsubscribed();
+        assert_eq!(l.state_delivered(t0 + ms(100), t0 + ms(3500)), None);
+        assert!(l.poll(t0 + ms(3999)).is_empty());
+        assert_eq!(l.poll(t0 + ms(4000)), [Decision::Offline]);
     }
 
     #[test]

@@ -674,6 +674,8 @@ pub struct SwitchRelay {
     pub port: u16,
     pub url: String,
     down: Arc<AtomicBool>,
+    /// New connections wait (accepted, not yet relayed) while set.
+    held: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
     refused: Arc<Mutex<Vec<Instant>>>,
@@ -684,16 +686,21 @@ impl SwitchRelay {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
         let refused = Arc::new(Mutex::new(Vec::new()));
         let (d, st, l, r) = (down.clone(), stop.clone(), live.clone(), refused.clone());
+        let h = held.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(client) = client else { continue };
+                while h.load(Ordering::SeqCst) && !st.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 if d.load(Ordering::SeqCst) {
                     lock(&r).push(Instant::now());
                     let _ = client.shutdown(Shutdown::Both);
@@ -724,6 +731,7 @@ impl SwitchRelay {
             port,
             url: format!("http://127.0.0.1:{port}"),
             down,
+            held,
             stop,
             live,
             refused,
@@ -738,6 +746,27 @@ impl SwitchRelay {
         }
     }
 
+    /// Breaks every connection carried (a subscription, a request in
+    /// flight) and stays up: the next connections go through.
+    pub fn cut(&self) -> usize {
+        let mut live = lock(&self.live);
+        let n = live.len() / 2;
+        for c in live.drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        n
+    }
+
+    /// From now on new connections wait, unanswered, until `release`: a
+    /// server that is slow to come back.
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    pub fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+    }
+
     /// When each connection made while down was accepted (and closed).
     pub fn refused(&self) -> Vec<Instant> {
         lock(&self.refused).clone()
@@ -747,6 +776,7 @@ impl SwitchRelay {
 impl Drop for SwitchRelay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.release();
         self.down();
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }

@@ -233,6 +233,19 @@ pub(super) struct Snapshot {
     pub(super) seq: u64,
     pub(super) hb: Duration,
     pub(super) state: String,
+    /// When the state was stored (ms since the Unix epoch, Redis' clock).
+    pub(super) updated_ms: i64,
+}
+
+impl Snapshot {
+    /// When the state was stored, on the monotonic clock (the leader was
+    /// heard then), read against the wall clock now.
+    pub(super) fn stored_at(&self) -> Option<Instant> {
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        super::session::stored_at(Instant::now(), wall_ms, self.updated_ms)
+    }
 }
 
 /// What the network side of a session needs; shared with its job threads.
@@ -480,10 +493,12 @@ impl Link {
         };
         let hb_ms = protocol::as_u64(&a[2]).ok_or_else(bad)?;
         let seq = protocol::as_u64(&a[0]).ok_or_else(bad)?;
+        let updated_ms = protocol::as_i64(&a[1]).ok_or_else(bad)?;
         Ok(Snapshot {
             seq,
             hb: Duration::from_millis(hb_ms.max(1)),
             state,
+            updated_ms,
         })
     }
 

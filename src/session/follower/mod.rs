@@ -23,7 +23,7 @@ use crate::util::{lock, random_hex};
 use crate::wire::protocol::{self, ChannelMessage, SubscriptionItem};
 use crossbeam_channel::{bounded, never, select, Receiver, RecvTimeoutError, Sender};
 use link::{disconnected, stream_channel, Delivery, Incoming, Link, Snapshot, Subscription};
-use session::{Action, Heard, JobDone, Session};
+use session::{Action, Heard, JobDone, Resubscription, Session};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -296,14 +296,15 @@ impl FollowThread {
         loop {
             let now = Instant::now();
             let (mut direct, mut bytes) = (None, false);
+            let last_direct = delivery.last_direct_us.load(Ordering::SeqCst);
+            if last_direct != held.seen_direct {
+                // The reader delivered states (perhaps just before its
+                // subscription was lost): the leader was heard when the
+                // last one arrived.
+                held.seen_direct = last_direct;
+                direct = Some(delivery.epoch + Duration::from_micros(last_direct));
+            }
             if let Some(s) = &held.sub {
-                let last_direct = delivery.last_direct_us.load(Ordering::SeqCst);
-                if last_direct != held.seen_direct {
-                    // The reader delivered states: the leader was heard
-                    // when the last one arrived.
-                    held.seen_direct = last_direct;
-                    direct = Some(delivery.epoch + Duration::from_micros(last_direct));
-                }
                 let progress = s.progress.load(Ordering::Relaxed);
                 if progress != held.seen_progress {
                     held.seen_progress = progress;
@@ -366,19 +367,24 @@ impl FollowThread {
                     let done = match r {
                         Ok(JobResult::Probe(token, reached)) => JobDone::Probe(token, reached),
                         Ok(JobResult::Recovered(Ok((s, snap)))) => {
-                            let done = JobDone::Recovered(Ok((s.node, snap.hb)));
+                            let done = JobDone::Recovered(Ok(Resubscription {
+                                node: s.node,
+                                hb: snap.hb,
+                                stored: snap.stored_at(),
+                            }));
                             held.recovered = Some((s, snap));
                             done
                         }
                         Ok(JobResult::Recovered(Err(e))) => JobDone::Recovered(Err(e)),
                         Ok(JobResult::Resync(Ok(snap))) => {
+                            let stored = snap.stored_at();
                             delivery.resynced(snap.seq, snap.state);
-                            JobDone::Resync
+                            JobDone::Resync(stored)
                         }
                         Ok(JobResult::Resync(Err(e))) => {
                             crate::util::debug_log!("follow {}: snapshot for deltas failed: {}", self.session, e.message);
                             delivery.resync_failed();
-                            JobDone::Resync
+                            JobDone::Resync(None)
                         }
                         Err(_) => JobDone::Vanished,
                     };

@@ -65,17 +65,29 @@ pub enum Heard {
     Closed(Error),
 }
 
+/// A recovery's new subscription and the snapshot read on it.
+#[derive(Debug)]
+pub struct Resubscription {
+    /// The node subscribed on.
+    pub node: usize,
+    /// The leader's interval, from the snapshot.
+    pub hb: Duration,
+    /// When the snapshot's state was stored (`stored_at`); None when
+    /// longer ago than this clock can tell.
+    pub stored: Option<Instant>,
+}
+
 /// How a job ended.
 #[derive(Debug)]
 pub enum JobDone {
     /// The request of the probe carrying this token returned: the number
     /// of subscriptions it reached, when known.
     Probe(String, Result<Option<u64>, Error>),
-    /// A recovery: the node of the new subscription and the leader's
-    /// interval from its snapshot.
-    Recovered(Result<(usize, Duration), Error>),
-    /// A snapshot read for deltas (the thread hands it to delivery).
-    Resync,
+    /// A recovery (the thread delivers its snapshot's state).
+    Recovered(Result<Resubscription, Error>),
+    /// A snapshot read for deltas (the thread hands it to delivery): when
+    /// its state was stored, if it was read and the clock can tell.
+    Resync(Option<Instant>),
     /// The job thread ended without a result.
     Vanished,
 }
@@ -139,8 +151,9 @@ impl Session {
     }
 
     /// What is due at `now`: `direct` when the reader delivered states
-    /// itself (the last one then), `bytes` when bytes of a message still
-    /// arriving came, `resync` when deltas need the snapshot.
+    /// itself (the last one then, whether or not the subscription is still
+    /// held), `bytes` when bytes of a message still arriving came, `resync`
+    /// when deltas need the snapshot.
     pub fn tick(
         &mut self,
         now: Instant,
@@ -149,14 +162,12 @@ impl Session {
         resync: Option<ResyncDue>,
     ) -> Vec<Action> {
         let mut actions = Vec::new();
-        if self.sub.is_some() {
-            if let Some(at) = direct {
-                // The leader was heard when the last one arrived.
-                presence(&mut actions, self.live.heard(at.min(now), true));
-            }
-            if bytes {
-                self.live.bytes(now);
-            }
+        if let Some(at) = direct {
+            // The leader was heard when the last one arrived.
+            presence(&mut actions, self.live.state_delivered(at, now));
+        }
+        if bytes && self.sub.is_some() {
+            self.live.bytes(now);
         }
         let mut lost = None;
         for decision in self.live.poll(now) {
@@ -260,15 +271,22 @@ impl Session {
             // Webdis or Redis is unreachable: the subscription cannot be
             // trusted either.
             JobDone::Probe(_, Err(e)) => self.lose(now, e),
-            JobDone::Recovered(Ok((node, hb))) => {
+            JobDone::Recovered(Ok(r)) => {
                 self.backoff.reset();
-                self.live.set_interval(hb);
+                self.live.set_interval(r.hb);
                 self.live.subscribed(now);
-                self.sub = Some(node);
-                vec![
+                self.sub = Some(r.node);
+                let mut actions = vec![
                     Action::Emit(EventKind::MS_EVENT_RECONNECTED),
                     Action::Resubscribed,
-                ]
+                ];
+                // The snapshot's state is delivered: the leader was heard
+                // when it stored it (states published while no
+                // subscription was held are in it).
+                if let Some(at) = r.stored {
+                    presence(&mut actions, self.live.state_delivered(at, now));
+                }
+                actions
             }
             JobDone::Recovered(Err(_)) if cancelled => vec![Action::End(End::Cancelled)],
             JobDone::Recovered(Err(e)) if !e.status.is_transient() => {
@@ -278,7 +296,13 @@ impl Session {
                 self.retry_at = Some(now + self.backoff.next());
                 vec![Action::Log(format!("recovery failed: {}", e.message))]
             }
-            JobDone::Resync => Vec::new(),
+            JobDone::Resync(stored) => {
+                let mut actions = Vec::new();
+                if let Some(at) = stored {
+                    presence(&mut actions, self.live.state_delivered(at, now));
+                }
+                actions
+            }
             JobDone::Vanished => {
                 self.retry_at = Some(now + self.backoff.next());
                 Vec::new()
@@ -308,6 +332,16 @@ impl Session {
         self.retry_at = Some(now + self.backoff.next());
         vec![Action::Lose(cause)]
     }
+}
+
+/// The instant a snapshot's state was stored, on the monotonic clock: its
+/// `updated_ms` (Redis' clock, ms since the Unix epoch) as many ms before
+/// `now` as the wall clock, reading `wall_ms` at `now`, is past it; `now`
+/// when the wall clock is behind Redis'. None when longer ago than the
+/// monotonic clock goes back.
+pub fn stored_at(now: Instant, wall_ms: i64, updated_ms: i64) -> Option<Instant> {
+    let age = u64::try_from(wall_ms.saturating_sub(updated_ms)).unwrap_or(0);
+    now.checked_sub(Duration::from_millis(age))
 }
 
 /// Whether a resync due so is due at `now`.
@@ -355,6 +389,23 @@ mod tests {
             .collect()
     }
 
+    fn recovered(node: usize, hb: Duration, stored: Option<Instant>) -> JobDone {
+        JobDone::Recovered(Ok(Resubscription { node, hb, stored }))
+    }
+
+    /// The presence events among the actions.
+    fn presence_of(actions: &[Action]) -> Vec<EventKind> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Emit(
+                    k @ (EventKind::MS_EVENT_LEADER_OFFLINE | EventKind::MS_EVENT_LEADER_ONLINE),
+                ) => Some(*k),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn transient() -> Error {
         Error::new(Status::MS_ERR_UNAVAILABLE, "Webdis is down")
     }
@@ -389,7 +440,7 @@ mod tests {
         );
         // One read at a time.
         assert_eq!(acts(s.tick(t0, None, false, Some(ResyncDue::Now))), []);
-        assert_eq!(s.job_done(t0, JobDone::Resync, false), []);
+        assert_eq!(s.job_done(t0, JobDone::Resync(None), false), []);
         assert_eq!(s.next_wake(t0, Some(ResyncDue::Now)), t0 + ms(1));
     }
 
@@ -523,7 +574,7 @@ mod tests {
         let retry = lose_and_recover(&mut s, t0);
         let done = retry + ms(40);
         assert_eq!(
-            s.job_done(done, JobDone::Recovered(Ok((1, HB * 2))), false),
+            s.job_done(done, recovered(1, HB * 2, None), false),
             [
                 Action::Emit(EventKind::MS_EVENT_RECONNECTED),
                 Action::Resubscribed
@@ -584,7 +635,7 @@ mod tests {
             at = s.next_wake(at, None);
             assert_eq!(acts(s.tick(at, None, false, None)), [Action::Recover]);
         }
-        s.job_done(at, JobDone::Recovered(Ok((NODE, HB))), false);
+        s.job_done(at, recovered(NODE, HB, None), false);
         lose_and_recover(&mut s, at);
     }
 
@@ -600,6 +651,117 @@ mod tests {
         let again = s.next_wake(retry, None);
         assert!(again > retry && again <= retry + ms(400));
         assert_eq!(acts(s.tick(again, None, false, None)), [Action::Recover]);
+    }
+
+    #[test]
+    fn states_delivered_while_no_subscription_is_held_are_the_leader_heard() {
+        const OFFLINE: EventKind = EventKind::MS_EVENT_LEADER_OFFLINE;
+        // The reader delivered a state at 0.45 s and its subscription
+        // closed at 0.5 s: the session learns of the state afterwards.
+        let (mut s, t0) = setup();
+        s.heard(t0 + ms(300), Heard::State);
+        let retry = lose_and_recover(&mut s, t0 + ms(500));
+        assert_eq!(
+            presence_of(&s.tick(retry, Some(t0 + ms(450)), false, None)),
+            []
+        );
+        // Not offline 3 intervals after the state heard on the
+        // subscription (3.3 s), but exactly 3 after the reader's.
+        for at in [3300, 3449] {
+            assert_eq!(presence_of(&s.tick(t0 + ms(at), None, false, None)), []);
+        }
+        assert_eq!(
+            presence_of(&s.tick(t0 + ms(3450), None, false, None)),
+            [OFFLINE]
+        );
+        // The recovery ends at 2.5 s; its snapshot holds a state the
+        // leader stored at 2.4 s, while no subscription was held.
+        let (mut s, t0) = setup();
+        s.heard(t0 + ms(300), Heard::State);
+        lose_and_recover(&mut s, t0 + ms(500));
+        let done = t0 + ms(2500);
+        assert_eq!(
+            s.job_done(done, recovered(NODE, HB, Some(t0 + ms(2400))), false),
+            [
+                Action::Emit(EventKind::MS_EVENT_RECONNECTED),
+                Action::Resubscribed
+            ]
+        );
+        // Not offline 3 intervals after the last state on a subscription
+        // (3.3 s)...
+        for at in [3300, 5399] {
+            assert_eq!(presence_of(&s.tick(t0 + ms(at), None, false, None)), []);
+        }
+        // ...but exactly 3 intervals after the snapshot's state.
+        assert_eq!(
+            presence_of(&s.tick(t0 + ms(5400), None, false, None)),
+            [OFFLINE]
+        );
+        // A snapshot read for deltas counts the same way.
+        let (mut s, t0) = setup();
+        s.tick(t0, None, false, Some(ResyncDue::Now));
+        assert_eq!(
+            s.job_done(t0 + ms(2000), JobDone::Resync(Some(t0 + ms(1900))), false),
+            []
+        );
+        let a = s.tick(t0 + ms(4899), None, false, None);
+        assert_eq!(presence_of(&a), []);
+        let a = s.tick(t0 + ms(4900), None, false, None);
+        assert_eq!(presence_of(&a), [OFFLINE]);
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_silence_does_not_make_a_gone_leader_online() {
+        let (mut s, t0) = setup();
+        let retry = lose_and_recover(&mut s, t0 + ms(100));
+        assert_eq!(
+            presence_of(&s.tick(t0 + HB * 3, None, false, None)),
+            [EventKind::MS_EVENT_LEADER_OFFLINE]
+        );
+        assert!(retry < t0 + HB * 3);
+        // The snapshot's state was stored 3.5 intervals ago: still offline.
+        let done = t0 + ms(4000);
+        let a = s.job_done(done, recovered(NODE, HB, Some(t0 + ms(500))), false);
+        assert_eq!(
+            a,
+            [
+                Action::Emit(EventKind::MS_EVENT_RECONNECTED),
+                Action::Resubscribed
+            ]
+        );
+        assert!(s.offline());
+        // Nor one the clock cannot place, nor a resync's.
+        let retry = lose_and_recover(&mut s, done);
+        assert_eq!(s.job_done(retry, recovered(NODE, HB, None), false).len(), 2);
+        s.tick(retry, None, false, Some(ResyncDue::Now));
+        let stale = Some(retry - HB * 3);
+        assert_eq!(s.job_done(retry, JobDone::Resync(stale), false), []);
+        assert!(s.offline());
+        // A state stored during the recovery: ONLINE after the state.
+        let retry = lose_and_recover(&mut s, retry);
+        let done = retry + ms(300);
+        assert_eq!(
+            s.job_done(done, recovered(NODE, HB, Some(retry + ms(200))), false),
+            [
+                Action::Emit(EventKind::MS_EVENT_RECONNECTED),
+                Action::Resubscribed,
+                Action::Emit(EventKind::MS_EVENT_LEADER_ONLINE)
+            ]
+        );
+        assert!(!s.offline());
+    }
+
+    #[test]
+    fn a_snapshot_state_is_placed_by_its_age_on_the_wall_clock() {
+        let now = Instant::now();
+        let wall = 1_800_000_000_000;
+        assert_eq!(stored_at(now, wall, wall - 1500), Some(now - ms(1500)));
+        // Redis' clock ahead of this one: stored now, not in the future.
+        assert_eq!(stored_at(now, wall, wall + 5000), Some(now));
+        // Far older than any silence (None where the monotonic clock does
+        // not go back that far).
+        let ancient = stored_at(now, wall, i64::MIN);
+        assert!(ancient.is_none_or(|t| t + ms(1_000_000_000) < now));
     }
 
     #[test]
