@@ -17,7 +17,7 @@
 //! With one endpoint every call goes to it, once, as it would without this
 //! layer.
 
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use crate::net::transport::{Called, Endpoint, Webdis};
 use crate::wire::functions::Call;
 use crate::wire::protocol::Refusal;
@@ -61,7 +61,7 @@ impl Endpoints {
             }
             let endpoint = Endpoint::parse(entry).map_err(|e| {
                 if many {
-                    Error::new(e.status, format!("{}: {}", which(), e.message))
+                    Error::new(e.status, format!("{}: {}", which(), e.message)).kinded(e.kind)
                 } else {
                     e
                 }
@@ -304,7 +304,7 @@ impl Nodes {
                         );
                         // A node that was down may have carried the call out
                         // before its answer was lost.
-                        resent |= why == Refusal::Down && e.status == Status::MS_ERR_TIMEOUT;
+                        resent |= e.kind == Kind::Timeout;
                         if why == Refusal::Down {
                             endpoints.failed(node);
                         }
@@ -344,10 +344,9 @@ impl Nodes {
         if self.is_shut() {
             return Error::new(Status::MS_ERR_UNAVAILABLE, "the connection was shut down");
         }
-        let all_timeouts = causes.iter().all(|c| {
-            c.as_ref()
-                .is_some_and(|e| e.status == Status::MS_ERR_TIMEOUT)
-        });
+        let all_timeouts = causes
+            .iter()
+            .all(|c| c.as_ref().is_some_and(|e| e.kind == Kind::Timeout));
         let each: Vec<String> = causes
             .iter()
             .enumerate()
@@ -356,18 +355,20 @@ impl Nodes {
                 None => format!("{}: not tried in time", self.base(i)),
             })
             .collect();
+        let (status, kind) = if all_timeouts {
+            (Status::MS_ERR_TIMEOUT, Kind::Timeout)
+        } else {
+            (Status::MS_ERR_UNAVAILABLE, Kind::Unreachable)
+        };
         Error::new(
-            if all_timeouts {
-                Status::MS_ERR_TIMEOUT
-            } else {
-                Status::MS_ERR_UNAVAILABLE
-            },
+            status,
             format!(
                 "no Webdis endpoint took {function} within {} ms (is a Redis primary up?): {}",
                 timeout.as_millis(),
                 each.join("; ")
             ),
         )
+        .kinded(kind)
     }
 }
 

@@ -11,7 +11,7 @@
 //! request is never taken as the answer, its connection is dropped, and
 //! the request is sent again.
 
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use crate::net::http;
 use crate::wire::functions::Call;
 use crate::wire::protocol::{self, Refusal, PROTOCOL_VERSION};
@@ -214,48 +214,24 @@ struct AgentSlot {
     shut: bool,
 }
 
-/// Why one attempt of a request failed.
-enum Failure {
-    /// The response was malformed or answered another request (worth
-    /// another try on a new connection).
-    Garbled(Error),
-    /// No response in time.
-    Timeout(Error),
-    /// Webdis cannot be reached (connection refused or reset).
-    Unreachable(Error),
-    /// The node did not run the call (a replica, not ready, or Webdis
-    /// cannot reach its Redis): another node may.
-    Refused(Refusal, Error),
-    /// A proxy in front of Webdis refused the request for now (HTTP 429:
-    /// too many requests from this client address): it never reached
-    /// Webdis; worth another try after a pause, within the timeout.
-    Busy(Error),
-    /// Anything else: the answer stands.
-    Other(Error),
+/// The kind of failure a node's refusal is (`Answer::Refused`).
+fn refusal_kind(why: Refusal) -> Kind {
+    match why {
+        Refusal::Replica => Kind::Replica,
+        Refusal::NotReady => Kind::NotReady,
+        Refusal::Down => Kind::Down,
+    }
 }
 
-impl Failure {
-    fn error(&self) -> &Error {
-        match self {
-            Failure::Garbled(e)
-            | Failure::Timeout(e)
-            | Failure::Unreachable(e)
-            | Failure::Refused(_, e)
-            | Failure::Busy(e)
-            | Failure::Other(e) => e,
-        }
-    }
-
-    /// The error, and whether this node may do better than another one:
-    /// None when its answer stands.
-    fn into_parts(self) -> (Error, Option<Refusal>) {
-        match self {
-            Failure::Refused(why, e) => (e, Some(why)),
-            Failure::Garbled(e) | Failure::Timeout(e) | Failure::Unreachable(e) => {
-                (e, Some(Refusal::Down))
-            }
-            Failure::Busy(e) | Failure::Other(e) => (e, None),
-        }
+/// Why a node failed a call of this kind, when another node may do
+/// better: None when its answer stands. A node that gave no usable answer
+/// (garbled, none in time, unreachable) counts as down.
+fn node_refusal(kind: Kind) -> Option<Refusal> {
+    match kind {
+        Kind::Replica => Some(Refusal::Replica),
+        Kind::NotReady => Some(Refusal::NotReady),
+        k if k.node_failed() => Some(Refusal::Down),
+        _ => None,
     }
 }
 
@@ -428,27 +404,28 @@ impl Webdis {
                         // A 404/405 (not Webdis?) or MSARG: reported, not
                         // retried, and the connection is not reused.
                         protocol::Answer::Ours(Err(e)) if e.status == Status::MS_ERR_PROTOCOL => {
-                            Err(Failure::Other(e))
+                            Err(e)
                         }
                         protocol::Answer::Ours(r) => Ok(r),
-                        protocol::Answer::Refused(why, e) => Err(Failure::Refused(why, e)),
-                        protocol::Answer::NotOurs(what) => Err(Failure::Garbled(Error::new(
+                        protocol::Answer::Refused(why, e) => Err(e.kinded(refusal_kind(why))),
+                        protocol::Answer::NotOurs(what) => Err(Error::new(
                             Status::MS_ERR_PROTOCOL,
                             format!(
                                 "Webdis at {} answered {function} with {what}",
                                 self.endpoint.base
                             ),
-                        ))),
+                        )
+                        .kinded(Kind::Garbled)),
                     }
                 },
             );
             let more_time = Instant::now() < deadline;
-            if let Err(f) = &result {
+            if let Err(e) = &result {
                 crate::util::debug_log!(
                     "{function} at {}: try {tries} failed after {:?}: {}",
                     self.endpoint.base,
                     try_started.elapsed(),
-                    f.error().message
+                    e.message
                 );
             }
             let resent = tries > 1;
@@ -463,19 +440,18 @@ impl Webdis {
                 }
                 // At most three tries: a server that always garbles (not
                 // Webdis at all?) is not hammered for the whole timeout.
-                Err(Failure::Garbled(_)) if tries < 3 && (tries == 1 || more_time) => {}
-                Err(Failure::Timeout(_)) if more_time => {}
-                Err(Failure::Busy(_)) if more_time => {
+                Err(e) if e.kind == Kind::Garbled && tries < 3 && (tries == 1 || more_time) => {}
+                Err(e) if e.kind == Kind::Timeout && more_time => {}
+                Err(e) if e.kind == Kind::Busy && more_time => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     std::thread::sleep(busy_pause.min(left));
                     busy_pause = (busy_pause * 2).min(Duration::from_secs(1));
                 }
-                Err(f) => {
-                    let (e, refused) = f.into_parts();
+                Err(e) => {
                     return Called {
+                        refused: node_refusal(e.kind),
                         result: Err(e),
                         resent,
-                        refused,
                         nonce,
                     };
                 }
@@ -494,8 +470,8 @@ impl Webdis {
         timeout: Duration,
         answer_within: Duration,
         reported_timeout: Duration,
-        answer: impl FnOnce(u16, &[u8]) -> std::result::Result<T, Failure>,
-    ) -> std::result::Result<T, Failure> {
+        answer: impl FnOnce(u16, &[u8]) -> Result<T>,
+    ) -> Result<T> {
         if let Some(plain) = &self.plain {
             let auth = match &self.endpoint.auth {
                 Some(a) => format!("Authorization: {a}\r\n"),
@@ -536,15 +512,19 @@ impl Webdis {
             req = req.header("Authorization", auth);
         }
         let ureq_failure = |e: ureq::Error| match e {
-            ureq::Error::Protocol(_) => Failure::Garbled(self.transport_error(e, reported_timeout)),
-            ureq::Error::Timeout(_) => Failure::Timeout(self.transport_error(e, reported_timeout)),
+            ureq::Error::Protocol(_) => self
+                .transport_error(e, reported_timeout)
+                .kinded(Kind::Garbled),
+            ureq::Error::Timeout(_) => self
+                .transport_error(e, reported_timeout)
+                .kinded(Kind::Timeout),
             e => {
                 let tls = self.tls_error(&e).is_some();
                 let error = self.transport_error(e, reported_timeout);
                 if tls || error.status != Status::MS_ERR_UNAVAILABLE {
-                    Failure::Other(error)
+                    error
                 } else {
-                    Failure::Unreachable(error)
+                    error.kinded(Kind::Unreachable)
                 }
             }
         };
@@ -561,31 +541,34 @@ impl Webdis {
             return Err(f);
         }
         let result = answer(status, &body);
-        if matches!(result, Err(Failure::Garbled(_))) {
+        if matches!(&result, Err(e) if e.kind == Kind::Garbled) {
             // ureq has pooled the connection already: a new agent drops it.
             self.renew_agent();
         }
         result
     }
 
-    fn plain_failure(&self, e: http::HttpError, timeout: Duration) -> Failure {
+    fn plain_failure(&self, e: http::HttpError, timeout: Duration) -> Error {
         let base = &self.endpoint.base;
         match e {
-            http::HttpError::Timeout => Failure::Timeout(Error::new(
+            http::HttpError::Timeout => Error::new(
                 Status::MS_ERR_TIMEOUT,
                 format!(
                     "Webdis at {base} did not answer within {} ms",
                     timeout.as_millis()
                 ),
-            )),
-            http::HttpError::Malformed(what) => Failure::Garbled(Error::new(
+            )
+            .kinded(Kind::Timeout),
+            http::HttpError::Malformed(what) => Error::new(
                 Status::MS_ERR_PROTOCOL,
                 format!("Webdis at {base} sent a malformed HTTP response: {what}"),
-            )),
-            e => Failure::Unreachable(Error::new(
+            )
+            .kinded(Kind::Garbled),
+            e => Error::new(
                 Status::MS_ERR_UNAVAILABLE,
                 format!("cannot reach Webdis at {base}: {e}; is it running, and is the URL right?"),
-            )),
+            )
+            .kinded(Kind::Unreachable),
         }
     }
 
@@ -751,27 +734,29 @@ impl Webdis {
     /// of Webdis answers when Webdis sent it a response it could not read
     /// (worth another try, as when Webdis garbles a response itself) or
     /// is down.
-    fn not_an_answer(&self, status: u16, body: &[u8]) -> Option<Failure> {
+    fn not_an_answer(&self, status: u16, body: &[u8]) -> Option<Error> {
         if let Some(e) = self.tls_port_error(status, body) {
-            return Some(Failure::Other(e));
+            return Some(e);
         }
         if status == 429 {
-            return Some(Failure::Busy(Error::new(
+            return Some(Error::new(
                 Status::MS_ERR_THROTTLED,
                 format!(
                     "the proxy at {} refused the request: too many requests from this address (HTTP 429); tried again until the timeout",
                     self.endpoint.base
                 ),
-            )));
+            )
+            .kinded(Kind::Busy));
         }
         (status == 502).then(|| {
-            Failure::Garbled(Error::new(
+            Error::new(
                 Status::MS_ERR_UNAVAILABLE,
                 format!(
                     "the proxy at {} answered HTTP 502 (Bad Gateway): Webdis behind it is down, unreachable from it, or sent it a malformed response",
                     self.endpoint.base
                 ),
-            ))
+            )
+            .kinded(Kind::Garbled)
         })
     }
 }
@@ -868,6 +853,29 @@ pub fn load_ca_file(path: &std::path::Path) -> Result<Arc<Vec<Certificate<'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Failover hears from a node's failure kind whether another node may
+    /// do better, and why: a node's refusal as it is, no usable answer as
+    /// down; the functions' own answers stand.
+    #[test]
+    fn failure_kinds_tell_failover_whether_another_node_may_do_better() {
+        for why in [Refusal::Replica, Refusal::NotReady, Refusal::Down] {
+            assert_eq!(node_refusal(refusal_kind(why)), Some(why));
+        }
+        for kind in [Kind::Garbled, Kind::Timeout, Kind::Unreachable] {
+            assert_eq!(node_refusal(kind), Some(Refusal::Down), "{kind:?}");
+        }
+        for kind in [
+            Kind::Other,
+            Kind::Busy,
+            Kind::Refused,
+            Kind::BaseMismatch,
+            Kind::Quota,
+            Kind::Version,
+        ] {
+            assert_eq!(node_refusal(kind), None, "{kind:?}");
+        }
+    }
 
     #[test]
     fn parses_urls() {
