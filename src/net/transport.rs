@@ -235,6 +235,64 @@ fn node_refusal(kind: Kind) -> Option<Refusal> {
     }
 }
 
+/// How long one try of a call within `timeout` waits for its answer: a
+/// third of the timeout (at least 1 s, at most the timeout), so that a
+/// response Webdis lost leaves time to send the request again.
+fn per_try(timeout: Duration) -> Duration {
+    (timeout / 3).max(Duration::from_secs(1)).min(timeout)
+}
+
+/// What a call does after a try that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Sends the request again at once, on another connection.
+    Retry,
+    /// Sends it again after this pause.
+    RetryAfter(Duration),
+    /// Gives up: the failure is the call's.
+    GiveUp,
+}
+
+/// The retry policy of a call on one node, without I/O: told of each
+/// failed try, says whether to try again.
+#[derive(Debug)]
+struct Retries {
+    /// Tries that failed so far.
+    tries: u32,
+    /// The pause after a proxy's 429, doubling up to 1 s.
+    busy_pause: Duration,
+}
+
+impl Retries {
+    fn new() -> Retries {
+        Retries {
+            tries: 0,
+            busy_pause: Duration::from_millis(100),
+        }
+    }
+
+    /// After a try that failed with a failure of `kind`, `left` before the
+    /// call's deadline: a garbled response is tried again (at most three
+    /// tries: a server that always garbles, not Webdis at all?, is not
+    /// hammered for the whole timeout; the second even when out of time),
+    /// a lost one (no answer in time) while time is left, a proxy's 429
+    /// after a pause while time is left; any other failure stands.
+    fn after(&mut self, kind: Kind, left: Duration) -> Next {
+        self.tries += 1;
+        let more_time = !left.is_zero();
+        match kind {
+            Kind::Garbled if self.tries < 3 && (self.tries == 1 || more_time) => Next::Retry,
+            Kind::Timeout if more_time => Next::Retry,
+            Kind::Busy if more_time => {
+                let pause = self.busy_pause.min(left);
+                self.busy_pause = (self.busy_pause * 2).min(Duration::from_secs(1));
+                Next::RetryAfter(pause)
+            }
+            _ => Next::GiveUp,
+        }
+    }
+}
+
 /// How a function call ended on one node.
 pub struct Called {
     pub result: Result<Value>,
@@ -383,12 +441,9 @@ impl Webdis {
         // only once; a repeated ms_stop that finds the stream gone counts
         // as done (Client::stop, told so by the returned flag).
         let deadline = Instant::now() + timeout;
-        let per_try = (timeout / 3).max(Duration::from_secs(1)).min(timeout);
-        let mut tries = 0;
-        // The pause after a proxy's 429, doubling up to 1 s.
-        let mut busy_pause = Duration::from_millis(100);
+        let per_try = per_try(timeout);
+        let mut retries = Retries::new();
         loop {
-            tries += 1;
             let try_started = Instant::now();
             let left = deadline
                 .saturating_duration_since(Instant::now())
@@ -419,17 +474,18 @@ impl Webdis {
                     }
                 },
             );
-            let more_time = Instant::now() < deadline;
+            let left = deadline.saturating_duration_since(Instant::now());
             if let Err(e) = &result {
                 crate::util::debug_log!(
-                    "{function} at {}: try {tries} failed after {:?}: {}",
+                    "{function} at {}: try {} failed after {:?}: {}",
                     self.endpoint.base,
+                    retries.tries + 1,
                     try_started.elapsed(),
                     e.message
                 );
             }
-            let resent = tries > 1;
-            match result {
+            let resent = retries.tries > 0;
+            let e = match result {
                 Ok(result) => {
                     return Called {
                         result,
@@ -438,22 +494,18 @@ impl Webdis {
                         nonce,
                     }
                 }
-                // At most three tries: a server that always garbles (not
-                // Webdis at all?) is not hammered for the whole timeout.
-                Err(e) if e.kind == Kind::Garbled && tries < 3 && (tries == 1 || more_time) => {}
-                Err(e) if e.kind == Kind::Timeout && more_time => {}
-                Err(e) if e.kind == Kind::Busy && more_time => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    std::thread::sleep(busy_pause.min(left));
-                    busy_pause = (busy_pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
+                Err(e) => e,
+            };
+            match retries.after(e.kind, left) {
+                Next::Retry => {}
+                Next::RetryAfter(pause) => std::thread::sleep(pause),
+                Next::GiveUp => {
                     return Called {
                         refused: node_refusal(e.kind),
                         result: Err(e),
                         resent,
                         nonce,
-                    };
+                    }
                 }
             }
         }
@@ -853,6 +905,86 @@ pub fn load_ca_file(path: &std::path::Path) -> Result<Arc<Vec<Certificate<'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn garbled_responses_are_tried_three_times_at_most() {
+        let mut r = Retries::new();
+        assert_eq!(
+            r.after(Kind::Garbled, Duration::ZERO),
+            Next::Retry,
+            "the second try even out of time"
+        );
+        assert_eq!(r.after(Kind::Garbled, Duration::ZERO), Next::GiveUp);
+        let mut r = Retries::new();
+        let left = Duration::from_secs(5);
+        assert_eq!(r.after(Kind::Garbled, left), Next::Retry);
+        assert_eq!(r.after(Kind::Garbled, left), Next::Retry);
+        assert_eq!(r.after(Kind::Garbled, left), Next::GiveUp);
+    }
+
+    #[test]
+    fn lost_responses_are_tried_again_while_time_is_left() {
+        let mut r = Retries::new();
+        for _ in 0..10 {
+            assert_eq!(
+                r.after(Kind::Timeout, Duration::from_millis(1)),
+                Next::Retry
+            );
+        }
+        assert_eq!(r.after(Kind::Timeout, Duration::ZERO), Next::GiveUp);
+        // A timeout after garbled tries is still retried.
+        let mut r = Retries::new();
+        r.after(Kind::Garbled, Duration::from_secs(1));
+        r.after(Kind::Garbled, Duration::from_secs(1));
+        assert_eq!(r.after(Kind::Timeout, Duration::from_secs(1)), Next::Retry);
+    }
+
+    #[test]
+    fn a_proxy_429_is_tried_again_after_a_pause_doubling_to_a_second() {
+        let mut r = Retries::new();
+        let left = Duration::from_secs(30);
+        let pauses: Vec<Next> = (0..6).map(|_| r.after(Kind::Busy, left)).collect();
+        let ms = |n| Next::RetryAfter(Duration::from_millis(n));
+        assert_eq!(
+            pauses,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        // Never past the deadline.
+        assert_eq!(r.after(Kind::Busy, Duration::from_millis(30)), ms(30));
+        assert_eq!(r.after(Kind::Busy, Duration::ZERO), Next::GiveUp);
+    }
+
+    #[test]
+    fn other_failures_stand_at_once() {
+        for kind in [
+            Kind::Other,
+            Kind::Unreachable,
+            Kind::Replica,
+            Kind::NotReady,
+            Kind::Down,
+            Kind::Refused,
+            Kind::BaseMismatch,
+            Kind::Quota,
+            Kind::Version,
+        ] {
+            assert_eq!(
+                Retries::new().after(kind, Duration::from_secs(9)),
+                Next::GiveUp,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_try_waits_a_third_of_the_timeout_at_least_a_second() {
+        let s = Duration::from_secs;
+        assert_eq!(per_try(s(9)), s(3));
+        assert_eq!(per_try(s(2)), s(1));
+        assert_eq!(
+            per_try(Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
+    }
 
     /// Failover hears from a node's failure kind whether another node may
     /// do better, and why: a node's refusal as it is, no usable answer as
