@@ -235,6 +235,32 @@ fn node_refusal(kind: Kind) -> Option<Refusal> {
     }
 }
 
+/// What a response (HTTP `status`, `body`) to a call of `function` with
+/// request nonce `nonce` says, without I/O: Ok, the call's answer (its
+/// reply, or an error of the functions that stands); Err, why this try
+/// failed, of its kind: garbled when it answers another request, the
+/// node's refusal, or a 404/405 (not Webdis?) or MSARG, reported and not
+/// retried. On Err the connection is not reused.
+fn answer_of(
+    command: &str,
+    function: &str,
+    base: &str,
+    status: u16,
+    body: &[u8],
+    nonce: &str,
+) -> Result<Result<Value>> {
+    match protocol::function_reply(command, status, body, nonce) {
+        protocol::Answer::Ours(Err(e)) if e.status == Status::MS_ERR_PROTOCOL => Err(e),
+        protocol::Answer::Ours(r) => Ok(r),
+        protocol::Answer::Refused(why, e) => Err(e.kinded(refusal_kind(why))),
+        protocol::Answer::NotOurs(what) => Err(Error::new(
+            Status::MS_ERR_PROTOCOL,
+            format!("Webdis at {base} answered {function} with {what}"),
+        )
+        .kinded(Kind::Garbled)),
+    }
+}
+
 /// How long one try of a call within `timeout` waits for its answer: a
 /// third of the timeout (at least 1 s, at most the timeout), so that a
 /// response Webdis lost leaves time to send the request again.
@@ -455,23 +481,7 @@ impl Webdis {
                 per_try.min(left),
                 timeout,
                 |status, body| {
-                    match protocol::function_reply(command, status, body, &nonce) {
-                        // A 404/405 (not Webdis?) or MSARG: reported, not
-                        // retried, and the connection is not reused.
-                        protocol::Answer::Ours(Err(e)) if e.status == Status::MS_ERR_PROTOCOL => {
-                            Err(e)
-                        }
-                        protocol::Answer::Ours(r) => Ok(r),
-                        protocol::Answer::Refused(why, e) => Err(e.kinded(refusal_kind(why))),
-                        protocol::Answer::NotOurs(what) => Err(Error::new(
-                            Status::MS_ERR_PROTOCOL,
-                            format!(
-                                "Webdis at {} answered {function} with {what}",
-                                self.endpoint.base
-                            ),
-                        )
-                        .kinded(Kind::Garbled)),
-                    }
+                    answer_of(command, function, &self.endpoint.base, status, body, &nonce)
                 },
             );
             let left = deadline.saturating_duration_since(Instant::now());
@@ -905,6 +915,39 @@ pub fn load_ca_file(path: &std::path::Path) -> Result<Arc<Vec<Certificate<'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_the_answer_or_a_failure_of_a_kind() {
+        let answer = |body: &[u8]| answer_of("FCALL", "ms_probe", "http://w", 200, body, "n1");
+        assert_eq!(
+            answer(br#"{"FCALL":["n1",2]}"#),
+            Ok(Ok(serde_json::json!([2])))
+        );
+        // The functions' own refusals stand: the answer.
+        let e = answer(br#"{"FCALL":[false,"MSNOTFOUND n1 no such stream"]}"#);
+        assert_eq!(e.unwrap().unwrap_err().status, Status::MS_ERR_NOT_FOUND);
+        // Another request's reply: garbled, naming the function.
+        let e = answer(br#"{"FCALL":["n2",2]}"#).unwrap_err();
+        assert_eq!((e.kind, e.status), (Kind::Garbled, Status::MS_ERR_PROTOCOL));
+        assert!(
+            e.message
+                .contains("Webdis at http://w answered ms_probe with"),
+            "{}",
+            e.message
+        );
+        // MSARG: a failure that is not retried.
+        let e = answer(br#"{"FCALL":[false,"MSARG n1 bad delta"]}"#).unwrap_err();
+        assert_eq!((e.kind, e.status), (Kind::Refused, Status::MS_ERR_PROTOCOL));
+        assert_eq!(node_refusal(e.kind), None);
+        // A node's refusals: another node may do better.
+        let e =
+            answer(br#"{"FCALL":[false,"READONLY You can't write against a read only replica."]}"#);
+        assert_eq!(e.unwrap_err().kind, Kind::Replica);
+        let e = answer(br#"{"FCALL":[false,"LOADING Redis is loading the dataset in memory"]}"#);
+        assert_eq!(e.unwrap_err().kind, Kind::NotReady);
+        let e = answer_of("FCALL", "ms_probe", "http://w", 503, b"", "n1").unwrap_err();
+        assert_eq!((e.kind, e.status), (Kind::Down, Status::MS_ERR_UNAVAILABLE));
+    }
 
     #[test]
     fn garbled_responses_are_tried_three_times_at_most() {
