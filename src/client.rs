@@ -9,7 +9,7 @@
 //! request timeout), ends every follow and stops the dispatcher.
 
 use crate::dispatch::{Callback, Dispatcher};
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use crate::kdf::{self, KeyCache, Secret};
 use crate::net::nodes::{Answered, Endpoints, Nodes};
 use crate::session::follower::Follow;
@@ -294,7 +294,7 @@ impl Client {
             // token too). Asked with ms_params, which checks no secret:
             // another's stream is neither taken over nor charged a wrong
             // password.
-            Err(e) if e.status == Status::MS_ERR_EXISTS => {
+            Err(e) if e.kind == Kind::Exists => {
                 if params_of(&self.control, &key_of(name), self.config.timeout()).ok()
                     != Some(params.clone())
                 {
@@ -403,15 +403,17 @@ impl Client {
         let result = match result {
             // Sent again after a lost or garbled response: the stream
             // being gone is what the first try did.
-            Err(e) if repeated && e.status == Status::MS_ERR_NOT_FOUND => Ok(Value::Null),
+            Err(e) if repeated && e.kind == Kind::NotFound => Ok(Value::Null),
             r => r,
         };
         match result {
-            Ok(_)
-            | Err(Error {
-                status: Status::MS_ERR_NOT_FOUND,
-                ..
-            }) => {
+            // Any failure but the stream being gone: the lead goes on.
+            Err(e) if e.kind != Kind::NotFound => {
+                lead.resume();
+                Err(e)
+            }
+            // Stopped, or gone already: the lead ends.
+            result => {
                 {
                     let mut leads = lock(&self.leads);
                     if leads.get(name).is_some_and(|l| l.session == lead.session) {
@@ -421,10 +423,6 @@ impl Client {
                 lead.terminate();
                 self.hooks.dispatcher.unregister(lead.session);
                 result.map(|_| ())
-            }
-            Err(e) => {
-                lead.resume();
-                Err(e)
             }
         }
     }

@@ -104,6 +104,10 @@ pub enum Kind {
     Quota,
     /// `MSVERSION`: Redis holds another version of the functions library.
     Version,
+    /// `MSEXISTS`: ms_start found the name taken.
+    Exists,
+    /// `MSNOTFOUND`: no such stream.
+    NotFound,
     /// The response was malformed or answered another request (worth
     /// another try on a new connection).
     Garbled,
@@ -130,6 +134,8 @@ impl Kind {
         match self {
             Kind::BaseMismatch | Kind::Refused => Some(Status::MS_ERR_PROTOCOL),
             Kind::Quota | Kind::Version => Some(Status::MS_ERR_SERVER),
+            Kind::Exists => Some(Status::MS_ERR_EXISTS),
+            Kind::NotFound => Some(Status::MS_ERR_NOT_FOUND),
             Kind::Other
             | Kind::Garbled
             | Kind::Timeout
