@@ -614,6 +614,14 @@ mod tests {
     const MAX: usize = 1 << 20;
 
     /// A loopback listener and the authority (`127.0.0.1:port`) it serves.
+    /// A PUT of `body` to /p that gets `200 reply`.
+    fn put_ok(pool: &Pool, body: &[u8], reply: &str) {
+        assert_eq!(
+            pool.put("/p", "", body, T, MAX).unwrap(),
+            (200, reply.as_bytes().to_vec())
+        );
+    }
+
     fn listen() -> (TcpListener, String) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let authority = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -889,14 +897,8 @@ mod tests {
             assert_eq!(second.eof(), 0);
         });
         let pool = Pool::new(&authority);
-        assert_eq!(
-            pool.put("/p", "", b"x", T, MAX).unwrap(),
-            (200, b"1".to_vec())
-        );
-        assert_eq!(
-            pool.put("/p", "", b"y", T, MAX).unwrap(),
-            (200, b"2".to_vec())
-        );
+        put_ok(&pool, b"x", "1");
+        put_ok(&pool, b"y", "2");
         drop(pool);
         server.join().unwrap();
     }
@@ -913,10 +915,7 @@ mod tests {
         });
         let pool = Pool::new(&authority);
         for _ in 0..2 {
-            assert_eq!(
-                pool.put("/p", "", b"x", T, MAX).unwrap(),
-                (200, b"ok".to_vec())
-            );
+            put_ok(&pool, b"x", "ok");
         }
         drop(pool);
         server.join().unwrap();
@@ -1033,10 +1032,7 @@ mod tests {
             assert!(!pending(&l), "the request was sent again");
         });
         let pool = Pool::new(&authority);
-        assert_eq!(
-            pool.put("/p", "", b"x", T, MAX).unwrap(),
-            (200, b"1".to_vec())
-        );
+        put_ok(&pool, b"x", "1");
         assert!(matches!(
             pool.put("/p", "", b"y", T, MAX),
             Err(HttpError::Malformed(_))
@@ -1189,10 +1185,7 @@ mod tests {
             assert!(!pending(&l));
         });
         let pool = Pool::new(&authority);
-        assert_eq!(
-            pool.put("/p", "", b"x", T, MAX).unwrap(),
-            (200, b"1".to_vec())
-        );
+        put_ok(&pool, b"x", "1");
         pool.shutdown();
         assert!(matches!(
             pool.put("/p", "", b"x", T, MAX),
@@ -1224,16 +1217,10 @@ mod tests {
             let _ = c.0.read_to_end(&mut Vec::new());
         });
         let pool = Pool::new(&authority);
-        assert_eq!(
-            pool.put("/p", "", b"x", T, MAX).unwrap(),
-            (200, b"1".to_vec())
-        );
+        put_ok(&pool, b"x", "1");
         sent_rx.recv_timeout(GUARD).unwrap();
         thread::sleep(Duration::from_millis(50));
-        assert_eq!(
-            pool.put("/p", "", b"y", T, MAX).unwrap(),
-            (200, b"2".to_vec())
-        );
+        put_ok(&pool, b"y", "2");
         drop(pool);
         server.join().unwrap();
     }
@@ -1256,10 +1243,7 @@ mod tests {
         let r = pool.put_within("/p", "", b"x", T, T, MAX).unwrap();
         assert_eq!(r.body, b"not yours");
         drop(r);
-        assert_eq!(
-            pool.put("/p", "", b"y", T, MAX).unwrap(),
-            (200, b"2".to_vec())
-        );
+        put_ok(&pool, b"y", "2");
         drop(pool);
         server.join().unwrap();
     }
