@@ -251,6 +251,18 @@ pub struct Answered {
     pub nonce: String,
 }
 
+impl Answered {
+    /// How node `node` answered.
+    fn by(node: usize, called: Called) -> Answered {
+        Answered {
+            result: called.result,
+            resent: called.resent,
+            node,
+            nonce: called.nonce,
+        }
+    }
+}
+
 impl Nodes {
     pub fn new(endpoints: Arc<Endpoints>) -> Nodes {
         let handles = (0..endpoints.len()).map(|_| OnceLock::new()).collect();
@@ -313,20 +325,10 @@ impl Nodes {
         let n = endpoints.len();
         let first = endpoints.primary();
         if n == 1 {
-            let Called {
-                result,
-                resent,
-                nonce,
-                ..
-            } = self
+            let called = self
                 .node(0)
                 .call(read_only, function, keys, args, body, timeout);
-            return Answered {
-                result,
-                resent,
-                node: 0,
-                nonce,
-            };
+            return Answered::by(0, called);
         }
         let deadline = Instant::now() + timeout;
         let mut failover = Failover::new(first, n, timeout);
@@ -351,10 +353,8 @@ impl Nodes {
                     None => {
                         endpoints.took_write(node);
                         return Answered {
-                            result: called.result,
                             resent,
-                            node,
-                            nonce: called.nonce,
+                            ..Answered::by(node, called)
                         };
                     }
                     Some(why) => {
@@ -406,37 +406,82 @@ impl Nodes {
         if self.is_shut() {
             return Error::new(Status::MS_ERR_UNAVAILABLE, "the connection was shut down");
         }
-        let all_timeouts = causes
-            .iter()
-            .all(|c| c.as_ref().is_some_and(|e| e.kind == Kind::Timeout));
-        let each: Vec<String> = causes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match c {
-                Some(e) => format!("{}: {}", self.base(i), e.message),
-                None => format!("{}: not tried in time", self.base(i)),
-            })
-            .collect();
-        let (status, kind) = if all_timeouts {
-            (Status::MS_ERR_TIMEOUT, Kind::Timeout)
-        } else {
-            (Status::MS_ERR_UNAVAILABLE, Kind::Unreachable)
-        };
-        Error::new(
-            status,
-            format!(
-                "no Webdis endpoint took {function} within {} ms (is a Redis primary up?): {}",
-                timeout.as_millis(),
-                each.join("; ")
-            ),
-        )
-        .kinded(kind)
+        let bases: Vec<&str> = (0..causes.len()).map(|i| self.base(i)).collect();
+        no_node_answered(&bases, function, timeout, causes)
     }
+}
+
+/// The error of a call of `function` no node answered within `timeout`,
+/// naming each endpoint (`bases`) and why (`causes`, None: not tried in
+/// time): MS_ERR_TIMEOUT when every node was tried and none answered in
+/// time, MS_ERR_UNAVAILABLE otherwise.
+fn no_node_answered(
+    bases: &[&str],
+    function: &str,
+    timeout: Duration,
+    causes: &[Option<Error>],
+) -> Error {
+    let all_timeouts = causes
+        .iter()
+        .all(|c| c.as_ref().is_some_and(|e| e.kind == Kind::Timeout));
+    let each: Vec<String> = causes
+        .iter()
+        .zip(bases)
+        .map(|(c, base)| match c {
+            Some(e) => format!("{base}: {}", e.message),
+            None => format!("{base}: not tried in time"),
+        })
+        .collect();
+    let (status, kind) = if all_timeouts {
+        (Status::MS_ERR_TIMEOUT, Kind::Timeout)
+    } else {
+        (Status::MS_ERR_UNAVAILABLE, Kind::Unreachable)
+    };
+    Error::new(
+        status,
+        format!(
+            "no Webdis endpoint took {function} within {} ms (is a Redis primary up?): {}",
+            timeout.as_millis(),
+            each.join("; ")
+        ),
+    )
+    .kinded(kind)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_no_node_answered_names_each_and_is_a_timeout_only_if_all_were() {
+        let bases = ["http://a", "http://b"];
+        let timeout = Duration::from_secs(3);
+        let slow = || Some(Error::new(Status::MS_ERR_TIMEOUT, "slow").kinded(Kind::Timeout));
+        let e = no_node_answered(&bases, "ms_publish", timeout, &[slow(), slow()]);
+        assert_eq!((e.status, e.kind), (Status::MS_ERR_TIMEOUT, Kind::Timeout));
+        assert_eq!(
+            e.message,
+            "no Webdis endpoint took ms_publish within 3000 ms (is a Redis primary up?): http://a: slow; http://b: slow"
+        );
+        let down = Some(Error::new(Status::MS_ERR_UNAVAILABLE, "down").kinded(Kind::Down));
+        let e = no_node_answered(&bases, "ms_publish", timeout, &[slow(), down]);
+        assert_eq!(
+            (e.status, e.kind),
+            (Status::MS_ERR_UNAVAILABLE, Kind::Unreachable)
+        );
+        // A node not tried in time is no timeout of its own.
+        let e = no_node_answered(&bases, "ms_stop", timeout, &[slow(), None]);
+        assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE);
+        assert!(
+            e.message.ends_with("http://b: not tried in time"),
+            "{}",
+            e.message
+        );
+        // A timeout told by its kind, never by its status alone.
+        let unkinded = Some(Error::new(Status::MS_ERR_TIMEOUT, "slow"));
+        let e = no_node_answered(&bases, "ms_stop", timeout, &[unkinded.clone(), unkinded]);
+        assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE);
+    }
 
     #[test]
     fn failover_rounds_start_at_the_primary_and_visit_every_node() {
