@@ -9,14 +9,14 @@
 //! request timeout), ends every follow and stops the dispatcher.
 
 use crate::dispatch::{Callback, Dispatcher};
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use crate::kdf::{self, KeyCache, Secret};
 use crate::net::nodes::{Answered, Endpoints, Nodes};
 use crate::session::follower::Follow;
 use crate::session::leader::{Lead, LeadIdentity};
 use crate::session::{key_of, params_of, Config, EndHook, Hooks};
 use crate::util::{lock, random_hex};
-use crate::wire::functions::Call;
+use crate::wire::functions::{Call, Connected, ListPage, SubscriberPage};
 use crate::wire::protocol;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -58,22 +58,8 @@ fn end_hook<T: Session + Send + Sync + 'static>(registry: &Registry<Arc<T>>) -> 
     })
 }
 
-/// A live stream as listed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamInfo {
-    pub name: String,
-    pub seq: u64,
-    pub followers: u32,
-    pub updated_ms: i64,
-    /// Unix time in ms when the leader was last heard (start, reconnect,
-    /// publish, heartbeat); 0 if not known.
-    pub heard_ms: i64,
-    /// The heartbeat interval the leader announced, in ms.
-    pub heartbeat_ms: u32,
-}
-
-/// Fields of one stream in a reply of ms_list.
-const LIST_FIELDS: usize = 6;
+/// A live stream as listed (one entry of ms_list).
+pub use crate::wire::functions::ListEntry as StreamInfo;
 
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
@@ -308,7 +294,7 @@ impl Client {
             // token too). Asked with ms_params, which checks no secret:
             // another's stream is neither taken over nor charged a wrong
             // password.
-            Err(e) if e.status == Status::MS_ERR_EXISTS => {
+            Err(e) if e.kind == Kind::Exists => {
                 if params_of(&self.control, &key_of(name), self.config.timeout()).ok()
                     != Some(params.clone())
                 {
@@ -383,17 +369,10 @@ impl Client {
             .control
             .fcall_answered(&call, &body, self.config.timeout());
         // The channel comes sealed with the leader code's key.
-        match answered.result? {
-            Value::Array(a) if a.len() == 2 => match (&a[0], protocol::as_u64(&a[1])) {
-                (Value::String(sealed), Some(seq)) => {
-                    protocol::open_sealed(sealed, &code_key, &answered.nonce)
-                        .map(|channel| (channel, seq))
-                        .ok_or_else(|| protocol::protocol_error("ms_reconnect"))
-                }
-                _ => Err(protocol::protocol_error("ms_reconnect")),
-            },
-            _ => Err(protocol::protocol_error("ms_reconnect")),
-        }
+        let connected = Connected::of(answered.result?, "ms_reconnect")?;
+        protocol::open_sealed(&connected.channel_sealed, &code_key, &answered.nonce)
+            .map(|channel| (channel, connected.seq))
+            .ok_or_else(|| protocol::protocol_error("ms_reconnect"))
     }
 
     /// Hands over a new state; returns at once.
@@ -424,15 +403,17 @@ impl Client {
         let result = match result {
             // Sent again after a lost or garbled response: the stream
             // being gone is what the first try did.
-            Err(e) if repeated && e.status == Status::MS_ERR_NOT_FOUND => Ok(Value::Null),
+            Err(e) if repeated && e.kind == Kind::NotFound => Ok(Value::Null),
             r => r,
         };
         match result {
-            Ok(_)
-            | Err(Error {
-                status: Status::MS_ERR_NOT_FOUND,
-                ..
-            }) => {
+            // Any failure but the stream being gone: the lead goes on.
+            Err(e) if e.kind != Kind::NotFound => {
+                lead.resume();
+                Err(e)
+            }
+            // Stopped, or gone already: the lead ends.
+            result => {
                 {
                     let mut leads = lock(&self.leads);
                     if leads.get(name).is_some_and(|l| l.session == lead.session) {
@@ -442,10 +423,6 @@ impl Client {
                 lead.terminate();
                 self.hooks.dispatcher.unregister(lead.session);
                 result.map(|_| ())
-            }
-            Err(e) => {
-                lead.resume();
-                Err(e)
             }
         }
     }
@@ -512,10 +489,9 @@ impl Client {
     pub fn list(&self) -> Result<Vec<StreamInfo>> {
         let timeout = self.config.timeout();
         let deadline = Instant::now() + timeout;
-        let bad = || protocol::protocol_error("ms_list");
         // Page by page (each call of the functions looks at a bounded part
         // of the index), within the timeout overall.
-        let mut items = Vec::new();
+        let mut entries = Vec::new();
         let mut cursor = "0".to_string();
         let mut node;
         loop {
@@ -531,54 +507,41 @@ impl Client {
             }
             let answered = self.control.fcall_answered(&Call::list(&cursor), b"", left);
             node = answered.node;
-            let mut page = match answered.result? {
-                Value::Array(a) if a.len() % LIST_FIELDS == 2 => a,
-                _ => return Err(bad()),
-            };
-            cursor = match page.remove(0) {
-                Value::String(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => c,
-                _ => return Err(bad()),
-            };
-            match protocol::as_u64(&page.remove(0)) {
-                Some(0) => {}
-                Some(n) => crate::util::debug_log!(
-                    "ms_list: the functions skipped {n} index entries whose name this version refuses (not UTF-8, control or bidirectional formatting characters) or whose record is of an earlier version"
-                ),
-                None => return Err(bad()),
+            let page = ListPage::of(answered.result?)?;
+            if page.skipped > 0 {
+                crate::util::debug_log!(
+                    "ms_list: the functions skipped {} index entries whose name this version refuses (not UTF-8, control or bidirectional formatting characters) or whose record is of an earlier version",
+                    page.skipped
+                );
             }
-            items.extend(page);
+            cursor = page.cursor;
+            entries.extend(page.entries);
             if cursor == "0" {
                 break;
             }
         }
-        let mut out: Vec<StreamInfo> = Vec::with_capacity(items.len() / LIST_FIELDS);
+        let mut out: Vec<StreamInfo> = Vec::with_capacity(entries.len());
         let mut seen = std::collections::HashSet::new();
-        for rec in items.chunks(LIST_FIELDS) {
-            let entry = (|| {
-                Some(StreamInfo {
-                    name: rec[0].as_str()?.to_string(),
-                    seq: protocol::as_u64(&rec[1])?,
-                    followers: protocol::as_u64(&rec[2])?.min(u32::MAX as u64) as u32,
-                    updated_ms: protocol::as_i64(&rec[3])?,
-                    heard_ms: protocol::as_i64(&rec[4])?,
-                    heartbeat_ms: protocol::as_u64(&rec[5])?.min(u32::MAX as u64) as u32,
-                })
-            })();
+        for entry in entries {
             // A name the library refuses (not valid UTF-8, control or
             // bidirectional formatting characters: put in the index before
             // the functions refused them, or by hand) is not shown.
-            let entry = entry.filter(|info| protocol::check_name(&info.name).is_ok());
+            let entry = entry.map_err(|rec| format!("{rec:?}")).and_then(|info| {
+                protocol::check_name(&info.name)
+                    .map(|()| info)
+                    .map_err(|e| e.message)
+            });
             match entry {
                 // A name may come twice while the index changes (SSCAN).
-                Some(info) => {
+                Ok(info) => {
                     if seen.insert(info.name.clone()) {
                         out.push(info)
                     }
                 }
                 // One entry this library cannot read (a record written by
                 // hand?) does not hide the others.
-                None => {
-                    crate::util::debug_log!("ms_list: skipped an entry it cannot read: {rec:?}")
+                Err(why) => {
+                    crate::util::debug_log!("ms_list: skipped an entry it cannot read: {why}")
                 }
             }
         }
@@ -609,7 +572,7 @@ impl Client {
     /// (ms_subscribers); none when it does not answer.
     fn subscribers_on(&self, node: usize, timeout: Duration) -> Vec<(String, u64)> {
         let deadline = Instant::now() + timeout;
-        let mut items = Vec::new();
+        let mut counts = Vec::new();
         let mut cursor = "0".to_string();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -620,29 +583,20 @@ impl Client {
                     .node(node)
                     .fcall(&Call::subscribers(&cursor), b"", left)
             };
-            let mut page = match reply {
-                Ok(Value::Array(a)) if a.len() % 2 == 1 => a,
-                other => {
-                    crate::util::debug_log!(
-                        "ms_subscribers at {}: {other:?}",
-                        self.control.base(node)
-                    );
+            let page = match reply.and_then(SubscriberPage::of) {
+                Ok(page) => page,
+                Err(e) => {
+                    crate::util::debug_log!("ms_subscribers at {}: {e}", self.control.base(node));
                     return Vec::new();
                 }
             };
-            cursor = match page.remove(0) {
-                Value::String(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => c,
-                _ => return Vec::new(),
-            };
-            items.extend(page);
+            cursor = page.cursor;
+            counts.extend(page.counts);
             if cursor == "0" {
                 break;
             }
         }
-        items
-            .chunks(2)
-            .filter_map(|r| Some((r[0].as_str()?.to_string(), protocol::as_u64(&r[1])?)))
-            .collect()
+        counts
     }
 
     /// Number of events waiting for the callback (for tests and benches).

@@ -84,9 +84,13 @@ impl Status {
 }
 
 /// What a failure is, where the crate decides on more than its status:
-/// the refusals of the functions library that a caller handles apart.
-/// Each kind has one status (`Kind::status`), the one the C boundary
-/// reports; any other failure is `Kind::Other`, its status alone.
+/// the refusals of the functions library that a caller handles apart, and
+/// how a request to a node failed (what the transport retries, what
+/// failover skips). A refusal of the functions has one status
+/// (`Kind::status`), the one the C boundary reports; a failure of the
+/// network keeps the status it was made with (a proxy's 502 is
+/// `Garbled` yet MS_ERR_UNAVAILABLE); any other failure is `Kind::Other`,
+/// its status alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// Said all by its status.
@@ -100,17 +104,63 @@ pub enum Kind {
     Quota,
     /// `MSVERSION`: Redis holds another version of the functions library.
     Version,
+    /// `MSEXISTS`: ms_start found the name taken.
+    Exists,
+    /// `MSNOTFOUND`: no such stream.
+    NotFound,
+    /// The response was malformed or answered another request (worth
+    /// another try on a new connection).
+    Garbled,
+    /// No response in time.
+    Timeout,
+    /// Webdis cannot be reached (connection refused or reset).
+    Unreachable,
+    /// A proxy in front of Webdis refused the request for now (HTTP 429):
+    /// it never reached Webdis; worth another try after a pause.
+    Busy,
+    /// The node's Redis is a read-only replica: writes go to the primary.
+    Replica,
+    /// The node's Redis cannot take the call just now (loading, cut from
+    /// its primary, short of replicas, busy).
+    NotReady,
+    /// Webdis cannot reach its Redis (HTTP 5xx).
+    Down,
 }
 
 impl Kind {
     /// The status a failure of this kind is reported with; None for
-    /// `Other`, whose status is its own.
+    /// `Other` and the failures of the network, whose status is their own.
     pub fn status(self) -> Option<Status> {
         match self {
-            Kind::Other => None,
             Kind::BaseMismatch | Kind::Refused => Some(Status::MS_ERR_PROTOCOL),
             Kind::Quota | Kind::Version => Some(Status::MS_ERR_SERVER),
+            Kind::Exists => Some(Status::MS_ERR_EXISTS),
+            Kind::NotFound => Some(Status::MS_ERR_NOT_FOUND),
+            Kind::Other
+            | Kind::Garbled
+            | Kind::Timeout
+            | Kind::Unreachable
+            | Kind::Busy
+            | Kind::Replica
+            | Kind::NotReady
+            | Kind::Down => None,
         }
+    }
+
+    /// Whether the node did not carry the call out, or may not have, so
+    /// that another node may do better: its Redis refused it (a replica,
+    /// not ready, out of reach of Webdis), or the node gave no usable
+    /// answer (garbled, none in time, unreachable).
+    pub fn node_failed(self) -> bool {
+        matches!(
+            self,
+            Kind::Replica
+                | Kind::NotReady
+                | Kind::Down
+                | Kind::Garbled
+                | Kind::Timeout
+                | Kind::Unreachable
+        )
     }
 }
 
@@ -139,6 +189,11 @@ impl Error {
             message: message.into(),
             kind,
         }
+    }
+
+    /// The same failure, of `kind` (its status kept).
+    pub fn kinded(self, kind: Kind) -> Error {
+        Error { kind, ..self }
     }
 
     pub fn invalid(message: impl Into<String>) -> Error {
@@ -186,6 +241,27 @@ mod tests {
         ] {
             assert!(!s.is_transient(), "{s:?}");
         }
+    }
+
+    /// A failure of the network keeps the status it was made with; a
+    /// refusal of the functions has its own.
+    #[test]
+    fn network_kinds_keep_their_status() {
+        use super::Kind;
+        for kind in [
+            Kind::Garbled,
+            Kind::Timeout,
+            Kind::Unreachable,
+            Kind::Busy,
+            Kind::Down,
+        ] {
+            assert_eq!(kind.status(), None, "{kind:?}");
+            let e = Error::new(Status::MS_ERR_UNAVAILABLE, "x").kinded(kind);
+            assert_eq!((e.status, e.kind), (Status::MS_ERR_UNAVAILABLE, kind));
+        }
+        assert_eq!(Kind::Refused.status(), Some(Status::MS_ERR_PROTOCOL));
+        assert!(!Kind::Busy.node_failed() && !Kind::Other.node_failed());
+        assert!(Kind::Replica.node_failed() && Kind::Timeout.node_failed());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result, Status};
 use crate::util::lock;
+use crate::wire::functions::ParamsReply;
 use crate::wire::protocol;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -131,35 +132,29 @@ pub fn check_iterations(iterations: u32) -> Result<()> {
     Ok(())
 }
 
-/// The key derivation parameters in a reply to ms_params,
-/// `[algorithm, iterations, salt]` (`session::params_of` asks for them).
-pub fn params_of_reply(reply: Value) -> Result<Params> {
+/// The key derivation parameters of a reply to ms_params
+/// (`session::params_of` asks for them): an algorithm this library knows,
+/// iterations in range, a salt of 32 lowercase hex digits.
+pub fn params_of_reply(reply: ParamsReply) -> Result<Params> {
     let bad = || protocol::protocol_error("ms_params");
-    let a = match reply {
-        Value::Array(a) if a.len() == 3 => a,
-        _ => return Err(bad()),
-    };
-    if a[0].as_str() != Some(ALGORITHM) {
+    if reply.algorithm != ALGORITHM {
         return Err(Error::new(
             Status::MS_ERR_PROTOCOL,
             format!(
                 "the stream's secrets are derived with {}, which this library does not know (it knows {ALGORITHM})",
-                a[0]
+                Value::String(reply.algorithm)
             ),
         ));
     }
-    let iterations = protocol::as_u64(&a[1])
-        .and_then(|n| u32::try_from(n).ok())
+    let iterations = u32::try_from(reply.iterations)
+        .ok()
         .filter(|n| (MIN_ITERATIONS..=MAX_ITERATIONS).contains(n))
         .ok_or_else(bad)?;
-    let salt = a[2].as_str().ok_or_else(bad)?;
+    let salt = reply.salt;
     if salt.len() != 32 || !salt.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return Err(bad());
     }
-    Ok(Params {
-        salt: salt.to_string(),
-        iterations,
-    })
+    Ok(Params { salt, iterations })
 }
 
 #[cfg(test)]
@@ -169,18 +164,29 @@ mod tests {
     #[test]
     fn params_replies_of_another_shape_or_range_are_refused() {
         let salt = "0123456789abcdef0123456789abcdef";
-        let p = params_of_reply(serde_json::json!([ALGORITHM, "600000", salt])).unwrap();
+        let reply = |algorithm: &str, iterations: u64, salt: &str| ParamsReply {
+            algorithm: algorithm.into(),
+            iterations,
+            salt: salt.into(),
+        };
+        let p = params_of_reply(reply(ALGORITHM, 600_000, salt)).unwrap();
         assert_eq!((p.iterations, p.salt.as_str()), (600_000, salt));
         for bad in [
-            serde_json::json!([ALGORITHM, 600_000]),
-            serde_json::json!([ALGORITHM, 99_999, salt]),
-            serde_json::json!([ALGORITHM, 600_000, "0123"]),
-            serde_json::json!([ALGORITHM, 600_000, salt.to_uppercase()]),
-            serde_json::json!(["scrypt", 600_000, salt]),
+            reply(ALGORITHM, 99_999, salt),
+            reply(ALGORITHM, u32::MAX as u64 + 1, salt),
+            reply(ALGORITHM, 600_000, "0123"),
+            reply(ALGORITHM, 600_000, &salt.to_uppercase()),
+            reply("scrypt", 600_000, salt),
         ] {
             let e = params_of_reply(bad.clone()).unwrap_err();
-            assert_eq!(e.status, Status::MS_ERR_PROTOCOL, "{bad}");
+            assert_eq!(e.status, Status::MS_ERR_PROTOCOL, "{bad:?}");
         }
+        let e = params_of_reply(reply("scrypt", 600_000, salt)).unwrap_err();
+        assert!(
+            e.message.contains("derived with \"scrypt\""),
+            "{}",
+            e.message
+        );
     }
 
     /// The test vector of docs/PROTOCOL.md (also checked against Python's

@@ -170,10 +170,7 @@ fn function_load_halfway_through_deltas_loses_nothing() {
     let mut published = vec![plan.text()];
     leader.publish(&name, published[0].as_bytes()).unwrap();
     leader.flush(&name, 20_000).unwrap();
-    let lua = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("lua/missionstream.lua"),
-    )
-    .unwrap();
+    let lua = library();
     for i in 0..30 {
         published.push(step(&leader, &name, &mut plan, i));
         if i % 10 == 4 {
@@ -311,6 +308,30 @@ impl Drop for Replica {
     }
 }
 
+/// The functions library of this version, as FUNCTION LOAD takes it.
+fn library() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("lua/missionstream.lua"))
+        .unwrap()
+}
+
+/// Loads the functions anew (a new Lua VM: the states they kept are
+/// gone); the primary still assembles `expected` from the record.
+fn reload_and_read(s: &Servers, name: &str, expected: &str) {
+    s.load_functions(&library());
+    assert_state_eq(
+        &newest_state(s.redis_port, name),
+        expected,
+        "after FUNCTION LOAD",
+    );
+}
+
+/// Once the replica has all the primary wrote, it reads `expected`.
+fn replica_reads(s: &Servers, replica: &Replica, name: &str, expected: &str, why: &str) {
+    let at = master_offset(s);
+    wait_until(T, || replica.offset() >= at);
+    assert_state_eq(&newest_state(replica.port, name), expected, why);
+}
+
 /// The primary's replication offset.
 fn master_offset(s: &Servers) -> i64 {
     s.redis_cli(&["INFO", "replication"])
@@ -378,16 +399,7 @@ fn a_replica_reads_the_newest_state_after_every_delta_of_any_shape() {
     assert!(deltas_seen > 300, "{deltas_seen} updates went as deltas");
     assert!(compactions >= 3, "{compactions} compactions");
     // And from scratch: a new Lua VM on the primary assembles it too.
-    let lua = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("lua/missionstream.lua"),
-    )
-    .unwrap();
-    s.load_functions(&lua);
-    assert_state_eq(
-        &newest_state(s.redis_port, &name),
-        &state,
-        "after FUNCTION LOAD",
-    );
+    reload_and_read(&s, &name, &state);
 }
 
 #[test]
@@ -418,36 +430,15 @@ fn scattered_edits_compose_the_deltas_and_every_read_is_exact() {
             composed += 1;
             assert_eq!(base(), first_base, "composed, not compacted, at update {i}");
             // Read at once on the replica, and from scratch on the primary.
-            let at = master_offset(&s);
-            wait_until(T, || replica.offset() >= at);
-            assert_state_eq(
-                &newest_state(replica.port, &name),
-                &last,
-                &format!("replica, update {i}"),
-            );
+            replica_reads(&s, &replica, &name, &last, &format!("replica, update {i}"));
         }
         last_n = n;
         if i % 50 == 49 {
-            let at = master_offset(&s);
-            wait_until(T, || replica.offset() >= at);
-            assert_state_eq(
-                &newest_state(replica.port, &name),
-                &last,
-                &format!("replica, update {i}"),
-            );
+            replica_reads(&s, &replica, &name, &last, &format!("replica, update {i}"));
         }
     }
     assert!(composed >= 1, "the deltas were never composed");
-    let lua = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("lua/missionstream.lua"),
-    )
-    .unwrap();
-    s.load_functions(&lua);
-    assert_state_eq(
-        &newest_state(s.redis_port, &name),
-        &last,
-        "after FUNCTION LOAD",
-    );
+    reload_and_read(&s, &name, &last);
     // Deltas go on from the composed record.
     plan.move_waypoint(3, 0.00001, 0.00001);
     let next = plan.text();

@@ -369,7 +369,138 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HttpError> {
     }))
 }
 
-/// One request and its response on `conn`. On failure, also says whether
+/// How long the next blocking call of an exchange may wait, without I/O:
+/// while no byte of the answer came (`got` false), at most `answer_within`
+/// at a time and not past `first_byte_by` (the wait for the first byte);
+/// once some came, the rest of a large answer may take until the
+/// deadline. A timeout when that time is up.
+fn wait_for(
+    now: Instant,
+    deadline: Instant,
+    first_byte_by: Instant,
+    answer_within: Duration,
+    got: bool,
+) -> Result<Duration, HttpError> {
+    let left = deadline.saturating_duration_since(now);
+    if left.is_zero() || (!got && now >= first_byte_by) {
+        return Err(HttpError::Timeout);
+    }
+    Ok(if got { left } else { answer_within.min(left) })
+}
+
+/// A response taken as its bytes come, without I/O: its head (see
+/// `parse_head`), then exactly the `Content-Length` bytes of its body;
+/// anything more is not a response this client asked for.
+struct Reading {
+    /// The head's bytes so far; once it is parsed, the body's.
+    buf: Vec<u8>,
+    head: Option<Head>,
+    max_body: usize,
+}
+
+/// A complete response: its status, its body, and whether the connection
+/// may be kept.
+type Complete = (u16, Vec<u8>, bool);
+
+impl Reading {
+    fn new(max_body: usize) -> Reading {
+        Reading {
+            buf: Vec::with_capacity(4096),
+            head: None,
+            max_body,
+        }
+    }
+
+    /// Whether any byte of the response came.
+    fn got(&self) -> bool {
+        self.head.is_some() || !self.buf.is_empty()
+    }
+
+    /// The most bytes to read next: a `chunk` while the head is
+    /// incomplete, no more than the body lacks after (bytes beyond it are
+    /// left unread, to be found on the connection).
+    fn want(&self, chunk: usize) -> usize {
+        match &self.head {
+            None => chunk,
+            Some(head) => (head.content_length - self.buf.len()).min(chunk),
+        }
+    }
+
+    /// Takes bytes read; the response once complete.
+    fn feed(&mut self, bytes: &[u8]) -> Result<Option<Complete>, HttpError> {
+        self.buf.extend_from_slice(bytes);
+        let content_length = match &self.head {
+            Some(head) => head.content_length,
+            None => {
+                let Some(head) = parse_head(&self.buf)? else {
+                    return Ok(None);
+                };
+                if head.content_length > self.max_body {
+                    return Err(HttpError::Malformed("response body over the size limit"));
+                }
+                self.buf = self.buf.split_off(head.len);
+                self.buf
+                    .reserve(head.content_length.saturating_sub(self.buf.len()));
+                let content_length = head.content_length;
+                self.head = Some(head);
+                content_length
+            }
+        };
+        if self.buf.len() > content_length {
+            // More than one response: not something this client asked for.
+            return Err(HttpError::Malformed("bytes after the response"));
+        }
+        match &self.head {
+            Some(head) if self.buf.len() == content_length => Ok(Some((
+                head.status,
+                std::mem::take(&mut self.buf),
+                head.keep_alive,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// The failure of the connection closing now.
+    fn closed(&self) -> HttpError {
+        let what = if self.head.is_some() {
+            "Webdis closed the connection mid-response"
+        } else {
+            "Webdis closed the connection"
+        };
+        HttpError::Io(io::Error::new(io::ErrorKind::UnexpectedEof, what))
+    }
+}
+
+/// Sends a request: head and body in one write when the body is small.
+fn send(
+    conn: &mut Conn,
+    head: &str,
+    body: &[u8],
+    deadline: Instant,
+    answer_within: Duration,
+) -> Result<(), HttpError> {
+    if body.len() <= COALESCE {
+        let wait = wait_for(Instant::now(), deadline, deadline, answer_within, false)?;
+        conn.wait_at_most(wait)?;
+        let mut stream = &conn.stream;
+        let mut buf = Vec::with_capacity(head.len() + body.len());
+        buf.extend_from_slice(head.as_bytes());
+        buf.extend_from_slice(body);
+        stream.write_all(&buf).map_err(io_error)
+    } else {
+        // Sending a large body may take the whole timeout.
+        conn.wait_at_most(deadline.saturating_duration_since(Instant::now()))?;
+        let mut stream = &conn.stream;
+        // Two writes: std writes to sockets with MSG_NOSIGNAL, where a
+        // writev would raise SIGPIPE in the host process on a connection
+        // Webdis has closed. Nagle is off, so the head is not held back.
+        stream.write_all(head.as_bytes()).map_err(io_error)?;
+        stream.write_all(body).map_err(io_error)
+    }
+}
+
+/// One request and its response on `conn`: the I/O, each wait as
+/// `wait_for` says, the bytes to `Reading`. On failure, also says whether
 /// any byte of a response arrived.
 fn exchange(
     conn: &mut Conn,
@@ -378,104 +509,27 @@ fn exchange(
     deadline: Instant,
     answer_within: Duration,
     max_body: usize,
-) -> Result<(u16, Vec<u8>, bool), (HttpError, bool)> {
-    // Every blocking call waits at most `answer_within` (the wait for the
-    // first byte of the answer), or what is left until the deadline; the
-    // deadline is looked at between calls.
-    let step = |conn: &mut Conn, got: bool| -> Result<(), (HttpError, bool)> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err((HttpError::Timeout, got));
-        }
-        conn.wait_at_most(answer_within.min(left))
-            .map_err(|e| (e, got))
-    };
-    if body.len() <= COALESCE {
-        step(conn, false)?;
-    } else {
-        // Sending a large body may take the whole timeout.
-        let left = deadline.saturating_duration_since(Instant::now());
-        conn.wait_at_most(left).map_err(|e| (e, false))?;
-    }
-    let mut stream = &conn.stream;
-    if body.len() <= COALESCE {
-        let mut buf = Vec::with_capacity(head.len() + body.len());
-        buf.extend_from_slice(head.as_bytes());
-        buf.extend_from_slice(body);
-        stream.write_all(&buf).map_err(|e| (io_error(e), false))?;
-    } else {
-        // Two writes: std writes to sockets with MSG_NOSIGNAL, where a
-        // writev would raise SIGPIPE in the host process on a connection
-        // Webdis has closed. Nagle is off, so the head is not held back.
-        stream
-            .write_all(head.as_bytes())
-            .map_err(|e| (io_error(e), false))?;
-        stream.write_all(body).map_err(|e| (io_error(e), false))?;
-    }
-
+) -> Result<Complete, (HttpError, bool)> {
+    send(conn, head, body, deadline, answer_within).map_err(|e| (e, false))?;
     let first_byte_by = deadline.min(Instant::now() + answer_within);
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut reading = Reading::new(max_body);
     let mut chunk = [0u8; 16 * 1024];
-    // The first byte of the answer is awaited `answer_within` at most;
-    // once it came, the rest of a large answer may take the whole timeout
-    // (each later read waits for what is left).
-    let rest = |conn: &mut Conn| -> Result<(), (HttpError, bool)> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err((HttpError::Timeout, true));
-        }
-        conn.wait_at_most(left).map_err(|e| (e, true))
-    };
-    let head = loop {
-        if let Some(h) = parse_head(&buf).map_err(|e| (e, true))? {
-            break h;
-        }
-        let got = !buf.is_empty();
-        if !got {
-            if Instant::now() >= first_byte_by {
-                return Err((HttpError::Timeout, false));
-            }
-            step(conn, false)?;
-        } else {
-            rest(conn)?;
-        }
-        let n = (&conn.stream)
-            .read(&mut chunk)
-            .map_err(|e| (io_error(e), got))?;
-        if n == 0 {
-            let e = io::Error::new(io::ErrorKind::UnexpectedEof, "Webdis closed the connection");
-            return Err((HttpError::Io(e), got));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    if head.content_length > max_body {
-        return Err((
-            HttpError::Malformed("response body over the size limit"),
-            true,
-        ));
-    }
-    let mut body = buf.split_off(head.len);
-    if body.len() > head.content_length {
-        // More than one response: not something this client asked for.
-        return Err((HttpError::Malformed("bytes after the response"), true));
-    }
-    body.reserve(head.content_length - body.len());
-    while body.len() < head.content_length {
-        rest(conn)?;
-        let want = (head.content_length - body.len()).min(chunk.len());
+    loop {
+        let got = reading.got();
+        let wait = wait_for(Instant::now(), deadline, first_byte_by, answer_within, got)
+            .map_err(|e| (e, got))?;
+        conn.wait_at_most(wait).map_err(|e| (e, got))?;
+        let want = reading.want(chunk.len());
         let n = (&conn.stream)
             .read(&mut chunk[..want])
-            .map_err(|e| (io_error(e), true))?;
+            .map_err(|e| (io_error(e), got))?;
         if n == 0 {
-            let e = io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "Webdis closed the connection mid-response",
-            );
-            return Err((HttpError::Io(e), true));
+            return Err((reading.closed(), got));
         }
-        body.extend_from_slice(&chunk[..n]);
+        if let Some(response) = reading.feed(&chunk[..n]).map_err(|e| (e, true))? {
+            return Ok(response);
+        }
     }
-    Ok((head.status, body, head.keep_alive))
 }
 
 #[cfg(test)]
@@ -490,6 +544,69 @@ mod tests {
     use std::sync::Arc;
     use std::thread;
 
+    #[test]
+    fn waits_before_the_first_byte_are_short_and_the_rest_may_take_the_deadline() {
+        let now = Instant::now();
+        let s = Duration::from_secs;
+        let (deadline, first_byte_by) = (now + s(9), now + s(3));
+        let wait = |at, got| wait_for(at, deadline, first_byte_by, s(3), got);
+        assert_eq!(wait(now, false).unwrap(), s(3));
+        assert_eq!(
+            wait(now + s(2), false).unwrap(),
+            s(3),
+            "a wait, not the first byte's deadline"
+        );
+        assert!(matches!(wait(now + s(3), false), Err(HttpError::Timeout)));
+        assert_eq!(wait(now + s(3), true).unwrap(), s(6));
+        assert!(matches!(wait(now + s(9), true), Err(HttpError::Timeout)));
+        // Near the deadline, never past it.
+        let late = wait_for(now, now + s(1), now + s(1), s(3), false);
+        assert_eq!(late.unwrap(), s(1));
+    }
+
+    #[test]
+    fn a_response_is_read_as_it_comes_to_its_content_length() {
+        let mut r = Reading::new(100);
+        assert!(!r.got());
+        assert_eq!(r.want(16), 16);
+        assert_eq!(r.feed(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), None);
+        assert!(r.got());
+        assert!(r.closed().to_string().ends_with("closed the connection"));
+        assert_eq!(r.feed(b"ngth: 5\r\n\r\nab").unwrap(), None);
+        // Only what the body lacks is read: the next response stays put.
+        assert_eq!(r.want(16), 3);
+        assert!(r.closed().to_string().ends_with("mid-response"));
+        assert_eq!(r.feed(b"cd").unwrap(), None);
+        assert_eq!(r.feed(b"e").unwrap(), Some((200, b"abcde".to_vec(), true)));
+        // An empty body, and Connection: close.
+        let mut r = Reading::new(100);
+        let done =
+            r.feed(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        assert_eq!(done.unwrap(), Some((404, vec![], false)));
+    }
+
+    #[test]
+    fn a_response_of_another_frame_is_malformed() {
+        let malformed = |bytes: &[u8], max| match Reading::new(max).feed(bytes) {
+            Err(HttpError::Malformed(what)) => what,
+            other => panic!("{other:?}"),
+        };
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(
+            malformed(&[&head[..], b"abHTTP/1.1"].concat(), 100),
+            "bytes after the response"
+        );
+        assert_eq!(malformed(head, 1), "response body over the size limit");
+        assert_eq!(
+            malformed(b"HTTP/1.1 200 OK\r\n\r\n", 100),
+            "no Content-Length"
+        );
+        assert_eq!(
+            malformed(b"SSH-2.0-OpenSSH\r\n\r\n", 100),
+            "invalid HTTP version"
+        );
+    }
+
     /// Upper bound on any wait in the scripted servers, so that a broken
     /// client fails the test instead of hanging it.
     const GUARD: Duration = Duration::from_secs(10);
@@ -497,6 +614,14 @@ mod tests {
     const MAX: usize = 1 << 20;
 
     /// A loopback listener and the authority (`127.0.0.1:port`) it serves.
+    /// A PUT of `body` to /p that gets `200 reply`.
+    fn put_ok(pool: &Pool, body: &[u8], reply: &str) {
+        assert_eq!(
+            pool.put("/p", "", body, T, MAX).unwrap(),
+            (200, reply.as_bytes().to_vec())
+        );
+    }
+
     fn listen() -> (TcpListener, String) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let authority = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -772,14 +897,8 @@ mod tests {
             assert_eq!(second.eof(), 0);
         });
         let pool = Pool::new(&authority);
-        assert_eq!(
-            pool.put("/p", "", b"x", T, MAX).unwrap(),
-            (200, b"1".to_vec())
-        );
-        assert_eq!(
-            pool.put("/p", "", b"y", T, MAX).unwrap(),
-            (200, b"2".to_vec())
-        );
+        put_ok(&pool, b"x", "1");
+        put_ok(&pool, b"y", "2");
         drop(pool);
         server.join().unwrap();
     }
@@ -796,10 +915,7 @@ mod tests {
         });
         let pool = Pool::new(&authority);
         for _ in 0..2 {
-            assert_eq!(
-                pool.put("/p", "", b"x", T, MAX).unwrap(),
-                (200, b"ok".to_vec())
-            );
+            put_ok(&pool, b"x", "ok");
         }
         drop(pool);
         server.join().unwrap();
@@ -916,10 +1032,7 @@ mod tests {
             assert!(!pending(&l), "the request was sent again");
         });
         let pool = Pool::new(&authority);
-        assert_eq!(
-            pool.put("/p", "", b"x", T, MAX).unwrap(),
-            (200, b"1".to_vec())
-        );
+        put_ok(&pool, b"x", "1");
         assert!(matches!(
             pool.put("/p", "", b"y", T, MAX),
             Err(HttpError::Malformed(_))
@@ -1072,10 +1185,7 @@ mod tests {
             assert!(!pending(&l));
         });
         let pool = Pool::new(&authority);
-        assert_eq!(
-            pool.put("/p", "", b"x", T, MAX).unwrap(),
-            (200, b"1".to_vec())
-        );
+        put_ok(&pool, b"x", "1");
         pool.shutdown();
         assert!(matches!(
             pool.put("/p", "", b"x", T, MAX),
@@ -1107,16 +1217,10 @@ mod tests {
             let _ = c.0.read_to_end(&mut Vec::new());
         });
         let pool = Pool::new(&authority);
-        assert_eq!(
-            pool.put("/p", "", b"x", T, MAX).unwrap(),
-            (200, b"1".to_vec())
-        );
+        put_ok(&pool, b"x", "1");
         sent_rx.recv_timeout(GUARD).unwrap();
         thread::sleep(Duration::from_millis(50));
-        assert_eq!(
-            pool.put("/p", "", b"y", T, MAX).unwrap(),
-            (200, b"2".to_vec())
-        );
+        put_ok(&pool, b"y", "2");
         drop(pool);
         server.join().unwrap();
     }
@@ -1139,10 +1243,7 @@ mod tests {
         let r = pool.put_within("/p", "", b"x", T, T, MAX).unwrap();
         assert_eq!(r.body, b"not yours");
         drop(r);
-        assert_eq!(
-            pool.put("/p", "", b"y", T, MAX).unwrap(),
-            (200, b"2".to_vec())
-        );
+        put_ok(&pool, b"y", "2");
         drop(pool);
         server.join().unwrap();
     }

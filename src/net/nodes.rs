@@ -17,7 +17,7 @@
 //! With one endpoint every call goes to it, once, as it would without this
 //! layer.
 
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use crate::net::transport::{Called, Endpoint, Webdis};
 use crate::wire::functions::Call;
 use crate::wire::protocol::Refusal;
@@ -61,7 +61,7 @@ impl Endpoints {
             }
             let endpoint = Endpoint::parse(entry).map_err(|e| {
                 if many {
-                    Error::new(e.status, format!("{}: {}", which(), e.message))
+                    Error::new(e.status, format!("{}: {}", which(), e.message)).kinded(e.kind)
                 } else {
                     e
                 }
@@ -166,6 +166,68 @@ fn rendezvous(name: &str, endpoint: &str) -> u64 {
     h ^ (h >> 33)
 }
 
+/// The failover policy of a call over several nodes, without I/O: rounds
+/// over every node from the primary on, each node given a part of the
+/// timeout, a growing pause between rounds.
+#[derive(Debug)]
+struct Failover {
+    first: usize,
+    n: usize,
+    /// One node that does not answer must leave time for the others.
+    per_node: Duration,
+    /// The pause after a round no node answered, doubling up to 500 ms.
+    pause: Duration,
+}
+
+/// What failover does after a node refused a call or failed it.
+#[derive(Debug, PartialEq, Eq)]
+struct AfterRefusal {
+    /// The node is tried after the others by followers for a while.
+    mark_failed: bool,
+    /// The node may have carried the call out before its answer was lost.
+    maybe_carried_out: bool,
+}
+
+impl Failover {
+    fn new(first: usize, n: usize, timeout: Duration) -> Failover {
+        Failover {
+            first,
+            n,
+            per_node: (timeout / 3).max(Duration::from_secs(1)),
+            pause: Duration::from_millis(25),
+        }
+    }
+
+    /// The nodes of one round, in order: the primary first.
+    fn round(&self) -> impl Iterator<Item = usize> {
+        let (first, n) = (self.first, self.n);
+        (0..n).map(move |i| (first + i) % n)
+    }
+
+    /// The time one node's call is given, `left` before the deadline.
+    fn node_timeout(&self, left: Duration) -> Duration {
+        self.per_node.min(left)
+    }
+
+    /// After a node refused a call (`why`) with a failure of `kind`: a
+    /// node down is marked failed; one that did not answer in time may
+    /// have carried the call out.
+    fn refused(why: Refusal, kind: Kind) -> AfterRefusal {
+        AfterRefusal {
+            mark_failed: why == Refusal::Down,
+            maybe_carried_out: why == Refusal::Down && kind == Kind::Timeout,
+        }
+    }
+
+    /// The pause after a round no node answered, `left` before the
+    /// deadline (never past it).
+    fn pause(&mut self, left: Duration) -> Duration {
+        let pause = self.pause.min(left);
+        self.pause = (self.pause * 2).min(Duration::from_millis(500));
+        pause
+    }
+}
+
 /// Connections to every endpoint of a client, opened when first used;
 /// `shutdown` breaks every call in flight on any of them.
 #[derive(Clone)]
@@ -187,6 +249,18 @@ pub struct Answered {
     pub node: usize,
     /// The nonce of the request that node answered (empty when none did).
     pub nonce: String,
+}
+
+impl Answered {
+    /// How node `node` answered.
+    fn by(node: usize, called: Called) -> Answered {
+        Answered {
+            result: called.result,
+            resent: called.resent,
+            node,
+            nonce: called.nonce,
+        }
+    }
 }
 
 impl Nodes {
@@ -251,46 +325,36 @@ impl Nodes {
         let n = endpoints.len();
         let first = endpoints.primary();
         if n == 1 {
-            let Called {
-                result,
-                resent,
-                nonce,
-                ..
-            } = self
+            let called = self
                 .node(0)
                 .call(read_only, function, keys, args, body, timeout);
-            return Answered {
-                result,
-                resent,
-                node: 0,
-                nonce,
-            };
+            return Answered::by(0, called);
         }
         let deadline = Instant::now() + timeout;
-        // One node that does not answer must leave time for the others.
-        let per_node = (timeout / 3).max(Duration::from_secs(1));
+        let mut failover = Failover::new(first, n, timeout);
         let mut causes: Vec<Option<Error>> = vec![None; n];
         let mut resent = false;
-        let mut pause = Duration::from_millis(25);
         loop {
-            for i in 0..n {
-                let node = (first + i) % n;
+            for node in failover.round() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() || self.is_shut() {
                     break;
                 }
-                let called =
-                    self.node(node)
-                        .call(read_only, function, keys, args, body, per_node.min(left));
+                let called = self.node(node).call(
+                    read_only,
+                    function,
+                    keys,
+                    args,
+                    body,
+                    failover.node_timeout(left),
+                );
                 resent |= called.resent;
                 match called.refused {
                     None => {
                         endpoints.took_write(node);
                         return Answered {
-                            result: called.result,
                             resent,
-                            node,
-                            nonce: called.nonce,
+                            ..Answered::by(node, called)
                         };
                     }
                     Some(why) => {
@@ -302,10 +366,9 @@ impl Nodes {
                             self.base(node),
                             e.message
                         );
-                        // A node that was down may have carried the call out
-                        // before its answer was lost.
-                        resent |= why == Refusal::Down && e.status == Status::MS_ERR_TIMEOUT;
-                        if why == Refusal::Down {
+                        let next = Failover::refused(why, e.kind);
+                        resent |= next.maybe_carried_out;
+                        if next.mark_failed {
                             endpoints.failed(node);
                         }
                         causes[node] = Some(e);
@@ -316,8 +379,7 @@ impl Nodes {
             if left.is_zero() || self.is_shut() {
                 break;
             }
-            self.sleep(pause.min(left));
-            pause = (pause * 2).min(Duration::from_millis(500));
+            self.sleep(failover.pause(left));
         }
         Answered {
             result: Err(self.none_answered(function, timeout, &causes)),
@@ -344,36 +406,131 @@ impl Nodes {
         if self.is_shut() {
             return Error::new(Status::MS_ERR_UNAVAILABLE, "the connection was shut down");
         }
-        let all_timeouts = causes.iter().all(|c| {
-            c.as_ref()
-                .is_some_and(|e| e.status == Status::MS_ERR_TIMEOUT)
-        });
-        let each: Vec<String> = causes
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match c {
-                Some(e) => format!("{}: {}", self.base(i), e.message),
-                None => format!("{}: not tried in time", self.base(i)),
-            })
-            .collect();
-        Error::new(
-            if all_timeouts {
-                Status::MS_ERR_TIMEOUT
-            } else {
-                Status::MS_ERR_UNAVAILABLE
-            },
-            format!(
-                "no Webdis endpoint took {function} within {} ms (is a Redis primary up?): {}",
-                timeout.as_millis(),
-                each.join("; ")
-            ),
-        )
+        let bases: Vec<&str> = (0..causes.len()).map(|i| self.base(i)).collect();
+        no_node_answered(&bases, function, timeout, causes)
     }
+}
+
+/// The error of a call of `function` no node answered within `timeout`,
+/// naming each endpoint (`bases`) and why (`causes`, None: not tried in
+/// time): MS_ERR_TIMEOUT when every node was tried and none answered in
+/// time, MS_ERR_UNAVAILABLE otherwise.
+fn no_node_answered(
+    bases: &[&str],
+    function: &str,
+    timeout: Duration,
+    causes: &[Option<Error>],
+) -> Error {
+    let all_timeouts = causes
+        .iter()
+        .all(|c| c.as_ref().is_some_and(|e| e.kind == Kind::Timeout));
+    let each: Vec<String> = causes
+        .iter()
+        .zip(bases)
+        .map(|(c, base)| match c {
+            Some(e) => format!("{base}: {}", e.message),
+            None => format!("{base}: not tried in time"),
+        })
+        .collect();
+    let (status, kind) = if all_timeouts {
+        (Status::MS_ERR_TIMEOUT, Kind::Timeout)
+    } else {
+        (Status::MS_ERR_UNAVAILABLE, Kind::Unreachable)
+    };
+    Error::new(
+        status,
+        format!(
+            "no Webdis endpoint took {function} within {} ms (is a Redis primary up?): {}",
+            timeout.as_millis(),
+            each.join("; ")
+        ),
+    )
+    .kinded(kind)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_no_node_answered_names_each_and_is_a_timeout_only_if_all_were() {
+        let bases = ["http://a", "http://b"];
+        let timeout = Duration::from_secs(3);
+        let slow = || Some(Error::new(Status::MS_ERR_TIMEOUT, "slow").kinded(Kind::Timeout));
+        let e = no_node_answered(&bases, "ms_publish", timeout, &[slow(), slow()]);
+        assert_eq!((e.status, e.kind), (Status::MS_ERR_TIMEOUT, Kind::Timeout));
+        assert_eq!(
+            e.message,
+            "no Webdis endpoint took ms_publish within 3000 ms (is a Redis primary up?): http://a: slow; http://b: slow"
+        );
+        let down = Some(Error::new(Status::MS_ERR_UNAVAILABLE, "down").kinded(Kind::Down));
+        let e = no_node_answered(&bases, "ms_publish", timeout, &[slow(), down]);
+        assert_eq!(
+            (e.status, e.kind),
+            (Status::MS_ERR_UNAVAILABLE, Kind::Unreachable)
+        );
+        // A node not tried in time is no timeout of its own.
+        let e = no_node_answered(&bases, "ms_stop", timeout, &[slow(), None]);
+        assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE);
+        assert!(
+            e.message.ends_with("http://b: not tried in time"),
+            "{}",
+            e.message
+        );
+        // A timeout told by its kind, never by its status alone.
+        let unkinded = Some(Error::new(Status::MS_ERR_TIMEOUT, "slow"));
+        let e = no_node_answered(&bases, "ms_stop", timeout, &[unkinded.clone(), unkinded]);
+        assert_eq!(e.status, Status::MS_ERR_UNAVAILABLE);
+    }
+
+    #[test]
+    fn failover_rounds_start_at_the_primary_and_visit_every_node() {
+        let f = Failover::new(2, 4, Duration::from_secs(9));
+        assert_eq!(f.round().collect::<Vec<_>>(), [2, 3, 0, 1]);
+        assert_eq!(
+            Failover::new(0, 1, Duration::from_secs(9))
+                .round()
+                .collect::<Vec<_>>(),
+            [0]
+        );
+        // A third of the timeout each, at least 1 s, never past the deadline.
+        assert_eq!(
+            f.node_timeout(Duration::from_secs(9)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            f.node_timeout(Duration::from_millis(200)),
+            Duration::from_millis(200)
+        );
+        let f = Failover::new(0, 2, Duration::from_millis(900));
+        assert_eq!(
+            f.node_timeout(Duration::from_secs(5)),
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn failover_pauses_between_rounds_grow_to_half_a_second() {
+        let mut f = Failover::new(0, 3, Duration::from_secs(9));
+        let left = Duration::from_secs(9);
+        let pauses: Vec<u128> = (0..7).map(|_| f.pause(left).as_millis()).collect();
+        assert_eq!(pauses, [25, 50, 100, 200, 400, 500, 500]);
+        assert_eq!(f.pause(Duration::from_millis(7)), Duration::from_millis(7));
+    }
+
+    #[test]
+    fn a_node_down_is_marked_failed_and_one_silent_may_have_done_the_call() {
+        let after = |why, kind| {
+            let a = Failover::refused(why, kind);
+            (a.mark_failed, a.maybe_carried_out)
+        };
+        assert_eq!(after(Refusal::Down, Kind::Timeout), (true, true));
+        assert_eq!(after(Refusal::Down, Kind::Unreachable), (true, false));
+        assert_eq!(after(Refusal::Down, Kind::Garbled), (true, false));
+        assert_eq!(after(Refusal::Down, Kind::Down), (true, false));
+        assert_eq!(after(Refusal::Replica, Kind::Replica), (false, false));
+        assert_eq!(after(Refusal::NotReady, Kind::NotReady), (false, false));
+    }
 
     #[test]
     fn parses_lists() {

@@ -11,7 +11,7 @@
 //! request is never taken as the answer, its connection is dropped, and
 //! the request is sent again.
 
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use crate::net::http;
 use crate::wire::functions::Call;
 use crate::wire::protocol::{self, Refusal, PROTOCOL_VERSION};
@@ -214,47 +214,107 @@ struct AgentSlot {
     shut: bool,
 }
 
-/// Why one attempt of a request failed.
-enum Failure {
-    /// The response was malformed or answered another request (worth
-    /// another try on a new connection).
-    Garbled(Error),
-    /// No response in time.
-    Timeout(Error),
-    /// Webdis cannot be reached (connection refused or reset).
-    Unreachable(Error),
-    /// The node did not run the call (a replica, not ready, or Webdis
-    /// cannot reach its Redis): another node may.
-    Refused(Refusal, Error),
-    /// A proxy in front of Webdis refused the request for now (HTTP 429:
-    /// too many requests from this client address): it never reached
-    /// Webdis; worth another try after a pause, within the timeout.
-    Busy(Error),
-    /// Anything else: the answer stands.
-    Other(Error),
+/// The kind of failure a node's refusal is (`Answer::Refused`).
+fn refusal_kind(why: Refusal) -> Kind {
+    match why {
+        Refusal::Replica => Kind::Replica,
+        Refusal::NotReady => Kind::NotReady,
+        Refusal::Down => Kind::Down,
+    }
 }
 
-impl Failure {
-    fn error(&self) -> &Error {
-        match self {
-            Failure::Garbled(e)
-            | Failure::Timeout(e)
-            | Failure::Unreachable(e)
-            | Failure::Refused(_, e)
-            | Failure::Busy(e)
-            | Failure::Other(e) => e,
+/// Why a node failed a call of this kind, when another node may do
+/// better: None when its answer stands. A node that gave no usable answer
+/// (garbled, none in time, unreachable) counts as down.
+fn node_refusal(kind: Kind) -> Option<Refusal> {
+    match kind {
+        Kind::Replica => Some(Refusal::Replica),
+        Kind::NotReady => Some(Refusal::NotReady),
+        k if k.node_failed() => Some(Refusal::Down),
+        _ => None,
+    }
+}
+
+/// What a response (HTTP `status`, `body`) to a call of `function` with
+/// request nonce `nonce` says, without I/O: Ok, the call's answer (its
+/// reply, or an error of the functions that stands); Err, why this try
+/// failed, of its kind: garbled when it answers another request, the
+/// node's refusal, or a 404/405 (not Webdis?) or MSARG, reported and not
+/// retried. On Err the connection is not reused.
+fn answer_of(
+    command: &str,
+    function: &str,
+    base: &str,
+    status: u16,
+    body: &[u8],
+    nonce: &str,
+) -> Result<Result<Value>> {
+    match protocol::function_reply(command, status, body, nonce) {
+        protocol::Answer::Ours(Err(e)) if e.status == Status::MS_ERR_PROTOCOL => Err(e),
+        protocol::Answer::Ours(r) => Ok(r),
+        protocol::Answer::Refused(why, e) => Err(e.kinded(refusal_kind(why))),
+        protocol::Answer::NotOurs(what) => Err(Error::new(
+            Status::MS_ERR_PROTOCOL,
+            format!("Webdis at {base} answered {function} with {what}"),
+        )
+        .kinded(Kind::Garbled)),
+    }
+}
+
+/// How long one try of a call within `timeout` waits for its answer: a
+/// third of the timeout (at least 1 s, at most the timeout), so that a
+/// response Webdis lost leaves time to send the request again.
+fn per_try(timeout: Duration) -> Duration {
+    (timeout / 3).max(Duration::from_secs(1)).min(timeout)
+}
+
+/// What a call does after a try that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Sends the request again at once, on another connection.
+    Retry,
+    /// Sends it again after this pause.
+    RetryAfter(Duration),
+    /// Gives up: the failure is the call's.
+    GiveUp,
+}
+
+/// The retry policy of a call on one node, without I/O: told of each
+/// failed try, says whether to try again.
+#[derive(Debug)]
+struct Retries {
+    /// Tries that failed so far.
+    tries: u32,
+    /// The pause after a proxy's 429, doubling up to 1 s.
+    busy_pause: Duration,
+}
+
+impl Retries {
+    fn new() -> Retries {
+        Retries {
+            tries: 0,
+            busy_pause: Duration::from_millis(100),
         }
     }
 
-    /// The error, and whether this node may do better than another one:
-    /// None when its answer stands.
-    fn into_parts(self) -> (Error, Option<Refusal>) {
-        match self {
-            Failure::Refused(why, e) => (e, Some(why)),
-            Failure::Garbled(e) | Failure::Timeout(e) | Failure::Unreachable(e) => {
-                (e, Some(Refusal::Down))
+    /// After a try that failed with a failure of `kind`, `left` before the
+    /// call's deadline: a garbled response is tried again (at most three
+    /// tries: a server that always garbles, not Webdis at all?, is not
+    /// hammered for the whole timeout; the second even when out of time),
+    /// a lost one (no answer in time) while time is left, a proxy's 429
+    /// after a pause while time is left; any other failure stands.
+    fn after(&mut self, kind: Kind, left: Duration) -> Next {
+        self.tries += 1;
+        let more_time = !left.is_zero();
+        match kind {
+            Kind::Garbled if self.tries < 3 && (self.tries == 1 || more_time) => Next::Retry,
+            Kind::Timeout if more_time => Next::Retry,
+            Kind::Busy if more_time => {
+                let pause = self.busy_pause.min(left);
+                self.busy_pause = (self.busy_pause * 2).min(Duration::from_secs(1));
+                Next::RetryAfter(pause)
             }
-            Failure::Busy(e) | Failure::Other(e) => (e, None),
+            _ => Next::GiveUp,
         }
     }
 }
@@ -407,12 +467,9 @@ impl Webdis {
         // only once; a repeated ms_stop that finds the stream gone counts
         // as done (Client::stop, told so by the returned flag).
         let deadline = Instant::now() + timeout;
-        let per_try = (timeout / 3).max(Duration::from_secs(1)).min(timeout);
-        let mut tries = 0;
-        // The pause after a proxy's 429, doubling up to 1 s.
-        let mut busy_pause = Duration::from_millis(100);
+        let per_try = per_try(timeout);
+        let mut retries = Retries::new();
         loop {
-            tries += 1;
             let try_started = Instant::now();
             let left = deadline
                 .saturating_duration_since(Instant::now())
@@ -424,35 +481,21 @@ impl Webdis {
                 per_try.min(left),
                 timeout,
                 |status, body| {
-                    match protocol::function_reply(command, status, body, &nonce) {
-                        // A 404/405 (not Webdis?) or MSARG: reported, not
-                        // retried, and the connection is not reused.
-                        protocol::Answer::Ours(Err(e)) if e.status == Status::MS_ERR_PROTOCOL => {
-                            Err(Failure::Other(e))
-                        }
-                        protocol::Answer::Ours(r) => Ok(r),
-                        protocol::Answer::Refused(why, e) => Err(Failure::Refused(why, e)),
-                        protocol::Answer::NotOurs(what) => Err(Failure::Garbled(Error::new(
-                            Status::MS_ERR_PROTOCOL,
-                            format!(
-                                "Webdis at {} answered {function} with {what}",
-                                self.endpoint.base
-                            ),
-                        ))),
-                    }
+                    answer_of(command, function, &self.endpoint.base, status, body, &nonce)
                 },
             );
-            let more_time = Instant::now() < deadline;
-            if let Err(f) = &result {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(e) = &result {
                 crate::util::debug_log!(
-                    "{function} at {}: try {tries} failed after {:?}: {}",
+                    "{function} at {}: try {} failed after {:?}: {}",
                     self.endpoint.base,
+                    retries.tries + 1,
                     try_started.elapsed(),
-                    f.error().message
+                    e.message
                 );
             }
-            let resent = tries > 1;
-            match result {
+            let resent = retries.tries > 0;
+            let e = match result {
                 Ok(result) => {
                     return Called {
                         result,
@@ -461,23 +504,18 @@ impl Webdis {
                         nonce,
                     }
                 }
-                // At most three tries: a server that always garbles (not
-                // Webdis at all?) is not hammered for the whole timeout.
-                Err(Failure::Garbled(_)) if tries < 3 && (tries == 1 || more_time) => {}
-                Err(Failure::Timeout(_)) if more_time => {}
-                Err(Failure::Busy(_)) if more_time => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    std::thread::sleep(busy_pause.min(left));
-                    busy_pause = (busy_pause * 2).min(Duration::from_secs(1));
-                }
-                Err(f) => {
-                    let (e, refused) = f.into_parts();
+                Err(e) => e,
+            };
+            match retries.after(e.kind, left) {
+                Next::Retry => {}
+                Next::RetryAfter(pause) => std::thread::sleep(pause),
+                Next::GiveUp => {
                     return Called {
+                        refused: node_refusal(e.kind),
                         result: Err(e),
                         resent,
-                        refused,
                         nonce,
-                    };
+                    }
                 }
             }
         }
@@ -494,8 +532,8 @@ impl Webdis {
         timeout: Duration,
         answer_within: Duration,
         reported_timeout: Duration,
-        answer: impl FnOnce(u16, &[u8]) -> std::result::Result<T, Failure>,
-    ) -> std::result::Result<T, Failure> {
+        answer: impl FnOnce(u16, &[u8]) -> Result<T>,
+    ) -> Result<T> {
         if let Some(plain) = &self.plain {
             let auth = match &self.endpoint.auth {
                 Some(a) => format!("Authorization: {a}\r\n"),
@@ -536,15 +574,19 @@ impl Webdis {
             req = req.header("Authorization", auth);
         }
         let ureq_failure = |e: ureq::Error| match e {
-            ureq::Error::Protocol(_) => Failure::Garbled(self.transport_error(e, reported_timeout)),
-            ureq::Error::Timeout(_) => Failure::Timeout(self.transport_error(e, reported_timeout)),
+            ureq::Error::Protocol(_) => self
+                .transport_error(e, reported_timeout)
+                .kinded(Kind::Garbled),
+            ureq::Error::Timeout(_) => self
+                .transport_error(e, reported_timeout)
+                .kinded(Kind::Timeout),
             e => {
                 let tls = self.tls_error(&e).is_some();
                 let error = self.transport_error(e, reported_timeout);
                 if tls || error.status != Status::MS_ERR_UNAVAILABLE {
-                    Failure::Other(error)
+                    error
                 } else {
-                    Failure::Unreachable(error)
+                    error.kinded(Kind::Unreachable)
                 }
             }
         };
@@ -561,31 +603,34 @@ impl Webdis {
             return Err(f);
         }
         let result = answer(status, &body);
-        if matches!(result, Err(Failure::Garbled(_))) {
+        if matches!(&result, Err(e) if e.kind == Kind::Garbled) {
             // ureq has pooled the connection already: a new agent drops it.
             self.renew_agent();
         }
         result
     }
 
-    fn plain_failure(&self, e: http::HttpError, timeout: Duration) -> Failure {
+    fn plain_failure(&self, e: http::HttpError, timeout: Duration) -> Error {
         let base = &self.endpoint.base;
         match e {
-            http::HttpError::Timeout => Failure::Timeout(Error::new(
+            http::HttpError::Timeout => Error::new(
                 Status::MS_ERR_TIMEOUT,
                 format!(
                     "Webdis at {base} did not answer within {} ms",
                     timeout.as_millis()
                 ),
-            )),
-            http::HttpError::Malformed(what) => Failure::Garbled(Error::new(
+            )
+            .kinded(Kind::Timeout),
+            http::HttpError::Malformed(what) => Error::new(
                 Status::MS_ERR_PROTOCOL,
                 format!("Webdis at {base} sent a malformed HTTP response: {what}"),
-            )),
-            e => Failure::Unreachable(Error::new(
+            )
+            .kinded(Kind::Garbled),
+            e => Error::new(
                 Status::MS_ERR_UNAVAILABLE,
                 format!("cannot reach Webdis at {base}: {e}; is it running, and is the URL right?"),
-            )),
+            )
+            .kinded(Kind::Unreachable),
         }
     }
 
@@ -751,27 +796,29 @@ impl Webdis {
     /// of Webdis answers when Webdis sent it a response it could not read
     /// (worth another try, as when Webdis garbles a response itself) or
     /// is down.
-    fn not_an_answer(&self, status: u16, body: &[u8]) -> Option<Failure> {
+    fn not_an_answer(&self, status: u16, body: &[u8]) -> Option<Error> {
         if let Some(e) = self.tls_port_error(status, body) {
-            return Some(Failure::Other(e));
+            return Some(e);
         }
         if status == 429 {
-            return Some(Failure::Busy(Error::new(
+            return Some(Error::new(
                 Status::MS_ERR_THROTTLED,
                 format!(
                     "the proxy at {} refused the request: too many requests from this address (HTTP 429); tried again until the timeout",
                     self.endpoint.base
                 ),
-            )));
+            )
+            .kinded(Kind::Busy));
         }
         (status == 502).then(|| {
-            Failure::Garbled(Error::new(
+            Error::new(
                 Status::MS_ERR_UNAVAILABLE,
                 format!(
                     "the proxy at {} answered HTTP 502 (Bad Gateway): Webdis behind it is down, unreachable from it, or sent it a malformed response",
                     self.endpoint.base
                 ),
-            ))
+            )
+            .kinded(Kind::Garbled)
         })
     }
 }
@@ -868,6 +915,142 @@ pub fn load_ca_file(path: &std::path::Path) -> Result<Arc<Vec<Certificate<'stati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_the_answer_or_a_failure_of_a_kind() {
+        let answer = |body: &[u8]| answer_of("FCALL", "ms_probe", "http://w", 200, body, "n1");
+        assert_eq!(
+            answer(br#"{"FCALL":["n1",2]}"#),
+            Ok(Ok(serde_json::json!([2])))
+        );
+        // The functions' own refusals stand: the answer.
+        let e = answer(br#"{"FCALL":[false,"MSNOTFOUND n1 no such stream"]}"#);
+        assert_eq!(e.unwrap().unwrap_err().status, Status::MS_ERR_NOT_FOUND);
+        // Another request's reply: garbled, naming the function.
+        let e = answer(br#"{"FCALL":["n2",2]}"#).unwrap_err();
+        assert_eq!((e.kind, e.status), (Kind::Garbled, Status::MS_ERR_PROTOCOL));
+        assert!(
+            e.message
+                .contains("Webdis at http://w answered ms_probe with"),
+            "{}",
+            e.message
+        );
+        // MSARG: a failure that is not retried.
+        let e = answer(br#"{"FCALL":[false,"MSARG n1 bad delta"]}"#).unwrap_err();
+        assert_eq!((e.kind, e.status), (Kind::Refused, Status::MS_ERR_PROTOCOL));
+        assert_eq!(node_refusal(e.kind), None);
+        // A node's refusals: another node may do better.
+        let e =
+            answer(br#"{"FCALL":[false,"READONLY You can't write against a read only replica."]}"#);
+        assert_eq!(e.unwrap_err().kind, Kind::Replica);
+        let e = answer(br#"{"FCALL":[false,"LOADING Redis is loading the dataset in memory"]}"#);
+        assert_eq!(e.unwrap_err().kind, Kind::NotReady);
+        let e = answer_of("FCALL", "ms_probe", "http://w", 503, b"", "n1").unwrap_err();
+        assert_eq!((e.kind, e.status), (Kind::Down, Status::MS_ERR_UNAVAILABLE));
+    }
+
+    #[test]
+    fn garbled_responses_are_tried_three_times_at_most() {
+        let mut r = Retries::new();
+        assert_eq!(
+            r.after(Kind::Garbled, Duration::ZERO),
+            Next::Retry,
+            "the second try even out of time"
+        );
+        assert_eq!(r.after(Kind::Garbled, Duration::ZERO), Next::GiveUp);
+        let mut r = Retries::new();
+        let left = Duration::from_secs(5);
+        assert_eq!(r.after(Kind::Garbled, left), Next::Retry);
+        assert_eq!(r.after(Kind::Garbled, left), Next::Retry);
+        assert_eq!(r.after(Kind::Garbled, left), Next::GiveUp);
+    }
+
+    #[test]
+    fn lost_responses_are_tried_again_while_time_is_left() {
+        let mut r = Retries::new();
+        for _ in 0..10 {
+            assert_eq!(
+                r.after(Kind::Timeout, Duration::from_millis(1)),
+                Next::Retry
+            );
+        }
+        assert_eq!(r.after(Kind::Timeout, Duration::ZERO), Next::GiveUp);
+        // A timeout after garbled tries is still retried.
+        let mut r = Retries::new();
+        r.after(Kind::Garbled, Duration::from_secs(1));
+        r.after(Kind::Garbled, Duration::from_secs(1));
+        assert_eq!(r.after(Kind::Timeout, Duration::from_secs(1)), Next::Retry);
+    }
+
+    #[test]
+    fn a_proxy_429_is_tried_again_after_a_pause_doubling_to_a_second() {
+        let mut r = Retries::new();
+        let left = Duration::from_secs(30);
+        let pauses: Vec<Next> = (0..6).map(|_| r.after(Kind::Busy, left)).collect();
+        let ms = |n| Next::RetryAfter(Duration::from_millis(n));
+        assert_eq!(
+            pauses,
+            [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+        );
+        // Never past the deadline.
+        assert_eq!(r.after(Kind::Busy, Duration::from_millis(30)), ms(30));
+        assert_eq!(r.after(Kind::Busy, Duration::ZERO), Next::GiveUp);
+    }
+
+    #[test]
+    fn other_failures_stand_at_once() {
+        for kind in [
+            Kind::Other,
+            Kind::Unreachable,
+            Kind::Replica,
+            Kind::NotReady,
+            Kind::Down,
+            Kind::Refused,
+            Kind::BaseMismatch,
+            Kind::Quota,
+            Kind::Version,
+        ] {
+            assert_eq!(
+                Retries::new().after(kind, Duration::from_secs(9)),
+                Next::GiveUp,
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_try_waits_a_third_of_the_timeout_at_least_a_second() {
+        let s = Duration::from_secs;
+        assert_eq!(per_try(s(9)), s(3));
+        assert_eq!(per_try(s(2)), s(1));
+        assert_eq!(
+            per_try(Duration::from_millis(500)),
+            Duration::from_millis(500)
+        );
+    }
+
+    /// Failover hears from a node's failure kind whether another node may
+    /// do better, and why: a node's refusal as it is, no usable answer as
+    /// down; the functions' own answers stand.
+    #[test]
+    fn failure_kinds_tell_failover_whether_another_node_may_do_better() {
+        for why in [Refusal::Replica, Refusal::NotReady, Refusal::Down] {
+            assert_eq!(node_refusal(refusal_kind(why)), Some(why));
+        }
+        for kind in [Kind::Garbled, Kind::Timeout, Kind::Unreachable] {
+            assert_eq!(node_refusal(kind), Some(Refusal::Down), "{kind:?}");
+        }
+        for kind in [
+            Kind::Other,
+            Kind::Busy,
+            Kind::Refused,
+            Kind::BaseMismatch,
+            Kind::Quota,
+            Kind::Version,
+        ] {
+            assert_eq!(node_refusal(kind), None, "{kind:?}");
+        }
+    }
 
     #[test]
     fn parses_urls() {

@@ -14,7 +14,7 @@ use crate::dispatch::Dispatcher;
 use crate::error::Result;
 use crate::kdf;
 use crate::net::nodes::Nodes;
-use crate::wire::functions::Call;
+use crate::wire::functions::{Call, ParamsReply};
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -84,7 +84,11 @@ pub type EndHook = Arc<dyn Fn(u64, &CString) + Send + Sync>;
 
 /// ms_params (read-only): the key derivation parameters of stream `key`.
 pub fn params_of(conn: &Nodes, key: &str, timeout: Duration) -> Result<kdf::Params> {
-    kdf::params_of_reply(conn.fcall(&Call::params(key), b"", timeout)?)
+    kdf::params_of_reply(ParamsReply::of(conn.fcall(
+        &Call::params(key),
+        b"",
+        timeout,
+    )?)?)
 }
 
 /// Key of a stream's record in Redis.

@@ -445,6 +445,18 @@ mod tests {
         Err(Error::new(status, message))
     }
 
+    /// `sent` failed with `status` at `now`, on the node it went to.
+    fn fail(
+        p: &mut Publisher,
+        mb: &mut Mailbox,
+        sent: Request,
+        status: Status,
+        message: &str,
+        now: Instant,
+    ) -> Vec<Effect> {
+        p.done(mb, sent, err(status, message), now, false)
+    }
+
     fn base_mismatch() -> Result<Stored, Error> {
         Err(crate::wire::protocol::redis_error(
             "MSBASE the record holds seq 9",
@@ -595,18 +607,12 @@ mod tests {
         let r = send(&mut p, &mut mb, t0);
         assert_eq!(r.floor(), 10);
         // Lost reply: the state may be stored (seq 11) and seen.
-        p.done(&mut mb, r, err(Status::MS_ERR_TIMEOUT, "lost"), t0, false);
+        fail(&mut p, &mut mb, r, Status::MS_ERR_TIMEOUT, "lost", t0);
         // The same state again: no new seq to account for.
         let retry = t0 + Duration::from_secs(1);
         let r = send(&mut p, &mut mb, retry);
         assert_eq!((r.generation(), r.floor()), (g1, 10));
-        p.done(
-            &mut mb,
-            r,
-            err(Status::MS_ERR_TIMEOUT, "lost"),
-            retry,
-            false,
-        );
+        fail(&mut p, &mut mb, r, Status::MS_ERR_TIMEOUT, "lost", retry);
         // A newer state replaces it: one more seq a follower may have seen.
         publish(&mut mb, "{\"a\":2}");
         let r = send(&mut p, &mut mb, t0 + Duration::from_secs(2));
@@ -697,13 +703,7 @@ mod tests {
         for _ in 0..4 {
             let r = send(&mut p, &mut mb, now);
             assert_eq!(r.generation(), g);
-            let effects = p.done(
-                &mut mb,
-                r,
-                err(Status::MS_ERR_UNAVAILABLE, "down"),
-                now,
-                false,
-            );
+            let effects = fail(&mut p, &mut mb, r, Status::MS_ERR_UNAVAILABLE, "down", now);
             reported += effects
                 .iter()
                 .filter(|e| matches!(e, Effect::PublishFailed(_)))
@@ -723,7 +723,7 @@ mod tests {
         assert!(mb.failing.is_none());
         publish(&mut mb, "{\"a\":2}");
         let r = send(&mut p, &mut mb, now);
-        let effects = p.done(&mut mb, r, err(Status::MS_ERR_TIMEOUT, "slow"), now, false);
+        let effects = fail(&mut p, &mut mb, r, Status::MS_ERR_TIMEOUT, "slow", now);
         assert!(effects.contains(&Effect::PublishFailed(Status::MS_ERR_TIMEOUT)));
     }
 
@@ -736,13 +736,7 @@ mod tests {
         // Steps 100, 200, 400, 800 ms: each wait between half and all of it.
         for step in [100u64, 200, 400, 800] {
             let r = send(&mut p, &mut mb, now);
-            p.done(
-                &mut mb,
-                r,
-                err(Status::MS_ERR_UNAVAILABLE, "down"),
-                now,
-                false,
-            );
+            fail(&mut p, &mut mb, r, Status::MS_ERR_UNAVAILABLE, "down", now);
             let Next::Wait(at) = p.poll(&mut mb, now, HB) else {
                 panic!("no retry before its time");
             };
@@ -761,13 +755,7 @@ mod tests {
         p.done(&mut mb, r, ok(1, id(g)), now, false);
         publish(&mut mb, "{}");
         let r = send(&mut p, &mut mb, now);
-        p.done(
-            &mut mb,
-            r,
-            err(Status::MS_ERR_UNAVAILABLE, "down"),
-            now,
-            false,
-        );
+        fail(&mut p, &mut mb, r, Status::MS_ERR_UNAVAILABLE, "down", now);
         let Next::Wait(at) = p.poll(&mut mb, now, HB) else {
             panic!("no retry before its time");
         };
@@ -806,12 +794,13 @@ mod tests {
         let (mut p, mut mb) = (publisher(t0, 0), Mailbox::default());
         let at = t0 + HB;
         assert_eq!(send(&mut p, &mut mb, at), Request::Heartbeat);
-        let effects = p.done(
+        let effects = fail(
+            &mut p,
             &mut mb,
             Request::Heartbeat,
-            err(Status::MS_ERR_TIMEOUT, "slow"),
+            Status::MS_ERR_TIMEOUT,
+            "slow",
             at,
-            false,
         );
         assert!(!effects
             .iter()
@@ -823,22 +812,24 @@ mod tests {
         // A publish fails, then a heartbeat: the streak's cause is the latest.
         publish(&mut mb, "{}");
         let r = send(&mut p, &mut mb, retry);
-        p.done(
+        fail(
+            &mut p,
             &mut mb,
             r,
-            err(Status::MS_ERR_UNAVAILABLE, "down"),
+            Status::MS_ERR_UNAVAILABLE,
+            "down",
             retry,
-            false,
         );
         mb.pending = None;
         let next = retry + HB;
         assert_eq!(send(&mut p, &mut mb, next), Request::Heartbeat);
-        let effects = p.done(
+        let effects = fail(
+            &mut p,
             &mut mb,
             Request::Heartbeat,
-            err(Status::MS_ERR_TIMEOUT, "slow"),
+            Status::MS_ERR_TIMEOUT,
+            "slow",
             next,
-            false,
         );
         assert!(!effects
             .iter()
@@ -953,24 +944,19 @@ mod tests {
         mb.closing = Some(deadline);
         publish(&mut mb, "{}");
         let r = send(&mut p, &mut mb, t0);
-        p.done(
-            &mut mb,
-            r,
-            err(Status::MS_ERR_UNAVAILABLE, "down"),
-            t0,
-            false,
-        );
+        fail(&mut p, &mut mb, r, Status::MS_ERR_UNAVAILABLE, "down", t0);
         let Next::Wait(at) = p.poll(&mut mb, t0, HB) else {
             panic!("a retry before the deadline");
         };
         assert!(at <= t0 + Duration::from_millis(100));
         assert!(matches!(send(&mut p, &mut mb, at), Request::Publish { .. }));
-        p.done(
+        fail(
+            &mut p,
             &mut mb,
             Request::Heartbeat,
-            err(Status::MS_ERR_UNAVAILABLE, "down"),
+            Status::MS_ERR_UNAVAILABLE,
+            "down",
             at,
-            false,
         );
         assert_eq!(p.poll(&mut mb, deadline, HB), Next::Exit);
         // No heartbeat while closing, however idle.

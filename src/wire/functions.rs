@@ -1,7 +1,10 @@
 //! The calls of the functions library, declared once: each function's
 //! name, whether it is read-only (`FCALL_RO`: a replica may answer it),
 //! its keys and its arguments (`Call`), and the shape of the replies the
-//! crate decides on (typed: `Stored`, `reached`). The body, the last
+//! crate decides on, each parsed here next to its call (`Connected`,
+//! `Stored`, `reached`, `Snapshot`, `ListPage`, `SubscriberPage`,
+//! `ParamsReply`): a reply of another shape is MS_ERR_PROTOCOL naming the
+//! function, and no caller looks inside a `Value`. The body, the last
 //! argument, is framed by the caller (`protocol::frame_body`).
 
 use super::protocol::{self, INDEX_KEY};
@@ -147,6 +150,203 @@ pub fn reached(reply: &Value) -> Result<u64> {
     }
 }
 
+/// The reply to ms_connect and ms_reconnect, `[sealed channel, seq]`: the
+/// channel comes sealed with a secret's key (`protocol::open_sealed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connected {
+    pub channel_sealed: String,
+    pub seq: u64,
+}
+
+impl Connected {
+    /// `[sealed channel, seq]`, the reply to `function`.
+    pub fn of(reply: Value, function: &str) -> Result<Connected> {
+        match reply {
+            Value::Array(mut a) if a.len() == 2 => {
+                match (a.swap_remove(0), protocol::as_u64(&a[0])) {
+                    (Value::String(channel_sealed), Some(seq)) => Ok(Connected {
+                        channel_sealed,
+                        seq,
+                    }),
+                    _ => Err(protocol::protocol_error(function)),
+                }
+            }
+            _ => Err(protocol::protocol_error(function)),
+        }
+    }
+}
+
+/// The reply to ms_snapshot, `[seq, updated_ms, hb_ms, state]` (the
+/// update time is not used).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub seq: u64,
+    /// The heartbeat interval the leader announced (ms).
+    pub hb_ms: u64,
+    /// When the state was stored (ms since the Unix epoch, Redis' clock).
+    pub updated_ms: i64,
+    pub state: String,
+}
+
+impl Snapshot {
+    pub fn of(reply: Value) -> Result<Snapshot> {
+        let bad = || protocol::protocol_error("ms_snapshot");
+        let Value::Array(mut a) = reply else {
+            return Err(bad());
+        };
+        if a.len() != 4 {
+            return Err(bad());
+        }
+        let state = match a.pop() {
+            Some(Value::String(s)) => s,
+            _ => return Err(bad()),
+        };
+        let hb_ms = protocol::as_u64(&a[2]).ok_or_else(bad)?;
+        let seq = protocol::as_u64(&a[0]).ok_or_else(bad)?;
+        let updated_ms = protocol::as_i64(&a[1]).ok_or_else(bad)?;
+        Ok(Snapshot {
+            seq,
+            hb_ms,
+            updated_ms,
+            state,
+        })
+    }
+}
+
+/// Fields of one stream in a reply to ms_list.
+const LIST_FIELDS: usize = 6;
+
+/// One stream of a page of ms_list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListEntry {
+    pub name: String,
+    pub seq: u64,
+    /// Subscribers on the node that answered (capped at u32::MAX).
+    pub followers: u32,
+    pub updated_ms: i64,
+    /// Unix time in ms when the leader was last heard (start, reconnect,
+    /// publish, heartbeat); 0 if not known.
+    pub heard_ms: i64,
+    /// The heartbeat interval the leader announced, in ms (capped at
+    /// u32::MAX).
+    pub heartbeat_ms: u32,
+}
+
+/// A page of ms_list: `[cursor, skipped, name, seq, followers,
+/// updated_ms, heard_ms, heartbeat_ms, ...]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListPage {
+    /// The cursor of the next page; "0" after the last.
+    pub cursor: String,
+    /// Index entries the functions skipped (names this version refuses,
+    /// records of an earlier version).
+    pub skipped: u64,
+    /// Each stream, or the fields of an entry this library cannot read
+    /// (the others are kept).
+    pub entries: Vec<std::result::Result<ListEntry, Vec<Value>>>,
+}
+
+/// A page cursor: decimal digits.
+fn cursor_of(v: Value) -> Option<String> {
+    match v {
+        Value::String(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => Some(c),
+        _ => None,
+    }
+}
+
+impl ListPage {
+    pub fn of(reply: Value) -> Result<ListPage> {
+        let bad = || protocol::protocol_error("ms_list");
+        let mut page = match reply {
+            Value::Array(a) if a.len() % LIST_FIELDS == 2 => a.into_iter(),
+            _ => return Err(bad()),
+        };
+        let cursor = page.next().and_then(cursor_of).ok_or_else(bad)?;
+        let skipped = page
+            .next()
+            .as_ref()
+            .and_then(protocol::as_u64)
+            .ok_or_else(bad)?;
+        let fields: Vec<Value> = page.collect();
+        let entries = fields
+            .chunks(LIST_FIELDS)
+            .map(|rec| {
+                (|| {
+                    Some(ListEntry {
+                        name: rec[0].as_str()?.to_string(),
+                        seq: protocol::as_u64(&rec[1])?,
+                        followers: protocol::as_u64(&rec[2])?.min(u32::MAX as u64) as u32,
+                        updated_ms: protocol::as_i64(&rec[3])?,
+                        heard_ms: protocol::as_i64(&rec[4])?,
+                        heartbeat_ms: protocol::as_u64(&rec[5])?.min(u32::MAX as u64) as u32,
+                    })
+                })()
+                .ok_or_else(|| rec.to_vec())
+            })
+            .collect();
+        Ok(ListPage {
+            cursor,
+            skipped,
+            entries,
+        })
+    }
+}
+
+/// A page of ms_subscribers: `[cursor, name, count, ...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberPage {
+    /// The cursor of the next page; "0" after the last.
+    pub cursor: String,
+    /// The subscribers of each stream on the node that answered; entries
+    /// this library cannot read are left out.
+    pub counts: Vec<(String, u64)>,
+}
+
+impl SubscriberPage {
+    pub fn of(reply: Value) -> Result<SubscriberPage> {
+        let bad = || protocol::protocol_error("ms_subscribers");
+        let mut page = match reply {
+            Value::Array(a) if a.len() % 2 == 1 => a.into_iter(),
+            _ => return Err(bad()),
+        };
+        let cursor = page.next().and_then(cursor_of).ok_or_else(bad)?;
+        let fields: Vec<Value> = page.collect();
+        let counts = fields
+            .chunks(2)
+            .filter_map(|r| Some((r[0].as_str()?.to_string(), protocol::as_u64(&r[1])?)))
+            .collect();
+        Ok(SubscriberPage { cursor, counts })
+    }
+}
+
+/// The reply to ms_params, `[algorithm, iterations, salt]`, as sent: the
+/// key derivation checks the values (`kdf::Params::from_reply`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamsReply {
+    pub algorithm: String,
+    pub iterations: u64,
+    pub salt: String,
+}
+
+impl ParamsReply {
+    pub fn of(reply: Value) -> Result<ParamsReply> {
+        let bad = || protocol::protocol_error("ms_params");
+        match reply {
+            Value::Array(a) if a.len() == 3 => match (&a[0], protocol::as_u64(&a[1]), &a[2]) {
+                (Value::String(algorithm), Some(iterations), Value::String(salt)) => {
+                    Ok(ParamsReply {
+                        algorithm: algorithm.clone(),
+                        iterations,
+                        salt: salt.clone(),
+                    })
+                }
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +395,188 @@ mod tests {
         assert_eq!(reached(&json!([2])), Ok(2));
         for bad in [json!([]), json!(["two"]), json!([1, 2])] {
             assert_eq!(reached(&bad).unwrap_err().status, Status::MS_ERR_PROTOCOL);
+        }
+    }
+
+    /// A malformed reply is MS_ERR_PROTOCOL, its message naming `function`.
+    fn refused<T: std::fmt::Debug>(r: Result<T>, function: &str, bad: &Value) {
+        let e = r.unwrap_err();
+        assert_eq!(e.status, Status::MS_ERR_PROTOCOL, "{bad}");
+        assert!(e.message.contains(function), "{bad}: {}", e.message);
+    }
+
+    /// Numbers over u64 (or i64) are no numbers to the crate.
+    const HUGE: &str = "18446744073709551616";
+
+    #[test]
+    fn connected_replies_carry_a_sealed_channel_and_a_seq() {
+        assert_eq!(
+            Connected::of(json!(["c2VhbGVk", "12"]), "ms_connect"),
+            Ok(Connected {
+                channel_sealed: "c2VhbGVk".into(),
+                seq: 12
+            })
+        );
+        assert_eq!(
+            Connected::of(json!(["s", 0]), "ms_reconnect").unwrap().seq,
+            0
+        );
+        for bad in [
+            json!(["s"]),
+            json!(["s", 1, 2]),
+            json!([1, 1]),
+            json!(["s", "x"]),
+            json!(["s", -1]),
+            json!(["s", HUGE]),
+            json!(["s", 1e30]),
+            json!(null),
+            json!("s"),
+        ] {
+            refused(Connected::of(bad.clone(), "ms_connect"), "ms_connect", &bad);
+            refused(
+                Connected::of(bad.clone(), "ms_reconnect"),
+                "ms_reconnect",
+                &bad,
+            );
+        }
+    }
+
+    #[test]
+    fn snapshot_replies_carry_seq_time_heartbeat_and_state() {
+        assert_eq!(
+            Snapshot::of(json!(["4", "1700000000000", 5000, "{\"a\":1}"])),
+            Ok(Snapshot {
+                seq: 4,
+                hb_ms: 5000,
+                updated_ms: 1_700_000_000_000,
+                state: "{\"a\":1}".into()
+            })
+        );
+        for bad in [
+            json!([4, 1, 5000]),
+            json!([4, 1, 5000, "{}", 0]),
+            json!([4, 1, 5000, 7]),
+            json!(["x", 1, 5000, "{}"]),
+            json!([4, 1, HUGE, "{}"]),
+            json!([4, 1, -5, "{}"]),
+            json!([4, "later", 5000, "{}"]),
+            json!({"seq": 4}),
+        ] {
+            refused(Snapshot::of(bad.clone()), "ms_snapshot", &bad);
+        }
+    }
+
+    #[test]
+    fn list_pages_keep_the_entries_they_can_read() {
+        let page = ListPage::of(json!([
+            "17",
+            "2",
+            "a",
+            "3",
+            "1",
+            "100",
+            "200",
+            "5000",
+            "b",
+            "x",
+            "1",
+            "100",
+            "200",
+            "5000",
+            "c",
+            1,
+            HUGE,
+            -1,
+            "-2",
+            "99999999999"
+        ]))
+        .unwrap();
+        assert_eq!((page.cursor.as_str(), page.skipped), ("17", 2));
+        assert_eq!(
+            page.entries[0],
+            Ok(ListEntry {
+                name: "a".into(),
+                seq: 3,
+                followers: 1,
+                updated_ms: 100,
+                heard_ms: 200,
+                heartbeat_ms: 5000
+            })
+        );
+        assert!(page.entries[1].is_err(), "seq not a number");
+        assert!(page.entries[2].is_err(), "followers over u64");
+        assert_eq!(ListPage::of(json!(["0", 0])).unwrap().entries, vec![]);
+        // Counts over u32 are capped.
+        let page = ListPage::of(json!([
+            "0",
+            0,
+            "c",
+            1,
+            "99999999999",
+            -1,
+            -2,
+            "99999999999"
+        ]))
+        .unwrap();
+        let c = page.entries[0].as_ref().unwrap();
+        assert_eq!(
+            (c.followers, c.heartbeat_ms, c.updated_ms),
+            (u32::MAX, u32::MAX, -1)
+        );
+        for bad in [
+            json!([]),
+            json!(["0"]),
+            json!(["0", 0, "a"]),
+            json!(["", 0]),
+            json!(["1x", 0]),
+            json!([0, 0]),
+            json!(["0", "x"]),
+            json!(["0", HUGE]),
+            json!(null),
+        ] {
+            refused(ListPage::of(bad.clone()), "ms_list", &bad);
+        }
+    }
+
+    #[test]
+    fn subscriber_pages_keep_the_counts_they_can_read() {
+        assert_eq!(
+            SubscriberPage::of(json!(["0", "a", 2, "b", "x", 3, 4, "c", "5"])),
+            Ok(SubscriberPage {
+                cursor: "0".into(),
+                counts: vec![("a".into(), 2), ("c".into(), 5)]
+            })
+        );
+        for bad in [
+            json!([]),
+            json!(["0", "a"]),
+            json!([0]),
+            json!(["-1"]),
+            json!("0"),
+        ] {
+            refused(SubscriberPage::of(bad.clone()), "ms_subscribers", &bad);
+        }
+    }
+
+    #[test]
+    fn params_replies_carry_algorithm_iterations_and_salt() {
+        assert_eq!(
+            ParamsReply::of(json!(["pbkdf2-sha256", "600000", "ab"])),
+            Ok(ParamsReply {
+                algorithm: "pbkdf2-sha256".into(),
+                iterations: 600_000,
+                salt: "ab".into()
+            })
+        );
+        for bad in [
+            json!(["pbkdf2-sha256", 600_000]),
+            json!(["pbkdf2-sha256", 600_000, "ab", 1]),
+            json!([1, 600_000, "ab"]),
+            json!(["pbkdf2-sha256", HUGE, "ab"]),
+            json!(["pbkdf2-sha256", 600_000, 12]),
+            json!(null),
+        ] {
+            refused(ParamsReply::of(bad.clone()), "ms_params", &bad);
         }
     }
 }

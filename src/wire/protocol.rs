@@ -247,12 +247,9 @@ pub fn frame_body(fields: &[&[u8]]) -> Vec<u8> {
 pub fn redis_error(text: &str) -> Error {
     let (code, rest) = text.split_once(' ').unwrap_or((text, ""));
     match code {
-        "MSEXISTS" => Error::new(
-            Status::MS_ERR_EXISTS,
-            "a stream with this name exists already",
-        ),
-        "MSNOTFOUND" => Error::new(
-            Status::MS_ERR_NOT_FOUND,
+        "MSEXISTS" => Error::of(Kind::Exists, "a stream with this name exists already"),
+        "MSNOTFOUND" => Error::of(
+            Kind::NotFound,
             "no such stream (stopped, expired or never started)",
         ),
         "MSBADPASSWORD" => Error::new(
@@ -787,7 +784,8 @@ mod tests {
             ("MSARG bad delta", Kind::Refused, Status::MS_ERR_PROTOCOL),
             ("MSQUOTA streams", Kind::Quota, Status::MS_ERR_SERVER),
             ("MSVERSION 6", Kind::Version, Status::MS_ERR_SERVER),
-            ("MSNOTFOUND", Kind::Other, Status::MS_ERR_NOT_FOUND),
+            ("MSNOTFOUND", Kind::NotFound, Status::MS_ERR_NOT_FOUND),
+            ("MSEXISTS", Kind::Exists, Status::MS_ERR_EXISTS),
             ("ERR Function not found", Kind::Other, Status::MS_ERR_SERVER),
         ] {
             let e = redis_error(text);

@@ -12,10 +12,9 @@ use crate::net::nodes::{Endpoints, Nodes};
 use crate::net::transport::Webdis;
 use crate::session::{params_of, Config};
 use crate::util::{lock, random_hex};
-use crate::wire::functions::{self, Call};
+use crate::wire::functions::{self, Call, Connected};
 use crate::wire::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
 use crossbeam_channel::{bounded, select, Receiver, Sender};
-use serde_json::Value;
 use std::ffi::CString;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,13 +32,9 @@ pub(super) fn stream_channel(
 ) -> Result<String> {
     let body = zeroize::Zeroizing::new(protocol::frame_body(&[password_key.as_bytes()]));
     let answered = conn.fcall_answered(&Call::connect(key), &body, timeout);
-    match answered.result? {
-        Value::Array(a) if a.len() == 2 && protocol::as_u64(&a[1]).is_some() => a[0]
-            .as_str()
-            .and_then(|sealed| protocol::open_sealed(sealed, password_key, &answered.nonce))
-            .ok_or_else(|| protocol::protocol_error("ms_connect")),
-        _ => Err(protocol::protocol_error("ms_connect")),
-    }
+    let connected = Connected::of(answered.result?, "ms_connect")?;
+    protocol::open_sealed(&connected.channel_sealed, password_key, &answered.nonce)
+        .ok_or_else(|| protocol::protocol_error("ms_connect"))
 }
 
 pub(super) fn replaced() -> Error {
@@ -477,23 +472,15 @@ impl Link {
 
     pub(super) fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
+        // A stream started anew under the same name has another channel,
+        // so ms_snapshot answers MSNOTFOUND.
         let reply = conn.fcall(&Call::snapshot(&self.key), &body, self.config.timeout())?;
-        let bad = || protocol::protocol_error("ms_snapshot");
-        let Value::Array(mut a) = reply else {
-            return Err(bad());
-        };
-        // [seq, updated_ms, hb_ms, state]; a stream started anew under the
-        // same name has another channel, so ms_snapshot answers MSNOTFOUND.
-        if a.len() != 4 {
-            return Err(bad());
-        }
-        let state = match a.pop() {
-            Some(Value::String(s)) => s,
-            _ => return Err(bad()),
-        };
-        let hb_ms = protocol::as_u64(&a[2]).ok_or_else(bad)?;
-        let seq = protocol::as_u64(&a[0]).ok_or_else(bad)?;
-        let updated_ms = protocol::as_i64(&a[1]).ok_or_else(bad)?;
+        let functions::Snapshot {
+            seq,
+            hb_ms,
+            updated_ms,
+            state,
+        } = functions::Snapshot::of(reply)?;
         Ok(Snapshot {
             seq,
             hb: Duration::from_millis(hb_ms.max(1)),
