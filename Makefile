@@ -197,8 +197,10 @@ attack: build
 	MS_ATTACK_SECONDS=$(MS_ATTACK_SECONDS) $(CARGO) test --release --test availability --test front -- --nocapture --test-threads=1
 
 # The long soak (tests/soak.rs); `make test` runs its short variant.
+# Its table: target/soak/report.md (the short one: report-short.md).
 soak: deps
 	$(CARGO) test --release --test soak -- --ignored --nocapture
+	@echo "make soak: report in $${CARGO_TARGET_DIR:-target}/soak/report.md"
 
 # Mutation testing (slow: each mutation rebuilds the crate); not in `make test`.
 mutants: build
