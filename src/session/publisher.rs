@@ -207,7 +207,8 @@ impl Publisher {
                 return Next::Send(Request::Heartbeat);
             }
         } else if let Some(t) = self.retry_at {
-            wake = wake.min(t.max(now + Duration::from_millis(1)));
+            // A retry due already wakes at once (the floor below).
+            wake = wake.min(t);
         }
         if may_send && mb.closing.is_none() && now < self.last_sent + LINGER {
             return Next::Linger;
