@@ -230,18 +230,22 @@ attack: build
 	MS_ATTACK_SECONDS=$(MS_ATTACK_SECONDS) $(CARGO) test --release --test availability --test front -- --nocapture --test-threads=1
 
 # The long soak (tests/soak.rs); `make test` runs its short variant.
+# Its table: target/soak/report.md (the short one: report-short.md).
 soak: deps
 	$(CARGO) test --release --test soak -- --ignored --nocapture
+	@echo "make soak: report in $${CARGO_TARGET_DIR:-target}/soak/report.md"
 
 # Mutation testing (slow: each mutation rebuilds the crate); not in `make test`.
 mutants: build
 	scripts/mutants.sh $(MUTANTS)
 
 # Mutations nobody here wrote: cargo-mutants on the modules whose unit
-# tests need no server (the timing rules, backoff, key derivation), with
+# tests need no server (the publisher's and the follower session's pure
+# machines, the timing rules, backoff, key derivation), with
 # `cargo test --lib`. Report: target/mutants-lib/mutants.out/ (outcomes.json,
 # caught.txt, missed.txt); docs/RELIABILITY.md has the last run.
-MUTANTS_LIB_FILES ?= src/session/liveness.rs src/session/backoff.rs src/kdf.rs src/util.rs src/error.rs
+MUTANTS_LIB_FILES ?= src/session/publisher.rs src/session/follower/session.rs \
+  src/session/liveness.rs src/session/backoff.rs src/kdf.rs src/util.rs src/error.rs
 mutants-lib: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
 	$(CARGO) mutants --profile mutants --output target/mutants-lib \

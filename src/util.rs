@@ -36,8 +36,14 @@ macro_rules! debug_log {
 pub(crate) use debug_log;
 
 pub(crate) static DEBUG: once_cell::sync::Lazy<bool> = once_cell::sync::Lazy::new(|| {
-    std::env::var("MISSIONSTREAM_DEBUG").is_ok_and(|v| !v.is_empty() && v != "0")
+    debug_wanted(std::env::var("MISSIONSTREAM_DEBUG").ok().as_deref())
 });
+
+/// Whether a value of `MISSIONSTREAM_DEBUG` turns the diagnostics on:
+/// set, and neither empty nor `0`.
+fn debug_wanted(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
+}
 
 /// Tests: how much busier than one runnable thread per core the machine
 /// is (the 1-minute load average per core, at least 1). A unit test's
@@ -67,5 +73,17 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(a, random_hex(16).unwrap());
+    }
+
+    #[test]
+    fn debug_switch_values() {
+        // Off: unset, empty, "0".
+        assert!(!debug_wanted(None));
+        assert!(!debug_wanted(Some("")));
+        assert!(!debug_wanted(Some("0")));
+        // On: anything else, including values that merely contain a 0.
+        for on in ["1", "yes", "true", "00", "10", " ", "false"] {
+            assert!(debug_wanted(Some(on)), "{on:?} should turn it on");
+        }
     }
 }

@@ -18,7 +18,10 @@
 //! `cargo test --release --test soak` runs the short variant (~55 s);
 //! `make soak` the long one, sized by MS_SOAK_SECONDS, MS_SOAK_WEBDIS_KILLS,
 //! MS_SOAK_REDIS_RESTARTS, MS_SOAK_FREEZES (see `Plan::from_env`). Both
-//! print a summary table (Markdown) that docs may quote.
+//! print a summary table (Markdown) and write it, with the date, the
+//! protocol version and any failures, to `$CARGO_TARGET_DIR/soak/report.md`
+//! (the long run) or `report-short.md` (the short one); `target/` when
+//! CARGO_TARGET_DIR is not set.
 
 mod common;
 
@@ -62,6 +65,58 @@ fn soak_short() {
 #[ignore]
 fn soak_long() {
     soak(Plan::from_env());
+}
+
+/// Where a run's report goes: `<target>/soak/report.md` for the long run,
+/// `report-<label>.md` for the others.
+fn report_path(label: &str) -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(ROOT).join("target"));
+    let name = if label == "long" {
+        "report.md".to_string()
+    } else {
+        format!("report-{label}.md")
+    };
+    target.join("soak").join(name)
+}
+
+/// Writes the summary table to the report file (a soak that cannot write
+/// it says so and goes on: the table was printed too).
+fn write_report(plan: &Plan, table: &str, failures: &[String]) {
+    let when = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown date".into());
+    let mut r = String::new();
+    let _ = writeln!(
+        r,
+        "# missionstream soak report ({})\n\n{when}, protocol {}, library {}.",
+        plan.label,
+        missionstream::protocol::PROTOCOL_VERSION,
+        env!("CARGO_PKG_VERSION")
+    );
+    r.push_str(table);
+    if failures.is_empty() {
+        r.push_str("\nNo failure.\n");
+    } else {
+        let _ = writeln!(r, "\n## {} failures\n", failures.len());
+        for f in failures {
+            let _ = writeln!(r, "{f}\n");
+        }
+    }
+    let path = report_path(plan.label);
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&path, &r));
+    match written {
+        Ok(()) => println!("soak report: {}", path.display()),
+        Err(e) => println!("soak report: cannot write {}: {e}", path.display()),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -1085,6 +1140,7 @@ fn soak(plan: Plan) {
         );
     }
     println!("{t}");
+    write_report(&plan, &t, &failures);
     drop(followers);
     drop(leader);
     assert!(

@@ -207,7 +207,8 @@ impl Publisher {
                 return Next::Send(Request::Heartbeat);
             }
         } else if let Some(t) = self.retry_at {
-            wake = wake.min(t.max(now + Duration::from_millis(1)));
+            // A retry due already wakes at once (the floor below).
+            wake = wake.min(t);
         }
         if may_send && mb.closing.is_none() && now < self.last_sent + LINGER {
             return Next::Linger;
@@ -691,6 +692,63 @@ mod tests {
         ));
         let again = send(&mut p, &mut mb, t0 + Duration::from_millis(100));
         assert_eq!((again.generation(), again.delta()), (g, None));
+    }
+
+    #[test]
+    fn a_delta_that_failed_on_the_way_is_retried_as_the_same_delta() {
+        let t0 = Instant::now();
+        let (mut p, mut mb) = (publisher(t0, 0), Mailbox::default());
+        store(&mut p, &mut mb, &plan(40, 99), 1, t0);
+        let g = publish(&mut mb, &plan(40, 5));
+        let r = send(&mut p, &mut mb, t0);
+        let first = r.delta().map(|d| d.delta.clone()).expect("a delta");
+        // Webdis down: nothing says the record lost the base.
+        let effects = p.done(&mut mb, r, err(Status::MS_ERR_TIMEOUT, "slow"), t0, false);
+        assert!(effects.contains(&Effect::PublishFailed(Status::MS_ERR_TIMEOUT)));
+        let again = send(&mut p, &mut mb, t0 + Duration::from_secs(1));
+        assert_eq!(again.generation(), g);
+        assert_eq!(
+            again.delta().map(|d| d.delta.as_str()),
+            Some(first.as_str())
+        );
+    }
+
+    /// `n` bytes no state of only `a`s holds.
+    fn literal(n: usize) -> String {
+        (0..n).map(|i| (b'b' + (i % 25) as u8) as char).collect()
+    }
+
+    #[test]
+    fn deltas_start_at_256_bytes_and_are_sent_only_under_half_the_state() {
+        let t0 = Instant::now();
+        let base = "a".repeat(600);
+        // The length of the delta sent for `state` after `base` was
+        // stored exactly, or None: sent in full.
+        let sent_as = |state: &str| -> Option<usize> {
+            let (mut p, mut mb) = (publisher(t0, 0), Mailbox::default());
+            store(&mut p, &mut mb, &base, 1, t0);
+            publish(&mut mb, state);
+            send(&mut p, &mut mb, t0).delta().map(|d| d.delta.len())
+        };
+        // A prefix of the base: a delta of a few bytes, yet in full below
+        // 256 bytes.
+        assert_eq!(sent_as(&base[..255]), None);
+        assert!(sent_as(&base[..256]).is_some_and(|d| d < 20));
+        // The prefix, then more and more bytes the base lacks: a delta one
+        // byte under half the state is sent, one of half the state not.
+        let (mut under, mut half) = (0, 0);
+        for extra in 0..400 {
+            let state = format!("{}{}", &base[..300], literal(extra));
+            let d = crate::wire::delta::create(&base, &state).len();
+            if d + 1 == state.len() / 2 {
+                assert_eq!(sent_as(&state), Some(d), "{} bytes", state.len());
+                under += 1;
+            } else if d == state.len() / 2 {
+                assert_eq!(sent_as(&state), None, "{} bytes", state.len());
+                half += 1;
+            }
+        }
+        assert!(under > 0 && half > 0, "{under} {half}");
     }
 
     #[test]

@@ -481,6 +481,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_resync_does_not_wake_the_session_while_a_job_is_out_or_unsubscribed() {
+        let (mut s, t0) = setup();
+        // A probe out: the resync waits for it, and so does the wake.
+        let at = t0 + HB * 2;
+        let a = acts(s.tick(at, None, false, None));
+        assert!(matches!(&a[..], [Action::Probe { .. }]), "{a:?}");
+        let idle = s.next_wake(at, None);
+        assert!(idle > at + ms(1), "{:?}", idle - at);
+        assert_eq!(s.next_wake(at, Some(ResyncDue::Now)), idle);
+        // No subscription: the recovery's backoff decides.
+        let (mut s, t0) = setup();
+        assert_eq!(
+            lost_by(&s.heard(t0, Heard::Closed(transient()))),
+            Some(Status::MS_ERR_UNAVAILABLE)
+        );
+        let retry = s.next_wake(t0, None);
+        assert!(retry > t0 + ms(1), "{:?}", retry - t0);
+        assert_eq!(s.next_wake(t0, Some(ResyncDue::Now)), retry);
+    }
+
+    #[test]
     fn a_resync_that_could_not_start_is_asked_for_again() {
         let (mut s, t0) = setup();
         assert_eq!(
