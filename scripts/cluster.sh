@@ -129,7 +129,12 @@ in_sync() {
 
 # Webdis of node $1 answers PING on port $2; 99 when the process is gone.
 webdis_up() {
-  running "$dir/node$1/webdis.pid" "$(webdis_name)" || return 99
+  if ! running "$dir/node$1/webdis.pid" "$(webdis_name)"; then
+    # Not Webdis yet, on a busy machine, while the forked shell has not
+    # exec'd it: wait. Gone, it will not answer (99: give up at once).
+    alive "$dir/node$1/webdis.pid" && return 1
+    return 99
+  fi
   curl -sf -o /dev/null "http://127.0.0.1:$2/PING"
 }
 

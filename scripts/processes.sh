@@ -14,6 +14,18 @@ running() {
   [ -n "$comm" ] && [[ "$stat" != Z* ]] && [[ "$2" == "$comm"* ]]
 }
 
+# True when pid file $1 names a live process (not a zombie), whatever its
+# command: one launched moments ago with `cmd &` may still be the shell that
+# forked it, not yet the program it is about to exec.
+alive() {
+  local pid stat
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  stat=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+  [ -n "$stat" ] && [[ "$stat" != Z* ]]
+}
+
 # The value of variable $1 in $dir/env (with or without `export`).
 env_value() { sed -n "s/^\(export \)\{0,1\}$1=//p" "$dir/env" 2>/dev/null; }
 
