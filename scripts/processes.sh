@@ -2,15 +2,22 @@
 # (sourced, not run). They read the caller's $dir (its state folder) and
 # $webdis (the Webdis command).
 
+# The state and command name (`ps -o stat=,comm=`) of the process that pid
+# file $1 names; fails when there is no such file or process.
+process_of() {
+  local pid
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  ps -o stat=,comm= -p "$pid" 2>/dev/null
+}
+
 # True when pid file $1 names a live process (not a zombie) whose command is
 # $2: the pid left behind by servers that are gone may belong to another
 # program by now. (The kernel keeps the first 15 characters of a command name.)
 running() {
-  local pid stat comm
-  [ -f "$1" ] || return 1
-  pid=$(cat "$1" 2>/dev/null) || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  read -r stat comm < <(ps -o stat=,comm= -p "$pid" 2>/dev/null) || return 1
+  local stat comm
+  read -r stat comm < <(process_of "$1") || return 1
   [ -n "$comm" ] && [[ "$stat" != Z* ]] && [[ "$2" == "$comm"* ]]
 }
 
@@ -18,11 +25,8 @@ running() {
 # command: one launched moments ago with `cmd &` may still be the shell that
 # forked it, not yet the program it is about to exec.
 alive() {
-  local pid stat
-  [ -f "$1" ] || return 1
-  pid=$(cat "$1" 2>/dev/null) || return 1
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  stat=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+  local stat
+  read -r stat _ < <(process_of "$1") || return 1
   [ -n "$stat" ] && [[ "$stat" != Z* ]]
 }
 
