@@ -507,7 +507,9 @@ impl Client {
             }
             let answered = self.control.fcall_answered(&Call::list(&cursor), &[], left);
             node = answered.node;
-            let page = ListPage::of(answered.result?)?;
+            // Times on Redis' clock, moved onto this machine's: a caller
+            // compares them with its own clock.
+            let page = ListPage::of(answered.result?)?.rebased(crate::util::wall_ms());
             if page.skipped > 0 {
                 crate::util::debug_log!(
                     "ms_list: the functions skipped {} index entries whose name this version refuses (not UTF-8, control or bidirectional formatting characters) or whose record is of an earlier version",

@@ -1159,6 +1159,7 @@ mod tests {
         let large: [&[u8]; 3] = [b"r 2\n", &state, b"!"];
         let r = pool.put_within("/p", "", &large, T, T, MAX).unwrap();
         assert_eq!(r.status, 200);
+        drop(r);
         drop(pool);
         let (req, req2) = server.join().unwrap();
         assert_eq!(req.header("content-length"), ["6"]);
@@ -1309,7 +1310,7 @@ mod tests {
             assert_eq!(d.eof(), 0);
         });
         let pool = Pool::new(&authority);
-        let r = pool.put_within("/p", "", b"x", T, T, MAX).unwrap();
+        let r = pool.put_within("/p", "", &[b"x"], T, T, MAX).unwrap();
         assert_eq!(r.body, b"not yours");
         drop(r);
         put_ok(&pool, b"y", "2");

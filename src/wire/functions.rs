@@ -291,6 +291,18 @@ pub struct ListPage {
     pub entries: Vec<std::result::Result<ListEntry, Vec<Value>>>,
 }
 
+/// A time of Redis' clock (`value`, ms since the Unix epoch) moved onto
+/// another clock: as long before `local_now_ms` as it was before Redis'
+/// `redis_now_ms`. 0 (not known) stays 0; a time after Redis' now is
+/// taken as now.
+pub fn rebase(value: i64, redis_now_ms: i64, local_now_ms: i64) -> i64 {
+    if value == 0 {
+        return 0;
+    }
+    let age = redis_now_ms.saturating_sub(value).max(0);
+    local_now_ms.saturating_sub(age)
+}
+
 /// A page cursor: decimal digits.
 fn cursor_of(v: Value) -> Option<String> {
     match v {
@@ -300,6 +312,19 @@ fn cursor_of(v: Value) -> Option<String> {
 }
 
 impl ListPage {
+    /// The page with the times of its entries (`updated_ms`, `heard_ms`)
+    /// moved from Redis' clock onto a local clock reading `local_now_ms`
+    /// when the page came (`rebase`): a caller comparing them with its
+    /// own clock sees no skew between its clock and Redis'.
+    pub fn rebased(mut self, local_now_ms: i64) -> ListPage {
+        for e in self.entries.iter_mut().flatten() {
+            e.updated_ms = rebase(e.updated_ms, self.now_ms, local_now_ms);
+            e.heard_ms = rebase(e.heard_ms, self.now_ms, local_now_ms);
+        }
+        self.now_ms = local_now_ms;
+        self
+    }
+
     pub fn of(reply: Value) -> Result<ListPage> {
         let bad = || protocol::protocol_error("ms_list");
         let mut page = match reply {
@@ -640,6 +665,41 @@ mod tests {
         ] {
             refused(ListPage::of(bad.clone()), "ms_list", &bad);
         }
+    }
+
+    #[test]
+    fn list_times_are_rebased_onto_the_local_clock() {
+        // Redis' clock an hour ahead of this one.
+        let (redis, local) = (1_800_003_600_000, 1_800_000_000_000);
+        assert_eq!(rebase(redis - 1500, redis, local), local - 1500);
+        assert_eq!(rebase(0, redis, local), 0, "not known stays so");
+        assert_eq!(rebase(redis + 10, redis, local), local, "never ahead");
+        assert_eq!(rebase(1, i64::MAX, i64::MIN), i64::MIN);
+        let page = ListPage::of(json!([
+            "0",
+            0,
+            redis,
+            "a",
+            1,
+            0,
+            redis - 2000,
+            redis - 300,
+            5000,
+            "b",
+            "x",
+            0,
+            1,
+            1,
+            1
+        ]))
+        .unwrap()
+        .rebased(local);
+        let a = page.entries[0].as_ref().unwrap();
+        assert_eq!(
+            (a.updated_ms, a.heard_ms, page.now_ms),
+            (local - 2000, local - 300, local)
+        );
+        assert!(page.entries[1].is_err());
     }
 
     #[test]

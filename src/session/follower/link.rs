@@ -872,11 +872,27 @@ mod tests {
         assert!(twice.len() > protocol::MAX_STATE);
         let delta = crate::wire::delta::create(&base, &twice);
         assert!(delta.len() < 100, "{delta}");
-        d.state(1, base.clone());
-        d.delta(2, 1, delta);
+        full(&d, 1, base.clone());
+        d.delta(2, 1, 0, delta);
         assert_eq!(last(&d).0, Some(1));
         assert_eq!(d.resync_at(), Some(ResyncDue::Now));
         dispatcher.shutdown();
+    }
+
+    /// A snapshot carrying the state of `seq`.
+    fn snap(seq: u64, state: String) -> Snapshot {
+        Snapshot {
+            seq,
+            hb: Duration::from_secs(1),
+            updated_ms: seq as i64 * 1000,
+            state: Some((format!("id{seq}"), state)),
+            heard: None,
+        }
+    }
+
+    /// Delivers the state of `seq` as a snapshot would.
+    fn full(d: &Delivery, seq: u64, state: String) {
+        d.snapshot(&mut snap(seq, state));
     }
 
     fn last(d: &Delivery) -> (Option<u64>, String) {
@@ -903,19 +919,19 @@ mod tests {
         let s1 = "{\"wp\":[1,2,3],\"name\":\"caf\u{e9}\"}".repeat(20);
         let s2 = s1.replacen("caf\u{e9}", "caf\u{ea}", 1);
         let s3 = s2.replacen("[1,2,3]", "[1,2,3,4]", 1);
-        d.state(5, s1.clone());
+        full(&d, 5, s1.clone());
         // In order.
-        d.delta(6, 5, crate::wire::delta::create(&s1, &s2));
+        d.delta(6, 5, 0, crate::wire::delta::create(&s1, &s2));
         assert_eq!(last(&d), (Some(6), s2.clone()));
         // Old and repeated deltas are ignored.
-        d.delta(6, 5, crate::wire::delta::create(&s1, &s2));
+        d.delta(6, 5, 0, crate::wire::delta::create(&s1, &s2));
         assert_eq!(d.resync_at(), None);
         // Swapped: 8 (base 7) before 7 (base 6).
         let s4 = s3.replacen("[1,2,3,4]", "[4]", 1);
-        d.delta(8, 7, crate::wire::delta::create(&s3, &s4));
+        d.delta(8, 7, 0, crate::wire::delta::create(&s3, &s4));
         assert_eq!(last(&d).0, Some(6));
         assert!(matches!(d.resync_at(), Some(ResyncDue::At(t)) if t > Instant::now()));
-        d.delta(7, 6, crate::wire::delta::create(&s2, &s3));
+        d.delta(7, 6, 0, crate::wire::delta::create(&s2, &s3));
         assert_eq!(last(&d), (Some(8), s4.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta that does not verify (its checksum) is not delivered: the
@@ -926,19 +942,19 @@ mod tests {
             good.trim_end_matches(';')
                 .trim_end_matches(|c: char| c.is_ascii_alphanumeric())
         );
-        d.delta(9, 8, forged);
+        d.delta(9, 8, 0, forged);
         assert_eq!(last(&d).0, Some(8));
         assert_eq!(d.resync_at(), Some(ResyncDue::Now));
-        d.resynced(9, s1.clone());
+        d.resynced(&mut snap(9, s1.clone()));
         assert_eq!(last(&d), (Some(9), s1.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta whose base never comes: the snapshot after HOLD.
-        d.delta(11, 10, crate::wire::delta::create(&s1, &s2));
+        d.delta(11, 10, 0, crate::wire::delta::create(&s1, &s2));
         let Some(ResyncDue::At(at)) = d.resync_at() else {
             panic!("a held delta waits HOLD");
         };
         assert!(at > Instant::now() + HOLD / 2 && at <= Instant::now() + HOLD);
-        d.resynced(11, s2.clone());
+        d.resynced(&mut snap(11, s2.clone()));
         assert_eq!((last(&d), d.resync_at()), ((Some(11), s2.clone()), None));
         // Every delivered state was verified: the callback saw only these.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -951,6 +967,198 @@ mod tests {
             assert!(all.iter().any(|(q, s)| q == seq && *s == st), "seq {seq}");
         }
         assert_eq!(seen.last().map(|x| x.0), Some(11));
+        dispatcher.shutdown();
+    }
+
+    /// The states the callback saw, once `seq` is among them (or 5 s).
+    fn seen_until(got: &Arc<Mutex<Vec<(u64, String)>>>, seq: u64) -> Vec<(u64, String)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(got).iter().any(|x| x.0 == seq) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lock(got).clone()
+    }
+
+    fn recording() -> (
+        Arc<crate::dispatch::Dispatcher>,
+        Arc<Mutex<Vec<(u64, String)>>>,
+    ) {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        dispatcher.set_callback(Some(Arc::new(move |e: &Event| {
+            if let Some(s) = &e.state {
+                lock(&g).push((e.seq, s.as_str().to_string()));
+            }
+        })));
+        dispatcher.register(1);
+        (dispatcher, got)
+    }
+
+    const A: &str = "0123456789abcdef0000000000000001";
+    const B: &str = "0123456789abcdef0000000000000002";
+    const C: &str = "0123456789abcdef0000000000000003";
+
+    /// The two halves of a full state pair by publish id in either order
+    /// (Webdis swaps adjacent messages); a delta on a paired state
+    /// applies; `have` names the state held.
+    #[test]
+    fn headers_and_bodies_pair_by_publish_id_in_either_order() {
+        let (dispatcher, got) = recording();
+        let d = delivery(&dispatcher);
+        assert_eq!(d.have(), "-");
+        // Header first.
+        d.message(format!("s 1 1000 {A}"));
+        assert_eq!(last(&d).0, None);
+        assert!(matches!(d.resync_at(), Some(ResyncDue::At(_))));
+        d.message(format!("r {A}\n{{\"n\":1}}"));
+        assert_eq!(last(&d), (Some(1), "{\"n\":1}".into()));
+        assert_eq!(d.resync_at(), None);
+        assert_eq!(d.have(), "1:1000");
+        // Body first.
+        d.message(format!("r {B}\n{{\"n\":2}}"));
+        assert_eq!(last(&d).0, Some(1));
+        assert!(matches!(d.resync_at(), Some(ResyncDue::At(_))));
+        d.message(format!("s 2 2000 {B}"));
+        assert_eq!(last(&d), (Some(2), "{\"n\":2}".into()));
+        assert_eq!((d.resync_at(), d.have()), (None, "2:2000".into()));
+        // A delta on it, then a pair whose halves straddle another pair's:
+        // s3 s4 r3 r4 (a swap of r3 and s4).
+        let s3 = "{\"n\":3}".to_string();
+        d.message(format!("d 3 2 3000\n{}", crate::wire::delta::create("{\"n\":2}", &s3)));
+        assert_eq!(last(&d), (Some(3), s3.clone()));
+        assert_eq!(d.have(), "3:3000");
+        d.message(format!("s 4 4000 {C}"));
+        d.message(format!("s 5 5000 {A}"));
+        d.message(format!("r {C}\n{{\"n\":4}}"));
+        assert_eq!(last(&d).0, Some(4));
+        d.message(format!("r {A}\n{{\"n\":5}}"));
+        assert_eq!((last(&d).0, d.resync_at()), (Some(5), None));
+        // Repeats and old halves change nothing and wait for nothing.
+        d.message(format!("s 4 4000 {C}"));
+        d.message(format!("r {C}\n{{\"n\":4}}"));
+        d.message(format!("r {A}\n{{\"n\":5}}"));
+        assert_eq!((last(&d).0, d.resync_at()), (Some(5), None));
+        // The callback sees the newest states (the dispatcher may skip
+        // some), each with its own state.
+        let seen = seen_until(&got, 5);
+        assert_eq!(seen.last().map(|x| x.0), Some(5));
+        for (seq, state) in &seen {
+            assert_eq!(*state, format!("{{\"n\":{seq}}}"));
+        }
+        dispatcher.shutdown();
+    }
+
+    /// A half whose other half does not come waits `HOLD`, then the
+    /// snapshot is read; the snapshot's state replaces what waited.
+    #[test]
+    fn an_unpaired_half_reads_the_snapshot_after_hold() {
+        for header in [true, false] {
+            let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+            let d = delivery(&dispatcher);
+            full(&d, 1, "{}".into());
+            let before = Instant::now();
+            if header {
+                d.message(format!("s 2 2000 {A}"));
+            } else {
+                d.message(format!("r {A}\n{{\"x\":2}}"));
+            }
+            let Some(ResyncDue::At(at)) = d.resync_at() else {
+                panic!("an unpaired half waits HOLD");
+            };
+            assert!(at >= before + HOLD && at <= Instant::now() + HOLD);
+            // A delta on the missing state waits too.
+            d.delta(3, 2, 3000, "x".into());
+            assert_eq!(last(&d).0, Some(1));
+            d.resynced(&mut snap(3, "{\"x\":3}".into()));
+            assert_eq!(last(&d), (Some(3), "{\"x\":3}".into()));
+            assert_eq!(d.resync_at(), None);
+            // The late half of the missing state is dropped now.
+            if header {
+                d.message(format!("r {A}\n{{\"x\":2}}"));
+            } else {
+                d.message(format!("s 2 2000 {A}"));
+            }
+            assert_eq!((last(&d).0, d.resync_at()), (Some(3), None));
+            dispatcher.shutdown();
+        }
+    }
+
+    /// A body is delivered only under the header of its own publish id:
+    /// never under another's, whatever their order.
+    #[test]
+    fn a_body_is_never_delivered_under_another_publish_header() {
+        let (dispatcher, got) = recording();
+        let d = delivery(&dispatcher);
+        full(&d, 1, "{}".into());
+        d.message(format!("s 2 2000 {A}"));
+        d.message(format!("r {B}\n{{\"wrong\":true}}"));
+        assert_eq!(last(&d).0, Some(1));
+        d.message(format!("r {A}\n{{\"right\":2}}"));
+        assert_eq!(last(&d), (Some(2), "{\"right\":2}".into()));
+        // B's body still waits for B's header: a snapshot is due.
+        assert!(matches!(d.resync_at(), Some(ResyncDue::At(_))));
+        // Body before a header of another id.
+        d.message(format!("r {C}\n{{\"wrong\":3}}"));
+        d.message(format!("s 3 3000 {A}"));
+        assert_eq!(last(&d).0, Some(2));
+        // More than two bodies waiting: the snapshot at once.
+        d.message(format!("r 0123456789abcdef0000000000000009\n{{}}"));
+        assert_eq!(d.resync_at(), Some(ResyncDue::Now));
+        d.resynced(&mut snap(3, "{\"right\":3}".into()));
+        let seen = seen_until(&got, 3);
+        assert_eq!(seen.last().map(|x| x.0), Some(3));
+        for (seq, state) in &seen {
+            assert!(!state.contains("wrong"), "seq {seq}: {state}");
+        }
+        dispatcher.shutdown();
+    }
+
+    /// A snapshot that names no state (the follower holds the newest)
+    /// delivers nothing and keeps the state held; one of an older state
+    /// delivers nothing either.
+    #[test]
+    fn a_snapshot_without_state_keeps_the_state_held() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let d = delivery(&dispatcher);
+        full(&d, 4, "{\"a\":4}".into());
+        let mut same = Snapshot::of(
+            crate::wire::functions::Snapshot {
+                seq: 4,
+                updated_ms: 4000,
+                hb_ms: 0,
+                updated_age_ms: 10,
+                heard_age_ms: 5,
+                state: None,
+            },
+            Instant::now(),
+        );
+        assert_eq!(same.hb, Duration::from_millis(1));
+        d.resynced(&mut same);
+        d.snapshot(&mut same);
+        assert_eq!(last(&d), (Some(4), "{\"a\":4}".into()));
+        assert_eq!(d.have(), "4:4000");
+        d.snapshot(&mut snap(3, "{\"a\":3}".into()));
+        assert_eq!(last(&d), (Some(4), "{\"a\":4}".into()));
+        dispatcher.shutdown();
+    }
+
+    /// The reader delivers swapped halves itself once the follower
+    /// listens.
+    #[test]
+    fn the_reader_pairs_swapped_halves() {
+        let (dispatcher, got) = recording();
+        let d = Arc::new(delivery(&dispatcher));
+        let msg = |p: String| {
+            serde_json::to_vec(&serde_json::json!({"SUBSCRIBE": ["message", "c", p]})).unwrap()
+        };
+        let reads = vec![
+            msg(format!("r {A}\nh 100")),
+            msg(format!("s 7 7000 {A}")),
+        ];
+        let (tx, _rx) = bounded(64);
+        read_subscription(Chunks(reads), tx, Arc::new(AtomicU64::new(0)), d.clone());
+        assert_eq!(seen_until(&got, 7), [(7, "h 100".to_string())]);
         dispatcher.shutdown();
     }
 }
