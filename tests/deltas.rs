@@ -41,30 +41,42 @@ impl RawSub {
     }
 }
 
-/// Applies the `s` and `d` payloads a raw subscriber saw, in seq order,
-/// as an independent client would: the states they stand for.
+/// Applies the `s`/`r` pairs (paired by publish id) and `d` payloads a
+/// raw subscriber saw, in seq order, as an independent client would: the
+/// states they stand for.
 fn replay(payloads: &[String], first: (u64, String)) -> Vec<(u64, String)> {
-    let mut msgs: Vec<ChannelMessage> = payloads
-        .iter()
-        .filter_map(|p| protocol::parse_channel_message(p.clone()))
-        .filter(|m| {
-            matches!(
-                m,
-                ChannelMessage::State { .. } | ChannelMessage::Delta { .. }
-            )
-        })
-        .collect();
-    let seq_of = |m: &ChannelMessage| match m {
-        ChannelMessage::State { seq, .. } | ChannelMessage::Delta { seq, .. } => *seq,
-        _ => 0,
-    };
-    msgs.sort_by_key(seq_of);
+    let mut bodies = std::collections::HashMap::new();
+    let mut heads = Vec::new();
+    // (seq, full state, or (base, delta))
+    let mut msgs: Vec<(u64, Result<String, (u64, String)>)> = Vec::new();
+    for p in payloads {
+        match protocol::parse_channel_message(p.clone()) {
+            Some(ChannelMessage::StateHead { seq, id, .. }) => heads.push((seq, id)),
+            Some(ChannelMessage::StateBody { id, state }) => {
+                bodies.insert(id, state);
+            }
+            Some(ChannelMessage::Delta {
+                seq, base, delta, ..
+            }) => msgs.push((seq, Err((base, delta)))),
+            _ => {}
+        }
+    }
+    for (seq, id) in heads {
+        let state = bodies
+            .get(&id)
+            .unwrap_or_else(|| panic!("the header of seq {seq} has no body"));
+        msgs.push((seq, Ok(state.clone())));
+    }
+    msgs.sort_by_key(|m| m.0);
     let mut out = vec![first];
-    for m in msgs {
+    for (seq, m) in msgs {
         let (last_seq, last) = out.last().unwrap().clone();
+        if seq <= last_seq {
+            continue;
+        }
         match m {
-            ChannelMessage::State { seq, state, .. } if seq > last_seq => out.push((seq, state)),
-            ChannelMessage::Delta { seq, base, delta } if seq > last_seq => {
+            Ok(state) => out.push((seq, state)),
+            Err((base, delta)) => {
                 assert_eq!(
                     base, last_seq,
                     "a delta whose base is not the state before it"
@@ -73,7 +85,6 @@ fn replay(payloads: &[String], first: (u64, String)) -> Vec<(u64, String)> {
                     .unwrap_or_else(|e| panic!("delta of seq {seq} does not apply: {e:?}"));
                 out.push((seq, state));
             }
-            _ => {}
         }
     }
     out

@@ -76,9 +76,7 @@ impl Lead {
         hooks: Hooks,
     ) -> Result<Arc<Lead>> {
         let identity = Arc::new(identity);
-        let body_prefix =
-            protocol::frame_body(&[identity.token.as_bytes(), identity.channel.as_bytes(), b""]);
-        let body_prefix = Zeroizing::new(body_prefix);
+        let tag = protocol::channel_tag(&identity.channel);
         let shared = Arc::new(Shared {
             state: Mutex::new(Mailbox::default()),
             cond: Condvar::new(),
@@ -92,7 +90,7 @@ impl Lead {
                 config.deltas(),
                 Backoff::new(session),
             ),
-            body_prefix,
+            tag,
             identity: identity.clone(),
             shared: shared.clone(),
             conn: conn.clone(),
@@ -238,8 +236,8 @@ const FLUSH_LINGER: Duration = Duration::from_micros(250);
 struct LeadThread {
     session: u64,
     machine: Publisher,
-    /// `"<len token> <len channel>\n<token><channel>"`: the body before the state.
-    body_prefix: Zeroizing<Vec<u8>>,
+    /// The channel's tag, which ms_publish carries instead of the channel.
+    tag: String,
     identity: Arc<LeadIdentity>,
     shared: Arc<Shared>,
     conn: Nodes,
@@ -317,14 +315,34 @@ impl LeadThread {
                 ..
             } => {
                 let base = delta.as_ref().map(|d| (d.base_seq, d.base_id.as_str()));
-                let data = match delta {
-                    Some(d) => d.delta.as_bytes(),
-                    None => state.as_bytes(),
+                // A full state goes behind `r <publish id>\n`, as two
+                // slices of one body (the state is not copied); a delta
+                // alone.
+                let prefix = format!("r {id}\n");
+                let body: Vec<&[u8]> = match delta {
+                    Some(d) => vec![d.delta.as_bytes()],
+                    None => vec![prefix.as_bytes(), state.as_bytes()],
                 };
-                let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
-                body.extend_from_slice(&self.body_prefix);
-                body.extend_from_slice(data);
-                let call = Call::publish(&self.identity.key, id, *floor, base);
+                let len = crate::net::http::body_len(&body);
+                let (kind, base_seq, base_id) = Call::publish_kind(base);
+                let sealed = Zeroizing::new(
+                    protocol::seal_lead(
+                        &self.identity.token,
+                        id,
+                        kind,
+                        &base_seq,
+                        base_id,
+                        *floor,
+                        len,
+                    )
+                    .ok_or_else(|| {
+                        Error::new(
+                            Status::MS_ERR_INTERNAL,
+                            "the lead token is not 32 hex digits",
+                        )
+                    })?,
+                );
+                let call = Call::publish(&self.identity.key, id, *floor, base, &self.tag, &sealed);
                 self.conn
                     .fcall(&call, &body, timeout)
                     .and_then(|reply| Stored::of(&reply, call.function))
@@ -336,7 +354,7 @@ impl LeadThread {
                 ]);
                 let call = Call::heartbeat(&self.identity.key, self.config.heartbeat().as_millis());
                 self.conn
-                    .fcall(&call, &body, timeout)
+                    .fcall(&call, &[&body], timeout)
                     .and_then(|reply| Stored::of(&reply, call.function))
             }
         }
