@@ -48,7 +48,8 @@ fn replay(payloads: &[String], first: (u64, String)) -> Vec<(u64, String)> {
     let mut bodies = std::collections::HashMap::new();
     let mut heads = Vec::new();
     // (seq, full state, or (base, delta))
-    let mut msgs: Vec<(u64, Result<String, (u64, String)>)> = Vec::new();
+    type Stored = Result<String, (u64, String)>;
+    let mut msgs: Vec<(u64, Stored)> = Vec::new();
     for p in payloads {
         match protocol::parse_channel_message(p.clone()) {
             Some(ChannelMessage::StateHead { seq, id, .. }) => heads.push((seq, id)),
