@@ -1096,3 +1096,87 @@ fn starting_a_taken_name_with_the_right_secrets_takes_nothing_over() {
     other.flush("taken", 10_000).unwrap();
     assert_state_eq(&s.record_field("taken", "state"), "{\"new\":1}", "");
 }
+
+#[test]
+fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused() {
+    use common::record::{self, RawLeader, Value};
+    let s = Servers::start();
+    let name = unique("sec-seal");
+    let mut l = RawLeader::start(s.redis_port, &name, 0);
+    assert!(matches!(l.full("{\"v\":1}"), Value::Array(_)));
+    let lead = record::lead_hash(&l.token);
+    let tag = record::channel_tag(&l.channel);
+    let floor = l.seq.to_string();
+    let id = l.next_id();
+    let body = format!("r {id}\n{{\"v\":2}}");
+    let good = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, body.len());
+    let refused = |r: Value, code: &str, what: &str| {
+        let e = r.err().to_string();
+        assert!(e.starts_with(&format!("{code} pub1 ")), "{what}: {e}");
+    };
+    // A seal with one digit changed: not the lead token.
+    let mut bad: Vec<char> = good.chars().collect();
+    bad[0] = if bad[0] == '0' { '1' } else { '0' };
+    let bad: String = bad.into_iter().collect();
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &bad, body.as_bytes());
+    refused(r, "MSNOTLEADER", "a wrong seal");
+    // The seal of an earlier lead of the stream (a token it no longer has).
+    let other = record::seal_lead(
+        &"ab".repeat(16),
+        &lead,
+        &id,
+        "full",
+        "-",
+        "-",
+        &floor,
+        body.len(),
+    );
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &other, body.as_bytes());
+    refused(r, "MSNOTLEADER", "another token's seal");
+    // The tag of another channel (a leader of an earlier stream of the name).
+    let wrong_tag = record::channel_tag(&"0f".repeat(20));
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &wrong_tag, &good, body.as_bytes());
+    refused(r, "MSNOTFOUND", "a wrong tag");
+    // The seal replayed with a body of another length, or for another
+    // floor or kind: it opens to no lead token.
+    let longer = format!("r {id}\n{{\"v\":22}}");
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, longer.as_bytes());
+    refused(r, "MSNOTLEADER", "the seal replayed with another body length");
+    let r = l.publish_raw(&id, "7", "full", "-", "-", &tag, &good, body.as_bytes());
+    refused(r, "MSNOTLEADER", "the seal replayed with another floor");
+    let r = l.publish_raw(&id, &floor, "delta", &floor, &l.id.clone(), &tag, &good, body.as_bytes());
+    refused(r, "MSNOTLEADER", "the seal replayed for another kind");
+    // A full body whose prefix names another publish id (sealed right).
+    let next = format!("{}{:016x}", l.lead, l.counter + 5);
+    let foreign = format!("r {next}\n{{\"v\":3}}");
+    let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, foreign.len());
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &sealed, foreign.as_bytes());
+    refused(r, "MSARG", "a prefix naming another id");
+    // A body without its prefix at all.
+    let bare = "{\"v\":4}".to_string() + &" ".repeat(40);
+    let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, bare.len());
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &sealed, bare.as_bytes());
+    refused(r, "MSARG", "a full body without its prefix");
+    // A NUL in the state, and in a delta.
+    let nul = format!("r {id}\n{{\"v\":\"\0\"}}");
+    let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, nul.len());
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &sealed, nul.as_bytes());
+    refused(r, "MSARG", "a state with NUL");
+    let mut d = missionstream::delta::create(&l.state, "{\"v\":5}").into_bytes();
+    d.insert(3, 0);
+    let (bs, bi) = (l.seq.to_string(), l.id.clone());
+    let sealed = record::seal_lead(&l.token, &lead, &id, "delta", &bs, &bi, &floor, d.len());
+    let r = l.publish_raw(&id, &floor, "delta", &bs, &bi, &tag, &sealed, &d);
+    refused(r, "MSARG", "a delta with NUL");
+    // Nothing of it was stored or broadcast as a new state.
+    let n = record::newest(s.redis_port, &name).unwrap();
+    assert_eq!((n.seq, n.state.as_str()), (1, "{\"v\":1}"));
+    // The well-formed request is stored; the same request again (a logged
+    // URL replayed with its body) is answered as a repeat, storing nothing.
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, body.as_bytes());
+    assert_eq!(r.items()[1].int(), 2, "{r:?}");
+    let again = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, body.as_bytes());
+    assert_eq!(again, r, "a repeat");
+    let n = record::newest(s.redis_port, &name).unwrap();
+    assert_eq!((n.seq, n.state.as_str(), n.id.as_str()), (2, "{\"v\":2}", id.as_str()));
+}
