@@ -299,11 +299,7 @@ fn large_state_round_trips() {
     let max = "a".repeat(8 * 1024 * 1024);
     leader.publish(&name, max.as_bytes()).unwrap();
     leader.flush(&name, 30_000).unwrap();
-    assert_eq!(
-        s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "state"])
-            .trim(),
-        "8388608"
-    );
+    assert_eq!(s.record_field(&name, "state").len(), 8388608);
 }
 
 #[test]
@@ -366,9 +362,10 @@ fn secrets_are_stored_hashed_and_channel_is_random() {
         let out = s.redis_cli(&[
             "FCALL",
             "ms_stop",
-            "2",
+            "3",
             "stream:secret-stream",
             "streams",
+            "msl:secret-stream",
             PROTOCOL_VERSION,
             "n0nce",
             &body,
@@ -748,17 +745,18 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
     let token = s.take_lead(&name, "pw", "code");
     let key = format!("stream:{name}");
     let publish = |id: &str, state: &str| {
-        let body = missionstream::protocol::frame_body(&[
-            token.as_bytes(),
-            channel.as_bytes(),
-            state.as_bytes(),
-        ]);
+        let body = format!("r {id}\n{state}");
+        let tag = missionstream::protocol::channel_tag(&channel);
+        let sealed =
+            missionstream::protocol::seal_lead(&token, id, "full", "-", "-", 0, body.len())
+                .unwrap_or_else(|| "0".repeat(32));
         s.redis_cli(&[
             "FCALL",
             "ms_publish",
-            "2",
+            "3",
             &key,
             "streams",
+            &format!("msl:{name}"),
             PROTOCOL_VERSION,
             "n0nce",
             id,
@@ -766,7 +764,9 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
             "full",
             "-",
             "-",
-            std::str::from_utf8(&body).unwrap(),
+            &tag,
+            &sealed,
+            &body,
         ])
         .trim()
         .to_string()
