@@ -312,7 +312,7 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
     let payloads = raw.payloads();
     let full: Vec<String> = payloads
         .iter()
-        .filter(|p| !p.starts_with("d "))
+        .filter(|p| p.starts_with("s ") || p.starts_with("r "))
         .map(|p| p.chars().take(30).collect::<String>())
         .collect();
     assert!(
@@ -333,7 +333,7 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
     drop((follower, leader));
 }
 
-/// The functions refresh a stream's TTL on every publish, a delta as much
+/// The functions keep a stream's TTL going on publishes, a delta as much
 /// as a full state: a leader publishing a ~4 KiB plan that changes a
 /// little each time (so every publish after the first goes as a delta)
 /// more often than its heartbeat interval (so it sends no heartbeat) keeps
@@ -367,8 +367,11 @@ fn deltas_alone_keep_a_stream_with_a_ttl_alive() {
             )
         });
         let ttl: i64 = s.redis_cli(&["PTTL", &key]).trim().parse().unwrap();
+        // (The functions set the expiry to 17/16 of the TTL once less than
+        // the TTL is left: a stream expires between ttl and 17/16 ttl
+        // after its leader was last heard.)
         assert!(
-            ttl > 0 && ttl <= 2000,
+            ttl >= 1000 && ttl <= 2125,
             "after {:?} of deltas only, PTTL {ttl} right after delta {n} was stored \
              ({key} with a 2 s TTL)",
             started.elapsed()
@@ -407,9 +410,15 @@ struct Direct {
 }
 
 impl Direct {
-    /// The reply as redis-cli prints it.
+    /// The reply as redis-cli prints it. `data`: the state (sent behind
+    /// its "r <id>\n") or the delta; the lead token sealed for the request.
     fn publish(&self, id: &str, kind: &str, base_seq: &str, base_id: &str, data: &[u8]) -> String {
-        let body = protocol::frame_body(&[self.token.as_bytes(), self.channel.as_bytes(), data]);
+        let mut body = if kind == "full" { format!("r {id}\n").into_bytes() } else { Vec::new() };
+        body.extend_from_slice(data);
+        let lead = common::record::lead_hash(&self.token);
+        let sealed = common::record::seal_lead(&self.token, &lead, id, kind, base_seq, base_id, "0", body.len());
+        let tag = common::record::channel_tag(&self.channel);
+        let log = format!("msl:{}", &self.key["stream:".len()..]);
         let mut child = std::process::Command::new("redis-cli")
             .arg("-p")
             .arg(self.port.to_string())
@@ -417,13 +426,14 @@ impl Direct {
                 "-x",
                 "FCALL",
                 "ms_publish",
-                "2",
+                "3",
                 &self.key,
                 "streams",
+                &log,
                 PROTOCOL_VERSION,
                 "n0nce",
             ])
-            .args([id, "0", kind, base_seq, base_id])
+            .args([id, "0", kind, base_seq, base_id, &tag, &sealed])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -432,6 +442,11 @@ impl Direct {
         let out = child.wait_with_output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
+
+/// Entries in the log of stream `name`'s record.
+fn record_entries(s: &Servers, name: &str) -> usize {
+    common::record::newest(s.redis_port, name).map_or(0, |n| n.entries)
 }
 
 /// A number in Fossil's base-64 digits.
@@ -679,7 +694,7 @@ fn bad_deltas_reaching_the_functions_change_nothing() {
     // last publish.
     let other: String = big.chars().rev().collect();
     assert_eq!(other.len(), big.len());
-    s.redis_cli(&["HSET", &key, "state", &other, "seq", "7", "pub", &id(7)]);
+    common::record::write_state(s.redis_port, &name, 7, &id(7), &other);
     let after = format!("{other}!");
     let good5 = missionstream::delta::create(&other, &after);
     let out = publish(&id(8), "delta", "4", &id(4), good5.as_bytes());
@@ -731,8 +746,9 @@ fn a_delta_whose_result_would_exceed_8_mib_is_refused() {
     );
     assert_eq!(s.record_field(&name, "seq"), "1");
     assert_eq!(s.record_field(&name, "pub"), id(1));
-    let stored = s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "state"]);
-    assert_eq!(stored.trim(), half.to_string());
+    // (the base: "r <publish id>\n" and the state)
+    let stored = s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "s"]);
+    assert_eq!(stored.trim(), (35 + half).to_string());
 }
 
 /// The record loses the leader's base (as a failover that lost a write
@@ -752,13 +768,10 @@ fn a_lost_base_makes_the_leader_send_in_full() {
     leader.flush(&name, 10_000).unwrap();
     let channel = s.record_field(&name, "channel");
     let raw = RawSub::start(s.webdis_port, &channel);
-    // Another state in the record, as if the last write were lost.
-    s.redis_cli(&[
-        "HSET",
-        &format!("stream:{name}"),
-        "pub",
-        "cccccccccccccccc0000000000000001",
-    ]);
+    // Another state in the record, as if the last write were lost (the
+    // newest publish id, of the log's last entry, now of another lead).
+    assert!(record_entries(&s, &name) > 0, "the second publish went as a delta");
+    s.redis_cli(&["HSET", &format!("stream:{name}"), "p", "cccccccccccccccc"]);
     plan.move_waypoint(9, 0.0001, 0.0);
     let text = plan.text();
     leader.publish(&name, text.as_bytes()).unwrap();
@@ -772,13 +785,15 @@ fn a_lost_base_makes_the_leader_send_in_full() {
     leader.flush(&name, 10_000).unwrap();
     rec.wait_state(&name, &next, T);
     wait_until(T, || raw.payloads().len() >= 2);
-    let kinds: Vec<char> = raw
+    let mut kinds: Vec<char> = raw
         .payloads()
         .iter()
-        .filter(|p| !p.starts_with("h "))
+        .filter(|p| !p.starts_with("h ") && !p.starts_with("p "))
         .map(|p| p.chars().next().unwrap())
         .collect();
-    assert_eq!(kinds, vec!['s', 'd'], "in full after MSBASE, then a delta");
+    // (the two halves of a full state in either order: Webdis may swap them)
+    kinds[..2].sort();
+    assert_eq!(kinds, vec!['r', 's', 'd'], "in full after MSBASE, then a delta");
     // MSBASE is no failure: the state went in full at once.
     assert!(
         !leader_events
@@ -805,18 +820,19 @@ fn small_states_go_in_full() {
         leader.flush(&name, 10_000).unwrap();
     }
     rec.wait_state(&name, "{\"wp\":2}", T);
-    wait_until(T, || raw.payloads().len() >= 3);
+    wait_until(T, || raw.payloads().len() >= 6);
+    let payloads: Vec<String> = raw.payloads().into_iter().filter(|p| !p.starts_with("p ")).collect();
     assert!(
-        raw.payloads().iter().all(|p| p.starts_with("s ")),
-        "{:?}",
-        raw.payloads()
+        payloads.iter().all(|p| p.starts_with("s ") || p.starts_with("r ")),
+        "{payloads:?}"
     );
+    assert_eq!(payloads.iter().filter(|p| p.starts_with("s ")).count(), 3, "{payloads:?}");
     let _: &Client = &leader;
 }
 
 /// A delta the functions refuse (MSARG: here the record's state was
-/// changed under the same seq and publish id, so a copy reaches outside
-/// it) is sent again in full: the state is stored, not retried forever.
+/// changed under the same seq and publish id and the functions reloaded,
+/// so a copy reaches outside it) is sent again in full: the state is stored, not retried forever.
 #[test]
 fn a_refused_delta_is_sent_again_in_full() {
     let s = Servers::start();
@@ -824,7 +840,12 @@ fn a_refused_delta_is_sent_again_in_full() {
     let mut plan = Plan::survey(100, 5);
     leader.publish(&name, plan.text().as_bytes()).unwrap();
     leader.flush(&name, 10_000).unwrap();
-    s.redis_cli(&["HSET", &format!("stream:{name}"), "state", "{}"]);
+    let id = s.record_field(&name, "pub");
+    let seq: u64 = s.record_field(&name, "seq").parse().unwrap();
+    common::record::write_state(s.redis_port, &name, seq, &id, "{}");
+    // (A new Lua VM: the functions read the record, not the state they
+    // kept of their last publish, which a publish id names for good.)
+    s.load_functions(include_str!("../lua/missionstream.lua"));
     plan.move_waypoint(50, 0.0001, 0.0);
     let text = plan.text();
     leader.publish(&name, text.as_bytes()).unwrap();
@@ -910,7 +931,8 @@ fn a_delta_that_does_not_verify_makes_the_follower_read_the_snapshot_at_once() {
     // The newest stored state, seq 2, that no message on the channel
     // carries in full.
     let stored = "{\"name\":\"caf\u{ea} \u{2708}\",\"wp\":[1,2,3,4]}";
-    s.redis_cli(&["HSET", &key, "state", stored, "seq", "2"]);
+    let id1 = s.record_field(&name, "pub");
+    common::record::write_state(s.redis_port, &name, 2, &id1, stored);
     // A delta from seq 1 to seq 2 whose checksum is wrong.
     let good = missionstream::delta::create(first, stored);
     let forged = format!(
