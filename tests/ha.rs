@@ -54,6 +54,12 @@ fn record_field(c: &Cluster, node: usize, name: &str, field: &str) -> String {
     if field == "state" {
         return common::newest_state(c.nodes[node].redis_port, name);
     }
+    if field == "seq" {
+        // The newest seq: the base's or the log's newest entry's.
+        return common::record::newest(c.nodes[node].redis_port, name)
+            .map(|n| n.seq.to_string())
+            .unwrap_or_default();
+    }
     c.redis_cli(node, &["HGET", &format!("stream:{name}"), field])
         .trim()
         .to_string()
