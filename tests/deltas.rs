@@ -48,7 +48,8 @@ fn replay(payloads: &[String], first: (u64, String)) -> Vec<(u64, String)> {
     let mut bodies = std::collections::HashMap::new();
     let mut heads = Vec::new();
     // (seq, full state, or (base, delta))
-    let mut msgs: Vec<(u64, Result<String, (u64, String)>)> = Vec::new();
+    type Stored = Result<String, (u64, String)>;
+    let mut msgs: Vec<(u64, Stored)> = Vec::new();
     for p in payloads {
         match protocol::parse_channel_message(p.clone()) {
             Some(ChannelMessage::StateHead { seq, id, .. }) => heads.push((seq, id)),
@@ -412,10 +413,23 @@ impl Direct {
     /// The reply as redis-cli prints it. `data`: the state (sent behind
     /// its "r <id>\n") or the delta; the lead token sealed for the request.
     fn publish(&self, id: &str, kind: &str, base_seq: &str, base_id: &str, data: &[u8]) -> String {
-        let mut body = if kind == "full" { format!("r {id}\n").into_bytes() } else { Vec::new() };
+        let mut body = if kind == "full" {
+            format!("r {id}\n").into_bytes()
+        } else {
+            Vec::new()
+        };
         body.extend_from_slice(data);
         let lead = common::record::lead_hash(&self.token);
-        let sealed = common::record::seal_lead(&self.token, &lead, id, kind, base_seq, base_id, "0", body.len());
+        let sealed = common::record::seal_lead(
+            &self.token,
+            &lead,
+            id,
+            kind,
+            base_seq,
+            base_id,
+            "0",
+            body.len(),
+        );
         let tag = common::record::channel_tag(&self.channel);
         let log = format!("msl:{}", &self.key["stream:".len()..]);
         let mut child = std::process::Command::new("redis-cli")
@@ -769,7 +783,10 @@ fn a_lost_base_makes_the_leader_send_in_full() {
     let raw = RawSub::start(s.webdis_port, &channel);
     // Another state in the record, as if the last write were lost (the
     // newest publish id, of the log's last entry, now of another lead).
-    assert!(record_entries(&s, &name) > 0, "the second publish went as a delta");
+    assert!(
+        record_entries(&s, &name) > 0,
+        "the second publish went as a delta"
+    );
     s.redis_cli(&["HSET", &format!("stream:{name}"), "p", "cccccccccccccccc"]);
     plan.move_waypoint(9, 0.0001, 0.0);
     let text = plan.text();
@@ -792,7 +809,11 @@ fn a_lost_base_makes_the_leader_send_in_full() {
         .collect();
     // (the two halves of a full state in either order: Webdis may swap them)
     kinds[..2].sort();
-    assert_eq!(kinds, vec!['r', 's', 'd'], "in full after MSBASE, then a delta");
+    assert_eq!(
+        kinds,
+        vec!['r', 's', 'd'],
+        "in full after MSBASE, then a delta"
+    );
     // MSBASE is no failure: the state went in full at once.
     assert!(
         !leader_events
@@ -820,12 +841,22 @@ fn small_states_go_in_full() {
     }
     rec.wait_state(&name, "{\"wp\":2}", T);
     wait_until(T, || raw.payloads().len() >= 6);
-    let payloads: Vec<String> = raw.payloads().into_iter().filter(|p| !p.starts_with("p ")).collect();
+    let payloads: Vec<String> = raw
+        .payloads()
+        .into_iter()
+        .filter(|p| !p.starts_with("p "))
+        .collect();
     assert!(
-        payloads.iter().all(|p| p.starts_with("s ") || p.starts_with("r ")),
+        payloads
+            .iter()
+            .all(|p| p.starts_with("s ") || p.starts_with("r ")),
         "{payloads:?}"
     );
-    assert_eq!(payloads.iter().filter(|p| p.starts_with("s ")).count(), 3, "{payloads:?}");
+    assert_eq!(
+        payloads.iter().filter(|p| p.starts_with("s ")).count(),
+        3,
+        "{payloads:?}"
+    );
     let _: &Client = &leader;
 }
 

@@ -572,7 +572,8 @@ fn stop_ends_every_follower_at_once() {
 }
 
 /// A stream started with a TTL expires from the start: before its leader
-/// sent anything (heartbeat 5 s), Redis already holds its expiry.
+/// sent anything (heartbeat 5 s), Redis already holds its expiry (the TTL
+/// and at most a sixteenth of it).
 #[test]
 fn a_stream_started_with_a_ttl_expires_from_the_start() {
     let s = Servers::start();

@@ -444,7 +444,6 @@ fn scattered_edits_compose_the_deltas_and_every_read_is_exact() {
     rec.wait_state(&name, &next, T);
 }
 
-
 #[test]
 fn the_seal_and_the_tag_of_the_protocol_vectors() {
     let token = "00112233445566778899aabbccddeeff";
@@ -477,7 +476,10 @@ fn the_seal_and_the_tag_of_the_protocol_vectors() {
     assert_eq!(record::channel_tag(&"0f".repeat(20)), "d5d24c8a08653d96");
     // Sealing twice opens the seal.
     let sealed = record::seal_lead(token, &lead, id, "full", "-", "-", "0", 37);
-    assert_eq!(record::seal_lead(&sealed, &lead, id, "full", "-", "-", "0", 37), token);
+    assert_eq!(
+        record::seal_lead(&sealed, &lead, id, "full", "-", "-", "0", 37),
+        token
+    );
 }
 
 #[test]
@@ -494,7 +496,15 @@ fn a_log_parses_into_its_entries() {
 /// Rewrites the record of stream `name` as protocol 8 kept it: the base
 /// `state`, the deltas `d1`, `d2` to `newest` through `mid`, their
 /// account, and the newest state's `seq`, `updated_ms` and `pub`.
-fn write_v8_record(r: &mut record::Resp, name: &str, base: &str, mid: &str, newest: &str, id: &str, ms: u64) {
+fn write_v8_record(
+    r: &mut record::Resp,
+    name: &str,
+    base: &str,
+    mid: &str,
+    newest: &str,
+    id: &str,
+    ms: u64,
+) {
     let key = format!("stream:{name}");
     let d1 = missionstream::delta::create(base, mid);
     let d2 = missionstream::delta::create(mid, newest);
@@ -503,10 +513,30 @@ fn write_v8_record(r: &mut record::Resp, name: &str, base: &str, mid: &str, newe
     let account = format!("2 {} {} 40 5", newest.len(), d1.len() + d2.len());
     let ms = ms.to_string();
     let reply = r.call(&[
-        "HSET", &key, "state", base, "base", "0000000000000000000000000000000a", "d1", &d1, "d2", &d2,
-        "deltas", &account, "seq", "5", "updated_ms", &ms, "pub", id,
+        "HSET",
+        &key,
+        "state",
+        base,
+        "base",
+        "0000000000000000000000000000000a",
+        "d1",
+        &d1,
+        "d2",
+        &d2,
+        "deltas",
+        &account,
+        "seq",
+        "5",
+        "updated_ms",
+        &ms,
+        "pub",
+        id,
     ]);
-    assert_eq!(reply, record::Value::Int(8), "HSET of the fields of protocol 8");
+    assert_eq!(
+        reply,
+        record::Value::Int(8),
+        "HSET of the fields of protocol 8"
+    );
 }
 
 /// The record's fields and values, sorted.
@@ -541,15 +571,32 @@ fn a_record_of_protocol_8_is_read_unchanged_and_converted_once_by_the_first_writ
         let (seq, updated, hb, updated_age, _, msg) = l.snapshot("-");
         assert_eq!((seq, updated, hb), (5, ms, 1000));
         assert!(updated_age >= 5000, "updated age {updated_age}");
-        assert_eq!(msg, format!("r {id}\n{newest}").into_bytes(), "the snapshot of a record of protocol 8");
+        assert_eq!(
+            msg,
+            format!("r {id}\n{newest}").into_bytes(),
+            "the snapshot of a record of protocol 8"
+        );
         let (_, _, _, _, _, unchanged) = l.snapshot(&format!("5:{ms}"));
         assert!(unchanged.is_empty(), "have names the newest state");
         let list = r.call(&[
-            "FCALL", "ms_list", "1", "streams", record::VERSION, "l1st", "0",
+            "FCALL",
+            "ms_list",
+            "1",
+            "streams",
+            record::VERSION,
+            "l1st",
+            "0",
         ]);
         let v = list.items();
-        let at = v.iter().position(|x| x.str() == name).expect("ms_list lists the stream");
-        assert_eq!((v[at + 1].int(), v[at + 3].int()), (5, ms as i64), "ms_list: {list:?}");
+        let at = v
+            .iter()
+            .position(|x| x.str() == name)
+            .expect("ms_list lists the stream");
+        assert_eq!(
+            (v[at + 1].int(), v[at + 3].int()),
+            (5, ms as i64),
+            "ms_list: {list:?}"
+        );
         assert_eq!(fields_of(&mut r, &name), before, "read, not written");
         // The first write of the leader converts it.
         if first_write == "ms_heartbeat" {
@@ -561,9 +608,22 @@ fn a_record_of_protocol_8_is_read_unchanged_and_converted_once_by_the_first_writ
             plan.move_waypoint(41, 0.0001, 0.0001);
             let next = plan.text();
             let reply = l.delta(&next);
-            assert_eq!(reply.items()[1].int(), 6, "a delta against the converted record: {reply:?}");
+            assert_eq!(
+                reply.items()[1].int(),
+                6,
+                "a delta against the converted record: {reply:?}"
+            );
         }
-        for f in ["state", "base", "deltas", "seq", "updated_ms", "pub", "d1", "d2"] {
+        for f in [
+            "state",
+            "base",
+            "deltas",
+            "seq",
+            "updated_ms",
+            "pub",
+            "d1",
+            "d2",
+        ] {
             assert_eq!(
                 r.call(&["HEXISTS", &format!("stream:{name}"), f]),
                 record::Value::Int(0),
@@ -572,7 +632,10 @@ fn a_record_of_protocol_8_is_read_unchanged_and_converted_once_by_the_first_writ
         }
         let n = record::newest(s.redis_port, &name).unwrap();
         if first_write == "ms_heartbeat" {
-            assert_eq!((n.seq, n.updated_ms, n.id.as_str(), n.entries), (5, ms, id.as_str(), 0));
+            assert_eq!(
+                (n.seq, n.updated_ms, n.id.as_str(), n.entries),
+                (5, ms, id.as_str(), 0)
+            );
             assert_state_eq(&n.state, &newest, "converted");
             assert_eq!(n.base, newest, "the newest state is the base");
             // Deltas go on from it.
@@ -638,7 +701,10 @@ fn bytes_per_update(
         let base_seq = l.seq;
         let d = missionstream::delta::create(&l.state, &text);
         let reply = l.delta(&text);
-        assert!(matches!(reply, record::Value::Array(_)), "update {i}: {reply:?}");
+        assert!(
+            matches!(reply, record::Value::Array(_)),
+            "update {i}: {reply:?}"
+        );
         // The "d" message of the update (updated_ms: 13 digits).
         message_bytes += format!("d {} {base_seq} 1765000000000\n", l.seq).len() + d.len();
     }
@@ -673,16 +739,36 @@ fn the_aof_grows_by_at_most_four_delta_messages_per_one_waypoint_update() {
     // turn (the updates of the benchmark's row 13).
     let ring = |i: usize| {
         let k = i % 20;
-        ((k % 10) * n / 10 + 3, if k < 10 { 0.00002 } else { -0.00002 })
+        (
+            (k % 10) * n / 10 + 3,
+            if k < 10 { 0.00002 } else { -0.00002 },
+        )
     };
-    let (aof, repl, message) = bytes_per_update(&s, &mut l, &mut plan, 200, ring, "ring of ten places");
-    assert!(aof <= 4.0 * message, "AOF {aof:.0} B per update, over 4 x the {message:.0} B d message");
-    assert!(repl <= 4.0 * message, "replication {repl:.0} B per update, over 4 x the {message:.0} B d message");
+    let (aof, repl, message) =
+        bytes_per_update(&s, &mut l, &mut plan, 200, ring, "ring of ten places");
+    assert!(
+        aof <= 4.0 * message,
+        "AOF {aof:.0} B per update, over 4 x the {message:.0} B d message"
+    );
+    assert!(
+        repl <= 4.0 * message,
+        "replication {repl:.0} B per update, over 4 x the {message:.0} B d message"
+    );
     // A new place at every update: the log is composed now and then (a
     // write of the edited pieces), and still within the bound.
     let scattered = |i: usize| ((i * 7) % n, 0.00001);
-    let (aof, _, message) = bytes_per_update(&s, &mut l, &mut plan, 200, scattered, "a new place every update");
-    assert!(aof <= 4.0 * message, "AOF {aof:.0} B per update, over 4 x the {message:.0} B d message");
+    let (aof, _, message) = bytes_per_update(
+        &s,
+        &mut l,
+        &mut plan,
+        200,
+        scattered,
+        "a new place every update",
+    );
+    assert!(
+        aof <= 4.0 * message,
+        "AOF {aof:.0} B per update, over 4 x the {message:.0} B d message"
+    );
     let rec = record::newest(s.redis_port, &name).unwrap();
     assert!(rec.entries > 0, "the updates are in the log");
     assert_state_eq(&rec.state, &l.state, "");
@@ -702,8 +788,15 @@ fn restarts_from_the_aof_and_a_function_load_amid_raw_deltas_keep_the_newest_ack
     for i in 0..240 {
         plan.move_waypoint((i * 5) % plan.waypoints(), 0.00001, 0.00001);
         let text = plan.text();
-        let reply = if i == 200 { l.full(&text) } else { l.delta(&text) };
-        assert!(matches!(reply, record::Value::Array(_)), "update {i}: {reply:?}");
+        let reply = if i == 200 {
+            l.full(&text)
+        } else {
+            l.delta(&text)
+        };
+        assert!(
+            matches!(reply, record::Value::Array(_)),
+            "update {i}: {reply:?}"
+        );
         let n = record::newest(s.redis_port, &name).unwrap();
         if n.entries < last_entries && i != 200 {
             compactions += 1;
@@ -732,7 +825,11 @@ fn restarts_from_the_aof_and_a_function_load_amid_raw_deltas_keep_the_newest_ack
             &format!("r {}\n{}", l.id, l.state),
             &format!("the snapshot after {why} at update {i}"),
         );
-        assert_state_eq(&record::newest(s.redis_port, &name).unwrap().state, &l.state, why);
+        assert_state_eq(
+            &record::newest(s.redis_port, &name).unwrap().state,
+            &l.state,
+            why,
+        );
     }
     assert!(compactions >= 1, "{compactions} compactions");
     assert!(restarts >= 8, "{restarts} restarts");

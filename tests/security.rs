@@ -126,7 +126,16 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     let state = "r 00000000000000000000000000000001\n{\"evil\":1}";
     let lead = common::record::lead_hash(&token);
     let seal = |t: &str| {
-        common::record::seal_lead(t, &lead, "00000000000000000000000000000001", "full", "-", "-", "0", state.len())
+        common::record::seal_lead(
+            t,
+            &lead,
+            "00000000000000000000000000000001",
+            "full",
+            "-",
+            "-",
+            "0",
+            state.len(),
+        )
     };
     let (guessed_seal, right_seal) = (seal(&guessed_token), seal(&token));
     let tag = common::record::channel_tag(&channel);
@@ -139,21 +148,45 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         (
             "ms_publish",
             &[key, "streams", log],
-            vec!["00000000000000000000000000000001", "0", "full", "-", "-", &tag, &guessed_seal],
+            vec![
+                "00000000000000000000000000000001",
+                "0",
+                "full",
+                "-",
+                "-",
+                &tag,
+                &guessed_seal,
+            ],
             vec![state],
             "MSNOTLEADER",
         ),
         (
             "ms_publish",
             &[key, "streams", log],
-            vec!["00000000000000000000000000000001", "0", "full", "-", "-", &tag, CODE],
+            vec![
+                "00000000000000000000000000000001",
+                "0",
+                "full",
+                "-",
+                "-",
+                &tag,
+                CODE,
+            ],
             vec![state],
             "MSARG",
         ),
         (
             "ms_publish",
             &[key, "streams", log],
-            vec!["00000000000000000000000000000001", "0", "full", "-", "-", &guessed_tag, &right_seal],
+            vec![
+                "00000000000000000000000000000001",
+                "0",
+                "full",
+                "-",
+                "-",
+                &guessed_tag,
+                &right_seal,
+            ],
             vec![state],
             "MSNOTFOUND",
         ),
@@ -197,7 +230,11 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     for (function, keys, args, body, expected) in refused {
         let nkeys = keys.len().to_string();
         // (ms_publish's body is the state message itself, not framed)
-        let body = if *function == "ms_publish" { body[0].to_string() } else { frame(body) };
+        let body = if *function == "ms_publish" {
+            body[0].to_string()
+        } else {
+            frame(body)
+        };
         let mut cmd = vec!["FCALL", function, &nkeys];
         cmd.extend_from_slice(keys);
         cmd.push(PROTOCOL_VERSION);
@@ -573,7 +610,13 @@ fn functions_enforce_the_library_limits() {
     // ms_start with these fields (pw key, code key, salt, channel, lead
     // token) and arguments (heartbeat, TTL, KDF, iterations).
     let start = |f: [&[u8]; 5], a: [&str; 4]| {
-        direct(&s, "ms_start", &[new, b"streams", b"msl:lim-new"], &a, &frame_bytes(&f))
+        direct(
+            &s,
+            "ms_start",
+            &[new, b"streams", b"msl:lim-new"],
+            &a,
+            &frame_bytes(&f),
+        )
     };
     let pw = pw_key.as_bytes();
     let code = code_key.as_bytes();
@@ -741,7 +784,8 @@ fn functions_enforce_the_library_limits() {
         let id = "aaaaaaaaaaaaaaaa0000000000000001";
         let mut body = format!("r {id}\n").into_bytes();
         body.extend_from_slice(state);
-        let sealed = common::record::seal_lead(&token, &lead, id, "full", "-", "-", "0", body.len());
+        let sealed =
+            common::record::seal_lead(&token, &lead, id, "full", "-", "-", "0", body.len());
         direct(
             &s,
             "ms_publish",
@@ -1188,27 +1232,85 @@ fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused()
     refused(r, "MSNOTLEADER", "another token's seal");
     // The tag of another channel (a leader of an earlier stream of the name).
     let wrong_tag = record::channel_tag(&"0f".repeat(20));
-    let r = l.publish_raw(&id, &floor, "full", "-", "-", &wrong_tag, &good, body.as_bytes());
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "full",
+        "-",
+        "-",
+        &wrong_tag,
+        &good,
+        body.as_bytes(),
+    );
     refused(r, "MSNOTFOUND", "a wrong tag");
     // The seal replayed with a body of another length, or for another
     // floor or kind: it opens to no lead token.
     let longer = format!("r {id}\n{{\"v\":22}}");
-    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, longer.as_bytes());
-    refused(r, "MSNOTLEADER", "the seal replayed with another body length");
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "full",
+        "-",
+        "-",
+        &tag,
+        &good,
+        longer.as_bytes(),
+    );
+    refused(
+        r,
+        "MSNOTLEADER",
+        "the seal replayed with another body length",
+    );
     let r = l.publish_raw(&id, "7", "full", "-", "-", &tag, &good, body.as_bytes());
     refused(r, "MSNOTLEADER", "the seal replayed with another floor");
-    let r = l.publish_raw(&id, &floor, "delta", &floor, &l.id.clone(), &tag, &good, body.as_bytes());
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "delta",
+        &floor,
+        &l.id.clone(),
+        &tag,
+        &good,
+        body.as_bytes(),
+    );
     refused(r, "MSNOTLEADER", "the seal replayed for another kind");
     // A full body whose prefix names another publish id (sealed right).
     let next = format!("{}{:016x}", l.lead, l.counter + 5);
     let foreign = format!("r {next}\n{{\"v\":3}}");
-    let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, foreign.len());
-    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &sealed, foreign.as_bytes());
+    let sealed = record::seal_lead(
+        &l.token,
+        &lead,
+        &id,
+        "full",
+        "-",
+        "-",
+        &floor,
+        foreign.len(),
+    );
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "full",
+        "-",
+        "-",
+        &tag,
+        &sealed,
+        foreign.as_bytes(),
+    );
     refused(r, "MSARG", "a prefix naming another id");
     // A body without its prefix at all.
     let bare = "{\"v\":4}".to_string() + &" ".repeat(40);
     let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, bare.len());
-    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &sealed, bare.as_bytes());
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "full",
+        "-",
+        "-",
+        &tag,
+        &sealed,
+        bare.as_bytes(),
+    );
     refused(r, "MSARG", "a full body without its prefix");
     // A NUL in the state, and in a delta.
     let nul = format!("r {id}\n{{\"v\":\"\0\"}}");
@@ -1231,5 +1333,8 @@ fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused()
     let again = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, body.as_bytes());
     assert_eq!(again, r, "a repeat");
     let n = record::newest(s.redis_port, &name).unwrap();
-    assert_eq!((n.seq, n.state.as_str(), n.id.as_str()), (2, "{\"v\":2}", id.as_str()));
+    assert_eq!(
+        (n.seq, n.state.as_str(), n.id.as_str()),
+        (2, "{\"v\":2}", id.as_str())
+    );
 }

@@ -1169,7 +1169,10 @@ mod tests {
             [(state.len() + 5).to_string()]
         );
         assert_eq!(&req2.body[..4], b"r 2\n");
-        assert!(req2.body[4..4 + state.len()] == state[..], "state corrupted");
+        assert!(
+            req2.body[4..4 + state.len()] == state[..],
+            "state corrupted"
+        );
         assert_eq!(req2.body.last(), Some(&b'!'));
     }
 
@@ -1199,10 +1202,7 @@ mod tests {
         assert_eq!(req.header("content-length"), [(1usize << 20).to_string()]);
         assert_eq!(req.header("x-a"), ["b"]);
         assert!(req.body == body, "1 MiB body corrupted");
-        assert_eq!(
-            req2.header("content-length"),
-            [(COALESCE + 1).to_string()]
-        );
+        assert_eq!(req2.header("content-length"), [(COALESCE + 1).to_string()]);
         assert!(req2.body == edge, "64 KiB + 1 body corrupted");
     }
 

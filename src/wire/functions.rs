@@ -72,7 +72,12 @@ impl Call {
 
     /// ms_stop.
     pub fn stop(key: &str) -> Call {
-        Call::new("ms_stop", false, &[key, INDEX_KEY, &Call::log_key(key)], &[])
+        Call::new(
+            "ms_stop",
+            false,
+            &[key, INDEX_KEY, &Call::log_key(key)],
+            &[],
+        )
     }
 
     /// ms_publish of the state of publish id `id` with its seq floor; in
@@ -449,7 +454,10 @@ mod tests {
             keys(Call::reconnect("stream:a", 1, 0)),
             ["stream:a", INDEX_KEY, "msl:a"]
         );
-        assert_eq!(keys(Call::stop("stream:a")), ["stream:a", INDEX_KEY, "msl:a"]);
+        assert_eq!(
+            keys(Call::stop("stream:a")),
+            ["stream:a", INDEX_KEY, "msl:a"]
+        );
         assert_eq!(keys(Call::snapshot("stream:a", "-")), ["stream:a", "msl:a"]);
         assert_eq!(keys(Call::heartbeat("stream:a", 1)), ["stream:a", "msl:a"]);
         assert_eq!(keys(Call::connect("stream:a")), ["stream:a"]);

@@ -1168,7 +1168,12 @@ mod tests {
             seal_lead(token, id, "full", "-", "-", 0, 38).as_deref(),
             Some("ef2a09f947b69ffd6b91a5ba2d66c2f9")
         );
-        for bad in ["", "0011", "00112233445566778899aabbccddeefg", &"0".repeat(33)] {
+        for bad in [
+            "",
+            "0011",
+            "00112233445566778899aabbccddeefg",
+            &"0".repeat(33),
+        ] {
             assert_eq!(seal_lead(bad, id, "full", "-", "-", 0, 37), None, "{bad}");
         }
         assert_eq!(channel_tag(&"0f".repeat(20)), "d5d24c8a08653d96");

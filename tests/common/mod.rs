@@ -8,8 +8,8 @@ pub mod edits;
 pub mod faults;
 pub mod plan;
 pub mod raw;
-pub mod record;
 pub mod rawsub;
+pub mod record;
 pub mod tls;
 
 use missionstream::{Client, Event, EventKind};
@@ -1084,7 +1084,10 @@ pub fn newest_state(port: u16, name: &str) -> String {
     let mut lines = text.splitn(8, '\n');
     assert_eq!(lines.next(), Some("n3west"), "ms_snapshot: {text}");
     let head = lines.nth(5).unwrap_or("");
-    assert!(head.starts_with("r "), "ms_snapshot's state message: {text}");
+    assert!(
+        head.starts_with("r "),
+        "ms_snapshot's state message: {text}"
+    );
     let mut state = lines.next().unwrap_or("").to_string();
     if state.ends_with('\n') {
         state.pop();

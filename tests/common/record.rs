@@ -137,7 +137,11 @@ pub fn entries(log: &[u8]) -> Vec<Entry<'_>> {
     let mut pos = 0;
     while pos < log.len() {
         let end = delta_end(log, pos).unwrap_or_else(|| panic!("a delta at byte {pos} of the log"));
-        let nl = end + log[end..].iter().position(|&b| b == b'\n').expect("a trailer");
+        let nl = end
+            + log[end..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .expect("a trailer");
         let trailer = std::str::from_utf8(&log[end..nl]).unwrap();
         let w: Vec<&str> = trailer.split(' ').collect();
         assert!(
@@ -182,11 +186,7 @@ pub fn newest(port: u16, name: &str) -> Option<Newest> {
         Some(e) => {
             let p = String::from_utf8(cli_bytes(port, &["HGET", &key, "p"])).unwrap();
             assert_eq!(p.len(), 16, "field p: {p:?}");
-            (
-                e.seq,
-                base_updated + e.ms,
-                format!("{p}{:0>16}", e.counter),
-            )
+            (e.seq, base_updated + e.ms, format!("{p}{:0>16}", e.counter))
         }
     };
     Some(Newest {
@@ -274,8 +274,11 @@ pub struct Resp {
 impl Resp {
     pub fn connect(port: u16) -> Resp {
         let s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("Redis is up");
-        s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
-        Resp { r: std::io::BufReader::new(s) }
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        Resp {
+            r: std::io::BufReader::new(s),
+        }
     }
 
     pub fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Value {
@@ -401,7 +404,11 @@ impl RawLeader {
             b"100000",
             &body,
         ]);
-        assert_eq!(r, Value::Array(vec![Value::Str(b"st4rt".to_vec())]), "ms_start");
+        assert_eq!(
+            r,
+            Value::Array(vec![Value::Str(b"st4rt".to_vec())]),
+            "ms_start"
+        );
         RawLeader {
             redis,
             name: name.to_string(),
@@ -466,9 +473,25 @@ impl RawLeader {
     }
 
     /// A well-formed publish of `body` (sealed for it); the reply.
-    pub fn publish_body(&mut self, id: &str, kind: &str, base_seq: &str, base_id: &str, body: &[u8]) -> Value {
+    pub fn publish_body(
+        &mut self,
+        id: &str,
+        kind: &str,
+        base_seq: &str,
+        base_id: &str,
+        body: &[u8],
+    ) -> Value {
         let floor = self.seq.to_string();
-        let sealed = seal_lead(&self.token, &lead_hash(&self.token), id, kind, base_seq, base_id, &floor, body.len());
+        let sealed = seal_lead(
+            &self.token,
+            &lead_hash(&self.token),
+            id,
+            kind,
+            base_seq,
+            base_id,
+            &floor,
+            body.len(),
+        );
         let tag = channel_tag(&self.channel);
         self.publish_raw(id, &floor, kind, base_seq, base_id, &tag, &sealed, body)
     }

@@ -313,7 +313,14 @@ impl Delivery {
         }
     }
 
-    fn deliver(&self, last: &mut Last, seq: u64, updated_ms: i64, id: Option<String>, state: String) {
+    fn deliver(
+        &self,
+        last: &mut Last,
+        seq: u64,
+        updated_ms: i64,
+        id: Option<String>,
+        state: String,
+    ) {
         if last.seq.is_none_or(|s| seq > s) && !self.cancel.load(Ordering::SeqCst) {
             last.seq = Some(seq);
             last.updated_ms = updated_ms;
@@ -971,7 +978,7 @@ mod tests {
     }
 
     /// The states the callback saw, once `seq` is among them (or 5 s).
-    fn seen_until(got: &Arc<Mutex<Vec<(u64, String)>>>, seq: u64) -> Vec<(u64, String)> {
+    fn seen_until(got: &Seen, seq: u64) -> Vec<(u64, String)> {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !lock(got).iter().any(|x| x.0 == seq) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -979,10 +986,10 @@ mod tests {
         lock(got).clone()
     }
 
-    fn recording() -> (
-        Arc<crate::dispatch::Dispatcher>,
-        Arc<Mutex<Vec<(u64, String)>>>,
-    ) {
+    /// The states a callback saw, (seq, state).
+    type Seen = Arc<Mutex<Vec<(u64, String)>>>;
+
+    fn recording() -> (Arc<crate::dispatch::Dispatcher>, Seen) {
         let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let g = got.clone();
@@ -1025,7 +1032,10 @@ mod tests {
         // A delta on it, then a pair whose halves straddle another pair's:
         // s3 s4 r3 r4 (a swap of r3 and s4).
         let s3 = "{\"n\":3}".to_string();
-        d.message(format!("d 3 2 3000\n{}", crate::wire::delta::create("{\"n\":2}", &s3)));
+        d.message(format!(
+            "d 3 2 3000\n{}",
+            crate::wire::delta::create("{\"n\":2}", &s3)
+        ));
         assert_eq!(last(&d), (Some(3), s3.clone()));
         assert_eq!(d.have(), "3:3000");
         d.message(format!("s 4 4000 {C}"));
@@ -1103,7 +1113,7 @@ mod tests {
         d.message(format!("s 3 3000 {A}"));
         assert_eq!(last(&d).0, Some(2));
         // More than two bodies waiting: the snapshot at once.
-        d.message(format!("r 0123456789abcdef0000000000000009\n{{}}"));
+        d.message("r 0123456789abcdef0000000000000009\n{}".to_string());
         assert_eq!(d.resync_at(), Some(ResyncDue::Now));
         d.resynced(&mut snap(3, "{\"right\":3}".into()));
         let seen = seen_until(&got, 3);
@@ -1152,10 +1162,7 @@ mod tests {
         let msg = |p: String| {
             serde_json::to_vec(&serde_json::json!({"SUBSCRIBE": ["message", "c", p]})).unwrap()
         };
-        let reads = vec![
-            msg(format!("r {A}\nh 100")),
-            msg(format!("s 7 7000 {A}")),
-        ];
+        let reads = vec![msg(format!("r {A}\nh 100")), msg(format!("s 7 7000 {A}"))];
         let (tx, _rx) = bounded(64);
         read_subscription(Chunks(reads), tx, Arc::new(AtomicU64::new(0)), d.clone());
         assert_eq!(seen_until(&got, 7), [(7, "h 100".to_string())]);

@@ -816,7 +816,8 @@ mod tests {
             };
             let sent = t0 + ms(4000);
             let done = sent + ms(50);
-            let heard = heard_at(sent, reply.heard_age_ms);
+            // As the follower reads it (link::Snapshot::of).
+            let heard = super::super::link::Snapshot::of(reply, sent).heard;
             assert_eq!(heard, Some(t0 + ms(2800)));
             assert_eq!(
                 s.job_done(done, recovered(NODE, HB, heard), false),
