@@ -428,9 +428,9 @@ const KEYS = {
   ms_params: ["record"],
   ms_start: ["record", "index", "log"],
   ms_reconnect: ["record", "index", "log"],
-  ms_connect: ["record", "log"],
+  ms_connect: ["record"],
   ms_snapshot: ["record", "log"],
-  ms_probe: ["record", "log"],
+  ms_probe: ["record"],
   ms_publish: ["record", "index", "log"],
   ms_heartbeat: ["record", "log"],
   ms_stop: ["record", "index", "log"],
@@ -1396,7 +1396,12 @@ export class Follower extends Session {
     this.held.clear();
     this.halves.clear();
     this.handling = null;
-    this.heardAt(sentAt - snap.heardAgeMs);
+    // The first snapshot tells when the leader was last heard (until then
+    // the follower assumed "now"); later ones only move it forward.
+    if (!this.heardKnown) {
+      this.heardKnown = true;
+      this.leaderSignal = Math.min(sentAt - snap.heardAgeMs, Date.now());
+    } else this.heardAt(sentAt - snap.heardAgeMs);
     if (snap.state === null) {
       // "Unchanged": the state held is the newest.
       if (snap.seq !== this.seq || snap.updatedMs !== this.updatedMs) throw err(Status.MS_ERR_PROTOCOL, "ms_snapshot answered no state for a state this client does not hold");
