@@ -1404,7 +1404,7 @@ export class Follower extends Session {
     } else this.heardAt(sentAt - snap.heardAgeMs);
     if (snap.state === null) {
       // "Unchanged": the state held is the newest.
-      if (snap.seq !== this.seq || snap.updatedMs !== this.updatedMs) throw err(Status.MS_ERR_PROTOCOL, "ms_snapshot answered no state for a state this client does not hold");
+      if (have !== `${snap.seq}:${snap.updatedMs}`) throw err(Status.MS_ERR_PROTOCOL, "ms_snapshot answered no state for a state this client does not hold");
       return;
     }
     if (snap.seq > this.seq) this.deliver(snap.seq, snap.state, null, snap.updatedMs, snap.id, sentAt - snap.updatedAgeMs);
