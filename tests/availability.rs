@@ -227,7 +227,7 @@ fn no_request_keeps_redis_busy() {
     let v = Raw::call(
         s.webdis_port,
         "ms_start",
-        &[b"stream:own", b"streams"],
+        &[b"stream:own", b"streams", b"msl:own"],
         "a0",
         &["5000", "0", "pbkdf2-sha256", "100000"],
         &[
@@ -241,13 +241,27 @@ fn no_request_keeps_redis_busy() {
     assert_eq!(error_of(&v), None, "{v}");
     let own = protocol::channel_of(&seed, "own");
     let base = "x".repeat((8 << 20) - 16);
-    let v = Raw::call(
+    // ms_publish's arguments after the nonce for `body` (the lead token
+    // sealed for it, the tag of the own stream's channel).
+    let lead = common::record::lead_hash(&token);
+    let tag = common::record::channel_tag(&own);
+    let publish_args = |id: &str, kind: &str, bs: &str, bi: &str, body: &[u8]| -> Vec<String> {
+        let sealed = common::record::seal_lead(&token, &lead, id, kind, bs, bi, "0", body.len());
+        [id, "0", kind, bs, bi, &tag, &sealed]
+            .map(String::from)
+            .to_vec()
+    };
+    let full_body = |id: &str, state: &str| format!("r {id}\n{state}").into_bytes();
+    let first = full_body("00000000000000010000000000000001", &base);
+    let args = publish_args("00000000000000010000000000000001", "full", "-", "-", &first);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v = Raw::call_body(
         s.webdis_port,
         "ms_publish",
-        &[b"stream:own", b"streams"],
+        &[b"stream:own", b"streams", b"msl:own"],
         "a1",
-        &["00000000000000010000000000000001", "0", "full", "-", "-"],
-        &[token.as_bytes(), own.as_bytes(), base.as_bytes()],
+        &args,
+        &first,
     );
     assert_eq!(error_of(&v), None, "{v}");
     s.redis_cli(&["LATENCY", "RESET"]);
@@ -266,71 +280,70 @@ fn no_request_keeps_redis_busy() {
     let copies = delta("1@0,".repeat((8 << 20) / 4 - 16));
     let literals = delta("1:x".repeat((8 << 20) / 3 - 16));
     let empty_copies = delta("0@0,".repeat((8 << 20) / 4 - 16));
+    // (what, function, keys, body, args after the nonce, expected error)
     type Attack<'a> = (
         &'a str,
         &'a str,
         Vec<&'a [u8]>,
-        Vec<&'a [u8]>,
-        &'a [&'a str],
+        Vec<u8>,
+        Vec<String>,
         &'a str,
     );
+    let nowhere = full_body("00000000000000010000000000000002", &emoji);
+    let delta_attack = |n: u64, d: &str| -> (Vec<u8>, Vec<String>) {
+        let id = format!("{:016x}{n:016x}", 1);
+        let body = d.as_bytes().to_vec();
+        let args = publish_args(&id, "delta", "1", "00000000000000010000000000000001", &body);
+        (body, args)
+    };
+    let (copies_body, copies_args) = delta_attack(3, &copies);
+    let (literals_body, literals_args) = delta_attack(4, &literals);
+    let (empty_body, empty_args) = delta_attack(5, &empty_copies);
     let attacks: Vec<Attack> = vec![
         (
             "an 8 MiB publish of \"a😀\" to a stream that does not exist",
             "ms_publish",
-            vec![b"stream:nothing-here", b"streams"],
-            vec![token.as_bytes(), own.as_bytes(), emoji.as_bytes()],
-            &["00000000000000010000000000000002", "0", "full", "-", "-"],
+            vec![b"stream:nothing-here", b"streams", b"msl:nothing-here"],
+            nowhere.clone(),
+            publish_args(
+                "00000000000000010000000000000002",
+                "full",
+                "-",
+                "-",
+                &nowhere,
+            ),
             "MSNOTFOUND atk",
         ),
         (
             "a framing header of millions of fields",
             "ms_connect",
             vec![b"stream:busy"],
+            header_flood.as_bytes().to_vec(),
             vec![],
-            &[],
             "MSARG atk malformed request body",
         ),
         (
             "a delta of 2 million one-byte copies",
             "ms_publish",
-            vec![b"stream:own", b"streams"],
-            vec![token.as_bytes(), own.as_bytes(), copies.as_bytes()],
-            &[
-                "00000000000000010000000000000003",
-                "0",
-                "delta",
-                "1",
-                "00000000000000010000000000000001",
-            ],
+            vec![b"stream:own", b"streams", b"msl:own"],
+            copies_body,
+            copies_args,
             "MSARG atk malformed delta: the delta has more than 2048 commands",
         ),
         (
             "a delta of 2.8 million one-byte literals",
             "ms_publish",
-            vec![b"stream:own", b"streams"],
-            vec![token.as_bytes(), own.as_bytes(), literals.as_bytes()],
-            &[
-                "00000000000000010000000000000004",
-                "0",
-                "delta",
-                "1",
-                "00000000000000010000000000000001",
-            ],
+            vec![b"stream:own", b"streams", b"msl:own"],
+            literals_body,
+            literals_args,
             "MSARG atk malformed delta: the delta has more than 2048 commands",
         ),
         (
             "a delta of 2 million zero-length copies",
             "ms_publish",
-            vec![b"stream:own", b"streams"],
-            vec![token.as_bytes(), own.as_bytes(), empty_copies.as_bytes()],
-            &[
-                "00000000000000010000000000000005",
-                "0",
-                "delta",
-                "1",
-                "00000000000000010000000000000001",
-            ],
+            vec![b"stream:own", b"streams", b"msl:own"],
+            empty_body,
+            empty_args,
             "MSARG atk malformed delta: the delta has more than 2048 commands",
         ),
     ];
@@ -345,22 +358,18 @@ fn no_request_keeps_redis_busy() {
     let mut report = vec![format!(
         "bound: {bound:.0} ms; each attack repeated for {secs} s while a leader publishes and flushes every 50 ms"
     )];
-    for (what, function, keys, fields, args, expected) in &attacks {
+    for (what, function, keys, body, args, expected) in &attacks {
         s.redis_cli(&["LATENCY", "RESET"]);
         let steady = Steady::start(&leader, "steady");
         let ping = PingWatch::start(s.redis_port);
-        let body = if fields.is_empty() {
-            header_flood.as_bytes().to_vec()
-        } else {
-            protocol::frame_body(fields)
-        };
-        let path = fcall_path(function, keys, "atk", args);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let path = fcall_path(function, keys, "atk", &args);
         let t0 = Instant::now();
         let (mut sent, mut slowest) = (0, Duration::ZERO);
         while sent == 0 || t0.elapsed().as_secs_f64() < secs {
             let t = Instant::now();
             let mut raw = Raw::connect(s.webdis_port);
-            raw.put(&path, &body);
+            raw.put(&path, body);
             let (status, text) = raw.reply(Duration::from_secs(60)).expect("an answer");
             slowest = slowest.max(t.elapsed());
             sent += 1;
@@ -425,13 +434,27 @@ fn a_state_that_is_not_utf8_is_never_delivered() {
     let (leader, _follower, rec, name) = s.followed("not-utf8");
     let channel = s.record_field(&name, "channel");
     let token = s.take_lead(&name, "pw", "code");
-    let v = Raw::call(
-        s.webdis_port,
-        "ms_publish",
-        &[format!("stream:{name}").as_bytes(), b"streams"],
+    let lead = common::record::lead_hash(&token);
+    let tag = common::record::channel_tag(&channel);
+    let (key, log) = (format!("stream:{name}"), format!("msl:{name}"));
+    let publish = |nonce: &str, id: &str, state: &[u8]| {
+        let mut body = format!("r {id}\n").into_bytes();
+        body.extend_from_slice(state);
+        let sealed =
+            common::record::seal_lead(&token, &lead, id, "full", "-", "-", "0", body.len());
+        Raw::call_body(
+            s.webdis_port,
+            "ms_publish",
+            &[key.as_bytes(), b"streams", log.as_bytes()],
+            nonce,
+            &[id, "0", "full", "-", "-", &tag, &sealed],
+            &body,
+        )
+    };
+    let v = publish(
         "bad1",
-        &["00000000000000020000000000000001", "0", "full", "-", "-"],
-        &[token.as_bytes(), channel.as_bytes(), b"{\"x\":\"\xff\"}"],
+        "00000000000000020000000000000001",
+        b"{\"x\":\"\xff\"}",
     );
     assert_eq!(error_of(&v), None, "{v}");
     std::thread::sleep(Duration::from_millis(500));
@@ -453,14 +476,7 @@ fn a_state_that_is_not_utf8_is_never_delivered() {
     assert!(late_rec.snapshot().is_empty(), "{:?}", late_rec.snapshot());
     let _ = leader;
     // A valid state stored after it reaches the follower.
-    let v = Raw::call(
-        s.webdis_port,
-        "ms_publish",
-        &[format!("stream:{name}").as_bytes(), b"streams"],
-        "good1",
-        &["00000000000000020000000000000002", "0", "full", "-", "-"],
-        &[token.as_bytes(), channel.as_bytes(), b"{\"y\":1}"],
-    );
+    let v = publish("good1", "00000000000000020000000000000002", b"{\"y\":1}");
     assert_eq!(error_of(&v), None, "{v}");
     rec.wait_state(&name, "{\"y\":1}", T);
     late.connect(&name, "pw").unwrap();
@@ -506,8 +522,8 @@ fn limits(s: &Servers) -> serde_json::Value {
 #[test]
 fn quotas_refuse_clearly_and_lose_nothing() {
     let s = Servers::start();
-    s.load_functions(&with_quotas(3, 4000, 9000));
-    assert_eq!(limits(&s), serde_json::json!(["lim", 3, 4000, 9000, 0, 0]));
+    s.load_functions(&with_quotas(3, 4000, 10000));
+    assert_eq!(limits(&s), serde_json::json!(["lim", 3, 4000, 10000, 0, 0]));
     let c = s.client();
     c.set_timeout(3000).unwrap();
     let rec = Recorder::attach(&c);
@@ -522,7 +538,11 @@ fn quotas_refuse_clearly_and_lose_nothing() {
         e.message
     );
     assert_eq!(s.redis_cli(&["EXISTS", "stream:q4"]).trim(), "0");
-    assert_eq!(limits(&s), serde_json::json!(["lim", 3, 4000, 9000, 3, 6]));
+    // (the index counts each state rounded up to whole KiB: {} is 1 KiB)
+    assert_eq!(
+        limits(&s),
+        serde_json::json!(["lim", 3, 4000, 10000, 3, 3072])
+    );
 
     // One stream's state over its quota: refused, reported, the stored
     // state kept; the next state within the quota is stored.
@@ -540,7 +560,8 @@ fn quotas_refuse_clearly_and_lose_nothing() {
     c.flush("q1", 10_000).unwrap();
     assert_state_eq(&s.record_field("q1", "state"), &small, "");
 
-    // All states together: 3,500 + 3,500 fit in 9,000 bytes, a third not.
+    // All states together: 3,500 + 3,500 (4 KiB each, counted) and q3's
+    // {} (1 KiB) fit in 10,000 bytes, a third 3,500 not.
     c.publish("q1", fits.as_bytes()).unwrap();
     c.publish("q2", fits.as_bytes()).unwrap();
     c.flush("q1", 5000).unwrap();
@@ -561,7 +582,7 @@ fn quotas_refuse_clearly_and_lose_nothing() {
     let l = limits(&s);
     assert_eq!(
         (l[4].as_u64(), l[5].as_u64()),
-        (Some(3), Some(fits.len() as u64 + 4)),
+        (Some(3), Some(4096 + 1024 + 1024)),
         "q3, q5, q6: {l}"
     );
 }
