@@ -569,7 +569,10 @@ fn quotas_refuse_clearly_and_lose_nothing() {
     // The index counts each stream's state rounded up to 1 KiB (the quota
     // of one stream takes the exact length).
     s.load_functions(&with_quotas(3, 4000, 10_000));
-    assert_eq!(limits(&s), serde_json::json!(["lim", 3, 4000, 10_000, 0, 0]));
+    assert_eq!(
+        limits(&s),
+        serde_json::json!(["lim", 3, 4000, 10_000, 0, 0])
+    );
     let c = s.client();
     c.set_timeout(3000).unwrap();
     let rec = Recorder::attach(&c);
