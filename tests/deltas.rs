@@ -371,7 +371,7 @@ fn deltas_alone_keep_a_stream_with_a_ttl_alive() {
         // the TTL is left: a stream expires between ttl and 17/16 ttl
         // after its leader was last heard.)
         assert!(
-            ttl >= 1000 && ttl <= 2125,
+            (1000..=2125).contains(&ttl),
             "after {:?} of deltas only, PTTL {ttl} right after delta {n} was stored \
              ({key} with a 2 s TTL)",
             started.elapsed()
@@ -957,7 +957,6 @@ fn a_delta_that_does_not_verify_makes_the_follower_read_the_snapshot_at_once() {
     rec.wait_state(&name, first, T);
     assert_eq!(s.record_field(&name, "seq"), "1");
     let channel = s.record_field(&name, "channel");
-    let key = format!("stream:{name}");
     // The newest stored state, seq 2, that no message on the channel
     // carries in full.
     let stored = "{\"name\":\"caf\u{ea} \u{2708}\",\"wp\":[1,2,3,4]}";

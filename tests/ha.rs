@@ -55,10 +55,9 @@ fn record_field(c: &Cluster, node: usize, name: &str, field: &str) -> String {
         return common::newest_state(c.nodes[node].redis_port, name);
     }
     if field == "seq" {
-        // The newest seq: the base's or the log's newest entry's.
+        // the newest state's, of the record's base and log
         return common::record::newest(c.nodes[node].redis_port, name)
-            .map(|n| n.seq.to_string())
-            .unwrap_or_default();
+            .map_or(String::new(), |n| n.seq.to_string());
     }
     c.redis_cli(node, &["HGET", &format!("stream:{name}"), field])
         .trim()

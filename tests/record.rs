@@ -676,7 +676,7 @@ fn aof_by_command(s: &Servers, skip: usize) -> Vec<(String, usize, usize)> {
         e.1 += bytes;
     }
     let mut v: Vec<(String, usize, usize)> = by.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
-    v.sort_by(|a, b| b.2.cmp(&a.2));
+    v.sort_by_key(|x| std::cmp::Reverse(x.2));
     v
 }
 
