@@ -800,7 +800,13 @@ fn a_lost_base_makes_the_leader_send_in_full() {
     leader.publish(&name, next.as_bytes()).unwrap();
     leader.flush(&name, 10_000).unwrap();
     rec.wait_state(&name, &next, T);
-    wait_until(T, || raw.payloads().len() >= 2);
+    wait_until(T, || {
+        let p = raw.payloads();
+        p.iter()
+            .filter(|p| !p.starts_with("h ") && !p.starts_with("p "))
+            .count()
+            >= 3
+    });
     let mut kinds: Vec<char> = raw
         .payloads()
         .iter()
