@@ -420,3 +420,43 @@ test("presence and ages are on Redis' clock: a follower joining a silent stream 
     await fc.close();
   }
 });
+
+test("six followers through 200 updates, full states and deltas mixed: each delivers only published states, in order, and ends on the last", async () => {
+  const lc = new Client(srv.url, opts);
+  const fcs = Array.from({ length: 6 }, () => new Client(srv.url, opts));
+  const name = uniqueName("many");
+  const published = new Map();
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    const seen = fcs.map(() => []);
+    const followers = await Promise.all(fcs.map((c, k) => c.follow(name, "pw", {
+      onEvent: (ev) => { if (ev.kind === EventKind.MS_EVENT_STATE) seen[k].push([ev.seq, ev.data]); },
+    })));
+    await Promise.all(followers.map((f) => f.waitFor(0, 10000)));
+    const big = { text: "x".repeat(3000), n: 0 };
+    for (let i = 1; i <= 200; i++) {
+      // Every third state is small (sent in full), the others large
+      // (a delta when the previous one was large too).
+      big.n = i;
+      const state = i % 3 === 0 ? JSON.stringify({ small: i }) : JSON.stringify(big);
+      leader.publish(state);
+      await leader.flush();
+      assert.equal(leader.seq, i);
+      published.set(i, state);
+    }
+    await Promise.all(followers.map((f) => f.waitFor(200, 20000)));
+    seen.forEach((states, k) => {
+      for (let j = 0; j < states.length; j++) {
+        const [seq, data] = states[j];
+        if (j > 0) assert.ok(seq > states[j - 1][0], `follower ${k}: seq ${seq} after ${states[j - 1][0]}`);
+        if (seq > 0) assert.equal(data, published.get(seq), `follower ${k}: the state of seq ${seq} is the one published`);
+      }
+      assert.equal(states[states.length - 1][0], 200);
+      assert.ok(states.length > 150, `follower ${k} got ${states.length} states`);
+    });
+    await leader.stop();
+  } finally {
+    await lc.close();
+    await Promise.all(fcs.map((c) => c.close()));
+  }
+});
