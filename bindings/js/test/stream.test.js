@@ -422,6 +422,65 @@ test("presence and ages are on Redis' clock: a follower joining a silent stream 
   }
 });
 
+test("heartbeats sent while a follower had no subscription count when it is back: the snapshot's heard age makes the leader online before the reconnection is reported", async () => {
+  const { spawn } = await import("node:child_process");
+  const { writeFileSync, readFileSync } = await import("node:fs");
+  const net = await import("node:net");
+  const own = startServer();
+  // A second Webdis on the same Redis: the follower's, killed and started again.
+  const port = await new Promise((r) => { const sv = net.createServer().listen(0, "127.0.0.1", () => { const p = sv.address().port; sv.close(() => r(p)); }); });
+  const conf = JSON.parse(readFileSync(`${own.dir}/webdis.json`, "utf8"));
+  Object.assign(conf, { http_port: port, logfile: `${own.dir}/webdis-b.log` });
+  writeFileSync(`${own.dir}/webdis-b.json`, JSON.stringify(conf));
+  let w = spawn("webdis", [`${own.dir}/webdis-b.json`], { stdio: "ignore" });
+  const lc = new Client(own.url, opts);
+  const fc = new Client(`http://127.0.0.1:${port}`, opts);
+  const name = uniqueName("away");
+  const events = [];
+  let ticking = true;
+  try {
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      try { await fc.list(); break; } catch (e) { if (Date.now() > deadline) throw e; await new Promise((r) => setTimeout(r, 100)); }
+    }
+    const leader = await lc.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    const f = await fc.follow(name, "pw", { onEvent: (ev) => events.push(ev.kindName) });
+    await f.waitFor(1, 10000);
+    clearInterval(leader.hbTimer); // silent: offline
+    await until("offline", () => events.includes("MS_EVENT_LEADER_OFFLINE"));
+    w.kill("SIGKILL");
+    await until("the subscription lost", () => events.includes("MS_EVENT_CONNECTION_LOST"));
+    const lostAt = events.length;
+    // The leader's heartbeats go on while the follower has no subscription.
+    const heartbeats = (async () => {
+      while (ticking) {
+        leader.lastSent = 0;
+        await leader.tick();
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    })();
+    w = spawn("webdis", [`${own.dir}/webdis-b.json`], { stdio: "ignore" });
+    await until("reconnected", () => events.includes("MS_EVENT_RECONNECTED"), 20000);
+    ticking = false;
+    await heartbeats;
+    const after = events.slice(lostAt);
+    const online = after.indexOf("MS_EVENT_LEADER_ONLINE");
+    assert.ok(online >= 0 && online < after.indexOf("MS_EVENT_RECONNECTED"), after.join(","));
+    assert.equal(f.leaderOnline, true);
+    assert.ok(f.heardAgeMs < 1500, String(f.heardAgeMs));
+    await leader.stop();
+    await until("ended", () => events.includes("MS_EVENT_ENDED"));
+  } finally {
+    ticking = false;
+    w.kill("SIGKILL");
+    await lc.close();
+    await fc.close();
+    own.stop();
+  }
+});
+
 test("six followers through 200 updates, full states and deltas mixed: each delivers only published states, in order, and ends on the last", async () => {
   const lc = new Client(srv.url, opts);
   const fcs = Array.from({ length: 6 }, () => new Client(srv.url, opts));
