@@ -96,7 +96,16 @@ fn a_stream_cannot_publish_on_another_streams_channel() {
         let id = "0123456789abcdef0000000000000001";
         let body = format!("r {id}\n{forged}");
         let lead = common::record::lead_hash(&token);
-        let sealed = common::record::seal_lead(&token, &lead, id, "full", "-", "-", "999999999998", body.len());
+        let sealed = common::record::seal_lead(
+            &token,
+            &lead,
+            id,
+            "full",
+            "-",
+            "-",
+            "999999999998",
+            body.len(),
+        );
         let tag = common::record::channel_tag(chan);
         let v = Raw::call_body(
             s.webdis_port,
@@ -396,7 +405,10 @@ fn list_skips_records_whose_names_are_now_refused() {
     let v = Raw::call(s.webdis_port, "ms_list", &[b"streams"], "lst1", &["0"], &[]);
     let a = v.as_array().unwrap();
     // (after the skipped count: Redis' clock, now_ms)
-    assert!(a[3].as_u64().is_some_and(|ms| ms > 1_700_000_000_000), "{v}");
+    assert!(
+        a[3].as_u64().is_some_and(|ms| ms > 1_700_000_000_000),
+        "{v}"
+    );
     assert_eq!(
         (&a[..3], a[4].as_str()),
         (
