@@ -7,6 +7,8 @@
 # load, round after round.
 #
 #   scripts/bench-compare.sh [--rounds N] [--rows 2,3,4] [--full] <baseline rev>
+#   scripts/bench-compare.sh --report [--rounds N] ... <baseline rev>
+#                          (the comparison again from the last runs' files)
 #   make bench-compare [BASE=<rev>] [ROUNDS=N] [ROWS=2,3,4]
 #
 # The baseline is checked out in a temporary git worktree under
@@ -28,12 +30,14 @@ rounds=${MS_BENCH_ROUNDS:-5}
 rows=2,3,4
 mode=--quick
 rev=
+report_only=
 while [ $# -gt 0 ]; do
     case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --rows) rows=$2; shift 2 ;;
     --full) mode=; shift ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    --report) report_only=1; shift ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     -*) echo "bench-compare: unknown option $1" >&2; exit 2 ;;
     *) rev=$1; shift ;;
     esac
@@ -59,63 +63,77 @@ out="$root/target/bench-compare"
 mkdir -p "$out" "$root/target/bench"
 tree="$out/tree-$short"
 
-# The baseline's worktree (a detached checkout; kept for the next run).
-git worktree prune
-if [ ! -d "$tree" ]; then
-    echo "bench-compare: checking out $short in $tree"
-    git worktree add --detach --quiet "$tree" "$full"
-fi
-
-# Its own target directory, seeded with this tree's compiled dependencies
-# (the same Cargo.lock builds none of them again).
-base_target="$out/target"
-if [ ! -d "$base_target/release" ] && [ -d "$root/target/release" ]; then
-    echo "bench-compare: seeding $base_target from target/release"
-    mkdir -p "$base_target"
-    cp -a "$root/target/release" "$base_target/"
-fi
-echo "bench-compare: building the baseline's benchmark ($short)"
-(cd "$tree" && CARGO_TARGET_DIR="$base_target" cargo build --release --quiet --example bench)
-cp "$base_target/release/examples/bench" "$out/bench-$short"
-echo "bench-compare: building the current benchmark ($current)"
-cargo build --release --quiet --example bench
-cp "${CARGO_TARGET_DIR:-$root/target}/release/examples/bench" "$out/bench-current"
-
-# Each side loads its own functions library: its binary names its own tree.
-protocol_of() { sed -n "s/^local PROTOCOL = '\([0-9]*\)'.*/\1/p" "$1/lua/missionstream.lua"; }
-base_protocol=$(protocol_of "$tree")
-current_protocol=$(protocol_of "$root")
-for side in "$short:$tree" "current:$root"; do
-    bin="$out/bench-${side%%:*}"
-    if ! grep -aqF "${side#*:}" "$bin"; then
-        echo "bench-compare: $bin does not name ${side#*:}: it would not load that tree's lua/" >&2
-        exit 1
+if [ -n "$report_only" ]; then
+    [ -f "$out/run-1-base.txt" ] || { echo "bench-compare: no runs in $out" >&2; exit 1; }
+    base_protocol=$(git show "$full:lua/missionstream.lua" | sed -n "s/^local PROTOCOL = '\\([0-9]*\\)'.*/\\1/p")
+    current_protocol=$(sed -n "s/^local PROTOCOL = '\\([0-9]*\\)'.*/\\1/p" lua/missionstream.lua)
+    started=$(date -u -r "$out/run-1-base.txt" '+%Y-%m-%d %H:%M UTC')
+    current=$(cat "$out/current-rev" 2>/dev/null || echo "$current")
+    load_before=$(cat "$out/load-before" 2>/dev/null || echo "?")
+    load_after=$(cat "$out/load-after" 2>/dev/null || echo "?")
+else
+    # The baseline's worktree (a detached checkout; kept for the next run).
+    git worktree prune
+    if [ ! -d "$tree" ]; then
+        echo "bench-compare: checking out $short in $tree"
+        git worktree add --detach --quiet "$tree" "$full"
     fi
-done
-echo "bench-compare: protocol $base_protocol (baseline, its own lua/) against $current_protocol (current)"
 
-load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-started=$(date -u '+%Y-%m-%d %H:%M UTC')
-for ((i = 1; i <= rounds; i++)); do
-    for side in base current; do
-        if [ "$side" = base ]; then
-            bin="$out/bench-$short"
-            dir=$tree
-        else
-            bin="$out/bench-current"
-            dir=$root
-        fi
-        log="$out/run-$i-$side.txt"
-        echo "bench-compare: round $i/$rounds, $side"
-        # shellcheck disable=SC2086 # $mode is empty or one word
-        if ! (cd "$dir" && "$bin" $mode --rows "$rows") >"$log" 2>&1; then
-            echo "bench-compare: the $side benchmark failed in round $i; its output: $log" >&2
-            tail -20 "$log" >&2
+    # Its own target directory, seeded with this tree's compiled dependencies
+    # (the same Cargo.lock builds none of them again).
+    base_target="$out/target"
+    if [ ! -d "$base_target/release" ] && [ -d "$root/target/release" ]; then
+        echo "bench-compare: seeding $base_target from target/release"
+        mkdir -p "$base_target"
+        cp -a "$root/target/release" "$base_target/"
+    fi
+    echo "bench-compare: building the baseline's benchmark ($short)"
+    (cd "$tree" && CARGO_TARGET_DIR="$base_target" cargo build --release --quiet --example bench)
+    cp "$base_target/release/examples/bench" "$out/bench-$short"
+    echo "bench-compare: building the current benchmark ($current)"
+    cargo build --release --quiet --example bench
+    cp "${CARGO_TARGET_DIR:-$root/target}/release/examples/bench" "$out/bench-current"
+
+    # Each side loads its own functions library: its binary names its own tree.
+    protocol_of() { sed -n "s/^local PROTOCOL = '\([0-9]*\)'.*/\1/p" "$1/lua/missionstream.lua"; }
+    base_protocol=$(protocol_of "$tree")
+    current_protocol=$(protocol_of "$root")
+    for side in "$short:$tree" "current:$root"; do
+        bin="$out/bench-${side%%:*}"
+        if ! grep -aqF "${side#*:}" "$bin"; then
+            echo "bench-compare: $bin does not name ${side#*:}: it would not load that tree's lua/" >&2
             exit 1
         fi
     done
-done
-load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "bench-compare: protocol $base_protocol (baseline, its own lua/) against $current_protocol (current)"
+
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "$load_before" >"$out/load-before"
+    echo "$current" >"$out/current-rev"
+    started=$(date -u '+%Y-%m-%d %H:%M UTC')
+    for ((i = 1; i <= rounds; i++)); do
+        for side in base current; do
+            if [ "$side" = base ]; then
+                bin="$out/bench-$short"
+                dir=$tree
+            else
+                bin="$out/bench-current"
+                dir=$root
+            fi
+            log="$out/run-$i-$side.txt"
+            echo "bench-compare: round $i/$rounds, $side"
+            # shellcheck disable=SC2086 # $mode is empty or one word
+            if ! (cd "$dir" && "$bin" $mode --rows "$rows") >"$log" 2>&1; then
+                echo "bench-compare: the $side benchmark failed in round $i; its output: $log" >&2
+                tail -20 "$log" >&2
+                exit 1
+            fi
+        done
+    done
+    load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "$load_after" >"$out/load-after"
+
+fi
 
 python3 - "$out" "$rounds" "$short" "$current" "$rows" "${mode:-full}" "$started" \
     "$load_before" "$load_after" "$base_protocol" "$current_protocol" "$(nproc)" \
@@ -152,8 +170,8 @@ def figures(path):
                 continue
             name, value = head.rsplit(": ", 1)
             name = name.strip()
-            if not re.match(r"[0-9]+\.", name):
-                name = f"{last} / {name}"
+            if not re.match(r"[0-9]+[a-z]?\. ", name):
+                name = f"{last} {name}"
             else:
                 last = name.split(" ")[0]
             ratio = next((c[len("ratio "):] for c in cells if c.startswith("ratio ")), "")
@@ -161,6 +179,23 @@ def figures(path):
             r = number(ratio)
             if v is not None:
                 found[name] = (v[0], v[1], r[0] if r else None)
+            # "p50 (p99)": the second figure of the value is the p99; its
+            # ratio is "(p99 x)" in the ratio cell, or the value's over the
+            # raw baseline's second figure.
+            if "(p99)" in name and v is not None:
+                short = name.replace(" (p99)", "")
+                found[short] = found.pop(name)
+                v99 = number(value[value.find("(") + 1:]) if "(" in value else None
+                base_cell = next((c[len("baseline "):] for c in cells if c.startswith("baseline ")), "")
+                b99 = number(base_cell[base_cell.find("(") + 1:]) if "(" in base_cell else None
+                r99 = re.search(r"p99 ([0-9.]+)", ratio)
+                r99 = float(r99.group(1)) if r99 else (
+                    v99[0] / b99[0] if v99 and b99 and b99[0] else None)
+                if v99 is not None:
+                    p99 = short.replace("p50", "p99").replace("median", "p99")
+                    if p99 == short:
+                        p99 = short + ", p99"
+                    found[p99] = (v99[0], v99[1], r99)
     return found
 
 
@@ -190,23 +225,26 @@ print("Medians over the rounds. \"current / baseline\" divides the medians of th
       "\"ratio to raw\" is each run's own ratio to the raw baseline it measures "
       "beside the library (lower is better for times, higher for rates), "
       "the figure least moved by the machine's load.\n")
-print("| figure | baseline | current | current / baseline | ratio to raw, baseline → current | rounds |")
-print("|---|---|---|---|---|---|")
+print("| figure | baseline | current | current / baseline | ratio to raw: baseline [range] | current [range] | rounds |")
+print("|---|---|---|---|---|---|---|")
 for n in names:
     b = [r[n] for r in runs["base"] if n in r]
     c = [r[n] for r in runs["current"] if n in r]
+    def raw(side):
+        rs = [x[2] for x in side if x[2] is not None]
+        if not rs:
+            return "—"
+        return f"{statistics.median(rs):.2f} [{min(rs):.2f}–{max(rs):.2f}]"
+
     if not b or not c:
         print(f"| {n} | {'—' if not b else show(statistics.median(x[0] for x in b), b[0][1])} | "
-              f"{'—' if not c else show(statistics.median(x[0] for x in c), c[0][1])} | — | — | {len(b)}/{len(c)} |")
+              f"{'—' if not c else show(statistics.median(x[0] for x in c), c[0][1])} | — | "
+              f"{raw(b)} | {raw(c)} | {len(b)}/{len(c)} |")
         continue
     mb = statistics.median(x[0] for x in b)
     mc = statistics.median(x[0] for x in c)
-    rb = [x[2] for x in b if x[2] is not None]
-    rc = [x[2] for x in c if x[2] is not None]
-    raw = (f"{statistics.median(rb):.2f} → {statistics.median(rc):.2f}"
-           if rb and rc else "—")
     ratio = f"{mc / mb:.2f}" if mb else "—"
-    print(f"| {n} | {show(mb, b[0][1])} | {show(mc, c[0][1])} | {ratio} | {raw} | {len(b)}/{len(c)} |")
+    print(f"| {n} | {show(mb, b[0][1])} | {show(mc, c[0][1])} | {ratio} | {raw(b)} | {raw(c)} | {len(b)}/{len(c)} |")
 print(f"\nEach run's whole output: target/bench-compare/run-<round>-<base|current>.txt.")
 EOF
 cat "$root/target/bench/compare.md"

@@ -4,7 +4,7 @@
 //! function here may block; the session thread (`super`) never calls them
 //! itself but through a job.
 
-use super::opening::{OpenAction, Opening, Stage};
+use super::opening::{subscription_failure, OpenAction, Opening, Stage};
 use super::session::ResyncDue;
 use crate::dispatch::Event;
 use crate::error::{Error, Kind, Result, Status};
@@ -492,22 +492,6 @@ impl Link {
             .and_then(|reply| functions::reached(&reply))?;
         Ok((answered.node == node).then_some(n))
     }
-}
-
-/// The kind of a failure of a subscription as it is set up, for
-/// `opening.rs`: the reader thread and `await_item` make their errors
-/// without one. Nothing in time is `Timeout`; a stream that cannot be read
-/// or parsed (Webdis 0.1.9 may write a message into a response it is
-/// still setting up) is `Garbled`; a subscription closed or broken is
-/// `Unreachable`. A failure that has a kind keeps it.
-pub(super) fn subscription_failure(e: Error) -> Error {
-    let kind = match (e.kind, e.status) {
-        (Kind::Other, Status::MS_ERR_TIMEOUT) => Kind::Timeout,
-        (Kind::Other, Status::MS_ERR_PROTOCOL) => Kind::Garbled,
-        (Kind::Other, Status::MS_ERR_UNAVAILABLE) => Kind::Unreachable,
-        (kind, _) => kind,
-    };
-    e.kinded(kind)
 }
 
 /// The reader thread: bytes from Webdis to parsed items. Once the

@@ -42,7 +42,7 @@
 //! transient status moves to the next node. An answer of the functions
 //! stands there too.
 
-use crate::error::{Error, Kind};
+use crate::error::{Error, Kind, Status};
 use std::time::{Duration, Instant};
 
 /// The least time one attempt gets, whatever the timeout.
@@ -111,6 +111,22 @@ fn response(stage: Stage, e: &Error, many: bool) -> Response {
         (_, Kind::Other) if many && e.status.is_transient() => Response::NextNode,
         (_, _) => Response::Stand,
     }
+}
+
+/// The kind of a failure of a subscription as it is set up: the reader
+/// thread and `Link::await_item` make their errors without one. Nothing
+/// in time is `Timeout`; a stream that cannot be read or parsed (Webdis
+/// 0.1.9 may write a message into a response it is still setting up) is
+/// `Garbled`; a subscription closed or broken is `Unreachable`. A failure
+/// that has a kind keeps it.
+pub(super) fn subscription_failure(e: Error) -> Error {
+    let kind = match (e.kind, e.status) {
+        (Kind::Other, Status::MS_ERR_TIMEOUT) => Kind::Timeout,
+        (Kind::Other, Status::MS_ERR_PROTOCOL) => Kind::Garbled,
+        (Kind::Other, Status::MS_ERR_UNAVAILABLE) => Kind::Unreachable,
+        (kind, _) => kind,
+    };
+    e.kinded(kind)
 }
 
 /// One opening of a subscription: attempts over the stream's node order,
@@ -210,7 +226,6 @@ impl Opening {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Status;
 
     const T: Duration = Duration::from_millis(4000);
 
@@ -445,5 +460,28 @@ mod tests {
         assert!(failed(&v)
             .message
             .contains("(2 attempts; the last, at http://a"));
+    }
+
+    /// The reader's and the waits' failures get their kind, their status
+    /// and message kept; a failure that has a kind keeps it.
+    #[test]
+    fn a_subscription_failure_without_a_kind_gets_one() {
+        for (status, kind) in [
+            (Status::MS_ERR_TIMEOUT, Kind::Timeout),
+            (Status::MS_ERR_PROTOCOL, Kind::Garbled),
+            (Status::MS_ERR_UNAVAILABLE, Kind::Unreachable),
+            (Status::MS_ERR_FORBIDDEN, Kind::Other),
+            (Status::MS_ERR_INTERNAL, Kind::Other),
+        ] {
+            let e = subscription_failure(Error::new(status, "the subscription broke"));
+            assert_eq!(
+                (e.status, e.kind, e.message.as_str()),
+                (status, kind, "the subscription broke")
+            );
+        }
+        let down = err(Status::MS_ERR_UNAVAILABLE, Kind::Down);
+        assert_eq!(subscription_failure(down.clone()), down);
+        let refused = Error::of(Kind::Refused, "MSARG");
+        assert_eq!(subscription_failure(refused.clone()), refused);
     }
 }
