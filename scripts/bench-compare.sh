@@ -82,17 +82,18 @@ else
     # Its own target directory, seeded with this tree's compiled dependencies
     # (the same Cargo.lock builds none of them again).
     base_target="$out/target"
-    if [ ! -d "$base_target/release" ] && [ -d "$root/target/release" ]; then
-        echo "bench-compare: seeding $base_target from target/release"
+    own_target=${CARGO_TARGET_DIR:-$root/target}
+    if [ ! -d "$base_target/release" ] && [ -d "$own_target/release" ]; then
+        echo "bench-compare: seeding $base_target from $own_target/release"
         mkdir -p "$base_target"
-        cp -a "$root/target/release" "$base_target/"
+        cp -a "$own_target/release" "$base_target/"
     fi
     echo "bench-compare: building the baseline's benchmark ($short)"
     (cd "$tree" && CARGO_TARGET_DIR="$base_target" cargo build --release --quiet --example bench)
     cp "$base_target/release/examples/bench" "$out/bench-$short"
     echo "bench-compare: building the current benchmark ($current)"
     cargo build --release --quiet --example bench
-    cp "${CARGO_TARGET_DIR:-$root/target}/release/examples/bench" "$out/bench-current"
+    cp "$own_target/release/examples/bench" "$out/bench-current"
 
     # Each side loads its own functions library: its binary names its own tree.
     protocol_of() { sed -n "s/^local PROTOCOL = '\([0-9]*\)'.*/\1/p" "$1/lua/missionstream.lua"; }
