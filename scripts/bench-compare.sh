@@ -7,7 +7,7 @@
 # load, round after round.
 #
 #   scripts/bench-compare.sh [--rounds N] [--rows 2,3,4] [--full] <baseline rev>
-#   scripts/bench-compare.sh --report [--rounds N] ... <baseline rev>
+#   scripts/bench-compare.sh --report <baseline rev>
 #                          (the comparison again from the last runs' files)
 #   make bench-compare [BASE=<rev>] [ROUNDS=N] [ROWS=2,3,4]
 #
@@ -20,8 +20,9 @@
 # protocol version runs against its own lua/, never against this tree's.
 # The script checks that before running anything.
 #
-# Output: every run in target/bench-compare/run-<round>-<side>.txt, the
-# comparison in target/bench/compare.md (also printed).
+# Output: every run in target/bench-compare/runs/<UTC time>/run-<round>-<side>.txt
+# (target/bench-compare/last links to the latest), the comparison beside
+# them (compare.md) and in target/bench/compare.md (also printed).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,13 +65,17 @@ mkdir -p "$out" "$root/target/bench"
 tree="$out/tree-$short"
 
 if [ -n "$report_only" ]; then
-    [ -f "$out/run-1-base.txt" ] || { echo "bench-compare: no runs in $out" >&2; exit 1; }
+    runs=$(readlink -f "$out/last" 2>/dev/null || true)
+    [ -n "$runs" ] && [ -f "$runs/run-1-base.txt" ] || { echo "bench-compare: no runs in $out/last" >&2; exit 1; }
     base_protocol=$(git show "$full:lua/missionstream.lua" | sed -n "s/^local PROTOCOL = '\\([0-9]*\\)'.*/\\1/p")
     current_protocol=$(sed -n "s/^local PROTOCOL = '\\([0-9]*\\)'.*/\\1/p" lua/missionstream.lua)
-    started=$(date -u -r "$out/run-1-base.txt" '+%Y-%m-%d %H:%M UTC')
-    current=$(cat "$out/current-rev" 2>/dev/null || echo "$current")
-    load_before=$(cat "$out/load-before" 2>/dev/null || echo "?")
-    load_after=$(cat "$out/load-after" 2>/dev/null || echo "?")
+    started=$(date -u -r "$runs/run-1-base.txt" '+%Y-%m-%d %H:%M UTC')
+    rounds=$(find "$runs" -name 'run-*-base.txt' | wc -l)
+    rows=$(cat "$runs/rows" 2>/dev/null || echo "$rows")
+    mode=$(cat "$runs/mode" 2>/dev/null || echo "$mode")
+    current=$(cat "$runs/current-rev" 2>/dev/null || echo "$current")
+    load_before=$(cat "$runs/load-before" 2>/dev/null || echo "?")
+    load_after=$(cat "$runs/load-after" 2>/dev/null || echo "?")
 else
     # The baseline's worktree (a detached checkout; kept for the next run).
     git worktree prune
@@ -109,8 +114,13 @@ else
     echo "bench-compare: protocol $base_protocol (baseline, its own lua/) against $current_protocol (current)"
 
     load_before=$(cut -d' ' -f1-3 /proc/loadavg)
-    echo "$load_before" >"$out/load-before"
-    echo "$current" >"$out/current-rev"
+    runs="$out/runs/$(date -u +%Y%m%dT%H%M%S)"
+    mkdir -p "$runs"
+    ln -sfn "$runs" "$out/last"
+    echo "$load_before" >"$runs/load-before"
+    echo "$current" >"$runs/current-rev"
+    echo "$rows" >"$runs/rows"
+    echo "$mode" >"$runs/mode"
     started=$(date -u '+%Y-%m-%d %H:%M UTC')
     for ((i = 1; i <= rounds; i++)); do
         for side in base current; do
@@ -121,7 +131,7 @@ else
                 bin="$out/bench-current"
                 dir=$root
             fi
-            log="$out/run-$i-$side.txt"
+            log="$runs/run-$i-$side.txt"
             echo "bench-compare: round $i/$rounds, $side"
             # shellcheck disable=SC2086 # $mode is empty or one word
             if ! (cd "$dir" && "$bin" $mode --rows "$rows") >"$log" 2>&1; then
@@ -132,11 +142,11 @@ else
         done
     done
     load_after=$(cut -d' ' -f1-3 /proc/loadavg)
-    echo "$load_after" >"$out/load-after"
+    echo "$load_after" >"$runs/load-after"
 
 fi
 
-python3 - "$out" "$rounds" "$short" "$current" "$rows" "${mode:-full}" "$started" \
+python3 - "$runs" "$rounds" "$short" "$current" "$rows" "${mode:-full}" "$started" \
     "$load_before" "$load_after" "$base_protocol" "$current_protocol" "$(nproc)" \
     >"$root/target/bench/compare.md" <<'EOF'
 import re, statistics, sys
@@ -246,7 +256,8 @@ for n in names:
     mc = statistics.median(x[0] for x in c)
     ratio = f"{mc / mb:.2f}" if mb else "—"
     print(f"| {n} | {show(mb, b[0][1])} | {show(mc, c[0][1])} | {ratio} | {raw(b)} | {raw(c)} | {len(b)}/{len(c)} |")
-print(f"\nEach run's whole output: target/bench-compare/run-<round>-<base|current>.txt.")
+print(f"\nEach run's whole output: target/bench-compare/runs/{out.rstrip('/').rsplit('/', 1)[-1]}/run-<round>-<base|current>.txt.")
 EOF
+cp "$root/target/bench/compare.md" "$runs/compare.md"
 cat "$root/target/bench/compare.md"
-echo "bench-compare: written to target/bench/compare.md"
+echo "bench-compare: written to target/bench/compare.md and $runs/compare.md"
