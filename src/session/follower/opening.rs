@@ -90,26 +90,26 @@ enum Response {
     Stand,
 }
 
-/// The decision table (see the module's comment).
+/// The decision table (see the module's comment). Every kind is named, so
+/// that a kind added to `error::Kind` needs a decision here.
 fn response(stage: Stage, e: &Error, many: bool) -> Response {
-    match (stage, e.kind) {
-        (Stage::Subscription, Kind::Garbled | Kind::Timeout) => Response::Replace,
-        (
-            Stage::Subscription,
-            Kind::Unreachable | Kind::Down | Kind::NotReady | Kind::Replica | Kind::Busy,
-        ) => Response::NextNode,
-        (Stage::Snapshot, k) if k.node_failed() || k == Kind::Busy => Response::NextNode,
-        (
-            _,
-            Kind::Refused
-            | Kind::BaseMismatch
-            | Kind::Version
-            | Kind::Quota
-            | Kind::Exists
-            | Kind::NotFound,
-        ) => Response::Stand,
-        (_, Kind::Other) if many && e.status.is_transient() => Response::NextNode,
-        (_, _) => Response::Stand,
+    match e.kind {
+        Kind::Garbled | Kind::Timeout => match stage {
+            Stage::Subscription => Response::Replace,
+            // The snapshot's call retried them already.
+            Stage::Snapshot => Response::NextNode,
+        },
+        Kind::Unreachable | Kind::Down | Kind::NotReady | Kind::Replica | Kind::Busy => {
+            Response::NextNode
+        }
+        Kind::Refused
+        | Kind::BaseMismatch
+        | Kind::Version
+        | Kind::Quota
+        | Kind::Exists
+        | Kind::NotFound => Response::Stand,
+        Kind::Other if many && e.status.is_transient() => Response::NextNode,
+        Kind::Other => Response::Stand,
     }
 }
 
