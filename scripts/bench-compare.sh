@@ -12,8 +12,9 @@
 #   make bench-compare [BASE=<rev>] [ROUNDS=N] [ROWS=2,3,4]
 #
 # The baseline is checked out in a temporary git worktree under
-# target/bench-compare/ and its benchmark built there (its own target
-# directory, seeded from this tree's target/release on first use). Each
+# target/bench-compare/ (removed at the end) and its benchmark built there
+# (its own target directory, kept, seeded from this tree's target/release
+# on first use). Each
 # benchmark starts its own redis-server and webdis on free loopback ports
 # and loads the functions library of the tree it was built from (the
 # test fixture's ROOT is that tree, compiled in): a baseline of another
@@ -77,12 +78,15 @@ if [ -n "$report_only" ]; then
     load_before=$(cat "$runs/load-before" 2>/dev/null || echo "?")
     load_after=$(cat "$runs/load-after" 2>/dev/null || echo "?")
 else
-    # The baseline's worktree (a detached checkout; kept for the next run).
+    # The baseline's worktree: a detached checkout for this run, removed
+    # when the script ends (its built benchmark reads lua/ and deploy/
+    # from it, so it lives as long as the runs).
     git worktree prune
     if [ ! -d "$tree" ]; then
         echo "bench-compare: checking out $short in $tree"
         git worktree add --detach --quiet "$tree" "$full"
     fi
+    trap 'git -C "$root" worktree remove --force "$tree" 2>/dev/null || true' EXIT
 
     # Its own target directory, seeded with this tree's compiled dependencies
     # (the same Cargo.lock builds none of them again).
