@@ -1,6 +1,8 @@
 //! The network side of a followed stream: the calls a session makes
 //! (ms_connect, subscribe, prove, snapshot, probe), the subscription and
-//! its reader thread, and the delivery of states to the dispatcher. Every
+//! its reader thread, and the delivery of states to the dispatcher (a full
+//! state's header and body paired by publish id, deltas applied to their
+//! base, whatever Webdis swapped held a moment). Every
 //! function here may block; the session thread (`super`) never calls them
 //! itself but through a job.
 
