@@ -851,7 +851,7 @@ local function v8_convert(key, log, rec)
   local n = v8_count(rec)
   local pub = rec.pub or '-'
   local msg = 'r ' .. pub .. '\n' .. v8_state(key, rec)
-  rec.b_seq, rec.b_updated, rec.chain = rec.seq, rec.updated_ms, pub
+  rec.b_seq, rec.b_updated, rec.b_pub, rec.chain = rec.seq, rec.updated_ms, rec.pub, pub
   redis.call('HSET', key, 's', msg, 'b', rec.seq .. ' ' .. rec.updated_ms .. ' ' .. pub .. ' ' .. pub)
   local old = {}
   for _, f in ipairs(V8_FIELDS) do old[#old + 1] = f end

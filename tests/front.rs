@@ -496,7 +496,11 @@ fn c_one_address_holds_100_requests_and_bodies_stay_under_9_mib() {
     leader.start(&name, "pw", "code").unwrap();
     let publish = fcall_path(
         "ms_publish",
-        &[format!("stream:{name}").as_bytes(), b"streams"],
+        &[
+            format!("stream:{name}").as_bytes(),
+            b"streams",
+            format!("msl:{name}").as_bytes(),
+        ],
         &nonce(),
         &[],
     );
