@@ -578,23 +578,7 @@ impl Webdis {
         // Content-Length (ureq would otherwise send a reader chunked).
         req = req.header("Content-Length", http::body_len(body).to_string());
         let mut reader = Slices { parts: body, at: 0 };
-        let ureq_failure = |e: ureq::Error| match e {
-            ureq::Error::Protocol(_) => self
-                .transport_error(e, reported_timeout)
-                .kinded(Kind::Garbled),
-            ureq::Error::Timeout(_) => self
-                .transport_error(e, reported_timeout)
-                .kinded(Kind::Timeout),
-            e => {
-                let tls = self.tls_error(&e).is_some();
-                let error = self.transport_error(e, reported_timeout);
-                if tls || error.status != Status::MS_ERR_UNAVAILABLE {
-                    error
-                } else {
-                    error.kinded(Kind::Unreachable)
-                }
-            }
-        };
+        let ureq_failure = |e: ureq::Error| self.ureq_failure(e, reported_timeout);
         let response = req
             .send(ureq::SendBody::from_reader(&mut reader))
             .map_err(ureq_failure)?;
@@ -659,7 +643,7 @@ impl Webdis {
         if let Some(auth) = &self.endpoint.auth {
             req = req.header("Authorization", auth);
         }
-        let response = req.call().map_err(|e| self.transport_error(e, timeout))?;
+        let response = req.call().map_err(|e| self.ureq_failure(e, timeout))?;
         let status = response.status().as_u16();
         if status != 200 {
             let mut body = Vec::new();
@@ -673,9 +657,34 @@ impl Webdis {
                     return Err(e);
                 }
             }
-            return Err(protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err());
+            let e = protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err();
+            return Err(match status {
+                429 => e.kinded(Kind::Busy),
+                s if s >= 500 => e.kinded(Kind::Down),
+                _ => e,
+            });
         }
         Ok(response.into_body().into_reader())
+    }
+
+    /// A failed ureq request as an error of its kind: a malformed
+    /// response is `Garbled`, none in time `Timeout`, a connection that
+    /// failed (not its TLS) `Unreachable`; anything else keeps its status
+    /// alone.
+    fn ureq_failure(&self, e: ureq::Error, timeout: Duration) -> Error {
+        match e {
+            ureq::Error::Protocol(_) => self.transport_error(e, timeout).kinded(Kind::Garbled),
+            ureq::Error::Timeout(_) => self.transport_error(e, timeout).kinded(Kind::Timeout),
+            e => {
+                let tls = self.tls_error(&e).is_some();
+                let error = self.transport_error(e, timeout);
+                if tls || error.status != Status::MS_ERR_UNAVAILABLE {
+                    error
+                } else {
+                    error.kinded(Kind::Unreachable)
+                }
+            }
+        }
     }
 
     pub fn transport_error(&self, e: ureq::Error, timeout: Duration) -> Error {

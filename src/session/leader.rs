@@ -11,6 +11,11 @@
 //! size; the functions apply it only when the record still holds that
 //! state (`MSBASE` otherwise: the state is sent in full at once). A state
 //! restored after a failover is always sent in full.
+//!
+//! A full state is the request body as the functions store and publish
+//! it, `r <publish id>\n` then the state, sent as two slices (the state
+//! is not copied); the lead token travels sealed for each publish in its
+//! path (`protocol::seal_lead`), the channel as its tag.
 
 use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};

@@ -5,7 +5,9 @@
 //! `Stored`, `reached`, `Snapshot`, `ListPage`, `SubscriberPage`,
 //! `ParamsReply`): a reply of another shape is MS_ERR_PROTOCOL naming the
 //! function, and no caller looks inside a `Value`. The body, the last
-//! argument, is framed by the caller (`protocol::frame_body`).
+//! argument, is made by the caller: framed (`protocol::frame_body`), or
+//! for ms_publish the state behind `r <publish id>\n` (or the delta) as
+//! it is.
 
 use super::protocol::{self, INDEX_KEY};
 use crate::error::Result;

@@ -1,12 +1,15 @@
 //! The network side of a followed stream: the calls a session makes
 //! (ms_connect, subscribe, prove, snapshot, probe), the subscription and
-//! its reader thread, and the delivery of states to the dispatcher. Every
+//! its reader thread, and the delivery of states to the dispatcher (a full
+//! state's header and body paired by publish id, deltas applied to their
+//! base, whatever Webdis swapped held a moment). Every
 //! function here may block; the session thread (`super`) never calls them
 //! itself but through a job.
 
+use super::opening::{subscription_failure, OpenAction, Opening, Stage};
 use super::session::ResyncDue;
 use crate::dispatch::Event;
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use crate::kdf;
 use crate::net::nodes::{Endpoints, Nodes};
 use crate::net::transport::Webdis;
@@ -458,65 +461,44 @@ impl Link {
     /// the probe was published by the primary after every state it stored
     /// before, so the node subscribed on (a replica maybe) holds them all
     /// by then, and every later one comes on the subscription.
+    ///
+    /// What each failure leads to is decided in `opening.rs`, by its kind.
     pub(super) fn open(&self) -> Result<(Subscription, Snapshot)> {
-        let timeout = self.config.timeout();
-        let deadline = Instant::now() + timeout;
-        // Time for one attempt (response head, acknowledgement and probe
-        // echo) before trying again on a new connection.
-        let attempt_wait = (timeout / 4).max(Duration::from_millis(500));
         let order = self.endpoints.follow_order(&self.key);
-        let many = order.len() > 1;
-        let mut attempts = 0usize;
+        let mut opening = Opening::new(Instant::now(), self.config.timeout(), order);
+        let mut action = opening.next(Instant::now());
         loop {
+            let (node, by) = match action {
+                OpenAction::Subscribe { node, by } => (node, by),
+                OpenAction::Failed(e) => return Err(e),
+            };
             let nodes = self.connection()?;
-            let node = order[attempts % order.len()];
-            let left = deadline.saturating_duration_since(Instant::now());
-            attempts += 1;
-            let by = Instant::now() + left.min(attempt_wait);
             let opened = self
                 .subscribe(&nodes, node, by)
                 .and_then(|sub| self.confirm(&nodes, &sub, by).map(|()| sub));
-            let e = match opened {
+            let (stage, e) = match opened {
                 Ok(sub) => match self.snapshot(nodes.node(node)) {
                     Ok(snap) => return Ok((sub, snap)),
-                    // The snapshot's call has retried what it could; a
-                    // reply that cannot be read (a stored state that is
-                    // not UTF-8, which Webdis drops from the reply) is no
-                    // subscription to replace at once.
-                    Err(e) if many && e.status.is_transient() => e,
-                    Err(e) => return Err(e),
+                    Err(e) => (Stage::Snapshot, e),
                 },
-                Err(e) if retry_subscribe(&e) || (many && e.status.is_transient()) => e,
-                Err(e) => return Err(e),
+                Err(e) => (Stage::Subscription, e),
             };
-            if many {
-                self.endpoints.failed(node);
+            nodes.shutdown();
+            if self.cancelled() {
+                return Err(disconnected());
             }
             crate::util::debug_log!(
-                "subscribe {} at {}: attempt {attempts} failed: {}",
+                "subscribe {} at {}: {stage:?} failed ({:?}): {}",
                 self.session,
                 nodes.base(node),
+                e.kind,
                 e.message
             );
-            nodes.shutdown();
-            if Instant::now() < deadline {
-                continue;
+            let verdict = opening.failed(Instant::now(), stage, e, nodes.base(node));
+            if let Some(failed) = verdict.node_failed {
+                self.endpoints.failed(failed);
             }
-            let at = if many {
-                format!("{} Webdis endpoints", order.len())
-            } else {
-                format!("Webdis at {}", nodes.base(node))
-            };
-            return Err(Error::new(
-                e.status,
-                format!(
-                    "{at} did not set up the subscription within {} ms \
-                     ({attempts} attempts; the last, at {}: {})",
-                    timeout.as_millis(),
-                    nodes.base(node),
-                    e.message
-                ),
-            ));
+            action = verdict.then;
         }
     }
 
@@ -558,7 +540,8 @@ impl Link {
         };
         self.await_item(&sub, by, "acknowledge the subscription", |item| {
             matches!(item, SubscriptionItem::Subscribed { channel } if *channel == self.channel)
-        })?;
+        })
+        .map_err(subscription_failure)?;
         Ok(sub)
     }
 
@@ -571,15 +554,18 @@ impl Link {
         let left = by.saturating_duration_since(Instant::now());
         let receivers = self.probe(nodes, sub.node, &token, left.max(Duration::from_millis(1)))?;
         if receivers == Some(0) {
+            // Acknowledged but never fed: as if unacknowledged.
             return Err(Error::new(
                 Status::MS_ERR_TIMEOUT,
                 "Redis has no such subscription (a probe reached no subscriber)",
-            ));
+            )
+            .kinded(Kind::Timeout));
         }
         self.await_item(sub, by, "deliver a probe on the subscription", |item| {
             matches!(item, SubscriptionItem::Message { payload, .. }
                 if payload.strip_prefix("p ") == Some(token.as_str()))
         })
+        .map_err(subscription_failure)
     }
 
     /// Waits until the subscription yields an item `wanted` accepts, by
@@ -670,12 +656,6 @@ impl Delivery {
             _ => {}
         }
     }
-}
-
-/// Whether a subscription attempt that failed so is worth repeating at
-/// once: garbled (PROTOCOL) or unacknowledged (TIMEOUT).
-pub(super) fn retry_subscribe(e: &Error) -> bool {
-    matches!(e.status, Status::MS_ERR_PROTOCOL | Status::MS_ERR_TIMEOUT)
 }
 
 /// The reader thread: bytes from Webdis to parsed items. Once the

@@ -11,6 +11,7 @@
 //! on delivers only states newer than the last one delivered.
 
 mod link;
+mod opening;
 mod session;
 
 use crate::dispatch::{Event, EventKind};
