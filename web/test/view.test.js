@@ -109,6 +109,7 @@ const withTimeout = (p, ms, what) => {
   return Promise.race([p, new Promise((_, j) => { t = setTimeout(() => j(new Error(`${what}: not within ${ms} ms`)), ms); })]).finally(() => clearTimeout(t));
 };
 
+const GAP_MS = Number(process.env.MS_VIEW_GAP_MS || 0);
 const pct = (xs, p) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]; };
 
 /** The positions of a plan as the page draws them: SimpleItems with a lat/lon. */
@@ -170,6 +171,7 @@ test("the page follows a library-led survey plan through 50 updates; the drawn w
     // Until the frame showing it is rendered (awaited in the page, no
     // polling: the next state must not arrive while this one is drawn).
     await withTimeout(browser.eval(`window.msView.rendered(${i + 2})`), 15000, `the frame of state ${i + 2}`);
+    if (GAP_MS) await new Promise((r) => setTimeout(r, GAP_MS));
   }
   const collect = async (p) => {
     const at = {};

@@ -42,8 +42,11 @@ const view = {
 window.msView = view;
 
 function setBadge(el, text, cls) {
-  el.textContent = text;
-  el.className = "badge" + (cls ? " " + cls : "");
+  // Unchanged (every state says "connected"): no DOM write, so no style
+  // invalidated for the frame.
+  const className = "badge" + (cls ? " " + cls : "");
+  if (el.textContent !== text) el.textContent = text;
+  if (el.className !== className) el.className = className;
 }
 
 function setConnection(text, cls) {
@@ -361,23 +364,25 @@ function setPoint(layout, node, p, highlight) {
 function updatePlan(plan, pts, changed) {
   const L = view.layout;
   if (!L || L.n !== pts.length || L.extras !== extrasOf(plan)) return false;
+  // Only the changed waypoints can have left the drawing (the others are
+  // where the last drawing fitted them).
+  const moved = [];
   for (let i = 0; i < pts.length; i++) {
     const p = pts[i];
     if (L.nodes[i].index !== p.index) return false;
+    if (!changed(p.index)) continue;
     const x = +L.X(p.lon), y = +L.Y(p.lat);
     if (!(x >= 0 && x <= 1000 && y >= 0 && y <= 700)) return false;
+    moved.push(i);
   }
   const before = L.highlighted;
   L.highlighted = [];
   const touched = new Set();
-  pts.forEach((p, i) => {
-    if (changed(p.index)) { setPoint(L, L.nodes[i], p, true); touched.add(L.nodes[i]); }
-  });
-  pts.forEach((p, i) => {
-    if (before.includes(L.nodes[i]) && !touched.has(L.nodes[i])) setPoint(L, L.nodes[i], p, false);
-  });
-  for (const node of touched) {
-    const i = L.nodes.indexOf(node);
+  for (const i of moved) { setPoint(L, L.nodes[i], pts[i], true); touched.add(L.nodes[i]); }
+  for (const node of before) {
+    if (!touched.has(node)) setPoint(L, node, pts[L.nodes.indexOf(node)], false);
+  }
+  for (const i of moved) {
     const x = L.X(pts[i].lon), y = L.Y(pts[i].lat);
     if (i > 0) { L.legs[i - 1].setAttribute("x2", x); L.legs[i - 1].setAttribute("y2", y); }
     if (i < L.legs.length) { L.legs[i].setAttribute("x1", x); L.legs[i].setAttribute("y1", y); }
