@@ -13,6 +13,12 @@ const SVG = "http://www.w3.org/2000/svg";
 const hash = new URLSearchParams(location.hash.slice(1));
 const serverUrl = hash.get("server") || location.origin;
 const client = new Client(serverUrl, { post: hash.get("post") === "1" });
+// The stream drawn: over #subscribe=URL when given, the same front over
+// HTTP/1.1 (deploy/nginx-view.conf: Chromium's HTTP/2 holds each small
+// read of a subscription 1 ms or more before the page gets it). Its calls
+// go there too, by POST (no preflight from this origin). The stream list
+// and followMany() stay on the HTTP/2 origin.
+const drawClient = hash.get("subscribe") ? new Client(hash.get("subscribe"), { post: true }) : client;
 
 const view = {
   follower: null,
@@ -102,7 +108,7 @@ $("leave").addEventListener("click", () => view.leave());
 view.follow = async function follow(name, password) {
   if (view.follower) view.leave();
   setConnection("connecting", "warn");
-  const f = await client.follow(name, password, { onEvent: onEvent });
+  const f = await drawClient.follow(name, password, { onEvent: onEvent });
   view.follower = f;
   view.previous = null;
   view.layout = null;
