@@ -800,7 +800,13 @@ fn a_lost_base_makes_the_leader_send_in_full() {
     leader.publish(&name, next.as_bytes()).unwrap();
     leader.flush(&name, 10_000).unwrap();
     rec.wait_state(&name, &next, T);
-    wait_until(T, || raw.payloads().len() >= 2);
+    wait_until(T, || {
+        let p = raw.payloads();
+        p.iter()
+            .filter(|p| !p.starts_with("h ") && !p.starts_with("p "))
+            .count()
+            >= 3
+    });
     let mut kinds: Vec<char> = raw
         .payloads()
         .iter()
@@ -886,9 +892,11 @@ fn a_refused_delta_is_sent_again_in_full() {
 
 /// Six followers of one channel (Webdis 0.1.9 swaps adjacent messages
 /// when several subscribers are attached) and 300 one-waypoint moves
-/// flushed one by one: every follower delivers only published states, in
-/// order, and ends with the last; a delta whose base came second waited
-/// for it (or, past the bound, the snapshot was read).
+/// flushed one by one, every fifth in full (an "s" header and an "r" body
+/// that may be swapped too): every follower delivers only published
+/// states, in order, and ends with the last; a delta whose base came
+/// second waited for it, a body that came before its header was paired
+/// with it (or, past the bound, the snapshot was read).
 #[test]
 fn many_followers_with_reordered_messages_deliver_only_verified_states() {
     let s = Servers::start();
@@ -914,8 +922,12 @@ fn many_followers_with_reordered_messages_deliver_only_verified_states() {
         .iter()
         .map(|(c, _)| c.delta_snapshot_reads())
         .sum();
+    let raw = RawSub::start(s.webdis_port, &s.record_field(&name, "channel"));
     let mut published = vec![first.clone()];
     for i in 0..300 {
+        // Every fifth update in full (deltas off for it): its two halves,
+        // the "s" header and the "r" body, may be swapped too.
+        leader.set_deltas(i % 5 != 4);
         plan.move_waypoint(i * 7, 0.00001, 0.00001);
         let text = plan.text();
         leader.publish(&name, text.as_bytes()).unwrap();
@@ -931,6 +943,26 @@ fn many_followers_with_reordered_messages_deliver_only_verified_states() {
             &format!("follower {k}"),
         );
     }
+    // Full states whose body reached the raw subscriber before its header.
+    wait_until(T, || {
+        raw.payloads()
+            .iter()
+            .filter(|p| p.starts_with("s "))
+            .count()
+            >= 60
+    });
+    let payloads = raw.payloads();
+    let at = |p: &str| payloads.iter().position(|x| x.starts_with(p));
+    let heads: Vec<&String> = payloads.iter().filter(|p| p.starts_with("s ")).collect();
+    let swapped = heads
+        .iter()
+        .filter(|h| {
+            let id = h.rsplit(' ').next().unwrap();
+            at(&format!("r {id}\n")) < at(h.as_str())
+        })
+        .count();
+    assert_eq!(heads.len(), 60, "every fifth update in full");
+    eprintln!("full states whose body came before its header (raw subscriber): {swapped} of 60");
     eprintln!(
         "snapshot reads caused by deltas: {}",
         followers

@@ -145,7 +145,13 @@ export class Follower extends Session {
   readonly updatedMs: number;
   /** How long ago the newest state was stored, ms, now (from Redis' ages and this machine's elapsed time: no two clocks compared); -1 before the first. */
   readonly updatedAgeMs: number;
-  /** How long ago the leader was last heard (a state, a heartbeat, or the age Redis gave with a snapshot), ms, now. */
+  /**
+   * How long ago the leader was last heard (a state, a heartbeat, or the age
+   * Redis gave with a snapshot), ms, now; -1 before the first snapshot. The
+   * presence events count from joining at the earliest (docs/PROTOCOL.md,
+   * "Following correctly"): a stream silent for hours is reported offline
+   * three intervals after joining, while this says hours at once.
+   */
   readonly heardAgeMs: number;
   /**
    * performance.now() marks of the newest state (null before the first):

@@ -1108,7 +1108,10 @@ export class Follower extends Session {
     this.updatedMs = 0;
     this.storedAt = 0; // when the newest state was stored, on this machine's clock (Date.now())
     this.halves = new StateHalves();
+    // Presence (docs/PROTOCOL.md, "Following correctly" 8): the leader
+    // counts as heard at join; only later signals move this clock.
     this.leaderSignal = Date.now();
+    this.lastHeardAt = null; // when the leader was last heard as far as known (a snapshot's age included), this machine's clock
     this.leaderOnline = true;
     this.connected = false;
     this.ctl = null;
@@ -1296,6 +1299,7 @@ export class Follower extends Session {
 
   leaderHeard() {
     this.leaderSignal = Date.now();
+    this.lastHeardAt = this.leaderSignal;
     if (!this.leaderOnline) {
       this.leaderOnline = true;
       this.emit(EventKind.MS_EVENT_LEADER_ONLINE, {});
@@ -1396,12 +1400,9 @@ export class Follower extends Session {
     this.held.clear();
     this.halves.clear();
     this.handling = null;
-    // The first snapshot tells when the leader was last heard (until then
-    // the follower assumed "now"); later ones only move it forward.
-    if (!this.heardKnown) {
-      this.heardKnown = true;
-      this.leaderSignal = Math.min(sentAt - snap.heardAgeMs, Date.now());
-    } else this.heardAt(sentAt - snap.heardAgeMs);
+    const heard = Math.min(sentAt - snap.heardAgeMs, Date.now());
+    this.lastHeardAt = Math.max(this.lastHeardAt ?? heard, heard);
+    this.heardAt(heard);
     if (snap.state === null) {
       // "Unchanged": the state held is the newest.
       if (have !== `${snap.seq}:${snap.updatedMs}`) throw err(Status.MS_ERR_PROTOCOL, "ms_snapshot answered no state for a state this client does not hold");
@@ -1424,9 +1425,9 @@ export class Follower extends Session {
     return this.seq < 0 ? -1 : Math.max(0, Date.now() - this.storedAt);
   }
 
-  /** How long ago the leader was last heard (a state, a heartbeat, or the snapshot's age of its last signal), ms. */
+  /** How long ago the leader was last heard (a state, a heartbeat, or the age a snapshot gave of its last signal), ms; -1 before the first snapshot. */
   get heardAgeMs() {
-    return Math.max(0, Date.now() - this.leaderSignal);
+    return this.lastHeardAt == null ? -1 : Math.max(0, Date.now() - this.lastHeardAt);
   }
 
   deliver(seq, text, bytes, updatedMs, id, storedAt = Date.now()) {
