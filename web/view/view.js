@@ -180,12 +180,10 @@ function show(ev) {
   view.updatedMs = ev.updatedMs;
   $("seq").textContent = String(ev.seq);
   if (isPlan(doc)) {
-    $("tree").hidden = true;
-    $("plan").hidden = false;
+    show1($("plan"), $("tree"));
     drawPlan(doc, isPlan(view.previous) ? view.previous : null);
   } else {
-    $("plan").hidden = true;
-    $("tree").hidden = false;
+    show1($("tree"), $("plan"));
     view.layout = null;
     drawTree(doc, view.previous);
   }
@@ -193,6 +191,12 @@ function show(ev) {
   tickAge();
   marks.dom = performance.now();
   afterFrame(ev.seq, marks);
+}
+
+/** Shows `el` and hides `other`, writing to the DOM only what changes (no style invalidated per update). */
+function show1(el, other) {
+  if (!other.hidden) other.hidden = true;
+  if (el.hidden) el.hidden = false;
 }
 
 /**
@@ -443,7 +447,11 @@ function age(ms) {
 function tickAge() {
   // The package's age of the newest state: Redis' age of it when read,
   // plus the time elapsed here since (never this clock against Redis').
-  if (view.follower && view.follower.seq >= 0) $("age").textContent = age(view.follower.updatedAgeMs);
+  // Written only when the text changes: a new text node relays out its line.
+  if (view.follower && view.follower.seq >= 0) {
+    const text = age(view.follower.updatedAgeMs);
+    if ($("age").textContent !== text) $("age").textContent = text;
+  }
 }
 
 setInterval(tickAge, 1000);
