@@ -137,7 +137,8 @@ typecheck-js: deps-test
 	  echo "bindings/js: index.d.ts type-checks against test/types/usage.ts"
 
 # The live plan view (web/view) in a headless Chromium, served by
-# deploy/nginx-view.conf (TLS, HTTP/2) in front of Webdis, following a
+# deploy/nginx-view.conf (TLS, HTTP/2; the drawn stream over its HTTP/1.1
+# port) in front of Webdis, following a
 # stream the library leads, then 20 streams at once, a page of another
 # origin by POST, the JSON tree, a phone screen and map tiles; the front at
 # the HTTP level; and the URL make demo prints. Screenshots and latency

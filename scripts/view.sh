@@ -7,10 +7,13 @@
 #   scripts/view.sh start DIR WEBDIS_PORT [CERT KEY]   # writes DIR/view.env
 #   scripts/view.sh stop DIR
 #
-# With CERT and KEY (PEM files) it listens with TLS and HTTP/2, as deployed;
-# without, plain HTTP/1.1 on 127.0.0.1 (a loopback page is a secure context
-# to browsers, so WebCrypto works: the demo's way). DIR/view.env:
+# With CERT and KEY (PEM files) it listens with TLS and HTTP/2, as deployed,
+# and with TLS and HTTP/1.1 only on a second port (the page's drawn
+# subscription: #subscribe=VIEW_H1_URL); without, plain HTTP/1.1 on
+# 127.0.0.1 (a loopback page is a secure context to browsers, so WebCrypto
+# works: the demo's way). DIR/view.env:
 #   VIEW_URL=http(s)://127.0.0.1:PORT/view/   VIEW_PORT=PORT
+#   VIEW_H1_URL=https://127.0.0.1:PORT2       VIEW_H1_PORT=PORT2 (TLS only)
 # MS_VIEW_ORIGINS="https://a.example https://localhost:PORT" allows more web
 # origins (PORT: this front's port) beside those of nginx-webdis.conf.
 # MS_NGINX names another nginx than the one on PATH (or /usr/sbin/nginx).
@@ -28,9 +31,10 @@ start)
   mkdir -p "$dir/view/temp"; dir=$(cd "$dir" && pwd)
   if running "$dir/view/nginx.pid" nginx; then echo "the view front of $dir runs already" >&2; exit 1; fi
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-  python3 - "$here" "$dir/view" "$wport" "$port" "$cert" "$key" <<'PY'
+  h1port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+  python3 - "$here" "$dir/view" "$wport" "$port" "$cert" "$key" "$h1port" <<'PY'
 import re, sys
-here, d, wport, port, cert, key = sys.argv[1:]
+here, d, wport, port, cert, key, h1port = sys.argv[1:]
 tls = bool(cert)
 main = open(f"{here}/deploy/nginx-webdis.conf").read()
 # The http-level part of nginx-webdis.conf: upstream, maps, log format, zones.
@@ -49,7 +53,14 @@ for line in open(f"{here}/deploy/nginx-view.conf").read().splitlines():
     t = line.strip()
     w = t.split()[0] if t else ""
     if w == "listen":
-        line = f"    listen 127.0.0.1:{port} ssl http2;" if tls else f"    listen 127.0.0.1:{port};"
+        if "http2" not in t.split("#")[0]:
+            # The HTTP/1.1 listener (TLS only; none without TLS, where
+            # everything is HTTP/1.1 anyway).
+            if not tls:
+                continue
+            line = f"    listen 127.0.0.1:{h1port} ssl;"
+        else:
+            line = f"    listen 127.0.0.1:{port} ssl http2;" if tls else f"    listen 127.0.0.1:{port};"
     elif w in ("ssl_certificate", "ssl_certificate_key", "ssl_protocols", "ssl_session_cache"):
         if not tls:
             continue
@@ -90,6 +101,9 @@ PY
     echo "nginx did not start: $(cat "$dir/view/startup.log" "$dir/view/error.log" 2>/dev/null)" >&2
     stop_one "$dir/view/nginx.pid.launch" nginx KILL; exit 1; }
   printf 'VIEW_URL=%s://127.0.0.1:%s/view/\nVIEW_PORT=%s\n' "$scheme" "$port" "$port" > "$dir/view.env"
+  if [ -n "$cert" ]; then
+    printf 'VIEW_H1_URL=https://127.0.0.1:%s\nVIEW_H1_PORT=%s\n' "$h1port" "$h1port" >> "$dir/view.env"
+  fi
   ;;
 stop)
   [ -d "$dir/view" ] || exit 0

@@ -38,7 +38,14 @@ export async function launch() {
     }
   });
   const exited = new Promise((r) => proc.on("exit", r));
+  // Chromium gone (crashed, or killed from outside): every call waiting
+  // for an answer fails with its last words instead of waiting forever.
+  exited.then((code) => {
+    for (const [, p] of pending) p.reject(new Error(`${p.method}: chromium exited (${code}): ${stderr.slice(-1000)}`));
+    pending.clear();
+  });
   const send = (method, params = {}, sessionId) => new Promise((resolve, reject) => {
+    if (proc.exitCode !== null || proc.signalCode !== null) { reject(new Error(`${method}: chromium exited: ${stderr.slice(-1000)}`)); return; }
     const m = { id: ++id, method, params };
     if (sessionId) m.sessionId = sessionId;
     pending.set(m.id, { resolve, reject, method });

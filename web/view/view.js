@@ -13,6 +13,12 @@ const SVG = "http://www.w3.org/2000/svg";
 const hash = new URLSearchParams(location.hash.slice(1));
 const serverUrl = hash.get("server") || location.origin;
 const client = new Client(serverUrl, { post: hash.get("post") === "1" });
+// The stream drawn: over #subscribe=URL when given, the same front over
+// HTTP/1.1 (deploy/nginx-view.conf: Chromium's HTTP/2 holds each small
+// read of a subscription 1 ms or more before the page gets it). Its calls
+// go there too, by POST (no preflight from this origin). The stream list
+// and followMany() stay on the HTTP/2 origin.
+const drawClient = hash.get("subscribe") ? new Client(hash.get("subscribe"), { post: true }) : client;
 
 const view = {
   follower: null,
@@ -42,8 +48,11 @@ const view = {
 window.msView = view;
 
 function setBadge(el, text, cls) {
-  el.textContent = text;
-  el.className = "badge" + (cls ? " " + cls : "");
+  // Unchanged (every state says "connected"): no DOM write, so no style
+  // invalidated for the frame.
+  const className = "badge" + (cls ? " " + cls : "");
+  if (el.textContent !== text) el.textContent = text;
+  if (el.className !== className) el.className = className;
 }
 
 function setConnection(text, cls) {
@@ -99,7 +108,7 @@ $("leave").addEventListener("click", () => view.leave());
 view.follow = async function follow(name, password) {
   if (view.follower) view.leave();
   setConnection("connecting", "warn");
-  const f = await client.follow(name, password, { onEvent: onEvent });
+  const f = await drawClient.follow(name, password, { onEvent: onEvent });
   view.follower = f;
   view.previous = null;
   view.layout = null;
@@ -171,12 +180,10 @@ function show(ev) {
   view.updatedMs = ev.updatedMs;
   $("seq").textContent = String(ev.seq);
   if (isPlan(doc)) {
-    $("tree").hidden = true;
-    $("plan").hidden = false;
+    show1($("plan"), $("tree"));
     drawPlan(doc, isPlan(view.previous) ? view.previous : null);
   } else {
-    $("plan").hidden = true;
-    $("tree").hidden = false;
+    show1($("tree"), $("plan"));
     view.layout = null;
     drawTree(doc, view.previous);
   }
@@ -184,6 +191,12 @@ function show(ev) {
   tickAge();
   marks.dom = performance.now();
   afterFrame(ev.seq, marks);
+}
+
+/** Shows `el` and hides `other`, writing to the DOM only what changes (no style invalidated per update). */
+function show1(el, other) {
+  if (!other.hidden) other.hidden = true;
+  if (el.hidden) el.hidden = false;
 }
 
 /**
@@ -361,23 +374,25 @@ function setPoint(layout, node, p, highlight) {
 function updatePlan(plan, pts, changed) {
   const L = view.layout;
   if (!L || L.n !== pts.length || L.extras !== extrasOf(plan)) return false;
+  // Only the changed waypoints can have left the drawing (the others are
+  // where the last drawing fitted them).
+  const moved = [];
   for (let i = 0; i < pts.length; i++) {
     const p = pts[i];
     if (L.nodes[i].index !== p.index) return false;
+    if (!changed(p.index)) continue;
     const x = +L.X(p.lon), y = +L.Y(p.lat);
     if (!(x >= 0 && x <= 1000 && y >= 0 && y <= 700)) return false;
+    moved.push(i);
   }
   const before = L.highlighted;
   L.highlighted = [];
   const touched = new Set();
-  pts.forEach((p, i) => {
-    if (changed(p.index)) { setPoint(L, L.nodes[i], p, true); touched.add(L.nodes[i]); }
-  });
-  pts.forEach((p, i) => {
-    if (before.includes(L.nodes[i]) && !touched.has(L.nodes[i])) setPoint(L, L.nodes[i], p, false);
-  });
-  for (const node of touched) {
-    const i = L.nodes.indexOf(node);
+  for (const i of moved) { setPoint(L, L.nodes[i], pts[i], true); touched.add(L.nodes[i]); }
+  for (const node of before) {
+    if (!touched.has(node)) setPoint(L, node, pts[L.nodes.indexOf(node)], false);
+  }
+  for (const i of moved) {
     const x = L.X(pts[i].lon), y = L.Y(pts[i].lat);
     if (i > 0) { L.legs[i - 1].setAttribute("x2", x); L.legs[i - 1].setAttribute("y2", y); }
     if (i < L.legs.length) { L.legs[i].setAttribute("x1", x); L.legs[i].setAttribute("y1", y); }
@@ -432,7 +447,11 @@ function age(ms) {
 function tickAge() {
   // The package's age of the newest state: Redis' age of it when read,
   // plus the time elapsed here since (never this clock against Redis').
-  if (view.follower && view.follower.seq >= 0) $("age").textContent = age(view.follower.updatedAgeMs);
+  // Written only when the text changes: a new text node relays out its line.
+  if (view.follower && view.follower.seq >= 0) {
+    const text = age(view.follower.updatedAgeMs);
+    if ($("age").textContent !== text) $("age").textContent = text;
+  }
 }
 
 setInterval(tickAge, 1000);
