@@ -21,5 +21,15 @@ mod wire;
 pub use wire::{delta, protocol};
 
 pub use client::{Client, StreamInfo};
+
+/// Parts of the reactor production does not run yet
+/// (docs/internals/fixed-threads.md), public for their integration tests
+/// (tests/subscription.rs) only: not an API, may change at any time.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::net::poller::{Interest, Poller, Ready, Waker};
+    pub use crate::net::subscription::Subscription;
+    pub use crate::net::transport::{load_ca_file, Endpoint};
+}
 pub use dispatch::{Callback, Event, EventKind, StateText};
 pub use error::{Error, Kind, Result, Status};
