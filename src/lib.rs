@@ -14,8 +14,6 @@ mod error;
 pub mod ffi;
 pub mod kdf;
 mod net;
-// The reactor's parts, not running yet (docs/internals/fixed-threads.md).
-#[allow(dead_code)]
 mod runtime;
 mod session;
 mod util;
