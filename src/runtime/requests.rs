@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// Request workers per client.
-pub const WORKERS: usize = 4;
+pub(crate) const WORKERS: usize = 4;
 
 /// A lead's request, to be sent by a worker.
 pub struct Job {
