@@ -138,3 +138,26 @@ impl Drop for Runtime {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_ends_the_reactor_and_the_workers() {
+        let rt = Runtime::start().unwrap();
+        let handle = rt.handle().clone();
+        assert!(!handle.on_reactor());
+        assert!(
+            handle.send(Command::Wake(1)),
+            "a wake for no lead is ignored"
+        );
+        rt.shutdown();
+        assert!(
+            lock(&rt.reactor).is_none() && lock(&rt.workers).is_none(),
+            "joined"
+        );
+        assert!(!handle.send(Command::Wake(1)), "the reactor is gone");
+        rt.shutdown();
+    }
+}
