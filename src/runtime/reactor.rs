@@ -198,6 +198,18 @@ impl Reactor {
     }
 }
 
+/// Leads still held when the reactor goes (after `shut_down`, none; after
+/// a panic, those it drove) are let go, so that no `Lead::join` waits for
+/// a reactor that is gone.
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        for (_, slot) in self.leads.drain() {
+            slot.wire.conn.shutdown();
+            slot.shared.finish();
+        }
+    }
+}
+
 /// Reports MS_EVENT_PUBLISH_FAILED with its cause.
 fn publish_failed(slot: &LeadSlot, status: Status) {
     slot.hooks.dispatcher.push(
