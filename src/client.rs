@@ -235,7 +235,7 @@ impl Client {
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
         let runtime = self.runtime.get_or_try_init(Runtime::start)?;
         self.hooks.dispatcher.register(session);
-        let lead = Lead::spawn(
+        let (lead, machine, wire) = Lead::spawn(
             session,
             LeadIdentity {
                 name: c_name(name),
@@ -246,8 +246,14 @@ impl Client {
             },
             Nodes::new(self.control.endpoints().clone()),
             self.config.clone(),
+            runtime.driver(),
+        )?;
+        runtime.drive_lead(
+            &lead,
+            machine,
+            wire,
+            self.config.clone(),
             self.hooks.clone(),
-            runtime.handle(),
         )?;
         let mut leads = lock(&self.leads);
         if leads.contains_key(name) {

@@ -6,8 +6,9 @@
 //! exports the C ABI of `include/missionstream.h`.
 
 // The layers, each importing only those below it: the C boundary (ffi),
-// the client, the sessions (session/), the network (net/), the wire
-// format (wire/); error, util and dispatch are shared.
+// the client, the runtime that drives the sessions (runtime/), the
+// sessions (session/), the network (net/), the wire format (wire/);
+// error, util and dispatch are shared.
 mod client;
 mod dispatch;
 mod error;

@@ -18,11 +18,14 @@ pub mod timers;
 
 use crate::error::{Error, Result, Status};
 use crate::net::poller::{Poller, Waker};
+use crate::session::leader::{Driver, Lead, LeadWire};
+use crate::session::publisher::Publisher;
+use crate::session::{Config, Hooks};
 use crate::util::lock;
 use crossbeam_channel::Sender;
 use reactor::{LeadSlot, Reactor};
 use requests::Workers;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
 
 /// What callers tell the reactor.
@@ -58,6 +61,16 @@ impl Handle {
     /// for itself).
     pub fn on_reactor(&self) -> bool {
         std::thread::current().id() == self.reactor
+    }
+}
+
+impl Driver for Handle {
+    fn wake(&self, session: u64) {
+        self.send(Command::Wake(session));
+    }
+
+    fn is_driving(&self) -> bool {
+        self.on_reactor()
     }
 }
 
@@ -113,8 +126,39 @@ impl Runtime {
         })
     }
 
-    pub fn handle(&self) -> &Handle {
-        &self.handle
+    /// What a lead of this runtime wakes it with.
+    pub fn driver(&self) -> Arc<dyn Driver> {
+        Arc::new(self.handle.clone())
+    }
+
+    /// The reactor drives `lead` (made by `Lead::spawn` with `driver()`)
+    /// from now on.
+    pub fn drive_lead(
+        &self,
+        lead: &Lead,
+        machine: Publisher,
+        wire: Arc<LeadWire>,
+        config: Arc<Config>,
+        hooks: Hooks,
+    ) -> Result<()> {
+        let slot = LeadSlot {
+            session: lead.session,
+            machine,
+            shared: lead.shared().clone(),
+            moves: wire.conn.endpoints().moves(),
+            wire,
+            config,
+            hooks,
+            in_flight: false,
+        };
+        if self.handle.send(Command::Lead(Box::new(slot))) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                Status::MS_ERR_INTERNAL,
+                "the client's network thread has ended",
+            ))
+        }
     }
 
     /// Ends the reactor (every lead still there ends) and the workers, and
@@ -146,7 +190,7 @@ mod tests {
     #[test]
     fn shutdown_ends_the_reactor_and_the_workers() {
         let rt = Runtime::start().unwrap();
-        let handle = rt.handle().clone();
+        let handle = rt.handle.clone();
         assert!(!handle.on_reactor());
         assert!(
             handle.send(Command::Wake(1)),

@@ -15,11 +15,9 @@
 
 use crate::error::{Error, Result, Status};
 use crate::net::nodes::Nodes;
-use crate::runtime::reactor::LeadSlot;
-use crate::runtime::{Command, Handle};
 use crate::session::backoff::Backoff;
 use crate::session::publisher::{Mailbox, Publisher, Request, Stored};
-use crate::session::{Config, Hooks};
+use crate::session::Config;
 use crate::util::{lock, random_hex};
 use crate::wire::functions::Call;
 use crate::wire::protocol;
@@ -73,25 +71,33 @@ impl LeadShared {
     }
 }
 
+/// What drives a lead's machine (the client's reactor, runtime/): told
+/// when the mailbox changed; and whether the calling thread is the driver
+/// itself (which never waits for itself).
+pub trait Driver: Send + Sync {
+    fn wake(&self, session: u64);
+    fn is_driving(&self) -> bool;
+}
+
 pub struct Lead {
     pub session: u64,
     identity: Arc<LeadIdentity>,
     shared: Arc<LeadShared>,
     conn: Nodes,
-    runtime: Handle,
+    driver: Arc<dyn Driver>,
 }
 
 impl Lead {
-    /// Hands the lead to the reactor of `runtime`, which drives it from
-    /// now on.
+    /// A new lead, its publisher machine and what its requests are made
+    /// of: the caller hands the last two to `driver`, which drives the
+    /// lead from then on.
     pub fn spawn(
         session: u64,
         identity: LeadIdentity,
         conn: Nodes,
         config: Arc<Config>,
-        hooks: Hooks,
-        runtime: &Handle,
-    ) -> Result<Arc<Lead>> {
+        driver: Arc<dyn Driver>,
+    ) -> Result<(Arc<Lead>, Publisher, Arc<LeadWire>)> {
         let identity = Arc::new(identity);
         let body_prefix =
             protocol::frame_body(&[identity.token.as_bytes(), identity.channel.as_bytes(), b""]);
@@ -101,45 +107,37 @@ impl Lead {
             cond: Condvar::new(),
             finished: AtomicBool::new(false),
         });
-        let slot = LeadSlot {
-            session,
-            machine: Publisher::new(
-                Instant::now(),
-                identity.seq,
-                random_hex(8)?,
-                config.deltas(),
-                Backoff::new(session),
-            ),
-            shared: shared.clone(),
-            wire: Arc::new(LeadWire {
-                body_prefix,
-                identity: identity.clone(),
-                conn: conn.clone(),
-                config: config.clone(),
-            }),
+        let machine = Publisher::new(
+            Instant::now(),
+            identity.seq,
+            random_hex(8)?,
+            config.deltas(),
+            Backoff::new(session),
+        );
+        let wire = Arc::new(LeadWire {
+            body_prefix,
+            identity: identity.clone(),
+            conn: conn.clone(),
             config,
-            hooks,
-            moves: conn.endpoints().moves(),
-            in_flight: false,
-        };
-        if !runtime.send(Command::Lead(Box::new(slot))) {
-            return Err(Error::new(
-                Status::MS_ERR_INTERNAL,
-                "the client's network thread has ended",
-            ));
-        }
-        Ok(Arc::new(Lead {
+        });
+        let lead = Arc::new(Lead {
             session,
             identity,
             shared,
             conn,
-            runtime: runtime.clone(),
-        }))
+            driver,
+        });
+        Ok((lead, machine, wire))
     }
 
-    /// Tells the reactor the mailbox changed.
+    /// The mailbox and its condition variable, for the driver.
+    pub fn shared(&self) -> &Arc<LeadShared> {
+        &self.shared
+    }
+
+    /// Tells the driver the mailbox changed.
     fn wake(&self) {
-        self.runtime.send(Command::Wake(self.session));
+        self.driver.wake(self.session);
     }
 
     pub fn identity(&self) -> &LeadIdentity {
@@ -254,7 +252,7 @@ impl Lead {
     /// Waits until the reactor let go of the lead (not on the reactor
     /// itself: a hook it calls may end a lead).
     fn join(&self) {
-        if self.runtime.on_reactor() {
+        if self.driver.is_driving() {
             return;
         }
         let mut st = lock(&self.shared.state);
