@@ -9,7 +9,10 @@
 #   make test-view  the live plan view (web/view) in a headless Chromium behind
 #                deploy/nginx-view.conf (TLS, HTTP/2); screenshot in target/js-view/
 #   make bench   the performance figures beside their baselines (the output
-#                also in target/bench/full.txt; bench-quick: quick.txt)
+#                also in target/bench/full.txt; bench-quick: quick.txt;
+#                bench-ha, rows 9-11 alone: ha.txt)
+#   make bench-compare  a baseline revision's benchmark beside the current
+#                one, interleaved (BASE, ROUNDS, ROWS): target/bench/compare.md
 #   make bench-peers   the rows that apply beside Mosquitto 2 and NATS
 #                JetStream KV, same C measurement code, interleaved rounds
 #                (MS_PEERS_ROUNDS, 5; about 3 minutes; not in make test)
@@ -54,7 +57,7 @@ TEST_VENV := .run/test-venv
 .PHONY: all build deps deps-test bench-fanin test test-rust test-ffi-asan test-js typecheck-js test-view test-ffi-valgrind stress-ffi stress-ffi-tsan test-c test-install test-python \
         check-header header \
         fmt-check clippy install uninstall demo demo-ha server server-stop cluster cluster-stop \
-        bench bench-quick bench-peers bench-peers-build attack test-under-load soak mutants mutants-lib mutants-check clean
+        bench bench-quick bench-ha bench-compare bench-peers bench-peers-build attack test-under-load soak mutants mutants-lib mutants-check clean
 
 all: build
 
@@ -201,6 +204,24 @@ bench-quick: build
 	@{ $(CARGO) run --release --example bench -- --quick; echo $$? > target/bench/quick.rc; } 2>&1 | tee target/bench/quick.txt
 	@exit $$(cat target/bench/quick.rc)
 
+# Rows 9-11 alone (the replicated topology: failover, fan-out over
+# replicas, durability; about two minutes): target/bench/ha.txt.
+bench-ha: build
+	@mkdir -p target/bench
+	@{ $(CARGO) run --release --example bench -- --rows 9,10,11; echo $$? > target/bench/ha.rc; } 2>&1 | tee target/bench/ha.txt
+	@exit $$(cat target/bench/ha.rc)
+
+# Before/after: the benchmark of BASE (a revision) beside the current
+# tree's, interleaved over ROUNDS rounds of ROWS (quick mode); each side
+# loads its own lua/. Runs in target/bench-compare/, the comparison in
+# target/bench/compare.md. BASE defaults to the commit before the
+# publisher became a pure machine.
+BASE ?= a22bcba
+ROUNDS ?= 5
+ROWS ?= 2,3,4
+bench-compare: build
+	scripts/bench-compare.sh --rounds $(ROUNDS) --rows $(ROWS) $(BASE)
+
 # What a Webdis and its Redis hold per follower and per leader (fds,
 # memory, connections) and the client's threads, for N = 100, 300, 1000
 # (COUNTS=...); docs/DEPLOYMENT.md, "Sizing: followers per Webdis". Not
@@ -241,13 +262,13 @@ mutants: build
 
 # Mutations nobody here wrote: cargo-mutants on the modules whose unit
 # tests need no server (the publisher's and the follower session's pure
-# machines, the timing rules, backoff, key derivation, the chunked
-# decoder, the reactor's timers), with
+# machines, the opening of a subscription, the timing rules, backoff, key
+# derivation, the chunked decoder, the reactor's timers), with
 # `cargo test --lib`. Report: target/mutants-lib/mutants.out/ (outcomes.json,
 # caught.txt, missed.txt); docs/RELIABILITY.md has the last run.
 MUTANTS_LIB_FILES ?= src/session/publisher.rs src/session/follower/session.rs \
-  src/session/liveness.rs src/session/backoff.rs src/kdf.rs src/util.rs src/error.rs \
-  src/net/chunked.rs src/runtime/timers.rs
+  src/session/follower/opening.rs src/session/liveness.rs src/session/backoff.rs \
+  src/kdf.rs src/util.rs src/error.rs src/net/chunked.rs src/runtime/timers.rs
 mutants-lib: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
 	$(CARGO) mutants --profile mutants --output target/mutants-lib \

@@ -366,10 +366,12 @@ fn raw_start(port: u16, name: &str) -> (String, String) {
     };
     let pw_key = kdf::derive(&params, Secret::Password, PASSWORD);
     let code_key = kdf::derive(&params, Secret::LeaderCode, CODE);
-    let mut path = String::from("/FCALL/ms_start/2/");
+    let mut path = String::from("/FCALL/ms_start/3/");
     encode_path_arg(&format!("stream:{name}"), &mut path);
+    path.push_str("/streams/");
+    encode_path_arg(&format!("msl:{name}"), &mut path);
     path.push_str(&format!(
-        "/streams/{PROTOCOL_VERSION}/raw/5000/0/{}/{}",
+        "/{PROTOCOL_VERSION}/raw/5000/0/{}/{}",
         kdf::ALGORITHM,
         kdf::DEFAULT_ITERATIONS
     ));
@@ -393,48 +395,88 @@ fn raw_start(port: u16, name: &str) -> (String, String) {
 /// The raw request that the library's publisher sends for `state`: a
 /// seq floor of 0 and a publish id of 32 hex digits (as the library's) whose counter `next`
 /// raises per request, since the functions do not store a repeated or
-/// older id of the same token again.
+/// older id of the same token again. As the library's, its body is
+/// `r <publish id>\n` then the state, and its path carries the channel's
+/// tag and the lead token sealed for each publish id (patched in place).
 struct RawPublish {
     req: Vec<u8>,
     /// Offset of the state in `req`.
     state_at: usize,
+    /// Offsets of the publish id's counter in the path and in the body.
     id_at: usize,
+    body_id_at: usize,
+    /// Offset of the sealed lead token in the path.
+    sealed_at: usize,
+    token: String,
+    body_len: usize,
     sent: u64,
 }
 
 const RAW_ID_DIGITS: usize = 16;
+/// The publish id's lead prefix (16 hex digits) of the raw baseline.
+const RAW_ID_PREFIX: &str = "0123456789abcdef";
 
 impl RawPublish {
     fn new(port: u16, name: &str, channel: &str, token: &str, state: &[u8]) -> RawPublish {
         let mut path = fcall_path(
             "FCALL",
             "ms_publish",
-            &[&format!("stream:{name}"), "streams"],
+            &[&format!("stream:{name}"), "streams", &format!("msl:{name}")],
         );
         // A lead token of 16 hex digits, then a 16-digit counter.
-        path.push_str("/0123456789abcdef");
+        path.push('/');
+        path.push_str(RAW_ID_PREFIX);
         let id_at = path.len();
         path.push_str(&"0".repeat(RAW_ID_DIGITS));
         // The seq floor (the library sends the last seq its followers may
         // have seen; 0 asks for nothing beyond the record's seq), and
-        // the kind: the whole state, as the library sends a small one.
-        path.push_str("/0/full/-/-");
-        let body = frame_body(&[token.as_bytes(), channel.as_bytes(), state]);
-        let state_at = body.len() - state.len();
+        // the kind: the whole state, as the library sends a small one;
+        // then the channel's tag and the sealed lead token.
+        path.push_str("/0/full/-/-/");
+        path.push_str(&missionstream::protocol::channel_tag(channel));
+        path.push('/');
+        let sealed_at = path.len();
+        path.push_str(&"0".repeat(32));
+        let mut body = format!("r {RAW_ID_PREFIX}").into_bytes();
+        let body_id_at = body.len();
+        body.extend_from_slice("0".repeat(RAW_ID_DIGITS).as_bytes());
+        body.push(b'\n');
+        let state_at = body.len();
+        body.extend_from_slice(state);
+        let body_len = body.len();
         let (req, at) = raw_put(port, &path, &body);
         // "PUT " precedes the path.
         RawPublish {
             req,
             state_at: at + state_at,
             id_at: 4 + id_at,
+            body_id_at: at + body_id_at,
+            sealed_at: 4 + sealed_at,
+            token: token.to_string(),
+            body_len,
             sent: 0,
         }
     }
 
-    /// The request with the next publish id.
+    /// The request with the next publish id (and its seal).
     fn next(&mut self) -> &[u8] {
         self.sent += 1;
-        put_digits(&mut self.req, self.id_at, RAW_ID_DIGITS, self.sent);
+        let counter = format!("{:016x}", self.sent);
+        let id = format!("{RAW_ID_PREFIX}{counter}");
+        let sealed = missionstream::protocol::seal_lead(
+            &self.token,
+            &id,
+            "full",
+            "-",
+            "-",
+            0,
+            self.body_len,
+        )
+        .expect("a lead token of 32 hex digits");
+        self.req[self.id_at..self.id_at + RAW_ID_DIGITS].copy_from_slice(counter.as_bytes());
+        self.req[self.body_id_at..self.body_id_at + RAW_ID_DIGITS]
+            .copy_from_slice(counter.as_bytes());
+        self.req[self.sealed_at..self.sealed_at + 32].copy_from_slice(sealed.as_bytes());
         &self.req
     }
 }

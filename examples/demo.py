@@ -110,7 +110,7 @@ def lead(
 # show it before stopping the stream.
 CATCH_UP_SECONDS = 20.0
 
-PROTOCOL = "8"  # the wire protocol version (docs/PROTOCOL.md)
+PROTOCOL = "9"  # the wire protocol version (docs/PROTOCOL.md)
 
 
 def survey_plan(waypoints: int, seed: int = 7) -> Dict[str, Any]:
@@ -206,7 +206,8 @@ def channel_of(url: str, name: str, password: str) -> str:
 
 def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threading.Event) -> None:
     """Subscribes to `channel` through Webdis and records (kind, bytes) of
-    each stored-state message: `s` a full state, `d` a delta."""
+    each stored-state message: `s` a full state (its `r <publish id>` body;
+    the short `s` header that goes with it is not counted), `d` a delta."""
     u = urllib.parse.urlsplit(url.split(",")[-1].strip())  # any node carries the channel
     decoder, buf, resp, conn = json.JSONDecoder(), "", None, None
     while not stop.is_set():
@@ -237,8 +238,8 @@ def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threa
                 break
             buf = buf[end:]
             msg = obj.get("SUBSCRIBE", [])
-            if len(msg) == 3 and msg[0] == "message" and msg[2][:2] in ("s ", "d "):
-                out.append((msg[2][0], len(msg[2].encode())))
+            if len(msg) == 3 and msg[0] == "message" and msg[2][:2] in ("r ", "d "):
+                out.append(("s" if msg[2][0] == "r" else "d", len(msg[2].encode())))
     if conn is not None:
         conn.close()
 

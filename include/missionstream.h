@@ -251,7 +251,11 @@ typedef struct ms_stream_info {
    */
   uint32_t followers;
   /**
-   * Unix time in ms of the last stored state.
+   * Unix time in ms of the last stored state, on the caller's clock:
+   * Redis stores it on its own clock, and the library moves it onto
+   * this machine's wall clock (as long before the local time the list
+   * was read as it was before Redis' time then), so that comparing it
+   * with this machine's clock shows no skew between the two.
    */
   int64_t updated_ms;
 } ms_stream_info;
@@ -269,7 +273,9 @@ typedef struct ms_stream_presence {
   /**
    * Unix time in ms when the leader was last heard: it started or
    * reconnected the stream, published, or sent a heartbeat; 0 if not
-   * known.
+   * known. On the caller's clock, like `updated_ms`: how long ago it
+   * was is measured by Redis, so a local clock that is off does not
+   * change it.
    */
   int64_t heard_ms;
   /**

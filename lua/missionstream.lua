@@ -4,19 +4,20 @@ missionstream: server-side logic of the mission plan streams.
 
 Contents (each section opens with a banner of its number and title):
    1. Protocol, errors and request bodies
-   2. Secrets and channels
+   2. Secrets, channels and seals
    3. Limits and quotas
    4. UTF-8
    5. Deltas: format and checksums
    6. Kept states (ropes)
-   7. The record: a base and the deltas since it
-   8. Applying a delta
-   9. Arguments and the common entry
-  10. Records and the throttling of guesses
-  11. The index of live streams and the quotas it counts
-  12. The functions of a stream: ms_start, ms_reconnect, ms_connect, ms_params,
+   7. The record: a base and a log of the deltas since it
+   8. Records of protocol 8 (read, and converted once)
+   9. Applying a delta
+  10. Arguments and the common entry
+  11. Records and the throttling of guesses
+  12. The index of live streams and the quotas it counts
+  13. The functions of a stream: ms_start, ms_reconnect, ms_connect, ms_params,
       ms_snapshot, ms_publish, ms_heartbeat, ms_probe, ms_stop
-  13. The functions of the index: ms_list, ms_subscribers, ms_limits
+  14. The functions of the index: ms_list, ms_subscribers, ms_limits
 
 Load (or upgrade) with:
     redis-cli -x FUNCTION LOAD REPLACE < lua/missionstream.lua
@@ -28,9 +29,11 @@ digits, chosen by the client): every reply is a flat array whose first
 element is that nonce, and every error names it as its second word
 ("MSNOTFOUND <nonce> no such stream"; "-" when the nonce itself was
 malformed), so a client can prove which request a reply answers. The last
-argument of every function is a framed body (see docs/PROTOCOL.md):
-"<len1> <len2> ...\n" followed by the fields, the last field taking the
-rest of the body. Secrets and states travel only there.
+argument of every function but ms_publish is a framed body (see
+docs/PROTOCOL.md): "<len1> <len2> ...\n" followed by the fields, the last
+field taking the rest of the body. Secrets travel only there. ms_publish's
+body is the state message "r <publish id>\n<state>" or a delta, unframed,
+stored and published as received; its lead token travels sealed (section 2).
 
 Passwords and leader codes never reach Redis: the client stretches each
 with PBKDF2-HMAC-SHA256 and the stream's salt (kdf, iter: chosen at start)
@@ -39,18 +42,26 @@ SHA-1, so Redis never runs a slow hash. Publish, heartbeat and stop carry
 the lead token instead (128 random bits, 32 hex digits, sent by the
 client at start and reconnect): a cheap check, no throttling needed.
 
-Record of stream <name>: hash "stream:<name>" with fields
+Keys of stream <name>:
+  hash "stream:<name>", the record, with fields
     name, kdf, iter, salt, pw, code (SHA-1 hex of the derived key's hex),
     lead (SHA-1 hex of the lead token), channel (channel_of below: 40 hex
-    digits, made here), seq, updated_ms, hb_ms, ttl, pub (id of the last
-    stored publish), heard_ms (when the leader was last heard: start,
-    reconnect, publish, heartbeat), fails, fail_at, locked_until, locks
-    (the throttling of wrong secrets), and the newest state as a base and
-    the deltas since it (section 7): state (the base), d1 ... d<n> (the
-    deltas), deltas (their account; absent: the base is the newest state)
-Index of live streams: hash "streams" of names -> bytes of their states.
+    digits, made here), hb_ms, ttl, heard_ms (when the leader was last
+    heard: start, reconnect, heartbeat; a publish is heard through its
+    updated_ms), fails, fail_at, locked_until, locks (the throttling of
+    wrong secrets), and the base of the newest state (section 7):
+    s ("r <publish id>\n<state>", "r -\n{}" for the initial state),
+    b ("<seq> <updated_ms> <publish id> <chain id>" of the base),
+    p (the lead prefix of the newest entry's publish id)
+  string "msl:<name>", the log: the deltas since the base, each followed
+    by its trailer " <seq> <ms since the base's updated_ms> <counter>\n"
+    (section 7); absent when the base is the newest state
+Index of live streams: hash "streams" of names -> bytes of their states
+(rounded up to 1 KiB).
 Channel messages (payloads published on the stream's channel):
-    "s <seq> <updated_ms>\n<state>"   a stored state
+    "s <seq> <updated_ms> <publish id>"  the header of a stored full state
+    "r <publish id>\n<state>"           its state (ms_publish's body as
+                                        received), published right after
     "d <seq> <base_seq> <updated_ms>\n<delta>"
                                       a stored state, as a delta (Fossil's
                                       format) against the state of base_seq
@@ -63,7 +74,7 @@ Channel messages (payloads published on the stream's channel):
 -- 1. Protocol, errors and request bodies
 -- ========================================================================
 
-local PROTOCOL = '8'
+local PROTOCOL = '9'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -76,10 +87,7 @@ end
 -- MAX_FIELD_DIGITS digits can take, so a header of millions of fields costs
 -- no more than a valid one.
 local MAX_FIELD_DIGITS = 8
--- With `lazy`, the last field is not cut out (a string of up to 8 MiB
--- costs Redis' Lua ~1.2 ms a MiB to make): out.last_at says where it
--- starts, for the caller to cut once the request proved worth it.
-local function fields(body, n, lazy)
+local function fields(body, n)
   if type(body) ~= 'string' then return nil end
   local nl = string.find(string.sub(body, 1, n * (MAX_FIELD_DIGITS + 1)), '\n', 1, true)
   if not nl then return nil end
@@ -94,11 +102,7 @@ local function fields(body, n, lazy)
     pos = pos + len
   end
   if #out ~= n - 1 then return nil end
-  if lazy then
-    out.last_at = pos
-  else
-    out[n] = string.sub(body, pos)
-  end
+  out[n] = string.sub(body, pos)
   return out
 end
 
@@ -108,7 +112,7 @@ local function now_ms()
 end
 
 -- ========================================================================
--- 2. Secrets and channels
+-- 2. Secrets, channels and seals
 -- ========================================================================
 
 -- The key derivation of new streams and its bounds (docs/SECURITY.md):
@@ -138,14 +142,42 @@ end
 -- can do that) gives its reader nothing usable. Hex digit by hex digit,
 -- which is the XOR of the 20 bytes.
 local HEX = '0123456789abcdef'
-local function seal(secret, key, nonce)
-  local mask = redis.sha1hex('seal:' .. key .. ':' .. nonce)
+-- The first `digits` hex digits of `secret` XORed with those of `mask`,
+-- hex digit by hex digit (the XOR of the bytes).
+local function xor_hex(secret, mask, digits)
   local out = {}
-  for i = 1, 40 do
+  for i = 1, digits do
     local x = bit.bxor(tonumber(string.sub(secret, i, i), 16), tonumber(string.sub(mask, i, i), 16))
     out[i] = string.sub(HEX, x + 1, x + 1)
   end
   return table.concat(out)
+end
+
+local function seal(secret, key, nonce)
+  return xor_hex(secret, redis.sha1hex('seal:' .. key .. ':' .. nonce), 40)
+end
+
+-- What ms_publish takes instead of the channel: its tag, the first 16 hex
+-- digits of SHA-1("tag:" <channel>). It tells a leader of an earlier
+-- stream of the same name (another channel) from this one's, and gives
+-- nothing of the channel away (the channel is a secret of the followers).
+local function channel_tag(channel)
+  return string.sub(redis.sha1hex('tag:' .. channel), 1, 16)
+end
+
+-- ms_publish's lead token travels in the request's path (its body is the
+-- state, untouched), sealed for that one request: the token's 32 hex
+-- digits XORed with the first 32 of SHA-1("lead:" <lead> ":" <publish id>
+-- ":" <kind> ":" <base seq> ":" <base id> ":" <floor> ":" <body length>),
+-- where lead is what the record keeps (the SHA-1 hex of the token). Opens
+-- a seal (the same XOR) with the record's lead; the caller then checks the
+-- token against it. Someone who reads paths alone learns nothing; a seal
+-- serves only a request of the same publish id, kind, base, floor and body
+-- length (docs/SECURITY.md).
+local function open_lead(sealed, lead, id, kind, base_seq, base_id, floor, len)
+  local mask = redis.sha1hex('lead:' .. lead .. ':' .. id .. ':' .. kind .. ':' .. base_seq .. ':' .. base_id
+    .. ':' .. floor .. ':' .. len)
+  return xor_hex(sealed, mask, 32)
 end
 
 -- ========================================================================
@@ -312,9 +344,13 @@ local MAX_DELTA_COMMANDS = 2048
 -- pieces, each with its residue sums once known: a delta reuses the
 -- pieces it copies whole and makes only the pieces it cuts or inserts;
 -- they are joined into one string only for a compaction (section 7) or a
--- snapshot. A kept state is used only while the record still holds it
--- (same channel, seq, publish id and length; a publish id names one
--- state); else it is assembled from the record again. The cache holds states of MIN_KEPT bytes or more, up to
+-- snapshot. A piece is a byte range of a string ({ s = string, o = offset,
+-- n = length }), so that the state of a full publish is kept as the
+-- request's body itself, after its "r <publish id>\n" prefix, and no
+-- string of the state's size is made to strip the prefix. A kept state is
+-- used only while the record still holds it (same channel, seq and
+-- publish id: a publish id names one state); else it is assembled from
+-- the record again. The cache holds states of MIN_KEPT bytes or more, up to
 -- ROPE_BUDGET bytes with their tables (Lua memory of Redis, besides the
 -- records); FUNCTION LOAD or a restart empties it.
 local ropes, rope_bytes = {}, 0
@@ -351,31 +387,61 @@ local function piece_size(len)
   return math.max(MIN_PIECE, math.ceil(len / PIECES))
 end
 
+-- A piece of the whole string s.
+local function piece_of(s)
+  return { s = s, o = 0, n = #s }
+end
+
 -- The residue sums of piece p (memoized: a piece never changes).
 local function piece_sums(p)
-  if not p.r then p.r = residue_sums(p.s, 0, #p.s) end
+  if not p.r then
+    local r = residue_sums(p.s, p.o, p.o + p.n)
+    if p.o % 4 ~= 0 then
+      -- (sums of the string's positions, shifted to the piece's own)
+      local x = { 0, 0, 0, 0 }
+      add_shifted(x, r, -p.o % 4)
+      r = x
+    end
+    p.r = r
+  end
   return p.r
 end
 
--- A piece of the bytes [a, b) of piece p (0-based). Its sums are those
--- of the bytes read: of the part itself when it is the smaller side,
+-- The bytes of piece p as one string (made only when p is a part of a
+-- longer string).
+local function piece_str(p)
+  if p.o == 0 and p.n == #p.s then return p.s end
+  return string.sub(p.s, p.o + 1, p.o + p.n)
+end
+
+-- A piece of the bytes [a, b) of piece p (0-based, in p). Its sums are
+-- those of the bytes read: of the part itself when it is the smaller side,
 -- else of the rest subtracted from the piece's, so never more than b - a
 -- bytes are scanned; nil (computed when needed) when p's are not known.
 local function sub_piece(p, a, b)
-  if a == 0 and b == #p.s then return p end
+  if a == 0 and b == p.n then return p end
   local r
   if p.r then
     local x
-    if b - a <= #p.s / 2 then
-      x = residue_sums(p.s, a, b)
+    local o = p.o
+    if b - a <= p.n / 2 then
+      x = residue_sums(p.s, o + a, o + b)
+      r = { 0, 0, 0, 0 }
+      add_shifted(r, x, -(o + a) % 4)
     else
-      local y, z = residue_sums(p.s, 0, a), residue_sums(p.s, b, #p.s)
-      x = { p.r[1] - y[1] - z[1], p.r[2] - y[2] - z[2], p.r[3] - y[3] - z[3], p.r[4] - y[4] - z[4] }
+      local y, z = residue_sums(p.s, o, o + a), residue_sums(p.s, o + b, o + p.n)
+      -- y and z at the string's positions; p.r at the piece's: bring y and
+      -- z to the piece's, subtract, then shift to the part's.
+      local y2, z2 = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
+      add_shifted(y2, y, -o % 4)
+      add_shifted(z2, z, -o % 4)
+      x = { p.r[1] - y2[1] - z2[1], p.r[2] - y2[2] - z2[2], p.r[3] - y2[3] - z2[3], p.r[4] - y2[4] - z2[4] }
+      r = { 0, 0, 0, 0 }
+      add_shifted(r, x, -a % 4)
     end
-    r = { 0, 0, 0, 0 }
-    add_shifted(r, x, -a % 4)
   end
-  return { s = string.sub(p.s, a + 1, b), r = r }
+  local s = string.sub(p.s, p.o + a + 1, p.o + b)
+  return { s = s, o = 0, n = #s, r = r }
 end
 
 -- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
@@ -408,7 +474,8 @@ end
 local function continues(rope, starts, x)
   if x >= rope.len then return false end
   local i = piece_at(starts, x)
-  local b = string.byte(rope.pieces[i].s, x - starts[i] + 1)
+  local p = rope.pieces[i]
+  local b = string.byte(p.s, p.o + x - starts[i] + 1)
   return b >= 128 and b < 192
 end
 
@@ -424,58 +491,91 @@ local function merge_pieces(pieces, size)
     elseif #run > 1 then
       local strs, r, pos = {}, { 0, 0, 0, 0 }, 0
       for k, p in ipairs(run) do
-        strs[k] = p.s
+        strs[k] = piece_str(p)
         add_shifted(r, piece_sums(p), pos % 4)
-        pos = pos + #p.s
+        pos = pos + p.n
       end
-      out[#out + 1] = { s = table.concat(strs), r = r }
+      local s = table.concat(strs)
+      out[#out + 1] = { s = s, o = 0, n = #s, r = r }
     end
     run, run_len = {}, 0
   end
   for _, p in ipairs(pieces) do
-    if run_len + #p.s > size then flush() end
+    if run_len + p.n > size then flush() end
     run[#run + 1] = p
-    run_len = run_len + #p.s
+    run_len = run_len + p.n
   end
   flush()
   return out
 end
 
--- The string of a rope's pieces.
-local function join(pieces)
-  if #pieces > 100 then
-    local strs = {}
-    for k, p in ipairs(pieces) do strs[k] = p.s end
+-- The string `prefix` followed by a rope's pieces (one string made: pieces
+-- that are parts of longer strings are cut first).
+local function join(pieces, prefix)
+  if #pieces > 99 then
+    local strs = { prefix }
+    for k, p in ipairs(pieces) do strs[k + 1] = piece_str(p) end
     return table.concat(strs)
   end
-  local strs = {}
-  for k = 1, 100 do strs[k] = pieces[k] and pieces[k].s or '' end
+  local strs = { prefix }
+  for k = 1, 99 do strs[k + 1] = pieces[k] and piece_str(pieces[k]) or '' end
   return join100(unpack(strs))
 end
 
 -- ========================================================================
--- 7. The record: a base and the deltas since it
+-- 7. The record: a base and a log of the deltas since it
 -- ========================================================================
 
+-- The record keeps the newest state as a base and the deltas since it
+-- (docs/PROTOCOL.md, "The record"):
+--   field s of the record: the base as a state message, "r <publish id>\n"
+--     and the state ("r -\n{}": the initial state of ms_start); a full
+--     publish stores its request body here as received;
+--   field b: "<seq> <updated_ms> <publish id> <chain id>" of the base
+--     ("-" for no publish id); the chain id names the base and the log
+--     written since (a kept state of an earlier entry of the same chain is
+--     brought up to date from the log, see rope_of);
+--   field p: the lead prefix (16 hex digits) of the newest entry's publish
+--     id;
+--   the log, key "msl:<name>": the deltas since the base, one after the
+--     other, each followed by its trailer
+--       " <seq> <ms since the base's updated_ms> <publish counter>\n"
+--     (the counter in lowercase hex without leading zeros). A Fossil delta
+--     ends with "<checksum>;" and a trailer holds no ";", so the newest
+--     trailer is found at the end of the log, and entries parse forward.
+--     Absent: the base is the newest state.
+-- A delta publish appends one entry (APPEND: nothing else is written per
+-- update); a full publish, or a compaction, writes the base and deletes
+-- the log; a composition replaces the log by one entry.
+local LOG_PREFIX = 'msl:'
+-- Bytes at the end of the log that hold the newest trailer (a trailer is
+-- at most 1 + 12 + 1 + 15 + 1 + 16 + 1 bytes), with the delta's ";".
+local TAIL = 64
+
 -- A state as segments: references to byte ranges of strings already made
--- (the record's base, the deltas), so that the deltas since the base apply
+-- (the record's base, the log), so that the deltas since the base apply
 -- one after the other without making any string until the end, and at a
 -- cost that grows with their commands and the segments they produce, not
 -- with the state's bytes. Parallel arrays: s (strings), o (0-based
 -- offsets), n (lengths), at (offset of each segment in the state); len:
--- the state's length.
-local function segs_of(s)
-  if #s == 0 then return { s = {}, o = {}, n = {}, at = {}, len = 0 } end
-  return { s = { s }, o = { 0 }, n = { #s }, at = { 0 }, len = #s }
+-- the state's length. segs_of: the state that is the bytes of s from
+-- offset o (0-based) on.
+local function segs_of(s, o)
+  o = o or 0
+  if #s - o <= 0 then return { s = {}, o = {}, n = {}, at = {}, len = 0 } end
+  return { s = { s }, o = { o }, n = { #s - o }, at = { 0 }, len = #s - o }
 end
 
--- Applies delta d, verified against the state segs holds when it was
--- published, to segs. Returns the segments of the result and the work it
--- took (commands and segments made: what reading the record costs per
--- delta); nil when d does not fit segs after all (a record edited by
--- hand), checked at the cost of a few comparisons a command.
-local function apply_segs(segs, d)
-  local limit, pos = delta_int(d, 1)
+-- Applies the delta at position pos of string d (1-based; 1 when nil),
+-- verified against the state segs holds when it was published, to segs.
+-- Returns the segments of the result, the work it took (commands and
+-- segments made: what reading the record costs per delta) and the
+-- position after the delta's ";"; nil when d does not fit segs after all
+-- (a record edited by hand), checked at the cost of a few comparisons a
+-- command.
+local function apply_segs(segs, d, pos)
+  local limit
+  limit, pos = delta_int(d, pos or 1)
   if not limit then return nil end
   pos = pos + 1
   local S, O, N, AT = {}, {}, {}, {}
@@ -520,88 +620,79 @@ local function apply_segs(segs, d)
       return nil
     end
   end
-  return { s = S, o = O, n = N, at = AT, len = len }, commands + k
+  return { s = S, o = O, n = N, at = AT, len = len }, commands + k, pos
 end
 
--- The string of a state's segments (one string made per segment, then
--- their join).
-local function join_segs(segs)
+-- The string `prefix` followed by the state of segs: one string made (the
+-- base itself when segs are its state and it starts with prefix).
+local function join_segs(segs, prefix)
   local k = #segs.s
-  if k == 0 then return '' end
-  if k == 1 and segs.o[1] == 0 and segs.n[1] == #segs.s[1] then return segs.s[1] end
-  local strs = {}
-  for i = 1, k do strs[i] = { s = string.sub(segs.s[i], segs.o[i] + 1, segs.o[i] + segs.n[i]) } end
-  return join(strs)
-end
-
--- The record of a stream keeps its newest state as a base and the deltas
--- since it (docs/PROTOCOL.md, "The record"): field "state" holds the base,
--- "d1" ... "d<n>" the deltas in order, and "deltas" their account
--- "<n> <len> <bytes> <work> <seq>": how many, the newest state's length,
--- the deltas' bytes, the work of applying them (apply_segs), and the seq
--- of the newest state; "base" names the chain of deltas (see rope_of).
--- The account holds only while its seq is the record's: a record whose
--- state was written whole by anything else (an earlier protocol's
--- functions, an operator) has no deltas.
--- Returns n, len, bytes, work (0, nil, 0, 0 without deltas).
-local function account(rec)
-  local a = rec.deltas
-  if a then
-    local n, len, bytes, work, seq = string.match(a, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
-    if n and tonumber(seq) == rec.seq and tonumber(n) > 0 then
-      return tonumber(n), tonumber(len), tonumber(bytes), tonumber(work)
-    end
+  if k == 0 then return prefix end
+  local s1 = segs.s[1]
+  if k == 1 and segs.o[1] == #prefix and segs.n[1] == #s1 - #prefix and string.sub(s1, 1, #prefix) == prefix then
+    return s1
   end
-  return 0, nil, 0, 0
+  local pieces = {}
+  for i = 1, k do pieces[i] = { s = segs.s[i], o = segs.o[i], n = segs.n[i] } end
+  return join(pieces, prefix)
 end
 
--- The length of the newest state of the record at key.
-local function state_len(key, rec)
-  local n, len = account(rec)
-  if n > 0 then return len end
-  return redis.call('HSTRLEN', key, 'state')
+-- The trailer of the entry whose delta ends before position pos of log:
+-- its seq, ms since the base, counter, and the position after it; nil
+-- when there is none.
+local function trailer_at(log, pos)
+  local _, e, seq, ms, ctr = string.find(log, '^ (%d+) (%d+) (%x+)\n', pos)
+  if not e then return nil end
+  return tonumber(seq), tonumber(ms), ctr, e + 1
+end
+
+-- The publish counter of a publish id (its last 16 hex digits), as a
+-- trailer writes it; and back, with the lead prefix p.
+local function counter_of(id)
+  local c = string.gsub(string.sub(id, 17), '^0+', '')
+  if c == '' then return '0' end
+  return c
+end
+local function id_of(p, ctr)
+  return p .. string.rep('0', 16 - #ctr) .. ctr
+end
+
+-- The entry of a delta: the delta and its trailer.
+local function log_entry(delta, seq, ms, id)
+  return delta .. ' ' .. seq .. ' ' .. ms .. ' ' .. counter_of(id) .. '\n'
+end
+
+-- Applies the entries of the string log (the log, or its part after the
+-- entries already applied) to segs in turn. Returns the segments, the
+-- work added to `work` and the entries added to `n`; nil when an entry
+-- does not fit (a log edited by hand).
+local function apply_log(segs, log, work, n)
+  local pos = 1
+  while pos <= #log do
+    local s2, w, e = apply_segs(segs, log, pos)
+    if not s2 then return nil end
+    local seq, _, _, nxt = trailer_at(log, e)
+    if not seq then return nil end
+    segs, work, n, pos = s2, work + w, n + 1, nxt
+  end
+  return segs, work, n
 end
 
 -- A compaction writes the newest state whole as the new base when the
--- deltas since the base hold more bytes than the state (so the record
--- holds at most about twice the state, and the base written costs the
--- AOF and the replicas at most a delta's bytes again per update, amortised
--- over the updates between compactions), or when applying them would take
--- more than MAX_WORK (commands and segments; a unit costs Redis ~1-3 us).
+-- log holds more bytes than the state (so the record holds at most about
+-- twice the state, and the base written costs the AOF and the replicas at
+-- most a delta's bytes again per update, amortised over the updates
+-- between compactions), or when applying it would take more than
+-- MAX_WORK (commands and segments; a unit costs Redis ~1-3 us).
 local MAX_WORK = 50000
--- Before that, once the work passes RECOMPOSE_WORK, the deltas since the
--- base are replaced by the one delta they make together (compose below):
--- a write of the pieces the state is made of (a copy command for each
--- piece of the base, the bytes of the others), not of the state, after
--- which reading costs about that one delta. States of more than
--- MAX_COMPOSED pieces are compacted instead.
+-- Before that, once the work passes RECOMPOSE_WORK, the log is replaced
+-- by the one delta its entries make together (compose below): a write of
+-- the pieces the state is made of (a copy command for each piece of the
+-- base, the bytes of the others), not of the state, after which reading
+-- costs about that one delta. States of more than MAX_COMPOSED pieces are
+-- compacted instead.
 local RECOMPOSE_WORK = 20000
 local MAX_COMPOSED = 4096
-
--- Reads the newest state of the record at key: the base, then its deltas
--- applied in turn; or, given the segments `from` of the state after the
--- first `done` deltas of the same base (kept), only the deltas after
--- those. Returns its segments and the base (the string), or nil when a
--- delta does not fit (a record edited by hand: its base stands).
-local function assemble(key, rec, from, done, base)
-  local n = account(rec)
-  local segs = from
-  if not segs then
-    base = redis.call('HGET', key, 'state') or ''
-    segs, done = segs_of(base), 0
-  end
-  local CHUNK = 500
-  for first = done + 1, n, CHUNK do
-    local names = {}
-    for i = first, math.min(n, first + CHUNK - 1) do names[#names + 1] = 'd' .. i end
-    local ds = redis.call('HMGET', key, unpack(names))
-    for _, d in ipairs(ds) do
-      segs = d and apply_segs(segs, d)
-      if not segs then return nil end
-    end
-  end
-  return segs, base
-end
 
 -- A number in Fossil's base-64 digits.
 local function delta_digits(v)
@@ -615,15 +706,15 @@ local function delta_digits(v)
   return table.concat(out)
 end
 
--- The one delta from the base (the string `base`) to the state of segs,
--- whose checksum is `sum`: a copy for each segment of the base, a
--- literal for each of the deltas'.
-local function compose(segs, base, sum)
+-- The one delta from the base (the string `base`, whose state starts at
+-- offset `off`) to the state of segs, whose checksum is `sum`: a copy for
+-- each segment of the base, a literal for each of the deltas'.
+local function compose(segs, base, off, sum)
   local parts = { delta_digits(segs.len), '\n' }
   for i = 1, #segs.s do
     local str, o, n = segs.s[i], segs.o[i], segs.n[i]
     if str == base then
-      parts[#parts + 1] = delta_digits(n) .. '@' .. delta_digits(o) .. ','
+      parts[#parts + 1] = delta_digits(n) .. '@' .. delta_digits(o - off) .. ','
     else
       parts[#parts + 1] = delta_digits(n) .. ':' .. string.sub(str, o + 1, o + n)
     end
@@ -632,35 +723,50 @@ local function compose(segs, base, sum)
   return table.concat(parts)
 end
 
--- The kept state of the record at key (rec: its fields): the one kept,
--- while the record still holds it; else the one kept of an earlier state
--- of the same base (`base`: the publish id of the state written as the
--- base, written with it and with the first delta after it; a publish id
--- names one state), brought up to date with the deltas since; else
--- assembled from the record. An entry: channel, seq, pub, len, base, n
--- (deltas applied to the base), base_str (the base), segs, pieces (the
--- rope), joined (the state as one string, once made).
-local function rope_of(key, rec)
+-- The offset (0-based) at which the state of a state message starts:
+-- after "r <publish id>\n" (35 bytes) or "r -\n" (4).
+local function state_at(msg)
+  return string.find(msg, '\n', 1, true) or #msg
+end
+
+-- The kept state of the record at key (rec: its fields, read with the
+-- log's tail; log: the log's key): the one kept, while the record still
+-- holds it; else the one kept of an earlier entry of the same chain,
+-- brought up to date with the entries appended since; else assembled from
+-- the record and the log. An entry: channel, seq, pub, len, base (the
+-- chain id), n (entries applied to the base), log_at (the log's bytes
+-- applied), work (of applying them), base_str (the record's s), base_off
+-- (where its state starts), segs, pieces (the rope), joined (the state
+-- message "r <pub>\n<state>", once made).
+local function rope_of(key, log, rec)
   local e = ropes[key]
   local pub = rec.pub or '-'
-  if e and e.channel == rec.channel and e.seq == rec.seq and e.pub == pub and e.len == state_len(key, rec) then
+  if e and e.channel == rec.channel and e.seq == rec.seq and e.pub == pub then
     return e
   end
-  local n = account(rec)
-  local segs, base
-  if e and n > 0 and e.channel == rec.channel and rec.base and e.base == rec.base and e.n < n
-      and e.seq < rec.seq then
-    segs, base = assemble(key, rec, e.segs, e.n, e.base_str)
+  local segs, base, off, n, work, at
+  if e and rec.logged and e.channel == rec.channel and e.base == rec.chain and e.seq < rec.seq then
+    local more = redis.call('GETRANGE', log, e.log_at, -1)
+    segs, work, n = apply_log(e.segs, more, e.work, e.n)
+    if segs then base, off, at = e.base_str, e.base_off, e.log_at + #more end
   end
-  if not segs then segs, base = assemble(key, rec) end
   if not segs then
-    n = 0
-    base = redis.call('HGET', key, 'state') or ''
-    segs = segs_of(base)
+    base = redis.call('HGET', key, 's') or 'r -\n{}'
+    off = state_at(base)
+    segs, work, n, at = segs_of(base, off), 0, 0, 0
+    if rec.logged then
+      local all = redis.call('GET', log) or ''
+      segs, work, n = apply_log(segs, all, 0, 0)
+      at = #all
+      -- A log that does not fit its base (edited by hand): the base stands.
+      if not segs then segs, work, n, at = segs_of(base, off), 0, 0, 0 end
+    end
   end
-  local s = join_segs(segs)
-  return { channel = rec.channel, seq = rec.seq, pub = pub, len = #s, joined = s, base = rec.base, n = n,
-           base_str = base, pieces = #s > 0 and { { s = s } } or {}, segs = segs }
+  local prefix = 'r ' .. pub .. '\n'
+  local s = join_segs(segs, prefix)
+  return { channel = rec.channel, seq = rec.seq, pub = pub, len = segs.len, joined = s, base = rec.chain, n = n,
+           log_at = at, work = work, base_str = base, base_off = off,
+           pieces = segs.len > 0 and { { s = s, o = #prefix, n = segs.len } } or {}, segs = segs }
 end
 
 -- What a kept entry costs in the budget: its bytes (twice once joined)
@@ -697,7 +803,72 @@ local function keep_rope(key, e)
 end
 
 -- ========================================================================
--- 8. Applying a delta
+-- 8. Records of protocol 8 (read, and converted once)
+-- ========================================================================
+
+-- Protocol 8 kept the base in field "state", the deltas since it in
+-- fields "d1" ... "d<n>", their account in "deltas" ("<n> <len> <bytes>
+-- <work> <seq>", valid while its seq is the record's), and the newest
+-- state's "seq", "updated_ms" and "pub" (its publish id). A record without
+-- "b" and with "seq" is such a record: the read-only functions read it as
+-- it is (v8_state), and the first call of this version that writes a
+-- stream's record converts it once (v8_convert): its newest state becomes
+-- the base ("s", "b"), and the fields of protocol 8 go.
+local V8_FIELDS = { 'state', 'base', 'deltas', 'seq', 'updated_ms', 'pub', 'sums' }
+
+-- The number of deltas of a record of protocol 8 (0 without deltas).
+local function v8_count(rec)
+  local a = rec.v8_deltas
+  if a then
+    local n, _, _, _, seq = string.match(a, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
+    if n and tonumber(seq) == rec.seq and tonumber(n) > 0 then return tonumber(n) end
+  end
+  return 0
+end
+
+-- The newest state of a record of protocol 8 at key: its base, then its
+-- deltas applied in turn (the base alone when one does not fit).
+local function v8_state(key, rec)
+  local base = redis.call('HGET', key, 'state') or ''
+  local n = v8_count(rec)
+  if n == 0 then return base end
+  local segs = segs_of(base)
+  local CHUNK = 500
+  for first = 1, n, CHUNK do
+    local names = {}
+    for i = first, math.min(n, first + CHUNK - 1) do names[#names + 1] = 'd' .. i end
+    for _, d in ipairs(redis.call('HMGET', key, unpack(names))) do
+      segs = d and apply_segs(segs, d)
+      if not segs then return base end
+    end
+  end
+  return join_segs(segs, '')
+end
+
+-- Converts the record of protocol 8 at key (rec: its fields) to this
+-- version's: one write of its newest state as the base; rec is updated.
+local function v8_convert(key, log, rec)
+  local n = v8_count(rec)
+  local pub = rec.pub or '-'
+  local msg = 'r ' .. pub .. '\n' .. v8_state(key, rec)
+  rec.b_seq, rec.b_updated, rec.b_pub, rec.chain = rec.seq, rec.updated_ms, rec.pub, pub
+  redis.call('HSET', key, 's', msg, 'b', rec.seq .. ' ' .. rec.updated_ms .. ' ' .. pub .. ' ' .. pub)
+  local old = {}
+  for _, f in ipairs(V8_FIELDS) do old[#old + 1] = f end
+  for i = 1, n do
+    old[#old + 1] = 'd' .. i
+    if #old >= 1000 then
+      redis.call('HDEL', key, unpack(old))
+      old = {}
+    end
+  end
+  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
+  if rec.logged ~= false then redis.call('DEL', log) end
+  rec.v8, rec.logged = nil, false
+end
+
+-- ========================================================================
+-- 9. Applying a delta
 -- ========================================================================
 
 -- Applies delta d (without NUL, checked by the caller) to the rope base of
@@ -716,10 +887,10 @@ local function apply_delta(base, d)
   local starts, at = {}, 0
   for k, p in ipairs(base.pieces) do
     starts[k] = at
-    at = at + #p.s
+    at = at + p.n
   end
   local pieces, total, commands = {}, 0, 0
-  local lit = { s = d }
+  local lit = piece_of(d)
   while true do
     commands = commands + 1
     if commands > MAX_DELTA_COMMANDS + 1 then
@@ -744,7 +915,7 @@ local function apply_delta(base, d)
       while x < e do
         local i = piece_at(starts, x)
         local p = base.pieces[i]
-        local b = math.min(e - starts[i], #p.s)
+        local b = math.min(e - starts[i], p.n)
         add_piece(pieces, p, x - starts[i], b, size)
         x = starts[i] + b
       end
@@ -762,7 +933,7 @@ local function apply_delta(base, d)
       local sums, at2 = { 0, 0, 0, 0 }, 0
       for _, p in ipairs(pieces) do
         add_shifted(sums, piece_sums(p), at2 % 4)
-        at2 = at2 + #p.s
+        at2 = at2 + p.n
       end
       if checksum_of(sums) ~= n then return nil, 'the checksum of the result does not match' end
       return pieces, limit, n
@@ -774,7 +945,7 @@ end
 
 
 -- ========================================================================
--- 9. Arguments and the common entry
+-- 10. Arguments and the common entry
 -- ========================================================================
 
 -- A stream name: 1-256 bytes of UTF-8 without control characters (C0,
@@ -809,9 +980,10 @@ end
 
 -- Common entry. Checks the protocol version, the request nonce, the
 -- number of arguments, the keys (`shape.keys`: 'record' for a stream's
--- record "stream:<valid name>", 'index' for exactly "streams") and the
--- body (`shape.fields` fields, the last argument). Returns the nonce and
--- the fields, or nil, nil and an error reply; nothing is changed before.
+-- record "stream:<valid name>", 'index' for exactly "streams", 'log' for
+-- the log "msl:<name>" of the record's name) and the body (`shape.fields`
+-- fields, the last argument). Returns the nonce and the fields, or nil,
+-- nil and an error reply; nothing is changed before.
 local function enter(keys, args, shape)
   if args[1] ~= PROTOCOL then
     -- No nonce word: a client of another version cannot read one anyway.
@@ -833,6 +1005,10 @@ local function enter(keys, args, shape)
     local key = keys[i]
     if kind == 'index' then
       if key ~= INDEX then return nil, nil, fail('MSARG', nonce, 'key ' .. i .. ' must be "' .. INDEX .. '"') end
+    elseif kind == 'log' then
+      if key ~= LOG_PREFIX .. string.sub(keys[1], #RECORD_PREFIX + 1) then
+        return nil, nil, fail('MSARG', nonce, 'key ' .. i .. ' must be "' .. LOG_PREFIX .. '<stream name>", the name of key 1')
+      end
     else
       if string.sub(key, 1, #RECORD_PREFIX) ~= RECORD_PREFIX then
         return nil, nil, fail('MSARG', nonce, 'key ' .. i .. ' must be "' .. RECORD_PREFIX .. '<stream name>"')
@@ -842,7 +1018,7 @@ local function enter(keys, args, shape)
     end
   end
   if not shape.fields then return nonce, {} end
-  local f = fields(args[#args], shape.fields, shape.lazy)
+  local f = fields(args[#args], shape.fields)
   if not f then return nil, nil, fail('MSARG', nonce, 'malformed request body') end
   return nonce, f
 end
@@ -872,34 +1048,81 @@ local function timing(hb_s, ttl_s)
 end
 
 -- ========================================================================
--- 10. Records and the throttling of guesses
+-- 11. Records and the throttling of guesses
 -- ========================================================================
 
--- Loads the record; returns the fields table or nil.
-local function load(key)
-  local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'seq', 'hb_ms', 'ttl', 'updated_ms', 'pub',
-    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead', 'deltas', 'base')
+-- The newest state's seq, updated_ms and publish id (nil for none), the
+-- base's (b: field b), and whether the log has entries, from field b, p
+-- and the log's last TAIL bytes; nil when b is malformed.
+local function newest_of(b, p, tail)
+  local seq, updated, pub, chain = string.match(b or '', '^(%d+) (%d+) (%S+) (%S+)$')
+  if not seq then return nil end
+  local st = { b_seq = tonumber(seq), b_updated = tonumber(updated), b_pub = pub ~= '-' and pub or nil,
+               chain = chain, logged = false }
+  st.seq, st.updated_ms, st.pub = st.b_seq, st.b_updated, st.b_pub
+  if tail and tail ~= '' then
+    local s, ms, ctr = string.match(tail, '; (%d+) (%d+) (%x+)\n$')
+    if s and p and #ctr <= 16 then
+      st.seq, st.updated_ms, st.pub, st.logged = tonumber(s), st.b_updated + tonumber(ms), id_of(p, ctr), true
+    else
+      -- (a log that is not one: left to the writes to replace)
+      st.logged = true
+    end
+  end
+  return st
+end
+
+-- Loads the record at key (and, with log, the newest state's seq,
+-- updated_ms and publish id from the log's tail); returns the fields
+-- table or nil. A record of protocol 8 (section 8) is read as it is, with
+-- rec.v8 set.
+local function load(key, log)
+  local v = redis.call('HMGET', key, 'pw', 'code', 'salt', 'channel', 'b', 'hb_ms', 'ttl', 'p', 'heard_ms',
+    'fails', 'fail_at', 'locked_until', 'locks', 'kdf', 'iter', 'lead', 'seq', 'updated_ms', 'pub', 'deltas')
   -- A record without kdf (written by protocol 3), or with a channel the
   -- client chose (32 hex digits, protocols 4-6: not proven to be the
   -- stream's own), is no stream.
   if not v[1] or not v[14] or not v[4] or #v[4] ~= 40 then return nil end
-  return { pw = v[1], code = v[2], salt = v[3], channel = v[4], seq = tonumber(v[5]),
-           hb_ms = v[6], ttl = tonumber(v[7]) or 0, updated_ms = v[8], pub = v[9],
-           fails = tonumber(v[10]) or 0, fail_at = tonumber(v[11]) or 0,
-           locked_until = tonumber(v[12]) or 0, locks = tonumber(v[13]) or 0,
-           kdf = v[14], iter = tonumber(v[15]), lead = v[16], deltas = v[17], base = v[18] }
+  local rec = { pw = v[1], code = v[2], salt = v[3], channel = v[4],
+                hb_ms = v[6], ttl = tonumber(v[7]) or 0, p = v[8], heard_ms = tonumber(v[9]) or 0,
+                fails = tonumber(v[10]) or 0, fail_at = tonumber(v[11]) or 0,
+                locked_until = tonumber(v[12]) or 0, locks = tonumber(v[13]) or 0,
+                kdf = v[14], iter = tonumber(v[15]), lead = v[16] }
+  if v[5] then
+    local st = newest_of(v[5], v[8], log and redis.call('GETRANGE', log, -TAIL, -1))
+    if not st then return nil end
+    for k, x in pairs(st) do rec[k] = x end
+  elseif v[17] then
+    rec.v8, rec.seq, rec.updated_ms, rec.pub, rec.v8_deltas = true, tonumber(v[17]), tonumber(v[18]) or 0, v[19], v[20]
+    if not rec.seq then return nil end
+  else
+    return nil
+  end
+  return rec
 end
 
 local function not_found(nonce)
   return fail('MSNOTFOUND', nonce, 'no such stream')
 end
 
--- Refreshes the expiry of a stream with a TTL.
--- The leader was heard (a publish, a heartbeat): its time is kept for
--- ms_list (is the leader there?), and the TTL starts again.
-local function touch(key, rec)
-  redis.call('HSET', key, 'heard_ms', now_ms())
-  if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) end
+-- The expiry of a stream with a TTL: the record (and the log) expire
+-- between ttl and 17/16 ttl after the leader was last heard (a publish, a
+-- heartbeat, a reconnect), never earlier. The expiry is set to 17/16 ttl
+-- only when less than ttl is left, so that most calls write nothing for it.
+local function expiry_ms(ttl)
+  return ttl * 1000 + math.floor(ttl * 1000 / 16)
+end
+local function touch(key, log, rec, new_log)
+  if rec.ttl <= 0 then return end
+  local left = redis.call('PTTL', key)
+  if left < rec.ttl * 1000 then
+    local ms = expiry_ms(rec.ttl)
+    redis.call('PEXPIRE', key, ms)
+    redis.call('PEXPIRE', log, ms)
+  elseif new_log then
+    -- A log just made takes the record's expiry.
+    redis.call('PEXPIRE', log, left)
+  end
 end
 
 -- Guessing is throttled per stream. Every wrong password or leader code is
@@ -943,26 +1166,30 @@ end
 -- ms_connect to holders of the password): a 128-bit secret, so no guess
 -- is worth throttling and the check needs no write (read-only, so it runs
 -- on a replica too).
-local function load_by_channel(nonce, key, channel)
-  local rec = load(key)
+local function load_by_channel(nonce, key, channel, log)
+  local rec = load(key, log)
   if not rec or rec.channel ~= channel then return nil, not_found(nonce) end
   return rec
 end
 
+local function not_leader(nonce)
+  return fail('MSNOTLEADER', nonce, 'not the current lead token of this stream (taken over by a later ms_reconnect?)')
+end
+
 -- Loads the record of a leader and checks its channel, then its lead
 -- token: a 128-bit secret, compared without throttling, so that nobody
--- guessing secrets can lock the leader out of its own stream.
-local function load_leader(nonce, key, token, channel)
-  local rec, e = load_by_channel(nonce, key, channel)
+-- guessing secrets can lock the leader out of its own stream. A record
+-- of protocol 8 is converted (the leader's calls write the record).
+local function load_leader(nonce, key, token, channel, log)
+  local rec, e = load_by_channel(nonce, key, channel, log)
   if not rec then return nil, e end
-  if hash(token) ~= rec.lead then
-    return nil, fail('MSNOTLEADER', nonce, 'not the current lead token of this stream (taken over by a later ms_reconnect?)')
-  end
+  if hash(token) ~= rec.lead then return nil, not_leader(nonce) end
+  if rec.v8 then v8_convert(key, log, rec) end
   return rec
 end
 
 -- ========================================================================
--- 11. The index of live streams and the quotas it counts
+-- 12. The index of live streams and the quotas it counts
 -- ========================================================================
 
 -- The index "streams" is a hash: the name of each live stream -> the bytes
@@ -988,15 +1215,23 @@ local function index_ready(index, writable)
   return false
 end
 
--- Counts `bytes` of state for stream `name` in the index (nil: removes
--- the name), keeping the total.
+-- The index counts a state's bytes rounded up to whole KiB, so that it is
+-- written only when a state crosses a KiB (a delta that changes the
+-- state's length by a few bytes writes nothing there); the quota of all
+-- states errs by less than 1 KiB a stream.
+local function counted(bytes)
+  return math.ceil(bytes / 1024) * 1024
+end
+
+-- Counts `bytes` of state (rounded) for stream `name` in the index (nil:
+-- removes the name), keeping the total.
 local function count_bytes(index, name, bytes)
   local had = redis.call('HGET', index, name)
   local old = tonumber(had or 0)
-  -- (Written only when it changes: an update of the same length, most
-  -- deltas, adds nothing to the AOF and the replication stream.)
+  if bytes then bytes = counted(bytes) end
+  -- (Written only when it changes.)
   if not bytes then
-    redis.call('HDEL', index, name)
+    if had then redis.call('HDEL', index, name) end
   elseif not had or old ~= bytes then
     redis.call('HSET', index, name, bytes)
   end
@@ -1035,7 +1270,7 @@ local function over_quota(index, name, bytes, new)
     local n, total = usage(index)
     local old = tonumber(redis.call('HGET', index, name) or 0)
     local streams_ok = not new or old > 0 or n < QUOTA_STREAMS
-    local bytes_ok = total - old + bytes <= QUOTA_TOTAL_BYTES
+    local bytes_ok = total - old + counted(bytes) <= QUOTA_TOTAL_BYTES
     if streams_ok and bytes_ok then return nil end
     if attempt == 2 then
       if not streams_ok then return 'the deployment holds its most streams (quota: ' .. QUOTA_STREAMS .. ')' end
@@ -1046,14 +1281,19 @@ local function over_quota(index, name, bytes, new)
 end
 
 -- ========================================================================
--- 12. The functions of a stream
+-- 13. The functions of a stream
 -- ========================================================================
 
--- ms_start KEYS: record, index  ARGV: version, nonce, hb_ms, ttl, kdf, iterations,
+-- The state of a stream before its first publish, as a state message.
+local INITIAL = 'r -\n{}'
+-- Length of a full publish's "r <publish id>\n".
+local PREFIX_LEN = 35
+
+-- ms_start KEYS: record, index, log  ARGV: version, nonce, hb_ms, ttl, kdf, iterations,
 --   body[pw key, code key, salt, channel seed, lead token] -> [nonce]
 -- The channel is channel_of(seed, name): the client computes it too.
 redis.register_function('ms_start', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 7, fields = 5 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index', 'log' }, args = 7, fields = 5 })
   if not nonce then return err end
   local why = bad_secrets(f[1], f[2], f[5])
   if why then return fail('MSARG', nonce, why) end
@@ -1071,38 +1311,58 @@ redis.register_function('ms_start', function(keys, args)
   if redis.call('EXISTS', key) == 1 then return fail('MSEXISTS', nonce, 'the stream name is taken') end
   local name = string.sub(key, #RECORD_PREFIX + 1)
   index_ready(keys[2], true)
-  local over = over_quota(keys[2], name, 2, true)
+  local over = over_quota(keys[2], name, #INITIAL - 4, true)
   if over then return fail('MSQUOTA', nonce, over) end
+  local now = now_ms()
   redis.call('HSET', key, 'name', name, 'kdf', KDF, 'iter', iter, 'salt', f[3], 'pw', hash(f[1]),
-    'code', hash(f[2]), 'lead', hash(f[5]), 'channel', channel_of(f[4], name), 'state', '{}', 'seq', 0, 'updated_ms', now_ms(),
-    'hb_ms', hb, 'ttl', ttl, 'heard_ms', now_ms())
-  if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-  count_bytes(keys[2], name, 2)
+    'code', hash(f[2]), 'lead', hash(f[5]), 'channel', channel_of(f[4], name), 's', INITIAL, 'b', '0 ' .. now .. ' - -',
+    'hb_ms', hb, 'ttl', ttl, 'heard_ms', now)
+  -- A log left of an earlier stream of this name (whose record's expiry
+  -- was edited by hand) is no part of this one. (A DEL that deletes
+  -- nothing writes nothing.)
+  redis.call('DEL', keys[3])
+  if ttl > 0 then redis.call('PEXPIRE', key, expiry_ms(ttl)) end
+  forget_rope(key)
+  count_bytes(keys[2], name, #INITIAL - 4)
   return { nonce }
 end)
 
--- ms_reconnect KEYS: record, index  ARGV: version, nonce, hb_ms, ttl,
+-- ms_reconnect KEYS: record, index, log  ARGV: version, nonce, hb_ms, ttl,
 --   body[pw key, code key, lead token] -> [nonce, sealed channel, seq]
 -- The new lead token replaces the previous lead's. The channel is sealed
 -- with the leader code's key.
 redis.register_function('ms_reconnect', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 5, fields = 3 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index', 'log' }, args = 5, fields = 3 })
   if not nonce then return err end
   local why = bad_secrets(f[1], f[2], f[3])
   if why then return fail('MSARG', nonce, why) end
   local hb, ttl = timing(args[3], args[4])
   if not hb then return fail('MSARG', nonce, ttl) end
-  local key = keys[1]
-  local rec = load(key)
+  local key, log = keys[1], keys[3]
+  local rec = load(key, log)
   if not rec then return not_found(nonce) end
   local e = verify(nonce, key, rec, f[1], rec.pw, 'MSBADPASSWORD', 'wrong password')
     or verify(nonce, key, rec, f[2], rec.code, 'MSBADCODE', 'wrong leader code')
   if e then return e end
+  if rec.v8 then v8_convert(key, log, rec) end
   rec.ttl = ttl
   redis.call('HSET', key, 'hb_ms', hb, 'ttl', rec.ttl, 'lead', hash(f[3]), 'heard_ms', now_ms())
-  if rec.ttl > 0 then redis.call('EXPIRE', key, rec.ttl) else redis.call('PERSIST', key) end
+  if rec.ttl > 0 then
+    redis.call('PEXPIRE', key, expiry_ms(rec.ttl))
+    redis.call('PEXPIRE', log, expiry_ms(rec.ttl))
+  else
+    redis.call('PERSIST', key)
+    redis.call('PERSIST', log)
+  end
   index_ready(keys[2], true)
-  count_bytes(keys[2], string.sub(key, #RECORD_PREFIX + 1), state_len(key, rec))
+  local name = string.sub(key, #RECORD_PREFIX + 1)
+  -- The index's count stands while the name is there (every write of the
+  -- state keeps it); a name dropped from it is counted again.
+  if redis.call('HEXISTS', keys[2], name) == 0 then
+    local kept = rope_of(key, log, rec)
+    keep_rope(key, kept)
+    count_bytes(keys[2], name, kept.len)
+  end
   return { nonce, seal(rec.channel, f[2], nonce), rec.seq }
 end)
 
@@ -1134,32 +1394,57 @@ redis.register_function{ function_name = 'ms_params', flags = { 'no-writes' }, c
   return { nonce, rec.kdf, rec.iter, rec.salt }
 end }
 
--- ms_snapshot KEYS: record  ARGV: version, nonce, body[channel]
---   -> [nonce, seq, updated_ms, hb_ms, state]
+-- ms_snapshot KEYS: record, log  ARGV: version, nonce, have, body[channel]
+--   -> [nonce, seq, updated_ms, hb_ms, updated_age_ms, heard_age_ms, state message or ""]
+-- have: "-", or "<seq>:<updated_ms>" of the state the caller holds; when
+-- that is the newest state, the state message is "" and the state is not
+-- read. The state message is "r <publish id>\n<state>" ("r -\n{}" before
+-- the first publish), the form of the channel's "r" message. The ages
+-- are Redis' clock (TIME) minus updated_ms of the newest state, and
+-- minus when the leader was last heard (its last heartbeat, start or
+-- reconnect, or its newest state), at least 0: a caller places them on
+-- its own clock without comparing clocks.
 redis.register_function{ function_name = 'ms_snapshot', flags = { 'no-writes' }, callback = function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'log' }, args = 4, fields = 1 })
   if not nonce then return err end
-  local rec, e = load_by_channel(nonce, keys[1], f[1])
-  if not rec then return e end
-  local key, state = keys[1], nil
-  if account(rec) == 0 then
-    state = redis.call('HGET', key, 'state')
-  else
-    -- The newest state: kept (joined once for all the snapshots of this
-    -- seq), else assembled from the record and kept.
-    local kept = rope_of(key, rec)
-    if not kept.joined then
-      kept.joined = join(kept.pieces)
-      if ropes[key] == kept then rope_bytes = rope_bytes + kept.len end
-    end
-    if ropes[key] ~= kept then keep_rope(key, kept) end
-    state = kept.joined
+  local have = args[3]
+  if have ~= '-' and not string.match(have, '^%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?:%d%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?%d?$') then
+    return fail('MSARG', nonce, 'malformed have ("-" or "<seq>:<updated_ms>")')
   end
-  return { nonce, rec.seq, tonumber(rec.updated_ms), tonumber(rec.hb_ms), state }
+  local key, log = keys[1], keys[2]
+  local rec, e = load_by_channel(nonce, key, f[1], log)
+  if not rec then return e end
+  local now = now_ms()
+  local heard = math.max(rec.heard_ms, rec.updated_ms)
+  local state
+  if have == rec.seq .. ':' .. rec.updated_ms then
+    state = ''
+  elseif rec.v8 then
+    state = 'r ' .. (rec.pub or '-') .. '\n' .. v8_state(key, rec)
+  else
+    local kept = ropes[key]
+    if not rec.logged and not (kept and kept.joined and kept.channel == rec.channel and kept.seq == rec.seq
+        and kept.pub == (rec.pub or '-')) then
+      -- The base is the newest state: answered as stored.
+      state = redis.call('HGET', key, 's') or INITIAL
+    else
+      -- The newest state: kept (joined once for all the snapshots of this
+      -- seq), else assembled from the record and the log and kept.
+      kept = rope_of(key, log, rec)
+      if not kept.joined then
+        kept.joined = join(kept.pieces, 'r ' .. kept.pub .. '\n')
+        if ropes[key] == kept then rope_bytes = rope_bytes + kept.len end
+      end
+      if ropes[key] ~= kept then keep_rope(key, kept) end
+      state = kept.joined
+    end
+  end
+  return { nonce, rec.seq, rec.updated_ms, tonumber(rec.hb_ms), math.max(0, now - rec.updated_ms),
+           math.max(0, now - heard), state }
 end }
 
--- ms_publish KEYS: record, index  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
---   body[lead token, channel, state or delta] -> [nonce, seq, stored publish id]
+-- ms_publish KEYS: record, index, log  ARGV: version, nonce, publish_id, floor, kind, base_seq, base_id,
+--   tag, sealed lead, body -> [nonce, seq, stored publish id]
 -- Stores the state and broadcasts it in one atomic call. The publish id is
 -- 32 lowercase hex digits: a random token of the lead (16), then the
 -- lead's publish counter (16, zero-padded). A publish whose id has the
@@ -1171,15 +1456,18 @@ end }
 -- The floor is the highest seq a follower may have seen from this lead: the
 -- state is stored with a seq above both the record's and the floor, so that
 -- after a failover that lost writes, seq still never goes back.
--- kind "full" (base_seq and base_id "-"): the last field is the state,
--- broadcast as "s <seq> <updated_ms>\n<state>". Kind "delta": the last
--- field is a delta against the stored state, applied only when that is
--- the state of seq base_seq and publish id base_id (else MSBASE: the
--- leader sends the state in full); the delta is appended to the record
+-- tag: channel_tag of the stream's channel; sealed lead: the lead token,
+-- sealed for this request (open_lead). The body is not framed:
+-- kind "full" (base_seq and base_id "-"): "r <publish id>\n<state>", stored
+-- as the base and broadcast as received after the header
+-- "s <seq> <updated_ms> <publish id>" (no string of the state's size is
+-- made). Kind "delta": a delta against the stored state, applied only when
+-- that is the state of seq base_seq and publish id base_id (else MSBASE:
+-- the leader sends the state in full); the delta is appended to the log
 -- (section 7: its result is verified, the state is written whole only by
 -- a compaction) and broadcast as "d <seq> <base_seq> <updated_ms>\n<delta>".
 redis.register_function('ms_publish', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 8, fields = 3, lazy = true })
+  local nonce, _, err = enter(keys, args, { keys = { 'record', 'index', 'log' }, args = 10 })
   if not nonce then return err end
   local id = args[3]
   if not is_hex(id, 32) then
@@ -1201,33 +1489,41 @@ redis.register_function('ms_publish', function(keys, args)
   else
     return fail('MSARG', nonce, 'the publish kind must be "full" or "delta"')
   end
-  local why = bad_secrets(nil, nil, f[1])
-  if why then return fail('MSARG', nonce, why) end
-  local body = args[#args]
+  local tag, sealed, body = args[8], args[9], args[10]
+  if not is_hex(tag, 16) then return fail('MSARG', nonce, 'malformed channel tag (16 lowercase hex digits)') end
+  if not is_hex(sealed, 32) then return fail('MSARG', nonce, 'malformed sealed lead token (32 lowercase hex digits)') end
   local what = kind == 'full' and 'state' or 'delta'
-  if #body - f.last_at + 1 > MAX_STATE then return fail('MSARG', nonce, 'the ' .. what .. ' is larger than 8 MiB') end
+  if #body - (kind == 'full' and PREFIX_LEN or 0) > MAX_STATE then
+    return fail('MSARG', nonce, 'the ' .. what .. ' is larger than 8 MiB')
+  end
   -- The credentials before any work in proportion to the body's size.
-  local key = keys[1]
-  local rec, e = load_leader(nonce, key, f[1], f[2])
-  if not rec then return e end
-  local data = string.sub(body, f.last_at)
-  if string.find(data, '\0', 1, true) then return fail('MSARG', nonce, 'the ' .. what .. ' contains a NUL character') end
+  local key, log = keys[1], keys[3]
+  local rec = load(key, log)
+  if not rec or channel_tag(rec.channel) ~= tag then return not_found(nonce) end
+  if hash(open_lead(sealed, rec.lead, id, kind, args[6], args[7], args[4], #body)) ~= rec.lead then
+    return not_leader(nonce)
+  end
+  if kind == 'full' and string.sub(body, 1, PREFIX_LEN) ~= 'r ' .. id .. '\n' then
+    return fail('MSARG', nonce, 'the body of a full publish must start with "r <publish id>\\n", its own publish id')
+  end
+  if string.find(body, '\0', 1, true) then return fail('MSARG', nonce, 'the ' .. what .. ' contains a NUL character') end
   -- Not scanned for UTF-8 validity: any scan of a string in this Lua costs
   -- ~10 ns a byte (0.1 s for 8 MiB, several seconds the way utf8_valid
   -- works on mixed text) while every other client waits. Only the
   -- stream's leader gets here; a state it stores that is not UTF-8 can be
   -- read by no follower (Webdis drops it from channel messages and
   -- replies), which it could do to its stream anyway by stopping it.
+  if rec.v8 then v8_convert(key, log, rec) end
   if rec.pub and string.sub(rec.pub, 1, 16) == string.sub(id, 1, 16) and id <= rec.pub then
     return { nonce, rec.seq, rec.pub }
   end
-  local len, kept, pieces, sum = #data, nil, nil, nil
+  local len, kept, pieces, sum = #body - PREFIX_LEN, nil, nil, nil
   if kind == 'delta' then
     if rec.seq ~= base_seq or (rec.pub or '-') ~= base_id then
       return fail('MSBASE', nonce, 'the stored state (seq ' .. rec.seq .. ') is not the base of the delta; send it in full')
     end
-    kept = rope_of(key, rec)
-    pieces, len, sum = apply_delta(kept, data)
+    kept = rope_of(key, log, rec)
+    pieces, len, sum = apply_delta(kept, body)
     if not pieces then return fail('MSARG', nonce, 'malformed delta: ' .. len) end
   end
   index_ready(keys[2], true)
@@ -1236,85 +1532,81 @@ redis.register_function('ms_publish', function(keys, args)
   if over then return fail('MSQUOTA', nonce, over) end
   count_bytes(keys[2], name, len)
   local seq = math.max(rec.seq, floor) + 1
-  local updated = now_ms()
+  -- (Never before the base: a trailer counts ms since it.)
+  local updated = math.max(now_ms(), rec.b_updated)
+  local lead = string.sub(id, 1, 16)
   -- The record (docs/PROTOCOL.md, "The record"): a delta is appended to
-  -- the base and the deltas since it, unless a compaction is due; a full
-  -- state, or a compaction, writes the state whole as the new base.
-  local n, _, bytes, work = account(rec)
-  local entry, drop_from = nil, nil
+  -- the log, unless a composition or a compaction is due; a full state,
+  -- or a compaction, is written whole as the new base.
+  local entry, new_log = nil, false
   if kind == 'delta' then
-    local segs, w = apply_segs(kept.segs, data)
+    local segs, w = apply_segs(kept.segs, body)
+    local work, bytes = kept.work, kept.log_at
     local composed, cw
     if segs and work + w > RECOMPOSE_WORK and #segs.s <= MAX_COMPOSED then
-      -- The deltas since the base, composed into one (see "The record").
-      composed = compose(segs, kept.base_str, sum)
-      cw = select(2, apply_segs(segs_of(kept.base_str), composed)) or MAX_WORK
+      -- The entries since the base, composed into one (see "The record").
+      composed = compose(segs, kept.base_str, kept.base_off, sum)
+      cw = select(2, apply_segs(segs_of(kept.base_str, kept.base_off), composed)) or MAX_WORK
     end
+    local line = log_entry(composed or body, seq, updated - rec.b_updated, id)
     if not segs or (composed and (#composed > len or cw > RECOMPOSE_WORK / 2))
-        or (not composed and (work + w > MAX_WORK or bytes + #data > len)) then
-      local state = join(pieces)
-      entry = { pieces = pieces, segs = segs_of(state), joined = state, base_str = state }
+        or (not composed and (work + w > MAX_WORK or bytes + #line > len)) then
+      -- Compaction: the newest state is the new base.
+      local msg = join(pieces, 'r ' .. id .. '\n')
+      redis.call('HSET', key, 's', msg, 'b', seq .. ' ' .. updated .. ' ' .. id .. ' ' .. id)
+      if rec.logged then redis.call('DEL', log) end
+      entry = { pieces = pieces, segs = segs_of(msg, PREFIX_LEN), joined = msg, base_str = msg, base_off = PREFIX_LEN,
+                base = id, n = 0, log_at = 0, work = 0 }
     elseif composed then
-      entry = { pieces = pieces, segs = segs, base = id, n = 1, base_str = kept.base_str }
-      redis.call('HSET', key, 'd1', composed, 'deltas', 1 .. ' ' .. len .. ' ' .. #composed .. ' ' .. cw .. ' ' .. seq,
-        'base', id, 'seq', seq, 'updated_ms', updated, 'pub', id)
-      drop_from = 2
+      -- (A new chain: a kept state of an earlier entry no longer matches
+      -- the log's bytes.)
+      redis.call('SET', log, line, 'KEEPTTL')
+      redis.call('HSET', key, 'b', rec.b_seq .. ' ' .. rec.b_updated .. ' ' .. (rec.b_pub or '-') .. ' ' .. id, 'p', lead)
+      entry = { pieces = pieces, segs = segs, base = id, n = 1, log_at = #line, work = cw,
+                base_str = kept.base_str, base_off = kept.base_off }
     else
-      n, bytes, work = n + 1, bytes + #data, work + w
-      local account_of = n .. ' ' .. len .. ' ' .. bytes .. ' ' .. work .. ' ' .. seq
-      entry = { pieces = pieces, segs = segs, base = kept.base, n = n, base_str = kept.base_str }
-      if n == 1 then
-        -- The first delta after a base names the chain (see rope_of).
-        entry.base = rec.pub or '-'
-        redis.call('HSET', key, 'd1', data, 'deltas', account_of, 'base', entry.base,
-          'seq', seq, 'updated_ms', updated, 'pub', id)
-      else
-        redis.call('HSET', key, 'd' .. n, data, 'deltas', account_of, 'seq', seq, 'updated_ms', updated, 'pub', id)
-      end
+      redis.call('APPEND', log, line)
+      if rec.p ~= lead then redis.call('HSET', key, 'p', lead) end
+      entry = { pieces = pieces, segs = segs, base = kept.base, n = kept.n + 1, log_at = bytes + #line,
+                work = work + w, base_str = kept.base_str, base_off = kept.base_off }
+      new_log = not rec.logged
     end
   else
-    entry = { pieces = #data > 0 and { { s = data } } or {}, segs = segs_of(data), joined = data, base_str = data }
+    redis.call('HSET', key, 's', body, 'b', seq .. ' ' .. updated .. ' ' .. id .. ' ' .. id)
+    if rec.logged then redis.call('DEL', log) end
+    entry = { pieces = len > 0 and { { s = body, o = PREFIX_LEN, n = len } } or {}, segs = segs_of(body, PREFIX_LEN),
+              joined = body, base_str = body, base_off = PREFIX_LEN, base = id, n = 0, log_at = 0, work = 0 }
   end
-  local old = {}
-  if entry.joined then
-    entry.base, entry.n = id, 0
-    redis.call('HSET', key, 'state', entry.joined, 'base', id, 'seq', seq, 'updated_ms', updated, 'pub', id)
-    -- The deltas of the previous base, the account, and the residue sums
-    -- an earlier version of these functions kept.
-    old, drop_from = { 'deltas', 'sums' }, 1
-  end
-  for i = drop_from or n + 1, n do
-    old[#old + 1] = 'd' .. i
-    if #old >= 1000 then
-      redis.call('HDEL', key, unpack(old))
-      old = {}
-    end
-  end
-  if #old > 0 then redis.call('HDEL', key, unpack(old)) end
   entry.channel, entry.seq, entry.pub, entry.len = rec.channel, seq, id, len
   keep_rope(key, entry)
-  touch(key, rec)
+  touch(key, log, rec, new_log)
   if kind == 'delta' then
-    redis.call('PUBLISH', rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. data)
+    redis.call('PUBLISH', rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. body)
   else
-    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. '\n' .. data)
+    -- The header, then the body as received: followers pair them by the
+    -- publish id, in either order.
+    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. ' ' .. id)
+    redis.call('PUBLISH', rec.channel, body)
   end
   return { nonce, seq, id }
 end)
 
--- ms_heartbeat KEYS: record  ARGV: version, nonce, hb_ms, body[lead token, channel]
+-- ms_heartbeat KEYS: record, log  ARGV: version, nonce, hb_ms, body[lead token, channel]
 --   -> [nonce, seq, stored publish id ("" before the first publish)]
 -- The leader compares them with its last stored publish: after a failover
 -- that lost it, the leader publishes its newest state again.
 redis.register_function('ms_heartbeat', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 4, fields = 2 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'log' }, args = 4, fields = 2 })
   if not nonce then return err end
   local hb, why = timing(args[3], nil)
   why = why or bad_secrets(nil, nil, f[1])
   if why then return fail('MSARG', nonce, why) end
-  local rec, e = load_leader(nonce, keys[1], f[1], f[2])
+  local rec, e = load_leader(nonce, keys[1], f[1], f[2], keys[2])
   if not rec then return e end
-  touch(keys[1], rec)
+  -- The leader was heard: its time is kept for ms_list and snapshots (is
+  -- the leader there?), and the TTL starts again.
+  redis.call('HSET', keys[1], 'heard_ms', now_ms())
+  touch(keys[1], keys[2], rec)
   redis.call('PUBLISH', rec.channel, 'h ' .. hb)
   return { nonce, rec.seq, rec.pub or '' }
 end)
@@ -1336,15 +1628,16 @@ redis.register_function('ms_probe', function(keys, args)
   return { nonce, n }
 end)
 
--- ms_stop KEYS: record, index  ARGV: version, nonce, body[lead token, channel] -> [nonce]
+-- ms_stop KEYS: record, index, log  ARGV: version, nonce, body[lead token, channel] -> [nonce]
 redis.register_function('ms_stop', function(keys, args)
-  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index' }, args = 3, fields = 2 })
+  local nonce, f, err = enter(keys, args, { keys = { 'record', 'index', 'log' }, args = 3, fields = 2 })
   if not nonce then return err end
   local why = bad_secrets(nil, nil, f[1])
   if why then return fail('MSARG', nonce, why) end
-  local rec, e = load_leader(nonce, keys[1], f[1], f[2])
+  local rec, e = load_by_channel(nonce, keys[1], f[2])
   if not rec then return e end
-  redis.call('DEL', keys[1])
+  if hash(f[1]) ~= rec.lead then return not_leader(nonce) end
+  redis.call('DEL', keys[1], keys[3])
   forget_rope(keys[1])
   index_ready(keys[2], true)
   count_bytes(keys[2], string.sub(keys[1], #RECORD_PREFIX + 1), nil)
@@ -1353,7 +1646,7 @@ redis.register_function('ms_stop', function(keys, args)
 end)
 
 -- ========================================================================
--- 13. The functions of the index
+-- 14. The functions of the index
 -- ========================================================================
 
 -- One page of the index from `cursor` (HSCAN's, decimal): the next cursor
@@ -1372,41 +1665,51 @@ local function list_page(nonce, index, cursor, writable)
 end
 
 -- ms_list KEYS: index  ARGV: version, nonce, cursor
---   -> flat [nonce, next cursor, skipped,
+--   -> flat [nonce, next cursor, skipped, now_ms,
 --            name, seq, followers, updated_ms, heard_ms, hb_ms, name, ...]
--- (heard_ms: when the leader was last heard, 0 if never recorded; hb_ms:
--- the heartbeat interval it announced)
+-- (now_ms: Redis' clock, TIME, when the page was read, so that a client
+-- computes ages on one clock; heard_ms: when the leader was last heard,
+-- the later of its last heartbeat, start or reconnect and its newest
+-- state's updated_ms; hb_ms: the heartbeat interval it announced)
 -- (skipped: entries of the page not listed because their name is not one
 -- this version accepts, or their record is of an earlier version)
 -- One page of the live streams: call again with the next cursor until it
 -- is "0" (a name may come twice; Redis' HSCAN guarantees every name in the
 -- index from start to end comes at least once). Names whose record
--- expired are dropped from the index on the way.
+-- expired are dropped from the index on the way. (The records and logs of
+-- the names are read, not declared: the names come from the index.)
 redis.register_function('ms_list', function(keys, args)
   local nonce, _, err = enter(keys, args, { keys = { 'index' }, args = 3 })
   if not nonce then return err end
   local page, e = list_page(nonce, keys[1], args[3], true)
   if not page then return e end
-  local out = { nonce, page[1], 0 }
+  local out = { nonce, page[1], 0, now_ms() }
   for _, name in ipairs(page[2]) do
     -- A name that is not one of this library's (put there by hand, or
     -- before this version refused it) is left alone, not listed and
     -- counted: Webdis would drop a string that is not UTF-8 and put the
     -- flat reply out of step.
-    local v = not bad_name(name) and redis.call('HMGET', RECORD_PREFIX .. name, 'seq', 'updated_ms', 'channel',
-      'heard_ms', 'hb_ms')
+    local v = not bad_name(name) and redis.call('HMGET', RECORD_PREFIX .. name, 'b', 'p', 'channel',
+      'heard_ms', 'hb_ms', 'seq', 'updated_ms')
+    local st
+    if v and v[1] then
+      st = newest_of(v[1], v[2], redis.call('GETRANGE', LOG_PREFIX .. name, -TAIL, -1))
+    elseif v and v[6] then
+      -- a record of protocol 8 (section 8)
+      st = { seq = tonumber(v[6]), updated_ms = tonumber(v[7]) or 0 }
+    end
     if not v then
       out[3] = out[3] + 1
-    elseif v[1] and not (v[3] and #v[3] == 40) then
+    elseif (v[1] or v[6]) and not (st and st.seq and v[3] and #v[3] == 40) then
       -- a record of an earlier protocol (load() refuses it): not listed
       out[3] = out[3] + 1
-    elseif v[1] then
+    elseif st then
       local subs = redis.call('PUBSUB', 'NUMSUB', v[3])
       out[#out + 1] = name
-      out[#out + 1] = tonumber(v[1])
+      out[#out + 1] = st.seq
       out[#out + 1] = tonumber(subs[2])
-      out[#out + 1] = tonumber(v[2])
-      out[#out + 1] = tonumber(v[4]) or 0
+      out[#out + 1] = st.updated_ms
+      out[#out + 1] = math.max(tonumber(v[4]) or 0, st.updated_ms)
       out[#out + 1] = tonumber(v[5]) or 0
     else
       count_bytes(keys[1], name, nil)

@@ -299,7 +299,7 @@ impl Client {
             kdf::ALGORITHM,
             params.iterations,
         );
-        let started = self.control.fcall(&call, &body, self.config.timeout());
+        let started = self.control.fcall(&call, &[&body], self.config.timeout());
         match started {
             Ok(_) => {}
             // A request sent again after a garbled or lost response (see
@@ -381,7 +381,7 @@ impl Client {
         );
         let answered = self
             .control
-            .fcall_answered(&call, &body, self.config.timeout());
+            .fcall_answered(&call, &[&body], self.config.timeout());
         // The channel comes sealed with the leader code's key.
         let connected = Connected::of(answered.result?, "ms_reconnect")?;
         protocol::open_sealed(&connected.channel_sealed, &code_key, &answered.nonce)
@@ -413,7 +413,7 @@ impl Client {
             ..
         } = self
             .control
-            .fcall_answered(&Call::stop(&id.key), &body, self.config.timeout());
+            .fcall_answered(&Call::stop(&id.key), &[&body], self.config.timeout());
         let result = match result {
             // Sent again after a lost or garbled response: the stream
             // being gone is what the first try did.
@@ -519,9 +519,11 @@ impl Client {
                     ),
                 ));
             }
-            let answered = self.control.fcall_answered(&Call::list(&cursor), b"", left);
+            let answered = self.control.fcall_answered(&Call::list(&cursor), &[], left);
             node = answered.node;
-            let page = ListPage::of(answered.result?)?;
+            // Times on Redis' clock, moved onto this machine's: a caller
+            // compares them with its own clock.
+            let page = ListPage::of(answered.result?)?.rebased(crate::util::wall_ms());
             if page.skipped > 0 {
                 crate::util::debug_log!(
                     "ms_list: the functions skipped {} index entries whose name this version refuses (not UTF-8, control or bidirectional formatting characters) or whose record is of an earlier version",
@@ -595,7 +597,7 @@ impl Client {
             } else {
                 self.control
                     .node(node)
-                    .fcall(&Call::subscribers(&cursor), b"", left)
+                    .fcall(&Call::subscribers(&cursor), &[], left)
             };
             let page = match reply.and_then(SubscriberPage::of) {
                 Ok(page) => page,

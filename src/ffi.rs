@@ -69,7 +69,11 @@ pub struct ms_stream_info {
     pub seq: u64,
     /// Number of subscribed followers.
     pub followers: u32,
-    /// Unix time in ms of the last stored state.
+    /// Unix time in ms of the last stored state, on the caller's clock:
+    /// Redis stores it on its own clock, and the library moves it onto
+    /// this machine's wall clock (as long before the local time the list
+    /// was read as it was before Redis' time then), so that comparing it
+    /// with this machine's clock shows no skew between the two.
     pub updated_ms: i64,
 }
 
@@ -82,7 +86,9 @@ pub struct ms_stream_presence {
     pub info: ms_stream_info,
     /// Unix time in ms when the leader was last heard: it started or
     /// reconnected the stream, published, or sent a heartbeat; 0 if not
-    /// known.
+    /// known. On the caller's clock, like `updated_ms`: how long ago it
+    /// was is measured by Redis, so a local clock that is off does not
+    /// change it.
     pub heard_ms: i64,
     /// The heartbeat interval the leader announced, in ms. A leader not
     /// heard for 3 intervals is offline (followers get

@@ -23,6 +23,13 @@ pub fn random_hex(n: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// This machine's wall clock, in ms since the Unix epoch (0 before it).
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Diagnostics on standard error when `MISSIONSTREAM_DEBUG` is set (to
 /// anything but empty or `0`): retries, lost and recovered subscriptions,
 /// publish failures. Off by default; read once.

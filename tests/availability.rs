@@ -14,6 +14,77 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
+/// An ms_publish of protocol 9 to stream `name`: its keys (record, index,
+/// log), its arguments (publish id, floor 0, kind and base, the channel's
+/// tag, the lead token sealed for it) and its body (`r <id>\n` and the
+/// state in full, the delta alone).
+struct Publish {
+    keys: Vec<Vec<u8>>,
+    args: Vec<String>,
+    body: Vec<u8>,
+}
+
+impl Publish {
+    fn new(
+        name: &str,
+        token: &str,
+        channel: &str,
+        id: &str,
+        base: Option<(u64, &str)>,
+        data: &[u8],
+    ) -> Publish {
+        let (kind, base_seq, base_id) = match base {
+            Some((seq, id)) => ("delta", seq.to_string(), id.to_string()),
+            None => ("full", "-".to_string(), "-".to_string()),
+        };
+        let mut body = Vec::with_capacity(data.len() + 35);
+        if base.is_none() {
+            body.extend_from_slice(format!("r {id}\n").as_bytes());
+        }
+        body.extend_from_slice(data);
+        let sealed = protocol::seal_lead(token, id, kind, &base_seq, &base_id, 0, body.len())
+            .expect("a lead token of 32 hex digits");
+        Publish {
+            keys: vec![
+                format!("stream:{name}").into_bytes(),
+                b"streams".to_vec(),
+                format!("msl:{name}").into_bytes(),
+            ],
+            args: vec![
+                id.to_string(),
+                "0".into(),
+                kind.into(),
+                base_seq,
+                base_id,
+                protocol::channel_tag(channel),
+                sealed,
+            ],
+            body,
+        }
+    }
+
+    fn keys(&self) -> Vec<&[u8]> {
+        self.keys.iter().map(Vec::as_slice).collect()
+    }
+
+    fn args(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+
+    /// Sends it on a fresh connection; the reply's JSON value.
+    fn call(&self, port: u16, nonce: &str) -> serde_json::Value {
+        let mut raw = Raw::connect(port);
+        raw.put(
+            &fcall_path("ms_publish", &self.keys(), nonce, &self.args()),
+            &self.body,
+        );
+        let (status, text) = raw.reply(Duration::from_secs(10)).expect("a reply");
+        assert_eq!(status, 200, "ms_publish: HTTP {status} {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object().unwrap().values().next().unwrap().clone()
+    }
+}
+
 /// Redis' own time per FCALL since the last CONFIG RESETSTAT, in µs, and
 /// the number of calls (INFO commandstats).
 fn fcall_stats(s: &Servers) -> (f64, u64) {
@@ -227,7 +298,7 @@ fn no_request_keeps_redis_busy() {
     let v = Raw::call(
         s.webdis_port,
         "ms_start",
-        &[b"stream:own", b"streams"],
+        &[b"stream:own", b"streams", b"msl:own"],
         "a0",
         &["5000", "0", "pbkdf2-sha256", "100000"],
         &[
@@ -241,14 +312,15 @@ fn no_request_keeps_redis_busy() {
     assert_eq!(error_of(&v), None, "{v}");
     let own = protocol::channel_of(&seed, "own");
     let base = "x".repeat((8 << 20) - 16);
-    let v = Raw::call(
-        s.webdis_port,
-        "ms_publish",
-        &[b"stream:own", b"streams"],
-        "a1",
-        &["00000000000000010000000000000001", "0", "full", "-", "-"],
-        &[token.as_bytes(), own.as_bytes(), base.as_bytes()],
-    );
+    let v = Publish::new(
+        "own",
+        &token,
+        &own,
+        "00000000000000010000000000000001",
+        None,
+        base.as_bytes(),
+    )
+    .call(s.webdis_port, "a1");
     assert_eq!(error_of(&v), None, "{v}");
     s.redis_cli(&["LATENCY", "RESET"]);
 
@@ -266,72 +338,61 @@ fn no_request_keeps_redis_busy() {
     let copies = delta("1@0,".repeat((8 << 20) / 4 - 16));
     let literals = delta("1:x".repeat((8 << 20) / 3 - 16));
     let empty_copies = delta("0@0,".repeat((8 << 20) / 4 - 16));
-    type Attack<'a> = (
-        &'a str,
-        &'a str,
-        Vec<&'a [u8]>,
-        Vec<&'a [u8]>,
-        &'a [&'a str],
-        &'a str,
+    // (what, function, keys, args, body, expected reply)
+    type Attack = (
+        &'static str,
+        &'static str,
+        Vec<Vec<u8>>,
+        Vec<String>,
+        Vec<u8>,
+        &'static str,
     );
+    let publish = |what, name: &str, id: &str, base, data: &[u8], expected| -> Attack {
+        let p = Publish::new(name, &token, &own, id, base, data);
+        (what, "ms_publish", p.keys, p.args, p.body, expected)
+    };
+    let base_id = "00000000000000010000000000000001";
+    let too_many = "MSARG atk malformed delta: the delta has more than 2048 commands";
     let attacks: Vec<Attack> = vec![
-        (
+        publish(
             "an 8 MiB publish of \"a😀\" to a stream that does not exist",
-            "ms_publish",
-            vec![b"stream:nothing-here", b"streams"],
-            vec![token.as_bytes(), own.as_bytes(), emoji.as_bytes()],
-            &["00000000000000010000000000000002", "0", "full", "-", "-"],
+            "nothing-here",
+            "00000000000000010000000000000002",
+            None,
+            emoji.as_bytes(),
             "MSNOTFOUND atk",
         ),
         (
             "a framing header of millions of fields",
             "ms_connect",
-            vec![b"stream:busy"],
+            vec![b"stream:busy".to_vec()],
             vec![],
-            &[],
+            header_flood.as_bytes().to_vec(),
             "MSARG atk malformed request body",
         ),
-        (
+        publish(
             "a delta of 2 million one-byte copies",
-            "ms_publish",
-            vec![b"stream:own", b"streams"],
-            vec![token.as_bytes(), own.as_bytes(), copies.as_bytes()],
-            &[
-                "00000000000000010000000000000003",
-                "0",
-                "delta",
-                "1",
-                "00000000000000010000000000000001",
-            ],
-            "MSARG atk malformed delta: the delta has more than 2048 commands",
+            "own",
+            "00000000000000010000000000000003",
+            Some((1, base_id)),
+            copies.as_bytes(),
+            too_many,
         ),
-        (
+        publish(
             "a delta of 2.8 million one-byte literals",
-            "ms_publish",
-            vec![b"stream:own", b"streams"],
-            vec![token.as_bytes(), own.as_bytes(), literals.as_bytes()],
-            &[
-                "00000000000000010000000000000004",
-                "0",
-                "delta",
-                "1",
-                "00000000000000010000000000000001",
-            ],
-            "MSARG atk malformed delta: the delta has more than 2048 commands",
+            "own",
+            "00000000000000010000000000000004",
+            Some((1, base_id)),
+            literals.as_bytes(),
+            too_many,
         ),
-        (
+        publish(
             "a delta of 2 million zero-length copies",
-            "ms_publish",
-            vec![b"stream:own", b"streams"],
-            vec![token.as_bytes(), own.as_bytes(), empty_copies.as_bytes()],
-            &[
-                "00000000000000010000000000000005",
-                "0",
-                "delta",
-                "1",
-                "00000000000000010000000000000001",
-            ],
-            "MSARG atk malformed delta: the delta has more than 2048 commands",
+            "own",
+            "00000000000000010000000000000005",
+            Some((1, base_id)),
+            empty_copies.as_bytes(),
+            too_many,
         ),
     ];
     let before = s.record_field("busy", "seq");
@@ -345,22 +406,19 @@ fn no_request_keeps_redis_busy() {
     let mut report = vec![format!(
         "bound: {bound:.0} ms; each attack repeated for {secs} s while a leader publishes and flushes every 50 ms"
     )];
-    for (what, function, keys, fields, args, expected) in &attacks {
+    for (what, function, keys, args, body, expected) in &attacks {
         s.redis_cli(&["LATENCY", "RESET"]);
         let steady = Steady::start(&leader, "steady");
         let ping = PingWatch::start(s.redis_port);
-        let body = if fields.is_empty() {
-            header_flood.as_bytes().to_vec()
-        } else {
-            protocol::frame_body(fields)
-        };
-        let path = fcall_path(function, keys, "atk", args);
+        let keys: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let path = fcall_path(function, &keys, "atk", &args);
         let t0 = Instant::now();
         let (mut sent, mut slowest) = (0, Duration::ZERO);
         while sent == 0 || t0.elapsed().as_secs_f64() < secs {
             let t = Instant::now();
             let mut raw = Raw::connect(s.webdis_port);
-            raw.put(&path, &body);
+            raw.put(&path, body);
             let (status, text) = raw.reply(Duration::from_secs(60)).expect("an answer");
             slowest = slowest.max(t.elapsed());
             sent += 1;
@@ -425,14 +483,15 @@ fn a_state_that_is_not_utf8_is_never_delivered() {
     let (leader, _follower, rec, name) = s.followed("not-utf8");
     let channel = s.record_field(&name, "channel");
     let token = s.take_lead(&name, "pw", "code");
-    let v = Raw::call(
-        s.webdis_port,
-        "ms_publish",
-        &[format!("stream:{name}").as_bytes(), b"streams"],
-        "bad1",
-        &["00000000000000020000000000000001", "0", "full", "-", "-"],
-        &[token.as_bytes(), channel.as_bytes(), b"{\"x\":\"\xff\"}"],
-    );
+    let v = Publish::new(
+        &name,
+        &token,
+        &channel,
+        "00000000000000020000000000000001",
+        None,
+        b"{\"x\":\"\xff\"}",
+    )
+    .call(s.webdis_port, "bad1");
     assert_eq!(error_of(&v), None, "{v}");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -453,14 +512,15 @@ fn a_state_that_is_not_utf8_is_never_delivered() {
     assert!(late_rec.snapshot().is_empty(), "{:?}", late_rec.snapshot());
     let _ = leader;
     // A valid state stored after it reaches the follower.
-    let v = Raw::call(
-        s.webdis_port,
-        "ms_publish",
-        &[format!("stream:{name}").as_bytes(), b"streams"],
-        "good1",
-        &["00000000000000020000000000000002", "0", "full", "-", "-"],
-        &[token.as_bytes(), channel.as_bytes(), b"{\"y\":1}"],
-    );
+    let v = Publish::new(
+        &name,
+        &token,
+        &channel,
+        "00000000000000020000000000000002",
+        None,
+        b"{\"y\":1}",
+    )
+    .call(s.webdis_port, "good1");
     assert_eq!(error_of(&v), None, "{v}");
     rec.wait_state(&name, "{\"y\":1}", T);
     late.connect(&name, "pw").unwrap();
@@ -506,8 +566,13 @@ fn limits(s: &Servers) -> serde_json::Value {
 #[test]
 fn quotas_refuse_clearly_and_lose_nothing() {
     let s = Servers::start();
-    s.load_functions(&with_quotas(3, 4000, 9000));
-    assert_eq!(limits(&s), serde_json::json!(["lim", 3, 4000, 9000, 0, 0]));
+    // The index counts each stream's state rounded up to 1 KiB (the quota
+    // of one stream takes the exact length).
+    s.load_functions(&with_quotas(3, 4000, 10_000));
+    assert_eq!(
+        limits(&s),
+        serde_json::json!(["lim", 3, 4000, 10_000, 0, 0])
+    );
     let c = s.client();
     c.set_timeout(3000).unwrap();
     let rec = Recorder::attach(&c);
@@ -522,7 +587,10 @@ fn quotas_refuse_clearly_and_lose_nothing() {
         e.message
     );
     assert_eq!(s.redis_cli(&["EXISTS", "stream:q4"]).trim(), "0");
-    assert_eq!(limits(&s), serde_json::json!(["lim", 3, 4000, 9000, 3, 6]));
+    assert_eq!(
+        limits(&s),
+        serde_json::json!(["lim", 3, 4000, 10_000, 3, 3 * 1024])
+    );
 
     // One stream's state over its quota: refused, reported, the stored
     // state kept; the next state within the quota is stored.
@@ -540,7 +608,8 @@ fn quotas_refuse_clearly_and_lose_nothing() {
     c.flush("q1", 10_000).unwrap();
     assert_state_eq(&s.record_field("q1", "state"), &small, "");
 
-    // All states together: 3,500 + 3,500 fit in 9,000 bytes, a third not.
+    // All states together: two of 3.5 KiB (4 KiB counted each) and q3's
+    // `{}` (1 KiB) fit in 10,000 bytes, a third of 3.5 KiB not.
     c.publish("q1", fits.as_bytes()).unwrap();
     c.publish("q2", fits.as_bytes()).unwrap();
     c.flush("q1", 5000).unwrap();
@@ -561,7 +630,7 @@ fn quotas_refuse_clearly_and_lose_nothing() {
     let l = limits(&s);
     assert_eq!(
         (l[4].as_u64(), l[5].as_u64()),
-        (Some(3), Some(fits.len() as u64 + 4)),
+        (Some(3), Some(4096 + 1024 + 1024)),
         "q3, q5, q6: {l}"
     );
 }

@@ -299,10 +299,11 @@ fn large_state_round_trips() {
     let max = "a".repeat(8 * 1024 * 1024);
     leader.publish(&name, max.as_bytes()).unwrap();
     leader.flush(&name, 30_000).unwrap();
+    // (the base: "r <publish id>\n" and the state)
     assert_eq!(
-        s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "state"])
+        s.redis_cli(&["HSTRLEN", &format!("stream:{name}"), "s"])
             .trim(),
-        "8388608"
+        (35 + 8388608).to_string()
     );
 }
 
@@ -366,9 +367,10 @@ fn secrets_are_stored_hashed_and_channel_is_random() {
         let out = s.redis_cli(&[
             "FCALL",
             "ms_stop",
-            "2",
+            "3",
             "stream:secret-stream",
             "streams",
+            "msl:secret-stream",
             PROTOCOL_VERSION,
             "n0nce",
             &body,
@@ -747,18 +749,23 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
     let channel = s.record_field(&name, "channel");
     let token = s.take_lead(&name, "pw", "code");
     let key = format!("stream:{name}");
+    let log = format!("msl:{name}");
+    let lead = common::record::lead_hash(&token);
+    let tag = common::record::channel_tag(&channel);
     let publish = |id: &str, state: &str| {
-        let body = missionstream::protocol::frame_body(&[
-            token.as_bytes(),
-            channel.as_bytes(),
-            state.as_bytes(),
-        ]);
+        let body = format!("r {id}\n{state}");
+        let sealed = if id.len() == 32 {
+            common::record::seal_lead(&token, &lead, id, "full", "-", "-", "0", body.len())
+        } else {
+            "0".repeat(32)
+        };
         s.redis_cli(&[
             "FCALL",
             "ms_publish",
-            "2",
+            "3",
             &key,
             "streams",
+            &log,
             PROTOCOL_VERSION,
             "n0nce",
             id,
@@ -766,7 +773,9 @@ fn a_repeated_or_older_publish_id_is_not_stored_again() {
             "full",
             "-",
             "-",
-            std::str::from_utf8(&body).unwrap(),
+            &tag,
+            &sealed,
+            &body,
         ])
         .trim()
         .to_string()

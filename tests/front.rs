@@ -119,9 +119,10 @@ fn request_with(
 /// body), with made-up derived keys.
 fn ms_start_call(name: &str) -> (String, Vec<u8>) {
     let key = format!("stream:{name}");
+    let log = format!("msl:{name}");
     let path = fcall_path(
         "ms_start",
-        &[key.as_bytes(), b"streams"],
+        &[key.as_bytes(), b"streams", log.as_bytes()],
         &nonce(),
         &["1000", "0", "pbkdf2-sha256", "100000"],
     );
@@ -495,7 +496,11 @@ fn c_one_address_holds_100_requests_and_bodies_stay_under_9_mib() {
     leader.start(&name, "pw", "code").unwrap();
     let publish = fcall_path(
         "ms_publish",
-        &[format!("stream:{name}").as_bytes(), b"streams"],
+        &[
+            format!("stream:{name}").as_bytes(),
+            b"streams",
+            format!("msl:{name}").as_bytes(),
+        ],
         &nonce(),
         &[],
     );

@@ -54,6 +54,11 @@ fn record_field(c: &Cluster, node: usize, name: &str, field: &str) -> String {
     if field == "state" {
         return common::newest_state(c.nodes[node].redis_port, name);
     }
+    if field == "seq" {
+        // the newest state's, of the record's base and log
+        return common::record::newest(c.nodes[node].redis_port, name)
+            .map_or(String::new(), |n| n.seq.to_string());
+    }
     c.redis_cli(node, &["HGET", &format!("stream:{name}"), field])
         .trim()
         .to_string()

@@ -64,7 +64,11 @@ fn a_stream_cannot_publish_on_another_streams_channel() {
         Raw::call(
             s.webdis_port,
             "ms_start",
-            &[format!("stream:{name}").as_bytes(), b"streams"],
+            &[
+                format!("stream:{name}").as_bytes(),
+                b"streams",
+                format!("msl:{name}").as_bytes(),
+            ],
             "atk2",
             &["5000", "0", "pbkdf2-sha256", "100000"],
             &[
@@ -88,25 +92,34 @@ fn a_stream_cannot_publish_on_another_streams_channel() {
     assert_eq!(evil_channel, protocol::channel_of(&channel[..32], "evil"));
     let forged = "{\"plan\":\"FORGED\"}";
     for (chan, expect_ok) in [(&evil_channel, true), (&channel, false)] {
-        let v = Raw::call(
+        // (the tag of the channel it claims, the lead token sealed)
+        let id = "0123456789abcdef0000000000000001";
+        let body = format!("r {id}\n{forged}");
+        let lead = common::record::lead_hash(&token);
+        let sealed = common::record::seal_lead(
+            &token,
+            &lead,
+            id,
+            "full",
+            "-",
+            "-",
+            "999999999998",
+            body.len(),
+        );
+        let tag = common::record::channel_tag(chan);
+        let v = Raw::call_body(
             s.webdis_port,
             "ms_publish",
-            &[b"stream:evil", b"streams"],
+            &[b"stream:evil", b"streams", b"msl:evil"],
             "atk3",
-            &[
-                "0123456789abcdef0000000000000001",
-                "999999999998",
-                "full",
-                "-",
-                "-",
-            ],
-            &[token.as_bytes(), chan.as_bytes(), forged.as_bytes()],
+            &[id, "999999999998", "full", "-", "-", &tag, &sealed],
+            body.as_bytes(),
         );
         assert_eq!(error_of(&v).is_none(), expect_ok, "publish on {chan}: {v}");
         let v = Raw::call(
             s.webdis_port,
             "ms_heartbeat",
-            &[b"stream:evil"],
+            &[b"stream:evil", b"msl:evil"],
             "atk4",
             &["1000"],
             &[token.as_bytes(), chan.as_bytes()],
@@ -120,7 +133,7 @@ fn a_stream_cannot_publish_on_another_streams_channel() {
     let v = Raw::call(
         s.webdis_port,
         "ms_stop",
-        &[b"stream:evil", b"streams"],
+        &[b"stream:evil", b"streams", b"msl:evil"],
         "atk5",
         &[],
         &[token.as_bytes(), evil_channel.as_bytes()],
@@ -286,10 +299,12 @@ fn names_not_utf8_or_with_bidi_controls_are_refused_everywhere() {
     let start = |name: &[u8], nonce: &str| {
         let mut record = b"stream:".to_vec();
         record.extend_from_slice(name);
+        let mut log = b"msl:".to_vec();
+        log.extend_from_slice(name);
         Raw::call(
             s.webdis_port,
             "ms_start",
-            &[&record, b"streams"],
+            &[&record, b"streams", &log],
             nonce,
             &["5000", "0", "pbkdf2-sha256", "100000"],
             &[
@@ -389,8 +404,13 @@ fn list_skips_records_whose_names_are_now_refused() {
     // MISSIONSTREAM_DEBUG).
     let v = Raw::call(s.webdis_port, "ms_list", &[b"streams"], "lst1", &["0"], &[]);
     let a = v.as_array().unwrap();
+    // (after the skipped count: Redis' clock, now_ms)
+    assert!(
+        a[3].as_u64().is_some_and(|ms| ms > 1_700_000_000_000),
+        "{v}"
+    );
     assert_eq!(
-        (&a[..3], a[3].as_str()),
+        (&a[..3], a[4].as_str()),
         (
             &[
                 serde_json::json!("lst1"),

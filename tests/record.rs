@@ -1,5 +1,6 @@
-//! The record keeps changes, not copies (protocol 8): a stream's record is
-//! a base state and the deltas since it, compacted now and then. Nothing
+//! The record keeps changes, not copies: a stream's record is a base state
+//! (`s`, `b`) and a log of the deltas since it (`msl:<name>`), composed and
+//! compacted now and then. Nothing
 //! acknowledged is lost across a restart from the append-only file (between
 //! deltas, right after a compaction, during an AOF rewrite), a FUNCTION LOAD
 //! halfway through a run of deltas, or a failover during one: what
@@ -17,16 +18,11 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-/// The record's account of its deltas: (n, newest length, delta bytes),
-/// (0, 0, 0) without one.
+/// The record's log, read through `record::newest`: (entries, newest
+/// length, log bytes), (0, len, 0) when the base is the newest state.
 fn account(s: &Servers, name: &str) -> (u64, u64, u64) {
-    let a = s.record_field(name, "deltas");
-    let v: Vec<u64> = a.split(' ').filter_map(|x| x.parse().ok()).collect();
-    if v.len() == 5 {
-        (v[0], v[1], v[2])
-    } else {
-        (0, 0, 0)
-    }
+    let n = record::newest(s.redis_port, name).expect("a record of this version");
+    (n.entries as u64, n.state.len() as u64, n.log_bytes as u64)
 }
 
 fn aof_size(s: &Servers) -> u64 {
@@ -53,6 +49,7 @@ fn step(leader: &Client, name: &str, plan: &mut Plan, i: usize) -> String {
 /// hold `expected`, byte for byte.
 fn assert_newest(s: &Servers, name: &str, expected: &str, why: &str) {
     assert_state_eq(&s.record_field(name, "state"), expected, why);
+    assert_state_eq(&newest_state(s.redis_port, name), expected, why);
     let late = s.client();
     let rec = Recorder::attach(&late);
     // (Webdis answers 503 until it has reached a restarted Redis again.)
@@ -82,9 +79,7 @@ fn a_record_holds_the_deltas_and_the_aof_grows_by_the_change() {
     assert_eq!(len as usize, last.len());
     // The base is the first state still: the deltas are what changed.
     assert_state_eq(
-        s.redis_cli(&["HGET", &format!("stream:{name}"), "state"])
-            .strip_suffix('\n')
-            .unwrap(),
+        &record::newest(s.redis_port, &name).unwrap().base,
         &first,
         "",
     );
@@ -213,7 +208,7 @@ fn a_failover_during_a_run_of_deltas_keeps_the_newest_acknowledged_state() {
     leader.publish(&name, plan.text().as_bytes()).unwrap();
     leader.flush(&name, 20_000).unwrap();
     let deltas = |node: usize| {
-        c.redis_cli(node, &["HGET", &format!("stream:{name}"), "deltas"])
+        c.redis_cli(node, &["GET", &format!("msl:{name}")])
             .trim()
             .to_string()
     };
@@ -412,7 +407,7 @@ fn scattered_edits_compose_the_deltas_and_every_read_is_exact() {
     leader.publish(&name, first.as_bytes()).unwrap();
     leader.flush(&name, 20_000).unwrap();
     let key = format!("stream:{name}");
-    let base = || s.redis_cli(&["HGET", &key, "state"]);
+    let base = || s.redis_cli(&["HGET", &key, "s"]);
     let first_base = base();
     // A different waypoint every update: the record's deltas leave the
     // state in ever more pieces, until the functions compose them into one
@@ -447,4 +442,395 @@ fn scattered_edits_compose_the_deltas_and_every_read_is_exact() {
     assert!(account(&s, &name).0 > 0);
     assert_newest(&s, &name, &next, "after a delta on the composed record");
     rec.wait_state(&name, &next, T);
+}
+
+#[test]
+fn the_seal_and_the_tag_of_the_protocol_vectors() {
+    let token = "00112233445566778899aabbccddeeff";
+    let lead = record::lead_hash(token);
+    assert_eq!(lead, "2ab31b2b0c25d5f6cbc9e082f80ab7cd27ec6315");
+    let id = "0123456789abcdef0000000000000001";
+    let body = format!("r {id}\n{{}}");
+    assert_eq!(body.len(), 37);
+    assert_eq!(
+        record::sha1_hex(format!("lead:{lead}:{id}:full:-:-:0:37").as_bytes()),
+        "ef3b2bca03e3f98ae3080f01e1bb2c06d521095f"
+    );
+    assert_eq!(
+        record::seal_lead(token, &lead, id, "full", "-", "-", "0", body.len()),
+        "ef2a09f947b69ffd6b91a5ba2d66c2f9"
+    );
+    assert_eq!(
+        record::seal_lead(
+            token,
+            &lead,
+            id,
+            "delta",
+            "41",
+            "0123456789abcdef0000000000000000",
+            "0",
+            53
+        ),
+        "4a46671bdf2df13d466b287b3a751bb4"
+    );
+    assert_eq!(record::channel_tag(&"0f".repeat(20)), "d5d24c8a08653d96");
+    // Sealing twice opens the seal.
+    let sealed = record::seal_lead(token, &lead, id, "full", "-", "-", "0", 37);
+    assert_eq!(
+        record::seal_lead(&sealed, &lead, id, "full", "-", "-", "0", 37),
+        token
+    );
+}
+
+#[test]
+fn a_log_parses_into_its_entries() {
+    let log = b"5\n3@0,2:ab1K; 7 12 1f\n3\n3:x;y2x; 8 20 20\n";
+    let e = record::entries(log);
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0].delta, "5\n3@0,2:ab1K;");
+    assert_eq!((e[0].seq, e[0].ms, e[0].counter.as_str()), (7, 12, "1f"));
+    assert_eq!(e[1].delta, "3\n3:x;y2x;");
+    assert_eq!((e[1].seq, e[1].ms), (8, 20));
+}
+
+/// Rewrites the record of stream `name` as protocol 8 kept it: the base
+/// `state`, the deltas `d1`, `d2` to `newest` through `mid`, their
+/// account, and the newest state's `seq`, `updated_ms` and `pub`.
+fn write_v8_record(
+    r: &mut record::Resp,
+    name: &str,
+    base: &str,
+    mid: &str,
+    newest: &str,
+    id: &str,
+    ms: u64,
+) {
+    let key = format!("stream:{name}");
+    let d1 = missionstream::delta::create(base, mid);
+    let d2 = missionstream::delta::create(mid, newest);
+    r.call(&["HDEL", &key, "s", "b", "p"]);
+    r.call(&["DEL", &format!("msl:{name}")]);
+    let account = format!("2 {} {} 40 5", newest.len(), d1.len() + d2.len());
+    let ms = ms.to_string();
+    let reply = r.call(&[
+        "HSET",
+        &key,
+        "state",
+        base,
+        "base",
+        "0000000000000000000000000000000a",
+        "d1",
+        &d1,
+        "d2",
+        &d2,
+        "deltas",
+        &account,
+        "seq",
+        "5",
+        "updated_ms",
+        &ms,
+        "pub",
+        id,
+    ]);
+    assert_eq!(
+        reply,
+        record::Value::Int(8),
+        "HSET of the fields of protocol 8"
+    );
+}
+
+/// The record's fields and values, sorted.
+fn fields_of(r: &mut record::Resp, name: &str) -> Vec<(String, String)> {
+    let all = r.call(&["HGETALL", &format!("stream:{name}")]);
+    let v = all.items();
+    let mut out: Vec<(String, String)> = v.chunks(2).map(|p| (p[0].str(), p[1].str())).collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_record_of_protocol_8_is_read_unchanged_and_converted_once_by_the_first_write() {
+    let s = Servers::start();
+    let mut r = record::Resp::connect(s.redis_port);
+    let mut plan = Plan::of_size(20 * 1024, 9);
+    let base = plan.text();
+    plan.move_waypoint(3, 0.0001, 0.0);
+    let mid = plan.text();
+    plan.move_waypoint(40, 0.0, 0.0001);
+    let newest = plan.text();
+    // Converted by a heartbeat, and by a delta publish against the state of
+    // the record of protocol 8.
+    for first_write in ["ms_heartbeat", "ms_publish"] {
+        let name = unique("rec-v8");
+        let mut l = record::RawLeader::start(s.redis_port, &name, 0);
+        let id = format!("{}{:016x}", l.lead, 7);
+        let ms = record::now_ms() - 5000;
+        write_v8_record(&mut r, &name, &base, &mid, &newest, &id, ms);
+        let before = fields_of(&mut r, &name);
+        // The read-only paths read it as it is, and write nothing.
+        let (seq, updated, hb, updated_age, _, msg) = l.snapshot("-");
+        assert_eq!((seq, updated, hb), (5, ms, 1000));
+        assert!(updated_age >= 5000, "updated age {updated_age}");
+        assert_eq!(
+            msg,
+            format!("r {id}\n{newest}").into_bytes(),
+            "the snapshot of a record of protocol 8"
+        );
+        let (_, _, _, _, _, unchanged) = l.snapshot(&format!("5:{ms}"));
+        assert!(unchanged.is_empty(), "have names the newest state");
+        let list = r.call(&[
+            "FCALL",
+            "ms_list",
+            "1",
+            "streams",
+            record::VERSION,
+            "l1st",
+            "0",
+        ]);
+        let v = list.items();
+        let at = v
+            .iter()
+            .position(|x| x.str() == name)
+            .expect("ms_list lists the stream");
+        assert_eq!(
+            (v[at + 1].int(), v[at + 3].int()),
+            (5, ms as i64),
+            "ms_list: {list:?}"
+        );
+        assert_eq!(fields_of(&mut r, &name), before, "read, not written");
+        // The first write of the leader converts it.
+        if first_write == "ms_heartbeat" {
+            let hb = l.heartbeat();
+            assert_eq!(hb.items()[1].int(), 5, "{hb:?}");
+            assert_eq!(hb.items()[2].str(), id);
+        } else {
+            (l.seq, l.id, l.state, l.counter) = (5, id.clone(), newest.clone(), 7);
+            plan.move_waypoint(41, 0.0001, 0.0001);
+            let next = plan.text();
+            let reply = l.delta(&next);
+            assert_eq!(
+                reply.items()[1].int(),
+                6,
+                "a delta against the converted record: {reply:?}"
+            );
+        }
+        for f in [
+            "state",
+            "base",
+            "deltas",
+            "seq",
+            "updated_ms",
+            "pub",
+            "d1",
+            "d2",
+        ] {
+            assert_eq!(
+                r.call(&["HEXISTS", &format!("stream:{name}"), f]),
+                record::Value::Int(0),
+                "field {f} of protocol 8 after {first_write}"
+            );
+        }
+        let n = record::newest(s.redis_port, &name).unwrap();
+        if first_write == "ms_heartbeat" {
+            assert_eq!(
+                (n.seq, n.updated_ms, n.id.as_str(), n.entries),
+                (5, ms, id.as_str(), 0)
+            );
+            assert_state_eq(&n.state, &newest, "converted");
+            assert_eq!(n.base, newest, "the newest state is the base");
+            // Deltas go on from it.
+            (l.seq, l.id, l.state, l.counter) = (5, id.clone(), newest.clone(), 7);
+            plan.move_waypoint(42, 0.0001, 0.0001);
+            let next = plan.text();
+            assert_eq!(l.delta(&next).items()[1].int(), 6);
+        }
+        let n = record::newest(s.redis_port, &name).unwrap();
+        assert_eq!((n.seq, n.entries), (6, 1), "one entry in the log");
+        assert_state_eq(&n.state, &l.state, "after a delta");
+        let (_, _, _, _, _, msg) = l.snapshot("-");
+        assert_eq!(msg, format!("r {}\n{}", l.id, l.state).into_bytes());
+        // Converted once: a second write changes nothing of the base.
+        let s_before = r.call(&["HGET", &format!("stream:{name}"), "s"]);
+        l.heartbeat();
+        assert_eq!(r.call(&["HGET", &format!("stream:{name}"), "s"]), s_before);
+    }
+}
+
+/// Bytes of the AOF's commands from the `skip`th on, by command name
+/// (`HSET` named with its key's prefix), largest first.
+fn aof_by_command(s: &Servers, skip: usize) -> Vec<(String, usize, usize)> {
+    let (cmds, _) = s.aof_commands();
+    let mut by: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for c in cmds.iter().skip(skip) {
+        let bytes = format!("*{}\r\n", c.len()).len()
+            + c.iter()
+                .map(|a| format!("${}\r\n", a.len()).len() + a.len() + 2)
+                .sum::<usize>();
+        let mut name = String::from_utf8_lossy(&c[0]).to_uppercase();
+        if c.len() > 1 && name != "MULTI" && name != "EXEC" {
+            let key = String::from_utf8_lossy(&c[1]);
+            name = format!("{name} {}", key.split(':').next().unwrap_or(""));
+        }
+        let e = by.entry(name).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+    let mut v: Vec<(String, usize, usize)> = by.into_iter().map(|(k, (n, b))| (k, n, b)).collect();
+    v.sort_by_key(|x| std::cmp::Reverse(x.2));
+    v
+}
+
+/// `updates` one-waypoint updates as raw deltas, waypoint `place(i)` moved
+/// at update i; returns the AOF's and the replication stream's bytes per
+/// update and the "d" message's (all of them averaged).
+fn bytes_per_update(
+    s: &Servers,
+    l: &mut record::RawLeader,
+    plan: &mut Plan,
+    updates: usize,
+    place: impl Fn(usize) -> (usize, f64),
+    what: &str,
+) -> (f64, f64, f64) {
+    let (aof0, repl0) = (aof_size(s), master_offset(s));
+    let skip = s.aof_commands().0.len();
+    let mut message_bytes = 0usize;
+    for i in 0..updates {
+        let (w, by) = place(i);
+        plan.move_waypoint(w, by, -by);
+        let text = plan.text();
+        let base_seq = l.seq;
+        let d = missionstream::delta::create(&l.state, &text);
+        let reply = l.delta(&text);
+        assert!(
+            matches!(reply, record::Value::Array(_)),
+            "update {i}: {reply:?}"
+        );
+        // The "d" message of the update (updated_ms: 13 digits).
+        message_bytes += format!("d {} {base_seq} 1765000000000\n", l.seq).len() + d.len();
+    }
+    let aof = (aof_size(s) - aof0) as f64 / updates as f64;
+    let repl = (master_offset(s) - repl0) as f64 / updates as f64;
+    let message = message_bytes as f64 / updates as f64;
+    eprintln!(
+        "{what}: per one-waypoint update of a {} byte plan: AOF {aof:.0} B, replication {repl:.0} B, \
+         d message {message:.0} B ({:.2} x, {:.2} x); the AOF's commands (name, count, bytes): {:?}",
+        l.state.len(),
+        aof / message,
+        repl / message,
+        aof_by_command(s, skip)
+    );
+    (aof, repl, message)
+}
+
+#[test]
+fn the_aof_grows_by_at_most_four_delta_messages_per_one_waypoint_update() {
+    let s = Servers::start();
+    let replica = Replica::start(&s);
+    s.redis_cli(&["CONFIG", "SET", "auto-aof-rewrite-percentage", "0"]);
+    // (Every write in the file before the call returns: the sizes read
+    // between calls are exact.)
+    s.redis_cli(&["CONFIG", "SET", "appendfsync", "always"]);
+    let name = unique("rec-aof4");
+    let mut l = record::RawLeader::start(s.redis_port, &name, 0);
+    let mut plan = Plan::of_size(100 * 1024, 13);
+    l.full(&plan.text());
+    let n = plan.waypoints();
+    // Ten waypoints spread over the plan, each moved and moved back in
+    // turn (the updates of the benchmark's row 13).
+    let ring = |i: usize| {
+        let k = i % 20;
+        (
+            (k % 10) * n / 10 + 3,
+            if k < 10 { 0.00002 } else { -0.00002 },
+        )
+    };
+    let (aof, repl, message) =
+        bytes_per_update(&s, &mut l, &mut plan, 200, ring, "ring of ten places");
+    assert!(
+        aof <= 4.0 * message,
+        "AOF {aof:.0} B per update, over 4 x the {message:.0} B d message"
+    );
+    assert!(
+        repl <= 4.0 * message,
+        "replication {repl:.0} B per update, over 4 x the {message:.0} B d message"
+    );
+    // A new place at every update: the log is composed now and then (a
+    // write of the edited pieces), and still within the bound.
+    let scattered = |i: usize| ((i * 7) % n, 0.00001);
+    let (aof, _, message) = bytes_per_update(
+        &s,
+        &mut l,
+        &mut plan,
+        200,
+        scattered,
+        "a new place every update",
+    );
+    assert!(
+        aof <= 4.0 * message,
+        "AOF {aof:.0} B per update, over 4 x the {message:.0} B d message"
+    );
+    let rec = record::newest(s.redis_port, &name).unwrap();
+    assert!(rec.entries > 0, "the updates are in the log");
+    assert_state_eq(&rec.state, &l.state, "");
+    replica_reads(&s, &replica, &name, &l.state, "the replica");
+}
+
+#[test]
+fn restarts_from_the_aof_and_a_function_load_amid_raw_deltas_keep_the_newest_acknowledged_state() {
+    let mut s = Servers::start();
+    s.redis_cli(&["CONFIG", "SET", "appendfsync", "always"]);
+    let name = unique("rec-raw-restart");
+    let mut l = record::RawLeader::start(s.redis_port, &name, 0);
+    // 8 KiB: compacted after some 100 updates.
+    let mut plan = Plan::of_size(8 * 1024, 14);
+    l.full(&plan.text());
+    let (mut restarts, mut compactions, mut last_entries) = (0, 0, 0);
+    for i in 0..240 {
+        plan.move_waypoint((i * 5) % plan.waypoints(), 0.00001, 0.00001);
+        let text = plan.text();
+        let reply = if i == 200 {
+            l.full(&text)
+        } else {
+            l.delta(&text)
+        };
+        assert!(
+            matches!(reply, record::Value::Array(_)),
+            "update {i}: {reply:?}"
+        );
+        let n = record::newest(s.redis_port, &name).unwrap();
+        if n.entries < last_entries && i != 200 {
+            compactions += 1;
+        }
+        last_entries = n.entries;
+        let why = if i == 120 {
+            // A new Lua VM: the states the functions kept are gone.
+            s.load_functions(&library());
+            "FUNCTION LOAD REPLACE"
+        } else if i % 23 == 11 || (n.entries == 0 && i > 0) {
+            // Killed between updates, in a run of deltas and right after a
+            // compaction or a full state.
+            s.kill_redis();
+            s.start_redis();
+            s.redis_cli(&["CONFIG", "SET", "appendfsync", "always"]);
+            l.redis = record::Resp::connect(s.redis_port);
+            restarts += 1;
+            "a restart"
+        } else {
+            continue;
+        };
+        let (seq, _, _, _, _, msg) = l.snapshot("-");
+        assert_eq!(seq, l.seq, "seq after {why} at update {i}");
+        assert_state_eq(
+            &String::from_utf8(msg).unwrap(),
+            &format!("r {}\n{}", l.id, l.state),
+            &format!("the snapshot after {why} at update {i}"),
+        );
+        assert_state_eq(
+            &record::newest(s.redis_port, &name).unwrap().state,
+            &l.state,
+            why,
+        );
+    }
+    assert!(compactions >= 1, "{compactions} compactions");
+    assert!(restarts >= 8, "{restarts} restarts");
 }

@@ -107,8 +107,7 @@ fn a_recovery_snapshot_older_than_the_last_state_delivered_is_not_delivered() {
     rec.wait_state(&name, "{\"v\":3}", T);
     let delivered = rec.states(&name).last().unwrap().0;
     assert_eq!(s.record_field(&name, "seq"), delivered.to_string());
-    let key = format!("stream:{name}");
-    s.redis_cli(&["HSET", &key, "seq", "1", "state", "{\"old\":1}"]);
+    common::record::write_state(s.redis_port, &name, 1, &"e".repeat(32), "{\"old\":1}");
     s.stop_webdis();
     rec.wait_kind(&name, EventKind::MS_EVENT_CONNECTION_LOST, T);
     s.start_webdis();

@@ -121,72 +121,120 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         let bytes: Vec<&[u8]> = fields.iter().map(|f| f.as_bytes()).collect();
         String::from_utf8(missionstream::protocol::frame_body(&bytes)).unwrap()
     };
+    // ms_publish's sealed lead tokens and channel tags (docs/PROTOCOL.md).
+    let log = "msl:direct";
+    let state = "r 00000000000000000000000000000001\n{\"evil\":1}";
+    let lead = common::record::lead_hash(&token);
+    let seal = |t: &str| {
+        common::record::seal_lead(
+            t,
+            &lead,
+            "00000000000000000000000000000001",
+            "full",
+            "-",
+            "-",
+            "0",
+            state.len(),
+        )
+    };
+    let (guessed_seal, right_seal) = (seal(&guessed_token), seal(&token));
+    let tag = common::record::channel_tag(&channel);
+    let guessed_tag = common::record::channel_tag(&"0".repeat(40));
     // (function, keys, args after the version, body fields, expected error)
-    type Call<'a> = (&'a str, &'a [&'a str], &'a [&'a str], Vec<&'a str>, &'a str);
+    type Call<'a> = (&'a str, &'a [&'a str], Vec<&'a str>, Vec<&'a str>, &'a str);
     let refused: &[Call] = &[
-        // publish, heartbeat, stop need the lead token and the channel;
-        // the leader code (or its key) is no lead token.
+        // publish, heartbeat, stop need the lead token and the channel (its
+        // tag, for publish); the leader code (or its key) is no lead token.
         (
             "ms_publish",
-            &[key, "streams"],
-            &["00000000000000000000000000000001", "0", "full", "-", "-"],
-            vec![&guessed_token, &channel, "{\"evil\":1}"],
+            &[key, "streams", log],
+            vec![
+                "00000000000000000000000000000001",
+                "0",
+                "full",
+                "-",
+                "-",
+                &tag,
+                &guessed_seal,
+            ],
+            vec![state],
             "MSNOTLEADER",
         ),
         (
             "ms_publish",
-            &[key, "streams"],
-            &["00000000000000000000000000000001", "0", "full", "-", "-"],
-            vec![CODE, &channel, "{\"evil\":1}"],
+            &[key, "streams", log],
+            vec![
+                "00000000000000000000000000000001",
+                "0",
+                "full",
+                "-",
+                "-",
+                &tag,
+                CODE,
+            ],
+            vec![state],
             "MSARG",
         ),
         (
             "ms_publish",
-            &[key, "streams"],
-            &["00000000000000000000000000000002", "0", "full", "-", "-"],
-            vec![&token, "guessed-channel", "{\"evil\":1}"],
+            &[key, "streams", log],
+            vec![
+                "00000000000000000000000000000001",
+                "0",
+                "full",
+                "-",
+                "-",
+                &guessed_tag,
+                &right_seal,
+            ],
+            vec![state],
             "MSNOTFOUND",
         ),
         (
             "ms_stop",
-            &[key, "streams"],
-            &[],
+            &[key, "streams", log],
+            vec![],
             vec![&guessed_token, &channel],
             "MSNOTLEADER",
         ),
         (
             "ms_heartbeat",
-            &[key],
-            &["1000"],
+            &[key, log],
+            vec!["1000"],
             vec![&guessed_token, &channel],
             "MSNOTLEADER",
         ),
         // reconnect needs both keys; the plaintext secrets are refused.
         (
             "ms_reconnect",
-            &[key, "streams"],
-            &["5000", "0"],
+            &[key, "streams", log],
+            vec!["5000", "0"],
             vec![&wrong_pw, &code_key, new_token],
             "MSBADPASSWORD",
         ),
         (
             "ms_reconnect",
-            &[key, "streams"],
-            &["5000", "0"],
+            &[key, "streams", log],
+            vec!["5000", "0"],
             vec![&pw_key, &wrong_code, new_token],
             "MSBADCODE",
         ),
         (
             "ms_reconnect",
-            &[key, "streams"],
-            &["5000", "0"],
+            &[key, "streams", log],
+            vec!["5000", "0"],
             vec![PW, CODE, new_token],
             "MSARG",
         ),
     ];
     for (function, keys, args, body, expected) in refused {
         let nkeys = keys.len().to_string();
-        let body = frame(body);
+        // (ms_publish's body is the state message itself, not framed)
+        let body = if *function == "ms_publish" {
+            body[0].to_string()
+        } else {
+            frame(body)
+        };
         let mut cmd = vec!["FCALL", function, &nkeys];
         cmd.extend_from_slice(keys);
         cmd.push(PROTOCOL_VERSION);
@@ -200,8 +248,9 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
     let out = s.redis_cli(&[
         "FCALL",
         "ms_heartbeat",
-        "1",
+        "2",
         key,
+        log,
         PROTOCOL_VERSION,
         "n0nce",
         "1000",
@@ -233,10 +282,12 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         let out = s.redis_cli(&[
             "FCALL_RO",
             "ms_snapshot",
-            "1",
+            "2",
             key,
+            log,
             PROTOCOL_VERSION,
             "n0nce",
+            "-",
             &frame(&[secret]),
         ]);
         assert!(
@@ -258,13 +309,26 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
             "ms_probe: {out}"
         );
     }
-    // Malformed bodies are refused, not misread.
+    // Malformed bodies are refused, not misread (a full publish's body
+    // must be "r <its publish id>\n" and the state).
+    let short = "999 1\nshort";
+    let short_seal = common::record::seal_lead(
+        &token,
+        &lead,
+        "00000000000000000000000000000001",
+        "full",
+        "-",
+        "-",
+        "0",
+        short.len(),
+    );
     let out = s.redis_cli(&[
         "FCALL",
         "ms_publish",
-        "2",
+        "3",
         key,
         "streams",
+        log,
         PROTOCOL_VERSION,
         "n0nce",
         "00000000000000000000000000000001",
@@ -272,7 +336,9 @@ fn functions_refuse_wrong_credentials_when_called_directly() {
         "full",
         "-",
         "-",
-        "999 1\nshort",
+        &tag,
+        &short_seal,
+        short,
     ]);
     assert!(out.contains("MSARG"), "{out}");
     // Nothing changed.
@@ -450,6 +516,23 @@ fn functions_refuse_foreign_keys_through_the_deploy_acl() {
             vec![id, "0", "full", "-", "-"],
             &publish_body,
         ),
+        // The log of another stream, or a key of the application's as the log.
+        (
+            "ms_stop",
+            vec![
+                b"stream:mine".to_vec(),
+                b"streams".to_vec(),
+                b"msl:other".to_vec(),
+            ],
+            vec![],
+            &leader_body,
+        ),
+        (
+            "ms_heartbeat",
+            vec![b"stream:mine".to_vec(), b"app:hash".to_vec()],
+            vec!["5000"],
+            &leader_body,
+        ),
     ];
     for bad in &bad_names {
         calls.push((
@@ -527,7 +610,13 @@ fn functions_enforce_the_library_limits() {
     // ms_start with these fields (pw key, code key, salt, channel, lead
     // token) and arguments (heartbeat, TTL, KDF, iterations).
     let start = |f: [&[u8]; 5], a: [&str; 4]| {
-        direct(&s, "ms_start", &[new, b"streams"], &a, &frame_bytes(&f))
+        direct(
+            &s,
+            "ms_start",
+            &[new, b"streams", b"msl:lim-new"],
+            &a,
+            &frame_bytes(&f),
+        )
     };
     let pw = pw_key.as_bytes();
     let code = code_key.as_bytes();
@@ -615,7 +704,7 @@ fn functions_enforce_the_library_limits() {
             direct(
                 &s,
                 "ms_reconnect",
-                &[key, b"streams"],
+                &[key, b"streams", b"msl:lim"],
                 &["5000", "0"],
                 &frame_bytes(&[pw, b"", h]),
             ),
@@ -625,7 +714,7 @@ fn functions_enforce_the_library_limits() {
             direct(
                 &s,
                 "ms_reconnect",
-                &[key, b"streams"],
+                &[key, b"streams", b"msl:lim"],
                 &["5000", "0"],
                 &frame_bytes(&[pw, code, b"not-a-token"]),
             ),
@@ -635,7 +724,7 @@ fn functions_enforce_the_library_limits() {
             direct(
                 &s,
                 "ms_reconnect",
-                &[key, b"streams"],
+                &[key, b"streams", b"msl:lim"],
                 &["0", "0"],
                 &frame_bytes(&[pw, code, h]),
             ),
@@ -645,7 +734,7 @@ fn functions_enforce_the_library_limits() {
             direct(
                 &s,
                 "ms_heartbeat",
-                &[key],
+                &[key, b"msl:lim"],
                 &["4000000"],
                 &frame_bytes(&[token.as_bytes(), channel.as_bytes()]),
             ),
@@ -689,13 +778,20 @@ fn functions_enforce_the_library_limits() {
             direct(&s, "ms_params", &[key], &[], &frame_bytes(&[pw])),
         ),
     ];
+    let lead = common::record::lead_hash(&token);
+    let tag = common::record::channel_tag(&channel);
     let publish = |state: &[u8]| {
+        let id = "aaaaaaaaaaaaaaaa0000000000000001";
+        let mut body = format!("r {id}\n").into_bytes();
+        body.extend_from_slice(state);
+        let sealed =
+            common::record::seal_lead(&token, &lead, id, "full", "-", "-", "0", body.len());
         direct(
             &s,
             "ms_publish",
-            &[key, b"streams"],
-            &["aaaaaaaaaaaaaaaa0000000000000001", "0", "full", "-", "-"],
-            &frame_bytes(&[token.as_bytes(), channel.as_bytes(), state]),
+            &[key, b"streams", b"msl:lim"],
+            &[id, "0", "full", "-", "-", &tag, &sealed],
+            &body,
         )
     };
     // (The UTF-8 validity of a state is the client's to check: scanning 8
@@ -799,7 +895,8 @@ fn burst(s: &Servers, name: &str, guess: Guess, n: usize) -> Vec<String> {
                     ]),
                 ),
             };
-            let keys: [&[u8]; 2] = [key.as_bytes(), b"streams"];
+            let log = format!("msl:{name}");
+            let keys: [&[u8]; 3] = [key.as_bytes(), b"streams", log.as_bytes()];
             let path = raw::fcall_path(
                 function,
                 &keys[..keys_of(function)],
@@ -825,11 +922,11 @@ fn burst(s: &Servers, name: &str, guess: Guess, n: usize) -> Vec<String> {
     codes
 }
 
-/// How many keys `function` takes (the record, and the index for a
-/// reconnect).
+/// How many keys `function` takes (the record, and the index and the log
+/// for a reconnect).
 fn keys_of(function: &str) -> usize {
     if function == "ms_reconnect" {
-        2
+        3
     } else {
         1
     }
@@ -1095,4 +1192,149 @@ fn starting_a_taken_name_with_the_right_secrets_takes_nothing_over() {
     other.publish("taken", b"{\"new\":1}").unwrap();
     other.flush("taken", 10_000).unwrap();
     assert_state_eq(&s.record_field("taken", "state"), "{\"new\":1}", "");
+}
+
+#[test]
+fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused() {
+    use common::record::{self, RawLeader, Value};
+    let s = Servers::start();
+    let name = unique("sec-seal");
+    let mut l = RawLeader::start(s.redis_port, &name, 0);
+    assert!(matches!(l.full("{\"v\":1}"), Value::Array(_)));
+    let lead = record::lead_hash(&l.token);
+    let tag = record::channel_tag(&l.channel);
+    let floor = l.seq.to_string();
+    let id = l.next_id();
+    let body = format!("r {id}\n{{\"v\":2}}");
+    let good = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, body.len());
+    let refused = |r: Value, code: &str, what: &str| {
+        let e = r.err().to_string();
+        assert!(e.starts_with(&format!("{code} pub1 ")), "{what}: {e}");
+    };
+    // A seal with one digit changed: not the lead token.
+    let mut bad: Vec<char> = good.chars().collect();
+    bad[0] = if bad[0] == '0' { '1' } else { '0' };
+    let bad: String = bad.into_iter().collect();
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &bad, body.as_bytes());
+    refused(r, "MSNOTLEADER", "a wrong seal");
+    // The seal of an earlier lead of the stream (a token it no longer has).
+    let other = record::seal_lead(
+        &"ab".repeat(16),
+        &lead,
+        &id,
+        "full",
+        "-",
+        "-",
+        &floor,
+        body.len(),
+    );
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &other, body.as_bytes());
+    refused(r, "MSNOTLEADER", "another token's seal");
+    // The tag of another channel (a leader of an earlier stream of the name).
+    let wrong_tag = record::channel_tag(&"0f".repeat(20));
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "full",
+        "-",
+        "-",
+        &wrong_tag,
+        &good,
+        body.as_bytes(),
+    );
+    refused(r, "MSNOTFOUND", "a wrong tag");
+    // The seal replayed with a body of another length, or for another
+    // floor or kind: it opens to no lead token.
+    let longer = format!("r {id}\n{{\"v\":22}}");
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "full",
+        "-",
+        "-",
+        &tag,
+        &good,
+        longer.as_bytes(),
+    );
+    refused(
+        r,
+        "MSNOTLEADER",
+        "the seal replayed with another body length",
+    );
+    let r = l.publish_raw(&id, "7", "full", "-", "-", &tag, &good, body.as_bytes());
+    refused(r, "MSNOTLEADER", "the seal replayed with another floor");
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "delta",
+        &floor,
+        &l.id.clone(),
+        &tag,
+        &good,
+        body.as_bytes(),
+    );
+    refused(r, "MSNOTLEADER", "the seal replayed for another kind");
+    // A full body whose prefix names another publish id (sealed right).
+    let next = format!("{}{:016x}", l.lead, l.counter + 5);
+    let foreign = format!("r {next}\n{{\"v\":3}}");
+    let sealed = record::seal_lead(
+        &l.token,
+        &lead,
+        &id,
+        "full",
+        "-",
+        "-",
+        &floor,
+        foreign.len(),
+    );
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "full",
+        "-",
+        "-",
+        &tag,
+        &sealed,
+        foreign.as_bytes(),
+    );
+    refused(r, "MSARG", "a prefix naming another id");
+    // A body without its prefix at all.
+    let bare = "{\"v\":4}".to_string() + &" ".repeat(40);
+    let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, bare.len());
+    let r = l.publish_raw(
+        &id,
+        &floor,
+        "full",
+        "-",
+        "-",
+        &tag,
+        &sealed,
+        bare.as_bytes(),
+    );
+    refused(r, "MSARG", "a full body without its prefix");
+    // A NUL in the state, and in a delta.
+    let nul = format!("r {id}\n{{\"v\":\"\0\"}}");
+    let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, nul.len());
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &sealed, nul.as_bytes());
+    refused(r, "MSARG", "a state with NUL");
+    let mut d = missionstream::delta::create(&l.state, "{\"v\":5}").into_bytes();
+    d.insert(3, 0);
+    let (bs, bi) = (l.seq.to_string(), l.id.clone());
+    let sealed = record::seal_lead(&l.token, &lead, &id, "delta", &bs, &bi, &floor, d.len());
+    let r = l.publish_raw(&id, &floor, "delta", &bs, &bi, &tag, &sealed, &d);
+    refused(r, "MSARG", "a delta with NUL");
+    // Nothing of it was stored or broadcast as a new state.
+    let n = record::newest(s.redis_port, &name).unwrap();
+    assert_eq!((n.seq, n.state.as_str()), (1, "{\"v\":1}"));
+    // The well-formed request is stored; the same request again (a logged
+    // URL replayed with its body) is answered as a repeat, storing nothing.
+    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, body.as_bytes());
+    assert_eq!(r.items()[1].int(), 2, "{r:?}");
+    let again = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, body.as_bytes());
+    assert_eq!(again, r, "a repeat");
+    let n = record::newest(s.redis_port, &name).unwrap();
+    assert_eq!(
+        (n.seq, n.state.as_str(), n.id.as_str()),
+        (2, "{\"v\":2}", id.as_str())
+    );
 }

@@ -1,7 +1,7 @@
 // Type declarations of the missionstream JavaScript package (src/index.js).
 
 /** The protocol version spoken (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION: "8";
+export const PROTOCOL_VERSION: "9";
 export const MAX_NAME: number;
 export const MAX_SECRET: number;
 export const MAX_STATE: number;
@@ -64,8 +64,15 @@ export interface StreamEvent {
   /** MS_EVENT_CONNECTION_LOST, MS_EVENT_PUBLISH_FAILED: the cause; otherwise MS_OK. */
   status: StatusCode;
   message: string;
-  /** MS_EVENT_STATE: when the state was stored (ms since the Unix epoch). */
+  /** MS_EVENT_STATE: when the state was stored (ms since the Unix epoch, on Redis' clock: compare it with no other clock). */
   updatedMs: number;
+  /**
+   * MS_EVENT_STATE: how old the state was when this client received it, ms
+   * (Redis' own age of it for a state read by a snapshot, 0 for one that came
+   * on the channel as it was stored); otherwise 0. Its age at any later
+   * moment is `Date.now() - receivedAt + updatedAgeMs`.
+   */
+  updatedAgeMs: number;
   /** When this client received the event (Date.now()). */
   receivedAt: number;
 }
@@ -74,12 +81,18 @@ export interface StreamInfo {
   name: string;
   seq: number;
   followers: number;
-  /** When the last state was stored (ms since the Unix epoch). */
+  /** When the last state was stored (ms since the Unix epoch, on Redis' clock). */
   updatedMs: number;
-  /** When the stream's leader was last heard (ms since the Unix epoch; 0 when the record does not say). */
+  /** When the stream's leader was last heard, a state or a heartbeat (ms since the Unix epoch, on Redis' clock; 0 when the record does not say). */
   heardMs: number;
   /** The leader's announced heartbeat interval (ms): not heard for 3 intervals, it is offline. */
   heartbeatMs: number;
+  /**
+   * Redis' time when it listed the stream (ms since the Unix epoch): ages
+   * are `nowMs - updatedMs` and `nowMs - heardMs`, on one clock (never
+   * compare Redis' times with this machine's clock).
+   */
+  nowMs: number;
 }
 
 export interface ClientOptions {
@@ -128,8 +141,18 @@ export class Follower extends Session {
   readonly seq: number;
   /** The newest state (JSON text), null before the first. */
   readonly latest: string | null;
-  /** When the newest state was stored (ms since the Unix epoch). */
+  /** When the newest state was stored (ms since the Unix epoch, on Redis' clock). */
   readonly updatedMs: number;
+  /** How long ago the newest state was stored, ms, now (from Redis' ages and this machine's elapsed time: no two clocks compared); -1 before the first. */
+  readonly updatedAgeMs: number;
+  /**
+   * How long ago the leader was last heard (a state, a heartbeat, or the age
+   * Redis gave with a snapshot), ms, now; -1 before the first snapshot. The
+   * presence events count from joining at the earliest (docs/PROTOCOL.md,
+   * "Following correctly"): a stream silent for hours is reported offline
+   * three intervals after joining, while this says hours at once.
+   */
+  readonly heardAgeMs: number;
   /**
    * performance.now() marks of the newest state (null before the first):
    * `bytes` when the chunk holding its message was read from the
@@ -182,6 +205,19 @@ export function deriveKey(secret: string, prefix: "pw:" | "code:", salt: string,
 export function channelOf(seed: string, name: string): Promise<string>;
 /** Opens a sealed channel (null when it is not 40 hex digits). */
 export function openSealed(sealed: string, key: string, nonce: string): Promise<string | null>;
+/** The tag `ms_publish` names a channel by: the first 16 hex digits of SHA-1("tag:" + channel). */
+export function channelTag(channel: string): Promise<string>;
+/** The lead token (32 hex digits) sealed for one publish (docs/PROTOCOL.md, "Sealed values"). */
+export function sealLead(
+  token: string,
+  leadHash: string,
+  id: string,
+  kind: "full" | "delta",
+  baseSeq: string,
+  baseId: string,
+  floor: number | string,
+  bodyLength: number,
+): Promise<string>;
 /** A framed request body. */
 export function frameBody(fields: Array<string | Uint8Array>): Uint8Array;
 /** Applies a Fossil delta; null when it is malformed or does not verify. */

@@ -105,7 +105,7 @@ struct Measured {
     /// (compactions within the loop included).
     aof_per_update: f64,
     repl_per_update: f64,
-    /// The record's deltas at the end: (count, bytes).
+    /// The record's log at the end: (entries, bytes).
     record_deltas: (u64, u64),
     /// Median time of a late join's first state (key cached), ms.
     late_join_ms: f64,
@@ -286,9 +286,10 @@ impl Bench {
         // aof_current_size as soon as they are written, before the fsync.)
         let aof = info_num(&self.servers, "persistence", "aof_current_size") - aof0;
         let repl = info_num(&self.servers, "replication", "master_repl_offset") - repl0;
-        let account = self.servers.record_field(&name, "deltas");
-        let v: Vec<u64> = account.split(' ').filter_map(|x| x.parse().ok()).collect();
-        let record_deltas = if v.len() == 5 { (v[0], v[2]) } else { (0, 0) };
+        // The record's log (docs/PROTOCOL.md, "The record"): its entries
+        // and bytes.
+        let record_deltas = common::record::newest(self.servers.redis_port, &name)
+            .map_or((0, 0), |n| (n.entries as u64, n.log_bytes as u64));
         let late = late_join_ms(&url, &name, if self.quick { 3 } else { 7 });
         drop(raw);
         let _ = follower.disconnect(&name);
@@ -450,7 +451,7 @@ impl Bench {
             let repl = delta.repl_per_update + compaction;
             println!(
                 "  {label}: AOF per update full {:.0} B, delta {:.0} B (+{compaction:.0} B of compactions, \
-                 amortised; {} deltas in the record at the end); replication full {:.0} B, delta {:.0} B; \
+                 amortised; {} entries in the record's log at the end); replication full {:.0} B, delta {:.0} B; \
                  late join full {:.2} ms, delta {:.2} ms",
                 full.aof_per_update,
                 delta.aof_per_update,

@@ -161,7 +161,7 @@ impl Pool {
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, Vec<u8>), HttpError> {
-        let r = self.put_within(path, head_extra, body, timeout, timeout, max_body)?;
+        let r = self.put_within(path, head_extra, &[body], timeout, timeout, max_body)?;
         self.recycle(r.conn);
         Ok((r.status, r.body))
     }
@@ -169,6 +169,10 @@ impl Pool {
     /// `put`, failing with `Timeout` also when no byte of the response has
     /// come `answer_within` after the request was written (sending a large
     /// body and reading a large response may take the whole `timeout`).
+    ///
+    /// The body is given as slices sent one after the other (a state
+    /// behind a short prefix is never copied to join them); the
+    /// Content-Length is their sum.
     ///
     /// The connection is handed back only with the response: the caller
     /// gives it to `recycle` once the response proved to answer this
@@ -178,7 +182,7 @@ impl Pool {
         &self,
         path: &str,
         head_extra: &str,
-        body: &[u8],
+        body: &[&[u8]],
         timeout: Duration,
         answer_within: Duration,
         max_body: usize,
@@ -187,7 +191,7 @@ impl Pool {
         let head = format!(
             "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n{head_extra}\r\n",
             self.authority,
-            body.len()
+            body_len(body)
         );
         // A pooled connection may have been closed by Webdis while idle:
         // if it fails before any byte of a response, use a new one.
@@ -471,31 +475,56 @@ impl Reading {
     }
 }
 
-/// Sends a request: head and body in one write when the body is small.
+/// The length of a body given as slices.
+pub fn body_len(body: &[&[u8]]) -> usize {
+    body.iter().map(|p| p.len()).sum()
+}
+
+/// Sends a request: head and body in one write when the body is small;
+/// otherwise the head with the body's small slices joined, and each large
+/// slice written as it is (no copy of a state).
 fn send(
     conn: &mut Conn,
     head: &str,
-    body: &[u8],
+    body: &[&[u8]],
     deadline: Instant,
     answer_within: Duration,
 ) -> Result<(), HttpError> {
-    if body.len() <= COALESCE {
+    let total = body_len(body);
+    if total <= COALESCE {
         let wait = wait_for(Instant::now(), deadline, deadline, answer_within, false)?;
         conn.wait_at_most(wait)?;
         let mut stream = &conn.stream;
-        let mut buf = Vec::with_capacity(head.len() + body.len());
+        let mut buf = Vec::with_capacity(head.len() + total);
         buf.extend_from_slice(head.as_bytes());
-        buf.extend_from_slice(body);
+        for part in body {
+            buf.extend_from_slice(part);
+        }
         stream.write_all(&buf).map_err(io_error)
     } else {
         // Sending a large body may take the whole timeout.
         conn.wait_at_most(deadline.saturating_duration_since(Instant::now()))?;
         let mut stream = &conn.stream;
-        // Two writes: std writes to sockets with MSG_NOSIGNAL, where a
+        // Several writes: std writes to sockets with MSG_NOSIGNAL, where a
         // writev would raise SIGPIPE in the host process on a connection
         // Webdis has closed. Nagle is off, so the head is not held back.
-        stream.write_all(head.as_bytes()).map_err(io_error)?;
-        stream.write_all(body).map_err(io_error)
+        let mut pending = head.as_bytes().to_vec();
+        for part in body {
+            if part.len() <= COALESCE {
+                pending.extend_from_slice(part);
+                continue;
+            }
+            if !pending.is_empty() {
+                stream.write_all(&pending).map_err(io_error)?;
+                pending.clear();
+            }
+            stream.write_all(part).map_err(io_error)?;
+        }
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            stream.write_all(&pending).map_err(io_error)
+        }
     }
 }
 
@@ -505,7 +534,7 @@ fn send(
 fn exchange(
     conn: &mut Conn,
     head: &str,
-    body: &[u8],
+    body: &[&[u8]],
     deadline: Instant,
     answer_within: Duration,
     max_body: usize,
@@ -1079,11 +1108,11 @@ mod tests {
         let pool = Pool::new(&authority);
         let quick = Duration::from_millis(150);
         let start = Instant::now();
-        let r = pool.put_within("/p", "", b"x", T, quick, MAX);
+        let r = pool.put_within("/p", "", &[b"x"], T, quick, MAX);
         let elapsed = start.elapsed();
         assert!(matches!(r, Err(HttpError::Timeout)), "{r:?}");
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
-        let r = pool.put_within("/p", "", b"x", T, quick, MAX).unwrap();
+        let r = pool.put_within("/p", "", &[b"x"], T, quick, MAX).unwrap();
         assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
         pool.recycle(r.conn);
         drop(pool);
@@ -1105,6 +1134,46 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(3));
         drop(pool);
         server.join().unwrap();
+    }
+
+    /// A body of several slices arrives as their concatenation, its
+    /// Content-Length their sum, whether small (one write) or large (a
+    /// prefix, a large state, a suffix).
+    #[test]
+    fn a_body_of_slices_arrives_joined() {
+        let (authority, server) = serve(|l| {
+            let mut c = accept(&l);
+            let req = c.request();
+            c.ok("{}");
+            let req2 = c.request();
+            c.ok("{}");
+            assert_eq!(c.eof(), 0);
+            (req, req2)
+        });
+        let state: Vec<u8> = (0..COALESCE * 3).map(|i| b'a' + (i % 26) as u8).collect();
+        let pool = Pool::new(&authority);
+        let small: [&[u8]; 3] = [b"r 1\n", b"{}", b""];
+        let r = pool.put_within("/p", "", &small, T, T, MAX).unwrap();
+        assert_eq!(r.status, 200);
+        pool.recycle(r.conn);
+        let large: [&[u8]; 3] = [b"r 2\n", &state, b"!"];
+        let r = pool.put_within("/p", "", &large, T, T, MAX).unwrap();
+        assert_eq!(r.status, 200);
+        drop(r);
+        drop(pool);
+        let (req, req2) = server.join().unwrap();
+        assert_eq!(req.header("content-length"), ["6"]);
+        assert_eq!(req.body, b"r 1\n{}");
+        assert_eq!(
+            req2.header("content-length"),
+            [(state.len() + 5).to_string()]
+        );
+        assert_eq!(&req2.body[..4], b"r 2\n");
+        assert!(
+            req2.body[4..4 + state.len()] == state[..],
+            "state corrupted"
+        );
+        assert_eq!(req2.body.last(), Some(&b'!'));
     }
 
     #[test]
@@ -1133,6 +1202,7 @@ mod tests {
         assert_eq!(req.header("content-length"), [(1usize << 20).to_string()]);
         assert_eq!(req.header("x-a"), ["b"]);
         assert!(req.body == body, "1 MiB body corrupted");
+        assert_eq!(req2.header("content-length"), [(COALESCE + 1).to_string()]);
         assert!(req2.body == edge, "64 KiB + 1 body corrupted");
     }
 
@@ -1240,7 +1310,7 @@ mod tests {
             assert_eq!(d.eof(), 0);
         });
         let pool = Pool::new(&authority);
-        let r = pool.put_within("/p", "", b"x", T, T, MAX).unwrap();
+        let r = pool.put_within("/p", "", &[b"x"], T, T, MAX).unwrap();
         assert_eq!(r.body, b"not yours");
         drop(r);
         put_ok(&pool, b"y", "2");

@@ -310,7 +310,7 @@ impl Nodes {
     }
 
     /// Calls a function on the primary (see `Webdis::fcall`).
-    pub fn fcall(&self, call: &Call, body: &[u8], timeout: Duration) -> Result<Value> {
+    pub fn fcall(&self, call: &Call, body: &[&[u8]], timeout: Duration) -> Result<Value> {
         self.fcall_answered(call, body, timeout).result
     }
 
@@ -318,7 +318,7 @@ impl Nodes {
     /// within `timeout`; tells which node answered and whether the request
     /// was sent more than once (an earlier try may have been carried out,
     /// its response lost).
-    pub fn fcall_answered(&self, call: &Call, body: &[u8], timeout: Duration) -> Answered {
+    pub fn fcall_answered(&self, call: &Call, body: &[&[u8]], timeout: Duration) -> Answered {
         let (read_only, function) = (call.read_only, call.function);
         let (keys, args) = (&call.keys()[..], &call.args()[..]);
         let endpoints = &self.inner.endpoints;

@@ -608,9 +608,10 @@ impl Webdis {
 
     /// Calls a function of the missionstream library:
     /// `PUT /FCALL[_RO]/<function>/<nkeys>/<keys...>/<version>/<nonce>/<args...>`
-    /// with `body` as the last argument. Returns the reply without its
+    /// with `body` as the last argument (given as slices sent one after
+    /// the other: no copy joins them). Returns the reply without its
     /// nonce: the reply is proven to answer this request.
-    pub fn fcall(&self, call: &Call, body: &[u8], timeout: Duration) -> Result<Value> {
+    pub fn fcall(&self, call: &Call, body: &[&[u8]], timeout: Duration) -> Result<Value> {
         let (keys, args) = (call.keys(), call.args());
         self.call(call.read_only, call.function, &keys, &args, body, timeout)
             .result
@@ -625,7 +626,7 @@ impl Webdis {
         function: &str,
         keys: &[&str],
         args: &[&str],
-        body: &[u8],
+        body: &[&[u8]],
         timeout: Duration,
     ) -> Called {
         let command = if read_only { "FCALL_RO" } else { "FCALL" };
@@ -717,7 +718,7 @@ impl Webdis {
     fn put<T>(
         &self,
         path: &str,
-        body: &[u8],
+        body: &[&[u8]],
         timeout: Duration,
         answer_within: Duration,
         reported_timeout: Duration,
@@ -762,24 +763,14 @@ impl Webdis {
         if let Some(auth) = &self.endpoint.auth {
             req = req.header("Authorization", auth);
         }
-        let ureq_failure = |e: ureq::Error| match e {
-            ureq::Error::Protocol(_) => self
-                .transport_error(e, reported_timeout)
-                .kinded(Kind::Garbled),
-            ureq::Error::Timeout(_) => self
-                .transport_error(e, reported_timeout)
-                .kinded(Kind::Timeout),
-            e => {
-                let tls = self.tls_error(&e).is_some();
-                let error = self.transport_error(e, reported_timeout);
-                if tls || error.status != Status::MS_ERR_UNAVAILABLE {
-                    error
-                } else {
-                    error.kinded(Kind::Unreachable)
-                }
-            }
-        };
-        let response = req.send(body).map_err(ureq_failure)?;
+        // The slices read one after the other, with their sum as the
+        // Content-Length (ureq would otherwise send a reader chunked).
+        req = req.header("Content-Length", http::body_len(body).to_string());
+        let mut reader = Slices { parts: body, at: 0 };
+        let ureq_failure = |e: ureq::Error| self.ureq_failure(e, reported_timeout);
+        let response = req
+            .send(ureq::SendBody::from_reader(&mut reader))
+            .map_err(ureq_failure)?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
@@ -841,7 +832,7 @@ impl Webdis {
         if let Some(auth) = &self.endpoint.auth {
             req = req.header("Authorization", auth);
         }
-        let response = req.call().map_err(|e| self.transport_error(e, timeout))?;
+        let response = req.call().map_err(|e| self.ureq_failure(e, timeout))?;
         let status = response.status().as_u16();
         if status != 200 {
             let mut body = Vec::new();
@@ -855,9 +846,34 @@ impl Webdis {
                     return Err(e);
                 }
             }
-            return Err(protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err());
+            let e = protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err();
+            return Err(match status {
+                429 => e.kinded(Kind::Busy),
+                s if s >= 500 => e.kinded(Kind::Down),
+                _ => e,
+            });
         }
         Ok(response.into_body().into_reader())
+    }
+
+    /// A failed ureq request as an error of its kind: a malformed
+    /// response is `Garbled`, none in time `Timeout`, a connection that
+    /// failed (not its TLS) `Unreachable`; anything else keeps its status
+    /// alone.
+    fn ureq_failure(&self, e: ureq::Error, timeout: Duration) -> Error {
+        match e {
+            ureq::Error::Protocol(_) => self.transport_error(e, timeout).kinded(Kind::Garbled),
+            ureq::Error::Timeout(_) => self.transport_error(e, timeout).kinded(Kind::Timeout),
+            e => {
+                let tls = self.tls_error(&e).is_some();
+                let error = self.transport_error(e, timeout);
+                if tls || error.status != Status::MS_ERR_UNAVAILABLE {
+                    error
+                } else {
+                    error.kinded(Kind::Unreachable)
+                }
+            }
+        }
     }
 
     pub fn transport_error(&self, e: ureq::Error, timeout: Duration) -> Error {
@@ -1050,9 +1066,56 @@ pub fn load_ca_file(path: &std::path::Path) -> Result<Arc<Vec<Certificate<'stati
     Ok(Arc::new(certs))
 }
 
+/// A body given as slices, read one after the other.
+struct Slices<'a> {
+    parts: &'a [&'a [u8]],
+    /// Bytes of the first part already read.
+    at: usize,
+}
+
+impl std::io::Read for Slices<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while let Some((first, rest)) = self.parts.split_first() {
+            let left = &first[self.at..];
+            if left.is_empty() {
+                self.parts = rest;
+                self.at = 0;
+                continue;
+            }
+            let n = left.len().min(buf.len());
+            buf[..n].copy_from_slice(&left[..n]);
+            self.at += n;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slices_read_as_one_body() {
+        use std::io::Read;
+        let parts: [&[u8]; 4] = [b"r 1\n", b"", b"{\"a\":1}", b"!"];
+        for step in 1..16 {
+            let mut r = Slices {
+                parts: &parts,
+                at: 0,
+            };
+            let mut out = Vec::new();
+            let mut buf = vec![0u8; step];
+            loop {
+                let n = r.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert_eq!(out, b"r 1\n{\"a\":1}!", "step {step}");
+        }
+    }
 
     #[test]
     fn responses_are_the_answer_or_a_failure_of_a_kind() {

@@ -12,6 +12,11 @@
 //! size; the functions apply it only when the record still holds that
 //! state (`MSBASE` otherwise: the state is sent in full at once). A state
 //! restored after a failover is always sent in full.
+//!
+//! A full state is the request body as the functions store and publish
+//! it, `r <publish id>\n` then the state, sent as two slices (the state
+//! is not copied); the lead token travels sealed for each publish in its
+//! path (`protocol::seal_lead`), the channel as its tag.
 
 use crate::error::{Error, Result, Status};
 use crate::net::nodes::Nodes;
@@ -99,9 +104,7 @@ impl Lead {
         driver: Arc<dyn Driver>,
     ) -> Result<(Arc<Lead>, Publisher, Arc<LeadWire>)> {
         let identity = Arc::new(identity);
-        let body_prefix =
-            protocol::frame_body(&[identity.token.as_bytes(), identity.channel.as_bytes(), b""]);
-        let body_prefix = Zeroizing::new(body_prefix);
+        let tag = protocol::channel_tag(&identity.channel);
         let shared = Arc::new(LeadShared {
             state: Mutex::new(Mailbox::default()),
             cond: Condvar::new(),
@@ -115,7 +118,7 @@ impl Lead {
             Backoff::new(session),
         );
         let wire = Arc::new(LeadWire {
-            body_prefix,
+            tag,
             identity: identity.clone(),
             conn: conn.clone(),
             config,
@@ -268,8 +271,8 @@ const FLUSH_LINGER: Duration = Duration::from_micros(250);
 /// What a lead's requests are made of, for the request workers
 /// (runtime/requests.rs): `send` builds and sends one.
 pub struct LeadWire {
-    /// `"<len token> <len channel>\n<token><channel>"`: the body before the state.
-    body_prefix: Zeroizing<Vec<u8>>,
+    /// The channel's tag, which ms_publish carries instead of the channel.
+    tag: String,
     pub identity: Arc<LeadIdentity>,
     pub conn: Nodes,
     config: Arc<Config>,
@@ -288,14 +291,34 @@ impl LeadWire {
                 ..
             } => {
                 let base = delta.as_ref().map(|d| (d.base_seq, d.base_id.as_str()));
-                let data = match delta {
-                    Some(d) => d.delta.as_bytes(),
-                    None => state.as_bytes(),
+                // A full state goes behind `r <publish id>\n`, as two
+                // slices of one body (the state is not copied); a delta
+                // alone.
+                let prefix = format!("r {id}\n");
+                let body: Vec<&[u8]> = match delta {
+                    Some(d) => vec![d.delta.as_bytes()],
+                    None => vec![prefix.as_bytes(), state.as_bytes()],
                 };
-                let mut body = Vec::with_capacity(self.body_prefix.len() + data.len());
-                body.extend_from_slice(&self.body_prefix);
-                body.extend_from_slice(data);
-                let call = Call::publish(&self.identity.key, id, *floor, base);
+                let len = crate::net::http::body_len(&body);
+                let (kind, base_seq, base_id) = Call::publish_kind(base);
+                let sealed = Zeroizing::new(
+                    protocol::seal_lead(
+                        &self.identity.token,
+                        id,
+                        kind,
+                        &base_seq,
+                        base_id,
+                        *floor,
+                        len,
+                    )
+                    .ok_or_else(|| {
+                        Error::new(
+                            Status::MS_ERR_INTERNAL,
+                            "the lead token is not 32 hex digits",
+                        )
+                    })?,
+                );
+                let call = Call::publish(&self.identity.key, id, *floor, base, &self.tag, &sealed);
                 self.conn
                     .fcall(&call, &body, timeout)
                     .and_then(|reply| Stored::of(&reply, call.function))
@@ -307,7 +330,7 @@ impl LeadWire {
                 ]);
                 let call = Call::heartbeat(&self.identity.key, self.config.heartbeat().as_millis());
                 self.conn
-                    .fcall(&call, &body, timeout)
+                    .fcall(&call, &[&body], timeout)
                     .and_then(|reply| Stored::of(&reply, call.function))
             }
         }

@@ -87,7 +87,7 @@ pub type EndHook = Arc<dyn Fn(u64, &CString) + Send + Sync>;
 pub fn params_of(conn: &Nodes, key: &str, timeout: Duration) -> Result<kdf::Params> {
     kdf::params_of_reply(ParamsReply::of(conn.fcall(
         &Call::params(key),
-        b"",
+        &[],
         timeout,
     )?)?)
 }

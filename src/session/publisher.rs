@@ -28,7 +28,7 @@
 //!   when the write endpoint moved; when closing, the pending state is
 //!   delivered until the deadline and nothing else is sent.
 
-use crate::error::{Error, Status};
+use crate::error::{Error, Kind, Status};
 use crate::session::backoff::Backoff;
 pub use crate::wire::functions::Stored;
 use std::time::{Duration, Instant};
@@ -333,9 +333,7 @@ impl Publisher {
                     ..
                 } = sent
                 {
-                    if delta.is_some() && e.status == Status::MS_ERR_PROTOCOL {
-                        // A delta the functions refused (MSARG) or a reply
-                        // not understood: the retry goes in full.
+                    if delta.is_some() && retry_in_full(&e) {
                         self.use_base = false;
                     }
                     // Kept for the retry, unless a newer state came.
@@ -361,6 +359,33 @@ impl Publisher {
             }
         }
         effects
+    }
+}
+
+/// Whether a delta that failed so is sent again in full (after the
+/// backoff), decided on the failure's kind:
+///
+/// - `Refused` (MSARG): the functions refused the request's arguments, the
+///   delta among them ("malformed delta": it does not apply to the stored
+///   base); the same delta would be refused again.
+/// - `Other` of status PROTOCOL: a reply the library does not understand
+///   (of another shape, or naming a publish other than this one): what the
+///   record holds is unknown, so the retry does not lean on a base.
+/// - `Garbled` is not one of them (since the kinds were introduced; the
+///   status PROTOCOL sent it in full before): the response was malformed
+///   or answered another request after the transport's own tries, which
+///   says nothing of the delta. Like a lost response (`Timeout`) or a node
+///   out of reach, the same delta goes again; if the record no longer
+///   holds its base the functions say so (MSBASE, sent in full at once),
+///   and a try that was carried out is recognised by its publish id.
+///
+/// `BaseMismatch` is handled apart (in full at once, no backoff); an
+/// answer that ends the lead (not transient) never comes here.
+fn retry_in_full(e: &Error) -> bool {
+    match e.kind {
+        Kind::Refused => true,
+        Kind::Other => e.status == Status::MS_ERR_PROTOCOL,
+        _ => false,
     }
 }
 
@@ -712,6 +737,57 @@ mod tests {
             again.delta().map(|d| d.delta.as_str()),
             Some(first.as_str())
         );
+    }
+
+    /// What a failed delta is sent again as, by the failure's kind: in
+    /// full after an MSARG (the functions could not apply it) or a reply
+    /// not understood (a publish other than this one named); the same
+    /// delta after a garbled response, whatever its status (malformed, a
+    /// proxy's 502), as after a lost one.
+    #[test]
+    fn a_failed_delta_goes_again_in_full_only_when_the_reply_speaks_of_it() {
+        let t0 = Instant::now();
+        let refused = || {
+            Err(crate::wire::protocol::redis_error(
+                "MSARG malformed delta: 3",
+            ))
+        };
+        let foreign = || Err(crate::wire::protocol::protocol_error("ms_publish"));
+        let garbled = || {
+            Err(
+                Error::new(Status::MS_ERR_PROTOCOL, "malformed HTTP response")
+                    .kinded(Kind::Garbled),
+            )
+        };
+        let bad_gateway =
+            || Err(Error::new(Status::MS_ERR_UNAVAILABLE, "HTTP 502").kinded(Kind::Garbled));
+        let version = || Err(crate::wire::protocol::redis_error("MSVERSION 7"));
+        type Reply = fn() -> Result<Stored, Error>;
+        let cases: [(Reply, bool); 5] = [
+            (refused, true),
+            (foreign, true),
+            (garbled, false),
+            (bad_gateway, false),
+            (version, false),
+        ];
+        for (i, (reply, in_full)) in cases.into_iter().enumerate() {
+            let (mut p, mut mb) = (publisher(t0, 0), Mailbox::default());
+            store(&mut p, &mut mb, &plan(40, 99), 1, t0);
+            let g = publish(&mut mb, &plan(40, 5));
+            let r = send(&mut p, &mut mb, t0);
+            let first = r.delta().map(|d| d.delta.clone()).expect("a delta");
+            let status = reply().unwrap_err().status;
+            let effects = p.done(&mut mb, r, reply(), t0, false);
+            assert!(effects.contains(&Effect::PublishFailed(status)), "case {i}");
+            let again = send(&mut p, &mut mb, t0 + Duration::from_secs(2));
+            assert_eq!(again.generation(), g, "case {i}");
+            let expected = if in_full { None } else { Some(first.as_str()) };
+            assert_eq!(
+                again.delta().map(|d| d.delta.as_str()),
+                expected,
+                "case {i}"
+            );
+        }
     }
 
     /// `n` bytes no state of only `a`s holds.

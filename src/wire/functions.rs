@@ -5,7 +5,9 @@
 //! `Stored`, `reached`, `Snapshot`, `ListPage`, `SubscriberPage`,
 //! `ParamsReply`): a reply of another shape is MS_ERR_PROTOCOL naming the
 //! function, and no caller looks inside a `Value`. The body, the last
-//! argument, is framed by the caller (`protocol::frame_body`).
+//! argument, is made by the caller: framed (`protocol::frame_body`), or
+//! for ms_publish the state behind `r <publish id>\n` (or the delta) as
+//! it is.
 
 use super::protocol::{self, INDEX_KEY};
 use crate::error::Result;
@@ -36,6 +38,12 @@ impl Call {
         self.keys.iter().map(String::as_str).collect()
     }
 
+    /// The log key of the stream of record `key` (`stream:<name>` →
+    /// `msl:<name>`).
+    fn log_key(key: &str) -> String {
+        format!("msl:{}", key.strip_prefix("stream:").unwrap_or(key))
+    }
+
     /// The arguments, borrowed.
     pub fn args(&self) -> Vec<&str> {
         self.args.iter().map(String::as_str).collect()
@@ -48,7 +56,7 @@ impl Call {
         Call::new(
             "ms_start",
             false,
-            &[key, INDEX_KEY],
+            &[key, INDEX_KEY, &Call::log_key(key)],
             &[&hb, &ttl, algorithm, &iterations],
         )
     }
@@ -56,33 +64,64 @@ impl Call {
     /// ms_reconnect: heartbeat (ms), TTL (s).
     pub fn reconnect(key: &str, hb_ms: u128, ttl_s: u32) -> Call {
         let (hb, ttl) = (hb_ms.to_string(), ttl_s.to_string());
-        Call::new("ms_reconnect", false, &[key, INDEX_KEY], &[&hb, &ttl])
+        Call::new(
+            "ms_reconnect",
+            false,
+            &[key, INDEX_KEY, &Call::log_key(key)],
+            &[&hb, &ttl],
+        )
     }
 
     /// ms_stop.
     pub fn stop(key: &str) -> Call {
-        Call::new("ms_stop", false, &[key, INDEX_KEY], &[])
+        Call::new(
+            "ms_stop",
+            false,
+            &[key, INDEX_KEY, &Call::log_key(key)],
+            &[],
+        )
     }
 
     /// ms_publish of the state of publish id `id` with its seq floor; in
-    /// full, or as a delta against `(base seq, base publish id)`.
-    pub fn publish(key: &str, id: &str, floor: u64, base: Option<(u64, &str)>) -> Call {
+    /// full, or as a delta against `(base seq, base publish id)`; `tag`
+    /// names the channel (`protocol::channel_tag`) and `sealed` is the
+    /// lead token sealed for this publish (`protocol::seal_lead`, with
+    /// `Call::publish_kind` and the body's length).
+    pub fn publish(
+        key: &str,
+        id: &str,
+        floor: u64,
+        base: Option<(u64, &str)>,
+        tag: &str,
+        sealed: &str,
+    ) -> Call {
         let floor = floor.to_string();
-        let (kind, base_seq, base_id) = match base {
-            Some((seq, id)) => ("delta", seq.to_string(), id),
-            None => ("full", "-".to_string(), "-"),
-        };
+        let (kind, base_seq, base_id) = Call::publish_kind(base);
         Call::new(
             "ms_publish",
             false,
-            &[key, INDEX_KEY],
-            &[id, &floor, kind, &base_seq, base_id],
+            &[key, INDEX_KEY, &Call::log_key(key)],
+            &[id, &floor, kind, &base_seq, base_id, tag, sealed],
         )
+    }
+
+    /// The kind, base seq and base publish id arguments of ms_publish:
+    /// `full - -`, or `delta <seq> <id>`.
+    pub fn publish_kind(base: Option<(u64, &str)>) -> (&'static str, String, &str) {
+        match base {
+            Some((seq, id)) => ("delta", seq.to_string(), id),
+            None => ("full", "-".to_string(), "-"),
+        }
     }
 
     /// ms_heartbeat announcing the interval (ms).
     pub fn heartbeat(key: &str, hb_ms: u128) -> Call {
-        Call::new("ms_heartbeat", false, &[key], &[&hb_ms.to_string()])
+        Call::new(
+            "ms_heartbeat",
+            false,
+            &[key, &Call::log_key(key)],
+            &[&hb_ms.to_string()],
+        )
     }
 
     /// ms_connect (checks the password's key).
@@ -90,9 +129,11 @@ impl Call {
         Call::new("ms_connect", false, &[key], &[])
     }
 
-    /// ms_snapshot (read-only).
-    pub fn snapshot(key: &str) -> Call {
-        Call::new("ms_snapshot", true, &[key], &[])
+    /// ms_snapshot (read-only); `have` names the state the caller holds,
+    /// `<seq>:<updated_ms>`, or is `-`: the reply carries no state when
+    /// it names the newest one.
+    pub fn snapshot(key: &str, have: &str) -> Call {
+        Call::new("ms_snapshot", true, &[key, &Call::log_key(key)], &[have])
     }
 
     /// ms_probe publishing a probe carrying `token`.
@@ -176,16 +217,24 @@ impl Connected {
     }
 }
 
-/// The reply to ms_snapshot, `[seq, updated_ms, hb_ms, state]` (the
-/// update time is not used).
+/// The reply to ms_snapshot, `[seq, updated_ms, hb_ms, updated_age_ms,
+/// heard_age_ms, state message | ""]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     pub seq: u64,
+    /// When the newest state was stored (ms since the Unix epoch, Redis'
+    /// clock): with `seq`, what names it in a later call's `have`.
+    pub updated_ms: i64,
     /// The heartbeat interval the leader announced (ms).
     pub hb_ms: u64,
-    /// When the state was stored (ms since the Unix epoch, Redis' clock).
-    pub updated_ms: i64,
-    pub state: String,
+    /// How long ago the newest state was stored, on Redis' clock (ms).
+    pub updated_age_ms: u64,
+    /// How long ago the leader was last heard (a heartbeat, a start or
+    /// reconnect, or the newest state), on Redis' clock (ms).
+    pub heard_age_ms: u64,
+    /// The newest state and its publish id (`-` for the state ms_start
+    /// stores); None when the call's `have` named it (the reply's `""`).
+    pub state: Option<(String, String)>,
 }
 
 impl Snapshot {
@@ -194,20 +243,20 @@ impl Snapshot {
         let Value::Array(mut a) = reply else {
             return Err(bad());
         };
-        if a.len() != 4 {
+        if a.len() != 6 {
             return Err(bad());
         }
         let state = match a.pop() {
-            Some(Value::String(s)) => s,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(protocol::parse_state_message(s).ok_or_else(bad)?),
             _ => return Err(bad()),
         };
-        let hb_ms = protocol::as_u64(&a[2]).ok_or_else(bad)?;
-        let seq = protocol::as_u64(&a[0]).ok_or_else(bad)?;
-        let updated_ms = protocol::as_i64(&a[1]).ok_or_else(bad)?;
         Ok(Snapshot {
-            seq,
-            hb_ms,
-            updated_ms,
+            seq: protocol::as_u64(&a[0]).ok_or_else(bad)?,
+            updated_ms: protocol::as_i64(&a[1]).ok_or_else(bad)?,
+            hb_ms: protocol::as_u64(&a[2]).ok_or_else(bad)?,
+            updated_age_ms: protocol::as_u64(&a[3]).ok_or_else(bad)?,
+            heard_age_ms: protocol::as_u64(&a[4]).ok_or_else(bad)?,
             state,
         })
     }
@@ -232,7 +281,7 @@ pub struct ListEntry {
     pub heartbeat_ms: u32,
 }
 
-/// A page of ms_list: `[cursor, skipped, name, seq, followers,
+/// A page of ms_list: `[cursor, skipped, now_ms, name, seq, followers,
 /// updated_ms, heard_ms, heartbeat_ms, ...]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListPage {
@@ -241,9 +290,24 @@ pub struct ListPage {
     /// Index entries the functions skipped (names this version refuses,
     /// records of an earlier version).
     pub skipped: u64,
+    /// Redis' clock when the page was read (ms since the Unix epoch): the
+    /// times of the entries are on that clock.
+    pub now_ms: i64,
     /// Each stream, or the fields of an entry this library cannot read
     /// (the others are kept).
     pub entries: Vec<std::result::Result<ListEntry, Vec<Value>>>,
+}
+
+/// A time of Redis' clock (`value`, ms since the Unix epoch) moved onto
+/// another clock: as long before `local_now_ms` as it was before Redis'
+/// `redis_now_ms`. 0 (not known) stays 0; a time after Redis' now is
+/// taken as now.
+pub fn rebase(value: i64, redis_now_ms: i64, local_now_ms: i64) -> i64 {
+    if value == 0 {
+        return 0;
+    }
+    let age = redis_now_ms.saturating_sub(value).max(0);
+    local_now_ms.saturating_sub(age)
 }
 
 /// A page cursor: decimal digits.
@@ -255,10 +319,23 @@ fn cursor_of(v: Value) -> Option<String> {
 }
 
 impl ListPage {
+    /// The page with the times of its entries (`updated_ms`, `heard_ms`)
+    /// moved from Redis' clock onto a local clock reading `local_now_ms`
+    /// when the page came (`rebase`): a caller comparing them with its
+    /// own clock sees no skew between its clock and Redis'.
+    pub fn rebased(mut self, local_now_ms: i64) -> ListPage {
+        for e in self.entries.iter_mut().flatten() {
+            e.updated_ms = rebase(e.updated_ms, self.now_ms, local_now_ms);
+            e.heard_ms = rebase(e.heard_ms, self.now_ms, local_now_ms);
+        }
+        self.now_ms = local_now_ms;
+        self
+    }
+
     pub fn of(reply: Value) -> Result<ListPage> {
         let bad = || protocol::protocol_error("ms_list");
         let mut page = match reply {
-            Value::Array(a) if a.len() % LIST_FIELDS == 2 => a.into_iter(),
+            Value::Array(a) if a.len() % LIST_FIELDS == 3 => a.into_iter(),
             _ => return Err(bad()),
         };
         let cursor = page.next().and_then(cursor_of).ok_or_else(bad)?;
@@ -266,6 +343,11 @@ impl ListPage {
             .next()
             .as_ref()
             .and_then(protocol::as_u64)
+            .ok_or_else(bad)?;
+        let now_ms = page
+            .next()
+            .as_ref()
+            .and_then(protocol::as_i64)
             .ok_or_else(bad)?;
         let fields: Vec<Value> = page.collect();
         let entries = fields
@@ -287,6 +369,7 @@ impl ListPage {
         Ok(ListPage {
             cursor,
             skipped,
+            now_ms,
             entries,
         })
     }
@@ -355,16 +438,36 @@ mod tests {
 
     #[test]
     fn calls_carry_their_keys_and_arguments_in_order() {
-        let c = Call::publish("stream:a", "id1", 7, Some((6, "id0")));
+        let c = Call::publish("stream:a", "id1", 7, Some((6, "id0")), "tag", "sealed");
         assert_eq!((c.function, c.read_only), ("ms_publish", false));
-        assert_eq!(c.keys(), ["stream:a", INDEX_KEY]);
-        assert_eq!(c.args(), ["id1", "7", "delta", "6", "id0"]);
-        let c = Call::publish("stream:a", "id1", 7, None);
-        assert_eq!(c.args(), ["id1", "7", "full", "-", "-"]);
+        assert_eq!(c.keys(), ["stream:a", INDEX_KEY, "msl:a"]);
+        assert_eq!(c.args(), ["id1", "7", "delta", "6", "id0", "tag", "sealed"]);
+        let c = Call::publish("stream:a", "id1", 7, None, "t", "s");
+        assert_eq!(c.args(), ["id1", "7", "full", "-", "-", "t", "s"]);
         let c = Call::start("stream:a", 5000, 0, "pbkdf2-sha256", 600_000);
         assert_eq!(c.args(), ["5000", "0", "pbkdf2-sha256", "600000"]);
+        // The log key after the record where the function takes it.
+        let keys = |c: Call| c.keys.clone();
+        assert_eq!(
+            keys(Call::start("stream:a/b", 1, 0, "x", 1)),
+            ["stream:a/b", INDEX_KEY, "msl:a/b"]
+        );
+        assert_eq!(
+            keys(Call::reconnect("stream:a", 1, 0)),
+            ["stream:a", INDEX_KEY, "msl:a"]
+        );
+        assert_eq!(
+            keys(Call::stop("stream:a")),
+            ["stream:a", INDEX_KEY, "msl:a"]
+        );
+        assert_eq!(keys(Call::snapshot("stream:a", "-")), ["stream:a", "msl:a"]);
+        assert_eq!(keys(Call::heartbeat("stream:a", 1)), ["stream:a", "msl:a"]);
+        assert_eq!(keys(Call::connect("stream:a")), ["stream:a"]);
+        assert_eq!(keys(Call::probe("stream:a", "t")), ["stream:a"]);
+        assert_eq!(keys(Call::params("stream:a")), ["stream:a"]);
+        assert_eq!(Call::snapshot("stream:a", "4:1700").args(), ["4:1700"]);
         for (c, ro) in [
-            (Call::snapshot("k"), true),
+            (Call::snapshot("k", "-"), true),
             (Call::params("k"), true),
             (Call::subscribers("0"), true),
             (Call::connect("k"), false),
@@ -442,24 +545,52 @@ mod tests {
     }
 
     #[test]
-    fn snapshot_replies_carry_seq_time_heartbeat_and_state() {
+    fn snapshot_replies_carry_seq_times_ages_and_state() {
         assert_eq!(
-            Snapshot::of(json!(["4", "1700000000000", 5000, "{\"a\":1}"])),
+            Snapshot::of(json!([
+                "4",
+                "1700000000000",
+                5000,
+                12,
+                "40",
+                "r 0123456789abcdef0000000000000004\n{\"a\":1}"
+            ])),
             Ok(Snapshot {
                 seq: 4,
-                hb_ms: 5000,
                 updated_ms: 1_700_000_000_000,
-                state: "{\"a\":1}".into()
+                hb_ms: 5000,
+                updated_age_ms: 12,
+                heard_age_ms: 40,
+                state: Some((
+                    "0123456789abcdef0000000000000004".into(),
+                    "{\"a\":1}".into()
+                ))
             })
         );
+        // ms_start's state.
+        assert_eq!(
+            Snapshot::of(json!([0, 1, 5000, 0, 0, "r -\n{}"]))
+                .unwrap()
+                .state,
+            Some(("-".into(), "{}".into()))
+        );
+        // `have` named the newest state: no state.
+        let unchanged = Snapshot::of(json!([4, 1, 5000, 3, 2, ""])).unwrap();
+        assert_eq!((unchanged.seq, unchanged.state), (4, None));
         for bad in [
-            json!([4, 1, 5000]),
-            json!([4, 1, 5000, "{}", 0]),
-            json!([4, 1, 5000, 7]),
-            json!(["x", 1, 5000, "{}"]),
-            json!([4, 1, HUGE, "{}"]),
-            json!([4, 1, -5, "{}"]),
-            json!([4, "later", 5000, "{}"]),
+            json!([4, 1, 5000, 0, 0]),
+            json!([4, 1, 5000, 0, 0, "r -\n{}", 0]),
+            json!([4, 1, 5000, "{}"]),
+            json!([4, 1, 5000, 0, 0, 7]),
+            json!([4, 1, 5000, 0, 0, "{}"]),
+            json!([4, 1, 5000, 0, 0, "r x"]),
+            json!([4, 1, 5000, 0, 0, "s 4 1 x"]),
+            json!(["x", 1, 5000, 0, 0, "r -\n{}"]),
+            json!([4, 1, HUGE, 0, 0, "r -\n{}"]),
+            json!([4, 1, -5, 0, 0, "r -\n{}"]),
+            json!([4, 1, 5000, -1, 0, "r -\n{}"]),
+            json!([4, 1, 5000, 0, "x", "r -\n{}"]),
+            json!([4, "later", 5000, 0, 0, "r -\n{}"]),
             json!({"seq": 4}),
         ] {
             refused(Snapshot::of(bad.clone()), "ms_snapshot", &bad);
@@ -471,6 +602,7 @@ mod tests {
         let page = ListPage::of(json!([
             "17",
             "2",
+            "1800000000000",
             "a",
             "3",
             "1",
@@ -491,7 +623,10 @@ mod tests {
             "99999999999"
         ]))
         .unwrap();
-        assert_eq!((page.cursor.as_str(), page.skipped), ("17", 2));
+        assert_eq!(
+            (page.cursor.as_str(), page.skipped, page.now_ms),
+            ("17", 2, 1_800_000_000_000)
+        );
         assert_eq!(
             page.entries[0],
             Ok(ListEntry {
@@ -505,11 +640,12 @@ mod tests {
         );
         assert!(page.entries[1].is_err(), "seq not a number");
         assert!(page.entries[2].is_err(), "followers over u64");
-        assert_eq!(ListPage::of(json!(["0", 0])).unwrap().entries, vec![]);
+        assert_eq!(ListPage::of(json!(["0", 0, 5])).unwrap().entries, vec![]);
         // Counts over u32 are capped.
         let page = ListPage::of(json!([
             "0",
             0,
+            5,
             "c",
             1,
             "99999999999",
@@ -526,16 +662,54 @@ mod tests {
         for bad in [
             json!([]),
             json!(["0"]),
-            json!(["0", 0, "a"]),
-            json!(["", 0]),
-            json!(["1x", 0]),
-            json!([0, 0]),
-            json!(["0", "x"]),
-            json!(["0", HUGE]),
+            json!(["0", 0]),
+            json!(["0", 0, 5, "a"]),
+            json!(["", 0, 5]),
+            json!(["1x", 0, 5]),
+            json!([0, 0, 5]),
+            json!(["0", "x", 5]),
+            json!(["0", HUGE, 5]),
+            json!(["0", 0, "now"]),
+            json!(["0", 0, HUGE]),
             json!(null),
         ] {
             refused(ListPage::of(bad.clone()), "ms_list", &bad);
         }
+    }
+
+    #[test]
+    fn list_times_are_rebased_onto_the_local_clock() {
+        // Redis' clock an hour ahead of this one.
+        let (redis, local) = (1_800_003_600_000, 1_800_000_000_000);
+        assert_eq!(rebase(redis - 1500, redis, local), local - 1500);
+        assert_eq!(rebase(0, redis, local), 0, "not known stays so");
+        assert_eq!(rebase(redis + 10, redis, local), local, "never ahead");
+        assert_eq!(rebase(1, i64::MAX, i64::MIN), i64::MIN);
+        let page = ListPage::of(json!([
+            "0",
+            0,
+            redis,
+            "a",
+            1,
+            0,
+            redis - 2000,
+            redis - 300,
+            5000,
+            "b",
+            "x",
+            0,
+            1,
+            1,
+            1
+        ]))
+        .unwrap()
+        .rebased(local);
+        let a = page.entries[0].as_ref().unwrap();
+        assert_eq!(
+            (a.updated_ms, a.heard_ms, page.now_ms),
+            (local - 2000, local - 300, local)
+        );
+        assert!(page.entries[1].is_err());
     }
 
     #[test]

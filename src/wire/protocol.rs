@@ -6,7 +6,7 @@ use crate::error::{Error, Kind, Result, Status};
 use serde_json::Value;
 
 /// Version of the protocol between this library and lua/missionstream.lua.
-pub const PROTOCOL_VERSION: &str = "8";
+pub const PROTOCOL_VERSION: &str = "9";
 /// Longest stream name, in bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest password or leader code, in bytes.
@@ -61,6 +61,57 @@ pub fn open_sealed(sealed: &str, key: &str, nonce: &str) -> Option<String> {
     let mask = h.finalize();
     let open: Vec<u8> = sealed.iter().zip(mask.iter()).map(|(a, b)| a ^ b).collect();
     Some(hex(&open))
+}
+
+/// SHA-1 of the concatenated parts, as 40 lowercase hex digits.
+fn sha1hex(parts: &[&[u8]]) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    for p in parts {
+        h.update(p);
+    }
+    hex(&h.finalize())
+}
+
+/// The tag of a stream's channel that ms_publish carries instead of the
+/// channel: the first 16 hex digits of SHA-1(`"tag:" <channel>`).
+pub fn channel_tag(channel: &str) -> String {
+    let mut tag = sha1hex(&[b"tag:", channel.as_bytes()]);
+    tag.truncate(16);
+    tag
+}
+
+/// The lead token sealed for one publish, as ms_publish carries it in its
+/// path: the token's 32 hex digits XORed, digit by digit, with the first
+/// 32 hex digits of SHA-1(`"lead:" <lead_hash> ":" <publish id> ":" <kind>
+/// ":" <base seq> ":" <base id> ":" <floor> ":" <body length>`), where
+/// `lead_hash` is SHA-1 hex of the token (what the record keeps). A seal
+/// is good only for that publish id, kind, base, floor and body length.
+/// None when the token is not 32 hex digits.
+pub fn seal_lead(
+    token: &str,
+    id: &str,
+    kind: &str,
+    base_seq: &str,
+    base_id: &str,
+    floor: u64,
+    body_len: usize,
+) -> Option<String> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    if token.len() != 32 || !token.bytes().all(|c| digit(c).is_some()) {
+        return None;
+    }
+    let lead_hash = sha1hex(&[token.as_bytes()]);
+    let params = format!("{id}:{kind}:{base_seq}:{base_id}:{floor}:{body_len}");
+    let mask = sha1hex(&[b"lead:", lead_hash.as_bytes(), b":", params.as_bytes()]);
+    token
+        .bytes()
+        .zip(mask.bytes())
+        .map(|(t, m)| {
+            let x = digit(t)? ^ digit(m)?;
+            char::from_digit(x, 16)
+        })
+        .collect()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -503,14 +554,23 @@ pub fn protocol_error(what: &str) -> Error {
 /// A message on a stream's channel.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ChannelMessage {
-    /// A stored state.
-    State {
+    /// The header of a stored full state: `s <seq> <updated_ms> <publish id>`.
+    StateHead {
         seq: u64,
         updated_ms: i64,
-        state: String,
+        id: String,
     },
+    /// The body of a stored full state, `r <publish id>\n<state>`: the
+    /// request body as the leader sent it. Paired with its header by the
+    /// publish id, in either order.
+    StateBody { id: String, state: String },
     /// A stored state, as a delta against the state of seq `base`.
-    Delta { seq: u64, base: u64, delta: String },
+    Delta {
+        seq: u64,
+        base: u64,
+        updated_ms: i64,
+        delta: String,
+    },
     /// The leader's heartbeat, carrying its interval.
     Heartbeat { interval_ms: u64 },
     /// A follower's probe.
@@ -519,32 +579,60 @@ pub enum ChannelMessage {
     Ended,
 }
 
-/// Parses a channel message payload (see lua/missionstream.lua).
+/// Parses a state message, `r <publish id>\n<state>`, as the channel's
+/// `r` message and ms_snapshot's reply carry it (`r -\n{}` for the state
+/// ms_start stores). Returns the publish id and the state, the state
+/// taken out of `message` without a copy when the prefix is short.
+/// None for anything else (no `r `, no newline, an id with a space or
+/// empty).
+pub fn parse_state_message(mut message: String) -> Option<(String, String)> {
+    let rest = message.strip_prefix("r ")?;
+    let nl = rest.find('\n')?;
+    let id = &rest[..nl];
+    if id.is_empty() || id.contains(' ') {
+        return None;
+    }
+    let id = id.to_string();
+    message.drain(..2 + nl + 1);
+    Some((id, message))
+}
+
+/// Parses a channel message payload (see docs/PROTOCOL.md).
 pub fn parse_channel_message(payload: String) -> Option<ChannelMessage> {
     let b = payload.as_bytes();
     match b.first()? {
         b's' => {
-            let nl = payload.find('\n')?;
-            let mut head = payload[..nl].split(' ').skip(1);
+            let mut head = payload.strip_prefix("s ")?.split(' ');
             let seq = head.next()?.parse().ok()?;
             let updated_ms = head.next()?.parse().ok()?;
-            let mut state = payload;
-            state.drain(..nl + 1);
-            Some(ChannelMessage::State {
+            let id = head.next()?;
+            if id.is_empty() || id.contains('\n') || head.next().is_some() {
+                return None;
+            }
+            Some(ChannelMessage::StateHead {
                 seq,
                 updated_ms,
-                state,
+                id: id.to_string(),
             })
+        }
+        b'r' => {
+            let (id, state) = parse_state_message(payload)?;
+            Some(ChannelMessage::StateBody { id, state })
         }
         b'd' => {
             let nl = payload.find('\n')?;
             let mut head = payload[..nl].split(' ').skip(1);
             let seq = head.next()?.parse().ok()?;
             let base = head.next()?.parse().ok()?;
-            let _updated_ms: i64 = head.next()?.parse().ok()?;
+            let updated_ms = head.next()?.parse().ok()?;
             let mut delta = payload;
             delta.drain(..nl + 1);
-            Some(ChannelMessage::Delta { seq, base, delta })
+            Some(ChannelMessage::Delta {
+                seq,
+                base,
+                updated_ms,
+                delta,
+            })
         }
         b'h' => Some(ChannelMessage::Heartbeat {
             interval_ms: payload.get(2..)?.parse().ok()?,
@@ -956,12 +1044,28 @@ mod tests {
 
     #[test]
     fn channel_messages() {
+        let id = "0123456789abcdef0000000000000001";
         assert_eq!(
-            parse_channel_message("s 5 1700\n{\"x\":\n1}".into()),
-            Some(ChannelMessage::State {
+            parse_channel_message(format!("s 5 1700 {id}")),
+            Some(ChannelMessage::StateHead {
                 seq: 5,
                 updated_ms: 1700,
+                id: id.into()
+            })
+        );
+        assert_eq!(
+            parse_channel_message(format!("r {id}\n{{\"x\":\n1}}")),
+            Some(ChannelMessage::StateBody {
+                id: id.into(),
                 state: "{\"x\":\n1}".into()
+            })
+        );
+        // A state that reads like a control message is a body all the same.
+        assert_eq!(
+            parse_channel_message(format!("r {id}\nh 100")),
+            Some(ChannelMessage::StateBody {
+                id: id.into(),
+                state: "h 100".into()
             })
         );
         assert_eq!(
@@ -983,12 +1087,96 @@ mod tests {
             Some(ChannelMessage::Delta {
                 seq: 9,
                 base: 8,
+                updated_ms: 1700,
                 delta: "3\n3:abc0;".into()
             })
         );
-        assert_eq!(parse_channel_message("d 9 1700\nx".into()), None);
-        assert_eq!(parse_channel_message("s x".into()), None);
-        assert_eq!(parse_channel_message("".into()), None);
+        for bad in [
+            "d 9 1700\nx",
+            "s x",
+            "s 5 1700",
+            "s 5 1700 ",
+            "s 5 1700 id extra",
+            "s 5 1700\n{}",
+            "s 5 x id",
+            "r id",
+            "r \n{}",
+            "r a b\n{}",
+            "rid\n{}",
+            "",
+        ] {
+            assert_eq!(parse_channel_message(bad.into()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn state_messages_carry_a_publish_id_and_the_state() {
+        assert_eq!(
+            parse_state_message("r -\n{}".into()),
+            Some(("-".into(), "{}".into()))
+        );
+        assert_eq!(
+            parse_state_message("r abc\n".into()),
+            Some(("abc".into(), "".into()))
+        );
+        assert_eq!(
+            parse_state_message("r abc\n\n\u{e9}".into()),
+            Some(("abc".into(), "\n\u{e9}".into()))
+        );
+        for bad in ["", "r", "r -", "s 1 2 -", "{}", "r  \n{}"] {
+            assert_eq!(parse_state_message(bad.into()), None, "{bad:?}");
+        }
+    }
+
+    /// The vectors every implementation of the seal and the tag checks.
+    #[test]
+    fn lead_seal_and_channel_tag_vectors() {
+        let token = "00112233445566778899aabbccddeeff";
+        assert_eq!(
+            sha1hex(&[token.as_bytes()]),
+            "2ab31b2b0c25d5f6cbc9e082f80ab7cd27ec6315"
+        );
+        let id = "0123456789abcdef0000000000000001";
+        let body = format!("r {id}\n{{}}");
+        assert_eq!(body.len(), 37);
+        assert_eq!(
+            sha1hex(&[
+                b"lead:2ab31b2b0c25d5f6cbc9e082f80ab7cd27ec6315:",
+                format!("{id}:full:-:-:0:37").as_bytes()
+            ]),
+            "ef3b2bca03e3f98ae3080f01e1bb2c06d521095f"
+        );
+        assert_eq!(
+            seal_lead(token, id, "full", "-", "-", 0, body.len()).as_deref(),
+            Some("ef2a09f947b69ffd6b91a5ba2d66c2f9")
+        );
+        assert_eq!(
+            seal_lead(
+                token,
+                id,
+                "delta",
+                "41",
+                "0123456789abcdef0000000000000000",
+                0,
+                53
+            )
+            .as_deref(),
+            Some("4a46671bdf2df13d466b287b3a751bb4")
+        );
+        // Another body length, another seal.
+        assert_ne!(
+            seal_lead(token, id, "full", "-", "-", 0, 38).as_deref(),
+            Some("ef2a09f947b69ffd6b91a5ba2d66c2f9")
+        );
+        for bad in [
+            "",
+            "0011",
+            "00112233445566778899aabbccddeefg",
+            &"0".repeat(33),
+        ] {
+            assert_eq!(seal_lead(bad, id, "full", "-", "-", 0, 37), None, "{bad}");
+        }
+        assert_eq!(channel_tag(&"0f".repeat(20)), "d5d24c8a08653d96");
     }
 
     #[test]

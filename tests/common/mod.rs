@@ -9,6 +9,7 @@ pub mod faults;
 pub mod plan;
 pub mod raw;
 pub mod rawsub;
+pub mod record;
 pub mod tls;
 
 use missionstream::{Client, Event, EventKind};
@@ -387,9 +388,10 @@ impl Servers {
         let out = self.redis_cli(&[
             "FCALL",
             "ms_reconnect",
-            "2",
+            "3",
             &format!("stream:{name}"),
             "streams",
+            &format!("msl:{name}"),
             missionstream::protocol::PROTOCOL_VERSION,
             "t4ke",
             "5000",
@@ -400,11 +402,26 @@ impl Servers {
         token
     }
 
-    /// A field of the stream's record; for "state", the newest state, as
-    /// `ms_snapshot` assembles it from the record's base and deltas.
+    /// A field of the stream's record; for "state", "seq", "updated_ms"
+    /// and "pub", those of the newest state, assembled from the record's
+    /// base and log (record::newest; the snapshot's for a record of
+    /// protocol 8). "" when there is no such record or field.
     pub fn record_field(&self, name: &str, field: &str) -> String {
-        if field == "state" {
-            return newest_state(self.redis_port, name);
+        if matches!(field, "state" | "seq" | "updated_ms" | "pub") {
+            let Some(n) = record::newest(self.redis_port, name) else {
+                return if field == "state" {
+                    newest_state(self.redis_port, name)
+                } else {
+                    String::new()
+                };
+            };
+            return match field {
+                "state" => n.state,
+                "seq" => n.seq.to_string(),
+                "updated_ms" => n.updated_ms.to_string(),
+                _ if n.id == "-" => String::new(),
+                _ => n.id,
+            };
         }
         let out = Command::new("redis-cli")
             .arg("-p")
@@ -1048,21 +1065,30 @@ pub fn newest_state(port: u16, name: &str) -> String {
         return String::new();
     }
     let body = format!("\n{channel}");
+    let log = format!("msl:{name}");
     let out = cli(&[
         "FCALL_RO",
         "ms_snapshot",
-        "1",
+        "2",
         &key,
+        &log,
         missionstream::protocol::PROTOCOL_VERSION,
         "n3west",
+        "-",
         &body,
     ]);
     let text = String::from_utf8_lossy(&out).into_owned();
-    // Raw output: nonce, seq, updated_ms, hb_ms, then the state (the
+    // Raw output: nonce, seq, updated_ms, hb_ms, updated_age_ms,
+    // heard_age_ms, then the state message "r <publish id>\n<state>" (the
     // last element, so its own newlines do no harm) and a newline.
-    let mut lines = text.splitn(5, '\n');
+    let mut lines = text.splitn(8, '\n');
     assert_eq!(lines.next(), Some("n3west"), "ms_snapshot: {text}");
-    let mut state = lines.nth(3).unwrap_or("").to_string();
+    let head = lines.nth(5).unwrap_or("");
+    assert!(
+        head.starts_with("r "),
+        "ms_snapshot's state message: {text}"
+    );
+    let mut state = lines.next().unwrap_or("").to_string();
     if state.ends_with('\n') {
         state.pop();
     }

@@ -227,6 +227,26 @@ impl Raw {
     }
 }
 
+impl Raw {
+    /// Like `call`, with `body` sent as it is (ms_publish's body is not
+    /// framed).
+    pub fn call_body(
+        port: u16,
+        function: &str,
+        keys: &[&[u8]],
+        nonce: &str,
+        args: &[&str],
+        body: &[u8],
+    ) -> serde_json::Value {
+        let mut raw = Raw::connect(port);
+        raw.put(&fcall_path(function, keys, nonce, args), body);
+        let (status, text) = raw.reply(Duration::from_secs(10)).expect("a reply");
+        assert_eq!(status, 200, "{function}: HTTP {status} {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v.as_object().unwrap().values().next().unwrap().clone()
+    }
+}
+
 /// The error text of a reply value, if it is one.
 pub fn error_of(v: &serde_json::Value) -> Option<String> {
     let a = v.as_array()?;

@@ -86,7 +86,8 @@ test("preflights of an allowed origin are answered with a cache lifetime; other 
   const name = uniqueName("evil");
   const key = "a".repeat(64), hex32 = "b".repeat(32);
   const body = `64 64 32 32\n${key}${key}${hex32}${hex32}${hex32}`;
-  const p = `/FCALL/ms_start/2/stream%3A${name.replace(/[^A-Za-z0-9_-]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase())}/streams/${V}/n3/500/0/pbkdf2-sha256/100000`;
+  const enc = name.replace(/[^A-Za-z0-9_-]/g, (c) => "%" + c.charCodeAt(0).toString(16).toUpperCase());
+  const p = `/FCALL/ms_start/3/stream%3A${enc}/streams/msl%3A${enc}/${V}/n3/500/0/pbkdf2-sha256/100000`;
   const evil = await request("POST", p, { Origin: "https://evil.example", "Content-Type": "text/plain" }, body);
   assert.equal(evil.status, 403);
   assert.equal(evil.headers["access-control-allow-origin"], undefined);

@@ -379,6 +379,36 @@ test("any other JSON is a tree with the changed paths highlighted; the leader go
   }
 });
 
+test("a page whose clock is an hour off shows presence and ages on Redis' clock: the leader online, the state seconds old", async () => {
+  const c = new Client(srv.url, { iterations: 100000, heartbeatMs: 1000 });
+  const name = uniqueName("skew");
+  // The page's Date runs an hour ahead of this machine's (and Redis').
+  const { identifier } = await browser.send("Page.addScriptToEvaluateOnNewDocument", {
+    source: `(() => { const D = Date, off = 3600000; const now = D.now.bind(D);
+      globalThis.Date = class extends D { constructor(...a) { super(...(a.length ? a : [now() + off])); } static now() { return now() + off; } }; })();`,
+  });
+  try {
+    const leader = await c.start(name, "pw", "code");
+    leader.publish({ vehicle: { mode: "AUTO" } });
+    await leader.flush();
+    await browser.goto(viewUrl);
+    assert.ok(await browser.eval(`Date.now() - ${Date.now()} > 3500000`), "the page's clock is skewed");
+    const entry = `[...document.querySelectorAll('#streams button')].find(b => b.dataset.name === ${JSON.stringify(name)})`;
+    await browser.waitFor(`${entry} !== undefined`);
+    const text = await browser.eval(`${entry}.textContent`);
+    assert.match(text, /· leader online · seq 1 · 0 followers · \d+ s ago$/, text);
+    await browser.eval(`window.msView.follow(${JSON.stringify(name)}, 'pw').then(() => true)`);
+    await browser.waitFor(`window.msView.seq === 1`);
+    await browser.waitFor(`/^\\d+ s$/.test(document.getElementById('age').textContent)`, 5000);
+    assert.equal(await browser.eval(`document.getElementById('leader').textContent`), "leader online");
+    await browser.eval(`window.msView.leave(), 1`);
+    await leader.stop();
+  } finally {
+    await browser.send("Page.removeScriptToEvaluateOnNewDocument", { identifier });
+    await c.close();
+  }
+});
+
 test("map tiles, where a deployment has them (#tiles=URL template), are drawn under the plan at the zoom that fits it", async () => {
   const c = new Client(srv.url, { iterations: 100000 });
   const name = uniqueName("tiles");

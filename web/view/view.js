@@ -64,8 +64,10 @@ async function refreshList() {
       const li = document.createElement("li");
       const b = document.createElement("button");
       b.type = "button";
-      const online = s.heardMs > 0 && Date.now() - s.heardMs < 3 * s.heartbeatMs;
-      b.textContent = `${s.name} · ${online ? "leader online" : "leader offline"} · seq ${s.seq} · ${s.followers} follower${s.followers === 1 ? "" : "s"} · ${age(Date.now() - s.updatedMs)} ago`;
+      // Ages on Redis' clock (its time when it listed the page): this
+      // machine's clock, however far off, plays no part.
+      const online = s.heardMs > 0 && s.nowMs - s.heardMs < 3 * s.heartbeatMs;
+      b.textContent = `${s.name} · ${online ? "leader online" : "leader offline"} · seq ${s.seq} · ${s.followers} follower${s.followers === 1 ? "" : "s"} · ${age(s.nowMs - s.updatedMs)} ago`;
       b.dataset.name = s.name;
       b.onclick = () => { $("name").value = s.name; $("password").focus(); };
       li.append(b);
@@ -428,7 +430,9 @@ function age(ms) {
 }
 
 function tickAge() {
-  if (view.follower && view.updatedMs) $("age").textContent = age(Date.now() - view.updatedMs);
+  // The package's age of the newest state: Redis' age of it when read,
+  // plus the time elapsed here since (never this clock against Redis').
+  if (view.follower && view.follower.seq >= 0) $("age").textContent = age(view.follower.updatedAgeMs);
 }
 
 setInterval(tickAge, 1000);

@@ -3,11 +3,12 @@
 // fetch, streaming response bodies and WebCrypto, in browsers and Node >= 20.
 
 import { applyDelta, makeDelta, checksum } from "./delta.js";
+import { parseMessage, parseStateMessage, StateHalves, HOLD_MS } from "./messages.js";
 
 export { applyDelta, makeDelta, checksum };
 
 /** The protocol version this package speaks (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION = "8";
+export const PROTOCOL_VERSION = "9";
 export const MAX_NAME = 256;
 export const MAX_SECRET = 1024;
 export const MAX_STATE = 8 * 1024 * 1024;
@@ -115,6 +116,28 @@ export async function deriveKey(secret, prefix, salt, iterations) {
 /** The channel of stream `name` started with `seed` (40 hex digits). */
 export function channelOf(seed, name) {
   return sha1Hex("channel:" + seed + ":" + name);
+}
+
+/** The tag of a channel that `ms_publish` names instead of the channel: the first 16 hex digits of SHA-1("tag:" + channel). */
+export async function channelTag(channel) {
+  return (await sha1Hex("tag:" + channel)).slice(0, 16);
+}
+
+/**
+ * The lead token (32 hex digits) sealed for one publish: its 16 bytes XOR
+ * the first 16 bytes of SHA-1("lead:" + leadHash + ":" + id + ":" + kind +
+ * ":" + baseSeq + ":" + baseId + ":" + floor + ":" + bodyLength), where
+ * leadHash = SHA-1 hex of the token (what the record keeps) and bodyLength
+ * the byte length of the whole request body. A seal is good for that
+ * publish only; opening it needs the token's hash.
+ */
+export async function sealLead(token, leadHash, id, kind, baseSeq, baseId, floor, bodyLength) {
+  if (typeof token !== "string" || !/^[0-9a-f]{32}$/.test(token)) throw invalid("the lead token must be 32 lowercase hex digits");
+  const text = `lead:${leadHash}:${id}:${kind}:${baseSeq}:${baseId}:${floor}:${bodyLength}`;
+  const mask = new Uint8Array(await cryptoApi().subtle.digest("SHA-1", encoder.encode(text)));
+  const out = new Uint8Array(16);
+  for (let i = 0; i < 16; i++) out[i] = parseInt(token.substr(2 * i, 2), 16) ^ mask[i];
+  return hex(out);
 }
 
 /** Opens (or seals: the same XOR) a channel sealed with `key` for `nonce`. */
@@ -298,6 +321,7 @@ function makeEvent(kind, stream, fields = {}) {
     status: Status.MS_OK,
     message: "",
     updatedMs: 0,
+    updatedAgeMs: 0,
     receivedAt: Date.now(),
     ...fields,
   };
@@ -395,6 +419,28 @@ export function rendezvous(key, base) {
 // ------------------------------------------------------------------ client
 
 /**
+ * The keys a function of the library declares for stream `name`
+ * (docs/PROTOCOL.md, "Functions"): the record, then the index where the
+ * function counts streams, then the stream's log where it reads or
+ * writes it.
+ */
+const KEYS = {
+  ms_params: ["record"],
+  ms_start: ["record", "index", "log"],
+  ms_reconnect: ["record", "index", "log"],
+  ms_connect: ["record"],
+  ms_snapshot: ["record", "log"],
+  ms_probe: ["record"],
+  ms_publish: ["record", "index", "log"],
+  ms_heartbeat: ["record", "log"],
+  ms_stop: ["record", "index", "log"],
+};
+
+function keysOf(fn, name) {
+  return KEYS[fn].map((k) => (k === "record" ? "stream:" + name : k === "index" ? "streams" : "msl:" + name));
+}
+
+/**
  * A connection to one missionstream server (a Webdis URL, or the deploy
  * front's), or to a replicated deployment (every node's Webdis, a
  * comma-separated string or an array: writes go to the node that takes
@@ -490,13 +536,13 @@ export class Client {
    * endpoint, a round of them then a pause growing from 25 ms to 500 ms;
    * the first that answers anything else takes the writes from then on.
    * `node` pins the call to one endpoint (the snapshot on the node
-   * subscribed on).
+   * subscribed on). The body is `fields` framed, or `body` (bytes) as is.
    */
-  async call(fn, { ro = false, keys, args = [], fields = null, timeoutMs, info = {}, node = null }) {
+  async call(fn, { ro = false, keys, args = [], fields = null, body: raw = null, timeoutMs, info = {}, node = null }) {
     const command = ro ? "FCALL_RO" : "FCALL";
     const nonce = this.nonce();
     const path = [command, fn, String(keys.length), ...keys, PROTOCOL_VERSION, nonce, ...args].map(encodePathArg).join("/");
-    const body = fields ? frameBody(fields) : new Uint8Array(0);
+    const body = raw ?? (fields ? frameBody(fields) : new Uint8Array(0));
     const total = timeoutMs ?? this.timeoutMs;
     const deadline = Date.now() + total;
     // One endpoint that does not answer must leave time for the others.
@@ -603,7 +649,7 @@ export class Client {
   }
 
   async params(name) {
-    const [kdf, iterations, salt] = await this.call("ms_params", { ro: true, keys: ["stream:" + name] });
+    const [kdf, iterations, salt] = await this.call("ms_params", { ro: true, keys: keysOf("ms_params", name) });
     const it = Number(iterations);
     if (kdf !== "pbkdf2-sha256" || !Number.isInteger(it) || typeof salt !== "string") {
       throw err(Status.MS_ERR_PROTOCOL, `the stream's key derivation is not one this client knows (${kdf})`);
@@ -611,7 +657,12 @@ export class Client {
     return { kdf, iterations: it, salt };
   }
 
-  /** The live streams: [{name, seq, followers, updatedMs}]. */
+  /**
+   * The live streams: [{name, seq, followers, updatedMs, heardMs,
+   * heartbeatMs, nowMs}], times on Redis' clock (`nowMs`: Redis' time when
+   * it answered the page naming the stream; compare the others with it,
+   * never with this machine's clock).
+   */
   async list() {
     const seen = new Map();
     let cursor = "0";
@@ -619,13 +670,15 @@ export class Client {
     do {
       const v = await this.call("ms_list", { keys: ["streams"], args: [cursor] });
       cursor = String(v[0]);
-      for (let i = 2; i + 6 <= v.length; i += 6) {
+      const nowMs = Number(v[2]);
+      if (!Number.isFinite(nowMs)) throw err(Status.MS_ERR_PROTOCOL, "ms_list answered no time");
+      for (let i = 3; i + 6 <= v.length; i += 6) {
         const [name, seq, followers, updatedMs, heardMs, heartbeatMs] = v.slice(i, i + 6);
         if (typeof name !== "string") continue;
         try { checkName(name); } catch { continue; }
         seen.set(name, {
           name, seq: Number(seq), followers: Number(followers), updatedMs: Number(updatedMs),
-          heardMs: Number(heardMs), heartbeatMs: Number(heartbeatMs),
+          heardMs: Number(heardMs), heartbeatMs: Number(heartbeatMs), nowMs,
         });
       }
       if (Date.now() > deadline) throw err(Status.MS_ERR_TIMEOUT, "ms_list: the listing did not finish in time");
@@ -651,7 +704,7 @@ export class Client {
     const info = {};
     try {
       await this.call("ms_start", {
-        keys: ["stream:" + name, "streams"],
+        keys: keysOf("ms_start", name),
         args: [String(this.heartbeatMs), String(this.streamTtlS), "pbkdf2-sha256", String(iterations)],
         fields: [pwKey, codeKey, salt, seed, token],
         info,
@@ -681,7 +734,7 @@ export class Client {
     const token = randomHex(16);
     const info = {};
     const [sealed, seq] = await this.call("ms_reconnect", {
-      keys: ["stream:" + name, "streams"],
+      keys: keysOf("ms_reconnect", name),
       args: [String(this.heartbeatMs), String(this.streamTtlS)],
       fields: [pwKey, codeKey, token],
       info,
@@ -691,8 +744,10 @@ export class Client {
     return this.lead(name, { token, channel, seq: Number(seq), onEvent: options.onEvent });
   }
 
-  lead(name, opts) {
-    const l = new Leader(this, name, opts);
+  async lead(name, opts) {
+    // Per lead, not per publish: the channel's tag and the token's hash.
+    const [tag, leadHash] = await Promise.all([channelTag(opts.channel), sha1Hex(opts.token)]);
+    const l = new Leader(this, name, { ...opts, tag, leadHash });
     this.sessions.add(l);
     return l;
   }
@@ -741,7 +796,7 @@ export class Client {
 
 async function connectChannel(client, name, pwKey) {
   const info = {};
-  const [sealed, hb] = await client.call("ms_connect", { keys: ["stream:" + name], fields: [pwKey], info });
+  const [sealed, hb] = await client.call("ms_connect", { keys: keysOf("ms_connect", name), fields: [pwKey], info });
   const channel = await openSealed(sealed, pwKey, info.nonce);
   if (!channel) throw err(Status.MS_ERR_PROTOCOL, "ms_connect answered no sealed channel");
   return { channel, hbMs: Number(hb) };
@@ -750,10 +805,12 @@ async function connectChannel(client, name, pwKey) {
 // ----------------------------------------------------------------- leader
 
 export class Leader extends Session {
-  constructor(client, name, { token, channel, seq, onEvent }) {
+  constructor(client, name, { token, channel, seq, onEvent, tag, leadHash }) {
     super(client, name, onEvent);
     this.token = token;
     this.channel = channel;
+    this.tag = tag;
+    this.leadHash = leadHash;
     this.seq = seq;
     this.ackSeq = seq;
     this.idPrefix = randomHex(8);
@@ -834,12 +891,23 @@ export class Leader extends Session {
     }
     this.lastSent = Date.now();
     const floor = this.ackSeq + this.unacked;
+    // A full state goes as "r <publish id>\n" and the state: the body the
+    // functions store and publish as received. A delta goes alone. The
+    // lead token is sealed for this publish into a path argument.
+    let body = payload;
+    if (kind === "full") {
+      const prefix = encoder.encode(`r ${item.id}\n`);
+      body = new Uint8Array(prefix.length + payload.length);
+      body.set(prefix, 0);
+      body.set(payload, prefix.length);
+    }
+    const sealed = await sealLead(this.token, this.leadHash, item.id, kind, baseSeq, baseId, floor, body.length);
     let v;
     try {
       v = await this.client.call("ms_publish", {
-        keys: ["stream:" + this.name, "streams"],
-        args: [item.id, String(floor), kind, baseSeq, baseId],
-        fields: [this.token, this.channel, payload],
+        keys: keysOf("ms_publish", this.name),
+        args: [item.id, String(floor), kind, baseSeq, baseId, this.tag, sealed],
+        body,
       });
     } catch (e) {
       if (e.baseMismatch) return this.send(item, true);
@@ -873,7 +941,7 @@ export class Leader extends Session {
     this.lastSent = Date.now();
     try {
       const v = await this.client.call("ms_heartbeat", {
-        keys: ["stream:" + this.name],
+        keys: keysOf("ms_heartbeat", this.name),
         args: [String(this.client.heartbeatMs)],
         fields: [this.token, this.channel],
       });
@@ -925,7 +993,7 @@ export class Leader extends Session {
     if (this.running) await this.running.catch(() => {});
     const info = {};
     try {
-      await this.client.call("ms_stop", { keys: ["stream:" + this.name, "streams"], fields: [this.token, this.channel], info });
+      await this.client.call("ms_stop", { keys: keysOf("ms_stop", this.name), fields: [this.token, this.channel], info });
     } catch (e) {
       // A first try may have deleted it before its answer was lost.
       if (!(e.status === Status.MS_ERR_NOT_FOUND && info.tries > 1)) {
@@ -1004,25 +1072,25 @@ class ObjectSplitter {
   }
 }
 
-function parseMessage(p) {
-  if (typeof p !== "string" || !p) return null;
-  const t = p[0];
-  if (t === "s" || t === "d") {
-    const nl = p.indexOf("\n");
-    if (nl < 0) return null;
-    const head = p.slice(0, nl).split(" ");
-    const body = p.slice(nl + 1);
-    if (t === "s" && head.length === 3) return { type: "s", seq: Number(head[1]), updatedMs: Number(head[2]), state: body };
-    if (t === "d" && head.length === 4) return { type: "d", seq: Number(head[1]), base: Number(head[2]), updatedMs: Number(head[3]), delta: body };
-    return null;
-  }
-  if (t === "h" && p[1] === " ") return { type: "h", interval: Number(p.slice(2)) };
-  if (t === "p" && p[1] === " ") return { type: "p", token: p.slice(2) };
-  if (p === "e") return { type: "e" };
-  return null;
-}
-
 class Ended extends Error {}
+
+/**
+ * The reply of `ms_snapshot` (after the nonce): seq, updated_ms, hb_ms,
+ * updated_age_ms, heard_age_ms, then the state message `r <publish
+ * id>\n<state>`, or "" when `have` named the newest state (state null).
+ */
+function parseSnapshot(v) {
+  const bad = (what) => err(Status.MS_ERR_PROTOCOL, `ms_snapshot answered ${what}`);
+  if (!Array.isArray(v) || v.length !== 6) throw bad("a reply of another shape");
+  const [seq, updatedMs, hbMs, updatedAgeMs, heardAgeMs] = v.slice(0, 5).map(Number);
+  if (![seq, updatedMs, hbMs, updatedAgeMs, heardAgeMs].every((n) => Number.isSafeInteger(n) && n >= 0)) throw bad("a malformed number");
+  const msg = v[5];
+  if (typeof msg !== "string") throw bad("no state");
+  if (msg === "") return { seq, updatedMs, hbMs, updatedAgeMs, heardAgeMs, id: null, state: null };
+  const s = parseStateMessage(msg, true);
+  if (!s) throw bad("a state that is not a state message");
+  return { seq, updatedMs, hbMs, updatedAgeMs, heardAgeMs, id: s.id, state: s.state };
+}
 
 export class Follower extends Session {
   constructor(client, name, { pwKey, params, channel, hbMs, onEvent }) {
@@ -1036,8 +1104,14 @@ export class Follower extends Session {
     this.handling = null; // the message being handled
     this.latest = null; // newest state, text
     this.latestBytes = null;
+    this.latestId = null; // its publish id ("-" for a stream's initial state)
     this.updatedMs = 0;
+    this.storedAt = 0; // when the newest state was stored, on this machine's clock (Date.now())
+    this.halves = new StateHalves();
+    // Presence (docs/PROTOCOL.md, "Following correctly" 8): the leader
+    // counts as heard at join; only later signals move this clock.
     this.leaderSignal = Date.now();
+    this.lastHeardAt = null; // when the leader was last heard as far as known (a snapshot's age included), this machine's clock
     this.leaderOnline = true;
     this.connected = false;
     this.ctl = null;
@@ -1133,7 +1207,7 @@ export class Follower extends Session {
       const probedAt = Date.now();
       const echo = new Promise((res) => { this.probe = { token, res, at: probedAt }; });
       const pinfo = {};
-      const receivers = await this.client.call("ms_probe", { keys: ["stream:" + this.name], args: [token], fields: [this.channel], timeoutMs: attemptWait, info: pinfo });
+      const receivers = await this.client.call("ms_probe", { keys: keysOf("ms_probe", this.name), args: [token], fields: [this.channel], timeoutMs: attemptWait, info: pinfo });
       // The primary counts only its own subscribers.
       if (pinfo.node === node && Number(receivers[0]) === 0) throw err(Status.MS_ERR_UNAVAILABLE, "Redis has no such subscription (0 receivers)");
       // (The echo may come before the call's answer: a replica subscribed
@@ -1225,6 +1299,7 @@ export class Follower extends Session {
 
   leaderHeard() {
     this.leaderSignal = Date.now();
+    this.lastHeardAt = this.leaderSignal;
     if (!this.leaderOnline) {
       this.leaderOnline = true;
       this.emit(EventKind.MS_EVENT_LEADER_ONLINE, {});
@@ -1240,9 +1315,20 @@ export class Follower extends Session {
       this.leaderHeard();
       return;
     }
-    if (m.type === "s") {
+    if (m.type === "s" || m.type === "r") {
+      // A full state comes in two halves paired by publish id (Webdis may
+      // swap them); a body is delivered under its own header only.
       this.leaderHeard();
-      if (m.seq > this.seq) this.deliver(m.seq, m.state, null, m.updatedMs);
+      if (m.type === "s" && m.seq <= this.seq) { this.halves.drop(m.id); return; }
+      if (m.type === "r" && m.id === this.latestId) return;
+      const pair = m.type === "s" ? this.halves.head(m, Date.now()) : this.halves.body(m, Date.now());
+      if (!pair) {
+        if (this.halves.overfull()) { await this.snapshot(); return; }
+        this.holdCheck(() => this.halves.holds(m.id));
+        return;
+      }
+      if (pair.seq > this.seq) this.deliver(pair.seq, pair.state, null, pair.updatedMs, pair.id);
+      this.halves.settle(this.seq);
     } else if (m.type === "d") {
       this.leaderHeard();
       if (m.seq <= this.seq) return;
@@ -1251,13 +1337,7 @@ export class Follower extends Session {
       } else if (m.base > this.seq) {
         this.held.set(m.base, { m, at: Date.now() });
         if (this.held.size > 64) await this.snapshot();
-        else {
-          setTimeout(() => {
-            this.chain = this.chain.then(async () => {
-              if (this.held.has(m.base) && !this.ended) await this.snapshot();
-            }).catch(() => this.ctl && this.ctl.abort());
-          }, 250);
-        }
+        else this.holdCheck(() => this.held.has(m.base));
         return;
       } else {
         await this.snapshot();
@@ -1266,12 +1346,24 @@ export class Follower extends Session {
     this.drainHeld();
   }
 
+  /** After HOLD_MS, reads the snapshot if `waiting()` still says so (a delta without its base, an unpaired half). */
+  holdCheck(waiting) {
+    setTimeout(() => {
+      this.chain = this.chain.then(async () => {
+        if (waiting() && !this.ended) await this.snapshot();
+      }).catch((e) => {
+        if (e instanceof Ended) this.finishEnded();
+        else if (this.ctl) this.ctl.abort();
+      });
+    }, HOLD_MS);
+  }
+
   applyAndDeliver(m) {
     const out = applyDelta(this.latestBytes, encoder.encode(m.delta));
     if (!out) return false;
     let text;
     try { text = strictDecoder.decode(out); } catch { return false; }
-    this.deliver(m.seq, text, out, m.updatedMs);
+    this.deliver(m.seq, text, out, m.updatedMs, null);
     return true;
   }
 
@@ -1287,30 +1379,68 @@ export class Follower extends Session {
     }
   }
 
+  /**
+   * Reads the newest state with `ms_snapshot`, naming the one held
+   * (`have`): an answer without a state means it is the newest. Its ages,
+   * on Redis' clock, place the state's storing and the leader's last
+   * signal on this machine's clock (never later than the truth).
+   */
   async snapshot() {
+    const have = this.seq >= 0 ? `${this.seq}:${this.updatedMs}` : "-";
+    const sentAt = Date.now();
     let v;
     try {
-      v = await this.client.call("ms_snapshot", { ro: true, keys: ["stream:" + this.name], fields: [this.channel], node: this.node });
+      v = await this.client.call("ms_snapshot", { ro: true, keys: keysOf("ms_snapshot", this.name), args: [have], fields: [this.channel], node: this.node });
     } catch (e) {
       if (e.status === Status.MS_ERR_NOT_FOUND) throw new Ended();
       throw e;
     }
-    const [seq, updatedMs, hb, state] = v;
-    if (typeof state !== "string") throw err(Status.MS_ERR_PROTOCOL, "ms_snapshot answered no state");
-    if (Number(hb) > 0) this.hbMs = Number(hb);
+    const snap = parseSnapshot(v);
+    if (snap.hbMs > 0) this.hbMs = snap.hbMs;
     this.held.clear();
+    this.halves.clear();
     this.handling = null;
-    if (Number(seq) > this.seq) this.deliver(Number(seq), state, null, Number(updatedMs));
+    const heard = Math.min(sentAt - snap.heardAgeMs, Date.now());
+    this.lastHeardAt = Math.max(this.lastHeardAt ?? heard, heard);
+    this.heardAt(heard);
+    if (snap.state === null) {
+      // "Unchanged": the state held is the newest.
+      if (have !== `${snap.seq}:${snap.updatedMs}`) throw err(Status.MS_ERR_PROTOCOL, "ms_snapshot answered no state for a state this client does not hold");
+      return;
+    }
+    if (snap.seq > this.seq) this.deliver(snap.seq, snap.state, null, snap.updatedMs, snap.id, sentAt - snap.updatedAgeMs);
   }
 
-  deliver(seq, text, bytes, updatedMs) {
+  /** The leader was heard at `at` (this machine's clock; an earlier one never moves the signal back). */
+  heardAt(at) {
+    if (at > this.leaderSignal) this.leaderSignal = Math.min(at, Date.now());
+    if (!this.leaderOnline && Date.now() - this.leaderSignal < 3 * this.hbMs) {
+      this.leaderOnline = true;
+      this.emit(EventKind.MS_EVENT_LEADER_ONLINE, {});
+    }
+  }
+
+  /** How long ago the newest state was stored, ms (Redis' ages and this machine's elapsed time: no clock compared with another); -1 before the first. */
+  get updatedAgeMs() {
+    return this.seq < 0 ? -1 : Math.max(0, Date.now() - this.storedAt);
+  }
+
+  /** How long ago the leader was last heard (a state, a heartbeat, or the age a snapshot gave of its last signal), ms; -1 before the first snapshot. */
+  get heardAgeMs() {
+    return this.lastHeardAt == null ? -1 : Math.max(0, Date.now() - this.lastHeardAt);
+  }
+
+  deliver(seq, text, bytes, updatedMs, id, storedAt = Date.now()) {
     const m = this.handling;
     this.timing = { seq, bytes: m ? m.bytesAt : null, parsed: m ? m.parsedAt : null, applied: now() };
     this.seq = seq;
     this.latest = text;
     this.latestBytes = bytes || encoder.encode(text);
+    this.latestId = id;
     this.updatedMs = updatedMs;
-    this.emit(EventKind.MS_EVENT_STATE, { data: text, seq, updatedMs });
+    this.storedAt = Math.min(storedAt, Date.now());
+    const updatedAgeMs = Math.max(0, Date.now() - this.storedAt);
+    this.emit(EventKind.MS_EVENT_STATE, { data: text, seq, updatedMs, updatedAgeMs });
     this.wakeSeqWaiters(false);
   }
 
@@ -1361,7 +1491,7 @@ export class Follower extends Session {
       const node = this.node;
       const info = {};
       this.probe = { token, res: () => { p.echoed = true; }, at: now };
-      this.client.call("ms_probe", { keys: ["stream:" + this.name], args: [token], fields: [this.channel], info })
+      this.client.call("ms_probe", { keys: keysOf("ms_probe", this.name), args: [token], fields: [this.channel], info })
         .then((r) => { if (info.node === node && Number(r[0]) === 0 && !p.echoed) ctl.abort(); })
         .catch(() => { if (!p.echoed) ctl.abort(); });
     }

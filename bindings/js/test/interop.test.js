@@ -87,6 +87,21 @@ test("library leader -> JS follower: a survey plan edited waypoint by waypoint, 
     raw.stop();
     const deltas = (raw.text.match(/\nd \d+ \d+ \d+\n/g) || []).length;
     assert.ok(deltas >= 20, `the library sent its updates as deltas (${deltas} seen)`);
+    // Small states go in full: a header and the body, paired by publish id.
+    const full = watchChannel(f.channel);
+    await new Promise((r) => setTimeout(r, 200));
+    for (let i = 0; i < 5; i++) {
+      const text = JSON.stringify({ small: i, é: "😀" });
+      lead.send(text);
+      assert.deepEqual(await lead.line(), { stored: true });
+      const ev = await waitEvent(f, (e) => e.kind === EventKind.MS_EVENT_STATE && e.seq === 31 + i);
+      assert.equal(ev.data, text, `full state ${31 + i} byte for byte`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    full.stop();
+    const heads = [...full.text.matchAll(/\ns (\d+) \d+ ([0-9a-f]{32})\n/g)];
+    assert.deepEqual(heads.map((m) => Number(m[1])), [31, 32, 33, 34, 35]);
+    for (const [, , id] of heads) assert.ok(full.text.includes(`\nr ${id}\n{"small":`), `the body of ${id}`);
     lead.send(null);
     assert.deepEqual(await lead.line(), { stopped: true });
     await waitEvent(f, (e) => e.kind === EventKind.MS_EVENT_ENDED);
@@ -137,9 +152,23 @@ test("JS leader -> library follower: every state arrives byte-exact, deltas incl
       assert.equal(ev.seq, 32 + j);
       assert.equal(ev.data, text, `state ${32 + j} (two far apart edits) byte for byte`);
     }
+    // Small states go in full: a header and the body, paired by publish id.
+    for (let i = 0; i < 5; i++) {
+      const text = JSON.stringify({ small: i, é: "😀" });
+      leader.publish(text);
+      await leader.flush();
+      let ev;
+      do { ev = await fol.line(); } while (ev.kind !== EventKind.MS_EVENT_STATE);
+      assert.equal(ev.seq, 38 + i);
+      assert.equal(ev.data, text, `full state ${38 + i} byte for byte`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
     raw.stop();
     const deltas = (raw.text.match(/\nd \d+ \d+ \d+\n/g) || []).length;
     assert.ok(deltas >= 31, `the JS leader sent deltas (${deltas} seen)`);
+    const heads = [...raw.text.matchAll(/\ns (\d+) \d+ ([0-9a-f]{32})\n/g)];
+    assert.deepEqual(heads.map((m) => Number(m[1])), [38, 39, 40, 41, 42]);
+    for (const [, , id] of heads) assert.ok(raw.text.includes(`\nr ${id}\n{"small":`), `the body of ${id}`);
     await leader.stop();
     let ev;
     do { ev = await fol.line(); } while (ev.kind !== EventKind.MS_EVENT_ENDED);

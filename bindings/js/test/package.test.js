@@ -16,7 +16,7 @@ test("npm pack, npm install of the package file, and the README example run from
   const npmEnv = { ...process.env, npm_config_cache: path.join(work, "npm-cache"), npm_config_update_notifier: "false", npm_config_audit: "false", npm_config_fund: "false" };
   const packed = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", work], { cwd: JS_DIR, env: npmEnv, encoding: "utf8" }));
   const files = packed[0].files.map((f) => f.path).sort();
-  assert.deepEqual(files, ["README.md", "index.d.ts", "package.json", "src/delta.js", "src/index.js"]);
+  assert.deepEqual(files, ["README.md", "index.d.ts", "package.json", "src/delta.js", "src/index.js", "src/messages.js"]);
   const app = path.join(work, "app");
   execFileSync("mkdir", ["-p", app]);
   writeFileSync(path.join(app, "package.json"), JSON.stringify({ name: "app", version: "1.0.0", type: "module", private: true }));

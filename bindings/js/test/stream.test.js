@@ -52,24 +52,30 @@ test("the leader sends deltas (seen on the channel) that the functions apply", a
   const { spawn } = await import("node:child_process");
   try {
     const leader = await lc.start(name, "pw", "code");
-    const big = { text: "x".repeat(2000) };
-    leader.publish(big);
-    await leader.flush();
-    // Watch the raw channel with redis-cli: a "d" message must come.
+    // Watch the raw channel with redis-cli: the full state as a header and
+    // its body (the request body as sent), then a "d" message.
     const channel = leader.channel;
     const sub = spawn("redis-cli", ["-p", String(srv.redisPort), "SUBSCRIBE", channel]);
     let seen = "";
     sub.stdout.on("data", (d) => { seen += d; });
-    await new Promise((r) => setTimeout(r, 300));
+    const deadline = Date.now() + 10000;
+    while (!seen.includes("subscribe") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const big = { text: "x".repeat(2000) };
+    leader.publish(big);
+    await leader.flush();
     big.text = "x".repeat(1000) + "ü" + "x".repeat(1000);
     leader.publish(big);
     await leader.flush();
     await new Promise((r) => setTimeout(r, 300));
     sub.kill();
+    const head = /\ns 1 \d+ ([0-9a-f]{32})\n/.exec(seen);
+    assert.ok(head, seen.slice(0, 300));
+    assert.ok(seen.includes(`\nr ${head[1]}\n{"text":"xxx`), "the body names the header's publish id");
     assert.match(seen, /\nd 2 1 \d+\n/);
-    // The record keeps the first state as its base and the delta beside
-    // it; a late joiner gets the newest state assembled from them.
-    assert.notEqual(srv.redis("HGET", `stream:${name}`, "d1"), "");
+    // The record keeps the first state as its base and the delta in the
+    // stream's log; a late joiner gets the newest state assembled from them.
+    assert.ok(srv.redis("HGET", `stream:${name}`, "s").startsWith(`r ${head[1]}\n{"text":"xxx`));
+    assert.ok(Number(srv.redis("STRLEN", `msl:${name}`)) > 0, "the delta is in the log");
     const fc = new Client(srv.url, opts);
     try {
       const f = await fc.follow(name, "pw");
@@ -130,7 +136,8 @@ test("a lead taken over ends the old one with MS_ERR_NOT_LEADING; the new one ke
     await assert.rejects(l1.flush(), (e) => e.status === Status.MS_ERR_NOT_LEADING);
     const failed = await waitEvent(l1, (ev) => ev.kind === EventKind.MS_EVENT_PUBLISH_FAILED);
     assert.equal(failed.status, Status.MS_ERR_NOT_LEADING);
-    assert.equal(JSON.parse(srv.redis("HGET", `stream:${name}`, "state")).v, 2);
+    const stored = srv.redis("HGET", `stream:${name}`, "s");
+    assert.equal(JSON.parse(stored.slice(stored.indexOf("\n") + 1)).v, 2);
     await l2.stop();
   } finally {
     await a.close();
@@ -288,5 +295,228 @@ test("a URL with user:password@ sends HTTP basic auth (Webdis' ACL); without it:
   } finally {
     await c.close();
     w.kill("SIGKILL");
+  }
+});
+
+/** A fetch that passes every request on and keeps the answers of ms_snapshot: [{path, reply}]. */
+function snapshotSpy() {
+  const seen = [];
+  const f = async (url, init) => {
+    const res = await globalThis.fetch(url, init);
+    if (String(url).includes("/FCALL_RO/ms_snapshot/")) {
+      const text = await res.clone().text();
+      seen.push({ path: decodeURIComponent(new URL(url).pathname), reply: JSON.parse(text).FCALL_RO });
+    }
+    return res;
+  };
+  return { fetch: f, seen };
+}
+
+const until = async (what, cond, timeoutMs = 10000) => {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+};
+
+test("full states come as two halves paired by publish id in either order; a body under another header, or alone, is never delivered (the snapshot is read, and says 'unchanged')", async () => {
+  const lc = new Client(srv.url, opts);
+  const spy = snapshotSpy();
+  const fc = new Client(srv.url, { ...opts, fetch: spy.fetch });
+  const name = uniqueName("halves");
+  const events = [];
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    const f = await fc.follow(name, "pw", { onEvent: (ev) => events.push(ev) });
+    await f.waitFor(1, 10000);
+    assert.deepEqual(f.json(), { n: 1 });
+    // The first snapshot named no state; it answered the state message.
+    assert.equal(spy.seen.length, 1);
+    assert.match(spy.seen[0].path, /\/ms_snapshot\/2\/stream:[^/]+\/msl:[^/]+\/9\/[0-9a-f]+\/-$/);
+    assert.match(spy.seen[0].reply[6], /^r [0-9a-f]{32}\n\{"n":1\}$/);
+    const publish = (payload) => srv.redis("PUBLISH", f.channel, payload);
+    const id = (n) => `feedfacefeedface${String(n).padStart(16, "0")}`;
+    const snapshots = () => spy.seen.length;
+
+    // A body alone: held, then (no header within the hold) the snapshot,
+    // which names the state held and answers "" (unchanged).
+    let before = snapshots();
+    publish(`r ${id(1)}\n{"evil":1}`);
+    await until("the snapshot after a lone body", () => snapshots() > before);
+    const resync = spy.seen[spy.seen.length - 1];
+    assert.ok(resync.path.endsWith(`/1:${f.updatedMs}`), resync.path);
+    assert.equal(resync.reply[6], "", "an unchanged state is not sent again");
+    assert.ok(resync.reply[5] >= 0 && resync.reply[4] >= 0, "ages");
+
+    // A header with a body of another publish: neither is delivered.
+    before = snapshots();
+    publish(`s 2 ${Date.now()} ${id(2)}`);
+    publish(`r ${id(3)}\n{"evil":2}`);
+    await until("the snapshot after unpaired halves", () => snapshots() > before);
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(f.seq, 1);
+    assert.deepEqual(f.json(), { n: 1 });
+
+    // Swapped (body first) and in order (header first): both delivered.
+    publish(`r ${id(4)}\n{"paired":"swapped"}`);
+    publish(`s 2 1700000000002 ${id(4)}`);
+    await f.waitFor(2, 10000);
+    assert.deepEqual(f.json(), { paired: "swapped" });
+    assert.equal(f.updatedMs, 1700000000002);
+    publish(`s 3 1700000000003 ${id(5)}`);
+    publish(`r ${id(5)}\n{"paired":"in order"}`);
+    await f.waitFor(3, 10000);
+    assert.deepEqual(f.json(), { paired: "in order" });
+    const states = events.filter((ev) => ev.kind === EventKind.MS_EVENT_STATE).map((ev) => [ev.seq, JSON.parse(ev.data)]);
+    assert.deepEqual(states, [[1, { n: 1 }], [2, { paired: "swapped" }], [3, { paired: "in order" }]]);
+    await leader.stop();
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_ENDED);
+  } finally {
+    await lc.close();
+    await fc.close();
+  }
+});
+
+test("presence and ages are on Redis' clock: a follower joining a silent stream gets the state's and the leader's ages at once, offline three intervals after joining", async () => {
+  const lc = new Client(srv.url, { ...opts, heartbeatMs: 1000 });
+  const fc = new Client(srv.url, opts);
+  const name = uniqueName("ages");
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    clearInterval(leader.hbTimer); // the leader goes silent
+    const silentAt = Date.now();
+    await new Promise((r) => setTimeout(r, 3500)); // more than 3 intervals
+    const listed = (await fc.list()).find((s) => s.name === name);
+    assert.ok(listed.nowMs - listed.heardMs >= 3400, JSON.stringify(listed));
+    assert.ok(listed.nowMs - listed.updatedMs >= 3400, JSON.stringify(listed));
+    assert.ok(listed.nowMs >= listed.heardMs && listed.heardMs >= listed.updatedMs, JSON.stringify(listed));
+    const f = await fc.follow(name, "pw");
+    const joinedAt = Date.now();
+    const first = await waitEvent(f, isState(1));
+    assert.ok(first.updatedAgeMs >= 3400, `the state came ${first.updatedAgeMs} ms old`);
+    assert.ok(f.updatedAgeMs >= 3400 && f.updatedAgeMs <= Date.now() - silentAt + 1000, String(f.updatedAgeMs));
+    assert.ok(f.heardAgeMs >= 3400 && f.heardAgeMs <= Date.now() - silentAt + 1000, String(f.heardAgeMs));
+    // Nothing is reported at join: offline three intervals after it.
+    assert.equal(f.leaderOnline, true);
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_LEADER_OFFLINE, 10000);
+    assert.ok(Date.now() - joinedAt >= 2900, `offline ${Date.now() - joinedAt} ms after joining`);
+    assert.equal(f.leaderOnline, false);
+    // A state: online again, and fresh.
+    leader.publish({ n: 2 });
+    await leader.flush();
+    await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_LEADER_ONLINE);
+    const second = await waitEvent(f, isState(2));
+    assert.equal(second.updatedAgeMs, 0);
+    assert.ok(f.updatedAgeMs < 1500 && f.heardAgeMs < 1500, `${f.updatedAgeMs} ${f.heardAgeMs}`);
+    const again = (await fc.list()).find((s) => s.name === name);
+    assert.ok(again.nowMs - again.updatedMs < 1500 && again.nowMs - again.heardMs < 1500, JSON.stringify(again));
+    await leader.stop();
+  } finally {
+    await lc.close();
+    await fc.close();
+  }
+});
+
+test("heartbeats sent while a follower had no subscription count when it is back: the snapshot's heard age makes the leader online before the reconnection is reported", async () => {
+  const { spawn } = await import("node:child_process");
+  const { writeFileSync, readFileSync } = await import("node:fs");
+  const net = await import("node:net");
+  const own = startServer();
+  // A second Webdis on the same Redis: the follower's, killed and started again.
+  const port = await new Promise((r) => { const sv = net.createServer().listen(0, "127.0.0.1", () => { const p = sv.address().port; sv.close(() => r(p)); }); });
+  const conf = JSON.parse(readFileSync(`${own.dir}/webdis.json`, "utf8"));
+  Object.assign(conf, { http_port: port, logfile: `${own.dir}/webdis-b.log` });
+  writeFileSync(`${own.dir}/webdis-b.json`, JSON.stringify(conf));
+  let w = spawn("webdis", [`${own.dir}/webdis-b.json`], { stdio: "ignore" });
+  const lc = new Client(own.url, opts);
+  const fc = new Client(`http://127.0.0.1:${port}`, opts);
+  const name = uniqueName("away");
+  const events = [];
+  let ticking = true;
+  try {
+    const deadline = Date.now() + 10000;
+    for (;;) {
+      try { await fc.list(); break; } catch (e) { if (Date.now() > deadline) throw e; await new Promise((r) => setTimeout(r, 100)); }
+    }
+    const leader = await lc.start(name, "pw", "code");
+    leader.publish({ n: 1 });
+    await leader.flush();
+    const f = await fc.follow(name, "pw", { onEvent: (ev) => events.push(ev.kindName) });
+    await f.waitFor(1, 10000);
+    clearInterval(leader.hbTimer); // silent: offline
+    await until("offline", () => events.includes("MS_EVENT_LEADER_OFFLINE"));
+    w.kill("SIGKILL");
+    await until("the subscription lost", () => events.includes("MS_EVENT_CONNECTION_LOST"));
+    const lostAt = events.length;
+    // The leader's heartbeats go on while the follower has no subscription.
+    const heartbeats = (async () => {
+      while (ticking) {
+        leader.lastSent = 0;
+        await leader.tick();
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    })();
+    w = spawn("webdis", [`${own.dir}/webdis-b.json`], { stdio: "ignore" });
+    await until("reconnected", () => events.includes("MS_EVENT_RECONNECTED"), 20000);
+    ticking = false;
+    await heartbeats;
+    const after = events.slice(lostAt);
+    const online = after.indexOf("MS_EVENT_LEADER_ONLINE");
+    assert.ok(online >= 0 && online < after.indexOf("MS_EVENT_RECONNECTED"), after.join(","));
+    assert.equal(f.leaderOnline, true);
+    assert.ok(f.heardAgeMs < 1500, String(f.heardAgeMs));
+    await leader.stop();
+    await until("ended", () => events.includes("MS_EVENT_ENDED"));
+  } finally {
+    ticking = false;
+    w.kill("SIGKILL");
+    await lc.close();
+    await fc.close();
+    own.stop();
+  }
+});
+
+test("six followers through 200 updates, full states and deltas mixed: each delivers only published states, in order, and ends on the last", async () => {
+  const lc = new Client(srv.url, opts);
+  const fcs = Array.from({ length: 6 }, () => new Client(srv.url, opts));
+  const name = uniqueName("many");
+  const published = new Map();
+  try {
+    const leader = await lc.start(name, "pw", "code");
+    const seen = fcs.map(() => []);
+    const followers = await Promise.all(fcs.map((c, k) => c.follow(name, "pw", {
+      onEvent: (ev) => { if (ev.kind === EventKind.MS_EVENT_STATE) seen[k].push([ev.seq, ev.data]); },
+    })));
+    await Promise.all(followers.map((f) => f.waitFor(0, 10000)));
+    const big = { text: "x".repeat(3000), n: 0 };
+    for (let i = 1; i <= 200; i++) {
+      // Every third state is small (sent in full), the others large
+      // (a delta when the previous one was large too).
+      big.n = i;
+      const state = i % 3 === 0 ? JSON.stringify({ small: i }) : JSON.stringify(big);
+      leader.publish(state);
+      await leader.flush();
+      assert.equal(leader.seq, i);
+      published.set(i, state);
+    }
+    await Promise.all(followers.map((f) => f.waitFor(200, 20000)));
+    seen.forEach((states, k) => {
+      for (let j = 0; j < states.length; j++) {
+        const [seq, data] = states[j];
+        if (j > 0) assert.ok(seq > states[j - 1][0], `follower ${k}: seq ${seq} after ${states[j - 1][0]}`);
+        if (seq > 0) assert.equal(data, published.get(seq), `follower ${k}: the state of seq ${seq} is the one published`);
+      }
+      assert.equal(states[states.length - 1][0], 200);
+      assert.ok(states.length > 150, `follower ${k} got ${states.length} states`);
+    });
+    await leader.stop();
+  } finally {
+    await lc.close();
+    await Promise.all(fcs.map((c) => c.close()));
   }
 });

@@ -1,7 +1,8 @@
 // The test vectors of docs/PROTOCOL.md, with no server.
 import test from "node:test";
 import assert from "node:assert/strict";
-import { applyDelta, makeDelta, checksum, deriveKey, channelOf, openSealed, frameBody, Status, statusName, EventKind } from "../src/index.js";
+import { applyDelta, makeDelta, checksum, deriveKey, channelOf, openSealed, frameBody, Status, statusName, EventKind, sealLead, channelTag } from "../src/index.js";
+import { parseMessage, parseStateMessage, StateHalves, HOLD_MS, MAX_HELD_BODIES } from "../src/messages.js";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -18,6 +19,96 @@ test("channel and sealed value match the test vectors", async () => {
   const key = "2e31d2dac861c0bc6459dd01f8116f6472f1c13ce752f8707851be9b9559a4fa";
   assert.equal(await openSealed("9ae98dd1a4b18439abe9c51f396e1287336f625d", key, "5f3a0c1e9b7d22a40"), "bdb9e7ae4e18af698d45214028be66ed5998a4f1");
   assert.equal(await openSealed("not hex", key, "n"), null);
+});
+
+test("the lead seal and the channel tag match the test vectors", async () => {
+  const token = "00112233445566778899aabbccddeeff";
+  const leadHash = [...new Uint8Array(await crypto.subtle.digest("SHA-1", enc.encode(token)))].map((b) => b.toString(16).padStart(2, "0")).join("");
+  assert.equal(leadHash, "2ab31b2b0c25d5f6cbc9e082f80ab7cd27ec6315");
+  const id = "0123456789abcdef0000000000000001";
+  const body = enc.encode(`r ${id}\n{}`);
+  assert.equal(body.length, 37);
+  assert.equal(await sealLead(token, leadHash, id, "full", "-", "-", 0, body.length), "ef2a09f947b69ffd6b91a5ba2d66c2f9");
+  assert.equal(await sealLead(token, leadHash, id, "delta", "41", "0123456789abcdef0000000000000000", 0, 53), "4a46671bdf2df13d466b287b3a751bb4");
+  // Sealing is an XOR with the mask: the mask of the full vector is documented too.
+  const mask = "ef3b2bca03e3f98ae3080f01e1bb2c06d521095f";
+  let xor = "";
+  for (let i = 0; i < 32; i++) xor += (parseInt(token[i], 16) ^ parseInt(mask[i], 16)).toString(16);
+  assert.equal(xor, "ef2a09f947b69ffd6b91a5ba2d66c2f9");
+  // Another body length, floor or kind seals differently.
+  assert.notEqual(await sealLead(token, leadHash, id, "full", "-", "-", 0, 38), "ef2a09f947b69ffd6b91a5ba2d66c2f9");
+  assert.notEqual(await sealLead(token, leadHash, id, "full", "-", "-", 1, 37), "ef2a09f947b69ffd6b91a5ba2d66c2f9");
+  await assert.rejects(sealLead("not a token", leadHash, id, "full", "-", "-", 0, 37), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT);
+  assert.equal(await channelTag("0f".repeat(20)), "d5d24c8a08653d96");
+});
+
+test("channel messages: the s header, the r body, d, h, p, e; anything else is ignored", () => {
+  const id = "0123456789abcdef0000000000000001";
+  assert.deepEqual(parseMessage(`s 12 1700000000123 ${id}`), { type: "s", seq: 12, updatedMs: 1700000000123, id });
+  assert.deepEqual(parseMessage(`r ${id}\n{"a":"h 100\n"}`), { type: "r", id, state: '{"a":"h 100\n"}' });
+  assert.deepEqual(parseMessage(`r ${id}\n`), { type: "r", id, state: "" });
+  assert.deepEqual(parseMessage("d 3 2 1700000000123\nH\n6@0,6:there 5@6,OPwXW;"), { type: "d", seq: 3, base: 2, updatedMs: 1700000000123, delta: "H\n6@0,6:there 5@6,OPwXW;" });
+  assert.deepEqual(parseMessage("h 500"), { type: "h", interval: 500 });
+  assert.deepEqual(parseMessage("p abc"), { type: "p", token: "abc" });
+  assert.deepEqual(parseMessage("e"), { type: "e" });
+  for (const bad of [
+    `s 12 1700000000123 ${id}\n{}`, // protocol 8's s message: a header has no newline
+    `s 12 1700000000123`, `s 12 1700000000123 ${id} x`, `s x 1 ${id}`, `s -1 1 ${id}`, `s 1 1 ${id.toUpperCase()}`, `s 1 1 ${id.slice(1)}`, `s  1 1 ${id}`,
+    `r ${id}`, `r -\n{}`, `r ${id.slice(2)}\n{}`, `r  ${id}\n{}`, `r${id}\n{}`,
+    "d 3 2\nx", "d 3 x 1\nx", "d 3 2 1", "", "x", "ee", null, 5,
+  ]) {
+    assert.equal(parseMessage(bad), null, String(bad));
+  }
+  // Snapshots carry the same state message; the initial state names no publish.
+  assert.deepEqual(parseStateMessage("r -\n{}", true), { id: "-", state: "{}" });
+  assert.equal(parseStateMessage("r -\n{}"), null);
+  assert.equal(parseStateMessage("{}", true), null);
+});
+
+test("state halves pair by publish id in either order; a body is never paired with another publish's header", () => {
+  const a = "0123456789abcdef0000000000000001";
+  const b = "0123456789abcdef0000000000000002";
+  const head = (seq, id) => parseMessage(`s ${seq} ${1000 + seq} ${id}`);
+  const body = (id, state) => parseMessage(`r ${id}\n${state}`);
+  // In order: header then body.
+  let h = new StateHalves();
+  assert.equal(h.head(head(1, a), 0), null);
+  assert.deepEqual(h.body(body(a, "A"), 1), { seq: 1, updatedMs: 1001, id: a, state: "A" });
+  assert.equal(h.size, 0);
+  // Swapped: body then header.
+  h = new StateHalves();
+  assert.equal(h.body(body(a, "A"), 0), null);
+  assert.deepEqual(h.head(head(1, a), 1), { seq: 1, updatedMs: 1001, id: a, state: "A" });
+  assert.equal(h.size, 0);
+  // Two publishes interleaved: each body goes with its own header.
+  h = new StateHalves();
+  assert.equal(h.head(head(1, a), 0), null);
+  assert.equal(h.body(body(b, "B"), 0), null, "the body of b is not delivered under a's header");
+  assert.equal(h.head(head(2, b), 0).state, "B");
+  assert.deepEqual(h.body(body(a, "A"), 0), { seq: 1, updatedMs: 1001, id: a, state: "A" });
+  // A header whose body never comes, and a body whose header never comes:
+  // held, then stale after HOLD_MS (the follower reads the snapshot).
+  h = new StateHalves();
+  h.head(head(5, a), 100);
+  assert.equal(h.stale(100 + HOLD_MS - 1), false);
+  assert.equal(h.stale(100 + HOLD_MS), true);
+  assert.ok(h.holds(a));
+  h.settle(5); // a state of seq 5 or newer was delivered: the header needs no body
+  assert.equal(h.holds(a), false);
+  assert.equal(h.stale(100000), false);
+  h.body(body(b, "B"), 200);
+  assert.equal(h.stale(200 + HOLD_MS), true);
+  h.drop(b);
+  assert.equal(h.size, 0);
+  // At most MAX_HELD_BODIES bodies wait.
+  h = new StateHalves();
+  for (let i = 0; i <= MAX_HELD_BODIES; i++) {
+    assert.equal(h.overfull(), false);
+    h.body(body(`0123456789abcdef${String(i).padStart(16, "0")}`, "x"), 0);
+  }
+  assert.equal(h.overfull(), true);
+  h.clear();
+  assert.equal(h.size, 0);
 });
 
 test("the documented delta applies; corrupt ones are refused", () => {

@@ -99,9 +99,13 @@ class StreamInfo:
     name: str
     seq: int
     followers: int
-    updated_ms: int  #: Unix time in ms of the last stored state
+    #: Unix time in ms of the last stored state, on this machine's clock
+    #: (the library moves Redis' times onto it: how long ago is Redis' own
+    #: measure, so a skew between the two clocks does not show)
+    updated_ms: int
     #: Unix time in ms when the leader was last heard (it started or
-    #: reconnected the stream, published, or sent a heartbeat); 0 if not known
+    #: reconnected the stream, published, or sent a heartbeat), on this
+    #: machine's clock like ``updated_ms``; 0 if not known
     heard_ms: int = 0
     #: the heartbeat interval the leader announced, in ms
     heartbeat_ms: int = 0
@@ -117,7 +121,8 @@ class StreamInfo:
     def leader_online(self) -> Optional[bool]:
         """Whether the leader was heard within 3 heartbeat intervals (as
         followers judge it) when the list was read; None if not known.
-        Compares the server's clock with this machine's."""
+        Both times are on this machine's clock (the library moved
+        ``heard_ms`` onto it), so a clock off from Redis' does not matter."""
         if self.heard_ms <= 0 or self.heartbeat_ms <= 0:
             return None
         return self.listed_ms - self.heard_ms <= OFFLINE_INTERVALS * self.heartbeat_ms

@@ -1,12 +1,15 @@
 //! The network side of a followed stream: the calls a session makes
 //! (ms_connect, subscribe, prove, snapshot, probe), the subscription and
-//! its reader thread, and the delivery of states to the dispatcher. Every
+//! its reader thread, and the delivery of states to the dispatcher (a full
+//! state's header and body paired by publish id, deltas applied to their
+//! base, whatever Webdis swapped held a moment). Every
 //! function here may block; the session thread (`super`) never calls them
 //! itself but through a job.
 
+use super::opening::{subscription_failure, OpenAction, Opening, Stage};
 use super::session::ResyncDue;
 use crate::dispatch::Event;
-use crate::error::{Error, Result, Status};
+use crate::error::{Error, Kind, Result, Status};
 use crate::kdf;
 use crate::net::nodes::{Endpoints, Nodes};
 use crate::net::transport::Webdis;
@@ -31,7 +34,7 @@ pub(super) fn stream_channel(
     timeout: Duration,
 ) -> Result<String> {
     let body = zeroize::Zeroizing::new(protocol::frame_body(&[password_key.as_bytes()]));
-    let answered = conn.fcall_answered(&Call::connect(key), &body, timeout);
+    let answered = conn.fcall_answered(&Call::connect(key), &[&body], timeout);
     let connected = Connected::of(answered.result?, "ms_connect")?;
     protocol::open_sealed(&connected.channel_sealed, password_key, &answered.nonce)
         .ok_or_else(|| protocol::protocol_error("ms_connect"))
@@ -103,44 +106,154 @@ pub(super) struct Delivery {
     pub(super) leader_offline: AtomicBool,
 }
 
-/// How long a delta whose base has not arrived is held before the
+/// How long a delta whose base has not arrived, or half of a full state
+/// (its header or its body) whose other half has not, is held before the
 /// follower reads the snapshot (Webdis 0.1.9 swaps adjacent messages when
 /// several subscribers are attached).
 pub(super) const HOLD: Duration = Duration::from_millis(250);
 
-/// At most this many deltas wait for their base.
+/// At most this many deltas, or headers, wait.
 const MAX_HELD: usize = 64;
 
-/// The last state delivered, and deltas waiting for their base.
+/// At most this many state bodies (each up to 8 MiB) wait for their
+/// header.
+const MAX_BODIES: usize = 2;
+
+/// Publish ids of headers that came for states older than the last one
+/// delivered, remembered so that their bodies are dropped at once.
+const MAX_PASSED: usize = 8;
+
+/// The last state delivered, and what waits: deltas for their base,
+/// headers and bodies of full states for their other half.
 #[derive(Default)]
 pub(super) struct Last {
     pub(super) seq: Option<u64>,
+    /// When the last state delivered was stored (Redis' clock): with
+    /// `seq`, what names it to ms_snapshot (`have`).
+    updated_ms: i64,
+    /// Its publish id, when it came as a full state.
+    id: Option<String>,
     state: String,
-    /// (seq, base seq, delta), arrived before their base.
-    held: Vec<(u64, u64, String)>,
-    /// Since when a delta has been waiting for its base.
+    /// (seq, base seq, updated_ms, delta), arrived before their base.
+    held: Vec<(u64, u64, i64, String)>,
+    /// (seq, updated_ms, publish id): headers whose body has not come.
+    heads: Vec<(u64, i64, String)>,
+    /// (publish id, state): bodies whose header has not come.
+    bodies: Vec<(String, String)>,
+    /// Publish ids of headers of states older than the last delivered.
+    passed: std::collections::VecDeque<String>,
+    /// Since when something has been waiting.
     held_since: Option<Instant>,
-    /// A delta could not be applied: read the snapshot now.
+    /// A delta could not be applied, or too much waits: read the
+    /// snapshot now.
     resync: bool,
 }
 
-impl Delivery {
-    /// Delivers a full state if it is newer than the last one delivered.
-    pub(super) fn state(&self, seq: u64, state: String) {
-        let mut last = lock(&self.last);
-        self.deliver(&mut last, seq, state);
+impl Last {
+    fn waiting(&self) -> bool {
+        !(self.held.is_empty() && self.heads.is_empty() && self.bodies.is_empty())
     }
 
-    /// A state read from the snapshot to replace deltas that could not be
-    /// applied: delivered if newer; deltas still waiting that it does not
-    /// lead to are dropped (the snapshot, read after they came, holds
-    /// their state or a newer one).
-    pub(super) fn resynced(&self, seq: u64, state: String) {
+    fn wait_from(&mut self, now: Instant) {
+        if self.held_since.is_none() {
+            self.held_since = Some(now);
+        }
+    }
+
+    fn pass(&mut self, id: String) {
+        if self.passed.len() >= MAX_PASSED {
+            self.passed.pop_front();
+        }
+        self.passed.push_back(id);
+    }
+
+    /// Drops what waits.
+    fn clear(&mut self) {
+        self.held.clear();
+        self.heads.clear();
+        self.bodies.clear();
+        self.held_since = None;
+        self.resync = false;
+    }
+}
+
+impl Delivery {
+    /// Delivers a snapshot's state, if it carries one newer than the last
+    /// one delivered.
+    pub(super) fn snapshot(&self, snap: &mut Snapshot) {
+        if let Some((id, state)) = snap.state.take() {
+            let mut last = lock(&self.last);
+            self.deliver(&mut last, snap.seq, snap.updated_ms, Some(id), state);
+        }
+    }
+
+    /// What names the state delivered last to ms_snapshot:
+    /// `<seq>:<updated_ms>`, or `-` before any.
+    pub(super) fn have(&self) -> String {
+        let last = lock(&self.last);
+        match last.seq {
+            Some(seq) => format!("{seq}:{}", last.updated_ms),
+            None => "-".into(),
+        }
+    }
+
+    /// The header of a full state, `s <seq> <updated_ms> <publish id>`:
+    /// delivered with its body when that came first, held otherwise.
+    pub(super) fn head(&self, seq: u64, updated_ms: i64, id: String) {
         let mut last = lock(&self.last);
-        self.deliver(&mut last, seq, state);
-        last.held.clear();
-        last.held_since = None;
-        last.resync = false;
+        if last.seq.is_some_and(|s| seq <= s) {
+            // An old state: its body, before or after, is dropped.
+            last.bodies.retain(|b| b.0 != id);
+            last.pass(id);
+        } else if let Some(i) = last.bodies.iter().position(|b| b.0 == id) {
+            let (id, state) = last.bodies.remove(i);
+            self.deliver(&mut last, seq, updated_ms, Some(id), state);
+        } else if last.heads.len() >= MAX_HELD {
+            last.resync = true;
+        } else if !last.heads.iter().any(|h| h.2 == id) {
+            crate::util::debug_log!(
+                "follow {}: the header of seq {seq} came before its body: held",
+                self.session
+            );
+            last.heads.push((seq, updated_ms, id));
+            last.wait_from(Instant::now());
+        }
+        self.settle(&mut last);
+    }
+
+    /// The body of a full state, `r <publish id>\n<state>`: delivered
+    /// under the header of the same publish id only, when that came
+    /// first; held otherwise (at most `MAX_BODIES`).
+    pub(super) fn body(&self, id: String, state: String) {
+        let mut last = lock(&self.last);
+        if last.id.as_deref() == Some(id.as_str()) || last.passed.contains(&id) {
+            // The body of a state delivered already, or of an old one.
+        } else if let Some(i) = last.heads.iter().position(|h| h.2 == id) {
+            let (seq, updated_ms, id) = last.heads.remove(i);
+            self.deliver(&mut last, seq, updated_ms, Some(id), state);
+        } else if last.bodies.len() >= MAX_BODIES {
+            last.resync = true;
+        } else if !last.bodies.iter().any(|b| b.0 == id) {
+            crate::util::debug_log!(
+                "follow {}: the body of publish {id} came before its header: held",
+                self.session
+            );
+            last.bodies.push((id, state));
+            last.wait_from(Instant::now());
+        }
+        self.settle(&mut last);
+    }
+
+    /// A snapshot read to replace what could not be delivered: its state,
+    /// if it carries one, is delivered if newer; whatever still waits is
+    /// dropped (the snapshot, read after it came, holds its state or a
+    /// newer one).
+    pub(super) fn resynced(&self, snap: &mut Snapshot) {
+        let mut last = lock(&self.last);
+        if let Some((id, state)) = snap.state.take() {
+            self.deliver(&mut last, snap.seq, snap.updated_ms, Some(id), state);
+        }
+        last.clear();
     }
 
     /// A snapshot read for a resync failed: try again after `HOLD`.
@@ -152,7 +265,8 @@ impl Delivery {
         }
     }
 
-    /// When the snapshot must be read because of deltas, if ever.
+    /// When the snapshot must be read because of deltas or unpaired
+    /// halves, if ever.
     pub(super) fn resync_at(&self) -> Option<ResyncDue> {
         let last = lock(&self.last);
         if last.resync {
@@ -165,11 +279,11 @@ impl Delivery {
     /// Applies a delta to the last state delivered when it is its base;
     /// holds it when its base has not come yet. Never delivers a state it
     /// could not verify (length, checksum, UTF-8).
-    pub(super) fn delta(&self, seq: u64, base: u64, delta: String) {
+    pub(super) fn delta(&self, seq: u64, base: u64, updated_ms: i64, delta: String) {
         let mut last = lock(&self.last);
         match last.seq {
             Some(s) if seq <= s => {}
-            Some(s) if s == base => self.apply(&mut last, seq, &delta),
+            Some(s) if s == base => self.apply(&mut last, seq, updated_ms, &delta),
             Some(s) if s > base => {
                 // Its base was skipped (cannot be applied): the snapshot.
                 last.resync = true;
@@ -182,18 +296,16 @@ impl Delivery {
                         "follow {}: the delta of seq {seq} came before its base {base}: held",
                         self.session
                     );
-                    last.held.push((seq, base, delta));
-                    if last.held_since.is_none() {
-                        last.held_since = Some(Instant::now());
-                    }
+                    last.held.push((seq, base, updated_ms, delta));
+                    last.wait_from(Instant::now());
                 }
             }
         }
     }
 
-    fn apply(&self, last: &mut Last, seq: u64, delta: &str) {
+    fn apply(&self, last: &mut Last, seq: u64, updated_ms: i64, delta: &str) {
         match crate::wire::delta::apply(&last.state, delta, protocol::MAX_STATE) {
-            Ok(state) => self.deliver(last, seq, state),
+            Ok(state) => self.deliver(last, seq, updated_ms, None, state),
             Err(e) => {
                 crate::util::debug_log!(
                     "follow {}: the delta of seq {seq} does not apply: {e:?}",
@@ -204,42 +316,73 @@ impl Delivery {
         }
     }
 
-    fn deliver(&self, last: &mut Last, seq: u64, state: String) {
+    fn deliver(
+        &self,
+        last: &mut Last,
+        seq: u64,
+        updated_ms: i64,
+        id: Option<String>,
+        state: String,
+    ) {
         if last.seq.is_none_or(|s| seq > s) && !self.cancel.load(Ordering::SeqCst) {
             last.seq = Some(seq);
+            last.updated_ms = updated_ms;
+            last.id = id;
             last.state.clone_from(&state);
             self.dispatcher
                 .push(self.session, Event::state(&self.name, seq, state));
             // Deltas that waited for this state.
             while let Some(i) = last.held.iter().position(|h| Some(h.1) == last.seq) {
-                let (seq, _, delta) = last.held.swap_remove(i);
-                self.apply(last, seq, &delta);
+                let (seq, _, updated_ms, delta) = last.held.swap_remove(i);
+                self.apply(last, seq, updated_ms, &delta);
             }
             let now_seq = last.seq;
             last.held.retain(|h| Some(h.0) > now_seq);
-            if last.held.is_empty() {
-                last.held_since = None;
+            // Headers of older states: their bodies are dropped.
+            let (old, heads): (Vec<_>, Vec<_>) = std::mem::take(&mut last.heads)
+                .into_iter()
+                .partition(|h| Some(h.0) <= now_seq);
+            last.heads = heads;
+            for (_, _, id) in old {
+                last.bodies.retain(|b| b.0 != id);
+                last.pass(id);
             }
+            self.settle(last);
+        }
+    }
+
+    /// Nothing waits any more: no snapshot is due for it.
+    fn settle(&self, last: &mut Last) {
+        if !last.waiting() {
+            last.held_since = None;
         }
     }
 }
 
+/// A snapshot as the follower uses it.
 pub(super) struct Snapshot {
     pub(super) seq: u64,
     pub(super) hb: Duration,
-    pub(super) state: String,
-    /// When the state was stored (ms since the Unix epoch, Redis' clock).
+    /// When the newest state was stored (Redis' clock).
     pub(super) updated_ms: i64,
+    /// The newest state and its publish id; None when it is the one the
+    /// follower holds (or was delivered already).
+    pub(super) state: Option<(String, String)>,
+    /// When the leader was last heard, on the monotonic clock: Redis' age
+    /// of it before the request was sent (no wall clock involved).
+    pub(super) heard: Option<Instant>,
 }
 
 impl Snapshot {
-    /// When the state was stored, on the monotonic clock (the leader was
-    /// heard then), read against the wall clock now.
-    pub(super) fn stored_at(&self) -> Option<Instant> {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        super::session::stored_at(Instant::now(), wall_ms, self.updated_ms)
+    /// The reply of ms_snapshot to a request sent at `sent`.
+    pub(super) fn of(reply: functions::Snapshot, sent: Instant) -> Snapshot {
+        Snapshot {
+            seq: reply.seq,
+            hb: Duration::from_millis(reply.hb_ms.max(1)),
+            updated_ms: reply.updated_ms,
+            state: reply.state,
+            heard: super::session::heard_at(sent, reply.heard_age_ms),
+        }
     }
 }
 
@@ -318,65 +461,44 @@ impl Link {
     /// the probe was published by the primary after every state it stored
     /// before, so the node subscribed on (a replica maybe) holds them all
     /// by then, and every later one comes on the subscription.
+    ///
+    /// What each failure leads to is decided in `opening.rs`, by its kind.
     pub(super) fn open(&self) -> Result<(Subscription, Snapshot)> {
-        let timeout = self.config.timeout();
-        let deadline = Instant::now() + timeout;
-        // Time for one attempt (response head, acknowledgement and probe
-        // echo) before trying again on a new connection.
-        let attempt_wait = (timeout / 4).max(Duration::from_millis(500));
         let order = self.endpoints.follow_order(&self.key);
-        let many = order.len() > 1;
-        let mut attempts = 0usize;
+        let mut opening = Opening::new(Instant::now(), self.config.timeout(), order);
+        let mut action = opening.next(Instant::now());
         loop {
+            let (node, by) = match action {
+                OpenAction::Subscribe { node, by } => (node, by),
+                OpenAction::Failed(e) => return Err(e),
+            };
             let nodes = self.connection()?;
-            let node = order[attempts % order.len()];
-            let left = deadline.saturating_duration_since(Instant::now());
-            attempts += 1;
-            let by = Instant::now() + left.min(attempt_wait);
             let opened = self
                 .subscribe(&nodes, node, by)
                 .and_then(|sub| self.confirm(&nodes, &sub, by).map(|()| sub));
-            let e = match opened {
+            let (stage, e) = match opened {
                 Ok(sub) => match self.snapshot(nodes.node(node)) {
                     Ok(snap) => return Ok((sub, snap)),
-                    // The snapshot's call has retried what it could; a
-                    // reply that cannot be read (a stored state that is
-                    // not UTF-8, which Webdis drops from the reply) is no
-                    // subscription to replace at once.
-                    Err(e) if many && e.status.is_transient() => e,
-                    Err(e) => return Err(e),
+                    Err(e) => (Stage::Snapshot, e),
                 },
-                Err(e) if retry_subscribe(&e) || (many && e.status.is_transient()) => e,
-                Err(e) => return Err(e),
+                Err(e) => (Stage::Subscription, e),
             };
-            if many {
-                self.endpoints.failed(node);
+            nodes.shutdown();
+            if self.cancelled() {
+                return Err(disconnected());
             }
             crate::util::debug_log!(
-                "subscribe {} at {}: attempt {attempts} failed: {}",
+                "subscribe {} at {}: {stage:?} failed ({:?}): {}",
                 self.session,
                 nodes.base(node),
+                e.kind,
                 e.message
             );
-            nodes.shutdown();
-            if Instant::now() < deadline {
-                continue;
+            let verdict = opening.failed(Instant::now(), stage, e, nodes.base(node));
+            if let Some(failed) = verdict.node_failed {
+                self.endpoints.failed(failed);
             }
-            let at = if many {
-                format!("{} Webdis endpoints", order.len())
-            } else {
-                format!("Webdis at {}", nodes.base(node))
-            };
-            return Err(Error::new(
-                e.status,
-                format!(
-                    "{at} did not set up the subscription within {} ms \
-                     ({attempts} attempts; the last, at {}: {})",
-                    timeout.as_millis(),
-                    nodes.base(node),
-                    e.message
-                ),
-            ));
+            action = verdict.then;
         }
     }
 
@@ -418,7 +540,8 @@ impl Link {
         };
         self.await_item(&sub, by, "acknowledge the subscription", |item| {
             matches!(item, SubscriptionItem::Subscribed { channel } if *channel == self.channel)
-        })?;
+        })
+        .map_err(subscription_failure)?;
         Ok(sub)
     }
 
@@ -431,15 +554,18 @@ impl Link {
         let left = by.saturating_duration_since(Instant::now());
         let receivers = self.probe(nodes, sub.node, &token, left.max(Duration::from_millis(1)))?;
         if receivers == Some(0) {
+            // Acknowledged but never fed: as if unacknowledged.
             return Err(Error::new(
                 Status::MS_ERR_TIMEOUT,
                 "Redis has no such subscription (a probe reached no subscriber)",
-            ));
+            )
+            .kinded(Kind::Timeout));
         }
         self.await_item(sub, by, "deliver a probe on the subscription", |item| {
             matches!(item, SubscriptionItem::Message { payload, .. }
                 if payload.strip_prefix("p ") == Some(token.as_str()))
         })
+        .map_err(subscription_failure)
     }
 
     /// Waits until the subscription yields an item `wanted` accepts, by
@@ -470,23 +596,17 @@ impl Link {
         }
     }
 
+    /// ms_snapshot, naming the state delivered last (`have`): the reply
+    /// carries the newest state only when it is another.
     pub(super) fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
+        let have = self.delivery.have();
+        let sent = Instant::now();
         // A stream started anew under the same name has another channel,
         // so ms_snapshot answers MSNOTFOUND.
-        let reply = conn.fcall(&Call::snapshot(&self.key), &body, self.config.timeout())?;
-        let functions::Snapshot {
-            seq,
-            hb_ms,
-            updated_ms,
-            state,
-        } = functions::Snapshot::of(reply)?;
-        Ok(Snapshot {
-            seq,
-            hb: Duration::from_millis(hb_ms.max(1)),
-            state,
-            updated_ms,
-        })
+        let call = Call::snapshot(&self.key, &have);
+        let reply = conn.fcall(&call, &[&body], self.config.timeout())?;
+        Ok(Snapshot::of(functions::Snapshot::of(reply)?, sent))
     }
 
     /// ms_probe, on the primary: publishes `p <token>` on the channel.
@@ -502,7 +622,7 @@ impl Link {
         timeout: Duration,
     ) -> Result<Option<u64>> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
-        let answered = nodes.fcall_answered(&Call::probe(&self.key, token), &body, timeout);
+        let answered = nodes.fcall_answered(&Call::probe(&self.key, token), &[&body], timeout);
         let n = answered
             .result
             .and_then(|reply| functions::reached(&reply))?;
@@ -510,10 +630,32 @@ impl Link {
     }
 }
 
-/// Whether a subscription attempt that failed so is worth repeating at
-/// once: garbled (PROTOCOL) or unacknowledged (TIMEOUT).
-pub(super) fn retry_subscribe(e: &Error) -> bool {
-    matches!(e.status, Status::MS_ERR_PROTOCOL | Status::MS_ERR_TIMEOUT)
+/// A message carrying a state (a header, a body or a delta), which the
+/// reader delivers itself once the follower listens.
+pub(super) fn is_state_message(payload: &str) -> bool {
+    ["s ", "r ", "d "].iter().any(|p| payload.starts_with(p))
+}
+
+impl Delivery {
+    /// Delivers (or holds) a channel message that carries a state; other
+    /// messages are ignored here.
+    pub(super) fn message(&self, payload: String) {
+        match protocol::parse_channel_message(payload) {
+            Some(ChannelMessage::StateHead {
+                seq,
+                updated_ms,
+                id,
+            }) => self.head(seq, updated_ms, id),
+            Some(ChannelMessage::StateBody { id, state }) => self.body(id, state),
+            Some(ChannelMessage::Delta {
+                seq,
+                base,
+                updated_ms,
+                delta,
+            }) => self.delta(seq, base, updated_ms, delta),
+            _ => {}
+        }
+    }
 }
 
 /// The reader thread: bytes from Webdis to parsed items. Once the
@@ -562,20 +704,11 @@ pub(super) fn read_subscription(
                 Ok(Some(obj)) => {
                     let item = match protocol::parse_subscription_object(&obj) {
                         Ok(SubscriptionItem::Message { payload, .. })
-                            if (payload.starts_with("s ") || payload.starts_with("d "))
+                            if is_state_message(&payload)
                                 && delivery.direct.load(Ordering::SeqCst) =>
                         {
-                            let mut waiting = false;
-                            match protocol::parse_channel_message(payload) {
-                                Some(ChannelMessage::State { seq, state, .. }) => {
-                                    delivery.state(seq, state)
-                                }
-                                Some(ChannelMessage::Delta { seq, base, delta }) => {
-                                    delivery.delta(seq, base, delta);
-                                    waiting = delivery.resync_at().is_some();
-                                }
-                                _ => {}
-                            }
+                            delivery.message(payload);
+                            let waiting = delivery.resync_at().is_some();
                             let us = delivery.epoch.elapsed().as_micros() as u64;
                             delivery.last_direct_us.store(us.max(1), Ordering::SeqCst);
                             if !waiting && !delivery.leader_offline.load(Ordering::SeqCst) {
@@ -726,11 +859,27 @@ mod tests {
         assert!(twice.len() > protocol::MAX_STATE);
         let delta = crate::wire::delta::create(&base, &twice);
         assert!(delta.len() < 100, "{delta}");
-        d.state(1, base.clone());
-        d.delta(2, 1, delta);
+        full(&d, 1, base.clone());
+        d.delta(2, 1, 0, delta);
         assert_eq!(last(&d).0, Some(1));
         assert_eq!(d.resync_at(), Some(ResyncDue::Now));
         dispatcher.shutdown();
+    }
+
+    /// A snapshot carrying the state of `seq`.
+    fn snap(seq: u64, state: String) -> Snapshot {
+        Snapshot {
+            seq,
+            hb: Duration::from_secs(1),
+            updated_ms: seq as i64 * 1000,
+            state: Some((format!("id{seq}"), state)),
+            heard: None,
+        }
+    }
+
+    /// Delivers the state of `seq` as a snapshot would.
+    fn full(d: &Delivery, seq: u64, state: String) {
+        d.snapshot(&mut snap(seq, state));
     }
 
     fn last(d: &Delivery) -> (Option<u64>, String) {
@@ -757,19 +906,19 @@ mod tests {
         let s1 = "{\"wp\":[1,2,3],\"name\":\"caf\u{e9}\"}".repeat(20);
         let s2 = s1.replacen("caf\u{e9}", "caf\u{ea}", 1);
         let s3 = s2.replacen("[1,2,3]", "[1,2,3,4]", 1);
-        d.state(5, s1.clone());
+        full(&d, 5, s1.clone());
         // In order.
-        d.delta(6, 5, crate::wire::delta::create(&s1, &s2));
+        d.delta(6, 5, 0, crate::wire::delta::create(&s1, &s2));
         assert_eq!(last(&d), (Some(6), s2.clone()));
         // Old and repeated deltas are ignored.
-        d.delta(6, 5, crate::wire::delta::create(&s1, &s2));
+        d.delta(6, 5, 0, crate::wire::delta::create(&s1, &s2));
         assert_eq!(d.resync_at(), None);
         // Swapped: 8 (base 7) before 7 (base 6).
         let s4 = s3.replacen("[1,2,3,4]", "[4]", 1);
-        d.delta(8, 7, crate::wire::delta::create(&s3, &s4));
+        d.delta(8, 7, 0, crate::wire::delta::create(&s3, &s4));
         assert_eq!(last(&d).0, Some(6));
         assert!(matches!(d.resync_at(), Some(ResyncDue::At(t)) if t > Instant::now()));
-        d.delta(7, 6, crate::wire::delta::create(&s2, &s3));
+        d.delta(7, 6, 0, crate::wire::delta::create(&s2, &s3));
         assert_eq!(last(&d), (Some(8), s4.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta that does not verify (its checksum) is not delivered: the
@@ -780,19 +929,19 @@ mod tests {
             good.trim_end_matches(';')
                 .trim_end_matches(|c: char| c.is_ascii_alphanumeric())
         );
-        d.delta(9, 8, forged);
+        d.delta(9, 8, 0, forged);
         assert_eq!(last(&d).0, Some(8));
         assert_eq!(d.resync_at(), Some(ResyncDue::Now));
-        d.resynced(9, s1.clone());
+        d.resynced(&mut snap(9, s1.clone()));
         assert_eq!(last(&d), (Some(9), s1.clone()));
         assert_eq!(d.resync_at(), None);
         // A delta whose base never comes: the snapshot after HOLD.
-        d.delta(11, 10, crate::wire::delta::create(&s1, &s2));
+        d.delta(11, 10, 0, crate::wire::delta::create(&s1, &s2));
         let Some(ResyncDue::At(at)) = d.resync_at() else {
             panic!("a held delta waits HOLD");
         };
         assert!(at > Instant::now() + HOLD / 2 && at <= Instant::now() + HOLD);
-        d.resynced(11, s2.clone());
+        d.resynced(&mut snap(11, s2.clone()));
         assert_eq!((last(&d), d.resync_at()), ((Some(11), s2.clone()), None));
         // Every delivered state was verified: the callback saw only these.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -805,6 +954,198 @@ mod tests {
             assert!(all.iter().any(|(q, s)| q == seq && *s == st), "seq {seq}");
         }
         assert_eq!(seen.last().map(|x| x.0), Some(11));
+        dispatcher.shutdown();
+    }
+
+    /// The states the callback saw, once `seq` is among them (or 5 s).
+    fn seen_until(got: &Seen, seq: u64) -> Vec<(u64, String)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(got).iter().any(|x| x.0 == seq) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lock(got).clone()
+    }
+
+    /// The states a callback saw, (seq, state).
+    type Seen = Arc<Mutex<Vec<(u64, String)>>>;
+
+    fn recording() -> (Arc<crate::dispatch::Dispatcher>, Seen) {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        dispatcher.set_callback(Some(Arc::new(move |e: &Event| {
+            if let Some(s) = &e.state {
+                lock(&g).push((e.seq, s.as_str().to_string()));
+            }
+        })));
+        dispatcher.register(1);
+        (dispatcher, got)
+    }
+
+    const A: &str = "0123456789abcdef0000000000000001";
+    const B: &str = "0123456789abcdef0000000000000002";
+    const C: &str = "0123456789abcdef0000000000000003";
+
+    /// The two halves of a full state pair by publish id in either order
+    /// (Webdis swaps adjacent messages); a delta on a paired state
+    /// applies; `have` names the state held.
+    #[test]
+    fn headers_and_bodies_pair_by_publish_id_in_either_order() {
+        let (dispatcher, got) = recording();
+        let d = delivery(&dispatcher);
+        assert_eq!(d.have(), "-");
+        // Header first.
+        d.message(format!("s 1 1000 {A}"));
+        assert_eq!(last(&d).0, None);
+        assert!(matches!(d.resync_at(), Some(ResyncDue::At(_))));
+        d.message(format!("r {A}\n{{\"n\":1}}"));
+        assert_eq!(last(&d), (Some(1), "{\"n\":1}".into()));
+        assert_eq!(d.resync_at(), None);
+        assert_eq!(d.have(), "1:1000");
+        // Body first.
+        d.message(format!("r {B}\n{{\"n\":2}}"));
+        assert_eq!(last(&d).0, Some(1));
+        assert!(matches!(d.resync_at(), Some(ResyncDue::At(_))));
+        d.message(format!("s 2 2000 {B}"));
+        assert_eq!(last(&d), (Some(2), "{\"n\":2}".into()));
+        assert_eq!((d.resync_at(), d.have()), (None, "2:2000".into()));
+        // A delta on it, then a pair whose halves straddle another pair's:
+        // s3 s4 r3 r4 (a swap of r3 and s4).
+        let s3 = "{\"n\":3}".to_string();
+        d.message(format!(
+            "d 3 2 3000\n{}",
+            crate::wire::delta::create("{\"n\":2}", &s3)
+        ));
+        assert_eq!(last(&d), (Some(3), s3.clone()));
+        assert_eq!(d.have(), "3:3000");
+        d.message(format!("s 4 4000 {C}"));
+        d.message(format!("s 5 5000 {A}"));
+        d.message(format!("r {C}\n{{\"n\":4}}"));
+        assert_eq!(last(&d).0, Some(4));
+        d.message(format!("r {A}\n{{\"n\":5}}"));
+        assert_eq!((last(&d).0, d.resync_at()), (Some(5), None));
+        // Repeats and old halves change nothing and wait for nothing.
+        d.message(format!("s 4 4000 {C}"));
+        d.message(format!("r {C}\n{{\"n\":4}}"));
+        d.message(format!("r {A}\n{{\"n\":5}}"));
+        assert_eq!((last(&d).0, d.resync_at()), (Some(5), None));
+        // The callback sees the newest states (the dispatcher may skip
+        // some), each with its own state.
+        let seen = seen_until(&got, 5);
+        assert_eq!(seen.last().map(|x| x.0), Some(5));
+        for (seq, state) in &seen {
+            assert_eq!(*state, format!("{{\"n\":{seq}}}"));
+        }
+        dispatcher.shutdown();
+    }
+
+    /// A half whose other half does not come waits `HOLD`, then the
+    /// snapshot is read; the snapshot's state replaces what waited.
+    #[test]
+    fn an_unpaired_half_reads_the_snapshot_after_hold() {
+        for header in [true, false] {
+            let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+            let d = delivery(&dispatcher);
+            full(&d, 1, "{}".into());
+            let before = Instant::now();
+            if header {
+                d.message(format!("s 2 2000 {A}"));
+            } else {
+                d.message(format!("r {A}\n{{\"x\":2}}"));
+            }
+            let Some(ResyncDue::At(at)) = d.resync_at() else {
+                panic!("an unpaired half waits HOLD");
+            };
+            assert!(at >= before + HOLD && at <= Instant::now() + HOLD);
+            // A delta on the missing state waits too.
+            d.delta(3, 2, 3000, "x".into());
+            assert_eq!(last(&d).0, Some(1));
+            d.resynced(&mut snap(3, "{\"x\":3}".into()));
+            assert_eq!(last(&d), (Some(3), "{\"x\":3}".into()));
+            assert_eq!(d.resync_at(), None);
+            // The late half of the missing state is dropped now.
+            if header {
+                d.message(format!("r {A}\n{{\"x\":2}}"));
+            } else {
+                d.message(format!("s 2 2000 {A}"));
+            }
+            assert_eq!((last(&d).0, d.resync_at()), (Some(3), None));
+            dispatcher.shutdown();
+        }
+    }
+
+    /// A body is delivered only under the header of its own publish id:
+    /// never under another's, whatever their order.
+    #[test]
+    fn a_body_is_never_delivered_under_another_publish_header() {
+        let (dispatcher, got) = recording();
+        let d = delivery(&dispatcher);
+        full(&d, 1, "{}".into());
+        d.message(format!("s 2 2000 {A}"));
+        d.message(format!("r {B}\n{{\"wrong\":true}}"));
+        assert_eq!(last(&d).0, Some(1));
+        d.message(format!("r {A}\n{{\"right\":2}}"));
+        assert_eq!(last(&d), (Some(2), "{\"right\":2}".into()));
+        // B's body still waits for B's header: a snapshot is due.
+        assert!(matches!(d.resync_at(), Some(ResyncDue::At(_))));
+        // Body before a header of another id.
+        d.message(format!("r {C}\n{{\"wrong\":3}}"));
+        d.message(format!("s 3 3000 {A}"));
+        assert_eq!(last(&d).0, Some(2));
+        // More than two bodies waiting: the snapshot at once.
+        d.message("r 0123456789abcdef0000000000000009\n{}".to_string());
+        assert_eq!(d.resync_at(), Some(ResyncDue::Now));
+        d.resynced(&mut snap(3, "{\"right\":3}".into()));
+        let seen = seen_until(&got, 3);
+        assert_eq!(seen.last().map(|x| x.0), Some(3));
+        for (seq, state) in &seen {
+            assert!(!state.contains("wrong"), "seq {seq}: {state}");
+        }
+        dispatcher.shutdown();
+    }
+
+    /// A snapshot that names no state (the follower holds the newest)
+    /// delivers nothing and keeps the state held; one of an older state
+    /// delivers nothing either.
+    #[test]
+    fn a_snapshot_without_state_keeps_the_state_held() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let d = delivery(&dispatcher);
+        full(&d, 4, "{\"a\":4}".into());
+        let mut same = Snapshot::of(
+            crate::wire::functions::Snapshot {
+                seq: 4,
+                updated_ms: 4000,
+                hb_ms: 0,
+                updated_age_ms: 10,
+                heard_age_ms: 5,
+                state: None,
+            },
+            Instant::now(),
+        );
+        assert_eq!(same.hb, Duration::from_millis(1));
+        d.resynced(&mut same);
+        d.snapshot(&mut same);
+        assert_eq!(last(&d), (Some(4), "{\"a\":4}".into()));
+        assert_eq!(d.have(), "4:4000");
+        d.snapshot(&mut snap(3, "{\"a\":3}".into()));
+        assert_eq!(last(&d), (Some(4), "{\"a\":4}".into()));
+        dispatcher.shutdown();
+    }
+
+    /// The reader delivers swapped halves itself once the follower
+    /// listens.
+    #[test]
+    fn the_reader_pairs_swapped_halves() {
+        let (dispatcher, got) = recording();
+        let d = Arc::new(delivery(&dispatcher));
+        let msg = |p: String| {
+            serde_json::to_vec(&serde_json::json!({"SUBSCRIBE": ["message", "c", p]})).unwrap()
+        };
+        let reads = vec![msg(format!("r {A}\nh 100")), msg(format!("s 7 7000 {A}"))];
+        let (tx, _rx) = bounded(64);
+        read_subscription(Chunks(reads), tx, Arc::new(AtomicU64::new(0)), d.clone());
+        assert_eq!(seen_until(&got, 7), [(7, "h 100".to_string())]);
         dispatcher.shutdown();
     }
 }

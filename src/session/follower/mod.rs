@@ -11,6 +11,7 @@
 //! on delivers only states newer than the last one delivered.
 
 mod link;
+mod opening;
 mod session;
 
 use crate::dispatch::{Event, EventKind};
@@ -252,9 +253,9 @@ pub enum End {
 impl FollowThread {
     fn run(self, ready: Sender<Result<()>>) {
         let sub = match self.link.open() {
-            Ok((sub, snap)) => {
+            Ok((sub, mut snap)) => {
                 let hb = snap.hb;
-                self.link.delivery.state(snap.seq, snap.state);
+                self.link.delivery.snapshot(&mut snap);
                 let _ = ready.send(Ok(()));
                 (sub, hb)
             }
@@ -336,22 +337,17 @@ impl FollowThread {
                         Ok(Incoming::Item(SubscriptionItem::Message { payload, .. })) => {
                             // Bytes up to here are accounted for by this message.
                             held.seen_progress = s.progress.load(Ordering::Relaxed);
-                            match protocol::parse_channel_message(payload) {
-                                Some(ChannelMessage::State { seq, state, .. }) => {
-                                    delivery.state(seq, state);
-                                    Heard::State
-                                }
-                                Some(ChannelMessage::Delta { seq, base, delta }) => {
-                                    delivery.delta(seq, base, delta);
-                                    Heard::State
-                                }
+                            if link::is_state_message(&payload) {
+                                delivery.message(payload);
+                                Heard::State
+                            } else { match protocol::parse_channel_message(payload) {
                                 Some(ChannelMessage::Heartbeat { interval_ms }) => {
                                     Heard::Heartbeat(Duration::from_millis(interval_ms))
                                 }
                                 Some(ChannelMessage::Probe { nonce }) => Heard::Probe(nonce),
                                 Some(ChannelMessage::Ended) => Heard::Ended,
-                                None => Heard::Other,
-                            }
+                                _ => Heard::Other,
+                            } }
                         }
                         Ok(Incoming::Item(_)) => Heard::Other,
                         Ok(Incoming::Closed(e)) => Heard::Closed(e),
@@ -370,16 +366,16 @@ impl FollowThread {
                             let done = JobDone::Recovered(Ok(Resubscription {
                                 node: s.node,
                                 hb: snap.hb,
-                                stored: snap.stored_at(),
+                                heard: snap.heard,
                             }));
                             held.recovered = Some((s, snap));
                             done
                         }
                         Ok(JobResult::Recovered(Err(e))) => JobDone::Recovered(Err(e)),
-                        Ok(JobResult::Resync(Ok(snap))) => {
-                            let stored = snap.stored_at();
-                            delivery.resynced(snap.seq, snap.state);
-                            JobDone::Resync(stored)
+                        Ok(JobResult::Resync(Ok(mut snap))) => {
+                            let heard = snap.heard;
+                            delivery.resynced(&mut snap);
+                            JobDone::Resync(heard)
                         }
                         Ok(JobResult::Resync(Err(e))) => {
                             crate::util::debug_log!("follow {}: snapshot for deltas failed: {}", self.session, e.message);
@@ -465,10 +461,10 @@ impl FollowThread {
                 }
                 Action::Resubscribed => {
                     // The recovery's result, kept when its job ended.
-                    let Some((s, snap)) = held.recovered.take() else {
+                    let Some((s, mut snap)) = held.recovered.take() else {
                         continue;
                     };
-                    delivery.state(snap.seq, snap.state);
+                    delivery.snapshot(&mut snap);
                     held.seen_progress = s.progress.load(Ordering::Relaxed);
                     held.seen_direct = delivery.last_direct_us.load(Ordering::SeqCst);
                     held.sub = Some(s);

@@ -72,9 +72,11 @@ pub struct Resubscription {
     pub node: usize,
     /// The leader's interval, from the snapshot.
     pub hb: Duration,
-    /// When the snapshot's state was stored (`stored_at`); None when
+    /// When the leader was last heard, by the snapshot's age of it
+    /// (`heard_at`); None when longer ago than the monotonic clock goes
+    /// back.
     /// longer ago than this clock can tell.
-    pub stored: Option<Instant>,
+    pub heard: Option<Instant>,
 }
 
 /// How a job ended.
@@ -281,9 +283,9 @@ impl Session {
                     Action::Resubscribed,
                 ];
                 // The snapshot's state is delivered: the leader was heard
-                // when it stored it (states published while no
-                // subscription was held are in it).
-                if let Some(at) = r.stored {
+                // as long ago as Redis says (states published and
+                // heartbeats sent while no subscription was held count).
+                if let Some(at) = r.heard {
                     presence(&mut actions, self.live.state_delivered(at, now));
                 }
                 actions
@@ -296,9 +298,9 @@ impl Session {
                 self.retry_at = Some(now + self.backoff.next());
                 vec![Action::Log(format!("recovery failed: {}", e.message))]
             }
-            JobDone::Resync(stored) => {
+            JobDone::Resync(heard) => {
                 let mut actions = Vec::new();
-                if let Some(at) = stored {
+                if let Some(at) = heard {
                     presence(&mut actions, self.live.state_delivered(at, now));
                 }
                 actions
@@ -334,14 +336,14 @@ impl Session {
     }
 }
 
-/// The instant a snapshot's state was stored, on the monotonic clock: its
-/// `updated_ms` (Redis' clock, ms since the Unix epoch) as many ms before
-/// `now` as the wall clock, reading `wall_ms` at `now`, is past it; `now`
-/// when the wall clock is behind Redis'. None when longer ago than the
-/// monotonic clock goes back.
-pub fn stored_at(now: Instant, wall_ms: i64, updated_ms: i64) -> Option<Instant> {
-    let age = u64::try_from(wall_ms.saturating_sub(updated_ms)).unwrap_or(0);
-    now.checked_sub(Duration::from_millis(age))
+/// When the leader was last heard, on the monotonic clock, from a
+/// snapshot: `age_ms` (its `heard_age_ms`, computed by Redis on its own
+/// clock) before `sent`, the instant the request was sent. Never later
+/// than the truth, early by at most the call's time; no wall clock is
+/// read, so a follower whose clock is off sees presence right. None when
+/// longer ago than the monotonic clock goes back.
+pub fn heard_at(sent: Instant, age_ms: u64) -> Option<Instant> {
+    sent.checked_sub(Duration::from_millis(age_ms))
 }
 
 /// Whether a resync due so is due at `now`.
@@ -389,8 +391,8 @@ mod tests {
             .collect()
     }
 
-    fn recovered(node: usize, hb: Duration, stored: Option<Instant>) -> JobDone {
-        JobDone::Recovered(Ok(Resubscription { node, hb, stored }))
+    fn recovered(node: usize, hb: Duration, heard: Option<Instant>) -> JobDone {
+        JobDone::Recovered(Ok(Resubscription { node, hb, heard }))
     }
 
     /// The presence events among the actions.
@@ -773,16 +775,71 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_state_is_placed_by_its_age_on_the_wall_clock() {
-        let now = Instant::now();
-        let wall = 1_800_000_000_000;
-        assert_eq!(stored_at(now, wall, wall - 1500), Some(now - ms(1500)));
-        // Redis' clock ahead of this one: stored now, not in the future.
-        assert_eq!(stored_at(now, wall, wall + 5000), Some(now));
+    fn a_snapshot_places_the_leader_heard_by_its_age_on_redis_clock() {
+        let sent = Instant::now();
+        assert_eq!(heard_at(sent, 1500), Some(sent - ms(1500)));
+        assert_eq!(heard_at(sent, 0), Some(sent));
         // Far older than any silence (None where the monotonic clock does
         // not go back that far).
-        let ancient = stored_at(now, wall, i64::MIN);
-        assert!(ancient.is_none_or(|t| t + ms(1_000_000_000) < now));
+        let ancient = heard_at(sent, u64::MAX);
+        assert!(ancient.is_none_or(|t| t + ms(1_000_000_000) < sent));
+    }
+
+    /// Presence after a recovery depends on the ages Redis computed, not
+    /// on this machine's wall clock: the snapshot's times are an hour off
+    /// the local wall clock (either way), and the leader heard 1.2 s
+    /// before the request was sent is online; one heard 3.5 intervals
+    /// before is offline.
+    #[test]
+    fn presence_from_a_snapshot_ignores_a_wall_clock_an_hour_off() {
+        let hour = 3_600_000i64;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for skew in [-hour, hour] {
+            let (mut s, t0) = setup();
+            lose_and_recover(&mut s, t0 + ms(100));
+            assert_eq!(
+                presence_of(&s.tick(t0 + HB * 3, None, false, None)),
+                [EventKind::MS_EVENT_LEADER_OFFLINE]
+            );
+            // The reply: stored and heard by Redis' clock, an hour away
+            // from this machine's; the ages are what count.
+            let reply = crate::wire::functions::Snapshot {
+                seq: 3,
+                updated_ms: wall + skew - 1200,
+                hb_ms: HB.as_millis() as u64,
+                updated_age_ms: 1200,
+                heard_age_ms: 1200,
+                state: None,
+            };
+            let sent = t0 + ms(4000);
+            let done = sent + ms(50);
+            // As the follower reads it (link::Snapshot::of).
+            let heard = super::super::link::Snapshot::of(reply, sent).heard;
+            assert_eq!(heard, Some(t0 + ms(2800)));
+            assert_eq!(
+                s.job_done(done, recovered(NODE, HB, heard), false),
+                [
+                    Action::Emit(EventKind::MS_EVENT_RECONNECTED),
+                    Action::Resubscribed,
+                    Action::Emit(EventKind::MS_EVENT_LEADER_ONLINE)
+                ],
+                "skew {skew}"
+            );
+            assert!(!s.offline());
+            // Offline again 3 intervals after the heard instant, not later.
+            let a = s.tick(t0 + ms(2800) + HB * 3 - ms(1), None, false, None);
+            assert_eq!(presence_of(&a), []);
+            let a = s.tick(t0 + ms(2800) + HB * 3, None, false, None);
+            assert_eq!(presence_of(&a), [EventKind::MS_EVENT_LEADER_OFFLINE]);
+            // A leader heard 3.5 intervals before the request: offline.
+            let retry = lose_and_recover(&mut s, t0 + ms(9000));
+            let heard = heard_at(retry, HB.as_millis() as u64 * 7 / 2);
+            s.job_done(retry + ms(10), recovered(NODE, HB, heard), false);
+            assert!(s.offline(), "skew {skew}");
+        }
     }
 
     #[test]

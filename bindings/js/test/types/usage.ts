@@ -3,7 +3,7 @@
 // type-check, and the `@ts-expect-error` lines prove the types are not `any`.
 import {
   Client, EventKind, MissionstreamError, Status, PROTOCOL_VERSION, MAX_NAME, MAX_SECRET, MAX_STATE,
-  statusName, eventKindName, deriveKey, channelOf, openSealed, frameBody, applyDelta, makeDelta, checksum, rendezvous,
+  statusName, eventKindName, deriveKey, channelOf, openSealed, channelTag, sealLead, frameBody, applyDelta, makeDelta, checksum, rendezvous,
   Leader, Follower,
 } from "missionstream";
 import type {
@@ -57,7 +57,7 @@ export async function everyExport(): Promise<void> {
   const base: string = ha.base;
   const infos: StreamInfo[] = await ha.list();
   for (const i of infos) {
-    const fields: number[] = [i.seq, i.followers, i.updatedMs, i.heardMs, i.heartbeatMs, writes];
+    const fields: number[] = [i.seq, i.followers, i.updatedMs, i.heardMs, i.heartbeatMs, i.nowMs, i.nowMs - i.heardMs, writes];
     console.log(i.name, fields, base);
   }
   const onEvent = (ev: StreamEvent): void => {
@@ -65,7 +65,7 @@ export async function everyExport(): Promise<void> {
     const kindName: EventKindName = ev.kindName;
     const status: StatusCode = ev.status;
     const data: string | null = ev.data;
-    console.log(kind, kindName, status, data, ev.stream, ev.seq, ev.message, ev.updatedMs, ev.receivedAt, eventKindName(kind), statusName(status));
+    console.log(kind, kindName, status, data, ev.stream, ev.seq, ev.message, ev.updatedMs, ev.updatedAgeMs, ev.receivedAt, eventKindName(kind), statusName(status));
   };
   const sessionOptions: SessionOptions = { onEvent };
   const l = await ha.start("m", "", "code", { ...sessionOptions, iterations: 100000 });
@@ -77,6 +77,8 @@ export async function everyExport(): Promise<void> {
   const f = await ha2.follow("m", "", sessionOptions);
   const ev: StreamEvent | null | undefined = await f.next(100);
   const fl: [number, string | null, number, boolean, boolean, boolean, boolean] = [f.seq, f.latest, f.updatedMs, f.leaderOnline, f.connected, f.active, f.ended];
+  const ages: [number, number] = [f.updatedAgeMs, f.heardAgeMs];
+  console.log(ages);
   const parsed: unknown = f.json();
   const marks = f.timing;
   if (marks) console.log(marks.seq, marks.applied - (marks.bytes ?? marks.applied));
@@ -87,6 +89,11 @@ export async function everyExport(): Promise<void> {
   const key: string = await deriveKey("secret", "pw:", "00", 100000);
   const channel: string = await channelOf("00", "m");
   const opened: string | null = await openSealed("00", key, "n");
+  const tag: string = await channelTag(channel);
+  const sealed: string = await sealLead("00112233445566778899aabbccddeeff", "2ab3", "01", "full", "-", "-", 0, 37);
+  console.log(tag, sealed);
+  // @ts-expect-error: a publish is full or delta
+  await sealLead("00", "00", "01", "other", "-", "-", 0, 37);
   const body: Uint8Array = frameBody(["a", new Uint8Array(1)]);
   const delta: Uint8Array = makeDelta(body, body);
   const applied: Uint8Array | null = applyDelta(body, delta);
