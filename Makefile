@@ -263,11 +263,13 @@ mutants: build
 
 # Mutations nobody here wrote: cargo-mutants on the modules whose unit
 # tests need no server (the publisher's and the follower session's pure
-# machines, the opening of a subscription, the timing rules, backoff, key derivation), with
+# machines, the opening of a subscription, the timing rules, backoff, key
+# derivation, the chunked decoder, the reactor's timers), with
 # `cargo test --lib`. Report: target/mutants-lib/mutants.out/ (outcomes.json,
 # caught.txt, missed.txt); docs/RELIABILITY.md has the last run.
 MUTANTS_LIB_FILES ?= src/session/publisher.rs src/session/follower/session.rs \
-  src/session/follower/opening.rs src/session/liveness.rs src/session/backoff.rs src/kdf.rs src/util.rs src/error.rs
+  src/session/follower/opening.rs src/session/liveness.rs src/session/backoff.rs \
+  src/kdf.rs src/util.rs src/error.rs src/net/chunked.rs src/runtime/timers.rs
 mutants-lib: deps
 	@command -v cargo-mutants >/dev/null 2>&1 || $(CARGO) install cargo-mutants --locked
 	$(CARGO) mutants --profile mutants --output target/mutants-lib \

@@ -2,8 +2,9 @@
 //! the dispatcher that calls the user's callback.
 //!
 //! Threads: the caller's threads run start/reconnect/connect/stop/list
-//! (blocking HTTP on a shared connection pool); each led stream has a
-//! publisher thread; each followed stream has a follower thread plus a
+//! (blocking HTTP on a shared connection pool); the led streams are
+//! driven by one network thread and four request workers (runtime/),
+//! started with the first lead; each followed stream has a follower thread plus a
 //! reader thread per subscription; one dispatcher thread calls the
 //! callback. Dropping the client delivers pending states (bounded by the
 //! request timeout), ends every follow and stops the dispatcher.
@@ -12,6 +13,7 @@ use crate::dispatch::{Callback, Dispatcher};
 use crate::error::{Error, Kind, Result, Status};
 use crate::kdf::{self, KeyCache, Secret};
 use crate::net::nodes::{Answered, Endpoints, Nodes};
+use crate::runtime::Runtime;
 use crate::session::follower::Follow;
 use crate::session::leader::{Lead, LeadIdentity};
 use crate::session::{key_of, params_of, Config, EndHook, Hooks};
@@ -73,6 +75,9 @@ pub struct Client {
     /// Keys derived from passwords and leader codes (the KDF is slow on
     /// purpose; reconnects need not pay it again).
     keys: Arc<KeyCache>,
+    /// The reactor and request workers that drive the leads, started with
+    /// the first one.
+    runtime: once_cell::sync::OnceCell<Runtime>,
 }
 
 fn c_name(name: &str) -> Arc<CString> {
@@ -106,6 +111,7 @@ impl Client {
             follows,
             hooks,
             keys: Arc::new(KeyCache::new()?),
+            runtime: once_cell::sync::OnceCell::new(),
         })
     }
 
@@ -227,8 +233,9 @@ impl Client {
         seq: u64,
     ) -> Result<()> {
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let runtime = self.runtime.get_or_try_init(Runtime::start)?;
         self.hooks.dispatcher.register(session);
-        let lead = Lead::spawn(
+        let (lead, machine, wire) = Lead::spawn(
             session,
             LeadIdentity {
                 name: c_name(name),
@@ -238,6 +245,13 @@ impl Client {
                 seq,
             },
             Nodes::new(self.control.endpoints().clone()),
+            self.config.clone(),
+            runtime.driver(),
+        )?;
+        runtime.drive_lead(
+            &lead,
+            machine,
+            wire,
             self.config.clone(),
             self.hooks.clone(),
         )?;
@@ -625,6 +639,8 @@ impl Drop for Client {
                 s.spawn(move || f.cancel(Duration::from_millis(400)));
             }
         });
+        // The reactor and its workers end (every lead has).
+        drop(self.runtime.take());
         self.hooks.dispatcher.shutdown();
         self.control.shutdown();
     }

@@ -34,6 +34,48 @@ fn bounded_resources() {
     let s = Servers::start();
     slow_callback_under_a_flood_keeps_memory_bounded(&s);
     connect_disconnect_cycles_leave_nothing_behind(&s);
+    leads_share_one_network_thread_and_its_workers(&s);
+}
+
+/// A client's leads run on its network thread and 4 request workers,
+/// whatever their number: 40 leads add 6 threads (those and the
+/// dispatcher), not 40; every lead's state is stored; freeing the client
+/// ends them all.
+fn leads_share_one_network_thread_and_its_workers(s: &Servers) {
+    let t0 = threads();
+    let leader = s.client();
+    let names: Vec<String> = (0..40).map(|_| unique("shared-thread")).collect();
+    for name in &names {
+        leader.start(name, "pw", "code").unwrap();
+    }
+    let t1 = threads();
+    for (i, name) in names.iter().enumerate() {
+        leader
+            .publish(name, format!("{{\"lead\":{i}}}").as_bytes())
+            .unwrap();
+    }
+    for name in &names {
+        leader.flush(name, 20_000).unwrap();
+    }
+    for (i, name) in names.iter().enumerate().step_by(7) {
+        assert_eq!(
+            newest_state(s.redis_port, name),
+            format!("{{\"lead\":{i}}}")
+        );
+    }
+    let t2 = threads();
+    eprintln!("40 leads: threads {t0} -> {t1} -> {t2}");
+    assert!(t1 <= t0 + 6 && t2 <= t0 + 6, "threads {t0} -> {t1} -> {t2}");
+    drop(leader);
+    let settle = Instant::now();
+    while threads() > t0 && settle.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        threads() <= t0,
+        "threads left behind: {t0} -> {}",
+        threads()
+    );
 }
 
 /// A callback sleeping 50 ms per event, 20,000 publishes of 20 KB.

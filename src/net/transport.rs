@@ -53,6 +53,9 @@ struct Trust {
     /// was built with.
     generation: AtomicU64,
     anchors: Mutex<Anchors>,
+    /// The rustls configuration of the hand-driven TLS connections, and
+    /// the generation of the anchors it was built with.
+    client_config: Mutex<Option<(u64, Arc<rustls::ClientConfig>)>>,
 }
 
 #[derive(Clone, Debug)]
@@ -131,6 +134,7 @@ impl Endpoint {
                     roots: RootCerts::WebPki,
                     file: None,
                 }),
+                client_config: Mutex::new(None),
             }),
         })
     }
@@ -187,6 +191,191 @@ impl Endpoint {
     /// `base/COMMAND/arg/arg...`, every argument percent-encoded.
     fn url(&self, command: &str, args: &[&str]) -> String {
         self.url_of(&self.path(command, args))
+    }
+}
+
+impl Endpoint {
+    /// `host:port` (the scheme's port filled in; `[v6]` kept bracketed).
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The host of the URL, without port or brackets.
+    pub fn host(&self) -> &str {
+        let host = self
+            .authority
+            .rsplit_once(':')
+            .map_or(self.authority.as_str(), |(h, _)| h);
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// https://
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The `Authorization` header value of `user:pass@`, if any.
+    pub fn authorization(&self) -> Option<&str> {
+        self.auth.as_deref()
+    }
+
+    /// The path of `GET /SUBSCRIBE/<channel>` (prefix included).
+    pub fn subscribe_path(&self, channel: &str) -> String {
+        self.path("SUBSCRIBE", &[channel])
+    }
+
+    /// The addresses of the host (a literal IP at once; a name through
+    /// the system resolver, which blocks: never on the reactor).
+    pub fn resolve(&self) -> Result<Vec<SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        let port = self
+            .authority
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| {
+                Error::invalid(format!("the Webdis URL {} has no valid port", self.base))
+            })?;
+        if let Ok(ip) = self.host().parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let addrs: Vec<SocketAddr> = (self.host(), port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                Error::new(
+                    Status::MS_ERR_UNAVAILABLE,
+                    format!("cannot resolve the host of {}: {e}", self.base),
+                )
+                .kinded(Kind::Unreachable)
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                format!("the host of {} has no address", self.base),
+            )
+            .kinded(Kind::Unreachable));
+        }
+        Ok(addrs)
+    }
+
+    /// The rustls configuration of `https://` connections driven by hand
+    /// (the non-blocking SUBSCRIBE): the trust anchors of the moment, one
+    /// configuration per change of them.
+    pub fn tls_client_config(&self) -> Arc<rustls::ClientConfig> {
+        let anchors = crate::util::lock(&self.trust.anchors).clone();
+        let mut cached = crate::util::lock(&self.trust.client_config);
+        if let Some((generation, config)) = cached.as_ref() {
+            if *generation == anchors.generation {
+                return config.clone();
+            }
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        match &anchors.roots {
+            RootCerts::Specific(certs) => {
+                roots.add_parsable_certificates(
+                    certs
+                        .iter()
+                        .map(|c| rustls::pki_types::CertificateDer::from(c.der()).into_owned()),
+                );
+            }
+            _ => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(rustls::ALL_VERSIONS)
+                .expect("ring supports every TLS version rustls has")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        *cached = Some((anchors.generation, config.clone()));
+        config
+    }
+
+    /// The error of a TLS handshake rustls refused, naming its cause: the
+    /// server's certificate is not trusted or not for this host
+    /// (MS_ERR_UNAVAILABLE: Webdis cannot be reached safely), or the
+    /// server does not speak TLS (MS_ERR_PROTOCOL).
+    pub fn tls_refusal(&self, e: &rustls::Error) -> Error {
+        use rustls::{CertificateError as C, Error as E};
+        let base = &self.base;
+        let host = self
+            .authority
+            .rsplit_once(':')
+            .map_or(self.authority.as_str(), |(h, _)| h);
+        let unavailable = |cause: String| {
+            Error::new(
+                Status::MS_ERR_UNAVAILABLE,
+                format!("cannot reach Webdis at {base} over TLS: {cause}"),
+            )
+        };
+        match e {
+            E::InvalidCertificate(C::UnknownIssuer) => {
+                let trusted = match &crate::util::lock(&self.trust.anchors).file {
+                    Some(file) => format!("the CA file \"{file}\""),
+                    None => "the bundled web roots (a network with its own certificate authority: set its CA file with ms_client_set_tls_ca_file)".into(),
+                };
+                unavailable(format!(
+                    "certificate not trusted: the server's certificate is not issued by a certificate authority of {trusted}"
+                ))
+            }
+            E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                unavailable(format!(
+                    "host name mismatch: the server's certificate is not valid for {host}"
+                ))
+            }
+            E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                unavailable("the server's certificate has expired".into())
+            }
+            E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+                unavailable("the server's certificate is not valid yet (check the clock)".into())
+            }
+            E::InvalidCertificate(c) => {
+                unavailable(format!("the server's certificate is refused ({c:?})"))
+            }
+            E::InvalidMessage(_) => not_tls(base),
+            E::AlertReceived(a) => unavailable(format!(
+                "the server refused the TLS handshake (alert {a:?})"
+            )),
+            other => unavailable(format!("TLS failed: {other}")),
+        }
+    }
+
+    /// A TLS failure described by text only.
+    pub fn tls_failed(&self, what: impl std::fmt::Display) -> Error {
+        Error::new(
+            Status::MS_ERR_UNAVAILABLE,
+            format!(
+                "cannot reach Webdis at {} over TLS: TLS failed: {what}",
+                self.base
+            ),
+        )
+    }
+
+    /// The server hung up during the TLS handshake.
+    pub fn tls_hung_up(&self) -> Error {
+        Error::new(
+            Status::MS_ERR_UNAVAILABLE,
+            format!(
+                "cannot reach Webdis at {} over TLS: the server closed the connection during the TLS handshake (does this port speak TLS?)",
+                self.base
+            ),
+        )
+    }
+
+    /// A plain `http://` request answered by a TLS port (nginx: "The
+    /// plain HTTP request was sent to HTTPS port"; Go and Caddy: "Client
+    /// sent an HTTP request to an HTTPS server."); None otherwise.
+    pub fn tls_port_error(&self, status: u16, body: &[u8]) -> Option<Error> {
+        if self.tls || status != 400 {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).to_ascii_lowercase();
+        (text.contains("http request was sent to https port")
+            || text.contains("http request to an https server"))
+        .then(|| speaks_tls(&self.base))
     }
 }
 
@@ -728,65 +917,22 @@ impl Webdis {
     /// Webdis cannot be reached safely), or the server does not speak TLS
     /// (MS_ERR_PROTOCOL). None for other failures.
     fn tls_error(&self, e: &ureq::Error) -> Option<Error> {
-        use rustls::{CertificateError as C, Error as E};
         let rustls_error = match e {
             ureq::Error::Rustls(r) => Some(r),
-            ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<E>()),
+            ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
             _ => None,
         };
-        let base = &self.endpoint.base;
-        let host = self
-            .endpoint
-            .authority
-            .rsplit_once(':')
-            .map_or(self.endpoint.authority.as_str(), |(h, _)| h);
-        let unavailable = |cause: String| {
-            Some(Error::new(
-                Status::MS_ERR_UNAVAILABLE,
-                format!("cannot reach Webdis at {base} over TLS: {cause}"),
-            ))
-        };
         match rustls_error {
-            Some(E::InvalidCertificate(C::UnknownIssuer)) => {
-                let trusted = match &crate::util::lock(&self.endpoint.trust.anchors).file {
-                    Some(file) => format!("the CA file \"{file}\""),
-                    None => "the bundled web roots (a network with its own certificate authority: set its CA file with ms_client_set_tls_ca_file)".into(),
-                };
-                unavailable(format!(
-                    "certificate not trusted: the server's certificate is not issued by a certificate authority of {trusted}"
-                ))
-            }
-            Some(E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. })) => {
-                unavailable(format!(
-                    "host name mismatch: the server's certificate is not valid for {host}"
-                ))
-            }
-            Some(E::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
-                unavailable("the server's certificate has expired".into())
-            }
-            Some(E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. })) => {
-                unavailable("the server's certificate is not valid yet (check the clock)".into())
-            }
-            Some(E::InvalidCertificate(c)) => {
-                unavailable(format!("the server's certificate is refused ({c:?})"))
-            }
-            Some(E::InvalidMessage(_)) => Some(not_tls(base)),
-            Some(E::AlertReceived(a)) => unavailable(format!(
-                "the server refused the TLS handshake (alert {a:?})"
-            )),
-            Some(other) => unavailable(format!("TLS failed: {other}")),
+            Some(r) => Some(self.endpoint.tls_refusal(r)),
             None => match e {
-                ureq::Error::Tls(what) => unavailable(format!("TLS failed: {what}")),
+                ureq::Error::Tls(what) => Some(self.endpoint.tls_failed(what)),
                 // rustls' bare EOF: the server hung up in the handshake.
                 ureq::Error::Io(io)
                     if self.endpoint.tls
                         && io.kind() == std::io::ErrorKind::UnexpectedEof
                         && io.get_ref().is_none() =>
                 {
-                    unavailable(
-                        "the server closed the connection during the TLS handshake (does this port speak TLS?)"
-                            .into(),
-                    )
+                    Some(self.endpoint.tls_hung_up())
                 }
                 _ => None,
             },
@@ -796,15 +942,7 @@ impl Webdis {
     /// The error of a plain `http://` request answered by a TLS port; None
     /// for any other response.
     fn tls_port_error(&self, status: u16, body: &[u8]) -> Option<Error> {
-        if self.endpoint.tls || status != 400 {
-            return None;
-        }
-        // nginx: "The plain HTTP request was sent to HTTPS port"; Go and
-        // Caddy: "Client sent an HTTP request to an HTTPS server."
-        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).to_ascii_lowercase();
-        (text.contains("http request was sent to https port")
-            || text.contains("http request to an https server"))
-        .then(|| speaks_tls(&self.endpoint.base))
+        self.endpoint.tls_port_error(status, body)
     }
 
     /// A response that is not Webdis' answer to the request: from a TLS

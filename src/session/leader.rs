@@ -1,7 +1,8 @@
-//! A led stream: the publisher thread that stores and broadcasts states.
+//! A led stream: its mailbox, and the requests that store and broadcast
+//! its states, driven by the client's reactor (runtime/reactor.rs).
 //!
 //! `publish` only swaps the newest state into a one-slot mailbox (latest
-//! wins) and wakes the publisher; the publisher sends one request at a time
+//! wins) and wakes the reactor; the reactor sends one request at a time
 //! (Webdis does not order concurrent requests), keeps the newest unsent
 //! state across failures, retries transient ones with backoff, and sends a
 //! heartbeat when it has been idle for one interval.
@@ -17,18 +18,17 @@
 //! is not copied); the lead token travels sealed for each publish in its
 //! path (`protocol::seal_lead`), the channel as its tag.
 
-use crate::dispatch::{Event, EventKind};
 use crate::error::{Error, Result, Status};
 use crate::net::nodes::Nodes;
 use crate::session::backoff::Backoff;
-use crate::session::publisher::{Effect, Mailbox, Next, Publisher, Request, Stored};
-use crate::session::{Config, Hooks};
+use crate::session::publisher::{Mailbox, Publisher, Request, Stored};
+use crate::session::Config;
 use crate::util::{lock, random_hex};
 use crate::wire::functions::Call;
 use crate::wire::protocol;
 use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -45,12 +45,24 @@ pub struct LeadIdentity {
     pub seq: u64,
 }
 
-struct Shared {
-    state: Mutex<Mailbox>,
-    cond: Condvar,
+/// What a lead's callers and the reactor share: the mailbox, the
+/// condition variable its changes are told on, and whether the reactor
+/// let go of the lead.
+pub struct LeadShared {
+    pub state: Mutex<Mailbox>,
+    pub cond: Condvar,
+    finished: AtomicBool,
 }
 
-impl Shared {
+impl LeadShared {
+    /// The reactor no longer drives the lead (told to `Lead::join`).
+    pub fn finish(&self) {
+        let st = lock(&self.state);
+        self.finished.store(true, Ordering::SeqCst);
+        drop(st);
+        self.cond.notify_all();
+    }
+
     /// Waits for a change of the state, at most `d`.
     fn wait<'a>(
         &self,
@@ -64,61 +76,71 @@ impl Shared {
     }
 }
 
+/// What drives a lead's machine (the client's reactor, runtime/): told
+/// when the mailbox changed; and whether the calling thread is the driver
+/// itself (which never waits for itself).
+pub trait Driver: Send + Sync {
+    fn wake(&self, session: u64);
+    fn is_driving(&self) -> bool;
+}
+
 pub struct Lead {
     pub session: u64,
     identity: Arc<LeadIdentity>,
-    shared: Arc<Shared>,
+    shared: Arc<LeadShared>,
     conn: Nodes,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    driver: Arc<dyn Driver>,
 }
 
 impl Lead {
+    /// A new lead, its publisher machine and what its requests are made
+    /// of: the caller hands the last two to `driver`, which drives the
+    /// lead from then on.
     pub fn spawn(
         session: u64,
         identity: LeadIdentity,
         conn: Nodes,
         config: Arc<Config>,
-        hooks: Hooks,
-    ) -> Result<Arc<Lead>> {
+        driver: Arc<dyn Driver>,
+    ) -> Result<(Arc<Lead>, Publisher, Arc<LeadWire>)> {
         let identity = Arc::new(identity);
         let tag = protocol::channel_tag(&identity.channel);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(LeadShared {
             state: Mutex::new(Mailbox::default()),
             cond: Condvar::new(),
+            finished: AtomicBool::new(false),
         });
-        let publisher = LeadThread {
-            session,
-            machine: Publisher::new(
-                Instant::now(),
-                identity.seq,
-                random_hex(8)?,
-                config.deltas(),
-                Backoff::new(session),
-            ),
+        let machine = Publisher::new(
+            Instant::now(),
+            identity.seq,
+            random_hex(8)?,
+            config.deltas(),
+            Backoff::new(session),
+        );
+        let wire = Arc::new(LeadWire {
             tag,
             identity: identity.clone(),
-            shared: shared.clone(),
             conn: conn.clone(),
             config,
-            hooks,
-        };
-        let thread = std::thread::Builder::new()
-            .name("ms-publish".into())
-            .stack_size(256 * 1024)
-            .spawn(move || publisher.run())
-            .map_err(|e| {
-                Error::new(
-                    Status::MS_ERR_INTERNAL,
-                    format!("cannot start a thread: {e}"),
-                )
-            })?;
-        Ok(Arc::new(Lead {
+        });
+        let lead = Arc::new(Lead {
             session,
             identity,
             shared,
             conn,
-            thread: Mutex::new(Some(thread)),
-        }))
+            driver,
+        });
+        Ok((lead, machine, wire))
+    }
+
+    /// The mailbox and its condition variable, for the driver.
+    pub fn shared(&self) -> &Arc<LeadShared> {
+        &self.shared
+    }
+
+    /// Tells the driver the mailbox changed.
+    fn wake(&self) {
+        self.driver.wake(self.session);
     }
 
     pub fn identity(&self) -> &LeadIdentity {
@@ -139,6 +161,7 @@ impl Lead {
         st.pending = Some((st.published, state));
         drop(st);
         self.shared.cond.notify_all();
+        self.wake();
         Ok(())
     }
 
@@ -190,6 +213,7 @@ impl Lead {
     pub fn resume(&self) {
         lock(&self.shared.state).paused = false;
         self.shared.cond.notify_all();
+        self.wake();
     }
 
     /// Ends the publisher now, dropping any pending state.
@@ -200,6 +224,7 @@ impl Lead {
             st.pending = None;
         }
         self.shared.cond.notify_all();
+        self.wake();
         self.conn.shutdown();
         self.join();
     }
@@ -209,6 +234,7 @@ impl Lead {
         let deadline = Instant::now() + timeout;
         lock(&self.shared.state).closing = Some(deadline);
         self.shared.cond.notify_all();
+        self.wake();
         let mut st = lock(&self.shared.state);
         while st.busy || (st.pending.is_some() && st.ended.is_none() && Instant::now() < deadline) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -220,16 +246,21 @@ impl Lead {
         st.exit = true;
         drop(st);
         self.shared.cond.notify_all();
+        self.wake();
         // Breaks a request still in flight after the deadline.
         self.conn.shutdown();
         self.join();
     }
 
+    /// Waits until the reactor let go of the lead (not on the reactor
+    /// itself: a hook it calls may end a lead).
     fn join(&self) {
-        if let Some(h) = lock(&self.thread).take() {
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
+        if self.driver.is_driving() {
+            return;
+        }
+        let mut st = lock(&self.shared.state);
+        while !self.shared.finished.load(Ordering::SeqCst) {
+            st = self.shared.wait(st, Duration::from_millis(100));
         }
     }
 }
@@ -237,79 +268,19 @@ impl Lead {
 /// How long ms_flush keeps looking before it sleeps.
 const FLUSH_LINGER: Duration = Duration::from_micros(250);
 
-/// The publisher thread: carries out the requests of its `Publisher`.
-struct LeadThread {
-    session: u64,
-    machine: Publisher,
+/// What a lead's requests are made of, for the request workers
+/// (runtime/requests.rs): `send` builds and sends one.
+pub struct LeadWire {
     /// The channel's tag, which ms_publish carries instead of the channel.
     tag: String,
-    identity: Arc<LeadIdentity>,
-    shared: Arc<Shared>,
-    conn: Nodes,
+    pub identity: Arc<LeadIdentity>,
+    pub conn: Nodes,
     config: Arc<Config>,
-    hooks: Hooks,
 }
 
-impl LeadThread {
-    fn run(mut self) {
-        let mut moves = self.conn.endpoints().moves();
-        loop {
-            let Some(request) = self.next_request() else {
-                return;
-            };
-            let reply = self.send(&request);
-            let now = Instant::now();
-            let moved = self.conn.endpoints().moves();
-            let effects = {
-                let mut st = lock(&self.shared.state);
-                let effects = self
-                    .machine
-                    .done(&mut st, request, reply, now, moved != moves);
-                moves = moved;
-                effects
-            };
-            for effect in effects {
-                match effect {
-                    Effect::Log(text) => crate::util::debug_log!("lead {}: {text}", self.session),
-                    Effect::PublishFailed(status) => self.publish_failed(status),
-                    Effect::Ended(e) => {
-                        self.shared.cond.notify_all();
-                        (self.hooks.lead_ended)(self.session, &self.identity.name);
-                        self.publish_failed(e.status);
-                        return;
-                    }
-                }
-            }
-            self.shared.cond.notify_all();
-        }
-    }
-
-    /// Waits for the next request (the mailbox then marks it in flight);
-    /// None: the lead is over.
-    fn next_request(&mut self) -> Option<Request> {
-        let mut st = lock(&self.shared.state);
-        loop {
-            self.machine.set_deltas(self.config.deltas());
-            let now = Instant::now();
-            match self.machine.poll(&mut st, now, self.config.heartbeat()) {
-                Next::Send(request) => return Some(request),
-                Next::Exit => return None,
-                Next::Linger => {
-                    // Just after a request, the next state often follows at
-                    // once (a caller publishing after ms_flush returned): look
-                    // again rather than sleep, so that neither side pays for a
-                    // thread wake-up.
-                    drop(st);
-                    std::thread::yield_now();
-                    st = lock(&self.shared.state);
-                }
-                Next::Wait(at) => st = self.shared.wait(st, at.saturating_duration_since(now)),
-            }
-        }
-    }
-
+impl LeadWire {
     /// Sends `request`; its reply is `[seq, stored publish id]`.
-    fn send(&self, request: &Request) -> Result<Stored> {
+    pub fn send(&self, request: &Request) -> Result<Stored> {
         let timeout = self.config.timeout();
         match request {
             Request::Publish {
@@ -363,17 +334,5 @@ impl LeadThread {
                     .and_then(|reply| Stored::of(&reply, call.function))
             }
         }
-    }
-
-    /// Reports MS_EVENT_PUBLISH_FAILED with its cause.
-    fn publish_failed(&self, status: Status) {
-        self.hooks.dispatcher.push(
-            self.session,
-            Event::new(
-                EventKind::MS_EVENT_PUBLISH_FAILED,
-                &self.identity.name,
-                status,
-            ),
-        );
     }
 }

@@ -1,7 +1,8 @@
 //! The sessions: the publisher of each led stream (`leader`, its
 //! decisions in `publisher`) and the follower of each followed stream
 //! (`follower`, its decisions in `follower::session`, its timing rules in
-//! `liveness`). Here: what a client shares with its session threads
+//! `liveness`). Here: what a client shares with the threads that drive
+//! its sessions
 //! (settings, hooks back into the client) and the record key of a stream.
 
 pub mod backoff;

@@ -1,6 +1,7 @@
-//! The publisher's decisions, free of I/O and of the clock: the publisher
-//! thread (`leader.rs`) asks what to do next (`poll`), carries out the
-//! request it is given, and tells the outcome and when it came (`done`).
+//! The publisher's decisions, free of I/O and of the clock: the client's
+//! network thread (`runtime/reactor.rs`) asks what to do next (`poll`),
+//! has a request worker carry out the request it is given, and tells the
+//! outcome and when it came (`done`).
 //! Every decision is tested here on synthetic instants.
 //!
 //! The decisions:
@@ -63,7 +64,7 @@ pub struct Mailbox {
     pub exit: bool,
 }
 
-/// What the publisher thread does next.
+/// What the publisher's driver does next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     /// Send this request (the mailbox is marked busy).
@@ -102,7 +103,7 @@ pub struct Delta {
     pub delta: String,
 }
 
-/// What the publisher thread reports after a request.
+/// What the publisher's driver reports after a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
     /// Report MS_EVENT_PUBLISH_FAILED with this cause.

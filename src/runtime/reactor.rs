@@ -1,0 +1,223 @@
+//! The reactor thread (`ms-net`): drives every lead of a client.
+//!
+//! Owns: each lead's `Publisher` machine (its `Mailbox` stays behind the
+//! lead's mutex, shared with the caller's `publish`, `flush`, `pause`,
+//! `close`), the timers of the leads, the queue of requests for the
+//! workers and the replies coming back.
+//! Never does: block (no I/O, no user callback: events go to the
+//! dispatcher, which never blocks; the only locks taken are a lead's
+//! mailbox, held for a swap, and the client's registry in the
+//! `lead_ended` hook), or wait for a caller.
+//!
+//! `drive_lead` is the loop body of the publisher thread it replaces:
+//! `Publisher::poll`, then a request to a worker (`Send`), a timer
+//! (`Wait`, and `Linger` as a timer due at once), or the end (`Exit`). A
+//! reply is `Publisher::done` under the mailbox lock, its effects carried
+//! out, the waiters of the mailbox (flush, pause, close) woken, and the
+//! lead driven again. One request per lead is out at a time (Webdis does
+//! not order concurrent requests).
+//!
+//! See docs/internals/fixed-threads.md. Follows do not run here yet.
+
+use super::requests::{Job, ReqDone};
+use super::timers::{TimerKey, Timers};
+use super::Command;
+use crate::dispatch::{Event, EventKind};
+use crate::error::Status;
+use crate::net::poller::Poller;
+use crate::session::leader::{LeadShared, LeadWire};
+use crate::session::publisher::{Effect, Next, Publisher};
+use crate::session::{Config, Hooks};
+use crate::util::lock;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A lead as the reactor holds it.
+pub struct LeadSlot {
+    pub session: u64,
+    pub machine: Publisher,
+    pub shared: Arc<LeadShared>,
+    pub wire: Arc<LeadWire>,
+    pub config: Arc<Config>,
+    pub hooks: Hooks,
+    /// The endpoints' move count after the last request.
+    pub moves: u64,
+    /// A request of this lead is with a worker.
+    pub in_flight: bool,
+}
+
+pub struct Reactor {
+    pub poller: Poller,
+    pub commands: Receiver<Command>,
+    pub jobs: Option<Sender<Job>>,
+    pub done: Receiver<ReqDone>,
+    pub timers: Timers,
+    pub leads: HashMap<u64, LeadSlot>,
+}
+
+impl Reactor {
+    pub fn run(mut self) {
+        let mut ready = Vec::new();
+        loop {
+            let now = Instant::now();
+            for key in self.timers.pop_due(now) {
+                if let TimerKey::Lead(session) = key {
+                    self.drive_lead(session);
+                }
+            }
+            let timeout = self
+                .timers
+                .next()
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            ready.clear();
+            if let Err(e) = self.poller.wait(&mut ready, timeout) {
+                crate::util::debug_log!("the reactor's wait failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let mut shutdown = false;
+            loop {
+                let mut any = false;
+                while let Ok(cmd) = self.commands.try_recv() {
+                    any = true;
+                    match cmd {
+                        Command::Lead(slot) => {
+                            let session = slot.session;
+                            self.leads.insert(session, *slot);
+                            self.drive_lead(session);
+                        }
+                        Command::Wake(session) => self.drive_lead(session),
+                        Command::Shutdown => shutdown = true,
+                    }
+                }
+                while let Ok(done) = self.done.try_recv() {
+                    any = true;
+                    self.request_done(done);
+                }
+                if !any {
+                    break;
+                }
+            }
+            if shutdown {
+                self.shut_down();
+                return;
+            }
+        }
+    }
+
+    /// The lead's next step, unless a request of it is out.
+    fn drive_lead(&mut self, session: u64) {
+        let Some(slot) = self.leads.get_mut(&session) else {
+            return;
+        };
+        if slot.in_flight {
+            return;
+        }
+        let now = Instant::now();
+        let next = {
+            let mut st = lock(&slot.shared.state);
+            slot.machine.set_deltas(slot.config.deltas());
+            slot.machine.poll(&mut st, now, slot.config.heartbeat())
+        };
+        let key = TimerKey::Lead(session);
+        match next {
+            Next::Send(request) => {
+                self.timers.cancel(&key);
+                let job = Job {
+                    session,
+                    request,
+                    wire: slot.wire.clone(),
+                };
+                let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+                if sent {
+                    slot.in_flight = true;
+                } else {
+                    // No worker left (shutting down): the lead is over.
+                    self.end_lead(session);
+                }
+            }
+            // A new state often follows a request at once: look again on
+            // the next turn rather than sleep.
+            Next::Linger => self.timers.set(key, now),
+            Next::Wait(at) => self.timers.set(key, at),
+            Next::Exit => self.end_lead(session),
+        }
+    }
+
+    fn request_done(&mut self, done: ReqDone) {
+        let session = done.session;
+        let Some(slot) = self.leads.get_mut(&session) else {
+            return;
+        };
+        slot.in_flight = false;
+        let moved = done.moves != slot.moves;
+        slot.moves = done.moves;
+        let effects = {
+            let mut st = lock(&slot.shared.state);
+            slot.machine
+                .done(&mut st, done.request, done.reply, done.at, moved)
+        };
+        for effect in effects {
+            match effect {
+                Effect::Log(text) => crate::util::debug_log!("lead {session}: {text}"),
+                Effect::PublishFailed(status) => publish_failed(slot, status),
+                Effect::Ended(e) => {
+                    slot.shared.cond.notify_all();
+                    (slot.hooks.lead_ended)(session, &slot.wire.identity.name);
+                    publish_failed(slot, e.status);
+                    self.end_lead(session);
+                    return;
+                }
+            }
+        }
+        slot.shared.cond.notify_all();
+        self.drive_lead(session);
+    }
+
+    /// Drops the lead and tells its waiters (`Lead::join`).
+    fn end_lead(&mut self, session: u64) {
+        self.timers.cancel(&TimerKey::Lead(session));
+        if let Some(slot) = self.leads.remove(&session) {
+            slot.shared.finish();
+        }
+    }
+
+    /// Every lead still here ends (the client closed them before, within
+    /// its timeout: what is left is past it); requests still out are
+    /// broken; the workers end once the job queue is gone.
+    fn shut_down(&mut self) {
+        for slot in self.leads.values() {
+            slot.wire.conn.shutdown();
+        }
+        let sessions: Vec<u64> = self.leads.keys().copied().collect();
+        for session in sessions {
+            self.end_lead(session);
+        }
+        self.jobs = None;
+    }
+}
+
+/// Leads still held when the reactor goes (after `shut_down`, none; after
+/// a panic, those it drove) are let go, so that no `Lead::join` waits for
+/// a reactor that is gone.
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        for (_, slot) in self.leads.drain() {
+            slot.wire.conn.shutdown();
+            slot.shared.finish();
+        }
+    }
+}
+
+/// Reports MS_EVENT_PUBLISH_FAILED with its cause.
+fn publish_failed(slot: &LeadSlot, status: Status) {
+    slot.hooks.dispatcher.push(
+        slot.session,
+        Event::new(
+            EventKind::MS_EVENT_PUBLISH_FAILED,
+            &slot.wire.identity.name,
+            status,
+        ),
+    );
+}
