@@ -1201,12 +1201,20 @@ fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused()
     let name = unique("sec-seal");
     let mut l = RawLeader::start(s.redis_port, &name, 0);
     assert!(matches!(l.full("{\"v\":1}"), Value::Array(_)));
-    let lead = record::lead_hash(&l.token);
+    let (token, lead) = (l.token.clone(), record::lead_hash(&l.token));
     let tag = record::channel_tag(&l.channel);
     let floor = l.seq.to_string();
     let id = l.next_id();
     let body = format!("r {id}\n{{\"v\":2}}");
-    let good = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, body.len());
+    // The seal of a full publish of publish id `id` at `floor` with a body
+    // of `len` bytes, by the lead token `token`.
+    let seal = |token: &str, floor: &str, len: usize| {
+        record::seal_lead(token, &lead, &id, "full", "-", "-", floor, len)
+    };
+    let full = |l: &mut RawLeader, floor: &str, tag: &str, sealed: &str, body: &[u8]| {
+        l.publish_raw(&id, floor, "full", "-", "-", tag, sealed, body)
+    };
+    let good = seal(&token, &floor, body.len());
     let refused = |r: Value, code: &str, what: &str| {
         let e = r.err().to_string();
         assert!(e.starts_with(&format!("{code} pub1 ")), "{what}: {e}");
@@ -1215,60 +1223,34 @@ fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused()
     let mut bad: Vec<char> = good.chars().collect();
     bad[0] = if bad[0] == '0' { '1' } else { '0' };
     let bad: String = bad.into_iter().collect();
-    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &bad, body.as_bytes());
+    let r = full(&mut l, &floor, &tag, &bad, body.as_bytes());
     refused(r, "MSNOTLEADER", "a wrong seal");
     // The seal of an earlier lead of the stream (a token it no longer has).
-    let other = record::seal_lead(
-        &"ab".repeat(16),
-        &lead,
-        &id,
-        "full",
-        "-",
-        "-",
-        &floor,
-        body.len(),
-    );
-    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &other, body.as_bytes());
+    let other = seal(&"ab".repeat(16), &floor, body.len());
+    let r = full(&mut l, &floor, &tag, &other, body.as_bytes());
     refused(r, "MSNOTLEADER", "another token's seal");
     // The tag of another channel (a leader of an earlier stream of the name).
     let wrong_tag = record::channel_tag(&"0f".repeat(20));
-    let r = l.publish_raw(
-        &id,
-        &floor,
-        "full",
-        "-",
-        "-",
-        &wrong_tag,
-        &good,
-        body.as_bytes(),
-    );
+    let r = full(&mut l, &floor, &wrong_tag, &good, body.as_bytes());
     refused(r, "MSNOTFOUND", "a wrong tag");
     // The seal replayed with a body of another length, or for another
     // floor or kind: it opens to no lead token.
     let longer = format!("r {id}\n{{\"v\":22}}");
-    let r = l.publish_raw(
-        &id,
-        &floor,
-        "full",
-        "-",
-        "-",
-        &tag,
-        &good,
-        longer.as_bytes(),
-    );
+    let r = full(&mut l, &floor, &tag, &good, longer.as_bytes());
     refused(
         r,
         "MSNOTLEADER",
         "the seal replayed with another body length",
     );
-    let r = l.publish_raw(&id, "7", "full", "-", "-", &tag, &good, body.as_bytes());
+    let r = full(&mut l, "7", &tag, &good, body.as_bytes());
     refused(r, "MSNOTLEADER", "the seal replayed with another floor");
+    let base_id = l.id.clone();
     let r = l.publish_raw(
         &id,
         &floor,
         "delta",
         &floor,
-        &l.id.clone(),
+        &base_id,
         &tag,
         &good,
         body.as_bytes(),
@@ -1277,50 +1259,38 @@ fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused()
     // A full body whose prefix names another publish id (sealed right).
     let next = format!("{}{:016x}", l.lead, l.counter + 5);
     let foreign = format!("r {next}\n{{\"v\":3}}");
-    let sealed = record::seal_lead(
-        &l.token,
-        &lead,
-        &id,
-        "full",
-        "-",
-        "-",
+    let r = full(
+        &mut l,
         &floor,
-        foreign.len(),
-    );
-    let r = l.publish_raw(
-        &id,
-        &floor,
-        "full",
-        "-",
-        "-",
         &tag,
-        &sealed,
+        &seal(&token, &floor, foreign.len()),
         foreign.as_bytes(),
     );
     refused(r, "MSARG", "a prefix naming another id");
     // A body without its prefix at all.
     let bare = "{\"v\":4}".to_string() + &" ".repeat(40);
-    let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, bare.len());
-    let r = l.publish_raw(
-        &id,
+    let r = full(
+        &mut l,
         &floor,
-        "full",
-        "-",
-        "-",
         &tag,
-        &sealed,
+        &seal(&token, &floor, bare.len()),
         bare.as_bytes(),
     );
     refused(r, "MSARG", "a full body without its prefix");
     // A NUL in the state, and in a delta.
     let nul = format!("r {id}\n{{\"v\":\"\0\"}}");
-    let sealed = record::seal_lead(&l.token, &lead, &id, "full", "-", "-", &floor, nul.len());
-    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &sealed, nul.as_bytes());
+    let r = full(
+        &mut l,
+        &floor,
+        &tag,
+        &seal(&token, &floor, nul.len()),
+        nul.as_bytes(),
+    );
     refused(r, "MSARG", "a state with NUL");
     let mut d = missionstream::delta::create(&l.state, "{\"v\":5}").into_bytes();
     d.insert(3, 0);
     let (bs, bi) = (l.seq.to_string(), l.id.clone());
-    let sealed = record::seal_lead(&l.token, &lead, &id, "delta", &bs, &bi, &floor, d.len());
+    let sealed = record::seal_lead(&token, &lead, &id, "delta", &bs, &bi, &floor, d.len());
     let r = l.publish_raw(&id, &floor, "delta", &bs, &bi, &tag, &sealed, &d);
     refused(r, "MSARG", "a delta with NUL");
     // Nothing of it was stored or broadcast as a new state.
@@ -1328,9 +1298,9 @@ fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused()
     assert_eq!((n.seq, n.state.as_str()), (1, "{\"v\":1}"));
     // The well-formed request is stored; the same request again (a logged
     // URL replayed with its body) is answered as a repeat, storing nothing.
-    let r = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, body.as_bytes());
+    let r = full(&mut l, &floor, &tag, &good, body.as_bytes());
     assert_eq!(r.items()[1].int(), 2, "{r:?}");
-    let again = l.publish_raw(&id, &floor, "full", "-", "-", &tag, &good, body.as_bytes());
+    let again = full(&mut l, &floor, &tag, &good, body.as_bytes());
     assert_eq!(again, r, "a repeat");
     let n = record::newest(s.redis_port, &name).unwrap();
     assert_eq!(

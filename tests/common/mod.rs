@@ -1047,16 +1047,7 @@ pub fn rand_u128() -> u128 {
 /// (read-only, so on a replica too) assembles it from the record: the
 /// base and the deltas since it. Without a record: the empty string.
 pub fn newest_state(port: u16, name: &str) -> String {
-    let cli = |args: &[&str]| -> Vec<u8> {
-        let out = Command::new("redis-cli")
-            .arg("-p")
-            .arg(port.to_string())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli is installed");
-        out.stdout
-    };
+    let cli = |args: &[&str]| record::cli_bytes(port, args);
     let key = format!("stream:{name}");
     let channel = String::from_utf8_lossy(&cli(&["HGET", &key, "channel"]))
         .trim()
@@ -1080,7 +1071,7 @@ pub fn newest_state(port: u16, name: &str) -> String {
     let text = String::from_utf8_lossy(&out).into_owned();
     // Raw output: nonce, seq, updated_ms, hb_ms, updated_age_ms,
     // heard_age_ms, then the state message "r <publish id>\n<state>" (the
-    // last element, so its own newlines do no harm) and a newline.
+    // last element, so its own newlines do no harm).
     let mut lines = text.splitn(8, '\n');
     assert_eq!(lines.next(), Some("n3west"), "ms_snapshot: {text}");
     let head = lines.nth(5).unwrap_or("");
@@ -1088,9 +1079,6 @@ pub fn newest_state(port: u16, name: &str) -> String {
         head.starts_with("r "),
         "ms_snapshot's state message: {text}"
     );
-    let mut state = lines.next().unwrap_or("").to_string();
-    if state.ends_with('\n') {
-        state.pop();
-    }
-    state
+    // (cli_bytes took redis-cli's own newline off.)
+    lines.next().unwrap_or("").to_string()
 }
