@@ -1256,37 +1256,25 @@ fn raw_publishes_with_a_wrong_seal_tag_body_length_prefix_or_a_nul_are_refused()
         body.as_bytes(),
     );
     refused(r, "MSNOTLEADER", "the seal replayed for another kind");
-    // A full body whose prefix names another publish id (sealed right).
+    // Full bodies sealed right but not well-formed: a prefix naming
+    // another publish id, no prefix at all, a NUL in the state.
     let next = format!("{}{:016x}", l.lead, l.counter + 5);
-    let foreign = format!("r {next}\n{{\"v\":3}}");
-    let r = full(
-        &mut l,
-        &floor,
-        &tag,
-        &seal(&token, &floor, foreign.len()),
-        foreign.as_bytes(),
-    );
-    refused(r, "MSARG", "a prefix naming another id");
-    // A body without its prefix at all.
-    let bare = "{\"v\":4}".to_string() + &" ".repeat(40);
-    let r = full(
-        &mut l,
-        &floor,
-        &tag,
-        &seal(&token, &floor, bare.len()),
-        bare.as_bytes(),
-    );
-    refused(r, "MSARG", "a full body without its prefix");
-    // A NUL in the state, and in a delta.
-    let nul = format!("r {id}\n{{\"v\":\"\0\"}}");
-    let r = full(
-        &mut l,
-        &floor,
-        &tag,
-        &seal(&token, &floor, nul.len()),
-        nul.as_bytes(),
-    );
-    refused(r, "MSARG", "a state with NUL");
+    for (what, bad_body) in [
+        (
+            "a prefix naming another id",
+            format!("r {next}\n{{\"v\":3}}"),
+        ),
+        (
+            "a full body without its prefix",
+            "{\"v\":4}".to_string() + &" ".repeat(40),
+        ),
+        ("a state with NUL", format!("r {id}\n{{\"v\":\"\0\"}}")),
+    ] {
+        let sealed = seal(&token, &floor, bad_body.len());
+        let r = full(&mut l, &floor, &tag, &sealed, bad_body.as_bytes());
+        refused(r, "MSARG", what);
+    }
+    // A NUL in a delta.
     let mut d = missionstream::delta::create(&l.state, "{\"v\":5}").into_bytes();
     d.insert(3, 0);
     let (bs, bi) = (l.seq.to_string(), l.id.clone());
