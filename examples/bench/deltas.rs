@@ -105,6 +105,11 @@ struct Measured {
     /// (compactions within the loop included).
     aof_per_update: f64,
     repl_per_update: f64,
+    /// Updates of the acknowledged loop.
+    acked: u64,
+    /// The loop's AOF and replication bytes by command (`by_command`).
+    aof_by: ByCommand,
+    repl_by: ByCommand,
     /// The record's log at the end: (entries, bytes).
     record_deltas: (u64, u64),
     /// Median time of a late join's first state (key cached), ms.
@@ -162,6 +167,182 @@ impl Drop for Replica {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A replica of nothing but a socket: it asks for a full resync
+/// (`PSYNC ? -1`), skips the snapshot and keeps every byte of the
+/// replication stream after it, as Redis sends it to a replica.
+struct RawReplica {
+    stream: std::net::TcpStream,
+    got: Arc<Mutex<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RawReplica {
+    fn start(port: u16) -> RawReplica {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"PSYNC ? -1\r\n").unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = vec![0u8; 65536];
+        let mut fill = |buf: &mut Vec<u8>, s: &mut std::net::TcpStream| {
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the benchmark broke: Redis closed the raw replica");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        // "+FULLRESYNC <id> <offset>\r\n", newlines while the snapshot is
+        // made, "$<length>\r\n" and the snapshot (no CRLF after it).
+        let line_end = |buf: &[u8]| buf.windows(2).position(|w| w == b"\r\n");
+        while line_end(&buf).is_none() {
+            fill(&mut buf, &mut s);
+        }
+        buf.drain(..line_end(&buf).unwrap() + 2);
+        loop {
+            while buf.first() == Some(&b'\n') {
+                buf.remove(0);
+            }
+            if buf.first() == Some(&b'$') && line_end(&buf).is_some() {
+                break;
+            }
+            fill(&mut buf, &mut s);
+        }
+        let end = line_end(&buf).unwrap();
+        let len: usize = std::str::from_utf8(&buf[1..end]).unwrap().parse().unwrap();
+        buf.drain(..end + 2);
+        while buf.len() < len {
+            fill(&mut buf, &mut s);
+        }
+        buf.drain(..len);
+        let got = Arc::new(Mutex::new(buf));
+        let (g, mut r) = (got.clone(), s.try_clone().unwrap());
+        let thread = std::thread::spawn(move || {
+            let mut chunk = vec![0u8; 65536];
+            while let Ok(n) = r.read(&mut chunk) {
+                if n == 0 {
+                    return;
+                }
+                g.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        RawReplica {
+            stream: s,
+            got,
+            thread: Some(thread),
+        }
+    }
+
+    /// The bytes received since the last call.
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut self.got.lock().unwrap())
+    }
+}
+
+impl Drop for RawReplica {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The newest incremental file of Redis' multi-part AOF.
+fn incr_aof(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("appendonlydir"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".incr.aof"))
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .expect("an incremental AOF file")
+}
+
+/// A file's bytes from `at` on.
+fn read_from(path: &std::path::Path, at: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut b = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        if f.seek(SeekFrom::Start(at)).is_ok() {
+            let _ = f.read_to_end(&mut b);
+        }
+    }
+    b
+}
+
+/// Bytes and count by command and key (`HSET record`, `APPEND log`,
+/// `PUBLISH channel`, ...), the largest first.
+type ByCommand = Vec<(String, u64, u64)>;
+
+/// The commands of a stretch of AOF or replication stream, by command and
+/// the kind of key they write (the record `stream:<name>`, its log
+/// `msl:<name>`, the index `streams`, the stream's channel); a torn tail
+/// is left out.
+fn by_command(b: &[u8], channel: &str) -> ByCommand {
+    let mut by: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut at = 0;
+    while at < b.len() {
+        if b[at] == b'\n' {
+            at += 1;
+            continue;
+        }
+        let Some((parts, next)) = common::resp_command(b, at) else {
+            break;
+        };
+        let mut name = String::from_utf8_lossy(parts.first().map_or(&b"?"[..], |p| p)).to_uppercase();
+        if let Some(key) = parts.get(1).filter(|_| !matches!(name.as_str(), "MULTI" | "EXEC" | "PING" | "REPLCONF")) {
+            let key = String::from_utf8_lossy(key);
+            let kind = if key.starts_with("stream:") {
+                "record"
+            } else if key.starts_with("msl:") {
+                "log"
+            } else if key == "streams" {
+                "index"
+            } else if key == channel {
+                "channel"
+            } else if name == "SELECT" {
+                ""
+            } else {
+                "other"
+            };
+            if !kind.is_empty() {
+                name = format!("{name} {kind}");
+            }
+            if name == "HSET record" && parts.iter().skip(2).step_by(2).any(|f| f == b"s") {
+                // A compaction (or a full state): the state written whole.
+                name = "HSET record (whole state)".into();
+            }
+        }
+        let e = by.entry(name).or_default();
+        e.0 += (next - at) as u64;
+        e.1 += 1;
+        at = next;
+    }
+    let mut v: ByCommand = by.into_iter().map(|(k, (n, c))| (k, n, c)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}
+
+/// The total bytes of a breakdown.
+fn total(by: &ByCommand) -> u64 {
+    by.iter().map(|e| e.1).sum()
+}
+
+/// How many commands of a name (and key kind) a breakdown holds.
+fn count(by: &ByCommand, name: &str) -> u64 {
+    by.iter().filter(|e| e.0 == name).map(|e| e.2).sum()
+}
+
+/// "PUBLISH channel 130 B (1.0 per update), ..." per update.
+fn breakdown(by: &ByCommand, updates: u64) -> String {
+    by.iter()
+        .map(|(k, n, c)| {
+            format!(
+                "{k} {:.0} B ({:.2} per update)",
+                *n as f64 / updates as f64,
+                *c as f64 / updates as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Median of a late join's first state: a follower whose key is cached
@@ -225,9 +406,14 @@ impl Bench {
         let messages = Arc::new(AtomicU64::new(0));
         let raw = {
             let (counted, messages) = (counted.clone(), messages.clone());
+            // Every payload of a state: `s` (a full state's header), `r`
+            // (its body), `d` (a delta); updates are the `s` and `d`.
             RawSubscriber::start(self.port, &channel, move |payload| {
-                if payload.starts_with("s ") || payload.starts_with("d ") {
+                let update = payload.starts_with("s ") || payload.starts_with("d ");
+                if update || payload.starts_with("r ") {
                     counted.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                }
+                if update {
                     messages.fetch_add(1, Ordering::Relaxed);
                 }
             })
@@ -251,10 +437,6 @@ impl Bench {
         std::thread::sleep(Duration::from_millis(300));
         let mut l = lat.take();
         let (p50, p99) = (pct(&mut l, 0.5), pct(&mut l, 0.99));
-        let (bytes, msgs) = (
-            counted.load(Ordering::Relaxed),
-            messages.load(Ordering::Relaxed),
-        );
         // Acknowledged publishes/s: a ring of states one waypoint apart,
         // the waypoints spread over the whole plan.
         let mut ring = Vec::new();
@@ -269,23 +451,61 @@ impl Bench {
             ring.push(plan.text());
         }
         let secs = if self.quick { 1.5 } else { 5.0 };
+        // The channel, the AOF and the replication stream, counted over
+        // the same loop: a raw replica of its own (every byte Redis sends
+        // a replica) and the growth of the AOF's incremental file, by
+        // command (with deltas: a full state's are its HSET and PUBLISH).
+        let raw_replica = deltas.then(|| RawReplica::start(self.servers.redis_port));
+        let aof_file = incr_aof(&self.servers.dir);
+        std::thread::sleep(Duration::from_millis(300));
+        raw_replica.as_ref().map(RawReplica::take);
+        let aof_at = std::fs::metadata(&aof_file).map_or(0, |m| m.len());
+        let (bytes0, msgs0) = (
+            counted.load(Ordering::Relaxed),
+            messages.load(Ordering::Relaxed),
+        );
         self.servers.redis_cli(&["CONFIG", "RESETSTAT"]);
         let aof0 = info_num(&self.servers, "persistence", "aof_current_size");
         let repl0 = info_num(&self.servers, "replication", "master_repl_offset");
         let t0 = Instant::now();
         let mut acked = 0u64;
-        while t0.elapsed().as_secs_f64() < secs {
+        // With deltas, on until the record was composed or compacted at
+        // least once (seen in the AOF), so that their cost is in the loop.
+        let rewritten = |aof: &[u8]| {
+            let by = by_command(aof, &channel);
+            count(&by, "SET log") + count(&by, "HSET record (whole state)") > 0
+        };
+        let mut seen = !deltas;
+        while t0.elapsed().as_secs_f64() < secs || (!seen && t0.elapsed().as_secs_f64() < 120.0) {
             let text = &ring[acked as usize % ring.len()];
             leader.publish(&name, text.as_bytes()).unwrap();
             leader.flush(&name, 30_000).unwrap();
             acked += 1;
+            if !seen && acked % 250 == 0 && t0.elapsed().as_secs_f64() >= secs {
+                seen = rewritten(&read_from(&aof_file, aof_at));
+            }
         }
         let rate = acked as f64 / t0.elapsed().as_secs_f64();
         let redis_us = fcall_us(&self.servers.redis_cli(&["INFO", "commandstats"]));
-        // (appendfsync everysec: the last second's writes are counted in
-        // aof_current_size as soon as they are written, before the fsync.)
+        // Every update on the channel (the raw subscriber may lag), and
+        // the AOF's writes (appendfsync everysec: a write waiting for a
+        // slow fsync is postponed up to 2 s).
+        wait_for(Duration::from_secs(60), || {
+            messages.load(Ordering::Relaxed) - msgs0 >= acked
+        });
+        std::thread::sleep(Duration::from_millis(2500));
         let aof = info_num(&self.servers, "persistence", "aof_current_size") - aof0;
         let repl = info_num(&self.servers, "replication", "master_repl_offset") - repl0;
+        let channel_bytes = counted.load(Ordering::Relaxed) - bytes0;
+        let aof_bytes = if deltas {
+            read_from(&aof_file, aof_at)
+        } else {
+            Vec::new()
+        };
+        let repl_bytes = raw_replica.as_ref().map(RawReplica::take).unwrap_or_default();
+        drop(raw_replica);
+        let aof_by = by_command(&aof_bytes, &channel);
+        let repl_by = by_command(&repl_bytes, &channel);
         // The record's log (docs/PROTOCOL.md, "The record"): its entries
         // and bytes.
         let record_deltas = common::record::newest(self.servers.redis_port, &name)
@@ -295,7 +515,7 @@ impl Bench {
         let _ = follower.disconnect(&name);
         let _ = leader.stop(&name);
         Measured {
-            bytes_per_update: bytes as f64 / msgs.max(1) as f64,
+            bytes_per_update: channel_bytes as f64 / acked as f64,
             p50_ms: p50,
             p99_ms: p99,
             acked_per_s: rate,
@@ -303,6 +523,9 @@ impl Bench {
             redis_us_per_call: redis_us,
             aof_per_update: aof / acked as f64,
             repl_per_update: repl / acked as f64,
+            acked,
+            aof_by,
+            repl_by,
             record_deltas,
             late_join_ms: late,
         }
@@ -439,28 +662,39 @@ impl Bench {
                 full.redis_us_per_call,
                 delta.redis_us_per_call
             );
-            // The loop's own figures include the compositions of the
-            // deltas (see docs/PROTOCOL.md, "The record"); a compaction
-            // writes the state whole once the deltas since the base hold
-            // more bytes than the state: once every state/delta updates,
-            // so about a delta's bytes per update, amortised (counted here
-            // as the channel message's, a little more than the delta's).
+            // The loop's own figures include the compositions and
+            // compactions of the record (docs/PROTOCOL.md, "The record").
             let (n, _) = delta.record_deltas;
-            let compaction = delta.bytes_per_update;
-            let aof = delta.aof_per_update + compaction;
-            let repl = delta.repl_per_update + compaction;
+            let aof = delta.aof_per_update;
+            let repl = delta.repl_per_update;
+            let rewrites = |by: &ByCommand| {
+                (
+                    count(by, "SET log"),
+                    count(by, "HSET record (whole state)"),
+                )
+            };
+            let (composed, compacted) = rewrites(&delta.aof_by);
             println!(
-                "  {label}: AOF per update full {:.0} B, delta {:.0} B (+{compaction:.0} B of compactions, \
-                 amortised; {} entries in the record's log at the end); replication full {:.0} B, delta {:.0} B; \
-                 late join full {:.2} ms, delta {:.2} ms",
+                "  {label}: AOF per update full {:.0} B, delta {aof:.0} B; replication full {:.0} B, delta {repl:.0} B \
+                 ({} updates acknowledged: {composed} compositions, {compacted} compactions, {} entries in the \
+                 record's log at the end); late join full {:.2} ms, delta {:.2} ms",
                 full.aof_per_update,
-                delta.aof_per_update,
-                n,
                 full.repl_per_update,
-                delta.repl_per_update,
+                delta.acked,
+                n,
                 full.late_join_ms,
                 delta.late_join_ms
             );
+            for (what, by, counted) in [
+                ("AOF", &delta.aof_by, aof),
+                ("replication", &delta.repl_by, repl),
+            ] {
+                println!(
+                    "    {what} per delta update by command ({:.0} B parsed of {counted:.0} B): {}",
+                    total(by) as f64 / delta.acked as f64,
+                    breakdown(by, delta.acked)
+                );
+            }
             let share = delta.bytes_per_update / bytes as f64 * 100.0;
             self.row(
                 &format!("13. bytes per update on the channel, {label}"),
@@ -473,7 +707,7 @@ impl Bench {
             let ratio = aof / delta.bytes_per_update;
             self.row(
                 &format!("13. AOF bytes per update, {label}"),
-                format!("{aof:.0} B (compactions amortised)"),
+                format!("{aof:.0} B ({composed} compositions, {compacted} compactions)"),
                 format!("{:.0} B full record", full.aof_per_update),
                 format!("{ratio:.1} x the delta"),
                 "<= 4 x the delta's bytes",
@@ -482,7 +716,7 @@ impl Bench {
             let ratio = repl / delta.bytes_per_update;
             self.row(
                 &format!("13. replication bytes per update, {label}"),
-                format!("{repl:.0} B (compactions amortised)"),
+                format!("{repl:.0} B ({composed} compositions, {compacted} compactions)"),
                 format!("{:.0} B full record", full.repl_per_update),
                 format!("{ratio:.1} x the delta"),
                 "<= 4 x the delta's bytes",
