@@ -3,7 +3,8 @@
 //! (tests/common/plan.rs), one waypoint moved per update:
 //!
 //! - bytes per update on the channel (a raw Webdis subscriber counts the
-//!   payloads of `s` and `d` messages);
+//!   payloads of `s`, `r` and `d` messages: a full state is its `s` header
+//!   and its `r` body), over the acknowledged loop below;
 //! - publish → follower callback p50/p99 at 20 updates/s (and, as the
 //!   reference, a 1 KiB state at the same rate);
 //! - acknowledged publishes/s (publish + flush, one at a time), beside
@@ -12,7 +13,9 @@
 //! - what one update costs persistence and replication: the growth of the
 //!   append-only file (`aof_current_size`, automatic rewrites off) and of
 //!   `master_repl_offset` (a replica this row starts) per acknowledged
-//!   update, with the compactions of the record amortised;
+//!   update, over a loop long enough for the record to be composed or
+//!   compacted at least once, and the same bytes by command (a raw PSYNC
+//!   replica and the AOF's incremental file);
 //! - a late join's snapshot read (a reconnect with its key cached: the
 //!   round trips and the read alone);
 //! - Redis' time per MiB of a full state of random content.
@@ -287,8 +290,12 @@ fn by_command(b: &[u8], channel: &str) -> ByCommand {
         let Some((parts, next)) = common::resp_command(b, at) else {
             break;
         };
-        let mut name = String::from_utf8_lossy(parts.first().map_or(&b"?"[..], |p| p)).to_uppercase();
-        if let Some(key) = parts.get(1).filter(|_| !matches!(name.as_str(), "MULTI" | "EXEC" | "PING" | "REPLCONF")) {
+        let mut name =
+            String::from_utf8_lossy(parts.first().map_or(&b"?"[..], |p| p)).to_uppercase();
+        if let Some(key) = parts
+            .get(1)
+            .filter(|_| !matches!(name.as_str(), "MULTI" | "EXEC" | "PING" | "REPLCONF"))
+        {
             let key = String::from_utf8_lossy(key);
             let kind = if key.starts_with("stream:") {
                 "record"
@@ -502,7 +509,10 @@ impl Bench {
         } else {
             Vec::new()
         };
-        let repl_bytes = raw_replica.as_ref().map(RawReplica::take).unwrap_or_default();
+        let repl_bytes = raw_replica
+            .as_ref()
+            .map(RawReplica::take)
+            .unwrap_or_default();
         drop(raw_replica);
         let aof_by = by_command(&aof_bytes, &channel);
         let repl_by = by_command(&repl_bytes, &channel);
@@ -667,12 +677,8 @@ impl Bench {
             let (n, _) = delta.record_deltas;
             let aof = delta.aof_per_update;
             let repl = delta.repl_per_update;
-            let rewrites = |by: &ByCommand| {
-                (
-                    count(by, "SET log"),
-                    count(by, "HSET record (whole state)"),
-                )
-            };
+            let rewrites =
+                |by: &ByCommand| (count(by, "SET log"), count(by, "HSET record (whole state)"));
             let (composed, compacted) = rewrites(&delta.aof_by);
             println!(
                 "  {label}: AOF per update full {:.0} B, delta {aof:.0} B; replication full {:.0} B, delta {repl:.0} B \
