@@ -241,8 +241,8 @@ fn note_flush(
     let returned = Instant::now();
     let read_back = match r {
         Ok(()) => redis
-            .hget(key, "state")
-            .map(|v| (v.as_deref().map_or(-1, n_of), returned)),
+            .hget(key, "s")
+            .map(|v| (v.as_deref().map_or(-1, n_of_base), returned)),
         Err(_) => None,
     };
     flushes.lock().unwrap().push(FlushRec {
@@ -323,6 +323,12 @@ fn is_presence(k: EventKind) -> bool {
 
 fn state_of(k: u64) -> String {
     format!("{{\"n\":{k}}}")
+}
+
+/// `n` of the record's base `s` ("r <publish id>\n" and the state; the
+/// soak's states are small, so each is published in full and is the base).
+fn n_of_base(base: &str) -> i64 {
+    base.split_once('\n').map_or(-1, |(_, state)| n_of(state))
 }
 
 /// `n` of a state `{"n":k}`; -1 for anything else (`{}` at the start).
@@ -513,10 +519,10 @@ fn soak(plan: Plan) {
             let mut sampler = RedisReader::new(redis_port);
             while !stop_sampling.load(Ordering::SeqCst) {
                 let at = Instant::now();
-                match sampler.hget(&key, "state") {
+                match sampler.hget(&key, "s") {
                     Some(v) => samples.lock().unwrap().push(Sample {
                         at,
-                        n: v.as_deref().map_or(-1, n_of),
+                        n: v.as_deref().map_or(-1, n_of_base),
                     }),
                     None => {
                         unanswered_samples.fetch_add(1, Ordering::Relaxed);
@@ -772,8 +778,8 @@ fn soak(plan: Plan) {
     for c in &commands {
         if c.len() >= 4 && c[0].eq_ignore_ascii_case(b"HSET") && c[1] == key.as_bytes() {
             for pair in c[2..].chunks(2) {
-                if pair.len() == 2 && pair[0] == b"state" {
-                    in_aof.insert(n_of(&String::from_utf8_lossy(&pair[1])));
+                if pair.len() == 2 && pair[0] == b"s" {
+                    in_aof.insert(n_of_base(&String::from_utf8_lossy(&pair[1])));
                 }
             }
         }
