@@ -61,16 +61,32 @@ fn get_int(d: &[u8], pos: &mut usize) -> Option<u64> {
 /// Fossil's checksum: the sum, modulo 2^32, of the target read as
 /// big-endian 32-bit words, the last one padded with zero bytes.
 pub fn checksum(z: &[u8]) -> u32 {
-    // The sum of big-endian 32-bit words (the last padded with zero
-    // bytes), modulo 2^32: one add a word, which the compiler vectorises.
-    let mut chunks = z.chunks_exact(4);
-    let mut sum = chunks.by_ref().fold(0u32, |acc, c| {
-        acc.wrapping_add(u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-    });
-    let mut last = [0u8; 4];
-    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    sum = sum.wrapping_add(u32::from_be_bytes(last));
-    sum
+    // It follows from the four residue sums of the bytes (their sums at
+    // positions 0, 1, 2 and 3 modulo 4), summed eight bytes at a time:
+    // the bytes at even and at odd places of a 64-bit word, masked, add
+    // up in 16-bit slots that cannot overflow within a block of 256
+    // words (256 * 255 < 65536). No byte swapping, and the compiler
+    // vectorises it: twice as fast as a sum of big-endian words.
+    const M: u64 = 0x00FF_00FF_00FF_00FF;
+    let mut r = [0u64; 4];
+    let mut blocks = z.chunks_exact(2048);
+    for block in blocks.by_ref() {
+        let (mut e, mut o) = (0u64, 0u64);
+        for c in block.chunks_exact(8) {
+            let v = u64::from_le_bytes(c.try_into().unwrap());
+            e += v & M;
+            o += (v >> 8) & M;
+        }
+        r[0] += (e & 0xFFFF) + ((e >> 32) & 0xFFFF);
+        r[2] += ((e >> 16) & 0xFFFF) + (e >> 48);
+        r[1] += (o & 0xFFFF) + ((o >> 32) & 0xFFFF);
+        r[3] += ((o >> 16) & 0xFFFF) + (o >> 48);
+    }
+    for (i, &x) in blocks.remainder().iter().enumerate() {
+        r[i % 4] += x as u64;
+    }
+    // Below 2^55: 8 MiB of 255 is below 2^31.
+    ((r[0] << 24) + (r[1] << 16) + (r[2] << 8) + r[3]) as u32
 }
 
 /// Whether `b` continues a multi-byte UTF-8 character.
@@ -338,6 +354,9 @@ pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> 
     // One byte more: room for the NUL a follower's event appends, so the
     // result is not copied again on its way to the callback.
     let mut out: Vec<u8> = Vec::with_capacity(limit + 1);
+    // Whether every copy and literal is whole characters (of the base, of
+    // the delta): then the result is valid UTF-8 without a second look.
+    let mut whole = true;
     loop {
         let n = get_int(d, &mut pos).ok_or(Malformed("a command without a number"))? as usize;
         let op = *d
@@ -358,6 +377,7 @@ pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> 
                 if out.len() + n > limit {
                     return Err(Malformed("a copy reaches past the target length"));
                 }
+                whole &= base.is_char_boundary(off) && base.is_char_boundary(off + n);
                 out.extend_from_slice(&b[off..off + n]);
             }
             b':' => {
@@ -367,6 +387,7 @@ pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> 
                 if out.len() + n > limit {
                     return Err(Malformed("a literal reaches past the target length"));
                 }
+                whole &= delta.is_char_boundary(pos) && delta.is_char_boundary(pos + n);
                 out.extend_from_slice(&d[pos..pos + n]);
                 pos += n;
             }
@@ -379,6 +400,12 @@ pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> 
                 }
                 if checksum(&out) as u64 != n as u64 {
                     return Err(ApplyError::Checksum);
+                }
+                if whole {
+                    // SAFETY: `out` is a concatenation of slices of `base`
+                    // and `delta` (both &str) each cut at character
+                    // boundaries: whole characters of valid UTF-8.
+                    return Ok(unsafe { String::from_utf8_unchecked(out) });
                 }
                 return String::from_utf8(out).map_err(|_| ApplyError::NotUtf8);
             }
@@ -466,14 +493,28 @@ mod tests {
             checksum(b"abcdefg"),
             0x6162_6364u32.wrapping_add(0x6566_6700)
         );
+        // The word-at-a-time sum against the definition: every length
+        // around the 2048-byte blocks, every start offset, bytes of 255
+        // (the most a 16-bit slot of a block adds up).
+        let reference = |z: &[u8]| {
+            z.chunks(4).fold(0u32, |sum, c| {
+                let mut w = [0u8; 4];
+                w[..c.len()].copy_from_slice(c);
+                sum.wrapping_add(u32::from_be_bytes(w))
+            })
+        };
         let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + 3) as u8).collect();
-        let mut sum = 0u32;
-        for c in big.chunks(4) {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            sum = sum.wrapping_add(u32::from_be_bytes(w));
+        assert_eq!(checksum(&big), reference(&big));
+        let full = vec![0xFFu8; 3 * 2048 + 16];
+        for z in [&big[..], &full[..]] {
+            for start in 0..9 {
+                for len in (0..40).chain(2030..2070).chain(4090..4110) {
+                    let part = &z[start..start + len];
+                    assert_eq!(checksum(part), reference(part), "{start} {len}");
+                }
+            }
         }
-        assert_eq!(checksum(&big), sum);
+        assert_eq!(checksum(&full), reference(&full));
     }
 
     #[test]
@@ -654,6 +695,21 @@ mod tests {
         ] {
             assert!(apply(base, d, 1000).is_err(), "{d:?}");
         }
+        // Halves of characters: refused when the result is not UTF-8,
+        // taken when the halves make whole characters again.
+        let accent = "\u{e9}\u{e8}"; // C3 A9 C3 A8
+        let sum = |s: &str| {
+            let mut o = Vec::new();
+            put_int(&mut o, checksum(s.as_bytes()) as u64);
+            String::from_utf8(o).unwrap()
+        };
+        let halves = format!("4\n1@0,1@1,2@2,{};", sum(accent));
+        assert_eq!(apply(accent, &halves, 100).as_deref(), Ok(accent));
+        let bytes = [0xA9u8, 0xC3, 0xC3, 0xA8];
+        let mut o = Vec::new();
+        put_int(&mut o, checksum(&bytes) as u64);
+        let broken = format!("4\n1@1,1@0,2@2,{};", String::from_utf8(o).unwrap());
+        assert_eq!(apply(accent, &broken, 100), Err(ApplyError::NotUtf8));
         // Too large for the limit.
         assert!(matches!(
             apply(base, "G\n0;", 8),
@@ -677,5 +733,61 @@ mod tests {
             apply("\u{e9}", std::str::from_utf8(&o).unwrap(), 10),
             Err(ApplyError::NotUtf8)
         );
+    }
+}
+
+/// Where a moved waypoint of a 1 MiB plan costs the library time:
+/// `cargo test --release --lib -- timing --ignored --nocapture`.
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use std::hint::black_box;
+    use std::time::Instant;
+
+    fn each(what: &str, n: u32, mut f: impl FnMut()) {
+        let now = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        println!("{what}: {:?}", now.elapsed() / n);
+    }
+
+    #[test]
+    #[ignore]
+    fn time_a_moved_waypoint_of_1_mib() {
+        let mut s = String::from("{\"waypoints\":[");
+        let mut i = 0u64;
+        while s.len() < 1_015_000 {
+            let (lat, lon) = (i * 7919 % 1_000_000, i * 104_729 % 1_000_000);
+            s.push_str(&format!(
+                "{{\"seq\":{i},\"lat\":47.{lat:06},\"lon\":8.{lon:06},\"alt\":120.5,\"cmd\":16}},"
+            ));
+            i += 1;
+        }
+        s.push_str("{}]}");
+        let mut t = s.clone();
+        t.replace_range(500_000..500_006, "49.123");
+        let d = create_within(&s, &t, t.len() / 2).unwrap();
+        println!("{} bytes, delta {d:?}", t.len());
+        let n = 200;
+        each("create (leader)", n, || {
+            black_box(create_within(&s, &t, t.len() / 2));
+        });
+        each("  of which prefix + suffix", n, || {
+            black_box(common_prefix(s.as_bytes(), t.as_bytes()));
+            black_box(common_suffix(s.as_bytes(), t.as_bytes()));
+        });
+        each("  of which checksum", n, || {
+            black_box(checksum(black_box(t.as_bytes())));
+        });
+        each("apply (follower)", n, || {
+            black_box(apply(&s, &d, usize::MAX).unwrap());
+        });
+        each("a full UTF-8 check", n, || {
+            black_box(std::str::from_utf8(black_box(t.as_bytes())).unwrap());
+        });
+        each("a copy of the state", n, || {
+            black_box(black_box(&t).clone());
+        });
     }
 }
