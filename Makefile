@@ -258,7 +258,7 @@ soak: deps
 	@echo "make soak: report in $${CARGO_TARGET_DIR:-target}/soak/report.md"
 
 # Mutation testing (slow: each mutation rebuilds the crate); not in `make test`.
-mutants: build
+mutants: deps-test build
 	scripts/mutants.sh $(MUTANTS)
 
 # Mutations nobody here wrote: cargo-mutants on the modules whose unit
