@@ -8,8 +8,8 @@
 #   scripts/view.sh stop DIR
 #
 # With CERT and KEY (PEM files) it listens with TLS and HTTP/2, as deployed,
-# and with TLS and HTTP/1.1 only on a second port (the page's drawn
-# subscription: #subscribe=VIEW_H1_URL); without, plain HTTP/1.1 on
+# and with TLS and HTTP/1.1 only on a second port (the plan view opened
+# from VIEW_H1_URL/view/, one origin); without, plain HTTP/1.1 on
 # 127.0.0.1 (a loopback page is a secure context to browsers, so WebCrypto
 # works: the demo's way). DIR/view.env:
 #   VIEW_URL=http(s)://127.0.0.1:PORT/view/   VIEW_PORT=PORT
