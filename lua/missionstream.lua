@@ -414,34 +414,57 @@ local function piece_str(p)
   return string.sub(p.s, p.o + 1, p.o + p.n)
 end
 
--- A piece of the bytes [a, b) of piece p (0-based, in p). Its sums are
--- those of the bytes read: of the part itself when it is the smaller side,
--- else of the rest subtracted from the piece's, so never more than b - a
--- bytes are scanned; nil (computed when needed) when p's are not known.
+-- The residue sums, at the string's positions, of the bytes [0, x) of
+-- piece p whose own sums are known: from the nearest of the piece's start,
+-- its end and the last such x asked (memoized in p.px, p.pr), so that the
+-- two cuts of an edit (its start, then its end a few bytes further) scan
+-- at most half the piece between them.
+local function prefix_sums(p, x)
+  local s, o, n = p.s, p.o, p.n
+  local r
+  local dm = p.px and math.abs(x - p.px) or n
+  if x <= n - x and x <= dm then
+    r = residue_sums(s, o, o + x)
+  elseif dm <= n - x then
+    local y, m = p.pr, p.px
+    if x >= m then
+      local z = residue_sums(s, o + m, o + x)
+      r = { y[1] + z[1], y[2] + z[2], y[3] + z[3], y[4] + z[4] }
+    else
+      local z = residue_sums(s, o + x, o + m)
+      r = { y[1] - z[1], y[2] - z[2], y[3] - z[3], y[4] - z[4] }
+    end
+  else
+    local full = { 0, 0, 0, 0 }
+    add_shifted(full, p.r, o % 4)
+    local z = residue_sums(s, o + x, o + n)
+    r = { full[1] - z[1], full[2] - z[2], full[3] - z[3], full[4] - z[4] }
+  end
+  p.px, p.pr = x, r
+  return r
+end
+
+-- A piece of the bytes [a, b) of piece p (0-based, in p): a range of the
+-- same string (no string made). Its sums follow from p's (nil, computed
+-- when needed, when p's are not known), reading at most half of p
+-- (prefix_sums).
 local function sub_piece(p, a, b)
   if a == 0 and b == p.n then return p end
   local r
   if p.r then
-    local x
     local o = p.o
-    if b - a <= p.n / 2 then
-      x = residue_sums(p.s, o + a, o + b)
-      r = { 0, 0, 0, 0 }
-      add_shifted(r, x, -(o + a) % 4)
+    local y, z
+    if a == 0 then y = { 0, 0, 0, 0 } else y = prefix_sums(p, a) end
+    if b == p.n then
+      z = { 0, 0, 0, 0 }
+      add_shifted(z, p.r, o % 4)
     else
-      local y, z = residue_sums(p.s, o, o + a), residue_sums(p.s, o + b, o + p.n)
-      -- y and z at the string's positions; p.r at the piece's: bring y and
-      -- z to the piece's, subtract, then shift to the part's.
-      local y2, z2 = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
-      add_shifted(y2, y, -o % 4)
-      add_shifted(z2, z, -o % 4)
-      x = { p.r[1] - y2[1] - z2[1], p.r[2] - y2[2] - z2[2], p.r[3] - y2[3] - z2[3], p.r[4] - y2[4] - z2[4] }
-      r = { 0, 0, 0, 0 }
-      add_shifted(r, x, -a % 4)
+      z = prefix_sums(p, b)
     end
+    r = { 0, 0, 0, 0 }
+    add_shifted(r, { z[1] - y[1], z[2] - y[2], z[3] - y[3], z[4] - y[4] }, -(o + a) % 4)
   end
-  local s = string.sub(p.s, p.o + a + 1, p.o + b)
-  return { s = s, o = 0, n = #s, r = r }
+  return { s = p.s, o = p.o + a, n = b - a, r = r }
 end
 
 -- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
@@ -578,41 +601,84 @@ local function apply_segs(segs, d, pos)
   limit, pos = delta_int(d, pos or 1)
   if not limit then return nil end
   pos = pos + 1
+  local SS, SO, SN, SAT, slen = segs.s, segs.o, segs.n, segs.at, segs.len
   local S, O, N, AT = {}, {}, {}, {}
   local k, len, commands = 0, 0, 0
-  local function add(str, o, n)
-    if n <= 0 then return end
-    if k > 0 and S[k] == str and O[k] + N[k] == o then
-      N[k] = N[k] + n
-    else
-      k = k + 1
-      S[k], O[k], N[k], AT[k] = str, o, n, len
-    end
-    len = len + n
-  end
+  local byte = string.byte
   while true do
     commands = commands + 1
     local n
     n, pos = delta_int(d, pos)
     if not n then return nil end
-    local op = string.byte(d, pos)
+    local op = byte(d, pos)
     pos = pos + 1
     if op == 64 then -- '@': copy
       local off
       off, pos = delta_int(d, pos)
-      if not off or off + n > segs.len then return nil end
+      if not off or off + n > slen then return nil end
       pos = pos + 1
-      local x, e = off, off + n
-      while x < e do
-        local i = piece_at(segs.at, x)
-        local into = x - segs.at[i]
-        local take = math.min(segs.n[i] - into, e - x)
-        add(segs.s[i], segs.o[i] + into, take)
-        x = x + take
+      if n > 0 then
+        -- The segments holding bytes off and e - 1; those between are
+        -- taken whole (the work of a copy grows with the segments it
+        -- takes, at a few table stores each).
+        local e = off + n
+        local i, last = piece_at(SAT, off), piece_at(SAT, e - 1)
+        local into = off - SAT[i]
+        local take = math.min(SN[i] - into, n)
+        local str, o = SS[i], SO[i] + into
+        if k > 0 and S[k] == str and O[k] + N[k] == o then
+          N[k] = N[k] + take
+        else
+          k = k + 1
+          S[k], O[k], N[k], AT[k] = str, o, take, len
+        end
+        len = len + take
+        if last > i then
+          local shift = len - SAT[i + 1]
+          if k == 1 and shift == 0 and i == 1 then
+            -- (a copy from the start of the state to the start of the
+            -- result: the segments as they are, copied by unpack in C)
+            local first = S[1] == SS[1] and O[1] == SO[1] and N[1] == SN[1]
+            if first then
+              local upto = last - 1
+              if upto <= 7000 then
+                S, O, N, AT = { unpack(SS, 1, upto) }, { unpack(SO, 1, upto) }, { unpack(SN, 1, upto) },
+                  { unpack(SAT, 1, upto) }
+                k = upto
+                len = SAT[upto] + SN[upto]
+                i = upto
+              end
+            end
+          end
+          for j = i + 1, last - 1 do
+            k = k + 1
+            S[k], O[k], N[k], AT[k] = SS[j], SO[j], SN[j], SAT[j] + shift
+          end
+          if i < last - 1 then len = SAT[last - 1] + SN[last - 1] + shift end
+          -- the last segment, up to e
+          take = e - SAT[last]
+          str, o = SS[last], SO[last]
+          if S[k] == str and O[k] + N[k] == o then
+            N[k] = N[k] + take
+          else
+            k = k + 1
+            S[k], O[k], N[k], AT[k] = str, o, take, len
+          end
+          len = len + take
+        end
       end
     elseif op == 58 then -- ':': literal
       if pos + n - 1 > #d then return nil end
-      add(d, pos - 1, n)
+      if n > 0 then
+        local o = pos - 1
+        if k > 0 and S[k] == d and O[k] + N[k] == o then
+          N[k] = N[k] + n
+        else
+          k = k + 1
+          S[k], O[k], N[k], AT[k] = d, o, n, len
+        end
+        len = len + n
+      end
       pos = pos + n
     elseif op == 59 and len == limit then -- ';': the end
       break
