@@ -359,9 +359,11 @@ local ROPE_BUDGET = 64 * 1024 * 1024
 local MIN_KEPT = 8 * 1024
 -- A piece holds up to about piece_size(state length) bytes: 1/PIECES of
 -- the state, at least MIN_PIECE (a cut scans at most half a piece for
--- residue sums). Adjacent pieces are joined while they fit in one, so a
--- state has at most 2 * PIECES + 1 pieces (join100 below joins up to 100
--- into one string at once).
+-- residue sums). A cut leaves the two parts of a piece as ranges of its
+-- string and joins only the small pieces around the edit; a state of more
+-- than 4 * PIECES + 1 pieces has its adjacent pieces joined while they fit
+-- in one (merge_pieces). join100 below joins up to 100 into one string at
+-- once.
 local MIN_PIECE = 4 * 1024
 local PIECES = 48
 
@@ -502,33 +504,56 @@ local function continues(rope, starts, x)
   return b >= 128 and b < 192
 end
 
--- Joins runs of adjacent pieces as long as a run stays within `size`
--- bytes (the sums of a joined piece follow from its parts'), so that a
--- state does not crumble into ever smaller pieces: any two adjacent pieces
--- left hold more than `size` bytes together.
+-- Pieces i to j of `pieces` as one piece, appended to out (one string
+-- made when there are several; its sums follow from theirs).
+local function merge_run(out, pieces, i, j)
+  if i == j then
+    out[#out + 1] = pieces[i]
+    return
+  end
+  local strs, r, pos = {}, { 0, 0, 0, 0 }, 0
+  for k = i, j do
+    local p = pieces[k]
+    strs[#strs + 1] = piece_str(p)
+    add_shifted(r, piece_sums(p), pos % 4)
+    pos = pos + p.n
+  end
+  local s = table.concat(strs)
+  out[#out + 1] = { s = s, o = 0, n = #s, r = r }
+end
+
+-- Joins runs of adjacent small pieces (under size/8 each, up to size/4 a
+-- run: the bytes around an edit), so that edits do not crumble a state
+-- into ever smaller pieces at the cost of a few small strings; the large
+-- parts of a cut piece stay ranges of their strings (joining them would
+-- make a string of the piece's size at every edit). When a state has more
+-- than 4 * PIECES + 1 pieces all the same (edits at many places), runs of
+-- adjacent pieces are joined as long as a run stays within `size` bytes:
+-- any two adjacent pieces left hold more than `size` bytes together.
 local function merge_pieces(pieces, size)
-  local out, run, run_len = {}, {}, 0
-  local function flush()
-    if #run == 1 then
-      out[#out + 1] = run[1]
-    elseif #run > 1 then
-      local strs, r, pos = {}, { 0, 0, 0, 0 }, 0
-      for k, p in ipairs(run) do
-        strs[k] = piece_str(p)
-        add_shifted(r, piece_sums(p), pos % 4)
-        pos = pos + p.n
+  local small, out, i, cnt = size / 8, {}, 1, #pieces
+  while i <= cnt do
+    local j, run = i, pieces[i].n
+    if run < small then
+      while j < cnt and pieces[j + 1].n < small and run + pieces[j + 1].n <= 2 * small do
+        j = j + 1
+        run = run + pieces[j].n
       end
-      local s = table.concat(strs)
-      out[#out + 1] = { s = s, o = 0, n = #s, r = r }
     end
-    run, run_len = {}, 0
+    merge_run(out, pieces, i, j)
+    i = j + 1
   end
-  for _, p in ipairs(pieces) do
-    if run_len + p.n > size then flush() end
-    run[#run + 1] = p
-    run_len = run_len + p.n
+  if #out <= 4 * PIECES + 1 then return out end
+  pieces, out, i, cnt = out, {}, 1, #out
+  while i <= cnt do
+    local j, run = i, pieces[i].n
+    while j < cnt and run + pieces[j + 1].n <= size do
+      j = j + 1
+      run = run + pieces[j].n
+    end
+    merge_run(out, pieces, i, j)
+    i = j + 1
   end
-  flush()
   return out
 end
 
@@ -749,15 +774,19 @@ end
 -- twice the state, and the base written costs the AOF and the replicas at
 -- most a delta's bytes again per update, amortised over the updates
 -- between compactions), or when applying it would take more than
--- MAX_WORK (commands and segments; a unit costs Redis ~1-3 us).
+-- MAX_WORK (commands and segments; a unit costs Redis ~0.1-0.5 us: a
+-- copy takes the segments it spans as a run, see apply_segs).
 local MAX_WORK = 50000
 -- Before that, once the work passes RECOMPOSE_WORK, the log is replaced
 -- by the one delta its entries make together (compose below): a write of
 -- the pieces the state is made of (a copy command for each piece of the
 -- base, the bytes of the others), not of the state, after which reading
 -- costs about that one delta. States of more than MAX_COMPOSED pieces are
--- compacted instead.
-local RECOMPOSE_WORK = 20000
+-- compacted instead. (At 20,000, row 13 of the benchmark composed every
+-- ~58 updates, ~110 bytes an update of AOF; 40,000 halves that, and a cold
+-- read of MAX_WORK takes less time than 20,000 did before copies were
+-- taken as runs.)
+local RECOMPOSE_WORK = 40000
 local MAX_COMPOSED = 4096
 
 -- A number in Fossil's base-64 digits.
@@ -950,10 +979,14 @@ local function apply_delta(base, d)
   if string.byte(d, pos) ~= 10 then return nil, 'no newline after the target length' end
   pos = pos + 1
   local size = piece_size(limit)
-  local starts, at = {}, 0
-  for k, p in ipairs(base.pieces) do
-    starts[k] = at
-    at = at + p.n
+  local starts = base.pieces.starts
+  if not starts then
+    local at = 0
+    starts = {}
+    for k, p in ipairs(base.pieces) do
+      starts[k] = at
+      at = at + p.n
+    end
   end
   local pieces, total, commands = {}, 0, 0
   local lit = piece_of(d)
@@ -978,12 +1011,13 @@ local function apply_delta(base, d)
       end
       if total + n > limit then return nil, 'the delta writes past its target length' end
       local x, e = off, off + n
+      local i = x < e and piece_at(starts, x)
       while x < e do
-        local i = piece_at(starts, x)
         local p = base.pieces[i]
         local b = math.min(e - starts[i], p.n)
         add_piece(pieces, p, x - starts[i], b, size)
         x = starts[i] + b
+        i = i + 1
       end
       total = total + n
     elseif op == 58 then -- ':': literal
@@ -996,12 +1030,27 @@ local function apply_delta(base, d)
       if pos <= #d then return nil, 'bytes after the checksum' end
       if total ~= limit then return nil, 'the result is shorter than the target length' end
       pieces = merge_pieces(pieces, size)
-      local sums, at2 = { 0, 0, 0, 0 }, 0
-      for _, p in ipairs(pieces) do
-        add_shifted(sums, piece_sums(p), at2 % 4)
+      -- (the sums of the pieces, each at its place, and where each starts,
+      -- kept with them for the next delta)
+      local s1, s2, s3, s4, at2, starts2 = 0, 0, 0, 0, 0, {}
+      for k = 1, #pieces do
+        local p = pieces[k]
+        starts2[k] = at2
+        local r = p.r or piece_sums(p)
+        local sh = at2 % 4
+        if sh == 0 then
+          s1, s2, s3, s4 = s1 + r[1], s2 + r[2], s3 + r[3], s4 + r[4]
+        elseif sh == 1 then
+          s1, s2, s3, s4 = s1 + r[4], s2 + r[1], s3 + r[2], s4 + r[3]
+        elseif sh == 2 then
+          s1, s2, s3, s4 = s1 + r[3], s2 + r[4], s3 + r[1], s4 + r[2]
+        else
+          s1, s2, s3, s4 = s1 + r[2], s2 + r[3], s3 + r[4], s4 + r[1]
+        end
         at2 = at2 + p.n
       end
-      if checksum_of(sums) ~= n then return nil, 'the checksum of the result does not match' end
+      pieces.starts = starts2
+      if checksum_of({ s1, s2, s3, s4 }) ~= n then return nil, 'the checksum of the result does not match' end
       return pieces, limit, n
     else
       return nil, 'the delta ends without a checksum or has an unknown command'
