@@ -141,14 +141,13 @@ end
 -- <request nonce>), so a reply written to another connection (Webdis 0.1.9
 -- can do that) gives its reader nothing usable. Hex digit by hex digit,
 -- which is the XOR of the 20 bytes.
-local HEX = '0123456789abcdef'
--- The first `digits` hex digits of `secret` XORed with those of `mask`,
--- hex digit by hex digit (the XOR of the bytes).
+-- The first `digits` hex digits (a multiple of 8) of `secret` XORed with
+-- those of `mask`, eight digits at a time (the XOR of the bytes).
 local function xor_hex(secret, mask, digits)
   local out = {}
-  for i = 1, digits do
-    local x = bit.bxor(tonumber(string.sub(secret, i, i), 16), tonumber(string.sub(mask, i, i), 16))
-    out[i] = string.sub(HEX, x + 1, x + 1)
+  for i = 1, digits, 8 do
+    local x = bit.bxor(tonumber(string.sub(secret, i, i + 7), 16), tonumber(string.sub(mask, i, i + 7), 16))
+    out[#out + 1] = bit.tohex(x, 8)
   end
   return table.concat(out)
 end
@@ -361,7 +360,7 @@ local MIN_KEPT = 8 * 1024
 -- the state, at least MIN_PIECE (a cut scans at most half a piece for
 -- residue sums). A cut leaves the two parts of a piece as ranges of its
 -- string and joins only the small pieces around the edit; a state of more
--- than 4 * PIECES + 1 pieces has its adjacent pieces joined while they fit
+-- than 2 * PIECES + 1 pieces has its adjacent pieces joined while they fit
 -- in one (merge_pieces). join100 below joins up to 100 into one string at
 -- once.
 local MIN_PIECE = 4 * 1024
@@ -394,10 +393,54 @@ local function piece_of(s)
   return { s = s, o = 0, n = #s }
 end
 
--- The residue sums of piece p (memoized: a piece never changes).
+-- Large pieces keep the residue sums of their string at a grid of
+-- positions, every GRID bytes from the piece's start (made in the same pass
+-- as the piece's own sums), so that a cut anywhere in them, or in the
+-- parts cut from them (ranges of the same string), reads at most GRID / 2
+-- bytes on either side of the grid point nearest to it.
+local GRID = 1024
+
+-- The grid of the bytes [o, o + n) of s, and their sums (at the string's
+-- positions).
+local function grid_of(s, o, n)
+  local c1, c2, c3, c4 = { 0 }, { 0 }, { 0 }, { 0 }
+  local a1, a2, a3, a4 = 0, 0, 0, 0
+  local j, pos, e = 1, o, o + n
+  while pos < e do
+    local q = math.min(pos + GRID, e)
+    local r = residue_sums(s, pos, q)
+    a1, a2, a3, a4 = a1 + r[1], a2 + r[2], a3 + r[3], a4 + r[4]
+    j = j + 1
+    c1[j], c2[j], c3[j], c4[j] = a1, a2, a3, a4
+    pos = q
+  end
+  return { base = o, e = e, c1 = c1, c2 = c2, c3 = c3, c4 = c4 }, { a1, a2, a3, a4 }
+end
+
+-- The sums (at the string's positions) of the bytes [g.base, x) of s, from
+-- the grid point of g nearest to x.
+local function grid_at(g, s, x)
+  local j = math.floor((x - g.base) / GRID)
+  local lo = g.base + j * GRID
+  local hi = math.min(lo + GRID, g.e)
+  if x - lo <= hi - x then
+    local r = residue_sums(s, lo, x)
+    return { g.c1[j + 1] + r[1], g.c2[j + 1] + r[2], g.c3[j + 1] + r[3], g.c4[j + 1] + r[4] }
+  end
+  local r = residue_sums(s, x, hi)
+  return { g.c1[j + 2] - r[1], g.c2[j + 2] - r[2], g.c3[j + 2] - r[3], g.c4[j + 2] - r[4] }
+end
+
+-- The residue sums of piece p (memoized: a piece never changes); a piece
+-- of 4 grid steps or more gets its grid in the same pass.
 local function piece_sums(p)
   if not p.r then
-    local r = residue_sums(p.s, p.o, p.o + p.n)
+    local r
+    if p.n >= 4 * GRID then
+      p.g, r = grid_of(p.s, p.o, p.n)
+    else
+      r = residue_sums(p.s, p.o, p.o + p.n)
+    end
     if p.o % 4 ~= 0 then
       -- (sums of the string's positions, shifted to the piece's own)
       local x = { 0, 0, 0, 0 }
@@ -423,6 +466,12 @@ end
 -- at most half the piece between them.
 local function prefix_sums(p, x)
   local s, o, n = p.s, p.o, p.n
+  local g = p.g
+  if g then
+    if not p.g0 then p.g0 = grid_at(g, s, o) end
+    local y, z = p.g0, grid_at(g, s, o + x)
+    return { z[1] - y[1], z[2] - y[2], z[3] - y[3], z[4] - y[4] }
+  end
   local r
   local dm = p.px and math.abs(x - p.px) or n
   if x <= n - x and x <= dm then
@@ -466,7 +515,7 @@ local function sub_piece(p, a, b)
     r = { 0, 0, 0, 0 }
     add_shifted(r, { z[1] - y[1], z[2] - y[2], z[3] - y[3], z[4] - y[4] }, -(o + a) % 4)
   end
-  return { s = p.s, o = p.o + a, n = b - a, r = r }
+  return { s = p.s, o = p.o + a, n = b - a, r = r, g = p.g }
 end
 
 -- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
@@ -527,7 +576,7 @@ end
 -- into ever smaller pieces at the cost of a few small strings; the large
 -- parts of a cut piece stay ranges of their strings (joining them would
 -- make a string of the piece's size at every edit). When a state has more
--- than 4 * PIECES + 1 pieces all the same (edits at many places), runs of
+-- than 2 * PIECES + 1 pieces all the same (edits at many places), runs of
 -- adjacent pieces are joined as long as a run stays within `size` bytes:
 -- any two adjacent pieces left hold more than `size` bytes together.
 local function merge_pieces(pieces, size)
@@ -543,7 +592,7 @@ local function merge_pieces(pieces, size)
     merge_run(out, pieces, i, j)
     i = j + 1
   end
-  if #out <= 4 * PIECES + 1 then return out end
+  if #out <= 2 * PIECES + 1 then return out end
   pieces, out, i, cnt = out, {}, 1, #out
   while i <= cnt do
     local j, run = i, pieces[i].n
@@ -864,10 +913,11 @@ local function rope_of(key, log, rec)
            pieces = segs.len > 0 and { { s = s, o = #prefix, n = segs.len } } or {}, segs = segs }
 end
 
--- What a kept entry costs in the budget: its bytes (twice once joined)
--- and ~256 bytes of Lua tables a piece, a segment and an entry.
+-- What a kept entry costs in the budget: its bytes (twice once joined),
+-- an eighth of them for the grids of its pieces (piece_sums) and ~256
+-- bytes of Lua tables a piece, a segment and an entry.
 local function rope_cost(e)
-  return e.len * (e.joined and 2 or 1) + 256 * (#e.pieces + #e.segs.s + 1)
+  return e.len * (e.joined and 2 or 1) + math.floor(e.len / 8) + 256 * (#e.pieces + #e.segs.s + 1)
 end
 
 local function forget_rope(key)
@@ -1382,7 +1432,13 @@ local function over_quota(index, name, bytes, new)
     return 'the state (' .. bytes .. ' bytes) is over the quota of one stream (' .. QUOTA_STATE_BYTES .. ' bytes)'
   end
   for attempt = 1, 2 do
-    local n, total = usage(index)
+    -- (The count of streams matters to a new stream only.)
+    local n, total
+    if new then
+      n, total = usage(index)
+    else
+      n, total = 0, tonumber(redis.call('HGET', index, TOTAL) or 0)
+    end
     local old = tonumber(redis.call('HGET', index, name) or 0)
     local streams_ok = not new or old > 0 or n < QUOTA_STREAMS
     local bytes_ok = total - old + counted(bytes) <= QUOTA_TOTAL_BYTES

@@ -4,21 +4,22 @@
 Starts a Redis + Webdis pair (scripts/server.sh) on free loopback ports,
 and for each plan size (QGroundControl-style survey plans, indented by 4):
 
-- starts a stream, publishes the plan in full, then the 160 one-waypoint
-  updates of row 13's latency loop (a different waypoint each, both its
-  coordinates moved), acknowledged one at a time;
-- then, with Redis' slow log recording every command (threshold 0),
-  UPDATES acknowledged updates of row 13's ring (ten places spread over
+- starts a stream, publishes the plan in full and one delta, then, with
+  Redis' slow log recording every command (threshold 0), the 160
+  one-waypoint updates of row 13's latency loop (a different waypoint
+  each, both its coordinates moved), acknowledged one at a time;
+- then UPDATES acknowledged updates of row 13's ring (ten places spread over
   the plan, one coordinate moved and moved back), and FULL publishes of
   plans of the same size that share nothing with each other (sent in
   full);
 - prints the duration Redis recorded for each `FCALL ms_publish` (the
   function's whole run: arguments, Lua, the writes and the PUBLISH to the
   subscribers; not the propagation to the AOF and replicas), by kind:
-  p50, mean, p90, and the calls that composed the log (a `SET msl:…` in
-  the AOF's growth) against the others.
+  p50, mean, p90; and over the ring, the compositions of the record's log
+  (`SET msl:…`), its compactions (`HSET stream:… s …`) and the AOF's
+  growth per update.
 
-    python3 scripts/delta-path.py [--sizes 98,991] [--updates 1000] [--full 30]
+    python3 scripts/delta-path.py [--sizes 98,991] [--updates 1000] [--full 30] [--places 10]
 
 Needs the built library (cargo build --release) and redis-server, webdis.
 """
@@ -26,6 +27,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -149,28 +151,32 @@ def publish_calls(r):
     return out
 
 
-def aof_compositions(d, since):
-    """SET commands of the log in the AOF's incremental file after offset `since`."""
-    files = sorted(glob.glob(os.path.join(d, "appendonlydir", "*.incr.aof")), key=os.path.getmtime)
-    with open(files[-1], "rb") as f:
-        f.seek(since)
-        data = f.read()
-    return data.count(b"$3\r\nSET\r\n"), files[-1]
-
-
-def measure(client, port, size, updates, fulls):
+def measure(client, port, size, updates, fulls, places):
     r = Resp(port)
     name = f"delta-path/{os.getpid()}.{size}"
     leader = client.start(name, "pw", "code")
     plan = Plan.of_size(size * 1024, 13)
     leader.publish(plan.text())
     leader.flush(30)
+    # (the first delta after a full state reads the whole state once)
+    plan.move(1, 0.00001, 0.00001)
+    leader.publish(plan.text())
+    leader.flush(30)
+    r.call("CONFIG", "SET", "slowlog-max-len", "1000000")
+    r.call("CONFIG", "SET", "slowlog-log-slower-than", "0")
+    r.call("SLOWLOG", "RESET")
     for i in range(160):
         plan.move(i * 37, 0.00001, 0.00001)
         leader.publish(plan.text())
         leader.flush(30)
+    fresh = publish_calls(r)
+    try:
+        prof = dict(x.decode().split("=") for x in r.call("FCALL", "ms_prof", "0"))
+        print("  profile per call (new places), µs: " + ", ".join(f"{k} {int(v) / 160:.0f}" for k, v in prof.items()))
+    except RuntimeError:
+        pass
     ring = []
-    spread = [i * len(plan.waypoints) // 10 + 3 for i in range(10)]
+    spread = [i * len(plan.waypoints) // max(places, 1) + 3 for i in range(max(places, 1))]
     for w in spread:
         plan.move(w, 0.00002, 0.0)
         ring.append(plan.text())
@@ -182,14 +188,21 @@ def measure(client, port, size, updates, fulls):
     time.sleep(1.2)
     files = sorted(glob.glob(os.path.join(port_dir[port], "appendonlydir", "*.incr.aof")), key=os.path.getmtime)
     aof0 = os.path.getsize(files[-1])
-    r.call("CONFIG", "SET", "slowlog-max-len", "1000000")
-    r.call("CONFIG", "SET", "slowlog-log-slower-than", "0")
     r.call("SLOWLOG", "RESET")
     t0 = time.time()
     for i in range(updates):
-        leader.publish(ring[i % len(ring)])
+        if places:
+            leader.publish(ring[i % len(ring)])
+        else:
+            plan.move(i * 37 + 160 * 37, 0.00001, 0.00001)
+            leader.publish(plan.text())
         leader.flush(30)
     rate = updates / (time.time() - t0)
+    with open(files[-1], "rb") as f:
+        f.seek(aof0)
+        ring_aof = f.read()
+    sets = ring_aof.count(b"$3\r\nSET\r\n")
+    compactions = len(re.findall(rb"\$4\r\nHSET\r\n\$\d+\r\n[^\r]*\r\n\$1\r\ns\r\n", ring_aof))
     deltas = publish_calls(r)
     try:
         # (a build of the functions instrumented with TIME checkpoints)
@@ -204,11 +217,12 @@ def measure(client, port, size, updates, fulls):
     full = publish_calls(r)
     r.call("CONFIG", "SET", "slowlog-log-slower-than", "10000")
     time.sleep(1.2)
-    sets, _ = aof_compositions(port_dir[port], aof0)
     size_real = len(ring[0])
-    print(f"plan of {size_real / 1024:.0f} KiB: {updates} acknowledged one-waypoint updates ({rate:.0f}/s), "
-          f"{sets} compositions of the log")
-    print(f"  FCALL ms_publish, delta: {summary(deltas['delta'])}")
+    what = f"a ring of {places} places" if places else "a new place each"
+    print(f"plan of {size_real / 1024:.0f} KiB: {updates} acknowledged one-waypoint updates, {what} ({rate:.0f}/s), "
+          f"{sets} compositions and {compactions} compactions of the record; AOF {len(ring_aof) / updates:.0f} B per update")
+    print(f"  FCALL ms_publish, delta, a new place each (160, row 13's latency loop): {summary(fresh['delta'])}")
+    print(f"  FCALL ms_publish, delta, {what}: {summary(deltas['delta'])}")
     if deltas["full"]:
         print(f"    (sent in full during the ring: {summary(deltas['full'])})")
     print(f"  FCALL ms_publish, full:  {summary(full['full'])}")
@@ -223,6 +237,7 @@ def main():
     ap.add_argument("--sizes", default="98,991", help="plan sizes in KiB, comma-separated")
     ap.add_argument("--updates", type=int, default=1000)
     ap.add_argument("--full", type=int, default=30)
+    ap.add_argument("--places", type=int, default=10, help="places of the ring (0: a new place every update)")
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="ms-delta-path-")
     subprocess.run([os.path.join(HERE, "scripts", "server.sh"), "start", d], check=True, stdout=subprocess.DEVNULL)
@@ -233,7 +248,7 @@ def main():
         port_dir[port] = d
         client = missionstream.Client(env["MISSIONSTREAM_URL"], kdf_iterations=100000)
         for size in [int(s) for s in a.sizes.split(",")]:
-            measure(client, port, size, a.updates, a.full)
+            measure(client, port, size, a.updates, a.full, a.places)
         client.close()
     finally:
         subprocess.run([os.path.join(HERE, "scripts", "server.sh"), "stop", d], check=False)
