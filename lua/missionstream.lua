@@ -581,6 +581,21 @@ end
 -- any two adjacent pieces left hold more than `size` bytes together.
 local function merge_pieces(pieces, size)
   local small, out, i, cnt = size / 8, {}, 1, #pieces
+  -- (most often no two small pieces are adjacent: the pieces stand)
+  local prev, joins = math.huge, false
+  for k = 1, cnt do
+    local n = pieces[k].n
+    if n < small and prev < small and prev + n <= 2 * small then
+      joins = true
+      break
+    end
+    prev = n
+  end
+  if not joins then
+    if cnt <= 2 * PIECES + 1 then return pieces end
+    i = cnt + 1
+    out = pieces
+  end
   while i <= cnt do
     local j, run = i, pieces[i].n
     if run < small then

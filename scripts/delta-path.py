@@ -165,6 +165,10 @@ def measure(client, port, size, updates, fulls, places):
     r.call("CONFIG", "SET", "slowlog-max-len", "1000000")
     r.call("CONFIG", "SET", "slowlog-log-slower-than", "0")
     r.call("SLOWLOG", "RESET")
+    try:
+        r.call("FCALL", "ms_prof", "0")
+    except RuntimeError:
+        pass
     for i in range(160):
         plan.move(i * 37, 0.00001, 0.00001)
         leader.publish(plan.text())
@@ -210,6 +214,19 @@ def measure(client, port, size, updates, fulls, places):
         print("  profile per call, µs: " + ", ".join(f"{k} {int(v) / updates:.0f}" for k, v in prof.items()))
     except RuntimeError:
         pass
+    # A cold read: the functions loaded again (no kept state), then one
+    # more update, which assembles the newest state from the record.
+    entries = r.call("STRLEN", "msl:" + name)
+    with open(os.path.join(HERE, "lua", "missionstream.lua"), "rb") as f:
+        r.call("FUNCTION", "LOAD", "REPLACE", f.read())
+    r.call("SLOWLOG", "RESET")
+    if places:
+        leader.publish(ring[updates % len(ring)])
+    else:
+        plan.move(7, 0.00001, 0.00001)
+        leader.publish(plan.text())
+    leader.flush(30)
+    cold = publish_calls(r)
     r.call("SLOWLOG", "RESET")
     for k in range(fulls):
         leader.publish(others[k % 2])
@@ -225,6 +242,8 @@ def measure(client, port, size, updates, fulls, places):
     print(f"  FCALL ms_publish, delta, {what}: {summary(deltas['delta'])}")
     if deltas["full"]:
         print(f"    (sent in full during the ring: {summary(deltas['full'])})")
+    print(f"  FCALL ms_publish, delta after FUNCTION LOAD (the state assembled from the base and a log of "
+          f"{entries} bytes): {summary(cold['delta'])}")
     print(f"  FCALL ms_publish, full:  {summary(full['full'])}")
     leader.stop()
 
