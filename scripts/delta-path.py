@@ -8,16 +8,23 @@ and for each plan size (QGroundControl-style survey plans, indented by 4):
   Redis' slow log recording every command (threshold 0), the 160
   one-waypoint updates of row 13's latency loop (a different waypoint
   each, both its coordinates moved), acknowledged one at a time;
-- then UPDATES acknowledged updates of row 13's ring (ten places spread over
-  the plan, one coordinate moved and moved back), and FULL publishes of
-  plans of the same size that share nothing with each other (sent in
-  full);
+- then UPDATES acknowledged updates of row 13's ring (PLACES places spread
+  over the plan, one coordinate moved and moved back; with --places 0 a
+  new waypoint at every update instead), one update after the functions
+  were loaded again (`FUNCTION LOAD REPLACE`: no kept state, the newest
+  state assembled from the record), and FULL publishes of random content
+  of the same size (sent in full);
 - prints the duration Redis recorded for each `FCALL ms_publish` (the
   function's whole run: arguments, Lua, the writes and the PUBLISH to the
   subscribers; not the propagation to the AOF and replicas), by kind:
   p50, mean, p90; and over the ring, the compositions of the record's log
   (`SET msl:…`), its compactions (`HSET stream:… s …`) and the AOF's
   growth per update.
+
+When the loaded functions also define `ms_prof` (a copy of the library
+with `redis.call('TIME')` checkpoints between the steps of `ms_publish`,
+summing each step's microseconds in a table that `ms_prof` returns and
+empties), the sums per call of each loop are printed too.
 
     python3 scripts/delta-path.py [--sizes 98,991] [--updates 1000] [--full 30] [--places 10]
 
@@ -209,7 +216,6 @@ def measure(client, port, size, updates, fulls, places):
     compactions = len(re.findall(rb"\$4\r\nHSET\r\n\$\d+\r\n[^\r]*\r\n\$1\r\ns\r\n", ring_aof))
     deltas = publish_calls(r)
     try:
-        # (a build of the functions instrumented with TIME checkpoints)
         prof = dict(x.decode().split("=") for x in r.call("FCALL", "ms_prof", "0"))
         print("  profile per call, µs: " + ", ".join(f"{k} {int(v) / updates:.0f}" for k, v in prof.items()))
     except RuntimeError:
