@@ -346,7 +346,8 @@ local MAX_DELTA_COMMANDS = 2048
 -- snapshot. A piece is a byte range of a string ({ s = string, o = offset,
 -- n = length }), so that the state of a full publish is kept as the
 -- request's body itself, after its "r <publish id>\n" prefix, and no
--- string of the state's size is made to strip the prefix. A kept state is
+-- string of the state's size is made to strip the prefix; the parts of a
+-- cut piece are ranges of the same string. A kept state is
 -- used only while the record still holds it (same channel, seq and
 -- publish id: a publish id names one state); else it is assembled from
 -- the record again. The cache holds states of MIN_KEPT bytes or more, up to
