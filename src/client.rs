@@ -643,5 +643,8 @@ impl Drop for Client {
         drop(self.runtime.take());
         self.hooks.dispatcher.shutdown();
         self.control.shutdown();
+        // The shared connections closed now, not when the last follow
+        // thread lets go of them.
+        self.control.endpoints().shutdown();
     }
 }
