@@ -233,7 +233,9 @@ impl Client {
         seq: u64,
     ) -> Result<()> {
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let runtime = self.runtime.get_or_try_init(Runtime::start)?;
+        let runtime = self
+            .runtime
+            .get_or_try_init(|| Runtime::start(self.control.endpoints().len()))?;
         self.hooks.dispatcher.register(session);
         let (lead, machine, wire) = Lead::spawn(
             session,
