@@ -176,7 +176,9 @@ impl Bench {
             *k += 1;
         }
         for m in [&one, &many] {
-            m.client.flush(m.names[0].to_str().unwrap(), 60_000).unwrap();
+            m.client
+                .flush(m.names[0].to_str().unwrap(), 60_000)
+                .unwrap();
             wait_for(Duration::from_secs(10), || {
                 m.watch.samples.lock().unwrap().last().map(|s| s.0) == Some(count - 1)
             });
@@ -227,7 +229,7 @@ impl Bench {
             verdict(follows_rss <= rss_target_kib),
         );
         self.row(
-            &format!("14c. … every follow holds its first state after"),
+            "14c. … every follow holds its first state after",
             format!("{:.2} s", many.connect.as_secs_f64()),
             format!("{:.1} ms for 1", one.connect.as_secs_f64() * 1e3),
             format!(

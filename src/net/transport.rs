@@ -473,12 +473,6 @@ impl Conns {
             plain.shutdown();
         }
     }
-
-    /// Idle connections kept now (plain and TLS), for tests.
-    #[cfg(test)]
-    pub fn idle(&self) -> usize {
-        crate::util::lock(&self.agents).len() + self.plain.as_ref().map_or(0, |p| p.idle())
-    }
 }
 
 /// A ureq agent keeping at most one idle connection, with the trust
