@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::tls::TlsFront;
 use common::{assert_state_eq, newest_state, unique, wait_until, Servers, ROOT};
 use missionstream::Client;
 use std::path::Path;
@@ -79,6 +80,21 @@ fn unread_requests(port: u16) -> usize {
                 && f[4]
                     .split_once(':')
                     .is_some_and(|(_, rx)| u64::from_str_radix(rx, 16).unwrap_or(0) > 0)
+        })
+        .count()
+}
+
+/// Established connections of this machine to the server on `port`, from
+/// the client's side (/proc/net/tcp: remote port `port`).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let remote = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && f[2] == remote && f[3] == "01"
         })
         .count()
 }
@@ -218,4 +234,43 @@ fn a_frozen_webdis_holds_at_most_w_minus_1_workers_and_leads_go_on_through_the_o
     );
     drop(client);
     s.signal_webdis("CONT");
+}
+
+#[test]
+fn leads_over_tls_share_at_most_w_connections_to_the_front() {
+    let s = Servers::start();
+    let front = TlsFront::start(&s);
+    let client = Client::new(&front.url).unwrap();
+    client.set_tls_ca_file(&front.ca_file).unwrap();
+    client
+        .set_kdf_iterations(missionstream::kdf::MIN_ITERATIONS)
+        .unwrap();
+    let names = start_leads(&client, "pool-tls", 40);
+    for (i, name) in names.iter().enumerate() {
+        client
+            .publish(name, format!("{{\"lead\":{i},\"again\":true}}").as_bytes())
+            .unwrap();
+    }
+    for name in &names {
+        client.flush(name, 30_000).unwrap();
+    }
+    for (i, name) in names.iter().enumerate().step_by(8) {
+        assert_state_eq(
+            &newest_state(s.redis_port, name),
+            &format!("{{\"lead\":{i},\"again\":true}}"),
+            name,
+        );
+    }
+    // Connections beyond the W kept idle were closed after their call.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut open = connections_to(front.port);
+    while open > W && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        open = connections_to(front.port);
+    }
+    assert!(
+        (1..=W).contains(&open),
+        "{open} connections to the TLS front with 40 leads of one client (1 to {W} expected)"
+    );
+    drop(client);
 }
