@@ -43,9 +43,10 @@ pub struct Endpoints {
     conns: Vec<OnceLock<Arc<Conns>>>,
 }
 
-/// Idle request connections a client keeps per endpoint: one per request
-/// it may run at once on its request workers (runtime/requests.rs).
-pub const IDLE_PER_ENDPOINT: usize = crate::runtime::requests::WORKERS;
+/// Requests a client runs at once (its request workers,
+/// runtime/requests.rs), and so the idle request connections it keeps per
+/// endpoint.
+pub const REQUESTS_AT_ONCE: usize = 4;
 
 /// How long a node that failed is tried after the others by followers.
 const FAILED_FOR: Duration = Duration::from_secs(10);
@@ -106,7 +107,7 @@ impl Endpoints {
     /// requests.
     pub fn conns(&self, node: usize) -> &Arc<Conns> {
         self.conns[node]
-            .get_or_init(|| Arc::new(Conns::new(self.list[node].clone(), IDLE_PER_ENDPOINT)))
+            .get_or_init(|| Arc::new(Conns::new(self.list[node].clone(), REQUESTS_AT_ONCE)))
     }
 
     /// Closes the client's connections to every endpoint; every request

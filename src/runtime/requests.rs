@@ -27,7 +27,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// Request workers per client.
-pub(crate) const WORKERS: usize = 4;
+pub(crate) const WORKERS: usize = crate::net::nodes::REQUESTS_AT_ONCE;
 
 /// A lead's request, to be sent by a worker.
 pub struct Job {
