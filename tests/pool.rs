@@ -274,3 +274,38 @@ fn leads_over_tls_share_at_most_w_connections_to_the_front() {
     );
     drop(client);
 }
+
+#[test]
+fn ending_one_lead_breaks_its_own_calls_only() {
+    let s = Servers::start();
+    let client = s.client();
+    let names = start_leads(&client, "pool-end", 6);
+    // Each stop ends its lead (its calls broken, its later ones refused)
+    // while the others publish on the same pooled connections.
+    for (round, name) in names.iter().enumerate().take(3) {
+        for (i, other) in names.iter().enumerate().skip(round + 1) {
+            client
+                .publish(
+                    other,
+                    format!("{{\"lead\":{i},\"round\":{round}}}").as_bytes(),
+                )
+                .unwrap();
+        }
+        client.stop(name).unwrap();
+        for other in names.iter().skip(round + 1) {
+            client.flush(other, 10_000).unwrap();
+        }
+    }
+    for (i, name) in names.iter().enumerate().skip(3) {
+        assert_state_eq(
+            &newest_state(s.redis_port, name),
+            &format!("{{\"lead\":{i},\"round\":2}}"),
+            name,
+        );
+    }
+    // And the client's own calls go on too.
+    let listed = client.list().unwrap();
+    for name in &names[3..] {
+        assert!(listed.iter().any(|e| &e.name == name), "{name} not listed");
+    }
+}
