@@ -177,7 +177,8 @@ fn a_frozen_webdis_holds_at_most_w_minus_1_workers_and_leads_go_on_through_the_o
     // a third of that (a request is sent again after 1.67 s).
     client.set_timeout(15_000).unwrap();
     let names = start_leads(&client, "pool-frozen", 20);
-    assert_eq!(unread_requests(frozen_port), 0);
+    // (A heartbeat may be on its way in: Webdis reads it at once.)
+    wait_until(Duration::from_secs(5), || unread_requests(frozen_port) == 0);
 
     s.signal_webdis("STOP");
     let published = Instant::now();
@@ -229,7 +230,7 @@ fn a_frozen_webdis_holds_at_most_w_minus_1_workers_and_leads_go_on_through_the_o
     }
     let took = again.elapsed();
     assert!(
-        took < Duration::from_secs_f64(3.0 * common::load_factor()),
+        took < Duration::from_secs_f64(5.0 * common::load_factor()),
         "states after the move took {took:?}"
     );
     drop(client);

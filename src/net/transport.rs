@@ -401,6 +401,8 @@ pub struct Conns {
     /// counter.
     nonce_prefix: Arc<str>,
     nonces: AtomicU64,
+    /// Shut down: every later request fails.
+    shut: std::sync::atomic::AtomicBool,
 }
 
 impl Conns {
@@ -424,6 +426,7 @@ impl Conns {
             max_idle: max_idle.max(1),
             nonce_prefix: nonce_prefix.into(),
             nonces: AtomicU64::new(0),
+            shut: Default::default(),
         }
     }
 
@@ -444,7 +447,7 @@ impl Conns {
     /// (unless `max_idle` are idle already).
     fn give_back(&self, agent: ureq::Agent, generation: u64) {
         let mut idle = crate::util::lock(&self.agents);
-        if idle.len() < self.max_idle {
+        if idle.len() < self.max_idle && !self.shut.load(Ordering::SeqCst) {
             idle.push((agent, generation));
         }
     }
@@ -465,9 +468,11 @@ impl Conns {
         format!("{}{n:x}", self.nonce_prefix)
     }
 
-    /// Closes the idle connections and fails every request in flight and
-    /// later (the client is going).
+    /// Closes the idle connections, breaks the plain requests in flight
+    /// (each owner breaks its own over TLS) and fails every later request
+    /// (the client is going).
     pub fn shutdown(&self) {
+        self.shut.store(true, Ordering::SeqCst);
         crate::util::lock(&self.agents).clear();
         if let Some(plain) = &self.plain {
             plain.shutdown();
@@ -786,7 +791,7 @@ impl Webdis {
         reported_timeout: Duration,
         answer: impl FnOnce(u16, &[u8]) -> Result<T>,
     ) -> Result<T> {
-        if self.cancel.is_shut() {
+        if self.cancel.is_shut() || self.conns.shut.load(Ordering::SeqCst) {
             return Err(self.plain_failure(http::HttpError::Shutdown, reported_timeout));
         }
         if let Some(plain) = &self.conns.plain {
@@ -910,7 +915,7 @@ impl Webdis {
         channel: &str,
         timeout: Duration,
     ) -> Result<impl Read + Send + 'static> {
-        if self.cancel.is_shut() {
+        if self.cancel.is_shut() || self.conns.shut.load(Ordering::SeqCst) {
             return Err(self.plain_failure(http::HttpError::Shutdown, timeout));
         }
         let (agent, _) = new_agent(&self.endpoint.trust);
