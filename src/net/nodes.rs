@@ -46,7 +46,7 @@ pub struct Endpoints {
 /// Requests a client runs at once (its request workers,
 /// runtime/requests.rs), and so the idle request connections it keeps per
 /// endpoint.
-pub const REQUESTS_AT_ONCE: usize = 4;
+pub(crate) const REQUESTS_AT_ONCE: usize = 4;
 
 /// How long a node that failed is tried after the others by followers.
 const FAILED_FOR: Duration = Duration::from_secs(10);
