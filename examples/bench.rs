@@ -3,7 +3,7 @@
 //! `webdis` that this program starts on free loopback ports (never
 //! 6379/7379) and stops at the end.
 //!
-//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8,9,10,11,12,13]
+//!     cargo run --release --example bench [-- --quick] [--rows 1,2,3,4,5,6,8,9,10,11,12,13,14]
 //!
 //! Rows (row 7 is rows 2 and 3 swept over state sizes):
 //!  1. `ms_publish` call cost through the C ABI, 1 KiB state, median and
@@ -35,6 +35,13 @@
 //!     publishes/s against the 1 KiB rate, a late join's snapshot read,
 //!     and Redis' time per full MiB of random content (quick mode: the
 //!     ~100 KiB plan only).
+//! 14. 1,000 leads + 1,000 follows of small states in one client (100 in
+//!     quick mode; examples/bench/many.rs): threads and RSS added, time
+//!     until every follow holds its first state; baseline: 1 lead + 1
+//!     follow, same run. Then publish -> callback p50 of one of its
+//!     streams, the other follows idle; baseline: the 1 + 1 client's.
+//!     The process' open-file limit is raised to its hard limit first
+//!     (the servers inherit it), as scripts/bench-fanin.py does.
 //!
 //! Rows 9-11 (examples/bench/ha.rs) run in full mode, or when named
 //! with --rows. Rows 1-12 run with deltas turned off (their baselines
@@ -49,6 +56,8 @@ mod common;
 mod deltas;
 #[path = "bench/ha.rs"]
 mod ha;
+#[path = "bench/many.rs"]
+mod many;
 
 use missionstream::ffi::{
     ms_client, ms_client_free, ms_client_new, ms_connect, ms_disconnect, ms_event, ms_event_kind,
@@ -1530,6 +1539,24 @@ impl Bench {
     }
 }
 
+/// Raises this process' soft open-file limit to its hard limit.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    println!("open-file limit {}", limit.rlim_cur);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -1542,9 +1569,9 @@ fn main() {
         // time): full mode only, unless asked for by number.
         .unwrap_or_else(|| {
             if quick {
-                vec![1, 2, 3, 4, 5, 6, 8, 12, 13]
+                vec![1, 2, 3, 4, 5, 6, 8, 12, 13, 14]
             } else {
-                (1..=13).collect()
+                (1..=14).collect()
             }
         });
     let want = |r: u32| rows.contains(&r);
@@ -1560,6 +1587,10 @@ fn main() {
         if quick { "quick" } else { "full" }
     );
     println!("{}", machine());
+    // Row 14 holds thousands of connections in this process, in Webdis and
+    // in Redis: the open-file limit raised to the hard limit before the
+    // servers start (they inherit it; Redis' maxclients follows it).
+    raise_open_files();
     let servers = common::Servers::start();
     println!(
         "redis-server on 127.0.0.1:{}, webdis on {}",
@@ -1617,6 +1648,9 @@ fn main() {
     }
     if want(13) {
         b.row13_deltas();
+    }
+    if want(14) {
+        b.row14_many();
     }
 
     println!(

@@ -233,7 +233,9 @@ impl Client {
         seq: u64,
     ) -> Result<()> {
         let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
-        let runtime = self.runtime.get_or_try_init(Runtime::start)?;
+        let runtime = self
+            .runtime
+            .get_or_try_init(|| Runtime::start(self.control.endpoints().len()))?;
         self.hooks.dispatcher.register(session);
         let (lead, machine, wire) = Lead::spawn(
             session,
@@ -643,5 +645,8 @@ impl Drop for Client {
         drop(self.runtime.take());
         self.hooks.dispatcher.shutdown();
         self.control.shutdown();
+        // The shared connections closed now, not when the last follow
+        // thread lets go of them.
+        self.control.endpoints().shutdown();
     }
 }

@@ -17,11 +17,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::net::cancel::{Breaker, Cancel};
 use crate::util::lock;
 
 /// Bodies up to this size are copied behind the head for a single write.
 const COALESCE: usize = 64 * 1024;
-/// Idle connections kept per pool.
+/// Idle connections kept by the pools of the tests.
+#[cfg(test)]
 const MAX_IDLE: usize = 8;
 /// Longest response head read.
 const MAX_HEAD: usize = 64 * 1024;
@@ -87,6 +89,8 @@ impl Conn {
 pub struct Pool {
     authority: String,
     idle: Mutex<Vec<Conn>>,
+    /// Most idle connections kept.
+    max_idle: usize,
     /// Descriptors of the connections in use, shut down by `shutdown`. An
     /// entry is removed before its connection is dropped, under this lock.
     busy: Mutex<HashMap<u64, RawFd>>,
@@ -95,10 +99,19 @@ pub struct Pool {
 }
 
 impl Pool {
+    #[cfg(test)]
     pub fn new(authority: &str) -> Pool {
+        Pool::with_idle(authority, MAX_IDLE)
+    }
+
+    /// A pool keeping at most `max_idle` idle connections: one shared by
+    /// every request of a client to one endpoint keeps as many as the
+    /// client runs requests at once.
+    pub fn with_idle(authority: &str, max_idle: usize) -> Pool {
         Pool {
             authority: authority.to_string(),
             idle: Mutex::new(Vec::new()),
+            max_idle: max_idle.max(1),
             busy: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             shut: AtomicBool::new(false),
@@ -161,7 +174,16 @@ impl Pool {
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, Vec<u8>), HttpError> {
-        let r = self.put_within(path, head_extra, &[body], timeout, timeout, max_body)?;
+        let cancel = Cancel::default();
+        let r = self.put_within(
+            path,
+            head_extra,
+            &[body],
+            timeout,
+            timeout,
+            max_body,
+            &cancel,
+        )?;
         self.recycle(r.conn);
         Ok((r.status, r.body))
     }
@@ -178,6 +200,10 @@ impl Pool {
     /// gives it to `recycle` once the response proved to answer this
     /// request, or drops it (a connection is never reused unless every
     /// byte it received was read as the answer to a request sent on it).
+    ///
+    /// `cancel` is the caller's: its `shutdown` breaks this request (and
+    /// no other request on the pool).
+    #[allow(clippy::too_many_arguments)]
     pub fn put_within(
         &self,
         path: &str,
@@ -186,6 +212,7 @@ impl Pool {
         timeout: Duration,
         answer_within: Duration,
         max_body: usize,
+        cancel: &Cancel,
     ) -> Result<Response, HttpError> {
         let deadline = Instant::now() + timeout;
         let head = format!(
@@ -196,7 +223,7 @@ impl Pool {
         // A pooled connection may have been closed by Webdis while idle:
         // if it fails before any byte of a response, use a new one.
         loop {
-            if self.shut.load(Ordering::SeqCst) {
+            if self.shut.load(Ordering::SeqCst) || cancel.is_shut() {
                 return Err(HttpError::Shutdown);
             }
             let pooled = self.take_idle();
@@ -210,16 +237,21 @@ impl Pool {
             if self.shut.load(Ordering::SeqCst) {
                 let _ = conn.stream.shutdown(Shutdown::Both);
             }
+            let entry = cancel.enter(Breaker::Fd(conn.stream.as_raw_fd()));
             let result = exchange(&mut conn, &head, body, deadline, answer_within, max_body);
+            // Broken by the caller's `cancel`: the connection is not used
+            // again (its socket may be shut down).
+            let intact = cancel.leave(entry);
             lock(&self.busy).remove(&id);
             match result {
                 Ok((status, body, keep_alive)) => {
                     return Ok(Response {
                         status,
                         body,
-                        conn: keep_alive.then_some(conn),
+                        conn: (keep_alive && intact).then_some(conn),
                     });
                 }
+                Err(_) if !intact => return Err(HttpError::Shutdown),
                 Err((e, got_bytes)) => {
                     if matches!(e, HttpError::Timeout | HttpError::Malformed(_)) {
                         // Webdis 0.1.9 can lose track of its connections
@@ -243,11 +275,17 @@ impl Pool {
         if let Some(conn) = conn {
             if !self.shut.load(Ordering::SeqCst) {
                 let mut idle = lock(&self.idle);
-                if idle.len() < MAX_IDLE {
+                if idle.len() < self.max_idle {
                     idle.push(conn);
                 }
             }
         }
+    }
+
+    /// Idle connections kept now.
+    #[cfg(test)]
+    pub fn idle(&self) -> usize {
+        lock(&self.idle).len()
     }
 
     /// Closes the idle connections: the next request opens a new one.
@@ -1108,11 +1146,13 @@ mod tests {
         let pool = Pool::new(&authority);
         let quick = Duration::from_millis(150);
         let start = Instant::now();
-        let r = pool.put_within("/p", "", &[b"x"], T, quick, MAX);
+        let r = pool.put_within("/p", "", &[b"x"], T, quick, MAX, &Cancel::default());
         let elapsed = start.elapsed();
         assert!(matches!(r, Err(HttpError::Timeout)), "{r:?}");
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
-        let r = pool.put_within("/p", "", &[b"x"], T, quick, MAX).unwrap();
+        let r = pool
+            .put_within("/p", "", &[b"x"], T, quick, MAX, &Cancel::default())
+            .unwrap();
         assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
         pool.recycle(r.conn);
         drop(pool);
@@ -1153,11 +1193,15 @@ mod tests {
         let state: Vec<u8> = (0..COALESCE * 3).map(|i| b'a' + (i % 26) as u8).collect();
         let pool = Pool::new(&authority);
         let small: [&[u8]; 3] = [b"r 1\n", b"{}", b""];
-        let r = pool.put_within("/p", "", &small, T, T, MAX).unwrap();
+        let r = pool
+            .put_within("/p", "", &small, T, T, MAX, &Cancel::default())
+            .unwrap();
         assert_eq!(r.status, 200);
         pool.recycle(r.conn);
         let large: [&[u8]; 3] = [b"r 2\n", &state, b"!"];
-        let r = pool.put_within("/p", "", &large, T, T, MAX).unwrap();
+        let r = pool
+            .put_within("/p", "", &large, T, T, MAX, &Cancel::default())
+            .unwrap();
         assert_eq!(r.status, 200);
         drop(r);
         drop(pool);
@@ -1244,6 +1288,96 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_breaks_its_owners_request_and_no_other_on_the_pool() {
+        let (got_tx, got_rx) = mpsc::channel();
+        let (authority, server) = serve(move |l| {
+            let mut a = accept(&l);
+            a.request();
+            got_tx.send(()).unwrap();
+            let mut b = accept(&l);
+            b.request();
+            got_tx.send(()).unwrap();
+            // The first owner's cancel closes its connection...
+            assert_eq!(a.eof(), 0);
+            // ...the second's request is answered, on a connection kept.
+            b.ok("b");
+            b.request();
+            b.ok("again");
+        });
+        let pool = Arc::new(Pool::new(&authority));
+        let (mine, theirs) = (Arc::new(Cancel::default()), Arc::new(Cancel::default()));
+        let put = |cancel: &Arc<Cancel>| {
+            let (p, c) = (pool.clone(), cancel.clone());
+            thread::spawn(move || {
+                let r = p.put_within("/p", "", &[b"x"], Duration::from_secs(30), GUARD, MAX, &c);
+                (r, Instant::now())
+            })
+        };
+        let first = put(&mine);
+        got_rx.recv_timeout(GUARD).unwrap();
+        let second = put(&theirs);
+        got_rx.recv_timeout(GUARD).unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let shut_at = Instant::now();
+        mine.shutdown();
+        let (r, done_at) = first.join().unwrap();
+        assert!(matches!(r, Err(HttpError::Shutdown)), "{r:?}");
+        let took = done_at.saturating_duration_since(shut_at);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+        let (r, _) = second.join().unwrap();
+        let r = r.unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"b"[..]));
+        pool.recycle(r.conn);
+        assert_eq!(pool.idle(), 1);
+        // Later requests of the cancelled owner fail at once; the other's
+        // go on, on the kept connection.
+        assert!(matches!(
+            pool.put_within("/p", "", &[b"x"], T, T, MAX, &mine),
+            Err(HttpError::Shutdown)
+        ));
+        let r = pool
+            .put_within("/p", "", &[b"x"], T, T, MAX, &theirs)
+            .unwrap();
+        assert_eq!(r.body, b"again");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn idle_connections_are_kept_up_to_the_pools_limit() {
+        let (authority, server) = serve(|l| {
+            let mut conns: Vec<Conn> = (0..3).map(|_| accept(&l)).collect();
+            for c in conns.iter_mut() {
+                c.request();
+                c.ok("1");
+            }
+            // One connection is closed by the client (over the limit).
+            conns
+                .iter_mut()
+                .map(|c| c.eof())
+                .filter(|&n| n == 0)
+                .count()
+        });
+        let pool = Arc::new(Pool::with_idle(&authority, 2));
+        // Three requests at once: three connections.
+        let cancel = Arc::new(Cancel::default());
+        let responses: Vec<Response> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|_| {
+                    let (p, c) = (&pool, &cancel);
+                    s.spawn(move || p.put_within("/p", "", &[b"x"], T, T, MAX, c).unwrap())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in responses {
+            pool.recycle(r.conn);
+        }
+        assert_eq!(pool.idle(), 2);
+        pool.forget_idle();
+        assert_eq!(server.join().unwrap(), 3);
+    }
+
+    #[test]
     fn shutdown_closes_idle_connections() {
         let (authority, server) = serve(|l| {
             let mut c = accept(&l);
@@ -1310,7 +1444,9 @@ mod tests {
             assert_eq!(d.eof(), 0);
         });
         let pool = Pool::new(&authority);
-        let r = pool.put_within("/p", "", &[b"x"], T, T, MAX).unwrap();
+        let r = pool
+            .put_within("/p", "", &[b"x"], T, T, MAX, &Cancel::default())
+            .unwrap();
         assert_eq!(r.body, b"not yours");
         drop(r);
         put_ok(&pool, b"y", "2");

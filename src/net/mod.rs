@@ -3,6 +3,7 @@
 
 // chunked, poller, subscription: the reactor's, which production does not run yet
 // (docs/internals/fixed-threads.md).
+pub mod cancel;
 #[allow(dead_code)]
 pub mod chunked;
 pub mod http;

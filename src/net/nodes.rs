@@ -18,11 +18,12 @@
 //! layer.
 
 use crate::error::{Error, Kind, Result, Status};
-use crate::net::transport::{Called, Endpoint, Webdis};
+use crate::net::cancel::Cancel;
+use crate::net::transport::{Called, Conns, Endpoint, Webdis};
 use crate::wire::functions::Call;
 use crate::wire::protocol::Refusal;
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,15 @@ pub struct Endpoints {
     /// `born`, 0 for never): followers try such a node last for a while.
     failed_ms: Vec<AtomicU64>,
     born: Instant,
+    /// The keep-alive connections of every request of the client to each
+    /// endpoint, made when first used.
+    conns: Vec<OnceLock<Arc<Conns>>>,
 }
+
+/// Requests a client runs at once (its request workers,
+/// runtime/requests.rs), and so the idle request connections it keeps per
+/// endpoint.
+pub(crate) const REQUESTS_AT_ONCE: usize = 4;
 
 /// How long a node that failed is tried after the others by followers.
 const FAILED_FOR: Duration = Duration::from_secs(10);
@@ -78,6 +87,7 @@ impl Endpoints {
         }
         Ok(Endpoints {
             failed_ms: list.iter().map(|_| AtomicU64::new(0)).collect(),
+            conns: list.iter().map(|_| OnceLock::new()).collect(),
             list,
             primary: AtomicUsize::new(0),
             moves: AtomicU64::new(0),
@@ -91,6 +101,21 @@ impl Endpoints {
 
     pub fn get(&self, node: usize) -> &Arc<Endpoint> {
         &self.list[node]
+    }
+
+    /// The client's connections to endpoint `node`, shared by all its
+    /// requests.
+    pub fn conns(&self, node: usize) -> &Arc<Conns> {
+        self.conns[node]
+            .get_or_init(|| Arc::new(Conns::new(self.list[node].clone(), REQUESTS_AT_ONCE)))
+    }
+
+    /// Closes the client's connections to every endpoint; every request
+    /// on them fails from now on (the client is going).
+    pub fn shutdown(&self) {
+        for c in self.conns.iter().filter_map(OnceLock::get) {
+            c.shutdown();
+        }
     }
 
     /// The endpoint that took the last write (the first one before any).
@@ -228,8 +253,10 @@ impl Failover {
     }
 }
 
-/// Connections to every endpoint of a client, opened when first used;
-/// `shutdown` breaks every call in flight on any of them.
+/// One owner's calls to every endpoint of a client (a lead, a follow, the
+/// client's own calls), over the client's shared connections
+/// (`Endpoints::conns`); `shutdown` breaks every call of this owner in
+/// flight (and of its clones), on any endpoint, and no other owner's.
 #[derive(Clone)]
 pub struct Nodes {
     inner: Arc<Inner>,
@@ -238,7 +265,7 @@ pub struct Nodes {
 struct Inner {
     endpoints: Arc<Endpoints>,
     handles: Vec<OnceLock<Webdis>>,
-    shut: AtomicBool,
+    cancel: Arc<Cancel>,
 }
 
 /// How a call ended: the result, whether it may have been carried out
@@ -270,7 +297,7 @@ impl Nodes {
             inner: Arc::new(Inner {
                 endpoints,
                 handles,
-                shut: AtomicBool::new(false),
+                cancel: Arc::default(),
             }),
         }
     }
@@ -279,14 +306,11 @@ impl Nodes {
         &self.inner.endpoints
     }
 
-    /// The connections to node `node`.
+    /// This owner's way to node `node`.
     pub fn node(&self, node: usize) -> &Webdis {
         let inner = &self.inner;
-        let h = inner.handles[node].get_or_init(|| Webdis::new(inner.endpoints.get(node).clone()));
-        if inner.shut.load(Ordering::SeqCst) {
-            h.shutdown();
-        }
-        h
+        inner.handles[node]
+            .get_or_init(|| Webdis::new(inner.endpoints.conns(node).clone(), inner.cancel.clone()))
     }
 
     /// `scheme://host[:port][/prefix]` of node `node`.
@@ -294,19 +318,14 @@ impl Nodes {
         self.inner.endpoints.get(node).base()
     }
 
-    /// Closes every connection and fails every call in flight; later calls
-    /// fail too.
+    /// Breaks every call of this owner in flight; its later calls fail
+    /// too. The shared connections of the other owners are not touched.
     pub fn shutdown(&self) {
-        self.inner.shut.store(true, Ordering::SeqCst);
-        for h in &self.inner.handles {
-            if let Some(h) = h.get() {
-                h.shutdown();
-            }
-        }
+        self.inner.cancel.shutdown();
     }
 
     fn is_shut(&self) -> bool {
-        self.inner.shut.load(Ordering::SeqCst)
+        self.inner.cancel.is_shut()
     }
 
     /// Calls a function on the primary (see `Webdis::fcall`).

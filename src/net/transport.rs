@@ -1,10 +1,13 @@
-//! HTTP to Webdis: one `Webdis` handle owns its keep-alive connections
-//! (`http.rs` for `http://` requests, a ureq agent for `https://` and for
-//! SUBSCRIBE streams), and `shutdown` breaks any call in flight on it.
+//! HTTP to Webdis: a client keeps one set of keep-alive connections per
+//! endpoint (`Conns`: `http.rs` for `http://` requests, ureq agents for
+//! `https://`), shared by all its requests; a `Webdis` handle is one
+//! owner's way to them, and its `shutdown` breaks that owner's calls in
+//! flight (and no other's). SUBSCRIBE streams (over ureq) have a
+//! connection of their own each.
 //!
 //! TLS trusts the bundled web roots, or only the certificates of a CA file
-//! (`Endpoint::set_tls_roots`, shared by every handle of a client): each
-//! handle builds its next connections with the trust anchors set last.
+//! (`Endpoint::set_tls_roots`, shared by every handle of a client): the
+//! next connections are built with the trust anchors set last.
 //!
 //! Every function call carries a request nonce that the functions echo in
 //! their reply (and name in their errors): a reply that names another
@@ -12,6 +15,7 @@
 //! the request is sent again.
 
 use crate::error::{Error, Kind, Result, Status};
+use crate::net::cancel::{Breaker, Cancel, Entry};
 use crate::net::http;
 use crate::wire::functions::Call;
 use crate::wire::protocol::{self, Refusal, PROTOCOL_VERSION};
@@ -379,28 +383,156 @@ impl Endpoint {
     }
 }
 
-/// One HTTP client to Webdis with its own connections: requests go over
-/// a small keep-alive client (`http.rs`) for `http://`, over ureq for
-/// `https://`; SUBSCRIBE streams always over ureq.
-#[derive(Clone)]
-pub struct Webdis {
-    endpoint: std::sync::Arc<Endpoint>,
-    /// Replaced (dropping its pooled connections) when a reply over it
-    /// named another request, and when the trust anchors change.
-    agent: std::sync::Arc<std::sync::Mutex<AgentSlot>>,
-    plain: Option<std::sync::Arc<http::Pool>>,
-    /// Request nonces: a random prefix per handle, then a counter.
-    nonce_prefix: std::sync::Arc<str>,
-    nonces: std::sync::Arc<std::sync::atomic::AtomicU64>,
+/// The connections a client keeps to one endpoint, shared by every
+/// request of the client (its leads, its follows, the calls on the
+/// caller's threads): a keep-alive pool of plain connections for
+/// `http://`, a stack of idle ureq agents (one connection each) for
+/// `https://`; at most `max_idle` idle of either are kept, as many as
+/// the client runs requests at once. Webdis then holds that many request
+/// connections per client, not one per stream.
+pub struct Conns {
+    endpoint: Arc<Endpoint>,
+    plain: Option<http::Pool>,
+    /// Idle agents (`https://`), each holding at most one idle connection,
+    /// with the `Trust::generation` each was built with.
+    agents: Mutex<Vec<(ureq::Agent, u64)>>,
+    max_idle: usize,
+    /// Request nonces: a random prefix per client and endpoint, then a
+    /// counter.
+    nonce_prefix: Arc<str>,
+    nonces: AtomicU64,
+    /// Shut down: every later request fails.
+    shut: std::sync::atomic::AtomicBool,
 }
 
-/// The ureq agent of a handle.
-struct AgentSlot {
-    agent: ureq::Agent,
-    /// The `Trust::generation` it was built with.
-    trust: u64,
-    /// Shut down: kept as it is, so that every later call fails.
-    shut: bool,
+impl Conns {
+    /// The connections of a client to `endpoint`, keeping at most
+    /// `max_idle` idle; no I/O.
+    pub fn new(endpoint: Arc<Endpoint>, max_idle: usize) -> Conns {
+        let plain = (!endpoint.tls).then(|| http::Pool::with_idle(&endpoint.authority, max_idle));
+        // Unique enough across clients and processes that a reply Webdis
+        // wrote to the wrong socket never names a request of this one.
+        let nonce_prefix = crate::util::random_hex(8).unwrap_or_else(|_| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            format!("{:016x}", t as u64 ^ (std::process::id() as u64) << 40)
+        });
+        Conns {
+            endpoint,
+            plain,
+            agents: Mutex::new(Vec::new()),
+            max_idle: max_idle.max(1),
+            nonce_prefix: nonce_prefix.into(),
+            nonces: AtomicU64::new(0),
+            shut: Default::default(),
+        }
+    }
+
+    /// An idle agent built with the trust anchors of now, or a new one.
+    fn lend_agent(&self) -> (ureq::Agent, u64) {
+        let now = self.endpoint.trust.generation.load(Ordering::Acquire);
+        let mut idle = crate::util::lock(&self.agents);
+        while let Some((agent, generation)) = idle.pop() {
+            if generation == now {
+                return (agent, generation);
+            }
+        }
+        drop(idle);
+        new_agent(&self.endpoint.trust)
+    }
+
+    /// Keeps an agent whose request was answered for the next request
+    /// (unless `max_idle` are idle already).
+    fn give_back(&self, agent: ureq::Agent, generation: u64) {
+        let mut idle = crate::util::lock(&self.agents);
+        if idle.len() < self.max_idle && !self.shut.load(Ordering::SeqCst) {
+            idle.push((agent, generation));
+        }
+    }
+
+    /// Drops the idle connections (after a response that answered another
+    /// request: the idle ones may be mixed up too).
+    fn forget_idle(&self) {
+        crate::util::lock(&self.agents).clear();
+        if let Some(plain) = &self.plain {
+            plain.forget_idle();
+        }
+    }
+
+    /// A nonce for the next request: never used before by this client on
+    /// this endpoint.
+    fn next_nonce(&self) -> String {
+        let n = self.nonces.fetch_add(1, Ordering::Relaxed);
+        format!("{}{n:x}", self.nonce_prefix)
+    }
+
+    /// Closes the idle connections, breaks the plain requests in flight
+    /// (each owner breaks its own over TLS) and fails every later request
+    /// (the client is going).
+    pub fn shutdown(&self) {
+        self.shut.store(true, Ordering::SeqCst);
+        crate::util::lock(&self.agents).clear();
+        if let Some(plain) = &self.plain {
+            plain.shutdown();
+        }
+    }
+}
+
+/// A ureq agent keeping at most one idle connection, with the trust
+/// anchors set last, and their generation.
+fn new_agent(trust: &Trust) -> (ureq::Agent, u64) {
+    let Anchors {
+        generation, roots, ..
+    } = crate::util::lock(&trust.anchors).clone();
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections_per_host(1)
+        .max_idle_connections(1)
+        // ureq's default, set here on purpose: ureq writes a request's
+        // headers and body separately, and with Nagle on every request
+        // then waits for Webdis' delayed ACK (~40 ms; measured 23
+        // publishes/s instead of ~6000).
+        .no_delay(true)
+        .user_agent(concat!("missionstream/", env!("CARGO_PKG_VERSION")))
+        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .build();
+    (
+        ureq::Agent::with_parts(config, DefaultConnector::new(), LiteralResolver),
+        generation,
+    )
+}
+
+/// One owner's way to Webdis: the client's shared connections to an
+/// endpoint (`Conns`), and the owner's `Cancel`, whose `shutdown` breaks
+/// this owner's calls in flight (and fails its later ones) without
+/// touching the other owners' calls on the same connections.
+#[derive(Clone)]
+pub struct Webdis {
+    endpoint: Arc<Endpoint>,
+    conns: Arc<Conns>,
+    cancel: Arc<Cancel>,
+}
+
+/// A SUBSCRIBE stream's body; its agent stays registered with the owner's
+/// `Cancel` (which breaks the stream) until it is dropped.
+struct Streaming<R> {
+    body: R,
+    cancel: Arc<Cancel>,
+    entry: Entry,
+}
+
+impl<R: Read> Read for Streaming<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.body.read(buf)
+    }
+}
+
+impl<R> Drop for Streaming<R> {
+    fn drop(&mut self) {
+        self.cancel.leave(self.entry);
+    }
 }
 
 /// The kind of failure a node's refusal is (`Answer::Refused`).
@@ -522,88 +654,23 @@ pub struct Called {
 }
 
 impl Webdis {
-    pub fn new(endpoint: std::sync::Arc<Endpoint>) -> Webdis {
-        let plain =
-            (!endpoint.tls).then(|| std::sync::Arc::new(http::Pool::new(&endpoint.authority)));
-        // Unique enough across handles and processes that a reply Webdis
-        // wrote to the wrong socket never names a request of this one.
-        let nonce_prefix = crate::util::random_hex(8).unwrap_or_else(|_| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            format!("{:016x}", t as u64 ^ (std::process::id() as u64) << 40)
-        });
-        let agent = Webdis::new_agent(&endpoint.trust);
+    /// `conns` used by the owner of `cancel`.
+    pub fn new(conns: Arc<Conns>, cancel: Arc<Cancel>) -> Webdis {
         Webdis {
-            endpoint,
-            agent: std::sync::Arc::new(std::sync::Mutex::new(agent)),
-            plain,
-            nonce_prefix: nonce_prefix.into(),
-            nonces: Default::default(),
+            endpoint: conns.endpoint.clone(),
+            conns,
+            cancel,
         }
     }
 
-    fn new_agent(trust: &Trust) -> AgentSlot {
-        let Anchors {
-            generation, roots, ..
-        } = crate::util::lock(&trust.anchors).clone();
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections_per_host(8)
-            // ureq's default, set here on purpose: ureq writes a request's
-            // headers and body separately, and with Nagle on every request
-            // then waits for Webdis' delayed ACK (~40 ms; measured 23
-            // publishes/s instead of ~6000).
-            .no_delay(true)
-            .user_agent(concat!("missionstream/", env!("CARGO_PKG_VERSION")))
-            .tls_config(TlsConfig::builder().root_certs(roots).build())
-            .build();
-        AgentSlot {
-            agent: ureq::Agent::with_parts(config, DefaultConnector::new(), LiteralResolver),
-            trust: generation,
-            shut: false,
-        }
-    }
-
-    /// The agent for the next request: a new one (new connections) when
-    /// the trust anchors changed since it was built.
-    fn agent(&self) -> ureq::Agent {
-        let mut slot = crate::util::lock(&self.agent);
-        if !slot.shut && slot.trust != self.endpoint.trust.generation.load(Ordering::Acquire) {
-            *slot = Webdis::new_agent(&self.endpoint.trust);
-        }
-        slot.agent.clone()
-    }
-
-    /// Drops the agent's pooled connections (unless shut down).
-    fn renew_agent(&self) {
-        let mut slot = crate::util::lock(&self.agent);
-        if !slot.shut {
-            *slot = Webdis::new_agent(&self.endpoint.trust);
-        }
-    }
-
-    /// A nonce for the next request: never used before by this handle.
     fn next_nonce(&self) -> String {
-        let n = self
-            .nonces
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{}{n:x}", self.nonce_prefix)
+        self.conns.next_nonce()
     }
 
-    /// Closes this handle's connections and fails every call in flight on
-    /// it at once; later calls fail too.
+    /// Breaks this owner's calls in flight on this endpoint at once; its
+    /// later calls fail too.
     pub fn shutdown(&self) {
-        let agent = {
-            let mut slot = crate::util::lock(&self.agent);
-            slot.shut = true;
-            slot.agent.clone()
-        };
-        agent.shutdown();
-        if let Some(plain) = &self.plain {
-            plain.shutdown();
-        }
+        self.cancel.shutdown();
     }
 
     /// Calls a function of the missionstream library:
@@ -724,7 +791,10 @@ impl Webdis {
         reported_timeout: Duration,
         answer: impl FnOnce(u16, &[u8]) -> Result<T>,
     ) -> Result<T> {
-        if let Some(plain) = &self.plain {
+        if self.cancel.is_shut() || self.conns.shut.load(Ordering::SeqCst) {
+            return Err(self.plain_failure(http::HttpError::Shutdown, reported_timeout));
+        }
+        if let Some(plain) = &self.conns.plain {
             let auth = match &self.endpoint.auth {
                 Some(a) => format!("Authorization: {a}\r\n"),
                 None => String::new(),
@@ -737,6 +807,7 @@ impl Webdis {
                     timeout,
                     answer_within,
                     MAX_REPLY as usize,
+                    &self.cancel,
                 )
                 .map_err(|e| self.plain_failure(e, reported_timeout))?;
             if let Some(f) = self.not_an_answer(response.status, &response.body) {
@@ -752,9 +823,40 @@ impl Webdis {
             }
             return result;
         }
+        // An agent (one connection) lent to this request alone, so that
+        // the owner's `Cancel` breaks this request and no other.
+        let (agent, generation) = self.conns.lend_agent();
+        let entry = self.cancel.enter(Breaker::Agent(agent.clone()));
+        let response = self.put_tls(&agent, path, body, timeout, answer_within, reported_timeout);
+        let intact = self.cancel.leave(entry);
+        let (status, body) = response?;
+        if let Some(f) = self.not_an_answer(status, &body) {
+            self.conns.forget_idle();
+            return Err(f);
+        }
+        let result = answer(status, &body);
+        if matches!(&result, Err(e) if e.kind == Kind::Garbled) {
+            // The agent (and its connection) is dropped; the idle ones
+            // may be mixed up too.
+            self.conns.forget_idle();
+        } else if intact {
+            self.conns.give_back(agent, generation);
+        }
+        result
+    }
+
+    /// The PUT of `put` over `https://`, on `agent`: the status and body.
+    fn put_tls(
+        &self,
+        agent: &ureq::Agent,
+        path: &str,
+        body: &[&[u8]],
+        timeout: Duration,
+        answer_within: Duration,
+        reported_timeout: Duration,
+    ) -> Result<(u16, Vec<u8>)> {
         let url = self.endpoint.url_of(path);
-        let mut req = self
-            .agent()
+        let mut req = agent
             .put(&url)
             .config()
             .timeout_global(Some(timeout))
@@ -778,16 +880,7 @@ impl Webdis {
             .limit(MAX_REPLY)
             .read_to_vec()
             .map_err(ureq_failure)?;
-        if let Some(f) = self.not_an_answer(status, &body) {
-            self.renew_agent();
-            return Err(f);
-        }
-        let result = answer(status, &body);
-        if matches!(&result, Err(e) if e.kind == Kind::Garbled) {
-            // ureq has pooled the connection already: a new agent drops it.
-            self.renew_agent();
-        }
-        result
+        Ok((status, body))
     }
 
     fn plain_failure(&self, e: http::HttpError, timeout: Duration) -> Error {
@@ -814,15 +907,40 @@ impl Webdis {
         }
     }
 
-    /// Opens `GET /SUBSCRIBE/<channel>`; returns the streaming body.
+    /// Opens `GET /SUBSCRIBE/<channel>`; returns the streaming body. The
+    /// stream has an agent (a connection) of its own, never pooled: the
+    /// owner's `shutdown` breaks it.
     pub fn subscribe(
         &self,
         channel: &str,
         timeout: Duration,
     ) -> Result<impl Read + Send + 'static> {
+        if self.cancel.is_shut() || self.conns.shut.load(Ordering::SeqCst) {
+            return Err(self.plain_failure(http::HttpError::Shutdown, timeout));
+        }
+        let (agent, _) = new_agent(&self.endpoint.trust);
+        let entry = self.cancel.enter(Breaker::Agent(agent.clone()));
+        match self.subscribe_on(&agent, channel, timeout) {
+            Ok(body) => Ok(Streaming {
+                body,
+                cancel: self.cancel.clone(),
+                entry,
+            }),
+            Err(e) => {
+                self.cancel.leave(entry);
+                Err(e)
+            }
+        }
+    }
+
+    fn subscribe_on(
+        &self,
+        agent: &ureq::Agent,
+        channel: &str,
+        timeout: Duration,
+    ) -> Result<impl Read + Send + 'static> {
         let url = self.endpoint.url("SUBSCRIBE", &[channel]);
-        let mut req = self
-            .agent()
+        let mut req = agent
             .get(&url)
             .config()
             .timeout_connect(Some(timeout))

@@ -89,7 +89,8 @@ fn cannot_start(e: std::io::Error) -> Error {
 }
 
 impl Runtime {
-    pub fn start() -> Result<Runtime> {
+    /// The runtime of a client of `endpoints` endpoints.
+    pub fn start(endpoints: usize) -> Result<Runtime> {
         let poller = Poller::new().map_err(|e| {
             Error::new(
                 Status::MS_ERR_INTERNAL,
@@ -106,6 +107,7 @@ impl Runtime {
             poller,
             commands: command_rx,
             jobs: Some(jobs),
+            queue: requests::Queue::new(requests::WORKERS, endpoints),
             done: done_rx,
             timers: timers::Timers::new(),
             leads: Default::default(),
@@ -189,7 +191,7 @@ mod tests {
 
     #[test]
     fn shutdown_ends_the_reactor_and_the_workers() {
-        let rt = Runtime::start().unwrap();
+        let rt = Runtime::start(1).unwrap();
         let handle = rt.handle.clone();
         assert!(!handle.on_reactor());
         assert!(

@@ -19,7 +19,7 @@
 //!
 //! See docs/internals/fixed-threads.md. Follows do not run here yet.
 
-use super::requests::{Job, ReqDone};
+use super::requests::{Job, Queue, ReqDone};
 use super::timers::{TimerKey, Timers};
 use super::Command;
 use crate::dispatch::{Event, EventKind};
@@ -52,6 +52,9 @@ pub struct Reactor {
     pub poller: Poller,
     pub commands: Receiver<Command>,
     pub jobs: Option<Sender<Job>>,
+    /// Requests waiting for a worker (at most W-1 out per endpoint with
+    /// several endpoints, see requests.rs).
+    pub queue: Queue<Job>,
     pub done: Receiver<ReqDone>,
     pub timers: Timers,
     pub leads: HashMap<u64, LeadSlot>,
@@ -124,18 +127,20 @@ impl Reactor {
         match next {
             Next::Send(request) => {
                 self.timers.cancel(&key);
+                if self.jobs.is_none() {
+                    // No worker left (shutting down): the lead is over.
+                    self.end_lead(session);
+                    return;
+                }
                 let job = Job {
                     session,
+                    endpoint: 0,
                     request,
                     wire: slot.wire.clone(),
                 };
-                let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
-                if sent {
-                    slot.in_flight = true;
-                } else {
-                    // No worker left (shutting down): the lead is over.
-                    self.end_lead(session);
-                }
+                slot.in_flight = true;
+                self.queue.push(session, job);
+                self.hand_out();
             }
             // A new state often follows a request at once: look again on
             // the next turn rather than sleep.
@@ -145,7 +150,26 @@ impl Reactor {
         }
     }
 
+    /// Hands the workers the requests the queue lets go, each counted
+    /// against the endpoint it goes to first (the write endpoint now).
+    fn hand_out(&mut self) {
+        while let Some((endpoint, mut job)) =
+            self.queue.next(|job| job.wire.conn.endpoints().primary())
+        {
+            job.endpoint = endpoint;
+            let session = job.session;
+            let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+            if !sent {
+                // No worker left (shutting down): the lead is over.
+                self.queue.done(endpoint);
+                self.end_lead(session);
+            }
+        }
+    }
+
     fn request_done(&mut self, done: ReqDone) {
+        self.queue.done(done.endpoint);
+        self.hand_out();
         let session = done.session;
         let Some(slot) = self.leads.get_mut(&session) else {
             return;

@@ -2,27 +2,39 @@
 //! threads that each carry out one blocking request at a time for the
 //! reactor and hand the reply back to it.
 //!
-//! Owns: the worker threads and the queue of requests waiting for one.
+//! Owns: the worker threads, and `Queue`, the reactor's account of the
+//! requests waiting for a worker and of those out per endpoint.
 //! Never does: touch a machine or the mailbox of a lead (the reactor does,
 //! with the reply), or decide anything: the retries and failover of a
 //! call are `Nodes::fcall`'s, and what a lead's request is made of is
 //! `LeadWire::send`'s (session/leader.rs), called here as is.
+//!
+//! A Webdis that stops answering (frozen, or its Redis) holds each request
+//! sent to it until the request's timeout. So that it cannot hold every
+//! worker, at most W-1 requests are out to one endpoint at a time when
+//! the client has several (W with one endpoint: no other one needs the
+//! last worker); the others wait in the reactor (`Queue`), taken in turn
+//! by owner (a lead), so that one busy stream does not delay the others.
 
 use crate::error::Result;
 use crate::net::poller::Waker;
 use crate::session::leader::LeadWire;
 use crate::session::publisher::{Request, Stored};
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 /// Request workers per client.
-pub(crate) const WORKERS: usize = 4;
+pub(crate) const WORKERS: usize = crate::net::nodes::REQUESTS_AT_ONCE;
 
 /// A lead's request, to be sent by a worker.
 pub struct Job {
     pub session: u64,
+    /// The endpoint it was counted against when handed to a worker (the
+    /// one it goes to first: the write endpoint of the moment).
+    pub endpoint: usize,
     pub request: Request,
     pub wire: Arc<LeadWire>,
 }
@@ -32,6 +44,8 @@ pub struct Job {
 /// moved during it).
 pub struct ReqDone {
     pub session: u64,
+    /// The job's `endpoint`.
+    pub endpoint: usize,
     pub request: Request,
     pub reply: Result<Stored>,
     pub at: Instant,
@@ -83,6 +97,7 @@ fn work(jobs: Receiver<Job>, done: Sender<ReqDone>, waker: Waker) {
         let moves = job.wire.conn.endpoints().moves();
         let answered = done.send(ReqDone {
             session: job.session,
+            endpoint: job.endpoint,
             request: job.request,
             reply,
             at,
@@ -92,5 +107,202 @@ fn work(jobs: Receiver<Job>, done: Sender<ReqDone>, waker: Waker) {
             return;
         }
         let _ = waker.wake();
+    }
+}
+
+/// The requests waiting for a worker, and how many are out per endpoint,
+/// without I/O: at most `workers` out in all and `cap` per endpoint;
+/// waiting requests are taken in turn by owner, each owner's in the order
+/// they came.
+pub struct Queue<J> {
+    /// Owners with requests waiting, in turn order.
+    turn: VecDeque<u64>,
+    waiting: HashMap<u64, VecDeque<J>>,
+    /// Requests out, per endpoint.
+    out: Vec<usize>,
+    total: usize,
+    workers: usize,
+    cap: usize,
+}
+
+impl<J> Queue<J> {
+    /// For `workers` workers and `endpoints` endpoints: the cap per
+    /// endpoint is `workers - 1` with several endpoints (one worker is
+    /// always left for the others), `workers` with one.
+    pub fn new(workers: usize, endpoints: usize) -> Queue<J> {
+        let workers = workers.max(1);
+        let cap = if endpoints > 1 {
+            (workers - 1).max(1)
+        } else {
+            workers
+        };
+        Queue {
+            turn: VecDeque::new(),
+            waiting: HashMap::new(),
+            out: vec![0; endpoints.max(1)],
+            total: 0,
+            workers,
+            cap,
+        }
+    }
+
+    /// Requests out to one endpoint at most.
+    #[cfg(test)]
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// A request of `owner` waits for a worker.
+    pub fn push(&mut self, owner: u64, job: J) {
+        let q = self.waiting.entry(owner).or_default();
+        if q.is_empty() {
+            self.turn.push_back(owner);
+        }
+        q.push_back(job);
+    }
+
+    /// The next request to hand a worker, and the endpoint it is counted
+    /// against (`target`: where it goes first, asked now): the first owner
+    /// in turn whose next request's endpoint is under the cap (that owner
+    /// then goes last). None when every worker is busy or every waiting
+    /// request's endpoint is at its cap.
+    pub fn next(&mut self, target: impl Fn(&J) -> usize) -> Option<(usize, J)> {
+        if self.total >= self.workers {
+            return None;
+        }
+        for i in 0..self.turn.len() {
+            let owner = self.turn[i];
+            let Some(q) = self.waiting.get_mut(&owner) else {
+                continue;
+            };
+            let Some(job) = q.front() else { continue };
+            let endpoint = target(job).min(self.out.len() - 1);
+            if self.out[endpoint] >= self.cap {
+                continue;
+            }
+            let job = q.pop_front()?;
+            self.turn.remove(i);
+            if q.is_empty() {
+                self.waiting.remove(&owner);
+            } else {
+                self.turn.push_back(owner);
+            }
+            self.out[endpoint] += 1;
+            self.total += 1;
+            return Some((endpoint, job));
+        }
+        None
+    }
+
+    /// A request counted against `endpoint` is done.
+    pub fn done(&mut self, endpoint: usize) {
+        if let Some(n) = self.out.get_mut(endpoint) {
+            *n = n.saturating_sub(1);
+        }
+        self.total = self.total.saturating_sub(1);
+    }
+
+    /// Requests waiting.
+    #[cfg(test)]
+    pub fn waiting(&self) -> usize {
+        self.waiting.values().map(VecDeque::len).sum()
+    }
+
+    /// Requests out to `endpoint`.
+    #[cfg(test)]
+    pub fn out(&self, endpoint: usize) -> usize {
+        self.out.get(endpoint).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Jobs as (owner, endpoint, n).
+    fn drain(q: &mut Queue<(u64, usize, u32)>) -> Vec<(u64, usize, u32)> {
+        let mut got = Vec::new();
+        while let Some((e, job)) = q.next(|j| j.1) {
+            assert_eq!(e, job.1);
+            got.push(job);
+        }
+        got
+    }
+
+    #[test]
+    fn one_frozen_endpoint_never_holds_every_worker() {
+        let mut q = Queue::new(4, 2);
+        assert_eq!(q.cap(), 3);
+        for owner in 0..10 {
+            q.push(owner, (owner, 0, 0));
+        }
+        // Endpoint 0 stops answering: three of its requests are out...
+        assert_eq!(drain(&mut q).len(), 3);
+        assert_eq!((q.out(0), q.waiting()), (3, 7));
+        // ...and a request to the other endpoint still gets the last
+        // worker, ahead of those waiting for endpoint 0.
+        q.push(20, (20, 1, 0));
+        assert_eq!(drain(&mut q), [(20, 1, 0)]);
+        // Every worker busy: nothing more, whatever the endpoint.
+        q.push(21, (21, 1, 0));
+        assert!(q.next(|j| j.1).is_none());
+        q.done(1);
+        assert_eq!(drain(&mut q), [(21, 1, 0)]);
+        // One of endpoint 0's requests ends (its timeout): the next one
+        // waiting for endpoint 0 goes, in the order they came.
+        q.done(0);
+        assert_eq!(drain(&mut q), [(3, 0, 0)]);
+        assert_eq!((q.out(0), q.out(1), q.waiting()), (3, 1, 6));
+    }
+
+    #[test]
+    fn one_endpoint_uses_every_worker() {
+        let mut q = Queue::new(4, 1);
+        assert_eq!(q.cap(), 4);
+        for owner in 0..6 {
+            q.push(owner, (owner, 0, 0));
+        }
+        assert_eq!(drain(&mut q).len(), 4);
+        q.done(0);
+        q.done(0);
+        assert_eq!(drain(&mut q).len(), 2);
+        assert_eq!(q.waiting(), 0);
+    }
+
+    #[test]
+    fn owners_take_turns_and_each_owners_requests_keep_their_order() {
+        let mut q = Queue::new(1, 1);
+        for n in 0..3 {
+            q.push(7, (7, 0, n));
+        }
+        q.push(8, (8, 0, 0));
+        q.push(9, (9, 0, 0));
+        let mut order = Vec::new();
+        while let Some((e, job)) = q.next(|j| j.1) {
+            order.push((job.0, job.2));
+            q.done(e);
+        }
+        assert_eq!(order, [(7, 0), (8, 0), (9, 0), (7, 1), (7, 2)]);
+    }
+
+    #[test]
+    fn the_endpoint_is_asked_when_a_request_goes_out() {
+        // A request waiting for the write endpoint goes to the one that
+        // took the writes since (the target is asked at `next`).
+        let mut q = Queue::new(4, 2);
+        for owner in 0..5 {
+            q.push(owner, owner);
+        }
+        let primary = std::cell::Cell::new(0usize);
+        let mut first = Vec::new();
+        while let Some((e, _)) = q.next(|_| primary.get()) {
+            first.push(e);
+        }
+        assert_eq!(first, [0, 0, 0]);
+        primary.set(1);
+        assert_eq!(q.next(|_| primary.get()).map(|(e, _)| e), Some(1));
+        assert!(q.next(|_| primary.get()).is_none(), "every worker busy");
+        q.done(1);
+        assert_eq!(q.next(|_| primary.get()).map(|(e, _)| e), Some(1));
     }
 }
