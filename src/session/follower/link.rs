@@ -8,7 +8,7 @@
 
 use super::opening::{subscription_failure, OpenAction, Opening, Stage};
 use super::session::ResyncDue;
-use crate::dispatch::Event;
+use crate::dispatch::{Event, StateText};
 use crate::error::{Error, Kind, Result, Status};
 use crate::kdf;
 use crate::net::nodes::{Endpoints, Nodes};
@@ -133,7 +133,8 @@ pub(super) struct Last {
     updated_ms: i64,
     /// Its publish id, when it came as a full state.
     id: Option<String>,
-    state: String,
+    /// The same buffer as the callback's (no copy of the state).
+    state: StateText,
     /// (seq, base seq, updated_ms, delta), arrived before their base.
     held: Vec<(u64, u64, i64, String)>,
     /// (seq, updated_ms, publish id): headers whose body has not come.
@@ -304,7 +305,7 @@ impl Delivery {
     }
 
     fn apply(&self, last: &mut Last, seq: u64, updated_ms: i64, delta: &str) {
-        match crate::wire::delta::apply(&last.state, delta, protocol::MAX_STATE) {
+        match crate::wire::delta::apply(last.state.as_str(), delta, protocol::MAX_STATE) {
             Ok(state) => self.deliver(last, seq, updated_ms, None, state),
             Err(e) => {
                 crate::util::debug_log!(
@@ -328,9 +329,11 @@ impl Delivery {
             last.seq = Some(seq);
             last.updated_ms = updated_ms;
             last.id = id;
-            last.state.clone_from(&state);
-            self.dispatcher
-                .push(self.session, Event::state(&self.name, seq, state));
+            last.state = StateText::new(state);
+            self.dispatcher.push(
+                self.session,
+                Event::state(&self.name, seq, last.state.clone()),
+            );
             // Deltas that waited for this state.
             while let Some(i) = last.held.iter().position(|h| Some(h.1) == last.seq) {
                 let (seq, _, updated_ms, delta) = last.held.swap_remove(i);
@@ -884,7 +887,7 @@ mod tests {
 
     fn last(d: &Delivery) -> (Option<u64>, String) {
         let l = lock(&d.last);
-        (l.seq, l.state.clone())
+        (l.seq, l.state.as_str().to_string())
     }
 
     /// Deltas apply to the last state; one that arrives before its base
