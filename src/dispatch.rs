@@ -66,6 +66,23 @@ impl StateText {
     }
 }
 
+impl StateText {
+    /// Runs `f` on the state itself when nothing else holds it (no event,
+    /// so no callback, reads it any more); None when something does.
+    pub(crate) fn edit<R>(&mut self, f: impl FnOnce(&mut String) -> R) -> Option<R> {
+        let s = Arc::get_mut(&mut self.0)?;
+        s.pop();
+        let r = f(s);
+        s.push('\0');
+        Some(r)
+    }
+
+    /// Whether `other` is the same buffer.
+    pub(crate) fn same(&self, other: &StateText) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl Default for StateText {
     fn default() -> StateText {
         StateText::new(String::new())

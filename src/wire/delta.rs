@@ -70,9 +70,37 @@ pub fn checksum(z: &[u8]) -> u32 {
 /// bytes (their sums at positions 0, 1, 2 and 3 modulo 4), so that bytes
 /// can be added where they land in the target, in any order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Sums([u64; 4]);
+pub(crate) struct Sums([u64; 4]);
 
 impl Sums {
+    /// The sums of a whole state.
+    pub(crate) fn of(z: &[u8]) -> Sums {
+        let mut sums = Sums::default();
+        sums.add(0, z);
+        sums
+    }
+
+    /// `self` less `other` (sums of bytes that `self` counted).
+    fn less(self, other: Sums) -> Sums {
+        Sums(std::array::from_fn(|i| self.0[i].wrapping_sub(other.0[i])))
+    }
+
+    /// `self` plus `other`.
+    fn plus(self, other: Sums) -> Sums {
+        Sums(std::array::from_fn(|i| self.0[i].wrapping_add(other.0[i])))
+    }
+
+    /// The sums of the same bytes moved `by` places further (modulo 4).
+    fn moved(self, by: usize) -> Sums {
+        Sums(std::array::from_fn(|i| self.0[(i + 4 - by % 4) % 4]))
+    }
+
+    /// The sums of `z` lying at position `at`.
+    fn at(at: usize, z: &[u8]) -> Sums {
+        let mut sums = Sums::default();
+        sums.add(at, z);
+        sums
+    }
     /// Adds `z`, which starts at position `at` of the target. Summed eight
     /// bytes at a time: the bytes at even and at odd places of a 64-bit
     /// word, masked, add up in 16-bit slots that cannot overflow within a
@@ -117,7 +145,10 @@ impl Sums {
     fn value(&self) -> u32 {
         // Below 2^55: 8 MiB of 255 is below 2^31.
         let r = &self.0;
-        ((r[0] << 24) + (r[1] << 16) + (r[2] << 8) + r[3]) as u32
+        (r[0] << 24)
+            .wrapping_add(r[1] << 16)
+            .wrapping_add(r[2] << 8)
+            .wrapping_add(r[3]) as u32
     }
 }
 
@@ -458,6 +489,115 @@ pub fn apply(base: &str, delta: &str, max: usize) -> Result<String, ApplyError> 
     }
 }
 
+/// Applies `delta` to `state` in place when the delta is one edit: a copy
+/// of the state's start, at most one literal, a copy of its end (the
+/// library's deltas of a small change), every part whole characters.
+/// `sums` are the state's; the result's checksum is worked out from them
+/// and from the bytes the edit removes and inserts (and the smaller of
+/// the two copies when the end moves by other than a multiple of 4), and
+/// verified before any byte is written. Ok(true): `state` and `sums` are
+/// the result's; Ok(false): not such a delta (nothing changed: `apply`
+/// it); an error: nothing changed, and `apply` gives the same error.
+pub(crate) fn apply_in_place(
+    state: &mut String,
+    sums: &mut Sums,
+    delta: &str,
+    max: usize,
+) -> Result<bool, ApplyError> {
+    let (b, d) = (state.as_bytes(), delta.as_bytes());
+    let mut pos = 0;
+    let Some(limit) = get_int(d, &mut pos).map(|l| l as usize) else {
+        return Ok(false);
+    };
+    if limit > max || d.get(pos) != Some(&b'\n') {
+        return Ok(false);
+    }
+    pos += 1;
+    // (count, offset in the base) of copies, (start in the delta, count)
+    // of a literal, in order; at most three commands.
+    let mut parts: Vec<(bool, usize, usize)> = Vec::with_capacity(3);
+    let check = loop {
+        let (Some(n), Some(&op)) = (get_int(d, &mut pos), d.get(pos)) else {
+            return Ok(false);
+        };
+        let n = n as usize;
+        pos += 1;
+        match op {
+            b'@' => {
+                let Some(off) = get_int(d, &mut pos).map(|o| o as usize) else {
+                    return Ok(false);
+                };
+                if d.get(pos) != Some(&b',') || off.checked_add(n).is_none_or(|e| e > b.len()) {
+                    return Ok(false);
+                }
+                pos += 1;
+                parts.push((true, n, off));
+            }
+            b':' if pos.checked_add(n).is_some_and(|e| e <= d.len()) => {
+                parts.push((false, pos, n));
+                pos += n;
+            }
+            b';' if pos == d.len() => break n as u64,
+            _ => return Ok(false),
+        }
+        if parts.len() > 3 {
+            return Ok(false);
+        }
+    };
+    // The start kept (p bytes), the end kept (from x on), the literal.
+    let mut rest = &parts[..];
+    let p = match rest.first() {
+        Some(&(true, n, 0)) => {
+            rest = &rest[1..];
+            n
+        }
+        _ => 0,
+    };
+    let x = match rest.last() {
+        Some(&(true, n, off)) if off + n == b.len() => {
+            rest = &rest[..rest.len() - 1];
+            off
+        }
+        _ => b.len(),
+    };
+    let (at, m) = match rest {
+        [] => (0, 0),
+        [(false, at, m)] => (*at, *m),
+        _ => return Ok(false),
+    };
+    let s = b.len() - x;
+    if p > x
+        || p + m + s != limit
+        || !state.is_char_boundary(p)
+        || !state.is_char_boundary(x)
+        || !delta.is_char_boundary(at)
+        || !delta.is_char_boundary(at + m)
+    {
+        return Ok(false);
+    }
+    // The result's sums: the start's, the literal's where it lands, the
+    // end's moved to where it lands. The start's and the end's from the
+    // state's, the bytes removed and the smaller of the two.
+    let removed = Sums::at(p, &b[p..x]);
+    let (start, end) = if s <= p {
+        let end = Sums::at(x, &b[x..]);
+        (sums.less(removed).less(end), end)
+    } else {
+        let start = Sums::at(0, &b[..p]);
+        (start, sums.less(removed).less(start))
+    };
+    let literal = &delta[at..at + m];
+    let result = start
+        .plus(Sums::at(p, literal.as_bytes()))
+        .plus(end.moved((p + m + 4 - x % 4) % 4));
+    if result.value() as u64 != check {
+        return Err(ApplyError::Checksum);
+    }
+    state.replace_range(p..x, literal);
+    *sums = result;
+    Ok(true)
+}
+
 #[cfg(test)]
 #[path = "../../tests/common/edits.rs"]
 mod edits;
@@ -559,6 +699,91 @@ mod tests {
             }
         }
         assert_eq!(checksum(&full), reference(&full));
+    }
+
+    /// `apply_in_place` on a copy of `base`: what it returns, and the state
+    /// and sums it leaves.
+    fn in_place(base: &str, d: &str, max: usize) -> (Result<bool, ApplyError>, String, Sums) {
+        let (mut state, mut sums) = (base.to_string(), Sums::of(base.as_bytes()));
+        let r = apply_in_place(&mut state, &mut sums, d, max);
+        (r, state, sums)
+    }
+
+    #[test]
+    fn one_edit_applies_in_place_as_apply_does() {
+        // Random edits (one: in place; several: apply's), every shift of
+        // the end modulo 4, the edit near either end.
+        let mut r = Rng(0x1e_5ca1_ab1e);
+        let mut placed = 0;
+        for case in 0..600 {
+            let n = r.below(6000);
+            let base = text(&mut r, n);
+            let mut target = base.clone();
+            for _ in 0..1 + r.below(2) {
+                target = edit(&mut r, &target, 40, usize::MAX);
+            }
+            let d = create(&base, &target);
+            let (got, state, sums) = in_place(&base, &d, 1 << 23);
+            match got {
+                Ok(true) => {
+                    placed += 1;
+                    assert_eq!(state, target, "case {case}");
+                    assert_eq!(sums, Sums::of(target.as_bytes()), "case {case}");
+                }
+                Ok(false) => assert_eq!(state, base, "case {case}"),
+                Err(e) => panic!("case {case}: {e:?}"),
+            }
+        }
+        assert!(placed > 150, "{placed}");
+        // Every shift, the start and the end the shorter alike.
+        let base: String = (0..5000)
+            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+            .collect();
+        for at in [0, 3, 1000, 4000, 4997, 5000] {
+            for (cut, put) in [
+                (0, "x"),
+                (1, ""),
+                (2, "xyz"),
+                (3, "\u{e9}"),
+                (1, "xy"),
+                (0, ""),
+            ] {
+                let cut = cut.min(base.len() - at);
+                let mut target = base.clone();
+                target.replace_range(at..at + cut, put);
+                let d = create(&base, &target);
+                let (got, state, sums) = in_place(&base, &d, 1 << 23);
+                assert_eq!((got, &state), (Ok(true), &target), "{at} {cut} {put}");
+                assert_eq!(sums, Sums::of(target.as_bytes()));
+            }
+        }
+        // A wrong checksum: refused, nothing changed, as apply refuses it;
+        // deltas apply refuses or that are not one edit change nothing.
+        let mut q = base.clone();
+        q.replace_range(2000..2001, "Q");
+        let good = create(&base, &q);
+        assert_eq!(in_place(&base, &good, 1 << 23).1, q);
+        let sum = &good[good.rfind(',').unwrap() + 1..good.len() - 1];
+        let wrong = good.replacen(sum, if sum.starts_with('1') { "2" } else { "1" }, 1);
+        let (got, state, _) = in_place(&base, &wrong, 1 << 23);
+        assert_eq!(
+            (got, state.as_str()),
+            (Err(ApplyError::Checksum), base.as_str())
+        );
+        assert_eq!(apply(&base, &wrong, 1 << 23), Err(ApplyError::Checksum));
+        let mut two = q.clone();
+        two.replace_range(4000..4001, "R");
+        for bad in [
+            good.replace(';', ""),
+            good.clone() + "x",
+            good.replacen("@0,", "@1,", 1),
+            good.replacen('\n', "1\n", 1),
+            create(&base, &two),
+        ] {
+            let (got, state, _) = in_place(&base, &bad, 1 << 23);
+            assert!(got != Ok(true) && state == base, "{bad}");
+        }
+        assert_eq!(in_place(&base, &good, 4999).0, Ok(false));
     }
 
     #[test]

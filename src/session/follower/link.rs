@@ -135,6 +135,8 @@ pub(super) struct Last {
     id: Option<String>,
     /// The same buffer as the callback's (no copy of the state).
     state: StateText,
+    /// Its checksum's residue sums, once a delta needed them.
+    sums: Option<crate::wire::delta::Sums>,
     /// (seq, base seq, updated_ms, delta), arrived before their base.
     held: Vec<(u64, u64, i64, String)>,
     /// (seq, updated_ms, publish id): headers whose body has not come.
@@ -184,7 +186,13 @@ impl Delivery {
     pub(super) fn snapshot(&self, snap: &mut Snapshot) {
         if let Some((id, state)) = snap.state.take() {
             let mut last = lock(&self.last);
-            self.deliver(&mut last, snap.seq, snap.updated_ms, Some(id), state);
+            self.deliver(
+                &mut last,
+                snap.seq,
+                snap.updated_ms,
+                Some(id),
+                StateText::new(state),
+            );
         }
     }
 
@@ -208,7 +216,7 @@ impl Delivery {
             last.pass(id);
         } else if let Some(i) = last.bodies.iter().position(|b| b.0 == id) {
             let (id, state) = last.bodies.remove(i);
-            self.deliver(&mut last, seq, updated_ms, Some(id), state);
+            self.deliver(&mut last, seq, updated_ms, Some(id), StateText::new(state));
         } else if last.heads.len() >= MAX_HELD {
             last.resync = true;
         } else if !last.heads.iter().any(|h| h.2 == id) {
@@ -231,7 +239,7 @@ impl Delivery {
             // The body of a state delivered already, or of an old one.
         } else if let Some(i) = last.heads.iter().position(|h| h.2 == id) {
             let (seq, updated_ms, id) = last.heads.remove(i);
-            self.deliver(&mut last, seq, updated_ms, Some(id), state);
+            self.deliver(&mut last, seq, updated_ms, Some(id), StateText::new(state));
         } else if last.bodies.len() >= MAX_BODIES {
             last.resync = true;
         } else if !last.bodies.iter().any(|b| b.0 == id) {
@@ -252,7 +260,13 @@ impl Delivery {
     pub(super) fn resynced(&self, snap: &mut Snapshot) {
         let mut last = lock(&self.last);
         if let Some((id, state)) = snap.state.take() {
-            self.deliver(&mut last, snap.seq, snap.updated_ms, Some(id), state);
+            self.deliver(
+                &mut last,
+                snap.seq,
+                snap.updated_ms,
+                Some(id),
+                StateText::new(state),
+            );
         }
         last.clear();
     }
@@ -305,16 +319,33 @@ impl Delivery {
     }
 
     fn apply(&self, last: &mut Last, seq: u64, updated_ms: i64, delta: &str) {
-        match crate::wire::delta::apply(last.state.as_str(), delta, protocol::MAX_STATE) {
-            Ok(state) => self.deliver(last, seq, updated_ms, None, state),
-            Err(e) => {
-                crate::util::debug_log!(
-                    "follow {}: the delta of seq {seq} does not apply: {e:?}",
-                    self.session
-                );
-                last.resync = true;
+        use crate::wire::delta;
+        // In place when no event holds the state any more (the callback
+        // returned): a small edit writes only what it changes.
+        if !self.cancel.load(Ordering::SeqCst) {
+            let Last { state, sums, .. } = &mut *last;
+            let sums = sums.get_or_insert_with(|| delta::Sums::of(state.as_str().as_bytes()));
+            match state.edit(|s| delta::apply_in_place(s, sums, delta, protocol::MAX_STATE)) {
+                Some(Ok(true)) => {
+                    let state = last.state.clone();
+                    return self.deliver(last, seq, updated_ms, None, state);
+                }
+                Some(Err(e)) => return self.refused(last, seq, e),
+                _ => {}
             }
         }
+        match delta::apply(last.state.as_str(), delta, protocol::MAX_STATE) {
+            Ok(state) => self.deliver(last, seq, updated_ms, None, StateText::new(state)),
+            Err(e) => self.refused(last, seq, e),
+        }
+    }
+
+    fn refused(&self, last: &mut Last, seq: u64, e: crate::wire::delta::ApplyError) {
+        crate::util::debug_log!(
+            "follow {}: the delta of seq {seq} does not apply: {e:?}",
+            self.session
+        );
+        last.resync = true;
     }
 
     fn deliver(
@@ -323,13 +354,17 @@ impl Delivery {
         seq: u64,
         updated_ms: i64,
         id: Option<String>,
-        state: String,
+        state: StateText,
     ) {
         if last.seq.is_none_or(|s| seq > s) && !self.cancel.load(Ordering::SeqCst) {
             last.seq = Some(seq);
             last.updated_ms = updated_ms;
             last.id = id;
-            last.state = StateText::new(state);
+            if !last.state.same(&state) {
+                // Its sums when a delta needs them.
+                last.sums = None;
+            }
+            last.state = state;
             self.dispatcher.push(
                 self.session,
                 Event::state(&self.name, seq, last.state.clone()),
