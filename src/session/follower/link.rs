@@ -324,8 +324,11 @@ impl Delivery {
         // returned): a small edit writes only what it changes.
         if !self.cancel.load(Ordering::SeqCst) {
             let Last { state, sums, .. } = &mut *last;
-            let sums = sums.get_or_insert_with(|| delta::Sums::of(state.as_str().as_bytes()));
-            match state.edit(|s| delta::apply_in_place(s, sums, delta, protocol::MAX_STATE)) {
+            // (The sums of a state read once, when a delta edits it.)
+            match state.edit(|s| {
+                let sums = sums.get_or_insert_with(|| delta::Sums::of(s.as_bytes()));
+                delta::apply_in_place(s, sums, delta, protocol::MAX_STATE)
+            }) {
                 Some(Ok(true)) => {
                     let state = last.state.clone();
                     return self.deliver(last, seq, updated_ms, None, state);
