@@ -320,6 +320,8 @@ impl Delivery {
 
     fn apply(&self, last: &mut Last, seq: u64, updated_ms: i64, delta: &str) {
         use crate::wire::delta;
+        // No result over 8 MiB, in place or not.
+        let max = protocol::MAX_STATE;
         // In place when no event holds the state any more (the callback
         // returned): a small edit writes only what it changes.
         if !self.cancel.load(Ordering::SeqCst) {
@@ -327,7 +329,7 @@ impl Delivery {
             // (The sums of a state read once, when a delta edits it.)
             match state.edit(|s| {
                 let sums = sums.get_or_insert_with(|| delta::Sums::of(s.as_bytes()));
-                delta::apply_in_place(s, sums, delta, protocol::MAX_STATE)
+                delta::apply_in_place(s, sums, delta, max)
             }) {
                 Some(Ok(true)) => {
                     let state = last.state.clone();
@@ -337,7 +339,7 @@ impl Delivery {
                 _ => {}
             }
         }
-        match delta::apply(last.state.as_str(), delta, protocol::MAX_STATE) {
+        match delta::apply(last.state.as_str(), delta, max) {
             Ok(state) => self.deliver(last, seq, updated_ms, None, StateText::new(state)),
             Err(e) => self.refused(last, seq, e),
         }
@@ -891,6 +893,72 @@ mod tests {
 
     /// A delta whose result would exceed 8 MiB (a 4.5 MiB state twice, its
     /// checksum right) is not delivered: the snapshot is read instead.
+    /// A small edit rewrites the kept state in place once the callback
+    /// has returned, and never a state a callback (or an event it kept)
+    /// still holds; a forged edit changes nothing.
+    #[test]
+    fn edits_in_place_only_what_no_event_holds() {
+        for keep in [false, true] {
+            let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let kept = Arc::new(Mutex::new(Vec::new()));
+            let (g, k) = (got.clone(), kept.clone());
+            dispatcher.set_callback(Some(Arc::new(move |e: &Event| {
+                if let Some(s) = &e.state {
+                    lock(&g).push((e.seq, s.as_str().to_string(), s.as_ptr() as usize));
+                    if keep {
+                        lock(&k).push(e.clone());
+                    }
+                }
+            })));
+            dispatcher.register(1);
+            let d = delivery(&dispatcher);
+            let wait = |n: usize| {
+                let until = Instant::now() + Duration::from_secs(20);
+                while lock(&got).len() < n && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                // The dispatcher lets go of the event after the callback.
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut states = vec!["{\"wp\":[1.25,2.5],\"n\":\"caf\u{e9}\"}".repeat(300)];
+            full(&d, 1, states[0].clone());
+            wait(1);
+            for (i, (from, to)) in [("1.25", "1.26"), ("2.5", "2.75"), ("caf\u{e9}", "cafe")]
+                .into_iter()
+                .enumerate()
+            {
+                let next = states[i].replacen(from, to, 1);
+                let delta = crate::wire::delta::create(&states[i], &next);
+                d.delta(i as u64 + 2, i as u64 + 1, 0, delta);
+                states.push(next);
+                wait(i + 2);
+            }
+            let forged = crate::wire::delta::create(&states[3], &states[0]).replacen(';', "1;", 1);
+            d.delta(5, 4, 0, forged);
+            assert_eq!(last(&d), (Some(4), states[3].clone()));
+            assert_eq!(d.resync_at(), Some(ResyncDue::Now));
+            let got = lock(&got).clone();
+            let seen: Vec<_> = got.iter().map(|(q, s, _)| (*q, s.clone())).collect();
+            let want: Vec<_> = (1..).zip(states.iter().cloned()).collect();
+            assert_eq!(seen, want, "keep {keep}");
+            let places: std::collections::HashSet<_> = got.iter().map(|g| g.2).collect();
+            if keep {
+                // Every event kept reads what was delivered, in its own buffer.
+                let kept: Vec<_> = lock(&kept)
+                    .iter()
+                    .map(|e| e.state.as_ref().unwrap().as_str().to_string())
+                    .collect();
+                assert_eq!(kept, states);
+                assert_eq!(places.len(), 4);
+            } else {
+                // The same buffer, edited (lengths +0, +1, -1: capacity kept).
+                assert_eq!(places.len(), 1, "{got:?}");
+            }
+            dispatcher.shutdown();
+        }
+    }
+
     #[test]
     fn a_delta_whose_result_would_exceed_8_mib_is_not_delivered() {
         let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
