@@ -2,11 +2,11 @@
 //! the dispatcher that calls the user's callback.
 //!
 //! Threads: the caller's threads run start/reconnect/connect/stop/list
-//! (blocking HTTP on a shared connection pool); the led streams are
-//! driven by one network thread and four request workers (runtime/),
-//! started with the first lead; each followed stream has a follower thread plus a
-//! reader thread per subscription; one dispatcher thread calls the
-//! callback. Dropping the client delivers pending states (bounded by the
+//! (blocking HTTP on a shared connection pool; a follow's password is
+//! checked there too); the led and followed streams are driven by one
+//! network thread and four request workers (runtime/), started with the
+//! first lead or follow, whatever their number; one dispatcher thread
+//! calls the callback. Dropping the client delivers pending states (bounded by the
 //! request timeout), ends every follow and stops the dispatcher.
 
 use crate::dispatch::{Callback, Dispatcher};
@@ -75,8 +75,8 @@ pub struct Client {
     /// Keys derived from passwords and leader codes (the KDF is slow on
     /// purpose; reconnects need not pay it again).
     keys: Arc<KeyCache>,
-    /// The reactor and request workers that drive the leads, started with
-    /// the first one.
+    /// The reactor and request workers that drive the leads and follows,
+    /// started with the first one.
     runtime: once_cell::sync::OnceCell<Runtime>,
 }
 
@@ -465,14 +465,17 @@ impl Client {
             follows.insert(name.to_string(), follow.clone());
             self.hooks.dispatcher.register(session);
         }
-        let result = follow.start(
-            stream.clone(),
-            password,
-            &self.keys,
-            &self.control,
-            self.config.clone(),
-            self.hooks.clone(),
-        );
+        let result = self.runtime.get_or_try_init(Runtime::start).and_then(|rt| {
+            follow.start(
+                stream.clone(),
+                password,
+                &self.keys,
+                &self.control,
+                self.config.clone(),
+                self.hooks.clone(),
+                rt.handle(),
+            )
+        });
         if let Err(e) = result {
             (self.hooks.follow_ended)(session, &stream);
             self.hooks.dispatcher.unregister(session);

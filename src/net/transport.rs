@@ -16,7 +16,6 @@ use crate::net::http;
 use crate::wire::functions::Call;
 use crate::wire::protocol::{self, Refusal, PROTOCOL_VERSION};
 use serde_json::Value;
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -189,6 +188,7 @@ impl Endpoint {
     }
 
     /// `base/COMMAND/arg/arg...`, every argument percent-encoded.
+    #[cfg(test)]
     fn url(&self, command: &str, args: &[&str]) -> String {
         self.url_of(&self.path(command, args))
     }
@@ -812,48 +812,6 @@ impl Webdis {
             )
             .kinded(Kind::Unreachable),
         }
-    }
-
-    /// Opens `GET /SUBSCRIBE/<channel>`; returns the streaming body.
-    pub fn subscribe(
-        &self,
-        channel: &str,
-        timeout: Duration,
-    ) -> Result<impl Read + Send + 'static> {
-        let url = self.endpoint.url("SUBSCRIBE", &[channel]);
-        let mut req = self
-            .agent()
-            .get(&url)
-            .config()
-            .timeout_connect(Some(timeout))
-            .timeout_send_request(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .build();
-        if let Some(auth) = &self.endpoint.auth {
-            req = req.header("Authorization", auth);
-        }
-        let response = req.call().map_err(|e| self.ureq_failure(e, timeout))?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let mut body = Vec::new();
-            if status == 400 {
-                let _ = response
-                    .into_body()
-                    .into_reader()
-                    .take(4096)
-                    .read_to_end(&mut body);
-                if let Some(e) = self.tls_port_error(status, &body) {
-                    return Err(e);
-                }
-            }
-            let e = protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err();
-            return Err(match status {
-                429 => e.kinded(Kind::Busy),
-                s if s >= 500 => e.kinded(Kind::Down),
-                _ => e,
-            });
-        }
-        Ok(response.into_body().into_reader())
     }
 
     /// A failed ureq request as an error of its kind: a malformed

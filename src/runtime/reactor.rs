@@ -1,8 +1,11 @@
-//! The reactor thread (`ms-net`): drives every lead of a client.
+//! The reactor thread (`ms-net`): drives every lead and every follow of a
+//! client.
 //!
 //! Owns: each lead's `Publisher` machine (its `Mailbox` stays behind the
 //! lead's mutex, shared with the caller's `publish`, `flush`, `pause`,
-//! `close`), the timers of the leads, the queue of requests for the
+//! `close`), every follow group (session/follower: its subscription
+//! socket, `Session` and `Delivery`), the poller those sockets are
+//! watched with, the timers of both, the queue of requests for the
 //! workers and the replies coming back.
 //! Never does: block (no I/O, no user callback: events go to the
 //! dispatcher, which never blocks; the only locks taken are a lead's
@@ -17,14 +20,19 @@
 //! lead driven again. One request per lead is out at a time (Webdis does
 //! not order concurrent requests).
 //!
-//! See docs/internals/fixed-threads.md. Follows do not run here yet.
+//! Follows: a socket ready, a timer of a group, a call of a group's come
+//! back are handed to `Follows` (session/follower), the driver of each
+//! group's `Session` and `Opening`.
+//!
+//! See docs/internals/fixed-threads.md.
 
-use super::requests::{Job, ReqDone};
+use super::requests::{Done, Job, ReqDone, Task};
 use super::timers::{TimerKey, Timers};
 use super::Command;
 use crate::dispatch::{Event, EventKind};
 use crate::error::Status;
 use crate::net::poller::Poller;
+use crate::session::follower::{Ctx, Follows};
 use crate::session::leader::{LeadShared, LeadWire};
 use crate::session::publisher::{Effect, Next, Publisher};
 use crate::session::{Config, Hooks};
@@ -51,10 +59,25 @@ pub struct LeadSlot {
 pub struct Reactor {
     pub poller: Poller,
     pub commands: Receiver<Command>,
-    pub jobs: Option<Sender<Job>>,
-    pub done: Receiver<ReqDone>,
+    pub jobs: Option<Sender<Task>>,
+    pub done: Receiver<Done>,
     pub timers: Timers,
     pub leads: HashMap<u64, LeadSlot>,
+    pub follows: Follows,
+    /// The id of the last call of a follow group's.
+    pub next_id: u64,
+}
+
+/// The follows' view of the reactor's parts.
+macro_rules! ctx {
+    ($self:ident) => {
+        &mut Ctx {
+            poller: &$self.poller,
+            timers: &mut $self.timers,
+            jobs: $self.jobs.as_ref(),
+            next_id: &mut $self.next_id,
+        }
+    };
 }
 
 impl Reactor {
@@ -63,8 +86,9 @@ impl Reactor {
         loop {
             let now = Instant::now();
             for key in self.timers.pop_due(now) {
-                if let TimerKey::Lead(session) = key {
-                    self.drive_lead(session);
+                match key {
+                    TimerKey::Lead(session) => self.drive_lead(session),
+                    key => self.follows.timer(key, ctx!(self)),
                 }
             }
             let timeout = self
@@ -77,6 +101,7 @@ impl Reactor {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             let mut shutdown = false;
+            let mut sockets_done = false;
             loop {
                 let mut any = false;
                 while let Ok(cmd) = self.commands.try_recv() {
@@ -88,12 +113,28 @@ impl Reactor {
                             self.drive_lead(session);
                         }
                         Command::Wake(session) => self.drive_lead(session),
+                        Command::Follow(joining) => self.follows.join(*joining, ctx!(self)),
+                        Command::Unfollow { session, done } => {
+                            self.follows.leave(session, ctx!(self));
+                            let _ = done.send(());
+                        }
                         Command::Shutdown => shutdown = true,
+                    }
+                }
+                if !sockets_done {
+                    sockets_done = true;
+                    for r in ready.drain(..) {
+                        self.follows.socket_ready(r.key, ctx!(self));
                     }
                 }
                 while let Ok(done) = self.done.try_recv() {
                     any = true;
-                    self.request_done(done);
+                    match done {
+                        Done::Lead(done) => self.request_done(done),
+                        Done::Follow(d) => {
+                            self.follows.call_done(d.group, d.id, d.reply, ctx!(self))
+                        }
+                    }
                 }
                 if !any {
                     break;
@@ -124,11 +165,11 @@ impl Reactor {
         match next {
             Next::Send(request) => {
                 self.timers.cancel(&key);
-                let job = Job {
+                let job = Task::Lead(Job {
                     session,
                     request,
                     wire: slot.wire.clone(),
-                };
+                });
                 let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
                 if sent {
                     slot.in_flight = true;
@@ -194,6 +235,7 @@ impl Reactor {
         for session in sessions {
             self.end_lead(session);
         }
+        self.follows.shut_down(ctx!(self));
         self.jobs = None;
     }
 }

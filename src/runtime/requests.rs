@@ -5,11 +5,14 @@
 //! Owns: the worker threads and the queue of requests waiting for one.
 //! Never does: touch a machine or the mailbox of a lead (the reactor does,
 //! with the reply), or decide anything: the retries and failover of a
-//! call are `Nodes::fcall`'s, and what a lead's request is made of is
-//! `LeadWire::send`'s (session/leader.rs), called here as is.
+//! call are `Nodes::fcall`'s, what a lead's request is made of is
+//! `LeadWire::send`'s (session/leader.rs), and a follow group's calls
+//! (probe, snapshot, the stream's check) are made by the closure the
+//! group hands in (session/follower), each called here as is.
 
 use crate::error::Result;
 use crate::net::poller::Waker;
+use crate::session::follower::FollowReply;
 use crate::session::leader::LeadWire;
 use crate::session::publisher::{Request, Stored};
 use crossbeam_channel::{Receiver, Sender};
@@ -25,6 +28,33 @@ pub struct Job {
     pub session: u64,
     pub request: Request,
     pub wire: Arc<LeadWire>,
+}
+
+/// A follow group's blocking call (`run`), on connections of its own
+/// that the group shuts down when it gives the call up.
+pub struct Call {
+    pub group: u32,
+    pub id: u64,
+    pub run: Box<dyn FnOnce() -> FollowReply + Send>,
+}
+
+/// What a worker carries out.
+pub enum Task {
+    Lead(Job),
+    Follow(Call),
+}
+
+/// A follow group's call carried out.
+pub struct CallDone {
+    pub group: u32,
+    pub id: u64,
+    pub reply: FollowReply,
+}
+
+/// A task carried out.
+pub enum Done {
+    Lead(ReqDone),
+    Follow(CallDone),
 }
 
 /// A request carried out: its reply, when it came, and the endpoints'
@@ -49,8 +79,8 @@ impl Workers {
     /// waking the reactor with `waker`.
     pub fn start(
         n: usize,
-        jobs: Receiver<Job>,
-        done: Sender<ReqDone>,
+        jobs: Receiver<Task>,
+        done: Sender<Done>,
         waker: Waker,
     ) -> std::io::Result<Workers> {
         let mut threads = Vec::with_capacity(n);
@@ -76,18 +106,30 @@ impl Workers {
     }
 }
 
-fn work(jobs: Receiver<Job>, done: Sender<ReqDone>, waker: Waker) {
-    while let Ok(job) = jobs.recv() {
-        let reply = job.wire.send(&job.request);
-        let at = Instant::now();
-        let moves = job.wire.conn.endpoints().moves();
-        let answered = done.send(ReqDone {
-            session: job.session,
-            request: job.request,
-            reply,
-            at,
-            moves,
-        });
+fn work(jobs: Receiver<Task>, done: Sender<Done>, waker: Waker) {
+    while let Ok(task) = jobs.recv() {
+        let answered = match task {
+            Task::Lead(job) => {
+                let reply = job.wire.send(&job.request);
+                let at = Instant::now();
+                let moves = job.wire.conn.endpoints().moves();
+                done.send(Done::Lead(ReqDone {
+                    session: job.session,
+                    request: job.request,
+                    reply,
+                    at,
+                    moves,
+                }))
+            }
+            Task::Follow(call) => {
+                let reply = (call.run)();
+                done.send(Done::Follow(CallDone {
+                    group: call.group,
+                    id: call.id,
+                    reply,
+                }))
+            }
+        };
         if answered.is_err() {
             return;
         }
