@@ -71,6 +71,8 @@ pub struct Client {
     control: Nodes,
     leads: Registry<Arc<Lead>>,
     follows: Registry<Arc<Follow>>,
+    /// Follows beside those of `follows` (`connect_member`), by session.
+    members: Mutex<HashMap<u64, Arc<Follow>>>,
     hooks: Hooks,
     /// Keys derived from passwords and leader codes (the KDF is slow on
     /// purpose; reconnects need not pay it again).
@@ -109,6 +111,7 @@ impl Client {
             control: Nodes::new(endpoints),
             leads,
             follows,
+            members: Mutex::default(),
             hooks,
             keys: Arc::new(KeyCache::new()?),
             runtime: once_cell::sync::OnceCell::new(),
@@ -485,6 +488,53 @@ impl Client {
         Ok(())
     }
 
+    /// Another follow of `name` on this client, beside the one `connect`
+    /// keeps under the name (through the API a client follows a name
+    /// once): follows of one stream in one client share one subscription,
+    /// and tests check that with this. Its events carry the name; it ends
+    /// with `disconnect_member` or the client. Returns its session.
+    #[doc(hidden)]
+    pub fn connect_member(&self, name: &str, password: &str) -> Result<u64> {
+        protocol::check_name(name)?;
+        protocol::check_password(password)?;
+        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let follow = Arc::new(Follow::new(session));
+        lock(&self.members).insert(session, follow.clone());
+        self.hooks.dispatcher.register(session);
+        let result = self.runtime.get_or_try_init(Runtime::start).and_then(|rt| {
+            follow.start(
+                c_name(name),
+                password,
+                &self.keys,
+                &self.control,
+                self.config.clone(),
+                self.hooks.clone(),
+                rt.handle(),
+            )
+        });
+        if let Err(e) = result {
+            lock(&self.members).remove(&session);
+            self.hooks.dispatcher.unregister(session);
+            follow.cancel(Duration::from_millis(400));
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    /// Ends a follow of `connect_member`.
+    #[doc(hidden)]
+    pub fn disconnect_member(&self, session: u64) -> Result<()> {
+        let follow = lock(&self.members).remove(&session).ok_or_else(|| {
+            Error::new(
+                Status::MS_ERR_NOT_FOLLOWING,
+                format!("this client has no follow {session}"),
+            )
+        })?;
+        self.hooks.dispatcher.unregister(follow.session);
+        follow.cancel(Duration::from_millis(400));
+        Ok(())
+    }
+
     /// Ends following `name`; no event of it is delivered after this
     /// returns (unless called from the callback delivering one).
     pub fn disconnect(&self, name: &str) -> Result<()> {
@@ -628,7 +678,8 @@ impl Drop for Client {
     fn drop(&mut self) {
         let timeout = self.config.timeout();
         let leads: Vec<_> = lock(&self.leads).drain().map(|(_, l)| l).collect();
-        let follows: Vec<_> = lock(&self.follows).drain().map(|(_, f)| f).collect();
+        let mut follows: Vec<_> = lock(&self.follows).drain().map(|(_, f)| f).collect();
+        follows.extend(lock(&self.members).drain().map(|(_, f)| f));
         for f in &follows {
             self.hooks.dispatcher.unregister(f.session);
         }
