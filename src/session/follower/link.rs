@@ -815,4 +815,58 @@ mod tests {
         assert_eq!(last(&d), (Some(4), "{\"a\":4}".into()));
         dispatcher.shutdown();
     }
+
+    /// Every member gets every state; a member that joins later gets the
+    /// newest state delivered (and nothing older) at once, and only newer
+    /// ones after.
+    #[test]
+    fn every_member_gets_each_state_and_a_late_member_the_newest_at_once() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let got: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let g = got.clone();
+        let sessions = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let s2 = sessions.clone();
+        dispatcher.set_callback(Some(Arc::new(move |e: &Event| {
+            if e.state.is_some() {
+                let who = *lock(&s2).get(e.stream_name()).unwrap_or(&0);
+                lock(&g).push((who, e.seq));
+            }
+        })));
+        let member = |session: u64, name: &str| {
+            lock(&sessions).insert(name.to_string(), session);
+            dispatcher.register(session);
+            Member {
+                session,
+                name: Arc::new(CString::new(name).unwrap()),
+            }
+        };
+        let d = Delivery::new(1, dispatcher.clone());
+        let (a, b) = (member(1, "a"), member(2, "b"));
+        assert!(!d.catch_up(&a), "nothing delivered yet");
+        lock(&d.members).push(a);
+        full(&d, 1, "{}".into());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&got).len() < 1 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        full(&d, 2, "{}".into());
+        assert!(d.catch_up(&b));
+        lock(&d.members).push(b);
+        while !lock(&got).contains(&(2, 2)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        full(&d, 2, "{}".into());
+        full(&d, 3, "{}".into());
+        while lock(&got).iter().filter(|x| x.1 == 3).count() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen = lock(&got).clone();
+        let of = |who: u64| -> Vec<u64> {
+            seen.iter().filter(|x| x.0 == who).map(|x| x.1).collect()
+        };
+        assert_eq!(*of(1).last().unwrap(), 3, "{seen:?}");
+        assert!(of(1).windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(of(2), [2, 3], "the newest at once, then newer ones");
+        dispatcher.shutdown();
+    }
 }

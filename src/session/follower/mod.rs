@@ -441,7 +441,12 @@ impl Follows {
     pub fn timer(&mut self, key: TimerKey, ctx: &mut Ctx) {
         match key {
             TimerKey::Group(gid) => self.drive(gid, false, ctx),
-            TimerKey::Opening(gid) => self.attempt_timed_out(gid, ctx),
+            TimerKey::Opening(gid) => {
+                self.attempt_timed_out(gid, ctx);
+                // A recovery that failed for good: the session's next
+                // wake (its retry) is set again.
+                self.drive(gid, false, ctx);
+            }
             _ => {}
         }
     }
@@ -466,7 +471,7 @@ impl Follows {
         // state or delta, which only the leader can cause): anyone with
         // the password can publish probes on the channel, and they must
         // not pass for the leader.
-        let bytes = received != sock.received && sock.sub.pending() >= LEADER_SIZED;
+        let bytes = leader_bytes(sock.received, received, sock.sub.pending());
         sock.received = received;
         if result.is_ok() {
             let interest = sock.sub.interest();
@@ -1073,6 +1078,15 @@ impl Follows {
     }
 }
 
+/// Whether bytes read from a subscription (`before` then `after` bytes
+/// in all, `pending` of them a message not complete yet) are activity of
+/// the leader's though no message came whole: only part of a message
+/// longer than any probe counts (a state or a delta, which only the
+/// leader can cause; anyone with the password can publish probes).
+fn leader_bytes(before: u64, after: u64, pending: usize) -> bool {
+    after != before && pending >= LEADER_SIZED
+}
+
 fn is_echo(item: &SubscriptionItem, token: &str) -> bool {
     matches!(item, SubscriptionItem::Message { payload, .. }
         if payload.strip_prefix("p ") == Some(token))
@@ -1118,4 +1132,36 @@ fn submit(
     }
     g.out = Some(Out { id, nodes });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes of a message still arriving are activity once more than any
+    /// probe has come; a read that completes every message, a probe split
+    /// over reads, or no new bytes are not.
+    #[test]
+    fn part_of_a_message_longer_than_a_probe_is_the_leaders_activity() {
+        assert!(leader_bytes(100, 1100, LEADER_SIZED));
+        assert!(leader_bytes(100, 5000, 4000));
+        assert!(!leader_bytes(100, 1100, 0), "whole messages only");
+        assert!(!leader_bytes(100, 200, LEADER_SIZED - 1), "a probe's size");
+        assert!(!leader_bytes(1100, 1100, 4000), "nothing new came");
+    }
+
+    /// The probe that proves a subscription is recognised by its token
+    /// alone.
+    #[test]
+    fn an_echo_is_the_probe_of_its_own_token() {
+        let msg = |p: &str| SubscriptionItem::Message {
+            channel: "c".into(),
+            payload: p.into(),
+        };
+        assert!(is_echo(&msg("p abc"), "abc"));
+        assert!(!is_echo(&msg("p abcd"), "abc"));
+        assert!(!is_echo(&msg("p ab"), "abc"));
+        assert!(!is_echo(&msg("s 1 2 abc"), "abc"));
+        assert!(!is_echo(&SubscriptionItem::Other, "abc"));
+    }
 }
