@@ -121,7 +121,11 @@ fn leads_and_follows_run_on_a_fixed_set_of_threads(s: &Servers, n: usize) {
     let followed = started.elapsed();
     let t1 = threads();
     wait_until(Duration::from_secs(30), || got.lock().unwrap().len() == n);
-    assert_eq!(got.lock().unwrap().len(), n, "every follow got its first state");
+    assert_eq!(
+        got.lock().unwrap().len(),
+        n,
+        "every follow got its first state"
+    );
     // One more state on every stream: each follow gets it.
     let first: std::collections::HashMap<String, u64> = got.lock().unwrap().clone();
     for name in &names {
@@ -139,7 +143,10 @@ fn leads_and_follows_run_on_a_fixed_set_of_threads(s: &Servers, n: usize) {
     );
     {
         let m = got.lock().unwrap();
-        let late = names.iter().filter(|name| m.get(*name) <= first.get(*name)).count();
+        let late = names
+            .iter()
+            .filter(|name| m.get(*name) <= first.get(*name))
+            .count();
         assert_eq!(late, 0, "follows without the second state");
     }
     assert!(

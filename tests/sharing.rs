@@ -67,7 +67,11 @@ fn two_follows_of_one_stream_in_one_client_share_one_subscription() {
         publish_seen(&leader, &rec, &name, &format!("{{\"n\":{i}}}"), 2);
     }
     for i in 0..=5 {
-        assert_eq!(copies(&rec, &name, &format!("{{\"n\":{i}}}")), 2, "state {i}");
+        assert_eq!(
+            copies(&rec, &name, &format!("{{\"n\":{i}}}")),
+            2,
+            "state {i}"
+        );
     }
     let states = rec.states(&name);
     assert!(
@@ -91,7 +95,11 @@ fn two_follows_of_one_stream_in_one_client_share_one_subscription() {
     // The last one gone: the subscription is closed.
     follower.disconnect_member(member).unwrap();
     wait_until(T, || numsub(&s, &channel) == 0);
-    assert_eq!(numsub(&s, &channel), 0, "the group went with its last member");
+    assert_eq!(
+        numsub(&s, &channel),
+        0,
+        "the group went with its last member"
+    );
     // ENDED reaches every member.
     let rec_count = |ev: &[Rec], kind| {
         ev.iter()
@@ -168,10 +176,18 @@ fn a_member_disconnected_from_its_callback_leaves_the_other_served() {
     publish_seen(&leader, &rec, &name, "{\"n\":3}", 1);
     wait_until(T, || done.load(Ordering::SeqCst));
     wait_until(T, || numsub(&s, &channel) == 0);
-    assert_eq!(numsub(&s, &channel), 0, "the last member left from its callback");
+    assert_eq!(
+        numsub(&s, &channel),
+        0,
+        "the last member left from its callback"
+    );
     publish_seen(&leader, &rec, &name, "{\"n\":4}", 0);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(copies(&rec, &name, "{\"n\":4}"), 0, "nobody follows any more");
+    assert_eq!(
+        copies(&rec, &name, "{\"n\":4}"),
+        0,
+        "nobody follows any more"
+    );
 }
 
 /// The probes of a silent stream: one session's per group of follows in a

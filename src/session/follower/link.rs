@@ -182,8 +182,10 @@ impl Delivery {
         let last = lock(&self.last);
         match last.seq {
             Some(seq) => {
-                self.dispatcher
-                    .push(member.session, Event::state(&member.name, seq, last.state.clone()));
+                self.dispatcher.push(
+                    member.session,
+                    Event::state(&member.name, seq, last.state.clone()),
+                );
                 true
             }
             None => false,
@@ -846,7 +848,7 @@ mod tests {
         lock(&d.members).push(a);
         full(&d, 1, "{}".into());
         let deadline = Instant::now() + Duration::from_secs(5);
-        while lock(&got).len() < 1 && Instant::now() < deadline {
+        while lock(&got).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
         full(&d, 2, "{}".into());
@@ -861,9 +863,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         let seen = lock(&got).clone();
-        let of = |who: u64| -> Vec<u64> {
-            seen.iter().filter(|x| x.0 == who).map(|x| x.1).collect()
-        };
+        let of =
+            |who: u64| -> Vec<u64> { seen.iter().filter(|x| x.0 == who).map(|x| x.1).collect() };
         assert_eq!(*of(1).last().unwrap(), 3, "{seen:?}");
         assert!(of(1).windows(2).all(|w| w[0] < w[1]), "{seen:?}");
         assert_eq!(of(2), [2, 3], "the newest at once, then newer ones");

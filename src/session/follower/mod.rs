@@ -535,7 +535,9 @@ impl Follows {
                     g.addrs = addrs;
                     let order = g.stream.endpoints.follow_order(&g.stream.key);
                     let timeout = g.stream.config.timeout();
-                    let Some(open) = g.opening.as_mut() else { return };
+                    let Some(open) = g.opening.as_mut() else {
+                        return;
+                    };
                     // The opening's time starts now, as it did after the
                     // check.
                     open.machine = Opening::new(now, timeout, order);
@@ -545,7 +547,9 @@ impl Follows {
                 Err(e) => self.opening_failed(gid, e, ctx),
             },
             FollowReply::OpenProbe(result) => {
-                let Some(open) = g.opening.as_mut() else { return };
+                let Some(open) = g.opening.as_mut() else {
+                    return;
+                };
                 let (node, token, echoed) = match &open.step {
                     Step::Probe {
                         node,
@@ -911,8 +915,7 @@ impl Follows {
             let actions = s.job_done(now, JobDone::Recovered(Ok(resub)), false);
             self.carry_out(gid, actions, ctx);
         } else {
-            let token =
-                random_hex(8).unwrap_or_else(|_| format!("{:x}{gid:x}", g.label()));
+            let token = random_hex(8).unwrap_or_else(|_| format!("{:x}{gid:x}", g.label()));
             let backoff = Backoff::new(g.label());
             g.session = Some(Session::new(now, node, snap.hb, token, backoff));
             g.delivery.snapshot(&mut snap);
@@ -980,9 +983,10 @@ impl Follows {
                     });
                     match submitted {
                         Ok(()) => continue,
-                        Err(e) => g.session.as_mut().map(|s| {
-                            s.job_not_started(now(), session::Job::Probe, e)
-                        }),
+                        Err(e) => g
+                            .session
+                            .as_mut()
+                            .map(|s| s.job_not_started(now(), session::Job::Probe, e)),
                     }
                 }
                 Action::Recover => {
@@ -1007,9 +1011,10 @@ impl Follows {
                             });
                             continue;
                         }
-                        Err(e) => g.session.as_mut().map(|s| {
-                            s.job_not_started(now(), session::Job::Recovery, e)
-                        }),
+                        Err(e) => g
+                            .session
+                            .as_mut()
+                            .map(|s| s.job_not_started(now(), session::Job::Recovery, e)),
                     }
                 }
                 Action::Resync { node } => {
@@ -1025,9 +1030,9 @@ impl Follows {
                         Ok(()) => continue,
                         Err(e) => {
                             g.delivery.resync_failed();
-                            g.session.as_mut().map(|s| {
-                                s.job_not_started(now(), session::Job::Resync, e)
-                            })
+                            g.session
+                                .as_mut()
+                                .map(|s| s.job_not_started(now(), session::Job::Resync, e))
                         }
                     }
                 }
@@ -1058,7 +1063,8 @@ impl Follows {
                     for m in &members {
                         (g.stream.hooks.follow_ended)(m.session, &m.name);
                     }
-                    g.delivery.push_event(EventKind::MS_EVENT_ENDED, Status::MS_OK);
+                    g.delivery
+                        .push_event(EventKind::MS_EVENT_ENDED, Status::MS_OK);
                     for (_, ready, _) in g.waiting.drain(..) {
                         let _ = ready.send(Err(Error::new(
                             Status::MS_ERR_NOT_FOUND,

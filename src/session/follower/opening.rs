@@ -3,9 +3,10 @@
 //! attempt leads to (another attempt at once, on the same node or the
 //! next; or the end of the opening, with which error). No I/O and no
 //! clock: instants and the outcome of each attempt come in, actions come
-//! out. `Link::open` carries them out (subscribe, await the
-//! acknowledgement, prove the subscription with a probe, read the
-//! snapshot).
+//! out. The follow's driver (`mod.rs`, on the client's network thread)
+//! carries them out a step at a time (subscribe, await the
+//! acknowledgement, prove the subscription with a probe, await its echo,
+//! read the snapshot).
 //!
 //! The decisions go by the failure's `Kind`, never by its status or
 //! wording:
@@ -113,8 +114,8 @@ fn response(stage: Stage, e: &Error, many: bool) -> Response {
     }
 }
 
-/// The kind of a failure of a subscription as it is set up: the reader
-/// thread and `Link::await_item` make their errors without one. Nothing
+/// The kind of a failure of a subscription as it is set up: the driver's
+/// deadlines of an attempt make their errors without one. Nothing
 /// in time is `Timeout`; a stream that cannot be read or parsed (Webdis
 /// 0.1.9 may write a message into a response it is still setting up) is
 /// `Garbled`; a subscription closed or broken is `Unreachable`. A failure
