@@ -683,14 +683,16 @@ impl Drop for Client {
         for f in &follows {
             self.hooks.dispatcher.unregister(f.session);
         }
+        // Follows end at once (the network thread drops each and answers,
+        // without waiting for anything).
+        for f in &follows {
+            f.cancel(Duration::from_millis(400));
+        }
         // Leads deliver their pending states in parallel, each within the
         // request timeout.
         std::thread::scope(|s| {
             for lead in &leads {
                 s.spawn(move || lead.close(timeout));
-            }
-            for f in &follows {
-                s.spawn(move || f.cancel(Duration::from_millis(400)));
             }
         });
         // The reactor and its workers end (every lead has).
