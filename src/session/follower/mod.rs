@@ -46,7 +46,7 @@ use crate::util::{lock, random_hex};
 use crate::wire::protocol::{self, ChannelMessage, SubscriptionItem};
 use crossbeam_channel::{bounded, Sender};
 use link::{disconnected, stream_channel, Delivery, Member, Snapshot, Stream, LEADER_SIZED};
-use opening::{subscription_failure, OpenAction, Opening, Stage};
+use opening::{probe_returned, subscription_failure, OpenAction, Opening, Proof, Stage};
 use session::{Action, Heard, JobDone, Resubscription, Session};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -559,19 +559,10 @@ impl Follows {
                     } => (*node, token.clone(), *echoed),
                     _ => return,
                 };
-                match result {
-                    Err(e) => self.attempt_failed(gid, Stage::Subscription, e, ctx),
-                    Ok(Some(0)) => {
-                        // Acknowledged but never fed: as if unacknowledged.
-                        let e = Error::new(
-                            Status::MS_ERR_TIMEOUT,
-                            "Redis has no such subscription (a probe reached no subscriber)",
-                        )
-                        .kinded(Kind::Timeout);
-                        self.attempt_failed(gid, Stage::Subscription, e, ctx);
-                    }
-                    Ok(_) if echoed => self.read_snapshot(gid, node, ctx),
-                    Ok(_) => open.step = Step::Echo { node, token },
+                match probe_returned(result, echoed) {
+                    Proof::Proven => self.read_snapshot(gid, node, ctx),
+                    Proof::AwaitEcho => open.step = Step::Echo { node, token },
+                    Proof::Failed(e) => self.attempt_failed(gid, Stage::Subscription, e, ctx),
                 }
             }
             FollowReply::Snapshot(result) => match result {
