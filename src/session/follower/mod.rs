@@ -352,6 +352,10 @@ impl Follows {
             } else {
                 let deadline = now() + g.stream.config.timeout();
                 g.waiting.push((member, ready, deadline));
+                if g.session.is_some() {
+                    // A turn now: the group's timer takes this deadline in.
+                    ctx.timers.set(TimerKey::Group(gid), now());
+                }
             }
             return;
         }
