@@ -2,11 +2,11 @@
 //! the dispatcher that calls the user's callback.
 //!
 //! Threads: the caller's threads run start/reconnect/connect/stop/list
-//! (blocking HTTP on a shared connection pool); the led streams are
-//! driven by one network thread and four request workers (runtime/),
-//! started with the first lead; each followed stream has a follower thread plus a
-//! reader thread per subscription; one dispatcher thread calls the
-//! callback. Dropping the client delivers pending states (bounded by the
+//! (blocking HTTP on a shared connection pool; a follow's password is
+//! checked there too); the led and followed streams are driven by one
+//! network thread and four request workers (runtime/), started with the
+//! first lead or follow, whatever their number; one dispatcher thread
+//! calls the callback. Dropping the client delivers pending states (bounded by the
 //! request timeout), ends every follow and stops the dispatcher.
 
 use crate::dispatch::{Callback, Dispatcher};
@@ -71,12 +71,14 @@ pub struct Client {
     control: Nodes,
     leads: Registry<Arc<Lead>>,
     follows: Registry<Arc<Follow>>,
+    /// Follows beside those of `follows` (`connect_member`), by session.
+    members: Mutex<HashMap<u64, Arc<Follow>>>,
     hooks: Hooks,
     /// Keys derived from passwords and leader codes (the KDF is slow on
     /// purpose; reconnects need not pay it again).
     keys: Arc<KeyCache>,
-    /// The reactor and request workers that drive the leads, started with
-    /// the first one.
+    /// The reactor and request workers that drive the leads and follows,
+    /// started with the first one.
     runtime: once_cell::sync::OnceCell<Runtime>,
 }
 
@@ -109,6 +111,7 @@ impl Client {
             control: Nodes::new(endpoints),
             leads,
             follows,
+            members: Mutex::default(),
             hooks,
             keys: Arc::new(KeyCache::new()?),
             runtime: once_cell::sync::OnceCell::new(),
@@ -467,20 +470,76 @@ impl Client {
             follows.insert(name.to_string(), follow.clone());
             self.hooks.dispatcher.register(session);
         }
-        let result = follow.start(
-            stream.clone(),
-            password,
-            &self.keys,
-            &self.control,
-            self.config.clone(),
-            self.hooks.clone(),
-        );
+        let result = self
+            .runtime
+            .get_or_try_init(|| Runtime::start(self.control.endpoints().len()))
+            .and_then(|rt| {
+                follow.start(
+                    stream.clone(),
+                    password,
+                    &self.keys,
+                    &self.control,
+                    self.config.clone(),
+                    self.hooks.clone(),
+                    rt.handle(),
+                )
+            });
         if let Err(e) = result {
             (self.hooks.follow_ended)(session, &stream);
             self.hooks.dispatcher.unregister(session);
             follow.cancel(Duration::from_millis(400));
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Another follow of `name` on this client, beside the one `connect`
+    /// keeps under the name (through the API a client follows a name
+    /// once): follows of one stream in one client share one subscription,
+    /// and tests check that with this. Its events carry the name; it ends
+    /// with `disconnect_member` or the client. Returns its session.
+    #[doc(hidden)]
+    pub fn connect_member(&self, name: &str, password: &str) -> Result<u64> {
+        protocol::check_name(name)?;
+        protocol::check_password(password)?;
+        let session = NEXT_SESSION.fetch_add(1, Ordering::Relaxed);
+        let follow = Arc::new(Follow::new(session));
+        lock(&self.members).insert(session, follow.clone());
+        self.hooks.dispatcher.register(session);
+        let result = self
+            .runtime
+            .get_or_try_init(|| Runtime::start(self.control.endpoints().len()))
+            .and_then(|rt| {
+                follow.start(
+                    c_name(name),
+                    password,
+                    &self.keys,
+                    &self.control,
+                    self.config.clone(),
+                    self.hooks.clone(),
+                    rt.handle(),
+                )
+            });
+        if let Err(e) = result {
+            lock(&self.members).remove(&session);
+            self.hooks.dispatcher.unregister(session);
+            follow.cancel(Duration::from_millis(400));
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    /// Ends a follow of `connect_member`.
+    #[doc(hidden)]
+    pub fn disconnect_member(&self, session: u64) -> Result<()> {
+        let follow = lock(&self.members).remove(&session).ok_or_else(|| {
+            Error::new(
+                Status::MS_ERR_NOT_FOLLOWING,
+                format!("this client has no follow {session}"),
+            )
+        })?;
+        self.hooks.dispatcher.unregister(follow.session);
+        follow.cancel(Duration::from_millis(400));
         Ok(())
     }
 
@@ -627,18 +686,21 @@ impl Drop for Client {
     fn drop(&mut self) {
         let timeout = self.config.timeout();
         let leads: Vec<_> = lock(&self.leads).drain().map(|(_, l)| l).collect();
-        let follows: Vec<_> = lock(&self.follows).drain().map(|(_, f)| f).collect();
+        let mut follows: Vec<_> = lock(&self.follows).drain().map(|(_, f)| f).collect();
+        follows.extend(lock(&self.members).drain().map(|(_, f)| f));
         for f in &follows {
             self.hooks.dispatcher.unregister(f.session);
+        }
+        // Follows end at once (the network thread drops each and answers,
+        // without waiting for anything).
+        for f in &follows {
+            f.cancel(Duration::from_millis(400));
         }
         // Leads deliver their pending states in parallel, each within the
         // request timeout.
         std::thread::scope(|s| {
             for lead in &leads {
                 s.spawn(move || lead.close(timeout));
-            }
-            for f in &follows {
-                s.spawn(move || f.cancel(Duration::from_millis(400)));
             }
         });
         // The reactor and its workers end (every lead has).

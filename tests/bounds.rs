@@ -35,6 +35,134 @@ fn bounded_resources() {
     slow_callback_under_a_flood_keeps_memory_bounded(&s);
     connect_disconnect_cycles_leave_nothing_behind(&s);
     leads_share_one_network_thread_and_its_workers(&s);
+    let n = std::env::var("MS_FIXED_THREADS_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    leads_and_follows_run_on_a_fixed_set_of_threads(&s, n);
+}
+
+/// The same with 1,000 leads and 1,000 follows (about a minute of key
+/// derivations alone on a loaded 2-core machine, so not in `make test`;
+/// the suite runs 200 + 200 above with the same bound).
+#[test]
+#[ignore]
+fn a_thousand_leads_and_follows_on_a_fixed_set_of_threads() {
+    raise_fd_limit();
+    let s = Servers::start();
+    leads_and_follows_run_on_a_fixed_set_of_threads(&s, 1000);
+}
+
+/// Each follow holds a socket here and three in Webdis (which inherits
+/// this limit); each lead one in Webdis.
+fn raise_fd_limit() {
+    // SAFETY: plain system calls on a struct of this function's.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+/// One client leading `n` streams of small states and following all `n`:
+/// its threads are the network thread, the 4 request workers and the
+/// dispatcher, whatever `n` (at most 8 above the test's own, with room
+/// for a thread of the test harness); every follow gets its first state
+/// (connect returns once it is queued); a state published afterwards
+/// reaches the follows; freeing the client ends every thread.
+fn leads_and_follows_run_on_a_fixed_set_of_threads(s: &Servers, n: usize) {
+    raise_fd_limit();
+    let t0 = threads();
+    let client = s.client();
+    client
+        .set_kdf_iterations(missionstream::kdf::MIN_ITERATIONS)
+        .unwrap();
+    client.set_timeout(30_000).unwrap();
+    let names: Vec<String> = (0..n).map(|_| unique("fixed")).collect();
+    let started = Instant::now();
+    // The key derivations (start and connect each derive) on two threads
+    // of the test's; they end before threads are counted.
+    std::thread::scope(|sc| {
+        for half in names.chunks(n.div_ceil(2)) {
+            let client = &client;
+            sc.spawn(move || {
+                for name in half {
+                    client.start(name, "pw", "code").unwrap();
+                    client.publish(name, b"{\"v\":1}").unwrap();
+                }
+            });
+        }
+    });
+    for name in &names {
+        client.flush(name, 30_000).unwrap();
+    }
+    let led = started.elapsed();
+    let got: Arc<Mutex<std::collections::HashMap<String, u64>>> = Arc::default();
+    let g = got.clone();
+    client.set_callback(Some(Arc::new(move |e: &missionstream::Event| {
+        if e.state.is_some() {
+            let mut m = g.lock().unwrap();
+            let seq = m.entry(e.stream_name().to_string()).or_insert(0);
+            *seq = (*seq).max(e.seq);
+        }
+    })));
+    std::thread::scope(|sc| {
+        for half in names.chunks(n.div_ceil(2)) {
+            let client = &client;
+            sc.spawn(move || {
+                for name in half {
+                    client.connect(name, "pw").unwrap();
+                }
+            });
+        }
+    });
+    let followed = started.elapsed();
+    let t1 = threads();
+    wait_until(Duration::from_secs(30), || got.lock().unwrap().len() == n);
+    assert_eq!(
+        got.lock().unwrap().len(),
+        n,
+        "every follow got its first state"
+    );
+    // One more state on every stream: each follow gets it.
+    let first: std::collections::HashMap<String, u64> = got.lock().unwrap().clone();
+    for name in &names {
+        client.publish(name, b"{\"v\":2}").unwrap();
+    }
+    wait_until(Duration::from_secs(60), || {
+        let m = got.lock().unwrap();
+        names.iter().all(|name| m.get(name) > first.get(name))
+    });
+    let t2 = threads();
+    let (fd, rss) = (fds(), rss_kib());
+    eprintln!(
+        "{n} leads + {n} follows on one client: led in {led:?}, followed in {followed:?}; \
+         threads {t0} -> {t1} -> {t2}, fds {fd}, RSS {rss} KiB"
+    );
+    {
+        let m = got.lock().unwrap();
+        let late = names
+            .iter()
+            .filter(|name| m.get(*name) <= first.get(*name))
+            .count();
+        assert_eq!(late, 0, "follows without the second state");
+    }
+    assert!(
+        t1 <= t0 + 8 && t2 <= t0 + 8,
+        "threads {t0} -> {t1} -> {t2} for {n} leads + {n} follows"
+    );
+    drop(client);
+    let settle = Instant::now();
+    while threads() > t0 && settle.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        threads() <= t0,
+        "threads left behind: {t0} -> {}",
+        threads()
+    );
 }
 
 /// A client's leads run on its network thread and 4 request workers,

@@ -14,9 +14,8 @@
 //! thread), wait (timeouts are the caller's timers), retry, or read a
 //! message's meaning (probes, states: the follower's session does).
 //!
-//! Used by the reactor; see docs/internals/fixed-threads.md. Production
-//! still subscribes through `follower/link.rs` (a blocking ureq body read
-//! on a thread of its own).
+//! Used by the reactor for every follow group's subscription; see
+//! docs/internals/fixed-threads.md.
 //!
 //! Failures end the subscription (`on_ready` returns the error; the
 //! caller drops it) and are classified as the blocking SUBSCRIBE's are:
@@ -71,6 +70,8 @@ pub struct Subscription {
     head: Vec<u8>,
     chunks: ChunkedDecoder,
     splitter: ObjectSplitter,
+    /// Bytes of the response read so far.
+    received: u64,
 }
 
 /// `socket(2)` + `connect(2)` of a non-blocking TCP socket: returns at
@@ -212,6 +213,7 @@ impl Subscription {
             head: Vec::new(),
             chunks: ChunkedDecoder::new(),
             splitter: ObjectSplitter::new(),
+            received: 0,
         })
     }
 
@@ -238,6 +240,11 @@ impl Subscription {
     /// SUBSCRIBE).
     pub fn is_streaming(&self) -> bool {
         self.phase == Phase::Body
+    }
+
+    /// Bytes of the response read so far (its head and body).
+    pub fn received(&self) -> u64 {
+        self.received
     }
 
     /// Bytes of a message that is still arriving (the part read so far).
@@ -362,6 +369,7 @@ impl Subscription {
 
     /// Bytes of the response: the head until complete, then the body.
     fn feed(&mut self, bytes: &[u8], items: &mut Vec<SubscriptionItem>) -> Result<()> {
+        self.received += bytes.len() as u64;
         if self.phase == Phase::Head {
             self.head.extend_from_slice(bytes);
             let Some(len) = self.read_head()? else {
@@ -391,7 +399,14 @@ impl Subscription {
             if let Some(e) = self.endpoint.tls_port_error(status, &self.head[len..]) {
                 return Err(e);
             }
-            return Err(protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err());
+            let e = protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err();
+            // As the blocking SUBSCRIBE classifies them: a busy proxy, a
+            // node that cannot serve.
+            return Err(match status {
+                429 => e.kinded(Kind::Busy),
+                s if s >= 500 => e.kinded(Kind::Down),
+                _ => e,
+            });
         }
         let chunked = r.headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case("transfer-encoding")

@@ -15,12 +15,11 @@
 //! the request is sent again.
 
 use crate::error::{Error, Kind, Result, Status};
-use crate::net::cancel::{Breaker, Cancel, Entry};
+use crate::net::cancel::{Breaker, Cancel};
 use crate::net::http;
 use crate::wire::functions::Call;
 use crate::wire::protocol::{self, Refusal, PROTOCOL_VERSION};
 use serde_json::Value;
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -193,6 +192,7 @@ impl Endpoint {
     }
 
     /// `base/COMMAND/arg/arg...`, every argument percent-encoded.
+    #[cfg(test)]
     fn url(&self, command: &str, args: &[&str]) -> String {
         self.url_of(&self.path(command, args))
     }
@@ -515,26 +515,6 @@ pub struct Webdis {
     cancel: Arc<Cancel>,
 }
 
-/// A SUBSCRIBE stream's body; its agent stays registered with the owner's
-/// `Cancel` (which breaks the stream) until it is dropped.
-struct Streaming<R> {
-    body: R,
-    cancel: Arc<Cancel>,
-    entry: Entry,
-}
-
-impl<R: Read> Read for Streaming<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.body.read(buf)
-    }
-}
-
-impl<R> Drop for Streaming<R> {
-    fn drop(&mut self) {
-        self.cancel.leave(self.entry);
-    }
-}
-
 /// The kind of failure a node's refusal is (`Answer::Refused`).
 fn refusal_kind(why: Refusal) -> Kind {
     match why {
@@ -665,12 +645,6 @@ impl Webdis {
 
     fn next_nonce(&self) -> String {
         self.conns.next_nonce()
-    }
-
-    /// Breaks this owner's calls in flight on this endpoint at once; its
-    /// later calls fail too.
-    pub fn shutdown(&self) {
-        self.cancel.shutdown();
     }
 
     /// Calls a function of the missionstream library:
@@ -905,73 +879,6 @@ impl Webdis {
             )
             .kinded(Kind::Unreachable),
         }
-    }
-
-    /// Opens `GET /SUBSCRIBE/<channel>`; returns the streaming body. The
-    /// stream has an agent (a connection) of its own, never pooled: the
-    /// owner's `shutdown` breaks it.
-    pub fn subscribe(
-        &self,
-        channel: &str,
-        timeout: Duration,
-    ) -> Result<impl Read + Send + 'static> {
-        if self.cancel.is_shut() || self.conns.shut.load(Ordering::SeqCst) {
-            return Err(self.plain_failure(http::HttpError::Shutdown, timeout));
-        }
-        let (agent, _) = new_agent(&self.endpoint.trust);
-        let entry = self.cancel.enter(Breaker::Agent(agent.clone()));
-        match self.subscribe_on(&agent, channel, timeout) {
-            Ok(body) => Ok(Streaming {
-                body,
-                cancel: self.cancel.clone(),
-                entry,
-            }),
-            Err(e) => {
-                self.cancel.leave(entry);
-                Err(e)
-            }
-        }
-    }
-
-    fn subscribe_on(
-        &self,
-        agent: &ureq::Agent,
-        channel: &str,
-        timeout: Duration,
-    ) -> Result<impl Read + Send + 'static> {
-        let url = self.endpoint.url("SUBSCRIBE", &[channel]);
-        let mut req = agent
-            .get(&url)
-            .config()
-            .timeout_connect(Some(timeout))
-            .timeout_send_request(Some(timeout))
-            .timeout_recv_response(Some(timeout))
-            .build();
-        if let Some(auth) = &self.endpoint.auth {
-            req = req.header("Authorization", auth);
-        }
-        let response = req.call().map_err(|e| self.ureq_failure(e, timeout))?;
-        let status = response.status().as_u16();
-        if status != 200 {
-            let mut body = Vec::new();
-            if status == 400 {
-                let _ = response
-                    .into_body()
-                    .into_reader()
-                    .take(4096)
-                    .read_to_end(&mut body);
-                if let Some(e) = self.tls_port_error(status, &body) {
-                    return Err(e);
-                }
-            }
-            let e = protocol::webdis_reply("SUBSCRIBE", status, b"").unwrap_err();
-            return Err(match status {
-                429 => e.kinded(Kind::Busy),
-                s if s >= 500 => e.kinded(Kind::Down),
-                _ => e,
-            });
-        }
-        Ok(response.into_body().into_reader())
     }
 
     /// A failed ureq request as an error of its kind: a malformed

@@ -1,23 +1,21 @@
-//! The runtime of a client's streams: its leads driven by one network
-//! thread (`ms-net`, the reactor) and a few request workers (`ms-req-*`),
-//! instead of a publisher thread per lead. Designed in
-//! docs/internals/fixed-threads.md; follows still run on their own
-//! threads (session/follower), and the reactor's subscription parts
-//! (net/subscription.rs, net/poller.rs' sockets) are not used yet.
+//! The runtime of a client's streams: its leads and follows driven by one
+//! network thread (`ms-net`, the reactor) and a few request workers
+//! (`ms-req-*`), whatever their number, instead of threads per stream.
+//! Designed in docs/internals/fixed-threads.md.
 //!
 //! Owns: the reactor thread, the workers, and the command queue callers
-//! use to hand the reactor a lead or wake it. Never does: anything on a
+//! use to hand the reactor a lead or a follow, end a follow, or wake it. Never does: anything on a
 //! caller's thread but queue a command and wake the reactor (no lock of
 //! the reactor's, no wait: the waits of `flush`, `pause` and `close` are
 //! on the lead's own condition variable).
 
 pub mod reactor;
 pub mod requests;
-#[allow(dead_code)] // parts for the follows, not used yet
 pub mod timers;
 
 use crate::error::{Error, Result, Status};
 use crate::net::poller::{Poller, Waker};
+use crate::session::follower::{Follows, Joining};
 use crate::session::leader::{Driver, Lead, LeadWire};
 use crate::session::publisher::Publisher;
 use crate::session::{Config, Hooks};
@@ -34,6 +32,10 @@ pub enum Command {
     Lead(Box<LeadSlot>),
     /// A lead's mailbox changed (publish, resume, terminate, close).
     Wake(u64),
+    /// A follow, its password checked: it joins its stream's group.
+    Follow(Box<Joining>),
+    /// A follow ends (`done` answered once its member is dropped).
+    Unfollow { session: u64, done: Sender<()> },
     /// End: every lead left is ended, the workers stop.
     Shutdown,
 }
@@ -111,6 +113,8 @@ impl Runtime {
             done: done_rx,
             timers: timers::Timers::new(),
             leads: Default::default(),
+            follows: Follows::default(),
+            next_id: 0,
         };
         let thread = std::thread::Builder::new()
             .name("ms-net".into())
@@ -126,6 +130,11 @@ impl Runtime {
             reactor: Mutex::new(Some(thread)),
             workers: Mutex::new(Some(workers)),
         })
+    }
+
+    /// How callers reach the reactor.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
     }
 
     /// What a lead of this runtime wakes it with.

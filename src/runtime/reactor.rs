@@ -1,8 +1,11 @@
-//! The reactor thread (`ms-net`): drives every lead of a client.
+//! The reactor thread (`ms-net`): drives every lead and every follow of a
+//! client.
 //!
 //! Owns: each lead's `Publisher` machine (its `Mailbox` stays behind the
 //! lead's mutex, shared with the caller's `publish`, `flush`, `pause`,
-//! `close`), the timers of the leads, the queue of requests for the
+//! `close`), every follow group (session/follower: its subscription
+//! socket, `Session` and `Delivery`), the poller those sockets are
+//! watched with, the timers of both, the queue of requests for the
 //! workers and the replies coming back.
 //! Never does: block (no I/O, no user callback: events go to the
 //! dispatcher, which never blocks; the only locks taken are a lead's
@@ -17,14 +20,19 @@
 //! lead driven again. One request per lead is out at a time (Webdis does
 //! not order concurrent requests).
 //!
-//! See docs/internals/fixed-threads.md. Follows do not run here yet.
+//! Follows: a socket ready, a timer of a group, a call of a group's come
+//! back are handed to `Follows` (session/follower), the driver of each
+//! group's `Session` and `Opening`.
+//!
+//! See docs/internals/fixed-threads.md.
 
-use super::requests::{Job, Queue, ReqDone};
+use super::requests::{CallDone, Done, Job, Queue, ReqDone, Task};
 use super::timers::{TimerKey, Timers};
 use super::Command;
 use crate::dispatch::{Event, EventKind};
 use crate::error::Status;
 use crate::net::poller::Poller;
+use crate::session::follower::{Ctx, Follows};
 use crate::session::leader::{LeadShared, LeadWire};
 use crate::session::publisher::{Effect, Next, Publisher};
 use crate::session::{Config, Hooks};
@@ -51,13 +59,30 @@ pub struct LeadSlot {
 pub struct Reactor {
     pub poller: Poller,
     pub commands: Receiver<Command>,
-    pub jobs: Option<Sender<Job>>,
-    /// Requests waiting for a worker (at most W-1 out per endpoint with
-    /// several endpoints, see requests.rs).
-    pub queue: Queue<Job>,
-    pub done: Receiver<ReqDone>,
+    pub jobs: Option<Sender<Task>>,
+    /// Requests of leads and calls of follow groups waiting for a worker
+    /// (at most W-1 out per endpoint with several endpoints, see
+    /// requests.rs).
+    pub queue: Queue<Task>,
+    pub done: Receiver<Done>,
     pub timers: Timers,
     pub leads: HashMap<u64, LeadSlot>,
+    pub follows: Follows,
+    /// The id of the last call of a follow group's.
+    pub next_id: u64,
+}
+
+/// The follows' view of the reactor's parts.
+macro_rules! ctx {
+    ($self:ident) => {
+        &mut Ctx {
+            poller: &$self.poller,
+            timers: &mut $self.timers,
+            jobs: $self.jobs.as_ref(),
+            queue: &mut $self.queue,
+            next_id: &mut $self.next_id,
+        }
+    };
 }
 
 impl Reactor {
@@ -66,10 +91,14 @@ impl Reactor {
         loop {
             let now = Instant::now();
             for key in self.timers.pop_due(now) {
-                if let TimerKey::Lead(session) = key {
-                    self.drive_lead(session);
+                match key {
+                    TimerKey::Lead(session) => self.drive_lead(session),
+                    key => self.follows.timer(key, ctx!(self)),
                 }
             }
+            // The calls the follows submitted (timers, sockets, commands,
+            // replies) go to the workers the queue lets them.
+            self.hand_out();
             let timeout = self
                 .timers
                 .next()
@@ -80,6 +109,7 @@ impl Reactor {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             let mut shutdown = false;
+            let mut sockets_done = false;
             loop {
                 let mut any = false;
                 while let Ok(cmd) = self.commands.try_recv() {
@@ -91,12 +121,26 @@ impl Reactor {
                             self.drive_lead(session);
                         }
                         Command::Wake(session) => self.drive_lead(session),
+                        Command::Follow(joining) => self.follows.join(*joining, ctx!(self)),
+                        Command::Unfollow { session, done } => {
+                            self.follows.leave(session, ctx!(self));
+                            let _ = done.send(());
+                        }
                         Command::Shutdown => shutdown = true,
+                    }
+                }
+                if !sockets_done {
+                    sockets_done = true;
+                    for r in ready.drain(..) {
+                        self.follows.socket_ready(r.key, ctx!(self));
                     }
                 }
                 while let Ok(done) = self.done.try_recv() {
                     any = true;
-                    self.request_done(done);
+                    match done {
+                        Done::Lead(done) => self.request_done(done),
+                        Done::Follow(done) => self.call_done(done),
+                    }
                 }
                 if !any {
                     break;
@@ -132,12 +176,12 @@ impl Reactor {
                     self.end_lead(session);
                     return;
                 }
-                let job = Job {
+                let job = Task::Lead(Job {
                     session,
                     endpoint: 0,
                     request,
                     wire: slot.wire.clone(),
-                };
+                });
                 slot.in_flight = true;
                 self.queue.push(session, job);
                 self.hand_out();
@@ -150,21 +194,34 @@ impl Reactor {
         }
     }
 
-    /// Hands the workers the requests the queue lets go, each counted
-    /// against the endpoint it goes to first (the write endpoint now).
+    /// Hands the workers the requests and calls the queue lets go, each
+    /// counted against the endpoint it goes to first (a lead's: the write
+    /// endpoint now; a follow's: its node, see `Task::target`).
     fn hand_out(&mut self) {
-        while let Some((endpoint, mut job)) =
-            self.queue.next(|job| job.wire.conn.endpoints().primary())
-        {
-            job.endpoint = endpoint;
-            let session = job.session;
-            let sent = self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok());
+        while let Some((endpoint, mut task)) = self.queue.next(Task::target) {
+            task.set_endpoint(endpoint);
+            let session = match &task {
+                Task::Lead(job) => Some(job.session),
+                Task::Follow(_) => None,
+            };
+            let sent = self.jobs.as_ref().is_some_and(|j| j.send(task).is_ok());
             if !sent {
-                // No worker left (shutting down): the lead is over.
                 self.queue.done(endpoint);
-                self.end_lead(session);
+                match session {
+                    // No worker left (shutting down): the lead is over.
+                    Some(session) => self.end_lead(session),
+                    // The group goes with the reactor (`shut_down`).
+                    None => crate::util::debug_log!("a follow's call found no worker"),
+                }
             }
         }
+    }
+
+    fn call_done(&mut self, done: CallDone) {
+        self.queue.done(done.endpoint);
+        self.hand_out();
+        self.follows
+            .call_done(done.group, done.id, done.reply, ctx!(self));
     }
 
     fn request_done(&mut self, done: ReqDone) {
@@ -218,6 +275,7 @@ impl Reactor {
         for session in sessions {
             self.end_lead(session);
         }
+        self.follows.shut_down(ctx!(self));
         self.jobs = None;
     }
 }

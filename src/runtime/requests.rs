@@ -6,18 +6,26 @@
 //! requests waiting for a worker and of those out per endpoint.
 //! Never does: touch a machine or the mailbox of a lead (the reactor does,
 //! with the reply), or decide anything: the retries and failover of a
-//! call are `Nodes::fcall`'s, and what a lead's request is made of is
-//! `LeadWire::send`'s (session/leader.rs), called here as is.
+//! call are `Nodes::fcall`'s, what a lead's request is made of is
+//! `LeadWire::send`'s (session/leader.rs), and a follow group's calls
+//! (probe, snapshot, the stream's check) are made by the closure the
+//! group hands in (session/follower), each called here as is.
 //!
 //! A Webdis that stops answering (frozen, or its Redis) holds each request
 //! sent to it until the request's timeout. So that it cannot hold every
 //! worker, at most W-1 requests are out to one endpoint at a time when
 //! the client has several (W with one endpoint: no other one needs the
 //! last worker); the others wait in the reactor (`Queue`), taken in turn
-//! by owner (a lead), so that one busy stream does not delay the others.
+//! by owner (a lead, a follow group), so that one busy stream does not
+//! delay the others. A lead's request counts against the write endpoint;
+//! a follow's snapshot and resync against the node it subscribed on (it
+//! reads from there), its probe and stream check (calls to the write
+//! endpoint) against that one.
 
 use crate::error::Result;
+use crate::net::nodes::Endpoints;
 use crate::net::poller::Waker;
+use crate::session::follower::FollowReply;
 use crate::session::leader::LeadWire;
 use crate::session::publisher::{Request, Stored};
 use crossbeam_channel::{Receiver, Sender};
@@ -37,6 +45,71 @@ pub struct Job {
     pub endpoint: usize,
     pub request: Request,
     pub wire: Arc<LeadWire>,
+}
+
+/// A follow group's blocking call (`run`), over the client's shared
+/// connections with a `Cancel` of its own (`Nodes`), which the group shuts
+/// down when it gives the call up.
+pub struct Call {
+    pub group: u32,
+    pub id: u64,
+    /// The node the call goes to (the one the group subscribed on), or
+    /// None for a call to the write endpoint of the moment.
+    pub node: Option<usize>,
+    pub endpoints: Arc<Endpoints>,
+    /// The endpoint it was counted against when handed to a worker.
+    pub endpoint: usize,
+    pub run: Box<dyn FnOnce() -> FollowReply + Send>,
+}
+
+/// What a worker carries out.
+pub enum Task {
+    Lead(Job),
+    Follow(Call),
+}
+
+/// Queue owners of follow groups: apart from the leads' sessions.
+const GROUP_OWNER: u64 = 1 << 63;
+
+impl Task {
+    /// The owner the queue takes turns by: a lead's session, a group.
+    pub fn owner(&self) -> u64 {
+        match self {
+            Task::Lead(job) => job.session,
+            Task::Follow(call) => GROUP_OWNER | u64::from(call.group),
+        }
+    }
+
+    /// The endpoint the task goes to first, asked when it goes out.
+    pub fn target(&self) -> usize {
+        match self {
+            Task::Lead(job) => job.wire.conn.endpoints().primary(),
+            Task::Follow(call) => call.node.unwrap_or_else(|| call.endpoints.primary()),
+        }
+    }
+
+    /// Counted against `endpoint`.
+    pub fn set_endpoint(&mut self, endpoint: usize) {
+        match self {
+            Task::Lead(job) => job.endpoint = endpoint,
+            Task::Follow(call) => call.endpoint = endpoint,
+        }
+    }
+}
+
+/// A follow group's call carried out.
+pub struct CallDone {
+    pub group: u32,
+    pub id: u64,
+    /// The call's `endpoint`.
+    pub endpoint: usize,
+    pub reply: FollowReply,
+}
+
+/// A task carried out.
+pub enum Done {
+    Lead(ReqDone),
+    Follow(CallDone),
 }
 
 /// A request carried out: its reply, when it came, and the endpoints'
@@ -63,8 +136,8 @@ impl Workers {
     /// waking the reactor with `waker`.
     pub fn start(
         n: usize,
-        jobs: Receiver<Job>,
-        done: Sender<ReqDone>,
+        jobs: Receiver<Task>,
+        done: Sender<Done>,
         waker: Waker,
     ) -> std::io::Result<Workers> {
         let mut threads = Vec::with_capacity(n);
@@ -90,19 +163,32 @@ impl Workers {
     }
 }
 
-fn work(jobs: Receiver<Job>, done: Sender<ReqDone>, waker: Waker) {
-    while let Ok(job) = jobs.recv() {
-        let reply = job.wire.send(&job.request);
-        let at = Instant::now();
-        let moves = job.wire.conn.endpoints().moves();
-        let answered = done.send(ReqDone {
-            session: job.session,
-            endpoint: job.endpoint,
-            request: job.request,
-            reply,
-            at,
-            moves,
-        });
+fn work(jobs: Receiver<Task>, done: Sender<Done>, waker: Waker) {
+    while let Ok(task) = jobs.recv() {
+        let answered = match task {
+            Task::Lead(job) => {
+                let reply = job.wire.send(&job.request);
+                let at = Instant::now();
+                let moves = job.wire.conn.endpoints().moves();
+                done.send(Done::Lead(ReqDone {
+                    session: job.session,
+                    endpoint: job.endpoint,
+                    request: job.request,
+                    reply,
+                    at,
+                    moves,
+                }))
+            }
+            Task::Follow(call) => {
+                let reply = (call.run)();
+                done.send(Done::Follow(CallDone {
+                    group: call.group,
+                    id: call.id,
+                    endpoint: call.endpoint,
+                    reply,
+                }))
+            }
+        };
         if answered.is_err() {
             return;
         }

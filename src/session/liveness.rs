@@ -83,6 +83,7 @@ impl Liveness {
     }
 
     /// Whether LEADER_OFFLINE is the last presence event reported.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn offline(&self) -> bool {
         self.offline
     }

@@ -67,7 +67,7 @@ impl Config {
     }
 }
 
-/// What the session threads need of their client.
+/// What the network thread needs of the client to drive its sessions.
 #[derive(Clone)]
 pub struct Hooks {
     pub dispatcher: Arc<Dispatcher>,

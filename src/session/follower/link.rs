@@ -1,28 +1,23 @@
-//! The network side of a followed stream: the calls a session makes
-//! (ms_connect, subscribe, prove, snapshot, probe), the subscription and
-//! its reader thread, and the delivery of states to the dispatcher (a full
-//! state's header and body paired by publish id, deltas applied to their
-//! base, whatever Webdis swapped held a moment). Every
-//! function here may block; the session thread (`super`) never calls them
-//! itself but through a job.
+//! The network side of a followed stream: the blocking calls a follow
+//! makes (ms_connect, ms_params, ms_probe, ms_snapshot), run on the
+//! caller's thread (the first ms_params and ms_connect) or on the
+//! runtime's request workers (everything after), never on the reactor;
+//! and the delivery of states to the dispatcher (a full state's header
+//! and body paired by publish id, deltas applied to their base, whatever
+//! Webdis swapped held a moment), for every member of a follow group.
 
-use super::opening::{subscription_failure, OpenAction, Opening, Stage};
 use super::session::ResyncDue;
-use crate::dispatch::{Event, StateText};
-use crate::error::{Error, Kind, Result, Status};
+use crate::dispatch::{Dispatcher, Event, StateText};
+use crate::error::{Error, Result, Status};
 use crate::kdf;
 use crate::net::nodes::{Endpoints, Nodes};
 use crate::net::transport::Webdis;
-use crate::session::{params_of, Config};
-use crate::util::{lock, random_hex};
+use crate::session::{params_of, Config, Hooks};
+use crate::util::lock;
 use crate::wire::functions::{self, Call, Connected};
-use crate::wire::protocol::{self, ChannelMessage, ObjectSplitter, SubscriptionItem};
-use crossbeam_channel::{bounded, select, Receiver, Sender};
+use crate::wire::protocol::{self, ChannelMessage};
 use std::ffi::CString;
-use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// ms_connect: checks the password's derived key; returns the stream's
@@ -54,56 +49,29 @@ pub(super) fn disconnected() -> Error {
 /// A message still arriving counts as the leader's activity once this
 /// much of it came: more than any probe (`p <64 characters>` on a 40-digit
 /// channel, in Webdis' envelope) can take.
-const LEADER_SIZED: usize = 512;
+pub(super) const LEADER_SIZED: usize = 512;
 
-/// Items from the reader thread.
-pub(super) enum Incoming {
-    Item(SubscriptionItem),
-    Closed(Error),
-}
-
-/// One live subscription.
-pub(super) struct Subscription {
-    /// The node subscribed on, and its connections.
-    pub(super) node: usize,
-    pub(super) conn: Webdis,
-    pub(super) rx: Receiver<Incoming>,
-    /// Grows with each read that leaves a message incomplete: a large
-    /// message still arriving is not silence.
-    pub(super) progress: Arc<AtomicU64>,
-    pub(super) reader: Option<JoinHandle<()>>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.conn.shutdown();
-        if let Some(h) = self.reader.take() {
-            let _ = h.join();
-        }
-    }
-}
-
-/// Delivers a session's states. Once the follower listens, a
-/// subscription's reader thread hands states to the dispatcher itself (one
-/// thread hand-off less per state); the newest delivered seq is kept under
-/// a lock so that the reader and the follower thread (snapshots) never
-/// deliver out of order.
-pub(super) struct Delivery {
+/// One follower of a group: its session and the stream's name as its
+/// events carry it.
+#[derive(Clone)]
+pub(super) struct Member {
     pub(super) session: u64,
     pub(super) name: Arc<CString>,
-    pub(super) dispatcher: Arc<crate::dispatch::Dispatcher>,
-    pub(super) cancel: Arc<AtomicBool>,
+}
+
+/// Delivers a follow group's states to each of its members. The newest
+/// delivered seq is kept under a lock (the reactor delivers; the request
+/// workers read `have` for ms_snapshot), so that states are never
+/// delivered out of order, nor twice, whatever way they come (the
+/// subscription, a snapshot, a resync).
+pub(super) struct Delivery {
+    /// Names the group in diagnostics (its first member's session).
+    pub(super) session: u64,
+    pub(super) dispatcher: Arc<Dispatcher>,
+    /// The followers served, in the order they joined.
+    pub(super) members: Mutex<Vec<Member>>,
     /// The last state delivered, and deltas waiting for their base.
     pub(super) last: Mutex<Last>,
-    /// The reader delivers states itself.
-    pub(super) direct: AtomicBool,
-    /// When the reader last delivered a state (µs after `epoch`, 0 for
-    /// never): the leader was heard then.
-    pub(super) epoch: Instant,
-    pub(super) last_direct_us: AtomicU64,
-    /// The follower has reported LEADER_OFFLINE: the reader tells it of
-    /// each state too, so that LEADER_ONLINE follows at once.
-    pub(super) leader_offline: AtomicBool,
 }
 
 /// How long a delta whose base has not arrived, or half of a full state
@@ -181,6 +149,52 @@ impl Last {
 }
 
 impl Delivery {
+    pub(super) fn new(session: u64, dispatcher: Arc<Dispatcher>) -> Delivery {
+        Delivery {
+            session,
+            dispatcher,
+            members: Mutex::new(Vec::new()),
+            last: Mutex::new(Last::default()),
+        }
+    }
+
+    /// A state to every member.
+    fn push_state(&self, seq: u64, state: StateText) {
+        let members = lock(&self.members);
+        if let Some((last, others)) = members.split_last() {
+            for m in others {
+                self.dispatcher
+                    .push(m.session, Event::state(&m.name, seq, state.clone()));
+            }
+            self.dispatcher
+                .push(last.session, Event::state(&last.name, seq, state));
+        }
+    }
+
+    /// An event to every member.
+    pub(super) fn push_event(&self, kind: crate::dispatch::EventKind, status: Status) {
+        for m in lock(&self.members).iter() {
+            self.dispatcher
+                .push(m.session, Event::new(kind, &m.name, status));
+        }
+    }
+
+    /// The newest state delivered, to a member that just joined (the
+    /// others had it already).
+    pub(super) fn catch_up(&self, member: &Member) -> bool {
+        let last = lock(&self.last);
+        match last.seq {
+            Some(seq) => {
+                self.dispatcher.push(
+                    member.session,
+                    Event::state(&member.name, seq, last.state.clone()),
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Delivers a snapshot's state, if it carries one newer than the last
     /// one delivered.
     pub(super) fn snapshot(&self, snap: &mut Snapshot) {
@@ -324,7 +338,7 @@ impl Delivery {
         let max = protocol::MAX_STATE;
         // In place when no event holds the state any more (the callback
         // returned): a small edit writes only what it changes.
-        if !self.cancel.load(Ordering::SeqCst) {
+        {
             let Last { state, sums, .. } = &mut *last;
             // (The sums of a state read once, when a delta edits it.)
             match state.edit(|s| {
@@ -361,7 +375,7 @@ impl Delivery {
         id: Option<String>,
         state: StateText,
     ) {
-        if last.seq.is_none_or(|s| seq > s) && !self.cancel.load(Ordering::SeqCst) {
+        if last.seq.is_none_or(|s| seq > s) {
             last.seq = Some(seq);
             last.updated_ms = updated_ms;
             last.id = id;
@@ -370,10 +384,7 @@ impl Delivery {
                 last.sums = None;
             }
             last.state = state;
-            self.dispatcher.push(
-                self.session,
-                Event::state(&self.name, seq, last.state.clone()),
-            );
+            self.push_state(seq, last.state.clone());
             // Deltas that waited for this state.
             while let Some(i) = last.held.iter().position(|h| Some(h.1) == last.seq) {
                 let (seq, _, updated_ms, delta) = last.held.swap_remove(i);
@@ -403,7 +414,7 @@ impl Delivery {
 }
 
 /// A snapshot as the follower uses it.
-pub(super) struct Snapshot {
+pub(crate) struct Snapshot {
     pub(super) seq: u64,
     pub(super) hb: Duration,
     /// When the newest state was stored (Redis' clock).
@@ -429,9 +440,9 @@ impl Snapshot {
     }
 }
 
-/// What the network side of a session needs; shared with its job threads.
-pub(super) struct Link {
-    pub(super) session: u64,
+/// What the blocking calls of a follow group need: the stream and the
+/// password's key. Shared with the request workers.
+pub(super) struct Stream {
     pub(super) key: String,
     /// The stream's key derivation when the follow began.
     pub(super) params: kdf::Params,
@@ -440,40 +451,18 @@ pub(super) struct Link {
     pub(super) channel: String,
     pub(super) endpoints: Arc<Endpoints>,
     pub(super) config: Arc<Config>,
-    pub(super) cancel: Arc<AtomicBool>,
-    /// Disconnected when the session is cancelled.
-    pub(super) wake: Receiver<()>,
-    /// The connections last opened, shut down by a cancel.
-    pub(super) active: Arc<Mutex<Option<Nodes>>>,
-    pub(super) delivery: Arc<Delivery>,
+    pub(super) hooks: Hooks,
 }
 
-impl Link {
-    pub(super) fn cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
-    }
-
-    /// Connections for the next calls, registered so that cancel breaks
-    /// them.
-    pub(super) fn connection(&self) -> Result<Nodes> {
-        let conn = Nodes::new(self.endpoints.clone());
-        *lock(&self.active) = Some(conn.clone());
-        if self.cancelled() {
-            conn.shutdown();
-            return Err(disconnected());
-        }
-        Ok(conn)
-    }
-
+impl Stream {
     /// Checks that the stream still exists, with the password's key, on
     /// the channel followed. A stream started anew under the same name has
     /// another salt: replaced, without a wrong password counted.
-    pub(super) fn check_stream(&self) -> Result<()> {
-        let conn = self.connection()?;
-        if params_of(&conn, &self.key, self.config.timeout())? != self.params {
+    pub(super) fn check_stream(&self, conn: &Nodes) -> Result<()> {
+        if params_of(conn, &self.key, self.config.timeout())? != self.params {
             return Err(replaced());
         }
-        let channel = stream_channel(&conn, &self.key, &self.password_key, self.config.timeout())?;
+        let channel = stream_channel(conn, &self.key, &self.password_key, self.config.timeout())?;
         if channel == self.channel {
             Ok(())
         } else {
@@ -481,173 +470,14 @@ impl Link {
         }
     }
 
-    /// A recovery: the stream still exists (asked first, so that ENDED
-    /// comes promptly when it does not), then a new subscription.
-    pub(super) fn recover(&self) -> Result<(Subscription, Snapshot)> {
-        self.check_stream()?;
-        self.open()
-    }
-
-    /// Subscribes, waits for the acknowledgement, proves the subscription
-    /// with a probe, then reads the snapshot on the node subscribed on.
-    ///
-    /// Webdis 0.1.9 can garble a new subscription (a message published
-    /// while it sets one up may be written before the HTTP response head),
-    /// lose its response or acknowledgement to a socket reused after a
-    /// subscriber hung up, or acknowledge a subscription that Redis never
-    /// feeds. Such a subscription is replaced by a fresh one, within the
-    /// request timeout overall. With several endpoints, each attempt goes
-    /// to the next node of the stream's order (replicas first), so that a
-    /// node that is down or not ready costs one attempt.
-    ///
-    /// The snapshot is read after the probe came back on the subscription:
-    /// the probe was published by the primary after every state it stored
-    /// before, so the node subscribed on (a replica maybe) holds them all
-    /// by then, and every later one comes on the subscription.
-    ///
-    /// What each failure leads to is decided in `opening.rs`, by its kind.
-    pub(super) fn open(&self) -> Result<(Subscription, Snapshot)> {
-        let order = self.endpoints.follow_order(&self.key);
-        let mut opening = Opening::new(Instant::now(), self.config.timeout(), order);
-        let mut action = opening.next(Instant::now());
-        loop {
-            let (node, by) = match action {
-                OpenAction::Subscribe { node, by } => (node, by),
-                OpenAction::Failed(e) => return Err(e),
-            };
-            let nodes = self.connection()?;
-            let opened = self
-                .subscribe(&nodes, node, by)
-                .and_then(|sub| self.confirm(&nodes, &sub, by).map(|()| sub));
-            let (stage, e) = match opened {
-                Ok(sub) => match self.snapshot(nodes.node(node)) {
-                    Ok(snap) => return Ok((sub, snap)),
-                    Err(e) => (Stage::Snapshot, e),
-                },
-                Err(e) => (Stage::Subscription, e),
-            };
-            nodes.shutdown();
-            if self.cancelled() {
-                return Err(disconnected());
-            }
-            crate::util::debug_log!(
-                "subscribe {} at {}: {stage:?} failed ({:?}): {}",
-                self.session,
-                nodes.base(node),
-                e.kind,
-                e.message
-            );
-            let verdict = opening.failed(Instant::now(), stage, e, nodes.base(node));
-            if let Some(failed) = verdict.node_failed {
-                self.endpoints.failed(failed);
-            }
-            action = verdict.then;
-        }
-    }
-
-    /// One subscription, acknowledged by `by`.
-    pub(super) fn subscribe(
-        &self,
-        nodes: &Nodes,
-        node: usize,
-        by: Instant,
-    ) -> Result<Subscription> {
-        let conn = nodes.node(node);
-        // The response head is awaited no longer than the acknowledgement:
-        // Webdis 0.1.9 sometimes never sends it (the request is lost with a
-        // socket it mixed up), and the retry in `open` needs the time left.
-        let wait = by.saturating_duration_since(Instant::now());
-        let reader = conn.subscribe(&self.channel, wait)?;
-        let (tx, rx) = bounded(64);
-        let progress = Arc::new(AtomicU64::new(0));
-        let counter = progress.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("ms-sub-{}", self.session))
-            .stack_size(256 * 1024)
-            .spawn({
-                let delivery = self.delivery.clone();
-                move || read_subscription(reader, tx, counter, delivery)
-            })
-            .map_err(|e| {
-                Error::new(
-                    Status::MS_ERR_INTERNAL,
-                    format!("cannot start a thread: {e}"),
-                )
-            })?;
-        let sub = Subscription {
-            node,
-            conn: conn.clone(),
-            rx,
-            progress,
-            reader: Some(handle),
-        };
-        self.await_item(&sub, by, "acknowledge the subscription", |item| {
-            matches!(item, SubscriptionItem::Subscribed { channel } if *channel == self.channel)
-        })
-        .map_err(subscription_failure)?;
-        Ok(sub)
-    }
-
-    /// Proves an acknowledged subscription end to end: a probe published
-    /// through the functions must reach a subscriber and come back on it
-    /// by `by`. (A subscription Webdis acknowledged may never be fed: the
-    /// probe then reaches no subscriber, or not this one.)
-    pub(super) fn confirm(&self, nodes: &Nodes, sub: &Subscription, by: Instant) -> Result<()> {
-        let token = random_hex(8)?;
-        let left = by.saturating_duration_since(Instant::now());
-        let receivers = self.probe(nodes, sub.node, &token, left.max(Duration::from_millis(1)))?;
-        if receivers == Some(0) {
-            // Acknowledged but never fed: as if unacknowledged.
-            return Err(Error::new(
-                Status::MS_ERR_TIMEOUT,
-                "Redis has no such subscription (a probe reached no subscriber)",
-            )
-            .kinded(Kind::Timeout));
-        }
-        self.await_item(sub, by, "deliver a probe on the subscription", |item| {
-            matches!(item, SubscriptionItem::Message { payload, .. }
-                if payload.strip_prefix("p ") == Some(token.as_str()))
-        })
-        .map_err(subscription_failure)
-    }
-
-    /// Waits until the subscription yields an item `wanted` accepts, by
-    /// `by`; TIMEOUT saying what Webdis did not `do` otherwise.
-    pub(super) fn await_item(
-        &self,
-        sub: &Subscription,
-        by: Instant,
-        what: &str,
-        wanted: impl Fn(&SubscriptionItem) -> bool,
-    ) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let left = by.saturating_duration_since(Instant::now());
-            select! {
-                recv(self.wake) -> _ => return Err(disconnected()),
-                recv(sub.rx) -> m => match m {
-                    Ok(Incoming::Item(item)) if wanted(&item) => return Ok(()),
-                    Ok(Incoming::Item(_)) => continue,
-                    Ok(Incoming::Closed(e)) => return Err(e),
-                    Err(_) => return Err(Error::new(Status::MS_ERR_UNAVAILABLE, "the subscription closed")),
-                },
-                default(left) => return Err(Error::new(
-                    Status::MS_ERR_TIMEOUT,
-                    format!("Webdis did not {what} within {} ms", started.elapsed().as_millis()),
-                )),
-            }
-        }
-    }
-
     /// ms_snapshot, naming the state delivered last (`have`): the reply
     /// carries the newest state only when it is another.
-    pub(super) fn snapshot(&self, conn: &Webdis) -> Result<Snapshot> {
+    pub(super) fn snapshot(&self, conn: &Webdis, have: &str) -> Result<Snapshot> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
-        let have = self.delivery.have();
         let sent = Instant::now();
         // A stream started anew under the same name has another channel,
         // so ms_snapshot answers MSNOTFOUND.
-        let call = Call::snapshot(&self.key, &have);
+        let call = Call::snapshot(&self.key, have);
         let reply = conn.fcall(&call, &[&body], self.config.timeout())?;
         Ok(Snapshot::of(functions::Snapshot::of(reply)?, sent))
     }
@@ -701,194 +531,17 @@ impl Delivery {
     }
 }
 
-/// The reader thread: bytes from Webdis to parsed items. Once the
-/// follower listens, states go to the dispatcher from here.
-pub(super) fn read_subscription(
-    mut reader: impl Read,
-    tx: Sender<Incoming>,
-    progress: Arc<AtomicU64>,
-    delivery: Arc<Delivery>,
-) {
-    let mut splitter = ObjectSplitter::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => {
-                let _ = tx.send(Incoming::Closed(Error::new(
-                    Status::MS_ERR_UNAVAILABLE,
-                    "Webdis closed the subscription",
-                )));
-                return;
-            }
-            Ok(n) => n,
-            Err(e) => {
-                // A chunked stream that cannot be read (Webdis 0.1.9 may
-                // write a message into a response it is still setting up)
-                // is a garbled response, which `open` replaces at once;
-                // anything else is a broken connection.
-                let garbled = e
-                    .get_ref()
-                    .and_then(|i| i.downcast_ref::<ureq::Error>())
-                    .is_some_and(|u| matches!(u, ureq::Error::Protocol(_)));
-                let _ = tx.send(Incoming::Closed(Error::new(
-                    if garbled {
-                        Status::MS_ERR_PROTOCOL
-                    } else {
-                        Status::MS_ERR_UNAVAILABLE
-                    },
-                    format!("the subscription broke: {e}"),
-                )));
-                return;
-            }
-        };
-        splitter.push(&buf[..n]);
-        loop {
-            match splitter.next_object() {
-                Ok(Some(obj)) => {
-                    let item = match protocol::parse_subscription_object(&obj) {
-                        Ok(SubscriptionItem::Message { payload, .. })
-                            if is_state_message(&payload)
-                                && delivery.direct.load(Ordering::SeqCst) =>
-                        {
-                            delivery.message(payload);
-                            let waiting = delivery.resync_at().is_some();
-                            let us = delivery.epoch.elapsed().as_micros() as u64;
-                            delivery.last_direct_us.store(us.max(1), Ordering::SeqCst);
-                            if !waiting && !delivery.leader_offline.load(Ordering::SeqCst) {
-                                continue;
-                            }
-                            // Wake the follower: the leader is back, or a delta waits.
-                            Incoming::Item(SubscriptionItem::Other)
-                        }
-                        Ok(item) => Incoming::Item(item),
-                        Err(e) => Incoming::Closed(e),
-                    };
-                    let closed = matches!(item, Incoming::Closed(_));
-                    if tx.send(item).is_err() || closed {
-                        return;
-                    }
-                }
-                Ok(None) => {
-                    if splitter.pending() >= LEADER_SIZED {
-                        // Part of a message arrived: activity, though no
-                        // message is complete yet. Only a message longer
-                        // than any probe counts (a state or delta, which
-                        // only the leader can cause): anyone with the
-                        // password can publish probes on the channel, and
-                        // they must not pass for the leader.
-                        progress.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    break;
-                }
-                Err(e) => {
-                    let _ = tx.send(Incoming::Closed(e));
-                    return;
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Hands out its chunks one read at a time, then the end of the stream.
-    struct Chunks(Vec<Vec<u8>>);
-
-    impl Read for Chunks {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            if self.0.is_empty() {
-                return Ok(0);
-            }
-            let chunk = self.0.remove(0);
-            buf[..chunk.len()].copy_from_slice(&chunk);
-            Ok(chunk.len())
-        }
-    }
-
-    /// Bytes of a message still arriving are activity: the reader counts
-    /// every read that leaves a message incomplete (the session's silence
-    /// clock watches that count), and a read of whole messages only is
-    /// not counted.
-    #[test]
-    fn reads_that_leave_a_message_incomplete_count_as_progress() {
-        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
-        let delivery = Arc::new(Delivery {
-            session: 1,
-            name: Arc::new(CString::new("s").unwrap()),
-            dispatcher: dispatcher.clone(),
-            cancel: Arc::new(AtomicBool::new(false)),
-            last: Mutex::new(Last::default()),
-            direct: AtomicBool::new(false),
-            epoch: Instant::now(),
-            last_direct_us: AtomicU64::new(0),
-            leader_offline: AtomicBool::new(false),
-        });
-        let whole = br#"{"SUBSCRIBE":["subscribe","c",1]}"#.to_vec();
-        let big = format!(
-            r#"{{"SUBSCRIBE":["message","c","s 1 2\n{{\"pad\":\"{}\"}}"]}}"#,
-            "x".repeat(3000)
-        )
-        .into_bytes();
-        let (first, rest) = big.split_at(1000);
-        let (second, third) = rest.split_at(1000);
-        let reads = vec![whole, first.to_vec(), second.to_vec(), third.to_vec()];
-        let (tx, rx) = bounded(64);
-        let progress = Arc::new(AtomicU64::new(0));
-        read_subscription(Chunks(reads), tx, progress.clone(), delivery);
-        // The two reads that left the message incomplete, not the others.
-        assert_eq!(progress.load(Ordering::Relaxed), 2000);
-        let items: Vec<Incoming> = rx.try_iter().collect();
-        assert!(matches!(
-            items.as_slice(),
-            [
-                Incoming::Item(SubscriptionItem::Subscribed { .. }),
-                Incoming::Item(SubscriptionItem::Message { .. }),
-                Incoming::Closed(_)
-            ]
-        ));
-        dispatcher.shutdown();
-    }
-
-    /// Probes anyone with the password can publish on the channel: one
-    /// split over two reads is no activity of the leader's.
-    #[test]
-    fn a_probe_split_over_reads_is_not_progress() {
-        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
-        let probe = format!(
-            r#"{{"SUBSCRIBE":["message","{}","p {}"]}}"#,
-            "c".repeat(40),
-            "A".repeat(64)
-        )
-        .into_bytes();
-        assert!(probe.len() < LEADER_SIZED);
-        let (first, second) = probe.split_at(probe.len() - 3);
-        let reads = vec![first.to_vec(), second.to_vec()];
-        let (tx, _rx) = bounded(64);
-        let progress = Arc::new(AtomicU64::new(0));
-        read_subscription(
-            Chunks(reads),
-            tx,
-            progress.clone(),
-            Arc::new(delivery(&dispatcher)),
-        );
-        assert_eq!(progress.load(Ordering::Relaxed), 0);
-        dispatcher.shutdown();
-    }
-
     fn delivery(dispatcher: &Arc<crate::dispatch::Dispatcher>) -> Delivery {
-        Delivery {
+        let d = Delivery::new(1, dispatcher.clone());
+        lock(&d.members).push(Member {
             session: 1,
             name: Arc::new(CString::new("s").unwrap()),
-            dispatcher: dispatcher.clone(),
-            cancel: Arc::new(AtomicBool::new(false)),
-            last: Mutex::new(Last::default()),
-            direct: AtomicBool::new(true),
-            epoch: Instant::now(),
-            last_direct_us: AtomicU64::new(0),
-            leader_offline: AtomicBool::new(false),
-        }
+        });
+        d
     }
 
     /// A delta whose result would exceed 8 MiB (a 4.5 MiB state twice, its
@@ -1272,19 +925,56 @@ mod tests {
         dispatcher.shutdown();
     }
 
-    /// The reader delivers swapped halves itself once the follower
-    /// listens.
+    /// Every member gets every state; a member that joins later gets the
+    /// newest state delivered (and nothing older) at once, and only newer
+    /// ones after.
     #[test]
-    fn the_reader_pairs_swapped_halves() {
-        let (dispatcher, got) = recording();
-        let d = Arc::new(delivery(&dispatcher));
-        let msg = |p: String| {
-            serde_json::to_vec(&serde_json::json!({"SUBSCRIBE": ["message", "c", p]})).unwrap()
+    fn every_member_gets_each_state_and_a_late_member_the_newest_at_once() {
+        let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+        let got: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+        let g = got.clone();
+        let sessions = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let s2 = sessions.clone();
+        dispatcher.set_callback(Some(Arc::new(move |e: &Event| {
+            if e.state.is_some() {
+                let who = *lock(&s2).get(e.stream_name()).unwrap_or(&0);
+                lock(&g).push((who, e.seq));
+            }
+        })));
+        let member = |session: u64, name: &str| {
+            lock(&sessions).insert(name.to_string(), session);
+            dispatcher.register(session);
+            Member {
+                session,
+                name: Arc::new(CString::new(name).unwrap()),
+            }
         };
-        let reads = vec![msg(format!("r {A}\nh 100")), msg(format!("s 7 7000 {A}"))];
-        let (tx, _rx) = bounded(64);
-        read_subscription(Chunks(reads), tx, Arc::new(AtomicU64::new(0)), d.clone());
-        assert_eq!(seen_until(&got, 7), [(7, "h 100".to_string())]);
+        let d = Delivery::new(1, dispatcher.clone());
+        let (a, b) = (member(1, "a"), member(2, "b"));
+        assert!(!d.catch_up(&a), "nothing delivered yet");
+        lock(&d.members).push(a);
+        full(&d, 1, "{}".into());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&got).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        full(&d, 2, "{}".into());
+        assert!(d.catch_up(&b));
+        lock(&d.members).push(b);
+        while !lock(&got).contains(&(2, 2)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        full(&d, 2, "{}".into());
+        full(&d, 3, "{}".into());
+        while lock(&got).iter().filter(|x| x.1 == 3).count() < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let seen = lock(&got).clone();
+        let of =
+            |who: u64| -> Vec<u64> { seen.iter().filter(|x| x.0 == who).map(|x| x.1).collect() };
+        assert_eq!(*of(1).last().unwrap(), 3, "{seen:?}");
+        assert!(of(1).windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+        assert_eq!(of(2), [2, 3], "the newest at once, then newer ones");
         dispatcher.shutdown();
     }
 }

@@ -3,9 +3,10 @@
 //! attempt leads to (another attempt at once, on the same node or the
 //! next; or the end of the opening, with which error). No I/O and no
 //! clock: instants and the outcome of each attempt come in, actions come
-//! out. `Link::open` carries them out (subscribe, await the
-//! acknowledgement, prove the subscription with a probe, read the
-//! snapshot).
+//! out. The follow's driver (`mod.rs`, on the client's network thread)
+//! carries them out a step at a time (subscribe, await the
+//! acknowledgement, prove the subscription with a probe, await its echo,
+//! read the snapshot).
 //!
 //! The decisions go by the failure's `Kind`, never by its status or
 //! wording:
@@ -113,8 +114,43 @@ fn response(stage: Stage, e: &Error, many: bool) -> Response {
     }
 }
 
-/// The kind of a failure of a subscription as it is set up: the reader
-/// thread and `Link::await_item` make their errors without one. Nothing
+/// Where the probe proving a subscription leaves the attempt once its
+/// request returned.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Proof {
+    /// Its echo came on the subscription already: proven.
+    Proven,
+    /// It was published: its echo proves the subscription (by the
+    /// attempt's deadline).
+    AwaitEcho,
+    /// The attempt failed with this error.
+    Failed(Error),
+}
+
+/// The probe's request returned `reached` (the subscriptions it reached,
+/// when the node subscribed on is the primary), its echo `echoed` on the
+/// subscription or not yet. A probe that reached no subscriber proves the
+/// subscription was acknowledged but is never fed: as if
+/// unacknowledged (`Kind::Timeout`, replaced at once). The echo, not the
+/// reply, proves the subscription: on a replica the probe comes through
+/// replication, after every state the primary stored before it.
+pub(super) fn probe_returned(reached: Result<Option<u64>, Error>, echoed: bool) -> Proof {
+    match reached {
+        Err(e) => Proof::Failed(e),
+        Ok(Some(0)) => Proof::Failed(
+            Error::new(
+                Status::MS_ERR_TIMEOUT,
+                "Redis has no such subscription (a probe reached no subscriber)",
+            )
+            .kinded(Kind::Timeout),
+        ),
+        Ok(_) if echoed => Proof::Proven,
+        Ok(_) => Proof::AwaitEcho,
+    }
+}
+
+/// The kind of a failure of a subscription as it is set up: the driver's
+/// deadlines of an attempt make their errors without one. Nothing
 /// in time is `Timeout`; a stream that cannot be read or parsed (Webdis
 /// 0.1.9 may write a message into a response it is still setting up) is
 /// `Garbled`; a subscription closed or broken is `Unreachable`. A failure
@@ -226,6 +262,36 @@ impl Opening {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe's reply: an error or no subscriber reached fails the
+    /// attempt (the latter as unacknowledged, replaced at once); otherwise
+    /// the echo decides, whether it came before the reply or comes after.
+    #[test]
+    fn the_echo_not_the_reply_proves_a_subscription() {
+        for echoed in [false, true] {
+            let e = Error::new(Status::MS_ERR_UNAVAILABLE, "down").kinded(Kind::Unreachable);
+            assert_eq!(probe_returned(Err(e.clone()), echoed), Proof::Failed(e));
+            let Proof::Failed(none) = probe_returned(Ok(Some(0)), echoed) else {
+                panic!("a probe that reached nobody fails the attempt");
+            };
+            assert_eq!(
+                (none.status, none.kind),
+                (Status::MS_ERR_TIMEOUT, Kind::Timeout)
+            );
+            let mut o = Opening::new(Instant::now(), T, vec![0]);
+            let now = Instant::now();
+            subscribe(&o.next(now));
+            let v = o.failed(now, Stage::Subscription, none, "http://a");
+            assert!(
+                matches!(v.then, OpenAction::Subscribe { .. }),
+                "replaced at once"
+            );
+        }
+        for reached in [Some(1), Some(3), None] {
+            assert_eq!(probe_returned(Ok(reached), true), Proof::Proven);
+            assert_eq!(probe_returned(Ok(reached), false), Proof::AwaitEcho);
+        }
+    }
 
     const T: Duration = Duration::from_millis(4000);
 

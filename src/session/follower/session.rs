@@ -1,12 +1,14 @@
 //! The follower session's decisions, free of I/O and of the clock: the
-//! session thread (`mod.rs`) tells it what it observed and when (`tick`,
+//! driver (`mod.rs`, on the client's network thread) tells it what it
+//! observed and when (`tick`,
 //! `heard`, `job_done`, `job_not_started`), carries out the actions it
 //! returns, and sleeps until `next_wake`. The timing rules of silence and
 //! presence are `liveness.rs`'; the decisions here are tested on synthetic
 //! instants.
 //!
 //! The decisions:
-//! - **Jobs.** One blocking call at a time runs on a job thread: a probe
+//! - **Jobs.** One blocking call at a time runs for the session (on a
+//!   request worker): a probe
 //!   (when `Liveness` asks for one), a recovery, or a snapshot read for
 //!   deltas.
 //! - **Resync.** Deltas that cannot be applied make the session read the
@@ -40,7 +42,7 @@ pub enum ResyncDue {
     At(Instant),
 }
 
-/// The blocking call running on the job thread.
+/// The blocking call running for the session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Job {
     Probe,
@@ -48,7 +50,7 @@ pub enum Job {
     Resync,
 }
 
-/// What the session thread observed on its subscription.
+/// What the driver observed on the session's subscription.
 #[derive(Debug)]
 pub enum Heard {
     /// A state or a delta (handed to delivery by the thread).
@@ -90,11 +92,14 @@ pub enum JobDone {
     /// A snapshot read for deltas (the thread hands it to delivery): when
     /// its state was stored, if it was read and the clock can tell.
     Resync(Option<Instant>),
-    /// The job thread ended without a result.
+    /// The job ended without a result.
+    /// (The reactor's calls always answer: kept for a driver whose
+    /// calls may not.)
+    #[allow(dead_code)]
     Vanished,
 }
 
-/// What the session thread does.
+/// What the driver does.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     /// Report this event (presence, RECONNECTED), status MS_OK.
@@ -148,13 +153,15 @@ impl Session {
     }
 
     /// Whether LEADER_OFFLINE is the last presence event reported.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn offline(&self) -> bool {
         self.live.offline()
     }
 
-    /// What is due at `now`: `direct` when the reader delivered states
-    /// itself (the last one then, whether or not the subscription is still
-    /// held), `bytes` when bytes of a message still arriving came, `resync`
+    /// What is due at `now`: `direct` when states were delivered without
+    /// being `heard` (the last one then, whether or not the subscription
+    /// is still held; the network thread hears each state, and passes
+    /// None), `bytes` when bytes of a message still arriving came, `resync`
     /// when deltas need the snapshot.
     pub fn tick(
         &mut self,
