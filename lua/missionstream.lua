@@ -141,14 +141,13 @@ end
 -- <request nonce>), so a reply written to another connection (Webdis 0.1.9
 -- can do that) gives its reader nothing usable. Hex digit by hex digit,
 -- which is the XOR of the 20 bytes.
-local HEX = '0123456789abcdef'
--- The first `digits` hex digits of `secret` XORed with those of `mask`,
--- hex digit by hex digit (the XOR of the bytes).
+-- The first `digits` hex digits (a multiple of 8) of `secret` XORed with
+-- those of `mask`, eight digits at a time (the XOR of the bytes).
 local function xor_hex(secret, mask, digits)
   local out = {}
-  for i = 1, digits do
-    local x = bit.bxor(tonumber(string.sub(secret, i, i), 16), tonumber(string.sub(mask, i, i), 16))
-    out[i] = string.sub(HEX, x + 1, x + 1)
+  for i = 1, digits, 8 do
+    local x = bit.bxor(tonumber(string.sub(secret, i, i + 7), 16), tonumber(string.sub(mask, i, i + 7), 16))
+    out[#out + 1] = bit.tohex(x, 8)
   end
   return table.concat(out)
 end
@@ -347,7 +346,8 @@ local MAX_DELTA_COMMANDS = 2048
 -- snapshot. A piece is a byte range of a string ({ s = string, o = offset,
 -- n = length }), so that the state of a full publish is kept as the
 -- request's body itself, after its "r <publish id>\n" prefix, and no
--- string of the state's size is made to strip the prefix. A kept state is
+-- string of the state's size is made to strip the prefix; the parts of a
+-- cut piece are ranges of the same string. A kept state is
 -- used only while the record still holds it (same channel, seq and
 -- publish id: a publish id names one state); else it is assembled from
 -- the record again. The cache holds states of MIN_KEPT bytes or more, up to
@@ -358,12 +358,18 @@ local ROPE_BUDGET = 64 * 1024 * 1024
 -- States shorter than this are not kept.
 local MIN_KEPT = 8 * 1024
 -- A piece holds up to about piece_size(state length) bytes: 1/PIECES of
--- the state, at least MIN_PIECE (a cut scans at most half a piece for
--- residue sums). Adjacent pieces are joined while they fit in one, so a
--- state has at most 2 * PIECES + 1 pieces (join100 below joins up to 100
--- into one string at once).
+-- the state, at least MIN_PIECE (a cut reads at most half a piece for
+-- residue sums, or GRID / 2 bytes in a piece with a grid, see piece_sums).
+-- A cut leaves the two parts of a piece as ranges of its string and joins
+-- only the small pieces around the edit; a state of more than
+-- 2 * PIECES + 1 pieces has its adjacent pieces joined while they fit in
+-- one (merge_pieces). Every delta walks the list of pieces, so fewer and
+-- larger ones are cheaper while cuts read little (24 against 48: ~25 %
+-- less Redis time per delta at 1 MiB; 12: the joins of pieces cut at new
+-- places grow costlier than the walks save). join100 below joins up to
+-- 100 into one string at once.
 local MIN_PIECE = 4 * 1024
-local PIECES = 48
+local PIECES = 24
 
 -- Joins up to 100 strings into one, making one string only (a chain of
 -- ".." is one concatenation; table.concat makes intermediate strings).
@@ -392,10 +398,54 @@ local function piece_of(s)
   return { s = s, o = 0, n = #s }
 end
 
--- The residue sums of piece p (memoized: a piece never changes).
+-- Large pieces keep the residue sums of their string at a grid of
+-- positions, every GRID bytes from the piece's start (made in the same pass
+-- as the piece's own sums), so that a cut anywhere in them, or in the
+-- parts cut from them (ranges of the same string), reads at most GRID / 2
+-- bytes on either side of the grid point nearest to it.
+local GRID = 1024
+
+-- The grid of the bytes [o, o + n) of s, and their sums (at the string's
+-- positions).
+local function grid_of(s, o, n)
+  local c1, c2, c3, c4 = { 0 }, { 0 }, { 0 }, { 0 }
+  local a1, a2, a3, a4 = 0, 0, 0, 0
+  local j, pos, e = 1, o, o + n
+  while pos < e do
+    local q = math.min(pos + GRID, e)
+    local r = residue_sums(s, pos, q)
+    a1, a2, a3, a4 = a1 + r[1], a2 + r[2], a3 + r[3], a4 + r[4]
+    j = j + 1
+    c1[j], c2[j], c3[j], c4[j] = a1, a2, a3, a4
+    pos = q
+  end
+  return { base = o, e = e, c1 = c1, c2 = c2, c3 = c3, c4 = c4 }, { a1, a2, a3, a4 }
+end
+
+-- The sums (at the string's positions) of the bytes [g.base, x) of s, from
+-- the grid point of g nearest to x.
+local function grid_at(g, s, x)
+  local j = math.floor((x - g.base) / GRID)
+  local lo = g.base + j * GRID
+  local hi = math.min(lo + GRID, g.e)
+  if x - lo <= hi - x then
+    local r = residue_sums(s, lo, x)
+    return { g.c1[j + 1] + r[1], g.c2[j + 1] + r[2], g.c3[j + 1] + r[3], g.c4[j + 1] + r[4] }
+  end
+  local r = residue_sums(s, x, hi)
+  return { g.c1[j + 2] - r[1], g.c2[j + 2] - r[2], g.c3[j + 2] - r[3], g.c4[j + 2] - r[4] }
+end
+
+-- The residue sums of piece p (memoized: a piece never changes); a piece
+-- of 4 grid steps or more gets its grid in the same pass.
 local function piece_sums(p)
   if not p.r then
-    local r = residue_sums(p.s, p.o, p.o + p.n)
+    local r
+    if p.n >= 4 * GRID then
+      p.g, r = grid_of(p.s, p.o, p.n)
+    else
+      r = residue_sums(p.s, p.o, p.o + p.n)
+    end
     if p.o % 4 ~= 0 then
       -- (sums of the string's positions, shifted to the piece's own)
       local x = { 0, 0, 0, 0 }
@@ -414,34 +464,63 @@ local function piece_str(p)
   return string.sub(p.s, p.o + 1, p.o + p.n)
 end
 
--- A piece of the bytes [a, b) of piece p (0-based, in p). Its sums are
--- those of the bytes read: of the part itself when it is the smaller side,
--- else of the rest subtracted from the piece's, so never more than b - a
--- bytes are scanned; nil (computed when needed) when p's are not known.
+-- The residue sums, at the string's positions, of the bytes [0, x) of
+-- piece p whose own sums are known: from the nearest of the piece's start,
+-- its end and the last such x asked (memoized in p.px, p.pr), so that the
+-- two cuts of an edit (its start, then its end a few bytes further) scan
+-- at most half the piece between them.
+local function prefix_sums(p, x)
+  local s, o, n = p.s, p.o, p.n
+  local g = p.g
+  if g then
+    if not p.g0 then p.g0 = grid_at(g, s, o) end
+    local y, z = p.g0, grid_at(g, s, o + x)
+    return { z[1] - y[1], z[2] - y[2], z[3] - y[3], z[4] - y[4] }
+  end
+  local r
+  local dm = p.px and math.abs(x - p.px) or n
+  if x <= n - x and x <= dm then
+    r = residue_sums(s, o, o + x)
+  elseif dm <= n - x then
+    local y, m = p.pr, p.px
+    if x >= m then
+      local z = residue_sums(s, o + m, o + x)
+      r = { y[1] + z[1], y[2] + z[2], y[3] + z[3], y[4] + z[4] }
+    else
+      local z = residue_sums(s, o + x, o + m)
+      r = { y[1] - z[1], y[2] - z[2], y[3] - z[3], y[4] - z[4] }
+    end
+  else
+    local full = { 0, 0, 0, 0 }
+    add_shifted(full, p.r, o % 4)
+    local z = residue_sums(s, o + x, o + n)
+    r = { full[1] - z[1], full[2] - z[2], full[3] - z[3], full[4] - z[4] }
+  end
+  p.px, p.pr = x, r
+  return r
+end
+
+-- A piece of the bytes [a, b) of piece p (0-based, in p): a range of the
+-- same string (no string made). Its sums follow from p's (nil, computed
+-- when needed, when p's are not known), reading at most half of p
+-- (prefix_sums).
 local function sub_piece(p, a, b)
   if a == 0 and b == p.n then return p end
   local r
   if p.r then
-    local x
     local o = p.o
-    if b - a <= p.n / 2 then
-      x = residue_sums(p.s, o + a, o + b)
-      r = { 0, 0, 0, 0 }
-      add_shifted(r, x, -(o + a) % 4)
+    local y, z
+    if a == 0 then y = { 0, 0, 0, 0 } else y = prefix_sums(p, a) end
+    if b == p.n then
+      z = { 0, 0, 0, 0 }
+      add_shifted(z, p.r, o % 4)
     else
-      local y, z = residue_sums(p.s, o, o + a), residue_sums(p.s, o + b, o + p.n)
-      -- y and z at the string's positions; p.r at the piece's: bring y and
-      -- z to the piece's, subtract, then shift to the part's.
-      local y2, z2 = { 0, 0, 0, 0 }, { 0, 0, 0, 0 }
-      add_shifted(y2, y, -o % 4)
-      add_shifted(z2, z, -o % 4)
-      x = { p.r[1] - y2[1] - z2[1], p.r[2] - y2[2] - z2[2], p.r[3] - y2[3] - z2[3], p.r[4] - y2[4] - z2[4] }
-      r = { 0, 0, 0, 0 }
-      add_shifted(r, x, -a % 4)
+      z = prefix_sums(p, b)
     end
+    r = { 0, 0, 0, 0 }
+    add_shifted(r, { z[1] - y[1], z[2] - y[2], z[3] - y[3], z[4] - y[4] }, -(o + a) % 4)
   end
-  local s = string.sub(p.s, p.o + a + 1, p.o + b)
-  return { s = s, o = 0, n = #s, r = r }
+  return { s = p.s, o = p.o + a, n = b - a, r = r, g = p.g }
 end
 
 -- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
@@ -479,33 +558,71 @@ local function continues(rope, starts, x)
   return b >= 128 and b < 192
 end
 
--- Joins runs of adjacent pieces as long as a run stays within `size`
--- bytes (the sums of a joined piece follow from its parts'), so that a
--- state does not crumble into ever smaller pieces: any two adjacent pieces
--- left hold more than `size` bytes together.
+-- Pieces i to j of `pieces` as one piece, appended to out (one string
+-- made when there are several; its sums follow from theirs).
+local function merge_run(out, pieces, i, j)
+  if i == j then
+    out[#out + 1] = pieces[i]
+    return
+  end
+  local strs, r, pos = {}, { 0, 0, 0, 0 }, 0
+  for k = i, j do
+    local p = pieces[k]
+    strs[#strs + 1] = piece_str(p)
+    add_shifted(r, piece_sums(p), pos % 4)
+    pos = pos + p.n
+  end
+  local s = table.concat(strs)
+  out[#out + 1] = { s = s, o = 0, n = #s, r = r }
+end
+
+-- Joins runs of adjacent small pieces (under size/8 each, up to size/4 a
+-- run: the bytes around an edit), so that edits do not crumble a state
+-- into ever smaller pieces at the cost of a few small strings; the large
+-- parts of a cut piece stay ranges of their strings (joining them would
+-- make a string of the piece's size at every edit). When a state has more
+-- than 2 * PIECES + 1 pieces all the same (edits at many places), runs of
+-- adjacent pieces are joined as long as a run stays within `size` bytes:
+-- any two adjacent pieces left hold more than `size` bytes together.
 local function merge_pieces(pieces, size)
-  local out, run, run_len = {}, {}, 0
-  local function flush()
-    if #run == 1 then
-      out[#out + 1] = run[1]
-    elseif #run > 1 then
-      local strs, r, pos = {}, { 0, 0, 0, 0 }, 0
-      for k, p in ipairs(run) do
-        strs[k] = piece_str(p)
-        add_shifted(r, piece_sums(p), pos % 4)
-        pos = pos + p.n
-      end
-      local s = table.concat(strs)
-      out[#out + 1] = { s = s, o = 0, n = #s, r = r }
+  local small, out, i, cnt = size / 8, {}, 1, #pieces
+  -- (most often no two small pieces are adjacent: the pieces stand)
+  local prev, joins = math.huge, false
+  for k = 1, cnt do
+    local n = pieces[k].n
+    if n < small and prev < small and prev + n <= 2 * small then
+      joins = true
+      break
     end
-    run, run_len = {}, 0
+    prev = n
   end
-  for _, p in ipairs(pieces) do
-    if run_len + p.n > size then flush() end
-    run[#run + 1] = p
-    run_len = run_len + p.n
+  if not joins then
+    if cnt <= 2 * PIECES + 1 then return pieces end
+    i = cnt + 1
+    out = pieces
   end
-  flush()
+  while i <= cnt do
+    local j, run = i, pieces[i].n
+    if run < small then
+      while j < cnt and pieces[j + 1].n < small and run + pieces[j + 1].n <= 2 * small do
+        j = j + 1
+        run = run + pieces[j].n
+      end
+    end
+    merge_run(out, pieces, i, j)
+    i = j + 1
+  end
+  if #out <= 2 * PIECES + 1 then return out end
+  pieces, out, i, cnt = out, {}, 1, #out
+  while i <= cnt do
+    local j, run = i, pieces[i].n
+    while j < cnt and run + pieces[j + 1].n <= size do
+      j = j + 1
+      run = run + pieces[j].n
+    end
+    merge_run(out, pieces, i, j)
+    i = j + 1
+  end
   return out
 end
 
@@ -578,41 +695,84 @@ local function apply_segs(segs, d, pos)
   limit, pos = delta_int(d, pos or 1)
   if not limit then return nil end
   pos = pos + 1
+  local SS, SO, SN, SAT, slen = segs.s, segs.o, segs.n, segs.at, segs.len
   local S, O, N, AT = {}, {}, {}, {}
   local k, len, commands = 0, 0, 0
-  local function add(str, o, n)
-    if n <= 0 then return end
-    if k > 0 and S[k] == str and O[k] + N[k] == o then
-      N[k] = N[k] + n
-    else
-      k = k + 1
-      S[k], O[k], N[k], AT[k] = str, o, n, len
-    end
-    len = len + n
-  end
+  local byte = string.byte
   while true do
     commands = commands + 1
     local n
     n, pos = delta_int(d, pos)
     if not n then return nil end
-    local op = string.byte(d, pos)
+    local op = byte(d, pos)
     pos = pos + 1
     if op == 64 then -- '@': copy
       local off
       off, pos = delta_int(d, pos)
-      if not off or off + n > segs.len then return nil end
+      if not off or off + n > slen then return nil end
       pos = pos + 1
-      local x, e = off, off + n
-      while x < e do
-        local i = piece_at(segs.at, x)
-        local into = x - segs.at[i]
-        local take = math.min(segs.n[i] - into, e - x)
-        add(segs.s[i], segs.o[i] + into, take)
-        x = x + take
+      if n > 0 then
+        -- The segments holding bytes off and e - 1; those between are
+        -- taken whole (the work of a copy grows with the segments it
+        -- takes, at a few table stores each).
+        local e = off + n
+        local i, last = piece_at(SAT, off), piece_at(SAT, e - 1)
+        local into = off - SAT[i]
+        local take = math.min(SN[i] - into, n)
+        local str, o = SS[i], SO[i] + into
+        if k > 0 and S[k] == str and O[k] + N[k] == o then
+          N[k] = N[k] + take
+        else
+          k = k + 1
+          S[k], O[k], N[k], AT[k] = str, o, take, len
+        end
+        len = len + take
+        if last > i then
+          local shift = len - SAT[i + 1]
+          if k == 1 and shift == 0 and i == 1 then
+            -- (a copy from the start of the state to the start of the
+            -- result: the segments as they are, copied by unpack in C)
+            local first = S[1] == SS[1] and O[1] == SO[1] and N[1] == SN[1]
+            if first then
+              local upto = last - 1
+              if upto <= 7000 then
+                S, O, N, AT = { unpack(SS, 1, upto) }, { unpack(SO, 1, upto) }, { unpack(SN, 1, upto) },
+                  { unpack(SAT, 1, upto) }
+                k = upto
+                len = SAT[upto] + SN[upto]
+                i = upto
+              end
+            end
+          end
+          for j = i + 1, last - 1 do
+            k = k + 1
+            S[k], O[k], N[k], AT[k] = SS[j], SO[j], SN[j], SAT[j] + shift
+          end
+          if i < last - 1 then len = SAT[last - 1] + SN[last - 1] + shift end
+          -- the last segment, up to e
+          take = e - SAT[last]
+          str, o = SS[last], SO[last]
+          if S[k] == str and O[k] + N[k] == o then
+            N[k] = N[k] + take
+          else
+            k = k + 1
+            S[k], O[k], N[k], AT[k] = str, o, take, len
+          end
+          len = len + take
+        end
       end
     elseif op == 58 then -- ':': literal
       if pos + n - 1 > #d then return nil end
-      add(d, pos - 1, n)
+      if n > 0 then
+        local o = pos - 1
+        if k > 0 and S[k] == d and O[k] + N[k] == o then
+          N[k] = N[k] + n
+        else
+          k = k + 1
+          S[k], O[k], N[k], AT[k] = d, o, n, len
+        end
+        len = len + n
+      end
       pos = pos + n
     elseif op == 59 and len == limit then -- ';': the end
       break
@@ -683,15 +843,19 @@ end
 -- twice the state, and the base written costs the AOF and the replicas at
 -- most a delta's bytes again per update, amortised over the updates
 -- between compactions), or when applying it would take more than
--- MAX_WORK (commands and segments; a unit costs Redis ~1-3 us).
+-- MAX_WORK (commands and segments; a unit costs Redis ~0.1-0.5 us: a
+-- copy takes the segments it spans as a run, see apply_segs).
 local MAX_WORK = 50000
 -- Before that, once the work passes RECOMPOSE_WORK, the log is replaced
 -- by the one delta its entries make together (compose below): a write of
 -- the pieces the state is made of (a copy command for each piece of the
 -- base, the bytes of the others), not of the state, after which reading
 -- costs about that one delta. States of more than MAX_COMPOSED pieces are
--- compacted instead.
-local RECOMPOSE_WORK = 20000
+-- compacted instead. (At 20,000, row 13 of the benchmark composed every
+-- ~58 updates, ~110 bytes an update of AOF; 40,000 halves that, and a cold
+-- read of MAX_WORK takes less time than 20,000 did before copies were
+-- taken as runs.)
+local RECOMPOSE_WORK = 40000
 local MAX_COMPOSED = 4096
 
 -- A number in Fossil's base-64 digits.
@@ -769,10 +933,11 @@ local function rope_of(key, log, rec)
            pieces = segs.len > 0 and { { s = s, o = #prefix, n = segs.len } } or {}, segs = segs }
 end
 
--- What a kept entry costs in the budget: its bytes (twice once joined)
--- and ~256 bytes of Lua tables a piece, a segment and an entry.
+-- What a kept entry costs in the budget: its bytes (twice once joined),
+-- an eighth of them for the grids of its pieces (piece_sums) and ~256
+-- bytes of Lua tables a piece, a segment and an entry.
 local function rope_cost(e)
-  return e.len * (e.joined and 2 or 1) + 256 * (#e.pieces + #e.segs.s + 1)
+  return e.len * (e.joined and 2 or 1) + math.floor(e.len / 8) + 256 * (#e.pieces + #e.segs.s + 1)
 end
 
 local function forget_rope(key)
@@ -884,10 +1049,14 @@ local function apply_delta(base, d)
   if string.byte(d, pos) ~= 10 then return nil, 'no newline after the target length' end
   pos = pos + 1
   local size = piece_size(limit)
-  local starts, at = {}, 0
-  for k, p in ipairs(base.pieces) do
-    starts[k] = at
-    at = at + p.n
+  local starts = base.pieces.starts
+  if not starts then
+    local at = 0
+    starts = {}
+    for k, p in ipairs(base.pieces) do
+      starts[k] = at
+      at = at + p.n
+    end
   end
   local pieces, total, commands = {}, 0, 0
   local lit = piece_of(d)
@@ -912,12 +1081,13 @@ local function apply_delta(base, d)
       end
       if total + n > limit then return nil, 'the delta writes past its target length' end
       local x, e = off, off + n
+      local i = x < e and piece_at(starts, x)
       while x < e do
-        local i = piece_at(starts, x)
         local p = base.pieces[i]
         local b = math.min(e - starts[i], p.n)
         add_piece(pieces, p, x - starts[i], b, size)
         x = starts[i] + b
+        i = i + 1
       end
       total = total + n
     elseif op == 58 then -- ':': literal
@@ -930,12 +1100,27 @@ local function apply_delta(base, d)
       if pos <= #d then return nil, 'bytes after the checksum' end
       if total ~= limit then return nil, 'the result is shorter than the target length' end
       pieces = merge_pieces(pieces, size)
-      local sums, at2 = { 0, 0, 0, 0 }, 0
-      for _, p in ipairs(pieces) do
-        add_shifted(sums, piece_sums(p), at2 % 4)
+      -- (the sums of the pieces, each at its place, and where each starts,
+      -- kept with them for the next delta)
+      local s1, s2, s3, s4, at2, starts2 = 0, 0, 0, 0, 0, {}
+      for k = 1, #pieces do
+        local p = pieces[k]
+        starts2[k] = at2
+        local r = p.r or piece_sums(p)
+        local sh = at2 % 4
+        if sh == 0 then
+          s1, s2, s3, s4 = s1 + r[1], s2 + r[2], s3 + r[3], s4 + r[4]
+        elseif sh == 1 then
+          s1, s2, s3, s4 = s1 + r[4], s2 + r[1], s3 + r[2], s4 + r[3]
+        elseif sh == 2 then
+          s1, s2, s3, s4 = s1 + r[3], s2 + r[4], s3 + r[1], s4 + r[2]
+        else
+          s1, s2, s3, s4 = s1 + r[2], s2 + r[3], s3 + r[4], s4 + r[1]
+        end
         at2 = at2 + p.n
       end
-      if checksum_of(sums) ~= n then return nil, 'the checksum of the result does not match' end
+      pieces.starts = starts2
+      if checksum_of({ s1, s2, s3, s4 }) ~= n then return nil, 'the checksum of the result does not match' end
       return pieces, limit, n
     else
       return nil, 'the delta ends without a checksum or has an unknown command'
@@ -1267,7 +1452,13 @@ local function over_quota(index, name, bytes, new)
     return 'the state (' .. bytes .. ' bytes) is over the quota of one stream (' .. QUOTA_STATE_BYTES .. ' bytes)'
   end
   for attempt = 1, 2 do
-    local n, total = usage(index)
+    -- (The count of streams matters to a new stream only.)
+    local n, total
+    if new then
+      n, total = usage(index)
+    else
+      n, total = 0, tonumber(redis.call('HGET', index, TOTAL) or 0)
+    end
     local old = tonumber(redis.call('HGET', index, name) or 0)
     local streams_ok = not new or old > 0 or n < QUOTA_STREAMS
     local bytes_ok = total - old + counted(bytes) <= QUOTA_TOTAL_BYTES

@@ -44,14 +44,18 @@ pub enum ms_event_kind {
 pub use ms_event_kind as EventKind;
 
 /// A state as received, stored NUL-terminated so that it can be lent to C
-/// without a copy.
+/// without a copy. Immutable and shared: a clone is a reference, so the
+/// follower keeps the state it delivered (the base of the next delta) in
+/// the same buffer the callback reads, and a 1 MiB state is not copied
+/// between them.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StateText(String);
+pub struct StateText(Arc<String>);
 
 impl StateText {
+    /// Takes `s` (no copy when it has room for the NUL).
     pub fn new(mut s: String) -> StateText {
         s.push('\0');
-        StateText(s)
+        StateText(Arc::new(s))
     }
     pub fn as_str(&self) -> &str {
         &self.0[..self.0.len() - 1]
@@ -59,6 +63,29 @@ impl StateText {
     /// Pointer to the NUL-terminated bytes.
     pub fn as_ptr(&self) -> *const u8 {
         self.0.as_ptr()
+    }
+}
+
+impl StateText {
+    /// Runs `f` on the state itself when nothing else holds it (no event,
+    /// so no callback, reads it any more); None when something does.
+    pub(crate) fn edit<R>(&mut self, f: impl FnOnce(&mut String) -> R) -> Option<R> {
+        let s = Arc::get_mut(&mut self.0)?;
+        s.pop();
+        let r = f(s);
+        s.push('\0');
+        Some(r)
+    }
+
+    /// Whether `other` is the same buffer.
+    pub(crate) fn same(&self, other: &StateText) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Default for StateText {
+    fn default() -> StateText {
+        StateText::new(String::new())
     }
 }
 
@@ -86,11 +113,11 @@ impl Event {
         }
     }
 
-    pub fn state(stream: &Arc<CString>, seq: u64, state: String) -> Event {
+    pub fn state(stream: &Arc<CString>, seq: u64, state: StateText) -> Event {
         Event {
             kind: EventKind::MS_EVENT_STATE,
             stream: stream.clone(),
-            state: Some(StateText::new(state)),
+            state: Some(state),
             seq,
             status: Status::MS_OK,
         }

@@ -333,6 +333,68 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
     drop((follower, leader));
 }
 
+/// A ~1 MiB survey edited one waypoint at a time: first at a new place
+/// every update (the functions' kept state is cut at ever more places,
+/// until its pieces are joined again), then in a ring of ten places moved
+/// there and back, with the functions loaded again halfway through the
+/// ring (the kept state assembled anew from the record). Every update goes
+/// as a delta the functions accept (none is sent again in full), an
+/// independent replay of the channel gives every state byte for byte, the
+/// follower gets the last, and the record holds it.
+#[test]
+fn a_megabyte_plan_edited_at_new_places_then_in_a_ring_travels_as_exact_deltas() {
+    let s = Servers::start();
+    let (leader, follower, rec, name) = s.followed("mib-places");
+    let mut plan = Plan::of_size(1000 * 1024, 21);
+    let first = plan.text();
+    assert!(first.len() > 900 * 1024, "{} bytes", first.len());
+    let raw = begin(&s, &leader, &rec, &name, &first);
+    let first_seq: u64 = s.record_field(&name, "seq").parse().unwrap();
+    let n = plan.waypoints();
+    let mut published = vec![];
+    for i in 0..200 {
+        if i == 150 {
+            s.load_functions(include_str!("../lua/missionstream.lua"));
+        }
+        if i < 120 {
+            plan.move_waypoint(i * 37 % n, 0.00001, 0.00001);
+        } else {
+            let w = ((i - 120) % 10) * n / 10 + 3;
+            let d = if (i / 10) % 2 == 0 { 0.00002 } else { -0.00002 };
+            plan.move_waypoint(w, d, 0.0);
+        }
+        let text = plan.text();
+        leader.publish(&name, text.as_bytes()).unwrap();
+        leader.flush(&name, 15_000).unwrap();
+        published.push(text);
+    }
+    let last = published.last().unwrap().clone();
+    rec.wait_state(&name, &last, T);
+    assert_state_eq(&s.record_field(&name, "state"), &last, "the record");
+    wait_until(T, || raw.payloads().len() >= published.len());
+    let payloads = raw.payloads();
+    let full: Vec<&String> = payloads
+        .iter()
+        .filter(|p| p.starts_with("s ") || p.starts_with("r "))
+        .collect();
+    assert!(
+        full.is_empty(),
+        "{} payloads of states sent in full",
+        full.len()
+    );
+    let replayed = replay(&payloads, (first_seq, first.clone()));
+    let texts: Vec<&String> = replayed.iter().skip(1).map(|(_, t)| t).collect();
+    assert_eq!(texts.len(), published.len());
+    for (i, (got, want)) in texts.iter().zip(&published).enumerate() {
+        assert!(*got == want, "replayed state {i} differs");
+    }
+    let mut all = vec![first.clone()];
+    all.extend(published.iter().cloned());
+    assert_subsequence(&states_after(&rec, &name, &first), &all, "follower");
+    drop(raw);
+    drop((follower, leader));
+}
+
 /// The functions keep a stream's TTL going on publishes, a delta as much
 /// as a full state: a leader publishing a ~4 KiB plan that changes a
 /// little each time (so every publish after the first goes as a delta)

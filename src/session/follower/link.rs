@@ -7,7 +7,7 @@
 //! Webdis swapped held a moment), for every member of a follow group.
 
 use super::session::ResyncDue;
-use crate::dispatch::{Dispatcher, Event};
+use crate::dispatch::{Dispatcher, Event, StateText};
 use crate::error::{Error, Result, Status};
 use crate::kdf;
 use crate::net::nodes::{Endpoints, Nodes};
@@ -101,7 +101,10 @@ pub(super) struct Last {
     updated_ms: i64,
     /// Its publish id, when it came as a full state.
     id: Option<String>,
-    state: String,
+    /// The same buffer as the callback's (no copy of the state).
+    state: StateText,
+    /// Its checksum's residue sums, once a delta needed them.
+    sums: Option<crate::wire::delta::Sums>,
     /// (seq, base seq, updated_ms, delta), arrived before their base.
     held: Vec<(u64, u64, i64, String)>,
     /// (seq, updated_ms, publish id): headers whose body has not come.
@@ -156,7 +159,7 @@ impl Delivery {
     }
 
     /// A state to every member.
-    fn push_state(&self, seq: u64, state: String) {
+    fn push_state(&self, seq: u64, state: StateText) {
         let members = lock(&self.members);
         if let Some((last, others)) = members.split_last() {
             for m in others {
@@ -197,7 +200,13 @@ impl Delivery {
     pub(super) fn snapshot(&self, snap: &mut Snapshot) {
         if let Some((id, state)) = snap.state.take() {
             let mut last = lock(&self.last);
-            self.deliver(&mut last, snap.seq, snap.updated_ms, Some(id), state);
+            self.deliver(
+                &mut last,
+                snap.seq,
+                snap.updated_ms,
+                Some(id),
+                StateText::new(state),
+            );
         }
     }
 
@@ -221,7 +230,7 @@ impl Delivery {
             last.pass(id);
         } else if let Some(i) = last.bodies.iter().position(|b| b.0 == id) {
             let (id, state) = last.bodies.remove(i);
-            self.deliver(&mut last, seq, updated_ms, Some(id), state);
+            self.deliver(&mut last, seq, updated_ms, Some(id), StateText::new(state));
         } else if last.heads.len() >= MAX_HELD {
             last.resync = true;
         } else if !last.heads.iter().any(|h| h.2 == id) {
@@ -244,7 +253,7 @@ impl Delivery {
             // The body of a state delivered already, or of an old one.
         } else if let Some(i) = last.heads.iter().position(|h| h.2 == id) {
             let (seq, updated_ms, id) = last.heads.remove(i);
-            self.deliver(&mut last, seq, updated_ms, Some(id), state);
+            self.deliver(&mut last, seq, updated_ms, Some(id), StateText::new(state));
         } else if last.bodies.len() >= MAX_BODIES {
             last.resync = true;
         } else if !last.bodies.iter().any(|b| b.0 == id) {
@@ -265,7 +274,13 @@ impl Delivery {
     pub(super) fn resynced(&self, snap: &mut Snapshot) {
         let mut last = lock(&self.last);
         if let Some((id, state)) = snap.state.take() {
-            self.deliver(&mut last, snap.seq, snap.updated_ms, Some(id), state);
+            self.deliver(
+                &mut last,
+                snap.seq,
+                snap.updated_ms,
+                Some(id),
+                StateText::new(state),
+            );
         }
         last.clear();
     }
@@ -318,16 +333,38 @@ impl Delivery {
     }
 
     fn apply(&self, last: &mut Last, seq: u64, updated_ms: i64, delta: &str) {
-        match crate::wire::delta::apply(&last.state, delta, protocol::MAX_STATE) {
-            Ok(state) => self.deliver(last, seq, updated_ms, None, state),
-            Err(e) => {
-                crate::util::debug_log!(
-                    "follow {}: the delta of seq {seq} does not apply: {e:?}",
-                    self.session
-                );
-                last.resync = true;
+        use crate::wire::delta;
+        // No result over 8 MiB, in place or not.
+        let max = protocol::MAX_STATE;
+        // In place when no event holds the state any more (the callback
+        // returned): a small edit writes only what it changes.
+        {
+            let Last { state, sums, .. } = &mut *last;
+            // (The sums of a state read once, when a delta edits it.)
+            match state.edit(|s| {
+                let sums = sums.get_or_insert_with(|| delta::Sums::of(s.as_bytes()));
+                delta::apply_in_place(s, sums, delta, max)
+            }) {
+                Some(Ok(true)) => {
+                    let state = last.state.clone();
+                    return self.deliver(last, seq, updated_ms, None, state);
+                }
+                Some(Err(e)) => return self.refused(last, seq, e),
+                _ => {}
             }
         }
+        match delta::apply(last.state.as_str(), delta, max) {
+            Ok(state) => self.deliver(last, seq, updated_ms, None, StateText::new(state)),
+            Err(e) => self.refused(last, seq, e),
+        }
+    }
+
+    fn refused(&self, last: &mut Last, seq: u64, e: crate::wire::delta::ApplyError) {
+        crate::util::debug_log!(
+            "follow {}: the delta of seq {seq} does not apply: {e:?}",
+            self.session
+        );
+        last.resync = true;
     }
 
     fn deliver(
@@ -336,14 +373,18 @@ impl Delivery {
         seq: u64,
         updated_ms: i64,
         id: Option<String>,
-        state: String,
+        state: StateText,
     ) {
         if last.seq.is_none_or(|s| seq > s) {
             last.seq = Some(seq);
             last.updated_ms = updated_ms;
             last.id = id;
-            last.state.clone_from(&state);
-            self.push_state(seq, state);
+            if !last.state.same(&state) {
+                // Its sums when a delta needs them.
+                last.sums = None;
+            }
+            last.state = state;
+            self.push_state(seq, last.state.clone());
             // Deltas that waited for this state.
             while let Some(i) = last.held.iter().position(|h| Some(h.1) == last.seq) {
                 let (seq, _, updated_ms, delta) = last.held.swap_remove(i);
@@ -505,6 +546,72 @@ mod tests {
 
     /// A delta whose result would exceed 8 MiB (a 4.5 MiB state twice, its
     /// checksum right) is not delivered: the snapshot is read instead.
+    /// A small edit rewrites the kept state in place once the callback
+    /// has returned, and never a state a callback (or an event it kept)
+    /// still holds; a forged edit changes nothing.
+    #[test]
+    fn edits_in_place_only_what_no_event_holds() {
+        for keep in [false, true] {
+            let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let kept = Arc::new(Mutex::new(Vec::new()));
+            let (g, k) = (got.clone(), kept.clone());
+            dispatcher.set_callback(Some(Arc::new(move |e: &Event| {
+                if let Some(s) = &e.state {
+                    lock(&g).push((e.seq, s.as_str().to_string(), s.as_ptr() as usize));
+                    if keep {
+                        lock(&k).push(e.clone());
+                    }
+                }
+            })));
+            dispatcher.register(1);
+            let d = delivery(&dispatcher);
+            let wait = |n: usize| {
+                let until = Instant::now() + Duration::from_secs(20);
+                while lock(&got).len() < n && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                // The dispatcher lets go of the event after the callback.
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut states = vec!["{\"wp\":[1.25,2.5],\"n\":\"caf\u{e9}\"}".repeat(300)];
+            full(&d, 1, states[0].clone());
+            wait(1);
+            for (i, (from, to)) in [("1.25", "1.26"), ("2.5", "2.75"), ("caf\u{e9}", "cafe")]
+                .into_iter()
+                .enumerate()
+            {
+                let next = states[i].replacen(from, to, 1);
+                let delta = crate::wire::delta::create(&states[i], &next);
+                d.delta(i as u64 + 2, i as u64 + 1, 0, delta);
+                states.push(next);
+                wait(i + 2);
+            }
+            let forged = crate::wire::delta::create(&states[3], &states[0]).replacen(';', "1;", 1);
+            d.delta(5, 4, 0, forged);
+            assert_eq!(last(&d), (Some(4), states[3].clone()));
+            assert_eq!(d.resync_at(), Some(ResyncDue::Now));
+            let got = lock(&got).clone();
+            let seen: Vec<_> = got.iter().map(|(q, s, _)| (*q, s.clone())).collect();
+            let want: Vec<_> = (1..).zip(states.iter().cloned()).collect();
+            assert_eq!(seen, want, "keep {keep}");
+            let places: std::collections::HashSet<_> = got.iter().map(|g| g.2).collect();
+            if keep {
+                // Every event kept reads what was delivered, in its own buffer.
+                let kept: Vec<_> = lock(&kept)
+                    .iter()
+                    .map(|e| e.state.as_ref().unwrap().as_str().to_string())
+                    .collect();
+                assert_eq!(kept, states);
+                assert_eq!(places.len(), 4);
+            } else {
+                // The same buffer, edited (lengths +0, +1, -1: capacity kept).
+                assert_eq!(places.len(), 1, "{got:?}");
+            }
+            dispatcher.shutdown();
+        }
+    }
+
     #[test]
     fn a_delta_whose_result_would_exceed_8_mib_is_not_delivered() {
         let dispatcher = crate::dispatch::Dispatcher::new().unwrap();
@@ -539,7 +646,7 @@ mod tests {
 
     fn last(d: &Delivery) -> (Option<u64>, String) {
         let l = lock(&d.last);
-        (l.seq, l.state.clone())
+        (l.seq, l.state.as_str().to_string())
     }
 
     /// Deltas apply to the last state; one that arrives before its base
