@@ -470,12 +470,28 @@ impl Client {
             follows.insert(name.to_string(), follow.clone());
             self.hooks.dispatcher.register(session);
         }
+        self.start_follow(&follow, stream.clone(), password, || {
+            (self.hooks.follow_ended)(session, &stream)
+        })
+    }
+
+    /// Starts `follow` (registered with the dispatcher and kept by the
+    /// caller already) on the client's runtime, started first if need be.
+    /// On failure `forget` drops the caller's entry, then the follow is
+    /// unregistered and cancelled: nothing of it is left.
+    fn start_follow(
+        &self,
+        follow: &Arc<Follow>,
+        stream: Arc<CString>,
+        password: &str,
+        forget: impl FnOnce(),
+    ) -> Result<()> {
         let result = self
             .runtime
             .get_or_try_init(|| Runtime::start(self.control.endpoints().len()))
             .and_then(|rt| {
                 follow.start(
-                    stream.clone(),
+                    stream,
                     password,
                     &self.keys,
                     &self.control,
@@ -484,13 +500,12 @@ impl Client {
                     rt.handle(),
                 )
             });
-        if let Err(e) = result {
-            (self.hooks.follow_ended)(session, &stream);
-            self.hooks.dispatcher.unregister(session);
+        if result.is_err() {
+            forget();
+            self.hooks.dispatcher.unregister(follow.session);
             follow.cancel(Duration::from_millis(400));
-            return Err(e);
         }
-        Ok(())
+        result
     }
 
     /// Another follow of `name` on this client, beside the one `connect`
@@ -506,26 +521,9 @@ impl Client {
         let follow = Arc::new(Follow::new(session));
         lock(&self.members).insert(session, follow.clone());
         self.hooks.dispatcher.register(session);
-        let result = self
-            .runtime
-            .get_or_try_init(|| Runtime::start(self.control.endpoints().len()))
-            .and_then(|rt| {
-                follow.start(
-                    c_name(name),
-                    password,
-                    &self.keys,
-                    &self.control,
-                    self.config.clone(),
-                    self.hooks.clone(),
-                    rt.handle(),
-                )
-            });
-        if let Err(e) = result {
+        self.start_follow(&follow, c_name(name), password, || {
             lock(&self.members).remove(&session);
-            self.hooks.dispatcher.unregister(session);
-            follow.cancel(Duration::from_millis(400));
-            return Err(e);
-        }
+        })?;
         Ok(session)
     }
 
