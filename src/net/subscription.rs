@@ -31,7 +31,7 @@ use crate::error::{Error, Kind, Result, Status};
 use crate::wire::protocol::{self, ObjectSplitter, SubscriptionItem};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::Arc;
 
 /// Most bytes read from the socket in one `on_ready` (one huge state
@@ -74,87 +74,20 @@ pub struct Subscription {
     received: u64,
 }
 
-/// `socket(2)` + `connect(2)` of a non-blocking TCP socket: returns at
-/// once, the connection under way (`EINPROGRESS`) or made.
+/// `socket(2)` + `connect(2)` of a non-blocking TCP socket (close-on-exec):
+/// returns at once, the connection under way (`EINPROGRESS`) or made.
 fn connect_nonblocking(addr: SocketAddr) -> io::Result<TcpStream> {
-    let domain = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain system calls on a descriptor this function owns from
-    // its creation (the TcpStream closes it on any early return).
-    unsafe {
-        let fd = libc::socket(domain, libc::SOCK_STREAM, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        if libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        stream.set_nonblocking(true)?;
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let len = match addr {
-            SocketAddr::V4(a) => {
-                let sin = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in);
-                sin.sin_family = libc::AF_INET as libc::sa_family_t;
-                sin.sin_port = a.port().to_be();
-                sin.sin_addr = libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                };
-                set_sin_len(&mut storage, std::mem::size_of::<libc::sockaddr_in>());
-                std::mem::size_of::<libc::sockaddr_in>()
-            }
-            SocketAddr::V6(a) => {
-                let sin6 = &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6);
-                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                sin6.sin6_port = a.port().to_be();
-                sin6.sin6_addr = libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                };
-                sin6.sin6_flowinfo = a.flowinfo();
-                sin6.sin6_scope_id = a.scope_id();
-                set_sin_len(&mut storage, std::mem::size_of::<libc::sockaddr_in6>());
-                std::mem::size_of::<libc::sockaddr_in6>()
-            }
-        };
-        let r = libc::connect(
-            fd,
-            &storage as *const _ as *const libc::sockaddr,
-            len as libc::socklen_t,
-        );
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINPROGRESS) {
-                return Err(e);
-            }
-        }
-        Ok(stream)
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&addr.into()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
+        _ => Ok(sock.into()),
     }
 }
-
-/// The BSDs' (and macOS') `sa_len`.
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
-fn set_sin_len(storage: &mut libc::sockaddr_storage, len: usize) {
-    storage.ss_len = len as u8;
-}
-
-#[cfg(not(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-)))]
-fn set_sin_len(_: &mut libc::sockaddr_storage, _: usize) {}
 
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
