@@ -371,7 +371,7 @@ pub struct RawLeader {
     pub pw_key: String,
 }
 
-pub const VERSION: &str = "9";
+pub const VERSION: &str = missionstream::protocol::PROTOCOL_VERSION;
 
 impl RawLeader {
     /// ms_start of stream `name` (keys made up: the functions never see

@@ -8,7 +8,7 @@ import { parseMessage, parseStateMessage, StateHalves, HOLD_MS } from "./message
 export { applyDelta, makeDelta, checksum };
 
 /** The protocol version this package speaks (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION = "9";
+export const PROTOCOL_VERSION = "10";
 export const MAX_NAME = 256;
 export const MAX_SECRET = 1024;
 export const MAX_STATE = 8 * 1024 * 1024;
