@@ -110,7 +110,7 @@ def lead(
 # show it before stopping the stream.
 CATCH_UP_SECONDS = 20.0
 
-PROTOCOL = "9"  # the wire protocol version (docs/PROTOCOL.md)
+PROTOCOL = "10"  # the wire protocol version (docs/PROTOCOL.md)
 
 
 def survey_plan(waypoints: int, seed: int = 7) -> Dict[str, Any]:
@@ -168,6 +168,12 @@ def _fcall(url: str, command: str, function: str, keys: List[str], body: bytes,
     """One call of a function through Webdis: the reply without its nonce.
     `url` may list several endpoints (comma-separated): the first whose
     Redis takes the call answers (a replica refuses a write: READONLY)."""
+    return _fcall_at(url, command, function, keys, body, nonce)[0]
+
+
+def _fcall_at(url: str, command: str, function: str, keys: List[str], body: bytes,
+              nonce: str = "") -> Tuple[List[Any], str]:
+    """`_fcall`, and the endpoint that answered."""
     nonce = nonce or os.urandom(8).hex()
     failures = []
     for base in url.split(","):
@@ -184,31 +190,38 @@ def _fcall(url: str, command: str, function: str, keys: List[str], body: bytes,
         finally:
             conn.close()
         if isinstance(reply, list) and reply and reply[0] == nonce:
-            return reply[1:]
+            return reply[1:], base.strip()
         failures.append(f"{base}: {reply!r}")
     raise RuntimeError(f"{function}: no endpoint answered: {failures}")
 
 
-def channel_of(url: str, name: str, password: str) -> str:
+def channel_of(url: str, name: str, password: str) -> Tuple[str, str]:
     """The stream's channel, asked as any client of the protocol would:
-    ms_params, the password's PBKDF2 key, ms_connect."""
+    ms_params, the password's PBKDF2 key, ms_connect; and the endpoint to
+    subscribe on: the primary (the one that answered ms_connect) when the
+    deployment carries channel messages there only, the last one listed
+    when replicas carry them too."""
     key = "stream:" + name
     kdf, iterations, salt = _fcall(url, "FCALL_RO", "ms_params", [key], b"")
     assert kdf == "pbkdf2-sha256", kdf
     derived = hashlib.pbkdf2_hmac("sha256", password.encode(), ("pw:" + salt).encode(), int(iterations), 32)
     nonce = os.urandom(8).hex()
-    sealed, _hb = _fcall(url, "FCALL", "ms_connect", [key], b"\n" + derived.hex().encode(), nonce)
+    (sealed, _hb, on_replicas), primary = _fcall_at(url, "FCALL", "ms_connect", [key],
+                                                    b"\n" + derived.hex().encode(), nonce)
     # The reply carries the channel sealed for this call: XORed with
     # SHA-1("seal:" <the derived key sent> ":" <the request nonce>).
     mask = hashlib.sha1(f"seal:{derived.hex()}:{nonce}".encode()).digest()
-    return bytes(a ^ b for a, b in zip(bytes.fromhex(sealed), mask)).hex()
+    channel = bytes(a ^ b for a, b in zip(bytes.fromhex(sealed), mask)).hex()
+    return channel, (url.split(",")[-1].strip() if on_replicas == 1 else primary)
 
 
-def raw_messages(url: str, channel: str, out: List[Tuple[str, int]], stop: threading.Event) -> None:
-    """Subscribes to `channel` through Webdis and records (kind, bytes) of
-    each stored-state message: `s` a full state (its `r <publish id>` body;
-    the short `s` header that goes with it is not counted), `d` a delta."""
-    u = urllib.parse.urlsplit(url.split(",")[-1].strip())  # any node carries the channel
+def raw_messages(at: Tuple[str, str], out: List[Tuple[str, int]], stop: threading.Event) -> None:
+    """Subscribes to the channel `at[0]` through the Webdis `at[1]`
+    (`channel_of`) and records (kind, bytes) of each stored-state message:
+    `s` a full state (its `r <publish id>` body; the short `s` header that
+    goes with it is not counted), `d` a delta."""
+    channel, node = at
+    u = urllib.parse.urlsplit(node)
     decoder, buf, resp, conn = json.JSONDecoder(), "", None, None
     while not stop.is_set():
         if resp is None:
@@ -271,7 +284,7 @@ def survey(url: str, name: str, updates: int, rate: float, view_url: Optional[st
         follower = fc.connect(name, "demo-password")
         wire: List[Tuple[str, int]] = []
         stop = threading.Event()
-        reader = threading.Thread(target=raw_messages, args=(url, channel_of(url, name, "demo-password"), wire, stop),
+        reader = threading.Thread(target=raw_messages, args=(channel_of(url, name, "demo-password"), wire, stop),
                                   daemon=True)
         reader.start()
         time.sleep(0.3)  # the raw subscriber is set up

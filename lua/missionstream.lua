@@ -5,7 +5,7 @@ missionstream: server-side logic of the mission plan streams.
 Contents (each section opens with a banner of its number and title):
    1. Protocol, errors and request bodies
    2. Secrets, channels and seals
-   3. Limits and quotas
+   3. Limits, quotas and where the channel is carried
    4. UTF-8
    5. Deltas: format and checksums
    6. Kept states (ropes)
@@ -58,7 +58,9 @@ Keys of stream <name>:
     (section 7); absent when the base is the newest state
 Index of live streams: hash "streams" of names -> bytes of their states
 (rounded up to 1 KiB).
-Channel messages (payloads published on the stream's channel):
+Channel messages (payloads published on the stream's channel, all through
+broadcast in section 3: on the primary only, unless the deployment sets
+CHANNEL_ON_REPLICAS, when they replicate to the replicas too):
     "s <seq> <updated_ms> <publish id>"  the header of a stored full state
     "r <publish id>\n<state>"           its state (ms_publish's body as
                                         received), published right after
@@ -74,7 +76,7 @@ Channel messages (payloads published on the stream's channel):
 -- 1. Protocol, errors and request bodies
 -- ========================================================================
 
-local PROTOCOL = '9'
+local PROTOCOL = '10'
 local INDEX = 'streams'
 
 -- An error reply naming the request nonce ("-" when it was malformed).
@@ -180,7 +182,7 @@ local function open_lead(sealed, lead, id, kind, base_seq, base_id, floor, len)
 end
 
 -- ========================================================================
--- 3. Limits and quotas
+-- 3. Limits, quotas and where the channel is carried
 -- ========================================================================
 
 -- Limits, the same as the client library's.
@@ -198,6 +200,29 @@ local QUOTA_STREAMS = 10000
 local QUOTA_STATE_BYTES = MAX_STATE
 -- Bytes of the states of all streams together at most:
 local QUOTA_TOTAL_BYTES = 1024 * 1024 * 1024
+
+-- CHANNEL of the deployment: edit this line before loading the library
+-- (FUNCTION LOAD REPLACE), the same on every node; ms_connect shows it to
+-- clients. false: channel messages are published on the primary only
+-- (followers subscribe there; replicas hold the record but carry no
+-- message, and the replication stream and the append-only file get a
+-- delta publish's APPEND alone). true: they replicate, so that followers
+-- can subscribe on replicas (fan-out over replicas), at the cost of every
+-- message in the replication stream, wrapped with the record's write in
+-- MULTI/EXEC.
+local CHANNEL_ON_REPLICAS = false
+
+-- Every message on a stream's channel goes through here. Redis replicates
+-- a function's PUBLISH to the replicas (never to the append-only file)
+-- unless told otherwise; the record's writes around it replicate as ever.
+-- Returns the number of subscriptions of this node it reached.
+local function broadcast(channel, msg)
+  if CHANNEL_ON_REPLICAS then return redis.call('PUBLISH', channel, msg) end
+  redis.set_repl(redis.REPL_NONE)
+  local n = redis.call('PUBLISH', channel, msg)
+  redis.set_repl(redis.REPL_ALL)
+  return n
+end
 
 -- ========================================================================
 -- 4. UTF-8
@@ -662,7 +687,9 @@ end
 --     trailer is found at the end of the log, and entries parse forward.
 --     Absent: the base is the newest state.
 -- A delta publish appends one entry (APPEND: nothing else is written per
--- update); a full publish, or a compaction, writes the base and deletes
+-- update, and, its message published on the primary only (section 3),
+-- the APPEND is all the replicas and the append-only file get of it); a
+-- full publish, or a compaction, writes the base and deletes
 -- the log; a composition replaces the log by one entry.
 local LOG_PREFIX = 'msl:'
 -- Bytes at the end of the log that hold the newest trailer (a trailer is
@@ -1557,9 +1584,12 @@ redis.register_function('ms_reconnect', function(keys, args)
   return { nonce, seal(rec.channel, f[2], nonce), rec.seq }
 end)
 
--- ms_connect KEYS: record  ARGV: version, nonce, body[pw key] -> [nonce, sealed channel, hb_ms]
+-- ms_connect KEYS: record  ARGV: version, nonce, body[pw key]
+--   -> [nonce, sealed channel, hb_ms, on_replicas]
 -- A write (wrong passwords are counted), so FCALL, not FCALL_RO. The
--- channel is sealed with the password's key.
+-- channel is sealed with the password's key. on_replicas: 1 when replicas
+-- carry the channel's messages (CHANNEL_ON_REPLICAS), 0 when only the
+-- primary does (a follower then subscribes on the primary).
 redis.register_function('ms_connect', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 3, fields = 1 })
   if not nonce then return err end
@@ -1569,7 +1599,7 @@ redis.register_function('ms_connect', function(keys, args)
   if not rec then return not_found(nonce) end
   local e = verify(nonce, keys[1], rec, f[1], rec.pw, 'MSBADPASSWORD', 'wrong password')
   if e then return e end
-  return { nonce, seal(rec.channel, f[1], nonce), tonumber(rec.hb_ms) }
+  return { nonce, seal(rec.channel, f[1], nonce), tonumber(rec.hb_ms), CHANNEL_ON_REPLICAS and 1 or 0 }
 end)
 
 -- ms_params KEYS: record  ARGV: version, nonce -> [nonce, kdf, iterations, salt]
@@ -1772,12 +1802,12 @@ redis.register_function('ms_publish', function(keys, args)
   keep_rope(key, entry)
   touch(key, log, rec, new_log)
   if kind == 'delta' then
-    redis.call('PUBLISH', rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. body)
+    broadcast(rec.channel, 'd ' .. seq .. ' ' .. rec.seq .. ' ' .. updated .. '\n' .. body)
   else
     -- The header, then the body as received: followers pair them by the
     -- publish id, in either order.
-    redis.call('PUBLISH', rec.channel, 's ' .. seq .. ' ' .. updated .. ' ' .. id)
-    redis.call('PUBLISH', rec.channel, body)
+    broadcast(rec.channel, 's ' .. seq .. ' ' .. updated .. ' ' .. id)
+    broadcast(rec.channel, body)
   end
   return { nonce, seq, id }
 end)
@@ -1798,14 +1828,15 @@ redis.register_function('ms_heartbeat', function(keys, args)
   -- the leader there?), and the TTL starts again.
   redis.call('HSET', keys[1], 'heard_ms', now_ms())
   touch(keys[1], keys[2], rec)
-  redis.call('PUBLISH', rec.channel, 'h ' .. hb)
+  broadcast(rec.channel, 'h ' .. hb)
   return { nonce, rec.seq, rec.pub or '' }
 end)
 
 -- ms_probe KEYS: record  ARGV: version, nonce, probe, body[channel] -> [nonce, receivers]
 -- Lets a follower check that its subscription works: "p <probe>" is
--- published on the channel; receivers is the number of subscriptions
--- Redis delivered it to (0: the caller's own subscription is not there).
+-- published on the channel; receivers is the number of subscriptions of
+-- this node (the primary) Redis delivered it to (0: the caller's own
+-- subscription, when it is on the primary, is not there).
 redis.register_function('ms_probe', function(keys, args)
   local nonce, f, err = enter(keys, args, { keys = { 'record' }, args = 4, fields = 1 })
   if not nonce then return err end
@@ -1815,7 +1846,7 @@ redis.register_function('ms_probe', function(keys, args)
   end
   local rec, e = load_by_channel(nonce, keys[1], f[1])
   if not rec then return e end
-  local n = redis.call('PUBLISH', rec.channel, 'p ' .. token)
+  local n = broadcast(rec.channel, 'p ' .. token)
   return { nonce, n }
 end)
 
@@ -1832,7 +1863,7 @@ redis.register_function('ms_stop', function(keys, args)
   forget_rope(keys[1])
   index_ready(keys[2], true)
   count_bytes(keys[2], string.sub(keys[1], #RECORD_PREFIX + 1), nil)
-  redis.call('PUBLISH', rec.channel, 'e')
+  broadcast(rec.channel, 'e')
   return { nonce }
 end)
 

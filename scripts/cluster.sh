@@ -33,6 +33,9 @@
 #   MS_MIN_REPLICAS=1                min-replicas-to-write 1 on every node, with
 #   MS_MIN_REPLICAS_MAX_LAG          min-replicas-max-lag (default 1 s)
 #   MS_WEBDIS=/path/to/webdis        another Webdis than the one on PATH
+#   MS_CHANNEL_ON_REPLICAS=1         load the functions library with CHANNEL_ON_REPLICAS = true
+#                                    (replicas carry channel messages, followers subscribe on
+#                                    them; default: the library as it is, messages on the primary only)
 #
 # Never uses the machine's 6379/7379/26379: ports come from the kernel (bind to 0).
 set -euo pipefail
@@ -109,9 +112,19 @@ start_redis() {
   wait_for 10 redis-cli -p "$port" ping || { echo "redis-server of node $n did not start (see $dir/node$n/redis.log)" >&2; return 1; }
 }
 
+# The functions library to load: lua/missionstream.lua, its
+# CHANNEL_ON_REPLICAS line set to true with MS_CHANNEL_ON_REPLICAS=1.
+library() {
+  if [ "${MS_CHANNEL_ON_REPLICAS:-0}" = 1 ]; then
+    sed 's/^local CHANNEL_ON_REPLICAS = .*/local CHANNEL_ON_REPLICAS = true/' "$here/lua/missionstream.lua"
+  else
+    cat "$here/lua/missionstream.lua"
+  fi
+}
+
 # Loads the functions library on the Redis of port $1.
 load_functions() {
-  [ "$(redis-cli -p "$1" -x FUNCTION LOAD REPLACE < "$here/lua/missionstream.lua" 2>&1)" = missionstream ]
+  [ "$(library | redis-cli -p "$1" -x FUNCTION LOAD REPLACE 2>&1)" = missionstream ]
 }
 
 # Replication is complete: the primary (port $1) has 2 online replicas, each

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(20);
 
-/// An ms_publish of protocol 9 to stream `name`: its keys (record, index,
+/// An ms_publish of this protocol to stream `name`: its keys (record, index,
 /// log), its arguments (publish id, floor 0, kind and base, the channel's
 /// tag, the lead token sealed for it) and its body (`r <id>\n` and the
 /// state in full, the delta alone).

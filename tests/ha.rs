@@ -4,6 +4,9 @@
 //! The primary is killed (SIGKILL) under load, with and without replication
 //! cut first (writes lost); followers must end on the leader's newest state
 //! with seq strictly increasing, and the leader must go on by itself.
+//! By default the functions publish channel messages on the primary only
+//! and followers subscribe there; the tests of followers on replicas load
+//! the library with `CHANNEL_ON_REPLICAS = true` (`Cluster::start_on_replicas`).
 
 mod common;
 
@@ -70,7 +73,7 @@ fn kinds(events: &[Rec], kind: EventKind) -> usize {
 
 #[test]
 fn primary_killed_under_load_followers_converge_and_nothing_flushed_is_lost() {
-    let mut c = Cluster::start();
+    let mut c = Cluster::start_on_replicas();
     let name = unique("ha-kill");
     let leader = client(&c.urls, 4000, 250);
     leader.start(&name, PW, CODE).unwrap();
@@ -186,9 +189,76 @@ fn primary_killed_under_load_followers_converge_and_nothing_flushed_is_lost() {
     );
 }
 
+/// By default only the primary carries channel messages: a follower
+/// given every node's URL, the replicas listed first, subscribes on the
+/// primary (PUBSUB NUMSUB of the channel: 1 there, 0 on each replica) and
+/// receives every state; once the primary is killed it follows the
+/// promoted replica and receives the states published there, and no
+/// replica ever holds its subscription.
+#[test]
+fn by_default_followers_subscribe_on_the_primary_and_follow_it_through_a_failover() {
+    let mut c = Cluster::start();
+    let name = unique("ha-primary-only");
+    let leader = client(&c.urls, 4000, 250);
+    leader.start(&name, PW, CODE).unwrap();
+    leader.publish(&name, b"{\"n\":0}").unwrap();
+    leader.flush(&name, 5000).unwrap();
+    let channel = record_field(&c, 0, &name, "channel");
+    let replicas_first = format!("{},{},{}", c.nodes[1].url, c.nodes[2].url, c.nodes[0].url);
+    let (_f, rec) = follower(&replicas_first, &name);
+    assert_eq!(numsub(&c, &channel), [1, 0, 0], "on the primary (node 0)");
+    for n in 1..=10 {
+        leader
+            .publish(&name, format!("{{\"n\":{n}}}").as_bytes())
+            .unwrap();
+        leader.flush(&name, 5000).unwrap();
+    }
+    rec.wait_state(&name, "{\"n\":10}", Duration::from_secs(10));
+    let states = rec.states(&name);
+    let seen: Vec<String> = states.iter().map(|(_, s)| s.clone()).collect();
+    let every: Vec<String> = (0..=10).map(|n| format!("{{\"n\":{n}}}")).collect();
+    assert_eq!(seen, every, "every state, in order");
+    assert_eq!(numsub(&c, &channel), [1, 0, 0]);
+
+    let killed = c.primary();
+    c.kill_primary();
+    let (primary, _) = c.wait_promoted(Duration::from_secs(30));
+    assert_ne!(primary, killed);
+    let mut n = 10;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n < 20 && Instant::now() < deadline {
+        n += 1;
+        leader
+            .publish(&name, format!("{{\"n\":{n}}}").as_bytes())
+            .unwrap();
+        if leader.flush(&name, 15_000).is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    leader.flush(&name, 15_000).unwrap();
+    let last = format!("{{\"n\":{n}}}");
+    rec.wait_state(&name, &last, Duration::from_secs(30));
+    let subs = |node: usize| numsub(&c, &channel)[node];
+    common::wait_until(Duration::from_secs(10), || subs(primary) == 1);
+    for node in (0..3).filter(|&k| k != primary && k != killed) {
+        assert_eq!(subs(node), 0, "no follower on the replica node {node}");
+    }
+    assert_increasing(&rec.states(&name));
+    // States published after the promotion came through the new primary.
+    let after: Vec<u64> = rec
+        .states(&name)
+        .iter()
+        .filter(|(_, s)| *s == last)
+        .map(|(q, _)| *q)
+        .collect();
+    assert_eq!(after.len(), 1, "the last state once");
+}
+
 #[test]
 fn writes_lost_in_a_failover_are_restored_and_seq_never_goes_back() {
-    let mut c = Cluster::start();
+    // (Replicas carry the channel: the first follower, on a replica, never
+    // sees the lost states.)
+    let mut c = Cluster::start_on_replicas();
     let name = unique("ha-lost");
     let leader = client(&c.urls, 4000, 250);
     leader.start(&name, PW, CODE).unwrap();
@@ -287,7 +357,7 @@ fn with_min_replicas_to_write_a_state_no_replica_holds_is_not_acknowledged() {
 
 #[test]
 fn a_follower_on_a_replica_of_a_quiet_leader_reports_presence_not_lost_connections() {
-    let c = Cluster::start();
+    let c = Cluster::start_on_replicas();
     let name = unique("ha-quiet");
     let hb = 200;
     let leader = client(&c.urls, 4000, hb);
@@ -352,7 +422,7 @@ fn a_follower_on_a_replica_of_a_quiet_leader_reports_presence_not_lost_connectio
 /// still taken for the primary, it would subscribe on the primary's node).
 #[test]
 fn the_endpoint_that_took_a_write_is_the_primary_from_then_on() {
-    let c = Cluster::start();
+    let c = Cluster::start_on_replicas();
     let primary = c.primary();
     let replica = c.replicas()[0];
     let urls = format!("{},{}", c.nodes[replica].url, c.nodes[primary].url);
@@ -380,7 +450,7 @@ fn the_endpoint_that_took_a_write_is_the_primary_from_then_on() {
 
 #[test]
 fn list_counts_the_followers_of_every_node() {
-    let c = Cluster::start();
+    let c = Cluster::start_on_replicas();
     let leader = client(&c.urls, 4000, 1000);
     let a = unique("ha-list-a");
     let b = unique("ha-list-b");

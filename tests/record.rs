@@ -744,6 +744,8 @@ fn the_aof_grows_by_at_most_four_delta_messages_per_one_waypoint_update() {
             if k < 10 { 0.00002 } else { -0.00002 },
         )
     };
+    // What the replicas get, command by command.
+    let raw = record::RawReplica::attach(s.redis_port);
     let (aof, repl, message) =
         bytes_per_update(&s, &mut l, &mut plan, 200, ring, "ring of ten places");
     assert!(
@@ -754,6 +756,18 @@ fn the_aof_grows_by_at_most_four_delta_messages_per_one_waypoint_update() {
         repl <= 4.0 * message,
         "replication {repl:.0} B per update, over 4 x the {message:.0} B d message"
     );
+    // The channel's messages stay on the primary (the library's default):
+    // the replicas get the record's writes alone, one APPEND per update,
+    // with no MULTI/EXEC around it (Redis wraps a function's writes only
+    // when there are several: the first update, which also sets the
+    // record's lead prefix, or a composition).
+    let marker = unique("rec-aof4-marker");
+    s.redis_cli(&["SET", &marker, "1"]);
+    let names = record::command_names(&raw.take_until(marker.as_bytes(), T));
+    let count = |n: &str| names.iter().filter(|c| *c == n).count();
+    assert_eq!(count("PUBLISH"), 0, "{names:?}");
+    assert!(count("APPEND") >= 150, "{names:?}");
+    assert!(count("MULTI") <= 10, "{names:?}");
     // A new place at every update: the log is composed now and then (a
     // write of the edited pieces), and still within the bound.
     let scattered = |i: usize| ((i * 7) % n, 0.00001);
@@ -773,6 +787,118 @@ fn the_aof_grows_by_at_most_four_delta_messages_per_one_waypoint_update() {
     assert!(rec.entries > 0, "the updates are in the log");
     assert_state_eq(&rec.state, &l.state, "");
     replica_reads(&s, &replica, &name, &l.state, "the replica");
+}
+
+/// ms_connect's last value: 1 when replicas carry the channel, 0 not.
+fn connect_says_on_replicas(l: &mut record::RawLeader) -> i64 {
+    let key = format!("stream:{}", l.name);
+    let body = record::framed(&[l.pw_key.as_bytes()]);
+    let r = l.redis.call(&[
+        b"FCALL".as_slice(),
+        b"ms_connect",
+        b"1",
+        key.as_bytes(),
+        record::VERSION.as_bytes(),
+        b"c0nnect",
+        &body,
+    ]);
+    let items = r.items();
+    assert_eq!(items.len(), 4, "{r:?}");
+    assert_eq!(items[0].str(), "c0nnect");
+    items[3].int()
+}
+
+/// A subscription of `channel` on the Redis of `port`, straight (no Webdis).
+fn subscribe(port: u16, channel: &str) -> record::Resp {
+    let mut r = record::Resp::connect(port);
+    let ack = r.call(&["SUBSCRIBE", channel]);
+    assert_eq!(ack.items()[0].str(), "subscribe", "{ack:?}");
+    r
+}
+
+/// The kinds (first letter) of the next `n` messages on a subscription;
+/// fewer when they do not come within a few seconds.
+fn message_kinds(sub: &mut record::Resp, n: usize) -> Vec<String> {
+    let mut kinds = Vec::new();
+    while kinds.len() < n {
+        let Some(m) = sub.next_within(Duration::from_secs(5)) else {
+            break;
+        };
+        assert_eq!(m.items()[0].str(), "message", "{m:?}");
+        kinds.push(m.items()[2].str()[..1].to_string());
+    }
+    kinds
+}
+
+/// Where the channel is carried is the deployment's setting, a line of
+/// the functions library: by default every message (states, deltas,
+/// heartbeats) is published on the primary only, ms_connect answers 0, a
+/// subscriber on a replica hears nothing and the replication stream holds
+/// no PUBLISH; loaded with `CHANNEL_ON_REPLICAS = true` (on the primary,
+/// replicated to the replica), ms_connect answers 1 and the replica's
+/// subscribers get every message.
+#[test]
+fn channel_messages_reach_replicas_only_when_the_library_sets_channel_on_replicas() {
+    let s = Servers::start();
+    let replica = Replica::start(&s);
+    let name = unique("rec-channel");
+    let mut l = record::RawLeader::start(s.redis_port, &name, 0);
+    assert_eq!(connect_says_on_replicas(&mut l), 0);
+    let channel = l.channel.clone();
+    let mut on_primary = subscribe(s.redis_port, &channel);
+    let mut on_replica = subscribe(replica.port, &channel);
+    let raw = record::RawReplica::attach(s.redis_port);
+    let mut plan = Plan::of_size(4 * 1024, 3);
+    l.full(&plan.text());
+    plan.move_waypoint(1, 0.0001, -0.0001);
+    l.delta(&plan.text());
+    l.heartbeat();
+    assert_eq!(message_kinds(&mut on_primary, 4), ["s", "r", "d", "h"]);
+    let at = master_offset(&s);
+    wait_until(T, || replica.offset() >= at);
+    assert_state_eq(
+        &newest_state(replica.port, &name),
+        &plan.text(),
+        "the replica holds the record",
+    );
+    assert_eq!(
+        message_kinds(&mut on_replica, 1),
+        Vec::<String>::new(),
+        "nothing on the replica"
+    );
+    let marker = unique("rec-channel-marker");
+    s.redis_cli(&["SET", &marker, "1"]);
+    let names = record::command_names(&raw.take_until(marker.as_bytes(), T));
+    assert!(names.iter().any(|c| c == "APPEND"), "{names:?}");
+    assert!(!names.iter().any(|c| c == "PUBLISH"), "{names:?}");
+
+    // The same library with the line set to true, loaded on the primary.
+    s.load_functions(&library_with_channel_on_replicas(true));
+    assert_eq!(connect_says_on_replicas(&mut l), 1);
+    plan.move_waypoint(2, 0.0001, -0.0001);
+    l.delta(&plan.text());
+    l.heartbeat();
+    assert_eq!(message_kinds(&mut on_primary, 2), ["d", "h"]);
+    assert_eq!(
+        message_kinds(&mut on_replica, 2),
+        ["d", "h"],
+        "the replica's subscriber"
+    );
+    let marker = unique("rec-channel-marker");
+    s.redis_cli(&["SET", &marker, "1"]);
+    let names = record::command_names(&raw.take_until(marker.as_bytes(), T));
+    let count = |n: &str| names.iter().filter(|c| *c == n).count();
+    assert_eq!(count("PUBLISH"), 2, "{names:?}");
+    assert!(count("MULTI") >= 1, "{names:?}");
+
+    // And back: the default again.
+    s.load_functions(&library_with_channel_on_replicas(false));
+    assert_eq!(connect_says_on_replicas(&mut l), 0);
+    l.heartbeat();
+    assert_eq!(message_kinds(&mut on_primary, 1), ["h"]);
+    let at = master_offset(&s);
+    wait_until(T, || replica.offset() >= at);
+    assert_eq!(message_kinds(&mut on_replica, 1), Vec::<String>::new());
 }
 
 #[test]

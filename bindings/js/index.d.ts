@@ -1,7 +1,7 @@
 // Type declarations of the missionstream JavaScript package (src/index.js).
 
 /** The protocol version spoken (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION: "9";
+export const PROTOCOL_VERSION: "10";
 export const MAX_NAME: number;
 export const MAX_SECRET: number;
 export const MAX_STATE: number;

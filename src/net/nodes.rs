@@ -10,9 +10,11 @@
 //!   with a growing pause between rounds, within the request timeout; the
 //!   first one that answers is the primary from then on, for every handle
 //!   of the client.
-//! - A follower subscribes on a node chosen by a stable hash of the stream
-//!   name among the replicas (the primary last), and reads the snapshot on
-//!   the node it subscribed on.
+//! - A follower subscribes on the primary when the deployment carries
+//!   channel messages on the primary only (the default; ms_connect says
+//!   which); when replicas carry them too, on a node chosen by a stable
+//!   hash of the stream name among the replicas (the primary last). It
+//!   reads the snapshot on the node it subscribed on.
 //!
 //! With one endpoint every call goes to it, once, as it would without this
 //! layer.
@@ -159,18 +161,22 @@ impl Endpoints {
         }
     }
 
-    /// The nodes a follower of `name` subscribes on, best first: the
-    /// replicas ordered by a stable hash of the name and the endpoint
-    /// (rendezvous hashing: every client picks the same node for a stream,
-    /// and followers of many streams spread over the replicas), then the
-    /// primary; nodes that failed lately after all of them.
-    pub fn follow_order(&self, name: &str) -> Vec<usize> {
+    /// The nodes a follower of `name` subscribes on, best first.
+    /// `on_replicas` (the deployment's replicas carry the channel's
+    /// messages, ms_connect says): the replicas ordered by a stable hash
+    /// of the name and the endpoint (rendezvous hashing: every client
+    /// picks the same node for a stream, and followers of many streams
+    /// spread over the replicas), then the primary. Otherwise only the
+    /// primary carries them: the primary (the endpoint that took the last
+    /// write) first, then the others in the same hash order. Nodes that
+    /// failed lately after all of them.
+    pub fn follow_order(&self, name: &str, on_replicas: bool) -> Vec<usize> {
         let primary = self.primary();
         let mut order: Vec<usize> = (0..self.list.len()).collect();
         order.sort_by_key(|&i| {
             (
                 self.failed_lately(i),
-                i == primary,
+                (i == primary) == on_replicas,
                 std::cmp::Reverse(rendezvous(name, self.list[i].base())),
             )
         });
@@ -590,27 +596,57 @@ mod tests {
         let e = Endpoints::parse("http://a:1,http://b:2,http://c:3").unwrap();
         let mut firsts = [0usize; 3];
         for i in 0..300 {
-            let order = e.follow_order(&format!("stream-{i}"));
+            let order = e.follow_order(&format!("stream-{i}"), true);
             assert_eq!(order.len(), 3);
             assert_eq!(order[2], 0, "the primary last");
             // Stable.
-            assert_eq!(order, e.follow_order(&format!("stream-{i}")));
+            assert_eq!(order, e.follow_order(&format!("stream-{i}"), true));
             firsts[order[0]] += 1;
         }
         assert_eq!(firsts[0], 0);
         assert!(firsts[1] > 100 && firsts[2] > 100, "{firsts:?}");
         e.took_write(2);
         assert_eq!(e.moves(), 1);
-        assert_eq!(e.follow_order("x")[2], 2);
+        assert_eq!(e.follow_order("x", true)[2], 2);
         // A node that failed lately comes last, after the primary.
-        let first = e.follow_order("x")[0];
+        let first = e.follow_order("x", true)[0];
         e.failed(first);
-        let order = e.follow_order("x");
+        let order = e.follow_order("x", true);
         assert_eq!(order[2], first, "{order:?}");
         assert_eq!(order[1], 2, "{order:?}");
         e.took_write(2);
         assert_eq!(e.moves(), 1);
         let one = Endpoints::parse("http://a:1").unwrap();
-        assert_eq!(one.follow_order("x"), vec![0]);
+        assert_eq!(one.follow_order("x", true), vec![0]);
+        assert_eq!(one.follow_order("x", false), vec![0]);
+    }
+
+    /// Only the primary carries the channel: every follower tries the
+    /// endpoint that took the last write first, then the replicas (in the
+    /// stable hash order: the same for every client), those that failed
+    /// lately last, even the primary.
+    #[test]
+    fn followers_go_to_the_primary_first_when_only_it_carries_the_channel() {
+        let e = Endpoints::parse("http://a:1,http://b:2,http://c:3").unwrap();
+        for i in 0..50 {
+            let name = format!("stream-{i}");
+            let order = e.follow_order(&name, false);
+            assert_eq!(order[0], 0, "the primary first: {order:?}");
+            let spread = e.follow_order(&name, true);
+            assert_eq!(order[1..], spread[..2], "then the replicas as they spread");
+        }
+        e.took_write(1);
+        assert_eq!(e.follow_order("x", false)[0], 1);
+        let replica = e.follow_order("x", false)[1];
+        e.failed(replica);
+        let order = e.follow_order("x", false);
+        assert_eq!((order[0], order[2]), (1, replica), "{order:?}");
+        e.failed(1);
+        let order = e.follow_order("x", false);
+        assert_eq!(
+            (order[1], order[2]),
+            (1, replica),
+            "a primary that failed lately after the nodes that did not: {order:?}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The calls of the functions library, declared once: each function's
 //! name, whether it is read-only (`FCALL_RO`: a replica may answer it),
 //! its keys and its arguments (`Call`), and the shape of the replies the
-//! crate decides on, each parsed here next to its call (`Connected`,
+//! crate decides on, each parsed here next to its call (`Connected`, `Joined`,
 //! `Stored`, `reached`, `Snapshot`, `ListPage`, `SubscriberPage`,
 //! `ParamsReply`): a reply of another shape is MS_ERR_PROTOCOL naming the
 //! function, and no caller looks inside a `Value`. The body, the last
@@ -191,8 +191,8 @@ pub fn reached(reply: &Value) -> Result<u64> {
     }
 }
 
-/// The reply to ms_connect and ms_reconnect, `[sealed channel, seq]`: the
-/// channel comes sealed with a secret's key (`protocol::open_sealed`).
+/// The reply to ms_reconnect, `[sealed channel, seq]`: the channel comes
+/// sealed with a secret's key (`protocol::open_sealed`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connected {
     pub channel_sealed: String,
@@ -213,6 +213,46 @@ impl Connected {
                 }
             }
             _ => Err(protocol::protocol_error(function)),
+        }
+    }
+}
+
+/// The reply to ms_connect, `[sealed channel, hb_ms, on_replicas]`: the
+/// channel sealed with the password's key (`protocol::open_sealed`), the
+/// heartbeat interval the leader announced, and where the deployment
+/// carries the channel's messages (`1`: the replicas too, `0`: the
+/// primary only; anything else is malformed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub channel_sealed: String,
+    pub hb_ms: u64,
+    /// Replicas carry the channel's messages: followers may subscribe on
+    /// them.
+    pub on_replicas: bool,
+}
+
+impl Joined {
+    pub fn of(reply: Value) -> Result<Joined> {
+        let bad = || protocol::protocol_error("ms_connect");
+        let Value::Array(mut a) = reply else {
+            return Err(bad());
+        };
+        if a.len() != 3 {
+            return Err(bad());
+        }
+        let on_replicas = match protocol::as_u64(&a[2]) {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err(bad()),
+        };
+        let hb_ms = protocol::as_u64(&a[1]).ok_or_else(bad)?;
+        match a.swap_remove(0) {
+            Value::String(channel_sealed) => Ok(Joined {
+                channel_sealed,
+                hb_ms,
+                on_replicas,
+            }),
+            _ => Err(bad()),
         }
     }
 }
@@ -512,9 +552,39 @@ mod tests {
     const HUGE: &str = "18446744073709551616";
 
     #[test]
+    fn joined_replies_carry_a_sealed_channel_the_heartbeat_and_where_the_channel_is() {
+        assert_eq!(
+            Joined::of(json!(["c2VhbGVk", 5000, 0])),
+            Ok(Joined {
+                channel_sealed: "c2VhbGVk".into(),
+                hb_ms: 5000,
+                on_replicas: false
+            })
+        );
+        assert!(Joined::of(json!(["s", "200", "1"])).unwrap().on_replicas);
+        for bad in [
+            // protocol 9's reply: no on_replicas
+            json!(["s", 5000]),
+            json!(["s", 5000, 2]),
+            json!(["s", 5000, -1]),
+            json!(["s", 5000, "yes"]),
+            json!(["s", 5000, true]),
+            json!(["s", 5000, null]),
+            json!(["s", 5000, 1, 0]),
+            json!(["s", "x", 1]),
+            json!(["s", HUGE, 1]),
+            json!([1, 5000, 1]),
+            json!(null),
+            json!("s"),
+        ] {
+            refused(Joined::of(bad.clone()), "ms_connect", &bad);
+        }
+    }
+
+    #[test]
     fn connected_replies_carry_a_sealed_channel_and_a_seq() {
         assert_eq!(
-            Connected::of(json!(["c2VhbGVk", "12"]), "ms_connect"),
+            Connected::of(json!(["c2VhbGVk", "12"]), "ms_reconnect"),
             Ok(Connected {
                 channel_sealed: "c2VhbGVk".into(),
                 seq: 12
@@ -535,7 +605,6 @@ mod tests {
             json!(null),
             json!("s"),
         ] {
-            refused(Connected::of(bad.clone(), "ms_connect"), "ms_connect", &bad);
             refused(
                 Connected::of(bad.clone(), "ms_reconnect"),
                 "ms_reconnect",

@@ -6,7 +6,7 @@ use crate::error::{Error, Kind, Result, Status};
 use serde_json::Value;
 
 /// Version of the protocol between this library and lua/missionstream.lua.
-pub const PROTOCOL_VERSION: &str = "9";
+pub const PROTOCOL_VERSION: &str = "10";
 /// Longest stream name, in bytes.
 pub const MAX_NAME: usize = 256;
 /// Longest password or leader code, in bytes.

@@ -35,6 +35,10 @@ pub struct ClusterOptions {
     pub down_after_ms: Option<u64>,
     /// `MS_SENTINEL_FAILOVER_TIMEOUT_MS` (default 5000).
     pub failover_timeout_ms: Option<u64>,
+    /// `MS_CHANNEL_ON_REPLICAS=1`: the functions library loaded with
+    /// `CHANNEL_ON_REPLICAS = true` (replicas carry channel messages,
+    /// followers subscribe on them); else messages stay on the primary.
+    pub channel_on_replicas: bool,
 }
 
 pub struct Cluster {
@@ -66,6 +70,15 @@ impl Cluster {
         Cluster::start_with(ClusterOptions::default())
     }
 
+    /// A topology whose replicas carry channel messages (followers on
+    /// replicas: fan-out over replicas).
+    pub fn start_on_replicas() -> Cluster {
+        Cluster::start_with(ClusterOptions {
+            channel_on_replicas: true,
+            ..ClusterOptions::default()
+        })
+    }
+
     pub fn start_with(opts: ClusterOptions) -> Cluster {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("ms-cluster-{}-{n}", std::process::id()));
@@ -87,6 +100,10 @@ impl Cluster {
             if let Some(ms) = opts.failover_timeout_ms {
                 cmd.env("MS_SENTINEL_FAILOVER_TIMEOUT_MS", ms.to_string());
             }
+            cmd.env(
+                "MS_CHANNEL_ON_REPLICAS",
+                if opts.channel_on_replicas { "1" } else { "0" },
+            );
             let out = cmd
                 .output()
                 .expect("scripts/cluster.sh runs (make test installs redis-server and webdis)");
@@ -141,6 +158,45 @@ impl Cluster {
     /// `redis-cli -p PORT ARGS...` on `node`; its standard output.
     pub fn redis_cli(&self, node: usize, args: &[&str]) -> String {
         cli(self.nodes[node].redis_port, args)
+    }
+
+    /// Loads the functions library with its `CHANNEL_ON_REPLICAS` line set
+    /// to `on` on the primary (FUNCTION LOAD REPLACE, replicated) and
+    /// waits until every replica has it: every node loads the same
+    /// library.
+    pub fn set_channel_on_replicas(&self, on: bool) {
+        use std::io::Write;
+        let primary = self.primary();
+        let lua = super::library_with_channel_on_replicas(on);
+        let mut child = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.nodes[primary].redis_port.to_string())
+            .args(["-x", "FUNCTION", "LOAD", "REPLACE"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("redis-cli is installed");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(lua.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "missionstream",
+            "FUNCTION LOAD on the primary"
+        );
+        let setting = format!("local CHANNEL_ON_REPLICAS = {on}");
+        wait_until(Duration::from_secs(30), || {
+            self.replicas().into_iter().all(|n| {
+                self.role(n) != "slave"
+                    || self
+                        .redis_cli(n, &["FUNCTION", "LIST", "WITHCODE"])
+                        .contains(&setting)
+            })
+        });
     }
 
     /// `redis-cli` on a Sentinel (by index in `sentinel_ports`).

@@ -23,6 +23,28 @@ use std::time::{Duration, Instant};
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// The functions library, its `CHANNEL_ON_REPLICAS` line set to `on`
+/// (the deployment's setting, edited before FUNCTION LOAD).
+pub fn library_with_channel_on_replicas(on: bool) -> String {
+    let lua = std::fs::read_to_string(Path::new(ROOT).join("lua/missionstream.lua")).unwrap();
+    let mut out = String::with_capacity(lua.len());
+    let mut found = false;
+    for line in lua.lines() {
+        if line.starts_with("local CHANNEL_ON_REPLICAS = ") {
+            out.push_str(&format!("local CHANNEL_ON_REPLICAS = {on}"));
+            found = true;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    assert!(
+        found,
+        "lua/missionstream.lua has its CHANNEL_ON_REPLICAS line"
+    );
+    out
+}
+
 pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");

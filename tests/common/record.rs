@@ -294,6 +294,19 @@ impl Resp {
         self.read()
     }
 
+    /// The next value Redis pushes (a subscription's message), or None
+    /// when none comes within `timeout`.
+    pub fn next_within(&mut self, timeout: std::time::Duration) -> Option<Value> {
+        use std::io::BufRead;
+        self.r.get_ref().set_read_timeout(Some(timeout)).unwrap();
+        let ready = matches!(self.r.fill_buf(), Ok(b) if !b.is_empty());
+        self.r
+            .get_ref()
+            .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        ready.then(|| self.read())
+    }
+
     fn line(&mut self) -> String {
         use std::io::BufRead;
         let mut l = String::new();
@@ -371,7 +384,7 @@ pub struct RawLeader {
     pub pw_key: String,
 }
 
-pub const VERSION: &str = "9";
+pub const VERSION: &str = missionstream::protocol::PROTOCOL_VERSION;
 
 impl RawLeader {
     /// ms_start of stream `name` (keys made up: the functions never see
@@ -571,4 +584,118 @@ impl RawLeader {
             &body,
         ])
     }
+}
+
+/// A raw replica of a Redis: a socket that asks for a full resync (PSYNC),
+/// skips the snapshot, and keeps every command of the replication stream
+/// after it, as Redis sends them to its replicas.
+pub struct RawReplica {
+    commands: std::sync::Arc<std::sync::Mutex<Vec<Vec<Vec<u8>>>>>,
+    stream: std::net::TcpStream,
+}
+
+impl RawReplica {
+    pub fn attach(port: u16) -> RawReplica {
+        use std::io::{BufRead, Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("Redis is up");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+            .unwrap();
+        s.write_all(b"PSYNC ? -1\r\n").unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("+FULLRESYNC"), "{line:?}");
+        // Newlines (keepalives while the snapshot is made), then
+        // "$<length>\r\n" and the snapshot, with no CRLF after it.
+        let n: usize = loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if let Some(n) = line.trim_end().strip_prefix('$') {
+                break n.parse().unwrap();
+            }
+            assert!(line.trim().is_empty(), "{line:?}");
+        };
+        let mut rdb = vec![0u8; n];
+        r.read_exact(&mut rdb).unwrap();
+        r.get_ref().set_read_timeout(None).unwrap();
+        let commands = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = commands.clone();
+        std::thread::spawn(move || {
+            while let Some(c) = read_command(&mut r) {
+                kept.lock().unwrap().push(c);
+            }
+        });
+        RawReplica {
+            commands,
+            stream: s,
+        }
+    }
+
+    /// The commands received since the last call.
+    pub fn take(&self) -> Vec<Vec<Vec<u8>>> {
+        std::mem::take(&mut *self.commands.lock().unwrap())
+    }
+
+    /// Waits until a command whose arguments include `marker` came (a
+    /// write made after the ones of interest, so that they all came),
+    /// then returns every command received since the last call, the
+    /// marker's included.
+    pub fn take_until(&self, marker: &[u8], timeout: std::time::Duration) -> Vec<Vec<Vec<u8>>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            {
+                let c = self.commands.lock().unwrap();
+                if c.iter().any(|c| c.iter().any(|a| a == marker)) {
+                    drop(c);
+                    return self.take();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the marker came in the replication stream"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RawReplica {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// One command of a replication stream (`*<n>` and n bulk strings); None
+/// at its end.
+fn read_command(r: &mut impl std::io::BufRead) -> Option<Vec<Vec<u8>>> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if !line.trim().is_empty() {
+            break;
+        }
+    }
+    let n: usize = line.trim_end().strip_prefix('*')?.parse().ok()?;
+    let mut args = Vec::with_capacity(n);
+    for _ in 0..n {
+        line.clear();
+        r.read_line(&mut line).ok()?;
+        let len: usize = line.trim_end().strip_prefix('$')?.parse().ok()?;
+        let mut a = vec![0u8; len + 2];
+        r.read_exact(&mut a).ok()?;
+        a.truncate(len);
+        args.push(a);
+    }
+    Some(args)
+}
+
+/// The commands' names, upper case.
+pub fn command_names(commands: &[Vec<Vec<u8>>]) -> Vec<String> {
+    commands
+        .iter()
+        .map(|c| String::from_utf8_lossy(&c[0]).to_uppercase())
+        .collect()
 }

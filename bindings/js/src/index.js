@@ -3,12 +3,12 @@
 // fetch, streaming response bodies and WebCrypto, in browsers and Node >= 20.
 
 import { applyDelta, makeDelta, checksum } from "./delta.js";
-import { parseMessage, parseStateMessage, StateHalves, HOLD_MS } from "./messages.js";
+import { parseMessage, parseStateMessage, parseConnectReply, probeVerdict, StateHalves, HOLD_MS } from "./messages.js";
 
 export { applyDelta, makeDelta, checksum };
 
 /** The protocol version this package speaks (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION = "9";
+export const PROTOCOL_VERSION = "10";
 export const MAX_NAME = 256;
 export const MAX_SECRET = 1024;
 export const MAX_STATE = 8 * 1024 * 1024;
@@ -444,7 +444,8 @@ function keysOf(fn, name) {
  * A connection to one missionstream server (a Webdis URL, or the deploy
  * front's), or to a replicated deployment (every node's Webdis, a
  * comma-separated string or an array: writes go to the node that takes
- * them, followers subscribe on replicas; docs/PROTOCOL.md, "Several
+ * them, followers subscribe on the primary, or on replicas when the
+ * deployment has them carry the channel; docs/PROTOCOL.md, "Several
  * endpoints"). Options: timeoutMs (per call, 10000), heartbeatMs (of the
  * streams it leads, 5000), streamTtlS (0: never expires), iterations
  * (PBKDF2 iterations of the streams it starts, 600000), post (send calls
@@ -494,16 +495,18 @@ export class Client {
   }
 
   /**
-   * The endpoints a follower of record `key` subscribes on, best first:
-   * the replicas by rendezvous hash, then the primary; those that failed
-   * lately after all of them.
+   * The endpoints a follower of record `key` subscribes on, best first.
+   * `onReplicas` (replicas carry the channel, ms_connect says): the
+   * replicas by rendezvous hash, then the primary. Otherwise: the
+   * primary (the endpoint that took the last write), then the others by
+   * rendezvous hash. Those that failed lately after all of them.
    */
-  followOrder(key) {
+  followOrder(key, onReplicas) {
     const now = Date.now();
     const rank = this.endpoints.map((e, i) => ({
       i,
       failed: e.failedAt !== 0 && now - e.failedAt < FAILED_FOR_MS ? 1 : 0,
-      primary: i === this.primary ? 1 : 0,
+      primary: (i === this.primary) === !!onReplicas ? 1 : 0,
       h: rendezvous(key, e.base),
     }));
     rank.sort((a, b) => a.failed - b.failed || a.primary - b.primary || (a.h > b.h ? -1 : a.h < b.h ? 1 : 0));
@@ -766,8 +769,8 @@ export class Client {
     }
     const p = await this.params(name);
     const pwKey = await this.key(password, "pw:", p.salt, p.iterations);
-    const { channel, hbMs } = await connectChannel(this, name, pwKey);
-    const f = new Follower(this, name, { pwKey, params: p, channel, hbMs, onEvent: options.onEvent });
+    const { channel, hbMs, onReplicas } = await connectChannel(this, name, pwKey);
+    const f = new Follower(this, name, { pwKey, params: p, channel, hbMs, onReplicas, onEvent: options.onEvent });
     this.sessions.add(f);
     f.startRunning();
     return f;
@@ -796,10 +799,11 @@ export class Client {
 
 async function connectChannel(client, name, pwKey) {
   const info = {};
-  const [sealed, hb] = await client.call("ms_connect", { keys: keysOf("ms_connect", name), fields: [pwKey], info });
-  const channel = await openSealed(sealed, pwKey, info.nonce);
+  const reply = parseConnectReply(await client.call("ms_connect", { keys: keysOf("ms_connect", name), fields: [pwKey], info }));
+  if (!reply) throw err(Status.MS_ERR_PROTOCOL, "ms_connect: malformed reply");
+  const channel = await openSealed(reply.sealed, pwKey, info.nonce);
   if (!channel) throw err(Status.MS_ERR_PROTOCOL, "ms_connect answered no sealed channel");
-  return { channel, hbMs: Number(hb) };
+  return { channel, hbMs: reply.hbMs, onReplicas: reply.onReplicas };
 }
 
 // ----------------------------------------------------------------- leader
@@ -1093,11 +1097,12 @@ function parseSnapshot(v) {
 }
 
 export class Follower extends Session {
-  constructor(client, name, { pwKey, params, channel, hbMs, onEvent }) {
+  constructor(client, name, { pwKey, params, channel, hbMs, onReplicas, onEvent }) {
     super(client, name, onEvent);
     this.pwKey = pwKey;
     this.params = params;
     this.channel = channel;
+    this.onReplicas = !!onReplicas; // replicas carry the channel (ms_connect)
     this.hbMs = hbMs > 0 ? hbMs : 5000;
     this.seq = -1;
     this.timing = null; // performance.now() marks of the newest state
@@ -1121,6 +1126,8 @@ export class Follower extends Session {
     this.order = null; // the nodes of this round of subscription attempts, best first
     this.attempts = 0; // attempts of the round so far
     this.node = 0; // the endpoint subscribed on
+    this.moveTo = null; // the endpoint the next attempt goes to, out of the order's turn
+    this.movedFast = false; // an attempt of this round moved there at once
     this.timer = setInterval(() => this.watch(), 100);
   }
 
@@ -1143,6 +1150,13 @@ export class Follower extends Session {
       } catch (e) {
         this.ready = false;
         if (e instanceof Ended || this.ended) { this.finishEnded(); return; }
+        if (e.moveTo != null) {
+          // The probe found the primary elsewhere and only the primary
+          // carries the channel: the next attempt goes there, at once the
+          // first time in a round.
+          this.moveTo = e.moveTo;
+          if (!this.movedFast) { this.movedFast = true; continue; }
+        }
         if (this.connected) {
           this.connected = false;
           this.emit(EventKind.MS_EVENT_CONNECTION_LOST, { status: e.status ?? Status.MS_ERR_UNAVAILABLE, message: e.message });
@@ -1171,6 +1185,7 @@ export class Follower extends Session {
       const c = await connectChannel(this.client, this.name, this.pwKey);
       if (c.channel !== this.channel) throw new Ended();
       this.hbMs = c.hbMs;
+      this.onReplicas = c.onReplicas;
     } catch (e) {
       if (e.status === Status.MS_ERR_NOT_FOUND || e.status === Status.MS_ERR_BAD_PASSWORD) throw new Ended();
       throw e;
@@ -1184,13 +1199,21 @@ export class Follower extends Session {
     this.ready = false;
     this.backlog = [];
     // With several endpoints each attempt goes to the next node of the
-    // stream's order (replicas first, nodes that failed lately last), taken
-    // afresh after a subscription that worked or a round of attempts.
+    // stream's order (the primary first, or the replicas first when they
+    // carry the channel; nodes that failed lately last), taken afresh
+    // after a subscription that worked or a round of attempts; or to the
+    // node an attempt found the primary at.
     if (!this.order || this.attempts >= this.order.length) {
-      this.order = this.client.followOrder("stream:" + this.name);
+      this.order = this.client.followOrder("stream:" + this.name, this.onReplicas);
       this.attempts = 0;
     }
-    const node = this.order[this.attempts++];
+    let node;
+    if (this.moveTo != null && this.moveTo < this.client.endpoints.length) {
+      node = this.moveTo;
+    } else {
+      node = this.order[this.attempts++];
+    }
+    this.moveTo = null;
     this.node = node;
     const many = this.order.length > 1;
     this.probe = null;
@@ -1209,7 +1232,14 @@ export class Follower extends Session {
       const pinfo = {};
       const receivers = await this.client.call("ms_probe", { keys: keysOf("ms_probe", this.name), args: [token], fields: [this.channel], timeoutMs: attemptWait, info: pinfo });
       // The primary counts only its own subscribers.
-      if (pinfo.node === node && Number(receivers[0]) === 0) throw err(Status.MS_ERR_UNAVAILABLE, "Redis has no such subscription (0 receivers)");
+      const verdict = probeVerdict({ node: pinfo.node, subscribed: node, receivers: Number(receivers[0]), onReplicas: this.onReplicas });
+      if (verdict === "gone") throw err(Status.MS_ERR_UNAVAILABLE, "Redis has no such subscription (0 receivers)");
+      const echoed = !this.probe || this.probe.token !== token;
+      if (verdict === "elsewhere" && !echoed) {
+        const e = err(Status.MS_ERR_UNAVAILABLE, "the subscription is not on the primary, and the deployment carries channel messages on the primary only");
+        e.moveTo = pinfo.node;
+        throw e;
+      }
       // (The echo may come before the call's answer: a replica subscribed
       // on gets the primary's PUBLISH as soon as it is replicated.)
       const left = Math.max(attemptWait - (Date.now() - probedAt), 1);
@@ -1221,7 +1251,8 @@ export class Follower extends Session {
       clearTimeout(ackTimer);
       ctl.abort();
       if (e.status === Status.MS_ERR_NOT_FOUND) throw new Ended();
-      if (many) this.client.failed(node);
+      // (A node that is up, only not the primary, is not reported.)
+      if (many && e.moveTo == null) this.client.failed(node);
       throw e;
     }
     clearTimeout(ackTimer);
@@ -1239,6 +1270,7 @@ export class Follower extends Session {
       this.reconnectPending = false;
     }
     this.order = null; // the next subscription starts a new round
+    this.movedFast = false;
     const wasLost = this.everConnected && !this.connected;
     this.connected = true;
     this.everConnected = true;
@@ -1492,7 +1524,12 @@ export class Follower extends Session {
       const info = {};
       this.probe = { token, res: () => { p.echoed = true; }, at: now };
       this.client.call("ms_probe", { keys: keysOf("ms_probe", this.name), args: [token], fields: [this.channel], info })
-        .then((r) => { if (info.node === node && Number(r[0]) === 0 && !p.echoed) ctl.abort(); })
+        .then((r) => {
+          // Reached none of the node's subscriptions, or the primary is
+          // elsewhere and only it carries the channel: lost.
+          const verdict = probeVerdict({ node: info.node, subscribed: node, receivers: Number(r[0]), onReplicas: this.onReplicas });
+          if (verdict !== "echo" && !p.echoed) ctl.abort();
+        })
         .catch(() => { if (!p.echoed) ctl.abort(); });
     }
   }

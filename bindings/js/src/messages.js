@@ -144,3 +144,36 @@ export class StateHalves {
     this.bodies.clear();
   }
 }
+
+/**
+ * The reply of ms_connect after its nonce, `[sealed channel, hb_ms,
+ * on_replicas]` (docs/PROTOCOL.md, "Functions"): {sealed, hbMs,
+ * onReplicas}, or null when malformed (on_replicas missing, as protocol
+ * 9 answered, or anything but 0 or 1, included). onReplicas: the
+ * deployment's replicas carry the channel's messages, so followers may
+ * subscribe on them; otherwise only the primary does.
+ */
+export function parseConnectReply(v) {
+  if (!Array.isArray(v) || v.length !== 3 || typeof v[0] !== "string") return null;
+  const int = (x) => (typeof x === "number" ? x : typeof x === "string" && DIGITS.test(x) ? Number(x) : NaN);
+  const hbMs = int(v[1]);
+  const on = int(v[2]);
+  if (!Number.isSafeInteger(hbMs) || hbMs < 0 || (on !== 0 && on !== 1)) return null;
+  return { sealed: v[0], hbMs, onReplicas: on === 1 };
+}
+
+/**
+ * What a probe's answer says of a subscription on endpoint `subscribed`:
+ * the probe was answered by endpoint `node` (the primary), reaching
+ * `receivers` of that node's subscriptions; `onReplicas`: replicas carry
+ * the channel (ms_connect). "gone": the node subscribed on answered and
+ * its subscription was not among those reached (Redis has no such
+ * subscription). "elsewhere": another node answered and only the primary
+ * carries the channel: the subscription can never hear the echo, so the
+ * attempt fails at once and the next one goes to `node`. "echo": the
+ * echo on the subscription decides.
+ */
+export function probeVerdict({ node, subscribed, receivers, onReplicas }) {
+  if (node === subscribed) return receivers === 0 ? "gone" : "echo";
+  return onReplicas ? "echo" : "elsewhere";
+}

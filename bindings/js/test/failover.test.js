@@ -2,7 +2,9 @@
 // nodes, 1 primary + 2 replicas, 3 Sentinels, one Webdis per node): a JS
 // leader and a JS follower given every node's Webdis, through a primary
 // whose Redis is killed with SIGKILL (a crash). Real processes on free
-// loopback ports.
+// loopback ports. The functions library as deploy/ ships it: channel
+// messages on the primary only, followers there; the last test loads it
+// with CHANNEL_ON_REPLICAS = true, followers on replicas.
 import test, { before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -56,7 +58,10 @@ async function until(what, check, timeoutMs) {
 
 const opts = { timeoutMs: 5000, iterations: 100000, heartbeatMs: 500 };
 
-test("a replica refuses writes; the client finds the primary wherever it is listed and follows on a replica", async () => {
+/** PUBSUB NUMSUB of `channel` on node `node` (1-3). */
+const numsub = (node, channel) => Number(redis(node, "PUBSUB", "NUMSUB", channel).split("\n")[1]);
+
+test("a replica refuses writes; the client finds the primary wherever it is listed and follows on the primary", async () => {
   const urls = env.MS_URLS.split(",");
   assert.equal(urls.length, 3);
   // The primary last: the first write meets a replica's READONLY and moves on.
@@ -71,15 +76,17 @@ test("a replica refuses writes; the client finds the primary wherever it is list
     const f = await c.follow(name, "pw");
     assert.equal(await f.waitFor(1, 15000 * factor), true);
     assert.deepEqual(f.json(), { n: 1 });
-    assert.notEqual(f.node, 2, "the follower subscribes on a replica");
-    // The replica's own pub/sub has the subscription: the fan-out is there.
+    // Only the primary carries the channel (the library's default): the
+    // follower subscribes there, though the replicas are listed first.
+    assert.equal(f.onReplicas, false);
+    assert.equal(f.node, 2, "the follower subscribes on the primary");
     const channel = leader.channel;
-    const port = new URL(c.endpoints[f.node].base).port;
-    const k = [1, 2, 3].find((i) => env[`NODE${i}_WEBDIS_PORT`] === port);
-    assert.notEqual(k, primaryNode(), "the follower subscribes on a replica");
-    const replicaPort = env[`NODE${k}_REDIS_PORT`];
-    const subs = execFileSync("redis-cli", ["-p", replicaPort, "PUBSUB", "NUMSUB", channel], { encoding: "utf8" }).trim().split("\n");
-    assert.equal(subs[1], "1", `the replica on port ${replicaPort} has the follower's subscription`);
+    const primary = primaryNode();
+    for (const k of [1, 2, 3]) assert.equal(numsub(k, channel), k === primary ? 1 : 0, `node ${k} (the primary: ${primary})`);
+    leader.publish({ n: 2 });
+    await leader.flush();
+    assert.equal(await f.waitFor(leader.seq, 15000 * factor), true);
+    assert.deepEqual(f.json(), { n: 2 });
     await leader.stop();
   } finally {
     await c.close();
@@ -140,6 +147,8 @@ test("a JS leader and a JS follower through a SIGKILLed primary: the follower en
     assert.equal(message.slice(message.indexOf("\n") + 1), last);
     await until("the follower holds the leader's last flushed state", () => f.latest === last, 60000 * factor);
     assert.equal(f.ended, false);
+    // It follows the new primary (the only node that carries the channel).
+    await until("the follower subscribed on the promoted primary", () => numsub(promoted, leader.channel) === 1, 30000 * factor);
     // Never out of order: seq and the plan's n only ever grow.
     for (let i = 1; i < seen.length; i++) {
       assert.ok(seen[i].seq > seen[i - 1].seq, `seq went back: ${JSON.stringify(seen.slice(Math.max(0, i - 3), i + 2))}`);
@@ -166,6 +175,12 @@ test("a JS leader and a JS follower through a SIGKILLed primary: the follower en
 
 test("a follower whose node dies resubscribes on another and ends on the leader's last state", async () => {
   // (After the test above: a promoted primary, one replica, one node down.)
+  // The library loaded anew with CHANNEL_ON_REPLICAS = true, on the primary
+  // (replicated to the replica): followers subscribe on the replica.
+  const primaryNow = primaryNode();
+  const lua = readFileSync(path.join(REPO, "lua", "missionstream.lua"), "utf8").replace(/^local CHANNEL_ON_REPLICAS = .*$/m, "local CHANNEL_ON_REPLICAS = true");
+  assert.ok(lua.includes("\nlocal CHANNEL_ON_REPLICAS = true\n"));
+  assert.equal(execFileSync("redis-cli", ["-p", env[`NODE${primaryNow}_REDIS_PORT`], "-x", "FUNCTION", "LOAD", "REPLACE"], { input: lua, encoding: "utf8", timeout: 10000 }).trim(), "missionstream");
   const c = new Client(env.MS_URLS, opts);
   const name = uniqueName("ha");
   const nodeOf = (i) => [1, 2, 3].find((k) => env[`NODE${k}_WEBDIS_PORT`] === new URL(c.endpoints[i].base).port);
@@ -175,6 +190,7 @@ test("a follower whose node dies resubscribes on another and ends on the leader'
     await leader.flush(30000 * factor);
     const f = await c.follow(name, "pw");
     assert.equal(await f.waitFor(1, 30000 * factor), true);
+    assert.equal(f.onReplicas, true);
     const primary = primaryNode();
     const mine = nodeOf(f.node);
     assert.notEqual(mine, primary, "the follower subscribed on a replica");

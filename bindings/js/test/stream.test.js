@@ -2,7 +2,7 @@
 // presence, recovery, end, and the errors users see.
 import test, { before, after } from "node:test";
 import assert from "node:assert/strict";
-import { Client, Status, EventKind, MissionstreamError } from "../src/index.js";
+import { Client, Status, EventKind, MissionstreamError, PROTOCOL_VERSION } from "../src/index.js";
 import { startServer, uniqueName, waitEvent } from "./helpers.js";
 
 let srv;
@@ -335,7 +335,7 @@ test("full states come as two halves paired by publish id in either order; a bod
     assert.deepEqual(f.json(), { n: 1 });
     // The first snapshot named no state; it answered the state message.
     assert.equal(spy.seen.length, 1);
-    assert.match(spy.seen[0].path, /\/ms_snapshot\/2\/stream:[^/]+\/msl:[^/]+\/9\/[0-9a-f]+\/-$/);
+    assert.match(spy.seen[0].path, new RegExp(`/ms_snapshot/2/stream:[^/]+/msl:[^/]+/${PROTOCOL_VERSION}/[0-9a-f]+/-$`));
     assert.match(spy.seen[0].reply[6], /^r [0-9a-f]{32}\n\{"n":1\}$/);
     const publish = (payload) => srv.redis("PUBLISH", f.channel, payload);
     const id = (n) => `feedfacefeedface${String(n).padStart(16, "0")}`;

@@ -2,7 +2,7 @@
 import test from "node:test";
 import assert from "node:assert/strict";
 import { applyDelta, makeDelta, checksum, deriveKey, channelOf, openSealed, frameBody, Status, statusName, EventKind, sealLead, channelTag } from "../src/index.js";
-import { parseMessage, parseStateMessage, StateHalves, HOLD_MS, MAX_HELD_BODIES } from "../src/messages.js";
+import { parseMessage, parseStateMessage, parseConnectReply, probeVerdict, StateHalves, HOLD_MS, MAX_HELD_BODIES } from "../src/messages.js";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -187,23 +187,31 @@ test("endpoint lists: a comma-separated string or an array; empty, malformed or 
     assert.throws(() => new Client(bad), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT && e.message.includes(says), bad);
   }
   assert.throws(() => new Client(["http://a:1", 5]), (e) => e.status === Status.MS_ERR_INVALID_ARGUMENT);
-  // Followers: replicas by rendezvous hash (stable, spread), the primary last, failed nodes after it.
+  // Followers, when replicas carry the channel: replicas by rendezvous
+  // hash (stable, spread), the primary last, failed nodes after it.
   const e = new Client("http://a:1,http://b:2,http://c:3");
   const firsts = [0, 0, 0];
   for (let i = 0; i < 300; i++) {
-    const order = e.followOrder(`stream:s-${i}`);
+    const order = e.followOrder(`stream:s-${i}`, true);
     assert.equal(order[2], 0, "the primary last");
-    assert.deepEqual(order, e.followOrder(`stream:s-${i}`));
+    assert.deepEqual(order, e.followOrder(`stream:s-${i}`, true));
     firsts[order[0]] += 1;
+    // When only the primary carries it: the primary first, then the
+    // replicas in the same hash order.
+    assert.deepEqual(e.followOrder(`stream:s-${i}`, false), [0, ...order.slice(0, 2)]);
   }
   assert.ok(firsts[1] > 100 && firsts[2] > 100, String(firsts));
   e.tookWrite(2);
   assert.equal(e.moves, 1);
-  assert.equal(e.followOrder("x")[2], 2);
-  const first = e.followOrder("x")[0];
+  assert.equal(e.followOrder("x", true)[2], 2);
+  assert.equal(e.followOrder("x", false)[0], 2);
+  const first = e.followOrder("x", true)[0];
   e.failed(first);
   const other = first === 0 ? 1 : 0; // the other replica (node 2 is the primary now)
-  assert.deepEqual(e.followOrder("x"), [other, 2, first]);
+  assert.deepEqual(e.followOrder("x", true), [other, 2, first]);
+  assert.deepEqual(e.followOrder("x", false), [2, other, first]);
+  e.failed(2);
+  assert.deepEqual(e.followOrder("x", false), [other, 2, first], "a primary that failed lately after the nodes that did not");
   e.tookWrite(2);
   assert.equal(e.moves, 1);
   // The hash of docs/PROTOCOL.md: 64-bit, deterministic, key and endpoint both count.
@@ -246,5 +254,31 @@ test("two far apart edits of a large plan give a delta about their size (copies 
     const dd = makeDelta(enc.encode(a), enc.encode(b));
     new TextDecoder("utf-8", { fatal: true }).decode(dd);
     assert.equal(dec.decode(applyDelta(enc.encode(a), dd)), b, `round ${round}`);
+  }
+});
+
+test("ms_connect's reply: the sealed channel, the heartbeat and where the channel is carried (0 or 1, nothing else)", () => {
+  assert.deepEqual(parseConnectReply(["c2VhbGVk", 5000, 0]), { sealed: "c2VhbGVk", hbMs: 5000, onReplicas: false });
+  assert.deepEqual(parseConnectReply(["s", "200", "1"]), { sealed: "s", hbMs: 200, onReplicas: true });
+  for (const bad of [
+    ["s", 5000], // protocol 9's reply
+    ["s", 5000, 2], ["s", 5000, -1], ["s", 5000, "yes"], ["s", 5000, true], ["s", 5000, null], ["s", 5000, ""],
+    ["s", 5000, 1, 0], ["s", "x", 1], ["s", -5, 1], [1, 5000, 1], null, "s", {},
+  ]) {
+    assert.equal(parseConnectReply(bad), null, JSON.stringify(bad));
+  }
+});
+
+test("a probe answered by another node than the one subscribed on: the echo decides when replicas carry the channel, the attempt moves at once when only the primary does", () => {
+  // Answered by the node subscribed on (the primary).
+  assert.equal(probeVerdict({ node: 1, subscribed: 1, receivers: 0, onReplicas: false }), "gone");
+  assert.equal(probeVerdict({ node: 1, subscribed: 1, receivers: 0, onReplicas: true }), "gone");
+  for (const onReplicas of [false, true]) {
+    assert.equal(probeVerdict({ node: 1, subscribed: 1, receivers: 2, onReplicas }), "echo");
+  }
+  // Subscribed on a replica.
+  for (const receivers of [0, 1, 7]) {
+    assert.equal(probeVerdict({ node: 0, subscribed: 2, receivers, onReplicas: true }), "echo");
+    assert.equal(probeVerdict({ node: 0, subscribed: 2, receivers, onReplicas: false }), "elsewhere");
   }
 });

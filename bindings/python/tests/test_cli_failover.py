@@ -48,18 +48,23 @@ def load_factor() -> float:
 
 
 class Cluster:
-    """The topology of scripts/cluster.sh in a directory of its own."""
+    """The topology of scripts/cluster.sh in a directory of its own; its
+    functions library as deploy/ ships it (channel messages on the primary
+    only, followers there), or with ``channel_on_replicas`` loaded with
+    CHANNEL_ON_REPLICAS = true (followers on replicas)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, channel_on_replicas: bool = False) -> None:
         self.dir = directory
+        self.channel_on_replicas = channel_on_replicas
         self.env: Dict[str, str] = {}
 
     def start(self) -> "Cluster":
         for tool in ("redis-server", "redis-cli", WEBDIS, "curl"):
             if shutil.which(tool) is None:
                 pytest.fail(f"{tool} is not installed; the failover test needs real Redis, Sentinel and Webdis")
+        env = dict(os.environ, MS_CHANNEL_ON_REPLICAS="1" if self.channel_on_replicas else "0")
         done = subprocess.run([str(CLUSTER_SH), "start", str(self.dir)], capture_output=True, text=True,
-                              timeout=120)
+                              timeout=120, env=env)
         assert done.returncode == 0, f"scripts/cluster.sh start failed:\n{done.stdout}{done.stderr}"
         self.env = read_env_file(self.dir / "env")
         ports = [int(self.env[f"NODE{i}_{kind}_PORT"]) for i in (1, 2, 3) for kind in ("REDIS", "WEBDIS")]

@@ -6,6 +6,7 @@
 //! and body paired by publish id, deltas applied to their base, whatever
 //! Webdis swapped held a moment), for every member of a follow group.
 
+use super::opening::Reached;
 use super::session::ResyncDue;
 use crate::dispatch::{Dispatcher, Event, StateText};
 use crate::error::{Error, Result, Status};
@@ -14,25 +15,28 @@ use crate::net::nodes::{Endpoints, Nodes};
 use crate::net::transport::Webdis;
 use crate::session::{params_of, Config, Hooks};
 use crate::util::lock;
-use crate::wire::functions::{self, Call, Connected};
+use crate::wire::functions::{self, Call, Joined};
 use crate::wire::protocol::{self, ChannelMessage};
 use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// ms_connect: checks the password's derived key; returns the stream's
-/// channel (the reply carries it sealed with that key).
+/// channel (the reply carries it sealed with that key) and whether the
+/// deployment's replicas carry its messages.
 pub(super) fn stream_channel(
     conn: &Nodes,
     key: &str,
     password_key: &str,
     timeout: Duration,
-) -> Result<String> {
+) -> Result<(String, bool)> {
     let body = zeroize::Zeroizing::new(protocol::frame_body(&[password_key.as_bytes()]));
     let answered = conn.fcall_answered(&Call::connect(key), &[&body], timeout);
-    let connected = Connected::of(answered.result?, "ms_connect")?;
-    protocol::open_sealed(&connected.channel_sealed, password_key, &answered.nonce)
-        .ok_or_else(|| protocol::protocol_error("ms_connect"))
+    let joined = Joined::of(answered.result?)?;
+    let channel = protocol::open_sealed(&joined.channel_sealed, password_key, &answered.nonce)
+        .ok_or_else(|| protocol::protocol_error("ms_connect"))?;
+    Ok((channel, joined.on_replicas))
 }
 
 pub(super) fn replaced() -> Error {
@@ -449,6 +453,10 @@ pub(super) struct Stream {
     /// The password's derived key (the password itself is not kept).
     pub(super) password_key: zeroize::Zeroizing<String>,
     pub(super) channel: String,
+    /// The deployment's replicas carry the channel's messages (ms_connect
+    /// says so, again at every check of the stream): followers subscribe
+    /// on a replica first; otherwise on the primary.
+    pub(super) on_replicas: AtomicBool,
     pub(super) endpoints: Arc<Endpoints>,
     pub(super) config: Arc<Config>,
     pub(super) hooks: Hooks,
@@ -462,12 +470,25 @@ impl Stream {
         if params_of(conn, &self.key, self.config.timeout())? != self.params {
             return Err(replaced());
         }
-        let channel = stream_channel(conn, &self.key, &self.password_key, self.config.timeout())?;
+        let (channel, on_replicas) =
+            stream_channel(conn, &self.key, &self.password_key, self.config.timeout())?;
         if channel == self.channel {
+            self.on_replicas.store(on_replicas, Ordering::Release);
             Ok(())
         } else {
             Err(replaced())
         }
+    }
+
+    /// Whether the deployment's replicas carry the channel's messages.
+    pub(super) fn on_replicas(&self) -> bool {
+        self.on_replicas.load(Ordering::Acquire)
+    }
+
+    /// The nodes to subscribe on, best first, for where the channel is
+    /// carried (`Endpoints::follow_order`).
+    pub(super) fn follow_order(&self) -> Vec<usize> {
+        self.endpoints.follow_order(&self.key, self.on_replicas())
     }
 
     /// ms_snapshot, naming the state delivered last (`have`): the reply
@@ -483,23 +504,20 @@ impl Stream {
     }
 
     /// ms_probe, on the primary: publishes `p <token>` on the channel.
-    /// Returns how many subscriptions Redis delivered it to when the
-    /// primary is the node subscribed on (`node`); None otherwise (a
-    /// replica's subscribers get it through replication, and the primary
-    /// does not count them).
-    pub(super) fn probe(
-        &self,
-        nodes: &Nodes,
-        node: usize,
-        token: &str,
-        timeout: Duration,
-    ) -> Result<Option<u64>> {
+    /// Returns the node that answered (the primary) and how many of its
+    /// subscriptions Redis delivered it to (a replica's subscribers get
+    /// it through replication, when replicas carry the channel, and the
+    /// primary does not count them).
+    pub(super) fn probe(&self, nodes: &Nodes, token: &str, timeout: Duration) -> Result<Reached> {
         let body = protocol::frame_body(&[self.channel.as_bytes()]);
         let answered = nodes.fcall_answered(&Call::probe(&self.key, token), &[&body], timeout);
         let n = answered
             .result
             .and_then(|reply| functions::reached(&reply))?;
-        Ok((answered.node == node).then_some(n))
+        Ok(Reached {
+            node: answered.node,
+            n,
+        })
     }
 }
 

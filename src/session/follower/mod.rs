@@ -46,12 +46,14 @@ use crate::util::{lock, random_hex};
 use crate::wire::protocol::{self, ChannelMessage, SubscriptionItem};
 use crossbeam_channel::{bounded, Sender};
 use link::{disconnected, stream_channel, Delivery, Member, Snapshot, Stream, LEADER_SIZED};
-use opening::{probe_returned, subscription_failure, OpenAction, Opening, Proof, Stage};
+use opening::{
+    probe_returned, reach_of, subscription_failure, OpenAction, Opening, Proof, Reached, Stage,
+};
 use session::{Action, Heard, JobDone, Resubscription, Session};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,7 +121,8 @@ impl Follow {
         // subscription.
         let params = params_of(control, &key, config.timeout())?;
         let password_key = keys.derive(&params, Secret::Password, password);
-        let channel = stream_channel(control, &key, &password_key, config.timeout())?;
+        let (channel, on_replicas) =
+            stream_channel(control, &key, &password_key, config.timeout())?;
         let endpoints = control.endpoints().clone();
         let addrs = resolve_all(&endpoints);
         let stream = Arc::new(Stream {
@@ -127,6 +130,7 @@ impl Follow {
             params,
             password_key,
             channel,
+            on_replicas: AtomicBool::new(on_replicas),
             endpoints,
             config,
             hooks,
@@ -195,7 +199,7 @@ pub enum FollowReply {
     /// reached, when known.
     Probe(String, Result<Option<u64>>),
     /// The probe proving a subscription being opened.
-    OpenProbe(Result<Option<u64>>),
+    OpenProbe(Result<Reached>),
     /// The snapshot of an opening.
     Snapshot(Result<Snapshot>),
     /// The snapshot read for deltas.
@@ -369,7 +373,7 @@ impl Follows {
         };
         self.members.insert(member.session, gid);
         let delivery = Delivery::new(member.session, stream.hooks.dispatcher.clone());
-        let order = stream.endpoints.follow_order(&stream.key);
+        let order = stream.follow_order();
         let machine = Opening::new(now(), stream.config.timeout(), order);
         let group = Group {
             id: gid,
@@ -539,7 +543,7 @@ impl Follows {
             FollowReply::Checked(result) => match result {
                 Ok(addrs) => {
                     g.addrs = addrs;
-                    let order = g.stream.endpoints.follow_order(&g.stream.key);
+                    let order = g.stream.follow_order();
                     let timeout = g.stream.config.timeout();
                     let Some(open) = g.opening.as_mut() else {
                         return;
@@ -565,10 +569,13 @@ impl Follows {
                     } => (*node, token.clone(), *echoed),
                     _ => return,
                 };
-                match probe_returned(result, echoed) {
+                match probe_returned(result, node, g.stream.on_replicas(), echoed) {
                     Proof::Proven => self.read_snapshot(gid, node, ctx),
                     Proof::AwaitEcho => open.step = Step::Echo { node, token },
                     Proof::Failed(e) => self.attempt_failed(gid, Stage::Subscription, e, ctx),
+                    Proof::Elsewhere { node, error } => {
+                        self.attempt_ended(gid, Stage::Subscription, error, Some(node), ctx)
+                    }
                 }
             }
             FollowReply::Snapshot(result) => match result {
@@ -779,7 +786,7 @@ impl Follows {
             .saturating_duration_since(now())
             .max(Duration::from_millis(1));
         let submitted = submit(g, ctx, None, move |nodes| {
-            FollowReply::OpenProbe(stream.probe(nodes, node, &t, left))
+            FollowReply::OpenProbe(stream.probe(nodes, &t, left))
         });
         match submitted {
             Ok(()) => {
@@ -838,6 +845,21 @@ impl Follows {
 
     /// The attempt failed at `stage`: what `Opening` decides.
     fn attempt_failed(&mut self, gid: u32, stage: Stage, e: Error, ctx: &mut Ctx) {
+        self.attempt_ended(gid, stage, e, None, ctx)
+    }
+
+    /// The current attempt failed (`attempt_failed`); `primary_at`: the
+    /// node that answered its probe when only the primary carries the
+    /// channel and the subscription is elsewhere (the next attempt goes
+    /// there, `Opening::elsewhere`).
+    fn attempt_ended(
+        &mut self,
+        gid: u32,
+        stage: Stage,
+        e: Error,
+        primary_at: Option<usize>,
+        ctx: &mut Ctx,
+    ) {
         let Some(g) = self.groups.get_mut(&gid) else {
             return;
         };
@@ -862,7 +884,10 @@ impl Follows {
             e.kind,
             e.message
         );
-        let verdict = open.machine.failed(now(), stage, e, &base);
+        let verdict = match primary_at {
+            Some(primary) => open.machine.elsewhere(now(), primary, e, &base),
+            None => open.machine.failed(now(), stage, e, &base),
+        };
         if let Some(failed) = verdict.node_failed {
             g.stream.endpoints.failed(failed);
         }
@@ -976,7 +1001,10 @@ impl Follows {
                     let t = token;
                     let submitted = submit(g, ctx, None, move |nodes| {
                         let timeout = stream.config.timeout();
-                        FollowReply::Probe(t.clone(), stream.probe(nodes, node, &t, timeout))
+                        let reached = stream
+                            .probe(nodes, &t, timeout)
+                            .and_then(|r| reach_of(r, node, stream.on_replicas()));
+                        FollowReply::Probe(t.clone(), reached)
                     });
                     match submitted {
                         Ok(()) => continue,
@@ -1000,7 +1028,7 @@ impl Follows {
                     });
                     match submitted {
                         Ok(()) => {
-                            let order = g.stream.endpoints.follow_order(&g.stream.key);
+                            let order = g.stream.follow_order();
                             g.opening = Some(Open {
                                 machine: Opening::new(now(), g.stream.config.timeout(), order),
                                 recovery: true,

@@ -36,6 +36,14 @@
 //!   node may be configured or reached differently; anything else ends
 //!   the opening.
 //!
+//! Where the channel is carried decides one more case: when the
+//! deployment publishes channel messages on the primary only (ms_connect
+//! says so), a subscription on a node other than the one that answered
+//! the probe (the primary) can never hear its echo. The attempt fails at
+//! once, without waiting for the echo's deadline, and the next attempt
+//! goes to the node that answered; that node is not reported failed (it
+//! is up, only not the primary).
+//!
 //! A snapshot that fails after a proven subscription was read with the
 //! transport's own retries already: with one endpoint its failure ends
 //! the opening; with several, a node that failed it (its kind says the
@@ -114,6 +122,45 @@ fn response(stage: Stage, e: &Error, many: bool) -> Response {
     }
 }
 
+/// A probe published: the node that answered it (the primary) and how
+/// many of that node's subscriptions it reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reached {
+    pub(super) node: usize,
+    pub(super) n: u64,
+}
+
+/// What a probe's reply says of a subscription on node `subscribed`:
+/// the subscriptions it reached there when that node answered it (the
+/// primary); None when another node did and replicas carry the channel
+/// (the echo comes through replication); an error (`Kind::Replica`) when
+/// another node did and only the primary carries the channel: the
+/// subscription can never hear it.
+pub(super) fn reach_of(
+    reached: Reached,
+    subscribed: usize,
+    on_replicas: bool,
+) -> Result<Option<u64>, Error> {
+    if reached.node == subscribed {
+        Ok(Some(reached.n))
+    } else if on_replicas {
+        Ok(None)
+    } else {
+        Err(not_on_the_primary())
+    }
+}
+
+/// A subscription on a node that is not the primary, when only the
+/// primary carries the channel's messages.
+pub(super) fn not_on_the_primary() -> Error {
+    Error::new(
+        Status::MS_ERR_UNAVAILABLE,
+        "the subscription is not on the primary, and the deployment carries \
+         channel messages on the primary only",
+    )
+    .kinded(Kind::Replica)
+}
+
 /// Where the probe proving a subscription leaves the attempt once its
 /// request returned.
 #[derive(Debug, PartialEq, Eq)]
@@ -125,18 +172,33 @@ pub(super) enum Proof {
     AwaitEcho,
     /// The attempt failed with this error.
     Failed(Error),
+    /// Only the primary carries the channel, and node `node` answered the
+    /// probe, not the one subscribed on: the attempt fails at once with
+    /// this error, the next one goes to `node` (`Opening::elsewhere`).
+    Elsewhere { node: usize, error: Error },
 }
 
-/// The probe's request returned `reached` (the subscriptions it reached,
-/// when the node subscribed on is the primary), its echo `echoed` on the
-/// subscription or not yet. A probe that reached no subscriber proves the
-/// subscription was acknowledged but is never fed: as if
-/// unacknowledged (`Kind::Timeout`, replaced at once). The echo, not the
-/// reply, proves the subscription: on a replica the probe comes through
-/// replication, after every state the primary stored before it.
-pub(super) fn probe_returned(reached: Result<Option<u64>, Error>, echoed: bool) -> Proof {
-    match reached {
-        Err(e) => Proof::Failed(e),
+/// The probe's request returned `reached` (`Reached`), for a subscription
+/// on node `subscribed`, its echo `echoed` on the subscription or not
+/// yet; `on_replicas`: replicas carry the channel's messages. A probe
+/// that reached no subscriber of the node subscribed on proves the
+/// subscription was acknowledged but is never fed: as if unacknowledged
+/// (`Kind::Timeout`, replaced at once). The echo, not the reply, proves
+/// the subscription: on a replica the probe comes through replication,
+/// after every state the primary stored before it. When only the primary
+/// carries the channel, a subscription elsewhere never hears the echo:
+/// the attempt moves to the node that answered at once.
+pub(super) fn probe_returned(
+    reached: Result<Reached, Error>,
+    subscribed: usize,
+    on_replicas: bool,
+    echoed: bool,
+) -> Proof {
+    let reached = match reached {
+        Err(e) => return Proof::Failed(e),
+        Ok(r) => r,
+    };
+    match reach_of(reached, subscribed, on_replicas) {
         Ok(Some(0)) => Proof::Failed(
             Error::new(
                 Status::MS_ERR_TIMEOUT,
@@ -144,8 +206,12 @@ pub(super) fn probe_returned(reached: Result<Option<u64>, Error>, echoed: bool) 
             )
             .kinded(Kind::Timeout),
         ),
-        Ok(_) if echoed => Proof::Proven,
+        _ if echoed => Proof::Proven,
         Ok(_) => Proof::AwaitEcho,
+        Err(error) => Proof::Elsewhere {
+            node: reached.node,
+            error,
+        },
     }
 }
 
@@ -180,6 +246,8 @@ pub(super) struct Opening {
     attempts: usize,
     /// The node of the current attempt.
     node: usize,
+    /// The node the next attempt goes to, out of the order's turn.
+    then_on: Option<usize>,
 }
 
 impl Opening {
@@ -194,6 +262,7 @@ impl Opening {
             deadline: now + timeout,
             attempt_wait: (timeout / 4).max(MIN_ATTEMPT),
             attempts: 0,
+            then_on: None,
         }
     }
 
@@ -202,15 +271,37 @@ impl Opening {
     }
 
     /// Begins the next attempt: the next node of the order (the same one
-    /// with one endpoint), by a quarter of the timeout or the deadline,
+    /// with one endpoint), or the node an attempt found the primary at
+    /// (`elsewhere`), by a quarter of the timeout or the deadline,
     /// whichever comes first.
     pub(super) fn next(&mut self, now: Instant) -> OpenAction {
-        self.node = self.order[self.attempts % self.order.len()];
+        self.node = match self.then_on.take() {
+            Some(node) => node,
+            None => self.order[self.attempts % self.order.len()],
+        };
         self.attempts += 1;
         let left = self.deadline.saturating_duration_since(now);
         OpenAction::Subscribe {
             node: self.node,
             by: now + left.min(self.attempt_wait),
+        }
+    }
+
+    /// The current attempt's probe was answered by node `node`, not the
+    /// one subscribed on, and only the primary carries the channel
+    /// (`Proof::Elsewhere`, error `e`): the next attempt goes to `node` at
+    /// once (within the deadline), and no node is reported failed.
+    pub(super) fn elsewhere(&mut self, now: Instant, node: usize, e: Error, base: &str) -> Verdict {
+        if self.order.contains(&node) {
+            self.then_on = Some(node);
+        }
+        let verdict = self.failed(now, Stage::Subscription, e, base);
+        if !matches!(verdict.then, OpenAction::Subscribe { .. }) {
+            self.then_on = None;
+        }
+        Verdict {
+            node_failed: None,
+            then: verdict.then,
         }
     }
 
@@ -268,10 +359,14 @@ mod tests {
     /// the echo decides, whether it came before the reply or comes after.
     #[test]
     fn the_echo_not_the_reply_proves_a_subscription() {
-        for echoed in [false, true] {
+        let on = |node, n| Ok(Reached { node, n });
+        for (echoed, on_replicas) in [(false, true), (true, true), (false, false), (true, false)] {
             let e = Error::new(Status::MS_ERR_UNAVAILABLE, "down").kinded(Kind::Unreachable);
-            assert_eq!(probe_returned(Err(e.clone()), echoed), Proof::Failed(e));
-            let Proof::Failed(none) = probe_returned(Ok(Some(0)), echoed) else {
+            assert_eq!(
+                probe_returned(Err(e.clone()), 0, on_replicas, echoed),
+                Proof::Failed(e)
+            );
+            let Proof::Failed(none) = probe_returned(on(1, 0), 1, on_replicas, echoed) else {
                 panic!("a probe that reached nobody fails the attempt");
             };
             assert_eq!(
@@ -287,10 +382,88 @@ mod tests {
                 "replaced at once"
             );
         }
-        for reached in [Some(1), Some(3), None] {
-            assert_eq!(probe_returned(Ok(reached), true), Proof::Proven);
-            assert_eq!(probe_returned(Ok(reached), false), Proof::AwaitEcho);
+        // Subscribed on the node that answered (1 or 3 subscriptions
+        // reached), or on a replica when replicas carry the channel.
+        for (reached, on_replicas) in [
+            (on(2, 1), false),
+            (on(2, 3), true),
+            (on(0, 1), true),
+            (on(0, 0), true),
+        ] {
+            assert_eq!(
+                probe_returned(reached.clone(), 2, on_replicas, true),
+                Proof::Proven
+            );
+            assert_eq!(
+                probe_returned(reached, 2, on_replicas, false),
+                Proof::AwaitEcho
+            );
         }
+    }
+
+    /// Only the primary carries the channel: a probe answered by another
+    /// node than the one subscribed on (the subscription is on a replica)
+    /// fails the attempt at once, a `Kind::Replica` failure naming the
+    /// node that answered, whatever it reached there; with replicas
+    /// carrying the channel the echo decides as ever. An echo that came
+    /// anyway proves the subscription.
+    #[test]
+    fn on_the_primary_only_a_probe_answered_elsewhere_fails_the_attempt_at_once() {
+        for n in [0, 1, 5] {
+            let r = Reached { node: 0, n };
+            let Proof::Elsewhere { node, error } = probe_returned(Ok(r), 2, false, false) else {
+                panic!("the attempt fails at once");
+            };
+            assert_eq!(node, 0);
+            assert_eq!(error, not_on_the_primary());
+            assert_eq!(
+                (error.status, error.kind),
+                (Status::MS_ERR_UNAVAILABLE, Kind::Replica)
+            );
+            assert_eq!(probe_returned(Ok(r), 2, false, true), Proof::Proven);
+            assert_eq!(probe_returned(Ok(r), 2, true, false), Proof::AwaitEcho);
+        }
+        // The session's own probes: the same reading.
+        let r = Reached { node: 1, n: 4 };
+        assert_eq!(reach_of(r, 1, false), Ok(Some(4)));
+        assert_eq!(reach_of(r, 1, true), Ok(Some(4)));
+        assert_eq!(reach_of(r, 0, true), Ok(None));
+        assert_eq!(reach_of(r, 0, false), Err(not_on_the_primary()));
+    }
+
+    /// The attempt that found the primary elsewhere is followed at once by
+    /// one on the node that answered, out of the order's turn, with its
+    /// full time; the node subscribed on is not reported failed (it is
+    /// up). Later attempts take the order's turns again. Past the
+    /// deadline the opening gives up as any other.
+    #[test]
+    fn the_next_attempt_goes_to_the_node_that_answered_the_probe() {
+        let t0 = Instant::now();
+        let mut o = Opening::new(t0, T, vec![2, 1, 0]);
+        assert_eq!(subscribe(&o.next(t0)).0, 2);
+        let now = t0 + Duration::from_millis(30);
+        let v = o.elsewhere(now, 0, not_on_the_primary(), "http://c");
+        assert_eq!(v.node_failed, None);
+        assert_eq!(subscribe(&v.then), (0, now + T / 4));
+        // The primary's subscription fails otherwise: the order again.
+        let v = o.failed(now, Stage::Subscription, unacknowledged(), "http://a");
+        assert_eq!((v.node_failed, subscribe(&v.then).0), (Some(0), 0));
+        let v = o.failed(now, Stage::Subscription, unacknowledged(), "http://a");
+        assert_eq!((v.node_failed, subscribe(&v.then).0), (Some(0), 2));
+
+        let mut late = Opening::new(t0, T, vec![1, 0, 2]);
+        late.next(t0);
+        let v = late.elsewhere(t0 + T, 2, not_on_the_primary(), "http://b");
+        assert_eq!(v.node_failed, None);
+        let e = failed(&v);
+        assert_eq!(e.kind, Kind::Replica);
+        assert!(
+            e.message.contains("(1 attempts; the last, at http://b"),
+            "{}",
+            e.message
+        );
+        // (A later attempt is not pinned by it.)
+        assert_eq!(subscribe(&late.next(t0 + T)).0, 0);
     }
 
     const T: Duration = Duration::from_millis(4000);
