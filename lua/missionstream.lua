@@ -457,9 +457,42 @@ local function piece_sums(p)
   return p.r
 end
 
+-- Joins the strings strs[1..] into one. Up to 100 at once (join100: each
+-- byte copied once); more are first joined in runs of adjacent strings of
+-- up to a fiftieth of their bytes (a longer string stands alone), so that
+-- only the bytes of short strings are copied twice.
+local function join_strs(strs)
+  local n = #strs
+  if n <= 100 then
+    if n == 1 then return strs[1] end
+    for k = n + 1, 100 do strs[k] = '' end
+    return join100(unpack(strs, 1, 100))
+  end
+  local total = 0
+  for k = 1, n do total = total + #strs[k] end
+  local limit, out, run, len = total / 50, {}, {}, 0
+  for k = 1, n + 1 do
+    local x = strs[k]
+    if #run > 0 and (not x or len + #x > limit or #run == 100) then
+      out[#out + 1] = join_strs(run)
+      run, len = {}, 0
+    end
+    if x then
+      run[#run + 1] = x
+      len = len + #x
+    end
+  end
+  return join_strs(out)
+end
+
 -- The bytes of piece p as one string (made only when p is a part of a
--- longer string).
+-- longer string, or a run of pieces, see merge_pieces).
 local function piece_str(p)
+  if p.c then
+    local strs = {}
+    for k, q in ipairs(p.c) do strs[k] = piece_str(q) end
+    return join_strs(strs)
+  end
   if p.o == 0 and p.n == #p.s then return p.s end
   return string.sub(p.s, p.o + 1, p.o + p.n)
 end
@@ -523,20 +556,6 @@ local function sub_piece(p, a, b)
   return { s = p.s, o = p.o + a, n = b - a, r = r, g = p.g }
 end
 
--- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
--- bytes a piece.
-local function add_piece(pieces, p, a, b, size)
-  local n = b - a
-  if n <= 2 * size then
-    if n > 0 then pieces[#pieces + 1] = sub_piece(p, a, b) end
-    return
-  end
-  local k = math.ceil(n / size)
-  for i = 0, k - 1 do
-    pieces[#pieces + 1] = sub_piece(p, a + math.floor(n * i / k), a + math.floor(n * (i + 1) / k))
-  end
-end
-
 -- Index of the piece of a rope holding byte x (0-based; starts: the
 -- offset of each piece).
 local function piece_at(starts, x)
@@ -548,13 +567,50 @@ local function piece_at(starts, x)
   return lo
 end
 
+-- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
+-- bytes a piece. A run (see merge_pieces) taken whole is appended as it
+-- is; a part of one as the parts of its pieces it spans (the run is
+-- undone there, and made again by merge_pieces).
+local function add_piece(pieces, p, a, b, size)
+  local c = p.c
+  if c then
+    if a == 0 and b == p.n then
+      pieces[#pieces + 1] = p
+      return
+    end
+    local cs = p.cs
+    local k = piece_at(cs, a)
+    while k <= #c and cs[k] < b do
+      local q, at = c[k], cs[k]
+      local qa, qb = math.max(a - at, 0), math.min(b - at, q.n)
+      if qb > qa then add_piece(pieces, q, qa, qb, size) end
+      k = k + 1
+    end
+    return
+  end
+  local n = b - a
+  if n <= 2 * size then
+    if n > 0 then pieces[#pieces + 1] = sub_piece(p, a, b) end
+    return
+  end
+  local k = math.ceil(n / size)
+  for i = 0, k - 1 do
+    pieces[#pieces + 1] = sub_piece(p, a + math.floor(n * i / k), a + math.floor(n * (i + 1) / k))
+  end
+end
+
 -- Whether byte x (0-based) of a rope continues a multi-byte character
 -- (false past the end).
 local function continues(rope, starts, x)
   if x >= rope.len then return false end
   local i = piece_at(starts, x)
   local p = rope.pieces[i]
-  local b = string.byte(p.s, p.o + x - starts[i] + 1)
+  x = x - starts[i]
+  if p.c then
+    local k = piece_at(p.cs, x)
+    p, x = p.c[k], x - p.cs[k]
+  end
+  local b = string.byte(p.s, p.o + x + 1)
   return b >= 128 and b < 192
 end
 
@@ -572,8 +628,39 @@ local function merge_run(out, pieces, i, j)
     add_shifted(r, piece_sums(p), pos % 4)
     pos = pos + p.n
   end
-  local s = table.concat(strs)
+  local s = join_strs(strs)
   out[#out + 1] = { s = s, o = 0, n = #s, r = r }
+end
+
+-- Pieces i to j of `pieces` as one run, appended to out: a piece of
+-- pieces ({ c = its pieces, cs = the offset of each in it, n = length,
+-- r = residue sums }, the pieces of a run in it taken as its pieces), so
+-- that no string is made and no byte read: its sums follow from theirs,
+-- and its pieces keep theirs and their grids (a cut in a run reads as
+-- little as a cut in a piece).
+local function run_of(out, pieces, i, j)
+  if i == j then
+    out[#out + 1] = pieces[i]
+    return
+  end
+  local c, cs, r, pos = {}, {}, { 0, 0, 0, 0 }, 0
+  for k = i, j do
+    local p = pieces[k]
+    local pc = p.c
+    if pc then
+      local pcs = p.cs
+      for m = 1, #pc do
+        c[#c + 1] = pc[m]
+        cs[#cs + 1] = pos + pcs[m]
+      end
+    else
+      c[#c + 1] = p
+      cs[#cs + 1] = pos
+    end
+    add_shifted(r, piece_sums(p), pos % 4)
+    pos = pos + p.n
+  end
+  out[#out + 1] = { c = c, cs = cs, n = pos, r = r }
 end
 
 -- Joins runs of adjacent small pieces (under size/8 each, up to size/4 a
@@ -582,8 +669,11 @@ end
 -- parts of a cut piece stay ranges of their strings (joining them would
 -- make a string of the piece's size at every edit). When a state has more
 -- than 2 * PIECES + 1 pieces all the same (edits at many places), runs of
--- adjacent pieces are joined as long as a run stays within `size` bytes:
--- any two adjacent pieces left hold more than `size` bytes together.
+-- adjacent pieces are taken together as long as a run stays within `size`
+-- bytes (run_of: a list of pieces, no string made), so that any two
+-- adjacent pieces left hold more than `size` bytes together: the list
+-- has two levels, the walks of a delta go over at most 2 * PIECES + 1
+-- pieces and the pieces of the runs it cuts.
 local function merge_pieces(pieces, size)
   local small, out, i, cnt = size / 8, {}, 1, #pieces
   -- (most often no two small pieces are adjacent: the pieces stand)
@@ -620,23 +710,24 @@ local function merge_pieces(pieces, size)
       j = j + 1
       run = run + pieces[j].n
     end
-    merge_run(out, pieces, i, j)
+    run_of(out, pieces, i, j)
     i = j + 1
   end
   return out
 end
 
 -- The string `prefix` followed by a rope's pieces (one string made: pieces
--- that are parts of longer strings are cut first).
+-- that are parts of longer strings are cut first; see join_strs past 100).
 local function join(pieces, prefix)
-  if #pieces > 99 then
-    local strs = { prefix }
-    for k, p in ipairs(pieces) do strs[k + 1] = piece_str(p) end
-    return table.concat(strs)
-  end
   local strs = { prefix }
-  for k = 1, 99 do strs[k + 1] = pieces[k] and piece_str(pieces[k]) or '' end
-  return join100(unpack(strs))
+  for _, p in ipairs(pieces) do
+    if p.c then
+      for _, q in ipairs(p.c) do strs[#strs + 1] = piece_str(q) end
+    else
+      strs[#strs + 1] = piece_str(p)
+    end
+  end
+  return join_strs(strs)
 end
 
 -- ========================================================================
@@ -935,9 +1026,11 @@ end
 
 -- What a kept entry costs in the budget: its bytes (twice once joined),
 -- an eighth of them for the grids of its pieces (piece_sums) and ~256
--- bytes of Lua tables a piece, a segment and an entry.
+-- bytes of Lua tables a piece (the pieces of runs counted too), a segment
+-- and an entry.
 local function rope_cost(e)
-  return e.len * (e.joined and 2 or 1) + math.floor(e.len / 8) + 256 * (#e.pieces + #e.segs.s + 1)
+  return e.len * (e.joined and 2 or 1) + math.floor(e.len / 8)
+    + 256 * ((e.pieces.leaves or #e.pieces) + #e.segs.s + 1)
 end
 
 local function forget_rope(key)
@@ -1102,10 +1195,11 @@ local function apply_delta(base, d)
       pieces = merge_pieces(pieces, size)
       -- (the sums of the pieces, each at its place, and where each starts,
       -- kept with them for the next delta)
-      local s1, s2, s3, s4, at2, starts2 = 0, 0, 0, 0, 0, {}
+      local s1, s2, s3, s4, at2, starts2, leaves = 0, 0, 0, 0, 0, {}, #pieces
       for k = 1, #pieces do
         local p = pieces[k]
         starts2[k] = at2
+        if p.c then leaves = leaves + #p.c end
         local r = p.r or piece_sums(p)
         local sh = at2 % 4
         if sh == 0 then
@@ -1119,7 +1213,7 @@ local function apply_delta(base, d)
         end
         at2 = at2 + p.n
       end
-      pieces.starts = starts2
+      pieces.starts, pieces.leaves = starts2, leaves
       if checksum_of({ s1, s2, s3, s4 }) ~= n then return nil, 'the checksum of the result does not match' end
       return pieces, limit, n
     else
