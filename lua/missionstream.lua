@@ -764,14 +764,123 @@ local TAIL = 64
 -- (the record's base, the log), so that the deltas since the base apply
 -- one after the other without making any string until the end, and at a
 -- cost that grows with their commands and the segments they produce, not
--- with the state's bytes. Parallel arrays: s (strings), o (0-based
--- offsets), n (lengths), at (offset of each segment in the state); len:
--- the state's length. segs_of: the state that is the bytes of s from
--- offset o (0-based) on.
+-- with the state's bytes. The segments are kept in chunks of up to about
+-- SEG_CHUNK, so that a copy takes the chunks it spans whole (shared with
+-- the segments it copies from, never changed) and only the chunks at its
+-- ends segment by segment: a delta costs about its commands, the chunks
+-- and two chunks' segments, not all the segments of the state (thousands
+-- after edits at many places). A chunk: parallel arrays s (strings), o
+-- (0-based offsets), n (lengths), at (offset of each segment in the
+-- chunk), and len (its bytes). The segments: c (the chunks), cat (offset
+-- of each chunk in the state), len (the state's length), k (the number of
+-- segments: the same as one list would hold, adjacent ranges of one
+-- string being one segment wherever they meet). segs_of: the state that
+-- is the bytes of s from offset o (0-based) on.
+local SEG_CHUNK = 32
+
 local function segs_of(s, o)
   o = o or 0
-  if #s - o <= 0 then return { s = {}, o = {}, n = {}, at = {}, len = 0 } end
-  return { s = { s }, o = { o }, n = { #s - o }, at = { 0 }, len = #s - o }
+  if #s - o <= 0 then return { c = {}, cat = {}, len = 0, k = 0 } end
+  return { c = { { s = { s }, o = { o }, n = { #s - o }, at = { 0 }, len = #s - o } }, cat = { 0 }, len = #s - o, k = 1 }
+end
+
+-- The segments being made by a delta (apply_segs): closed chunks (c, cat),
+-- the open chunk (S, O, N, AT: m segments, clen bytes), len and k.
+local function seg_builder()
+  return { c = {}, cat = {}, len = 0, k = 0, S = {}, O = {}, N = {}, AT = {}, m = 0, clen = 0 }
+end
+
+-- Closes the open chunk of builder B.
+local function seg_close(B)
+  if B.m == 0 then return end
+  local j = #B.c + 1
+  B.c[j] = { s = B.S, o = B.O, n = B.N, at = B.AT, len = B.clen }
+  B.cat[j] = B.len - B.clen
+  B.S, B.O, B.N, B.AT, B.m, B.clen = {}, {}, {}, {}, 0, 0
+end
+
+-- Appends n > 0 bytes of str from offset o to builder B: to its last
+-- segment when they follow it in the same string.
+local function seg_push(B, str, o, n)
+  local m = B.m
+  if m > 0 then
+    if B.S[m] == str and B.O[m] + B.N[m] == o then
+      B.N[m] = B.N[m] + n
+      B.clen, B.len = B.clen + n, B.len + n
+      return
+    end
+  else
+    local j = #B.c
+    local last = B.c[j]
+    if last then
+      local lk = #last.s
+      if last.s[lk] == str and last.o[lk] + last.n[lk] == o then
+        -- (the last chunk, maybe shared, opened again as a copy)
+        B.c[j], B.cat[j] = nil, nil
+        B.S, B.O, B.N, B.AT = { unpack(last.s) }, { unpack(last.o) }, { unpack(last.n) }, { unpack(last.at) }
+        B.m, B.clen = lk, last.len
+        B.N[lk] = B.N[lk] + n
+        B.clen, B.len = B.clen + n, B.len + n
+        return
+      end
+    end
+  end
+  m = m + 1
+  B.S[m], B.O[m], B.N[m], B.AT[m] = str, o, n, B.clen
+  B.m, B.k = m, B.k + 1
+  B.clen, B.len = B.clen + n, B.len + n
+  if m >= SEG_CHUNK then seg_close(B) end
+end
+
+-- Appends the bytes [a, b) (a < b) of chunk ch to builder B. All of a
+-- chunk is taken as it is, unless its first segment continues B's last,
+-- or it fits in B's open chunk with it and one of the two is short (short
+-- chunks are put together, so that edits do not crumble the chunks); else
+-- the segments, at a few table stores each.
+local function seg_chunk(B, ch, a, b)
+  local S, O, N, AT = ch.s, ch.o, ch.n, ch.at
+  local cnt = #S
+  if a == 0 and b == ch.len and (B.m + cnt > SEG_CHUNK or (B.m == 0 and cnt >= SEG_CHUNK / 2)) then
+    local m, str, o = B.m, S[1], O[1]
+    local joins
+    if m > 0 then
+      joins = B.S[m] == str and B.O[m] + B.N[m] == o
+    else
+      local last = B.c[#B.c]
+      joins = last and last.s[#last.s] == str and last.o[#last.s] + last.n[#last.s] == o
+    end
+    if not joins then
+      seg_close(B)
+      local j = #B.c + 1
+      B.c[j], B.cat[j] = ch, B.len
+      B.len, B.k = B.len + ch.len, B.k + cnt
+      return
+    end
+  end
+  local i, last = 1, cnt
+  if a > 0 then i = piece_at(AT, a) end
+  if b < ch.len then last = piece_at(AT, b - 1) end
+  -- (the first segment may continue B's last; the others follow segments
+  -- of ch, which continue none)
+  local x, y = AT[i], AT[i] + N[i]
+  if x < a then x = a end
+  if y > b then y = b end
+  seg_push(B, S[i], O[i] + x - AT[i], y - x)
+  if last == i then return end
+  local BS, BO, BN, BAT, m, clen = B.S, B.O, B.N, B.AT, B.m, B.clen
+  for j = i + 1, last - 1 do
+    m = m + 1
+    BS[m], BO[m], BN[m], BAT[m] = S[j], O[j], N[j], clen
+    clen = clen + N[j]
+  end
+  y = b - AT[last]
+  if y > N[last] then y = N[last] end
+  m = m + 1
+  BS[m], BO[m], BN[m], BAT[m] = S[last], O[last], y, clen
+  clen = clen + y
+  B.k, B.len = B.k + m - B.m, B.len + clen - B.clen
+  B.m, B.clen = m, clen
+  if m >= SEG_CHUNK then seg_close(B) end
 end
 
 -- Applies the delta at position pos of string d (1-based; 1 when nil),
@@ -786,9 +895,9 @@ local function apply_segs(segs, d, pos)
   limit, pos = delta_int(d, pos or 1)
   if not limit then return nil end
   pos = pos + 1
-  local SS, SO, SN, SAT, slen = segs.s, segs.o, segs.n, segs.at, segs.len
-  local S, O, N, AT = {}, {}, {}, {}
-  local k, len, commands = 0, 0, 0
+  local C, CAT, slen = segs.c, segs.cat, segs.len
+  local B = seg_builder()
+  local commands = 0
   local byte = string.byte
   while true do
     commands = commands + 1
@@ -803,88 +912,58 @@ local function apply_segs(segs, d, pos)
       if not off or off + n > slen then return nil end
       pos = pos + 1
       if n > 0 then
-        -- The segments holding bytes off and e - 1; those between are
-        -- taken whole (the work of a copy grows with the segments it
-        -- takes, at a few table stores each).
+        -- The chunks holding bytes off and e - 1; those between are taken
+        -- whole (from the start of the state to the start of the result:
+        -- the chunks as they are, copied by unpack in C).
         local e = off + n
-        local i, last = piece_at(SAT, off), piece_at(SAT, e - 1)
-        local into = off - SAT[i]
-        local take = math.min(SN[i] - into, n)
-        local str, o = SS[i], SO[i] + into
-        if k > 0 and S[k] == str and O[k] + N[k] == o then
-          N[k] = N[k] + take
-        else
-          k = k + 1
-          S[k], O[k], N[k], AT[k] = str, o, take, len
+        local i, last = piece_at(CAT, off), piece_at(CAT, e - 1)
+        if i < last and off == 0 and B.len == 0 and last - 1 <= 7000 then
+          B.c, B.cat = { unpack(C, 1, last - 1) }, { unpack(CAT, 1, last - 1) }
+          local k = 0
+          for j = 1, last - 1 do k = k + #C[j].s end
+          B.k, B.len = k, CAT[last]
+          i, off = last, CAT[last]
+        elseif i < last then
+          seg_chunk(B, C[i], off - CAT[i], C[i].len)
+          for j = i + 1, last - 1 do seg_chunk(B, C[j], 0, C[j].len) end
+          i = last
+          off = CAT[last]
         end
-        len = len + take
-        if last > i then
-          local shift = len - SAT[i + 1]
-          if k == 1 and shift == 0 and i == 1 then
-            -- (a copy from the start of the state to the start of the
-            -- result: the segments as they are, copied by unpack in C)
-            local first = S[1] == SS[1] and O[1] == SO[1] and N[1] == SN[1]
-            if first then
-              local upto = last - 1
-              if upto <= 7000 then
-                S, O, N, AT = { unpack(SS, 1, upto) }, { unpack(SO, 1, upto) }, { unpack(SN, 1, upto) },
-                  { unpack(SAT, 1, upto) }
-                k = upto
-                len = SAT[upto] + SN[upto]
-                i = upto
-              end
-            end
-          end
-          for j = i + 1, last - 1 do
-            k = k + 1
-            S[k], O[k], N[k], AT[k] = SS[j], SO[j], SN[j], SAT[j] + shift
-          end
-          if i < last - 1 then len = SAT[last - 1] + SN[last - 1] + shift end
-          -- the last segment, up to e
-          take = e - SAT[last]
-          str, o = SS[last], SO[last]
-          if S[k] == str and O[k] + N[k] == o then
-            N[k] = N[k] + take
-          else
-            k = k + 1
-            S[k], O[k], N[k], AT[k] = str, o, take, len
-          end
-          len = len + take
-        end
+        seg_chunk(B, C[i], off - CAT[i], e - CAT[i])
       end
     elseif op == 58 then -- ':': literal
       if pos + n - 1 > #d then return nil end
-      if n > 0 then
-        local o = pos - 1
-        if k > 0 and S[k] == d and O[k] + N[k] == o then
-          N[k] = N[k] + n
-        else
-          k = k + 1
-          S[k], O[k], N[k], AT[k] = d, o, n, len
-        end
-        len = len + n
-      end
+      if n > 0 then seg_push(B, d, pos - 1, n) end
       pos = pos + n
-    elseif op == 59 and len == limit then -- ';': the end
+    elseif op == 59 and B.len == limit then -- ';': the end
       break
     else
       return nil
     end
   end
-  return { s = S, o = O, n = N, at = AT, len = len }, commands + k, pos
+  seg_close(B)
+  return { c = B.c, cat = B.cat, len = B.len, k = B.k }, commands + B.k, pos
+end
+
+-- Calls f(str, o, n) for each segment of segs in turn.
+local function each_seg(segs, f)
+  for _, ch in ipairs(segs.c) do
+    local S, O, N = ch.s, ch.o, ch.n
+    for i = 1, #S do f(S[i], O[i], N[i]) end
+  end
 end
 
 -- The string `prefix` followed by the state of segs: one string made (the
 -- base itself when segs are its state and it starts with prefix).
 local function join_segs(segs, prefix)
-  local k = #segs.s
-  if k == 0 then return prefix end
-  local s1 = segs.s[1]
-  if k == 1 and segs.o[1] == #prefix and segs.n[1] == #s1 - #prefix and string.sub(s1, 1, #prefix) == prefix then
+  if segs.k == 0 then return prefix end
+  local ch = segs.c[1]
+  local s1 = ch.s[1]
+  if segs.k == 1 and ch.o[1] == #prefix and ch.n[1] == #s1 - #prefix and string.sub(s1, 1, #prefix) == prefix then
     return s1
   end
   local pieces = {}
-  for i = 1, k do pieces[i] = { s = segs.s[i], o = segs.o[i], n = segs.n[i] } end
+  each_seg(segs, function(str, o, n) pieces[#pieces + 1] = { s = str, o = o, n = n } end)
   return join(pieces, prefix)
 end
 
@@ -966,14 +1045,13 @@ end
 -- each segment of the base, a literal for each of the deltas'.
 local function compose(segs, base, off, sum)
   local parts = { delta_digits(segs.len), '\n' }
-  for i = 1, #segs.s do
-    local str, o, n = segs.s[i], segs.o[i], segs.n[i]
+  each_seg(segs, function(str, o, n)
     if str == base then
       parts[#parts + 1] = delta_digits(n) .. '@' .. delta_digits(o - off) .. ','
     else
       parts[#parts + 1] = delta_digits(n) .. ':' .. string.sub(str, o + 1, o + n)
     end
-  end
+  end)
   parts[#parts + 1] = delta_digits(sum) .. ';'
   return table.concat(parts)
 end
@@ -1030,7 +1108,7 @@ end
 -- and an entry.
 local function rope_cost(e)
   return e.len * (e.joined and 2 or 1) + math.floor(e.len / 8)
-    + 256 * ((e.pieces.leaves or #e.pieces) + #e.segs.s + 1)
+    + 256 * ((e.pieces.leaves or #e.pieces) + e.segs.k + 1)
 end
 
 local function forget_rope(key)
@@ -1828,7 +1906,7 @@ redis.register_function('ms_publish', function(keys, args)
     local segs, w = apply_segs(kept.segs, body)
     local work, bytes = kept.work, kept.log_at
     local composed, cw
-    if segs and work + w > RECOMPOSE_WORK and #segs.s <= MAX_COMPOSED then
+    if segs and work + w > RECOMPOSE_WORK and segs.k <= MAX_COMPOSED then
       -- The entries since the base, composed into one (see "The record").
       composed = compose(segs, kept.base_str, kept.base_off, sum)
       cw = select(2, apply_segs(segs_of(kept.base_str, kept.base_off), composed)) or MAX_WORK
