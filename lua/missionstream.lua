@@ -925,7 +925,22 @@ local function apply_segs(segs, d, pos)
           i, off = last, CAT[last]
         elseif i < last then
           seg_chunk(B, C[i], off - CAT[i], C[i].len)
-          for j = i + 1, last - 1 do seg_chunk(B, C[j], 0, C[j].len) end
+          if i + 1 < last then
+            -- (the first of the chunks between may join the open chunk;
+            -- those after it continue none: taken as they are)
+            seg_chunk(B, C[i + 1], 0, C[i + 1].len)
+            if i + 2 < last then
+              seg_close(B)
+              local BC, BCAT, blen, bk, x = B.c, B.cat, B.len, B.k, #B.c
+              for j = i + 2, last - 1 do
+                local ch = C[j]
+                x = x + 1
+                BC[x], BCAT[x] = ch, blen
+                blen, bk = blen + ch.len, bk + #ch.s
+              end
+              B.len, B.k = blen, bk
+            end
+          end
           i = last
           off = CAT[last]
         end
@@ -1251,13 +1266,30 @@ local function apply_delta(base, d)
         return nil, 'a copy splits a character of the base'
       end
       if total + n > limit then return nil, 'the delta writes past its target length' end
-      local x, e = off, off + n
+      local x, e, bp = off, off + n, base.pieces
       local i = x < e and piece_at(starts, x)
+      if x == 0 and x < e and #pieces == 0 and bp.starts then
+        -- (a copy from the start of the state to the start of the result:
+        -- the pieces before the one holding its last byte as they are,
+        -- copied by unpack in C)
+        local j = piece_at(starts, e - 1)
+        if j > 1 and j <= 7000 then
+          pieces = { unpack(bp, 1, j - 1) }
+          x, i = starts[j], j
+        end
+      end
       while x < e do
-        local p = base.pieces[i]
-        local b = math.min(e - starts[i], p.n)
-        add_piece(pieces, p, x - starts[i], b, size)
-        x = starts[i] + b
+        local p, at = bp[i], starts[i]
+        local pn = p.n
+        if x == at and at + pn <= e and pn <= 2 * size then
+          -- (a piece taken whole)
+          pieces[#pieces + 1] = p
+          x = at + pn
+        else
+          local b = math.min(e - at, pn)
+          add_piece(pieces, p, x - at, b, size)
+          x = at + b
+        end
         i = i + 1
       end
       total = total + n
