@@ -600,10 +600,10 @@ local function add_piece(pieces, p, a, b, size)
 end
 
 -- Whether byte x (0-based) of a rope continues a multi-byte character
--- (false past the end).
-local function continues(rope, starts, x)
+-- (false past the end); i: the piece holding it, when known.
+local function continues(rope, starts, x, i)
   if x >= rope.len then return false end
-  local i = piece_at(starts, x)
+  i = i or piece_at(starts, x)
   local p = rope.pieces[i]
   x = x - starts[i]
   if p.c then
@@ -682,6 +682,9 @@ local function merge_pieces(pieces, size)
     local n = pieces[k].n
     if n < small and prev < small and prev + n <= 2 * small then
       joins = true
+      -- (the pieces before the first such pair stand: copied by unpack)
+      i = k - 1
+      if i > 1 then out = { unpack(pieces, 1, i - 1) } end
       break
     end
     prev = n
@@ -699,7 +702,11 @@ local function merge_pieces(pieces, size)
         run = run + pieces[j].n
       end
     end
-    merge_run(out, pieces, i, j)
+    if j == i then
+      out[#out + 1] = pieces[i]
+    else
+      merge_run(out, pieces, i, j)
+    end
     i = j + 1
   end
   if #out <= 2 * PIECES + 1 then return out end
@@ -1262,12 +1269,12 @@ local function apply_delta(base, d)
       if not off or string.byte(d, pos) ~= 44 then return nil, 'a malformed copy command' end
       pos = pos + 1
       if off + n > base.len then return nil, 'a copy reaches outside the base' end
-      if n > 0 and (continues(base, starts, off) or continues(base, starts, off + n)) then
+      local x, e, bp = off, off + n, base.pieces
+      local i = x < e and piece_at(starts, x)
+      if n > 0 and (continues(base, starts, off, i) or continues(base, starts, off + n)) then
         return nil, 'a copy splits a character of the base'
       end
       if total + n > limit then return nil, 'the delta writes past its target length' end
-      local x, e, bp = off, off + n, base.pieces
-      local i = x < e and piece_at(starts, x)
       if x == 0 and x < e and #pieces == 0 and bp.starts then
         -- (a copy from the start of the state to the start of the result:
         -- the pieces before the one holding its last byte as they are,
