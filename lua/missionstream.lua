@@ -695,7 +695,11 @@ end
 -- bytes (run_of: a list of pieces, no string made), so that any two
 -- adjacent pieces left hold more than `size` bytes together: the list
 -- has two levels, the walks of a delta go over at most 2 * PIECES + 1
--- pieces and the pieces of the runs it cuts.
+-- pieces and the pieces of the runs it cuts. Runs of states whose pieces
+-- hold at most JOINED_RUNS bytes are joined into strings instead: so
+-- small a string costs less to make, and to read half of at a cut, than
+-- its pieces cost to walk.
+local JOINED_RUNS = 8 * 1024
 local function merge_pieces(pieces, size)
   local small, out, i, cnt = size / 8, {}, 1, #pieces
   -- (most often no two small pieces are adjacent: the pieces stand)
@@ -739,7 +743,11 @@ local function merge_pieces(pieces, size)
       j = j + 1
       run = run + pieces[j].n
     end
-    run_of(out, pieces, i, j)
+    if size <= JOINED_RUNS then
+      merge_run(out, pieces, i, j)
+    else
+      run_of(out, pieces, i, j)
+    end
     i = j + 1
   end
   return out
