@@ -426,13 +426,21 @@ fn a_plan_edited_at_hundreds_of_places_reaches_late_joiners_byte_exact() {
         last = update(&mut plan, i);
     }
     let late = |why: &str, last: &str| {
-        assert_state_eq(&s.record_field(&name, "state"), last, &format!("the record, {why}"));
+        assert_state_eq(
+            &s.record_field(&name, "state"),
+            last,
+            &format!("the record, {why}"),
+        );
         let c = s.client();
         let r = Recorder::attach(&c);
         c.connect(&name, "pw").unwrap();
         r.wait_state(&name, last, T);
         let states = r.states(&name);
-        assert_state_eq(&states[0].1, last, &format!("the first state of a late joiner, {why}"));
+        assert_state_eq(
+            &states[0].1,
+            last,
+            &format!("the first state of a late joiner, {why}"),
+        );
     };
     late("from the kept state", &last);
     s.load_functions(include_str!("../lua/missionstream.lua"));
