@@ -659,7 +659,10 @@ end
 -- r = residue sums }, the pieces of a run in it taken as its pieces), so
 -- that no string is made and no byte read: its sums follow from theirs,
 -- and its pieces keep theirs and their grids (a cut in a run reads as
--- little as a cut in a piece).
+-- little as a cut in a piece). A run of more than MAX_RUN_PIECES pieces
+-- is joined into a string instead, so that a cut in a run costs a bounded
+-- number of table stores however a leader edits its state.
+local MAX_RUN_PIECES = 64
 local function run_of(out, pieces, i, j)
   if i == j then
     out[#out + 1] = pieces[i]
@@ -681,6 +684,11 @@ local function run_of(out, pieces, i, j)
     end
     add_shifted(r, piece_sums(p), pos % 4)
     pos = pos + p.n
+  end
+  if #c > MAX_RUN_PIECES then
+    -- (a run crumbled into many pieces by edits: one string, as before)
+    merge_run(out, pieces, i, j)
+    return
   end
   out[#out + 1] = { c = c, cs = cs, n = pos, r = r }
 end
