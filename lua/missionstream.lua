@@ -387,12 +387,13 @@ local MIN_KEPT = 8 * 1024
 -- residue sums, or GRID / 2 bytes in a piece with a grid, see piece_sums).
 -- A cut leaves the two parts of a piece as ranges of its string and joins
 -- only the small pieces around the edit; a state of more than
--- 2 * PIECES + 1 pieces has its adjacent pieces joined while they fit in
--- one (merge_pieces). Every delta walks the list of pieces, so fewer and
--- larger ones are cheaper while cuts read little (24 against 48: ~25 %
--- less Redis time per delta at 1 MiB; 12: the joins of pieces cut at new
--- places grow costlier than the walks save). join100 below joins up to
--- 100 into one string at once.
+-- 2 * PIECES + 1 pieces has its adjacent pieces gathered in runs while
+-- they fit in one (merge_pieces, run_of: a run is a list of pieces, no
+-- string made, so the list has two levels). Every delta walks the list
+-- of pieces and the runs it cuts, so fewer and larger ones are cheaper
+-- while cuts read little (24 against 48: ~25 % less Redis time per delta
+-- at 1 MiB; 12 made as many small strings around the edits as it saved
+-- in walks). join100 below joins up to 100 into one string at once.
 local MIN_PIECE = 4 * 1024
 local PIECES = 24
 
@@ -464,6 +465,12 @@ end
 -- The residue sums of piece p (memoized: a piece never changes); a piece
 -- of 4 grid steps or more gets its grid in the same pass.
 local function piece_sums(p)
+  if not p.r and p.c then
+    -- (a run: from the sums of its pieces)
+    local r, c, cs = { 0, 0, 0, 0 }, p.c, p.cs
+    for m = 1, #c do add_shifted(r, piece_sums(c[m]), cs[m] % 4) end
+    p.r = r
+  end
   if not p.r then
     local r
     if p.n >= 4 * GRID then
@@ -482,9 +489,42 @@ local function piece_sums(p)
   return p.r
 end
 
+-- Joins the strings strs[1..] into one. Up to 100 at once (join100: each
+-- byte copied once); more are first joined in runs of adjacent strings of
+-- up to a fiftieth of their bytes (a longer string stands alone), so that
+-- only the bytes of short strings are copied twice.
+local function join_strs(strs)
+  local n = #strs
+  if n <= 100 then
+    if n == 1 then return strs[1] end
+    for k = n + 1, 100 do strs[k] = '' end
+    return join100(unpack(strs, 1, 100))
+  end
+  local total = 0
+  for k = 1, n do total = total + #strs[k] end
+  local limit, out, run, len = total / 50, {}, {}, 0
+  for k = 1, n + 1 do
+    local x = strs[k]
+    if #run > 0 and (not x or len + #x > limit or #run == 100) then
+      out[#out + 1] = join_strs(run)
+      run, len = {}, 0
+    end
+    if x then
+      run[#run + 1] = x
+      len = len + #x
+    end
+  end
+  return join_strs(out)
+end
+
 -- The bytes of piece p as one string (made only when p is a part of a
--- longer string).
+-- longer string, or a run of pieces, see merge_pieces).
 local function piece_str(p)
+  if p.c then
+    local strs = {}
+    for k, q in ipairs(p.c) do strs[k] = piece_str(q) end
+    return join_strs(strs)
+  end
   if p.o == 0 and p.n == #p.s then return p.s end
   return string.sub(p.s, p.o + 1, p.o + p.n)
 end
@@ -548,20 +588,6 @@ local function sub_piece(p, a, b)
   return { s = p.s, o = p.o + a, n = b - a, r = r, g = p.g }
 end
 
--- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
--- bytes a piece.
-local function add_piece(pieces, p, a, b, size)
-  local n = b - a
-  if n <= 2 * size then
-    if n > 0 then pieces[#pieces + 1] = sub_piece(p, a, b) end
-    return
-  end
-  local k = math.ceil(n / size)
-  for i = 0, k - 1 do
-    pieces[#pieces + 1] = sub_piece(p, a + math.floor(n * i / k), a + math.floor(n * (i + 1) / k))
-  end
-end
-
 -- Index of the piece of a rope holding byte x (0-based; starts: the
 -- offset of each piece).
 local function piece_at(starts, x)
@@ -573,13 +599,65 @@ local function piece_at(starts, x)
   return lo
 end
 
+-- Appends the bytes [a, b) of piece p to pieces, cut to at most `size`
+-- bytes a piece. A run (see merge_pieces) taken whole is appended as it
+-- is; a part of one as the parts of its pieces it spans (the run is
+-- undone there, and made again by merge_pieces).
+local function add_piece(pieces, p, a, b, size)
+  local c = p.c
+  if c then
+    if a == 0 and b == p.n then
+      pieces[#pieces + 1] = p
+      return
+    end
+    local cs = p.cs
+    local k, last = piece_at(cs, a), piece_at(cs, b - 1)
+    if k == last then
+      add_piece(pieces, c[k], a - cs[k], b - cs[k], size)
+      return
+    end
+    -- The pieces of the run it spans whole stay a run (its sums computed
+    -- from theirs when needed, see piece_sums); those at its ends are cut.
+    local lo, hi = k, last
+    if a > cs[k] then
+      add_piece(pieces, c[k], a - cs[k], c[k].n, size)
+      lo = k + 1
+    end
+    local tail = b < cs[last] + c[last].n
+    if tail then hi = last - 1 end
+    if hi > lo then
+      local at, rcs = cs[lo], {}
+      for m = lo, hi do rcs[m - lo + 1] = cs[m] - at end
+      pieces[#pieces + 1] = { c = { unpack(c, lo, hi) }, cs = rcs, n = cs[hi] + c[hi].n - at }
+    elseif hi == lo then
+      pieces[#pieces + 1] = c[lo]
+    end
+    if tail then add_piece(pieces, c[last], 0, b - cs[last], size) end
+    return
+  end
+  local n = b - a
+  if n <= 2 * size then
+    if n > 0 then pieces[#pieces + 1] = sub_piece(p, a, b) end
+    return
+  end
+  local k = math.ceil(n / size)
+  for i = 0, k - 1 do
+    pieces[#pieces + 1] = sub_piece(p, a + math.floor(n * i / k), a + math.floor(n * (i + 1) / k))
+  end
+end
+
 -- Whether byte x (0-based) of a rope continues a multi-byte character
--- (false past the end).
-local function continues(rope, starts, x)
+-- (false past the end); i: the piece holding it, when known.
+local function continues(rope, starts, x, i)
   if x >= rope.len then return false end
-  local i = piece_at(starts, x)
+  i = i or piece_at(starts, x)
   local p = rope.pieces[i]
-  local b = string.byte(p.s, p.o + x - starts[i] + 1)
+  x = x - starts[i]
+  if p.c then
+    local k = piece_at(p.cs, x)
+    p, x = p.c[k], x - p.cs[k]
+  end
+  local b = string.byte(p.s, p.o + x + 1)
   return b >= 128 and b < 192
 end
 
@@ -597,8 +675,47 @@ local function merge_run(out, pieces, i, j)
     add_shifted(r, piece_sums(p), pos % 4)
     pos = pos + p.n
   end
-  local s = table.concat(strs)
+  local s = join_strs(strs)
   out[#out + 1] = { s = s, o = 0, n = #s, r = r }
+end
+
+-- Pieces i to j of `pieces` as one run, appended to out: a piece of
+-- pieces ({ c = its pieces, cs = the offset of each in it, n = length,
+-- r = residue sums }, the pieces of a run in it taken as its pieces), so
+-- that no string is made and no byte read: its sums follow from theirs,
+-- and its pieces keep theirs and their grids (a cut in a run reads as
+-- little as a cut in a piece). A run of more than MAX_RUN_PIECES pieces
+-- is joined into a string instead, so that a cut in a run costs a bounded
+-- number of table stores however a leader edits its state.
+local MAX_RUN_PIECES = 64
+local function run_of(out, pieces, i, j)
+  if i == j then
+    out[#out + 1] = pieces[i]
+    return
+  end
+  local c, cs, r, pos = {}, {}, { 0, 0, 0, 0 }, 0
+  for k = i, j do
+    local p = pieces[k]
+    local pc = p.c
+    if pc then
+      local pcs = p.cs
+      for m = 1, #pc do
+        c[#c + 1] = pc[m]
+        cs[#cs + 1] = pos + pcs[m]
+      end
+    else
+      c[#c + 1] = p
+      cs[#cs + 1] = pos
+    end
+    add_shifted(r, piece_sums(p), pos % 4)
+    pos = pos + p.n
+  end
+  if #c > MAX_RUN_PIECES then
+    -- (a run crumbled into many pieces by edits: one string, as before)
+    merge_run(out, pieces, i, j)
+    return
+  end
+  out[#out + 1] = { c = c, cs = cs, n = pos, r = r }
 end
 
 -- Joins runs of adjacent small pieces (under size/8 each, up to size/4 a
@@ -607,8 +724,15 @@ end
 -- parts of a cut piece stay ranges of their strings (joining them would
 -- make a string of the piece's size at every edit). When a state has more
 -- than 2 * PIECES + 1 pieces all the same (edits at many places), runs of
--- adjacent pieces are joined as long as a run stays within `size` bytes:
--- any two adjacent pieces left hold more than `size` bytes together.
+-- adjacent pieces are taken together as long as a run stays within `size`
+-- bytes (run_of: a list of pieces, no string made), so that any two
+-- adjacent pieces left hold more than `size` bytes together: the list
+-- has two levels, the walks of a delta go over at most 2 * PIECES + 1
+-- pieces and the pieces of the runs it cuts. Runs of states whose pieces
+-- hold at most JOINED_RUNS bytes are joined into strings instead: so
+-- small a string costs less to make, and to read half of at a cut, than
+-- its pieces cost to walk.
+local JOINED_RUNS = 8 * 1024
 local function merge_pieces(pieces, size)
   local small, out, i, cnt = size / 8, {}, 1, #pieces
   -- (most often no two small pieces are adjacent: the pieces stand)
@@ -617,6 +741,9 @@ local function merge_pieces(pieces, size)
     local n = pieces[k].n
     if n < small and prev < small and prev + n <= 2 * small then
       joins = true
+      -- (the pieces before the first such pair stand: copied by unpack)
+      i = k - 1
+      if i > 1 then out = { unpack(pieces, 1, i - 1) } end
       break
     end
     prev = n
@@ -634,7 +761,11 @@ local function merge_pieces(pieces, size)
         run = run + pieces[j].n
       end
     end
-    merge_run(out, pieces, i, j)
+    if j == i then
+      out[#out + 1] = pieces[i]
+    else
+      merge_run(out, pieces, i, j)
+    end
     i = j + 1
   end
   if #out <= 2 * PIECES + 1 then return out end
@@ -645,23 +776,28 @@ local function merge_pieces(pieces, size)
       j = j + 1
       run = run + pieces[j].n
     end
-    merge_run(out, pieces, i, j)
+    if size <= JOINED_RUNS then
+      merge_run(out, pieces, i, j)
+    else
+      run_of(out, pieces, i, j)
+    end
     i = j + 1
   end
   return out
 end
 
 -- The string `prefix` followed by a rope's pieces (one string made: pieces
--- that are parts of longer strings are cut first).
+-- that are parts of longer strings are cut first; see join_strs past 100).
 local function join(pieces, prefix)
-  if #pieces > 99 then
-    local strs = { prefix }
-    for k, p in ipairs(pieces) do strs[k + 1] = piece_str(p) end
-    return table.concat(strs)
-  end
   local strs = { prefix }
-  for k = 1, 99 do strs[k + 1] = pieces[k] and piece_str(pieces[k]) or '' end
-  return join100(unpack(strs))
+  for _, p in ipairs(pieces) do
+    if p.c then
+      for _, q in ipairs(p.c) do strs[#strs + 1] = piece_str(q) end
+    else
+      strs[#strs + 1] = piece_str(p)
+    end
+  end
+  return join_strs(strs)
 end
 
 -- ========================================================================
@@ -700,14 +836,123 @@ local TAIL = 64
 -- (the record's base, the log), so that the deltas since the base apply
 -- one after the other without making any string until the end, and at a
 -- cost that grows with their commands and the segments they produce, not
--- with the state's bytes. Parallel arrays: s (strings), o (0-based
--- offsets), n (lengths), at (offset of each segment in the state); len:
--- the state's length. segs_of: the state that is the bytes of s from
--- offset o (0-based) on.
+-- with the state's bytes. The segments are kept in chunks of up to about
+-- SEG_CHUNK, so that a copy takes the chunks it spans whole (shared with
+-- the segments it copies from, never changed) and only the chunks at its
+-- ends segment by segment: a delta costs about its commands, the chunks
+-- and two chunks' segments, not all the segments of the state (thousands
+-- after edits at many places). A chunk: parallel arrays s (strings), o
+-- (0-based offsets), n (lengths), at (offset of each segment in the
+-- chunk), and len (its bytes). The segments: c (the chunks), cat (offset
+-- of each chunk in the state), len (the state's length), k (the number of
+-- segments: the same as one list would hold, adjacent ranges of one
+-- string being one segment wherever they meet). segs_of: the state that
+-- is the bytes of s from offset o (0-based) on.
+local SEG_CHUNK = 32
+
 local function segs_of(s, o)
   o = o or 0
-  if #s - o <= 0 then return { s = {}, o = {}, n = {}, at = {}, len = 0 } end
-  return { s = { s }, o = { o }, n = { #s - o }, at = { 0 }, len = #s - o }
+  if #s - o <= 0 then return { c = {}, cat = {}, len = 0, k = 0 } end
+  return { c = { { s = { s }, o = { o }, n = { #s - o }, at = { 0 }, len = #s - o } }, cat = { 0 }, len = #s - o, k = 1 }
+end
+
+-- The segments being made by a delta (apply_segs): closed chunks (c, cat),
+-- the open chunk (S, O, N, AT: m segments, clen bytes), len and k.
+local function seg_builder()
+  return { c = {}, cat = {}, len = 0, k = 0, S = {}, O = {}, N = {}, AT = {}, m = 0, clen = 0 }
+end
+
+-- Closes the open chunk of builder B.
+local function seg_close(B)
+  if B.m == 0 then return end
+  local j = #B.c + 1
+  B.c[j] = { s = B.S, o = B.O, n = B.N, at = B.AT, len = B.clen }
+  B.cat[j] = B.len - B.clen
+  B.S, B.O, B.N, B.AT, B.m, B.clen = {}, {}, {}, {}, 0, 0
+end
+
+-- Appends n > 0 bytes of str from offset o to builder B: to its last
+-- segment when they follow it in the same string.
+local function seg_push(B, str, o, n)
+  local m = B.m
+  if m > 0 then
+    if B.S[m] == str and B.O[m] + B.N[m] == o then
+      B.N[m] = B.N[m] + n
+      B.clen, B.len = B.clen + n, B.len + n
+      return
+    end
+  else
+    local j = #B.c
+    local last = B.c[j]
+    if last then
+      local lk = #last.s
+      if last.s[lk] == str and last.o[lk] + last.n[lk] == o then
+        -- (the last chunk, maybe shared, opened again as a copy)
+        B.c[j], B.cat[j] = nil, nil
+        B.S, B.O, B.N, B.AT = { unpack(last.s) }, { unpack(last.o) }, { unpack(last.n) }, { unpack(last.at) }
+        B.m, B.clen = lk, last.len
+        B.N[lk] = B.N[lk] + n
+        B.clen, B.len = B.clen + n, B.len + n
+        return
+      end
+    end
+  end
+  m = m + 1
+  B.S[m], B.O[m], B.N[m], B.AT[m] = str, o, n, B.clen
+  B.m, B.k = m, B.k + 1
+  B.clen, B.len = B.clen + n, B.len + n
+  if m >= SEG_CHUNK then seg_close(B) end
+end
+
+-- Appends the bytes [a, b) (a < b) of chunk ch to builder B. All of a
+-- chunk is taken as it is, unless its first segment continues B's last,
+-- or it fits in B's open chunk with it and one of the two is short (short
+-- chunks are put together, so that edits do not crumble the chunks); else
+-- the segments, at a few table stores each.
+local function seg_chunk(B, ch, a, b)
+  local S, O, N, AT = ch.s, ch.o, ch.n, ch.at
+  local cnt = #S
+  if a == 0 and b == ch.len and (B.m + cnt > SEG_CHUNK or (B.m == 0 and cnt >= SEG_CHUNK / 2)) then
+    local m, str, o = B.m, S[1], O[1]
+    local joins
+    if m > 0 then
+      joins = B.S[m] == str and B.O[m] + B.N[m] == o
+    else
+      local last = B.c[#B.c]
+      joins = last and last.s[#last.s] == str and last.o[#last.s] + last.n[#last.s] == o
+    end
+    if not joins then
+      seg_close(B)
+      local j = #B.c + 1
+      B.c[j], B.cat[j] = ch, B.len
+      B.len, B.k = B.len + ch.len, B.k + cnt
+      return
+    end
+  end
+  local i, last = 1, cnt
+  if a > 0 then i = piece_at(AT, a) end
+  if b < ch.len then last = piece_at(AT, b - 1) end
+  -- (the first segment may continue B's last; the others follow segments
+  -- of ch, which continue none)
+  local x, y = AT[i], AT[i] + N[i]
+  if x < a then x = a end
+  if y > b then y = b end
+  seg_push(B, S[i], O[i] + x - AT[i], y - x)
+  if last == i then return end
+  local BS, BO, BN, BAT, m, clen = B.S, B.O, B.N, B.AT, B.m, B.clen
+  for j = i + 1, last - 1 do
+    m = m + 1
+    BS[m], BO[m], BN[m], BAT[m] = S[j], O[j], N[j], clen
+    clen = clen + N[j]
+  end
+  y = b - AT[last]
+  if y > N[last] then y = N[last] end
+  m = m + 1
+  BS[m], BO[m], BN[m], BAT[m] = S[last], O[last], y, clen
+  clen = clen + y
+  B.k, B.len = B.k + m - B.m, B.len + clen - B.clen
+  B.m, B.clen = m, clen
+  if m >= SEG_CHUNK then seg_close(B) end
 end
 
 -- Applies the delta at position pos of string d (1-based; 1 when nil),
@@ -722,9 +967,9 @@ local function apply_segs(segs, d, pos)
   limit, pos = delta_int(d, pos or 1)
   if not limit then return nil end
   pos = pos + 1
-  local SS, SO, SN, SAT, slen = segs.s, segs.o, segs.n, segs.at, segs.len
-  local S, O, N, AT = {}, {}, {}, {}
-  local k, len, commands = 0, 0, 0
+  local C, CAT, slen = segs.c, segs.cat, segs.len
+  local B = seg_builder()
+  local commands = 0
   local byte = string.byte
   while true do
     commands = commands + 1
@@ -739,88 +984,73 @@ local function apply_segs(segs, d, pos)
       if not off or off + n > slen then return nil end
       pos = pos + 1
       if n > 0 then
-        -- The segments holding bytes off and e - 1; those between are
-        -- taken whole (the work of a copy grows with the segments it
-        -- takes, at a few table stores each).
+        -- The chunks holding bytes off and e - 1; those between are taken
+        -- whole (from the start of the state to the start of the result:
+        -- the chunks as they are, copied by unpack in C).
         local e = off + n
-        local i, last = piece_at(SAT, off), piece_at(SAT, e - 1)
-        local into = off - SAT[i]
-        local take = math.min(SN[i] - into, n)
-        local str, o = SS[i], SO[i] + into
-        if k > 0 and S[k] == str and O[k] + N[k] == o then
-          N[k] = N[k] + take
-        else
-          k = k + 1
-          S[k], O[k], N[k], AT[k] = str, o, take, len
-        end
-        len = len + take
-        if last > i then
-          local shift = len - SAT[i + 1]
-          if k == 1 and shift == 0 and i == 1 then
-            -- (a copy from the start of the state to the start of the
-            -- result: the segments as they are, copied by unpack in C)
-            local first = S[1] == SS[1] and O[1] == SO[1] and N[1] == SN[1]
-            if first then
-              local upto = last - 1
-              if upto <= 7000 then
-                S, O, N, AT = { unpack(SS, 1, upto) }, { unpack(SO, 1, upto) }, { unpack(SN, 1, upto) },
-                  { unpack(SAT, 1, upto) }
-                k = upto
-                len = SAT[upto] + SN[upto]
-                i = upto
+        local i, last = piece_at(CAT, off), piece_at(CAT, e - 1)
+        if i < last and off == 0 and B.len == 0 and last - 1 <= 7000 then
+          B.c, B.cat = { unpack(C, 1, last - 1) }, { unpack(CAT, 1, last - 1) }
+          local k = 0
+          for j = 1, last - 1 do k = k + #C[j].s end
+          B.k, B.len = k, CAT[last]
+          i, off = last, CAT[last]
+        elseif i < last then
+          seg_chunk(B, C[i], off - CAT[i], C[i].len)
+          if i + 1 < last then
+            -- (the first of the chunks between may join the open chunk;
+            -- those after it continue none: taken as they are)
+            seg_chunk(B, C[i + 1], 0, C[i + 1].len)
+            if i + 2 < last then
+              seg_close(B)
+              local BC, BCAT, blen, bk, x = B.c, B.cat, B.len, B.k, #B.c
+              for j = i + 2, last - 1 do
+                local ch = C[j]
+                x = x + 1
+                BC[x], BCAT[x] = ch, blen
+                blen, bk = blen + ch.len, bk + #ch.s
               end
+              B.len, B.k = blen, bk
             end
           end
-          for j = i + 1, last - 1 do
-            k = k + 1
-            S[k], O[k], N[k], AT[k] = SS[j], SO[j], SN[j], SAT[j] + shift
-          end
-          if i < last - 1 then len = SAT[last - 1] + SN[last - 1] + shift end
-          -- the last segment, up to e
-          take = e - SAT[last]
-          str, o = SS[last], SO[last]
-          if S[k] == str and O[k] + N[k] == o then
-            N[k] = N[k] + take
-          else
-            k = k + 1
-            S[k], O[k], N[k], AT[k] = str, o, take, len
-          end
-          len = len + take
+          i = last
+          off = CAT[last]
         end
+        seg_chunk(B, C[i], off - CAT[i], e - CAT[i])
       end
     elseif op == 58 then -- ':': literal
       if pos + n - 1 > #d then return nil end
-      if n > 0 then
-        local o = pos - 1
-        if k > 0 and S[k] == d and O[k] + N[k] == o then
-          N[k] = N[k] + n
-        else
-          k = k + 1
-          S[k], O[k], N[k], AT[k] = d, o, n, len
-        end
-        len = len + n
-      end
+      if n > 0 then seg_push(B, d, pos - 1, n) end
       pos = pos + n
-    elseif op == 59 and len == limit then -- ';': the end
+    elseif op == 59 and B.len == limit then -- ';': the end
       break
     else
       return nil
     end
   end
-  return { s = S, o = O, n = N, at = AT, len = len }, commands + k, pos
+  seg_close(B)
+  return { c = B.c, cat = B.cat, len = B.len, k = B.k }, commands + B.k, pos
+end
+
+-- Calls f(str, o, n) for each segment of segs in turn.
+local function each_seg(segs, f)
+  for _, ch in ipairs(segs.c) do
+    local S, O, N = ch.s, ch.o, ch.n
+    for i = 1, #S do f(S[i], O[i], N[i]) end
+  end
 end
 
 -- The string `prefix` followed by the state of segs: one string made (the
 -- base itself when segs are its state and it starts with prefix).
 local function join_segs(segs, prefix)
-  local k = #segs.s
-  if k == 0 then return prefix end
-  local s1 = segs.s[1]
-  if k == 1 and segs.o[1] == #prefix and segs.n[1] == #s1 - #prefix and string.sub(s1, 1, #prefix) == prefix then
+  if segs.k == 0 then return prefix end
+  local ch = segs.c[1]
+  local s1 = ch.s[1]
+  if segs.k == 1 and ch.o[1] == #prefix and ch.n[1] == #s1 - #prefix and string.sub(s1, 1, #prefix) == prefix then
     return s1
   end
   local pieces = {}
-  for i = 1, k do pieces[i] = { s = segs.s[i], o = segs.o[i], n = segs.n[i] } end
+  each_seg(segs, function(str, o, n) pieces[#pieces + 1] = { s = str, o = o, n = n } end)
   return join(pieces, prefix)
 end
 
@@ -902,14 +1132,13 @@ end
 -- each segment of the base, a literal for each of the deltas'.
 local function compose(segs, base, off, sum)
   local parts = { delta_digits(segs.len), '\n' }
-  for i = 1, #segs.s do
-    local str, o, n = segs.s[i], segs.o[i], segs.n[i]
+  each_seg(segs, function(str, o, n)
     if str == base then
       parts[#parts + 1] = delta_digits(n) .. '@' .. delta_digits(o - off) .. ','
     else
       parts[#parts + 1] = delta_digits(n) .. ':' .. string.sub(str, o + 1, o + n)
     end
-  end
+  end)
   parts[#parts + 1] = delta_digits(sum) .. ';'
   return table.concat(parts)
 end
@@ -962,9 +1191,11 @@ end
 
 -- What a kept entry costs in the budget: its bytes (twice once joined),
 -- an eighth of them for the grids of its pieces (piece_sums) and ~256
--- bytes of Lua tables a piece, a segment and an entry.
+-- bytes of Lua tables a piece (the pieces of runs counted too), a segment
+-- and an entry.
 local function rope_cost(e)
-  return e.len * (e.joined and 2 or 1) + math.floor(e.len / 8) + 256 * (#e.pieces + #e.segs.s + 1)
+  return e.len * (e.joined and 2 or 1) + math.floor(e.len / 8)
+    + 256 * ((e.pieces.leaves or #e.pieces) + e.segs.k + 1)
 end
 
 local function forget_rope(key)
@@ -1103,17 +1334,34 @@ local function apply_delta(base, d)
       if not off or string.byte(d, pos) ~= 44 then return nil, 'a malformed copy command' end
       pos = pos + 1
       if off + n > base.len then return nil, 'a copy reaches outside the base' end
-      if n > 0 and (continues(base, starts, off) or continues(base, starts, off + n)) then
+      local x, e, bp = off, off + n, base.pieces
+      local i = x < e and piece_at(starts, x)
+      if n > 0 and (continues(base, starts, off, i) or continues(base, starts, off + n)) then
         return nil, 'a copy splits a character of the base'
       end
       if total + n > limit then return nil, 'the delta writes past its target length' end
-      local x, e = off, off + n
-      local i = x < e and piece_at(starts, x)
+      if x == 0 and x < e and #pieces == 0 and bp.starts then
+        -- (a copy from the start of the state to the start of the result:
+        -- the pieces before the one holding its last byte as they are,
+        -- copied by unpack in C)
+        local j = piece_at(starts, e - 1)
+        if j > 1 and j <= 7000 then
+          pieces = { unpack(bp, 1, j - 1) }
+          x, i = starts[j], j
+        end
+      end
       while x < e do
-        local p = base.pieces[i]
-        local b = math.min(e - starts[i], p.n)
-        add_piece(pieces, p, x - starts[i], b, size)
-        x = starts[i] + b
+        local p, at = bp[i], starts[i]
+        local pn = p.n
+        if x == at and at + pn <= e and pn <= 2 * size then
+          -- (a piece taken whole)
+          pieces[#pieces + 1] = p
+          x = at + pn
+        else
+          local b = math.min(e - at, pn)
+          add_piece(pieces, p, x - at, b, size)
+          x = at + b
+        end
         i = i + 1
       end
       total = total + n
@@ -1129,10 +1377,11 @@ local function apply_delta(base, d)
       pieces = merge_pieces(pieces, size)
       -- (the sums of the pieces, each at its place, and where each starts,
       -- kept with them for the next delta)
-      local s1, s2, s3, s4, at2, starts2 = 0, 0, 0, 0, 0, {}
+      local s1, s2, s3, s4, at2, starts2, leaves = 0, 0, 0, 0, 0, {}, #pieces
       for k = 1, #pieces do
         local p = pieces[k]
         starts2[k] = at2
+        if p.c then leaves = leaves + #p.c end
         local r = p.r or piece_sums(p)
         local sh = at2 % 4
         if sh == 0 then
@@ -1146,7 +1395,7 @@ local function apply_delta(base, d)
         end
         at2 = at2 + p.n
       end
-      pieces.starts = starts2
+      pieces.starts, pieces.leaves = starts2, leaves
       if checksum_of({ s1, s2, s3, s4 }) ~= n then return nil, 'the checksum of the result does not match' end
       return pieces, limit, n
     else
@@ -1764,7 +2013,7 @@ redis.register_function('ms_publish', function(keys, args)
     local segs, w = apply_segs(kept.segs, body)
     local work, bytes = kept.work, kept.log_at
     local composed, cw
-    if segs and work + w > RECOMPOSE_WORK and #segs.s <= MAX_COMPOSED then
+    if segs and work + w > RECOMPOSE_WORK and segs.k <= MAX_COMPOSED then
       -- The entries since the base, composed into one (see "The record").
       composed = compose(segs, kept.base_str, kept.base_off, sum)
       cw = select(2, apply_segs(segs_of(kept.base_str, kept.base_off), composed)) or MAX_WORK

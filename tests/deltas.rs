@@ -395,6 +395,72 @@ fn a_megabyte_plan_edited_at_new_places_then_in_a_ring_travels_as_exact_deltas()
     drop((follower, leader));
 }
 
+/// A ~1 MiB survey edited at a new place at every update, 400 times (the
+/// functions' kept state cut at ever more places: its pieces gathered in
+/// runs, the record's segments in chunks), then read by late joiners: one
+/// from the kept state, one after the functions were loaded again (the
+/// state assembled from the record's base and log), and one after 60 more
+/// updates on the state so assembled. Every update goes as a delta the
+/// functions accept, each late joiner's first state is the newest state
+/// byte for byte, and the record holds it.
+#[test]
+fn a_plan_edited_at_hundreds_of_places_reaches_late_joiners_byte_exact() {
+    let s = Servers::start();
+    let (leader, follower, rec, name) = s.followed("late-places");
+    let mut plan = Plan::of_size(1000 * 1024, 29);
+    let first = plan.text();
+    let raw = begin(&s, &leader, &rec, &name, &first);
+    let n = plan.waypoints();
+    assert!(n > 1000, "{n} waypoints");
+    let mut published = 0;
+    let mut update = |plan: &mut Plan, i: usize| {
+        plan.move_waypoint(i * 37 % n, 0.00001, -0.00001);
+        let text = plan.text();
+        leader.publish(&name, text.as_bytes()).unwrap();
+        leader.flush(&name, 15_000).unwrap();
+        published += 1;
+        text
+    };
+    let mut last = first.clone();
+    for i in 0..400 {
+        last = update(&mut plan, i);
+    }
+    let late = |why: &str, last: &str| {
+        assert_state_eq(
+            &s.record_field(&name, "state"),
+            last,
+            &format!("the record, {why}"),
+        );
+        let c = s.client();
+        let r = Recorder::attach(&c);
+        c.connect(&name, "pw").unwrap();
+        r.wait_state(&name, last, T);
+        let states = r.states(&name);
+        assert_state_eq(
+            &states[0].1,
+            last,
+            &format!("the first state of a late joiner, {why}"),
+        );
+    };
+    late("from the kept state", &last);
+    s.load_functions(include_str!("../lua/missionstream.lua"));
+    late("after FUNCTION LOAD", &last);
+    for i in 400..460 {
+        last = update(&mut plan, i);
+    }
+    late("after 60 more updates", &last);
+    rec.wait_state(&name, &last, T);
+    wait_until(T, || raw.payloads().len() >= published);
+    let full = raw
+        .payloads()
+        .iter()
+        .filter(|p| p.starts_with("s ") || p.starts_with("r "))
+        .count();
+    assert_eq!(full, 0, "payloads of states sent in full");
+    drop(raw);
+    drop((follower, leader));
+}
+
 /// The functions keep a stream's TTL going on publishes, a delta as much
 /// as a full state: a leader publishing a ~4 KiB plan that changes a
 /// little each time (so every publish after the first goes as a delta)
