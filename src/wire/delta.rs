@@ -257,7 +257,7 @@ pub fn create_within(base: &str, target: &str, limit: usize) -> Option<String> {
 /// time (slice equality is memcmp), big blocks first: a small edit of a
 /// 1 MiB state costs a few hundred memcmp calls, not a million byte
 /// comparisons.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+pub(crate) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut p = 0;
     for chunk in [4096, 64] {
@@ -273,7 +273,7 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// The length of the common suffix of a and b, the same way.
-fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+pub(crate) fn common_suffix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let (ea, eb) = (a.len(), b.len());
     let mut s = 0;
