@@ -47,6 +47,7 @@ fn leader_path_of_a_moved_waypoint_of_991_kib() {
         suf,
         delta::create(&s0, &s1)
     );
+    let sums0 = delta::Sums::of(b0);
     let mut junk = vec![0u8; 8 << 20];
     let mut k = 0u8;
     let mut evict = || {
@@ -130,6 +131,18 @@ fn leader_path_of_a_moved_waypoint_of_991_kib() {
             "  of which the full checksum of the new state",
             Box::new(|| {
                 black_box(delta::checksum(black_box(b1)));
+            }),
+        ),
+        (
+            "delta::create_summed (the checksum from the base's sums)",
+            Box::new(|| {
+                black_box(delta::create_summed(&s0, sums0, &s1, s1.len() / 2 - 1).unwrap());
+            }),
+        ),
+        (
+            "  of which the new state's sums from the edit",
+            Box::new(|| {
+                black_box(sums0.edited(b0, pre, b0.len() - suf, &b1[pre..b1.len() - suf]));
             }),
         ),
     ];
