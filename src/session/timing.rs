@@ -109,6 +109,12 @@ fn leader_path_of_a_moved_waypoint_of_991_kib() {
             }),
         ),
         (
+            "the checks and the copy in one pass (check_state_owned)",
+            Box::new(|| {
+                black_box(protocol::check_state_owned(black_box(b1)).unwrap());
+            }),
+        ),
+        (
             "the copy ms_publish keeps (Lead::publish)",
             Box::new(|| {
                 black_box(black_box(&s1).to_owned());
