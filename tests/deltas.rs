@@ -1080,3 +1080,52 @@ fn a_delta_that_does_not_verify_makes_the_follower_read_the_snapshot_at_once() {
     );
     drop((follower, leader));
 }
+
+/// The minor page faults of the whole process per acknowledged
+/// one-waypoint update of the 991 KiB survey (no follower): the buffer
+/// `ms_publish` copies a state into is 1 MiB of fresh pages when the
+/// allocator hands back memory it gave to the system.
+/// `cargo test --release --test deltas -- page_faults --ignored --nocapture`.
+#[test]
+#[ignore]
+fn page_faults_per_update_of_a_991_kib_plan() {
+    fn minor_faults() -> i64 {
+        // SAFETY: getrusage writes the struct it is given.
+        unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut u);
+            u.ru_minflt
+        }
+    }
+    let s = Servers::start();
+    let leader = s.client();
+    let name = format!("faults-{}", std::process::id());
+    leader.start(&name, "pw-faults", "code-faults-1").unwrap();
+    let mut plan = Plan::of_size(1 << 20, 13);
+    let mut texts = vec![plan.text()];
+    for i in 0..100 {
+        plan.move_waypoint(i * 37, 0.00001, 0.00001);
+        texts.push(plan.text());
+    }
+    for paced in [false, true] {
+        leader.publish(&name, texts[0].as_bytes()).unwrap();
+        leader.flush(&name, 15_000).unwrap();
+        let before = minor_faults();
+        let t = Instant::now();
+        for text in &texts[1..] {
+            if paced {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            leader.publish(&name, text.as_bytes()).unwrap();
+            leader.flush(&name, 15_000).unwrap();
+        }
+        let faults = minor_faults() - before;
+        println!(
+            "{}: {:.1} minor faults per update (a 1 MiB buffer is {} pages), {:?} per update",
+            if paced { "every 50 ms" } else { "back to back" },
+            faults as f64 / 100.0,
+            texts[0].len() / 4096,
+            t.elapsed() / 100
+        );
+    }
+}
