@@ -1081,10 +1081,11 @@ fn a_delta_that_does_not_verify_makes_the_follower_read_the_snapshot_at_once() {
     drop((follower, leader));
 }
 
-/// The minor page faults of the whole process per acknowledged
-/// one-waypoint update of the 991 KiB survey (no follower): the buffer
-/// `ms_publish` copies a state into is 1 MiB of fresh pages when the
-/// allocator hands back memory it gave to the system.
+/// The minor page faults of the whole process, and the time, per
+/// acknowledged one-waypoint update (publish, then flush; no follower) of
+/// the ~100 KiB and 991 KiB surveys of bench row 13: the buffer
+/// `ms_publish` copies a state into would be fresh pages if the allocator
+/// gave memory back to the system in between.
 /// `cargo test --release --test deltas -- page_faults --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -1099,33 +1100,39 @@ fn page_faults_per_update_of_a_991_kib_plan() {
     }
     let s = Servers::start();
     let leader = s.client();
-    let name = format!("faults-{}", std::process::id());
-    leader.start(&name, "pw-faults", "code-faults-1").unwrap();
-    let mut plan = Plan::of_size(1 << 20, 13);
-    let mut texts = vec![plan.text()];
-    for i in 0..100 {
-        plan.move_waypoint(i * 37, 0.00001, 0.00001);
-        texts.push(plan.text());
-    }
-    for paced in [false, true] {
-        leader.publish(&name, texts[0].as_bytes()).unwrap();
-        leader.flush(&name, 15_000).unwrap();
-        let before = minor_faults();
-        let t = Instant::now();
-        for text in &texts[1..] {
-            if paced {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            leader.publish(&name, text.as_bytes()).unwrap();
-            leader.flush(&name, 15_000).unwrap();
+    for size in [100 << 10, 1 << 20] {
+        let name = format!("faults-{size}-{}", std::process::id());
+        leader.start(&name, "pw-faults", "code-faults-1").unwrap();
+        let mut plan = Plan::of_size(size, 13);
+        let mut texts = vec![plan.text()];
+        let n = 200;
+        for i in 0..n {
+            plan.move_waypoint(i * 37, 0.00001, 0.00001);
+            texts.push(plan.text());
         }
-        let faults = minor_faults() - before;
-        println!(
-            "{}: {:.1} minor faults per update (a 1 MiB buffer is {} pages), {:?} per update",
-            if paced { "every 50 ms" } else { "back to back" },
-            faults as f64 / 100.0,
-            texts[0].len() / 4096,
-            t.elapsed() / 100
-        );
+        for paced in [false, true] {
+            leader.publish(&name, texts[0].as_bytes()).unwrap();
+            leader.flush(&name, 15_000).unwrap();
+            let before = minor_faults();
+            let mut busy = Duration::ZERO;
+            for text in &texts[1..] {
+                if paced {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let u = Instant::now();
+                leader.publish(&name, text.as_bytes()).unwrap();
+                leader.flush(&name, 15_000).unwrap();
+                busy += u.elapsed();
+            }
+            let faults = minor_faults() - before;
+            println!(
+                "{} KiB, {}: {:.1} minor faults per update (the state is {} pages), publish + flush {:?} per update",
+                texts[0].len() >> 10,
+                if paced { "every 50 ms" } else { "back to back" },
+                faults as f64 / n as f64,
+                texts[0].len() / 4096,
+                busy / n as u32
+            );
+        }
     }
 }

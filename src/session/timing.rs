@@ -89,9 +89,10 @@ fn leader_path_of_a_moved_waypoint_of_991_kib() {
     );
     let n = 101;
     let mut states = [&s1, &s0].into_iter().cycle();
-    let steps: Vec<(&str, Box<dyn FnMut()>)> = vec![
+    type Step<'a> = (&'a str, Box<dyn FnMut() + 'a>);
+    let steps: Vec<Step> = vec![
         (
-            "argument checks (check_state: UTF-8 and NUL)",
+            "argument checks alone (check_state: UTF-8, then NUL)",
             Box::new(|| {
                 black_box(protocol::check_state(black_box(b1)).unwrap());
             }),
@@ -115,7 +116,7 @@ fn leader_path_of_a_moved_waypoint_of_991_kib() {
             }),
         ),
         (
-            "the copy ms_publish keeps (Lead::publish)",
+            "the copy alone (Lead::publish made it before)",
             Box::new(|| {
                 black_box(black_box(&s1).to_owned());
             }),

@@ -184,8 +184,8 @@ pub fn check_leader_code(code: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a state: valid UTF-8 of at most MAX_STATE bytes.
-pub fn check_state(state: &[u8]) -> Result<&str> {
+/// Refuses a state of more than MAX_STATE bytes.
+fn check_state_len(state: &[u8]) -> Result<()> {
     if state.len() > MAX_STATE {
         return Err(Error::new(
             Status::MS_ERR_TOO_LARGE,
@@ -195,6 +195,12 @@ pub fn check_state(state: &[u8]) -> Result<&str> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// Checks a state: valid UTF-8 of at most MAX_STATE bytes.
+pub fn check_state(state: &[u8]) -> Result<&str> {
+    check_state_len(state)?;
     let text = std::str::from_utf8(state).map_err(|e| {
         Error::invalid(format!(
             "the state is not valid UTF-8 (at byte {})",
@@ -222,9 +228,7 @@ pub fn check_state(state: &[u8]) -> Result<&str> {
 pub fn check_state_owned(state: &[u8]) -> Result<String> {
     // A slice of the state the cache keeps between its check and its copy.
     const SLICE: usize = 16 * 1024;
-    if state.len() > MAX_STATE {
-        return check_state(state).map(str::to_owned);
-    }
+    check_state_len(state)?;
     let mut out = Vec::with_capacity(state.len());
     let mut at = 0;
     while at < state.len() {
