@@ -396,7 +396,8 @@ impl Client {
 
     /// Hands over a new state; returns at once.
     pub fn publish(&self, name: &str, state: &[u8]) -> Result<()> {
-        let state = protocol::check_state(state)?;
+        // Checked and copied in one pass: the lead keeps the copy.
+        let state = protocol::check_state_owned(state)?;
         self.lead(name)?.publish(state)
     }
 

@@ -1146,3 +1146,71 @@ fn a_delta_that_does_not_verify_makes_the_follower_read_the_snapshot_at_once() {
     );
     drop((follower, leader));
 }
+
+/// The minor page faults of the whole process, and the time, per
+/// acknowledged one-waypoint update (publish, then flush) of the ~100 KiB
+/// and 991 KiB surveys of bench row 13: back to back (leader only), at
+/// 20 a second, and back to back with a follower in the same process (a
+/// callback that does nothing). The buffer `ms_publish` copies a state
+/// into would be fresh pages if the allocator gave memory back to the
+/// system in between.
+/// `cargo test --release --test deltas -- page_faults --ignored --nocapture`.
+#[test]
+#[ignore]
+fn page_faults_per_update_of_a_991_kib_plan() {
+    fn minor_faults() -> i64 {
+        // SAFETY: getrusage writes the struct it is given.
+        unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut u);
+            u.ru_minflt
+        }
+    }
+    let s = Servers::start();
+    let leader = s.client();
+    for size in [100 << 10, 1 << 20] {
+        let name = format!("faults-{size}-{}", std::process::id());
+        leader.start(&name, "pw-faults", "code-faults-1").unwrap();
+        let mut plan = Plan::of_size(size, 13);
+        let mut texts = vec![plan.text()];
+        for i in 0..200 {
+            plan.move_waypoint(i * 37, 0.00001, 0.00001);
+            texts.push(plan.text());
+        }
+        let mut follower = None;
+        for (how, n) in [
+            ("back to back", 200),
+            ("every 50 ms", 60),
+            ("back to back, followed", 200),
+        ] {
+            if how.ends_with("followed") {
+                let f = s.client();
+                f.set_callback(Some(Arc::new(|_: &missionstream::Event| {})));
+                f.connect(&name, "pw-faults").unwrap();
+                follower = Some(f);
+            }
+            leader.publish(&name, texts[0].as_bytes()).unwrap();
+            leader.flush(&name, 15_000).unwrap();
+            let before = minor_faults();
+            let mut busy = Duration::ZERO;
+            for text in &texts[1..=n] {
+                if how.starts_with("every") {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let u = Instant::now();
+                leader.publish(&name, text.as_bytes()).unwrap();
+                leader.flush(&name, 15_000).unwrap();
+                busy += u.elapsed();
+            }
+            let faults = minor_faults() - before;
+            println!(
+                "{} KiB, {how}: {:.1} minor faults per update (the state is {} pages), publish + flush {:?} per update",
+                texts[0].len() >> 10,
+                faults as f64 / n as f64,
+                texts[0].len() / 4096,
+                busy / n as u32
+            );
+        }
+        drop(follower);
+    }
+}

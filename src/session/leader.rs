@@ -147,9 +147,9 @@ impl Lead {
         &self.identity
     }
 
-    /// Hands over a new state (already checked); never touches the network.
-    pub fn publish(&self, state: &str) -> Result<()> {
-        let state = state.to_owned();
+    /// Hands over a new state (already checked, a copy of the caller's);
+    /// never touches the network.
+    pub fn publish(&self, state: String) -> Result<()> {
         let mut st = lock(&self.shared.state);
         if let Some(e) = &st.ended {
             return Err(Error::new(

@@ -10,6 +10,8 @@ pub mod follower;
 pub mod leader;
 pub mod liveness;
 pub mod publisher;
+#[cfg(test)]
+mod timing;
 
 use crate::dispatch::Dispatcher;
 use crate::error::Result;

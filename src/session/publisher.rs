@@ -30,6 +30,7 @@
 
 use crate::error::{Error, Kind, Status};
 use crate::session::backoff::Backoff;
+use crate::wire::delta::Sums;
 pub use crate::wire::functions::Stored;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,9 @@ pub struct Delta {
     pub base_seq: u64,
     pub base_id: String,
     pub delta: String,
+    /// The residue sums of the state (Fossil's checksum): the base's of
+    /// the next delta when the state is stored.
+    pub sums: Sums,
 }
 
 /// What the publisher's driver reports after a request.
@@ -115,12 +119,15 @@ pub enum Effect {
     Log(String),
 }
 
-/// A state stored by this lead: its seq, publish id and text.
+/// A state stored by this lead: its seq, publish id and text, and the
+/// residue sums of its text once known (summed at the first delta made
+/// against it, unless its own delta gave them).
 #[derive(Debug)]
 struct Base {
     seq: u64,
     id: String,
     state: String,
+    sums: Option<Sums>,
 }
 
 /// The publisher of one lead.
@@ -227,7 +234,7 @@ impl Publisher {
         // Above any seq a follower may have seen from this lead: the last
         // one named, and one per new state sent since.
         let floor = self.acked_seq + self.unanswered - 1;
-        let delta = match &self.last_stored {
+        let delta = match &mut self.last_stored {
             Some(base) if self.use_base && self.deltas => delta_of(base, &state),
             _ => None,
         };
@@ -270,6 +277,7 @@ impl Publisher {
                         generation,
                         id,
                         state,
+                        delta,
                         ..
                     } => {
                         self.acked_seq = self.acked_seq.max(stored.seq);
@@ -282,6 +290,7 @@ impl Publisher {
                             seq: stored.seq,
                             id,
                             state,
+                            sums: delta.map(|d| d.sums),
                         });
                     }
                     // The record holds an older state than one stored for
@@ -390,16 +399,23 @@ fn retry_in_full(e: &Error) -> bool {
 }
 
 /// A delta from `base` to `state` when it is less than half the state's
-/// size.
-fn delta_of(base: &Base, state: &str) -> Option<Delta> {
+/// size. The state's checksum comes from the base's sums and the edit
+/// (`delta::create_summed`); the base's are summed once, at its first
+/// delta, unless its own delta gave them.
+fn delta_of(base: &mut Base, state: &str) -> Option<Delta> {
     if state.len() < DELTA_MIN_STATE {
         return None;
     }
-    let delta = crate::wire::delta::create_within(&base.state, state, state.len() / 2 - 1)?;
+    let base_sums = *base
+        .sums
+        .get_or_insert_with(|| Sums::of(base.state.as_bytes()));
+    let (delta, sums) =
+        crate::wire::delta::create_summed(&base.state, base_sums, state, state.len() / 2 - 1)?;
     Some(Delta {
         base_seq: base.seq,
         base_id: base.id.clone(),
         delta,
+        sums,
     })
 }
 
@@ -518,6 +534,7 @@ mod tests {
                         base_seq: d.base_seq,
                         base_id: d.base_id.clone(),
                         delta: d.delta.clone(),
+                        sums: d.sums,
                     }),
                     state: state.clone(),
                 },
@@ -560,6 +577,50 @@ mod tests {
             crate::wire::delta::apply(&s1, &d.delta, usize::MAX).as_deref(),
             Ok(s2.as_str())
         );
+    }
+
+    #[test]
+    fn a_chain_of_deltas_carries_each_states_sums_to_the_next() {
+        // Each stored delta's state is the base of the next; its checksum
+        // comes from the sums the previous delta gave (or, after a state in
+        // full, from the state summed once). Lengths change by 0 to 7 bytes
+        // (every shift of the end), edits near either end; every delta
+        // applies, its checksum verified, to the state before it.
+        let t0 = Instant::now();
+        let (mut p, mut mb) = (publisher(t0, 0), Mailbox::default());
+        let mut state = plan(60, 99);
+        store(&mut p, &mut mb, &state, 1, t0);
+        let mut deltas = 0;
+        for i in 0..40usize {
+            let at = [3, state.len() - 5, state.len() / 3, state.len() / 2][i % 4];
+            let at = (at..).find(|&a| state.is_char_boundary(a)).unwrap();
+            let mut next = state.clone();
+            let end = (at + i % 3..).find(|&e| state.is_char_boundary(e)).unwrap();
+            let put = ["", "7", "77", "é", "é7", "777", "é77", "7777777"][i % 8];
+            next.replace_range(at..end, put);
+            let g = publish(&mut mb, &next);
+            let r = send(&mut p, &mut mb, t0);
+            let d = r.delta().expect("a small edit goes as a delta");
+            assert_eq!(
+                crate::wire::delta::apply(&state, &d.delta, usize::MAX).as_deref(),
+                Ok(next.as_str()),
+                "{i}"
+            );
+            assert_eq!(d.sums, crate::wire::delta::Sums::of(next.as_bytes()), "{i}");
+            deltas += 1;
+            if i % 10 == 9 {
+                // MSBASE: the same state in full, then deltas of it again.
+                p.done(&mut mb, r, base_mismatch(), t0, false);
+                let full = send(&mut p, &mut mb, t0);
+                assert_eq!(full.delta(), None);
+                p.done(&mut mb, full, ok(100 + i as u64, id(g)), t0, false);
+            } else {
+                p.done(&mut mb, r, ok(100 + i as u64, id(g)), t0, false);
+            }
+            assert_eq!(mb.stored, g);
+            state = next;
+        }
+        assert_eq!(deltas, 40);
     }
 
     #[test]

@@ -95,6 +95,38 @@ impl Sums {
         Sums(std::array::from_fn(|i| self.0[(i + 4 - by % 4) % 4]))
     }
 
+    /// The sums of `state` (whose sums are `self`) with `state[p..x]`
+    /// replaced by `put`, worked out from the sums of the bytes removed
+    /// and inserted, without reading the rest of the state, unless the end
+    /// moves by other than a multiple of 4 places: then the end's sums
+    /// change places, and the shorter of the start and the end is summed
+    /// to tell the two apart. The leader's checksum of a new state and the
+    /// follower's of a delta applied in place are both this.
+    pub(crate) fn edited(self, state: &[u8], p: usize, x: usize, put: &[u8]) -> Sums {
+        let kept = self.less(Sums::at(p, &state[p..x]));
+        let inserted = Sums::at(p, put);
+        // Places the end moves by (modulo 4).
+        let by = (p + put.len() + 4 - x % 4) % 4;
+        if by == 0 {
+            return kept.plus(inserted);
+        }
+        let s = state.len() - x;
+        let (start, end) = if s <= p {
+            let end = Sums::at(x, &state[x..]);
+            (kept.less(end), end)
+        } else {
+            let start = Sums::at(0, &state[..p]);
+            (start, kept.less(start))
+        };
+        start.plus(inserted).plus(end.moved(by))
+    }
+
+    /// The bytes `edited` reads for such an edit (an upper bound).
+    fn edit_cost(len: usize, p: usize, x: usize, put: usize) -> usize {
+        let by = (p + put + 4 - x % 4) % 4;
+        (x - p) + put + if by == 0 { 0 } else { p.min(len - x) }
+    }
+
     /// The sums of `z` lying at position `at`.
     fn at(at: usize, z: &[u8]) -> Sums {
         let mut sums = Sums::default();
@@ -222,6 +254,39 @@ pub fn create(base: &str, target: &str) -> String {
 /// `create`, given up (None) as soon as the delta would exceed `limit`
 /// bytes: a state that changed a lot costs little before it goes in full.
 pub fn create_within(base: &str, target: &str, limit: usize) -> Option<String> {
+    create_with(base, target, limit, |_, _| Sums::of(target.as_bytes())).map(|(d, _)| d)
+}
+
+/// `create_within`, given the base's sums (`Sums::of(base)`); also gives
+/// the target's. Its checksum is worked out from them and the edit (the
+/// bytes between the common prefix and suffix, removed and inserted:
+/// `Sums::edited`) rather than summed over the whole target, unless that
+/// would read more than the target (a change of most of the state).
+pub(crate) fn create_summed(
+    base: &str,
+    base_sums: Sums,
+    target: &str,
+    limit: usize,
+) -> Option<(String, Sums)> {
+    let (b, t) = (base.as_bytes(), target.as_bytes());
+    create_with(base, target, limit, |p, s| {
+        let (x, put) = (b.len() - s, &t[p..t.len() - s]);
+        if Sums::edit_cost(b.len(), p, x, put.len()) < t.len() {
+            base_sums.edited(b, p, x, put)
+        } else {
+            Sums::of(t)
+        }
+    })
+}
+
+/// `create_within`; `sums(p, s)` gives the target's sums, `p` and `s` the
+/// lengths of its common prefix and suffix with the base.
+fn create_with(
+    base: &str,
+    target: &str,
+    limit: usize,
+    sums: impl FnOnce(usize, usize) -> Sums,
+) -> Option<(String, Sums)> {
     let (b, t) = (base.as_bytes(), target.as_bytes());
     let mut w = Writer {
         out: Vec::with_capacity(64),
@@ -244,20 +309,22 @@ pub fn create_within(base: &str, target: &str, limit: usize) -> Option<String> {
         return None;
     }
     w.copy(s, b.len() - s);
-    put_int(&mut w.out, checksum(t) as u64);
+    let sums = sums(p, s);
+    put_int(&mut w.out, sums.value() as u64);
     w.out.push(b';');
     if w.out.len() > limit {
         return None;
     }
     // Every literal and copy is whole characters of valid UTF-8 strings.
-    Some(String::from_utf8(w.out).expect("deltas of UTF-8 states are UTF-8"))
+    let delta = String::from_utf8(w.out).expect("deltas of UTF-8 states are UTF-8");
+    Some((delta, sums))
 }
 
 /// The length of the common prefix of a and b, compared a block at a
 /// time (slice equality is memcmp), big blocks first: a small edit of a
 /// 1 MiB state costs a few hundred memcmp calls, not a million byte
 /// comparisons.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+pub(crate) fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut p = 0;
     for chunk in [4096, 64] {
@@ -273,7 +340,7 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
 }
 
 /// The length of the common suffix of a and b, the same way.
-fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+pub(crate) fn common_suffix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let (ea, eb) = (a.len(), b.len());
     let mut s = 0;
@@ -576,20 +643,9 @@ pub(crate) fn apply_in_place(
         return Ok(false);
     }
     // The result's sums: the start's, the literal's where it lands, the
-    // end's moved to where it lands. The start's and the end's from the
-    // state's, the bytes removed and the smaller of the two.
-    let removed = Sums::at(p, &b[p..x]);
-    let (start, end) = if s <= p {
-        let end = Sums::at(x, &b[x..]);
-        (sums.less(removed).less(end), end)
-    } else {
-        let start = Sums::at(0, &b[..p]);
-        (start, sums.less(removed).less(start))
-    };
+    // end's moved to where it lands, from the state's.
     let literal = &delta[at..at + m];
-    let result = start
-        .plus(Sums::at(p, literal.as_bytes()))
-        .plus(end.moved((p + m + 4 - x % 4) % 4));
+    let result = sums.edited(b, p, x, literal.as_bytes());
     if result.value() as u64 != check {
         return Err(ApplyError::Checksum);
     }
@@ -784,6 +840,126 @@ mod tests {
             assert!(got != Ok(true) && state == base, "{bad}");
         }
         assert_eq!(in_place(&base, &good, 4999).0, Ok(false));
+    }
+
+    #[test]
+    fn sums_of_an_edit_are_the_sums_of_its_result() {
+        // Every edit of short states: every start and end of the bytes
+        // removed, 0 to 8 bytes put in (every shift of the end modulo 4),
+        // the empty state among them.
+        let bytes: Vec<u8> = (0..13u32).map(|i| (i * 37 + 200) as u8).collect();
+        let put: Vec<u8> = (0..8u32).map(|i| (i * 59 + 91) as u8).collect();
+        for len in 0..bytes.len() {
+            let state = &bytes[..len];
+            let sums = Sums::of(state);
+            for p in 0..=len {
+                for x in p..=len {
+                    for m in 0..=put.len() {
+                        let result = [&state[..p], &put[..m], &state[x..]].concat();
+                        assert_eq!(
+                            sums.edited(state, p, x, &put[..m]),
+                            Sums::of(&result),
+                            "{len} {p} {x} {m}"
+                        );
+                    }
+                }
+            }
+        }
+        // Large states: the edit at the start, the end and the middle, the
+        // length changed by -8 to +8 (the start or the end the shorter).
+        let big: Vec<u8> = (0..50_000u32).map(|i| (i * 13 + 5) as u8).collect();
+        let sums = Sums::of(&big);
+        for p in [0, 1, 2, 3, 5, 4099, 25_000, 49_990, 49_999, 50_000] {
+            for cut in 0..=8usize {
+                let x = (p + cut).min(big.len());
+                for m in 0..=8 {
+                    let result = [&big[..p], &put[..m], &big[x..]].concat();
+                    assert_eq!(
+                        sums.edited(&big, p, x, &put[..m]).value(),
+                        checksum(&result),
+                        "{p} {cut} {m}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_leaders_checksum_from_sums_is_the_full_checksum() {
+        // States of ASCII and of multi-byte characters (2, 3 and 4 bytes),
+        // empty ones; edits at the start, at the end and inside, each
+        // length change from -8 to +8 bytes.
+        let ascii: String = (0..6000)
+            .map(|i| char::from(b'a' + (i * 7 % 26) as u8))
+            .collect();
+        let multi = "é✈𝄞a".repeat(900);
+        let puts = [
+            "", "1", "12", "123", "1234", "12345", "é", "✈", "𝄞", "é✈", "𝄞𝄞", "1234567", "12345678",
+        ];
+        let mut checked = 0;
+        for base in ["", "x", ascii.as_str(), multi.as_str()] {
+            let sums = Sums::of(base.as_bytes());
+            let chars: Vec<usize> = base.char_indices().map(|(i, _)| i).collect();
+            let n = chars.len();
+            for at in [
+                0,
+                1,
+                2,
+                3,
+                n / 2,
+                n.saturating_sub(3),
+                n.saturating_sub(1),
+                n,
+            ] {
+                for cut in 0..=8 {
+                    if at > n {
+                        continue;
+                    }
+                    let (p, x) = (
+                        chars.get(at).copied().unwrap_or(base.len()),
+                        chars.get(at + cut).copied().unwrap_or(base.len()),
+                    );
+                    for put in puts {
+                        let mut target = base.to_string();
+                        target.replace_range(p..x, put);
+                        let Some((d, got)) = create_summed(base, sums, &target, usize::MAX) else {
+                            panic!("no limit")
+                        };
+                        assert_eq!(got, Sums::of(target.as_bytes()), "{p} {x} {put:?}");
+                        // The same delta as with a full sum; it applies.
+                        assert_eq!(d, create(base, &target));
+                        assert_eq!(apply(base, &d, 1 << 23), Ok(target.clone()));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+        // Random edits, several at once (a delta of many commands; the
+        // sums still follow the prefix and suffix), and a state replaced
+        // by another (summed in full).
+        let mut r = Rng(0x50a5_1ead);
+        for case in 0..300 {
+            let n = r.below(5000);
+            let base = text(&mut r, n);
+            let mut target = base.clone();
+            for _ in 0..1 + r.below(4) {
+                target = edit(&mut r, &target, 300, usize::MAX);
+            }
+            let (d, got) =
+                create_summed(&base, Sums::of(base.as_bytes()), &target, usize::MAX).unwrap();
+            assert_eq!(got, Sums::of(target.as_bytes()), "case {case}");
+            assert_eq!(apply(&base, &d, 1 << 23), Ok(target), "case {case}");
+        }
+        let other = text(&mut r, 3000);
+        let (_, got) =
+            create_summed(&ascii, Sums::of(ascii.as_bytes()), &other, usize::MAX).unwrap();
+        assert_eq!(got, Sums::of(other.as_bytes()));
+        // Given up past the limit, as create_within.
+        assert_eq!(
+            create_summed(&ascii, Sums::of(ascii.as_bytes()), &other, 100),
+            None
+        );
     }
 
     #[test]

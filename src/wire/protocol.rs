@@ -184,8 +184,8 @@ pub fn check_leader_code(code: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks a state: valid UTF-8 of at most MAX_STATE bytes.
-pub fn check_state(state: &[u8]) -> Result<&str> {
+/// Refuses a state of more than MAX_STATE bytes.
+fn check_state_len(state: &[u8]) -> Result<()> {
     if state.len() > MAX_STATE {
         return Err(Error::new(
             Status::MS_ERR_TOO_LARGE,
@@ -195,6 +195,12 @@ pub fn check_state(state: &[u8]) -> Result<&str> {
             ),
         ));
     }
+    Ok(())
+}
+
+/// Checks a state: valid UTF-8 of at most MAX_STATE bytes.
+pub fn check_state(state: &[u8]) -> Result<&str> {
+    check_state_len(state)?;
     let text = std::str::from_utf8(state).map_err(|e| {
         Error::invalid(format!(
             "the state is not valid UTF-8 (at byte {})",
@@ -212,6 +218,72 @@ pub fn check_state(state: &[u8]) -> Result<&str> {
         )));
     }
     Ok(text)
+}
+
+/// `check_state` and a copy of the state, in one pass: the state is read
+/// a slice at a time, each slice checked (UTF-8 and NUL together, eight
+/// bytes at a time while they are ASCII) and copied while it is in the
+/// cache, rather than read three times (UTF-8, NUL, copy). The errors
+/// are `check_state`'s.
+pub fn check_state_owned(state: &[u8]) -> Result<String> {
+    // A slice of the state the cache keeps between its check and its copy.
+    const SLICE: usize = 16 * 1024;
+    check_state_len(state)?;
+    let mut out = Vec::with_capacity(state.len());
+    let mut at = 0;
+    while at < state.len() {
+        let Some(end) = text_run(state, at, (at + SLICE).min(state.len())) else {
+            // Not UTF-8, or a NUL: check_state tells which, and where.
+            return check_state(state).map(str::to_owned);
+        };
+        out.extend_from_slice(&state[at..end]);
+        at = end;
+    }
+    // SAFETY: `out` is runs of `state` that `text_run` found valid UTF-8,
+    // each ending at a character boundary.
+    Ok(unsafe { String::from_utf8_unchecked(out) })
+}
+
+/// Checks `b` from `from` (a character boundary) to at least `to`: the
+/// end of the run checked (a character boundary at or past `to`), or
+/// None at a byte that is no valid UTF-8 or a NUL. ASCII without NUL goes
+/// 32 bytes at a time (a byte with its high bit set or a zero byte, in
+/// any of four words at once); the rest 64 bytes at a time through the
+/// standard library's check.
+fn text_run(b: &[u8], from: usize, to: usize) -> Option<usize> {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut i = from;
+    while i < to {
+        while i + 32 <= to {
+            let mut seen = 0u64;
+            for c in b[i..i + 32].chunks_exact(8) {
+                let w = u64::from_le_bytes(c.try_into().unwrap());
+                // High bits of non-ASCII bytes; of zero bytes when every
+                // byte is ASCII (`w - 1` borrows into a zero byte only).
+                seen |= w | (w.wrapping_sub(ONES) & !w);
+            }
+            if seen & HIGH != 0 {
+                break;
+            }
+            i += 32;
+        }
+        if i >= to {
+            break;
+        }
+        let e = (i + 64).min(b.len());
+        let n = match std::str::from_utf8(&b[i..e]) {
+            Ok(_) => e - i,
+            // A character cut by the window's end (not the state's).
+            Err(err) if err.error_len().is_none() && e < b.len() => err.valid_up_to(),
+            Err(_) => return None,
+        };
+        if b[i..i + n].contains(&0) {
+            return None;
+        }
+        i += n;
+    }
+    Some(i)
 }
 
 /// Percent-encodes every byte outside `A-Za-z0-9_-`, so that Webdis sees
@@ -858,6 +930,73 @@ mod tests {
         assert_eq!(
             check_state(b"\xff").unwrap_err().status,
             Status::MS_ERR_INVALID_ARGUMENT
+        );
+    }
+
+    #[test]
+    fn a_state_checked_and_copied_in_one_pass_is_check_states_verdict() {
+        // The one-pass check and copy against check_state and a copy:
+        // states of ASCII, 2-, 3- and 4-byte characters, a NUL, a stray
+        // continuation byte, a cut character, an overlong form and a
+        // surrogate, each at every place around the 32-byte steps, the
+        // 64-byte windows and the 16 KiB slices.
+        let same = |b: &[u8]| {
+            let want = check_state(b).map(str::to_owned);
+            let got = check_state_owned(b);
+            match (got, want) {
+                (Ok(g), Ok(w)) => assert_eq!(g, w),
+                (Err(g), Err(w)) => {
+                    assert_eq!((g.status, &g.message), (w.status, &w.message))
+                }
+                (g, w) => panic!("{g:?} against {w:?} for {} bytes", b.len()),
+            }
+        };
+        let ascii: Vec<u8> = (0..40_000u32).map(|i| b' ' + (i * 7 % 90) as u8).collect();
+        let multi = "aé✈𝄞".repeat(4000).into_bytes();
+        let inserts: [&[u8]; 9] = [
+            b"\0",
+            b"\x00",
+            &[0],
+            &[0x80],
+            &[0xC3],
+            &[0xE2, 0x9C],
+            &[0xC0, 0x80],
+            &[0xED, 0xA0, 0x80],
+            "é𝄞".as_bytes(),
+        ];
+        for base in [&ascii, &multi] {
+            same(base);
+            same(&base[..0]);
+            for len in [1, 31, 32, 33, 63, 64, 65, 16_383, 16_384, 16_385] {
+                same(&base[..len.min(base.len())]);
+            }
+            for at in [
+                0, 1, 7, 8, 31, 32, 33, 62, 63, 64, 65, 127, 16_380, 16_383, 16_384, 16_385,
+                16_400, 32_768, 39_990,
+            ] {
+                for put in inserts {
+                    let mut b = base.clone();
+                    b.splice(at..at, put.iter().copied());
+                    same(&b);
+                    // Also as the last bytes of the state.
+                    same(&b[..at + put.len()]);
+                }
+            }
+        }
+        // A NUL and a bad byte: the bad byte is told first, as before.
+        let mut b = ascii.clone();
+        b[100] = 0;
+        b[20_000] = 0xFF;
+        assert!(check_state_owned(&b).unwrap_err().message.contains("UTF-8"));
+        assert_eq!(
+            check_state_owned(&vec![b'a'; MAX_STATE + 1])
+                .unwrap_err()
+                .status,
+            Status::MS_ERR_TOO_LARGE
+        );
+        assert_eq!(
+            check_state_owned(&vec![b'a'; MAX_STATE]).unwrap().len(),
+            MAX_STATE
         );
     }
 
