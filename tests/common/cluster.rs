@@ -165,29 +165,8 @@ impl Cluster {
     /// waits until every replica has it: every node loads the same
     /// library.
     pub fn set_channel_on_replicas(&self, on: bool) {
-        use std::io::Write;
-        let primary = self.primary();
         let lua = super::library_with_channel_on_replicas(on);
-        let mut child = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.nodes[primary].redis_port.to_string())
-            .args(["-x", "FUNCTION", "LOAD", "REPLACE"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("redis-cli is installed");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(lua.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "missionstream",
-            "FUNCTION LOAD on the primary"
-        );
+        super::function_load(self.nodes[self.primary()].redis_port, &lua);
         let setting = format!("local CHANNEL_ON_REPLICAS = {on}");
         wait_until(Duration::from_secs(30), || {
             self.replicas().into_iter().all(|n| {

@@ -259,26 +259,7 @@ impl Servers {
     }
 
     pub fn load_functions(&self, lua: &str) {
-        let mut child = Command::new("redis-cli")
-            .arg("-p")
-            .arg(self.redis_port.to_string())
-            .args(["-x", "FUNCTION", "LOAD", "REPLACE"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(lua.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("missionstream"),
-            "FUNCTION LOAD failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        function_load(self.redis_port, lua);
     }
 
     /// Whether Redis has the missionstream functions library loaded.
@@ -1103,4 +1084,28 @@ pub fn newest_state(port: u16, name: &str) -> String {
     );
     // (cli_bytes took redis-cli's own newline off.)
     lines.next().unwrap_or("").to_string()
+}
+
+/// `FUNCTION LOAD REPLACE` of `lua` (the missionstream library) on the
+/// Redis at `port`, through `redis-cli -x`; panics unless Redis answers
+/// with the library's name.
+pub fn function_load(port: u16, lua: &str) {
+    use std::io::Write;
+    let mut child = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(["-x", "FUNCTION", "LOAD", "REPLACE"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lua.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.trim(), "missionstream", "FUNCTION LOAD failed: {said}");
 }
