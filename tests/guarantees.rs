@@ -241,22 +241,41 @@ fn publishing_alone_keeps_a_stream_with_a_ttl_alive() {
     );
 }
 
-/// Bytes that TCP connections to `127.0.0.1:port` hold unread: requests
-/// that reached a frozen server (from /proc/net/tcp, the receive queue of
-/// each socket of that local port).
+/// Bytes that TCP connections from this process to `127.0.0.1:port` hold
+/// unread at the server's end: requests that reached a frozen server
+/// (from /proc/net/tcp, the receive queue of each socket of that local
+/// port whose peer is a socket of this process; a socket of another
+/// process on this machine may have that number as its own local port).
 fn bytes_unread_at(port: u16) -> u64 {
     let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let local = format!("0100007F:{port:04X}");
-    tcp.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.get(1) != Some(&local.as_str()) {
-                return None;
-            }
-            let rx = f.get(4)?.split(':').nth(1)?;
-            u64::from_str_radix(rx, 16).ok()
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| {
+            let link = std::fs::read_link(e.ok()?.path()).ok()?;
+            let link = link.to_str()?;
+            Some(
+                link.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_string(),
+            )
         })
+        .collect();
+    let server = format!("0100007F:{port:04X}");
+    let rows: Vec<Vec<&str>> = tcp
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .filter(|f: &Vec<&str>| f.len() > 9)
+        .collect();
+    // The local addresses of this process' connections to the server.
+    let clients: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|f| f[2] == server && ours.contains(f[9]))
+        .map(|f| f[1])
+        .collect();
+    rows.iter()
+        .filter(|f| f[1] == server && clients.contains(f[2]))
+        .filter_map(|f| u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok())
         .sum()
 }
 
@@ -287,8 +306,15 @@ fn freeze_with_a_publish_in_flight(
     let deadline = Instant::now() + Duration::from_secs(5);
     while bytes_unread_at(s.webdis_port) < 4096 {
         if Instant::now() > deadline {
+            let tcp: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(&format!(":{:04X} ", s.webdis_port)))
+                .map(str::to_string)
+                .collect();
+            let states = thread_states(s.webdis_pid().unwrap_or(0));
             s.signal_webdis("CONT");
-            panic!("the publish request never reached the frozen Webdis");
+            panic!("the publish request never reached the frozen Webdis (publish took {took:?}; webdis threads {states:?}; sockets:\n{})", tcp.join("\n"));
         }
         std::thread::sleep(Duration::from_millis(10));
     }

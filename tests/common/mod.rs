@@ -237,14 +237,23 @@ impl Servers {
         self.webdis.as_ref().map(|c| c.id())
     }
 
-    /// Sends SIGSTOP (freeze) or SIGCONT (thaw) to Webdis.
+    /// Sends SIGSTOP (freeze) or SIGCONT (thaw) to Webdis; after SIGSTOP,
+    /// returns once every thread of Webdis is stopped (kill(2) returns
+    /// when the signal is sent, before the threads stop; `t` when traced).
     pub fn signal_webdis(&self, sig: &str) {
         if let Some(c) = &self.webdis {
-            Command::new("kill")
+            let status = Command::new("kill")
                 .arg(format!("-{sig}"))
                 .arg(c.id().to_string())
                 .status()
                 .unwrap();
+            assert!(status.success(), "kill -{sig} {}: {status}", c.id());
+            if sig == "STOP" {
+                wait_until(Duration::from_secs(10), || {
+                    let states = thread_states(c.id());
+                    !states.is_empty() && states.iter().all(|&s| s == 'T' || s == 't')
+                });
+            }
         }
     }
 
@@ -477,6 +486,20 @@ pub fn resp_command(b: &[u8], at: usize) -> Option<(Vec<Vec<u8>>, usize)> {
         at = end + 2;
     }
     Some((parts, at))
+}
+
+/// The state letter (R, S, T...) of each thread of process `pid`, from
+/// /proc/<pid>/task/*/stat.
+pub fn thread_states(pid: u32) -> Vec<char> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            stat.rsplit_once(") ")?.1.chars().next()
+        })
+        .collect()
 }
 
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
