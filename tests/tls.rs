@@ -83,14 +83,17 @@ fn publish_follow_list_and_recover_through_a_tls_front() {
 }
 
 /// The CA file applies to every endpoint of a URL list: a follower of a
-/// two-endpoint list subscribes on the second (the first took the writes:
-/// followers go to the other nodes first) and reads its snapshot there, over
-/// TLS checked against the tests' CA. Were the CA applied to the first
-/// endpoint only, the second would not be trusted (the follower would
-/// fall back to the first: nothing would reach the second port).
+/// two-endpoint list subscribes on the second (the first took the writes,
+/// and the library is loaded with `CHANNEL_ON_REPLICAS` set, so followers
+/// go to the other nodes first; both ports front the same Redis) and
+/// reads its snapshot there, over TLS checked against the tests' CA. Were
+/// the CA applied to the first endpoint only, the second would not be
+/// trusted (the follower would fall back to the first: nothing would
+/// reach the second port).
 #[test]
 fn a_ca_file_applies_to_every_endpoint_of_a_url_list() {
     let s = Servers::start();
+    s.load_functions(&common::library_with_channel_on_replicas(true));
     let front = TlsFront::start(&s);
     let urls = format!("{},{}", front.url, front.second_url);
     let client = || {
