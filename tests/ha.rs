@@ -215,9 +215,18 @@ fn by_default_followers_subscribe_on_the_primary_and_follow_it_through_a_failove
     }
     rec.wait_state(&name, "{\"n\":10}", Duration::from_secs(10));
     let states = rec.states(&name);
+    // Latest wins: a state the callback thread had not taken yet when
+    // the next one came may be skipped (flush waits for Redis, not for
+    // the follower), never reordered, and the last one is delivered.
+    assert_increasing(&states);
     let seen: Vec<String> = states.iter().map(|(_, s)| s.clone()).collect();
     let every: Vec<String> = (0..=10).map(|n| format!("{{\"n\":{n}}}")).collect();
-    assert_eq!(seen, every, "every state, in order");
+    assert!(
+        seen.iter().all(|s| every.contains(s)),
+        "only the leader's states: {seen:?}"
+    );
+    assert_eq!(seen.first(), every.first(), "the state at connect first");
+    assert_eq!(seen.last(), every.last(), "the last state last");
     assert_eq!(numsub(&c, &channel), [1, 0, 0]);
 
     let killed = c.primary();
