@@ -606,9 +606,11 @@ fn stalled_subscribers_are_dropped(count: usize, every: Duration) {
     let baseline = webdis_rss_kb(&s);
 
     // Until the front dropped every stalled subscriber, then 3 s more.
-    // send_timeout is 10 s, from when the sockets filled (the first
-    // states); the slack grows with the machine's load.
-    let bound = Duration::from_secs(10) + Duration::from_secs_f64(15.0 * load_factor());
+    // send_timeout is 10 s, from when the sockets filled: the kernel's
+    // send buffers (autotuned, MiBs) fill at the rate the leader gets its
+    // publishes through, which slows when the machine is busy (25.7 s
+    // seen once with 15 s of slack); the slack grows with the load.
+    let bound = Duration::from_secs(10) + Duration::from_secs_f64(25.0 * load_factor());
     let started = Instant::now();
     let (mut peak, mut dropped_after, mut n) = (baseline, None, 0u64);
     let mut last = String::new();
