@@ -101,6 +101,26 @@ fn connections_to(port: u16) -> usize {
 
 /// Starts `n` streams led by `client` (four caller threads at a time), each
 /// with state `{"lead":i}` flushed.
+/// Every lead of `names` publishes once more, all at once, and flushes;
+/// every `step`-th newest state is then checked in Redis.
+fn publish_again_and_check(s: &Servers, client: &Client, names: &[String], step: usize) {
+    for (i, name) in names.iter().enumerate() {
+        client
+            .publish(name, format!("{{\"lead\":{i},\"again\":true}}").as_bytes())
+            .unwrap();
+    }
+    for name in names {
+        client.flush(name, 30_000).unwrap();
+    }
+    for (i, name) in names.iter().enumerate().step_by(step) {
+        assert_state_eq(
+            &newest_state(s.redis_port, name),
+            &format!("{{\"lead\":{i},\"again\":true}}"),
+            name,
+        );
+    }
+}
+
 fn start_leads(client: &Client, prefix: &str, n: usize) -> Vec<String> {
     let names: Vec<String> = (0..n).map(|_| unique(prefix)).collect();
     std::thread::scope(|s| {
@@ -131,21 +151,7 @@ fn two_hundred_leads_share_at_most_w_request_connections_to_webdis() {
     let client = s.client();
     let names = start_leads(&client, "pool-fds", 200);
     // Every lead publishes once more, all at once, and heartbeats.
-    for (i, name) in names.iter().enumerate() {
-        client
-            .publish(name, format!("{{\"lead\":{i},\"again\":true}}").as_bytes())
-            .unwrap();
-    }
-    for name in &names {
-        client.flush(name, 30_000).unwrap();
-    }
-    for (i, name) in names.iter().enumerate().step_by(20) {
-        assert_state_eq(
-            &newest_state(s.redis_port, name),
-            &format!("{{\"lead\":{i},\"again\":true}}"),
-            name,
-        );
-    }
+    publish_again_and_check(&s, &client, &names, 20);
     // The caller threads' connections beyond the pool's W idle ones were
     // closed after their call: Webdis lets go of them as it reads the end.
     let bound = before + W + 2;
@@ -247,21 +253,7 @@ fn leads_over_tls_share_at_most_w_connections_to_the_front() {
         .set_kdf_iterations(missionstream::kdf::MIN_ITERATIONS)
         .unwrap();
     let names = start_leads(&client, "pool-tls", 40);
-    for (i, name) in names.iter().enumerate() {
-        client
-            .publish(name, format!("{{\"lead\":{i},\"again\":true}}").as_bytes())
-            .unwrap();
-    }
-    for name in &names {
-        client.flush(name, 30_000).unwrap();
-    }
-    for (i, name) in names.iter().enumerate().step_by(8) {
-        assert_state_eq(
-            &newest_state(s.redis_port, name),
-            &format!("{{\"lead\":{i},\"again\":true}}"),
-            name,
-        );
-    }
+    publish_again_and_check(&s, &client, &names, 8);
     // Connections beyond the W kept idle were closed after their call.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut open = connections_to(front.port);
