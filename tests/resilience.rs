@@ -746,6 +746,77 @@ fn subscribe_never_answered_fails_within_the_timeout_with_a_clear_message() {
     direct.disconnect(&name).unwrap();
 }
 
+/// Webdis opens a fresh Redis connection for each SUBSCRIBE and answers
+/// 503 when that connection fails at once, while its pooled connections
+/// (which carried `ms_connect` just before) work: seen once in 100 follows
+/// of a busy stream. With one endpoint the same Webdis is tried again
+/// after a pause (100 ms, doubling) while the timeout lasts: connect
+/// succeeds once Redis takes connections again. When it never does in
+/// time, connect fails with MS_ERR_UNAVAILABLE, naming the attempts.
+#[test]
+fn a_subscribe_answered_503_is_tried_again_after_a_pause() {
+    let mut s = Servers::start();
+    let relay = faults::UnixRelay::start(&s.dir.join("redis.sock"), s.redis_port);
+    s.restart_webdis_to(&relay.path);
+    let leader = s.client();
+    let name = unique("subscribe-503");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"v\":1}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let log = || std::fs::read_to_string(s.dir.join("webdis.log")).unwrap_or_default();
+    let refusals = || log().matches("Connection failed").count();
+
+    let follower = s.client();
+    follower.set_timeout(5000).unwrap();
+    let rec = Recorder::attach(&follower);
+    relay.close();
+    let before = refusals();
+    let t0 = Instant::now();
+    let opened = std::thread::scope(|sc| {
+        let connecting = sc.spawn(|| follower.connect(&name, "pw"));
+        // Webdis answered at least one SUBSCRIBE 503 (its fresh
+        // connection refused), then Redis takes connections again.
+        wait_until(T, || refusals() > before);
+        std::thread::sleep(Duration::from_millis(300));
+        relay.open();
+        connecting.join().unwrap()
+    });
+    opened.unwrap_or_else(|e| panic!("connect failed after {:?}: {e:?}", t0.elapsed()));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "connected after {:?}, while Redis refused connections",
+        t0.elapsed()
+    );
+    rec.wait_state(&name, "{\"v\":1}", T);
+    leader.publish(&name, b"{\"v\":2}").unwrap();
+    rec.wait_state(&name, "{\"v\":2}", T);
+    assert_eq!(kinds(&rec, &name), vec![EventKind::MS_EVENT_STATE; 2]);
+
+    // Refused for longer than the timeout: UNAVAILABLE, within it.
+    relay.close();
+    let other = s.client();
+    other.set_timeout(1500).unwrap();
+    let t0 = Instant::now();
+    let err = other.connect(&name, "pw").unwrap_err();
+    let took = t0.elapsed();
+    assert_eq!(err.status, Status::MS_ERR_UNAVAILABLE, "{err:?}");
+    assert!(
+        err.message
+            .contains("did not set up the subscription within 1500 ms")
+            && err.message.contains("503"),
+        "{}",
+        err.message
+    );
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(4),
+        "connect took {took:?}"
+    );
+    // The follower already subscribed was not disturbed.
+    relay.open();
+    leader.publish(&name, b"{\"v\":3}").unwrap();
+    rec.wait_state(&name, "{\"v\":3}", T);
+}
+
 /// A lost response to ms_start: the request is sent again on a new
 /// connection after a third of the timeout, meets the stream its first try
 /// created, recognises it by its fresh channel and leads it.

@@ -781,3 +781,94 @@ impl Drop for SwitchRelay {
         let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
+
+/// A relay from a Unix socket to a TCP port (Redis), whose socket can be
+/// closed: `close()` stops listening and removes the socket file, so a
+/// new connection fails at once, inside `connect` (ENOENT: Webdis then
+/// answers a SUBSCRIBE 503, as when its fresh connection to Redis fails
+/// at once for any reason), while the connections carried already go on;
+/// `open()` listens again at the same path.
+pub struct UnixRelay {
+    pub path: std::path::PathBuf,
+    open: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl UnixRelay {
+    pub fn start(path: &std::path::Path, target_port: u16) -> UnixRelay {
+        use std::os::unix::net::UnixListener;
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (o, st, at) = (open.clone(), stop.clone(), path.to_path_buf());
+        std::thread::spawn(move || {
+            let mut listener = Some(listener);
+            while !st.load(Ordering::SeqCst) {
+                match (o.load(Ordering::SeqCst), listener.is_some()) {
+                    (false, true) => {
+                        listener = None;
+                        let _ = std::fs::remove_file(&at);
+                    }
+                    (true, false) => listener = UnixListener::bind(&at).ok(),
+                    _ => {}
+                }
+                let Some(l) = listener.as_ref() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                l.set_nonblocking(true).unwrap();
+                let client = match l.accept() {
+                    Ok((c, _)) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let (mut c1, mut u1) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut u1);
+                    let _ = u1.shutdown(Shutdown::Both);
+                    let _ = c1.shutdown(Shutdown::Both);
+                });
+                let (mut u2, mut c2) = (upstream, client);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut c2);
+                    let _ = c2.shutdown(Shutdown::Both);
+                    let _ = u2.shutdown(Shutdown::Both);
+                });
+            }
+            let _ = std::fs::remove_file(&at);
+        });
+        UnixRelay {
+            path: path.to_path_buf(),
+            open,
+            stop,
+        }
+    }
+
+    /// Stops listening: new connections fail at once.
+    pub fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.path.exists() {
+            assert!(Instant::now() < deadline, "the relay's socket stays");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Listens again at the same path.
+    pub fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for UnixRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

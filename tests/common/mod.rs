@@ -75,6 +75,9 @@ pub struct Servers {
     webdis: Option<Child>,
     acl: serde_json::Value,
     verbosity: Option<u32>,
+    /// The Unix socket Webdis reaches Redis at, when not `redis_port` (a
+    /// relay).
+    webdis_to: Option<PathBuf>,
 }
 
 pub struct Options {
@@ -119,6 +122,7 @@ impl Servers {
             webdis: None,
             acl,
             verbosity: opts.verbosity,
+            webdis_to: None,
         };
         s.url = format!("http://127.0.0.1:{}", s.webdis_port);
         s.start_redis();
@@ -170,6 +174,9 @@ impl Servers {
         )
         .unwrap();
         c["redis_port"] = self.redis_port.into();
+        if let Some(path) = &self.webdis_to {
+            c["redis_host"] = path.display().to_string().into();
+        }
         c["http_port"] = self.webdis_port.into();
         c["http_host"] = "127.0.0.1".into();
         c["daemonize"] = false.into();
@@ -197,6 +204,14 @@ impl Servers {
     pub fn restart_webdis_with_acl(&mut self, acl: serde_json::Value) {
         self.stop_webdis();
         self.acl = acl;
+        self.start_webdis();
+    }
+
+    /// Restarts Webdis (same port) reaching Redis at the Unix socket
+    /// `path` (a relay in front of Redis).
+    pub fn restart_webdis_to(&mut self, path: &Path) {
+        self.stop_webdis();
+        self.webdis_to = Some(path.to_path_buf());
         self.start_webdis();
     }
 

@@ -260,6 +260,23 @@ enum Step {
     Echo { node: usize, token: String },
     /// Proven; the snapshot is out.
     Snapshot { node: usize },
+    /// An attempt on `node` failed; the next one begins at the opening's
+    /// timer (`OpenAction::Pause`).
+    Pause { node: usize },
+}
+
+impl Step {
+    /// The node of the attempt (0 before the first).
+    fn node(&self) -> usize {
+        match *self {
+            Step::Ack { node, .. }
+            | Step::Probe { node, .. }
+            | Step::Echo { node, .. }
+            | Step::Snapshot { node }
+            | Step::Pause { node } => node,
+            Step::Check => 0,
+        }
+    }
 }
 
 struct Open {
@@ -663,7 +680,7 @@ impl Follows {
                     g.backlog.push(item);
                     Then::Nothing
                 }
-                Step::Check => Then::Nothing,
+                Step::Check | Step::Pause { .. } => Then::Nothing,
             };
             match then {
                 Then::Prove(node, by) => self.prove(gid, node, by, ctx),
@@ -725,6 +742,17 @@ impl Follows {
         let (node, by) = match action {
             OpenAction::Subscribe { node, by } => (node, by),
             OpenAction::Failed(e) => return self.opening_failed(gid, e, ctx),
+            OpenAction::Pause { until } => {
+                close_sock(g, ctx);
+                abandon(g);
+                if let Some(open) = g.opening.as_mut() {
+                    open.step = Step::Pause {
+                        node: open.step.node(),
+                    };
+                }
+                ctx.timers.set(TimerKey::Opening(gid), until);
+                return;
+            }
         };
         close_sock(g, ctx);
         abandon(g);
@@ -834,6 +862,17 @@ impl Follows {
         let what = match open.step {
             Step::Ack { .. } => "acknowledge the subscription",
             Step::Probe { .. } | Step::Echo { .. } => "deliver a probe on the subscription",
+            Step::Pause { .. } => {
+                let next = self
+                    .groups
+                    .get_mut(&gid)
+                    .and_then(|g| g.opening.as_mut())
+                    .map(|open| open.machine.next(now()));
+                if let Some(next) = next {
+                    self.open_step(gid, next, ctx);
+                }
+                return;
+            }
             Step::Check | Step::Snapshot { .. } => return,
         };
         let e = Error::new(
@@ -870,13 +909,7 @@ impl Follows {
         let Some(open) = g.opening.as_mut() else {
             return;
         };
-        let node = match open.step {
-            Step::Ack { node, .. }
-            | Step::Probe { node, .. }
-            | Step::Echo { node, .. }
-            | Step::Snapshot { node } => node,
-            Step::Check => 0,
-        };
+        let node = open.step.node();
         let base = g.stream.endpoints.get(node).base().to_string();
         crate::util::debug_log!(
             "subscribe {} at {base}: {stage:?} failed ({:?}): {}",

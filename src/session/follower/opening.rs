@@ -22,7 +22,14 @@
 //!   cannot serve the subscription now. With several endpoints the next
 //!   node is tried at once; with one, trying the same node again at once
 //!   would only hammer it: the opening fails, and the session tries again
-//!   after its backoff.
+//!   after its backoff. Except `Down` (Webdis answered the SUBSCRIBE 503)
+//!   with one endpoint: Webdis opens a fresh Redis connection for each
+//!   subscription, and answers 503 when that connection fails at once,
+//!   while the call just before (`ms_connect`, or the session's check)
+//!   went through its pool; seen once in many openings of a busy stream.
+//!   The same node is tried again after a pause (100 ms, Webdis' own
+//!   reconnect interval, doubling up to 1 s) while the opening's time
+//!   lasts.
 //! - `Refused` (MSARG), `BaseMismatch`, `Version`, `Quota`, `Exists`,
 //!   `NotFound`: an answer of the functions library, which stands. The
 //!   probe is always answered by the primary, whatever node the
@@ -57,6 +64,11 @@ use std::time::{Duration, Instant};
 /// The least time one attempt gets, whatever the timeout.
 const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
+/// The first pause before the same node is tried again
+/// (`Response::Pause`), doubling up to `MAX_PAUSE`.
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
 /// Where an attempt failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Stage {
@@ -75,6 +87,8 @@ pub(super) enum OpenAction {
     /// subscription acknowledged and its probe echoed by `by`; then read
     /// the snapshot on that node.
     Subscribe { node: usize, by: Instant },
+    /// Nothing until `until`; then the next attempt (`Opening::next`).
+    Pause { until: Instant },
     /// The opening failed with this error.
     Failed(Error),
 }
@@ -97,6 +111,9 @@ enum Response {
     NextNode,
     /// Give up at once with the failure as it is.
     Stand,
+    /// The same node again after a pause (one endpoint; the next node at
+    /// once when several).
+    Pause,
 }
 
 /// The decision table (see the module's comment). Every kind is named, so
@@ -108,6 +125,7 @@ fn response(stage: Stage, e: &Error, many: bool) -> Response {
             // The snapshot's call retried them already.
             Stage::Snapshot => Response::NextNode,
         },
+        Kind::Down if stage == Stage::Subscription && !many => Response::Pause,
         Kind::Unreachable | Kind::Down | Kind::NotReady | Kind::Replica | Kind::Busy => {
             Response::NextNode
         }
@@ -248,6 +266,8 @@ pub(super) struct Opening {
     node: usize,
     /// The node the next attempt goes to, out of the order's turn.
     then_on: Option<usize>,
+    /// The next pause before the same node is tried again.
+    pause: Duration,
 }
 
 impl Opening {
@@ -263,6 +283,7 @@ impl Opening {
             attempt_wait: (timeout / 4).max(MIN_ATTEMPT),
             attempts: 0,
             then_on: None,
+            pause: FIRST_PAUSE,
         }
     }
 
@@ -310,7 +331,7 @@ impl Opening {
     /// gives up after its deadline).
     pub(super) fn failed(&mut self, now: Instant, stage: Stage, e: Error, base: &str) -> Verdict {
         let many = self.many();
-        match response(stage, &e, many) {
+        let at_once = match response(stage, &e, many) {
             Response::Stand => {
                 return Verdict {
                     node_failed: None,
@@ -323,10 +344,20 @@ impl Opening {
                     then: OpenAction::Failed(e),
                 }
             }
-            Response::Replace | Response::NextNode => {}
-        }
+            Response::Pause if now + self.pause < self.deadline => {
+                let until = now + self.pause;
+                self.pause = (self.pause * 2).min(MAX_PAUSE);
+                return Verdict {
+                    node_failed: None,
+                    then: OpenAction::Pause { until },
+                };
+            }
+            // A pause would end past the deadline: given up below.
+            Response::Pause => false,
+            Response::Replace | Response::NextNode => true,
+        };
         let node_failed = many.then_some(self.node);
-        if now < self.deadline {
+        if at_once && now < self.deadline {
             return Verdict {
                 node_failed,
                 then: self.next(now),
@@ -483,7 +514,7 @@ mod tests {
     fn subscribe(a: &OpenAction) -> (usize, Instant) {
         match a {
             OpenAction::Subscribe { node, by } => (*node, *by),
-            OpenAction::Failed(e) => panic!("failed: {e:?}"),
+            a => panic!("not subscribe: {a:?}"),
         }
     }
 
@@ -600,13 +631,7 @@ mod tests {
     #[test]
     fn a_node_that_cannot_serve_moves_on_when_several_and_fails_when_one() {
         let t0 = Instant::now();
-        for kind in [
-            Kind::Unreachable,
-            Kind::Down,
-            Kind::NotReady,
-            Kind::Replica,
-            Kind::Busy,
-        ] {
+        for kind in [Kind::Unreachable, Kind::NotReady, Kind::Replica, Kind::Busy] {
             let e = err(Status::MS_ERR_UNAVAILABLE, kind);
             let mut one = Opening::new(t0, T, vec![0]);
             one.next(t0);
@@ -619,6 +644,49 @@ mod tests {
             assert_eq!(v.node_failed, Some(1), "{kind:?}");
             assert_eq!(subscribe(&v.then).0, 0, "{kind:?}");
         }
+    }
+
+    /// A SUBSCRIBE answered 503 (Webdis' fresh connection to Redis failed)
+    /// with one endpoint: the same node again after 100 ms, 200, 400, 800,
+    /// then every second, while the opening's time lasts; a pause that
+    /// would end past the deadline gives up with the usual message. With
+    /// several endpoints, the next node at once; a 503 to the snapshot's
+    /// call stands (the transport's answer).
+    #[test]
+    fn a_subscription_answered_503_is_tried_again_after_a_pause_on_the_one_endpoint() {
+        let t0 = Instant::now();
+        let down = err(Status::MS_ERR_UNAVAILABLE, Kind::Down);
+        let mut one = Opening::new(t0, T, vec![0]);
+        one.next(t0);
+        let mut now = t0;
+        for ms in [100, 200, 400, 800, 1000, 1000] {
+            let v = one.failed(now, Stage::Subscription, down.clone(), "http://a");
+            assert_eq!(v.node_failed, None);
+            let until = now + Duration::from_millis(ms);
+            assert_eq!(v.then, OpenAction::Pause { until });
+            now = until;
+            assert_eq!(subscribe(&one.next(now)).0, 0);
+        }
+        // 3.5 s gone of 4: a 1 s pause would end past the deadline.
+        let v = one.failed(now, Stage::Subscription, down.clone(), "http://a");
+        let e = failed(&v);
+        assert_eq!((e.status, e.kind), (Status::MS_ERR_UNAVAILABLE, Kind::Down));
+        assert!(
+            e.message
+                .contains("within 4000 ms (7 attempts; the last, at http://a"),
+            "{}",
+            e.message
+        );
+
+        let mut several = Opening::new(t0, T, vec![1, 0]);
+        several.next(t0);
+        let v = several.failed(t0, Stage::Subscription, down.clone(), "http://b");
+        assert_eq!((v.node_failed, subscribe(&v.then).0), (Some(1), 0));
+
+        let mut snap = Opening::new(t0, T, vec![0]);
+        snap.next(t0);
+        let v = snap.failed(t0, Stage::Snapshot, down.clone(), "http://a");
+        assert_eq!(failed(&v), &down);
     }
 
     /// An answer of the functions library stands: an MSARG answer to the
