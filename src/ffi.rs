@@ -551,7 +551,9 @@ pub unsafe extern "C" fn ms_flush(
 }
 
 /// Stops stream `name`: deletes it from Redis (record and list entry);
-/// every follower gets MS_EVENT_ENDED. Only the client leading it can.
+/// every follower gets MS_EVENT_ENDED, after the states stored before it
+/// (a follower holds the end 250 ms for states the network delivers
+/// late). Only the client leading it can.
 ///
 /// @return MS_OK, MS_ERR_NOT_LEADING, MS_ERR_NOT_FOUND (already gone; the
 /// lead ends too), or a transport/server status (the lead goes on).

@@ -149,6 +149,61 @@ fn a_state_both_in_the_snapshot_and_on_the_subscription_is_delivered_once() {
     );
 }
 
+/// Webdis 0.1.9 may swap a channel's messages, the stream's end among
+/// them (seen: `e`, `r`, `s` for an `s`, `r`, `e` published in that
+/// order). The relay passes each state header or delta on after the next
+/// one, and the last after the end, 20 ms later, in a read of its own:
+/// every state stored before ms_stop still reaches the follower, in order,
+/// and ENDED comes after the last one.
+#[test]
+fn a_state_overtaken_by_the_streams_end_is_delivered_before_it() {
+    let s = Servers::start();
+    let relay = FaultRelay::start(
+        s.webdis_port,
+        Faults {
+            end_overtakes_states: true,
+            ..Faults::default()
+        },
+    );
+    let leader = s.client();
+    let name = unique("end-first");
+    leader.start(&name, "pw", "code").unwrap();
+    leader.publish(&name, b"{\"v\":0}").unwrap();
+    leader.flush(&name, 10_000).unwrap();
+    let follower = Client::new(&relay.url).unwrap();
+    let rec = Recorder::attach(&follower);
+    follower.connect(&name, "pw").unwrap();
+    rec.wait_state(&name, "{\"v\":0}", T);
+    for v in 1..=3 {
+        let state = format!("{{\"v\":{v}}}");
+        leader.publish(&name, state.as_bytes()).unwrap();
+        leader.flush(&name, 10_000).unwrap();
+    }
+    leader.stop(&name).unwrap();
+    let events = rec.wait_kind(&name, EventKind::MS_EVENT_ENDED, T);
+    assert_eq!(relay.overtaken(), 1, "the end overtook the last state");
+    let states = rec.states(&name);
+    assert_increasing(&states);
+    assert_eq!(
+        states.last().map(|(seq, state)| (*seq, state.as_str())),
+        Some((4, "{\"v\":3}")),
+        "the last state stored before ms_stop: {states:?}"
+    );
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds.last(),
+        Some(&EventKind::MS_EVENT_ENDED),
+        "ENDED last: {events:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == EventKind::MS_EVENT_ENDED)
+            .count(),
+        1
+    );
+}
+
 /// ms_disconnect from another thread waits for the callback of that
 /// stream that is running, and nothing of the stream is delivered after
 /// it returns (a state queued behind the slow callback is dropped).

@@ -79,6 +79,12 @@ pub struct Faults {
     /// replaced by one that is not a chunk size (what Webdis 0.1.9 once
     /// did to the chunked body of a new subscription).
     pub garble_chunk_size: Option<GarbleChunk>,
+    /// Each chunk of a subscription carrying a state header or a delta
+    /// (`"s `, `"d `) is held back until the next such chunk comes (then
+    /// passed on first) or the stream's end (`"e"`) has passed (then 20 ms
+    /// later): the end overtakes the last state by more than one read, as
+    /// Webdis 0.1.9 may swap a channel's messages.
+    pub end_overtakes_states: bool,
 }
 
 /// Which chunk of which subscriptions `Faults::garble_chunk_size` garbles.
@@ -136,6 +142,7 @@ struct Shared {
     stale_written: AtomicU64,
     late_written: AtomicU64,
     delayed: AtomicU64,
+    overtaken: AtomicU64,
     muted: AtomicU64,
     garbled: AtomicU64,
     chunk_sizes_garbled: AtomicU64,
@@ -202,6 +209,7 @@ impl FaultRelay {
             stale_written: AtomicU64::new(0),
             late_written: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
+            overtaken: AtomicU64::new(0),
             muted: AtomicU64::new(0),
             garbled: AtomicU64::new(0),
             chunk_sizes_garbled: AtomicU64::new(0),
@@ -262,6 +270,12 @@ impl FaultRelay {
     /// Requests forwarded `later_delay` late.
     pub fn delayed(&self) -> u64 {
         self.shared.delayed.load(Ordering::SeqCst)
+    }
+
+    /// States or deltas passed on after the stream's end
+    /// (`end_overtakes_states`).
+    pub fn overtaken(&self) -> u64 {
+        self.shared.overtaken.load(Ordering::SeqCst)
     }
 
     /// SUBSCRIBE requests seen.
@@ -536,6 +550,8 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
         // Chunks after the acknowledgement that matched the pattern of
         // `garble_chunk_size`.
         let mut garble_matches = 0u64;
+        // The chunk `end_overtakes_states` holds back.
+        let mut held: Option<Vec<u8>> = None;
         if chunked {
             loop {
                 let Some(size_line) = r.until(b"\r\n") else {
@@ -575,6 +591,23 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
                             size_line
                         };
                         out.extend_from_slice(&data);
+                        if sh.faults.end_overtakes_states && streaming && acknowledged {
+                            if find(&data, b"\"s ").is_some() || find(&data, b"\"d ").is_some() {
+                                if let Some(before) = held.replace(out) {
+                                    conn.write(&before);
+                                }
+                                continue;
+                            }
+                            if find(&data, b"\"e\"]").is_some() {
+                                conn.write(&out);
+                                if let Some(state) = held.take() {
+                                    sh.overtaken.fetch_add(1, Ordering::SeqCst);
+                                    std::thread::sleep(Duration::from_millis(20));
+                                    conn.write(&state);
+                                }
+                                continue;
+                            }
+                        }
                         conn.write(&out);
                         if !acknowledged && find(&data, b"\"subscribe\"").is_some() {
                             acknowledged = true;

@@ -1128,6 +1128,7 @@ export class Follower extends Session {
     this.node = 0; // the endpoint subscribed on
     this.moveTo = null; // the endpoint the next attempt goes to, out of the order's turn
     this.movedFast = false; // an attempt of this round moved there at once
+    this.ending = false; // the stream's end was heard: held HOLD_MS, then the end
     this.timer = setInterval(() => this.watch(), 100);
   }
 
@@ -1149,7 +1150,8 @@ export class Follower extends Session {
         pause = 100;
       } catch (e) {
         this.ready = false;
-        if (e instanceof Ended || this.ended) { this.finishEnded(); return; }
+        // (A subscription lost while the end is held: the end, at once.)
+        if (e instanceof Ended || this.ended || this.ending) { this.finishEnded(); return; }
         if (e.moveTo != null) {
           // The probe found the primary elsewhere and only the primary
           // carries the channel: the next attempt goes there, at once the
@@ -1341,7 +1343,18 @@ export class Follower extends Session {
   async handle(m) {
     if (this.ended) return;
     this.handling = m;
-    if (m.type === "e") throw new Ended();
+    if (m.type === "e") {
+      // Held like half a state (docs/PROTOCOL.md, "Following correctly"
+      // 6): Webdis may deliver the end ahead of the states published
+      // before it, which are handled as they come meanwhile.
+      if (!this.ending) {
+        this.ending = true;
+        setTimeout(() => {
+          this.chain = this.chain.then(() => this.finishEnded());
+        }, HOLD_MS);
+      }
+      return;
+    }
     if (m.type === "h") {
       if (m.interval > 0) this.hbMs = m.interval;
       this.leaderHeard();
@@ -1498,7 +1511,7 @@ export class Follower extends Session {
   }
 
   watch() {
-    if (this.ended) return;
+    if (this.ended || this.ending) return;
     const now = Date.now();
     const hb = this.hbMs;
     if (this.leaderOnline && now - this.leaderSignal > 3 * hb) {

@@ -320,7 +320,7 @@ const until = async (what, cond, timeoutMs = 10000) => {
   }
 };
 
-test("full states come as two halves paired by publish id in either order; a body under another header, or alone, is never delivered (the snapshot is read, and says 'unchanged')", async () => {
+test("full states come as two halves paired by publish id in either order; a body under another header, or alone, is never delivered (the snapshot is read, and says 'unchanged'); the end is held like half a state", async () => {
   const lc = new Client(srv.url, opts);
   const spy = snapshotSpy();
   const fc = new Client(srv.url, { ...opts, fetch: spy.fetch });
@@ -372,8 +372,16 @@ test("full states come as two halves paired by publish id in either order; a bod
     assert.deepEqual(f.json(), { paired: "in order" });
     const states = events.filter((ev) => ev.kind === EventKind.MS_EVENT_STATE).map((ev) => [ev.seq, JSON.parse(ev.data)]);
     assert.deepEqual(states, [[1, { n: 1 }], [2, { paired: "swapped" }], [3, { paired: "in order" }]]);
-    await leader.stop();
+    // The end ahead of the last state's halves (Webdis may swap them):
+    // held like half a state, so the state comes first, then the end.
+    publish("e");
+    publish(`r ${id(6)}\n{"before":"the end"}`);
+    publish(`s 4 1700000000004 ${id(6)}`);
     await waitEvent(f, (ev) => ev.kind === EventKind.MS_EVENT_ENDED);
+    const last = events.slice(-2).map((ev) => [ev.kind, ev.seq]);
+    assert.deepEqual(last, [[EventKind.MS_EVENT_STATE, 4], [EventKind.MS_EVENT_ENDED, -1]]);
+    assert.deepEqual(f.json(), { before: "the end" });
+    await leader.stop();
   } finally {
     await lc.close();
     await fc.close();

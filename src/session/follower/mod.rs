@@ -507,7 +507,7 @@ impl Follows {
             }
         }
         let now = now();
-        for item in ended_last(items) {
+        for item in items {
             if !self.groups.contains_key(&gid) {
                 return;
             }
@@ -997,7 +997,7 @@ impl Follows {
         let Some(g) = self.groups.get_mut(&gid) else {
             return;
         };
-        let items = ended_last(std::mem::take(&mut g.backlog));
+        let items = std::mem::take(&mut g.backlog);
         let closed = g.backlog_closed.take();
         let now = now();
         for item in items {
@@ -1151,21 +1151,6 @@ fn leader_bytes(before: u64, after: u64, pending: usize) -> bool {
     after != before && pending >= LEADER_SIZED
 }
 
-/// The items of one read (or of the backlog) with the stream's end
-/// (`e`) after the others. Webdis 0.1.9 can swap adjacent messages, and
-/// has been seen to deliver `e`, `r`, `s` in one write for an `s`, `r`,
-/// `e` published in that order: the state stored before ms_stop would be
-/// dropped with the follow. Nothing is published on the channel after
-/// `e` but probes, so whatever came with it is older than the end.
-fn ended_last(mut items: Vec<SubscriptionItem>) -> Vec<SubscriptionItem> {
-    let is_end = |i: &SubscriptionItem| matches!(i, SubscriptionItem::Message { payload, .. } if payload == "e");
-    if items.iter().any(is_end) {
-        // (A stable sort: the other items keep their order.)
-        items.sort_by_key(is_end);
-    }
-    items
-}
-
 fn is_echo(item: &SubscriptionItem, token: &str) -> bool {
     matches!(item, SubscriptionItem::Message { payload, .. }
         if payload.strip_prefix("p ") == Some(token))
@@ -1227,40 +1212,6 @@ mod tests {
 
     /// The end of a stream goes after the messages that came with it (a
     /// state swapped behind it), which keep their order.
-    #[test]
-    fn the_end_goes_after_what_came_with_it() {
-        let msg = |p: &str| SubscriptionItem::Message {
-            channel: "c".into(),
-            payload: p.into(),
-        };
-        let payloads = |items: Vec<SubscriptionItem>| -> Vec<String> {
-            items
-                .into_iter()
-                .map(|i| match i {
-                    SubscriptionItem::Message { payload, .. } => payload,
-                    _ => "-".into(),
-                })
-                .collect()
-        };
-        assert_eq!(
-            payloads(ended_last(vec![msg("e"), msg("r x\n{}"), msg("s 1 2 x")])),
-            ["r x\n{}", "s 1 2 x", "e"]
-        );
-        assert_eq!(
-            payloads(ended_last(vec![
-                msg("s 1 2 x"),
-                SubscriptionItem::Other,
-                msg("e")
-            ])),
-            ["s 1 2 x", "-", "e"]
-        );
-        // "e" only: a state that begins with e is not an end.
-        assert_eq!(
-            payloads(ended_last(vec![msg("e"), msg("ex"), msg("h 5000")])),
-            ["ex", "h 5000", "e"]
-        );
-    }
-
     /// Bytes of a message still arriving are activity once more than any
     /// probe has come; a read that completes every message, a probe split
     /// over reads, or no new bytes are not.

@@ -24,8 +24,15 @@
 //!   subscription and snapshot; a final error ends the session, a
 //!   transient one retries after the next backoff step.
 //! - **End.** The stream's end on the channel, or a final error of a probe
-//!   or recovery, ends the session.
+//!   or recovery, ends the session. The end on the channel is held `HOLD`
+//!   first, as a delta waits for its base and half a full state for the
+//!   other half: Webdis 0.1.9 can swap adjacent messages of a channel (it
+//!   was seen delivering `e`, `r`, `s` for an `s`, `r`, `e` published in
+//!   that order), and the states published before the end are delivered
+//!   as they come meanwhile. A closed subscription during the hold ends
+//!   the session at once; no probe or recovery starts during it.
 
+use super::link::HOLD;
 use super::End;
 use crate::dispatch::EventKind;
 use crate::error::{Error, Status};
@@ -130,6 +137,8 @@ pub struct Session {
     job: Option<Job>,
     /// No recovery before this instant.
     retry_at: Option<Instant>,
+    /// The stream's end was heard: the session ends then (`HOLD` later).
+    ending: Option<Instant>,
 }
 
 impl Session {
@@ -149,6 +158,7 @@ impl Session {
             sub: Some(node),
             job: None,
             retry_at: None,
+            ending: None,
         }
     }
 
@@ -177,6 +187,12 @@ impl Session {
         }
         if bytes && self.sub.is_some() {
             self.live.bytes(now);
+        }
+        if let Some(at) = self.ending {
+            if now >= at {
+                actions.push(Action::End(End::Ended));
+            }
+            return actions;
         }
         let mut lost = None;
         for decision in self.live.poll(now) {
@@ -221,6 +237,9 @@ impl Session {
 
     /// When to look again, at the latest.
     pub fn next_wake(&self, now: Instant, resync: Option<ResyncDue>) -> Instant {
+        if let Some(at) = self.ending {
+            return at;
+        }
         let mut wake = self.live.next_wake(now);
         if let Some(t) = self.retry_at {
             wake = wake.min(t);
@@ -249,10 +268,16 @@ impl Session {
                 self.live.probe_echo(&token);
                 self.live.heard(now, false);
             }
-            Heard::Ended => actions.push(Action::End(End::Ended)),
-            Heard::Other => {
+            Heard::Ended if self.ending.is_none() => {
+                self.ending = Some(now + HOLD);
+                actions.push(Action::Log(
+                    "the stream's end heard: held for what was published before it".into(),
+                ));
+            }
+            Heard::Ended | Heard::Other => {
                 self.live.heard(now, false);
             }
+            Heard::Closed(_) if self.ending.is_some() => actions.push(Action::End(End::Ended)),
             Heard::Closed(cause) => actions.extend(self.lose(now, cause)),
         }
         actions
@@ -592,10 +617,35 @@ mod tests {
         );
     }
 
+    /// The end on the channel ends the session `HOLD` later (Webdis may
+    /// deliver it ahead of the states published before it): the session
+    /// wakes then; nothing else is due meanwhile, not even after a long
+    /// silence (no probe, no recovery); a second end does not push it
+    /// back; a subscription closed during the hold ends it at once.
     #[test]
-    fn the_stream_end_on_the_channel_ends_the_session() {
+    fn the_stream_end_on_the_channel_ends_the_session_after_a_hold() {
         let (mut s, t0) = setup();
-        assert_eq!(s.heard(t0, Heard::Ended), [Action::End(End::Ended)]);
+        let heard = t0 + HB * 2 - ms(10);
+        assert_eq!(acts(s.heard(heard, Heard::Ended)), []);
+        assert_eq!(s.next_wake(heard, Some(ResyncDue::Now)), heard + HOLD);
+        assert_eq!(acts(s.heard(heard + ms(100), Heard::State)), []);
+        assert_eq!(acts(s.heard(heard + ms(100), Heard::Ended)), []);
+        assert_eq!(
+            acts(s.tick(heard + HOLD - ms(1), None, false, Some(ResyncDue::Now))),
+            []
+        );
+        assert_eq!(
+            acts(s.tick(heard + HOLD, None, false, None)),
+            [Action::End(End::Ended)]
+        );
+
+        let (mut s, t0) = setup();
+        assert_eq!(acts(s.heard(t0, Heard::Ended)), []);
+        let closed = Error::new(Status::MS_ERR_UNAVAILABLE, "Webdis hung up");
+        assert_eq!(
+            s.heard(t0 + ms(5), Heard::Closed(closed)),
+            [Action::End(End::Ended)]
+        );
     }
 
     #[test]
