@@ -168,30 +168,31 @@ impl Reactor {
             slot.machine.poll(&mut st, now, slot.config.heartbeat())
         };
         let key = TimerKey::Lead(session);
-        match next {
-            Next::Send(request) => {
-                self.timers.cancel(&key);
-                if self.jobs.is_none() {
-                    // No worker left (shutting down): the lead is over.
-                    self.end_lead(session);
-                    return;
-                }
-                let job = Task::Lead(Job {
-                    session,
-                    endpoint: 0,
-                    request,
-                    wire: slot.wire.clone(),
-                });
-                slot.in_flight = true;
-                self.queue.push(session, job);
-                self.hand_out();
-            }
+        let request = match next {
+            Next::Send(request) => request,
+            // The request of a state is made with the mailbox let go.
+            Next::Publish(unsent) => slot.machine.request(unsent),
             // A new state often follows a request at once: look again on
             // the next turn rather than sleep.
-            Next::Linger => self.timers.set(key, now),
-            Next::Wait(at) => self.timers.set(key, at),
-            Next::Exit => self.end_lead(session),
+            Next::Linger => return self.timers.set(key, now),
+            Next::Wait(at) => return self.timers.set(key, at),
+            Next::Exit => return self.end_lead(session),
+        };
+        self.timers.cancel(&key);
+        if self.jobs.is_none() {
+            // No worker left (shutting down): the lead is over.
+            self.end_lead(session);
+            return;
         }
+        let job = Task::Lead(Job {
+            session,
+            endpoint: 0,
+            request,
+            wire: slot.wire.clone(),
+        });
+        slot.in_flight = true;
+        self.queue.push(session, job);
+        self.hand_out();
     }
 
     /// Hands the workers the requests and calls the queue lets go, each

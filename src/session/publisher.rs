@@ -70,12 +70,25 @@ pub struct Mailbox {
 pub enum Next {
     /// Send this request (the mailbox is marked busy).
     Send(Request),
+    /// Send the publish of this state (the mailbox is marked busy): its
+    /// request, a delta of the last state stored when one is worth it, is
+    /// made by `Publisher::request` once the mailbox is let go (a delta of
+    /// a large state takes tens of µs, which an `ms_publish` would spend
+    /// waiting for the mailbox).
+    Publish(Unsent),
     /// Look again at once: a new state often follows a request closely.
     Linger,
     /// Nothing to do before this instant (or a change of the mailbox).
     Wait(Instant),
     /// The lead is over.
     Exit,
+}
+
+/// A state taken from the mailbox to be published (`Next::Publish`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unsent {
+    generation: u64,
+    state: String,
 }
 
 /// A request to the functions.
@@ -207,7 +220,7 @@ impl Publisher {
             if let Some((generation, state)) = mb.pending.take() {
                 self.check_now = false;
                 mb.busy = true;
-                return Next::Send(self.publish(generation, state));
+                return Next::Publish(Unsent { generation, state });
             }
             if mb.closing.is_none() && (self.check_now || now >= heartbeat_due) {
                 self.check_now = false;
@@ -224,9 +237,10 @@ impl Publisher {
         Next::Wait(wake.max(now + Duration::from_millis(1)))
     }
 
-    /// The publish request of a state: its floor, and a delta when one is
-    /// worth sending.
-    fn publish(&mut self, generation: u64, state: String) -> Request {
+    /// The publish request of a state taken by `poll`: its floor, and a
+    /// delta when one is worth sending.
+    pub fn request(&mut self, unsent: Unsent) -> Request {
+        let Unsent { generation, state } = unsent;
         if generation != self.last_generation_sent {
             self.last_generation_sent = generation;
             self.unanswered += 1;
@@ -476,6 +490,10 @@ mod tests {
                 assert!(mb.busy, "a request taken marks the mailbox busy");
                 r
             }
+            Next::Publish(unsent) => {
+                assert!(mb.busy, "a state taken marks the mailbox busy");
+                p.request(unsent)
+            }
             other => panic!("expected a request at {now:?}, got {other:?}"),
         }
     }
@@ -569,7 +587,13 @@ mod tests {
         let first = store(&mut p, &mut mb, &s1, 5, t0);
         assert_eq!(first.delta(), None, "nothing stored yet to build on");
         publish(&mut mb, &s2);
-        let second = send(&mut p, &mut mb, t0 + Duration::from_millis(1));
+        // The mailbox gives the state up; the delta is made after (by
+        // `request`, with the mailbox let go).
+        let Next::Publish(unsent) = p.poll(&mut mb, t0 + Duration::from_millis(1), HB) else {
+            panic!("the state is taken");
+        };
+        assert_eq!((mb.busy, mb.pending.as_ref()), (true, None));
+        let second = p.request(unsent);
         let d = second.delta().expect("a delta against the stored state");
         assert_eq!((d.base_seq, d.base_id.as_str()), (5, id(1).as_str()));
         assert!(d.delta.len() < s2.len() / 2);

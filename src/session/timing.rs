@@ -73,10 +73,11 @@ fn leader_path_of_a_moved_waypoint_of_991_kib() {
             mb.pending = Some((mb.published, state.to_owned()));
             let t = Instant::now();
             let next = publisher.poll(mb, Instant::now(), Duration::from_secs(5));
-            let took = t.elapsed();
-            let Next::Send(request) = next else {
+            let Next::Publish(unsent) = next else {
                 panic!("{next:?}")
             };
+            let request = publisher.request(unsent);
+            let took = t.elapsed();
             let had_delta = matches!(&request, Request::Publish { delta: Some(_), .. });
             seq += 1;
             let id = format!("{token}{:016x}", mb.published);
