@@ -76,8 +76,13 @@ impl Task {
     pub fn owner(&self) -> u64 {
         match self {
             Task::Lead(job) => job.session,
-            Task::Follow(call) => GROUP_OWNER | u64::from(call.group),
+            Task::Follow(call) => Task::group_owner(call.group),
         }
+    }
+
+    /// The queue owner of follow group `group`'s calls.
+    pub fn group_owner(group: u32) -> u64 {
+        GROUP_OWNER | u64::from(group)
     }
 
     /// The endpoint the task goes to first, asked when it goes out.
@@ -280,6 +285,23 @@ impl<J> Queue<J> {
         None
     }
 
+    /// Takes back the first request of `owner` still waiting that `which`
+    /// picks (given up before a worker took it); whether there was one.
+    pub fn withdraw(&mut self, owner: u64, which: impl Fn(&J) -> bool) -> bool {
+        let Some(q) = self.waiting.get_mut(&owner) else {
+            return false;
+        };
+        let Some(i) = q.iter().position(which) else {
+            return false;
+        };
+        q.remove(i);
+        if q.is_empty() {
+            self.waiting.remove(&owner);
+            self.turn.retain(|o| *o != owner);
+        }
+        true
+    }
+
     /// A request counted against `endpoint` is done.
     pub fn done(&mut self, endpoint: usize) {
         if let Some(n) = self.out.get_mut(endpoint) {
@@ -339,6 +361,30 @@ mod tests {
         q.done(0);
         assert_eq!(drain(&mut q), [(3, 0, 0)]);
         assert_eq!((q.out(0), q.out(1), q.waiting()), (3, 1, 6));
+    }
+
+    /// A request given up while it waits leaves the queue: the others,
+    /// of its owner too, keep their order and turns; one already out is
+    /// not there to withdraw.
+    #[test]
+    fn a_request_given_up_while_waiting_is_withdrawn() {
+        let mut q: Queue<(u64, usize, u32)> = Queue::new(1, 1);
+        for job in [(1, 0, 10), (2, 0, 20), (1, 0, 11), (3, 0, 30)] {
+            q.push(job.0, job);
+        }
+        let out = q.next(|j| j.1).unwrap().1;
+        assert_eq!(out, (1, 0, 10));
+        assert!(!q.withdraw(1, |j| j.2 == 10), "already out");
+        assert!(q.withdraw(2, |j| j.2 == 20));
+        assert!(!q.withdraw(2, |j| j.2 == 20), "once");
+        assert_eq!(q.waiting(), 2);
+        let mut rest = Vec::new();
+        for _ in 0..3 {
+            q.done(0);
+            rest.extend(q.next(|j| j.1).map(|(_, job)| job));
+        }
+        // Owner 1 went last after its first; owner 2 has no turn left.
+        assert_eq!(rest, [(3, 0, 30), (1, 0, 11)]);
     }
 
     #[test]

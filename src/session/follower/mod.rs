@@ -459,7 +459,7 @@ impl Follows {
             self.members.remove(&m.session);
         }
         close_sock(&mut g, ctx);
-        abandon(&mut g);
+        abandon(&mut g, ctx);
         ctx.timers.cancel(&TimerKey::Group(gid));
         ctx.timers.cancel(&TimerKey::Opening(gid));
     }
@@ -744,7 +744,7 @@ impl Follows {
             OpenAction::Failed(e) => return self.opening_failed(gid, e, ctx),
             OpenAction::Pause { until } => {
                 close_sock(g, ctx);
-                abandon(g);
+                abandon(g, ctx);
                 if let Some(open) = g.opening.as_mut() {
                     open.step = Step::Pause {
                         node: open.step.node(),
@@ -755,7 +755,7 @@ impl Follows {
             }
         };
         close_sock(g, ctx);
-        abandon(g);
+        abandon(g, ctx);
         g.backlog.clear();
         g.backlog_closed = None;
         let endpoint = g.stream.endpoints.get(node).clone();
@@ -903,7 +903,7 @@ impl Follows {
             return;
         };
         close_sock(g, ctx);
-        abandon(g);
+        abandon(g, ctx);
         ctx.timers.cancel(&TimerKey::Opening(gid));
         let label = g.label();
         let Some(open) = g.opening.as_mut() else {
@@ -933,7 +933,7 @@ impl Follows {
             return;
         };
         close_sock(g, ctx);
-        abandon(g);
+        abandon(g, ctx);
         ctx.timers.cancel(&TimerKey::Opening(gid));
         let Some(open) = g.opening.take() else { return };
         if open.recovery {
@@ -1111,7 +1111,7 @@ impl Follows {
                         cause.message
                     );
                     close_sock(g, ctx);
-                    abandon(g);
+                    abandon(g, ctx);
                     g.delivery
                         .push_event(EventKind::MS_EVENT_CONNECTION_LOST, cause.status);
                     continue;
@@ -1165,8 +1165,12 @@ fn close_sock(g: &mut Group, ctx: &mut Ctx) {
 
 /// Gives up the group's call out: its connections are shut down (the
 /// worker's call fails at once) and its reply will be ignored.
-fn abandon(g: &mut Group) {
+fn abandon(g: &mut Group, ctx: &mut Ctx) {
     if let Some(out) = g.out.take() {
+        // Still waiting for a worker: it never goes out.
+        let owner = Task::group_owner(g.id);
+        ctx.queue
+            .withdraw(owner, |t| matches!(t, Task::Follow(c) if c.id == out.id));
         out.nodes.shutdown();
     }
 }
@@ -1182,7 +1186,7 @@ fn submit(
     node: Option<usize>,
     call: impl FnOnce(&Nodes) -> FollowReply + Send + 'static,
 ) -> Result<()> {
-    abandon(g);
+    abandon(g, ctx);
     if ctx.jobs.is_none() {
         return Err(Error::new(
             Status::MS_ERR_INTERNAL,
@@ -1210,8 +1214,6 @@ fn submit(
 mod tests {
     use super::*;
 
-    /// The end of a stream goes after the messages that came with it (a
-    /// state swapped behind it), which keep their order.
     /// Bytes of a message still arriving are activity once more than any
     /// probe has come; a read that completes every message, a probe split
     /// over reads, or no new bytes are not.
