@@ -134,6 +134,41 @@ fn begin(s: &Servers, leader: &Client, rec: &Recorder, name: &str, first: &str) 
 /// channel carries deltas of well under 1 % of the plan, and two library
 /// followers and an independent replay of the channel all get every state
 /// byte for byte; the record holds the last.
+/// Every state of `published` (after `first`, seq and text) went on the
+/// channel as a delta, none in full: an independent replay of `raw`'s
+/// payloads gives each byte for byte, and the follower recording to `rec`
+/// delivered a subsequence of them in order.
+fn assert_travelled_as_deltas(
+    raw: &RawSub,
+    rec: &Recorder,
+    name: &str,
+    first: (u64, &str),
+    published: &[String],
+) {
+    wait_until(T, || raw.payloads().len() >= published.len());
+    let payloads = raw.payloads();
+    let full: Vec<String> = payloads
+        .iter()
+        .filter(|p| p.starts_with("s ") || p.starts_with("r "))
+        .map(|p| p.chars().take(30).collect::<String>())
+        .collect();
+    assert!(
+        full.is_empty(),
+        "{} payloads of states sent in full: {}",
+        full.len(),
+        list_excerpt(&full.iter().map(|p| Excerpt(p)).collect::<Vec<_>>())
+    );
+    let replayed = replay(&payloads, (first.0, first.1.to_string()));
+    let texts: Vec<&String> = replayed.iter().skip(1).map(|(_, t)| t).collect();
+    assert_eq!(texts.len(), published.len());
+    for (i, (got, want)) in texts.iter().zip(published).enumerate() {
+        assert!(*got == want, "replayed state {i} differs");
+    }
+    let mut all = vec![first.1.to_string()];
+    all.extend(published.iter().cloned());
+    assert_subsequence(&states_after(rec, name, first.1), &all, "follower");
+}
+
 #[test]
 fn a_large_plan_moving_one_waypoint_travels_as_small_deltas() {
     let s = Servers::start();
@@ -308,27 +343,7 @@ fn deltas_of_large_states_apply_across_the_pieces_the_functions_keep() {
         published.push(state.clone());
     }
     rec.wait_state(&name, &state, T);
-    wait_until(T, || raw.payloads().len() >= published.len());
-    let payloads = raw.payloads();
-    let full: Vec<String> = payloads
-        .iter()
-        .filter(|p| p.starts_with("s ") || p.starts_with("r "))
-        .map(|p| p.chars().take(30).collect::<String>())
-        .collect();
-    assert!(
-        full.is_empty(),
-        "not sent as deltas: {}",
-        list_excerpt(&full.iter().map(|p| Excerpt(p)).collect::<Vec<_>>())
-    );
-    let replayed = replay(&payloads, (first_seq, first.clone()));
-    let texts: Vec<&String> = replayed.iter().skip(1).map(|(_, t)| t).collect();
-    assert_eq!(texts.len(), published.len());
-    for (i, (got, want)) in texts.iter().zip(&published).enumerate() {
-        assert!(*got == want, "replayed state {i} differs");
-    }
-    let mut all = vec![first.clone()];
-    all.extend(published.iter().cloned());
-    assert_subsequence(&states_after(&rec, &name, &first), &all, "follower");
+    assert_travelled_as_deltas(&raw, &rec, &name, (first_seq, &first), &published);
     drop(raw);
     drop((follower, leader));
 }
@@ -371,26 +386,7 @@ fn a_megabyte_plan_edited_at_new_places_then_in_a_ring_travels_as_exact_deltas()
     let last = published.last().unwrap().clone();
     rec.wait_state(&name, &last, T);
     assert_state_eq(&s.record_field(&name, "state"), &last, "the record");
-    wait_until(T, || raw.payloads().len() >= published.len());
-    let payloads = raw.payloads();
-    let full: Vec<&String> = payloads
-        .iter()
-        .filter(|p| p.starts_with("s ") || p.starts_with("r "))
-        .collect();
-    assert!(
-        full.is_empty(),
-        "{} payloads of states sent in full",
-        full.len()
-    );
-    let replayed = replay(&payloads, (first_seq, first.clone()));
-    let texts: Vec<&String> = replayed.iter().skip(1).map(|(_, t)| t).collect();
-    assert_eq!(texts.len(), published.len());
-    for (i, (got, want)) in texts.iter().zip(&published).enumerate() {
-        assert!(*got == want, "replayed state {i} differs");
-    }
-    let mut all = vec![first.clone()];
-    all.extend(published.iter().cloned());
-    assert_subsequence(&states_after(&rec, &name, &first), &all, "follower");
+    assert_travelled_as_deltas(&raw, &rec, &name, (first_seq, &first), &published);
     drop(raw);
     drop((follower, leader));
 }
