@@ -29,8 +29,9 @@
 //!   other half: Webdis 0.1.9 can swap adjacent messages of a channel (it
 //!   was seen delivering `e`, `r`, `s` for an `s`, `r`, `e` published in
 //!   that order), and the states published before the end are delivered
-//!   as they come meanwhile. A closed subscription during the hold ends
-//!   the session at once; no probe or recovery starts during it.
+//!   as they come meanwhile. A subscription lost during the hold (closed,
+//!   or its probe failed) ends the session at once; no probe or recovery
+//!   starts during it.
 
 use super::link::HOLD;
 use super::End;
@@ -277,7 +278,6 @@ impl Session {
             Heard::Ended | Heard::Other => {
                 self.live.heard(now, false);
             }
-            Heard::Closed(_) if self.ending.is_some() => actions.push(Action::End(End::Ended)),
             Heard::Closed(cause) => actions.extend(self.lose(now, cause)),
         }
         actions
@@ -360,6 +360,10 @@ impl Session {
     /// The subscription is lost at `now`: no subscription nor job any more;
     /// a recovery after the next backoff step.
     fn lose(&mut self, now: Instant, cause: Error) -> Vec<Action> {
+        if self.ending.is_some() {
+            // The end was heard: nothing to recover.
+            return vec![Action::End(End::Ended)];
+        }
         self.sub = None;
         self.job = None;
         self.live.unsubscribed();
@@ -644,6 +648,22 @@ mod tests {
         let closed = Error::new(Status::MS_ERR_UNAVAILABLE, "Webdis hung up");
         assert_eq!(
             s.heard(t0 + ms(5), Heard::Closed(closed)),
+            [Action::End(End::Ended)]
+        );
+        // A probe out when the end came that then fails: the end too, no
+        // CONNECTION_LOST.
+        let (mut s, t0) = setup();
+        let a = acts(s.tick(t0 + HB * 2, None, false, None));
+        let [Action::Probe { token, .. }] = &a[..] else {
+            panic!("{a:?}");
+        };
+        assert_eq!(acts(s.heard(t0 + HB * 2, Heard::Ended)), []);
+        assert_eq!(
+            s.job_done(
+                t0 + HB * 2,
+                JobDone::Probe(token.clone(), Err(transient())),
+                false
+            ),
             [Action::End(End::Ended)]
         );
     }
