@@ -14,10 +14,13 @@
 //! - `Garbled`, `Timeout`: the subscription is no good (Webdis 0.1.9 can
 //!   write a message into a response head it is still sending, lose a
 //!   response or an acknowledgement to a socket it mixed up, acknowledge
-//!   a subscription Redis never feeds) but a fresh one usually is:
-//!   replaced at once, on the same node with one endpoint, on the next
-//!   node of the stream's order with several, while the opening's time
-//!   lasts.
+//!   a subscription Redis never feeds, close or reset one it mixed up)
+//!   but a fresh one usually is: replaced at once, on the same node with
+//!   one endpoint, on the next node of the stream's order with several,
+//!   while the opening's time lasts. With one endpoint, only the first
+//!   `QUICK_ATTEMPTS` attempts begin at once; a later one waits a pause
+//!   as after a 503 (below), so that a Webdis failing every subscription
+//!   fast is not hammered.
 //! - `Unreachable`, `Down`, `NotReady`, `Replica`, `Busy`: the node
 //!   cannot serve the subscription now. With several endpoints the next
 //!   node is tried at once; with one, trying the same node again at once
@@ -64,8 +67,14 @@ use std::time::{Duration, Instant};
 /// The least time one attempt gets, whatever the timeout.
 const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 
+/// Attempts begun at once on the one endpoint before the next ones wait
+/// a pause (a Webdis that keeps failing subscriptions fast is not
+/// hammered for the whole timeout).
+const QUICK_ATTEMPTS: usize = 3;
+
 /// The first pause before the same node is tried again
-/// (`Response::Pause`), doubling up to `MAX_PAUSE`.
+/// (`Response::Pause`, and a replacement past `QUICK_ATTEMPTS`), doubling
+/// up to `MAX_PAUSE`.
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
@@ -331,7 +340,11 @@ impl Opening {
     /// gives up after its deadline).
     pub(super) fn failed(&mut self, now: Instant, stage: Stage, e: Error, base: &str) -> Verdict {
         let many = self.many();
-        let at_once = match response(stage, &e, many) {
+        let response = match response(stage, &e, many) {
+            Response::Replace if !many && self.attempts >= QUICK_ATTEMPTS => Response::Pause,
+            r => r,
+        };
+        let at_once = match response {
             Response::Stand => {
                 return Verdict {
                     node_failed: None,
@@ -565,6 +578,43 @@ mod tests {
             "http://a",
         );
         assert_eq!(subscribe(&v.then).0, 0);
+    }
+
+    /// With one endpoint, the first `QUICK_ATTEMPTS` attempts begin at
+    /// once; later replacements wait a pause (100 ms doubling to 1 s, as
+    /// after a 503) while the deadline allows, then the opening gives up
+    /// as ever. With several endpoints, the next node at once, always.
+    #[test]
+    fn replacements_on_the_one_endpoint_past_the_first_attempts_wait_a_pause() {
+        let t0 = Instant::now();
+        let mut o = Opening::new(t0, T, vec![0]);
+        o.next(t0);
+        let mut now = t0 + Duration::from_millis(5);
+        for _ in 1..QUICK_ATTEMPTS {
+            let v = o.failed(now, Stage::Subscription, garbled(), "http://a");
+            assert_eq!(subscribe(&v.then).0, 0, "at once");
+        }
+        for ms in [100, 200, 400, 800, 1000] {
+            let v = o.failed(now, Stage::Subscription, garbled(), "http://a");
+            let until = now + Duration::from_millis(ms);
+            assert_eq!(v.then, OpenAction::Pause { until });
+            now = until;
+            subscribe(&o.next(now));
+        }
+        // 2.5 s gone of 4: one more pause of 1 s, then past the deadline.
+        let v = o.failed(now, Stage::Subscription, unacknowledged(), "http://a");
+        now += Duration::from_secs(1);
+        assert_eq!(v.then, OpenAction::Pause { until: now });
+        subscribe(&o.next(now));
+        let v = o.failed(now, Stage::Subscription, garbled(), "http://a");
+        assert_eq!(failed(&v).kind, Kind::Garbled);
+
+        let mut several = Opening::new(t0, T, vec![0, 1]);
+        several.next(t0);
+        for i in 0..10 {
+            let v = several.failed(t0, Stage::Subscription, garbled(), "http://a");
+            assert_eq!(subscribe(&v.then).0, (i + 1) % 2, "at once, in turn");
+        }
     }
 
     /// An unacknowledged subscription (no response head, no
