@@ -152,7 +152,7 @@ fn a_state_both_in_the_snapshot_and_on_the_subscription_is_delivered_once() {
 /// Webdis 0.1.9 may swap a channel's messages, the stream's end among
 /// them (seen: `e`, `r`, `s` for an `s`, `r`, `e` published in that
 /// order). The relay passes each state header or delta on after the next
-/// one, and the last after the end, 20 ms later, in a read of its own:
+/// one, and the last after the end, 50 ms later, in a read of its own:
 /// every state stored before ms_stop still reaches the follower, in order,
 /// and ENDED comes after the last one.
 #[test]

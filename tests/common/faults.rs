@@ -79,11 +79,13 @@ pub struct Faults {
     /// replaced by one that is not a chunk size (what Webdis 0.1.9 once
     /// did to the chunked body of a new subscription).
     pub garble_chunk_size: Option<GarbleChunk>,
-    /// Each chunk of a subscription carrying a state header or a delta
-    /// (`"s `, `"d `) is held back until the next such chunk comes (then
-    /// passed on first) or the stream's end (`"e"`) has passed (then 20 ms
-    /// later): the end overtakes the last state by more than one read, as
-    /// Webdis 0.1.9 may swap a channel's messages.
+    /// The chunks of a subscription carrying a state (its `"s ` header and
+    /// `"r ` body, paired by publish id, or a `"d ` delta) are held back
+    /// until the next state's come (then passed on first) or the stream's
+    /// end (`"e"`) has passed (then 50 ms later): the end overtakes the
+    /// last state by more than one read, as Webdis 0.1.9 may swap a
+    /// channel's messages. (No half of a state waits at the client for
+    /// the other meanwhile.)
     pub end_overtakes_states: bool,
 }
 
@@ -182,6 +184,23 @@ impl Conn {
     fn write(&self, bytes: &[u8]) {
         let _ = lock(&self.client).write_all(bytes);
     }
+}
+
+/// The publish a subscription chunk's state message belongs to: the
+/// publish id of an `s` header or an `r` body, the whole chunk of a `d`
+/// delta (a publish of its own); None for other messages.
+fn publish_of(data: &[u8]) -> Option<Vec<u8>> {
+    let after = |prefix: &[u8]| find(data, prefix).map(|at| &data[at + prefix.len()..]);
+    if let Some(rest) = after(b"\"s ") {
+        // s <seq> <updated ms> <publish id>
+        let id = rest.split(|b| *b == b' ').nth(2)?;
+        return Some(id.split(|b| *b == b'"').next()?.to_vec());
+    }
+    if let Some(rest) = after(b"\"r ") {
+        // r <publish id>\n<state> (the newline escaped in JSON)
+        return Some(rest.split(|b| *b == b'\\').next()?.to_vec());
+    }
+    after(b"\"d ").map(|_| data.to_vec())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -550,8 +569,8 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
         // Chunks after the acknowledgement that matched the pattern of
         // `garble_chunk_size`.
         let mut garble_matches = 0u64;
-        // The chunk `end_overtakes_states` holds back.
-        let mut held: Option<Vec<u8>> = None;
+        // The chunks `end_overtakes_states` holds back, and their publish.
+        let mut held: Option<(Vec<u8>, Vec<u8>)> = None;
         if chunked {
             loop {
                 let Some(size_line) = r.until(b"\r\n") else {
@@ -592,17 +611,26 @@ fn responses(sh: Arc<Shared>, conn: Arc<Conn>, upstream: TcpStream) {
                         };
                         out.extend_from_slice(&data);
                         if sh.faults.end_overtakes_states && streaming && acknowledged {
-                            if find(&data, b"\"s ").is_some() || find(&data, b"\"d ").is_some() {
-                                if let Some(before) = held.replace(out) {
-                                    conn.write(&before);
+                            if let Some(id) = publish_of(&data) {
+                                // The halves of one full state (either
+                                // order) stay together.
+                                match held.as_mut() {
+                                    Some((held_id, bytes)) if *held_id == id => {
+                                        bytes.extend_from_slice(&out)
+                                    }
+                                    _ => {
+                                        if let Some((_, before)) = held.replace((id, out)) {
+                                            conn.write(&before);
+                                        }
+                                    }
                                 }
                                 continue;
                             }
                             if find(&data, b"\"e\"]").is_some() {
                                 conn.write(&out);
-                                if let Some(state) = held.take() {
+                                if let Some((_, state)) = held.take() {
                                     sh.overtaken.fetch_add(1, Ordering::SeqCst);
-                                    std::thread::sleep(Duration::from_millis(20));
+                                    std::thread::sleep(Duration::from_millis(50));
                                     conn.write(&state);
                                 }
                                 continue;
