@@ -131,7 +131,20 @@ impl Servers {
                 &std::fs::read_to_string(Path::new(ROOT).join("lua/missionstream.lua")).unwrap(),
             );
         }
-        s.start_webdis();
+        // Its port, free when chosen, may be taken before Webdis binds it
+        // (as the source port of another test's connection): another one.
+        for tries in 1.. {
+            match s.try_start_webdis() {
+                Ok(()) => break,
+                Err(why) if tries < 3 => {
+                    eprintln!("{why}; trying another port");
+                    s.stop_webdis();
+                    s.webdis_port = free_port();
+                    s.url = format!("http://127.0.0.1:{}", s.webdis_port);
+                }
+                Err(why) => panic!("{why}"),
+            }
+        }
         s
     }
 
@@ -169,6 +182,14 @@ impl Servers {
     }
 
     pub fn start_webdis(&mut self) {
+        if let Err(why) = self.try_start_webdis() {
+            panic!("{why}");
+        }
+    }
+
+    /// Starts Webdis on `webdis_port`: an error (with its log) when it
+    /// exits (its port was taken?) or does not answer within 10 s.
+    fn try_start_webdis(&mut self) -> Result<(), String> {
         let mut c: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(Path::new(ROOT).join("deploy/webdis.json")).unwrap(),
         )
@@ -193,11 +214,29 @@ impl Servers {
             .stderr(Stdio::null())
             .spawn()
             .expect("webdis is installed (make test installs it), or MS_WEBDIS names it");
-        self.webdis = Some(child);
         let port = self.webdis_port;
-        wait_until(Duration::from_secs(10), || {
-            http(port, "GET", "/PING", b"").0 != 0 // any answer: an ACL may refuse PING
-        });
+        let webdis = self.webdis.insert(child);
+        let log = || std::fs::read_to_string(self.dir.join("webdis.log")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = webdis.try_wait() {
+                return Err(format!(
+                    "Webdis exited ({status}) on port {port}; its log:\n{}",
+                    log()
+                ));
+            }
+            // Any answer: an ACL may refuse PING.
+            if http(port, "GET", "/PING", b"").0 != 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "Webdis did not answer on port {port} within 10 s; its log:\n{}",
+                    log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Restarts Webdis (same port) with another "acl".
